@@ -1,0 +1,259 @@
+//! The callback pipeline without HTTP: choose the channel by the Token whose
+//! signature matches, decrypt, check the receive id, parse.
+//!
+//! Owns: the order of those steps and the classification of every way they can
+//! fail ([`CallbackError`], [`Outcome`]). Deliberately not here: HTTP status codes
+//! and body reading (`routes::callback`), journaling and handling (later stages).
+
+use serde::Deserialize;
+
+use crate::config::{CallbackKeys, Config, CorpId};
+use crate::crypto::{self, DecryptError, Plaintext};
+use crate::messages::{AppEvent, AppMessage, CallbackEnvelope, ParseError};
+
+/// Which callback configuration a request belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// The self-built app (`WECOM_TOKEN`).
+    App,
+    /// WeChat Customer Service (`WECOM_KF_TOKEN`, or a `kf_msg_or_event` notice).
+    Kf,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::App, Channel::Kf];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::App => "app",
+            Channel::Kf => "kf",
+        }
+    }
+}
+
+/// How a callback ended, as counted in `wechat_api_callbacks_total{outcome}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Ok,
+    Duplicate,
+    MissingParameter,
+    BadSignature,
+    BadEnvelope,
+    BadCiphertext,
+    WrongReceiveId,
+    BadMessage,
+    TooLarge,
+    Internal,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 10] = [
+        Outcome::Ok,
+        Outcome::Duplicate,
+        Outcome::MissingParameter,
+        Outcome::BadSignature,
+        Outcome::BadEnvelope,
+        Outcome::BadCiphertext,
+        Outcome::WrongReceiveId,
+        Outcome::BadMessage,
+        Outcome::TooLarge,
+        Outcome::Internal,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Ok => "ok",
+            Outcome::Duplicate => "duplicate",
+            Outcome::MissingParameter => "missing_parameter",
+            Outcome::BadSignature => "bad_signature",
+            Outcome::BadEnvelope => "bad_envelope",
+            Outcome::BadCiphertext => "bad_ciphertext",
+            Outcome::WrongReceiveId => "wrong_receive_id",
+            Outcome::BadMessage => "bad_message",
+            Outcome::TooLarge => "too_large",
+            Outcome::Internal => "internal_error",
+        }
+    }
+}
+
+/// Why a callback was refused. The messages are safe to send back and to log.
+#[derive(Debug, thiserror::Error)]
+pub enum CallbackError {
+    #[error("missing query parameter `{0}`")]
+    MissingParameter(&'static str),
+    #[error("malformed query string")]
+    MalformedQuery,
+    #[error("msg_signature does not match WECOM_TOKEN or WECOM_KF_TOKEN (check the Token in the callback settings)")]
+    BadSignature,
+    #[error("{0}")]
+    BadEnvelope(ParseError),
+    #[error("cannot decrypt: {0}")]
+    BadCiphertext(DecryptError),
+    #[error("receive id does not match WECOM_CORP_ID (a callback for another corp?)")]
+    WrongReceiveId,
+    #[error("{0}")]
+    BadMessage(ParseError),
+    #[error("body exceeds {limit} bytes")]
+    TooLarge { limit: usize },
+}
+
+impl CallbackError {
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            CallbackError::MissingParameter(_) | CallbackError::MalformedQuery => {
+                Outcome::MissingParameter
+            }
+            CallbackError::BadSignature => Outcome::BadSignature,
+            CallbackError::BadEnvelope(_) => Outcome::BadEnvelope,
+            CallbackError::BadCiphertext(_) => Outcome::BadCiphertext,
+            CallbackError::WrongReceiveId => Outcome::WrongReceiveId,
+            CallbackError::BadMessage(_) => Outcome::BadMessage,
+            CallbackError::TooLarge { .. } => Outcome::TooLarge,
+        }
+    }
+}
+
+/// The query string of a callback request.
+#[derive(Debug, Default, Deserialize)]
+pub struct CallbackQuery {
+    pub msg_signature: Option<String>,
+    pub timestamp: Option<String>,
+    pub nonce: Option<String>,
+    pub echostr: Option<String>,
+}
+
+impl CallbackQuery {
+    /// Parses a raw query string.
+    pub fn parse(query: &str) -> Result<Self, CallbackError> {
+        serde_urlencoded::from_str(query).map_err(|_| CallbackError::MalformedQuery)
+    }
+
+    fn require<'a>(
+        value: &'a Option<String>,
+        name: &'static str,
+    ) -> Result<&'a str, CallbackError> {
+        value
+            .as_deref()
+            .filter(|v| !v.is_empty())
+            .ok_or(CallbackError::MissingParameter(name))
+    }
+
+    /// `echostr` as base64. A `+` that reached us unescaped was decoded to a space
+    /// by form-decoding; base64 has no spaces, so turn them back (a classic cause
+    /// of "回调地址请求不通过" behind hand-written proxies and curl tests).
+    fn echostr(&self) -> Result<String, CallbackError> {
+        Self::require(&self.echostr, "echostr").map(|e| e.replace(' ', "+"))
+    }
+}
+
+/// A verified, decrypted and parsed callback POST.
+#[derive(Debug, Clone)]
+pub struct OpenedCallback {
+    pub channel: Channel,
+    /// The decrypted XML exactly as WeCom sent it.
+    pub xml: String,
+    pub message: AppMessage,
+}
+
+/// Everything needed to open callbacks: the corp id and the keys of each channel.
+#[derive(Debug, Clone)]
+pub struct CallbackCredentials {
+    corp_id: CorpId,
+    /// Tried in order; the kf entry is dropped when it equals the app's.
+    channels: Vec<(Channel, CallbackKeys)>,
+}
+
+impl CallbackCredentials {
+    pub fn from_config(config: &Config) -> Self {
+        let mut channels = vec![(Channel::App, config.app_keys.clone())];
+        let same_token = config
+            .kf_keys
+            .token
+            .secret()
+            .matches(config.app_keys.token.expose());
+        let same_key = config.kf_keys.aes_key == config.app_keys.aes_key;
+        if !(same_token && same_key) {
+            channels.push((Channel::Kf, config.kf_keys.clone()));
+        }
+        Self {
+            corp_id: config.corp_id.clone(),
+            channels,
+        }
+    }
+
+    pub fn corp_id(&self) -> &CorpId {
+        &self.corp_id
+    }
+
+    /// The keys of `channel`, for sealing replies or signing test requests.
+    pub fn keys(&self, channel: Channel) -> &CallbackKeys {
+        self.channels
+            .iter()
+            .find(|(c, _)| *c == channel)
+            .or_else(|| self.channels.first())
+            .map(|(_, keys)| keys)
+            .unwrap_or_else(|| unreachable!("credentials always hold the app channel"))
+    }
+
+    /// Finds the channel whose Token signs `encrypted`, and decrypts with its key.
+    fn open_ciphertext(
+        &self,
+        query: &CallbackQuery,
+        encrypted: &str,
+    ) -> Result<(Channel, Plaintext), CallbackError> {
+        let signature = CallbackQuery::require(&query.msg_signature, "msg_signature")?;
+        let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
+        let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
+        let mut first_error = None;
+        for (channel, keys) in &self.channels {
+            if !crypto::sign(keys.token.expose(), timestamp, nonce, encrypted).matches(signature) {
+                continue;
+            }
+            match crypto::decrypt(&keys.aes_key, encrypted) {
+                Ok(plain) if plain.receive_id() == self.corp_id.as_str() => {
+                    return Ok((*channel, plain))
+                }
+                Ok(_) => first_error = first_error.or(Some(CallbackError::WrongReceiveId)),
+                Err(e) => first_error = first_error.or(Some(CallbackError::BadCiphertext(e))),
+            }
+        }
+        Err(first_error.unwrap_or(CallbackError::BadSignature))
+    }
+
+    /// URL verification (`GET`): the decrypted `echostr` to answer with.
+    pub fn verify_url(&self, query: &CallbackQuery) -> Result<(Channel, String), CallbackError> {
+        let echostr = query.echostr()?;
+        let (channel, plain) = self.open_ciphertext(query, &echostr)?;
+        Ok((channel, plain.into_message()))
+    }
+
+    /// A callback `POST`: verify, decrypt, check the receive id, parse.
+    pub fn open(
+        &self,
+        query: &CallbackQuery,
+        body: &[u8],
+    ) -> Result<OpenedCallback, CallbackError> {
+        // Parameters first: a request without them is a client error, not bad XML.
+        for (value, name) in [
+            (&query.msg_signature, "msg_signature"),
+            (&query.timestamp, "timestamp"),
+            (&query.nonce, "nonce"),
+        ] {
+            CallbackQuery::require(value, name)?;
+        }
+        let envelope = CallbackEnvelope::parse_bytes(body).map_err(CallbackError::BadEnvelope)?;
+        let (channel, plain) = self.open_ciphertext(query, &envelope.encrypt)?;
+        let xml = plain.into_message();
+        let message = AppMessage::parse(&xml).map_err(CallbackError::BadMessage)?;
+        // The kf notice may arrive on the app's Token when both share one URL.
+        let channel = match message.event() {
+            Some(AppEvent::KfMsgOrEvent { .. }) => Channel::Kf,
+            _ => channel,
+        };
+        Ok(OpenedCallback {
+            channel,
+            xml,
+            message,
+        })
+    }
+}

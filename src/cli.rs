@@ -1,0 +1,56 @@
+//! The command line, as clap parses it. Doc comments here are the `--help` text.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Receives WeCom (企业微信) and WeChat Customer Service (微信客服) callbacks over its
+/// own TLS and watches its own health.
+#[derive(Debug, Parser)]
+#[command(name = "wechat-api", version, about, long_about = None)]
+pub struct Cli {
+    /// TOML configuration file (settings are the variable names in lower case).
+    /// Also `WECHAT_API_CONFIG`. Environment variables and `.env` override it.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve {
+        /// First start with no configuration: generate a Token, an EncodingAESKey,
+        /// a demo corp id and a self-signed certificate under `DATA_DIR` (default
+        /// ./wechat-api-demo) and print ready-to-run curl commands. Not for production.
+        #[arg(long)]
+        demo: bool,
+    },
+    /// Ask the local liveness endpoint; exit 0 when live (for Docker HEALTHCHECK).
+    Healthcheck {
+        /// Check this URL instead of the configured local listener.
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+    },
+    /// Print a fresh callback Token and EncodingAESKey.
+    Keygen,
+    /// Print curl commands for a signed URL verification and a signed, encrypted
+    /// text callback, using the configured Token and EncodingAESKey.
+    Sign {
+        /// Callback URL (default: the local listener's /api/v1/wecom/callback).
+        #[arg(long, value_name = "URL")]
+        url: Option<String>,
+        /// Text of the test message.
+        #[arg(
+            long,
+            value_name = "TEXT",
+            default_value = "hello from wechat-api sign"
+        )]
+        text: String,
+        /// Use the demo configuration made by `serve --demo`.
+        #[arg(long)]
+        demo: bool,
+    },
+}

@@ -1,0 +1,171 @@
+//! The health model: named checks with a status, in the shape of the IETF
+//! api-health-check draft (`application/health+json`).
+//!
+//! Owns: [`Status`], [`CheckResult`], the board that holds the latest result of
+//! each check, and the rule that the worst check decides the overall status.
+//! Deliberately not here: running checks (the supervisor does, on its period) and
+//! HTTP (`routes::health`). Reading the board makes no outbound call.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+use std::time::Instant;
+
+use serde::Serialize;
+
+/// A check's verdict. Ordered: the worst wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    /// The value of `wechat_api_check_status`: 0 pass, 1 warn, 2 fail.
+    pub fn as_number(self) -> u8 {
+        self as u8
+    }
+}
+
+/// One observation of one check.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckResult {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_value: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub observed_unit: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    pub time: String,
+}
+
+impl CheckResult {
+    pub fn new(status: Status) -> Self {
+        Self {
+            status,
+            observed_value: None,
+            observed_unit: None,
+            output: None,
+            time: now_rfc3339(),
+        }
+    }
+
+    pub fn observed(mut self, value: impl Into<serde_json::Value>, unit: &str) -> Self {
+        self.observed_value = Some(value.into());
+        self.observed_unit = Some(unit.to_owned());
+        self
+    }
+
+    pub fn output(mut self, output: impl Into<String>) -> Self {
+        self.output = Some(output.into());
+        self
+    }
+}
+
+/// The body of `GET /api/health`.
+#[derive(Debug, Clone, Serialize)]
+pub struct HealthReport {
+    pub status: Status,
+    pub version: String,
+    #[serde(rename = "serviceId")]
+    pub service_id: &'static str,
+    pub checks: BTreeMap<String, Vec<CheckResult>>,
+}
+
+/// The latest result of every check, shared by the checks and the readers.
+#[derive(Debug)]
+pub struct HealthBoard {
+    started: Instant,
+    checks: RwLock<BTreeMap<String, CheckResult>>,
+}
+
+impl Default for HealthBoard {
+    fn default() -> Self {
+        Self {
+            started: Instant::now(),
+            checks: RwLock::new(BTreeMap::new()),
+        }
+    }
+}
+
+impl HealthBoard {
+    /// Records the latest result of `name` (`component:measure`).
+    pub fn set(&self, name: impl Into<String>, result: CheckResult) {
+        // A poisoned lock only means a writer panicked mid-insert; the map is still usable.
+        let mut checks = self.checks.write().unwrap_or_else(|e| e.into_inner());
+        checks.insert(name.into(), result);
+    }
+
+    /// Seconds since the board was created, i.e. since start-up.
+    pub fn uptime_secs(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The report: every check plus uptime; the worst status wins.
+    pub fn report(&self, version: &str) -> HealthReport {
+        let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
+        let status = checks
+            .values()
+            .map(|c| c.status)
+            .max()
+            .unwrap_or(Status::Pass);
+        let mut out: BTreeMap<String, Vec<CheckResult>> = checks
+            .iter()
+            .map(|(name, result)| (name.clone(), vec![result.clone()]))
+            .collect();
+        out.insert(
+            "uptime".into(),
+            vec![CheckResult::new(Status::Pass).observed(self.uptime_secs(), "s")],
+        );
+        HealthReport {
+            status,
+            version: version.to_owned(),
+            service_id: "wechat-api",
+            checks: out,
+        }
+    }
+}
+
+/// Now as RFC 3339 UTC, e.g. `2026-11-21T06:25:33Z`.
+pub fn now_rfc3339() -> String {
+    let now = time::OffsetDateTime::now_utc()
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_worst_check_decides_and_the_shape_follows_the_draft() {
+        let board = HealthBoard::default();
+        assert_eq!(board.report("1").status, Status::Pass);
+        board.set(
+            "config:secrets",
+            CheckResult::new(Status::Warn).output("identical"),
+        );
+        board.set(
+            "tls:certificate",
+            CheckResult::new(Status::Pass).observed(40, "d"),
+        );
+        let report = board.report("1.0.0");
+        assert_eq!(report.status, Status::Warn);
+        let json = serde_json::to_value(&report).expect("serialises");
+        assert_eq!(json["status"], "warn");
+        assert_eq!(json["checks"]["tls:certificate"][0]["observedValue"], 40);
+        assert_eq!(json["checks"]["tls:certificate"][0]["observedUnit"], "d");
+        assert_eq!(json["checks"]["config:secrets"][0]["output"], "identical");
+        assert!(json["checks"]["uptime"][0]["time"]
+            .as_str()
+            .expect("time")
+            .ends_with('Z'));
+        board.set("store:writable", CheckResult::new(Status::Fail));
+        assert_eq!(board.report("1").status, Status::Fail);
+    }
+}

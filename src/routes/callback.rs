@@ -1,0 +1,131 @@
+//! `GET` (URL verification) and `POST` (messages) on the callback paths.
+
+use std::time::Instant;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+
+use crate::callback::{CallbackError, CallbackQuery, Channel, Outcome};
+use crate::routes::AppState;
+
+/// Real callback bodies are a few KiB; anything near this is not from WeCom.
+pub const MAX_BODY_BYTES: usize = 128 * 1024;
+
+/// URL verification: answer the decrypted `echostr` as plain text.
+pub async fn verify_url(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let started = Instant::now();
+    let verified =
+        CallbackQuery::parse(request.query_string()).and_then(|q| state.credentials.verify_url(&q));
+    match verified {
+        Ok((channel, echo)) => {
+            tracing::info!(
+                channel = channel.as_str(),
+                path = request.path(),
+                "URL verification passed"
+            );
+            state
+                .metrics
+                .record_callback(Some(channel), Outcome::Ok, started.elapsed());
+            HttpResponse::Ok()
+                .content_type("text/plain; charset=utf-8")
+                .body(echo)
+        }
+        Err(error) => reject(&state, &request, &error, started),
+    }
+}
+
+/// A callback message: verify, decrypt, parse, acknowledge.
+pub async fn receive(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let query = match CallbackQuery::parse(request.query_string()) {
+        Ok(query) => query,
+        Err(error) => return reject(&state, &request, &error, started),
+    };
+    let declared_too_large = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        .is_some_and(|len| len > MAX_BODY_BYTES);
+    let too_large = CallbackError::TooLarge {
+        limit: MAX_BODY_BYTES,
+    };
+    if declared_too_large {
+        return reject(&state, &request, &too_large, started);
+    }
+    let body = match payload.to_bytes_limited(MAX_BODY_BYTES).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(_)) => {
+            tracing::debug!(
+                path = request.path(),
+                "client went away while sending the body"
+            );
+            state
+                .metrics
+                .record_callback(None, Outcome::BadEnvelope, started.elapsed());
+            return HttpResponse::BadRequest()
+                .content_type("text/plain; charset=utf-8")
+                .body("cannot read body\n");
+        }
+        Err(_) => return reject(&state, &request, &too_large, started),
+    };
+    let opened = match state.credentials.open(&query, &body) {
+        Ok(opened) => opened,
+        Err(error) => return reject(&state, &request, &error, started),
+    };
+    tracing::info!(
+        channel = opened.channel.as_str(),
+        msgtype = opened.message.msg_type.as_str(),
+        "{}",
+        opened.message.summary()
+    );
+    state
+        .metrics
+        .record_callback(Some(opened.channel), Outcome::Ok, started.elapsed());
+    // WeCom takes an empty body as "no passive reply"; the kf docs ask for "success".
+    let body = match opened.channel {
+        Channel::App => "",
+        Channel::Kf => "success",
+    };
+    HttpResponse::Ok()
+        .content_type("text/plain; charset=utf-8")
+        .body(body)
+}
+
+fn status_of(error: &CallbackError) -> StatusCode {
+    match error {
+        CallbackError::BadSignature => StatusCode::FORBIDDEN,
+        CallbackError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        CallbackError::MissingParameter(_)
+        | CallbackError::MalformedQuery
+        | CallbackError::BadEnvelope(_)
+        | CallbackError::BadCiphertext(_)
+        | CallbackError::WrongReceiveId
+        | CallbackError::BadMessage(_) => StatusCode::BAD_REQUEST,
+    }
+}
+
+/// Answers a refused callback with its reason, counts it and logs it once.
+fn reject(
+    state: &AppState,
+    request: &HttpRequest,
+    error: &CallbackError,
+    started: Instant,
+) -> HttpResponse {
+    let outcome = error.outcome();
+    tracing::warn!(
+        path = request.path(),
+        method = request.method().as_str(),
+        outcome = outcome.as_str(),
+        "callback refused: {error}"
+    );
+    state
+        .metrics
+        .record_callback(None, outcome, started.elapsed());
+    HttpResponse::build(status_of(error))
+        .content_type("text/plain; charset=utf-8")
+        .body(format!("{error}\n"))
+}

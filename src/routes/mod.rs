@@ -1,0 +1,53 @@
+//! HTTP only: routes, extraction, status codes. Every decision is made elsewhere.
+//!
+//! Architecture invariant: only `routes/` and `startup.rs` know actix-web.
+
+pub mod callback;
+pub mod health;
+pub mod metrics;
+
+use std::sync::Arc;
+
+use actix_web::{web, HttpResponse};
+
+use crate::callback::CallbackCredentials;
+use crate::health::HealthBoard;
+use crate::telemetry::Metrics;
+
+/// The paths WeCom may be pointed at; existing deployments use each of them.
+pub const CALLBACK_PATHS: [&str; 3] = [
+    "/api/v1/wecom/callback",
+    "/wework/callback",
+    "/wechat/callback",
+];
+
+/// What every handler can reach.
+#[derive(Debug)]
+pub struct AppState {
+    pub credentials: CallbackCredentials,
+    pub metrics: Arc<Metrics>,
+    pub health: Arc<HealthBoard>,
+    pub version: &'static str,
+}
+
+/// Registers every route.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    for path in CALLBACK_PATHS {
+        cfg.service(
+            web::resource(path)
+                .route(web::get().to(callback::verify_url))
+                .route(web::post().to(callback::receive)),
+        );
+    }
+    cfg.route("/api/health", web::get().to(health::report))
+        .route("/health", web::get().to(health::report))
+        .route("/api/health/live", web::get().to(health::live))
+        .route("/metrics", web::get().to(metrics::render))
+        .default_service(web::to(not_found));
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound()
+        .content_type("text/plain; charset=utf-8")
+        .body("not found\n")
+}

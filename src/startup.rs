@@ -1,0 +1,277 @@
+//! The running service: build it from a validated [`Config`], learn its ports,
+//! run it until SIGTERM/SIGINT (or a test's cancel), then drain.
+//!
+//! Owns: listeners, the actix-web server and its limits, the shared state, and
+//! the lifetime of background tasks. Architecture invariant: every background
+//! task gets the shutdown token and is tracked, so `run_until_stopped` returns
+//! only when they have all finished.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::dev::Server;
+use actix_web::{web, App, HttpServer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::callback::CallbackCredentials;
+use crate::config::Config;
+use crate::health::{CheckResult, HealthBoard, Status};
+use crate::routes::{self, AppState};
+use crate::telemetry::Metrics;
+use crate::tls::{self, CertificateStore, TlsError};
+
+/// How long in-flight requests get to finish after a stop signal. The compose
+/// file's `stop_grace_period` is a little longer than this.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Header read timeout: a slow client (slowloris) is cut off after this.
+const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+const KEEP_ALIVE: Duration = Duration::from_secs(75);
+const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(5);
+
+/// The version this binary reports everywhere.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Why the service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {address} ({variable}): {source}")]
+    Bind {
+        address: SocketAddr,
+        variable: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot start the HTTP server: {0}")]
+    Server(std::io::Error),
+}
+
+impl StartupError {
+    /// Problems the operator fixes in configuration or files (exit 64), as opposed
+    /// to run-time failures.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, StartupError::Tls(_))
+    }
+}
+
+/// A built, listening service.
+pub struct Application {
+    port: u16,
+    http_port: Option<u16>,
+    tls: bool,
+    server: Server,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    state: web::Data<AppState>,
+}
+
+impl Application {
+    /// Loads the certificate, binds every listener and starts serving.
+    pub async fn build(config: Config) -> Result<Self, StartupError> {
+        tls::install_crypto_provider();
+        let metrics = Arc::new(Metrics::new(VERSION));
+        let health = Arc::new(HealthBoard::default());
+        record_config_checks(&config, &health);
+
+        let listen = &config.listen;
+        let certificates = if listen.tls_enabled {
+            let store = CertificateStore::open(&listen.cert_path, &listen.key_path)?;
+            health.set("tls:certificate", certificate_check(store.not_after()));
+            Some(store)
+        } else {
+            None
+        };
+
+        let state = web::Data::new(AppState {
+            credentials: CallbackCredentials::from_config(&config),
+            metrics: Arc::clone(&metrics),
+            health,
+            version: VERSION,
+        });
+        let app_state = state.clone();
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .app_data(app_state.clone())
+                .configure(routes::configure)
+        })
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
+        .keep_alive(KEEP_ALIVE)
+        .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
+        .disable_signals();
+
+        let main_address = SocketAddr::new(listen.bind_address, listen.https_port);
+        let main_listener = bind(main_address, "HTTPS_PORT")?;
+        let port = main_listener
+            .local_addr()
+            .map_err(StartupError::Server)?
+            .port();
+        server = match &certificates {
+            Some(store) => server.listen_rustls_0_23(main_listener, store.server_config()?),
+            None => server.listen(main_listener),
+        }
+        .map_err(StartupError::Server)?;
+
+        let mut http_port = None;
+        if let Some(plain) = listen.http_port {
+            let listener = bind(SocketAddr::new(listen.bind_address, plain), "HTTP_PORT")?;
+            http_port = Some(listener.local_addr().map_err(StartupError::Server)?.port());
+            server = server.listen(listener).map_err(StartupError::Server)?;
+        }
+
+        let server = server.run();
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        tasks.spawn(metrics_upkeep(metrics, shutdown.clone()));
+        tracing::info!(
+            port,
+            http_port,
+            tls = certificates.is_some(),
+            version = VERSION,
+            "wechat-api listening on {}",
+            main_address.ip()
+        );
+        Ok(Self {
+            port,
+            http_port,
+            tls: certificates.is_some(),
+            server,
+            shutdown,
+            tasks,
+            state,
+        })
+    }
+
+    /// The port of the main (TLS) listener; useful when bound to port 0.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The port of the optional plain-HTTP listener.
+    pub fn http_port(&self) -> Option<u16> {
+        self.http_port
+    }
+
+    /// Whether the main listener speaks TLS.
+    pub fn tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Cancelling this token stops the application gracefully, like SIGTERM.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The shared health board, for checks run outside the HTTP layer.
+    pub fn health(&self) -> Arc<HealthBoard> {
+        Arc::clone(&self.state.health)
+    }
+
+    /// Serves until SIGTERM, SIGINT or the shutdown token, then drains requests
+    /// (bounded by [`DRAIN_TIMEOUT`]) and waits for background tasks.
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let Self {
+            server,
+            shutdown,
+            tasks,
+            ..
+        } = self;
+        let handle = server.handle();
+        let mut server = tokio::spawn(server);
+        let stop_reason = tokio::select! {
+            result = &mut server => {
+                shutdown.cancel();
+                tasks.close();
+                tasks.wait().await;
+                return result.map_err(std::io::Error::other)?;
+            }
+            reason = stop_signal() => reason,
+            () = shutdown.cancelled() => "shutdown requested",
+        };
+        tracing::info!(
+            "{stop_reason}: draining for at most {}s",
+            DRAIN_TIMEOUT.as_secs()
+        );
+        shutdown.cancel();
+        handle.stop(true).await;
+        let served = server.await.map_err(std::io::Error::other)?;
+        tasks.close();
+        tasks.wait().await;
+        tracing::info!("stopped");
+        served
+    }
+}
+
+fn bind(address: SocketAddr, variable: &'static str) -> Result<TcpListener, StartupError> {
+    TcpListener::bind(address).map_err(|source| StartupError::Bind {
+        address,
+        variable,
+        source,
+    })
+}
+
+async fn stop_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers the service can still be stopped by its token.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    }
+}
+
+async fn metrics_upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_PERIOD);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => metrics.run_upkeep(),
+        }
+    }
+}
+
+fn record_config_checks(config: &Config, health: &HealthBoard) {
+    let check = if config.secrets_identical() {
+        CheckResult::new(Status::Warn).output(
+            "WECOM_SECRET and WECOM_KF_SECRET are identical: fine for a self-built app authorised for 微信客服, \
+             otherwise kf sends fail with 95018",
+        )
+    } else {
+        CheckResult::new(Status::Pass)
+    };
+    health.set("config:secrets", check);
+}
+
+/// `tls:certificate` from the days left: warn under 14, fail under 3 or expired.
+pub fn certificate_check(not_after: i64) -> CheckResult {
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let days_left = (not_after - now).div_euclid(86_400);
+    let status = match days_left {
+        d if d < 3 => Status::Fail,
+        d if d < 14 => Status::Warn,
+        _ => Status::Pass,
+    };
+    let output = match status {
+        Status::Pass => None,
+        _ if not_after <= now => {
+            Some("the certificate has expired: replace TLS_CERT_PATH / TLS_KEY_PATH".to_owned())
+        }
+        _ => Some(format!(
+            "the certificate expires in {days_left} days: renew it"
+        )),
+    };
+    let result = CheckResult::new(status).observed(days_left, "d");
+    match output {
+        Some(text) => result.output(text),
+        None => result,
+    }
+}

@@ -1,0 +1,214 @@
+//! Logs and metrics, set up in one place.
+//!
+//! Owns: the tracing subscriber, every metric name and its help text, and the
+//! Prometheus rendering. Each [`Metrics`] has its own recorder instead of a global
+//! one, so several applications in one test process do not count into each other,
+//! and the hot path increments pre-registered handles without a map lookup.
+//!
+//! Deliberately not here: deciding *what* happened (callers pass an [`Outcome`]).
+
+use std::time::Duration;
+
+use metrics::{
+    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
+};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
+
+use crate::callback::{Channel, Outcome};
+use crate::config::LogFormat;
+
+/// The content type Prometheus expects from a text exposition.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Starts logging to stdout. Safe to call more than once (later calls are ignored).
+pub fn init_tracing(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::new("info,actix_server=warn,rustls=warn,h2=warn,hyper=warn");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+const CALLBACKS_TOTAL: &str = "wechat_api_callbacks_total";
+const CALLBACK_DURATION: &str = "wechat_api_callback_duration_seconds";
+const BUILD_INFO: &str = "wechat_api_build_info";
+
+/// Upper bounds of the callback latency histogram: fine below 10 ms, where a
+/// healthy callback lives, and up to WeCom's 5 s retry limit.
+const CALLBACK_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+
+/// The application's metrics: the recorder, its renderer, and hot-path handles.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    /// Indexed by [`Self::callback_index`]: (app | kf | unknown) × every outcome.
+    callbacks: Vec<Counter>,
+    callback_duration: Histogram,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new(version: &str) -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(CALLBACK_DURATION.into()), CALLBACK_BUCKETS)
+            .map(PrometheusBuilder::build_recorder)
+            // The bucket list is a non-empty constant, the only way this can fail.
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        recorder.describe_counter(
+            KeyName::from_const_str(CALLBACKS_TOTAL),
+            Some(Unit::Count),
+            SharedString::const_str("Callback requests by channel (app, kf, unknown) and outcome."),
+        );
+        recorder.describe_histogram(
+            KeyName::from_const_str(CALLBACK_DURATION),
+            Some(Unit::Seconds),
+            SharedString::const_str("Time from request to answer for callback requests."),
+        );
+        recorder.describe_gauge(
+            KeyName::from_const_str(BUILD_INFO),
+            None,
+            SharedString::const_str("Always 1; the labels carry the build's version."),
+        );
+        recorder
+            .register_gauge(
+                &Key::from_parts(BUILD_INFO, vec![Label::new("version", version.to_owned())]),
+                &METADATA,
+            )
+            .set(1.0);
+        let channels = Channel::ALL.iter().map(|c| c.as_str()).chain(["unknown"]);
+        let callbacks = channels
+            .flat_map(|channel| {
+                Outcome::ALL
+                    .iter()
+                    .map(move |outcome| (channel, outcome.as_str()))
+            })
+            .map(|(channel, outcome)| {
+                let labels = vec![
+                    Label::new("channel", channel),
+                    Label::new("outcome", outcome),
+                ];
+                recorder.register_counter(&Key::from_parts(CALLBACKS_TOTAL, labels), &METADATA)
+            })
+            .collect();
+        let callback_duration =
+            recorder.register_histogram(&Key::from_name(CALLBACK_DURATION), &METADATA);
+        Self {
+            recorder,
+            handle,
+            callbacks,
+            callback_duration,
+        }
+    }
+
+    fn callback_index(channel: Option<Channel>, outcome: Outcome) -> usize {
+        let row = channel.map_or(Channel::ALL.len(), |c| c as usize);
+        let column = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
+        row * Outcome::ALL.len() + column
+    }
+
+    /// Counts one callback and records how long it took.
+    pub fn record_callback(&self, channel: Option<Channel>, outcome: Outcome, elapsed: Duration) {
+        if let Some(counter) = self.callbacks.get(Self::callback_index(channel, outcome)) {
+            counter.increment(1);
+        }
+        self.callback_duration.record(elapsed.as_secs_f64());
+    }
+
+    /// A counter with labels, registered on first use; for metrics off the hot path.
+    pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)]) -> Counter {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect::<Vec<_>>();
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// A gauge with labels, registered on first use.
+    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)]) -> Gauge {
+        let labels = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, v.clone()))
+            .collect::<Vec<_>>();
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    /// Folds recorded histogram samples into their buckets; call periodically so
+    /// samples do not pile up between scrapes.
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_build_info_counters_and_a_real_histogram() {
+        let metrics = Metrics::new("1.2.3");
+        metrics.record_callback(Some(Channel::Kf), Outcome::Ok, Duration::from_millis(2));
+        metrics.record_callback(None, Outcome::BadSignature, Duration::from_micros(300));
+        let text = metrics.render();
+        assert!(
+            text.contains("wechat_api_build_info{version=\"1.2.3\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "wechat_api_callbacks_total{channel=\"unknown\",outcome=\"bad_signature\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("wechat_api_callback_duration_seconds_bucket{le=\"0.0025\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wechat_api_callback_duration_seconds_count 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE wechat_api_callback_duration_seconds histogram"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn two_instances_do_not_share_counts() {
+        let a = Metrics::new("x");
+        let b = Metrics::new("x");
+        a.record_callback(Some(Channel::App), Outcome::Ok, Duration::ZERO);
+        assert!(b
+            .render()
+            .contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 0"));
+    }
+}
