@@ -26,9 +26,12 @@ pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=ut
 pub fn init_tracing(format: LogFormat) {
     let filter =
         tracing_subscriber::EnvFilter::new("info,actix_server=warn,rustls=warn,h2=warn,hyper=warn");
+    // Colour only for a person at a terminal; Docker logs and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false);
+        .with_target(false)
+        .with_ansi(ansi);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),

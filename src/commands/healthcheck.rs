@@ -90,7 +90,7 @@ pub fn run(sources: &Sources, url: Option<String>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tokio::time::timeout(TIMEOUT, probe(&url))) {
+    match runtime.block_on(async { tokio::time::timeout(TIMEOUT, probe(&url)).await }) {
         Ok(Ok(())) => {
             println!("live");
             ExitCode::SUCCESS

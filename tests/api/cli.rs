@@ -1,0 +1,327 @@
+//! The binary as an operator runs it: exit codes, output, and the curl commands
+//! `sign` and `serve --demo` print, executed for real.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_wechat-api");
+
+/// The binary with a clean environment: only what the test sets.
+fn wechat_api(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir);
+    command
+}
+
+/// A child process killed when the test ends, with its stdout as lines.
+struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Self { child, lines }
+    }
+
+    /// Collects output until `done` says so; fails the test after 30 s.
+    fn read_until(&self, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let finished = done(&line);
+                    seen.push(line);
+                    if finished {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("timed out; output so far:\n{}", seen.join("\n"));
+    }
+
+    fn port(&self) -> u16 {
+        let lines = self.read_until(|l| l.contains("wechat-api listening"));
+        let line = lines.last().expect("a line");
+        let at = line.find("port=").expect("port field") + 5;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .expect("digits")
+            .parse()
+            .expect("port")
+    }
+
+    fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs every `curl` line of `commands` with sh and returns their outputs.
+fn run_curl_lines(commands: &str) -> Vec<String> {
+    let curls: Vec<&str> = commands
+        .lines()
+        .filter(|l| l.starts_with("curl "))
+        .collect();
+    assert_eq!(curls.len(), 2, "{commands}");
+    curls
+        .iter()
+        .map(|line| {
+            let out = Command::new("sh")
+                .args(["-c", line])
+                .output()
+                .expect("sh runs curl");
+            assert!(
+                out.status.success(),
+                "{line}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .collect()
+}
+
+/// The text the first comment promises the GET will print.
+fn promised_echo(commands: &str) -> String {
+    commands
+        .lines()
+        .next()
+        .and_then(|l| l.rsplit(' ').next())
+        .expect("first comment")
+        .to_owned()
+}
+
+#[test]
+fn keygen_prints_a_valid_token_and_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = wechat_api(dir.path()).arg("keygen").output().expect("runs");
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).expect("UTF-8");
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}=")))
+            .expect(name)
+            .to_owned()
+    };
+    assert!(wechat_api::config::Token::parse(&value("WECOM_TOKEN")).is_ok());
+    assert_eq!(value("WECOM_ENCODING_AES_KEY").len(), 43);
+    assert!(wechat_api::crypto::AesKey::parse(&value("WECOM_ENCODING_AES_KEY")).is_ok());
+}
+
+#[test]
+fn bad_configuration_exits_64_naming_each_variable_without_a_panic() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = wechat_api(dir.path())
+        .arg("serve")
+        .env("WECOM_TOKEN", TOKEN)
+        .env("WECOM_ENCODING_AES_KEY", &AES_KEY[..42])
+        .env("HTTPS_PORT", "http")
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert!(lines.contains(&"configuration error: WECOM_ENCODING_AES_KEY must be 43 characters of base64, got 42 (copy it again from the callback settings)"), "{stderr}");
+    assert!(
+        lines.contains(&"configuration error: WECOM_CORP_ID is required but not set"),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("configuration error: HTTPS_PORT must be a port")),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&AES_KEY[..42]), "the key leaked: {stderr}");
+}
+
+#[test]
+fn an_unreadable_certificate_exits_64_naming_tls_cert_path() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = wechat_api(dir.path())
+        .arg("serve")
+        .envs(test_env(dir.path(), &[]))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("configuration error: TLS_CERT_PATH"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("server.crt"), "{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_prints_curl_commands_that_pass_against_the_service() {
+    let app = spawn_app().await;
+    let url = app.url("/api/v1/wecom/callback");
+    let out = wechat_api(app.dir.path())
+        .args(["sign", "--url", &url, "--text", "帮助 it's ]]> tricky"])
+        .envs(test_env(app.dir.path(), &[]))
+        .output()
+        .expect("runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let commands = String::from_utf8(out.stdout).expect("UTF-8");
+    let outputs = tokio::task::spawn_blocking({
+        let commands = commands.clone();
+        move || run_curl_lines(&commands)
+    })
+    .await
+    .expect("curl thread");
+    assert_eq!(outputs[0], promised_echo(&commands), "GET prints the echo");
+    assert_eq!(outputs[1], "200", "POST is acknowledged");
+    assert_eq!(
+        app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}")
+            .await,
+        2.0
+    );
+}
+
+#[test]
+fn serve_runs_answers_healthcheck_and_stops_on_sigterm() {
+    let dir = tempfile::tempdir().expect("dir");
+    write_certificate(dir.path(), 30);
+    let mut command = wechat_api(dir.path());
+    command.arg("serve").envs(test_env(dir.path(), &[]));
+    let mut service = Running::start(command);
+    let port = service.port();
+    let live = wechat_api(dir.path())
+        .args([
+            "healthcheck",
+            "--url",
+            &format!("https://127.0.0.1:{port}/api/health/live"),
+        ])
+        .output()
+        .expect("runs");
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    // Without --url it finds the listener from the same settings (port 0 → ask it).
+    let env = test_env(dir.path(), &[("HTTPS_PORT", &port.to_string())]);
+    let live = wechat_api(dir.path())
+        .arg("healthcheck")
+        .envs(env)
+        .output()
+        .expect("runs");
+    assert!(
+        live.status.success(),
+        "{}",
+        String::from_utf8_lossy(&live.stderr)
+    );
+    let status = service.terminate();
+    assert!(status.success(), "graceful stop exits 0, got {status}");
+}
+
+#[test]
+fn healthcheck_fails_when_nothing_listens() {
+    let dir = tempfile::tempdir().expect("dir");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let out = wechat_api(dir.path())
+        .args([
+            "healthcheck",
+            "--url",
+            &format!("https://127.0.0.1:{port}/api/health/live"),
+        ])
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("unhealthy:"));
+}
+
+#[test]
+fn demo_mode_starts_with_no_configuration_and_its_curl_commands_pass() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut command = wechat_api(dir.path());
+    command
+        .args(["serve", "--demo"])
+        .env("HTTPS_PORT", "0")
+        .env("BIND_ADDRESS", "127.0.0.1");
+    let service = Running::start(command);
+    let banner = service
+        .read_until(|l| l.starts_with("More at any time"))
+        .join("\n");
+    assert!(banner.contains("DEMO MODE"), "{banner}");
+    let start = banner
+        .find("# 1. URL verification")
+        .expect("commands in the banner");
+    let commands = &banner[start..];
+    let outputs = run_curl_lines(commands);
+    assert_eq!(outputs[0], promised_echo(commands));
+    assert_eq!(outputs[1], "200");
+    assert!(dir.path().join("wechat-api-demo/demo.toml").is_file());
+    assert!(dir
+        .path()
+        .join("wechat-api-demo/certs/server.crt")
+        .is_file());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(dir.path().join("wechat-api-demo/demo.toml"))
+            .expect("meta")
+            .permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600, "the demo secrets are private");
+}
