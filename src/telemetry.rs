@@ -22,20 +22,45 @@ use crate::config::LogFormat;
 /// The content type Prometheus expects from a text exposition.
 pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
+/// Keeps the log writer alive; dropping it flushes what is queued.
+#[must_use = "logs are lost unless the guard lives until exit"]
+pub struct LogGuard {
+    _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
+}
+
+/// Lines queued for the log thread before a request thread waits for it.
+const LOG_QUEUE_LINES: usize = 64 * 1024;
+
 /// Starts logging to stdout. Safe to call more than once (later calls are ignored).
-pub fn init_tracing(format: LogFormat) {
+///
+/// Lines go through a queue to a log thread that writes whatever has queued up in
+/// one `write`: one line per callback must not cost one system call per callback.
+/// The queue is not lossy: when full, the request thread waits rather than drop a line.
+pub fn init_tracing(format: LogFormat) -> LogGuard {
     let filter =
         tracing_subscriber::EnvFilter::new("info,actix_server=warn,rustls=warn,h2=warn,hyper=warn");
     // Colour only for a person at a terminal; Docker logs and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("wechat-api-log")
+        .finish(std::io::BufWriter::with_capacity(
+            64 * 1024,
+            std::io::stdout(),
+        ));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(ansi);
-    let _ = match format {
+        .with_ansi(ansi)
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    LogGuard {
+        _worker: installed.is_ok().then_some(guard),
+    }
 }
 
 const CALLBACKS_TOTAL: &str = "wechat_api_callbacks_total";

@@ -18,7 +18,7 @@ pub fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> {
         sources.file = Some(file);
     }
     let (config, warnings) = config::load(&sources)?;
-    telemetry::init_tracing(config.log_format);
+    let _log = telemetry::init_tracing(config.log_format);
     for warning in &warnings {
         tracing::warn!("{warning}");
     }

@@ -1,8 +1,7 @@
 //! The decrypted XML of a self-built-app callback (and of the `kf_msg_or_event`
 //! notice, which arrives the same way), classified into [`AppMessageKind`].
 
-use serde::Deserialize;
-
+use super::xml::{self, xml_fields};
 use super::{clip, ParseError};
 
 /// One decrypted app callback.
@@ -113,65 +112,38 @@ impl AppEvent {
     }
 }
 
-/// Every element any app message type uses; serde ignores the rest (nested
-/// structures such as `ScanCodeInfo` included).
-#[derive(Deserialize, Default)]
-#[serde(default)]
-struct Fields {
-    #[serde(rename = "ToUserName")]
-    to_user_name: Option<String>,
-    #[serde(rename = "FromUserName")]
-    from_user_name: Option<String>,
-    #[serde(rename = "CreateTime")]
-    create_time: Option<String>,
-    #[serde(rename = "MsgType")]
-    msg_type: Option<String>,
-    #[serde(rename = "MsgId")]
-    msg_id: Option<String>,
-    #[serde(rename = "AgentID")]
-    agent_id: Option<String>,
-    #[serde(rename = "Content")]
-    content: Option<String>,
-    #[serde(rename = "PicUrl")]
-    pic_url: Option<String>,
-    #[serde(rename = "MediaId")]
-    media_id: Option<String>,
-    #[serde(rename = "Format")]
-    format: Option<String>,
-    #[serde(rename = "ThumbMediaId")]
-    thumb_media_id: Option<String>,
-    #[serde(rename = "Location_X")]
-    location_x: Option<String>,
-    #[serde(rename = "Location_Y")]
-    location_y: Option<String>,
-    #[serde(rename = "Scale")]
-    scale: Option<String>,
-    #[serde(rename = "Label")]
-    label: Option<String>,
-    #[serde(rename = "Title")]
-    title: Option<String>,
-    #[serde(rename = "Description")]
-    description: Option<String>,
-    #[serde(rename = "Url")]
-    url: Option<String>,
-    #[serde(rename = "Event")]
-    event: Option<String>,
-    #[serde(rename = "EventKey")]
-    event_key: Option<String>,
-    #[serde(rename = "Latitude")]
-    latitude: Option<String>,
-    #[serde(rename = "Longitude")]
-    longitude: Option<String>,
-    #[serde(rename = "Precision")]
-    precision: Option<String>,
-    #[serde(rename = "ChangeType")]
-    change_type: Option<String>,
-    #[serde(rename = "UserID")]
-    user_id: Option<String>,
-    #[serde(rename = "Token")]
-    token: Option<String>,
-    #[serde(rename = "OpenKfId")]
-    open_kfid: Option<String>,
+xml_fields! {
+    /// Every element any app message type uses; other tags (nested structures such
+    /// as `ScanCodeInfo` included) are skipped.
+    struct Fields {
+        to_user_name = b"ToUserName",
+        from_user_name = b"FromUserName",
+        create_time = b"CreateTime",
+        msg_type = b"MsgType",
+        msg_id = b"MsgId",
+        agent_id = b"AgentID",
+        content = b"Content",
+        pic_url = b"PicUrl",
+        media_id = b"MediaId",
+        format = b"Format",
+        thumb_media_id = b"ThumbMediaId",
+        location_x = b"Location_X",
+        location_y = b"Location_Y",
+        scale = b"Scale",
+        label = b"Label",
+        title = b"Title",
+        description = b"Description",
+        url = b"Url",
+        event = b"Event",
+        event_key = b"EventKey",
+        latitude = b"Latitude",
+        longitude = b"Longitude",
+        precision = b"Precision",
+        change_type = b"ChangeType",
+        user_id = b"UserID",
+        token = b"Token",
+        open_kfid = b"OpenKfId",
+    }
 }
 
 fn number<T: std::str::FromStr>(text: Option<String>) -> Option<T> {
@@ -183,7 +155,7 @@ impl AppMessage {
     /// an unknown type becomes [`AppMessageKind::Unknown`].
     pub fn parse(xml: &str) -> Result<Self, ParseError> {
         const WHAT: &str = "app message";
-        let f: Fields = quick_xml::de::from_str(xml).map_err(|e| ParseError::xml(WHAT, e))?;
+        let f: Fields = xml::read(xml, WHAT)?;
         let msg_type = f
             .msg_type
             .filter(|t| !t.is_empty())

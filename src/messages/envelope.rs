@@ -1,7 +1,6 @@
 //! The outer XML of a POSTed callback: `<xml><ToUserName/><AgentID/><Encrypt/></xml>`.
 
-use serde::Deserialize;
-
+use super::xml::{self, xml_fields};
 use super::ParseError;
 
 /// The encrypted envelope of a callback POST. Only `Encrypt` is required: kf
@@ -13,14 +12,12 @@ pub struct CallbackEnvelope {
     pub encrypt: String,
 }
 
-#[derive(Deserialize)]
-struct RawEnvelope {
-    #[serde(rename = "ToUserName")]
-    to_user_name: Option<String>,
-    #[serde(rename = "AgentID")]
-    agent_id: Option<String>,
-    #[serde(rename = "Encrypt")]
-    encrypt: Option<String>,
+xml_fields! {
+    struct RawEnvelope {
+        to_user_name = b"ToUserName",
+        agent_id = b"AgentID",
+        encrypt = b"Encrypt",
+    }
 }
 
 impl CallbackEnvelope {
@@ -33,8 +30,7 @@ impl CallbackEnvelope {
 
     /// Parses the envelope from the request body.
     pub fn parse(body: &str) -> Result<Self, ParseError> {
-        let raw: RawEnvelope =
-            quick_xml::de::from_str(body).map_err(|e| ParseError::xml("callback envelope", e))?;
+        let raw: RawEnvelope = xml::read(body, "callback envelope")?;
         let encrypt = raw
             .encrypt
             .map(|e| e.trim().to_owned())

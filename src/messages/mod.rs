@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod envelope;
+mod xml;
 
 pub use app::{AppEvent, AppMessage, AppMessageKind};
 pub use envelope::CallbackEnvelope;
@@ -30,10 +31,9 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    fn xml(what: &'static str, error: quick_xml::DeError) -> Self {
+    fn new(what: &'static str, reason: String) -> Self {
         // quick-xml's messages can quote input; keep only the first line, bounded.
-        let message = error.to_string();
-        let first_line = message.lines().next().unwrap_or_default();
+        let first_line = reason.lines().next().unwrap_or_default();
         Self {
             what,
             reason: clip(first_line, 160).into_owned(),
