@@ -19,5 +19,6 @@ pub mod health;
 pub mod messages;
 pub mod routes;
 pub mod startup;
+pub mod store;
 pub mod telemetry;
 pub mod tls;

@@ -1,0 +1,101 @@
+//! The journal: every accepted callback, durably, before it is acknowledged.
+//! The dedup key is the primary identity: a second delivery changes nothing.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::outbox::NewAction;
+use super::{now, Store, StoreError};
+
+/// A callback to journal.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub dedup_key: String,
+    pub channel: &'static str,
+    /// The decrypted message exactly as received.
+    pub payload: String,
+}
+
+/// What journaling found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// First delivery; the journal id.
+    New(i64),
+    /// Seen before (a WeCom retry, or a replay): nothing written.
+    Duplicate,
+}
+
+/// A journaled callback not yet handled.
+#[derive(Debug, Clone)]
+pub struct PendingEntry {
+    pub id: i64,
+    pub dedup_key: String,
+    pub channel: String,
+    pub received_at: i64,
+    pub payload: String,
+}
+
+impl Store {
+    /// Journals `entry` unless its dedup key is known; durable when this returns.
+    pub async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
+        self.run(move |db| {
+            let inserted = db.execute(
+                "INSERT INTO journal (dedup_key, channel, received_at, payload) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(dedup_key) DO NOTHING",
+                params![entry.dedup_key, entry.channel, now(), entry.payload],
+            )?;
+            Ok(if inserted == 1 { Recorded::New(db.last_insert_rowid()) } else { Recorded::Duplicate })
+        })
+        .await
+    }
+
+    /// The oldest unhandled entries, in arrival order.
+    pub async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
+        self.run(move |db| {
+            let mut statement = db.prepare_cached(
+                "SELECT id, dedup_key, channel, received_at, payload FROM journal
+                 WHERE handled_at IS NULL ORDER BY id LIMIT ?1",
+            )?;
+            let rows = statement.query_map([limit as i64], |row| {
+                Ok(PendingEntry {
+                    id: row.get(0)?,
+                    dedup_key: row.get(1)?,
+                    channel: row.get(2)?,
+                    received_at: row.get(3)?,
+                    payload: row.get(4)?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Marks an entry handled and queues its actions, in one transaction: a crash
+    /// either loses both (the entry is handled again) or keeps both.
+    pub async fn complete(&self, id: i64, actions: Vec<NewAction>) -> Result<(), StoreError> {
+        self.run(move |db| {
+            for action in &actions {
+                action.insert(db)?;
+            }
+            db.execute(
+                "UPDATE journal SET handled_at = ?1 WHERE id = ?2",
+                params![now(), id],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Whether `dedup_key` was journaled (for tests and diagnostics).
+    pub async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
+        self.run(move |db| {
+            db.query_row(
+                "SELECT 1 FROM journal WHERE dedup_key = ?1",
+                [dedup_key],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+        })
+        .await
+    }
+}

@@ -1,0 +1,397 @@
+//! The embedded store: SQLite in `DATA_DIR`, WAL mode, `synchronous=FULL`.
+//!
+//! Owns: the schema and its migrations, and the one thread that talks to SQLite.
+//! Every operation is a closure sent to that thread. The thread takes whatever is
+//! queued, runs each closure in its own savepoint inside one transaction, commits
+//! once (one fsync for the whole group) and only then answers the callers. Under
+//! load that is group commit: durable journaling does not cost an fsync per request.
+//! A failing operation rolls back its savepoint only; the rest of the group commits.
+//!
+//! Deliberately not here: what the rows mean to the service. The typed operations
+//! live next to their owners ([`journal`], [`outbox`], [`tokens`], [`meta`]).
+
+pub mod journal;
+pub mod meta;
+pub mod outbox;
+pub mod tokens;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+/// Versioned schema. Entry `n` upgrades `user_version` n to n+1; append only, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: the journal, the outbox, access tokens, kf cursors, facts about this install.
+    "CREATE TABLE journal (
+        id INTEGER PRIMARY KEY,
+        dedup_key TEXT NOT NULL UNIQUE,
+        channel TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        payload TEXT NOT NULL,
+        handled_at INTEGER
+    );
+    CREATE INDEX journal_pending ON journal(id) WHERE handled_at IS NULL;
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        action_key TEXT NOT NULL UNIQUE,
+        kind TEXT NOT NULL,
+        payload TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER NOT NULL,
+        last_error TEXT,
+        created_at INTEGER NOT NULL,
+        done_at INTEGER
+    );
+    CREATE INDEX outbox_due ON outbox(next_attempt_at) WHERE done_at IS NULL;
+    CREATE TABLE access_tokens (
+        cache_key TEXT PRIMARY KEY,
+        token TEXT NOT NULL,
+        expires_at INTEGER NOT NULL,
+        obtained_at INTEGER NOT NULL
+    );
+    CREATE TABLE kf_cursors (
+        open_kfid TEXT PRIMARY KEY,
+        cursor TEXT NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );",
+];
+
+/// The file name inside `DATA_DIR`.
+pub const DATABASE_FILE: &str = "wechat-api.sqlite3";
+
+/// At most this many operations share one transaction.
+const MAX_GROUP: usize = 512;
+
+/// Why a store operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DATA_DIR {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("store: the writer thread has stopped")]
+    Closed,
+    #[error("store: the commit failed, nothing was written")]
+    CommitFailed,
+    #[error("store: this database was written by a newer version (schema {found}, this build knows {known})")]
+    TooNew { found: i64, known: i64 },
+}
+
+/// Runs on the writer thread; says whether it succeeded and how to answer its
+/// caller once the commit's fate is known.
+type Operation = Box<dyn FnOnce(&Connection) -> (bool, Delivery) + Send>;
+
+/// Answers one caller; `true` when the group committed.
+type Delivery = Box<dyn FnOnce(bool) + Send>;
+
+/// A handle to the store; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    sender: mpsc::Sender<Operation>,
+    stats: Arc<Stats>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("commits", &self.stats.commits.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+/// Counters of the writer thread, for metrics and the group-commit measurement.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub commits: AtomicU64,
+    pub operations: AtomicU64,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `dir`, migrates it, and starts
+    /// the writer thread.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        let open_error = |reason: String| StoreError::Open {
+            path: dir.to_owned(),
+            reason,
+        };
+        std::fs::create_dir_all(dir).map_err(|e| open_error(format!("cannot create it: {e}")))?;
+        let path = dir.join(DATABASE_FILE);
+        let connection = Connection::open(&path)
+            .map_err(|e| open_error(format!("cannot open {DATABASE_FILE}: {e}")))?;
+        configure(&connection).map_err(|e| open_error(format!("cannot configure SQLite: {e}")))?;
+        migrate(&connection)?;
+        let (sender, receiver) = mpsc::channel::<Operation>();
+        let stats = Arc::new(Stats::default());
+        let thread_stats = Arc::clone(&stats);
+        std::thread::Builder::new()
+            .name("wechat-api-store".into())
+            .spawn(move || writer_loop(connection, receiver, &thread_stats))
+            .map_err(|e| open_error(format!("cannot start the store thread: {e}")))?;
+        Ok(Self { sender, stats })
+    }
+
+    /// Runs `operation` on the writer thread inside a transaction that is durably
+    /// committed before this returns.
+    pub async fn run<R, F>(&self, operation: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        let (reply, answer) = oneshot::channel();
+        let job: Operation = Box::new(move |connection| {
+            let result = operation(connection);
+            let succeeded = result.is_ok();
+            let delivery: Delivery = Box::new(move |committed| {
+                let answer = match result {
+                    Ok(_) if !committed => Err(StoreError::CommitFailed),
+                    other => other.map_err(StoreError::from),
+                };
+                // The caller may have given up (a cancelled request); nothing to do then.
+                let _ = reply.send(answer);
+            });
+            (succeeded, delivery)
+        });
+        self.sender.send(job).map_err(|_| StoreError::Closed)?;
+        answer.await.unwrap_or(Err(StoreError::Closed))
+    }
+
+    /// Writer-thread counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+fn configure(connection: &Connection) -> rusqlite::Result<()> {
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before any caller is told it happened.
+    connection.pragma_update(None, "synchronous", "FULL")?;
+    connection.pragma_update(None, "foreign_keys", "ON")?;
+    connection.busy_timeout(Duration::from_secs(5))?;
+    Ok(())
+}
+
+fn migrate(connection: &Connection) -> Result<(), StoreError> {
+    let known = MIGRATIONS.len() as i64;
+    let found: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if found > known {
+        return Err(StoreError::TooNew { found, known });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = connection.unchecked_transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version as i64 + 1)?;
+        tx.commit()?;
+        tracing::info!(schema = version + 1, "store migrated");
+    }
+    Ok(())
+}
+
+fn writer_loop(connection: Connection, receiver: mpsc::Receiver<Operation>, stats: &Stats) {
+    // Blocks until there is work; ends when every `Store` handle is gone.
+    while let Ok(first) = receiver.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match receiver.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        run_group(&connection, group, stats);
+    }
+}
+
+fn run_group(connection: &Connection, group: Vec<Operation>, stats: &Stats) {
+    let count = group.len() as u64;
+    let mut deliveries = Vec::with_capacity(group.len());
+    let began = connection.execute_batch("BEGIN IMMEDIATE").is_ok();
+    for operation in group {
+        // A savepoint per operation: a failing one rolls back alone.
+        let savepoint = connection.execute_batch("SAVEPOINT op").is_ok();
+        let (succeeded, delivery) = operation(connection);
+        if savepoint {
+            let end = if succeeded {
+                "RELEASE op"
+            } else {
+                "ROLLBACK TO op; RELEASE op"
+            };
+            if let Err(error) = connection.execute_batch(end) {
+                tracing::error!("store savepoint: {error}");
+            }
+        }
+        deliveries.push(delivery);
+    }
+    let committed = began
+        && match connection.execute_batch("COMMIT") {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!("store commit failed: {error}");
+                let _ = connection.execute_batch("ROLLBACK");
+                false
+            }
+        };
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.operations.fetch_add(count, Ordering::Relaxed);
+    for delivery in deliveries {
+        delivery(committed);
+    }
+}
+
+/// Unix seconds now.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::journal::{NewEntry, Recorded};
+    use super::outbox::NewAction;
+    use super::*;
+
+    fn entry(key: &str) -> NewEntry {
+        NewEntry {
+            dedup_key: key.to_owned(),
+            channel: "app",
+            payload: format!("<xml>{key}</xml>"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_second_delivery_is_a_duplicate_and_survives_reopening() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("opens");
+        assert!(matches!(
+            store.journal(entry("a")).await.expect("journal"),
+            Recorded::New(_)
+        ));
+        assert_eq!(
+            store.journal(entry("a")).await.expect("journal"),
+            Recorded::Duplicate
+        );
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopens");
+        assert_eq!(
+            store.journal(entry("a")).await.expect("journal"),
+            Recorded::Duplicate
+        );
+        assert_eq!(store.pending(10).await.expect("pending").len(), 1);
+    }
+
+    #[tokio::test]
+    async fn completing_an_entry_queues_its_actions_once() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let Recorded::New(id) = store.journal(entry("m1")).await.expect("journal") else {
+            panic!("new")
+        };
+        let action = NewAction {
+            key: "forward:m1".into(),
+            kind: "forward".into(),
+            payload: "{}".into(),
+        };
+        store
+            .complete(id, vec![action.clone()])
+            .await
+            .expect("complete");
+        // Handling again (after a crash) queues nothing new.
+        store
+            .complete(id, vec![action])
+            .await
+            .expect("complete again");
+        assert!(store.pending(10).await.expect("pending").is_empty());
+        let due = store.due_actions(10).await.expect("due");
+        assert_eq!(due.len(), 1);
+        store
+            .action_failed(due[0].id, 60, "HTTP 500".into())
+            .await
+            .expect("failed");
+        assert!(
+            store.due_actions(10).await.expect("due").is_empty(),
+            "not due before its back-off"
+        );
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 1);
+        store.action_done(due[0].id).await.expect("done");
+        assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_writes_share_commits() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let writes = (0..400).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.journal(entry(&format!("k{i}"))).await })
+        });
+        for write in futures_util::future::join_all(writes).await {
+            assert!(matches!(
+                write.expect("task").expect("journal"),
+                Recorded::New(_)
+            ));
+        }
+        let commits = store.stats().commits.load(Ordering::Relaxed);
+        assert!(
+            commits < 400,
+            "400 writes took {commits} commits: no grouping"
+        );
+        assert_eq!(store.pending(1000).await.expect("pending").len(), 400);
+    }
+
+    #[tokio::test]
+    async fn a_failing_operation_does_not_undo_its_neighbours() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let bad = store.run(|db| {
+            db.execute("INSERT INTO journal (dedup_key, channel, received_at, payload) VALUES ('x', 'app', 0, 'p')", [])?;
+            db.execute("INSERT INTO no_such_table VALUES (1)", [])
+        });
+        let good = store.journal(entry("y"));
+        let (bad, good) = tokio::join!(bad, good);
+        assert!(bad.is_err());
+        assert!(matches!(good.expect("good write"), Recorded::New(_)));
+        assert!(
+            !store.contains("x".into()).await.expect("query"),
+            "the failed operation rolled back"
+        );
+    }
+
+    #[tokio::test]
+    async fn tokens_and_first_start_persist() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let first = store.first_started_at().await.expect("first start");
+        let token = tokens::StoredToken {
+            token: "t".into(),
+            expires_at: 42,
+        };
+        store
+            .save_token("k".into(), token.clone())
+            .await
+            .expect("save");
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopens");
+        assert_eq!(
+            store.load_token("k".into()).await.expect("load"),
+            Some(token)
+        );
+        assert_eq!(store.first_started_at().await.expect("first start"), first);
+    }
+
+    #[test]
+    fn a_newer_schema_is_refused() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
+        db.pragma_update(None, "user_version", 99).expect("set");
+        drop(db);
+        assert!(matches!(
+            Store::open(dir.path()),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+}
