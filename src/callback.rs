@@ -155,6 +155,23 @@ pub struct OpenedCallback {
     pub message: AppMessage,
 }
 
+impl OpenedCallback {
+    /// The identity that makes a retried delivery a duplicate: the MsgId of a
+    /// message, or a hash of the whole decrypted plaintext of an event (two
+    /// distinct events in the same second differ somewhere in their XML).
+    pub fn dedup_key(&self) -> String {
+        let channel = self.channel.as_str();
+        match &self.message.msg_id {
+            Some(msg_id) => format!("{channel}:msg:{msg_id}"),
+            None => {
+                let digest = <sha2::Sha256 as sha2::Digest>::digest(self.xml.as_bytes());
+                let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
+                format!("{channel}:evt:{hex}")
+            }
+        }
+    }
+}
+
 /// Everything needed to open callbacks: the corp id and the keys of each channel.
 #[derive(Debug, Clone)]
 pub struct CallbackCredentials {

@@ -15,12 +15,19 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use tokio::sync::Notify;
+
 use crate::callback::CallbackCredentials;
 use crate::config::Config;
+use crate::dispatch::actions::Executor;
+use crate::dispatch::handlers::HandlerSettings;
+use crate::dispatch::{Dispatcher, Outbox};
 use crate::health::{CheckResult, HealthBoard, Status};
 use crate::routes::{self, AppState};
+use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertificateStore, TlsError};
+use crate::wecom::WeCom;
 
 /// How long in-flight requests get to finish after a stop signal. The compose
 /// file's `stop_grace_period` is a little longer than this.
@@ -46,6 +53,10 @@ pub enum StartupError {
         variable: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot start: {0}")]
+    Component(String),
     #[error("cannot start the HTTP server: {0}")]
     Server(std::io::Error),
 }
@@ -54,7 +65,11 @@ impl StartupError {
     /// Problems the operator fixes in configuration or files (exit 64), as opposed
     /// to run-time failures.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, StartupError::Tls(_))
+        matches!(
+            self,
+            StartupError::Tls(_)
+                | StartupError::Store(StoreError::Open { .. } | StoreError::TooNew { .. })
+        )
     }
 }
 
@@ -86,10 +101,40 @@ impl Application {
             None
         };
 
+        let store = Store::open(&config.data_dir)?;
+        let first_start = store.first_started_at().await?;
+        tracing::debug!(first_start, "store open");
+        let wecom = Arc::new(
+            WeCom::new(&config, &store, &metrics)
+                .map_err(|e| StartupError::Component(e.to_string()))?,
+        );
+        let executor = Executor::new(config.forward.clone(), Arc::clone(&wecom), config.agent_id)
+            .map_err(|e| StartupError::Component(e.to_string()))?;
+        let journal_wake = Arc::new(Notify::new());
+        let outbox_wake = Arc::new(Notify::new());
+        let settings = HandlerSettings {
+            forward: config.forward.is_some(),
+            agent_id: config.agent_id,
+        };
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            settings,
+            Arc::clone(&journal_wake),
+            Arc::clone(&outbox_wake),
+        );
+        let outbox = Outbox::new(
+            store.clone(),
+            Arc::new(executor),
+            Arc::clone(&metrics),
+            outbox_wake,
+        );
+
         let state = web::Data::new(AppState {
             credentials: CallbackCredentials::from_config(&config),
             metrics: Arc::clone(&metrics),
             health,
+            store,
+            journal_wake,
             version: VERSION,
         });
         let app_state = state.clone();
@@ -127,6 +172,8 @@ impl Application {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(metrics_upkeep(metrics, shutdown.clone()));
+        tasks.spawn(dispatcher.run(shutdown.clone()));
+        tasks.spawn(outbox.run(shutdown.clone()));
         tracing::info!(
             port,
             http_port,

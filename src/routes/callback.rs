@@ -7,6 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::callback::{CallbackError, CallbackQuery, Channel, Outcome};
 use crate::routes::AppState;
+use crate::store::journal::{NewEntry, Recorded};
 
 /// Real callback bodies are a few KiB; anything near this is not from WeCom.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
@@ -76,15 +77,38 @@ pub async fn receive(
         Ok(opened) => opened,
         Err(error) => return reject(&state, &request, &error, started),
     };
-    tracing::info!(
-        channel = opened.channel.as_str(),
-        msgtype = opened.message.msg_type.as_str(),
-        "{}",
-        opened.message.summary()
-    );
+    // Journal durably before answering: once WeCom has its 200, the message must
+    // survive anything, a kill -9 included. Handling happens from the journal.
+    let entry = NewEntry {
+        dedup_key: opened.dedup_key(),
+        channel: opened.channel.as_str(),
+        payload: opened.xml,
+    };
+    let outcome = match state.store.journal(entry).await {
+        Ok(Recorded::New(_)) => {
+            state.journal_wake.notify_one();
+            Outcome::Ok
+        }
+        Ok(Recorded::Duplicate) => Outcome::Duplicate,
+        Err(error) => {
+            // No 200: WeCom retries, and nothing was acknowledged that could be lost.
+            tracing::error!(
+                channel = opened.channel.as_str(),
+                "cannot journal a callback: {error}"
+            );
+            state.metrics.record_callback(
+                Some(opened.channel),
+                Outcome::Internal,
+                started.elapsed(),
+            );
+            return HttpResponse::ServiceUnavailable()
+                .content_type("text/plain; charset=utf-8")
+                .body("cannot store the message; retry later\n");
+        }
+    };
     state
         .metrics
-        .record_callback(Some(opened.channel), Outcome::Ok, started.elapsed());
+        .record_callback(Some(opened.channel), outcome, started.elapsed());
     // WeCom takes an empty body as "no passive reply"; the kf docs ask for "success".
     let body = match opened.channel {
         Channel::App => "",

@@ -10,8 +10,11 @@ use std::sync::Arc;
 
 use actix_web::{web, HttpResponse};
 
+use tokio::sync::Notify;
+
 use crate::callback::CallbackCredentials;
 use crate::health::HealthBoard;
+use crate::store::Store;
 use crate::telemetry::Metrics;
 
 /// The paths WeCom may be pointed at; existing deployments use each of them.
@@ -27,6 +30,9 @@ pub struct AppState {
     pub credentials: CallbackCredentials,
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthBoard>,
+    pub store: Store,
+    /// Wakes the dispatcher after a message is journaled.
+    pub journal_wake: Arc<Notify>,
     pub version: &'static str,
 }
 

@@ -69,17 +69,21 @@ impl Store {
         .await
     }
 
-    /// Marks an entry handled and queues its actions, in one transaction: a crash
-    /// either loses both (the entry is handled again) or keeps both.
-    pub async fn complete(&self, id: i64, actions: Vec<NewAction>) -> Result<(), StoreError> {
+    /// Marks entries handled and queues their actions, all in one transaction: a
+    /// crash either loses both (the entries are handled again) or keeps both.
+    pub async fn complete(
+        &self,
+        completions: Vec<(i64, Vec<NewAction>)>,
+    ) -> Result<(), StoreError> {
         self.run(move |db| {
-            for action in &actions {
-                action.insert(db)?;
+            let at = now();
+            let mut mark = db.prepare_cached("UPDATE journal SET handled_at = ?1 WHERE id = ?2")?;
+            for (id, actions) in &completions {
+                for action in actions {
+                    action.insert(db)?;
+                }
+                mark.execute(params![at, id])?;
             }
-            db.execute(
-                "UPDATE journal SET handled_at = ?1 WHERE id = ?2",
-                params![now(), id],
-            )?;
             Ok(())
         })
         .await

@@ -297,12 +297,12 @@ mod tests {
             payload: "{}".into(),
         };
         store
-            .complete(id, vec![action.clone()])
+            .complete(vec![(id, vec![action.clone()])])
             .await
             .expect("complete");
         // Handling again (after a crash) queues nothing new.
         store
-            .complete(id, vec![action])
+            .complete(vec![(id, vec![action])])
             .await
             .expect("complete again");
         assert!(store.pending(10).await.expect("pending").is_empty());
@@ -317,7 +317,10 @@ mod tests {
             "not due before its back-off"
         );
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 1);
-        store.action_done(due[0].id).await.expect("done");
+        store
+            .action_succeeded(due[0].id, Vec::new())
+            .await
+            .expect("done");
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
     }
 

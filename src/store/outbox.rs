@@ -72,11 +72,31 @@ impl Store {
         .await
     }
 
-    pub async fn action_done(&self, id: i64) -> Result<(), StoreError> {
+    /// Marks an action done and queues what it led to, in one transaction.
+    pub async fn action_succeeded(
+        &self,
+        id: i64,
+        follow_ups: Vec<NewAction>,
+    ) -> Result<(), StoreError> {
         self.run(move |db| {
+            for action in &follow_ups {
+                action.insert(db)?;
+            }
             db.execute(
                 "UPDATE outbox SET done_at = ?1, last_error = NULL WHERE id = ?2",
                 params![now(), id],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Gives up on an action that cannot succeed; it stays, with its error, for diagnosis.
+    pub async fn action_abandoned(&self, id: i64, error: String) -> Result<(), StoreError> {
+        self.run(move |db| {
+            db.execute(
+                "UPDATE outbox SET done_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3",
+                params![now(), format!("abandoned: {error}"), id],
             )
             .map(drop)
         })

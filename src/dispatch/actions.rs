@@ -1,0 +1,304 @@
+//! Actions: the side effects handlers ask for, stored in the outbox and performed
+//! by the [`Executor`] at least once, each under a timeout.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use super::record::Record;
+use crate::config::Forward;
+use crate::store::outbox::NewAction;
+use crate::wecom::models::{AppTextMessage, KfTextMessage, TextContent};
+use crate::wecom::{WeCom, WeComError};
+
+/// Longest forward answer we read (it may carry a reply).
+const MAX_FORWARD_ANSWER: usize = 64 * 1024;
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One side effect.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Action {
+    /// POST the record to `FORWARD_URL`.
+    Forward { record: Record },
+    /// `message/send` a text from the self-built app.
+    AppText {
+        key: String,
+        touser: String,
+        agentid: i64,
+        content: String,
+    },
+    /// `kf/send_msg` a text to a customer.
+    KfText {
+        key: String,
+        touser: String,
+        open_kfid: String,
+        content: String,
+    },
+}
+
+impl Action {
+    /// A text reply to the sender of `record` on its own channel. `purpose` keeps
+    /// different replies to one message apart (`help`, `reply`, …). `None` when the
+    /// record lacks what the channel needs (a sender, an agent id, an open_kfid).
+    pub fn reply_to(
+        record: &Record,
+        text: &str,
+        purpose: &str,
+        agent_id: Option<i64>,
+    ) -> Option<Self> {
+        let touser = record.from.clone()?;
+        let key = format!("{purpose}:{}", record.id);
+        let content = text.to_owned();
+        match record.channel.as_str() {
+            "kf" => Some(Self::KfText {
+                key,
+                touser,
+                open_kfid: record.open_kfid.clone()?,
+                content,
+            }),
+            _ => Some(Self::AppText {
+                key,
+                touser,
+                agentid: agent_id.or(record.agent_id)?,
+                content,
+            }),
+        }
+    }
+
+    /// The idempotency key: queued twice, performed once.
+    pub fn key(&self) -> String {
+        match self {
+            Self::Forward { record } => format!("forward:{}", record.id),
+            Self::AppText { key, .. } | Self::KfText { key, .. } => key.clone(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Forward { .. } => "forward",
+            Self::AppText { .. } => "app_text",
+            Self::KfText { .. } => "kf_text",
+        }
+    }
+
+    /// The outbox row for this action.
+    pub fn to_new(&self) -> NewAction {
+        NewAction {
+            key: self.key(),
+            kind: self.kind().to_owned(),
+            payload: serde_json::to_string(self).unwrap_or_default(),
+        }
+    }
+}
+
+/// Why an action did not happen this time.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ActionError {
+    /// Worth trying again later (a timeout, a 5xx, WeCom busy) or not (not configured).
+    pub retry: bool,
+    pub message: String,
+}
+
+impl ActionError {
+    fn retry(message: impl Into<String>) -> Self {
+        Self {
+            retry: true,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<WeComError> for ActionError {
+    fn from(error: WeComError) -> Self {
+        let retry = !matches!(error, WeComError::NotConfigured(_));
+        Self {
+            retry,
+            message: error.to_string(),
+        }
+    }
+}
+
+/// The answer a forward receiver may give: `{"reply":{"text":"…"}}`.
+#[derive(Deserialize)]
+struct ForwardAnswer {
+    reply: Option<ForwardReply>,
+}
+
+#[derive(Deserialize)]
+struct ForwardReply {
+    text: Option<String>,
+}
+
+/// Performs actions.
+#[derive(Debug)]
+pub struct Executor {
+    http: reqwest::Client,
+    forward: Option<Forward>,
+    wecom: Arc<WeCom>,
+    agent_id: Option<i64>,
+}
+
+impl Executor {
+    pub fn new(
+        forward: Option<Forward>,
+        wecom: Arc<WeCom>,
+        agent_id: Option<i64>,
+    ) -> Result<Self, ActionError> {
+        crate::tls::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(FORWARD_TIMEOUT)
+            .user_agent(concat!("wechat-api/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ActionError {
+                retry: false,
+                message: format!("cannot build the forward client: {}", e.without_url()),
+            })?;
+        Ok(Self {
+            http,
+            forward,
+            wecom,
+            agent_id,
+        })
+    }
+
+    /// Performs `action`; returns the follow-up actions it produced.
+    pub async fn execute(&self, action: &Action) -> Result<Vec<Action>, ActionError> {
+        match action {
+            Action::Forward { record } => self.forward(record).await,
+            Action::AppText {
+                touser,
+                agentid,
+                content,
+                ..
+            } => {
+                let message = AppTextMessage {
+                    touser: touser.clone(),
+                    msgtype: "text",
+                    agentid: *agentid,
+                    text: TextContent {
+                        content: content.clone(),
+                    },
+                };
+                let (tokens, message) = (self.wecom.app_tokens()?, &message);
+                tokens.call(|token| async move { self.wecom.client.message_send(&token, message).await }).await?;
+                Ok(Vec::new())
+            }
+            Action::KfText {
+                touser,
+                open_kfid,
+                content,
+                ..
+            } => {
+                let message = KfTextMessage {
+                    touser: touser.clone(),
+                    open_kfid: open_kfid.clone(),
+                    msgid: None,
+                    msgtype: "text",
+                    text: TextContent {
+                        content: content.clone(),
+                    },
+                };
+                let (tokens, message) = (self.wecom.kf_tokens()?, &message);
+                tokens
+                    .call(
+                        |token| async move { self.wecom.client.kf_send_msg(&token, message).await },
+                    )
+                    .await?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    async fn forward(&self, record: &Record) -> Result<Vec<Action>, ActionError> {
+        let Some(target) = &self.forward else {
+            return Err(ActionError {
+                retry: false,
+                message: "FORWARD_URL is no longer set".into(),
+            });
+        };
+        let body = serde_json::to_vec(record).map_err(|e| ActionError {
+            retry: false,
+            message: e.to_string(),
+        })?;
+        let mut request = self
+            .http
+            .post(&target.url)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .header("X-Message-Id", &record.id);
+        if let Some(secret) = &target.secret {
+            request = request.header("X-Signature", signature(secret.expose().as_bytes(), &body));
+        }
+        let mut response = request
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| ActionError::retry(format!("forward: {}", e.without_url())))?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(ActionError::retry(format!("forward: HTTP {status}")));
+        }
+        let mut answer = Vec::new();
+        while let Ok(Some(chunk)) = response.chunk().await {
+            if answer.len() + chunk.len() > MAX_FORWARD_ANSWER {
+                break;
+            }
+            answer.extend_from_slice(&chunk);
+        }
+        let reply = serde_json::from_slice::<ForwardAnswer>(&answer)
+            .ok()
+            .and_then(|a| a.reply)
+            .and_then(|r| r.text)
+            .filter(|t| !t.trim().is_empty());
+        Ok(reply
+            .and_then(|text| Action::reply_to(record, &text, "reply", self.agent_id))
+            .into_iter()
+            .collect())
+    }
+}
+
+/// `sha256=<hex HMAC-SHA256 of body>`, the `X-Signature` header.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes keys of any length; this cannot fail.
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    mac.update(body);
+    let digest = mac.finalize().into_bytes();
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256={hex}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_matches_a_known_hmac() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+
+    #[test]
+    fn actions_round_trip_through_the_outbox_payload() {
+        let action = Action::AppText {
+            key: "help:app:msg:1".into(),
+            touser: "u".into(),
+            agentid: 7,
+            content: "hi".into(),
+        };
+        let stored = action.to_new();
+        assert_eq!(stored.key, "help:app:msg:1");
+        assert_eq!(stored.kind, "app_text");
+        assert_eq!(
+            serde_json::from_str::<Action>(&stored.payload).expect("decodes"),
+            action
+        );
+    }
+}

@@ -1,0 +1,271 @@
+//! From the journal to the world: the [`Dispatcher`] handles journaled messages
+//! (log line, handlers) and the [`Outbox`] performs what they asked for.
+//!
+//! Architecture invariant: a message is handled exactly once. The dispatcher
+//! stores a message's actions and marks it handled in one transaction
+//! (`Store::complete`); a crash before that commit handles it again, which queues
+//! the same idempotency keys, which the outbox keeps once. The outbox is
+//! at-least-once: an action is marked done only after it succeeded.
+//!
+//! Both loops are `select!{ cancelled, wake or tick => run_once() }`; tests call
+//! `run_once()` directly.
+
+pub mod actions;
+pub mod handlers;
+pub mod record;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use actions::{Action, Executor};
+use handlers::HandlerSettings;
+use record::Record;
+
+use crate::messages::AppMessage;
+use crate::store::journal::PendingEntry;
+use crate::store::outbox::{DueAction, NewAction};
+use crate::store::{Store, StoreError};
+use crate::telemetry::Metrics;
+
+/// How often the loops look for work when nobody woke them (retries, restarts).
+const IDLE_TICK: Duration = Duration::from_secs(1);
+/// Entries handled per store round trip.
+const BATCH: usize = 256;
+/// Actions in flight at once: a hanging receiver cannot hold up the rest.
+const CONCURRENT_ACTIONS: usize = 16;
+/// The longest one action may take.
+const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// Retries back off exponentially from 1 s up to this.
+const MAX_BACKOFF_SECS: i64 = 600;
+
+const ACTIONS_TOTAL: &str = "wechat_api_outbox_actions_total";
+
+/// The back-off before attempt `attempts + 1`: 1, 2, 4 … seconds, capped.
+pub fn backoff_secs(attempts: i64) -> i64 {
+    1i64.checked_shl(attempts.clamp(0, 30) as u32)
+        .unwrap_or(MAX_BACKOFF_SECS)
+        .min(MAX_BACKOFF_SECS)
+}
+
+/// Turns journaled messages into handled ones.
+#[derive(Debug, Clone)]
+pub struct Dispatcher {
+    store: Store,
+    settings: HandlerSettings,
+    /// Woken by the callback route after each journaled message.
+    wake: Arc<Notify>,
+    outbox_wake: Arc<Notify>,
+}
+
+impl Dispatcher {
+    pub fn new(
+        store: Store,
+        settings: HandlerSettings,
+        wake: Arc<Notify>,
+        outbox_wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            settings,
+            wake,
+            outbox_wake,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.run_once().await {
+                Ok(handled) if handled == BATCH => continue,
+                Ok(_) => {}
+                Err(error) => tracing::error!("dispatcher: {error}"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(IDLE_TICK) => {}
+            }
+        }
+    }
+
+    /// Handles one batch of pending entries; returns how many.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let entries = self.store.pending(BATCH).await?;
+        if entries.is_empty() {
+            return Ok(0);
+        }
+        let completions: Vec<(i64, Vec<NewAction>)> = entries
+            .iter()
+            .map(|entry| {
+                (
+                    entry.id,
+                    self.handle(entry).iter().map(Action::to_new).collect(),
+                )
+            })
+            .collect();
+        let queued = completions.iter().any(|(_, actions)| !actions.is_empty());
+        self.store.complete(completions).await?;
+        if queued {
+            self.outbox_wake.notify_one();
+        }
+        Ok(entries.len())
+    }
+
+    /// The handler chain for one entry: the log line, then the planned actions.
+    fn handle(&self, entry: &PendingEntry) -> Vec<Action> {
+        let message = match AppMessage::parse(&entry.payload) {
+            Ok(message) => message,
+            Err(error) => {
+                // It parsed when it was received; only a newer, stricter parser gets here.
+                tracing::error!(
+                    id = entry.dedup_key.as_str(),
+                    "journaled message no longer parses: {error}"
+                );
+                return Vec::new();
+            }
+        };
+        tracing::info!(
+            channel = entry.channel.as_str(),
+            id = entry.dedup_key.as_str(),
+            "{}",
+            message.summary()
+        );
+        let record = Record::from_app(
+            entry.dedup_key.clone(),
+            &entry.channel,
+            &message,
+            &entry.payload,
+            entry.received_at,
+        );
+        handlers::plan(&record, &self.settings)
+    }
+}
+
+/// Performs queued actions with retries.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    store: Store,
+    executor: Arc<Executor>,
+    metrics: Arc<Metrics>,
+    wake: Arc<Notify>,
+}
+
+impl Outbox {
+    pub fn new(
+        store: Store,
+        executor: Arc<Executor>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+    ) -> Self {
+        Self {
+            store,
+            executor,
+            metrics,
+            wake,
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        loop {
+            match self.run_once().await {
+                Ok(done) if done == BATCH => continue,
+                Ok(_) => {}
+                Err(error) => tracing::error!("outbox: {error}"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.wake.notified() => {}
+                () = tokio::time::sleep(IDLE_TICK) => {}
+            }
+        }
+    }
+
+    /// Attempts every due action once; returns how many were attempted.
+    pub async fn run_once(&self) -> Result<usize, StoreError> {
+        let due = self.store.due_actions(BATCH).await?;
+        let attempted = due.len();
+        futures_util::stream::iter(due)
+            .for_each_concurrent(CONCURRENT_ACTIONS, |item| self.attempt(item))
+            .await;
+        Ok(attempted)
+    }
+
+    async fn attempt(&self, item: DueAction) {
+        let outcome = match serde_json::from_str::<Action>(&item.payload) {
+            Err(error) => Err(actions::ActionError {
+                retry: false,
+                message: format!("unreadable action: {error}"),
+            }),
+            Ok(action) => {
+                match tokio::time::timeout(ACTION_TIMEOUT, self.executor.execute(&action)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(actions::ActionError {
+                        retry: true,
+                        message: format!("timed out after {}s", ACTION_TIMEOUT.as_secs()),
+                    }),
+                }
+            }
+        };
+        let label = |outcome: &str| [("kind", item.kind.clone()), ("outcome", outcome.to_owned())];
+        let stored = match outcome {
+            Ok(follow_ups) => {
+                self.metrics
+                    .counter(ACTIONS_TOTAL, &label("ok"))
+                    .increment(1);
+                let follow_ups: Vec<NewAction> = follow_ups.iter().map(Action::to_new).collect();
+                let more = !follow_ups.is_empty();
+                let stored = self.store.action_succeeded(item.id, follow_ups).await;
+                if more {
+                    self.wake.notify_one();
+                }
+                stored
+            }
+            Err(error) if error.retry => {
+                let delay = backoff_secs(item.attempts);
+                self.metrics
+                    .counter(ACTIONS_TOTAL, &label("retry"))
+                    .increment(1);
+                tracing::warn!(
+                    action = item.key.as_str(),
+                    attempt = item.attempts + 1,
+                    retry_in_secs = delay,
+                    "{error}"
+                );
+                self.store
+                    .action_failed(item.id, delay, error.message)
+                    .await
+            }
+            Err(error) => {
+                self.metrics
+                    .counter(ACTIONS_TOTAL, &label("failed"))
+                    .increment(1);
+                tracing::error!(action = item.key.as_str(), "giving up: {error}");
+                self.store.action_abandoned(item.id, error.message).await
+            }
+        };
+        if let Err(error) = stored {
+            tracing::error!(
+                action = item.key.as_str(),
+                "cannot record the attempt: {error}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_a_cap() {
+        assert_eq!(
+            (0..5).map(backoff_secs).collect::<Vec<_>>(),
+            vec![1, 2, 4, 8, 16]
+        );
+        assert_eq!(backoff_secs(10), MAX_BACKOFF_SECS);
+        assert_eq!(backoff_secs(1_000), MAX_BACKOFF_SECS);
+    }
+}

@@ -1,0 +1,356 @@
+//! The HTTP client for the WeCom API (`WECOM_API_BASE_URL`): timeouts, retries of
+//! "system busy" (-1), and one count per call in
+//! `wechat_api_wecom_api_requests_total{api,errcode}`.
+//!
+//! Every call takes the access token as an argument; which token, and what to do
+//! when it is refused, is [`super::tokens`]'s business.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::RequestBuilder;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, WeComError};
+use super::models::*;
+use crate::telemetry::Metrics;
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Back-off between retries of errcode -1 (system busy).
+const BUSY_BACKOFF: [Duration; 3] = [
+    Duration::from_millis(100),
+    Duration::from_millis(300),
+    Duration::from_millis(900),
+];
+/// Largest JSON answer accepted (a full `kf/sync_msg` page is well below).
+const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
+
+pub const REQUESTS_TOTAL: &str = "wechat_api_wecom_api_requests_total";
+
+#[derive(Deserialize)]
+struct Status {
+    #[serde(default)]
+    errcode: i64,
+    #[serde(default)]
+    errmsg: String,
+}
+
+/// A client of one WeCom API base URL.
+#[derive(Debug, Clone)]
+pub struct WeComClient {
+    http: reqwest::Client,
+    base_url: String,
+    metrics: Arc<Metrics>,
+}
+
+impl WeComClient {
+    pub fn new(base_url: &str, metrics: Arc<Metrics>) -> Result<Self, WeComError> {
+        crate::tls::install_crypto_provider();
+        let http = reqwest::Client::builder()
+            .timeout(TIMEOUT)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .user_agent(concat!("wechat-api/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| WeComError::transport("client", e))?;
+        Ok(Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            metrics,
+        })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/cgi-bin/{path}", self.base_url)
+    }
+
+    fn count(&self, api: &'static str, errcode: String) {
+        self.metrics
+            .counter(
+                REQUESTS_TOTAL,
+                &[("api", api.to_owned()), ("errcode", errcode)],
+            )
+            .increment(1);
+    }
+
+    /// Sends the request `build` makes, retrying -1 with back-off.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        api: &'static str,
+        build: impl Fn() -> RequestBuilder,
+    ) -> Result<T, WeComError> {
+        let mut backoff = BUSY_BACKOFF.iter();
+        loop {
+            match self.once(api, build()).await {
+                Err(error) if error.errcode() == Some(-1) => match backoff.next() {
+                    Some(delay) => tokio::time::sleep(*delay).await,
+                    None => return Err(error),
+                },
+                other => return other,
+            }
+        }
+    }
+
+    async fn once<T: DeserializeOwned>(
+        &self,
+        api: &'static str,
+        request: RequestBuilder,
+    ) -> Result<T, WeComError> {
+        let bytes = match self.send(api, request).await {
+            Ok(response) => read_limited(api, response, MAX_JSON_BYTES).await?,
+            Err(error) => return Err(error),
+        };
+        self.decode(api, &bytes)
+    }
+
+    async fn send(
+        &self,
+        api: &'static str,
+        request: RequestBuilder,
+    ) -> Result<reqwest::Response, WeComError> {
+        request.send().await.map_err(|e| {
+            self.count(api, "transport".into());
+            WeComError::transport(api, e)
+        })
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        api: &'static str,
+        bytes: &[u8],
+    ) -> Result<T, WeComError> {
+        let decode_error = |e: serde_json::Error| WeComError::Decode {
+            api,
+            reason: e.to_string(),
+        };
+        let status: Status = serde_json::from_slice(bytes).map_err(|e| {
+            self.count(api, "decode".into());
+            decode_error(e)
+        })?;
+        self.count(api, status.errcode.to_string());
+        if status.errcode != 0 {
+            return Err(WeComError::Api {
+                api,
+                error: ApiError {
+                    errcode: status.errcode,
+                    errmsg: status.errmsg,
+                },
+            });
+        }
+        serde_json::from_slice(bytes).map_err(decode_error)
+    }
+
+    fn post<B: Serialize>(
+        &self,
+        path: &str,
+        token: &str,
+        body: &B,
+    ) -> impl Fn() -> RequestBuilder + '_ {
+        let url = self.url(path);
+        let token = token.to_owned();
+        let body = serde_json::to_vec(body).unwrap_or_default();
+        move || {
+            self.http
+                .post(&url)
+                .query(&[("access_token", token.as_str())])
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(body.clone())
+        }
+    }
+
+    /// `gettoken` for one Secret.
+    pub async fn gettoken(&self, corp_id: &str, secret: &str) -> Result<TokenResponse, WeComError> {
+        let url = self.url("gettoken");
+        self.call("gettoken", || {
+            self.http
+                .get(&url)
+                .query(&[("corpid", corp_id), ("corpsecret", secret)])
+        })
+        .await
+    }
+
+    pub async fn message_send(
+        &self,
+        token: &str,
+        message: &AppTextMessage,
+    ) -> Result<SendResult, WeComError> {
+        self.call("message/send", self.post("message/send", token, message))
+            .await
+    }
+
+    pub async fn kf_sync_msg(
+        &self,
+        token: &str,
+        request: &KfSyncRequest,
+    ) -> Result<KfSyncPage, WeComError> {
+        self.call("kf/sync_msg", self.post("kf/sync_msg", token, request))
+            .await
+    }
+
+    pub async fn kf_send_msg(
+        &self,
+        token: &str,
+        message: &KfTextMessage,
+    ) -> Result<SendResult, WeComError> {
+        self.call("kf/send_msg", self.post("kf/send_msg", token, message))
+            .await
+    }
+
+    pub async fn kf_send_msg_on_event(
+        &self,
+        token: &str,
+        message: &KfEventMessage,
+    ) -> Result<SendResult, WeComError> {
+        self.call(
+            "kf/send_msg_on_event",
+            self.post("kf/send_msg_on_event", token, message),
+        )
+        .await
+    }
+
+    pub async fn kf_account_list(&self, token: &str) -> Result<KfAccountList, WeComError> {
+        self.call(
+            "kf/account/list",
+            self.post(
+                "kf/account/list",
+                token,
+                &serde_json::json!({"offset": 0, "limit": 100}),
+            ),
+        )
+        .await
+    }
+
+    pub async fn kf_service_state_get(
+        &self,
+        token: &str,
+        open_kfid: &str,
+        external_userid: &str,
+    ) -> Result<KfServiceState, WeComError> {
+        let body = serde_json::json!({"open_kfid": open_kfid, "external_userid": external_userid});
+        self.call(
+            "kf/service_state/get",
+            self.post("kf/service_state/get", token, &body),
+        )
+        .await
+    }
+
+    pub async fn kf_customer_batchget(
+        &self,
+        token: &str,
+        external_userids: &[String],
+    ) -> Result<KfCustomers, WeComError> {
+        let body = serde_json::json!({"external_userid_list": external_userids});
+        self.call(
+            "kf/customer/batchget",
+            self.post("kf/customer/batchget", token, &body),
+        )
+        .await
+    }
+
+    pub async fn user_get(&self, token: &str, userid: &str) -> Result<User, WeComError> {
+        let url = self.url("user/get");
+        self.call("user/get", || {
+            self.http
+                .get(&url)
+                .query(&[("access_token", token), ("userid", userid)])
+        })
+        .await
+    }
+
+    pub async fn externalcontact_get(
+        &self,
+        token: &str,
+        external_userid: &str,
+    ) -> Result<ExternalContactResponse, WeComError> {
+        let url = self.url("externalcontact/get");
+        self.call("externalcontact/get", || {
+            self.http.get(&url).query(&[
+                ("access_token", token),
+                ("external_userid", external_userid),
+            ])
+        })
+        .await
+    }
+
+    /// `media/get`: the file, or WeCom's JSON error. At most `max_bytes`.
+    pub async fn media_get(
+        &self,
+        token: &str,
+        media_id: &str,
+        max_bytes: usize,
+    ) -> Result<Media, WeComError> {
+        const API: &str = "media/get";
+        let url = self.url(API);
+        let response = self
+            .send(
+                API,
+                self.http
+                    .get(&url)
+                    .query(&[("access_token", token), ("media_id", media_id)]),
+            )
+            .await?;
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header(reqwest::header::CONTENT_TYPE);
+        let filename = header(reqwest::header::CONTENT_DISPOSITION).and_then(|d| {
+            d.split("filename=")
+                .nth(1)
+                .map(|f| f.trim_matches(['"', ' ', ';']).to_owned())
+        });
+        let is_json = content_type
+            .as_deref()
+            .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/plain"));
+        let bytes = read_limited(API, response, max_bytes).await?;
+        if is_json {
+            // An error (a success would be the file itself); decode says which.
+            let status: Result<serde_json::Value, _> = self.decode(API, &bytes);
+            return Err(status.err().unwrap_or(WeComError::Decode {
+                api: API,
+                reason: "JSON instead of a file".into(),
+            }));
+        }
+        self.count(API, "0".into());
+        Ok(Media {
+            bytes,
+            content_type,
+            filename,
+        })
+    }
+}
+
+async fn read_limited(
+    api: &'static str,
+    mut response: reqwest::Response,
+    max_bytes: usize,
+) -> Result<Vec<u8>, WeComError> {
+    if response
+        .content_length()
+        .is_some_and(|len| len > max_bytes as u64)
+    {
+        return Err(WeComError::Decode {
+            api,
+            reason: format!("answer larger than {max_bytes} bytes"),
+        });
+    }
+    let mut bytes = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| WeComError::transport(api, e))?
+    {
+        if bytes.len() + chunk.len() > max_bytes {
+            return Err(WeComError::Decode {
+                api,
+                reason: format!("answer larger than {max_bytes} bytes"),
+            });
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}

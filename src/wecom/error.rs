@@ -1,0 +1,158 @@
+//! WeCom's errors: the API said no ([`ApiError`], with errcode, errmsg and a hint),
+//! kept apart from transport and decoding failures.
+
+use std::net::IpAddr;
+
+/// An `errcode` other than 0, as WeCom sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub errcode: i64,
+    pub errmsg: String,
+}
+
+impl ApiError {
+    /// The IP WeCom saw, from "… from ip: 1.2.3.4 …" (60020 and friends).
+    pub fn from_ip(&self) -> Option<IpAddr> {
+        let rest = &self.errmsg[self.errmsg.find("from ip:")? + "from ip:".len()..];
+        let candidate: String = rest
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_hexdigit() || *c == '.' || *c == ':')
+            .collect();
+        candidate.trim_end_matches(['.', ':']).parse().ok()
+    }
+
+    /// What an operator should do about it.
+    pub fn hint(&self) -> Option<String> {
+        let hint = match self.errcode {
+            -1 => "WeCom is busy; the call is retried with back-off".to_owned(),
+            40001 => "invalid credential: the Secret is wrong (WECOM_SECRET / WECOM_KF_SECRET), or the token was revoked".to_owned(),
+            40013 => "invalid corp id: check WECOM_CORP_ID (我的企业 → 企业信息 → 企业ID)".to_owned(),
+            40014 | 42001 => "the access token is invalid or expired; it is refreshed automatically".to_owned(),
+            45009 => "API frequency limit reached; backing off".to_owned(),
+            45033 => "too many concurrent calls; backing off".to_owned(),
+            48002 => "the app lacks permission for this API: grant it in the admin console (应用管理 → the app → API权限)".to_owned(),
+            60020 => match self.from_ip() {
+                Some(ip) => format!("add {ip} to the app's trusted IPs (应用管理 → the app → 企业可信IP)"),
+                None => "add this server's public IP to the app's trusted IPs (应用管理 → the app → 企业可信IP)".to_owned(),
+            },
+            95018 => "kf send refused by the session state: a human servicer may own the session, or this Secret \
+                      cannot call 微信客服 APIs (check WECOM_KF_SECRET)"
+                .to_owned(),
+            95007 => "the kf sync Token expired (valid 10 minutes); the next event brings a fresh one".to_owned(),
+            _ => return None,
+        };
+        Some(hint)
+    }
+
+    /// The token must be dropped and fetched again (42001, 40014, and 40001 from a
+    /// business API).
+    pub fn token_invalid(&self) -> bool {
+        matches!(self.errcode, 40001 | 40014 | 42001)
+    }
+
+    /// WeCom asks us to slow down.
+    pub fn rate_limited(&self) -> bool {
+        matches!(self.errcode, 45009 | 45033)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let errmsg: String = self.errmsg.chars().take(200).collect();
+        write!(f, "errcode {}: {errmsg}", self.errcode)?;
+        if let Some(hint) = self.hint() {
+            write!(f, " — {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a WeCom call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum WeComError {
+    #[error("WeCom {api}: {error}")]
+    Api { api: &'static str, error: ApiError },
+    /// Connection, TLS or timeout. The URL (which carries the token) is never kept.
+    #[error("WeCom {api}: {reason}")]
+    Transport { api: &'static str, reason: String },
+    #[error("WeCom {api}: unexpected answer: {reason}")]
+    Decode { api: &'static str, reason: String },
+    #[error("{0} is not configured")]
+    NotConfigured(&'static str),
+}
+
+impl WeComError {
+    pub(crate) fn transport(api: &'static str, error: reqwest::Error) -> Self {
+        // reqwest's message includes the URL, and the URL includes the token.
+        let error = error.without_url();
+        let reason = if error.is_timeout() {
+            "timed out".to_owned()
+        } else if error.is_connect() {
+            format!(
+                "cannot connect ({})",
+                std::error::Error::source(&error)
+                    .map(ToString::to_string)
+                    .unwrap_or_default()
+            )
+        } else {
+            error.to_string()
+        };
+        Self::Transport { api, reason }
+    }
+
+    /// The API error, when WeCom answered with one.
+    pub fn api(&self) -> Option<&ApiError> {
+        match self {
+            Self::Api { error, .. } => Some(error),
+            _ => None,
+        }
+    }
+
+    pub fn errcode(&self) -> Option<i64> {
+        self.api().map(|e| e.errcode)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn error(errcode: i64, errmsg: &str) -> ApiError {
+        ApiError {
+            errcode,
+            errmsg: errmsg.to_owned(),
+        }
+    }
+
+    #[test]
+    fn the_60020_hint_names_the_ip_to_trust() {
+        let e = error(60020, "not allow to access from your ip, hint: [1693981234_12_abcd], from ip: 203.0.113.7, more info at https://open.work.weixin.qq.com/devtool/query?e=60020");
+        assert_eq!(e.from_ip(), Some("203.0.113.7".parse().expect("ip")));
+        assert!(e
+            .hint()
+            .expect("hint")
+            .contains("add 203.0.113.7 to the app's trusted IPs"));
+        assert!(e.to_string().starts_with("errcode 60020: not allow"));
+    }
+
+    #[test]
+    fn hints_explain_the_usual_suspects() {
+        assert!(error(95018, "")
+            .hint()
+            .expect("hint")
+            .contains("WECOM_KF_SECRET"));
+        assert!(error(40013, "")
+            .hint()
+            .expect("hint")
+            .contains("WECOM_CORP_ID"));
+        assert!(error(48002, "").hint().expect("hint").contains("API权限"));
+        assert!(error(12345, "").hint().is_none());
+        assert!(
+            error(42001, "").token_invalid()
+                && error(40014, "").token_invalid()
+                && error(40001, "").token_invalid()
+        );
+        assert!(error(45009, "").rate_limited());
+    }
+}

@@ -1,0 +1,244 @@
+//! Access tokens: one cache per (corp id, Secret), refreshed ahead of expiry, one
+//! refresh in flight at a time, kept in the store across restarts.
+//!
+//! The cache key names the Secret by a fingerprint (SHA-256 prefix), never the
+//! Secret itself, so the app's and the kf Secret get separate tokens and a changed
+//! Secret does not reuse the old one's token.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tokio::sync::Mutex;
+
+use super::client::WeComClient;
+use super::error::{ApiError, WeComError};
+use crate::config::Secret;
+use crate::store::tokens::StoredToken;
+use crate::store::{now, Store};
+use crate::telemetry::Metrics;
+
+/// A token is refreshed when it has less than this left (WeCom issues 7200 s).
+pub const REFRESH_MARGIN_SECS: i64 = 300;
+
+const EXPIRES_IN: &str = "wechat_api_access_token_expires_in_seconds";
+const REFRESHES: &str = "wechat_api_access_token_refreshes_total";
+
+/// What the token cache knows about its last refresh, for health checks.
+#[derive(Debug, Clone, Default)]
+pub struct TokenStatus {
+    pub expires_at: Option<i64>,
+    pub last_refresh_at: Option<i64>,
+    /// The last `gettoken` failure, cleared by a success.
+    pub last_error: Option<String>,
+    pub last_errcode: Option<i64>,
+    /// Tokens WeCom refused (42001/40014/40001 on a business API) since start.
+    pub invalidations: u64,
+}
+
+/// The token cache of one Secret.
+pub struct TokenSource {
+    /// `app` or `kf`: the metrics label and the name in health output.
+    label: &'static str,
+    corp_id: String,
+    secret: Secret,
+    cache_key: String,
+    client: WeComClient,
+    store: Store,
+    metrics: Arc<Metrics>,
+    /// Held across a refresh: that is the single flight.
+    current: Mutex<Option<StoredToken>>,
+    status: std::sync::Mutex<TokenStatus>,
+}
+
+impl std::fmt::Debug for TokenSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenSource")
+            .field("label", &self.label)
+            .field("cache_key", &self.cache_key)
+            .finish()
+    }
+}
+
+/// The cache key for (corp id, Secret): `corp:` + 16 hex digits of SHA-256(secret).
+pub fn cache_key(corp_id: &str, secret: &Secret) -> String {
+    let digest = Sha256::digest(secret.expose().as_bytes());
+    let fingerprint: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("{corp_id}:{fingerprint}")
+}
+
+impl TokenSource {
+    pub fn new(
+        label: &'static str,
+        corp_id: &str,
+        secret: Secret,
+        client: WeComClient,
+        store: Store,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            label,
+            corp_id: corp_id.to_owned(),
+            cache_key: cache_key(corp_id, &secret),
+            secret,
+            client,
+            store,
+            metrics,
+            current: Mutex::new(None),
+            status: std::sync::Mutex::new(TokenStatus::default()),
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        self.label
+    }
+
+    pub fn cache_key(&self) -> &str {
+        &self.cache_key
+    }
+
+    /// A snapshot of the cache's state.
+    pub fn status(&self) -> TokenStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn update_status(&self, change: impl FnOnce(&mut TokenStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn fresh(token: &StoredToken) -> bool {
+        token.expires_at - now() > REFRESH_MARGIN_SECS
+    }
+
+    /// A token with more than [`REFRESH_MARGIN_SECS`] left: cached, stored, or new.
+    pub async fn token(&self) -> Result<String, WeComError> {
+        let mut current = self.current.lock().await;
+        if current.is_none() {
+            // First use since start: a fresh stored token saves a gettoken.
+            *current = self
+                .store
+                .load_token(self.cache_key.clone())
+                .await
+                .ok()
+                .flatten();
+        }
+        if let Some(token) = current.as_ref().filter(|t| Self::fresh(t)) {
+            self.publish_expiry(token.expires_at);
+            return Ok(token.token.clone());
+        }
+        let token = self.refresh().await?;
+        let value = token.token.clone();
+        *current = Some(token);
+        Ok(value)
+    }
+
+    async fn refresh(&self) -> Result<StoredToken, WeComError> {
+        let outcome = self
+            .client
+            .gettoken(&self.corp_id, self.secret.expose())
+            .await;
+        let counter = |outcome: &str| {
+            self.metrics
+                .counter(
+                    REFRESHES,
+                    &[
+                        ("app", self.label.to_owned()),
+                        ("outcome", outcome.to_owned()),
+                    ],
+                )
+                .increment(1);
+        };
+        match outcome {
+            Ok(response) => {
+                counter("ok");
+                let token = StoredToken {
+                    token: response.access_token,
+                    expires_at: now() + response.expires_in,
+                };
+                if let Err(error) = self
+                    .store
+                    .save_token(self.cache_key.clone(), token.clone())
+                    .await
+                {
+                    tracing::warn!(
+                        app = self.label,
+                        "cannot keep the access token in the store: {error}"
+                    );
+                }
+                self.publish_expiry(token.expires_at);
+                self.update_status(|s| {
+                    s.expires_at = Some(token.expires_at);
+                    s.last_refresh_at = Some(now());
+                    s.last_error = None;
+                    s.last_errcode = None;
+                });
+                tracing::info!(
+                    app = self.label,
+                    expires_in = response.expires_in,
+                    "access token refreshed"
+                );
+                Ok(token)
+            }
+            Err(error) => {
+                counter("error");
+                if let Some(ApiError { errcode: 40001, .. }) = error.api() {
+                    tracing::error!(
+                        app = self.label,
+                        "gettoken refused the Secret (40001): {error}"
+                    );
+                } else {
+                    tracing::warn!(app = self.label, "gettoken failed: {error}");
+                }
+                self.update_status(|s| {
+                    s.last_error = Some(error.to_string());
+                    s.last_errcode = error.errcode();
+                });
+                Err(error)
+            }
+        }
+    }
+
+    fn publish_expiry(&self, expires_at: i64) {
+        self.metrics
+            .gauge(EXPIRES_IN, &[("app", self.label.to_owned())])
+            .set((expires_at - now()) as f64);
+    }
+
+    /// Drops `stale` if it is still the current token (a concurrent caller may have
+    /// refreshed already; then there is nothing to drop).
+    pub async fn invalidate(&self, stale: &str) {
+        let mut current = self.current.lock().await;
+        if current.as_ref().is_none_or(|t| t.token == stale) {
+            *current = None;
+            let _ = self.store.delete_token(self.cache_key.clone()).await;
+            // The next `token()` must not pick the stale one up from the store again.
+            *current = Some(StoredToken {
+                token: String::new(),
+                expires_at: 0,
+            });
+            self.update_status(|s| s.invalidations += 1);
+        }
+    }
+
+    /// Calls a business API with a token; when WeCom says the token is invalid
+    /// (42001, 40014, 40001), drops it, refreshes once and retries once.
+    pub async fn call<T, F, Fut>(&self, api_call: F) -> Result<T, WeComError>
+    where
+        F: Fn(String) -> Fut,
+        Fut: Future<Output = Result<T, WeComError>>,
+    {
+        let token = self.token().await?;
+        match api_call(token.clone()).await {
+            Err(error) if error.api().is_some_and(ApiError::token_invalid) => {
+                tracing::info!(app = self.label, "token refused ({error}); refreshing once");
+                self.invalidate(&token).await;
+                let token = self.token().await?;
+                api_call(token).await
+            }
+            other => other,
+        }
+    }
+}
