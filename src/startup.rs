@@ -213,6 +213,11 @@ impl Application {
         self.shutdown.clone()
     }
 
+    /// The store, for checks and tests.
+    pub fn store(&self) -> Store {
+        self.state.store.clone()
+    }
+
     /// The shared health board, for checks run outside the HTTP layer.
     pub fn health(&self) -> Arc<HealthBoard> {
         Arc::clone(&self.state.health)

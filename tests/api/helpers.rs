@@ -2,8 +2,12 @@
 //! certificate made for the test, and a client that trusts only that certificate.
 
 use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::Duration;
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 use wechat_api::config::{self, Sources};
@@ -19,7 +23,9 @@ pub struct TestApp {
     pub port: u16,
     pub http_port: Option<u16>,
     pub client: reqwest::Client,
+    pub store: wechat_api::store::Store,
     pub dir: tempfile::TempDir,
+    overrides: Vec<(String, String)>,
     shutdown: CancellationToken,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
 }
@@ -73,9 +79,22 @@ pub async fn spawn_app() -> TestApp {
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (_, _, cert_pem) = write_certificate(dir.path(), 365);
+    write_certificate(dir.path(), 365);
+    let overrides = overrides
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    start_in(dir, overrides).await
+}
+
+/// Starts the application on the certificate and data already in `dir`.
+async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> TestApp {
+    let pairs: Vec<(&str, &str)> = overrides
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
     let sources = Sources {
-        env: test_env(dir.path(), overrides),
+        env: test_env(dir.path(), &pairs),
         ..Sources::default()
     };
     let (config, _) = config::load(&sources).expect("test configuration is valid");
@@ -84,10 +103,12 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         .expect("application starts");
     let port = app.port();
     let http_port = app.http_port();
+    let store = app.store();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
+    let cert_pem = std::fs::read(dir.path().join("server.crt")).expect("certificate");
     let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("PEM"))
+        .add_root_certificate(reqwest::Certificate::from_pem(&cert_pem).expect("PEM"))
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
@@ -95,7 +116,9 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         port,
         http_port,
         client,
+        store,
         dir,
+        overrides,
         shutdown,
         server,
     }
@@ -108,10 +131,65 @@ impl TestApp {
 
     /// Stops the application like SIGTERM and waits for it to finish.
     pub async fn stop(self) -> std::io::Result<()> {
+        self.stop_keeping_dir().await.0
+    }
+
+    async fn stop_keeping_dir(
+        self,
+    ) -> (
+        std::io::Result<()>,
+        tempfile::TempDir,
+        Vec<(String, String)>,
+    ) {
         // Close our keep-alive connections first: the drain waits for open ones.
         drop(self.client);
+        drop(self.store);
         self.shutdown.cancel();
-        self.server.await.expect("server task")
+        let stopped = self.server.await.expect("server task");
+        (stopped, self.dir, self.overrides)
+    }
+
+    /// Stops gracefully and starts again on the same data directory.
+    pub async fn restart(self) -> TestApp {
+        let (stopped, dir, overrides) = self.stop_keeping_dir().await;
+        stopped.expect("clean stop");
+        start_in(dir, overrides).await
+    }
+
+    /// Sends a signed text callback with `msg_id`; returns the HTTP status.
+    pub async fn post_text(&self, content: &str, msg_id: u64) -> u16 {
+        self.post_xml(&text_message(content, msg_id)).await
+    }
+
+    /// Encrypts, signs and POSTs `xml` as an app callback; returns the HTTP status.
+    pub async fn post_xml(&self, xml: &str) -> u16 {
+        let signed = sign_post(TOKEN, AES_KEY, CORP_ID, xml);
+        let url = self.url(&format!("/api/v1/wecom/callback?{}", signed.query));
+        self.client
+            .post(url)
+            .body(signed.body)
+            .send()
+            .await
+            .expect("callback request")
+            .status()
+            .as_u16()
+    }
+
+    /// Polls until the outbox has nothing left to do, or fails after 15 s.
+    pub async fn wait_until_outbox_empty(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let pending = self.store.pending(1).await.expect("journal").len() as i64;
+            let backlog = self.store.outbox_backlog().await.expect("outbox");
+            if pending + backlog == 0 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {pending} unhandled, {backlog} queued"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn metrics(&self) -> String {
@@ -179,4 +257,111 @@ pub fn text_message(content: &str, msg_id: u64) -> String {
          <CreateTime>1409659813</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
          <MsgId>{msg_id}</MsgId><AgentID>1000002</AgentID></xml>"
     )
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_wechat-api");
+
+/// The binary with a clean environment: only what the test sets.
+pub fn wechat_api(dir: &std::path::Path) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .current_dir(dir);
+    command
+}
+
+/// A child process killed when the test ends, with its stdout as lines.
+pub struct Running {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl Running {
+    pub fn start(mut command: Command) -> Self {
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("binary starts");
+        let (tx, lines) = mpsc::channel();
+        for stream in [
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stderr.take().map(|s| Box::new(s) as _),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Self { child, lines }
+    }
+
+    /// Collects output until `done` says so; fails the test after 30 s.
+    pub fn read_until(&self, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    let finished = done(&line);
+                    seen.push(line);
+                    if finished {
+                        return seen;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!("timed out; output so far:\n{}", seen.join("\n"));
+    }
+
+    pub fn port(&self) -> u16 {
+        let lines = self.read_until(|l| l.contains("wechat-api listening"));
+        let line = lines.last().expect("a line");
+        let at = line.find("port=").expect("port field") + 5;
+        line[at..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .expect("digits")
+            .parse()
+            .expect("port")
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "did not stop after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Running {
+    /// SIGKILL: no drain, no flush, no goodbye.
+    pub fn kill_9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

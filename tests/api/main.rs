@@ -3,5 +3,7 @@
 
 mod callback;
 mod cli;
+mod fakes;
 mod helpers;
+mod ingest;
 mod server;

@@ -1,0 +1,288 @@
+//! Real local servers the service talks to: a fake WeCom API and a downstream
+//! forward receiver. Both are actix-web servers on 127.0.0.1:0.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+use serde_json::{json, Value};
+
+/// One call the fake WeCom API received.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub api: String,
+    pub query: HashMap<String, String>,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct WeComState {
+    calls: Vec<Call>,
+    /// Answers to give instead of the default, per API, in order.
+    scripted: HashMap<String, VecDeque<Value>>,
+    delays: HashMap<String, Duration>,
+    issued: u64,
+    valid_tokens: Vec<String>,
+    /// Files served by `media/get`, by media id.
+    media: HashMap<String, Vec<u8>>,
+}
+
+/// A fake WeCom API: issues tokens, checks them, records every call, and can be
+/// told to answer an errcode once or to be slow.
+#[derive(Clone)]
+pub struct FakeWeCom {
+    pub base_url: String,
+    state: Arc<Mutex<WeComState>>,
+    _server: Arc<actix_web::dev::ServerHandle>,
+}
+
+impl FakeWeCom {
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(WeComState::default()));
+        let shared = web::Data::from(Arc::clone(&state));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .default_service(web::to(wecom_api))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .expect("bind fake WeCom");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            base_url: format!("http://127.0.0.1:{port}"),
+            state,
+            _server: Arc::new(handle),
+        }
+    }
+
+    /// The next call to `api` answers `answer` instead of the default.
+    pub fn answer_once(&self, api: &str, answer: Value) {
+        self.state
+            .lock()
+            .expect("lock")
+            .scripted
+            .entry(api.to_owned())
+            .or_default()
+            .push_back(answer);
+    }
+
+    pub fn calls(&self, api: &str) -> Vec<Call> {
+        self.state
+            .lock()
+            .expect("lock")
+            .calls
+            .iter()
+            .filter(|c| c.api == api)
+            .cloned()
+            .collect()
+    }
+
+    /// Polls until `api` was called `count` times, or fails after 15 s.
+    pub async fn wait_for_calls(&self, api: &str, count: usize) -> Vec<Call> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let calls = self.calls(api);
+            if calls.len() >= count {
+                return calls;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{api}: {} calls, expected {count}",
+                calls.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn wecom_api(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Mutex<WeComState>>,
+) -> HttpResponse {
+    let api = request.path().trim_start_matches("/cgi-bin/").to_owned();
+    let query: HashMap<String, String> =
+        serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
+    let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let (answer, delay) = {
+        let mut s = state.lock().expect("lock");
+        s.calls.push(Call {
+            api: api.clone(),
+            query: query.clone(),
+            body: body_json,
+        });
+        let delay = s.delays.get(&api).copied();
+        let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front);
+        let answer = scripted
+            .map(Ok)
+            .unwrap_or_else(|| default_answer(&mut s, &api, &query));
+        (answer, delay)
+    };
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
+    match answer {
+        Ok(json) => HttpResponse::Ok().json(json),
+        Err(bytes) => HttpResponse::Ok().content_type("image/png").body(bytes),
+    }
+}
+
+/// The answer WeCom gives when all is well; `Err` carries a binary body.
+fn default_answer(
+    s: &mut WeComState,
+    api: &str,
+    query: &HashMap<String, String>,
+) -> Result<Value, Vec<u8>> {
+    if api == "gettoken" {
+        s.issued += 1;
+        let token = format!("TOKEN-{}", s.issued);
+        s.valid_tokens.push(token.clone());
+        return Ok(
+            json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200}),
+        );
+    }
+    let token = query.get("access_token").cloned().unwrap_or_default();
+    if !s.valid_tokens.contains(&token) {
+        return Ok(json!({"errcode": 42001, "errmsg": "access_token expired"}));
+    }
+    Ok(match api {
+        "media/get" => match query.get("media_id").and_then(|id| s.media.get(id)) {
+            Some(bytes) => return Err(bytes.clone()),
+            None => json!({"errcode": 40007, "errmsg": "invalid media_id"}),
+        },
+        "kf/account/list" => {
+            json!({"errcode": 0, "errmsg": "ok", "account_list": [{"open_kfid": "wkTEST", "name": "客服"}]})
+        }
+        "user/get" => {
+            json!({"errcode": 0, "errmsg": "ok", "userid": query.get("userid"), "name": "张三"})
+        }
+        _ => json!({"errcode": 0, "errmsg": "ok", "msgid": "MSG"}),
+    })
+}
+
+/// One POST the forward receiver got.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub message_id: String,
+    pub signature_ok: bool,
+    pub content_type: String,
+    pub record: Value,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    attempts: usize,
+    fail_first: usize,
+    reply: Option<String>,
+    delivered: Vec<Delivery>,
+}
+
+/// A downstream webhook receiver: checks `X-Signature`, can fail the first N
+/// posts, can answer with a reply.
+#[derive(Clone)]
+pub struct ForwardReceiver {
+    pub url: String,
+    pub secret: String,
+    state: Arc<Mutex<ReceiverState>>,
+    _server: Arc<actix_web::dev::ServerHandle>,
+}
+
+impl ForwardReceiver {
+    pub async fn start() -> Self {
+        let secret = "forward-secret-for-tests".to_owned();
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let shared = web::Data::from(Arc::clone(&state));
+        let key = web::Data::new(secret.clone());
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(shared.clone())
+                .app_data(key.clone())
+                .default_service(web::to(receive))
+        })
+        .workers(1)
+        .disable_signals()
+        .bind(("127.0.0.1", 0))
+        .expect("bind receiver");
+        let port = server.addrs()[0].port();
+        let server = server.run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        Self {
+            url: format!("http://127.0.0.1:{port}/hook"),
+            secret,
+            state,
+            _server: Arc::new(handle),
+        }
+    }
+
+    pub fn fail_first(&self, n: usize) {
+        self.state.lock().expect("lock").fail_first = n;
+    }
+
+    pub fn reply_with(&self, text: &str) {
+        self.state.lock().expect("lock").reply = Some(text.to_owned());
+    }
+
+    pub fn attempts(&self) -> usize {
+        self.state.lock().expect("lock").attempts
+    }
+
+    pub fn delivered(&self) -> Vec<Delivery> {
+        self.state.lock().expect("lock").delivered.clone()
+    }
+
+    /// Polls until `count` deliveries arrived, or fails after `within`.
+    pub async fn wait_for(&self, count: usize, within: Duration) -> Vec<Delivery> {
+        let deadline = Instant::now() + within;
+        loop {
+            let delivered = self.delivered();
+            if delivered.len() >= count {
+                return delivered;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} deliveries, expected {count}",
+                delivered.len()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn receive(
+    request: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<Mutex<ReceiverState>>,
+    secret: web::Data<String>,
+) -> HttpResponse {
+    let header = |name: &str| {
+        request
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let expected = wechat_api::dispatch::actions::signature(secret.as_bytes(), &body);
+    let mut s = state.lock().expect("lock");
+    s.attempts += 1;
+    if s.attempts <= s.fail_first {
+        return HttpResponse::InternalServerError().body("not now");
+    }
+    s.delivered.push(Delivery {
+        message_id: header("X-Message-Id"),
+        signature_ok: header("X-Signature") == expected,
+        content_type: header("Content-Type"),
+        record: serde_json::from_slice(&body).unwrap_or(Value::Null),
+    });
+    match &s.reply {
+        Some(text) => HttpResponse::Ok().json(json!({"reply": {"text": text}})),
+        None => HttpResponse::Ok().json(json!({"ok": true})),
+    }
+}
