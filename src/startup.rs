@@ -171,7 +171,11 @@ impl Application {
         let server = server.run();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(metrics_upkeep(metrics, shutdown.clone()));
+        tasks.spawn(metrics_upkeep(
+            metrics,
+            state.store.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(dispatcher.run(shutdown.clone()));
         tasks.spawn(outbox.run(shutdown.clone()));
         tracing::info!(
@@ -281,12 +285,20 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-async fn metrics_upkeep(metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Folds histogram samples and copies the store's counters into the metrics.
+async fn metrics_upkeep(metrics: Arc<Metrics>, store: Store, shutdown: CancellationToken) {
+    let commits = metrics.counter("wechat_api_store_commits_total", &[]);
+    let operations = metrics.counter("wechat_api_store_operations_total", &[]);
     let mut tick = tokio::time::interval(METRICS_UPKEEP_PERIOD);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => metrics.run_upkeep(),
+            _ = tick.tick() => {
+                metrics.run_upkeep();
+                let stats = store.stats();
+                commits.absolute(stats.commits.load(std::sync::atomic::Ordering::Relaxed));
+                operations.absolute(stats.operations.load(std::sync::atomic::Ordering::Relaxed));
+            }
         }
     }
 }

@@ -37,12 +37,13 @@ pub struct PendingEntry {
 impl Store {
     /// Journals `entry` unless its dedup key is known; durable when this returns.
     pub async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
-        self.run(move |db| {
-            let inserted = db.execute(
-                "INSERT INTO journal (dedup_key, channel, received_at, payload) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(dedup_key) DO NOTHING",
-                params![entry.dedup_key, entry.channel, now(), entry.payload],
-            )?;
+        self.run_statement(move |db| {
+            let inserted = db
+                .prepare_cached(
+                    "INSERT INTO journal (dedup_key, channel, received_at, payload) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(dedup_key) DO NOTHING",
+                )?
+                .execute(params![entry.dedup_key, entry.channel, now(), entry.payload])?;
             Ok(if inserted == 1 { Recorded::New(db.last_insert_rowid()) } else { Recorded::Duplicate })
         })
         .await
@@ -53,7 +54,8 @@ impl Store {
         self.run(move |db| {
             let mut statement = db.prepare_cached(
                 "SELECT id, dedup_key, channel, received_at, payload FROM journal
-                 WHERE handled_at IS NULL ORDER BY id LIMIT ?1",
+                 WHERE id > (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')
+                 ORDER BY id LIMIT ?1",
             )?;
             let rows = statement.query_map([limit as i64], |row| {
                 Ok(PendingEntry {
@@ -69,20 +71,23 @@ impl Store {
         .await
     }
 
-    /// Marks entries handled and queues their actions, all in one transaction: a
-    /// crash either loses both (the entries are handled again) or keeps both.
+    /// Marks entries handled (up to the highest id given: the dispatcher handles
+    /// in id order) and queues their actions, all in one transaction: a crash
+    /// either loses both (the entries are handled again) or keeps both.
     pub async fn complete(
         &self,
         completions: Vec<(i64, Vec<NewAction>)>,
     ) -> Result<(), StoreError> {
         self.run(move |db| {
-            let at = now();
-            let mut mark = db.prepare_cached("UPDATE journal SET handled_at = ?1 WHERE id = ?2")?;
-            for (id, actions) in &completions {
-                for action in actions {
-                    action.insert(db)?;
-                }
-                mark.execute(params![at, id])?;
+            for action in completions.iter().flat_map(|(_, actions)| actions) {
+                action.insert(db)?;
+            }
+            if let Some(through) = completions.iter().map(|(id, _)| *id).max() {
+                db.prepare_cached(
+                    "INSERT INTO meta (key, value) VALUES ('journal_handled_through', ?1)
+                     ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                )?
+                .execute([through])?;
             }
             Ok(())
         })

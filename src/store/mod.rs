@@ -26,15 +26,16 @@ use tokio::sync::oneshot;
 /// Versioned schema. Entry `n` upgrades `user_version` n to n+1; append only, never edit.
 const MIGRATIONS: &[&str] = &[
     // 1: the journal, the outbox, access tokens, kf cursors, facts about this install.
+    // The journal is handled in id order; `meta.journal_handled_through` is the
+    // watermark. AUTOINCREMENT: an id is never reused, even after old rows are
+    // deleted, so a new entry can never land below the watermark.
     "CREATE TABLE journal (
-        id INTEGER PRIMARY KEY,
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
         dedup_key TEXT NOT NULL UNIQUE,
         channel TEXT NOT NULL,
         received_at INTEGER NOT NULL,
-        payload TEXT NOT NULL,
-        handled_at INTEGER
+        payload TEXT NOT NULL
     );
-    CREATE INDEX journal_pending ON journal(id) WHERE handled_at IS NULL;
     CREATE TABLE outbox (
         id INTEGER PRIMARY KEY,
         action_key TEXT NOT NULL UNIQUE,
@@ -85,9 +86,16 @@ pub enum StoreError {
     TooNew { found: i64, known: i64 },
 }
 
-/// Runs on the writer thread; says whether it succeeded and how to answer its
+/// Work for the writer thread: it says whether it succeeded and how to answer its
 /// caller once the commit's fate is known.
-type Operation = Box<dyn FnOnce(&Connection) -> (bool, Delivery) + Send>;
+struct Operation {
+    /// Whether it needs a savepoint of its own: any operation of more than one
+    /// statement does. A single statement is atomic in SQLite by itself.
+    savepoint: bool,
+    job: Job,
+}
+
+type Job = Box<dyn FnOnce(&Connection) -> (bool, Delivery) + Send>;
 
 /// Answers one caller; `true` when the group committed.
 type Delivery = Box<dyn FnOnce(bool) + Send>;
@@ -145,8 +153,26 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
+        self.submit(true, operation).await
+    }
+
+    /// Like [`Store::run`] for an operation that executes exactly one statement,
+    /// which needs no savepoint (the hot path: one journal insert per callback).
+    pub async fn run_statement<R, F>(&self, operation: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
+        self.submit(false, operation).await
+    }
+
+    async fn submit<R, F>(&self, savepoint: bool, operation: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
+    {
         let (reply, answer) = oneshot::channel();
-        let job: Operation = Box::new(move |connection| {
+        let job = Box::new(move |connection: &Connection| {
             let result = operation(connection);
             let succeeded = result.is_ok();
             let delivery: Delivery = Box::new(move |committed| {
@@ -159,7 +185,9 @@ impl Store {
             });
             (succeeded, delivery)
         });
-        self.sender.send(job).map_err(|_| StoreError::Closed)?;
+        self.sender
+            .send(Operation { savepoint, job })
+            .map_err(|_| StoreError::Closed)?;
         answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
@@ -214,15 +242,15 @@ fn run_group(connection: &Connection, group: Vec<Operation>, stats: &Stats) {
     let began = connection.execute_batch("BEGIN IMMEDIATE").is_ok();
     for operation in group {
         // A savepoint per operation: a failing one rolls back alone.
-        let savepoint = connection.execute_batch("SAVEPOINT op").is_ok();
-        let (succeeded, delivery) = operation(connection);
+        let savepoint = operation.savepoint && execute_cached(connection, "SAVEPOINT op").is_ok();
+        let (succeeded, delivery) = (operation.job)(connection);
         if savepoint {
             let end = if succeeded {
-                "RELEASE op"
+                execute_cached(connection, "RELEASE op")
             } else {
-                "ROLLBACK TO op; RELEASE op"
+                connection.execute_batch("ROLLBACK TO op; RELEASE op")
             };
-            if let Err(error) = connection.execute_batch(end) {
+            if let Err(error) = end {
                 tracing::error!("store savepoint: {error}");
             }
         }
@@ -242,6 +270,10 @@ fn run_group(connection: &Connection, group: Vec<Operation>, stats: &Stats) {
     for delivery in deliveries {
         delivery(committed);
     }
+}
+
+fn execute_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
+    connection.prepare_cached(sql)?.execute([]).map(drop)
 }
 
 /// Unix seconds now.

@@ -19,11 +19,11 @@ pub struct NewAction {
 impl NewAction {
     pub(super) fn insert(&self, db: &Connection) -> rusqlite::Result<()> {
         let at = now();
-        db.execute(
+        db.prepare_cached(
             "INSERT INTO outbox (action_key, kind, payload, next_attempt_at, created_at) VALUES (?1, ?2, ?3, ?4, ?4)
              ON CONFLICT(action_key) DO NOTHING",
-            params![self.key, self.kind, self.payload, at],
-        )?;
+        )?
+        .execute(params![self.key, self.kind, self.payload, at])?;
         Ok(())
     }
 }
