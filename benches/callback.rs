@@ -25,19 +25,11 @@ fn text_xml() -> String {
 }
 
 fn credentials() -> CallbackCredentials {
-    let env = [
-        ("WECOM_CORP_ID", CORP_ID),
-        ("WECOM_TOKEN", TOKEN),
-        ("WECOM_ENCODING_AES_KEY", KEY),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect();
-    let (config, _) = config::load(&Sources {
-        env,
-        ..Sources::default()
-    })
-    .expect("valid configuration");
+    let env = [("WECOM_CORP_ID", CORP_ID), ("WECOM_TOKEN", TOKEN), ("WECOM_ENCODING_AES_KEY", KEY)]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    let (config, _) = config::load(&Sources { env, ..Sources::default() }).expect("valid configuration");
     CallbackCredentials::from_config(&config)
 }
 
@@ -53,27 +45,17 @@ fn bench_pipeline(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("callback");
     group.throughput(Throughput::Elements(1));
-    group.bench_function("sign", |b| {
-        b.iter(|| crypto::sign(black_box(TOKEN), timestamp, nonce, black_box(&encrypted)))
-    });
-    group.bench_function("decrypt", |b| {
-        b.iter(|| crypto::decrypt(&key, black_box(&encrypted)).expect("decrypts"))
-    });
-    group.bench_function("encrypt", |b| {
-        b.iter(|| crypto::encrypt(&key, black_box(xml.as_bytes()), CORP_ID.as_bytes()))
-    });
-    group.bench_function("parse_envelope", |b| {
-        b.iter(|| CallbackEnvelope::parse(black_box(&body)).expect("parses"))
-    });
-    group.bench_function("parse_message", |b| {
-        b.iter(|| AppMessage::parse(black_box(&xml)).expect("parses"))
-    });
+    group
+        .bench_function("sign", |b| b.iter(|| crypto::sign(black_box(TOKEN), timestamp, nonce, black_box(&encrypted))));
+    group.bench_function("decrypt", |b| b.iter(|| crypto::decrypt(&key, black_box(&encrypted)).expect("decrypts")));
+    group
+        .bench_function("encrypt", |b| b.iter(|| crypto::encrypt(&key, black_box(xml.as_bytes()), CORP_ID.as_bytes())));
+    group.bench_function("parse_envelope", |b| b.iter(|| CallbackEnvelope::parse(black_box(&body)).expect("parses")));
+    group.bench_function("parse_message", |b| b.iter(|| AppMessage::parse(black_box(&xml)).expect("parses")));
     group.bench_function("open (query + verify + decrypt + parse)", |b| {
         b.iter(|| {
             let query = CallbackQuery::parse(black_box(&query_string)).expect("query");
-            credentials
-                .open(&query, black_box(body.as_bytes()))
-                .expect("opens")
+            credentials.open(&query, black_box(body.as_bytes())).expect("opens")
         })
     });
     group.finish();

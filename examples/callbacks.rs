@@ -11,10 +11,7 @@ use wechat_api::crypto;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let count: u64 = args
-        .next()
-        .ok_or("usage: callbacks COUNT [--config FILE]")?
-        .parse()?;
+    let count: u64 = args.next().ok_or("usage: callbacks COUNT [--config FILE]")?.parse()?;
     let file = match (args.next().as_deref(), args.next()) {
         (Some("--config"), Some(path)) => Some(path.into()),
         _ => None,

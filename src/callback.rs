@@ -100,9 +100,7 @@ pub enum CallbackError {
 impl CallbackError {
     pub fn outcome(&self) -> Outcome {
         match self {
-            CallbackError::MissingParameter(_) | CallbackError::MalformedQuery => {
-                Outcome::MissingParameter
-            }
+            CallbackError::MissingParameter(_) | CallbackError::MalformedQuery => Outcome::MissingParameter,
             CallbackError::BadSignature => Outcome::BadSignature,
             CallbackError::BadEnvelope(_) => Outcome::BadEnvelope,
             CallbackError::BadCiphertext(_) => Outcome::BadCiphertext,
@@ -128,14 +126,8 @@ impl CallbackQuery {
         serde_urlencoded::from_str(query).map_err(|_| CallbackError::MalformedQuery)
     }
 
-    fn require<'a>(
-        value: &'a Option<String>,
-        name: &'static str,
-    ) -> Result<&'a str, CallbackError> {
-        value
-            .as_deref()
-            .filter(|v| !v.is_empty())
-            .ok_or(CallbackError::MissingParameter(name))
+    fn require<'a>(value: &'a Option<String>, name: &'static str) -> Result<&'a str, CallbackError> {
+        value.as_deref().filter(|v| !v.is_empty()).ok_or(CallbackError::MissingParameter(name))
     }
 
     /// `echostr` as base64. A `+` that reached us unescaped was decoded to a space
@@ -183,19 +175,12 @@ pub struct CallbackCredentials {
 impl CallbackCredentials {
     pub fn from_config(config: &Config) -> Self {
         let mut channels = vec![(Channel::App, config.app_keys.clone())];
-        let same_token = config
-            .kf_keys
-            .token
-            .secret()
-            .matches(config.app_keys.token.expose());
+        let same_token = config.kf_keys.token.secret().matches(config.app_keys.token.expose());
         let same_key = config.kf_keys.aes_key == config.app_keys.aes_key;
         if !(same_token && same_key) {
             channels.push((Channel::Kf, config.kf_keys.clone()));
         }
-        Self {
-            corp_id: config.corp_id.clone(),
-            channels,
-        }
+        Self { corp_id: config.corp_id.clone(), channels }
     }
 
     pub fn corp_id(&self) -> &CorpId {
@@ -213,11 +198,7 @@ impl CallbackCredentials {
     }
 
     /// Finds the channel whose Token signs `encrypted`, and decrypts with its key.
-    fn open_ciphertext(
-        &self,
-        query: &CallbackQuery,
-        encrypted: &str,
-    ) -> Result<(Channel, Plaintext), CallbackError> {
+    fn open_ciphertext(&self, query: &CallbackQuery, encrypted: &str) -> Result<(Channel, Plaintext), CallbackError> {
         let signature = CallbackQuery::require(&query.msg_signature, "msg_signature")?;
         let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
         let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
@@ -227,9 +208,7 @@ impl CallbackCredentials {
                 continue;
             }
             match crypto::decrypt(&keys.aes_key, encrypted) {
-                Ok(plain) if plain.receive_id() == self.corp_id.as_str() => {
-                    return Ok((*channel, plain))
-                }
+                Ok(plain) if plain.receive_id() == self.corp_id.as_str() => return Ok((*channel, plain)),
                 Ok(_) => first_error = first_error.or(Some(CallbackError::WrongReceiveId)),
                 Err(e) => first_error = first_error.or(Some(CallbackError::BadCiphertext(e))),
             }
@@ -245,17 +224,11 @@ impl CallbackCredentials {
     }
 
     /// A callback `POST`: verify, decrypt, check the receive id, parse.
-    pub fn open(
-        &self,
-        query: &CallbackQuery,
-        body: &[u8],
-    ) -> Result<OpenedCallback, CallbackError> {
+    pub fn open(&self, query: &CallbackQuery, body: &[u8]) -> Result<OpenedCallback, CallbackError> {
         // Parameters first: a request without them is a client error, not bad XML.
-        for (value, name) in [
-            (&query.msg_signature, "msg_signature"),
-            (&query.timestamp, "timestamp"),
-            (&query.nonce, "nonce"),
-        ] {
+        for (value, name) in
+            [(&query.msg_signature, "msg_signature"), (&query.timestamp, "timestamp"), (&query.nonce, "nonce")]
+        {
             CallbackQuery::require(value, name)?;
         }
         let envelope = CallbackEnvelope::parse_bytes(body).map_err(CallbackError::BadEnvelope)?;
@@ -267,10 +240,6 @@ impl CallbackCredentials {
             Some(AppEvent::KfMsgOrEvent { .. }) => Channel::Kf,
             _ => channel,
         };
-        Ok(OpenedCallback {
-            channel,
-            xml,
-            message,
-        })
+        Ok(OpenedCallback { channel, xml, message })
     }
 }

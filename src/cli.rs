@@ -43,11 +43,7 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
         /// Text of the test message.
-        #[arg(
-            long,
-            value_name = "TEXT",
-            default_value = "hello from wechat-api sign"
-        )]
+        #[arg(long, value_name = "TEXT", default_value = "hello from wechat-api sign")]
         text: String,
         /// Use the demo configuration made by `serve --demo`.
         #[arg(long)]

@@ -104,11 +104,7 @@ impl Secret {
 
     /// At most a 3-character prefix and the length: enough to tell two secrets apart.
     pub fn redacted(&self) -> String {
-        let prefix: String = self
-            .0
-            .chars()
-            .take(3.min(self.0.chars().count() / 4))
-            .collect();
+        let prefix: String = self.0.chars().take(3.min(self.0.chars().count() / 4)).collect();
         format!("{prefix}… ({} chars)", self.0.chars().count())
     }
 
@@ -132,15 +128,10 @@ impl Token {
     pub fn parse(value: &str) -> Result<Self, String> {
         let len = value.chars().count();
         if !(1..=32).contains(&len) {
-            return Err(format!(
-                "must be 1 to 32 letters or digits, got {len} characters"
-            ));
+            return Err(format!("must be 1 to 32 letters or digits, got {len} characters"));
         }
         if let Some(i) = value.chars().position(|c| !c.is_ascii_alphanumeric()) {
-            return Err(format!(
-                "must be letters or digits only; character {} is not",
-                i + 1
-            ));
+            return Err(format!("must be letters or digits only; character {} is not", i + 1));
         }
         Ok(Self(Secret::new(value)))
     }
@@ -160,9 +151,10 @@ pub struct CorpId(String);
 
 impl CorpId {
     pub fn parse(value: &str) -> Result<Self, String> {
-        if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric())
-        {
-            return Err("must be the corp id from 我的企业 → 企业信息 (letters and digits, usually starting with ww)".into());
+        if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(
+                "must be the corp id from 我的企业 → 企业信息 (letters and digits, usually starting with ww)".into()
+            );
         }
         Ok(Self(value.to_owned()))
     }
@@ -280,11 +272,7 @@ impl Sources {
         let env: HashMap<String, String> = std::env::vars_os()
             .filter_map(|(k, v)| Some((k.into_string().ok()?, v.to_string_lossy().into_owned())))
             .collect();
-        let file = config_flag.or_else(|| {
-            env.get(CONFIG_FILE_VARIABLE)
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
-        });
+        let file = config_flag.or_else(|| env.get(CONFIG_FILE_VARIABLE).filter(|p| !p.is_empty()).map(PathBuf::from));
         let dotenv = Path::new(".env").is_file().then(|| PathBuf::from(".env"));
         Self { file, dotenv, env }
     }
@@ -306,10 +294,7 @@ pub struct Settings {
 impl Settings {
     /// The value of `name`, treating an empty string as unset.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.values
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.values.get(name).map(String::as_str).filter(|v| !v.is_empty())
     }
 
     /// Sets `name` (one of [`VARIABLES`]); for tests and demo mode.
@@ -330,23 +315,17 @@ impl Settings {
         }
         if let Some(path) = &sources.file {
             match read_toml(path) {
-                Ok(text) => {
-                    builder =
-                        builder.add_source(config::File::from_str(&text, config::FileFormat::Toml))
-                }
+                Ok(text) => builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml)),
                 Err(problems) => errors.extend(problems),
             }
         }
         if let Some(path) = &sources.dotenv {
             match read_dotenv(path) {
-                Ok(map) => {
-                    builder = builder.add_source(config::Environment::default().source(Some(map)))
-                }
+                Ok(map) => builder = builder.add_source(config::Environment::default().source(Some(map))),
                 Err(problem) => errors.push(problem),
             }
         }
-        builder = builder
-            .add_source(config::Environment::default().source(Some(known_variables(&sources.env))));
+        builder = builder.add_source(config::Environment::default().source(Some(known_variables(&sources.env))));
         if !errors.is_empty() {
             return Err(ConfigErrors(errors));
         }
@@ -361,9 +340,7 @@ impl Settings {
                     Ok(text) => {
                         settings.values.insert(name, text);
                     }
-                    Err(_) => errors.push(format!(
-                        "{name} must be a single value, not a table or list"
-                    )),
+                    Err(_) => errors.push(format!("{name} must be a single value, not a table or list")),
                 }
             }
         }
@@ -375,15 +352,9 @@ impl Settings {
         }
     }
 
-    fn resolve_aliases(
-        &mut self,
-        merged: &HashMap<String, config::Value>,
-        errors: &mut Vec<String>,
-    ) {
+    fn resolve_aliases(&mut self, merged: &HashMap<String, config::Value>, errors: &mut Vec<String>) {
         for (old, new) in ALIASES {
-            let Some(old_value) = merged
-                .get(&old.to_ascii_lowercase())
-                .and_then(|v| v.clone().into_string().ok())
+            let Some(old_value) = merged.get(&old.to_ascii_lowercase()).and_then(|v| v.clone().into_string().ok())
             else {
                 continue;
             };
@@ -392,19 +363,13 @@ impl Settings {
             }
             match self.get(new) {
                 None => {
-                    self.warnings.push(format!(
-                        "{old} is deprecated: rename it to {new} (its value is used for now)"
-                    ));
+                    self.warnings.push(format!("{old} is deprecated: rename it to {new} (its value is used for now)"));
                     self.values.insert(new, old_value);
                 }
                 Some(current) if current == old_value => {
-                    self.warnings.push(format!(
-                        "{old} is deprecated and duplicates {new}: remove it"
-                    ));
+                    self.warnings.push(format!("{old} is deprecated and duplicates {new}: remove it"));
                 }
-                Some(_) => errors.push(format!(
-                    "{old} and {new} are both set and differ: keep only {new}"
-                )),
+                Some(_) => errors.push(format!("{old} and {new} are both set and differ: keep only {new}")),
             }
         }
     }
@@ -421,17 +386,10 @@ fn known_variables(env: &HashMap<String, String>) -> HashMap<String, String> {
 /// secret may stand on that line) and unknown keys by name.
 fn read_toml(path: &Path) -> Result<String, Vec<String>> {
     let shown = path.display();
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| vec![format!("config file {shown}: cannot read it: {e}")])?;
+    let text = std::fs::read_to_string(path).map_err(|e| vec![format!("config file {shown}: cannot read it: {e}")])?;
     let table: toml::Table = toml::from_str(&text).map_err(|e| {
-        let line = e
-            .span()
-            .map(|s| text[..s.start.min(text.len())].lines().count().max(1))
-            .unwrap_or(1);
-        vec![format!(
-            "config file {shown}: not valid TOML at line {line}: {}",
-            e.message()
-        )]
+        let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(1);
+        vec![format!("config file {shown}: not valid TOML at line {line}: {}", e.message())]
     })?;
     let unknown: Vec<String> = table
         .keys()
@@ -449,13 +407,11 @@ fn read_toml(path: &Path) -> Result<String, Vec<String>> {
 }
 
 fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, String> {
-    let iter = dotenvy::from_path_iter(path)
-        .map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
+    let iter = dotenvy::from_path_iter(path).map_err(|e| format!("{}: cannot read it: {e}", path.display()))?;
     let mut map = HashMap::new();
     for (index, item) in iter.enumerate() {
         // dotenvy's parse errors quote the line, which may hold a secret.
-        let (key, value) =
-            item.map_err(|_| format!("{}: entry {} cannot be parsed", path.display(), index + 1))?;
+        let (key, value) = item.map_err(|_| format!("{}: entry {} cannot be parsed", path.display(), index + 1))?;
         map.insert(key, value);
     }
     Ok(known_variables(&map))
@@ -486,10 +442,7 @@ impl Validator<'_> {
     fn trimmed(&mut self, name: &str) -> Option<String> {
         let value = self.settings.get(name)?;
         if value.trim() != value {
-            self.fail(
-                name,
-                "has leading or trailing white space (a copy-paste slip?)",
-            );
+            self.fail(name, "has leading or trailing white space (a copy-paste slip?)");
             return None;
         }
         Some(value.to_owned())
@@ -519,11 +472,7 @@ impl Validator<'_> {
     }
 
     fn flag(&mut self, name: &str) -> bool {
-        match self
-            .settings
-            .get(name)
-            .map(|v| v.trim().to_ascii_lowercase())
-        {
+        match self.settings.get(name).map(|v| v.trim().to_ascii_lowercase()) {
             None => false,
             Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => true,
             Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => false,
@@ -555,12 +504,7 @@ impl Validator<'_> {
     fn aes_key(&mut self, name: &str) -> Option<AesKey> {
         let value = self.required(name)?;
         AesKey::parse(&value)
-            .map_err(|e: KeyError| {
-                self.fail(
-                    name,
-                    format!("{e} (copy it again from the callback settings)"),
-                )
-            })
+            .map_err(|e: KeyError| self.fail(name, format!("{e} (copy it again from the callback settings)")))
             .ok()
     }
 
@@ -574,32 +518,21 @@ impl Validator<'_> {
             Some(_) => self.aes_key("WECOM_KF_ENCODING_AES_KEY"),
             None => app.map(|a| a.aes_key.clone()),
         };
-        Some(CallbackKeys {
-            token: token?,
-            aes_key: aes_key?,
-        })
+        Some(CallbackKeys { token: token?, aes_key: aes_key? })
     }
 }
 
 impl Config {
     /// Validates merged settings into a typed config, reporting every problem.
     pub fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
-        let mut v = Validator {
-            settings,
-            errors: Vec::new(),
-        };
-        let corp_id = v.required("WECOM_CORP_ID").and_then(|id| {
-            CorpId::parse(&id)
-                .map_err(|e| v.fail("WECOM_CORP_ID", e))
-                .ok()
-        });
+        let mut v = Validator { settings, errors: Vec::new() };
+        let corp_id =
+            v.required("WECOM_CORP_ID").and_then(|id| CorpId::parse(&id).map_err(|e| v.fail("WECOM_CORP_ID", e)).ok());
         let agent_id = v.parse::<i64>("WECOM_AGENT_ID", "a number (the AgentId of the app)");
         let secret = v.secret("WECOM_SECRET");
         let app_token = v.token("WECOM_TOKEN");
         let app_aes_key = v.aes_key("WECOM_ENCODING_AES_KEY");
-        let app_keys = app_token
-            .zip(app_aes_key)
-            .map(|(token, aes_key)| CallbackKeys { token, aes_key });
+        let app_keys = app_token.zip(app_aes_key).map(|(token, aes_key)| CallbackKeys { token, aes_key });
         let kf_secret = v.secret("WECOM_KF_SECRET");
         let kf_keys = v.kf_keys(app_keys.as_ref());
         let api_base_url = v.url("WECOM_API_BASE_URL");
@@ -608,31 +541,21 @@ impl Config {
         let data_dir = v.trimmed("DATA_DIR").map(PathBuf::from);
         let admin_token = v.secret("ADMIN_TOKEN");
         if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
-            v.fail(
-                "ADMIN_TOKEN",
-                "must be at least 16 characters (try `wechat-api keygen`)",
-            );
+            v.fail("ADMIN_TOKEN", "must be at least 16 characters (try `wechat-api keygen`)");
         }
-        let forward = v
-            .url("FORWARD_URL")
-            .map(|url| Forward { url, secret: None });
+        let forward = v.url("FORWARD_URL").map(|url| Forward { url, secret: None });
         let forward_secret = v.secret("FORWARD_SECRET");
-        let forward = forward.map(|f| Forward {
-            secret: forward_secret,
-            ..f
-        });
+        let forward = forward.map(|f| Forward { secret: forward_secret, ..f });
         let alert_email = Self::alert_email(&mut v);
         let welcome_text = settings.get("WELCOME_TEXT").map(str::to_owned);
         let kf_replay_history = v.flag("KF_REPLAY_HISTORY");
         let heartbeat_url = v.url("HEARTBEAT_URL");
-        let supervisor_interval =
-            v.parse::<u64>("SUPERVISOR_INTERVAL_SECS", "a whole number of seconds");
+        let supervisor_interval = v.parse::<u64>("SUPERVISOR_INTERVAL_SECS", "a whole number of seconds");
         if supervisor_interval == Some(0) {
             v.fail("SUPERVISOR_INTERVAL_SECS", "must be at least 1");
         }
         let alert_group_wait = v.parse::<u64>("ALERT_GROUP_WAIT_SECS", "a whole number of seconds");
-        let alert_repeat =
-            v.parse::<u64>("ALERT_REPEAT_HOURS", "a whole number of hours (0 = off)");
+        let alert_repeat = v.parse::<u64>("ALERT_REPEAT_HOURS", "a whole number of hours (0 = off)");
         let log_format = match settings.get("LOG_FORMAT").map(str::trim) {
             Some("json") => Some(LogFormat::Json),
             Some("text") | None => Some(LogFormat::Text),
@@ -662,9 +585,7 @@ impl Config {
                 heartbeat_url,
                 supervisor_interval: Duration::from_secs(supervisor_interval?.max(1)),
                 alert_group_wait: Duration::from_secs(alert_group_wait?),
-                alert_repeat: alert_repeat
-                    .filter(|h| *h > 0)
-                    .map(|h| Duration::from_secs(h.saturating_mul(3600))),
+                alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
                 log_format: log_format?,
             })
         })();
@@ -698,20 +619,13 @@ impl Config {
     fn alert_email(v: &mut Validator<'_>) -> Option<AlertEmail> {
         let enabled = v.flag("ALERT_EMAIL_ENABLED");
         let smtp_port = v.parse::<u16>("SMTP_PORT", "a port number");
-        let smtp_tls = match v
-            .settings
-            .get("SMTP_TLS")
-            .map(|t| t.trim().to_ascii_lowercase())
-        {
+        let smtp_tls = match v.settings.get("SMTP_TLS").map(|t| t.trim().to_ascii_lowercase()) {
             None => SmtpTls::Opportunistic,
             Some(t) if t == "starttls" => SmtpTls::StartTls,
             Some(t) if t == "tls" => SmtpTls::Tls,
             Some(t) if t == "none" => SmtpTls::None,
             Some(t) => {
-                v.fail(
-                    "SMTP_TLS",
-                    format!("must be starttls, tls or none, got {t:?}"),
-                );
+                v.fail("SMTP_TLS", format!("must be starttls, tls or none, got {t:?}"));
                 SmtpTls::Opportunistic
             }
         };
@@ -727,21 +641,11 @@ impl Config {
         }
         let to: Vec<String> = v
             .required("ALERT_EMAIL_TO")
-            .map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|a| !a.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
+            .map(|list| list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect())
             .unwrap_or_default();
         for address in to.iter().chain(from.iter()) {
             if !address.contains('@') {
-                let name = if Some(address) == from.as_ref() {
-                    "ALERT_EMAIL_FROM"
-                } else {
-                    "ALERT_EMAIL_TO"
-                };
+                let name = if Some(address) == from.as_ref() { "ALERT_EMAIL_FROM" } else { "ALERT_EMAIL_TO" };
                 v.fail(name, format!("{address:?} is not an email address"));
             }
         }
@@ -766,8 +670,15 @@ impl Config {
                     .to_owned(),
             );
         }
+        if self.kf_secret.is_none() && self.secret.is_some() {
+            warnings.push(
+                "WECOM_KF_SECRET is not set: kf APIs use WECOM_SECRET (95018 on kf sends means it may not)".to_owned(),
+            );
+        }
         if !self.listen.tls_enabled {
-            warnings.push("TLS_ENABLED=false: serving plain HTTP on HTTPS_PORT (only behind a TLS-terminating proxy)".to_owned());
+            warnings.push(
+                "TLS_ENABLED=false: serving plain HTTP on HTTPS_PORT (only behind a TLS-terminating proxy)".to_owned(),
+            );
         }
         warnings
     }
@@ -780,21 +691,11 @@ mod tests {
     const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
 
     fn env(pairs: &[(&str, &str)]) -> Sources {
-        Sources {
-            env: pairs
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
-            ..Sources::default()
-        }
+        Sources { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Sources::default() }
     }
 
     fn minimal() -> Vec<(&'static str, &'static str)> {
-        vec![
-            ("WECOM_CORP_ID", "ww1436e0e65a779aee"),
-            ("WECOM_TOKEN", "QDG6eK"),
-            ("WECOM_ENCODING_AES_KEY", KEY),
-        ]
+        vec![("WECOM_CORP_ID", "ww1436e0e65a779aee"), ("WECOM_TOKEN", "QDG6eK"), ("WECOM_ENCODING_AES_KEY", KEY)]
     }
 
     fn errors_of(pairs: &[(&str, &str)]) -> Vec<String> {
@@ -814,11 +715,7 @@ mod tests {
         assert_eq!(config.supervisor_interval, Duration::from_secs(30));
         assert_eq!(config.alert_repeat, Some(Duration::from_secs(4 * 3600)));
         assert!(config.alert_email.is_none());
-        assert_eq!(
-            config.kf_keys.token.expose(),
-            "QDG6eK",
-            "kf falls back to the app Token"
-        );
+        assert_eq!(config.kf_keys.token.expose(), "QDG6eK", "kf falls back to the app Token");
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 
@@ -834,11 +731,7 @@ mod tests {
 
     #[test]
     fn every_problem_gets_its_own_line() {
-        let errors = errors_of(&[
-            ("WECOM_TOKEN", "bad token!"),
-            ("HTTPS_PORT", "99999"),
-            ("TLS_ENABLED", "maybe"),
-        ]);
+        let errors = errors_of(&[("WECOM_TOKEN", "bad token!"), ("HTTPS_PORT", "99999"), ("TLS_ENABLED", "maybe")]);
         let joined = errors.join("\n");
         for needle in [
             "WECOM_CORP_ID is required",
@@ -863,10 +756,7 @@ mod tests {
         ]);
         let joined = errors.join("\n");
         assert!(!joined.contains("S3CR3T"), "{joined}");
-        assert!(
-            joined.contains("WECOM_SECRET has leading or trailing white space"),
-            "{joined}"
-        );
+        assert!(joined.contains("WECOM_SECRET has leading or trailing white space"), "{joined}");
     }
 
     #[test]
@@ -887,10 +777,7 @@ mod tests {
         .expect("valid");
         assert_eq!(config.corp_id.as_str(), "ww1436e0e65a779aee");
         assert!(
-            warnings
-                .iter()
-                .any(|w| w
-                    .contains("WEWORK_AES_KEY is deprecated: rename it to WECOM_ENCODING_AES_KEY")),
+            warnings.iter().any(|w| w.contains("WEWORK_AES_KEY is deprecated: rename it to WECOM_ENCODING_AES_KEY")),
             "{warnings:?}"
         );
     }
@@ -919,11 +806,7 @@ mod tests {
         let file = dir.path().join("wechat-api.toml");
         std::fs::write(&file, format!("wecom_corp_id = \"wwfile\"\nwecom_token = \"filetoken\"\nwecom_encoding_aes_key = \"{KEY}\"\nhttps_port = 9443\nupload_dir = \"/file\"\n")).expect("write");
         let dotenv = dir.path().join(".env");
-        std::fs::write(
-            &dotenv,
-            "WECOM_TOKEN=dotenvtoken\nUPLOAD_DIR=/dotenv\nPATH=/ignored\n",
-        )
-        .expect("write");
+        std::fs::write(&dotenv, "WECOM_TOKEN=dotenvtoken\nUPLOAD_DIR=/dotenv\nPATH=/ignored\n").expect("write");
         let sources = Sources {
             file: Some(file),
             dotenv: Some(dotenv),
@@ -931,10 +814,7 @@ mod tests {
         };
         let (config, _) = load(&sources).expect("valid");
         assert_eq!(config.corp_id.as_str(), "wwfile");
-        assert_eq!(
-            config.listen.https_port, 9443,
-            "a TOML integer is read as a port"
-        );
+        assert_eq!(config.listen.https_port, 9443, "a TOML integer is read as a port");
         assert_eq!(config.app_keys.token.expose(), "dotenvtoken");
         assert_eq!(config.upload_dir, PathBuf::from("/env"));
     }
@@ -944,24 +824,10 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("c.toml");
         std::fs::write(&file, "wecom_corp_idd = \"x\"\n").expect("write");
-        let errors = load(&Sources {
-            file: Some(file.clone()),
-            ..Sources::default()
-        })
-        .expect_err("unknown")
-        .0;
-        assert!(
-            errors[0].contains("unknown setting `wecom_corp_idd`"),
-            "{errors:?}"
-        );
-        std::fs::write(&file, "wecom_token = \"s3cr3t\"\nwecom_secret = \"hidden\n")
-            .expect("write");
-        let errors = load(&Sources {
-            file: Some(file),
-            ..Sources::default()
-        })
-        .expect_err("syntax")
-        .0;
+        let errors = load(&Sources { file: Some(file.clone()), ..Sources::default() }).expect_err("unknown").0;
+        assert!(errors[0].contains("unknown setting `wecom_corp_idd`"), "{errors:?}");
+        std::fs::write(&file, "wecom_token = \"s3cr3t\"\nwecom_secret = \"hidden\n").expect("write");
+        let errors = load(&Sources { file: Some(file), ..Sources::default() }).expect_err("syntax").0;
         assert!(errors[0].contains("line 2"), "{errors:?}");
         assert!(!errors[0].contains("hidden"), "{errors:?}");
     }

@@ -69,9 +69,8 @@ impl AesKey {
         if chars != ENCODING_AES_KEY_LEN {
             return Err(KeyError::Length(chars));
         }
-        if let Some(position) = encoding_aes_key
-            .bytes()
-            .position(|b| !(b.is_ascii_alphanumeric() || b == b'+' || b == b'/'))
+        if let Some(position) =
+            encoding_aes_key.bytes().position(|b| !(b.is_ascii_alphanumeric() || b == b'+' || b == b'/'))
         {
             return Err(KeyError::Alphabet(position + 1));
         }
@@ -194,14 +193,11 @@ impl Plaintext {
 
 /// Decrypts the base64 `Encrypt` field (or `echostr`) with `key`.
 pub fn decrypt(key: &AesKey, encrypted: &str) -> Result<Plaintext, DecryptError> {
-    let mut buffer = STANDARD
-        .decode(encrypted.as_bytes())
-        .map_err(|_| DecryptError::Base64)?;
+    let mut buffer = STANDARD.decode(encrypted.as_bytes()).map_err(|_| DecryptError::Base64)?;
     if buffer.is_empty() || buffer.len() % 16 != 0 {
         return Err(DecryptError::BlockLength(buffer.len()));
     }
-    let decryptor =
-        Aes256CbcDec::new_from_slices(&key.0, key.iv()).map_err(|_| DecryptError::Padding)?;
+    let decryptor = Aes256CbcDec::new_from_slices(&key.0, key.iv()).map_err(|_| DecryptError::Padding)?;
     let cipher_len = buffer.len();
     let plain_len = decryptor
         .decrypt_padded_mut::<NoPadding>(&mut buffer)
@@ -212,17 +208,11 @@ pub fn decrypt(key: &AesKey, encrypted: &str) -> Result<Plaintext, DecryptError>
         return Err(DecryptError::Padding);
     }
     let unpadded = plain_len - pad;
-    if buffer[unpadded..plain_len]
-        .iter()
-        .any(|&b| usize::from(b) != pad)
-    {
+    if buffer[unpadded..plain_len].iter().any(|&b| usize::from(b) != pad) {
         return Err(DecryptError::Padding);
     }
     if unpadded < HEADER_LEN {
-        return Err(DecryptError::LengthField {
-            declared: 0,
-            available: unpadded,
-        });
+        return Err(DecryptError::LengthField { declared: 0, available: unpadded });
     }
     let declared = u32::from_be_bytes([
         buffer[RANDOM_LEN],
@@ -234,10 +224,7 @@ pub fn decrypt(key: &AesKey, encrypted: &str) -> Result<Plaintext, DecryptError>
         .ok()
         .and_then(|len| HEADER_LEN.checked_add(len))
         .filter(|&end| end <= unpadded)
-        .ok_or(DecryptError::LengthField {
-            declared,
-            available: unpadded - HEADER_LEN,
-        })?;
+        .ok_or(DecryptError::LengthField { declared, available: unpadded - HEADER_LEN })?;
     if std::str::from_utf8(&buffer[HEADER_LEN..unpadded]).is_err() {
         return Err(DecryptError::Utf8);
     }
@@ -245,11 +232,7 @@ pub fn decrypt(key: &AesKey, encrypted: &str) -> Result<Plaintext, DecryptError>
     if !is_char_boundary(&buffer[HEADER_LEN..unpadded], message_end - HEADER_LEN) {
         return Err(DecryptError::Utf8);
     }
-    Ok(Plaintext {
-        buffer,
-        message_end,
-        receive_id_end: unpadded,
-    })
+    Ok(Plaintext { buffer, message_end, receive_id_end: unpadded })
 }
 
 fn is_char_boundary(utf8: &[u8], index: usize) -> bool {
@@ -261,22 +244,13 @@ fn is_char_boundary(utf8: &[u8], index: usize) -> bool {
 ///
 /// Taking the 16 random bytes as an argument keeps this pure and lets the
 /// official deterministic vectors be reproduced; use [`encrypt`] normally.
-pub fn encrypt_with_random(
-    key: &AesKey,
-    random: [u8; 16],
-    message: &[u8],
-    receive_id: &[u8],
-) -> String {
+pub fn encrypt_with_random(key: &AesKey, random: [u8; 16], message: &[u8], receive_id: &[u8]) -> String {
     let content_len = HEADER_LEN + message.len() + receive_id.len();
     let pad = PAD_BLOCK - content_len % PAD_BLOCK;
     let mut buffer = Vec::with_capacity(content_len + pad);
     buffer.extend_from_slice(&random);
     // Messages over 4 GiB cannot arrive: callers hold them in memory under a body limit.
-    buffer.extend_from_slice(
-        &u32::try_from(message.len())
-            .unwrap_or(u32::MAX)
-            .to_be_bytes(),
-    );
+    buffer.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
     buffer.extend_from_slice(message);
     buffer.extend_from_slice(receive_id);
     buffer.resize(content_len + pad, pad as u8);
@@ -325,9 +299,7 @@ mod tests {
 
     fn vectors() -> Vec<Vector> {
         let text = include_str!("../tests/fixtures/official.json");
-        serde_json::from_str::<Vectors>(text)
-            .expect("fixture is valid JSON")
-            .vectors
+        serde_json::from_str::<Vectors>(text).expect("fixture is valid JSON").vectors
     }
 
     #[test]
@@ -336,11 +308,7 @@ mod tests {
         assert!(all.len() >= 8, "fixture lost vectors");
         for v in all {
             let key = AesKey::parse(&v.encoding_aes_key).expect(&v.name);
-            let ciphertext = v
-                .echostr
-                .as_deref()
-                .or(v.encrypt.as_deref())
-                .expect(&v.name);
+            let ciphertext = v.echostr.as_deref().or(v.encrypt.as_deref()).expect(&v.name);
             let sig = sign(&v.token, &v.timestamp, &v.nonce, ciphertext);
             assert!(sig.matches(&v.msg_signature), "{}: signature {sig}", v.name);
             let plain = decrypt(&key, ciphertext).expect(&v.name);
@@ -352,28 +320,14 @@ mod tests {
                         assert_eq!(plain.message(), expected, "{}", v.name);
                     }
                     for part in v.plaintext_contains.iter().flatten() {
-                        assert!(
-                            plain.message().contains(part.as_str()),
-                            "{}: {part}",
-                            v.name
-                        );
+                        assert!(plain.message().contains(part.as_str()), "{}: {part}", v.name);
                     }
                 }
                 "encrypt" => {
-                    let random: [u8; 16] = v
-                        .random16
-                        .as_deref()
-                        .expect("random16")
-                        .as_bytes()
-                        .try_into()
-                        .expect("16 bytes");
+                    let random: [u8; 16] =
+                        v.random16.as_deref().expect("random16").as_bytes().try_into().expect("16 bytes");
                     let plaintext = v.plaintext.as_deref().expect("plaintext");
-                    let produced = encrypt_with_random(
-                        &key,
-                        random,
-                        plaintext.as_bytes(),
-                        v.receiveid.as_bytes(),
-                    );
+                    let produced = encrypt_with_random(&key, random, plaintext.as_bytes(), v.receiveid.as_bytes());
                     assert_eq!(Some(produced.as_str()), v.encrypt.as_deref(), "{}", v.name);
                     assert_eq!(plain.message(), plaintext);
                 }
@@ -384,16 +338,8 @@ mod tests {
 
     #[test]
     fn wechatpy_vector_with_another_nonce_is_rejected() {
-        let v = vectors()
-            .into_iter()
-            .find(|v| v.name == "wechatpy-verify-url")
-            .expect("vector");
-        let sig = sign(
-            &v.token,
-            &v.timestamp,
-            "437374424",
-            v.echostr.as_deref().expect("echostr"),
-        );
+        let v = vectors().into_iter().find(|v| v.name == "wechatpy-verify-url").expect("vector");
+        let sig = sign(&v.token, &v.timestamp, "437374424", v.echostr.as_deref().expect("echostr"));
         assert!(!sig.matches(&v.msg_signature));
     }
 
@@ -413,10 +359,7 @@ mod tests {
     fn key_outside_the_alphabet_names_the_position() {
         let mut key = "a".repeat(43);
         key.replace_range(6..7, "-");
-        assert_eq!(
-            AesKey::parse(&key).expect_err("bad char"),
-            KeyError::Alphabet(7)
-        );
+        assert_eq!(AesKey::parse(&key).expect_err("bad char"), KeyError::Alphabet(7));
     }
 
     #[test]
@@ -439,13 +382,9 @@ mod tests {
         block[32..].fill(32);
         let len = block.len();
         let enc = Aes256CbcEnc::new_from_slices(&key.0, key.iv()).expect("sizes");
-        enc.encrypt_padded_mut::<NoPadding>(&mut block, len)
-            .expect("whole blocks");
+        enc.encrypt_padded_mut::<NoPadding>(&mut block, len).expect("whole blocks");
         let err = decrypt(&key, &STANDARD.encode(&block)).expect_err("length past end");
-        assert!(
-            matches!(err, DecryptError::LengthField { declared: 1000, .. }),
-            "{err:?}"
-        );
+        assert!(matches!(err, DecryptError::LengthField { declared: 1000, .. }), "{err:?}");
     }
 
     #[test]

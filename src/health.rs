@@ -44,13 +44,7 @@ pub struct CheckResult {
 
 impl CheckResult {
     pub fn new(status: Status) -> Self {
-        Self {
-            status,
-            observed_value: None,
-            observed_unit: None,
-            output: None,
-            time: now_rfc3339(),
-        }
+        Self { status, observed_value: None, observed_unit: None, output: None, time: now_rfc3339() }
     }
 
     pub fn observed(mut self, value: impl Into<serde_json::Value>, unit: &str) -> Self {
@@ -84,10 +78,7 @@ pub struct HealthBoard {
 
 impl Default for HealthBoard {
     fn default() -> Self {
-        Self {
-            started: Instant::now(),
-            checks: RwLock::new(BTreeMap::new()),
-        }
+        Self { started: Instant::now(), checks: RwLock::new(BTreeMap::new()) }
     }
 }
 
@@ -107,35 +98,18 @@ impl HealthBoard {
     /// The report: every check plus uptime; the worst status wins.
     pub fn report(&self, version: &str) -> HealthReport {
         let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
-        let status = checks
-            .values()
-            .map(|c| c.status)
-            .max()
-            .unwrap_or(Status::Pass);
-        let mut out: BTreeMap<String, Vec<CheckResult>> = checks
-            .iter()
-            .map(|(name, result)| (name.clone(), vec![result.clone()]))
-            .collect();
-        out.insert(
-            "uptime".into(),
-            vec![CheckResult::new(Status::Pass).observed(self.uptime_secs(), "s")],
-        );
-        HealthReport {
-            status,
-            version: version.to_owned(),
-            service_id: "wechat-api",
-            checks: out,
-        }
+        let status = checks.values().map(|c| c.status).max().unwrap_or(Status::Pass);
+        let mut out: BTreeMap<String, Vec<CheckResult>> =
+            checks.iter().map(|(name, result)| (name.clone(), vec![result.clone()])).collect();
+        out.insert("uptime".into(), vec![CheckResult::new(Status::Pass).observed(self.uptime_secs(), "s")]);
+        HealthReport { status, version: version.to_owned(), service_id: "wechat-api", checks: out }
     }
 }
 
 /// Now as RFC 3339 UTC, e.g. `2026-11-21T06:25:33Z`.
 pub fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc()
-        .replace_nanosecond(0)
-        .unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-    now.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -146,14 +120,8 @@ mod tests {
     fn the_worst_check_decides_and_the_shape_follows_the_draft() {
         let board = HealthBoard::default();
         assert_eq!(board.report("1").status, Status::Pass);
-        board.set(
-            "config:secrets",
-            CheckResult::new(Status::Warn).output("identical"),
-        );
-        board.set(
-            "tls:certificate",
-            CheckResult::new(Status::Pass).observed(40, "d"),
-        );
+        board.set("config:secrets", CheckResult::new(Status::Warn).output("identical"));
+        board.set("tls:certificate", CheckResult::new(Status::Pass).observed(40, "d"));
         let report = board.report("1.0.0");
         assert_eq!(report.status, Status::Warn);
         let json = serde_json::to_value(&report).expect("serialises");
@@ -161,10 +129,7 @@ mod tests {
         assert_eq!(json["checks"]["tls:certificate"][0]["observedValue"], 40);
         assert_eq!(json["checks"]["tls:certificate"][0]["observedUnit"], "d");
         assert_eq!(json["checks"]["config:secrets"][0]["output"], "identical");
-        assert!(json["checks"]["uptime"][0]["time"]
-            .as_str()
-            .expect("time")
-            .ends_with('Z'));
+        assert!(json["checks"]["uptime"][0]["time"].as_str().expect("time").ends_with('Z'));
         board.set("store:writable", CheckResult::new(Status::Fail));
         assert_eq!(board.report("1").status, Status::Fail);
     }

@@ -23,6 +23,8 @@ use crate::dispatch::actions::Executor;
 use crate::dispatch::handlers::HandlerSettings;
 use crate::dispatch::{Dispatcher, Outbox};
 use crate::health::{CheckResult, HealthBoard, Status};
+use crate::kf_sync::KfSyncer;
+use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
@@ -48,11 +50,7 @@ pub enum StartupError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error("cannot listen on {address} ({variable}): {source}")]
-    Bind {
-        address: SocketAddr,
-        variable: &'static str,
-        source: std::io::Error,
-    },
+    Bind { address: SocketAddr, variable: &'static str, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("cannot start: {0}")]
@@ -65,11 +63,7 @@ impl StartupError {
     /// Problems the operator fixes in configuration or files (exit 64), as opposed
     /// to run-time failures.
     pub fn is_configuration(&self) -> bool {
-        matches!(
-            self,
-            StartupError::Tls(_)
-                | StartupError::Store(StoreError::Open { .. } | StoreError::TooNew { .. })
-        )
+        matches!(self, StartupError::Tls(_) | StartupError::Store(StoreError::Open { .. } | StoreError::TooNew { .. }))
     }
 }
 
@@ -104,57 +98,54 @@ impl Application {
         let store = Store::open(&config.data_dir)?;
         let first_start = store.first_started_at().await?;
         tracing::debug!(first_start, "store open");
-        let wecom = Arc::new(
-            WeCom::new(&config, &store, &metrics)
-                .map_err(|e| StartupError::Component(e.to_string()))?,
-        );
-        let executor = Executor::new(config.forward.clone(), Arc::clone(&wecom), config.agent_id)
-            .map_err(|e| StartupError::Component(e.to_string()))?;
+        let wecom =
+            Arc::new(WeCom::new(&config, &store, &metrics).map_err(|e| StartupError::Component(e.to_string()))?);
+        let executor =
+            Executor::new(config.forward.clone(), Arc::clone(&wecom), config.agent_id, config.upload_dir.clone())
+                .map_err(|e| StartupError::Component(e.to_string()))?;
         let journal_wake = Arc::new(Notify::new());
         let outbox_wake = Arc::new(Notify::new());
         let settings = HandlerSettings {
             forward: config.forward.is_some(),
             agent_id: config.agent_id,
+            welcome_text: config.welcome_text.clone(),
+            first_started_at: first_start,
+            replay_history: config.kf_replay_history,
         };
+        let (kf_syncer, kf_sync) = KfSyncer::new(store.clone(), Arc::clone(&wecom), Arc::clone(&journal_wake));
+        let kf_sync = wecom.kf.is_some().then_some(kf_sync);
         let dispatcher = Dispatcher::new(
             store.clone(),
             settings,
             Arc::clone(&journal_wake),
             Arc::clone(&outbox_wake),
-        );
-        let outbox = Outbox::new(
-            store.clone(),
-            Arc::new(executor),
+            kf_sync,
             Arc::clone(&metrics),
-            outbox_wake,
         );
+        let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(&metrics), outbox_wake);
 
         let state = web::Data::new(AppState {
             credentials: CallbackCredentials::from_config(&config),
             metrics: Arc::clone(&metrics),
             health,
+            names: Names::new(store.clone(), Arc::clone(&wecom)),
             store,
             journal_wake,
+            wecom,
+            admin_token: config.admin_token.clone(),
             version: VERSION,
         });
         let app_state = state.clone();
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .app_data(app_state.clone())
-                .configure(routes::configure)
-        })
-        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-        .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
-        .keep_alive(KEEP_ALIVE)
-        .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
-        .disable_signals();
+        let mut server = HttpServer::new(move || App::new().app_data(app_state.clone()).configure(routes::configure))
+            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+            .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
+            .keep_alive(KEEP_ALIVE)
+            .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
+            .disable_signals();
 
         let main_address = SocketAddr::new(listen.bind_address, listen.https_port);
         let main_listener = bind(main_address, "HTTPS_PORT")?;
-        let port = main_listener
-            .local_addr()
-            .map_err(StartupError::Server)?
-            .port();
+        let port = main_listener.local_addr().map_err(StartupError::Server)?.port();
         server = match &certificates {
             Some(store) => server.listen_rustls_0_23(main_listener, store.server_config()?),
             None => server.listen(main_listener),
@@ -171,13 +162,10 @@ impl Application {
         let server = server.run();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(metrics_upkeep(
-            metrics,
-            state.store.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(metrics_upkeep(metrics, state.store.clone(), shutdown.clone()));
         tasks.spawn(dispatcher.run(shutdown.clone()));
         tasks.spawn(outbox.run(shutdown.clone()));
+        tasks.spawn(kf_syncer.run(shutdown.clone()));
         tracing::info!(
             port,
             http_port,
@@ -186,15 +174,7 @@ impl Application {
             "wechat-api listening on {}",
             main_address.ip()
         );
-        Ok(Self {
-            port,
-            http_port,
-            tls: certificates.is_some(),
-            server,
-            shutdown,
-            tasks,
-            state,
-        })
+        Ok(Self { port, http_port, tls: certificates.is_some(), server, shutdown, tasks, state })
     }
 
     /// The port of the main (TLS) listener; useful when bound to port 0.
@@ -230,12 +210,7 @@ impl Application {
     /// Serves until SIGTERM, SIGINT or the shutdown token, then drains requests
     /// (bounded by [`DRAIN_TIMEOUT`]) and waits for background tasks.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Self {
-            server,
-            shutdown,
-            tasks,
-            ..
-        } = self;
+        let Self { server, shutdown, tasks, .. } = self;
         let handle = server.handle();
         let mut server = tokio::spawn(server);
         let stop_reason = tokio::select! {
@@ -248,10 +223,7 @@ impl Application {
             reason = stop_signal() => reason,
             () = shutdown.cancelled() => "shutdown requested",
         };
-        tracing::info!(
-            "{stop_reason}: draining for at most {}s",
-            DRAIN_TIMEOUT.as_secs()
-        );
+        tracing::info!("{stop_reason}: draining for at most {}s", DRAIN_TIMEOUT.as_secs());
         shutdown.cancel();
         handle.stop(true).await;
         let served = server.await.map_err(std::io::Error::other)?;
@@ -263,19 +235,12 @@ impl Application {
 }
 
 fn bind(address: SocketAddr, variable: &'static str) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(address).map_err(|source| StartupError::Bind {
-        address,
-        variable,
-        source,
-    })
+    TcpListener::bind(address).map_err(|source| StartupError::Bind { address, variable, source })
 }
 
 async fn stop_signal() -> &'static str {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         // Without signal handlers the service can still be stopped by its token.
         return std::future::pending().await;
     };
@@ -326,12 +291,8 @@ pub fn certificate_check(not_after: i64) -> CheckResult {
     };
     let output = match status {
         Status::Pass => None,
-        _ if not_after <= now => {
-            Some("the certificate has expired: replace TLS_CERT_PATH / TLS_KEY_PATH".to_owned())
-        }
-        _ => Some(format!(
-            "the certificate expires in {days_left} days: renew it"
-        )),
+        _ if not_after <= now => Some("the certificate has expired: replace TLS_CERT_PATH / TLS_KEY_PATH".to_owned()),
+        _ => Some(format!("the certificate expires in {days_left} days: renew it")),
     };
     let result = CheckResult::new(status).observed(days_left, "d");
     match output {

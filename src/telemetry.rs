@@ -9,12 +9,8 @@
 
 use std::time::Duration;
 
-use metrics::{
-    Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit,
-};
-use metrics_exporter_prometheus::{
-    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
-};
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 use crate::callback::{Channel, Outcome};
 use crate::config::LogFormat;
@@ -37,30 +33,21 @@ const LOG_QUEUE_LINES: usize = 64 * 1024;
 /// one `write`: one line per callback must not cost one system call per callback.
 /// The queue is not lossy: when full, the request thread waits rather than drop a line.
 pub fn init_tracing(format: LogFormat) -> LogGuard {
-    let filter =
-        tracing_subscriber::EnvFilter::new("info,actix_server=warn,rustls=warn,h2=warn,hyper=warn");
+    let filter = tracing_subscriber::EnvFilter::new("info,actix_server=warn,rustls=warn,h2=warn,hyper=warn");
     // Colour only for a person at a terminal; Docker logs and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("wechat-api-log")
-        .finish(std::io::BufWriter::with_capacity(
-            64 * 1024,
-            std::io::stdout(),
-        ));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_ansi(ansi)
-        .with_writer(writer);
+        .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(writer);
     let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
-    LogGuard {
-        _worker: installed.is_ok().then_some(guard),
-    }
+    LogGuard { _worker: installed.is_ok().then_some(guard) }
 }
 
 const CALLBACKS_TOTAL: &str = "wechat_api_callbacks_total";
@@ -69,12 +56,9 @@ const BUILD_INFO: &str = "wechat_api_build_info";
 
 /// Upper bounds of the callback latency histogram: fine below 10 ms, where a
 /// healthy callback lives, and up to WeCom's 5 s retry limit.
-const CALLBACK_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
+const CALLBACK_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
 
-static METADATA: Metadata<'static> =
-    Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
 /// The application's metrics: the recorder, its renderer, and hot-path handles.
 pub struct Metrics {
@@ -115,34 +99,18 @@ impl Metrics {
             SharedString::const_str("Always 1; the labels carry the build's version."),
         );
         recorder
-            .register_gauge(
-                &Key::from_parts(BUILD_INFO, vec![Label::new("version", version.to_owned())]),
-                &METADATA,
-            )
+            .register_gauge(&Key::from_parts(BUILD_INFO, vec![Label::new("version", version.to_owned())]), &METADATA)
             .set(1.0);
         let channels = Channel::ALL.iter().map(|c| c.as_str()).chain(["unknown"]);
         let callbacks = channels
-            .flat_map(|channel| {
-                Outcome::ALL
-                    .iter()
-                    .map(move |outcome| (channel, outcome.as_str()))
-            })
+            .flat_map(|channel| Outcome::ALL.iter().map(move |outcome| (channel, outcome.as_str())))
             .map(|(channel, outcome)| {
-                let labels = vec![
-                    Label::new("channel", channel),
-                    Label::new("outcome", outcome),
-                ];
+                let labels = vec![Label::new("channel", channel), Label::new("outcome", outcome)];
                 recorder.register_counter(&Key::from_parts(CALLBACKS_TOTAL, labels), &METADATA)
             })
             .collect();
-        let callback_duration =
-            recorder.register_histogram(&Key::from_name(CALLBACK_DURATION), &METADATA);
-        Self {
-            recorder,
-            handle,
-            callbacks,
-            callback_duration,
-        }
+        let callback_duration = recorder.register_histogram(&Key::from_name(CALLBACK_DURATION), &METADATA);
+        Self { recorder, handle, callbacks, callback_duration }
     }
 
     fn callback_index(channel: Option<Channel>, outcome: Outcome) -> usize {
@@ -161,22 +129,14 @@ impl Metrics {
 
     /// A counter with labels, registered on first use; for metrics off the hot path.
     pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)]) -> Counter {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| Label::new(*k, v.clone()))
-            .collect::<Vec<_>>();
-        self.recorder
-            .register_counter(&Key::from_parts(name, labels), &METADATA)
+        let labels = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect::<Vec<_>>();
+        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 
     /// A gauge with labels, registered on first use.
     pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)]) -> Gauge {
-        let labels = labels
-            .iter()
-            .map(|(k, v)| Label::new(*k, v.clone()))
-            .collect::<Vec<_>>();
-        self.recorder
-            .register_gauge(&Key::from_parts(name, labels), &METADATA)
+        let labels = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect::<Vec<_>>();
+        self.recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
     }
 
     /// Folds recorded histogram samples into their buckets; call periodically so
@@ -202,32 +162,12 @@ mod tests {
         metrics.record_callback(Some(Channel::Kf), Outcome::Ok, Duration::from_millis(2));
         metrics.record_callback(None, Outcome::BadSignature, Duration::from_micros(300));
         let text = metrics.render();
-        assert!(
-            text.contains("wechat_api_build_info{version=\"1.2.3\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"} 1"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "wechat_api_callbacks_total{channel=\"unknown\",outcome=\"bad_signature\"} 1"
-            ),
-            "{text}"
-        );
-        assert!(
-            text.contains("wechat_api_callback_duration_seconds_bucket{le=\"0.0025\"} 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("wechat_api_callback_duration_seconds_count 2"),
-            "{text}"
-        );
-        assert!(
-            text.contains("# TYPE wechat_api_callback_duration_seconds histogram"),
-            "{text}"
-        );
+        assert!(text.contains("wechat_api_build_info{version=\"1.2.3\"} 1"), "{text}");
+        assert!(text.contains("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"} 1"), "{text}");
+        assert!(text.contains("wechat_api_callbacks_total{channel=\"unknown\",outcome=\"bad_signature\"} 1"), "{text}");
+        assert!(text.contains("wechat_api_callback_duration_seconds_bucket{le=\"0.0025\"} 2"), "{text}");
+        assert!(text.contains("wechat_api_callback_duration_seconds_count 2"), "{text}");
+        assert!(text.contains("# TYPE wechat_api_callback_duration_seconds histogram"), "{text}");
     }
 
     #[test]
@@ -235,8 +175,6 @@ mod tests {
         let a = Metrics::new("x");
         let b = Metrics::new("x");
         a.record_callback(Some(Channel::App), Outcome::Ok, Duration::ZERO);
-        assert!(b
-            .render()
-            .contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 0"));
+        assert!(b.render().contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 0"));
     }
 }

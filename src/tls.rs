@@ -33,9 +33,7 @@ fn provider() -> Arc<CryptoProvider> {
 pub enum TlsError {
     #[error("TLS_CERT_PATH {path}: cannot read a PEM certificate: {reason}")]
     Certificate { path: PathBuf, reason: String },
-    #[error(
-        "TLS_CERT_PATH {path}: contains no certificate (expected -----BEGIN CERTIFICATE-----)"
-    )]
+    #[error("TLS_CERT_PATH {path}: contains no certificate (expected -----BEGIN CERTIFICATE-----)")]
     NoCertificate { path: PathBuf },
     #[error("TLS_KEY_PATH {path}: cannot read a PEM private key (PKCS#8, RSA or EC): {reason}")]
     Key { path: PathBuf, reason: String },
@@ -58,59 +56,33 @@ pub struct LoadedCertificate {
 
 /// Reads and checks a PEM chain and its private key.
 pub fn load_certificate(cert_path: &Path, key_path: &Path) -> Result<LoadedCertificate, TlsError> {
-    let cert_error = |reason: String| TlsError::Certificate {
-        path: cert_path.to_owned(),
-        reason,
-    };
+    let cert_error = |reason: String| TlsError::Certificate { path: cert_path.to_owned(), reason };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert_path)
         .map_err(|e| cert_error(pem_reason(&e)))?
         .collect::<Result<_, _>>()
         .map_err(|e| cert_error(pem_reason(&e)))?;
-    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate {
-        path: cert_path.to_owned(),
-    })?;
+    let leaf = chain.first().ok_or_else(|| TlsError::NoCertificate { path: cert_path.to_owned() })?;
     let (not_after, subject) = {
-        let (_, parsed) =
-            x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| TlsError::Parse {
-                path: cert_path.to_owned(),
-                reason: e.to_string(),
-            })?;
-        (
-            parsed.validity().not_after.timestamp(),
-            parsed.subject().to_string(),
-        )
+        let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|e| TlsError::Parse { path: cert_path.to_owned(), reason: e.to_string() })?;
+        (parsed.validity().not_after.timestamp(), parsed.subject().to_string())
     };
-    let key = PrivateKeyDer::from_pem_file(key_path).map_err(|e| TlsError::Key {
-        path: key_path.to_owned(),
-        reason: pem_reason(&e),
-    })?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| TlsError::Key { path: key_path.to_owned(), reason: pem_reason(&e) })?;
     let certified = CertifiedKey::from_der(chain, key, &provider()).map_err(|e| match e {
-        rustls::Error::InconsistentKeys(_) => TlsError::Mismatch {
-            cert: cert_path.to_owned(),
-            key: key_path.to_owned(),
-        },
-        other => TlsError::Key {
-            path: key_path.to_owned(),
-            reason: other.to_string(),
-        },
+        rustls::Error::InconsistentKeys(_) => {
+            TlsError::Mismatch { cert: cert_path.to_owned(), key: key_path.to_owned() }
+        }
+        other => TlsError::Key { path: key_path.to_owned(), reason: other.to_string() },
     })?;
-    Ok(LoadedCertificate {
-        key: Arc::new(certified),
-        not_after,
-        subject,
-    })
+    Ok(LoadedCertificate { key: Arc::new(certified), not_after, subject })
 }
 
 fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
     match error {
         rustls_pki_types::pem::Error::Io(io) => io.to_string(),
-        rustls_pki_types::pem::Error::NoItemsFound => {
-            "no PEM item of the expected kind found".to_owned()
-        }
-        other => format!("malformed PEM ({other:?})")
-            .chars()
-            .take(120)
-            .collect(),
+        rustls_pki_types::pem::Error::NoItemsFound => "no PEM item of the expected kind found".to_owned(),
+        other => format!("malformed PEM ({other:?})").chars().take(120).collect(),
     }
 }
 
@@ -139,8 +111,7 @@ impl CertificateStore {
     pub fn reload(&self) -> Result<i64, TlsError> {
         let loaded = load_certificate(&self.cert_path, &self.key_path)?;
         self.current.store(loaded.key);
-        self.not_after
-            .store(loaded.not_after, std::sync::atomic::Ordering::Relaxed);
+        self.not_after.store(loaded.not_after, std::sync::atomic::Ordering::Relaxed);
         Ok(loaded.not_after)
     }
 
@@ -178,32 +149,19 @@ pub struct SelfSigned {
 /// valid from a day ago for `valid_for`.
 pub fn self_signed(names: &[&str], valid_for: time::Duration) -> Result<SelfSigned, rcgen::Error> {
     let key = rcgen::KeyPair::generate()?;
-    let mut params =
-        rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
+    let mut params = rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())?;
     let now = time::OffsetDateTime::now_utc();
     params.not_before = now - time::Duration::days(1);
     params.not_after = now + valid_for;
-    params.distinguished_name.push(
-        rcgen::DnType::CommonName,
-        names.first().copied().unwrap_or("wechat-api"),
-    );
-    params
-        .distinguished_name
-        .push(rcgen::DnType::OrganizationName, "wechat-api self-signed");
+    params.distinguished_name.push(rcgen::DnType::CommonName, names.first().copied().unwrap_or("wechat-api"));
+    params.distinguished_name.push(rcgen::DnType::OrganizationName, "wechat-api self-signed");
     let cert = params.self_signed(&key)?;
-    Ok(SelfSigned {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(SelfSigned { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
 }
 
 /// Writes a fresh self-signed pair where none exists; the key file is 0600.
 /// Returns whether files were written.
-pub fn ensure_self_signed(
-    cert_path: &Path,
-    key_path: &Path,
-    names: &[&str],
-) -> std::io::Result<bool> {
+pub fn ensure_self_signed(cert_path: &Path, key_path: &Path, names: &[&str]) -> std::io::Result<bool> {
     if cert_path.exists() || key_path.exists() {
         return Ok(false);
     }
@@ -222,12 +180,7 @@ pub fn ensure_self_signed(
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     file.write_all(contents)
 }
 
@@ -236,8 +189,7 @@ mod tests {
     use super::*;
 
     fn write_pair(dir: &Path, name: &str, days: i64) -> (PathBuf, PathBuf) {
-        let pair = self_signed(&["localhost", "127.0.0.1"], time::Duration::days(days))
-            .expect("self-signed");
+        let pair = self_signed(&["localhost", "127.0.0.1"], time::Duration::days(days)).expect("self-signed");
         let cert = dir.join(format!("{name}.crt"));
         let key = dir.join(format!("{name}.key"));
         std::fs::write(&cert, pair.cert_pem).expect("write cert");
@@ -262,9 +214,7 @@ mod tests {
         let (_, other_key) = write_pair(dir.path(), "b", 30);
         let err = load_certificate(&cert, &other_key).expect_err("mismatch");
         assert!(matches!(err, TlsError::Mismatch { .. }), "{err}");
-        assert!(
-            err.to_string().contains("TLS_KEY_PATH") && err.to_string().contains("TLS_CERT_PATH")
-        );
+        assert!(err.to_string().contains("TLS_KEY_PATH") && err.to_string().contains("TLS_CERT_PATH"));
     }
 
     #[test]
@@ -295,10 +245,6 @@ mod tests {
         assert!(after > before + 70 * 86_400);
         std::fs::write(&cert, "broken").expect("write");
         assert!(store.reload().is_err());
-        assert_eq!(
-            store.not_after(),
-            after,
-            "the old certificate keeps serving"
-        );
+        assert_eq!(store.not_after(), after, "the old certificate keeps serving");
     }
 }

@@ -15,29 +15,17 @@ const TIMEOUT: Duration = Duration::from_secs(3);
 /// The liveness URL of the local listener, from the listener settings alone.
 pub fn local_live_url(settings: &Settings) -> String {
     let tls = !matches!(
-        settings
-            .get("TLS_ENABLED")
-            .map(|v| v.trim().to_ascii_lowercase())
-            .as_deref(),
+        settings.get("TLS_ENABLED").map(|v| v.trim().to_ascii_lowercase()).as_deref(),
         Some("false" | "0" | "no" | "off")
     );
-    let port = settings
-        .get("HTTPS_PORT")
-        .and_then(|p| p.trim().parse::<u16>().ok())
-        .unwrap_or(8092);
-    let host = match settings
-        .get("BIND_ADDRESS")
-        .and_then(|a| a.trim().parse::<IpAddr>().ok())
-    {
+    let port = settings.get("HTTPS_PORT").and_then(|p| p.trim().parse::<u16>().ok()).unwrap_or(8092);
+    let host = match settings.get("BIND_ADDRESS").and_then(|a| a.trim().parse::<IpAddr>().ok()) {
         Some(IpAddr::V6(v6)) if v6.is_unspecified() => "[::1]".to_owned(),
         Some(IpAddr::V6(v6)) => format!("[{v6}]"),
         Some(IpAddr::V4(v4)) if !v4.is_unspecified() => v4.to_string(),
         _ => "127.0.0.1".to_owned(),
     };
-    format!(
-        "{}://{host}:{port}/api/health/live",
-        if tls { "https" } else { "http" }
-    )
+    format!("{}://{host}:{port}/api/health/live", if tls { "https" } else { "http" })
 }
 
 fn is_loopback(url: &reqwest::Url) -> bool {
@@ -57,11 +45,7 @@ async fn probe(url: &str) -> Result<(), String> {
         .danger_accept_invalid_certs(is_loopback(&url))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-    let response = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
+    let response = client.get(url.clone()).send().await.map_err(|e| format!("{url}: {e}"))?;
     if response.status().is_success() {
         Ok(())
     } else {
@@ -80,10 +64,7 @@ pub fn run(sources: &Sources, url: Option<String>) -> ExitCode {
             }
         },
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("unhealthy: cannot start a runtime: {e}");
@@ -100,10 +81,7 @@ pub fn run(sources: &Sources, url: Option<String>) -> ExitCode {
             ExitCode::FAILURE
         }
         Err(_) => {
-            eprintln!(
-                "unhealthy: {url} did not answer within {}s",
-                TIMEOUT.as_secs()
-            );
+            eprintln!("unhealthy: {url} did not answer within {}s", TIMEOUT.as_secs());
             ExitCode::FAILURE
         }
     }
@@ -116,16 +94,10 @@ mod tests {
     #[test]
     fn local_url_follows_the_listener_settings() {
         let mut settings = Settings::default();
-        assert_eq!(
-            local_live_url(&settings),
-            "https://127.0.0.1:8092/api/health/live"
-        );
+        assert_eq!(local_live_url(&settings), "https://127.0.0.1:8092/api/health/live");
         settings.set("HTTPS_PORT", "9443");
         settings.set("TLS_ENABLED", "false");
         settings.set("BIND_ADDRESS", "::");
-        assert_eq!(
-            local_live_url(&settings),
-            "http://[::1]:9443/api/health/live"
-        );
+        assert_eq!(local_live_url(&settings), "http://[::1]:9443/api/health/live");
     }
 }

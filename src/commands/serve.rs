@@ -28,21 +28,17 @@ pub fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let app = Application::build(config.clone())
-            .await
-            .map_err(|error| -> CommandError {
-                if error.is_configuration() {
-                    ConfigErrors(vec![error.to_string()]).into()
-                } else {
-                    anyhow::Error::from(error).into()
-                }
-            })?;
+        let app = Application::build(config.clone()).await.map_err(|error| -> CommandError {
+            if error.is_configuration() {
+                ConfigErrors(vec![error.to_string()]).into()
+            } else {
+                anyhow::Error::from(error).into()
+            }
+        })?;
         if demo {
             print_demo_banner(&config, app.port(), sources.file.as_deref());
         }
-        app.run_until_stopped()
-            .await
-            .context("the HTTP server failed")?;
+        app.run_until_stopped().await.context("the HTTP server failed")?;
         Ok(())
     })
 }
@@ -64,11 +60,8 @@ fn print_demo_banner(config: &config::Config, port: u16, file: Option<&Path>) {
 /// Makes (once) and returns the demo TOML file: generated Token, key and corp id,
 /// a self-signed certificate, uploads and data under the demo directory.
 pub fn demo_config_file(sources: &Sources) -> std::io::Result<PathBuf> {
-    let dir = sources
-        .env
-        .get("DATA_DIR")
-        .filter(|d| !d.is_empty())
-        .map_or_else(|| PathBuf::from(DEMO_DIR), PathBuf::from);
+    let dir =
+        sources.env.get("DATA_DIR").filter(|d| !d.is_empty()).map_or_else(|| PathBuf::from(DEMO_DIR), PathBuf::from);
     std::fs::create_dir_all(&dir)?;
     let cert = dir.join("certs").join("server.crt");
     let key = dir.join("certs").join("server.key");
@@ -79,18 +72,9 @@ pub fn demo_config_file(sources: &Sources) -> std::io::Result<PathBuf> {
     }
     let path_text = |p: &Path| toml::Value::String(p.display().to_string());
     let mut table = toml::Table::new();
-    table.insert(
-        "wecom_corp_id".into(),
-        toml::Value::String("wwdemo0000000000".into()),
-    );
-    table.insert(
-        "wecom_token".into(),
-        toml::Value::String(super::keygen::token()),
-    );
-    table.insert(
-        "wecom_encoding_aes_key".into(),
-        toml::Value::String(super::keygen::encoding_aes_key()),
-    );
+    table.insert("wecom_corp_id".into(), toml::Value::String("wwdemo0000000000".into()));
+    table.insert("wecom_token".into(), toml::Value::String(super::keygen::token()));
+    table.insert("wecom_encoding_aes_key".into(), toml::Value::String(super::keygen::encoding_aes_key()));
     table.insert("tls_cert_path".into(), path_text(&cert));
     table.insert("tls_key_path".into(), path_text(&key));
     table.insert("data_dir".into(), path_text(&dir));

@@ -11,26 +11,15 @@ use crate::crypto;
 
 /// The default callback URL of the local listener.
 pub fn local_url(config: &Config, port: u16) -> String {
-    let scheme = if config.listen.tls_enabled {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if config.listen.tls_enabled { "https" } else { "http" };
     format!("{scheme}://127.0.0.1:{port}/api/v1/wecom/callback")
 }
 
 /// Whether `url` points at this machine, where `-k` (self-signed) is reasonable.
 fn is_loopback(url: &str) -> bool {
-    reqwest::Url::parse(url)
-        .ok()
-        .and_then(|u| u.host_str().map(str::to_owned))
-        .is_some_and(|host| {
-            host == "localhost"
-                || host
-                    .parse::<std::net::IpAddr>()
-                    .is_ok_and(|ip| ip.is_loopback())
-                || host == "[::1]"
-        })
+    reqwest::Url::parse(url).ok().and_then(|u| u.host_str().map(str::to_owned)).is_some_and(|host| {
+        host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()) || host == "[::1]"
+    })
 }
 
 /// XML text inside CDATA; a literal `]]>` is split across two sections.
@@ -84,10 +73,7 @@ pub fn curl_commands(config: &Config, url: &str, text: &str) -> String {
         cdata(corp),
         cdata(&encrypted)
     );
-    let _ = writeln!(
-        out,
-        "# 2. Encrypted text callback (POST): answers HTTP 200; the service logs the message"
-    );
+    let _ = writeln!(out, "# 2. Encrypted text callback (POST): answers HTTP 200; the service logs the message");
     let _ = writeln!(
         out,
         "curl -fsS {insecure}-o /dev/null -w '%{{http_code}}\\n' -H 'Content-Type: text/xml' --data-binary '{envelope}' '{url}{separator}{query}'"
@@ -95,12 +81,7 @@ pub fn curl_commands(config: &Config, url: &str, text: &str) -> String {
     out
 }
 
-pub fn run(
-    mut sources: Sources,
-    url: Option<String>,
-    text: &str,
-    demo: bool,
-) -> Result<(), CommandError> {
+pub fn run(mut sources: Sources, url: Option<String>, text: &str, demo: bool) -> Result<(), CommandError> {
     if demo {
         sources.file = Some(serve::demo_config_file(&sources).map_err(anyhow::Error::from)?);
     }

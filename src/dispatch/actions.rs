@@ -1,6 +1,7 @@
 //! Actions: the side effects handlers ask for, stored in the outbox and performed
 //! by the [`Executor`] at least once, each under a timeout.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use sha2::Sha256;
 use super::record::Record;
 use crate::config::Forward;
 use crate::store::outbox::NewAction;
-use crate::wecom::models::{AppTextMessage, KfTextMessage, TextContent};
+use crate::wecom::models::{AppTextMessage, KfEventMessage, KfTextMessage, TextContent};
 use crate::wecom::{WeCom, WeComError};
 
 /// Longest forward answer we read (it may carry a reply).
@@ -25,47 +26,26 @@ pub enum Action {
     /// POST the record to `FORWARD_URL`.
     Forward { record: Record },
     /// `message/send` a text from the self-built app.
-    AppText {
-        key: String,
-        touser: String,
-        agentid: i64,
-        content: String,
-    },
+    AppText { key: String, touser: String, agentid: i64, content: String },
     /// `kf/send_msg` a text to a customer.
-    KfText {
-        key: String,
-        touser: String,
-        open_kfid: String,
-        content: String,
-    },
+    KfText { key: String, touser: String, open_kfid: String, content: String },
+    /// `kf/send_msg_on_event` with an `enter_session` welcome code.
+    KfWelcome { key: String, code: String, content: String },
+    /// `media/get` into `UPLOAD_DIR`, then forward the record with `media_path`.
+    DownloadMedia { record: Record, forward: bool },
 }
 
 impl Action {
     /// A text reply to the sender of `record` on its own channel. `purpose` keeps
     /// different replies to one message apart (`help`, `reply`, …). `None` when the
     /// record lacks what the channel needs (a sender, an agent id, an open_kfid).
-    pub fn reply_to(
-        record: &Record,
-        text: &str,
-        purpose: &str,
-        agent_id: Option<i64>,
-    ) -> Option<Self> {
+    pub fn reply_to(record: &Record, text: &str, purpose: &str, agent_id: Option<i64>) -> Option<Self> {
         let touser = record.from.clone()?;
         let key = format!("{purpose}:{}", record.id);
         let content = text.to_owned();
         match record.channel.as_str() {
-            "kf" => Some(Self::KfText {
-                key,
-                touser,
-                open_kfid: record.open_kfid.clone()?,
-                content,
-            }),
-            _ => Some(Self::AppText {
-                key,
-                touser,
-                agentid: agent_id.or(record.agent_id)?,
-                content,
-            }),
+            "kf" => Some(Self::KfText { key, touser, open_kfid: record.open_kfid.clone()?, content }),
+            _ => Some(Self::AppText { key, touser, agentid: agent_id.or(record.agent_id)?, content }),
         }
     }
 
@@ -73,7 +53,8 @@ impl Action {
     pub fn key(&self) -> String {
         match self {
             Self::Forward { record } => format!("forward:{}", record.id),
-            Self::AppText { key, .. } | Self::KfText { key, .. } => key.clone(),
+            Self::DownloadMedia { record, .. } => format!("media:{}", record.id),
+            Self::AppText { key, .. } | Self::KfText { key, .. } | Self::KfWelcome { key, .. } => key.clone(),
         }
     }
 
@@ -82,6 +63,8 @@ impl Action {
             Self::Forward { .. } => "forward",
             Self::AppText { .. } => "app_text",
             Self::KfText { .. } => "kf_text",
+            Self::KfWelcome { .. } => "kf_welcome",
+            Self::DownloadMedia { .. } => "download_media",
         }
     }
 
@@ -106,20 +89,14 @@ pub struct ActionError {
 
 impl ActionError {
     fn retry(message: impl Into<String>) -> Self {
-        Self {
-            retry: true,
-            message: message.into(),
-        }
+        Self { retry: true, message: message.into() }
     }
 }
 
 impl From<WeComError> for ActionError {
     fn from(error: WeComError) -> Self {
         let retry = !matches!(error, WeComError::NotConfigured(_));
-        Self {
-            retry,
-            message: error.to_string(),
-        }
+        Self { retry, message: error.to_string() }
     }
 }
 
@@ -134,6 +111,9 @@ struct ForwardReply {
     text: Option<String>,
 }
 
+/// Attempts at a media download before the record is forwarded without it.
+const MEDIA_ATTEMPTS: i64 = 5;
+
 /// Performs actions.
 #[derive(Debug)]
 pub struct Executor {
@@ -141,6 +121,7 @@ pub struct Executor {
     forward: Option<Forward>,
     wecom: Arc<WeCom>,
     agent_id: Option<i64>,
+    upload_dir: PathBuf,
 }
 
 impl Executor {
@@ -148,6 +129,7 @@ impl Executor {
         forward: Option<Forward>,
         wecom: Arc<WeCom>,
         agent_id: Option<i64>,
+        upload_dir: PathBuf,
     ) -> Result<Self, ActionError> {
         crate::tls::install_crypto_provider();
         let http = reqwest::Client::builder()
@@ -158,73 +140,161 @@ impl Executor {
                 retry: false,
                 message: format!("cannot build the forward client: {}", e.without_url()),
             })?;
-        Ok(Self {
-            http,
-            forward,
-            wecom,
-            agent_id,
-        })
+        Ok(Self { http, forward, wecom, agent_id, upload_dir })
     }
 
-    /// Performs `action`; returns the follow-up actions it produced.
-    pub async fn execute(&self, action: &Action) -> Result<Vec<Action>, ActionError> {
+    /// Performs `action` (attempted `attempts` times before); returns the
+    /// follow-up actions it produced.
+    pub async fn execute(&self, action: &Action, attempts: i64) -> Result<Vec<Action>, ActionError> {
         match action {
+            Action::DownloadMedia { record, forward } => self.download(record, *forward, attempts).await,
+            Action::KfWelcome { code, content, .. } => {
+                let message = KfEventMessage {
+                    code: code.clone(),
+                    msgid: None,
+                    msgtype: "text",
+                    text: TextContent { content: content.clone() },
+                };
+                let (tokens, message) = (self.wecom.kf_tokens()?, &message);
+                tokens
+                    .call(|token| async move { self.wecom.client.kf_send_msg_on_event(&token, message).await })
+                    .await?;
+                Ok(Vec::new())
+            }
             Action::Forward { record } => self.forward(record).await,
-            Action::AppText {
-                touser,
-                agentid,
-                content,
-                ..
-            } => {
+            Action::AppText { touser, agentid, content, .. } => {
                 let message = AppTextMessage {
                     touser: touser.clone(),
                     msgtype: "text",
                     agentid: *agentid,
-                    text: TextContent {
-                        content: content.clone(),
-                    },
+                    text: TextContent { content: content.clone() },
                 };
                 let (tokens, message) = (self.wecom.app_tokens()?, &message);
                 tokens.call(|token| async move { self.wecom.client.message_send(&token, message).await }).await?;
                 Ok(Vec::new())
             }
-            Action::KfText {
-                touser,
-                open_kfid,
-                content,
-                ..
-            } => {
+            Action::KfText { touser, open_kfid, content, .. } => {
                 let message = KfTextMessage {
                     touser: touser.clone(),
                     open_kfid: open_kfid.clone(),
                     msgid: None,
                     msgtype: "text",
-                    text: TextContent {
-                        content: content.clone(),
-                    },
+                    text: TextContent { content: content.clone() },
                 };
                 let (tokens, message) = (self.wecom.kf_tokens()?, &message);
-                tokens
-                    .call(
-                        |token| async move { self.wecom.client.kf_send_msg(&token, message).await },
-                    )
-                    .await?;
+                let sent =
+                    tokens.call(|token| async move { self.wecom.client.kf_send_msg(&token, message).await }).await;
+                match sent {
+                    Err(error) if error.errcode() == Some(95018) => {
+                        Err(self.explain_95018(open_kfid, touser, error).await)
+                    }
+                    other => other.map(drop).map_err(ActionError::from),
+                }?;
                 Ok(Vec::new())
+            }
+        }
+    }
+
+    /// 95018: instead of retrying blindly, say who owns the session.
+    async fn explain_95018(&self, open_kfid: &str, external_userid: &str, error: WeComError) -> ActionError {
+        let state = match self.wecom.kf_tokens() {
+            Ok(tokens) => {
+                tokens
+                    .call(|token| async move {
+                        self.wecom.client.kf_service_state_get(&token, open_kfid, external_userid).await
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let state = match state {
+            Ok(s) => {
+                let meaning = match s.service_state {
+                    0 => "未处理 (not yet handled)",
+                    1 => "由智能助手接待 (the bot owns it)",
+                    2 => "待接入池排队中 (queued for a servicer)",
+                    3 => "由人工接待 (a human servicer owns it: only they can send)",
+                    4 => "已结束或未开始 (ended: send within 48 h of the customer's last message)",
+                    _ => "unknown",
+                };
+                let servicer = s.servicer_userid.map(|u| format!(", servicer {u}")).unwrap_or_default();
+                format!("session state {} {meaning}{servicer}", s.service_state)
+            }
+            Err(e) => format!(
+                "the session state is unreadable too ({e}): the Secret may not be allowed to call 微信客服 APIs"
+            ),
+        };
+        tracing::warn!(open_kfid, "kf send refused (95018): {state}");
+        ActionError { retry: false, message: format!("{error}; {state}") }
+    }
+
+    async fn download(&self, record: &Record, forward: bool, attempts: i64) -> Result<Vec<Action>, ActionError> {
+        let forward_with = |path: Option<String>| {
+            let record = Record { media_path: path, ..record.clone() };
+            if forward {
+                vec![Action::Forward { record }]
+            } else {
+                Vec::new()
+            }
+        };
+        let media_id = record.media_id.clone().unwrap_or_default();
+        let tokens = if record.channel == "kf" { self.wecom.kf_tokens() } else { self.wecom.app_tokens() };
+        let fetched = match tokens {
+            Ok(tokens) => {
+                let media_id = media_id.as_str();
+                tokens
+                    .call(|token| async move {
+                        self.wecom.client.media_get(&token, media_id, crate::media::MAX_MEDIA_BYTES).await
+                    })
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        let media = match fetched {
+            Ok(media) => media,
+            Err(error) if attempts + 1 < MEDIA_ATTEMPTS && !matches!(error, WeComError::NotConfigured(_)) => {
+                return Err(ActionError::retry(format!("media {media_id}: {error}")));
+            }
+            Err(error) => {
+                tracing::error!(
+                    id = record.id.as_str(),
+                    "media {media_id} not downloaded, forwarding without it: {error}"
+                );
+                return Ok(forward_with(None));
+            }
+        };
+        let (upload_dir, id, msgtype) = (self.upload_dir.clone(), record.id.clone(), record.msgtype.clone());
+        let saved = tokio::task::spawn_blocking(move || {
+            crate::media::save(
+                &upload_dir,
+                &id,
+                &msgtype,
+                media.content_type.as_deref(),
+                media.filename.as_deref(),
+                &media.bytes,
+                time::OffsetDateTime::now_utc(),
+            )
+        })
+        .await
+        .map_err(|e| ActionError::retry(e.to_string()))?;
+        match saved {
+            Ok(path) => {
+                tracing::info!(id = record.id.as_str(), path = %path.display(), "media saved");
+                Ok(forward_with(Some(path.display().to_string())))
+            }
+            Err(error) => {
+                // A full or unwritable volume: say so, and let the message go on.
+                tracing::error!(id = record.id.as_str(), "{error}");
+                Ok(forward_with(None))
             }
         }
     }
 
     async fn forward(&self, record: &Record) -> Result<Vec<Action>, ActionError> {
         let Some(target) = &self.forward else {
-            return Err(ActionError {
-                retry: false,
-                message: "FORWARD_URL is no longer set".into(),
-            });
+            return Err(ActionError { retry: false, message: "FORWARD_URL is no longer set".into() });
         };
-        let body = serde_json::to_vec(record).map_err(|e| ActionError {
-            retry: false,
-            message: e.to_string(),
-        })?;
+        let body = serde_json::to_vec(record).map_err(|e| ActionError { retry: false, message: e.to_string() })?;
         let mut request = self
             .http
             .post(&target.url)
@@ -233,11 +303,8 @@ impl Executor {
         if let Some(secret) = &target.secret {
             request = request.header("X-Signature", signature(secret.expose().as_bytes(), &body));
         }
-        let mut response = request
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| ActionError::retry(format!("forward: {}", e.without_url())))?;
+        let mut response =
+            request.body(body).send().await.map_err(|e| ActionError::retry(format!("forward: {}", e.without_url())))?;
         let status = response.status();
         if !status.is_success() {
             return Err(ActionError::retry(format!("forward: HTTP {status}")));
@@ -254,18 +321,15 @@ impl Executor {
             .and_then(|a| a.reply)
             .and_then(|r| r.text)
             .filter(|t| !t.trim().is_empty());
-        Ok(reply
-            .and_then(|text| Action::reply_to(record, &text, "reply", self.agent_id))
-            .into_iter()
-            .collect())
+        Ok(reply.and_then(|text| Action::reply_to(record, &text, "reply", self.agent_id)).into_iter().collect())
     }
 }
 
 /// `sha256=<hex HMAC-SHA256 of body>`, the `X-Signature` header.
 pub fn signature(secret: &[u8], body: &[u8]) -> String {
     // HMAC takes keys of any length; this cannot fail.
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
+    let mut mac =
+        <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(body);
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
@@ -287,18 +351,11 @@ mod tests {
 
     #[test]
     fn actions_round_trip_through_the_outbox_payload() {
-        let action = Action::AppText {
-            key: "help:app:msg:1".into(),
-            touser: "u".into(),
-            agentid: 7,
-            content: "hi".into(),
-        };
+        let action =
+            Action::AppText { key: "help:app:msg:1".into(), touser: "u".into(), agentid: 7, content: "hi".into() };
         let stored = action.to_new();
         assert_eq!(stored.key, "help:app:msg:1");
         assert_eq!(stored.kind, "app_text");
-        assert_eq!(
-            serde_json::from_str::<Action>(&stored.payload).expect("decodes"),
-            action
-        );
+        assert_eq!(serde_json::from_str::<Action>(&stored.payload).expect("decodes"), action);
     }
 }

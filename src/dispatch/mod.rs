@@ -25,8 +25,11 @@ use actions::{Action, Executor};
 use handlers::HandlerSettings;
 use record::Record;
 
-use crate::messages::AppMessage;
+use crate::kf_sync::KfSyncHandle;
+use crate::messages::kf::KfMessage;
+use crate::messages::{clip, AppEvent, AppMessage};
 use crate::store::journal::PendingEntry;
+use crate::store::journal::KIND_KF_MESSAGE;
 use crate::store::outbox::{DueAction, NewAction};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
@@ -46,12 +49,11 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF_SECS: i64 = 600;
 
 const ACTIONS_TOTAL: &str = "wechat_api_outbox_actions_total";
+const KF_MESSAGES_TOTAL: &str = "wechat_api_kf_messages_total";
 
 /// The back-off before attempt `attempts + 1`: 1, 2, 4 … seconds, capped.
 pub fn backoff_secs(attempts: i64) -> i64 {
-    1i64.checked_shl(attempts.clamp(0, 30) as u32)
-        .unwrap_or(MAX_BACKOFF_SECS)
-        .min(MAX_BACKOFF_SECS)
+    1i64.checked_shl(attempts.clamp(0, 30) as u32).unwrap_or(MAX_BACKOFF_SECS).min(MAX_BACKOFF_SECS)
 }
 
 /// Turns journaled messages into handled ones.
@@ -62,6 +64,9 @@ pub struct Dispatcher {
     /// Woken by the callback route after each journaled message.
     wake: Arc<Notify>,
     outbox_wake: Arc<Notify>,
+    /// Where `kf_msg_or_event` notices go.
+    kf_sync: Option<KfSyncHandle>,
+    metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
@@ -70,13 +75,10 @@ impl Dispatcher {
         settings: HandlerSettings,
         wake: Arc<Notify>,
         outbox_wake: Arc<Notify>,
+        kf_sync: Option<KfSyncHandle>,
+        metrics: Arc<Metrics>,
     ) -> Self {
-        Self {
-            store,
-            settings,
-            wake,
-            outbox_wake,
-        }
+        Self { store, settings, wake, outbox_wake, kf_sync, metrics }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -105,15 +107,8 @@ impl Dispatcher {
         if entries.is_empty() {
             return Ok(0);
         }
-        let completions: Vec<(i64, Vec<NewAction>)> = entries
-            .iter()
-            .map(|entry| {
-                (
-                    entry.id,
-                    self.handle(entry).iter().map(Action::to_new).collect(),
-                )
-            })
-            .collect();
+        let completions: Vec<(i64, Vec<NewAction>)> =
+            entries.iter().map(|entry| (entry.id, self.handle(entry).iter().map(Action::to_new).collect())).collect();
         let queued = completions.iter().any(|(_, actions)| !actions.is_empty());
         self.store.complete(completions).await?;
         if queued {
@@ -124,30 +119,44 @@ impl Dispatcher {
 
     /// The handler chain for one entry: the log line, then the planned actions.
     fn handle(&self, entry: &PendingEntry) -> Vec<Action> {
+        let id = entry.dedup_key.as_str();
+        if entry.kind == KIND_KF_MESSAGE {
+            let message = match serde_json::from_str(&entry.payload)
+                .map_err(|e| e.to_string())
+                .and_then(|raw| KfMessage::parse(raw).map_err(|e| e.to_string()))
+            {
+                Ok(message) => message,
+                Err(error) => {
+                    tracing::error!(id, "journaled kf message no longer parses: {error}");
+                    return Vec::new();
+                }
+            };
+            let history = self.settings.is_history(message.send_time);
+            self.metrics
+                .counter(KF_MESSAGES_TOTAL, &[("msgtype", clip(&message.msgtype, 32).into_owned())])
+                .increment(1);
+            let note = if history { " (history: recorded, not answered)" } else { "" };
+            tracing::info!(channel = "kf", id, open_kfid = message.open_kfid.as_str(), "{}{note}", message.summary());
+            return handlers::plan(&Record::from_kf(entry.dedup_key.clone(), &message, history), &self.settings);
+        }
         let message = match AppMessage::parse(&entry.payload) {
             Ok(message) => message,
             Err(error) => {
                 // It parsed when it was received; only a newer, stricter parser gets here.
-                tracing::error!(
-                    id = entry.dedup_key.as_str(),
-                    "journaled message no longer parses: {error}"
-                );
+                tracing::error!(id, "journaled message no longer parses: {error}");
                 return Vec::new();
             }
         };
-        tracing::info!(
-            channel = entry.channel.as_str(),
-            id = entry.dedup_key.as_str(),
-            "{}",
-            message.summary()
-        );
-        let record = Record::from_app(
-            entry.dedup_key.clone(),
-            &entry.channel,
-            &message,
-            &entry.payload,
-            entry.received_at,
-        );
+        tracing::info!(channel = entry.channel.as_str(), id, "{}", message.summary());
+        if let Some(AppEvent::KfMsgOrEvent { token, open_kfid }) = message.event() {
+            match (&self.kf_sync, open_kfid) {
+                (Some(sync), Some(open_kfid)) => sync.request(open_kfid.clone(), token.clone()),
+                (None, _) => tracing::warn!(id, "kf notice ignored: no Secret can call kf APIs (set WECOM_KF_SECRET)"),
+                (_, None) => tracing::warn!(id, "kf notice without OpenKfId ignored"),
+            }
+        }
+        let record =
+            Record::from_app(entry.dedup_key.clone(), &entry.channel, &message, &entry.payload, entry.received_at);
         handlers::plan(&record, &self.settings)
     }
 }
@@ -162,18 +171,8 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(
-        store: Store,
-        executor: Arc<Executor>,
-        metrics: Arc<Metrics>,
-        wake: Arc<Notify>,
-    ) -> Self {
-        Self {
-            store,
-            executor,
-            metrics,
-            wake,
-        }
+    pub fn new(store: Store, executor: Arc<Executor>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
+        Self { store, executor, metrics, wake }
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
@@ -195,20 +194,15 @@ impl Outbox {
     pub async fn run_once(&self) -> Result<usize, StoreError> {
         let due = self.store.due_actions(BATCH).await?;
         let attempted = due.len();
-        futures_util::stream::iter(due)
-            .for_each_concurrent(CONCURRENT_ACTIONS, |item| self.attempt(item))
-            .await;
+        futures_util::stream::iter(due).for_each_concurrent(CONCURRENT_ACTIONS, |item| self.attempt(item)).await;
         Ok(attempted)
     }
 
     async fn attempt(&self, item: DueAction) {
         let outcome = match serde_json::from_str::<Action>(&item.payload) {
-            Err(error) => Err(actions::ActionError {
-                retry: false,
-                message: format!("unreadable action: {error}"),
-            }),
+            Err(error) => Err(actions::ActionError { retry: false, message: format!("unreadable action: {error}") }),
             Ok(action) => {
-                match tokio::time::timeout(ACTION_TIMEOUT, self.executor.execute(&action)).await {
+                match tokio::time::timeout(ACTION_TIMEOUT, self.executor.execute(&action, item.attempts)).await {
                     Ok(result) => result,
                     Err(_) => Err(actions::ActionError {
                         retry: true,
@@ -220,9 +214,7 @@ impl Outbox {
         let label = |outcome: &str| [("kind", item.kind.clone()), ("outcome", outcome.to_owned())];
         let stored = match outcome {
             Ok(follow_ups) => {
-                self.metrics
-                    .counter(ACTIONS_TOTAL, &label("ok"))
-                    .increment(1);
+                self.metrics.counter(ACTIONS_TOTAL, &label("ok")).increment(1);
                 let follow_ups: Vec<NewAction> = follow_ups.iter().map(Action::to_new).collect();
                 let more = !follow_ups.is_empty();
                 let stored = self.store.action_succeeded(item.id, follow_ups).await;
@@ -233,32 +225,23 @@ impl Outbox {
             }
             Err(error) if error.retry => {
                 let delay = backoff_secs(item.attempts);
-                self.metrics
-                    .counter(ACTIONS_TOTAL, &label("retry"))
-                    .increment(1);
+                self.metrics.counter(ACTIONS_TOTAL, &label("retry")).increment(1);
                 tracing::warn!(
                     action = item.key.as_str(),
                     attempt = item.attempts + 1,
                     retry_in_secs = delay,
                     "{error}"
                 );
-                self.store
-                    .action_failed(item.id, delay, error.message)
-                    .await
+                self.store.action_failed(item.id, delay, error.message).await
             }
             Err(error) => {
-                self.metrics
-                    .counter(ACTIONS_TOTAL, &label("failed"))
-                    .increment(1);
+                self.metrics.counter(ACTIONS_TOTAL, &label("failed")).increment(1);
                 tracing::error!(action = item.key.as_str(), "giving up: {error}");
                 self.store.action_abandoned(item.id, error.message).await
             }
         };
         if let Err(error) = stored {
-            tracing::error!(
-                action = item.key.as_str(),
-                "cannot record the attempt: {error}"
-            );
+            tracing::error!(action = item.key.as_str(), "cannot record the attempt: {error}");
         }
     }
 }
@@ -269,10 +252,7 @@ mod tests {
 
     #[test]
     fn backoff_doubles_up_to_a_cap() {
-        assert_eq!(
-            (0..5).map(backoff_secs).collect::<Vec<_>>(),
-            vec![1, 2, 4, 8, 16]
-        );
+        assert_eq!((0..5).map(backoff_secs).collect::<Vec<_>>(), vec![1, 2, 4, 8, 16]);
         assert_eq!(backoff_secs(10), MAX_BACKOFF_SECS);
         assert_eq!(backoff_secs(1_000), MAX_BACKOFF_SECS);
     }

@@ -156,42 +156,23 @@ impl AppMessage {
     pub fn parse(xml: &str) -> Result<Self, ParseError> {
         const WHAT: &str = "app message";
         let f: Fields = xml::read(xml, WHAT)?;
-        let msg_type = f
-            .msg_type
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| ParseError::missing(WHAT, "MsgType"))?;
+        let msg_type = f.msg_type.filter(|t| !t.is_empty()).ok_or_else(|| ParseError::missing(WHAT, "MsgType"))?;
         let media = |id: Option<String>| id.unwrap_or_default();
         let kind = match msg_type.as_str() {
-            "text" => AppMessageKind::Text {
-                content: f.content.unwrap_or_default(),
-            },
-            "image" => AppMessageKind::Image {
-                media_id: media(f.media_id),
-                pic_url: f.pic_url,
-            },
-            "voice" => AppMessageKind::Voice {
-                media_id: media(f.media_id),
-                format: f.format,
-            },
-            "video" => AppMessageKind::Video {
-                media_id: media(f.media_id),
-                thumb_media_id: f.thumb_media_id,
-            },
-            "file" => AppMessageKind::File {
-                media_id: media(f.media_id),
-            },
+            "text" => AppMessageKind::Text { content: f.content.unwrap_or_default() },
+            "image" => AppMessageKind::Image { media_id: media(f.media_id), pic_url: f.pic_url },
+            "voice" => AppMessageKind::Voice { media_id: media(f.media_id), format: f.format },
+            "video" => AppMessageKind::Video { media_id: media(f.media_id), thumb_media_id: f.thumb_media_id },
+            "file" => AppMessageKind::File { media_id: media(f.media_id) },
             "location" => AppMessageKind::Location {
                 latitude: number(f.location_x),
                 longitude: number(f.location_y),
                 scale: number(f.scale),
                 label: f.label,
             },
-            "link" => AppMessageKind::Link {
-                title: f.title,
-                description: f.description,
-                url: f.url,
-                pic_url: f.pic_url,
-            },
+            "link" => {
+                AppMessageKind::Link { title: f.title, description: f.description, url: f.url, pic_url: f.pic_url }
+            }
             "event" => AppMessageKind::Event(match f.event.as_deref().unwrap_or_default() {
                 "subscribe" => AppEvent::Subscribe,
                 "unsubscribe" => AppEvent::Unsubscribe,
@@ -203,21 +184,10 @@ impl AppMessage {
                     longitude: number(f.longitude),
                     precision: number(f.precision),
                 },
-                "change_contact" => AppEvent::ChangeContact {
-                    change_type: f.change_type,
-                    user_id: f.user_id,
-                },
-                "change_external_contact" => AppEvent::ChangeExternalContact {
-                    change_type: f.change_type,
-                },
-                "kf_msg_or_event" => AppEvent::KfMsgOrEvent {
-                    token: f.token,
-                    open_kfid: f.open_kfid,
-                },
-                other => AppEvent::Other {
-                    event: other.to_owned(),
-                    event_key: f.event_key,
-                },
+                "change_contact" => AppEvent::ChangeContact { change_type: f.change_type, user_id: f.user_id },
+                "change_external_contact" => AppEvent::ChangeExternalContact { change_type: f.change_type },
+                "kf_msg_or_event" => AppEvent::KfMsgOrEvent { token: f.token, open_kfid: f.open_kfid },
+                other => AppEvent::Other { event: other.to_owned(), event_key: f.event_key },
             }),
             _ => AppMessageKind::Unknown,
         };
@@ -257,26 +227,17 @@ impl AppMessage {
             AppMessageKind::File { media_id } => {
                 format!("file from {from}: media_id={}", clip(media_id, 64))
             }
-            AppMessageKind::Location {
-                latitude,
-                longitude,
-                label,
-                ..
-            } => format!(
+            AppMessageKind::Location { latitude, longitude, label, .. } => format!(
                 "location from {from}: {},{} {}",
                 latitude.unwrap_or_default(),
                 longitude.unwrap_or_default(),
                 clip(label.as_deref().unwrap_or_default(), 80)
             ),
-            AppMessageKind::Link { url, .. } => format!(
-                "link from {from}: {}",
-                clip(url.as_deref().unwrap_or_default(), 200)
-            ),
+            AppMessageKind::Link { url, .. } => {
+                format!("link from {from}: {}", clip(url.as_deref().unwrap_or_default(), 200))
+            }
             AppMessageKind::Event(AppEvent::KfMsgOrEvent { open_kfid, .. }) => {
-                format!(
-                    "event kf_msg_or_event for {}",
-                    open_kfid.as_deref().unwrap_or("-")
-                )
+                format!("event kf_msg_or_event for {}", open_kfid.as_deref().unwrap_or("-"))
             }
             AppMessageKind::Event(event) => format!("event {} from {from}", clip(event.name(), 64)),
             AppMessageKind::Unknown => {
@@ -297,12 +258,7 @@ mod tests {
     #[test]
     fn parses_the_official_text_message() {
         let m = AppMessage::parse(OFFICIAL_TEXT).expect("parses");
-        assert_eq!(
-            m.kind,
-            AppMessageKind::Text {
-                content: "你好".into()
-            }
-        );
+        assert_eq!(m.kind, AppMessageKind::Text { content: "你好".into() });
         assert_eq!(m.from_user_name.as_deref(), Some("ChenJiaShun"));
         assert_eq!(m.msg_id.as_deref(), Some("1456453720"));
         assert_eq!(m.agent_id, Some(1_000_002));
@@ -313,24 +269,10 @@ mod tests {
     #[test]
     fn parses_media_location_and_link() {
         let image = AppMessage::parse("<xml><MsgType><![CDATA[image]]></MsgType><PicUrl>http://p</PicUrl><MediaId>M1</MediaId><MsgId>1</MsgId></xml>").expect("image");
-        assert_eq!(
-            image.kind,
-            AppMessageKind::Image {
-                media_id: "M1".into(),
-                pic_url: Some("http://p".into())
-            }
-        );
-        let voice = AppMessage::parse(
-            "<xml><MsgType>voice</MsgType><MediaId>V</MediaId><Format>amr</Format></xml>",
-        )
-        .expect("voice");
-        assert_eq!(
-            voice.kind,
-            AppMessageKind::Voice {
-                media_id: "V".into(),
-                format: Some("amr".into())
-            }
-        );
+        assert_eq!(image.kind, AppMessageKind::Image { media_id: "M1".into(), pic_url: Some("http://p".into()) });
+        let voice = AppMessage::parse("<xml><MsgType>voice</MsgType><MediaId>V</MediaId><Format>amr</Format></xml>")
+            .expect("voice");
+        assert_eq!(voice.kind, AppMessageKind::Voice { media_id: "V".into(), format: Some("amr".into()) });
         let location = AppMessage::parse("<xml><MsgType>location</MsgType><Location_X>23.13</Location_X><Location_Y>113.26</Location_Y><Scale>15</Scale><Label>广州</Label></xml>").expect("location");
         assert_eq!(
             location.kind,
@@ -341,13 +283,9 @@ mod tests {
                 label: Some("广州".into())
             }
         );
-        let link = AppMessage::parse(
-            "<xml><MsgType>link</MsgType><Title>t</Title><Url>https://u</Url></xml>",
-        )
-        .expect("link");
-        assert!(
-            matches!(link.kind, AppMessageKind::Link { ref url, .. } if url.as_deref() == Some("https://u"))
-        );
+        let link =
+            AppMessage::parse("<xml><MsgType>link</MsgType><Title>t</Title><Url>https://u</Url></xml>").expect("link");
+        assert!(matches!(link.kind, AppMessageKind::Link { ref url, .. } if url.as_deref() == Some("https://u")));
     }
 
     #[test]
@@ -375,7 +313,9 @@ mod tests {
             ),
         ];
         for (body, expected) in cases {
-            let xml = format!("<xml><ToUserName>ww1</ToUserName><CreateTime>1</CreateTime><MsgType>event</MsgType>{body}</xml>");
+            let xml = format!(
+                "<xml><ToUserName>ww1</ToUserName><CreateTime>1</CreateTime><MsgType>event</MsgType>{body}</xml>"
+            );
             let m = AppMessage::parse(&xml).expect(body);
             assert_eq!(m.event(), Some(&expected), "{body}");
         }
@@ -383,8 +323,7 @@ mod tests {
 
     #[test]
     fn unknown_msgtype_is_kept_not_rejected() {
-        let m = AppMessage::parse("<xml><MsgType>hologram</MsgType><Depth>3</Depth></xml>")
-            .expect("parses");
+        let m = AppMessage::parse("<xml><MsgType>hologram</MsgType><Depth>3</Depth></xml>").expect("parses");
         assert_eq!(m.kind, AppMessageKind::Unknown);
         assert_eq!(m.msg_type, "hologram");
     }
@@ -405,10 +344,8 @@ mod tests {
     #[test]
     fn summary_clips_long_content() {
         let long = "长".repeat(500);
-        let m = AppMessage::parse(&format!(
-            "<xml><MsgType>text</MsgType><Content>{long}</Content></xml>"
-        ))
-        .expect("parses");
+        let m =
+            AppMessage::parse(&format!("<xml><MsgType>text</MsgType><Content>{long}</Content></xml>")).expect("parses");
         assert!(m.summary().chars().count() < 240);
     }
 

@@ -23,8 +23,7 @@ xml_fields! {
 impl CallbackEnvelope {
     /// Parses the envelope from the raw request body.
     pub fn parse_bytes(body: &[u8]) -> Result<Self, ParseError> {
-        let text =
-            std::str::from_utf8(body).map_err(|_| ParseError::not_utf8("callback envelope"))?;
+        let text = std::str::from_utf8(body).map_err(|_| ParseError::not_utf8("callback envelope"))?;
         Self::parse(text)
     }
 
@@ -36,11 +35,7 @@ impl CallbackEnvelope {
             .map(|e| e.trim().to_owned())
             .filter(|e| !e.is_empty())
             .ok_or_else(|| ParseError::missing("callback envelope", "Encrypt"))?;
-        Ok(Self {
-            to_user_name: raw.to_user_name,
-            agent_id: raw.agent_id,
-            encrypt,
-        })
+        Ok(Self { to_user_name: raw.to_user_name, agent_id: raw.agent_id, encrypt })
     }
 }
 
@@ -60,8 +55,7 @@ mod tests {
 
     #[test]
     fn envelope_without_encrypt_is_an_error() {
-        let err = CallbackEnvelope::parse("<xml><ToUserName>x</ToUserName></xml>")
-            .expect_err("no Encrypt");
+        let err = CallbackEnvelope::parse("<xml><ToUserName>x</ToUserName></xml>").expect_err("no Encrypt");
         assert!(err.to_string().contains("<Encrypt>"), "{err}");
     }
 

@@ -9,13 +9,14 @@
 
 pub mod app;
 pub mod envelope;
+pub mod kf;
 mod xml;
 
 pub use app::{AppEvent, AppMessage, AppMessageKind};
 pub use envelope::CallbackEnvelope;
 
 /// Cuts `text` to at most `max` characters (never inside one), marking the cut.
-pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(max) {
         None => std::borrow::Cow::Borrowed(text),
         Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
@@ -34,23 +35,14 @@ impl ParseError {
     fn new(what: &'static str, reason: String) -> Self {
         // quick-xml's messages can quote input; keep only the first line, bounded.
         let first_line = reason.lines().next().unwrap_or_default();
-        Self {
-            what,
-            reason: clip(first_line, 160).into_owned(),
-        }
+        Self { what, reason: clip(first_line, 160).into_owned() }
     }
 
     fn not_utf8(what: &'static str) -> Self {
-        Self {
-            what,
-            reason: "body is not UTF-8".to_owned(),
-        }
+        Self { what, reason: "body is not UTF-8".to_owned() }
     }
 
     fn missing(what: &'static str, element: &'static str) -> Self {
-        Self {
-            what,
-            reason: format!("<{element}> is missing or empty"),
-        }
+        Self { what, reason: format!("<{element}> is missing or empty") }
     }
 }

@@ -52,9 +52,7 @@ pub(crate) fn read<F: XmlFields>(xml: &str, what: &'static str) -> Result<F, Par
     let mut nested = false;
 
     loop {
-        let event = reader
-            .read_event()
-            .map_err(|e| fail(format!("{e} at byte {}", reader.error_position())))?;
+        let event = reader.read_event().map_err(|e| fail(format!("{e} at byte {}", reader.error_position())))?;
         match event {
             Event::Start(start) => {
                 match depth {
@@ -73,13 +71,7 @@ pub(crate) fn read<F: XmlFields>(xml: &str, what: &'static str) -> Result<F, Par
             Event::Empty(start) => match depth {
                 0 if root_closed => return Err(fail("more than one root element".into())),
                 0 => root_closed = true,
-                1 => assign(
-                    &mut fields,
-                    start.name().as_ref(),
-                    String::new(),
-                    false,
-                    &fail,
-                )?,
+                1 => assign(&mut fields, start.name().as_ref(), String::new(), false, &fail)?,
                 _ => nested = true,
             },
             Event::End(_) => {
@@ -111,11 +103,7 @@ pub(crate) fn read<F: XmlFields>(xml: &str, what: &'static str) -> Result<F, Par
                     return Err(fail("entity reference outside any element".into()));
                 }
                 let resolved = if reference.is_char_ref() {
-                    reference
-                        .resolve_char_ref()
-                        .ok()
-                        .flatten()
-                        .map(String::from)
+                    reference.resolve_char_ref().ok().flatten().map(String::from)
                 } else {
                     let name = reference.decode().map_err(|e| fail(e.to_string()))?;
                     quick_xml::escape::resolve_predefined_entity(&name).map(str::to_owned)
@@ -143,12 +131,7 @@ fn assign<F: XmlFields>(
     let Some(slot) = fields.slot(tag) else {
         return Ok(());
     };
-    let name = || {
-        String::from_utf8_lossy(tag)
-            .chars()
-            .take(40)
-            .collect::<String>()
-    };
+    let name = || String::from_utf8_lossy(tag).chars().take(40).collect::<String>();
     if nested {
         return Err(fail(format!("<{}> holds nested elements", name())));
     }
@@ -176,13 +159,12 @@ mod tests {
 
     #[test]
     fn reads_text_cdata_entities_and_skips_the_unknown() {
-        let s = sample("<?xml version=\"1.0\"?><xml><!-- c --><A>x &amp; &#20320;<![CDATA[<y>]]></A><Z><B>no</B></Z><B/></xml>").expect("reads");
+        let s = sample(
+            "<?xml version=\"1.0\"?><xml><!-- c --><A>x &amp; &#20320;<![CDATA[<y>]]></A><Z><B>no</B></Z><B/></xml>",
+        )
+        .expect("reads");
         assert_eq!(s.a.as_deref(), Some("x & 你<y>"));
-        assert_eq!(
-            s.b.as_deref(),
-            Some(""),
-            "nested B under an unknown tag is not B"
-        );
+        assert_eq!(s.b.as_deref(), Some(""), "nested B under an unknown tag is not B");
     }
 
     #[test]
@@ -190,10 +172,7 @@ mod tests {
         for (xml, reason) in [
             ("<xml><A>1</A><A>2</A></xml>", "appears twice"),
             ("<xml><A><i>1</i></A></xml>", "nested"),
-            (
-                "<!DOCTYPE x [<!ENTITY e \"boom\">]><xml><A>&e;</A></xml>",
-                "DOCTYPE",
-            ),
+            ("<!DOCTYPE x [<!ENTITY e \"boom\">]><xml><A>&e;</A></xml>", "DOCTYPE"),
             ("<xml><A>&e;</A></xml>", "unknown entity"),
             ("<xml><A>1</A></xml><xml/>", "more than one root"),
             ("<xml><A>1</A>", "unexpected end"),
@@ -208,11 +187,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_of_unknown_tags_is_skipped_without_recursion() {
-        let deep = format!(
-            "<xml><A>ok</A><Z>{}{}</Z></xml>",
-            "<n>".repeat(50_000),
-            "</n>".repeat(50_000)
-        );
+        let deep = format!("<xml><A>ok</A><Z>{}{}</Z></xml>", "<n>".repeat(50_000), "</n>".repeat(50_000));
         assert_eq!(sample(&deep).expect("reads").a.as_deref(), Some("ok"));
     }
 }

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::callback::{CallbackError, CallbackQuery, Channel, Outcome};
 use crate::routes::AppState;
-use crate::store::journal::{NewEntry, Recorded};
+use crate::store::journal::{NewEntry, Recorded, KIND_CALLBACK};
 
 /// Real callback bodies are a few KiB; anything near this is not from WeCom.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
@@ -15,32 +15,19 @@ pub const MAX_BODY_BYTES: usize = 128 * 1024;
 /// URL verification: answer the decrypted `echostr` as plain text.
 pub async fn verify_url(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
-    let verified =
-        CallbackQuery::parse(request.query_string()).and_then(|q| state.credentials.verify_url(&q));
+    let verified = CallbackQuery::parse(request.query_string()).and_then(|q| state.credentials.verify_url(&q));
     match verified {
         Ok((channel, echo)) => {
-            tracing::info!(
-                channel = channel.as_str(),
-                path = request.path(),
-                "URL verification passed"
-            );
-            state
-                .metrics
-                .record_callback(Some(channel), Outcome::Ok, started.elapsed());
-            HttpResponse::Ok()
-                .content_type("text/plain; charset=utf-8")
-                .body(echo)
+            tracing::info!(channel = channel.as_str(), path = request.path(), "URL verification passed");
+            state.metrics.record_callback(Some(channel), Outcome::Ok, started.elapsed());
+            HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(echo)
         }
         Err(error) => reject(&state, &request, &error, started),
     }
 }
 
 /// A callback message: verify, decrypt, parse, acknowledge.
-pub async fn receive(
-    request: HttpRequest,
-    payload: web::Payload,
-    state: web::Data<AppState>,
-) -> HttpResponse {
+pub async fn receive(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
     let query = match CallbackQuery::parse(request.query_string()) {
         Ok(query) => query,
@@ -51,25 +38,16 @@ pub async fn receive(
         .get(actix_web::http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         .is_some_and(|len| len > MAX_BODY_BYTES);
-    let too_large = CallbackError::TooLarge {
-        limit: MAX_BODY_BYTES,
-    };
+    let too_large = CallbackError::TooLarge { limit: MAX_BODY_BYTES };
     if declared_too_large {
         return reject(&state, &request, &too_large, started);
     }
     let body = match payload.to_bytes_limited(MAX_BODY_BYTES).await {
         Ok(Ok(body)) => body,
         Ok(Err(_)) => {
-            tracing::debug!(
-                path = request.path(),
-                "client went away while sending the body"
-            );
-            state
-                .metrics
-                .record_callback(None, Outcome::BadEnvelope, started.elapsed());
-            return HttpResponse::BadRequest()
-                .content_type("text/plain; charset=utf-8")
-                .body("cannot read body\n");
+            tracing::debug!(path = request.path(), "client went away while sending the body");
+            state.metrics.record_callback(None, Outcome::BadEnvelope, started.elapsed());
+            return HttpResponse::BadRequest().content_type("text/plain; charset=utf-8").body("cannot read body\n");
         }
         Err(_) => return reject(&state, &request, &too_large, started),
     };
@@ -82,6 +60,8 @@ pub async fn receive(
     let entry = NewEntry {
         dedup_key: opened.dedup_key(),
         channel: opened.channel.as_str(),
+        kind: KIND_CALLBACK,
+        sender: opened.message.from_user_name.clone(),
         payload: opened.xml,
     };
     let outcome = match state.store.journal(entry).await {
@@ -92,31 +72,20 @@ pub async fn receive(
         Ok(Recorded::Duplicate) => Outcome::Duplicate,
         Err(error) => {
             // No 200: WeCom retries, and nothing was acknowledged that could be lost.
-            tracing::error!(
-                channel = opened.channel.as_str(),
-                "cannot journal a callback: {error}"
-            );
-            state.metrics.record_callback(
-                Some(opened.channel),
-                Outcome::Internal,
-                started.elapsed(),
-            );
+            tracing::error!(channel = opened.channel.as_str(), "cannot journal a callback: {error}");
+            state.metrics.record_callback(Some(opened.channel), Outcome::Internal, started.elapsed());
             return HttpResponse::ServiceUnavailable()
                 .content_type("text/plain; charset=utf-8")
                 .body("cannot store the message; retry later\n");
         }
     };
-    state
-        .metrics
-        .record_callback(Some(opened.channel), outcome, started.elapsed());
+    state.metrics.record_callback(Some(opened.channel), outcome, started.elapsed());
     // WeCom takes an empty body as "no passive reply"; the kf docs ask for "success".
     let body = match opened.channel {
         Channel::App => "",
         Channel::Kf => "success",
     };
-    HttpResponse::Ok()
-        .content_type("text/plain; charset=utf-8")
-        .body(body)
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(body)
 }
 
 fn status_of(error: &CallbackError) -> StatusCode {
@@ -133,12 +102,7 @@ fn status_of(error: &CallbackError) -> StatusCode {
 }
 
 /// Answers a refused callback with its reason, counts it and logs it once.
-fn reject(
-    state: &AppState,
-    request: &HttpRequest,
-    error: &CallbackError,
-    started: Instant,
-) -> HttpResponse {
+fn reject(state: &AppState, request: &HttpRequest, error: &CallbackError, started: Instant) -> HttpResponse {
     let outcome = error.outcome();
     tracing::warn!(
         path = request.path(),
@@ -146,10 +110,6 @@ fn reject(
         outcome = outcome.as_str(),
         "callback refused: {error}"
     );
-    state
-        .metrics
-        .record_callback(None, outcome, started.elapsed());
-    HttpResponse::build(status_of(error))
-        .content_type("text/plain; charset=utf-8")
-        .body(format!("{error}\n"))
+    state.metrics.record_callback(None, outcome, started.elapsed());
+    HttpResponse::build(status_of(error)).content_type("text/plain; charset=utf-8").body(format!("{error}\n"))
 }

@@ -14,10 +14,7 @@ pub async fn report(state: web::Data<AppState>) -> HttpResponse {
         Status::Pass | Status::Warn => HttpResponse::Ok(),
         Status::Fail => HttpResponse::ServiceUnavailable(),
     };
-    response
-        .content_type(HEALTH_JSON)
-        .insert_header(("Cache-Control", "no-store"))
-        .json(report)
+    response.content_type(HEALTH_JSON).insert_header(("Cache-Control", "no-store")).json(report)
 }
 
 /// Liveness: answering at all proves the runtime and a worker are alive.

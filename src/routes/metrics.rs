@@ -6,7 +6,5 @@ use crate::routes::AppState;
 use crate::telemetry::PROMETHEUS_CONTENT_TYPE;
 
 pub async fn render(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(PROMETHEUS_CONTENT_TYPE)
-        .body(state.metrics.render())
+    HttpResponse::Ok().content_type(PROMETHEUS_CONTENT_TYPE).body(state.metrics.render())
 }

@@ -2,6 +2,7 @@
 //!
 //! Architecture invariant: only `routes/` and `startup.rs` know actix-web.
 
+pub mod admin;
 pub mod callback;
 pub mod health;
 pub mod metrics;
@@ -13,16 +14,15 @@ use actix_web::{web, HttpResponse};
 use tokio::sync::Notify;
 
 use crate::callback::CallbackCredentials;
+use crate::config::Secret;
 use crate::health::HealthBoard;
+use crate::names::Names;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use crate::wecom::WeCom;
 
 /// The paths WeCom may be pointed at; existing deployments use each of them.
-pub const CALLBACK_PATHS: [&str; 3] = [
-    "/api/v1/wecom/callback",
-    "/wework/callback",
-    "/wechat/callback",
-];
+pub const CALLBACK_PATHS: [&str; 3] = ["/api/v1/wecom/callback", "/wework/callback", "/wechat/callback"];
 
 /// What every handler can reach.
 #[derive(Debug)]
@@ -33,6 +33,10 @@ pub struct AppState {
     pub store: Store,
     /// Wakes the dispatcher after a message is journaled.
     pub journal_wake: Arc<Notify>,
+    pub wecom: Arc<WeCom>,
+    pub names: Names,
+    /// `ADMIN_TOKEN`; `None` turns the admin endpoints off.
+    pub admin_token: Option<Secret>,
     pub version: &'static str,
 }
 
@@ -40,20 +44,19 @@ pub struct AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for path in CALLBACK_PATHS {
         cfg.service(
-            web::resource(path)
-                .route(web::get().to(callback::verify_url))
-                .route(web::post().to(callback::receive)),
+            web::resource(path).route(web::get().to(callback::verify_url)).route(web::post().to(callback::receive)),
         );
     }
     cfg.route("/api/health", web::get().to(health::report))
         .route("/health", web::get().to(health::report))
         .route("/api/health/live", web::get().to(health::live))
         .route("/metrics", web::get().to(metrics::render))
+        .route("/api/test-wecom-connection", web::get().to(admin::test_connection))
+        .route("/api/fetch-wecom-name/{id_type}/{id}", web::get().to(admin::fetch_name))
+        .route("/api/batch-fetch-wecom-names", web::post().to(admin::batch_fetch_names))
         .default_service(web::to(not_found));
 }
 
 async fn not_found() -> HttpResponse {
-    HttpResponse::NotFound()
-        .content_type("text/plain; charset=utf-8")
-        .body("not found\n")
+    HttpResponse::NotFound().content_type("text/plain; charset=utf-8").body("not found\n")
 }

@@ -11,7 +11,9 @@
 //! live next to their owners ([`journal`], [`outbox`], [`tokens`], [`meta`]).
 
 pub mod journal;
+pub mod kf;
 pub mod meta;
+pub mod names;
 pub mod outbox;
 pub mod tokens;
 
@@ -29,13 +31,18 @@ const MIGRATIONS: &[&str] = &[
     // The journal is handled in id order; `meta.journal_handled_through` is the
     // watermark. AUTOINCREMENT: an id is never reused, even after old rows are
     // deleted, so a new entry can never land below the watermark.
+    // `kind`: `callback` (decrypted XML as received) or `kf_message` (one message
+    // of a kf/sync_msg page, JSON). `sender`: userid or external_userid, for names.
     "CREATE TABLE journal (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         dedup_key TEXT NOT NULL UNIQUE,
         channel TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        sender TEXT,
         received_at INTEGER NOT NULL,
         payload TEXT NOT NULL
     );
+    CREATE INDEX journal_sender ON journal(sender) WHERE sender IS NOT NULL;
     CREATE TABLE outbox (
         id INTEGER PRIMARY KEY,
         action_key TEXT NOT NULL UNIQUE,
@@ -58,6 +65,14 @@ const MIGRATIONS: &[&str] = &[
         open_kfid TEXT PRIMARY KEY,
         cursor TEXT NOT NULL,
         updated_at INTEGER NOT NULL
+    );
+    CREATE TABLE names (
+        id_type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (id_type, id)
     );
     CREATE TABLE meta (
         key TEXT PRIMARY KEY,
@@ -109,9 +124,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("commits", &self.stats.commits.load(Ordering::Relaxed))
-            .finish()
+        f.debug_struct("Store").field("commits", &self.stats.commits.load(Ordering::Relaxed)).finish()
     }
 }
 
@@ -126,14 +139,11 @@ impl Store {
     /// Opens (creating if needed) the database in `dir`, migrates it, and starts
     /// the writer thread.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        let open_error = |reason: String| StoreError::Open {
-            path: dir.to_owned(),
-            reason,
-        };
+        let open_error = |reason: String| StoreError::Open { path: dir.to_owned(), reason };
         std::fs::create_dir_all(dir).map_err(|e| open_error(format!("cannot create it: {e}")))?;
         let path = dir.join(DATABASE_FILE);
-        let connection = Connection::open(&path)
-            .map_err(|e| open_error(format!("cannot open {DATABASE_FILE}: {e}")))?;
+        let connection =
+            Connection::open(&path).map_err(|e| open_error(format!("cannot open {DATABASE_FILE}: {e}")))?;
         configure(&connection).map_err(|e| open_error(format!("cannot configure SQLite: {e}")))?;
         migrate(&connection)?;
         let (sender, receiver) = mpsc::channel::<Operation>();
@@ -185,9 +195,7 @@ impl Store {
             });
             (succeeded, delivery)
         });
-        self.sender
-            .send(Operation { savepoint, job })
-            .map_err(|_| StoreError::Closed)?;
+        self.sender.send(Operation { savepoint, job }).map_err(|_| StoreError::Closed)?;
         answer.await.unwrap_or(Err(StoreError::Closed))
     }
 
@@ -291,6 +299,8 @@ mod tests {
         NewEntry {
             dedup_key: key.to_owned(),
             channel: "app",
+            kind: "callback",
+            sender: None,
             payload: format!("<xml>{key}</xml>"),
         }
     }
@@ -299,20 +309,11 @@ mod tests {
     async fn a_second_delivery_is_a_duplicate_and_survives_reopening() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("opens");
-        assert!(matches!(
-            store.journal(entry("a")).await.expect("journal"),
-            Recorded::New(_)
-        ));
-        assert_eq!(
-            store.journal(entry("a")).await.expect("journal"),
-            Recorded::Duplicate
-        );
+        assert!(matches!(store.journal(entry("a")).await.expect("journal"), Recorded::New(_)));
+        assert_eq!(store.journal(entry("a")).await.expect("journal"), Recorded::Duplicate);
         drop(store);
         let store = Store::open(dir.path()).expect("reopens");
-        assert_eq!(
-            store.journal(entry("a")).await.expect("journal"),
-            Recorded::Duplicate
-        );
+        assert_eq!(store.journal(entry("a")).await.expect("journal"), Recorded::Duplicate);
         assert_eq!(store.pending(10).await.expect("pending").len(), 1);
     }
 
@@ -320,39 +321,18 @@ mod tests {
     async fn completing_an_entry_queues_its_actions_once() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("opens");
-        let Recorded::New(id) = store.journal(entry("m1")).await.expect("journal") else {
-            panic!("new")
-        };
-        let action = NewAction {
-            key: "forward:m1".into(),
-            kind: "forward".into(),
-            payload: "{}".into(),
-        };
-        store
-            .complete(vec![(id, vec![action.clone()])])
-            .await
-            .expect("complete");
+        let Recorded::New(id) = store.journal(entry("m1")).await.expect("journal") else { panic!("new") };
+        let action = NewAction { key: "forward:m1".into(), kind: "forward".into(), payload: "{}".into() };
+        store.complete(vec![(id, vec![action.clone()])]).await.expect("complete");
         // Handling again (after a crash) queues nothing new.
-        store
-            .complete(vec![(id, vec![action])])
-            .await
-            .expect("complete again");
+        store.complete(vec![(id, vec![action])]).await.expect("complete again");
         assert!(store.pending(10).await.expect("pending").is_empty());
         let due = store.due_actions(10).await.expect("due");
         assert_eq!(due.len(), 1);
-        store
-            .action_failed(due[0].id, 60, "HTTP 500".into())
-            .await
-            .expect("failed");
-        assert!(
-            store.due_actions(10).await.expect("due").is_empty(),
-            "not due before its back-off"
-        );
+        store.action_failed(due[0].id, 60, "HTTP 500".into()).await.expect("failed");
+        assert!(store.due_actions(10).await.expect("due").is_empty(), "not due before its back-off");
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 1);
-        store
-            .action_succeeded(due[0].id, Vec::new())
-            .await
-            .expect("done");
+        store.action_succeeded(due[0].id, Vec::new()).await.expect("done");
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
     }
 
@@ -365,16 +345,10 @@ mod tests {
             tokio::spawn(async move { store.journal(entry(&format!("k{i}"))).await })
         });
         for write in futures_util::future::join_all(writes).await {
-            assert!(matches!(
-                write.expect("task").expect("journal"),
-                Recorded::New(_)
-            ));
+            assert!(matches!(write.expect("task").expect("journal"), Recorded::New(_)));
         }
         let commits = store.stats().commits.load(Ordering::Relaxed);
-        assert!(
-            commits < 400,
-            "400 writes took {commits} commits: no grouping"
-        );
+        assert!(commits < 400, "400 writes took {commits} commits: no grouping");
         assert_eq!(store.pending(1000).await.expect("pending").len(), 400);
     }
 
@@ -383,17 +357,14 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("opens");
         let bad = store.run(|db| {
-            db.execute("INSERT INTO journal (dedup_key, channel, received_at, payload) VALUES ('x', 'app', 0, 'p')", [])?;
+            db.execute("INSERT INTO journal (dedup_key, channel, kind, received_at, payload) VALUES ('x', 'app', 'callback', 0, 'p')", [])?;
             db.execute("INSERT INTO no_such_table VALUES (1)", [])
         });
         let good = store.journal(entry("y"));
         let (bad, good) = tokio::join!(bad, good);
         assert!(bad.is_err());
         assert!(matches!(good.expect("good write"), Recorded::New(_)));
-        assert!(
-            !store.contains("x".into()).await.expect("query"),
-            "the failed operation rolled back"
-        );
+        assert!(!store.contains("x".into()).await.expect("query"), "the failed operation rolled back");
     }
 
     #[tokio::test]
@@ -401,20 +372,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("opens");
         let first = store.first_started_at().await.expect("first start");
-        let token = tokens::StoredToken {
-            token: "t".into(),
-            expires_at: 42,
-        };
-        store
-            .save_token("k".into(), token.clone())
-            .await
-            .expect("save");
+        let token = tokens::StoredToken { token: "t".into(), expires_at: 42 };
+        store.save_token("k".into(), token.clone()).await.expect("save");
         drop(store);
         let store = Store::open(dir.path()).expect("reopens");
-        assert_eq!(
-            store.load_token("k".into()).await.expect("load"),
-            Some(token)
-        );
+        assert_eq!(store.load_token("k".into()).await.expect("load"), Some(token));
         assert_eq!(store.first_started_at().await.expect("first start"), first);
     }
 
@@ -424,9 +386,6 @@ mod tests {
         let db = Connection::open(dir.path().join(DATABASE_FILE)).expect("open");
         db.pragma_update(None, "user_version", 99).expect("set");
         drop(db);
-        assert!(matches!(
-            Store::open(dir.path()),
-            Err(StoreError::TooNew { found: 99, .. })
-        ));
+        assert!(matches!(Store::open(dir.path()), Err(StoreError::TooNew { found: 99, .. })));
     }
 }

@@ -41,8 +41,7 @@ pub struct DueAction {
 impl Store {
     /// Queues actions (not tied to a journal entry, e.g. a reply from a forward).
     pub async fn enqueue(&self, actions: Vec<NewAction>) -> Result<(), StoreError> {
-        self.run(move |db| actions.iter().try_for_each(|a| a.insert(db)))
-            .await
+        self.run(move |db| actions.iter().try_for_each(|a| a.insert(db))).await
     }
 
     /// Unfinished actions due by now, oldest first.
@@ -53,7 +52,13 @@ impl Store {
                  WHERE done_at IS NULL AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2",
             )?;
             let rows = statement.query_map(params![now(), limit as i64], |row| {
-                Ok(DueAction { id: row.get(0)?, key: row.get(1)?, kind: row.get(2)?, payload: row.get(3)?, attempts: row.get(4)? })
+                Ok(DueAction {
+                    id: row.get(0)?,
+                    key: row.get(1)?,
+                    kind: row.get(2)?,
+                    payload: row.get(3)?,
+                    attempts: row.get(4)?,
+                })
             })?;
             rows.collect()
         })
@@ -63,30 +68,18 @@ impl Store {
     /// The earliest time an unfinished action is due, if any.
     pub async fn next_action_due(&self) -> Result<Option<i64>, StoreError> {
         self.run(|db| {
-            db.query_row(
-                "SELECT MIN(next_attempt_at) FROM outbox WHERE done_at IS NULL",
-                [],
-                |row| row.get(0),
-            )
+            db.query_row("SELECT MIN(next_attempt_at) FROM outbox WHERE done_at IS NULL", [], |row| row.get(0))
         })
         .await
     }
 
     /// Marks an action done and queues what it led to, in one transaction.
-    pub async fn action_succeeded(
-        &self,
-        id: i64,
-        follow_ups: Vec<NewAction>,
-    ) -> Result<(), StoreError> {
+    pub async fn action_succeeded(&self, id: i64, follow_ups: Vec<NewAction>) -> Result<(), StoreError> {
         self.run(move |db| {
             for action in &follow_ups {
                 action.insert(db)?;
             }
-            db.execute(
-                "UPDATE outbox SET done_at = ?1, last_error = NULL WHERE id = ?2",
-                params![now(), id],
-            )
-            .map(drop)
+            db.execute("UPDATE outbox SET done_at = ?1, last_error = NULL WHERE id = ?2", params![now(), id]).map(drop)
         })
         .await
     }
@@ -104,12 +97,7 @@ impl Store {
     }
 
     /// Records a failed attempt and when to try again.
-    pub async fn action_failed(
-        &self,
-        id: i64,
-        retry_in_secs: i64,
-        error: String,
-    ) -> Result<(), StoreError> {
+    pub async fn action_failed(&self, id: i64, retry_in_secs: i64, error: String) -> Result<(), StoreError> {
         self.run(move |db| {
             db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1, last_error = ?2 WHERE id = ?3",
@@ -122,13 +110,6 @@ impl Store {
 
     /// Unfinished actions, for health and metrics.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        self.run(|db| {
-            db.query_row(
-                "SELECT COUNT(*) FROM outbox WHERE done_at IS NULL",
-                [],
-                |row| row.get(0),
-            )
-        })
-        .await
+        self.run(|db| db.query_row("SELECT COUNT(*) FROM outbox WHERE done_at IS NULL", [], |row| row.get(0))).await
     }
 }

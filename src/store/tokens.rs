@@ -15,26 +15,15 @@ pub struct StoredToken {
 impl Store {
     pub async fn load_token(&self, cache_key: String) -> Result<Option<StoredToken>, StoreError> {
         self.run(move |db| {
-            db.query_row(
-                "SELECT token, expires_at FROM access_tokens WHERE cache_key = ?1",
-                [cache_key],
-                |row| {
-                    Ok(StoredToken {
-                        token: row.get(0)?,
-                        expires_at: row.get(1)?,
-                    })
-                },
-            )
+            db.query_row("SELECT token, expires_at FROM access_tokens WHERE cache_key = ?1", [cache_key], |row| {
+                Ok(StoredToken { token: row.get(0)?, expires_at: row.get(1)? })
+            })
             .optional()
         })
         .await
     }
 
-    pub async fn save_token(
-        &self,
-        cache_key: String,
-        token: StoredToken,
-    ) -> Result<(), StoreError> {
+    pub async fn save_token(&self, cache_key: String, token: StoredToken) -> Result<(), StoreError> {
         self.run(move |db| {
             db.execute(
                 "INSERT INTO access_tokens (cache_key, token, expires_at, obtained_at) VALUES (?1, ?2, ?3, ?4)
@@ -48,13 +37,6 @@ impl Store {
     }
 
     pub async fn delete_token(&self, cache_key: String) -> Result<(), StoreError> {
-        self.run(move |db| {
-            db.execute(
-                "DELETE FROM access_tokens WHERE cache_key = ?1",
-                [cache_key],
-            )
-            .map(drop)
-        })
-        .await
+        self.run(move |db| db.execute("DELETE FROM access_tokens WHERE cache_key = ?1", [cache_key]).map(drop)).await
     }
 }

@@ -19,11 +19,8 @@ use crate::telemetry::Metrics;
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Back-off between retries of errcode -1 (system busy).
-const BUSY_BACKOFF: [Duration; 3] = [
-    Duration::from_millis(100),
-    Duration::from_millis(300),
-    Duration::from_millis(900),
-];
+const BUSY_BACKOFF: [Duration; 3] =
+    [Duration::from_millis(100), Duration::from_millis(300), Duration::from_millis(900)];
 /// Largest JSON answer accepted (a full `kf/sync_msg` page is well below).
 const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
@@ -54,11 +51,7 @@ impl WeComClient {
             .user_agent(concat!("wechat-api/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| WeComError::transport("client", e))?;
-        Ok(Self {
-            http,
-            base_url: base_url.trim_end_matches('/').to_owned(),
-            metrics,
-        })
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), metrics })
     }
 
     fn url(&self, path: &str) -> String {
@@ -66,12 +59,7 @@ impl WeComClient {
     }
 
     fn count(&self, api: &'static str, errcode: String) {
-        self.metrics
-            .counter(
-                REQUESTS_TOTAL,
-                &[("api", api.to_owned()), ("errcode", errcode)],
-            )
-            .increment(1);
+        self.metrics.counter(REQUESTS_TOTAL, &[("api", api.to_owned()), ("errcode", errcode)]).increment(1);
     }
 
     /// Sends the request `build` makes, retrying -1 with back-off.
@@ -92,11 +80,7 @@ impl WeComClient {
         }
     }
 
-    async fn once<T: DeserializeOwned>(
-        &self,
-        api: &'static str,
-        request: RequestBuilder,
-    ) -> Result<T, WeComError> {
+    async fn once<T: DeserializeOwned>(&self, api: &'static str, request: RequestBuilder) -> Result<T, WeComError> {
         let bytes = match self.send(api, request).await {
             Ok(response) => read_limited(api, response, MAX_JSON_BYTES).await?,
             Err(error) => return Err(error),
@@ -104,49 +88,27 @@ impl WeComClient {
         self.decode(api, &bytes)
     }
 
-    async fn send(
-        &self,
-        api: &'static str,
-        request: RequestBuilder,
-    ) -> Result<reqwest::Response, WeComError> {
+    async fn send(&self, api: &'static str, request: RequestBuilder) -> Result<reqwest::Response, WeComError> {
         request.send().await.map_err(|e| {
             self.count(api, "transport".into());
             WeComError::transport(api, e)
         })
     }
 
-    fn decode<T: DeserializeOwned>(
-        &self,
-        api: &'static str,
-        bytes: &[u8],
-    ) -> Result<T, WeComError> {
-        let decode_error = |e: serde_json::Error| WeComError::Decode {
-            api,
-            reason: e.to_string(),
-        };
+    fn decode<T: DeserializeOwned>(&self, api: &'static str, bytes: &[u8]) -> Result<T, WeComError> {
+        let decode_error = |e: serde_json::Error| WeComError::Decode { api, reason: e.to_string() };
         let status: Status = serde_json::from_slice(bytes).map_err(|e| {
             self.count(api, "decode".into());
             decode_error(e)
         })?;
         self.count(api, status.errcode.to_string());
         if status.errcode != 0 {
-            return Err(WeComError::Api {
-                api,
-                error: ApiError {
-                    errcode: status.errcode,
-                    errmsg: status.errmsg,
-                },
-            });
+            return Err(WeComError::Api { api, error: ApiError { errcode: status.errcode, errmsg: status.errmsg } });
         }
         serde_json::from_slice(bytes).map_err(decode_error)
     }
 
-    fn post<B: Serialize>(
-        &self,
-        path: &str,
-        token: &str,
-        body: &B,
-    ) -> impl Fn() -> RequestBuilder + '_ {
+    fn post<B: Serialize>(&self, path: &str, token: &str, body: &B) -> impl Fn() -> RequestBuilder + '_ {
         let url = self.url(path);
         let token = token.to_owned();
         let body = serde_json::to_vec(body).unwrap_or_default();
@@ -162,61 +124,29 @@ impl WeComClient {
     /// `gettoken` for one Secret.
     pub async fn gettoken(&self, corp_id: &str, secret: &str) -> Result<TokenResponse, WeComError> {
         let url = self.url("gettoken");
-        self.call("gettoken", || {
-            self.http
-                .get(&url)
-                .query(&[("corpid", corp_id), ("corpsecret", secret)])
-        })
-        .await
+        self.call("gettoken", || self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", secret)])).await
     }
 
-    pub async fn message_send(
-        &self,
-        token: &str,
-        message: &AppTextMessage,
-    ) -> Result<SendResult, WeComError> {
-        self.call("message/send", self.post("message/send", token, message))
-            .await
+    pub async fn message_send(&self, token: &str, message: &AppTextMessage) -> Result<SendResult, WeComError> {
+        self.call("message/send", self.post("message/send", token, message)).await
     }
 
-    pub async fn kf_sync_msg(
-        &self,
-        token: &str,
-        request: &KfSyncRequest,
-    ) -> Result<KfSyncPage, WeComError> {
-        self.call("kf/sync_msg", self.post("kf/sync_msg", token, request))
-            .await
+    pub async fn kf_sync_msg(&self, token: &str, request: &KfSyncRequest) -> Result<KfSyncPage, WeComError> {
+        self.call("kf/sync_msg", self.post("kf/sync_msg", token, request)).await
     }
 
-    pub async fn kf_send_msg(
-        &self,
-        token: &str,
-        message: &KfTextMessage,
-    ) -> Result<SendResult, WeComError> {
-        self.call("kf/send_msg", self.post("kf/send_msg", token, message))
-            .await
+    pub async fn kf_send_msg(&self, token: &str, message: &KfTextMessage) -> Result<SendResult, WeComError> {
+        self.call("kf/send_msg", self.post("kf/send_msg", token, message)).await
     }
 
-    pub async fn kf_send_msg_on_event(
-        &self,
-        token: &str,
-        message: &KfEventMessage,
-    ) -> Result<SendResult, WeComError> {
-        self.call(
-            "kf/send_msg_on_event",
-            self.post("kf/send_msg_on_event", token, message),
-        )
-        .await
+    pub async fn kf_send_msg_on_event(&self, token: &str, message: &KfEventMessage) -> Result<SendResult, WeComError> {
+        self.call("kf/send_msg_on_event", self.post("kf/send_msg_on_event", token, message)).await
     }
 
     pub async fn kf_account_list(&self, token: &str) -> Result<KfAccountList, WeComError> {
         self.call(
             "kf/account/list",
-            self.post(
-                "kf/account/list",
-                token,
-                &serde_json::json!({"offset": 0, "limit": 100}),
-            ),
+            self.post("kf/account/list", token, &serde_json::json!({"offset": 0, "limit": 100})),
         )
         .await
     }
@@ -228,11 +158,7 @@ impl WeComClient {
         external_userid: &str,
     ) -> Result<KfServiceState, WeComError> {
         let body = serde_json::json!({"open_kfid": open_kfid, "external_userid": external_userid});
-        self.call(
-            "kf/service_state/get",
-            self.post("kf/service_state/get", token, &body),
-        )
-        .await
+        self.call("kf/service_state/get", self.post("kf/service_state/get", token, &body)).await
     }
 
     pub async fn kf_customer_batchget(
@@ -241,21 +167,12 @@ impl WeComClient {
         external_userids: &[String],
     ) -> Result<KfCustomers, WeComError> {
         let body = serde_json::json!({"external_userid_list": external_userids});
-        self.call(
-            "kf/customer/batchget",
-            self.post("kf/customer/batchget", token, &body),
-        )
-        .await
+        self.call("kf/customer/batchget", self.post("kf/customer/batchget", token, &body)).await
     }
 
     pub async fn user_get(&self, token: &str, userid: &str) -> Result<User, WeComError> {
         let url = self.url("user/get");
-        self.call("user/get", || {
-            self.http
-                .get(&url)
-                .query(&[("access_token", token), ("userid", userid)])
-        })
-        .await
+        self.call("user/get", || self.http.get(&url).query(&[("access_token", token), ("userid", userid)])).await
     }
 
     pub async fn externalcontact_get(
@@ -265,62 +182,33 @@ impl WeComClient {
     ) -> Result<ExternalContactResponse, WeComError> {
         let url = self.url("externalcontact/get");
         self.call("externalcontact/get", || {
-            self.http.get(&url).query(&[
-                ("access_token", token),
-                ("external_userid", external_userid),
-            ])
+            self.http.get(&url).query(&[("access_token", token), ("external_userid", external_userid)])
         })
         .await
     }
 
     /// `media/get`: the file, or WeCom's JSON error. At most `max_bytes`.
-    pub async fn media_get(
-        &self,
-        token: &str,
-        media_id: &str,
-        max_bytes: usize,
-    ) -> Result<Media, WeComError> {
+    pub async fn media_get(&self, token: &str, media_id: &str, max_bytes: usize) -> Result<Media, WeComError> {
         const API: &str = "media/get";
         let url = self.url(API);
-        let response = self
-            .send(
-                API,
-                self.http
-                    .get(&url)
-                    .query(&[("access_token", token), ("media_id", media_id)]),
-            )
-            .await?;
-        let header = |name| {
-            response
-                .headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
+        let response =
+            self.send(API, self.http.get(&url).query(&[("access_token", token), ("media_id", media_id)])).await?;
+        let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let content_type = header(reqwest::header::CONTENT_TYPE);
-        let filename = header(reqwest::header::CONTENT_DISPOSITION).and_then(|d| {
-            d.split("filename=")
-                .nth(1)
-                .map(|f| f.trim_matches(['"', ' ', ';']).to_owned())
-        });
-        let is_json = content_type
-            .as_deref()
-            .is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/plain"));
+        let filename = header(reqwest::header::CONTENT_DISPOSITION)
+            .and_then(|d| d.split("filename=").nth(1).map(|f| f.trim_matches(['"', ' ', ';']).to_owned()));
+        let is_json =
+            content_type.as_deref().is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/plain"));
         let bytes = read_limited(API, response, max_bytes).await?;
         if is_json {
             // An error (a success would be the file itself); decode says which.
             let status: Result<serde_json::Value, _> = self.decode(API, &bytes);
-            return Err(status.err().unwrap_or(WeComError::Decode {
-                api: API,
-                reason: "JSON instead of a file".into(),
-            }));
+            return Err(status
+                .err()
+                .unwrap_or(WeComError::Decode { api: API, reason: "JSON instead of a file".into() }));
         }
         self.count(API, "0".into());
-        Ok(Media {
-            bytes,
-            content_type,
-            filename,
-        })
+        Ok(Media { bytes, content_type, filename })
     }
 }
 
@@ -329,26 +217,13 @@ async fn read_limited(
     mut response: reqwest::Response,
     max_bytes: usize,
 ) -> Result<Vec<u8>, WeComError> {
-    if response
-        .content_length()
-        .is_some_and(|len| len > max_bytes as u64)
-    {
-        return Err(WeComError::Decode {
-            api,
-            reason: format!("answer larger than {max_bytes} bytes"),
-        });
+    if response.content_length().is_some_and(|len| len > max_bytes as u64) {
+        return Err(WeComError::Decode { api, reason: format!("answer larger than {max_bytes} bytes") });
     }
     let mut bytes = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| WeComError::transport(api, e))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| WeComError::transport(api, e))? {
         if bytes.len() + chunk.len() > max_bytes {
-            return Err(WeComError::Decode {
-                api,
-                reason: format!("answer larger than {max_bytes} bytes"),
-            });
+            return Err(WeComError::Decode { api, reason: format!("answer larger than {max_bytes} bytes") });
         }
         bytes.extend_from_slice(&chunk);
     }

@@ -14,11 +14,8 @@ impl ApiError {
     /// The IP WeCom saw, from "… from ip: 1.2.3.4 …" (60020 and friends).
     pub fn from_ip(&self) -> Option<IpAddr> {
         let rest = &self.errmsg[self.errmsg.find("from ip:")? + "from ip:".len()..];
-        let candidate: String = rest
-            .trim_start()
-            .chars()
-            .take_while(|c| c.is_ascii_hexdigit() || *c == '.' || *c == ':')
-            .collect();
+        let candidate: String =
+            rest.trim_start().chars().take_while(|c| c.is_ascii_hexdigit() || *c == '.' || *c == ':').collect();
         candidate.trim_end_matches(['.', ':']).parse().ok()
     }
 
@@ -26,15 +23,23 @@ impl ApiError {
     pub fn hint(&self) -> Option<String> {
         let hint = match self.errcode {
             -1 => "WeCom is busy; the call is retried with back-off".to_owned(),
-            40001 => "invalid credential: the Secret is wrong (WECOM_SECRET / WECOM_KF_SECRET), or the token was revoked".to_owned(),
+            40001 => {
+                "invalid credential: the Secret is wrong (WECOM_SECRET / WECOM_KF_SECRET), or the token was revoked"
+                    .to_owned()
+            }
             40013 => "invalid corp id: check WECOM_CORP_ID (我的企业 → 企业信息 → 企业ID)".to_owned(),
             40014 | 42001 => "the access token is invalid or expired; it is refreshed automatically".to_owned(),
             45009 => "API frequency limit reached; backing off".to_owned(),
             45033 => "too many concurrent calls; backing off".to_owned(),
-            48002 => "the app lacks permission for this API: grant it in the admin console (应用管理 → the app → API权限)".to_owned(),
+            48002 => {
+                "the app lacks permission for this API: grant it in the admin console (应用管理 → the app → API权限)"
+                    .to_owned()
+            }
             60020 => match self.from_ip() {
                 Some(ip) => format!("add {ip} to the app's trusted IPs (应用管理 → the app → 企业可信IP)"),
-                None => "add this server's public IP to the app's trusted IPs (应用管理 → the app → 企业可信IP)".to_owned(),
+                None => {
+                    "add this server's public IP to the app's trusted IPs (应用管理 → the app → 企业可信IP)".to_owned()
+                }
             },
             95018 => "kf send refused by the session state: a human servicer may own the session, or this Secret \
                       cannot call 微信客服 APIs (check WECOM_KF_SECRET)"
@@ -91,9 +96,7 @@ impl WeComError {
         } else if error.is_connect() {
             format!(
                 "cannot connect ({})",
-                std::error::Error::source(&error)
-                    .map(ToString::to_string)
-                    .unwrap_or_default()
+                std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default()
             )
         } else {
             error.to_string()
@@ -119,39 +122,25 @@ mod tests {
     use super::*;
 
     fn error(errcode: i64, errmsg: &str) -> ApiError {
-        ApiError {
-            errcode,
-            errmsg: errmsg.to_owned(),
-        }
+        ApiError { errcode, errmsg: errmsg.to_owned() }
     }
 
     #[test]
     fn the_60020_hint_names_the_ip_to_trust() {
         let e = error(60020, "not allow to access from your ip, hint: [1693981234_12_abcd], from ip: 203.0.113.7, more info at https://open.work.weixin.qq.com/devtool/query?e=60020");
         assert_eq!(e.from_ip(), Some("203.0.113.7".parse().expect("ip")));
-        assert!(e
-            .hint()
-            .expect("hint")
-            .contains("add 203.0.113.7 to the app's trusted IPs"));
+        assert!(e.hint().expect("hint").contains("add 203.0.113.7 to the app's trusted IPs"));
         assert!(e.to_string().starts_with("errcode 60020: not allow"));
     }
 
     #[test]
     fn hints_explain_the_usual_suspects() {
-        assert!(error(95018, "")
-            .hint()
-            .expect("hint")
-            .contains("WECOM_KF_SECRET"));
-        assert!(error(40013, "")
-            .hint()
-            .expect("hint")
-            .contains("WECOM_CORP_ID"));
+        assert!(error(95018, "").hint().expect("hint").contains("WECOM_KF_SECRET"));
+        assert!(error(40013, "").hint().expect("hint").contains("WECOM_CORP_ID"));
         assert!(error(48002, "").hint().expect("hint").contains("API权限"));
         assert!(error(12345, "").hint().is_none());
         assert!(
-            error(42001, "").token_invalid()
-                && error(40014, "").token_invalid()
-                && error(40001, "").token_invalid()
+            error(42001, "").token_invalid() && error(40014, "").token_invalid() && error(40001, "").token_invalid()
         );
         assert!(error(45009, "").rate_limited());
     }

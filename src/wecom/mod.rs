@@ -5,6 +5,7 @@
 //! Architecture invariant: only `wecom/` knows WeCom's JSON.
 
 pub mod client;
+pub mod connection;
 pub mod error;
 pub mod models;
 pub mod tokens;
@@ -45,9 +46,7 @@ impl WeCom {
         };
         let app = config.secret.as_ref().map(|s| source("app", s));
         let kf = match (&config.kf_secret, &app) {
-            (Some(kf), Some(app))
-                if tokens::cache_key(config.corp_id.as_str(), kf) == app.cache_key() =>
-            {
+            (Some(kf), Some(app)) if tokens::cache_key(config.corp_id.as_str(), kf) == app.cache_key() => {
                 Some(Arc::clone(app))
             }
             (Some(kf), _) => Some(source("kf", kf)),
@@ -59,15 +58,11 @@ impl WeCom {
 
     /// The token cache for the app channel, or why there is none.
     pub fn app_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
-        self.app
-            .as_ref()
-            .ok_or(WeComError::NotConfigured("WECOM_SECRET"))
+        self.app.as_ref().ok_or(WeComError::NotConfigured("WECOM_SECRET"))
     }
 
     /// The token cache for kf APIs, or why there is none.
     pub fn kf_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
-        self.kf
-            .as_ref()
-            .ok_or(WeComError::NotConfigured("WECOM_KF_SECRET"))
+        self.kf.as_ref().ok_or(WeComError::NotConfigured("WECOM_KF_SECRET"))
     }
 }

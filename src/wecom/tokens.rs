@@ -53,10 +53,7 @@ pub struct TokenSource {
 
 impl std::fmt::Debug for TokenSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenSource")
-            .field("label", &self.label)
-            .field("cache_key", &self.cache_key)
-            .finish()
+        f.debug_struct("TokenSource").field("label", &self.label).field("cache_key", &self.cache_key).finish()
     }
 }
 
@@ -93,16 +90,18 @@ impl TokenSource {
         self.label
     }
 
+    /// The Secret, for the connection test's own `gettoken`.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
+    }
+
     pub fn cache_key(&self) -> &str {
         &self.cache_key
     }
 
     /// A snapshot of the cache's state.
     pub fn status(&self) -> TokenStatus {
-        self.status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn update_status(&self, change: impl FnOnce(&mut TokenStatus)) {
@@ -118,12 +117,7 @@ impl TokenSource {
         let mut current = self.current.lock().await;
         if current.is_none() {
             // First use since start: a fresh stored token saves a gettoken.
-            *current = self
-                .store
-                .load_token(self.cache_key.clone())
-                .await
-                .ok()
-                .flatten();
+            *current = self.store.load_token(self.cache_key.clone()).await.ok().flatten();
         }
         if let Some(token) = current.as_ref().filter(|t| Self::fresh(t)) {
             self.publish_expiry(token.expires_at);
@@ -136,37 +130,18 @@ impl TokenSource {
     }
 
     async fn refresh(&self) -> Result<StoredToken, WeComError> {
-        let outcome = self
-            .client
-            .gettoken(&self.corp_id, self.secret.expose())
-            .await;
+        let outcome = self.client.gettoken(&self.corp_id, self.secret.expose()).await;
         let counter = |outcome: &str| {
             self.metrics
-                .counter(
-                    REFRESHES,
-                    &[
-                        ("app", self.label.to_owned()),
-                        ("outcome", outcome.to_owned()),
-                    ],
-                )
+                .counter(REFRESHES, &[("app", self.label.to_owned()), ("outcome", outcome.to_owned())])
                 .increment(1);
         };
         match outcome {
             Ok(response) => {
                 counter("ok");
-                let token = StoredToken {
-                    token: response.access_token,
-                    expires_at: now() + response.expires_in,
-                };
-                if let Err(error) = self
-                    .store
-                    .save_token(self.cache_key.clone(), token.clone())
-                    .await
-                {
-                    tracing::warn!(
-                        app = self.label,
-                        "cannot keep the access token in the store: {error}"
-                    );
+                let token = StoredToken { token: response.access_token, expires_at: now() + response.expires_in };
+                if let Err(error) = self.store.save_token(self.cache_key.clone(), token.clone()).await {
+                    tracing::warn!(app = self.label, "cannot keep the access token in the store: {error}");
                 }
                 self.publish_expiry(token.expires_at);
                 self.update_status(|s| {
@@ -175,20 +150,13 @@ impl TokenSource {
                     s.last_error = None;
                     s.last_errcode = None;
                 });
-                tracing::info!(
-                    app = self.label,
-                    expires_in = response.expires_in,
-                    "access token refreshed"
-                );
+                tracing::info!(app = self.label, expires_in = response.expires_in, "access token refreshed");
                 Ok(token)
             }
             Err(error) => {
                 counter("error");
                 if let Some(ApiError { errcode: 40001, .. }) = error.api() {
-                    tracing::error!(
-                        app = self.label,
-                        "gettoken refused the Secret (40001): {error}"
-                    );
+                    tracing::error!(app = self.label, "gettoken refused the Secret (40001): {error}");
                 } else {
                     tracing::warn!(app = self.label, "gettoken failed: {error}");
                 }
@@ -202,9 +170,7 @@ impl TokenSource {
     }
 
     fn publish_expiry(&self, expires_at: i64) {
-        self.metrics
-            .gauge(EXPIRES_IN, &[("app", self.label.to_owned())])
-            .set((expires_at - now()) as f64);
+        self.metrics.gauge(EXPIRES_IN, &[("app", self.label.to_owned())]).set((expires_at - now()) as f64);
     }
 
     /// Drops `stale` if it is still the current token (a concurrent caller may have
@@ -215,10 +181,7 @@ impl TokenSource {
             *current = None;
             let _ = self.store.delete_token(self.cache_key.clone()).await;
             // The next `token()` must not pick the stale one up from the store again.
-            *current = Some(StoredToken {
-                token: String::new(),
-                expires_at: 0,
-            });
+            *current = Some(StoredToken { token: String::new(), expires_at: 0 });
             self.update_status(|s| s.invalidations += 1);
         }
     }

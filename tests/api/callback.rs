@@ -26,16 +26,10 @@ struct Vector {
 }
 
 fn verify_url_vectors() -> Vec<Vector> {
-    let text = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/official.json"
-    ))
-    .expect("fixture");
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/official.json")).expect("fixture");
     let all: Vectors = serde_json::from_str(&text).expect("fixture JSON");
-    all.vectors
-        .into_iter()
-        .filter(|v| v.kind == "verify_url")
-        .collect()
+    all.vectors.into_iter().filter(|v| v.kind == "verify_url").collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,31 +44,12 @@ async fn every_official_url_verification_vector_passes_on_every_path() {
         ])
         .await;
         for path in CALLBACK_PATHS {
-            let q = query(
-                &v.msg_signature,
-                &v.timestamp,
-                &v.nonce,
-                v.echostr.as_deref(),
-            );
-            let response = app
-                .client
-                .get(app.url(&format!("{path}?{q}")))
-                .send()
-                .await
-                .expect("request");
+            let q = query(&v.msg_signature, &v.timestamp, &v.nonce, v.echostr.as_deref());
+            let response = app.client.get(app.url(&format!("{path}?{q}"))).send().await.expect("request");
             assert_eq!(response.status(), 200, "{} on {path}", v.name);
-            assert_eq!(
-                response.text().await.expect("body"),
-                v.reply.clone().expect("reply"),
-                "{} on {path}",
-                v.name
-            );
+            assert_eq!(response.text().await.expect("body"), v.reply.clone().expect("reply"), "{} on {path}", v.name);
         }
-        assert_eq!(
-            app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}")
-                .await,
-            3.0
-        );
+        assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}").await, 3.0);
         app.stop().await.expect("clean stop");
     }
 }
@@ -93,9 +68,7 @@ async fn url_verification_survives_an_unescaped_plus_in_echostr() {
         .find(|(_, enc)| enc.contains('+'))
         .expect("some ciphertext has a plus");
     let signature = crypto::sign(TOKEN, "1", "2", &echostr);
-    let url = app.url(&format!(
-        "/wework/callback?msg_signature={signature}&timestamp=1&nonce=2&echostr={echostr}"
-    ));
+    let url = app.url(&format!("/wework/callback?msg_signature={signature}&timestamp=1&nonce=2&echostr={echostr}"));
     let response = app.client.get(url).send().await.expect("request");
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.expect("body"), echo);
@@ -105,12 +78,7 @@ async fn url_verification_survives_an_unescaped_plus_in_echostr() {
 async fn a_signed_text_post_is_acknowledged_on_every_path() {
     let app = spawn_app().await;
     for (i, path) in CALLBACK_PATHS.iter().enumerate() {
-        let signed = sign_post(
-            TOKEN,
-            AES_KEY,
-            CORP_ID,
-            &text_message("你好", 100 + i as u64),
-        );
+        let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("你好", 100 + i as u64));
         let response = app
             .client
             .post(app.url(&format!("{path}?{}", signed.query)))
@@ -120,28 +88,16 @@ async fn a_signed_text_post_is_acknowledged_on_every_path() {
             .await
             .expect("request");
         assert_eq!(response.status(), 200, "{path}");
-        assert_eq!(
-            response.text().await.expect("body"),
-            "",
-            "app callbacks get an empty answer"
-        );
+        assert_eq!(response.text().await.expect("body"), "", "app callbacks get an empty answer");
     }
-    assert_eq!(
-        app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}")
-            .await,
-        3.0
-    );
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}").await, 3.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_kf_token_selects_the_kf_channel() {
     let kf_token = "KfToken123";
     let kf_key = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
-    let app = spawn_app_with(&[
-        ("WECOM_KF_TOKEN", kf_token),
-        ("WECOM_KF_ENCODING_AES_KEY", kf_key),
-    ])
-    .await;
+    let app = spawn_app_with(&[("WECOM_KF_TOKEN", kf_token), ("WECOM_KF_ENCODING_AES_KEY", kf_key)]).await;
     let event = format!(
         "<xml><ToUserName>{CORP_ID}</ToUserName><CreateTime>1348831860</CreateTime><MsgType>event</MsgType>\
          <Event>kf_msg_or_event</Event><Token>ENCApHxnGDNAVNY4AaSJKj4Tb5mwsEMzxhFmHVGcra996NR</Token><OpenKfId>wkABC</OpenKfId></xml>"
@@ -156,11 +112,7 @@ async fn the_kf_token_selects_the_kf_channel() {
         .expect("request");
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.expect("body"), "success");
-    assert_eq!(
-        app.metric("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"}").await, 1.0);
     // The app Token still works alongside, on the same path.
     let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("hi", 1));
     let response = app
@@ -171,39 +123,19 @@ async fn the_kf_token_selects_the_kf_channel() {
         .await
         .expect("request");
     assert_eq!(response.status(), 200);
-    assert_eq!(
-        app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}").await, 1.0);
 }
 
 /// Sends one bad request and checks its status, its reason and its count.
-async fn assert_refused(
-    app: &TestApp,
-    request: reqwest::RequestBuilder,
-    status: u16,
-    reason: &str,
-    outcome: &str,
-) {
+async fn assert_refused(app: &TestApp, request: reqwest::RequestBuilder, status: u16, reason: &str, outcome: &str) {
     let series = format!("wechat_api_callbacks_total{{channel=\"unknown\",outcome=\"{outcome}\"}}");
     let before = app.metric(&series).await;
     let response = request.send().await.expect("request");
     assert_eq!(response.status(), status, "{outcome}");
     let body = response.text().await.expect("body");
-    assert!(
-        body.contains(reason),
-        "{outcome}: {body:?} lacks {reason:?}"
-    );
-    assert!(
-        !body.contains(TOKEN) && !body.contains(AES_KEY),
-        "{outcome}: a secret leaked: {body}"
-    );
-    assert_eq!(
-        app.metric(&series).await,
-        before + 1.0,
-        "{outcome} is counted"
-    );
+    assert!(body.contains(reason), "{outcome}: {body:?} lacks {reason:?}");
+    assert!(!body.contains(TOKEN) && !body.contains(AES_KEY), "{outcome}: a secret leaked: {body}");
+    assert_eq!(app.metric(&series).await, before + 1.0, "{outcome} is counted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,14 +145,7 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     let path = "/api/v1/wecom/callback";
     let good = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("x", 1));
 
-    assert_refused(
-        &app,
-        c.get(app.url(path)),
-        400,
-        "missing query parameter `echostr`",
-        "missing_parameter",
-    )
-    .await;
+    assert_refused(&app, c.get(app.url(path)), 400, "missing query parameter `echostr`", "missing_parameter").await;
     assert_refused(
         &app,
         c.get(app.url(&format!("{path}?echostr=abc&timestamp=1&nonce=2"))),
@@ -229,12 +154,7 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
         "missing_parameter",
     )
     .await;
-    let wrong = query(
-        "0000000000000000000000000000000000000000",
-        "1",
-        "2",
-        Some("abc"),
-    );
+    let wrong = query("0000000000000000000000000000000000000000", "1", "2", Some("abc"));
     assert_refused(
         &app,
         c.get(app.url(&format!("{path}?{wrong}"))),
@@ -255,8 +175,7 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     let forged = sign_post("OtherToken", AES_KEY, CORP_ID, &text_message("x", 2));
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", forged.query)))
-            .body(forged.body),
+        c.post(app.url(&format!("{path}?{}", forged.query))).body(forged.body),
         403,
         "msg_signature does not match",
         "bad_signature",
@@ -264,8 +183,7 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     .await;
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", good.query)))
-            .body("not xml"),
+        c.post(app.url(&format!("{path}?{}", good.query))).body("not xml"),
         400,
         "not well-formed XML",
         "bad_envelope",
@@ -273,8 +191,7 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     .await;
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", good.query)))
-            .body("<xml><ToUserName>x</ToUserName></xml>"),
+        c.post(app.url(&format!("{path}?{}", good.query))).body("<xml><ToUserName>x</ToUserName></xml>"),
         400,
         "<Encrypt> is missing",
         "bad_envelope",
@@ -282,8 +199,7 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     .await;
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", good.query)))
-            .body(vec![0xff, 0xfe, 0x3c]),
+        c.post(app.url(&format!("{path}?{}", good.query))).body(vec![0xff, 0xfe, 0x3c]),
         400,
         "not UTF-8",
         "bad_envelope",
@@ -293,8 +209,7 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     let not_base64 = sign_envelope(TOKEN, "%%%not-base64%%%");
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", not_base64.query)))
-            .body(not_base64.body),
+        c.post(app.url(&format!("{path}?{}", not_base64.query))).body(not_base64.body),
         400,
         "cannot decrypt",
         "bad_ciphertext",
@@ -303,25 +218,18 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     let short = sign_envelope(TOKEN, "AAAA");
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", short.query)))
-            .body(short.body),
+        c.post(app.url(&format!("{path}?{}", short.query))).body(short.body),
         400,
         "not a positive multiple",
         "bad_ciphertext",
     )
     .await;
     let other_key = AesKey::parse("kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR").expect("key");
-    let garbage = crypto::encrypt_with_random(
-        &other_key,
-        [7; 16],
-        text_message("x", 3).as_bytes(),
-        CORP_ID.as_bytes(),
-    );
+    let garbage = crypto::encrypt_with_random(&other_key, [7; 16], text_message("x", 3).as_bytes(), CORP_ID.as_bytes());
     let garbage = sign_envelope(TOKEN, &garbage);
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", garbage.query)))
-            .body(garbage.body),
+        c.post(app.url(&format!("{path}?{}", garbage.query))).body(garbage.body),
         400,
         "cannot decrypt",
         "bad_ciphertext",
@@ -330,8 +238,7 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     let other_corp = sign_post(TOKEN, AES_KEY, "wwSomeoneElse", &text_message("x", 4));
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", other_corp.query)))
-            .body(other_corp.body),
+        c.post(app.url(&format!("{path}?{}", other_corp.query))).body(other_corp.body),
         400,
         "receive id does not match WECOM_CORP_ID",
         "wrong_receive_id",
@@ -340,31 +247,18 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
     let not_xml_inside = sign_post(TOKEN, AES_KEY, CORP_ID, "hello, not xml");
     assert_refused(
         &app,
-        c.post(app.url(&format!("{path}?{}", not_xml_inside.query)))
-            .body(not_xml_inside.body),
+        c.post(app.url(&format!("{path}?{}", not_xml_inside.query))).body(not_xml_inside.body),
         400,
         "app message is not well-formed XML",
         "bad_message",
     )
     .await;
     let huge = "<xml>".to_owned() + &"a".repeat(200 * 1024) + "</xml>";
-    assert_refused(
-        &app,
-        c.post(app.url(&format!("{path}?{}", good.query)))
-            .body(huge),
-        413,
-        "exceeds",
-        "too_large",
-    )
-    .await;
+    assert_refused(&app, c.post(app.url(&format!("{path}?{}", good.query))).body(huge), 413, "exceeds", "too_large")
+        .await;
 
     // After all that, the service still answers a good request.
-    let response = c
-        .post(app.url(&format!("{path}?{}", good.query)))
-        .body(good.body)
-        .send()
-        .await
-        .expect("request");
+    let response = c.post(app.url(&format!("{path}?{}", good.query))).body(good.body).send().await.expect("request");
     assert_eq!(response.status(), 200);
 }
 
@@ -372,16 +266,10 @@ async fn every_bad_input_gets_its_4xx_with_a_reason_and_is_counted() {
 async fn a_chunked_body_over_the_limit_is_refused_without_content_length() {
     let app = spawn_app().await;
     let good = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("x", 1));
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
-        (0..40).map(|_| Ok(vec![b'a'; 8 * 1024])).collect();
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..40).map(|_| Ok(vec![b'a'; 8 * 1024])).collect();
     let body = reqwest::Body::wrap_stream(futures_util_stream(chunks));
-    let response = app
-        .client
-        .post(app.url(&format!("/wework/callback?{}", good.query)))
-        .body(body)
-        .send()
-        .await
-        .expect("request");
+    let response =
+        app.client.post(app.url(&format!("/wework/callback?{}", good.query))).body(body).send().await.expect("request");
     assert_eq!(response.status(), 413);
 }
 

@@ -7,23 +7,13 @@ use crate::helpers::*;
 
 /// Runs every `curl` line of `commands` with sh and returns their outputs.
 fn run_curl_lines(commands: &str) -> Vec<String> {
-    let curls: Vec<&str> = commands
-        .lines()
-        .filter(|l| l.starts_with("curl "))
-        .collect();
+    let curls: Vec<&str> = commands.lines().filter(|l| l.starts_with("curl ")).collect();
     assert_eq!(curls.len(), 2, "{commands}");
     curls
         .iter()
         .map(|line| {
-            let out = Command::new("sh")
-                .args(["-c", line])
-                .output()
-                .expect("sh runs curl");
-            assert!(
-                out.status.success(),
-                "{line}\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = Command::new("sh").args(["-c", line]).output().expect("sh runs curl");
+            assert!(out.status.success(), "{line}\n{}", String::from_utf8_lossy(&out.stderr));
             String::from_utf8_lossy(&out.stdout).trim().to_owned()
         })
         .collect()
@@ -31,12 +21,7 @@ fn run_curl_lines(commands: &str) -> Vec<String> {
 
 /// The text the first comment promises the GET will print.
 fn promised_echo(commands: &str) -> String {
-    commands
-        .lines()
-        .next()
-        .and_then(|l| l.rsplit(' ').next())
-        .expect("first comment")
-        .to_owned()
+    commands.lines().next().and_then(|l| l.rsplit(' ').next()).expect("first comment").to_owned()
 }
 
 #[test]
@@ -45,12 +30,7 @@ fn keygen_prints_a_valid_token_and_key() {
     let out = wechat_api(dir.path()).arg("keygen").output().expect("runs");
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).expect("UTF-8");
-    let value = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(&format!("{name}=")))
-            .expect(name)
-            .to_owned()
-    };
+    let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).expect(name).to_owned();
     assert!(wechat_api::config::Token::parse(&value("WECOM_TOKEN")).is_ok());
     assert_eq!(value("WECOM_ENCODING_AES_KEY").len(), 43);
     assert!(wechat_api::crypto::AesKey::parse(&value("WECOM_ENCODING_AES_KEY")).is_ok());
@@ -70,37 +50,19 @@ fn bad_configuration_exits_64_naming_each_variable_without_a_panic() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert!(lines.contains(&"configuration error: WECOM_ENCODING_AES_KEY must be 43 characters of base64, got 42 (copy it again from the callback settings)"), "{stderr}");
-    assert!(
-        lines.contains(&"configuration error: WECOM_CORP_ID is required but not set"),
-        "{stderr}"
-    );
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.starts_with("configuration error: HTTPS_PORT must be a port")),
-        "{stderr}"
-    );
-    assert!(
-        !stderr.contains("panicked") && !stderr.contains("backtrace"),
-        "{stderr}"
-    );
+    assert!(lines.contains(&"configuration error: WECOM_CORP_ID is required but not set"), "{stderr}");
+    assert!(lines.iter().any(|l| l.starts_with("configuration error: HTTPS_PORT must be a port")), "{stderr}");
+    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
     assert!(!stderr.contains(&AES_KEY[..42]), "the key leaked: {stderr}");
 }
 
 #[test]
 fn an_unreadable_certificate_exits_64_naming_tls_cert_path() {
     let dir = tempfile::tempdir().expect("dir");
-    let out = wechat_api(dir.path())
-        .arg("serve")
-        .envs(test_env(dir.path(), &[]))
-        .output()
-        .expect("runs");
+    let out = wechat_api(dir.path()).arg("serve").envs(test_env(dir.path(), &[])).output().expect("runs");
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains("configuration error: TLS_CERT_PATH"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("configuration error: TLS_CERT_PATH"), "{stderr}");
     assert!(stderr.contains("server.crt"), "{stderr}");
 }
 
@@ -113,11 +75,7 @@ async fn sign_prints_curl_commands_that_pass_against_the_service() {
         .envs(test_env(app.dir.path(), &[]))
         .output()
         .expect("runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let commands = String::from_utf8(out.stdout).expect("UTF-8");
     let outputs = tokio::task::spawn_blocking({
         let commands = commands.clone();
@@ -127,11 +85,7 @@ async fn sign_prints_curl_commands_that_pass_against_the_service() {
     .expect("curl thread");
     assert_eq!(outputs[0], promised_echo(&commands), "GET prints the echo");
     assert_eq!(outputs[1], "200", "POST is acknowledged");
-    assert_eq!(
-        app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}")
-            .await,
-        2.0
-    );
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}").await, 2.0);
 }
 
 #[test]
@@ -143,30 +97,14 @@ fn serve_runs_answers_healthcheck_and_stops_on_sigterm() {
     let mut service = Running::start(command);
     let port = service.port();
     let live = wechat_api(dir.path())
-        .args([
-            "healthcheck",
-            "--url",
-            &format!("https://127.0.0.1:{port}/api/health/live"),
-        ])
+        .args(["healthcheck", "--url", &format!("https://127.0.0.1:{port}/api/health/live")])
         .output()
         .expect("runs");
-    assert!(
-        live.status.success(),
-        "{}",
-        String::from_utf8_lossy(&live.stderr)
-    );
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
     // Without --url it finds the listener from the same settings (port 0 → ask it).
     let env = test_env(dir.path(), &[("HTTPS_PORT", &port.to_string())]);
-    let live = wechat_api(dir.path())
-        .arg("healthcheck")
-        .envs(env)
-        .output()
-        .expect("runs");
-    assert!(
-        live.status.success(),
-        "{}",
-        String::from_utf8_lossy(&live.stderr)
-    );
+    let live = wechat_api(dir.path()).arg("healthcheck").envs(env).output().expect("runs");
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
     let status = service.terminate();
     assert!(status.success(), "graceful stop exits 0, got {status}");
 }
@@ -174,17 +112,9 @@ fn serve_runs_answers_healthcheck_and_stops_on_sigterm() {
 #[test]
 fn healthcheck_fails_when_nothing_listens() {
     let dir = tempfile::tempdir().expect("dir");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let out = wechat_api(dir.path())
-        .args([
-            "healthcheck",
-            "--url",
-            &format!("https://127.0.0.1:{port}/api/health/live"),
-        ])
+        .args(["healthcheck", "--url", &format!("https://127.0.0.1:{port}/api/health/live")])
         .output()
         .expect("runs");
     assert_eq!(out.status.code(), Some(1));
@@ -195,31 +125,19 @@ fn healthcheck_fails_when_nothing_listens() {
 fn demo_mode_starts_with_no_configuration_and_its_curl_commands_pass() {
     let dir = tempfile::tempdir().expect("dir");
     let mut command = wechat_api(dir.path());
-    command
-        .args(["serve", "--demo"])
-        .env("HTTPS_PORT", "0")
-        .env("BIND_ADDRESS", "127.0.0.1");
+    command.args(["serve", "--demo"]).env("HTTPS_PORT", "0").env("BIND_ADDRESS", "127.0.0.1");
     let service = Running::start(command);
-    let banner = service
-        .read_until(|l| l.starts_with("More at any time"))
-        .join("\n");
+    let banner = service.read_until(|l| l.starts_with("More at any time")).join("\n");
     assert!(banner.contains("DEMO MODE"), "{banner}");
-    let start = banner
-        .find("# 1. URL verification")
-        .expect("commands in the banner");
+    let start = banner.find("# 1. URL verification").expect("commands in the banner");
     let commands = &banner[start..];
     let outputs = run_curl_lines(commands);
     assert_eq!(outputs[0], promised_echo(commands));
     assert_eq!(outputs[1], "200");
     assert!(dir.path().join("wechat-api-demo/demo.toml").is_file());
-    assert!(dir
-        .path()
-        .join("wechat-api-demo/certs/server.crt")
-        .is_file());
+    assert!(dir.path().join("wechat-api-demo/certs/server.crt").is_file());
     let mode = std::os::unix::fs::PermissionsExt::mode(
-        &std::fs::metadata(dir.path().join("wechat-api-demo/demo.toml"))
-            .expect("meta")
-            .permissions(),
+        &std::fs::metadata(dir.path().join("wechat-api-demo/demo.toml")).expect("meta").permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "the demo secrets are private");
 }

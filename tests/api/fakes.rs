@@ -41,46 +41,25 @@ impl FakeWeCom {
     pub async fn start() -> Self {
         let state = Arc::new(Mutex::new(WeComState::default()));
         let shared = web::Data::from(Arc::clone(&state));
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(shared.clone())
-                .default_service(web::to(wecom_api))
-        })
-        .workers(1)
-        .disable_signals()
-        .bind(("127.0.0.1", 0))
-        .expect("bind fake WeCom");
+        let server = HttpServer::new(move || App::new().app_data(shared.clone()).default_service(web::to(wecom_api)))
+            .workers(1)
+            .disable_signals()
+            .bind(("127.0.0.1", 0))
+            .expect("bind fake WeCom");
         let port = server.addrs()[0].port();
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        Self {
-            base_url: format!("http://127.0.0.1:{port}"),
-            state,
-            _server: Arc::new(handle),
-        }
+        Self { base_url: format!("http://127.0.0.1:{port}"), state, _server: Arc::new(handle) }
     }
 
     /// The next call to `api` answers `answer` instead of the default.
     pub fn answer_once(&self, api: &str, answer: Value) {
-        self.state
-            .lock()
-            .expect("lock")
-            .scripted
-            .entry(api.to_owned())
-            .or_default()
-            .push_back(answer);
+        self.state.lock().expect("lock").scripted.entry(api.to_owned()).or_default().push_back(answer);
     }
 
     pub fn calls(&self, api: &str) -> Vec<Call> {
-        self.state
-            .lock()
-            .expect("lock")
-            .calls
-            .iter()
-            .filter(|c| c.api == api)
-            .cloned()
-            .collect()
+        self.state.lock().expect("lock").calls.iter().filter(|c| c.api == api).cloned().collect()
     }
 
     /// Polls until `api` was called `count` times, or fails after 15 s.
@@ -91,37 +70,22 @@ impl FakeWeCom {
             if calls.len() >= count {
                 return calls;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{api}: {} calls, expected {count}",
-                calls.len()
-            );
+            assert!(Instant::now() < deadline, "{api}: {} calls, expected {count}", calls.len());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
-async fn wecom_api(
-    request: HttpRequest,
-    body: web::Bytes,
-    state: web::Data<Mutex<WeComState>>,
-) -> HttpResponse {
+async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mutex<WeComState>>) -> HttpResponse {
     let api = request.path().trim_start_matches("/cgi-bin/").to_owned();
-    let query: HashMap<String, String> =
-        serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
+    let query: HashMap<String, String> = serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let (answer, delay) = {
         let mut s = state.lock().expect("lock");
-        s.calls.push(Call {
-            api: api.clone(),
-            query: query.clone(),
-            body: body_json,
-        });
+        s.calls.push(Call { api: api.clone(), query: query.clone(), body: body_json });
         let delay = s.delays.get(&api).copied();
         let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front);
-        let answer = scripted
-            .map(Ok)
-            .unwrap_or_else(|| default_answer(&mut s, &api, &query));
+        let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query));
         (answer, delay)
     };
     if let Some(delay) = delay {
@@ -134,18 +98,12 @@ async fn wecom_api(
 }
 
 /// The answer WeCom gives when all is well; `Err` carries a binary body.
-fn default_answer(
-    s: &mut WeComState,
-    api: &str,
-    query: &HashMap<String, String>,
-) -> Result<Value, Vec<u8>> {
+fn default_answer(s: &mut WeComState, api: &str, query: &HashMap<String, String>) -> Result<Value, Vec<u8>> {
     if api == "gettoken" {
         s.issued += 1;
         let token = format!("TOKEN-{}", s.issued);
         s.valid_tokens.push(token.clone());
-        return Ok(
-            json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200}),
-        );
+        return Ok(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200}));
     }
     let token = query.get("access_token").cloned().unwrap_or_default();
     if !s.valid_tokens.contains(&token) {
@@ -200,10 +158,7 @@ impl ForwardReceiver {
         let shared = web::Data::from(Arc::clone(&state));
         let key = web::Data::new(secret.clone());
         let server = HttpServer::new(move || {
-            App::new()
-                .app_data(shared.clone())
-                .app_data(key.clone())
-                .default_service(web::to(receive))
+            App::new().app_data(shared.clone()).app_data(key.clone()).default_service(web::to(receive))
         })
         .workers(1)
         .disable_signals()
@@ -213,12 +168,7 @@ impl ForwardReceiver {
         let server = server.run();
         let handle = server.handle();
         tokio::spawn(server);
-        Self {
-            url: format!("http://127.0.0.1:{port}/hook"),
-            secret,
-            state,
-            _server: Arc::new(handle),
-        }
+        Self { url: format!("http://127.0.0.1:{port}/hook"), secret, state, _server: Arc::new(handle) }
     }
 
     pub fn fail_first(&self, n: usize) {
@@ -245,11 +195,7 @@ impl ForwardReceiver {
             if delivered.len() >= count {
                 return delivered;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} deliveries, expected {count}",
-                delivered.len()
-            );
+            assert!(Instant::now() < deadline, "{} deliveries, expected {count}", delivered.len());
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -261,14 +207,7 @@ async fn receive(
     state: web::Data<Mutex<ReceiverState>>,
     secret: web::Data<String>,
 ) -> HttpResponse {
-    let header = |name: &str| {
-        request
-            .headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
     let expected = wechat_api::dispatch::actions::signature(secret.as_bytes(), &body);
     let mut s = state.lock().expect("lock");
     s.attempts += 1;

@@ -32,9 +32,8 @@ pub struct TestApp {
 
 /// A certificate for 127.0.0.1 and localhost, written into `dir`.
 pub fn write_certificate(dir: &std::path::Path, days: i64) -> (PathBuf, PathBuf, String) {
-    let pair =
-        wechat_api::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(days))
-            .expect("self-signed certificate");
+    let pair = wechat_api::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(days))
+        .expect("self-signed certificate");
     let cert = dir.join("server.crt");
     let key = dir.join("server.key");
     std::fs::write(&cert, &pair.cert_pem).expect("write certificate");
@@ -54,19 +53,10 @@ pub fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> HashMap<St
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v.to_owned()))
     .collect();
-    env.insert(
-        "TLS_CERT_PATH".into(),
-        dir.join("server.crt").display().to_string(),
-    );
-    env.insert(
-        "TLS_KEY_PATH".into(),
-        dir.join("server.key").display().to_string(),
-    );
+    env.insert("TLS_CERT_PATH".into(), dir.join("server.crt").display().to_string());
+    env.insert("TLS_KEY_PATH".into(), dir.join("server.key").display().to_string());
     env.insert("DATA_DIR".into(), dir.join("data").display().to_string());
-    env.insert(
-        "UPLOAD_DIR".into(),
-        dir.join("uploads").display().to_string(),
-    );
+    env.insert("UPLOAD_DIR".into(), dir.join("uploads").display().to_string());
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }
@@ -80,27 +70,16 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     write_certificate(dir.path(), 365);
-    let overrides = overrides
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
+    let overrides = overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     start_in(dir, overrides).await
 }
 
 /// Starts the application on the certificate and data already in `dir`.
 async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> TestApp {
-    let pairs: Vec<(&str, &str)> = overrides
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let sources = Sources {
-        env: test_env(dir.path(), &pairs),
-        ..Sources::default()
-    };
+    let pairs: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let sources = Sources { env: test_env(dir.path(), &pairs), ..Sources::default() };
     let (config, _) = config::load(&sources).expect("test configuration is valid");
-    let app = Application::build(config)
-        .await
-        .expect("application starts");
+    let app = Application::build(config).await.expect("application starts");
     let port = app.port();
     let http_port = app.http_port();
     let store = app.store();
@@ -112,16 +91,7 @@ async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> T
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    TestApp {
-        port,
-        http_port,
-        client,
-        store,
-        dir,
-        overrides,
-        shutdown,
-        server,
-    }
+    TestApp { port, http_port, client, store, dir, overrides, shutdown, server }
 }
 
 impl TestApp {
@@ -134,13 +104,7 @@ impl TestApp {
         self.stop_keeping_dir().await.0
     }
 
-    async fn stop_keeping_dir(
-        self,
-    ) -> (
-        std::io::Result<()>,
-        tempfile::TempDir,
-        Vec<(String, String)>,
-    ) {
+    async fn stop_keeping_dir(self) -> (std::io::Result<()>, tempfile::TempDir, Vec<(String, String)>) {
         // Close our keep-alive connections first: the drain waits for open ones.
         drop(self.client);
         drop(self.store);
@@ -165,14 +129,7 @@ impl TestApp {
     pub async fn post_xml(&self, xml: &str) -> u16 {
         let signed = sign_post(TOKEN, AES_KEY, CORP_ID, xml);
         let url = self.url(&format!("/api/v1/wecom/callback?{}", signed.query));
-        self.client
-            .post(url)
-            .body(signed.body)
-            .send()
-            .await
-            .expect("callback request")
-            .status()
-            .as_u16()
+        self.client.post(url).body(signed.body).send().await.expect("callback request").status().as_u16()
     }
 
     /// Polls until the outbox has nothing left to do, or fails after 15 s.
@@ -184,34 +141,19 @@ impl TestApp {
             if pending + backlog == 0 {
                 return;
             }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "still {pending} unhandled, {backlog} queued"
-            );
+            assert!(std::time::Instant::now() < deadline, "still {pending} unhandled, {backlog} queued");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
     pub async fn metrics(&self) -> String {
-        self.client
-            .get(self.url("/metrics"))
-            .send()
-            .await
-            .expect("metrics")
-            .text()
-            .await
-            .expect("body")
+        self.client.get(self.url("/metrics")).send().await.expect("metrics").text().await.expect("body")
     }
 
     /// The value of one sample line in `/metrics`, 0 when absent.
     pub async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
-        text.lines()
-            .find_map(|line| {
-                line.strip_prefix(series)
-                    .and_then(|rest| rest.trim().parse().ok())
-            })
-            .unwrap_or(0.0)
+        text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
     }
 }
 
@@ -222,11 +164,7 @@ pub struct Signed {
 }
 
 pub fn query(signature: &str, timestamp: &str, nonce: &str, echostr: Option<&str>) -> String {
-    let mut pairs = vec![
-        ("msg_signature", signature),
-        ("timestamp", timestamp),
-        ("nonce", nonce),
-    ];
+    let mut pairs = vec![("msg_signature", signature), ("timestamp", timestamp), ("nonce", nonce)];
     if let Some(echostr) = echostr {
         pairs.push(("echostr", echostr));
     }
@@ -264,10 +202,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_wechat-api");
 /// The binary with a clean environment: only what the test sets.
 pub fn wechat_api(dir: &std::path::Path) -> Command {
     let mut command = Command::new(BIN);
-    command
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .current_dir(dir);
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).current_dir(dir);
     command
 }
 
@@ -279,17 +214,10 @@ pub struct Running {
 
 impl Running {
     pub fn start(mut command: Command) -> Self {
-        let mut child = command
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("binary starts");
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary starts");
         let (tx, lines) = mpsc::channel();
         for stream in [
-            child
-                .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
+            child.stdout.take().map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
             child.stderr.take().map(|s| Box::new(s) as _),
         ]
         .into_iter()
@@ -328,18 +256,11 @@ impl Running {
         let lines = self.read_until(|l| l.contains("wechat-api listening"));
         let line = lines.last().expect("a line");
         let at = line.find("port=").expect("port field") + 5;
-        line[at..]
-            .split(|c: char| !c.is_ascii_digit())
-            .next()
-            .expect("digits")
-            .parse()
-            .expect("port")
+        line[at..].split(|c: char| !c.is_ascii_digit()).next().expect("digits").parse().expect("port")
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {

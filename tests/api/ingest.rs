@@ -40,23 +40,11 @@ async fn duplicate_deliveries_are_forwarded_once_also_across_a_restart() {
     }
     let delivered = receiver.wait_for(1, Duration::from_secs(10)).await;
     app.wait_until_outbox_empty().await;
-    assert_eq!(
-        app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"duplicate\"}")
-            .await,
-        2.0
-    );
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"duplicate\"}").await, 2.0);
 
     let app = app.restart().await;
-    assert_eq!(
-        app.post_text("你好", 4242).await,
-        200,
-        "a retry after a restart is still acknowledged"
-    );
-    assert_eq!(
-        app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"duplicate\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(app.post_text("你好", 4242).await, 200, "a retry after a restart is still acknowledged");
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"duplicate\"}").await, 1.0);
     app.wait_until_outbox_empty().await;
 
     assert_eq!(receiver.delivered().len(), 1, "forwarded exactly once");
@@ -73,10 +61,7 @@ async fn duplicate_deliveries_are_forwarded_once_also_across_a_restart() {
     assert_eq!(r["agent_id"], 1_000_002);
     assert_eq!(r["time"], 1_409_659_813);
     assert_eq!(r["text"], "你好");
-    assert!(r["raw"]
-        .as_str()
-        .expect("raw XML")
-        .contains("<MsgId>4242</MsgId>"));
+    assert!(r["raw"].as_str().expect("raw XML").contains("<MsgId>4242</MsgId>"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,19 +76,13 @@ async fn distinct_events_in_the_same_second_are_both_forwarded() {
     };
     assert_eq!(app.post_xml(&event("click", "MENU_A")).await, 200);
     assert_eq!(app.post_xml(&event("click", "MENU_B")).await, 200);
-    assert_eq!(
-        app.post_xml(&event("click", "MENU_A")).await,
-        200,
-        "the retry of the first"
-    );
+    assert_eq!(app.post_xml(&event("click", "MENU_A")).await, 200, "the retry of the first");
     let delivered = receiver.wait_for(2, Duration::from_secs(10)).await;
     app.wait_until_outbox_empty().await;
     assert_eq!(receiver.delivered().len(), 2);
     let ids: HashSet<_> = delivered.iter().map(|d| d.message_id.clone()).collect();
     assert_eq!(ids.len(), 2);
-    assert!(delivered
-        .iter()
-        .all(|d| d.record["event"] == "click" && d.message_id.starts_with("app:evt:")));
+    assert!(delivered.iter().all(|d| d.record["event"] == "click" && d.message_id.starts_with("app:evt:")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,10 +136,7 @@ async fn errcode_42001_on_a_send_refreshes_once_and_retries_once() {
         ("WECOM_AGENT_ID", "1000002"),
     ])
     .await;
-    wecom.answer_once(
-        "message/send",
-        json!({"errcode": 42001, "errmsg": "access_token expired"}),
-    );
+    wecom.answer_once("message/send", json!({"errcode": 42001, "errmsg": "access_token expired"}));
     assert_eq!(app.post_text("help", 12).await, 200);
     let sends = wecom.wait_for_calls("message/send", 2).await;
     app.wait_until_outbox_empty().await;
@@ -169,46 +145,23 @@ async fn errcode_42001_on_a_send_refreshes_once_and_retries_once() {
     assert_eq!(sends[1].query["access_token"], "TOKEN-2");
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains(
-            "wechat_api_wecom_api_requests_total{api=\"message/send\",errcode=\"42001\"} 1"
-        ),
+        metrics.contains("wechat_api_wecom_api_requests_total{api=\"message/send\",errcode=\"42001\"} 1"),
         "{metrics}"
     );
-    assert!(
-        metrics.contains("wechat_api_access_token_refreshes_total{app=\"app\",outcome=\"ok\"} 2"),
-        "{metrics}"
-    );
+    assert!(metrics.contains("wechat_api_access_token_refreshes_total{app=\"app\",outcome=\"ok\"} 2"), "{metrics}");
 }
 
 fn token_source(wecom: &FakeWeCom, store: &Store) -> TokenSource {
     let metrics = Arc::new(Metrics::new("test"));
     let client = WeComClient::new(&wecom.base_url, Arc::clone(&metrics)).expect("client");
-    TokenSource::new(
-        "app",
-        CORP_ID,
-        Secret::new(SECRET),
-        client,
-        store.clone(),
-        metrics,
-    )
+    TokenSource::new("app", CORP_ID, Secret::new(SECRET), client, store.clone(), metrics)
 }
 
-async fn send_with(
-    source: &TokenSource,
-    client: &WeComClient,
-) -> Result<(), wechat_api::wecom::WeComError> {
-    let message = AppTextMessage {
-        touser: "u".into(),
-        msgtype: "text",
-        agentid: 1,
-        text: TextContent {
-            content: "x".into(),
-        },
-    };
+async fn send_with(source: &TokenSource, client: &WeComClient) -> Result<(), wechat_api::wecom::WeComError> {
+    let message =
+        AppTextMessage { touser: "u".into(), msgtype: "text", agentid: 1, text: TextContent { content: "x".into() } };
     let message = &message;
-    source
-        .call(|token| async move { client.message_send(&token, message).await.map(drop) })
-        .await
+    source.call(|token| async move { client.message_send(&token, message).await.map(drop) }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,13 +171,7 @@ async fn a_hundred_concurrent_sends_with_an_expired_token_cause_one_gettoken() {
     let store = Store::open(dir.path()).expect("store");
     let source = Arc::new(token_source(&wecom, &store));
     store
-        .save_token(
-            source.cache_key().to_owned(),
-            StoredToken {
-                token: "EXPIRED".into(),
-                expires_at: 1,
-            },
-        )
+        .save_token(source.cache_key().to_owned(), StoredToken { token: "EXPIRED".into(), expires_at: 1 })
         .await
         .expect("seed an expired token");
     let client = WeComClient::new(&wecom.base_url, Arc::new(Metrics::new("t"))).expect("client");
@@ -246,30 +193,15 @@ async fn a_restart_with_a_fresh_stored_token_makes_no_gettoken() {
     let client = WeComClient::new(&wecom.base_url, Arc::new(Metrics::new("t"))).expect("client");
     {
         let store = Store::open(dir.path()).expect("store");
-        send_with(&token_source(&wecom, &store), &client)
-            .await
-            .expect("first send");
+        send_with(&token_source(&wecom, &store), &client).await.expect("first send");
     }
     assert_eq!(wecom.calls("gettoken").len(), 1);
     let store = Store::open(dir.path()).expect("store reopened");
-    send_with(&token_source(&wecom, &store), &client)
-        .await
-        .expect("send after restart");
-    assert_eq!(
-        wecom.calls("gettoken").len(),
-        1,
-        "the stored token was reused"
-    );
+    send_with(&token_source(&wecom, &store), &client).await.expect("send after restart");
+    assert_eq!(wecom.calls("gettoken").len(), 1, "the stored token was reused");
     // Another Secret of the same corp has a cache of its own.
     let metrics = Arc::new(Metrics::new("t"));
-    let kf = TokenSource::new(
-        "kf",
-        CORP_ID,
-        Secret::new("kf-secret"),
-        client.clone(),
-        store.clone(),
-        metrics,
-    );
+    let kf = TokenSource::new("kf", CORP_ID, Secret::new("kf-secret"), client.clone(), store.clone(), metrics);
     kf.token().await.expect("kf token");
     assert_eq!(wecom.calls("gettoken").len(), 2);
     assert_eq!(wecom.calls("gettoken")[1].query["corpsecret"], "kf-secret");
@@ -293,10 +225,7 @@ async fn system_busy_is_retried_and_a_wrong_secret_is_not() {
         store.clone(),
         Arc::new(Metrics::new("t")),
     );
-    wecom.answer_once(
-        "gettoken",
-        json!({"errcode": 40001, "errmsg": "invalid credential"}),
-    );
+    wecom.answer_once("gettoken", json!({"errcode": 40001, "errmsg": "invalid credential"}));
     let error = other.token().await.expect_err("wrong secret");
     assert_eq!(error.errcode(), Some(40001));
     assert_eq!(wecom.calls("gettoken").len(), 3, "no retry loop on 40001");
@@ -309,36 +238,20 @@ async fn errcode_60020_names_the_ip_to_trust() {
     let dir = tempfile::tempdir().expect("dir");
     let store = Store::open(dir.path()).expect("store");
     wecom.answer_once("gettoken", json!({"errcode": 60020, "errmsg": "not allow to access from your ip, hint: [x], from ip: 198.51.100.23, more info at https://open.work.weixin.qq.com/devtool/query?e=60020"}));
-    let error = token_source(&wecom, &store)
-        .token()
-        .await
-        .expect_err("60020");
+    let error = token_source(&wecom, &store).token().await.expect_err("60020");
     let text = error.to_string();
-    assert!(
-        text.contains("add 198.51.100.23 to the app's trusted IPs"),
-        "{text}"
-    );
+    assert!(text.contains("add 198.51.100.23 to the app's trusted IPs"), "{text}");
     assert!(!text.contains(SECRET));
 }
 
 #[test]
 fn every_acknowledged_callback_survives_a_kill_9() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
         let receiver = ForwardReceiver::start().await;
         let dir = tempfile::tempdir().expect("dir");
         let (_, _, cert_pem) = write_certificate(dir.path(), 30);
-        let env = test_env(
-            dir.path(),
-            &[
-                ("FORWARD_URL", &receiver.url),
-                ("FORWARD_SECRET", &receiver.secret),
-            ],
-        );
+        let env = test_env(dir.path(), &[("FORWARD_URL", &receiver.url), ("FORWARD_SECRET", &receiver.secret)]);
 
         let mut command = wechat_api(dir.path());
         command.arg("serve").envs(env.clone());
@@ -355,26 +268,15 @@ fn every_acknowledged_callback_survives_a_kill_9() {
         let count = Arc::new(AtomicUsize::new(0));
         let senders: Vec<_> = (0..8u64)
             .map(|worker| {
-                let (client, acknowledged, count) = (
-                    client.clone(),
-                    Arc::clone(&acknowledged),
-                    Arc::clone(&count),
-                );
+                let (client, acknowledged, count) = (client.clone(), Arc::clone(&acknowledged), Arc::clone(&count));
                 tokio::spawn(async move {
                     for i in 0..50u64 {
                         let msg_id = 1_000_000 + worker * 1_000 + i;
-                        let signed =
-                            sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("burst", msg_id));
-                        let url = format!(
-                            "https://127.0.0.1:{port}/api/v1/wecom/callback?{}",
-                            signed.query
-                        );
+                        let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("burst", msg_id));
+                        let url = format!("https://127.0.0.1:{port}/api/v1/wecom/callback?{}", signed.query);
                         match client.post(url).body(signed.body).send().await {
                             Ok(r) if r.status().is_success() => {
-                                acknowledged
-                                    .lock()
-                                    .expect("lock")
-                                    .push(format!("app:msg:{msg_id}"));
+                                acknowledged.lock().expect("lock").push(format!("app:msg:{msg_id}"));
                                 count.fetch_add(1, Ordering::SeqCst);
                             }
                             _ => return,
@@ -392,24 +294,15 @@ fn every_acknowledged_callback_survives_a_kill_9() {
         for sender in senders {
             let _ = sender.await;
         }
-        let acknowledged: HashSet<String> =
-            acknowledged.lock().expect("lock").iter().cloned().collect();
-        assert!(
-            acknowledged.len() >= 150 && acknowledged.len() < 400,
-            "{} acknowledged",
-            acknowledged.len()
-        );
+        let acknowledged: HashSet<String> = acknowledged.lock().expect("lock").iter().cloned().collect();
+        assert!(acknowledged.len() >= 150 && acknowledged.len() < 400, "{} acknowledged", acknowledged.len());
 
         let mut command = wechat_api(dir.path());
         command.arg("serve").envs(env);
         let _restarted = Running::start(command);
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         loop {
-            let forwarded: HashSet<String> = receiver
-                .delivered()
-                .into_iter()
-                .map(|d| d.message_id)
-                .collect();
+            let forwarded: HashSet<String> = receiver.delivered().into_iter().map(|d| d.message_id).collect();
             let missing: Vec<_> = acknowledged.difference(&forwarded).collect();
             if missing.is_empty() {
                 break;

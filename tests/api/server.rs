@@ -8,29 +8,17 @@ async fn health_reports_in_the_draft_shape_with_its_content_type() {
     for path in ["/api/health", "/health"] {
         let response = app.client.get(app.url(path)).send().await.expect("request");
         assert_eq!(response.status(), 200, "{path}");
-        assert_eq!(
-            response.headers()["content-type"],
-            "application/health+json",
-            "{path}"
-        );
+        assert_eq!(response.headers()["content-type"], "application/health+json", "{path}");
         let body: serde_json::Value = response.json().await.expect("JSON");
         assert_eq!(body["status"], "pass", "{body}");
         assert_eq!(body["version"], env!("CARGO_PKG_VERSION"));
         let cert = &body["checks"]["tls:certificate"][0];
         assert_eq!(cert["status"], "pass");
         assert_eq!(cert["observedUnit"], "d");
-        assert!(
-            cert["observedValue"].as_i64().expect("days") >= 363,
-            "{cert}"
-        );
+        assert!(cert["observedValue"].as_i64().expect("days") >= 363, "{cert}");
         assert_eq!(body["checks"]["config:secrets"][0]["status"], "pass");
     }
-    let live = app
-        .client
-        .get(app.url("/api/health/live"))
-        .send()
-        .await
-        .expect("request");
+    let live = app.client.get(app.url("/api/health/live")).send().await.expect("request");
     assert_eq!(live.status(), 200);
 }
 
@@ -38,21 +26,13 @@ async fn health_reports_in_the_draft_shape_with_its_content_type() {
 async fn identical_secrets_are_a_warning_in_health_that_shows_no_secret() {
     let secret = "IdenticalSecretValue0123456789";
     let app = spawn_app_with(&[("WECOM_SECRET", secret), ("WECOM_KF_SECRET", secret)]).await;
-    let response = app
-        .client
-        .get(app.url("/api/health"))
-        .send()
-        .await
-        .expect("request");
+    let response = app.client.get(app.url("/api/health")).send().await.expect("request");
     assert_eq!(response.status(), 200, "warn still answers 200");
     let text = response.text().await.expect("body");
     assert!(!text.contains(secret));
     let body: serde_json::Value = serde_json::from_str(&text).expect("JSON");
     assert_eq!(body["status"], "warn");
-    assert!(body["checks"]["config:secrets"][0]["output"]
-        .as_str()
-        .expect("output")
-        .contains("95018"));
+    assert!(body["checks"]["config:secrets"][0]["output"].as_str().expect("output").contains("95018"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -60,14 +40,9 @@ async fn a_certificate_expiring_in_two_days_fails_health_with_503() {
     let dir = tempfile::tempdir().expect("dir");
     let (_, _, pem) = write_certificate(dir.path(), 2);
     let env = test_env(dir.path(), &[]);
-    let (config, _) = wechat_api::config::load(&wechat_api::config::Sources {
-        env,
-        ..Default::default()
-    })
-    .expect("config");
-    let app = wechat_api::startup::Application::build(config)
-        .await
-        .expect("starts");
+    let (config, _) =
+        wechat_api::config::load(&wechat_api::config::Sources { env, ..Default::default() }).expect("config");
+    let app = wechat_api::startup::Application::build(config).await.expect("starts");
     let port = app.port();
     let token = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
@@ -75,26 +50,13 @@ async fn a_certificate_expiring_in_two_days_fails_health_with_503() {
         .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"))
         .build()
         .expect("client");
-    let response = client
-        .get(format!("https://127.0.0.1:{port}/api/health"))
-        .send()
-        .await
-        .expect("request");
+    let response = client.get(format!("https://127.0.0.1:{port}/api/health")).send().await.expect("request");
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.expect("JSON");
     assert_eq!(body["status"], "fail");
     let check = &body["checks"]["tls:certificate"][0];
-    assert!(
-        check["output"]
-            .as_str()
-            .expect("output")
-            .contains("the certificate expires in"),
-        "{body}"
-    );
-    assert!(
-        check["observedValue"].as_i64().expect("days") <= 2,
-        "{body}"
-    );
+    assert!(check["output"].as_str().expect("output").contains("the certificate expires in"), "{body}");
+    assert!(check["observedValue"].as_i64().expect("days") <= 2, "{body}");
     drop(client);
     token.cancel();
     server.await.expect("task").expect("clean stop");
@@ -110,47 +72,19 @@ async fn metrics_are_prometheus_text_with_build_info_and_a_histogram() {
         .send()
         .await
         .expect("request");
-    let response = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(
-        response.headers()["content-type"],
-        "text/plain; version=0.0.4; charset=utf-8"
-    );
+    let response = app.client.get(app.url("/metrics")).send().await.expect("request");
+    assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let text = response.text().await.expect("body");
-    assert!(
-        text.contains(&format!(
-            "wechat_api_build_info{{version=\"{}\"}} 1",
-            env!("CARGO_PKG_VERSION")
-        )),
-        "{text}"
-    );
-    assert!(
-        text.contains("# TYPE wechat_api_callback_duration_seconds histogram"),
-        "{text}"
-    );
-    assert!(
-        text.contains("wechat_api_callback_duration_seconds_bucket{le=\"+Inf\"} 1"),
-        "{text}"
-    );
-    assert!(
-        text.contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 1"),
-        "{text}"
-    );
+    assert!(text.contains(&format!("wechat_api_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{text}");
+    assert!(text.contains("# TYPE wechat_api_callback_duration_seconds histogram"), "{text}");
+    assert!(text.contains("wechat_api_callback_duration_seconds_bucket{le=\"+Inf\"} 1"), "{text}");
+    assert!(text.contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 1"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_offers_h2_by_alpn_and_still_speaks_tls_1_2_and_http_1_1() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .get(app.url("/api/health/live"))
-        .send()
-        .await
-        .expect("h2 request");
+    let response = app.client.get(app.url("/api/health/live")).send().await.expect("h2 request");
     assert_eq!(response.version(), reqwest::Version::HTTP_2);
     let pem = std::fs::read(app.dir.path().join("server.crt")).expect("cert");
     let old_client = reqwest::Client::builder()
@@ -159,11 +93,7 @@ async fn tls_offers_h2_by_alpn_and_still_speaks_tls_1_2_and_http_1_1() {
         .http1_only()
         .build()
         .expect("client");
-    let response = old_client
-        .get(app.url("/api/health/live"))
-        .send()
-        .await
-        .expect("TLS 1.2 request");
+    let response = old_client.get(app.url("/api/health/live")).send().await.expect("TLS 1.2 request");
     assert_eq!(response.status(), 200);
     assert_eq!(response.version(), reqwest::Version::HTTP_11);
 }
@@ -174,18 +104,11 @@ async fn the_optional_plain_listener_serves_the_same_routes() {
     let port = app.http_port.expect("plain listener");
     assert_ne!(port, app.port);
     let plain = reqwest::Client::new();
-    let response = plain
-        .get(format!("http://127.0.0.1:{port}/api/health"))
-        .send()
-        .await
-        .expect("request");
+    let response = plain.get(format!("http://127.0.0.1:{port}/api/health")).send().await.expect("request");
     assert_eq!(response.status(), 200);
     let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("plain", 5));
     let response = plain
-        .post(format!(
-            "http://127.0.0.1:{port}/wechat/callback?{}",
-            signed.query
-        ))
+        .post(format!("http://127.0.0.1:{port}/wechat/callback?{}", signed.query))
         .body(signed.body)
         .send()
         .await
@@ -196,27 +119,17 @@ async fn the_optional_plain_listener_serves_the_same_routes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_disabled_serves_plain_http_on_the_main_port() {
     let app = spawn_app_with(&[("TLS_ENABLED", "false")]).await;
-    let response = reqwest::get(format!("http://127.0.0.1:{}/api/health/live", app.port))
-        .await
-        .expect("request");
+    let response = reqwest::get(format!("http://127.0.0.1:{}/api/health/live", app.port)).await.expect("request");
     assert_eq!(response.status(), 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_paths_are_404_and_the_service_stops_cleanly() {
     let app = spawn_app().await;
-    let response = app
-        .client
-        .get(app.url("/nope"))
-        .send()
-        .await
-        .expect("request");
+    let response = app.client.get(app.url("/nope")).send().await.expect("request");
     assert_eq!(response.status(), 404);
     assert_eq!(response.text().await.expect("body"), "not found\n");
     let port = app.port;
     app.stop().await.expect("run_until_stopped returns Ok");
-    assert!(
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_err(),
-        "the listener is closed after stop"
-    );
+    assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err(), "the listener is closed after stop");
 }

@@ -1,0 +1,206 @@
+//! The kf syncer: pulls WeChat Customer Service messages with `kf/sync_msg`.
+//!
+//! A `kf_msg_or_event` notice only says "there is something": the dispatcher hands
+//! `(open_kfid, token)` to [`KfSyncHandle::request`], and this task, never the
+//! callback request, pulls. Requests for the same account coalesce (the newest
+//! Token wins); accounts sync one at a time. Each page's messages and its
+//! `next_cursor` are stored in one transaction, so a restart resumes exactly where
+//! the last stored page ended: nothing skipped, nothing handled twice (messages
+//! are journaled by msgid and handled from the journal).
+//!
+//! Deliberately not here: what a message means (the dispatcher's job).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::messages::kf::KfMessage;
+use crate::store::journal::{NewEntry, KIND_KF_MESSAGE};
+use crate::store::Store;
+use crate::wecom::models::KfSyncRequest;
+use crate::wecom::{WeCom, WeComError};
+
+/// Messages per page: WeCom's maximum.
+const PAGE_LIMIT: u32 = 1000;
+/// Failed pages before an account is left until its next notice.
+const MAX_FAILURES: u32 = 6;
+
+/// Asks the syncer to pull one account.
+#[derive(Debug, Clone)]
+pub struct KfSyncHandle {
+    sender: mpsc::UnboundedSender<(String, Option<String>)>,
+}
+
+impl KfSyncHandle {
+    /// Schedules a sync of `open_kfid` with the notice's `token` (valid 10 min).
+    pub fn request(&self, open_kfid: String, token: Option<String>) {
+        // The syncer only stops at shutdown; a request after that has nowhere to go.
+        let _ = self.sender.send((open_kfid, token));
+    }
+}
+
+/// The background task.
+pub struct KfSyncer {
+    store: Store,
+    wecom: Arc<WeCom>,
+    journal_wake: Arc<Notify>,
+    requests: mpsc::UnboundedReceiver<(String, Option<String>)>,
+}
+
+impl KfSyncer {
+    pub fn new(store: Store, wecom: Arc<WeCom>, journal_wake: Arc<Notify>) -> (Self, KfSyncHandle) {
+        let (sender, requests) = mpsc::unbounded_channel();
+        (Self { store, wecom, journal_wake, requests }, KfSyncHandle { sender })
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        // Accounts synced before: pull once now, in case a notice was lost in a crash.
+        // No Token: allowed, under a stricter rate limit.
+        let mut pending: BTreeMap<String, Option<String>> = match self.store.kf_accounts().await {
+            Ok(accounts) => accounts.into_iter().map(|a| (a, None)).collect(),
+            Err(error) => {
+                tracing::error!("kf sync: cannot read stored accounts: {error}");
+                BTreeMap::new()
+            }
+        };
+        loop {
+            while let Ok((account, token)) = self.requests.try_recv() {
+                coalesce(&mut pending, account, token);
+            }
+            let Some((account, token)) = pending.pop_first() else {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    request = self.requests.recv() => match request {
+                        Some((account, token)) => coalesce(&mut pending, account, token),
+                        None => return,
+                    },
+                }
+                continue;
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.sync_account(&account, token) => {}
+            }
+        }
+    }
+
+    /// Pulls every page of one account.
+    pub async fn sync_account(&self, open_kfid: &str, mut token: Option<String>) {
+        let tokens = match self.wecom.kf_tokens() {
+            Ok(tokens) => tokens,
+            Err(error) => {
+                tracing::error!(open_kfid, "kf sync impossible: {error}");
+                return;
+            }
+        };
+        let mut failures = 0u32;
+        let mut pages = 0u32;
+        loop {
+            let cursor = match self.store.kf_cursor(open_kfid.to_owned()).await {
+                Ok(cursor) => cursor,
+                Err(error) => {
+                    tracing::error!(open_kfid, "kf sync: cannot read the cursor: {error}");
+                    return;
+                }
+            };
+            let request = KfSyncRequest {
+                cursor,
+                token: token.clone(),
+                limit: PAGE_LIMIT,
+                open_kfid: Some(open_kfid.to_owned()),
+            };
+            let request = &request;
+            let page = tokens.call(|t| async move { self.wecom.client.kf_sync_msg(&t, request).await }).await;
+            let page = match page {
+                Ok(page) => page,
+                Err(error) if token.is_some() && is_event_token_error(&error) => {
+                    tracing::info!(open_kfid, "kf sync Token refused ({error}); continuing without it");
+                    token = None;
+                    continue;
+                }
+                Err(error) => {
+                    failures += 1;
+                    if failures >= MAX_FAILURES {
+                        tracing::error!(open_kfid, "kf sync gave up after {failures} failures (the next notice retries from the stored cursor): {error}");
+                        return;
+                    }
+                    let delay = Duration::from_secs(1 << failures.min(6));
+                    tracing::warn!(open_kfid, retry_in_secs = delay.as_secs(), "kf sync failed: {error}");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            };
+            failures = 0;
+            pages += 1;
+            let entries: Vec<NewEntry> =
+                page.msg_list.into_iter().filter_map(|raw| journal_entry(open_kfid, raw)).collect();
+            let received = entries.len();
+            match self.store.kf_store_page(open_kfid.to_owned(), entries, page.next_cursor).await {
+                Ok(new) => {
+                    tracing::debug!(open_kfid, page = pages, received, new, "kf page stored");
+                    if new > 0 {
+                        self.journal_wake.notify_one();
+                    }
+                }
+                Err(error) => {
+                    tracing::error!(open_kfid, "kf sync: cannot store a page (it will be pulled again): {error}");
+                    return;
+                }
+            }
+            // Page on while WeCom says there is more, even through empty pages.
+            if page.has_more != 1 {
+                return;
+            }
+        }
+    }
+}
+
+/// Keeps one request per account; a Token replaces none or an older one.
+fn coalesce(pending: &mut BTreeMap<String, Option<String>>, account: String, token: Option<String>) {
+    let slot = pending.entry(account).or_insert(None);
+    if token.is_some() {
+        *slot = token;
+    }
+}
+
+/// The notice's Token expired or does not fit (95007 and its neighbours).
+fn is_event_token_error(error: &WeComError) -> bool {
+    matches!(error.errcode(), Some(95007..=95009))
+}
+
+/// The journal entry of one `msg_list` element; `None` (logged) when it has no msgid.
+fn journal_entry(open_kfid: &str, raw: serde_json::Value) -> Option<NewEntry> {
+    match KfMessage::parse(raw) {
+        Ok(message) => Some(NewEntry {
+            dedup_key: format!("kf:msg:{}", message.msgid),
+            channel: "kf",
+            kind: KIND_KF_MESSAGE,
+            sender: message.external_userid.clone(),
+            payload: message.raw.to_string(),
+        }),
+        Err(error) => {
+            tracing::warn!(open_kfid, "skipping a kf message: {error}");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_coalesce_and_keep_the_newest_token() {
+        let mut pending = BTreeMap::new();
+        coalesce(&mut pending, "wkA".into(), Some("T1".into()));
+        coalesce(&mut pending, "wkA".into(), None);
+        coalesce(&mut pending, "wkA".into(), Some("T2".into()));
+        coalesce(&mut pending, "wkB".into(), None);
+        assert_eq!(pending.len(), 2);
+        assert_eq!(pending["wkA"].as_deref(), Some("T2"));
+        assert_eq!(pending["wkB"], None);
+    }
+}

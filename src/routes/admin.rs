@@ -1,0 +1,147 @@
+//! Admin endpoints under `/api/*`, only with `Authorization: Bearer $ADMIN_TOKEN`.
+//! With `ADMIN_TOKEN` unset they are off (404 that says so).
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::names::{IdType, NameError};
+use crate::routes::AppState;
+use crate::wecom::connection;
+
+/// Most ids one batch request may resolve.
+const MAX_BATCH: usize = 100;
+
+fn answer(status: StatusCode, body: serde_json::Value) -> HttpResponse {
+    HttpResponse::build(status).json(body)
+}
+
+/// The response to send instead of serving: 404 when off, 401 without the bearer.
+fn refusal(request: &HttpRequest, state: &AppState) -> Option<HttpResponse> {
+    let Some(expected) = &state.admin_token else {
+        return Some(answer(
+            StatusCode::NOT_FOUND,
+            json!({"status": "error", "error": "admin endpoints are off: set ADMIN_TOKEN to enable them"}),
+        ));
+    };
+    let presented = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Constant time: the comparison must not tell how much of a guess was right.
+    if expected.matches(presented.trim()) {
+        None
+    } else {
+        tracing::warn!(path = request.path(), "admin request refused: missing or wrong bearer token");
+        Some(HttpResponse::Unauthorized().insert_header(("WWW-Authenticate", "Bearer")).json(
+            json!({"status": "error", "error": "missing or wrong bearer token (Authorization: Bearer $ADMIN_TOKEN)"}),
+        ))
+    }
+}
+
+fn name_error(error: &NameError) -> serde_json::Value {
+    match error {
+        NameError::WeCom(e) => json!({
+            "status": "error",
+            "error": e.to_string(),
+            "errcode": e.errcode(),
+            "hint": e.api().and_then(|a| a.hint()),
+        }),
+        NameError::Store(e) => json!({"status": "error", "error": e.to_string()}),
+    }
+}
+
+/// `GET /api/test-wecom-connection`
+pub async fn test_connection(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refused) = refusal(&request, &state) {
+        return refused;
+    }
+    let report = connection::test_connection(&state.wecom, state.credentials.corp_id().as_str()).await;
+    answer(StatusCode::OK, serde_json::to_value(report).unwrap_or_default())
+}
+
+/// `GET /api/fetch-wecom-name/{id_type}/{id}`
+pub async fn fetch_name(
+    request: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    if let Some(refused) = refusal(&request, &state) {
+        return refused;
+    }
+    let (id_type, id) = path.into_inner();
+    let Some(id_type) = IdType::parse(&id_type) else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            json!({"status": "error", "error": "id_type must be user_id or external_user_id"}),
+        );
+    };
+    match state.names.resolve(id_type, &id).await {
+        Ok(resolved) => answer(StatusCode::OK, json!({"status": "success", "result": resolved})),
+        Err(error) => answer(StatusCode::BAD_GATEWAY, name_error(&error)),
+    }
+}
+
+/// The body of `POST /api/batch-fetch-wecom-names`: explicit ids, or ids seen in
+/// stored messages.
+#[derive(Debug, Deserialize)]
+pub struct BatchRequest {
+    id_type: String,
+    #[serde(default)]
+    ids: Option<Vec<String>>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    only_unmapped: bool,
+}
+
+/// `POST /api/batch-fetch-wecom-names`
+pub async fn batch_fetch_names(request: HttpRequest, body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refused) = refusal(&request, &state) {
+        return refused;
+    }
+    let bad = |reason: String| answer(StatusCode::BAD_REQUEST, json!({"status": "error", "error": reason}));
+    let batch: BatchRequest = match serde_json::from_slice(&body) {
+        Ok(batch) => batch,
+        Err(e) => {
+            return bad(format!(
+            "body must be {{\"id_type\":…,\"ids\":[…]}} or {{\"id_type\":…,\"limit\":N,\"only_unmapped\":true}}: {e}"
+        ))
+        }
+    };
+    let Some(id_type) = IdType::parse(&batch.id_type) else {
+        return bad("id_type must be user_id or external_user_id".into());
+    };
+    let ids = match (batch.ids, batch.limit) {
+        (Some(ids), _) if ids.len() > MAX_BATCH => return bad(format!("at most {MAX_BATCH} ids per request")),
+        (Some(ids), _) => ids,
+        (None, Some(limit)) => match state.names.seen(id_type, batch.only_unmapped, limit.min(MAX_BATCH)).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "error", "error": e.to_string()}))
+            }
+        },
+        (None, None) => return bad("give either ids or limit".into()),
+    };
+    let mut results = Vec::with_capacity(ids.len());
+    let mut failed = 0;
+    for id in ids {
+        match state.names.resolve(id_type, &id).await {
+            Ok(resolved) => results.push(serde_json::to_value(resolved).unwrap_or_default()),
+            Err(error) => {
+                failed += 1;
+                let mut value = name_error(&error);
+                value["id"] = json!(id);
+                results.push(value);
+            }
+        }
+    }
+    let status = if failed == 0 { "success" } else { "partial" };
+    answer(
+        StatusCode::OK,
+        json!({"status": status, "resolved": results.len() - failed, "failed": failed, "results": results}),
+    )
+}
