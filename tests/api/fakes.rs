@@ -24,6 +24,8 @@ struct WeComState {
     delays: HashMap<String, Duration>,
     issued: u64,
     valid_tokens: Vec<String>,
+    /// APIs in the order their answers were sent (after any delay).
+    answered: Vec<String>,
     /// Files served by `media/get`, by media id.
     media: HashMap<String, Vec<u8>>,
 }
@@ -62,6 +64,21 @@ impl FakeWeCom {
         self.state.lock().expect("lock").calls.iter().filter(|c| c.api == api).cloned().collect()
     }
 
+    /// Every call to `api` waits `delay` before answering.
+    pub fn delay(&self, api: &str, delay: Duration) {
+        self.state.lock().expect("lock").delays.insert(api.to_owned(), delay);
+    }
+
+    /// `media/get` serves `bytes` for `media_id`.
+    pub fn serve_media(&self, media_id: &str, bytes: &[u8]) {
+        self.state.lock().expect("lock").media.insert(media_id.to_owned(), bytes.to_vec());
+    }
+
+    /// How many answers to `api` have been sent so far.
+    pub fn answered(&self, api: &str) -> usize {
+        self.state.lock().expect("lock").answered.iter().filter(|a| *a == api).count()
+    }
+
     /// Polls until `api` was called `count` times, or fails after 15 s.
     pub async fn wait_for_calls(&self, api: &str, count: usize) -> Vec<Call> {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -91,6 +108,7 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
+    state.lock().expect("lock").answered.push(api);
     match answer {
         Ok(json) => HttpResponse::Ok().json(json),
         Err(bytes) => HttpResponse::Ok().content_type("image/png").body(bytes),
@@ -117,6 +135,11 @@ fn default_answer(s: &mut WeComState, api: &str, query: &HashMap<String, String>
         "kf/account/list" => {
             json!({"errcode": 0, "errmsg": "ok", "account_list": [{"open_kfid": "wkTEST", "name": "客服"}]})
         }
+        "kf/sync_msg" => json!({"errcode": 0, "errmsg": "ok", "next_cursor": "", "has_more": 0, "msg_list": []}),
+        "kf/service_state/get" => json!({"errcode": 0, "errmsg": "ok", "service_state": 3, "servicer_userid": "lisi"}),
+        "externalcontact/get" => json!({"errcode": 84061, "errmsg": "not external contact"}),
+        "kf/customer/batchget" => json!({"errcode": 0, "errmsg": "ok",
+            "customer_list": [{"external_userid": "wmCUSTOMER", "nickname": "微信用户甲"}]}),
         "user/get" => {
             json!({"errcode": 0, "errmsg": "ok", "userid": query.get("userid"), "name": "张三"})
         }

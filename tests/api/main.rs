@@ -6,4 +6,5 @@ mod cli;
 mod fakes;
 mod helpers;
 mod ingest;
+mod kf;
 mod server;
