@@ -134,3 +134,63 @@ mod tests {
         assert_eq!(board.report("1").status, Status::Fail);
     }
 }
+
+/// What `/api/health/live` knows: the supervisor's heartbeat and the background
+/// tasks a restart would revive.
+#[derive(Debug)]
+pub struct Liveness {
+    last_beat: std::sync::atomic::AtomicI64,
+    /// Silence longer than this means the supervisor is stuck.
+    max_silence_secs: i64,
+    tasks: std::sync::Mutex<Vec<(&'static str, tokio::task::AbortHandle)>>,
+}
+
+impl Liveness {
+    pub fn new(max_silence_secs: i64) -> Self {
+        Self {
+            last_beat: std::sync::atomic::AtomicI64::new(crate::store::now()),
+            max_silence_secs,
+            tasks: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// The supervisor finished a run.
+    pub fn beat(&self) {
+        self.last_beat.store(crate::store::now(), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Watches a background task: its end (panic or abort) makes the service not live.
+    pub fn watch(&self, name: &'static str, task: tokio::task::AbortHandle) {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push((name, task));
+    }
+
+    /// Background tasks that have stopped.
+    pub fn dead_tasks(&self) -> Vec<&'static str> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(_, t)| t.is_finished())
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Fault injection for drills and tests: stops the named background task.
+    pub fn inject_fault(&self, name: &str) -> bool {
+        let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.iter().filter(|(n, _)| *n == name).inspect(|(_, t)| t.abort()).count() > 0
+    }
+
+    /// `Ok` when live; else why a restart would help.
+    pub fn check(&self) -> Result<(), String> {
+        let dead = self.dead_tasks();
+        if !dead.is_empty() {
+            return Err(format!("background task stopped: {}", dead.join(", ")));
+        }
+        let silence = crate::store::now() - self.last_beat.load(std::sync::atomic::Ordering::Relaxed);
+        if silence > self.max_silence_secs {
+            return Err(format!("the supervisor has not run for {silence}s"));
+        }
+        Ok(())
+    }
+}

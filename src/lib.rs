@@ -10,6 +10,7 @@
 //! - [`crypto`] and [`messages`]: pure code, no I/O.
 //! - [`health`], [`telemetry`], [`tls`]: what the service reports about itself and how it listens.
 
+pub mod alerts;
 pub mod callback;
 pub mod cli;
 pub mod commands;
@@ -24,6 +25,7 @@ pub mod names;
 pub mod routes;
 pub mod startup;
 pub mod store;
+pub mod supervisor;
 pub mod telemetry;
 pub mod tls;
 pub mod wecom;

@@ -17,16 +17,19 @@ use tokio_util::task::TaskTracker;
 
 use tokio::sync::Notify;
 
+use crate::alerts::Alerter;
 use crate::callback::CallbackCredentials;
 use crate::config::Config;
 use crate::dispatch::actions::Executor;
 use crate::dispatch::handlers::HandlerSettings;
 use crate::dispatch::{Dispatcher, Outbox};
-use crate::health::{CheckResult, HealthBoard, Status};
+use crate::health::{HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{Store, StoreError};
+use crate::supervisor::checks::{self, Checks};
+use crate::supervisor::{Supervisor, Timing};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertificateStore, TlsError};
 use crate::wecom::WeCom;
@@ -55,6 +58,8 @@ pub enum StartupError {
     Store(#[from] StoreError),
     #[error("cannot start: {0}")]
     Component(String),
+    #[error("alert email: {0}")]
+    Alerts(String),
     #[error("cannot start the HTTP server: {0}")]
     Server(std::io::Error),
 }
@@ -63,7 +68,12 @@ impl StartupError {
     /// Problems the operator fixes in configuration or files (exit 64), as opposed
     /// to run-time failures.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, StartupError::Tls(_) | StartupError::Store(StoreError::Open { .. } | StoreError::TooNew { .. }))
+        matches!(
+            self,
+            StartupError::Tls(_)
+                | StartupError::Alerts(_)
+                | StartupError::Store(StoreError::Open { .. } | StoreError::TooNew { .. })
+        )
     }
 }
 
@@ -84,12 +94,12 @@ impl Application {
         tls::install_crypto_provider();
         let metrics = Arc::new(Metrics::new(VERSION));
         let health = Arc::new(HealthBoard::default());
-        record_config_checks(&config, &health);
+        health.set("config:secrets", checks::secrets_check(config.secrets_identical()));
 
         let listen = &config.listen;
         let certificates = if listen.tls_enabled {
             let store = CertificateStore::open(&listen.cert_path, &listen.key_path)?;
-            health.set("tls:certificate", certificate_check(store.not_after()));
+            health.set("tls:certificate", checks::certificate_check(store.not_after()));
             Some(store)
         } else {
             None
@@ -124,6 +134,32 @@ impl Application {
         );
         let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(&metrics), outbox_wake);
 
+        let (alerter, mailer) = Alerter::new(config.alert_email.as_ref(), Arc::clone(&metrics))
+            .map_err(|e| StartupError::Alerts(e.to_string()))?;
+        // Silence longer than three periods (and a margin) means the supervisor is stuck.
+        let liveness = Arc::new(Liveness::new(3 * config.supervisor_interval.as_secs() as i64 + 30));
+        let supervisor = Supervisor::new(
+            Checks::new(
+                config.upload_dir.clone(),
+                certificates.clone(),
+                store.clone(),
+                Arc::clone(&wecom),
+                Arc::clone(&metrics),
+                alerter.clone(),
+                config.secrets_identical(),
+            ),
+            Arc::clone(&health),
+            Arc::clone(&liveness),
+            alerter.clone(),
+            store.clone(),
+            Arc::clone(&metrics),
+            Timing {
+                interval: config.supervisor_interval,
+                group_wait: config.alert_group_wait,
+                repeat: config.alert_repeat,
+            },
+        );
+
         let state = web::Data::new(AppState {
             credentials: CallbackCredentials::from_config(&config),
             metrics: Arc::clone(&metrics),
@@ -133,6 +169,8 @@ impl Application {
             journal_wake,
             wecom,
             admin_token: config.admin_token.clone(),
+            liveness: Arc::clone(&liveness),
+            alerter: alerter.clone(),
             version: VERSION,
         });
         let app_state = state.clone();
@@ -163,9 +201,18 @@ impl Application {
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         tasks.spawn(metrics_upkeep(metrics, state.store.clone(), shutdown.clone()));
-        tasks.spawn(dispatcher.run(shutdown.clone()));
-        tasks.spawn(outbox.run(shutdown.clone()));
-        tasks.spawn(kf_syncer.run(shutdown.clone()));
+        liveness.watch("dispatcher", tasks.spawn(dispatcher.run(shutdown.clone())).abort_handle());
+        liveness.watch("outbox", tasks.spawn(outbox.run(shutdown.clone())).abort_handle());
+        if state.wecom.kf.is_some() {
+            liveness.watch("kf-sync", tasks.spawn(kf_syncer.run(shutdown.clone())).abort_handle());
+        }
+        liveness.watch("supervisor", tasks.spawn(supervisor.run(shutdown.clone())).abort_handle());
+        if let Some(mailer) = mailer {
+            liveness.watch("mailer", tasks.spawn(mailer.run(shutdown.clone())).abort_handle());
+        }
+        if let Some(url) = config.heartbeat_url.clone() {
+            tasks.spawn(heartbeat(url, shutdown.clone()));
+        }
         tracing::info!(
             port,
             http_port,
@@ -210,9 +257,10 @@ impl Application {
     /// Serves until SIGTERM, SIGINT or the shutdown token, then drains requests
     /// (bounded by [`DRAIN_TIMEOUT`]) and waits for background tasks.
     pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        let Self { server, shutdown, tasks, .. } = self;
+        let Self { server, shutdown, tasks, state, .. } = self;
         let handle = server.handle();
         let mut server = tokio::spawn(server);
+        let liveness = Arc::clone(&state.liveness);
         let stop_reason = tokio::select! {
             result = &mut server => {
                 shutdown.cancel();
@@ -222,6 +270,14 @@ impl Application {
             }
             reason = stop_signal() => reason,
             () = shutdown.cancelled() => "shutdown requested",
+            dead = watchdog(&liveness) => {
+                // Unrecoverable in-process fault: exit non-zero so the container's
+                // restart policy brings the service back.
+                tracing::error!("watchdog: {dead} stopped {WATCHDOG_GRACE:?} ago; exiting so the service restarts");
+                shutdown.cancel();
+                handle.stop(false).await;
+                return Err(std::io::Error::other(format!("watchdog: background task {dead} stopped")));
+            }
         };
         tracing::info!("{stop_reason}: draining for at most {}s", DRAIN_TIMEOUT.as_secs());
         shutdown.cancel();
@@ -231,6 +287,46 @@ impl Application {
         tasks.wait().await;
         tracing::info!("stopped");
         served
+    }
+}
+
+/// How long a dead background task is reported by `/api/health/live` before the
+/// watchdog ends the process.
+pub const WATCHDOG_GRACE: Duration = Duration::from_secs(60);
+
+/// Resolves with a task's name once it has been dead for [`WATCHDOG_GRACE`].
+async fn watchdog(liveness: &Liveness) -> String {
+    let mut dead_since: Option<tokio::time::Instant> = None;
+    loop {
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        match liveness.dead_tasks().first() {
+            None => dead_since = None,
+            Some(name) => {
+                let since = *dead_since.get_or_insert_with(tokio::time::Instant::now);
+                if since.elapsed() >= WATCHDOG_GRACE {
+                    return (*name).to_owned();
+                }
+            }
+        }
+    }
+}
+
+/// `HEARTBEAT_URL`: fetched every minute, a dead-man's switch for an outside monitor.
+async fn heartbeat(url: String, shutdown: CancellationToken) {
+    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else {
+        tracing::error!("HEARTBEAT_URL: cannot build an HTTP client");
+        return;
+    };
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => match client.get(&url).send().await {
+                Ok(response) if response.status().is_success() => tracing::debug!("heartbeat sent"),
+                Ok(response) => tracing::warn!("HEARTBEAT_URL answered HTTP {}", response.status()),
+                Err(error) => tracing::warn!("HEARTBEAT_URL: {}", error.without_url()),
+            },
+        }
     }
 }
 
@@ -265,38 +361,5 @@ async fn metrics_upkeep(metrics: Arc<Metrics>, store: Store, shutdown: Cancellat
                 operations.absolute(stats.operations.load(std::sync::atomic::Ordering::Relaxed));
             }
         }
-    }
-}
-
-fn record_config_checks(config: &Config, health: &HealthBoard) {
-    let check = if config.secrets_identical() {
-        CheckResult::new(Status::Warn).output(
-            "WECOM_SECRET and WECOM_KF_SECRET are identical: fine for a self-built app authorised for 微信客服, \
-             otherwise kf sends fail with 95018",
-        )
-    } else {
-        CheckResult::new(Status::Pass)
-    };
-    health.set("config:secrets", check);
-}
-
-/// `tls:certificate` from the days left: warn under 14, fail under 3 or expired.
-pub fn certificate_check(not_after: i64) -> CheckResult {
-    let now = time::OffsetDateTime::now_utc().unix_timestamp();
-    let days_left = (not_after - now).div_euclid(86_400);
-    let status = match days_left {
-        d if d < 3 => Status::Fail,
-        d if d < 14 => Status::Warn,
-        _ => Status::Pass,
-    };
-    let output = match status {
-        Status::Pass => None,
-        _ if not_after <= now => Some("the certificate has expired: replace TLS_CERT_PATH / TLS_KEY_PATH".to_owned()),
-        _ => Some(format!("the certificate expires in {days_left} days: renew it")),
-    };
-    let result = CheckResult::new(status).observed(days_left, "d");
-    match output {
-        Some(text) => result.output(text),
-        None => result,
     }
 }

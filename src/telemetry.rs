@@ -7,6 +7,7 @@
 //!
 //! Deliberately not here: deciding *what* happened (callers pass an [`Outcome`]).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
@@ -60,6 +61,68 @@ const CALLBACK_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
+/// Upper bounds (ms) of the latency window's buckets; the last bucket is open.
+const WINDOW_BOUNDS_MS: [u64; 13] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2000, 4000, 8000];
+/// Minutes the window covers.
+const WINDOW_MINUTES: u64 = 5;
+
+/// Callback latencies of the last few minutes, for `callback:latency`: one slot per
+/// minute, a fixed histogram per slot, one atomic add per callback.
+#[derive(Debug, Default)]
+pub struct LatencyWindow {
+    slots: [WindowSlot; WINDOW_MINUTES as usize + 1],
+}
+
+#[derive(Debug, Default)]
+struct WindowSlot {
+    minute: AtomicU64,
+    counts: [AtomicU64; WINDOW_BOUNDS_MS.len() + 1],
+}
+
+fn current_minute() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() / 60).unwrap_or(0)
+}
+
+impl LatencyWindow {
+    pub fn record(&self, elapsed: Duration, minute: u64) {
+        let slot = &self.slots[(minute % self.slots.len() as u64) as usize];
+        let seen = slot.minute.load(Ordering::Relaxed);
+        if seen != minute && slot.minute.compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
+            // This slot last held a minute long gone: start it afresh.
+            slot.counts.iter().for_each(|c| c.store(0, Ordering::Relaxed));
+        }
+        let ms = elapsed.as_millis() as u64;
+        let bucket = WINDOW_BOUNDS_MS.iter().position(|bound| ms < *bound).unwrap_or(WINDOW_BOUNDS_MS.len());
+        slot.counts[bucket].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The 95th percentile (as its bucket's upper bound) over the last
+    /// [`WINDOW_MINUTES`] minutes, with the number of samples; `None` without any.
+    pub fn p95(&self, minute: u64) -> Option<(Duration, u64)> {
+        let mut totals = [0u64; WINDOW_BOUNDS_MS.len() + 1];
+        for slot in &self.slots {
+            let m = slot.minute.load(Ordering::Relaxed);
+            if m + WINDOW_MINUTES > minute && m <= minute {
+                for (total, count) in totals.iter_mut().zip(&slot.counts) {
+                    *total += count.load(Ordering::Relaxed);
+                }
+            }
+        }
+        let samples: u64 = totals.iter().sum();
+        if samples == 0 {
+            return None;
+        }
+        let wanted = samples.saturating_mul(95).div_ceil(100);
+        let mut seen = 0;
+        let bucket = totals.iter().position(|count| {
+            seen += count;
+            seen >= wanted
+        })?;
+        let bound = WINDOW_BOUNDS_MS.get(bucket).copied().unwrap_or(2 * WINDOW_BOUNDS_MS[WINDOW_BOUNDS_MS.len() - 1]);
+        Some((Duration::from_millis(bound), samples))
+    }
+}
+
 /// The application's metrics: the recorder, its renderer, and hot-path handles.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -67,6 +130,9 @@ pub struct Metrics {
     /// Indexed by [`Self::callback_index`]: (app | kf | unknown) × every outcome.
     callbacks: Vec<Counter>,
     callback_duration: Histogram,
+    latency: LatencyWindow,
+    accepted: AtomicU64,
+    refused: AtomicU64,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -110,7 +176,15 @@ impl Metrics {
             })
             .collect();
         let callback_duration = recorder.register_histogram(&Key::from_name(CALLBACK_DURATION), &METADATA);
-        Self { recorder, handle, callbacks, callback_duration }
+        Self {
+            recorder,
+            handle,
+            callbacks,
+            callback_duration,
+            latency: LatencyWindow::default(),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+        }
     }
 
     fn callback_index(channel: Option<Channel>, outcome: Outcome) -> usize {
@@ -125,6 +199,19 @@ impl Metrics {
             counter.increment(1);
         }
         self.callback_duration.record(elapsed.as_secs_f64());
+        self.latency.record(elapsed, current_minute());
+        let total = if matches!(outcome, Outcome::Ok | Outcome::Duplicate) { &self.accepted } else { &self.refused };
+        total.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// p95 of callback handling over the last minutes, and the sample count.
+    pub fn callback_p95(&self) -> Option<(Duration, u64)> {
+        self.latency.p95(current_minute())
+    }
+
+    /// Callbacks accepted (answered 2xx) and refused since start.
+    pub fn callback_totals(&self) -> (u64, u64) {
+        (self.accepted.load(Ordering::Relaxed), self.refused.load(Ordering::Relaxed))
     }
 
     /// A counter with labels, registered on first use; for metrics off the hot path.
@@ -168,6 +255,23 @@ mod tests {
         assert!(text.contains("wechat_api_callback_duration_seconds_bucket{le=\"0.0025\"} 2"), "{text}");
         assert!(text.contains("wechat_api_callback_duration_seconds_count 2"), "{text}");
         assert!(text.contains("# TYPE wechat_api_callback_duration_seconds histogram"), "{text}");
+    }
+
+    #[test]
+    fn the_latency_window_reports_p95_over_recent_minutes_only() {
+        let window = LatencyWindow::default();
+        assert_eq!(window.p95(100), None);
+        for _ in 0..94 {
+            window.record(Duration::from_micros(500), 100);
+        }
+        for _ in 0..6 {
+            window.record(Duration::from_millis(1500), 100);
+        }
+        assert_eq!(window.p95(100), Some((Duration::from_millis(2000), 100)));
+        assert_eq!(window.p95(104).map(|(_, n)| n), Some(100), "still inside the window");
+        assert_eq!(window.p95(105), None, "five minutes later it has aged out");
+        window.record(Duration::from_millis(3), 106);
+        assert_eq!(window.p95(106), Some((Duration::from_millis(5), 1)), "a reused slot starts afresh");
     }
 
     #[test]

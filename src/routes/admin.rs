@@ -145,3 +145,25 @@ pub async fn batch_fetch_names(request: HttpRequest, body: web::Bytes, state: we
         json!({"status": status, "resolved": results.len() - failed, "failed": failed, "results": results}),
     )
 }
+
+/// `POST /api/alerts/test`: queues a test email to `ALERT_EMAIL_TO`.
+pub async fn test_alert(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    if let Some(refused) = refusal(&request, &state) {
+        return refused;
+    }
+    if !state.alerter.status().enabled {
+        return answer(
+            StatusCode::CONFLICT,
+            json!({"status": "error", "error": "email alerts are off: set ALERT_EMAIL_ENABLED=true and the SMTP_* variables"}),
+        );
+    }
+    let host = crate::alerts::host_name();
+    state.alerter.send(crate::alerts::Mail {
+        subject: format!("[wechat-api TEST] alert email from {host}"),
+        body: format!(
+            "This is a test alert from wechat-api {} on {host}. If you can read it, alerts reach you.\n",
+            state.version
+        ),
+    });
+    answer(StatusCode::ACCEPTED, json!({"status": "queued"}))
+}

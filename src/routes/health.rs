@@ -17,10 +17,15 @@ pub async fn report(state: web::Data<AppState>) -> HttpResponse {
     response.content_type(HEALTH_JSON).insert_header(("Cache-Control", "no-store")).json(report)
 }
 
-/// Liveness: answering at all proves the runtime and a worker are alive.
+/// Liveness: fails only where a restart would help (a stuck supervisor, a dead
+/// background task). WeCom, SMTP, token or disk trouble is readiness, not this.
 pub async fn live(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .content_type(HEALTH_JSON)
-        .insert_header(("Cache-Control", "no-store"))
-        .json(serde_json::json!({ "status": "pass", "version": state.version }))
+    let (mut response, body) = match state.liveness.check() {
+        Ok(()) => (HttpResponse::Ok(), serde_json::json!({ "status": "pass", "version": state.version })),
+        Err(reason) => (
+            HttpResponse::ServiceUnavailable(),
+            serde_json::json!({ "status": "fail", "version": state.version, "output": reason }),
+        ),
+    };
+    response.content_type(HEALTH_JSON).insert_header(("Cache-Control", "no-store")).json(body)
 }

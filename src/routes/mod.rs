@@ -6,6 +6,7 @@ pub mod admin;
 pub mod callback;
 pub mod health;
 pub mod metrics;
+pub mod status;
 
 use std::sync::Arc;
 
@@ -13,9 +14,10 @@ use actix_web::{web, HttpResponse};
 
 use tokio::sync::Notify;
 
+use crate::alerts::Alerter;
 use crate::callback::CallbackCredentials;
 use crate::config::Secret;
-use crate::health::HealthBoard;
+use crate::health::{HealthBoard, Liveness};
 use crate::names::Names;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -37,6 +39,8 @@ pub struct AppState {
     pub names: Names,
     /// `ADMIN_TOKEN`; `None` turns the admin endpoints off.
     pub admin_token: Option<Secret>,
+    pub liveness: Arc<Liveness>,
+    pub alerter: Alerter,
     pub version: &'static str,
 }
 
@@ -54,6 +58,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/test-wecom-connection", web::get().to(admin::test_connection))
         .route("/api/fetch-wecom-name/{id_type}/{id}", web::get().to(admin::fetch_name))
         .route("/api/batch-fetch-wecom-names", web::post().to(admin::batch_fetch_names))
+        .route("/api/alerts/test", web::post().to(admin::test_alert))
+        .route("/", web::get().to(status::page))
         .default_service(web::to(not_found));
 }
 

@@ -10,6 +10,7 @@
 //! Deliberately not here: what the rows mean to the service. The typed operations
 //! live next to their owners ([`journal`], [`outbox`], [`tokens`], [`meta`]).
 
+pub mod alerts;
 pub mod journal;
 pub mod kf;
 pub mod meta;
@@ -73,6 +74,11 @@ const MIGRATIONS: &[&str] = &[
         source TEXT NOT NULL,
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (id_type, id)
+    );
+    CREATE TABLE alert_state (
+        check_name TEXT PRIMARY KEY,
+        firing_since INTEGER NOT NULL,
+        last_notified_at INTEGER NOT NULL
     );
     CREATE TABLE meta (
         key TEXT PRIMARY KEY,

@@ -26,6 +26,8 @@ struct WeComState {
     valid_tokens: Vec<String>,
     /// APIs in the order their answers were sent (after any delay).
     answered: Vec<String>,
+    /// `gettoken` answers for a Secret, every time.
+    by_secret: HashMap<String, Value>,
     /// Files served by `media/get`, by media id.
     media: HashMap<String, Vec<u8>>,
 }
@@ -62,6 +64,15 @@ impl FakeWeCom {
 
     pub fn calls(&self, api: &str) -> Vec<Call> {
         self.state.lock().expect("lock").calls.iter().filter(|c| c.api == api).cloned().collect()
+    }
+
+    /// Every `gettoken` with `secret` answers `answer` (e.g. 60020) until cleared.
+    pub fn refuse_secret(&self, secret: &str, answer: Option<Value>) {
+        let mut s = self.state.lock().expect("lock");
+        match answer {
+            Some(answer) => s.by_secret.insert(secret.to_owned(), answer),
+            None => s.by_secret.remove(secret),
+        };
     }
 
     /// Every call to `api` waits `delay` before answering.
@@ -117,6 +128,9 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
 
 /// The answer WeCom gives when all is well; `Err` carries a binary body.
 fn default_answer(s: &mut WeComState, api: &str, query: &HashMap<String, String>) -> Result<Value, Vec<u8>> {
+    if let Some(answer) = query.get("corpsecret").and_then(|secret| s.by_secret.get(secret)) {
+        return Ok(answer.clone());
+    }
     if api == "gettoken" {
         s.issued += 1;
         let token = format!("TOKEN-{}", s.issued);

@@ -223,7 +223,7 @@ async fn admin_api_needs_the_bearer_reports_60020_with_the_ip_and_caches_names()
     assert_eq!(wrong.status(), 401);
     assert_eq!(wrong.headers()["www-authenticate"], "Bearer");
 
-    wecom.answer_once("gettoken", json!({"errcode": 60020, "errmsg": "not allow to access from your ip, hint: [x], from ip: 203.0.113.9, more info at https://open.work.weixin.qq.com/devtool/query?e=60020"}));
+    wecom.refuse_secret("app-secret", Some(json!({"errcode": 60020, "errmsg": "not allow to access from your ip, hint: [x], from ip: 203.0.113.9, more info at https://open.work.weixin.qq.com/devtool/query?e=60020"})));
     let report: Value =
         app.client.get(&url).bearer_auth(ADMIN).send().await.expect("request").json().await.expect("JSON");
     assert_eq!(report["status"], "error");
@@ -237,6 +237,7 @@ async fn admin_api_needs_the_bearer_reports_60020_with_the_ip_and_caches_names()
     assert_eq!(kf["kf_api"]["status"], "success");
     assert!(!report.to_string().contains("kf-secret") && !report.to_string().contains("app-secret"));
 
+    wecom.refuse_secret("app-secret", None);
     let name_url = app.url("/api/fetch-wecom-name/user_id/zhangsan");
     let first: Value =
         app.client.get(&name_url).bearer_auth(ADMIN).send().await.expect("request").json().await.expect("JSON");

@@ -1,0 +1,248 @@
+//! Alert email through lettre: nothing else formats envelopes or sends mail.
+//!
+//! Mail goes through a bounded queue to one mailer task, which sends with a
+//! timeout and retries a failed send with back-off until it goes through: a
+//! failing SMTP server never blocks or crashes the service, and an alert raised
+//! during an outage arrives once the server is back. Failures are counted in
+//! `wechat_api_alerts_total{outcome}` and shown by the `alerts:email` check.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use lettre::message::{header::ContentType, Mailbox};
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::client::{Tls, TlsParameters};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{AlertEmail, SmtpTls};
+use crate::telemetry::Metrics;
+
+const QUEUE: usize = 64;
+const SEND_TIMEOUT: Duration = Duration::from_secs(15);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+const RECENT: usize = 20;
+const ALERTS_TOTAL: &str = "wechat_api_alerts_total";
+
+/// One email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mail {
+    pub subject: String,
+    pub body: String,
+}
+
+/// What the status page shows of a recent alert.
+#[derive(Debug, Clone)]
+pub struct RecentAlert {
+    pub at: String,
+    pub subject: String,
+    pub outcome: &'static str,
+}
+
+/// The mailer's health, for the `alerts:email` check.
+#[derive(Debug, Clone, Default)]
+pub struct MailStatus {
+    pub enabled: bool,
+    pub sent: u64,
+    pub failures: u64,
+    /// The error of the last attempt when it failed; cleared by a success.
+    pub last_error: Option<String>,
+    pub queued: usize,
+}
+
+/// Why email cannot be set up; names the variable.
+#[derive(Debug, thiserror::Error)]
+pub enum AlertSetupError {
+    #[error("{variable} {value:?} is not an email address: {reason}")]
+    Address { variable: &'static str, value: String, reason: String },
+    #[error("SMTP_SERVER: {0}")]
+    Transport(String),
+}
+
+/// Hands mail to the mailer task and remembers what happened to recent alerts.
+#[derive(Debug, Clone)]
+pub struct Alerter {
+    queue: Option<mpsc::Sender<Mail>>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    status: Mutex<MailStatus>,
+    recent: Mutex<VecDeque<RecentAlert>>,
+}
+
+impl Shared {
+    fn remember(&self, subject: &str, outcome: &'static str) {
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT {
+            recent.pop_front();
+        }
+        recent.push_back(RecentAlert { at: crate::health::now_rfc3339(), subject: subject.to_owned(), outcome });
+    }
+
+    fn update(&self, change: impl FnOnce(&mut MailStatus)) {
+        change(&mut self.status.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// The task that talks to the SMTP server.
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Mailbox,
+    to: Vec<Mailbox>,
+    queue: mpsc::Receiver<Mail>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+}
+
+fn mailbox(variable: &'static str, value: &str) -> Result<Mailbox, AlertSetupError> {
+    value.parse().map_err(|e: lettre::address::AddressError| AlertSetupError::Address {
+        variable,
+        value: value.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+fn transport(email: &AlertEmail) -> Result<AsyncSmtpTransport<Tokio1Executor>, AlertSetupError> {
+    let tls =
+        |server: &str| TlsParameters::new(server.to_owned()).map_err(|e| AlertSetupError::Transport(e.to_string()));
+    let server = email.smtp_server.as_str();
+    let builder = match email.smtp_tls {
+        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server).tls(Tls::Wrapper(tls(server)?)),
+        SmtpTls::StartTls => {
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server).tls(Tls::Required(tls(server)?))
+        }
+        SmtpTls::Opportunistic => {
+            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server).tls(Tls::Opportunistic(tls(server)?))
+        }
+        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server).tls(Tls::None),
+    };
+    let builder = builder.port(email.smtp_port).timeout(Some(SEND_TIMEOUT));
+    let builder = match (&email.smtp_user, &email.smtp_pass) {
+        (Some(user), Some(pass)) => builder.credentials(Credentials::new(user.clone(), pass.expose().to_owned())),
+        _ => builder,
+    };
+    Ok(builder.build())
+}
+
+impl Alerter {
+    /// An alerter; with email configured, also the mailer task to spawn.
+    pub fn new(email: Option<&AlertEmail>, metrics: Arc<Metrics>) -> Result<(Self, Option<Mailer>), AlertSetupError> {
+        let shared = Arc::new(Shared::default());
+        let Some(email) = email else {
+            return Ok((Self { queue: None, shared, metrics }, None));
+        };
+        let from = mailbox("ALERT_EMAIL_FROM", &email.from)?;
+        let to = email.to.iter().map(|a| mailbox("ALERT_EMAIL_TO", a)).collect::<Result<Vec<_>, _>>()?;
+        let (sender, queue) = mpsc::channel(QUEUE);
+        shared.update(|s| s.enabled = true);
+        let mailer = Mailer {
+            transport: transport(email)?,
+            from,
+            to,
+            queue,
+            shared: Arc::clone(&shared),
+            metrics: Arc::clone(&metrics),
+        };
+        Ok((Self { queue: Some(sender), shared, metrics }, Some(mailer)))
+    }
+
+    /// Queues `mail`; never waits. Without email configured it is only logged.
+    pub fn send(&self, mail: Mail) {
+        let count = |outcome: &str| self.metrics.counter(ALERTS_TOTAL, &[("outcome", outcome.to_owned())]).increment(1);
+        let Some(queue) = &self.queue else {
+            tracing::warn!("alert (email is off: ALERT_EMAIL_ENABLED=false): {}", mail.subject);
+            count("disabled");
+            self.shared.remember(&mail.subject, "not sent: email is off");
+            return;
+        };
+        let subject = mail.subject.clone();
+        match queue.try_send(mail) {
+            Ok(()) => self.shared.update(|s| s.queued += 1),
+            Err(_) => {
+                tracing::error!("alert dropped, the mail queue is full: {subject}");
+                count("dropped");
+                self.shared.remember(&subject, "dropped: queue full");
+            }
+        }
+    }
+
+    pub fn status(&self) -> MailStatus {
+        self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The last alerts, newest last.
+    pub fn recent(&self) -> Vec<RecentAlert> {
+        self.shared.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
+    }
+}
+
+impl Mailer {
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let mail = tokio::select! {
+                () = shutdown.cancelled() => return,
+                mail = self.queue.recv() => match mail {
+                    Some(mail) => mail,
+                    None => return,
+                },
+            };
+            let mut backoff = Duration::from_secs(1);
+            loop {
+                match self.deliver(&mail).await {
+                    Ok(()) => {
+                        self.metrics.counter(ALERTS_TOTAL, &[("outcome", "sent".to_owned())]).increment(1);
+                        self.shared.update(|s| {
+                            s.sent += 1;
+                            s.last_error = None;
+                            s.queued = s.queued.saturating_sub(1);
+                        });
+                        self.shared.remember(&mail.subject, "sent");
+                        tracing::info!("alert sent: {}", mail.subject);
+                        break;
+                    }
+                    Err(error) => {
+                        self.metrics.counter(ALERTS_TOTAL, &[("outcome", "failed".to_owned())]).increment(1);
+                        self.shared.update(|s| {
+                            s.failures += 1;
+                            s.last_error = Some(error.clone());
+                        });
+                        tracing::warn!(
+                            retry_in_secs = backoff.as_secs(),
+                            "alert email not sent ({error}): {}",
+                            mail.subject
+                        );
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn deliver(&self, mail: &Mail) -> Result<(), String> {
+        let mut builder =
+            Message::builder().from(self.from.clone()).subject(&mail.subject).header(ContentType::TEXT_PLAIN);
+        for to in &self.to {
+            builder = builder.to(to.clone());
+        }
+        let message = builder.body(mail.body.clone()).map_err(|e| e.to_string())?;
+        match tokio::time::timeout(SEND_TIMEOUT, self.transport.send(message)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer from the SMTP server within {}s", SEND_TIMEOUT.as_secs())),
+        }
+    }
+}
+
+/// This machine's name, for subjects ("… on <host>").
+pub fn host_name() -> String {
+    rustix::system::uname().nodename().to_string_lossy().into_owned()
+}

@@ -1,0 +1,117 @@
+//! `GET /`: a small status page for people. Server-rendered, no external assets,
+//! every value HTML-escaped; readable on a phone.
+
+use std::fmt::Write as _;
+
+use actix_web::{web, HttpResponse};
+
+use crate::health::Status;
+use crate::routes::AppState;
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+fn label(status: Status) -> (&'static str, &'static str) {
+    match status {
+        Status::Pass => ("pass", "ok"),
+        Status::Warn => ("warn", "warn"),
+        Status::Fail => ("fail", "fail"),
+    }
+}
+
+fn uptime(seconds: u64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} d {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+pub async fn page(state: web::Data<AppState>) -> HttpResponse {
+    let report = state.health.report(state.version);
+    let (accepted, refused) = state.metrics.callback_totals();
+    let (overall, overall_class) = label(report.status);
+    let mut html = String::with_capacity(8 * 1024);
+    let _ = write!(
+        html,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width,initial-scale=1">
+<title>wechat-api — {overall}</title><style>
+body{{font:15px/1.45 system-ui,-apple-system,"PingFang SC","Microsoft YaHei",sans-serif;margin:0;background:#f6f7f9;color:#1d2330}}
+main{{max-width:860px;margin:0 auto;padding:16px}} h1{{font-size:20px;margin:4px 0 12px}} h2{{font-size:16px;margin:20px 0 8px}}
+.badge{{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600;text-transform:uppercase}}
+.ok{{background:#d9f2e3;color:#17643a}} .warn{{background:#fff1cc;color:#8a5a00}} .fail{{background:#fde0de;color:#a1261b}}
+.facts{{display:flex;flex-wrap:wrap;gap:8px}} .fact{{background:#fff;border-radius:8px;padding:8px 12px;box-shadow:0 1px 2px #0001}}
+.fact b{{display:block;font-size:18px}} table{{width:100%;border-collapse:collapse;background:#fff;border-radius:8px;overflow:hidden;box-shadow:0 1px 2px #0001}}
+td,th{{text-align:left;padding:8px 10px;border-top:1px solid #eef0f3;vertical-align:top}} th{{font-size:12px;color:#667;border-top:0}}
+td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
+</style></head><body><main>
+<h1>wechat-api <span class="badge {overall_class}">{overall}</span></h1>
+<div class="facts"><div class="fact"><small>version</small><b>{version}</b></div><div class="fact"><small>uptime</small><b>{uptime}</b></div>
+<div class="fact"><small>callbacks accepted</small><b>{accepted}</b></div><div class="fact"><small>callbacks refused</small><b>{refused}</b></div></div>
+<h2>Checks</h2><table><tr><th>check</th><th>state</th><th>value</th><th>details</th></tr>"#,
+        version = escape(state.version),
+        uptime = uptime(state.health.uptime_secs()),
+    );
+    for (name, results) in &report.checks {
+        let Some(result) = results.first() else { continue };
+        let (text, class) = label(result.status);
+        let value = match (&result.observed_value, &result.observed_unit) {
+            (Some(v), Some(u)) => format!("{v} {u}"),
+            (Some(v), None) => v.to_string(),
+            _ => String::new(),
+        };
+        let _ = write!(
+            html,
+            r#"<tr><td>{}</td><td><span class="badge {class}">{text}</span></td><td>{}</td><td class="out">{}<br><small>since {}</small></td></tr>"#,
+            escape(name),
+            escape(&value),
+            escape(result.output.as_deref().unwrap_or("")),
+            escape(&result.time),
+        );
+    }
+    html.push_str("</table><h2>Recent alerts</h2>");
+    let recent = state.alerter.recent();
+    if recent.is_empty() {
+        html.push_str("<p><small>none since start</small></p>");
+    } else {
+        html.push_str("<table><tr><th>time</th><th>alert</th><th>delivery</th></tr>");
+        for alert in recent.iter().rev() {
+            let _ = write!(
+                html,
+                "<tr><td><small>{}</small></td><td>{}</td><td>{}</td></tr>",
+                escape(&alert.at),
+                escape(&alert.subject),
+                escape(alert.outcome)
+            );
+        }
+        html.push_str("</table>");
+    }
+    html.push_str(r#"<p><small>JSON: <a href="/api/health">/api/health</a> · metrics: <a href="/metrics">/metrics</a></small></p></main></body></html>"#);
+    HttpResponse::Ok().content_type("text/html; charset=utf-8").insert_header(("Cache-Control", "no-store")).body(html)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_formats_uptime() {
+        assert_eq!(escape("<b>\"x\" & 'y'</b>"), "&lt;b&gt;&quot;x&quot; &amp; &#39;y&#39;&lt;/b&gt;");
+        assert_eq!(uptime(59), "59 s");
+        assert_eq!(uptime(3 * 3600 + 120), "3 h 2 min");
+        assert_eq!(uptime(3 * 86_400), "3 d 0 h");
+    }
+}

@@ -1,0 +1,313 @@
+//! The checks of SPEC §6, each a function from what it looks at to a
+//! [`CheckResult`] whose output says what is wrong and what to do.
+
+use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::alerts::Alerter;
+use crate::health::{CheckResult, Status};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::tls::CertificateStore;
+use crate::wecom::{TokenSource, WeCom};
+
+const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Everything the checks look at.
+pub struct Checks {
+    pub upload_dir: PathBuf,
+    pub certificates: Option<Arc<CertificateStore>>,
+    pub store: Store,
+    pub wecom: Arc<WeCom>,
+    pub metrics: Arc<Metrics>,
+    pub alerter: Alerter,
+    pub secrets_identical: bool,
+    /// Token invalidations seen at the previous run, per token cache.
+    invalidations: Mutex<HashMap<&'static str, u64>>,
+}
+
+impl Checks {
+    pub fn new(
+        upload_dir: PathBuf,
+        certificates: Option<Arc<CertificateStore>>,
+        store: Store,
+        wecom: Arc<WeCom>,
+        metrics: Arc<Metrics>,
+        alerter: Alerter,
+        secrets_identical: bool,
+    ) -> Self {
+        Self {
+            upload_dir,
+            certificates,
+            store,
+            wecom,
+            metrics,
+            alerter,
+            secrets_identical,
+            invalidations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Runs every check once, each under a timeout.
+    pub async fn run_all(&self) -> Vec<(String, CheckResult)> {
+        let timed = |name: &str, result: Result<CheckResult, tokio::time::error::Elapsed>| {
+            result.unwrap_or_else(|_| {
+                CheckResult::new(Status::Fail)
+                    .output(format!("{name} did not finish within {}s", CHECK_TIMEOUT.as_secs()))
+            })
+        };
+        let mut results = Vec::new();
+        let dir = self.upload_dir.clone();
+        let writable =
+            tokio::time::timeout(CHECK_TIMEOUT, tokio::task::spawn_blocking(move || uploads_writable(&dir))).await;
+        results.push((
+            "uploads:writable".to_owned(),
+            timed("uploads:writable", writable.map(|r| r.unwrap_or_else(panicked))),
+        ));
+        let dir = self.upload_dir.clone();
+        let free = tokio::time::timeout(CHECK_TIMEOUT, tokio::task::spawn_blocking(move || uploads_free(&dir))).await;
+        results.push(("uploads:free".to_owned(), timed("uploads:free", free.map(|r| r.unwrap_or_else(panicked)))));
+        for source in self.token_sources() {
+            let name = format!("token:{}", source.label());
+            let result = tokio::time::timeout(CHECK_TIMEOUT, self.token(&source)).await;
+            results.push((name.clone(), timed(&name, result)));
+        }
+        results.push(("callback:latency".to_owned(), self.callback_latency()));
+        if let Some(certificates) = &self.certificates {
+            results.push(("tls:certificate".to_owned(), self.certificate(certificates)));
+        }
+        let store = tokio::time::timeout(CHECK_TIMEOUT, self.store.probe_write()).await;
+        let store = match store {
+            Ok(Ok(())) => CheckResult::new(Status::Pass),
+            Ok(Err(error)) => CheckResult::new(Status::Fail)
+                .output(format!("{error}: check DATA_DIR's free space and that uid 1001 owns it")),
+            Err(_) => CheckResult::new(Status::Fail).output("the store did not answer within 10s"),
+        };
+        results.push(("store:writable".to_owned(), store));
+        results.push(("config:secrets".to_owned(), secrets_check(self.secrets_identical)));
+        results.push(("alerts:email".to_owned(), self.email()));
+        results
+    }
+
+    fn token_sources(&self) -> Vec<Arc<TokenSource>> {
+        let mut sources: Vec<Arc<TokenSource>> = self.wecom.app.iter().cloned().collect();
+        if let Some(kf) = &self.wecom.kf {
+            if !sources.iter().any(|s| Arc::ptr_eq(s, kf)) {
+                sources.push(Arc::clone(kf));
+            }
+        }
+        sources
+    }
+
+    /// `token:<app>`: a token can be had (this also refreshes it ahead of expiry).
+    async fn token(&self, source: &TokenSource) -> CheckResult {
+        match source.token().await {
+            Ok(_) => {
+                let status = source.status();
+                let expires_in = status.expires_at.map(|at| at - crate::store::now());
+                let previous = self
+                    .invalidations
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(source.label(), status.invalidations)
+                    .unwrap_or(status.invalidations);
+                let result = if status.invalidations > previous {
+                    CheckResult::new(Status::Warn).output(format!(
+                        "WeCom refused {} token(s) since the last check (42001/40001): refreshed, but watch for a changed Secret",
+                        status.invalidations - previous
+                    ))
+                } else {
+                    CheckResult::new(Status::Pass)
+                };
+                match expires_in {
+                    Some(seconds) => result.observed(seconds, "s"),
+                    None => result,
+                }
+            }
+            Err(error) => {
+                let hint = error.api().and_then(|e| e.hint()).map(|h| format!(" — fix: {h}")).unwrap_or_default();
+                let mut output = error.to_string();
+                if !output.contains(&hint) {
+                    output.push_str(&hint);
+                }
+                CheckResult::new(Status::Fail).output(output)
+            }
+        }
+    }
+
+    fn callback_latency(&self) -> CheckResult {
+        match self.metrics.callback_p95() {
+            None => CheckResult::new(Status::Pass).output("no callbacks in the last 5 minutes"),
+            Some((p95, samples)) => {
+                let ms = p95.as_millis() as u64;
+                let status = match ms {
+                    ms if ms > 4000 => Status::Fail,
+                    ms if ms > 1000 => Status::Warn,
+                    _ => Status::Pass,
+                };
+                let result = CheckResult::new(status).observed(ms, "ms");
+                match status {
+                    Status::Pass => result.output(format!("p95 ≤ {ms} ms over {samples} callbacks")),
+                    _ => result.output(format!(
+                        "p95 ≤ {ms} ms over {samples} callbacks: WeCom retries answers slower than 5 s; check the disk (DATA_DIR) and the CPU"
+                    )),
+                }
+            }
+        }
+    }
+
+    /// `tls:certificate`: re-reads the files (hot reload) and reports days left.
+    fn certificate(&self, certificates: &CertificateStore) -> CheckResult {
+        let reloaded = certificates.reload();
+        let not_after = certificates.not_after();
+        self.metrics.gauge("wechat_api_tls_certificate_expiry_timestamp_seconds", &[]).set(not_after as f64);
+        let check = certificate_check(not_after);
+        match reloaded {
+            Ok(_) => check,
+            Err(error) => {
+                let status = check.status.max(Status::Warn);
+                CheckResult { status, ..check }
+                    .output(format!("{error}; still serving the previous certificate until the files are fixed"))
+            }
+        }
+    }
+
+    fn email(&self) -> CheckResult {
+        let status = self.alerter.status();
+        if !status.enabled {
+            return CheckResult::new(Status::Pass).output("email alerts are off (ALERT_EMAIL_ENABLED=false)");
+        }
+        match status.last_error {
+            None => CheckResult::new(Status::Pass).observed(status.sent, "sent"),
+            Some(error) => CheckResult::new(Status::Warn).observed(status.failures, "failures").output(format!(
+                "the last alert email failed ({error}); {} queued, retrying: check SMTP_SERVER, SMTP_PORT, SMTP_TLS and the credentials",
+                status.queued
+            )),
+        }
+    }
+}
+
+fn panicked(_: tokio::task::JoinError) -> CheckResult {
+    CheckResult::new(Status::Fail).output("the check itself failed (panicked)")
+}
+
+fn owner_and_mode(path: &Path) -> String {
+    match std::fs::metadata(path) {
+        Ok(meta) => format!("owner {}:{} mode {:o}", meta.uid(), meta.gid(), meta.mode() & 0o7777),
+        Err(e) => format!("cannot stat it: {e}"),
+    }
+}
+
+/// `uploads:writable`: a probe file can be created and removed.
+pub fn uploads_writable(dir: &Path) -> CheckResult {
+    let uid = rustix::process::getuid().as_raw();
+    let fix =
+        format!("the service runs as uid {uid}: on the host, chown -R 1001:1001 the directory mounted at UPLOAD_DIR");
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        return CheckResult::new(Status::Fail)
+            .output(format!("cannot create UPLOAD_DIR {}: {e}; {fix}", dir.display()));
+    }
+    let probe = dir.join(format!(".wechat-api-probe-{}", std::process::id()));
+    let written = std::fs::write(&probe, b"probe").and_then(|()| std::fs::remove_file(&probe));
+    let owner = owner_and_mode(dir);
+    match written {
+        Ok(()) => {
+            CheckResult::new(Status::Pass).observed(true, "writable").output(format!("{} ({owner})", dir.display()))
+        }
+        Err(e) => CheckResult::new(Status::Fail)
+            .observed(false, "writable")
+            .output(format!("cannot write UPLOAD_DIR {}: {e} ({owner}); {fix}", dir.display())),
+    }
+}
+
+/// `uploads:free`: free space, warn under 10 %, fail under 2 %.
+pub fn uploads_free(dir: &Path) -> CheckResult {
+    match rustix::fs::statvfs(dir) {
+        Ok(stat) if stat.f_blocks > 0 => {
+            let percent = (stat.f_bavail as f64 / stat.f_blocks as f64 * 1000.0).round() / 10.0;
+            let free_bytes = stat.f_bavail.saturating_mul(stat.f_frsize);
+            let status = match percent {
+                p if p < 2.0 => Status::Fail,
+                p if p < 10.0 => Status::Warn,
+                _ => Status::Pass,
+            };
+            let result = CheckResult::new(status).observed(percent, "%");
+            let text = format!("{} free ({} MiB)", dir.display(), free_bytes / (1024 * 1024));
+            match status {
+                Status::Pass => result.output(text),
+                _ => result.output(format!("{text}: free space on the upload volume or move UPLOAD_DIR")),
+            }
+        }
+        Ok(_) => CheckResult::new(Status::Warn).output("the file system reports no size"),
+        Err(e) => CheckResult::new(Status::Fail)
+            .output(format!("cannot read free space of UPLOAD_DIR {}: {e}", dir.display())),
+    }
+}
+
+/// `config:secrets`: identical app and kf Secrets are a warning.
+pub fn secrets_check(identical: bool) -> CheckResult {
+    if identical {
+        CheckResult::new(Status::Warn).output(
+            "WECOM_SECRET and WECOM_KF_SECRET are identical: fine for a self-built app authorised for 微信客服, \
+             otherwise kf sends fail with 95018 (GET /api/test-wecom-connection tells which)",
+        )
+    } else {
+        CheckResult::new(Status::Pass)
+    }
+}
+
+/// `tls:certificate` from the days left: warn under 14, fail under 3 or expired.
+pub fn certificate_check(not_after: i64) -> CheckResult {
+    let now = crate::store::now();
+    let days_left = (not_after - now).div_euclid(86_400);
+    let status = match days_left {
+        d if d < 3 => Status::Fail,
+        d if d < 14 => Status::Warn,
+        _ => Status::Pass,
+    };
+    let result = CheckResult::new(status).observed(days_left, "d");
+    match status {
+        Status::Pass => result,
+        _ if not_after <= now => {
+            result.output("the certificate has expired: replace the files at TLS_CERT_PATH / TLS_KEY_PATH")
+        }
+        _ => result.output(format!(
+            "the certificate expires in {days_left} days: renew it and replace the files (picked up without a restart)"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_blocked_by_a_file_is_not_writable_and_says_how_to_fix_it() {
+        let dir = tempfile::tempdir().expect("dir");
+        assert_eq!(uploads_writable(dir.path()).status, Status::Pass);
+        let blocked = dir.path().join("file");
+        std::fs::write(&blocked, "x").expect("write");
+        let result = uploads_writable(&blocked.join("uploads"));
+        assert_eq!(result.status, Status::Fail);
+        assert!(result.output.as_deref().expect("output").contains("chown -R 1001:1001"));
+    }
+
+    #[test]
+    fn free_space_is_a_percentage() {
+        let dir = tempfile::tempdir().expect("dir");
+        let result = uploads_free(dir.path());
+        assert_eq!(result.observed_unit.as_deref(), Some("%"));
+    }
+
+    #[test]
+    fn certificate_thresholds() {
+        let now = crate::store::now();
+        assert_eq!(certificate_check(now + 40 * 86_400).status, Status::Pass);
+        assert_eq!(certificate_check(now + 10 * 86_400).status, Status::Warn);
+        assert_eq!(certificate_check(now + 2 * 86_400 - 10).status, Status::Fail);
+        assert!(certificate_check(now - 10).output.expect("output").contains("expired"));
+    }
+}

@@ -1,0 +1,299 @@
+//! The supervisor: runs every check each `SUPERVISOR_INTERVAL_SECS`, publishes the
+//! results (health board, `wechat_api_check_status`), feeds each check's alert
+//! state machine, and mails on-call.
+//!
+//! Transitions that happen within `ALERT_GROUP_WAIT_SECS` of each other go out as
+//! one email that also lists every check. Firing checks are kept in the store, so
+//! a restart (or a crash loop) does not page again for the same firing check; a
+//! restart itself is announced at most once an hour. The certificate alerts once
+//! per step at 30, 14, 7, 3 and 1 days left.
+//!
+//! `run_once()` is what tests call; `run()` is the loop.
+
+pub mod checks;
+pub mod machine;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::alerts::{Alerter, Mail};
+use crate::health::{CheckResult, HealthBoard, Liveness, Status};
+use crate::store::alerts::FiringRecord;
+use crate::store::{now, Store};
+use crate::telemetry::Metrics;
+use checks::Checks;
+use machine::{AlertState, Transition};
+
+/// A restart is announced at most this often.
+const RESTART_NOTE_EVERY_SECS: i64 = 3600;
+
+/// Timing of the supervisor.
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub interval: Duration,
+    pub group_wait: Duration,
+    pub repeat: Option<Duration>,
+}
+
+/// A transition waiting to be mailed.
+#[derive(Debug, Clone)]
+struct Pending {
+    check: String,
+    kind: &'static str,
+    result: CheckResult,
+    since: i64,
+}
+
+pub struct Supervisor {
+    checks: Checks,
+    board: Arc<HealthBoard>,
+    liveness: Arc<Liveness>,
+    alerter: Alerter,
+    store: Store,
+    metrics: Arc<Metrics>,
+    timing: Timing,
+    host: String,
+    states: BTreeMap<String, AlertState>,
+    pending: Vec<Pending>,
+    first_pending_at: Option<Instant>,
+}
+
+impl Supervisor {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        checks: Checks,
+        board: Arc<HealthBoard>,
+        liveness: Arc<Liveness>,
+        alerter: Alerter,
+        store: Store,
+        metrics: Arc<Metrics>,
+        timing: Timing,
+    ) -> Self {
+        Self {
+            checks,
+            board,
+            liveness,
+            alerter,
+            store,
+            metrics,
+            timing,
+            host: crate::alerts::host_name(),
+            states: BTreeMap::new(),
+            pending: Vec::new(),
+            first_pending_at: None,
+        }
+    }
+
+    /// Restores firing checks from the store and announces the (re)start.
+    pub async fn restore(&mut self) {
+        match self.store.firing_checks().await {
+            Ok(firing) => {
+                for FiringRecord { check, since, last_notified_at } in firing {
+                    self.states.insert(check, AlertState::Firing { since, last_notified_at, passes: 0 });
+                }
+            }
+            Err(error) => tracing::error!("cannot read alert state: {error}"),
+        }
+        let last = self.store.meta_value("last_restart_note").await.ok().flatten().and_then(|v| v.parse::<i64>().ok());
+        if last.is_none_or(|at| now() - at >= RESTART_NOTE_EVERY_SECS) {
+            let firing: Vec<&str> = self
+                .states
+                .iter()
+                .filter(|(_, s)| matches!(s, AlertState::Firing { .. }))
+                .map(|(c, _)| c.as_str())
+                .collect();
+            let firing = if firing.is_empty() { "none".to_owned() } else { firing.join(", ") };
+            self.alerter.send(Mail {
+                subject: format!("[wechat-api STARTED] on {}", self.host),
+                body: format!(
+                    "wechat-api {} started on {}.\nChecks firing before the start: {firing}.\n\
+                     (This note is sent at most once an hour.)\n",
+                    crate::startup::VERSION,
+                    self.host
+                ),
+            });
+            let _ = self.store.set_meta_value("last_restart_note", now().to_string()).await;
+        }
+    }
+
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        self.restore().await;
+        let mut tick = tokio::time::interval(self.timing.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = tick.tick() => self.run_once().await,
+            }
+        }
+    }
+
+    /// One round: every check, the state machines, maybe an email, a heartbeat.
+    pub async fn run_once(&mut self) {
+        let results = self.checks.run_all().await;
+        let at = now();
+        for (name, result) in &results {
+            self.board.set(name.clone(), result.clone());
+            self.metrics
+                .gauge("wechat_api_check_status", &[("check", name.clone())])
+                .set(f64::from(result.status.as_number()));
+            let state = self.states.entry(name.clone()).or_insert(AlertState::Ok);
+            let transition = state.observe(result.status, at, self.timing.repeat);
+            let since = match *state {
+                AlertState::Firing { since, .. } => since,
+                _ => at,
+            };
+            match (transition, *state) {
+                (
+                    Some(Transition::Firing | Transition::Reminder),
+                    AlertState::Firing { since, last_notified_at, .. },
+                ) => {
+                    let record = FiringRecord { check: name.clone(), since, last_notified_at };
+                    if let Err(error) = self.store.set_firing(record).await {
+                        tracing::error!("cannot keep alert state: {error}");
+                    }
+                }
+                (Some(Transition::Resolved), _) => {
+                    let _ = self.store.clear_firing(name.clone()).await;
+                }
+                _ => {}
+            }
+            if let Some(transition) = transition {
+                let kind = match transition {
+                    Transition::Firing => "FIRING",
+                    Transition::Reminder => "REMINDER",
+                    Transition::Resolved => "RESOLVED",
+                };
+                tracing::warn!(check = name.as_str(), "{kind}: {}", result.output.as_deref().unwrap_or("-"));
+                self.queue(Pending { check: name.clone(), kind, result: result.clone(), since });
+            }
+        }
+        self.certificate_step(&results).await;
+        self.flush(&results);
+        self.liveness.beat();
+    }
+
+    fn queue(&mut self, pending: Pending) {
+        self.first_pending_at.get_or_insert_with(Instant::now);
+        self.pending.push(pending);
+    }
+
+    /// The certificate alerts once per step (30, 14, 7, 3, 1 days left).
+    async fn certificate_step(&mut self, results: &[(String, CheckResult)]) {
+        let Some((_, result)) = results.iter().find(|(name, _)| name == "tls:certificate") else {
+            return;
+        };
+        let Some(days) = result.observed_value.as_ref().and_then(serde_json::Value::as_i64) else {
+            return;
+        };
+        let notified =
+            self.store.meta_value("certificate_step").await.ok().flatten().and_then(|v| v.parse::<i64>().ok());
+        match machine::certificate_step(days) {
+            Some(step) if notified.is_none_or(|n| step < n) => {
+                let _ = self.store.set_meta_value("certificate_step", step.to_string()).await;
+                self.queue(Pending {
+                    check: "tls:certificate".into(),
+                    kind: "EXPIRING",
+                    result: result.clone(),
+                    since: now(),
+                });
+            }
+            // Renewed: the steps start over for the next certificate.
+            None if notified.is_some() => {
+                let _ = self.store.set_meta_value("certificate_step", "999".into()).await;
+            }
+            _ => {}
+        }
+    }
+
+    /// Sends what is pending once the group wait has passed.
+    fn flush(&mut self, results: &[(String, CheckResult)]) {
+        let Some(first) = self.first_pending_at else {
+            return;
+        };
+        if first.elapsed() < self.timing.group_wait {
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending);
+        self.first_pending_at = None;
+        self.alerter.send(compose(&pending, results, &self.host));
+    }
+}
+
+/// One email for a group of transitions, listing every check.
+fn compose(pending: &[Pending], results: &[(String, CheckResult)], host: &str) -> Mail {
+    let kinds: Vec<&str> = {
+        let mut kinds: Vec<&str> = pending.iter().map(|p| p.kind).collect();
+        kinds.dedup();
+        kinds
+    };
+    let checks: Vec<&str> = pending.iter().map(|p| p.check.as_str()).collect();
+    let subject = match kinds.as_slice() {
+        [kind] => format!("[wechat-api {kind}] {} on {host}", checks.join(", ")),
+        _ => format!(
+            "[wechat-api] {} on {host}",
+            pending.iter().map(|p| format!("{} {}", p.kind, p.check)).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let mut body = format!("wechat-api {} on {host}\n\n", crate::startup::VERSION);
+    for p in pending {
+        let since = time::OffsetDateTime::from_unix_timestamp(p.since)
+            .ok()
+            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+            .unwrap_or_default();
+        let _ = writeln!(body, "{} {} (since {since})", p.kind, p.check);
+        if let (Some(value), unit) = (&p.result.observed_value, p.result.observed_unit.as_deref().unwrap_or("")) {
+            let _ = writeln!(body, "  observed: {value} {unit}");
+        }
+        if let Some(output) = &p.result.output {
+            let _ = writeln!(body, "  {output}");
+        }
+        body.push('\n');
+    }
+    body.push_str("All checks:\n");
+    for (name, result) in results {
+        let status = match result.status {
+            Status::Pass => "pass",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        };
+        let _ = writeln!(
+            body,
+            "  {status:<4}  {name}{}",
+            result.output.as_deref().map(|o| format!(" — {o}")).unwrap_or_default()
+        );
+    }
+    Mail { subject, body }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_email_names_the_checks_and_lists_every_check() {
+        let failing = CheckResult::new(Status::Fail)
+            .observed(false, "writable")
+            .output("cannot write UPLOAD_DIR /u; chown -R 1001:1001");
+        let pending =
+            vec![Pending { check: "uploads:writable".into(), kind: "FIRING", result: failing.clone(), since: 0 }];
+        let results = vec![
+            ("uploads:writable".to_owned(), failing),
+            ("store:writable".to_owned(), CheckResult::new(Status::Pass)),
+        ];
+        let mail = compose(&pending, &results, "vm1");
+        assert_eq!(mail.subject, "[wechat-api FIRING] uploads:writable on vm1");
+        assert!(mail.body.contains("FIRING uploads:writable (since 1970-01-01T00:00:00Z)"), "{}", mail.body);
+        assert!(mail.body.contains("chown -R 1001:1001"));
+        assert!(mail.body.contains("pass  store:writable"));
+        let mixed = vec![
+            Pending { check: "a".into(), kind: "FIRING", result: CheckResult::new(Status::Fail), since: 0 },
+            Pending { check: "b".into(), kind: "RESOLVED", result: CheckResult::new(Status::Pass), since: 0 },
+        ];
+        assert_eq!(compose(&mixed, &[], "h").subject, "[wechat-api] FIRING a, RESOLVED b on h");
+    }
+}
