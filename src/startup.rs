@@ -244,6 +244,11 @@ impl Application {
         self.shutdown.clone()
     }
 
+    /// Liveness: heartbeat, watched tasks, fault injection.
+    pub fn liveness(&self) -> Arc<Liveness> {
+        Arc::clone(&self.state.liveness)
+    }
+
     /// The store, for checks and tests.
     pub fn store(&self) -> Store {
         self.state.store.clone()

@@ -24,6 +24,7 @@ pub struct TestApp {
     pub http_port: Option<u16>,
     pub client: reqwest::Client,
     pub store: wechat_api::store::Store,
+    pub liveness: std::sync::Arc<wechat_api::health::Liveness>,
     pub dir: tempfile::TempDir,
     overrides: Vec<(String, String)>,
     shutdown: CancellationToken,
@@ -83,6 +84,7 @@ async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> T
     let port = app.port();
     let http_port = app.http_port();
     let store = app.store();
+    let liveness = app.liveness();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     let cert_pem = std::fs::read(dir.path().join("server.crt")).expect("certificate");
@@ -91,7 +93,7 @@ async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> T
         .timeout(Duration::from_secs(10))
         .build()
         .expect("client");
-    TestApp { port, http_port, client, store, dir, overrides, shutdown, server }
+    TestApp { port, http_port, client, store, liveness, dir, overrides, shutdown, server }
 }
 
 impl TestApp {

@@ -7,4 +7,6 @@ mod fakes;
 mod helpers;
 mod ingest;
 mod kf;
+mod monitoring;
 mod server;
+mod smtp;

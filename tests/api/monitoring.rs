@@ -1,0 +1,201 @@
+//! Self-monitoring: checks, alert emails through a real SMTP server, liveness,
+//! certificate expiry and hot reload.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::fakes::FakeWeCom;
+use crate::helpers::*;
+use crate::smtp::SmtpSink;
+
+fn alerting(sink: &SmtpSink) -> Vec<(&'static str, String)> {
+    vec![
+        ("SUPERVISOR_INTERVAL_SECS", "1".into()),
+        ("ALERT_GROUP_WAIT_SECS", "0".into()),
+        ("ALERT_EMAIL_ENABLED", "true".into()),
+        ("SMTP_SERVER", "127.0.0.1".into()),
+        ("SMTP_PORT", sink.port.to_string()),
+        ("SMTP_TLS", "none".into()),
+        ("ALERT_EMAIL_FROM", "wechat-api@example.test".into()),
+        ("ALERT_EMAIL_TO", "oncall@example.test, backup@example.test".into()),
+    ]
+}
+
+async fn spawn_monitored(sink: &SmtpSink, extra: &[(&str, String)]) -> TestApp {
+    let mut settings = alerting(sink);
+    settings.extend(extra.iter().map(|(k, v)| (*k, v.clone())));
+    let pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    spawn_app_with(&pairs).await
+}
+
+async fn health(app: &TestApp) -> (u16, Value) {
+    let response = app.client.get(app.url("/api/health")).send().await.expect("health");
+    (response.status().as_u16(), response.json().await.expect("JSON"))
+}
+
+/// Polls `/api/health` until `check` has `status`, or fails after 20 s.
+async fn wait_for_check(app: &TestApp, check: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, body) = health(app).await;
+        let result = body["checks"][check][0].clone();
+        if result["status"] == status {
+            return result;
+        }
+        assert!(Instant::now() < deadline, "{check} is not {status}: {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unwritable_upload_dir_fires_once_with_the_fix_and_resolves_once() {
+    let sink = SmtpSink::start().await;
+    let root = tempfile::tempdir().expect("dir");
+    // A file where the directory should be: not writable for any uid, root included.
+    let blocker = root.path().join("uploadall");
+    std::fs::write(&blocker, "not a directory").expect("blocker");
+    let upload_dir = blocker.join("uploads").display().to_string();
+    let app = spawn_monitored(&sink, &[("UPLOAD_DIR", upload_dir)]).await;
+
+    let firing = sink.wait_for("[wechat-api FIRING] uploads:writable", Duration::from_secs(20)).await;
+    assert!(firing.data.contains("chown -R 1001:1001"), "{}", firing.data);
+    assert!(firing.data.contains("All checks:"), "{}", firing.data);
+    assert!(firing.data.contains("To: oncall@example.test, backup@example.test"), "{}", firing.data);
+    let (status, body) = health(&app).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["checks"]["uploads:writable"][0]["status"], "fail");
+    assert!(body["checks"]["uploads:writable"][0]["output"]
+        .as_str()
+        .expect("output")
+        .contains("cannot create UPLOAD_DIR"));
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("wechat_api_check_status{check=\"uploads:writable\"} 2"), "{metrics}");
+
+    // Fixed: one RESOLVED, and no second FIRING.
+    std::fs::remove_file(&blocker).expect("remove blocker");
+    sink.wait_for("[wechat-api RESOLVED] uploads:writable", Duration::from_secs(20)).await;
+    wait_for_check(&app, "uploads:writable", "pass").await;
+    let firing_mails = sink.received().iter().filter(|m| m.subject().contains("FIRING")).count();
+    assert_eq!(firing_mails, 1);
+    assert_eq!(health(&app).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smtp_down_while_a_check_fires_delays_the_email_but_not_the_callbacks() {
+    let mut sink = SmtpSink::start().await;
+    sink.stop();
+    let root = tempfile::tempdir().expect("dir");
+    let blocker = root.path().join("file");
+    std::fs::write(&blocker, "x").expect("blocker");
+    let app = spawn_monitored(&sink, &[("UPLOAD_DIR", blocker.join("u").display().to_string())]).await;
+    wait_for_check(&app, "alerts:email", "warn").await;
+    for i in 0..20 {
+        assert_eq!(app.post_text("still answering", 5_000 + i).await, 200, "callbacks go on while SMTP is down");
+    }
+    assert!(sink.received().is_empty());
+    sink.resume().await;
+    let mail = sink.wait_for("uploads:writable", Duration::from_secs(40)).await;
+    assert!(mail.subject().contains("FIRING"));
+    assert!(app.metrics().await.contains("wechat_api_alerts_total{outcome=\"failed\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errcode_60020_fails_the_token_check_with_the_ip_in_health_and_email() {
+    let sink = SmtpSink::start().await;
+    let wecom = FakeWeCom::start().await;
+    wecom.refuse_secret(
+        "app-secret",
+        Some(json!({"errcode": 60020, "errmsg": "not allow to access from your ip, hint: [x], from ip: 192.0.2.77, more info at https://open.work.weixin.qq.com/devtool/query?e=60020"})),
+    );
+    let app = spawn_monitored(
+        &sink,
+        &[("WECOM_API_BASE_URL", wecom.base_url.clone()), ("WECOM_SECRET", "app-secret".into())],
+    )
+    .await;
+    let check = wait_for_check(&app, "token:app", "fail").await;
+    assert!(check["output"].as_str().expect("output").contains("add 192.0.2.77 to the app's trusted IPs"), "{check}");
+    let mail = sink.wait_for("[wechat-api FIRING] token:app", Duration::from_secs(20)).await;
+    assert!(mail.data.contains("192.0.2.77"), "{}", mail.data);
+    assert!(!mail.data.contains("app-secret"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_supervisor_fails_liveness_but_not_before() {
+    let app = spawn_app_with(&[("SUPERVISOR_INTERVAL_SECS", "1")]).await;
+    let live = app.client.get(app.url("/api/health/live")).send().await.expect("live");
+    assert_eq!(live.status(), 200);
+    assert!(app.liveness.inject_fault("supervisor"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let live = app.client.get(app.url("/api/health/live")).send().await.expect("live");
+        if live.status() == 503 {
+            let body: Value = live.json().await.expect("JSON");
+            assert!(body["output"].as_str().expect("output").contains("supervisor"), "{body}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "liveness never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_near_expiry_fails_and_new_files_are_served_without_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let (cert_path, key_path, old_pem) = write_certificate(dir.path(), 2);
+    let env = test_env(dir.path(), &[("SUPERVISOR_INTERVAL_SECS", "1")]);
+    let (config, _) =
+        wechat_api::config::load(&wechat_api::config::Sources { env, ..Default::default() }).expect("config");
+    let app = wechat_api::startup::Application::build(config).await.expect("starts");
+    let port = app.port();
+    let token = app.shutdown_token();
+    let server = tokio::spawn(app.run_until_stopped());
+    let trusting = |pem: &str| {
+        reqwest::Client::builder()
+            .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"))
+            .pool_max_idle_per_host(0)
+            .build()
+            .expect("client")
+    };
+    let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
+    let old_client = trusting(&old_pem);
+    let body: Value = old_client.get(url("/api/health")).send().await.expect("health").json().await.expect("JSON");
+    assert_eq!(body["checks"]["tls:certificate"][0]["status"], "fail");
+    let metrics = old_client.get(url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    let not_after = wechat_api::tls::load_certificate(&cert_path, &key_path).expect("cert").not_after;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut metrics = metrics;
+    while !metrics.contains(&format!("wechat_api_tls_certificate_expiry_timestamp_seconds {not_after}")) {
+        assert!(Instant::now() < deadline, "expiry metric missing: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        metrics = old_client.get(url("/metrics")).send().await.expect("metrics").text().await.expect("text");
+    }
+
+    // Renew the way certbot does: new files, renamed into place.
+    let fresh = wechat_api::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(90)).expect("fresh");
+    std::fs::write(dir.path().join("new.crt"), &fresh.cert_pem).expect("write");
+    std::fs::write(dir.path().join("new.key"), &fresh.key_pem).expect("write");
+    std::fs::rename(dir.path().join("new.key"), &key_path).expect("rename");
+    std::fs::rename(dir.path().join("new.crt"), &cert_path).expect("rename");
+    let new_client = trusting(&fresh.cert_pem);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Ok(response) = new_client.get(url("/api/health")).send().await {
+            let body: Value = response.json().await.expect("JSON");
+            if body["checks"]["tls:certificate"][0]["status"] == "pass" {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the new certificate was never served");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // A new connection (a new handshake) gets the new certificate, which a client
+    // trusting only the old one refuses.
+    assert!(
+        trusting(&old_pem).get(url("/api/health")).send().await.is_err(),
+        "the old certificate is no longer served"
+    );
+    drop((old_client, new_client));
+    token.cancel();
+    server.await.expect("task").expect("clean stop");
+}
