@@ -199,3 +199,37 @@ async fn a_certificate_near_expiry_fails_and_new_files_are_served_without_a_rest
     token.cancel();
     server.await.expect("task").expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_does_not_page_again_for_a_check_already_firing() {
+    let sink = SmtpSink::start().await;
+    let root = tempfile::tempdir().expect("dir");
+    let blocker = root.path().join("file");
+    std::fs::write(&blocker, "x").expect("blocker");
+    let app = spawn_monitored(&sink, &[("UPLOAD_DIR", blocker.join("u").display().to_string())]).await;
+    sink.wait_for("[wechat-api FIRING] uploads:writable", Duration::from_secs(20)).await;
+    let started = sink.received().iter().filter(|m| m.subject().contains("STARTED")).count();
+    assert_eq!(started, 1, "the first start is announced");
+
+    let app = app.restart().await;
+    // Wait for three supervisor rounds after the restart (each stamps the check anew),
+    // all still failing: enough for a wrongly reset state machine to fire again.
+    let mut rounds = std::collections::HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rounds.len() < 4 {
+        let (status, body) = health(&app).await;
+        if let Some(time) = body["checks"]["uploads:writable"][0]["time"].as_str() {
+            assert_eq!(status, 503, "still failing");
+            rounds.insert(time.to_owned());
+        }
+        assert!(Instant::now() < deadline, "the supervisor stopped running");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let subjects: Vec<String> = sink.received().iter().map(|m| m.subject()).collect();
+    assert_eq!(subjects.iter().filter(|s| s.contains("FIRING")).count(), 1, "{subjects:?}");
+    assert_eq!(
+        subjects.iter().filter(|s| s.contains("STARTED")).count(),
+        1,
+        "restart notes are rate-limited: {subjects:?}"
+    );
+}
