@@ -73,7 +73,8 @@ pub struct HealthReport {
 #[derive(Debug)]
 pub struct HealthBoard {
     started: Instant,
-    checks: RwLock<BTreeMap<String, CheckResult>>,
+    /// The latest result of each check, and since when it has had that status.
+    checks: RwLock<BTreeMap<String, (CheckResult, String)>>,
 }
 
 impl Default for HealthBoard {
@@ -87,7 +88,18 @@ impl HealthBoard {
     pub fn set(&self, name: impl Into<String>, result: CheckResult) {
         // A poisoned lock only means a writer panicked mid-insert; the map is still usable.
         let mut checks = self.checks.write().unwrap_or_else(|e| e.into_inner());
-        checks.insert(name.into(), result);
+        let name = name.into();
+        let since = match checks.get(&name) {
+            Some((previous, since)) if previous.status == result.status => since.clone(),
+            _ => result.time.clone(),
+        };
+        checks.insert(name, (result, since));
+    }
+
+    /// Every check with its latest result and since when it has had that status.
+    pub fn entries(&self) -> Vec<(String, CheckResult, String)> {
+        let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
+        checks.iter().map(|(name, (result, since))| (name.clone(), result.clone(), since.clone())).collect()
     }
 
     /// Seconds since the board was created, i.e. since start-up.
@@ -98,9 +110,9 @@ impl HealthBoard {
     /// The report: every check plus uptime; the worst status wins.
     pub fn report(&self, version: &str) -> HealthReport {
         let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
-        let status = checks.values().map(|c| c.status).max().unwrap_or(Status::Pass);
+        let status = checks.values().map(|(c, _)| c.status).max().unwrap_or(Status::Pass);
         let mut out: BTreeMap<String, Vec<CheckResult>> =
-            checks.iter().map(|(name, result)| (name.clone(), vec![result.clone()])).collect();
+            checks.iter().map(|(name, (result, _))| (name.clone(), vec![result.clone()])).collect();
         out.insert("uptime".into(), vec![CheckResult::new(Status::Pass).observed(self.uptime_secs(), "s")]);
         HealthReport { status, version: version.to_owned(), service_id: "wechat-api", checks: out }
     }
@@ -132,6 +144,18 @@ mod tests {
         assert!(json["checks"]["uptime"][0]["time"].as_str().expect("time").ends_with('Z'));
         board.set("store:writable", CheckResult::new(Status::Fail));
         assert_eq!(board.report("1").status, Status::Fail);
+        let mut first = CheckResult::new(Status::Fail);
+        first.time = "t1".into();
+        board.set("x", first);
+        let mut again = CheckResult::new(Status::Fail);
+        again.time = "t2".into();
+        board.set("x", again);
+        let since = |board: &HealthBoard| board.entries().into_iter().find(|(n, _, _)| n == "x").map(|(_, _, s)| s);
+        assert_eq!(since(&board).as_deref(), Some("t1"), "same status: since stays");
+        let mut fixed = CheckResult::new(Status::Pass);
+        fixed.time = "t3".into();
+        board.set("x", fixed);
+        assert_eq!(since(&board).as_deref(), Some("t3"), "a new status starts a new since");
     }
 }
 

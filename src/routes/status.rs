@@ -65,8 +65,7 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
         version = escape(state.version),
         uptime = uptime(state.health.uptime_secs()),
     );
-    for (name, results) in &report.checks {
-        let Some(result) = results.first() else { continue };
+    for (name, result, since) in state.health.entries() {
         let (text, class) = label(result.status);
         let value = match (&result.observed_value, &result.observed_unit) {
             (Some(v), Some(u)) => format!("{v} {u}"),
@@ -76,10 +75,10 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
         let _ = write!(
             html,
             r#"<tr><td>{}</td><td><span class="badge {class}">{text}</span></td><td>{}</td><td class="out">{}<br><small>since {}</small></td></tr>"#,
-            escape(name),
+            escape(&name),
             escape(&value),
             escape(result.output.as_deref().unwrap_or("")),
-            escape(&result.time),
+            escape(&since),
         );
     }
     html.push_str("</table><h2>Recent alerts</h2>");

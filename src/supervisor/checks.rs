@@ -225,7 +225,13 @@ pub fn uploads_writable(dir: &Path) -> CheckResult {
 
 /// `uploads:free`: free space, warn under 10 %, fail under 2 %.
 pub fn uploads_free(dir: &Path) -> CheckResult {
-    match rustix::fs::statvfs(dir) {
+    // A missing directory is `uploads:writable`'s finding; measure the volume it
+    // would be created on (the nearest existing ancestor).
+    let measured = dir
+        .ancestors()
+        .find_map(|path| rustix::fs::statvfs(path).ok())
+        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound));
+    match measured {
         Ok(stat) if stat.f_blocks > 0 => {
             let percent = (stat.f_bavail as f64 / stat.f_blocks as f64 * 1000.0).round() / 10.0;
             let free_bytes = stat.f_bavail.saturating_mul(stat.f_frsize);
