@@ -59,9 +59,9 @@ async fn an_unwritable_upload_dir_fires_once_with_the_fix_and_resolves_once() {
     let app = spawn_monitored(&sink, &[("UPLOAD_DIR", upload_dir)]).await;
 
     let firing = sink.wait_for("[wechat-api FIRING] uploads:writable", Duration::from_secs(20)).await;
-    assert!(firing.data.contains("chown -R 1001:1001"), "{}", firing.data);
-    assert!(firing.data.contains("All checks:"), "{}", firing.data);
-    assert!(firing.data.contains("To: oncall@example.test, backup@example.test"), "{}", firing.data);
+    assert!(firing.text().contains("chown -R 1001:1001"), "{}", firing.data);
+    assert!(firing.text().contains("All checks:"), "{}", firing.data);
+    assert!(firing.text().contains("To: oncall@example.test, backup@example.test"), "{}", firing.data);
     let (status, body) = health(&app).await;
     assert_eq!(status, 503);
     assert_eq!(body["checks"]["uploads:writable"][0]["status"], "fail");
@@ -116,8 +116,8 @@ async fn errcode_60020_fails_the_token_check_with_the_ip_in_health_and_email() {
     let check = wait_for_check(&app, "token:app", "fail").await;
     assert!(check["output"].as_str().expect("output").contains("add 192.0.2.77 to the app's trusted IPs"), "{check}");
     let mail = sink.wait_for("[wechat-api FIRING] token:app", Duration::from_secs(20)).await;
-    assert!(mail.data.contains("192.0.2.77"), "{}", mail.data);
-    assert!(!mail.data.contains("app-secret"));
+    assert!(mail.text().contains("192.0.2.77"), "{}", mail.data);
+    assert!(!mail.text().contains("app-secret"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -232,4 +232,23 @@ async fn a_restart_does_not_page_again_for_a_check_already_firing() {
         1,
         "restart notes are rate-limited: {subjects:?}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heartbeat_url_is_fetched_and_a_test_alert_reaches_the_smtp_server() {
+    let sink = SmtpSink::start().await;
+    let outside = crate::fakes::ForwardReceiver::start().await;
+    let app = spawn_monitored(
+        &sink,
+        &[("HEARTBEAT_URL", outside.url.clone()), ("ADMIN_TOKEN", "admin-token-0123456789abcdef".into())],
+    )
+    .await;
+    outside.wait_for(1, Duration::from_secs(10)).await;
+
+    let url = app.url("/api/alerts/test");
+    assert_eq!(app.client.post(&url).send().await.expect("request").status(), 401);
+    let queued = app.client.post(&url).bearer_auth("admin-token-0123456789abcdef").send().await.expect("request");
+    assert_eq!(queued.status(), 202);
+    let mail = sink.wait_for("[wechat-api TEST]", Duration::from_secs(10)).await;
+    assert!(mail.text().contains("alerts reach you"), "{}", mail.data);
 }

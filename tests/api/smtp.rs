@@ -14,6 +14,12 @@ pub struct Received {
 }
 
 impl Received {
+    /// The message with quoted-printable soft line breaks and `=3D` undone: what
+    /// a person reads (enough for ASCII searches).
+    pub fn text(&self) -> String {
+        self.data.replace("=\n", "").replace("=3D", "=")
+    }
+
     pub fn subject(&self) -> String {
         self.data.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_owned()
     }
