@@ -56,6 +56,32 @@ pub fn backoff_secs(attempts: i64) -> i64 {
     1i64.checked_shl(attempts.clamp(0, 30) as u32).unwrap_or(MAX_BACKOFF_SECS).min(MAX_BACKOFF_SECS)
 }
 
+/// The loop both workers share: run a batch; go straight on when it was full,
+/// else wait for a wake-up (then gather for `gather`) or the idle tick.
+async fn work_loop<F, Fut>(name: &str, shutdown: &CancellationToken, wake: &Notify, gather: Duration, mut run_once: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<usize, StoreError>>,
+{
+    loop {
+        match run_once().await {
+            Ok(done) if done == BATCH => continue,
+            Ok(_) => {}
+            Err(error) => tracing::error!("{name}: {error}"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = wake.notified() => {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(gather) => {}
+                }
+            }
+            () = tokio::time::sleep(IDLE_TICK) => {}
+        }
+    }
+}
+
 /// Turns journaled messages into handled ones.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
@@ -82,23 +108,7 @@ impl Dispatcher {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            match self.run_once().await {
-                Ok(handled) if handled == BATCH => continue,
-                Ok(_) => {}
-                Err(error) => tracing::error!("dispatcher: {error}"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.wake.notified() => {
-                    tokio::select! {
-                        () = shutdown.cancelled() => return,
-                        () = tokio::time::sleep(GATHER) => {}
-                    }
-                }
-                () = tokio::time::sleep(IDLE_TICK) => {}
-            }
-        }
+        work_loop("dispatcher", &shutdown, &self.wake, GATHER, || self.run_once()).await;
     }
 
     /// Handles one batch of pending entries; returns how many.
@@ -176,18 +186,7 @@ impl Outbox {
     }
 
     pub async fn run(self, shutdown: CancellationToken) {
-        loop {
-            match self.run_once().await {
-                Ok(done) if done == BATCH => continue,
-                Ok(_) => {}
-                Err(error) => tracing::error!("outbox: {error}"),
-            }
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = self.wake.notified() => {}
-                () = tokio::time::sleep(IDLE_TICK) => {}
-            }
-        }
+        work_loop("outbox", &shutdown, &self.wake, Duration::ZERO, || self.run_once()).await;
     }
 
     /// Attempts every due action once; returns how many were attempted.

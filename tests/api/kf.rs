@@ -249,20 +249,15 @@ async fn admin_api_needs_the_bearer_reports_60020_with_the_ip_and_caches_names()
     assert_eq!(wecom.calls("user/get").len(), 1, "the second answer came from the cache");
 
     // An external user id unknown to externalcontact/get is found by kf/customer/batchget.
-    let batch: Value = app
-        .client
-        .post(app.url("/api/batch-fetch-wecom-names"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"id_type": "external_user_id", "ids": ["wmCUSTOMER"]}))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
+    let batch = batch_names(&app, json!({"id_type": "external_user_id", "ids": ["wmCUSTOMER"]})).await;
     assert_eq!(batch["resolved"], 1, "{batch}");
     assert_eq!(batch["results"][0]["name"], "微信用户甲");
     assert_eq!(batch["results"][0]["source"], "kf/customer/batchget");
+}
+
+async fn batch_names(app: &TestApp, body: Value) -> Value {
+    let url = app.url("/api/batch-fetch-wecom-names");
+    app.client.post(url).bearer_auth(ADMIN).json(&body).send().await.expect("request").json().await.expect("JSON")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,29 +275,9 @@ async fn batch_names_over_senders_seen_in_stored_messages() {
     let app = spawn_kf_app(&wecom, &receiver, &[]).await;
     assert_eq!(app.post_text("hello", 99).await, 200);
     app.wait_until_outbox_empty().await;
-    let batch: Value = app
-        .client
-        .post(app.url("/api/batch-fetch-wecom-names"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"id_type": "user_id", "limit": 10, "only_unmapped": true}))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
+    let batch = batch_names(&app, json!({"id_type": "user_id", "limit": 10, "only_unmapped": true})).await;
     assert_eq!(batch["resolved"], 1, "{batch}");
     assert_eq!(batch["results"][0]["id"], "zhangsan");
-    let again: Value = app
-        .client
-        .post(app.url("/api/batch-fetch-wecom-names"))
-        .bearer_auth(ADMIN)
-        .json(&json!({"id_type": "user_id", "limit": 10, "only_unmapped": true}))
-        .send()
-        .await
-        .expect("request")
-        .json()
-        .await
-        .expect("JSON");
+    let again = batch_names(&app, json!({"id_type": "user_id", "limit": 10, "only_unmapped": true})).await;
     assert_eq!(again["resolved"], 0, "nothing unmapped is left: {again}");
 }
