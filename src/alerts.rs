@@ -242,6 +242,17 @@ impl Mailer {
     }
 }
 
+/// Connects to the SMTP server and logs in, without sending: for `diagnose`.
+pub async fn test_login(email: &AlertEmail) -> Result<(), String> {
+    let transport = transport(email).map_err(|e| e.to_string())?;
+    match tokio::time::timeout(SEND_TIMEOUT, transport.test_connection()).await {
+        Ok(Ok(true)) => Ok(()),
+        Ok(Ok(false)) => Err("the server did not accept the connection".to_owned()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {}s", SEND_TIMEOUT.as_secs())),
+    }
+}
+
 /// This machine's name, for subjects ("… on <host>").
 pub fn host_name() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()

@@ -34,6 +34,15 @@ pub enum Command {
         #[arg(long, value_name = "URL")]
         url: Option<String>,
     },
+    /// The troubleshooting guide as one command: configuration, certificate, a
+    /// signed URL verification against the running service, clock, WeCom (gettoken
+    /// per Secret, 60020 with the IP to trust, kf API permission), upload and data
+    /// directories, SMTP login. Exit 0 only when everything passes.
+    Diagnose {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print a fresh callback Token and EncodingAESKey.
     Keygen,
     /// Print curl commands for a signed URL verification and a signed, encrypted

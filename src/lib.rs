@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod diagnose;
 pub mod dispatch;
 pub mod health;
 pub mod kf_sync;

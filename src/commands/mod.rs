@@ -1,5 +1,6 @@
 //! One module per subcommand, and the mapping from their results to exit codes.
 
+pub mod diagnose;
 pub mod healthcheck;
 pub mod keygen;
 pub mod serve;
@@ -30,6 +31,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve { demo: false }) {
         Command::Serve { demo } => serve::run(sources, demo),
         Command::Healthcheck { url } => return healthcheck::run(&sources, url),
+        Command::Diagnose { json } => return diagnose::run(&sources, json),
         Command::Keygen => keygen::run(),
         Command::Sign { url, text, demo } => sign::run(sources, url, &text, demo),
     };

@@ -127,6 +127,27 @@ impl WeComClient {
         self.call("gettoken", || self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", secret)])).await
     }
 
+    /// `gettoken`, with the `Date` WeCom answered at (unix seconds), for clock checks.
+    pub async fn gettoken_with_date(
+        &self,
+        corp_id: &str,
+        secret: &str,
+    ) -> Result<(TokenResponse, Option<i64>), WeComError> {
+        const API: &str = "gettoken";
+        let url = self.url(API);
+        let response =
+            self.send(API, self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", secret)])).await?;
+        let date = response
+            .headers()
+            .get(reqwest::header::DATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| httpdate::parse_http_date(v).ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs() as i64);
+        let bytes = read_limited(API, response, MAX_JSON_BYTES).await?;
+        Ok((self.decode(API, &bytes)?, date))
+    }
+
     pub async fn message_send(&self, token: &str, message: &AppTextMessage) -> Result<SendResult, WeComError> {
         self.call("message/send", self.post("message/send", token, message)).await
     }

@@ -141,3 +141,74 @@ fn demo_mode_starts_with_no_configuration_and_its_curl_commands_pass() {
     );
     assert_eq!(mode & 0o777, 0o600, "the demo secrets are private");
 }
+
+/// `diagnose --json` with `env`; returns the exit code and the report.
+fn diagnose(dir: &std::path::Path, env: std::collections::HashMap<String, String>) -> (Option<i32>, serde_json::Value) {
+    let out = wechat_api(dir).args(["diagnose", "--json"]).envs(env).output().expect("runs");
+    let report =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    (out.status.code(), report)
+}
+
+fn finding<'a>(report: &'a serde_json::Value, check: &str) -> &'a serde_json::Value {
+    report["checks"]
+        .as_array()
+        .and_then(|c| c.iter().find(|f| f["check"] == check))
+        .unwrap_or_else(|| panic!("no {check} in {report}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_passes_against_a_healthy_service_and_names_the_ip_for_60020() {
+    let wecom = crate::fakes::FakeWeCom::start().await;
+    let settings = [
+        ("WECOM_API_BASE_URL", wecom.base_url.as_str()),
+        ("WECOM_SECRET", "app-secret"),
+        ("WECOM_AGENT_ID", "1000002"),
+    ];
+    let app = spawn_app_with(&settings).await;
+    let port = app.port.to_string();
+    let mut env_pairs = settings.to_vec();
+    env_pairs.push(("HTTPS_PORT", &port));
+    let env = test_env(app.dir.path(), &env_pairs);
+
+    let (code, report) = tokio::task::spawn_blocking({
+        let (dir, env) = (app.dir.path().to_owned(), env.clone());
+        move || diagnose(&dir, env)
+    })
+    .await
+    .expect("diagnose");
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["status"], "pass");
+    assert_eq!(finding(&report, "local URL verification")["ok"], true);
+    assert_eq!(finding(&report, "wecom kf API")["ok"], true);
+
+    wecom.refuse_secret("app-secret", Some(serde_json::json!({"errcode": 60020, "errmsg": "not allow to access from your ip, hint: [x], from ip: 198.51.100.8, more info at https://open.work.weixin.qq.com/devtool/query?e=60020"})));
+    let (code, report) = tokio::task::spawn_blocking({
+        let dir = app.dir.path().to_owned();
+        move || diagnose(&dir, env)
+    })
+    .await
+    .expect("diagnose");
+    assert_eq!(code, Some(1));
+    let gettoken = finding(&report, "wecom gettoken WECOM_SECRET");
+    assert_eq!(gettoken["ok"], false);
+    assert!(gettoken["fix"].as_str().expect("fix").contains("add 198.51.100.8 to 企业可信IP"), "{gettoken}");
+    assert!(!report.to_string().contains("app-secret"), "no secret in the report");
+}
+
+#[test]
+fn diagnose_names_the_variable_of_a_wrong_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let env = test_env(dir.path(), &[("WECOM_ENCODING_AES_KEY", "tooshort")]);
+    let (code, report) = diagnose(dir.path(), env);
+    assert_eq!(code, Some(1));
+    let key = finding(&report, "config WECOM_ENCODING_AES_KEY");
+    assert_eq!(key["ok"], false);
+    assert!(key["detail"].as_str().expect("detail").contains("must be 43 characters of base64, got 8"), "{key}");
+    let text = wechat_api(dir.path())
+        .arg("diagnose")
+        .envs(test_env(dir.path(), &[("WECOM_ENCODING_AES_KEY", "tooshort")]))
+        .output()
+        .expect("runs");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("✖ config WECOM_ENCODING_AES_KEY"));
+}

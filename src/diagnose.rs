@@ -1,0 +1,307 @@
+//! `wechat-api diagnose`: the operators' troubleshooting guide as one run.
+//!
+//! Owns: the order of the checks and the wording of each finding and its fix.
+//! Reuses what the service itself uses: configuration validation, certificate
+//! loading, the `uploads:*` checks, the WeCom client and its errors with hints.
+//! Opens no store and changes nothing but probe files it removes again.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::config::{self, Config, Sources};
+use crate::health::Status;
+use crate::supervisor::checks::{uploads_free, uploads_writable};
+use crate::telemetry::Metrics;
+use crate::wecom::{WeComClient, WeComError};
+use crate::{crypto, tls};
+
+/// One line of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub check: String,
+    pub ok: bool,
+    pub detail: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn pass(check: impl Into<String>, detail: impl Into<String>) -> Self {
+        Self { check: check.into(), ok: true, detail: detail.into(), fix: None }
+    }
+
+    fn fail(check: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self { check: check.into(), ok: false, detail: detail.into(), fix: Some(fix.into()) }
+    }
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub status: &'static str,
+    pub version: &'static str,
+    pub checks: Vec<Finding>,
+}
+
+/// Runs every check. Configuration problems end the run early: the rest needs it.
+pub async fn run(sources: &Sources) -> Report {
+    let mut findings = Vec::new();
+    match config::load(sources) {
+        Err(errors) => {
+            for line in errors.0 {
+                let variable = line.split_whitespace().next().unwrap_or("config").to_owned();
+                findings.push(Finding::fail(
+                    format!("config {variable}"),
+                    line,
+                    "fix the variable in .env (see .env.example)",
+                ));
+            }
+        }
+        Ok((config, warnings)) => {
+            findings.extend(config_findings(&config, &warnings));
+            findings.extend(certificate_findings(&config));
+            findings.push(local_verification(&config).await);
+            findings.extend(wecom_findings(&config).await);
+            findings.extend(directory_findings(&config));
+            if let Some(finding) = smtp_finding(&config).await {
+                findings.push(finding);
+            }
+        }
+    }
+    let status = if findings.iter().all(|f| f.ok) { "pass" } else { "fail" };
+    Report { status, version: crate::startup::VERSION, checks: findings }
+}
+
+fn config_findings(config: &Config, warnings: &[String]) -> Vec<Finding> {
+    let mut out = vec![
+        Finding::pass(
+            "config WECOM_CORP_ID",
+            format!("{} (the receive id every callback must carry)", config.corp_id.as_str()),
+        ),
+        Finding::pass("config WECOM_TOKEN", format!("{} letters and digits", config.app_keys.token.expose().len())),
+        Finding::pass("config WECOM_ENCODING_AES_KEY", "43 characters of base64, decodes to a 32-byte key"),
+    ];
+    out.push(match config.agent_id {
+        Some(id) => Finding::pass("config WECOM_AGENT_ID", id.to_string()),
+        None if config.secret.is_some() => Finding::fail(
+            "config WECOM_AGENT_ID",
+            "not set: replies through message/send use the AgentID of each message",
+            "set WECOM_AGENT_ID (应用管理 → the app → AgentId)",
+        ),
+        None => Finding::pass("config WECOM_AGENT_ID", "not set (no WECOM_SECRET either: no replies)"),
+    });
+    for warning in warnings {
+        // Warnings are findings to read, not failures (identical Secrets may be right).
+        out.push(Finding::pass("config warning", warning.clone()));
+    }
+    out
+}
+
+fn certificate_findings(config: &Config) -> Vec<Finding> {
+    let listen = &config.listen;
+    if !listen.tls_enabled {
+        return vec![Finding::pass("tls", "TLS_ENABLED=false: plain HTTP behind a proxy that terminates TLS")];
+    }
+    match tls::load_certificate(&listen.cert_path, &listen.key_path) {
+        Err(error) => vec![Finding::fail(
+            "tls certificate",
+            error.to_string(),
+            "put the PEM chain and its PKCS#8 key in certs/ (see certs/README.md)",
+        )],
+        Ok(loaded) => {
+            let days = (loaded.not_after - crate::store::now()).div_euclid(86_400);
+            let detail = format!("{} — key matches, {days} days left", loaded.subject);
+            if days < 14 {
+                vec![Finding::fail(
+                    "tls certificate",
+                    detail,
+                    "renew the certificate; the service picks up new files without a restart",
+                )]
+            } else {
+                vec![Finding::pass("tls certificate", detail)]
+            }
+        }
+    }
+}
+
+/// The local listener answers a signed URL verification, through the real port.
+async fn local_verification(config: &Config) -> Finding {
+    const CHECK: &str = "local URL verification";
+    let listen = &config.listen;
+    let host = match listen.bind_address {
+        IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_owned(),
+        IpAddr::V6(v6) if v6.is_unspecified() => "[::1]".to_owned(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+        ip => ip.to_string(),
+    };
+    let scheme = if listen.tls_enabled { "https" } else { "http" };
+    let echo = "diagnose-echo";
+    let keys = &config.app_keys;
+    let echostr = crypto::encrypt(&keys.aes_key, echo.as_bytes(), config.corp_id.as_str().as_bytes());
+    let (timestamp, nonce) = (crate::store::now().to_string(), "20251121");
+    let signature = crypto::sign(keys.token.expose(), &timestamp, nonce, &echostr);
+    let query = serde_urlencoded::to_string([
+        ("msg_signature", signature.as_str()),
+        ("timestamp", &timestamp),
+        ("nonce", nonce),
+        ("echostr", &echostr),
+    ])
+    .unwrap_or_default();
+    let url = format!("{scheme}://{host}:{}/api/v1/wecom/callback?{query}", listen.https_port);
+    tls::install_crypto_provider();
+    // Our own listener on this machine: its certificate is not for 127.0.0.1.
+    let client =
+        match reqwest::Client::builder().timeout(Duration::from_secs(5)).danger_accept_invalid_certs(true).build() {
+            Ok(client) => client,
+            Err(e) => return Finding::fail(CHECK, e.without_url().to_string(), "report this"),
+        };
+    match client.get(&url).send().await {
+        Err(_) => Finding::fail(
+            CHECK,
+            format!("nothing answers on {host}:{}", listen.https_port),
+            "start the service (docker compose up -d) and check HTTPS_PORT and the port mapping",
+        ),
+        Ok(response) => {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            if status.is_success() && body == echo {
+                Finding::pass(
+                    CHECK,
+                    format!("{scheme}://{host}:{}/api/v1/wecom/callback answered the signed echo", listen.https_port),
+                )
+            } else {
+                Finding::fail(
+                    CHECK,
+                    format!("HTTP {status}: {}", body.trim()),
+                    "the running service has other WECOM_TOKEN / WECOM_ENCODING_AES_KEY / WECOM_CORP_ID values than this configuration",
+                )
+            }
+        }
+    }
+}
+
+fn wecom_failure(check: &str, error: &WeComError) -> Finding {
+    let fix = match error.api() {
+        Some(api) if api.errcode == 60020 => match api.from_ip() {
+            Some(ip) => format!("add {ip} to 企业可信IP: admin console → 应用管理 → the app → 企业可信IP → 配置"),
+            None => "add this server's public IP to 企业可信IP (应用管理 → the app)".to_owned(),
+        },
+        Some(api) => api.hint().unwrap_or_else(|| "see the errcode at developer.work.weixin.qq.com".to_owned()),
+        None => "check DNS, the firewall and WECOM_API_BASE_URL; the VM must reach qyapi.weixin.qq.com:443".to_owned(),
+    };
+    Finding::fail(check, error.to_string(), fix)
+}
+
+async fn wecom_findings(config: &Config) -> Vec<Finding> {
+    let client =
+        match WeComClient::new(&config.api_base_url, std::sync::Arc::new(Metrics::new(crate::startup::VERSION))) {
+            Ok(client) => client,
+            Err(error) => return vec![wecom_failure("wecom client", &error)],
+        };
+    let mut out = Vec::new();
+    let corp = config.corp_id.as_str();
+    let mut kf_token = None;
+    let mut secrets = Vec::new();
+    if let Some(secret) = &config.secret {
+        secrets.push(("WECOM_SECRET", secret));
+    }
+    if let Some(secret) = config.kf_secret.as_ref().filter(|_| !config.secrets_identical()) {
+        secrets.push(("WECOM_KF_SECRET", secret));
+    }
+    if secrets.is_empty() {
+        out.push(Finding::pass("wecom gettoken", "no Secret configured: the service only receives"));
+    }
+    for (variable, secret) in secrets {
+        let check = format!("wecom gettoken {variable}");
+        match client.gettoken_with_date(corp, secret.expose()).await {
+            Ok((token, date)) => {
+                out.push(Finding::pass(
+                    &check,
+                    format!("token issued for {} (expires in {} s)", secret.redacted(), token.expires_in),
+                ));
+                if let Some(skew) = date.map(|d| d - crate::store::now()) {
+                    out.push(if skew.abs() <= 60 {
+                        Finding::pass("clock", format!("{skew:+} s from WeCom's clock"))
+                    } else {
+                        Finding::fail(
+                            "clock",
+                            format!("{skew:+} s from WeCom's clock"),
+                            "enable NTP on the host (timedatectl set-ntp true)",
+                        )
+                    });
+                }
+                let uses_for_kf =
+                    variable == "WECOM_KF_SECRET" || config.kf_secret.is_none() || config.secrets_identical();
+                if uses_for_kf {
+                    kf_token = Some(token.access_token);
+                }
+            }
+            Err(error) => out.push(wecom_failure(&check, &error)),
+        }
+    }
+    if let Some(token) = kf_token {
+        out.push(match client.kf_account_list(&token).await {
+            Ok(list) => Finding::pass("wecom kf API", format!("the kf Secret may call 微信客服 APIs ({} accounts)", list.account_list.len())),
+            Err(error) => {
+                let mut finding = wecom_failure("wecom kf API", &error);
+                finding.fix = Some(
+                    "use the Secret of the 微信客服 app in WECOM_KF_SECRET, or authorise this app under 微信客服 → 可调用接口的应用".into(),
+                );
+                finding
+            }
+        });
+    }
+    out
+}
+
+fn directory_findings(config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for (variable, dir) in [("UPLOAD_DIR", &config.upload_dir), ("DATA_DIR", &config.data_dir)] {
+        out.push(from_check(&format!("{variable} writable"), uploads_writable(dir)));
+    }
+    out.push(from_check("UPLOAD_DIR free space", uploads_free(Path::new(&config.upload_dir))));
+    out
+}
+
+fn from_check(name: &str, result: crate::health::CheckResult) -> Finding {
+    let detail = result.output.unwrap_or_default();
+    match result.status {
+        Status::Fail => Finding::fail(name, detail, "see above: the service runs as uid 1001 in the container"),
+        _ => Finding::pass(name, detail),
+    }
+}
+
+async fn smtp_finding(config: &Config) -> Option<Finding> {
+    let email = config.alert_email.as_ref()?;
+    let check = format!("smtp {}:{}", email.smtp_server, email.smtp_port);
+    Some(match crate::alerts::test_login(email).await {
+        Ok(()) => Finding::pass(check, "connected and logged in"),
+        Err(error) => Finding::fail(
+            check,
+            error,
+            "check SMTP_SERVER, SMTP_PORT, SMTP_TLS (465 = tls) and SMTP_USER / SMTP_PASS (an auth code)",
+        ),
+    })
+}
+
+/// The report for people: one line per check, ✔ or ✖, with the fix.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    for finding in &report.checks {
+        let mark = if finding.ok { '✔' } else { '✖' };
+        out.push_str(&format!("{mark} {} — {}\n", finding.check, finding.detail));
+        if let Some(fix) = &finding.fix {
+            out.push_str(&format!("    fix: {fix}\n"));
+        }
+    }
+    let failed = report.checks.iter().filter(|f| !f.ok).count();
+    if failed == 0 {
+        out.push_str("all checks passed\n");
+    } else {
+        out.push_str(&format!("{failed} check(s) failed\n"));
+    }
+    out
+}
