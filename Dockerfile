@@ -1,0 +1,45 @@
+# wechat-api container image.
+#
+#   docker build -t wechat-api .                    # builds the binary in a Rust image
+#   docker build --target prebuilt -t wechat-api .  # packages ./wechat-api, built elsewhere
+#
+# Runtime base: distroless/cc (glibc, libgcc, CA roots not needed — the binary carries
+# its own — no shell, no package manager, ~25 MB with the binary). The binary needs
+# nothing else: TLS is rustls, SQLite is bundled, the health check is the binary.
+# RUNTIME_BASE can point at any image with glibc (CI uses one made from the host).
+#
+# The `prebuilt` stage comes first: Debian's legacy builder builds every stage up
+# to --target, and a machine that cannot pull a Rust image must not need to.
+ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
+ARG RUST_IMAGE=rust:1-bookworm
+
+FROM ${RUNTIME_BASE} AS base
+LABEL org.opencontainers.image.title="wechat-api" \
+      org.opencontainers.image.description="WeCom and WeChat Customer Service callbacks over its own TLS, with self-monitoring" \
+      org.opencontainers.image.source="https://github.com/wechat-api/wechat-api" \
+      org.opencontainers.image.licenses="MIT"
+COPY --chown=1001:1001 docker/layout/app/ /app/
+ENV DATA_DIR=/app/data \
+    UPLOAD_DIR=/app/wwwroot/uploadall \
+    TLS_CERT_PATH=/app/certs/server.crt \
+    TLS_KEY_PATH=/app/certs/server.key \
+    HTTPS_PORT=8092
+WORKDIR /app
+USER 1001:1001
+EXPOSE 8092
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
+    CMD ["/usr/local/bin/wechat-api", "healthcheck"]
+ENTRYPOINT ["/usr/local/bin/wechat-api"]
+CMD ["serve"]
+
+FROM base AS prebuilt
+COPY --chown=0:0 wechat-api /usr/local/bin/wechat-api
+
+FROM ${RUST_IMAGE} AS build
+WORKDIR /src
+COPY . .
+RUN cargo build --release --locked --bin wechat-api && cp target/release/wechat-api /wechat-api
+
+FROM base AS runtime
+COPY --from=build --chown=0:0 --chmod=0755 /wechat-api /usr/local/bin/wechat-api

@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Collects everything needed to troubleshoot the wechat-api container into one
+# report file, secrets redacted: container state, restart count and policy, port,
+# health status and its last log, recent logs, and the in-container
+# `wechat-api diagnose`.
+set -uo pipefail
+
+usage() {
+  cat <<'USAGE'
+Usage: diagnose-wechat-api.sh [--help] [REPORT_FILE]
+
+Writes a troubleshooting report (default: wechat-api-report-<time>.txt) about the
+container named by $CONTAINER (default wechat-api). Secrets are redacted.
+USAGE
+}
+
+case "${1:-}" in
+  -h | --help) usage; exit 0 ;;
+esac
+CONTAINER=${CONTAINER:-wechat-api}
+report=${1:-wechat-api-report-$(date -u +%Y%m%dT%H%M%SZ).txt}
+
+# Values of variables whose names say they are secret are replaced.
+redact() {
+  sed -E 's/((SECRET|TOKEN|PASS|AES_KEY|KEY)[A-Z_]*[=:][[:space:]]*"?)[^"[:space:],]+/\1<redacted>/g'
+}
+
+section() { printf '\n===== %s =====\n' "$1"; }
+
+{
+  echo "wechat-api report, $(date -u +%FT%TZ), host $(hostname)"
+  section "container"
+  docker inspect -f 'status={{.State.Status}} running={{.State.Running}} started={{.State.StartedAt}} exit={{.State.ExitCode}} oom={{.State.OOMKilled}}
+restarts={{.RestartCount}} policy={{.HostConfig.RestartPolicy.Name}} user={{.Config.User}} image={{.Config.Image}}' "$CONTAINER" 2>&1
+  section "ports"
+  docker port "$CONTAINER" 2>&1
+  (ss -ltn 2>/dev/null || netstat -ltn 2>/dev/null) | grep -E ':8092\b' || echo "nothing listens on :8092 on the host"
+  section "health"
+  docker inspect -f '{{if .State.Health}}status={{.State.Health.Status}} failing_streak={{.State.Health.FailingStreak}}{{range .State.Health.Log}}
+{{.End}} exit={{.ExitCode}} {{.Output}}{{end}}{{else}}no health check{{end}}' "$CONTAINER" 2>&1
+  section "mounts"
+  docker inspect -f '{{range .Mounts}}{{.Type}} {{.Source}} -> {{.Destination}} rw={{.RW}}
+{{end}}' "$CONTAINER" 2>&1
+  for source in $(docker inspect -f '{{range .Mounts}}{{if eq .Type "bind"}}{{.Source}} {{end}}{{end}}' "$CONTAINER" 2>/dev/null); do
+    stat -c '%n owner %u:%g mode %a' "$source" 2>&1
+  done
+  section "wechat-api diagnose (inside the container)"
+  docker exec "$CONTAINER" /usr/local/bin/wechat-api diagnose 2>&1
+  section "last 200 log lines"
+  docker logs --tail 200 "$CONTAINER" 2>&1
+} | redact >"$report"
+
+echo "report written to $report"
