@@ -21,7 +21,9 @@ failed=0
 work=$(mktemp -d)
 smtp_pid=""
 cleanup() {
-  docker-compose -f "$root/docker-compose.production.yml" -f "$root/tests/container/compose.test.yml" down -v >/dev/null 2>&1 || true
+  # From the work directory: compose needs the env_file it was started with.
+  (cd "$work" && docker-compose -f docker-compose.production.yml -f compose.test.yml down -v >/dev/null 2>&1) ||
+    docker rm -f wechat-api >/dev/null 2>&1 || true
   [ -n "$smtp_pid" ] && kill "$smtp_pid" 2>/dev/null
   rm -rf "$work"
 }
@@ -73,6 +75,8 @@ size=$(docker image inspect -f '{{.Size}}' wechat-api:latest)
 ok "image builds from the CI binary ($((size / 1024 / 1024)) MiB)"
 
 echo "== the appliance"
+# A container left over from an interrupted run would hold the name and the port.
+docker rm -f wechat-api >/dev/null 2>&1 || true
 cd "$work"
 "$bin" keygen >keys.env
 {
