@@ -102,26 +102,12 @@ async fn the_kf_token_selects_the_kf_channel() {
         "<xml><ToUserName>{CORP_ID}</ToUserName><CreateTime>1348831860</CreateTime><MsgType>event</MsgType>\
          <Event>kf_msg_or_event</Event><Token>ENCApHxnGDNAVNY4AaSJKj4Tb5mwsEMzxhFmHVGcra996NR</Token><OpenKfId>wkABC</OpenKfId></xml>"
     );
-    let signed = sign_post(kf_token, kf_key, CORP_ID, &event);
-    let response = app
-        .client
-        .post(app.url(&format!("/wechat/callback?{}", signed.query)))
-        .body(signed.body)
-        .send()
-        .await
-        .expect("request");
+    let response = app.post_signed("/wechat/callback", kf_token, kf_key, &event).await;
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.expect("body"), "success");
     assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"}").await, 1.0);
     // The app Token still works alongside, on the same path.
-    let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("hi", 1));
-    let response = app
-        .client
-        .post(app.url(&format!("/wechat/callback?{}", signed.query)))
-        .body(signed.body)
-        .send()
-        .await
-        .expect("request");
+    let response = app.post_signed("/wechat/callback", TOKEN, AES_KEY, &text_message("hi", 1)).await;
     assert_eq!(response.status(), 200);
     assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}").await, 1.0);
 }

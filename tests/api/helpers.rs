@@ -69,8 +69,13 @@ pub async fn spawn_app() -> TestApp {
 }
 
 pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_certificate(365, overrides).await
+}
+
+/// Like [`spawn_app_with`], serving a certificate valid for `days`.
+pub async fn spawn_app_with_certificate(days: i64, overrides: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
-    write_certificate(dir.path(), 365);
+    write_certificate(dir.path(), days);
     let overrides = overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
     start_in(dir, overrides).await
 }
@@ -129,9 +134,14 @@ impl TestApp {
 
     /// Encrypts, signs and POSTs `xml` as an app callback; returns the HTTP status.
     pub async fn post_xml(&self, xml: &str) -> u16 {
-        let signed = sign_post(TOKEN, AES_KEY, CORP_ID, xml);
-        let url = self.url(&format!("/api/v1/wecom/callback?{}", signed.query));
-        self.client.post(url).body(signed.body).send().await.expect("callback request").status().as_u16()
+        self.post_signed("/api/v1/wecom/callback", TOKEN, AES_KEY, xml).await.status().as_u16()
+    }
+
+    /// Encrypts `xml` with `key`, signs it with `token` and POSTs it to `path`.
+    pub async fn post_signed(&self, path: &str, token: &str, key: &str, xml: &str) -> reqwest::Response {
+        let signed = sign_post(token, key, CORP_ID, xml);
+        let url = self.url(&format!("{path}?{}", signed.query));
+        self.client.post(url).body(signed.body).send().await.expect("callback request")
     }
 
     /// Polls until the outbox has nothing left to do, or fails after 15 s.

@@ -111,15 +111,16 @@ async fn a_failing_receiver_still_gets_the_message_across_a_restart_and_its_repl
     assert_eq!(wecom.calls("message/send").len(), 1);
 }
 
+/// An app that can reply through the fake WeCom API (a Secret and an agent id).
+async fn spawn_replying_app(wecom: &FakeWeCom) -> TestApp {
+    spawn_app_with(&[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", SECRET), ("WECOM_AGENT_ID", "1000002")])
+        .await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn help_from_a_member_is_answered_with_message_send() {
     let wecom = FakeWeCom::start().await;
-    let app = spawn_app_with(&[
-        ("WECOM_API_BASE_URL", &wecom.base_url),
-        ("WECOM_SECRET", SECRET),
-        ("WECOM_AGENT_ID", "1000002"),
-    ])
-    .await;
+    let app = spawn_replying_app(&wecom).await;
     assert_eq!(app.post_text("帮助", 11).await, 200);
     let sends = wecom.wait_for_calls("message/send", 1).await;
     assert_eq!(sends[0].body["text"]["content"], HELP_TEXT);
@@ -130,12 +131,7 @@ async fn help_from_a_member_is_answered_with_message_send() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn errcode_42001_on_a_send_refreshes_once_and_retries_once() {
     let wecom = FakeWeCom::start().await;
-    let app = spawn_app_with(&[
-        ("WECOM_API_BASE_URL", &wecom.base_url),
-        ("WECOM_SECRET", SECRET),
-        ("WECOM_AGENT_ID", "1000002"),
-    ])
-    .await;
+    let app = spawn_replying_app(&wecom).await;
     wecom.answer_once("message/send", json!({"errcode": 42001, "errmsg": "access_token expired"}));
     assert_eq!(app.post_text("help", 12).await, 200);
     let sends = wecom.wait_for_calls("message/send", 2).await;

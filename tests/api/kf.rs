@@ -40,14 +40,7 @@ async fn notify(app: &TestApp, token: &str) -> (u16, String) {
          <Event><![CDATA[kf_msg_or_event]]></Event><Token><![CDATA[{token}]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>",
         now()
     );
-    let signed = sign_post(KF_TOKEN, KF_KEY, CORP_ID, &xml);
-    let response = app
-        .client
-        .post(app.url(&format!("/wechat/callback?{}", signed.query)))
-        .body(signed.body)
-        .send()
-        .await
-        .expect("notice");
+    let response = app.post_signed("/wechat/callback", KF_TOKEN, KF_KEY, &xml).await;
     (response.status().as_u16(), response.text().await.expect("body"))
 }
 

@@ -141,15 +141,10 @@ async fn a_dead_supervisor_fails_liveness_but_not_before() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_near_expiry_fails_and_new_files_are_served_without_a_restart() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (cert_path, key_path, old_pem) = write_certificate(dir.path(), 2);
-    let env = test_env(dir.path(), &[("SUPERVISOR_INTERVAL_SECS", "1")]);
-    let (config, _) =
-        wechat_api::config::load(&wechat_api::config::Sources { env, ..Default::default() }).expect("config");
-    let app = wechat_api::startup::Application::build(config).await.expect("starts");
-    let port = app.port();
-    let token = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped());
+    let app = spawn_app_with_certificate(2, &[("SUPERVISOR_INTERVAL_SECS", "1")]).await;
+    let (port, dir) = (app.port, app.dir.path().to_owned());
+    let (cert_path, key_path) = (dir.join("server.crt"), dir.join("server.key"));
+    let old_pem = std::fs::read_to_string(&cert_path).expect("certificate");
     let trusting = |pem: &str| {
         reqwest::Client::builder()
             .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"))
@@ -173,10 +168,10 @@ async fn a_certificate_near_expiry_fails_and_new_files_are_served_without_a_rest
 
     // Renew the way certbot does: new files, renamed into place.
     let fresh = wechat_api::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(90)).expect("fresh");
-    std::fs::write(dir.path().join("new.crt"), &fresh.cert_pem).expect("write");
-    std::fs::write(dir.path().join("new.key"), &fresh.key_pem).expect("write");
-    std::fs::rename(dir.path().join("new.key"), &key_path).expect("rename");
-    std::fs::rename(dir.path().join("new.crt"), &cert_path).expect("rename");
+    std::fs::write(dir.join("new.crt"), &fresh.cert_pem).expect("write");
+    std::fs::write(dir.join("new.key"), &fresh.key_pem).expect("write");
+    std::fs::rename(dir.join("new.key"), &key_path).expect("rename");
+    std::fs::rename(dir.join("new.crt"), &cert_path).expect("rename");
     let new_client = trusting(&fresh.cert_pem);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -196,8 +191,7 @@ async fn a_certificate_near_expiry_fails_and_new_files_are_served_without_a_rest
         "the old certificate is no longer served"
     );
     drop((old_client, new_client));
-    token.cancel();
-    server.await.expect("task").expect("clean stop");
+    app.stop().await.expect("clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

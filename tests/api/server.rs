@@ -37,29 +37,15 @@ async fn identical_secrets_are_a_warning_in_health_that_shows_no_secret() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_expiring_in_two_days_fails_health_with_503() {
-    let dir = tempfile::tempdir().expect("dir");
-    let (_, _, pem) = write_certificate(dir.path(), 2);
-    let env = test_env(dir.path(), &[]);
-    let (config, _) =
-        wechat_api::config::load(&wechat_api::config::Sources { env, ..Default::default() }).expect("config");
-    let app = wechat_api::startup::Application::build(config).await.expect("starts");
-    let port = app.port();
-    let token = app.shutdown_token();
-    let server = tokio::spawn(app.run_until_stopped());
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes()).expect("pem"))
-        .build()
-        .expect("client");
-    let response = client.get(format!("https://127.0.0.1:{port}/api/health")).send().await.expect("request");
+    let app = spawn_app_with_certificate(2, &[]).await;
+    let response = app.client.get(app.url("/api/health")).send().await.expect("request");
     assert_eq!(response.status(), 503);
     let body: serde_json::Value = response.json().await.expect("JSON");
     assert_eq!(body["status"], "fail");
     let check = &body["checks"]["tls:certificate"][0];
     assert!(check["output"].as_str().expect("output").contains("the certificate expires in"), "{body}");
     assert!(check["observedValue"].as_i64().expect("days") <= 2, "{body}");
-    drop(client);
-    token.cancel();
-    server.await.expect("task").expect("clean stop");
+    app.stop().await.expect("clean stop");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
