@@ -3,10 +3,14 @@
 
 mod callback;
 mod cli;
+mod crash;
 mod fakes;
 mod helpers;
+mod hostile;
 mod ingest;
 mod kf;
 mod monitoring;
+mod properties;
+mod secrets;
 mod server;
 mod smtp;
