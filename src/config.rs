@@ -55,6 +55,7 @@ pub const VARIABLES: &[&str] = &[
     "SUPERVISOR_INTERVAL_SECS",
     "ALERT_GROUP_WAIT_SECS",
     "ALERT_REPEAT_HOURS",
+    "RETENTION_SECS",
     "LOG_FORMAT",
 ];
 
@@ -66,6 +67,9 @@ pub const ALIASES: &[(&str, &str)] = &[
     ("WEWORK_TOKEN", "WECOM_TOKEN"),
     ("WEWORK_AES_KEY", "WECOM_ENCODING_AES_KEY"),
 ];
+
+/// The shortest `RETENTION_SECS`: it is also the dedup window.
+pub const MIN_RETENTION_SECS: u64 = 60;
 
 /// Names the environment variable that points at the TOML file.
 pub const CONFIG_FILE_VARIABLE: &str = "WECHAT_API_CONFIG";
@@ -85,6 +89,7 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("SUPERVISOR_INTERVAL_SECS", "30"),
     ("ALERT_GROUP_WAIT_SECS", "30"),
     ("ALERT_REPEAT_HOURS", "4"),
+    ("RETENTION_SECS", "604800"),
     ("LOG_FORMAT", "text"),
 ];
 
@@ -241,6 +246,9 @@ pub struct Config {
     pub alert_group_wait: Duration,
     /// `None` when reminders are off (`ALERT_REPEAT_HOURS=0`).
     pub alert_repeat: Option<Duration>,
+    /// How long handled journal entries (and so their dedup keys) and finished
+    /// outbox actions are kept (`RETENTION_SECS`).
+    pub retention: Duration,
     pub log_format: LogFormat,
 }
 
@@ -556,6 +564,11 @@ impl Config {
         }
         let alert_group_wait = v.parse::<u64>("ALERT_GROUP_WAIT_SECS", "a whole number of seconds");
         let alert_repeat = v.parse::<u64>("ALERT_REPEAT_HOURS", "a whole number of hours (0 = off)");
+        let retention = v.parse::<u64>("RETENTION_SECS", "a whole number of seconds");
+        if retention.is_some_and(|secs| secs < MIN_RETENTION_SECS) {
+            // Shorter would forget dedup keys while WeCom may still retry.
+            v.fail("RETENTION_SECS", format!("must be at least {MIN_RETENTION_SECS} (WeCom retries within a minute)"));
+        }
         let log_format = match settings.get("LOG_FORMAT").map(str::trim) {
             Some("json") => Some(LogFormat::Json),
             Some("text") | None => Some(LogFormat::Text),
@@ -586,6 +599,7 @@ impl Config {
                 supervisor_interval: Duration::from_secs(supervisor_interval?.max(1)),
                 alert_group_wait: Duration::from_secs(alert_group_wait?),
                 alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
+                retention: Duration::from_secs(retention?),
                 log_format: log_format?,
             })
         })();
@@ -714,6 +728,7 @@ mod tests {
         assert_eq!(config.api_base_url, "https://qyapi.weixin.qq.com");
         assert_eq!(config.supervisor_interval, Duration::from_secs(30));
         assert_eq!(config.alert_repeat, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
         assert!(config.alert_email.is_none());
         assert_eq!(config.kf_keys.token.expose(), "QDG6eK", "kf falls back to the app Token");
         assert!(warnings.is_empty(), "{warnings:?}");
@@ -743,6 +758,16 @@ mod tests {
             assert!(joined.contains(needle), "missing {needle:?} in {joined}");
         }
         assert!(errors.len() >= 5);
+    }
+
+    #[test]
+    fn retention_shorter_than_the_retry_window_is_refused() {
+        let mut pairs = minimal();
+        pairs.push(("RETENTION_SECS", "30"));
+        assert_eq!(errors_of(&pairs), vec!["RETENTION_SECS must be at least 60 (WeCom retries within a minute)"]);
+        pairs.pop();
+        pairs.push(("RETENTION_SECS", "3600"));
+        assert_eq!(load(&env(&pairs)).expect("valid").0.retention, Duration::from_secs(3600));
     }
 
     #[test]

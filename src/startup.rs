@@ -27,7 +27,7 @@ use crate::health::{HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::names::Names;
 use crate::routes::{self, AppState};
-use crate::store::{Store, StoreError};
+use crate::store::{retention, Store, StoreError};
 use crate::supervisor::checks::{self, Checks};
 use crate::supervisor::{Supervisor, Timing};
 use crate::telemetry::Metrics;
@@ -200,9 +200,11 @@ impl Application {
         let server = server.run();
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        tasks.spawn(metrics_upkeep(metrics, state.store.clone(), shutdown.clone()));
+        tasks.spawn(metrics_upkeep(Arc::clone(&metrics), state.store.clone(), shutdown.clone()));
         liveness.watch("dispatcher", tasks.spawn(dispatcher.run(shutdown.clone())).abort_handle());
         liveness.watch("outbox", tasks.spawn(outbox.run(shutdown.clone())).abort_handle());
+        let retention = retention::run(state.store.clone(), config.retention, metrics, shutdown.clone());
+        liveness.watch("retention", tasks.spawn(retention).abort_handle());
         if state.wecom.kf.is_some() {
             liveness.watch("kf-sync", tasks.spawn(kf_syncer.run(shutdown.clone())).abort_handle());
         }

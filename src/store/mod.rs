@@ -16,6 +16,7 @@ pub mod kf;
 pub mod meta;
 pub mod names;
 pub mod outbox;
+pub mod retention;
 pub mod tokens;
 
 use std::path::{Path, PathBuf};
@@ -217,6 +218,8 @@ fn configure(connection: &Connection) -> rusqlite::Result<()> {
     // FULL: a commit is on disk before any caller is told it happened.
     connection.pragma_update(None, "synchronous", "FULL")?;
     connection.pragma_update(None, "foreign_keys", "ON")?;
+    // After a checkpoint the WAL file is truncated to this, so it stays bounded too.
+    connection.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
     connection.busy_timeout(Duration::from_secs(5))?;
     Ok(())
 }
