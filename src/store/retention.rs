@@ -79,7 +79,11 @@ pub async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>, shutd
                 journal.increment(pruned.journal);
                 outbox.increment(pruned.outbox);
                 if pruned != Pruned::default() {
-                    tracing::info!(journal = pruned.journal, outbox = pruned.outbox, "store: pruned entries past retention");
+                    tracing::info!(
+                        journal = pruned.journal,
+                        outbox = pruned.outbox,
+                        "store: pruned entries past retention"
+                    );
                 }
             }
             Err(error) => tracing::warn!("store: pruning failed, will retry: {error}"),
