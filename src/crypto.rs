@@ -92,8 +92,18 @@ impl AesKey {
 }
 
 /// A hex SHA-1 signature: 40 lowercase ASCII hex digits.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 pub struct Signature([u8; 40]);
+
+/// Constant time like [`Signature::matches`]: a derived `==` would stop at the
+/// first differing byte, a timing oracle for forging signatures.
+impl PartialEq for Signature {
+    fn eq(&self, other: &Self) -> bool {
+        bool::from(self.0.ct_eq(&other.0))
+    }
+}
+
+impl Eq for Signature {}
 
 impl Signature {
     /// The signature as text.
@@ -392,6 +402,12 @@ mod tests {
         let sig = sign("t", "1", "2", "x");
         assert!(sig.matches(&sig.as_str().to_ascii_uppercase()));
         assert!(!sig.matches(&sig.as_str()[..39]));
+    }
+
+    #[test]
+    fn signatures_compare_by_value_in_constant_time() {
+        assert_eq!(sign("t", "1", "2", "x"), sign("2", "t", "1", "x"), "the parts are sorted");
+        assert_ne!(sign("t", "1", "2", "x"), sign("t", "1", "2", "y"));
     }
 
     fn test_key() -> AesKey {

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
 use super::client::WeComClient;
@@ -177,7 +178,8 @@ impl TokenSource {
     /// refreshed already; then there is nothing to drop).
     pub async fn invalidate(&self, stale: &str) {
         let mut current = self.current.lock().await;
-        if current.as_ref().is_none_or(|t| t.token == stale) {
+        // Constant time like every comparison of a credential, though both are ours.
+        if current.as_ref().is_none_or(|t| bool::from(t.token.as_bytes().ct_eq(stale.as_bytes()))) {
             *current = None;
             let _ = self.store.delete_token(self.cache_key.clone()).await;
             // The next `token()` must not pick the stale one up from the store again.

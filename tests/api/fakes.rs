@@ -14,6 +14,7 @@ pub struct Call {
     pub api: String,
     pub query: HashMap<String, String>,
     pub body: Value,
+    pub headers: Vec<(String, String)>,
 }
 
 #[derive(Default)]
@@ -30,6 +31,8 @@ struct WeComState {
     by_secret: HashMap<String, Value>,
     /// Files served by `media/get`, by media id.
     media: HashMap<String, Vec<u8>>,
+    /// What issued access tokens start with (`TOKEN` unless set).
+    token_prefix: Option<String>,
 }
 
 /// A fake WeCom API: issues tokens, checks them, records every call, and can be
@@ -64,6 +67,16 @@ impl FakeWeCom {
 
     pub fn calls(&self, api: &str) -> Vec<Call> {
         self.state.lock().expect("lock").calls.iter().filter(|c| c.api == api).cloned().collect()
+    }
+
+    /// Every call to any API, in order.
+    pub fn all_calls(&self) -> Vec<Call> {
+        self.state.lock().expect("lock").calls.clone()
+    }
+
+    /// Access tokens issued from now on are `<prefix>-<n>`.
+    pub fn issue_tokens_as(&self, prefix: &str) {
+        self.state.lock().expect("lock").token_prefix = Some(prefix.to_owned());
     }
 
     /// Every `gettoken` with `secret` answers `answer` (e.g. 60020) until cleared.
@@ -108,9 +121,10 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
     let api = request.path().trim_start_matches("/cgi-bin/").to_owned();
     let query: HashMap<String, String> = serde_urlencoded::from_str(request.query_string()).unwrap_or_default();
     let body_json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let headers = header_pairs(&request);
     let (answer, delay) = {
         let mut s = state.lock().expect("lock");
-        s.calls.push(Call { api: api.clone(), query: query.clone(), body: body_json });
+        s.calls.push(Call { api: api.clone(), query: query.clone(), body: body_json, headers });
         let delay = s.delays.get(&api).copied();
         let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front);
         let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query));
@@ -133,7 +147,7 @@ fn default_answer(s: &mut WeComState, api: &str, query: &HashMap<String, String>
     }
     if api == "gettoken" {
         s.issued += 1;
-        let token = format!("TOKEN-{}", s.issued);
+        let token = format!("{}-{}", s.token_prefix.as_deref().unwrap_or("TOKEN"), s.issued);
         s.valid_tokens.push(token.clone());
         return Ok(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200}));
     }
@@ -161,6 +175,11 @@ fn default_answer(s: &mut WeComState, api: &str, query: &HashMap<String, String>
     })
 }
 
+/// Every header of `request`, values lossily as text.
+fn header_pairs(request: &HttpRequest) -> Vec<(String, String)> {
+    request.headers().iter().map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect()
+}
+
 /// One POST the forward receiver got.
 #[derive(Debug, Clone)]
 pub struct Delivery {
@@ -168,6 +187,8 @@ pub struct Delivery {
     pub signature_ok: bool,
     pub content_type: String,
     pub record: Value,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
 }
 
 #[derive(Default)]
@@ -190,7 +211,12 @@ pub struct ForwardReceiver {
 
 impl ForwardReceiver {
     pub async fn start() -> Self {
-        let secret = "forward-secret-for-tests".to_owned();
+        Self::start_with_secret("forward-secret-for-tests").await
+    }
+
+    /// A receiver that checks `X-Signature` under `secret`.
+    pub async fn start_with_secret(secret: &str) -> Self {
+        let secret = secret.to_owned();
         let state = Arc::new(Mutex::new(ReceiverState::default()));
         let shared = web::Data::from(Arc::clone(&state));
         let key = web::Data::new(secret.clone());
@@ -256,6 +282,8 @@ async fn receive(
         signature_ok: header("X-Signature") == expected,
         content_type: header("Content-Type"),
         record: serde_json::from_slice(&body).unwrap_or(Value::Null),
+        headers: header_pairs(&request),
+        body: String::from_utf8_lossy(&body).into_owned(),
     });
     match &s.reply {
         Some(text) => HttpResponse::Ok().json(json!({"reply": {"text": text}})),

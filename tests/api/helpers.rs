@@ -292,6 +292,21 @@ impl Drop for Running {
 }
 
 impl Running {
+    /// Every line not read yet, up to the end of both streams (call it after the
+    /// process ended); fails the test after 30 s.
+    pub fn rest(&self) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        loop {
+            let left = deadline.checked_duration_since(Instant::now()).unwrap_or_default();
+            match self.lines.recv_timeout(left) {
+                Ok(line) => seen.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => return seen,
+                Err(mpsc::RecvTimeoutError::Timeout) => panic!("output never ended; so far:\n{}", seen.join("\n")),
+            }
+        }
+    }
+
     /// SIGKILL: no drain, no flush, no goodbye.
     pub fn kill_9(&mut self) {
         let _ = self.child.kill();

@@ -28,6 +28,8 @@ impl Received {
 pub struct SmtpSink {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
+    /// The `AUTH` command lines (the only place a password may reach the sink).
+    logins: Arc<Mutex<Vec<String>>>,
     server: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -36,8 +38,9 @@ impl SmtpSink {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
         let port = listener.local_addr().expect("addr").port();
         let received = Arc::new(Mutex::new(Vec::new()));
-        let server = Some(tokio::spawn(serve(listener, Arc::clone(&received))));
-        Self { port, received, server }
+        let logins = Arc::new(Mutex::new(Vec::new()));
+        let server = Some(tokio::spawn(serve(listener, Arc::clone(&received), Arc::clone(&logins))));
+        Self { port, received, logins, server }
     }
 
     /// Stops accepting (connections are refused) until [`SmtpSink::resume`].
@@ -49,11 +52,16 @@ impl SmtpSink {
 
     pub async fn resume(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind SMTP sink");
-        self.server = Some(tokio::spawn(serve(listener, Arc::clone(&self.received))));
+        self.server = Some(tokio::spawn(serve(listener, Arc::clone(&self.received), Arc::clone(&self.logins))));
     }
 
     pub fn received(&self) -> Vec<Received> {
         self.received.lock().expect("lock").clone()
+    }
+
+    /// Every `AUTH` line a client sent (the sink advertises `AUTH PLAIN LOGIN`).
+    pub fn logins(&self) -> Vec<String> {
+        self.logins.lock().expect("lock").clone()
     }
 
     /// Polls until a mail whose subject contains `needle` arrived, or fails after `within`.
@@ -76,9 +84,10 @@ impl Drop for SmtpSink {
     }
 }
 
-async fn serve(listener: TcpListener, received: Arc<Mutex<Vec<Received>>>) {
+async fn serve(listener: TcpListener, received: Arc<Mutex<Vec<Received>>>, logins: Arc<Mutex<Vec<String>>>) {
     while let Ok((stream, _)) = listener.accept().await {
         let received = Arc::clone(&received);
+        let logins = Arc::clone(&logins);
         tokio::spawn(async move {
             let (read, mut write) = stream.into_split();
             let mut lines = BufReader::new(read).lines();
@@ -86,7 +95,12 @@ async fn serve(listener: TcpListener, received: Arc<Mutex<Vec<Received>>>) {
             while let Ok(Some(line)) = lines.next_line().await {
                 let verb = line.split_whitespace().next().unwrap_or_default().to_ascii_uppercase();
                 let reply: &[u8] = match verb.as_str() {
-                    "EHLO" | "HELO" => b"250 sink\r\n",
+                    "HELO" => b"250 sink\r\n",
+                    "EHLO" => b"250-sink\r\n250 AUTH PLAIN LOGIN\r\n",
+                    "AUTH" => {
+                        logins.lock().expect("lock").push(line.clone());
+                        b"235 accepted\r\n"
+                    }
                     "DATA" => {
                         let _ = write.write_all(b"354 go ahead\r\n").await;
                         let mut data = String::new();
