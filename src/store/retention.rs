@@ -4,7 +4,9 @@
 //! (seconds to minutes later) is always inside it.
 //!
 //! Never deleted, whatever their age: a journal entry above the handled watermark
-//! (not yet handled) and an outbox action not yet done (still owed to someone).
+//! (not yet handled), the newest journal entry (SQLite numbers a new row after the
+//! highest id present: keeping it means an id is never given out twice, so a new
+//! entry never lands below the watermark) and an outbox action not yet done.
 //!
 //! Both tables are walked oldest first by rowid, in small batches, one transaction
 //! each, so pruning never holds the writer thread for long and needs no index on a
@@ -103,7 +105,8 @@ fn prune_batch(db: &Connection, table: Table, after: i64, cutoff: i64) -> rusqli
         Table::Journal => (
             "SELECT id, received_at FROM journal WHERE id > ?1 ORDER BY id LIMIT ?2",
             "DELETE FROM journal WHERE id > ?1 AND id <= ?2
-               AND id <= (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')",
+               AND id <= (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')
+               AND id < (SELECT MAX(id) FROM journal)",
         ),
         Table::Outbox => (
             "SELECT id, created_at FROM outbox WHERE id > ?1 ORDER BY id LIMIT ?2",
@@ -215,7 +218,8 @@ mod tests {
 
         let pruned = store.prune(super::super::now() - 60).await.expect("prune");
 
-        assert_eq!(pruned, Pruned { journal: total as u64, outbox: total as u64 - 1 });
+        assert_eq!(pruned, Pruned { journal: total as u64 - 1, outbox: total as u64 - 1 });
+        assert_eq!(count(&store, "journal").await, 1, "the newest entry stays");
         assert_eq!(count(&store, "outbox").await, 1);
         // A new entry after everything was deleted is not mistaken for a handled one.
         store.journal(entry("after")).await.expect("journal");
