@@ -1,7 +1,6 @@
 //! WeChat Customer Service messages, as `kf/sync_msg` returns them (JSON),
 //! classified into [`KfKind`]. Unknown msgtypes and event types are kept raw.
 
-use serde::Deserialize;
 use serde_json::Value;
 
 /// Who sent a kf message (`origin`).
@@ -148,24 +147,9 @@ pub struct KfMessage {
     pub raw: Value,
 }
 
-#[derive(Deserialize)]
-struct Head {
-    msgid: String,
-    #[serde(default)]
-    open_kfid: String,
-    #[serde(default)]
-    external_userid: Option<String>,
-    #[serde(default)]
-    send_time: i64,
-    #[serde(default)]
-    origin: i64,
-    #[serde(default)]
-    servicer_userid: Option<String>,
-    #[serde(default)]
-    msgtype: String,
-}
-
-/// Why a kf message was refused: only a missing `msgid` (nothing to dedup by).
+/// Why a kf message was refused: only a missing or empty `msgid` (nothing to
+/// dedup by). Any other field of an unexpected type is read as absent: refusing
+/// would drop the message for good, since the cursor moves past it.
 #[derive(Debug, thiserror::Error)]
 #[error("kf message without a msgid: {0}")]
 pub struct KfParseError(String);
@@ -182,11 +166,28 @@ fn integer(value: &Value, path: &[&str]) -> Option<i64> {
     path.iter().try_fold(value, |v, key| v.get(key))?.as_i64()
 }
 
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 impl KfMessage {
     /// Classifies one element of `msg_list`.
     pub fn parse(raw: Value) -> Result<Self, KfParseError> {
-        let head: Head = serde_json::from_value(raw.clone()).map_err(|e| KfParseError(e.to_string()))?;
-        let t = head.msgtype.as_str();
+        let msgid = match raw.get("msgid") {
+            Some(Value::String(id)) if !id.is_empty() => id.clone(),
+            Some(Value::String(_)) => return Err(KfParseError("msgid is empty".into())),
+            Some(other) => return Err(KfParseError(format!("msgid is not a string but {}", json_type(other)))),
+            None => return Err(KfParseError("no msgid field".into())),
+        };
+        let msgtype = text(&raw, &["msgtype"]).unwrap_or_default();
+        let t = msgtype.as_str();
         let media = |key: &str| text(&raw, &[key, "media_id"]).unwrap_or_default();
         let kind = match t {
             "text" => KfKind::Text {
@@ -215,20 +216,21 @@ impl KfMessage {
             _ => KfKind::Unknown,
         };
         // Events carry the customer inside `event`.
-        let external_userid =
-            head.external_userid.filter(|u| !u.is_empty()).or_else(|| text(&raw, &["event", "external_userid"]));
-        let open_kfid = Some(head.open_kfid)
+        let external_userid = text(&raw, &["external_userid"])
+            .filter(|u| !u.is_empty())
+            .or_else(|| text(&raw, &["event", "external_userid"]));
+        let open_kfid = text(&raw, &["open_kfid"])
             .filter(|k| !k.is_empty())
             .or_else(|| text(&raw, &["event", "open_kfid"]))
             .unwrap_or_default();
         Ok(Self {
-            msgid: head.msgid,
+            msgid,
             open_kfid,
             external_userid,
-            send_time: head.send_time,
-            origin: Origin::from_code(head.origin),
-            servicer_userid: head.servicer_userid.filter(|s| !s.is_empty()),
-            msgtype: head.msgtype,
+            send_time: integer(&raw, &["send_time"]).unwrap_or_default(),
+            origin: Origin::from_code(integer(&raw, &["origin"]).unwrap_or_default()),
+            servicer_userid: text(&raw, &["servicer_userid"]).filter(|s| !s.is_empty()),
+            msgtype,
             kind,
             raw,
         })
@@ -396,5 +398,28 @@ mod tests {
     fn a_message_without_msgid_is_an_error_not_a_panic() {
         assert!(KfMessage::parse(json!({"msgtype": "text"})).is_err());
         assert!(KfMessage::parse(json!("just a string")).is_err());
+        let error = KfMessage::parse(json!({"msgid": 7, "msgtype": "text"})).expect_err("numeric msgid");
+        assert_eq!(error.to_string(), "kf message without a msgid: msgid is not a string but a number");
+    }
+
+    #[test]
+    fn an_empty_msgid_is_refused_so_distinct_messages_never_share_a_dedup_key() {
+        let error = KfMessage::parse(json!({"msgid": "", "msgtype": "text"})).expect_err("empty msgid");
+        assert_eq!(error.to_string(), "kf message without a msgid: msgid is empty");
+    }
+
+    #[test]
+    fn a_field_of_an_unexpected_type_does_not_drop_a_message_that_has_a_msgid() {
+        // Found by tests/api/properties.rs: `"origin": ""` used to refuse the whole
+        // message as "without a msgid", and the syncer skipped it for good.
+        let m = KfMessage::parse(json!({
+            "msgid": "m9", "open_kfid": 5, "external_userid": ["wm"], "send_time": "1615478585", "origin": "",
+            "servicer_userid": {}, "msgtype": "text", "text": {"content": "hi"}
+        }))
+        .expect("kept");
+        assert_eq!(m.msgid, "m9");
+        assert_eq!(m.kind, KfKind::Text { content: "hi".into(), menu_id: None });
+        assert_eq!((m.send_time, m.origin, m.open_kfid.as_str()), (0, Origin::Other(0), ""));
+        assert_eq!((m.external_userid, m.servicer_userid), (None, None));
     }
 }
