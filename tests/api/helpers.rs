@@ -58,6 +58,8 @@ pub fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> HashMap<St
     env.insert("TLS_KEY_PATH".into(), dir.join("server.key").display().to_string());
     env.insert("DATA_DIR".into(), dir.join("data").display().to_string());
     env.insert("UPLOAD_DIR".into(), dir.join("uploads").display().to_string());
+    // Never the real WeCom: a test that needs the API starts a FakeWeCom and overrides this.
+    env.insert("WECOM_API_BASE_URL".into(), "http://127.0.0.1:9".into());
     for (k, v) in overrides {
         env.insert((*k).to_owned(), (*v).to_owned());
     }

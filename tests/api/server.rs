@@ -25,7 +25,13 @@ async fn health_reports_in_the_draft_shape_with_its_content_type() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn identical_secrets_are_a_warning_in_health_that_shows_no_secret() {
     let secret = "IdenticalSecretValue0123456789";
-    let app = spawn_app_with(&[("WECOM_SECRET", secret), ("WECOM_KF_SECRET", secret)]).await;
+    let wecom = crate::fakes::FakeWeCom::start().await;
+    let app = spawn_app_with(&[
+        ("WECOM_API_BASE_URL", &wecom.base_url),
+        ("WECOM_SECRET", secret),
+        ("WECOM_KF_SECRET", secret),
+    ])
+    .await;
     let response = app.client.get(app.url("/api/health")).send().await.expect("request");
     assert_eq!(response.status(), 200, "warn still answers 200");
     let text = response.text().await.expect("body");
