@@ -1,6 +1,9 @@
 //! The journal: every accepted callback, durably, before it is acknowledged.
 //! The dedup key is the primary identity: a second delivery changes nothing.
 
+use std::collections::{HashSet, VecDeque};
+use std::sync::Mutex;
+
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::outbox::NewAction;
@@ -44,6 +47,36 @@ pub struct PendingEntry {
     pub payload: String,
 }
 
+/// How many committed dedup keys are remembered in memory (~4 MiB at most).
+const RECENT_KEYS: usize = 65_536;
+
+/// The dedup keys most recently committed (first in, first out). A retry of one
+/// of them is a duplicate without asking SQLite: WeCom retries within seconds, and
+/// a retry storm after an outage should cost no store round trips. Only keys of
+/// committed entries get here, so "seen" is never claimed for a key that could
+/// still be lost.
+#[derive(Debug, Default)]
+pub(super) struct RecentKeys(Mutex<(HashSet<Box<str>>, VecDeque<Box<str>>)>);
+
+impl RecentKeys {
+    fn contains(&self, key: &str) -> bool {
+        self.0.lock().is_ok_and(|recent| recent.0.contains(key))
+    }
+
+    fn remember(&self, key: &str) {
+        let Ok(mut recent) = self.0.lock() else { return };
+        let (set, order) = &mut *recent;
+        if set.insert(key.into()) {
+            order.push_back(key.into());
+            if order.len() > RECENT_KEYS {
+                if let Some(oldest) = order.pop_front() {
+                    set.remove(&oldest);
+                }
+            }
+        }
+    }
+}
+
 /// Inserts `entry` unless its dedup key is known: one statement.
 pub(super) fn insert(db: &Connection, entry: &NewEntry) -> rusqlite::Result<Recorded> {
     let inserted = db
@@ -58,7 +91,14 @@ pub(super) fn insert(db: &Connection, entry: &NewEntry) -> rusqlite::Result<Reco
 impl Store {
     /// Journals `entry` unless its dedup key is known; durable when this returns.
     pub async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
-        self.run_statement(move |db| insert(db, &entry)).await
+        if self.recent.contains(&entry.dedup_key) {
+            return Ok(Recorded::Duplicate);
+        }
+        let key = entry.dedup_key.clone();
+        let recorded = self.run_statement(move |db| insert(db, &entry)).await?;
+        // Only now, with the commit done: a key in `recent` is never one that could be lost.
+        self.recent.remember(&key);
+        Ok(recorded)
     }
 
     /// The oldest unhandled entries, in arrival order.
@@ -112,5 +152,45 @@ impl Store {
                 .map(|found| found.is_some())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    #[test]
+    fn recent_keys_forget_the_oldest_beyond_their_bound() {
+        let recent = RecentKeys::default();
+        for i in 0..=RECENT_KEYS {
+            recent.remember(&format!("k{i}"));
+        }
+        assert!(!recent.contains("k0"), "the oldest was forgotten");
+        assert!(recent.contains("k1") && recent.contains(&format!("k{RECENT_KEYS}")));
+        recent.remember("k1");
+        assert_eq!(recent.0.lock().expect("lock").1.len(), RECENT_KEYS, "remembering twice keeps one");
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_a_committed_key_needs_no_store_trip() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("opens");
+        let entry = NewEntry {
+            dedup_key: "app:msg:1".into(),
+            channel: "app",
+            kind: KIND_CALLBACK,
+            sender: None,
+            payload: "<xml/>".into(),
+        };
+        assert!(matches!(store.journal(entry.clone()).await.expect("journal"), Recorded::New(_)));
+        let operations = store.stats().operations.load(Ordering::Relaxed);
+        assert_eq!(store.journal(entry.clone()).await.expect("journal"), Recorded::Duplicate);
+        assert_eq!(store.stats().operations.load(Ordering::Relaxed), operations, "answered from memory");
+        // A fresh process asks SQLite, which knows it too.
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopens");
+        assert_eq!(store.journal(entry).await.expect("journal"), Recorded::Duplicate);
     }
 }

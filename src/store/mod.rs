@@ -144,6 +144,8 @@ type Delivery = Box<dyn FnOnce(bool) + Send>;
 pub struct Store {
     sender: mpsc::Sender<Operation>,
     stats: Arc<Stats>,
+    /// Dedup keys known to be committed, so a retry is answered without a store trip.
+    recent: Arc<journal::RecentKeys>,
 }
 
 impl std::fmt::Debug for Store {
@@ -177,7 +179,7 @@ impl Store {
             .name("wechat-api-store".into())
             .spawn(move || writer_loop(connection, receiver, &thread_stats))
             .map_err(|e| open_error(format!("cannot start the store thread: {e}")))?;
-        Ok(Self { sender, stats })
+        Ok(Self { sender, stats, recent: Arc::default() })
     }
 
     /// Runs `operation` on the writer thread inside a transaction that is durably

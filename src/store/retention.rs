@@ -1,7 +1,8 @@
 //! Retention: handled journal entries and finished outbox actions are deleted once
 //! they are older than `RETENTION_SECS` (default 7 days). Deleting a journal entry
-//! forgets its dedup key, so the retention is also the dedup window: a WeCom retry
-//! (seconds to minutes later) is always inside it.
+//! forgets its dedup key, so the retention is also the dedup window (at least: the
+//! last 65,536 keys are also remembered in memory): a WeCom retry, seconds to
+//! minutes later, is always inside it.
 //!
 //! Never deleted, whatever their age: a journal entry above the handled watermark
 //! (not yet handled), the newest journal entry (SQLite numbers a new row after the
@@ -190,7 +191,10 @@ mod tests {
         assert_eq!(count(&store, "journal").await, 1, "the unhandled entry stays");
         assert_eq!(store.pending(10).await.expect("pending")[0].dedup_key, "unhandled");
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 1, "the owed action stays");
-        // The dedup key is forgotten with its entry: the window is the retention.
+        // The dedup key is forgotten with its entry (once out of the in-memory
+        // recent keys too, as after a restart): the window is the retention.
+        drop(store);
+        let store = Store::open(dir.path()).expect("reopens");
         assert!(matches!(store.journal(entry("handled-1")).await.expect("journal"), Recorded::New(_)));
         assert_eq!(store.journal(entry("unhandled")).await.expect("journal"), Recorded::Duplicate);
     }
