@@ -56,21 +56,27 @@ const RECENT_KEYS: usize = 65_536;
 /// committed entries get here, so "seen" is never claimed for a key that could
 /// still be lost.
 #[derive(Debug, Default)]
-pub(super) struct RecentKeys(Mutex<(HashSet<Box<str>>, VecDeque<Box<str>>)>);
+pub(super) struct RecentKeys(Mutex<Remembered>);
+
+/// The keys, and the order they came in.
+#[derive(Debug, Default)]
+struct Remembered {
+    keys: HashSet<Box<str>>,
+    order: VecDeque<Box<str>>,
+}
 
 impl RecentKeys {
     fn contains(&self, key: &str) -> bool {
-        self.0.lock().is_ok_and(|recent| recent.0.contains(key))
+        self.0.lock().is_ok_and(|recent| recent.keys.contains(key))
     }
 
     fn remember(&self, key: &str) {
         let Ok(mut recent) = self.0.lock() else { return };
-        let (set, order) = &mut *recent;
-        if set.insert(key.into()) {
-            order.push_back(key.into());
-            if order.len() > RECENT_KEYS {
-                if let Some(oldest) = order.pop_front() {
-                    set.remove(&oldest);
+        if recent.keys.insert(key.into()) {
+            recent.order.push_back(key.into());
+            if recent.order.len() > RECENT_KEYS {
+                if let Some(oldest) = recent.order.pop_front() {
+                    recent.keys.remove(&oldest);
                 }
             }
         }
@@ -170,7 +176,7 @@ mod tests {
         assert!(!recent.contains("k0"), "the oldest was forgotten");
         assert!(recent.contains("k1") && recent.contains(&format!("k{RECENT_KEYS}")));
         recent.remember("k1");
-        assert_eq!(recent.0.lock().expect("lock").1.len(), RECENT_KEYS, "remembering twice keeps one");
+        assert_eq!(recent.0.lock().expect("lock").order.len(), RECENT_KEYS, "remembering twice keeps one");
     }
 
     #[tokio::test]
