@@ -2,7 +2,7 @@
 //! The dedup key is the primary identity: a second delivery changes nothing.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -47,8 +47,9 @@ pub struct PendingEntry {
     pub payload: String,
 }
 
-/// How many committed dedup keys are remembered in memory (~4 MiB at most).
-const RECENT_KEYS: usize = 65_536;
+/// How many committed dedup keys are remembered in memory (~1.3 MiB at most):
+/// minutes of traffic at any realistic rate, and WeCom retries within seconds.
+const RECENT_KEYS: usize = 16_384;
 
 /// The dedup keys most recently committed (first in, first out). A retry of one
 /// of them is a duplicate without asking SQLite: WeCom retries within seconds, and
@@ -61,8 +62,8 @@ pub(super) struct RecentKeys(Mutex<Remembered>);
 /// The keys, and the order they came in.
 #[derive(Debug, Default)]
 struct Remembered {
-    keys: HashSet<Box<str>>,
-    order: VecDeque<Box<str>>,
+    keys: HashSet<Arc<str>>,
+    order: VecDeque<Arc<str>>,
 }
 
 impl RecentKeys {
@@ -72,8 +73,9 @@ impl RecentKeys {
 
     fn remember(&self, key: &str) {
         let Ok(mut recent) = self.0.lock() else { return };
-        if recent.keys.insert(key.into()) {
-            recent.order.push_back(key.into());
+        let key: Arc<str> = key.into();
+        if recent.keys.insert(Arc::clone(&key)) {
+            recent.order.push_back(key);
             if recent.order.len() > RECENT_KEYS {
                 if let Some(oldest) = recent.order.pop_front() {
                     recent.keys.remove(&oldest);

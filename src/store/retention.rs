@@ -1,7 +1,7 @@
 //! Retention: handled journal entries and finished outbox actions are deleted once
 //! they are older than `RETENTION_SECS` (default 7 days). Deleting a journal entry
 //! forgets its dedup key, so the retention is also the dedup window (at least: the
-//! last 65,536 keys are also remembered in memory): a WeCom retry, seconds to
+//! last 16,384 keys are also remembered in memory): a WeCom retry, seconds to
 //! minutes later, is always inside it.
 //!
 //! Never deleted, whatever their age: a journal entry above the handled watermark
