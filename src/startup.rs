@@ -421,6 +421,7 @@ async fn stop_signal() -> &'static str {
 async fn metrics_upkeep(metrics: Arc<Metrics>, store: Store, shutdown: CancellationToken) {
     let commits = metrics.counter("wechat_api_store_commits_total", &[]);
     let operations = metrics.counter("wechat_api_store_operations_total", &[]);
+    let synced = metrics.counter("wechat_api_store_synced_commits_total", &[]);
     let mut tick = tokio::time::interval(METRICS_UPKEEP_PERIOD);
     loop {
         tokio::select! {
@@ -430,6 +431,7 @@ async fn metrics_upkeep(metrics: Arc<Metrics>, store: Store, shutdown: Cancellat
                 let stats = store.stats();
                 commits.absolute(stats.commits.load(std::sync::atomic::Ordering::Relaxed));
                 operations.absolute(stats.operations.load(std::sync::atomic::Ordering::Relaxed));
+                synced.absolute(stats.synced_commits.load(std::sync::atomic::Ordering::Relaxed));
             }
         }
     }

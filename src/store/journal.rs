@@ -111,7 +111,7 @@ impl Store {
 
     /// The oldest unhandled entries, in arrival order.
     pub async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
-        self.run(move |db| {
+        self.run_relaxed(move |db| {
             let mut statement = db.prepare_cached(
                 "SELECT id, dedup_key, channel, kind, received_at, payload FROM journal
                  WHERE id > (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')
@@ -135,8 +135,11 @@ impl Store {
     /// Marks entries handled (up to the highest id given: the dispatcher handles
     /// in id order) and queues their actions, all in one transaction: a crash
     /// either loses both (the entries are handled again) or keeps both.
+    ///
+    /// Relaxed durability: after a power loss the entries are simply handled again,
+    /// queueing the same idempotency keys (the outbox is at-least-once anyway).
     pub async fn complete(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
-        self.run(move |db| {
+        self.run_relaxed(move |db| {
             for action in completions.iter().flat_map(|(_, actions)| actions) {
                 action.insert(db)?;
             }

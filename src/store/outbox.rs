@@ -1,6 +1,8 @@
 //! The outbox: side effects (forward a record, send a reply) waiting to be done,
 //! retried with back-off until they succeed. Each has an idempotency key, so
-//! queueing the same action twice keeps one.
+//! queueing the same action twice keeps one. Its bookkeeping has relaxed
+//! durability: a "done" lost to a power loss means the action is done again, which
+//! at-least-once delivery allows (receivers dedup by `X-Message-Id`).
 
 use rusqlite::{params, Connection};
 
@@ -46,7 +48,7 @@ impl Store {
 
     /// Unfinished actions due by now, oldest first.
     pub async fn due_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
-        self.run(move |db| {
+        self.run_relaxed(move |db| {
             let mut statement = db.prepare_cached(
                 "SELECT id, action_key, kind, payload, attempts FROM outbox
                  WHERE done_at IS NULL AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2",
@@ -67,7 +69,7 @@ impl Store {
 
     /// The earliest time an unfinished action is due, if any.
     pub async fn next_action_due(&self) -> Result<Option<i64>, StoreError> {
-        self.run(|db| {
+        self.run_relaxed(|db| {
             db.query_row("SELECT MIN(next_attempt_at) FROM outbox WHERE done_at IS NULL", [], |row| row.get(0))
         })
         .await
@@ -75,7 +77,7 @@ impl Store {
 
     /// Marks an action done and queues what it led to, in one transaction.
     pub async fn action_succeeded(&self, id: i64, follow_ups: Vec<NewAction>) -> Result<(), StoreError> {
-        self.run(move |db| {
+        self.run_relaxed(move |db| {
             for action in &follow_ups {
                 action.insert(db)?;
             }
@@ -86,7 +88,7 @@ impl Store {
 
     /// Gives up on an action that cannot succeed; it stays, with its error, for diagnosis.
     pub async fn action_abandoned(&self, id: i64, error: String) -> Result<(), StoreError> {
-        self.run(move |db| {
+        self.run_relaxed(move |db| {
             db.execute(
                 "UPDATE outbox SET done_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3",
                 params![now(), format!("abandoned: {error}"), id],
@@ -98,7 +100,7 @@ impl Store {
 
     /// Records a failed attempt and when to try again.
     pub async fn action_failed(&self, id: i64, retry_in_secs: i64, error: String) -> Result<(), StoreError> {
-        self.run(move |db| {
+        self.run_relaxed(move |db| {
             db.execute(
                 "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1, last_error = ?2 WHERE id = ?3",
                 params![now() + retry_in_secs, error, id],
@@ -110,6 +112,7 @@ impl Store {
 
     /// Unfinished actions, for health and metrics.
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
-        self.run(|db| db.query_row("SELECT COUNT(*) FROM outbox WHERE done_at IS NULL", [], |row| row.get(0))).await
+        self.run_relaxed(|db| db.query_row("SELECT COUNT(*) FROM outbox WHERE done_at IS NULL", [], |row| row.get(0)))
+            .await
     }
 }

@@ -48,7 +48,7 @@ impl Store {
         for (table, total) in [(Table::Journal, &mut pruned.journal), (Table::Outbox, &mut pruned.outbox)] {
             let mut after = 0;
             loop {
-                let step = self.run(move |db| prune_batch(db, table, after, cutoff)).await?;
+                let step = self.run_relaxed(move |db| prune_batch(db, table, after, cutoff)).await?;
                 *total += step.deleted;
                 match step.continue_after {
                     Some(last) => after = last,
