@@ -44,6 +44,13 @@ pub async fn receive(request: HttpRequest, payload: web::Payload, state: web::Da
     }
     let body = match payload.to_bytes_limited(MAX_BODY_BYTES).await {
         Ok(Ok(body)) => body,
+        Ok(Err(error)) if arrived_too_late(&error) => {
+            tracing::info!(path = request.path(), "request body not received in time");
+            state.metrics.record_callback(None, Outcome::BadEnvelope, started.elapsed());
+            return HttpResponse::RequestTimeout()
+                .content_type("text/plain; charset=utf-8")
+                .body("request body not received in time\n");
+        }
         Ok(Err(_)) => {
             tracing::debug!(path = request.path(), "client went away while sending the body");
             state.metrics.record_callback(None, Outcome::BadEnvelope, started.elapsed());
@@ -112,4 +119,12 @@ fn reject(state: &AppState, request: &HttpRequest, error: &CallbackError, starte
     );
     state.metrics.record_callback(None, outcome, started.elapsed());
     HttpResponse::build(status_of(error)).content_type("text/plain; charset=utf-8").body(format!("{error}\n"))
+}
+
+/// Whether reading the body failed because the body deadline passed.
+fn arrived_too_late(error: &actix_web::Error) -> bool {
+    matches!(
+        error.as_error::<actix_web::error::PayloadError>(),
+        Some(actix_web::error::PayloadError::Io(io)) if io.kind() == std::io::ErrorKind::TimedOut
+    )
 }
