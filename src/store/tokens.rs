@@ -4,12 +4,21 @@ use rusqlite::{params, OptionalExtension};
 
 use super::{now, Store, StoreError};
 
-/// A stored token.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A stored token. `Debug` shows its length, never the token.
+#[derive(Clone, PartialEq, Eq)]
 pub struct StoredToken {
     pub token: String,
     /// Unix seconds.
     pub expires_at: i64,
+}
+
+impl std::fmt::Debug for StoredToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoredToken")
+            .field("token", &format_args!("<{} chars>", self.token.len()))
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
 }
 
 impl Store {
@@ -38,5 +47,18 @@ impl Store {
 
     pub async fn delete_token(&self, cache_key: String) -> Result<(), StoreError> {
         self.run(move |db| db.execute("DELETE FROM access_tokens WHERE cache_key = ?1", [cache_key]).map(drop)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let token = StoredToken { token: "ACCESS-TOKEN-value-123".into(), expires_at: 7 };
+        let shown = format!("{token:?}");
+        assert!(!shown.contains("ACCESS-TOKEN"), "{shown}");
+        assert!(shown.contains("22 chars") && shown.contains("expires_at: 7"), "{shown}");
     }
 }

@@ -2,10 +2,20 @@
 
 use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Clone, Deserialize)]
+/// `gettoken`'s answer. `Debug` shows the token's length, never the token.
+#[derive(Clone, Deserialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub expires_in: i64,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("access_token", &format_args!("<{} chars>", self.access_token.len()))
+            .field("expires_in", &self.expires_in)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -131,4 +141,19 @@ pub struct Media {
     pub content_type: Option<String>,
     /// From `Content-Disposition`, untrusted: never use it as a path.
     pub filename: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_response_never_prints_its_token() {
+        let answer: TokenResponse =
+            serde_json::from_str(r#"{"errcode":0,"access_token":"SECRET-ACCESS-TOKEN","expires_in":7200}"#)
+                .expect("gettoken answer");
+        let shown = format!("{answer:?}");
+        assert!(!shown.contains("SECRET-ACCESS-TOKEN"), "{shown}");
+        assert!(shown.contains("19 chars"), "{shown}");
+    }
 }
