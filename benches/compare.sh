@@ -34,34 +34,12 @@ https_port=$((base + 2))
 http_port=$((base + 3))
 fake_port=$((base + 5))
 
-# Two builds: the binary measured is exactly the shipped one (the example's
-# dev-dependencies would otherwise add features to shared crates).
-cargo build --release --quiet --bin wechat-api
-cargo build --release --quiet --example loadgen
-repo=$PWD
-bin=$PWD/target/release/wechat-api
-loadgen=$PWD/target/release/examples/loadgen
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-# Nothing from the caller's environment or a .env reaches the service.
-clean=(env -i "PATH=$PATH" "HOME=$work")
-demo=$work/demo
+# shellcheck source=benches/common.sh
+source benches/common.sh
 service_env=(
   "DATA_DIR=$demo" "HTTPS_PORT=$https_port" "HTTP_PORT=$http_port" "BIND_ADDRESS=127.0.0.1"
   "WECOM_API_BASE_URL=http://127.0.0.1:$fake_port" "WECOM_KF_SECRET=compare-kf-secret"
 )
-cd "$work"
-# The demo configuration (Token, key, corp id, self-signed certificate), made before
-# the timed start so that start-up is measured without key generation.
-"${clean[@]}" "DATA_DIR=$demo" "$bin" sign --demo >/dev/null
 
 field() { # JSON-LINE NAME: a number or string field of loadgen's --json line
   sed -n "s/.*\"$2\":\"\{0,1\}\([^],\"}]*\).*/\1/p" <<<"$1"

@@ -29,25 +29,9 @@ http_port=$((base + 1))
 fake_port=$((base + 2))
 smtp_port=$((base + 3))
 
-# Two builds: the service is exactly the shipped binary (see compare.sh).
-cargo build --release --quiet --bin wechat-api
-cargo build --release --quiet --example loadgen
-bin=$PWD/target/release/wechat-api
-loadgen=$PWD/target/release/examples/loadgen
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-cd "$work"
-clean=(env -i "PATH=$PATH" "HOME=$work")
-demo=$work/demo
+# shellcheck source=benches/common.sh
+source benches/common.sh
 db=$demo/wechat-api.sqlite3
-"${clean[@]}" "DATA_DIR=$demo" "$bin" sign --demo >/dev/null
 
 taskset -c 1 "$loadgen" fake-api --listen "127.0.0.1:$fake_port" >"$work/fake.log" 2>&1 &
 pids+=("$!")

@@ -298,11 +298,9 @@ fn writer_loop(connection: Connection, receiver: mpsc::Receiver<Operation>, stat
         }
         let strict = group.iter().any(|operation| !operation.relaxed);
         if strict != synchronous_full {
-            let level = if strict { "FULL" } else { "NORMAL" };
-            match execute_cached(
-                &connection,
-                if strict { "PRAGMA synchronous = FULL" } else { "PRAGMA synchronous = NORMAL" },
-            ) {
+            let (level, pragma) =
+                if strict { ("FULL", "PRAGMA synchronous = FULL") } else { ("NORMAL", "PRAGMA synchronous = NORMAL") };
+            match execute_cached(&connection, pragma) {
                 Ok(()) => synchronous_full = strict,
                 Err(error) => tracing::error!("store: cannot set synchronous={level}: {error}"),
             }

@@ -31,11 +31,7 @@ fn kill_9_at_random_moments_loses_nothing_and_handles_nothing_twice() {
         let dir = tempfile::tempdir().expect("dir");
         let (_, _, cert_pem) = write_certificate(dir.path(), 30);
         let env = test_env(dir.path(), &[("FORWARD_URL", &receiver.url), ("FORWARD_SECRET", &receiver.secret)]);
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem"))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
+        let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(5));
         let ledger = Arc::new(Mutex::new(Ledger::default()));
         let mut rng = rand::rng();
 
@@ -160,11 +156,6 @@ fn serve(dir: &std::path::Path, env: &HashMap<String, String>) -> Running {
     let mut command = wechat_api(dir);
     command.arg("serve").envs(env);
     Running::start(command)
-}
-
-fn listening_port(line: &str) -> u16 {
-    let at = line.find("port=").expect("port field") + 5;
-    line[at..].split(|c: char| !c.is_ascii_digit()).next().expect("digits").parse().expect("port")
 }
 
 fn msg_id_of(message_id: &str) -> u64 {

@@ -95,11 +95,7 @@ async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> T
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     let cert_pem = std::fs::read(dir.path().join("server.crt")).expect("certificate");
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&cert_pem).expect("PEM"))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let client = client_trusting(&cert_pem, Duration::from_secs(10));
     TestApp { port, http_port, client, store, liveness, dir, overrides, shutdown, server }
 }
 
@@ -211,6 +207,21 @@ pub fn text_message(content: &str, msg_id: u64) -> String {
     )
 }
 
+/// An HTTPS client that trusts only the certificate `cert_pem`.
+pub fn client_trusting(cert_pem: &[u8], timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem).expect("PEM"))
+        .timeout(timeout)
+        .build()
+        .expect("client")
+}
+
+/// The port of the service's "wechat-api listening … port=N" log line.
+pub fn listening_port(line: &str) -> u16 {
+    let at = line.find("port=").expect("port field") + 5;
+    line[at..].split(|c: char| !c.is_ascii_digit()).next().expect("digits").parse().expect("port")
+}
+
 const BIN: &str = env!("CARGO_BIN_EXE_wechat-api");
 
 /// The binary with a clean environment: only what the test sets.
@@ -268,9 +279,7 @@ impl Running {
 
     pub fn port(&self) -> u16 {
         let lines = self.read_until(|l| l.contains("wechat-api listening"));
-        let line = lines.last().expect("a line");
-        let at = line.find("port=").expect("port field") + 5;
-        line[at..].split(|c: char| !c.is_ascii_digit()).next().expect("digits").parse().expect("port")
+        listening_port(lines.last().expect("a line"))
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {

@@ -253,11 +253,7 @@ fn every_acknowledged_callback_survives_a_kill_9() {
         command.arg("serve").envs(env.clone());
         let mut service = Running::start(command);
         let port = service.port();
-        let client = reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem"))
-            .timeout(Duration::from_secs(5))
-            .build()
-            .expect("client");
+        let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(5));
 
         // 8 senders push distinct callbacks; after 150 acknowledgements, kill -9.
         let acknowledged = Arc::new(Mutex::new(Vec::new()));

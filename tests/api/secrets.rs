@@ -179,13 +179,6 @@ fn kf_notice(event_token: &str) -> String {
     )
 }
 
-/// The port from the service's "listening" line.
-fn listening_port(lines: &[String]) -> u16 {
-    let line = lines.last().expect("a line");
-    let at = line.find("port=").expect("port field") + 5;
-    line[at..].split(|c: char| !c.is_ascii_digit()).next().expect("digits").parse().expect("port")
-}
-
 struct Session {
     wecom: FakeWeCom,
     receiver: ForwardReceiver,
@@ -272,14 +265,10 @@ async fn a_whole_session_shows_no_secret_in_any_output() {
 
     let mut service = Running::start(session.command(0, &["serve"]));
     let mut service_output = tokio::task::block_in_place(|| service.read_until(|l| l.contains("wechat-api listening")));
-    let port = listening_port(&service_output);
+    let port = listening_port(service_output.last().expect("a line"));
     wechat_api::tls::install_crypto_provider();
     let cert = std::fs::read(session.dir.path().join("server.crt")).expect("certificate");
-    let client = reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&cert).expect("PEM"))
-        .timeout(Duration::from_secs(10))
-        .build()
-        .expect("client");
+    let client = client_trusting(&cert, Duration::from_secs(10));
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
     const CALLBACK: &str = "/api/v1/wecom/callback";
 
