@@ -17,12 +17,14 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::{AlertEmail, SmtpTls};
 use crate::telemetry::Metrics;
 
 const QUEUE: usize = 64;
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
-const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// Between attempts at one mail: 1, 2, 4 … 60 s.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 const RECENT: usize = 20;
 const ALERTS_TOTAL: &str = "wechat_api_alerts_total";
 
@@ -191,7 +193,7 @@ impl Mailer {
                     None => return,
                 },
             };
-            let mut backoff = Duration::from_secs(1);
+            let mut failures = 0;
             loop {
                 match self.deliver(&mail).await {
                     Ok(()) => {
@@ -206,6 +208,8 @@ impl Mailer {
                         break;
                     }
                     Err(error) => {
+                        failures += 1;
+                        let backoff = RETRY.delay(failures);
                         self.metrics.counter(ALERTS_TOTAL, &[("outcome", "failed".to_owned())]).increment(1);
                         self.shared.update(|s| {
                             s.failures += 1;
@@ -220,7 +224,6 @@ impl Mailer {
                             () = shutdown.cancelled() => return,
                             () = tokio::time::sleep(backoff) => {}
                         }
-                        backoff = (backoff * 2).min(MAX_BACKOFF);
                     }
                 }
             }

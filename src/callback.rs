@@ -9,27 +9,9 @@ use serde::Deserialize;
 
 use crate::config::{CallbackKeys, Config, CorpId};
 use crate::crypto::{self, DecryptError, Plaintext};
-use crate::messages::{AppEvent, AppMessage, CallbackEnvelope, ParseError};
+use crate::messages::{dedup_key, AppEvent, AppMessage, CallbackEnvelope, Identity, ParseError};
 
-/// Which callback configuration a request belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Channel {
-    /// The self-built app (`WECOM_TOKEN`).
-    App,
-    /// WeChat Customer Service (`WECOM_KF_TOKEN`, or a `kf_msg_or_event` notice).
-    Kf,
-}
-
-impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::App, Channel::Kf];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Channel::App => "app",
-            Channel::Kf => "kf",
-        }
-    }
-}
+pub use crate::messages::Channel;
 
 /// How a callback ended, as counted in `wechat_api_callbacks_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -152,15 +134,11 @@ impl OpenedCallback {
     /// message, or a hash of the whole decrypted plaintext of an event (two
     /// distinct events in the same second differ somewhere in their XML).
     pub fn dedup_key(&self) -> String {
-        let channel = self.channel.as_str();
-        match &self.message.msg_id {
-            Some(msg_id) => format!("{channel}:msg:{msg_id}"),
-            None => {
-                let digest = <sha2::Sha256 as sha2::Digest>::digest(self.xml.as_bytes());
-                let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-                format!("{channel}:evt:{hex}")
-            }
-        }
+        let identity = match &self.message.msg_id {
+            Some(msg_id) => Identity::MsgId(msg_id),
+            None => Identity::Event(self.xml.as_bytes()),
+        };
+        dedup_key(self.channel, identity)
     }
 }
 

@@ -91,6 +91,19 @@ impl AesKey {
     }
 }
 
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex of `bytes`: the one hex encoder (signatures, dedup keys,
+/// fingerprints, HMACs).
+pub fn hex(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        out.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
+        out.push(char::from(HEX_DIGITS[usize::from(byte & 0x0f)]));
+    }
+    out
+}
+
 /// A hex SHA-1 signature: 40 lowercase ASCII hex digits.
 #[derive(Clone, Copy)]
 pub struct Signature([u8; 40]);
@@ -148,11 +161,11 @@ pub fn sign(token: &str, timestamp: &str, nonce: &str, encrypted: &str) -> Signa
         hasher.update(part.as_bytes());
     }
     let digest = hasher.finalize();
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    // Into a fixed array, not a `String`: this runs on every callback.
     let mut out = [0u8; 40];
     for (i, byte) in digest.iter().enumerate() {
-        out[2 * i] = HEX[usize::from(byte >> 4)];
-        out[2 * i + 1] = HEX[usize::from(byte & 0x0f)];
+        out[2 * i] = HEX_DIGITS[usize::from(byte >> 4)];
+        out[2 * i + 1] = HEX_DIGITS[usize::from(byte & 0x0f)];
     }
     Signature(out)
 }

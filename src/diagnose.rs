@@ -185,7 +185,7 @@ async fn local_verification(config: &Config) -> Finding {
 
 fn wecom_failure(check: &str, error: &WeComError) -> Finding {
     let fix = match error.api() {
-        Some(api) if api.errcode == 60020 => match api.from_ip() {
+        Some(api) if api.is_ip_not_trusted() => match api.from_ip() {
             Some(ip) => format!("add {ip} to 企业可信IP: admin console → 应用管理 → the app → 企业可信IP → 配置"),
             None => "add this server's public IP to 企业可信IP (应用管理 → the app)".to_owned(),
         },

@@ -17,16 +17,17 @@ use std::time::Duration;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::messages::kf::KfMessage;
-use crate::store::journal::{NewEntry, KIND_KF_MESSAGE};
+use crate::messages::{dedup_key, Channel, Identity};
+use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::Store;
-use crate::wecom::models::KfSyncRequest;
-use crate::wecom::{WeCom, WeComError};
+use crate::wecom::{ApiError, WeCom};
 
-/// Messages per page: WeCom's maximum.
-const PAGE_LIMIT: u32 = 1000;
 /// Failed pages before an account is left until its next notice.
 const MAX_FAILURES: u32 = 6;
+/// Between failed pages: 2, 4 … 64 s.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(64));
 
 /// Asks the syncer to pull one account.
 #[derive(Debug, Clone)]
@@ -89,13 +90,10 @@ impl KfSyncer {
 
     /// Pulls every page of one account.
     pub async fn sync_account(&self, open_kfid: &str, mut token: Option<String>) {
-        let tokens = match self.wecom.kf_tokens() {
-            Ok(tokens) => tokens,
-            Err(error) => {
-                tracing::error!(open_kfid, "kf sync impossible: {error}");
-                return;
-            }
-        };
+        if let Err(error) = self.wecom.kf_tokens() {
+            tracing::error!(open_kfid, "kf sync impossible: {error}");
+            return;
+        }
         let mut failures = 0u32;
         let mut pages = 0u32;
         loop {
@@ -106,17 +104,9 @@ impl KfSyncer {
                     return;
                 }
             };
-            let request = KfSyncRequest {
-                cursor,
-                token: token.clone(),
-                limit: PAGE_LIMIT,
-                open_kfid: Some(open_kfid.to_owned()),
-            };
-            let request = &request;
-            let page = tokens.call(|t| async move { self.wecom.client.kf_sync_msg(&t, request).await }).await;
-            let page = match page {
+            let page = match self.wecom.kf_sync_page(open_kfid, cursor, token.clone()).await {
                 Ok(page) => page,
-                Err(error) if token.is_some() && is_event_token_error(&error) => {
+                Err(error) if token.is_some() && error.is(ApiError::is_sync_token_refused) => {
                     tracing::info!(open_kfid, "kf sync Token refused ({error}); continuing without it");
                     token = None;
                     continue;
@@ -127,7 +117,7 @@ impl KfSyncer {
                         tracing::error!(open_kfid, "kf sync gave up after {failures} failures (the next notice retries from the stored cursor): {error}");
                         return;
                     }
-                    let delay = Duration::from_secs(1 << failures.min(6));
+                    let delay = RETRY.delay(failures);
                     tracing::warn!(open_kfid, retry_in_secs = delay.as_secs(), "kf sync failed: {error}");
                     tokio::time::sleep(delay).await;
                     continue;
@@ -166,18 +156,13 @@ fn coalesce(pending: &mut BTreeMap<String, Option<String>>, account: String, tok
     }
 }
 
-/// The notice's Token expired or does not fit (95007 and its neighbours).
-fn is_event_token_error(error: &WeComError) -> bool {
-    matches!(error.errcode(), Some(95007..=95009))
-}
-
 /// The journal entry of one `msg_list` element; `None` (logged) when it has no msgid.
 fn journal_entry(open_kfid: &str, raw: serde_json::Value) -> Option<NewEntry> {
     match KfMessage::parse(raw) {
         Ok(message) => Some(NewEntry {
-            dedup_key: format!("kf:msg:{}", message.msgid),
-            channel: "kf",
-            kind: KIND_KF_MESSAGE,
+            dedup_key: dedup_key(Channel::Kf, Identity::MsgId(&message.msgid)),
+            channel: Channel::Kf,
+            kind: EntryKind::KfMessage,
             sender: message.external_userid.clone(),
             payload: message.raw.to_string(),
         }),

@@ -11,6 +11,7 @@
 //! - [`health`], [`telemetry`], [`tls`]: what the service reports about itself and how it listens.
 
 pub mod alerts;
+pub mod backoff;
 pub mod callback;
 pub mod cli;
 pub mod commands;

@@ -11,9 +11,9 @@ use sha2::Sha256;
 
 use super::record::Record;
 use crate::config::Forward;
+use crate::messages::Channel;
 use crate::store::outbox::NewAction;
-use crate::wecom::models::{AppTextMessage, KfEventMessage, KfTextMessage, TextContent};
-use crate::wecom::{WeCom, WeComError};
+use crate::wecom::{ApiError, WeCom, WeComError};
 
 /// Longest forward answer we read (it may carry a reply).
 const MAX_FORWARD_ANSWER: usize = 64 * 1024;
@@ -35,25 +35,53 @@ pub enum Action {
     DownloadMedia { record: Record, forward: bool },
 }
 
+/// Why an action exists: one action of each purpose per message, so its
+/// idempotency key is the purpose and the message's dedup key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// The built-in help text.
+    Help,
+    /// The forward receiver's `{"reply": …}`.
+    Reply,
+    /// `WELCOME_TEXT` on `enter_session`.
+    Welcome,
+    Forward,
+    Media,
+}
+
+impl Purpose {
+    /// The idempotency key of this purpose's action for record `record_id`; the
+    /// one place such a key is built.
+    pub fn key(self, record_id: &str) -> String {
+        let purpose = match self {
+            Self::Help => "help",
+            Self::Reply => "reply",
+            Self::Welcome => "welcome",
+            Self::Forward => "forward",
+            Self::Media => "media",
+        };
+        format!("{purpose}:{record_id}")
+    }
+}
+
 impl Action {
-    /// A text reply to the sender of `record` on its own channel. `purpose` keeps
-    /// different replies to one message apart (`help`, `reply`, …). `None` when the
+    /// A text reply to the sender of `record` on its own channel. `None` when the
     /// record lacks what the channel needs (a sender, an agent id, an open_kfid).
-    pub fn reply_to(record: &Record, text: &str, purpose: &str, agent_id: Option<i64>) -> Option<Self> {
+    pub fn reply_to(record: &Record, text: &str, purpose: Purpose, agent_id: Option<i64>) -> Option<Self> {
         let touser = record.from.clone()?;
-        let key = format!("{purpose}:{}", record.id);
+        let key = purpose.key(&record.id);
         let content = text.to_owned();
-        match record.channel.as_str() {
-            "kf" => Some(Self::KfText { key, touser, open_kfid: record.open_kfid.clone()?, content }),
-            _ => Some(Self::AppText { key, touser, agentid: agent_id.or(record.agent_id)?, content }),
+        match record.channel {
+            Channel::Kf => Some(Self::KfText { key, touser, open_kfid: record.open_kfid.clone()?, content }),
+            Channel::App => Some(Self::AppText { key, touser, agentid: agent_id.or(record.agent_id)?, content }),
         }
     }
 
     /// The idempotency key: queued twice, performed once.
     pub fn key(&self) -> String {
         match self {
-            Self::Forward { record } => format!("forward:{}", record.id),
-            Self::DownloadMedia { record, .. } => format!("media:{}", record.id),
+            Self::Forward { record } => Purpose::Forward.key(&record.id),
+            Self::DownloadMedia { record, .. } => Purpose::Media.key(&record.id),
             Self::AppText { key, .. } | Self::KfText { key, .. } | Self::KfWelcome { key, .. } => key.clone(),
         }
     }
@@ -68,13 +96,11 @@ impl Action {
         }
     }
 
-    /// The outbox row for this action.
-    pub fn to_new(&self) -> NewAction {
-        NewAction {
-            key: self.key(),
-            kind: self.kind().to_owned(),
-            payload: serde_json::to_string(self).unwrap_or_default(),
-        }
+    /// The outbox row for this action. Serialising an action cannot fail (its
+    /// fields are strings, numbers and JSON values), but if it ever did the
+    /// caller must hear of it: an empty payload would be an action lost.
+    pub fn to_new(&self) -> Result<NewAction, serde_json::Error> {
+        Ok(NewAction { key: self.key(), kind: self.kind().to_owned(), payload: serde_json::to_string(self)? })
     }
 }
 
@@ -149,46 +175,20 @@ impl Executor {
         match action {
             Action::DownloadMedia { record, forward } => self.download(record, *forward, attempts).await,
             Action::KfWelcome { code, content, .. } => {
-                let message = KfEventMessage {
-                    code: code.clone(),
-                    msgid: None,
-                    msgtype: "text",
-                    text: TextContent { content: content.clone() },
-                };
-                let (tokens, message) = (self.wecom.kf_tokens()?, &message);
-                tokens
-                    .call(|token| async move { self.wecom.client.kf_send_msg_on_event(&token, message).await })
-                    .await?;
+                self.wecom.send_kf_welcome(code, content).await?;
                 Ok(Vec::new())
             }
             Action::Forward { record } => self.forward(record).await,
             Action::AppText { touser, agentid, content, .. } => {
-                let message = AppTextMessage {
-                    touser: touser.clone(),
-                    msgtype: "text",
-                    agentid: *agentid,
-                    text: TextContent { content: content.clone() },
-                };
-                let (tokens, message) = (self.wecom.app_tokens()?, &message);
-                tokens.call(|token| async move { self.wecom.client.message_send(&token, message).await }).await?;
+                self.wecom.send_app_text(touser, *agentid, content).await?;
                 Ok(Vec::new())
             }
             Action::KfText { touser, open_kfid, content, .. } => {
-                let message = KfTextMessage {
-                    touser: touser.clone(),
-                    open_kfid: open_kfid.clone(),
-                    msgid: None,
-                    msgtype: "text",
-                    text: TextContent { content: content.clone() },
-                };
-                let (tokens, message) = (self.wecom.kf_tokens()?, &message);
-                let sent =
-                    tokens.call(|token| async move { self.wecom.client.kf_send_msg(&token, message).await }).await;
-                match sent {
-                    Err(error) if error.errcode() == Some(95018) => {
-                        Err(self.explain_95018(open_kfid, touser, error).await)
+                match self.wecom.send_kf_text(touser, open_kfid, content).await {
+                    Err(error) if error.is(ApiError::is_session_refused) => {
+                        Err(self.explain_session_refused(open_kfid, touser, error).await)
                     }
-                    other => other.map(drop).map_err(ActionError::from),
+                    other => other.map_err(ActionError::from),
                 }?;
                 Ok(Vec::new())
             }
@@ -196,35 +196,14 @@ impl Executor {
     }
 
     /// 95018: instead of retrying blindly, say who owns the session.
-    async fn explain_95018(&self, open_kfid: &str, external_userid: &str, error: WeComError) -> ActionError {
-        let state = match self.wecom.kf_tokens() {
-            Ok(tokens) => {
-                tokens
-                    .call(|token| async move {
-                        self.wecom.client.kf_service_state_get(&token, open_kfid, external_userid).await
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        let state = match state {
-            Ok(s) => {
-                let meaning = match s.service_state {
-                    0 => "未处理 (not yet handled)",
-                    1 => "由智能助手接待 (the bot owns it)",
-                    2 => "待接入池排队中 (queued for a servicer)",
-                    3 => "由人工接待 (a human servicer owns it: only they can send)",
-                    4 => "已结束或未开始 (ended: send within 48 h of the customer's last message)",
-                    _ => "unknown",
-                };
-                let servicer = s.servicer_userid.map(|u| format!(", servicer {u}")).unwrap_or_default();
-                format!("session state {} {meaning}{servicer}", s.service_state)
-            }
+    async fn explain_session_refused(&self, open_kfid: &str, external_userid: &str, error: WeComError) -> ActionError {
+        let state = match self.wecom.kf_service_state(open_kfid, external_userid).await {
+            Ok(state) => state.to_string(),
             Err(e) => format!(
                 "the session state is unreadable too ({e}): the Secret may not be allowed to call 微信客服 APIs"
             ),
         };
-        tracing::warn!(open_kfid, "kf send refused (95018): {state}");
+        tracing::warn!(open_kfid, "kf send refused by the session state: {state}");
         ActionError { retry: false, message: format!("{error}; {state}") }
     }
 
@@ -237,19 +216,11 @@ impl Executor {
                 Vec::new()
             }
         };
-        let media_id = record.media_id.clone().unwrap_or_default();
-        let tokens = if record.channel == "kf" { self.wecom.kf_tokens() } else { self.wecom.app_tokens() };
-        let fetched = match tokens {
-            Ok(tokens) => {
-                let media_id = media_id.as_str();
-                tokens
-                    .call(|token| async move {
-                        self.wecom.client.media_get(&token, media_id, crate::media::MAX_MEDIA_BYTES).await
-                    })
-                    .await
-            }
-            Err(e) => Err(e),
+        let Some(media_id) = record.media_id.as_deref() else {
+            // Handlers download only what has a media id; forward it all the same.
+            return Ok(forward_with(None));
         };
+        let fetched = self.wecom.download_media(record.channel, media_id, crate::media::MAX_MEDIA_BYTES).await;
         let media = match fetched {
             Ok(media) => media,
             Err(error) if attempts + 1 < MEDIA_ATTEMPTS && !matches!(error, WeComError::NotConfigured(_)) => {
@@ -321,7 +292,7 @@ impl Executor {
             .and_then(|a| a.reply)
             .and_then(|r| r.text)
             .filter(|t| !t.trim().is_empty());
-        Ok(reply.and_then(|text| Action::reply_to(record, &text, "reply", self.agent_id)).into_iter().collect())
+        Ok(reply.and_then(|text| Action::reply_to(record, &text, Purpose::Reply, self.agent_id)).into_iter().collect())
     }
 }
 
@@ -331,9 +302,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac =
         <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", crate::crypto::hex(&mac.finalize().into_bytes()))
 }
 
 #[cfg(test)]
@@ -353,7 +322,7 @@ mod tests {
     fn actions_round_trip_through_the_outbox_payload() {
         let action =
             Action::AppText { key: "help:app:msg:1".into(), touser: "u".into(), agentid: 7, content: "hi".into() };
-        let stored = action.to_new();
+        let stored = action.to_new().expect("an action serialises");
         assert_eq!(stored.key, "help:app:msg:1");
         assert_eq!(stored.kind, "app_text");
         assert_eq!(serde_json::from_str::<Action>(&stored.payload).expect("decodes"), action);

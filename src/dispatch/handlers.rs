@@ -4,8 +4,9 @@
 //! message's actions and marks it handled in one transaction, and the outbox
 //! performs them (at least once, with idempotency keys) afterwards.
 
-use super::actions::Action;
+use super::actions::{Action, Purpose};
 use super::record::Record;
+use crate::messages::Message;
 
 /// What the built-in `帮助` / `help` command answers.
 pub const HELP_TEXT: &str = "wechat-api 在线。\n可用命令：\n• 帮助 / help — 显示本帮助\n其他消息已收到并转交处理。";
@@ -38,20 +39,26 @@ pub fn is_help(text: &str) -> bool {
     text == "帮助" || text.eq_ignore_ascii_case("help")
 }
 
-/// The actions for one record, in handler order.
-pub fn plan(record: &Record, settings: &HandlerSettings) -> Vec<Action> {
+/// The actions for one message, in handler order. Decisions read the typed
+/// `message`; `record` is what replies address and forwards carry.
+pub fn plan(message: &Message, record: &Record, settings: &HandlerSettings) -> Vec<Action> {
     let mut actions = Vec::new();
-    if record.event.as_deref() == Some("kf_msg_or_event") {
+    if message.is_kf_notice() {
         // A transport notice: it triggers a kf sync, it is not a message.
         return actions;
     }
-    if record.answerable() && record.text.as_deref().is_some_and(is_help) {
-        if let Some(reply) = Action::reply_to(record, HELP_TEXT, "help", settings.agent_id) {
+    let answerable = record.answerable();
+    if answerable && message.text().is_some_and(is_help) {
+        if let Some(reply) = Action::reply_to(record, HELP_TEXT, Purpose::Help, settings.agent_id) {
             actions.push(reply);
         }
     }
-    if let (true, Some(code), Some(text)) = (record.answerable(), welcome_code(record), &settings.welcome_text) {
-        actions.push(Action::KfWelcome { key: format!("welcome:{}", record.id), code, content: text.clone() });
+    if let (true, Some(code), Some(text)) = (answerable, message.welcome_code(), &settings.welcome_text) {
+        actions.push(Action::KfWelcome {
+            key: Purpose::Welcome.key(&record.id),
+            code: code.to_owned(),
+            content: text.clone(),
+        });
     }
     if record.media_id.is_some() {
         // The download forwards the record (with `media_path`) when it is done.
@@ -62,98 +69,101 @@ pub fn plan(record: &Record, settings: &HandlerSettings) -> Vec<Action> {
     actions
 }
 
-/// The `welcome_code` of a kf `enter_session` event.
-fn welcome_code(record: &Record) -> Option<String> {
-    if record.channel != "kf" || record.event.as_deref() != Some("enter_session") {
-        return None;
-    }
-    record.raw.get("event")?.get("welcome_code")?.as_str().filter(|c| !c.is_empty()).map(str::to_owned)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::messages::kf::{KfMessage, Origin};
+    use crate::messages::{AppMessage, Channel};
 
-    fn text_record(text: &str) -> Record {
-        Record {
-            id: "app:msg:1".into(),
-            channel: "app".into(),
-            msgtype: "text".into(),
-            event: None,
-            from: Some("zhangsan".into()),
-            open_kfid: None,
-            agent_id: Some(1_000_002),
-            time: 1,
-            text: Some(text.into()),
-            media_id: None,
-            media_path: None,
-            origin: None,
-            history: false,
-            raw: serde_json::Value::Null,
-        }
+    /// An app text message from zhangsan, and its record.
+    fn text_message(text: &str) -> (Message, Record) {
+        let xml = format!(
+            "<xml><ToUserName>ww1</ToUserName><FromUserName>zhangsan</FromUserName><CreateTime>1</CreateTime>\
+             <MsgType>text</MsgType><Content><![CDATA[{text}]]></Content><MsgId>1</MsgId><AgentID>1000002</AgentID></xml>"
+        );
+        let message = Message::App { channel: Channel::App, message: AppMessage::parse(&xml).expect("parses") };
+        let record = Record::new("app:msg:1".into(), &message, &xml, 1, false);
+        (message, record)
+    }
+
+    /// A kf message (`raw` as `kf/sync_msg` returns it), and its record.
+    fn kf_message(raw: serde_json::Value, history: bool) -> (Message, Record) {
+        let message = Message::Kf(KfMessage::parse(raw).expect("parses"));
+        let record = Record::new("kf:msg:1".into(), &message, "", 1, history);
+        (message, record)
+    }
+
+    fn kf_text(text: &str, origin: i64, history: bool) -> (Message, Record) {
+        kf_message(
+            serde_json::json!({"msgid": "1", "open_kfid": "wk", "external_userid": "wm", "origin": origin,
+                               "msgtype": "text", "text": {"content": text}}),
+            history,
+        )
     }
 
     #[test]
     fn help_is_answered_and_everything_is_forwarded() {
         let settings = HandlerSettings { forward: true, ..HandlerSettings::default() };
-        let actions = plan(&text_record(" 帮助 "), &settings);
+        let (message, record) = text_message(" 帮助 ");
+        let actions = plan(&message, &record, &settings);
         assert_eq!(actions.len(), 2);
         assert!(
             matches!(&actions[0], Action::AppText { touser, agentid: 1_000_002, content, .. } if touser == "zhangsan" && content == HELP_TEXT)
         );
         assert!(matches!(&actions[1], Action::Forward { .. }));
-        assert_eq!(plan(&text_record("HELP"), &HandlerSettings::default()).len(), 1);
-        assert!(plan(&text_record("hello"), &HandlerSettings::default()).is_empty());
+        let (message, record) = text_message("HELP");
+        assert_eq!(plan(&message, &record, &HandlerSettings::default()).len(), 1);
+        let (message, record) = text_message("hello");
+        assert!(plan(&message, &record, &HandlerSettings::default()).is_empty());
     }
 
     #[test]
     fn the_configured_agent_id_wins_for_replies() {
         let settings = HandlerSettings { agent_id: Some(42), ..HandlerSettings::default() };
-        let actions = plan(&text_record("help"), &settings);
+        let (message, record) = text_message("help");
+        let actions = plan(&message, &record, &settings);
         assert!(matches!(&actions[0], Action::AppText { agentid: 42, .. }));
     }
 
     #[test]
     fn kf_notices_are_not_messages() {
-        let mut record = text_record("帮助");
-        record.event = Some("kf_msg_or_event".into());
-        assert!(plan(&record, &HandlerSettings { forward: true, ..HandlerSettings::default() }).is_empty());
+        let xml = "<xml><ToUserName>ww1</ToUserName><CreateTime>1</CreateTime><MsgType>event</MsgType>\
+                   <Event>kf_msg_or_event</Event><Token>T</Token><OpenKfId>wk</OpenKfId></xml>";
+        let message = Message::App { channel: Channel::Kf, message: AppMessage::parse(xml).expect("parses") };
+        let record = Record::new("kf:evt:1".into(), &message, xml, 1, false);
+        assert!(plan(&message, &record, &HandlerSettings { forward: true, ..HandlerSettings::default() }).is_empty());
     }
 
     #[test]
     fn history_and_servicer_messages_are_forwarded_but_never_answered() {
         let settings =
             HandlerSettings { forward: true, welcome_text: Some("欢迎".into()), ..HandlerSettings::default() };
-        let mut record = text_record("帮助");
-        record.channel = "kf".into();
-        record.open_kfid = Some("wk".into());
-        record.history = true;
-        assert!(matches!(plan(&record, &settings)[..], [Action::Forward { .. }]));
-        record.history = false;
-        record.origin = Some(5);
-        assert!(matches!(plan(&record, &settings)[..], [Action::Forward { .. }]));
-        record.origin = Some(3);
-        assert!(matches!(plan(&record, &settings)[..], [Action::KfText { .. }, Action::Forward { .. }]));
+        let (message, record) = kf_text("帮助", 3, true);
+        assert!(matches!(plan(&message, &record, &settings)[..], [Action::Forward { .. }]));
+        let (message, record) = kf_text("帮助", 5, false);
+        assert_eq!(record.origin, Some(Origin::Servicer));
+        assert!(matches!(plan(&message, &record, &settings)[..], [Action::Forward { .. }]));
+        let (message, record) = kf_text("帮助", 3, false);
+        assert!(matches!(plan(&message, &record, &settings)[..], [Action::KfText { .. }, Action::Forward { .. }]));
     }
 
     #[test]
     fn enter_session_with_a_code_gets_the_welcome_text_and_media_is_downloaded_first() {
         let settings =
             HandlerSettings { forward: true, welcome_text: Some("欢迎光临".into()), ..HandlerSettings::default() };
-        let mut record = text_record("");
-        record.text = None;
-        record.channel = "kf".into();
-        record.msgtype = "event".into();
-        record.event = Some("enter_session".into());
-        record.origin = Some(4);
-        record.raw = serde_json::json!({"event": {"event_type": "enter_session", "welcome_code": "CODE"}});
-        let actions = plan(&record, &settings);
+        let (message, record) = kf_message(
+            serde_json::json!({"msgid": "1", "origin": 4, "msgtype": "event",
+                               "event": {"event_type": "enter_session", "open_kfid": "wk", "external_userid": "wm", "welcome_code": "CODE"}}),
+            false,
+        );
+        let actions = plan(&message, &record, &settings);
         assert!(
             matches!(&actions[0], Action::KfWelcome { code, content, .. } if code == "CODE" && content == "欢迎光临")
         );
-        let mut image = text_record("");
-        image.text = None;
-        image.media_id = Some("M".into());
-        assert!(matches!(plan(&image, &settings)[..], [Action::DownloadMedia { forward: true, .. }]));
+        let (message, record) = kf_message(
+            serde_json::json!({"msgid": "2", "origin": 3, "msgtype": "image", "image": {"media_id": "M"}}),
+            false,
+        );
+        assert!(matches!(plan(&message, &record, &settings)[..], [Action::DownloadMedia { forward: true, .. }]));
     }
 }

@@ -25,11 +25,11 @@ use actions::{Action, Executor};
 use handlers::HandlerSettings;
 use record::Record;
 
+use crate::backoff::Backoff;
 use crate::kf_sync::KfSyncHandle;
 use crate::messages::kf::KfMessage;
-use crate::messages::{clip, AppEvent, AppMessage};
-use crate::store::journal::PendingEntry;
-use crate::store::journal::KIND_KF_MESSAGE;
+use crate::messages::{clip, AppEvent, AppMessage, Message};
+use crate::store::journal::{EntryKind, PendingEntry};
 use crate::store::outbox::{DueAction, NewAction};
 use crate::store::{Store, StoreError};
 use crate::telemetry::Metrics;
@@ -45,15 +45,28 @@ const BATCH: usize = 256;
 const CONCURRENT_ACTIONS: usize = 16;
 /// The longest one action may take.
 const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
-/// Retries back off exponentially from 1 s up to this.
-const MAX_BACKOFF_SECS: i64 = 600;
+/// Retries back off exponentially: 1, 2, 4 … 600 s.
+const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(600));
 
 const ACTIONS_TOTAL: &str = "wechat_api_outbox_actions_total";
 const KF_MESSAGES_TOTAL: &str = "wechat_api_kf_messages_total";
 
-/// The back-off before attempt `attempts + 1`: 1, 2, 4 … seconds, capped.
-pub fn backoff_secs(attempts: i64) -> i64 {
-    1i64.checked_shl(attempts.clamp(0, 30) as u32).unwrap_or(MAX_BACKOFF_SECS).min(MAX_BACKOFF_SECS)
+/// The back-off before attempt `attempts + 1` (after `attempts` failures): 1, 2, 4 … seconds, capped.
+fn backoff_secs(attempts: i64) -> i64 {
+    RETRY.delay(u32::try_from(attempts.saturating_add(1)).unwrap_or(u32::MAX)).as_secs() as i64
+}
+
+/// The outbox rows of `actions`; an action that cannot be stored is logged and dropped.
+fn outbox_rows(id: &str, actions: &[Action]) -> Vec<NewAction> {
+    actions
+        .iter()
+        .filter_map(|action| {
+            action
+                .to_new()
+                .map_err(|error| tracing::error!(id, action = action.kind(), "cannot store an action: {error}"))
+                .ok()
+        })
+        .collect()
 }
 
 /// The loop both workers share: run a batch; go straight on when it was full,
@@ -118,7 +131,7 @@ impl Dispatcher {
             return Ok(0);
         }
         let completions: Vec<(i64, Vec<NewAction>)> =
-            entries.iter().map(|entry| (entry.id, self.handle(entry).iter().map(Action::to_new).collect())).collect();
+            entries.iter().map(|entry| (entry.id, outbox_rows(&entry.dedup_key, &self.handle(entry)))).collect();
         let queued = completions.iter().any(|(_, actions)| !actions.is_empty());
         self.store.complete(completions).await?;
         if queued {
@@ -130,26 +143,16 @@ impl Dispatcher {
     /// The handler chain for one entry: the log line, then the planned actions.
     fn handle(&self, entry: &PendingEntry) -> Vec<Action> {
         let id = entry.dedup_key.as_str();
-        if entry.kind == KIND_KF_MESSAGE {
-            let message = match serde_json::from_str(&entry.payload)
+        let parsed = match entry.kind {
+            EntryKind::KfMessage => serde_json::from_str(&entry.payload)
                 .map_err(|e| e.to_string())
                 .and_then(|raw| KfMessage::parse(raw).map_err(|e| e.to_string()))
-            {
-                Ok(message) => message,
-                Err(error) => {
-                    tracing::error!(id, "journaled kf message no longer parses: {error}");
-                    return Vec::new();
-                }
-            };
-            let history = self.settings.is_history(message.send_time);
-            self.metrics
-                .counter(KF_MESSAGES_TOTAL, &[("msgtype", clip(&message.msgtype, 32).into_owned())])
-                .increment(1);
-            let note = if history { " (history: recorded, not answered)" } else { "" };
-            tracing::info!(channel = "kf", id, open_kfid = message.open_kfid.as_str(), "{}{note}", message.summary());
-            return handlers::plan(&Record::from_kf(entry.dedup_key.clone(), &message, history), &self.settings);
-        }
-        let message = match AppMessage::parse(&entry.payload) {
+                .map(Message::Kf),
+            EntryKind::Callback => AppMessage::parse(&entry.payload)
+                .map(|message| Message::App { channel: entry.channel, message })
+                .map_err(|e| e.to_string()),
+        };
+        let message = match parsed {
             Ok(message) => message,
             Err(error) => {
                 // It parsed when it was received; only a newer, stricter parser gets here.
@@ -157,17 +160,35 @@ impl Dispatcher {
                 return Vec::new();
             }
         };
-        tracing::info!(channel = entry.channel.as_str(), id, "{}", message.summary());
-        if let Some(AppEvent::KfMsgOrEvent { token, open_kfid }) = message.event() {
-            match (&self.kf_sync, open_kfid) {
-                (Some(sync), Some(open_kfid)) => sync.request(open_kfid.clone(), token.clone()),
-                (None, _) => tracing::warn!(id, "kf notice ignored: no Secret can call kf APIs (set WECOM_KF_SECRET)"),
-                (_, None) => tracing::warn!(id, "kf notice without OpenKfId ignored"),
+        let history = match &message {
+            Message::Kf(kf) => {
+                self.metrics
+                    .counter(KF_MESSAGES_TOTAL, &[("msgtype", clip(&kf.msgtype, 32).into_owned())])
+                    .increment(1);
+                let history = self.settings.is_history(kf.send_time);
+                let note = if history { " (history: recorded, not answered)" } else { "" };
+                tracing::info!(channel = "kf", id, open_kfid = kf.open_kfid.as_str(), "{}{note}", kf.summary());
+                history
             }
+            Message::App { channel, message: app } => {
+                tracing::info!(channel = channel.as_str(), id, "{}", app.summary());
+                if let Some(AppEvent::KfMsgOrEvent { token, open_kfid }) = app.event() {
+                    self.request_kf_sync(id, open_kfid.as_ref(), token.as_ref());
+                }
+                false
+            }
+        };
+        let record = Record::new(entry.dedup_key.clone(), &message, &entry.payload, entry.received_at, history);
+        handlers::plan(&message, &record, &self.settings)
+    }
+
+    /// Hands a `kf_msg_or_event` notice to the kf syncer.
+    fn request_kf_sync(&self, id: &str, open_kfid: Option<&String>, token: Option<&String>) {
+        match (&self.kf_sync, open_kfid) {
+            (Some(sync), Some(open_kfid)) => sync.request(open_kfid.clone(), token.cloned()),
+            (None, _) => tracing::warn!(id, "kf notice ignored: no Secret can call kf APIs (set WECOM_KF_SECRET)"),
+            (_, None) => tracing::warn!(id, "kf notice without OpenKfId ignored"),
         }
-        let record =
-            Record::from_app(entry.dedup_key.clone(), &entry.channel, &message, &entry.payload, entry.received_at);
-        handlers::plan(&record, &self.settings)
     }
 }
 
@@ -214,7 +235,7 @@ impl Outbox {
         let stored = match outcome {
             Ok(follow_ups) => {
                 self.metrics.counter(ACTIONS_TOTAL, &label("ok")).increment(1);
-                let follow_ups: Vec<NewAction> = follow_ups.iter().map(Action::to_new).collect();
+                let follow_ups = outbox_rows(&item.key, &follow_ups);
                 let more = !follow_ups.is_empty();
                 let stored = self.store.action_succeeded(item.id, follow_ups).await;
                 if more {
@@ -252,7 +273,8 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_a_cap() {
         assert_eq!((0..5).map(backoff_secs).collect::<Vec<_>>(), vec![1, 2, 4, 8, 16]);
-        assert_eq!(backoff_secs(10), MAX_BACKOFF_SECS);
-        assert_eq!(backoff_secs(1_000), MAX_BACKOFF_SECS);
+        assert_eq!(backoff_secs(10), 600);
+        assert_eq!(backoff_secs(1_000), 600);
+        assert_eq!(backoff_secs(-1), 1);
     }
 }

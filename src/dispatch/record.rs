@@ -1,10 +1,14 @@
-//! The normalized record: one shape for every message, app or kf, as logged,
-//! forwarded (`FORWARD_URL`) and answered.
+//! The normalized record: one shape for every message, app or kf, as forwarded
+//! (`FORWARD_URL`) and stored with the actions that carry it.
+//!
+//! Deliberately not here: decisions. Handlers decide on the typed
+//! [`crate::messages::Message`]; the record is what leaves the appliance, so its
+//! field names are the forward contract (SPEC §5).
 
 use serde::{Deserialize, Serialize};
 
-use crate::messages::kf::{KfKind, KfMessage};
-use crate::messages::{AppEvent, AppMessage, AppMessageKind};
+use crate::messages::kf::{KfKind, KfMessage, Origin};
+use crate::messages::{AppEvent, AppMessage, AppMessageKind, Channel, Message};
 
 /// One message, normalized. Field names are the forward contract (SPEC §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -12,7 +16,7 @@ pub struct Record {
     /// The dedup key; stable across WeCom's retries (also `X-Message-Id`).
     pub id: String,
     /// `app` or `kf`.
-    pub channel: String,
+    pub channel: Channel,
     pub msgtype: String,
     /// The event type when `msgtype` is `event`.
     pub event: Option<String>,
@@ -26,7 +30,7 @@ pub struct Record {
     pub media_id: Option<String>,
     pub media_path: Option<String>,
     /// kf only: 3 customer, 4 system event, 5 servicer.
-    pub origin: Option<i64>,
+    pub origin: Option<Origin>,
     /// Sent before this installation first started (kf history replayed by WeCom):
     /// recorded and forwarded, never answered (unless `KF_REPLAY_HISTORY=true`).
     pub history: bool,
@@ -36,8 +40,17 @@ pub struct Record {
 }
 
 impl Record {
+    /// The record of a journaled message. `raw_xml` is an app callback's
+    /// decrypted XML; `received_at` stands in for a missing `CreateTime`.
+    pub fn new(id: String, message: &Message, raw_xml: &str, received_at: i64, history: bool) -> Self {
+        match message {
+            Message::App { channel, message } => Self::from_app(id, *channel, message, raw_xml, received_at),
+            Message::Kf(message) => Self::from_kf(id, message, history),
+        }
+    }
+
     /// The record of an app callback.
-    pub fn from_app(id: String, channel: &str, message: &AppMessage, raw_xml: &str, received_at: i64) -> Self {
+    fn from_app(id: String, channel: Channel, message: &AppMessage, raw_xml: &str, received_at: i64) -> Self {
         let (text, media_id) = match &message.kind {
             AppMessageKind::Text { content } => (Some(content.clone()), None),
             AppMessageKind::Image { media_id, .. }
@@ -53,7 +66,7 @@ impl Record {
         };
         Self {
             id,
-            channel: channel.to_owned(),
+            channel,
             msgtype: message.msg_type.clone(),
             event,
             from: message.from_user_name.clone(),
@@ -70,14 +83,14 @@ impl Record {
     }
 
     /// The record of a kf message.
-    pub fn from_kf(id: String, message: &KfMessage, history: bool) -> Self {
+    fn from_kf(id: String, message: &KfMessage, history: bool) -> Self {
         let text = match &message.kind {
             KfKind::Text { content, .. } => Some(content.clone()),
             _ => None,
         };
         Self {
             id,
-            channel: "kf".to_owned(),
+            channel: Channel::Kf,
             msgtype: message.msgtype.clone(),
             event: message.event().map(|e| e.name().to_owned()),
             from: message.external_userid.clone(),
@@ -87,7 +100,7 @@ impl Record {
             text,
             media_id: message.media_id().map(str::to_owned),
             media_path: None,
-            origin: Some(message.origin.code()),
+            origin: Some(message.origin),
             history,
             raw: message.raw.clone(),
         }
@@ -95,6 +108,6 @@ impl Record {
 
     /// Whether handlers may answer it: not history, not a servicer's own message.
     pub fn answerable(&self) -> bool {
-        !self.history && self.origin.is_none_or(|o| o == 3 || o == 4)
+        !self.history && self.origin.is_none_or(Origin::answerable)
     }
 }

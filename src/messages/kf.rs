@@ -3,8 +3,9 @@
 
 use serde_json::Value;
 
-/// Who sent a kf message (`origin`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who sent a kf message (`origin`). In a record it is WeCom's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(from = "i64", into = "i64")]
 pub enum Origin {
     /// 3: the WeChat customer.
     Customer,
@@ -15,8 +16,20 @@ pub enum Origin {
     Other(i64),
 }
 
+impl From<i64> for Origin {
+    fn from(code: i64) -> Self {
+        Self::from_code(code)
+    }
+}
+
+impl From<Origin> for i64 {
+    fn from(origin: Origin) -> Self {
+        origin.code()
+    }
+}
+
 impl Origin {
-    fn from_code(code: i64) -> Self {
+    pub fn from_code(code: i64) -> Self {
         match code {
             3 => Self::Customer,
             4 => Self::System,

@@ -15,6 +15,112 @@ mod xml;
 pub use app::{AppEvent, AppMessage, AppMessageKind};
 pub use envelope::CallbackEnvelope;
 
+use kf::{KfEvent, KfKind, KfMessage};
+
+/// Which callback configuration a message belongs to, from the callback to the
+/// outbox: the self-built app or WeChat Customer Service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channel {
+    /// The self-built app (`WECOM_TOKEN`).
+    App,
+    /// WeChat Customer Service (`WECOM_KF_TOKEN`, or a `kf_msg_or_event` notice).
+    Kf,
+}
+
+impl Channel {
+    pub const ALL: [Channel; 2] = [Channel::App, Channel::Kf];
+
+    /// The label in records, metrics, logs and the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Channel::App => "app",
+            Channel::Kf => "kf",
+        }
+    }
+
+    /// The channel named by [`Channel::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|c| c.as_str() == name)
+    }
+}
+
+/// What makes a delivery the same message as an earlier one.
+#[derive(Debug, Clone, Copy)]
+pub enum Identity<'a> {
+    /// The message's own id (`MsgId` of an app message, `msgid` of a kf message).
+    MsgId(&'a str),
+    /// An event, which has no id: its whole decrypted plaintext.
+    Event(&'a [u8]),
+}
+
+/// The dedup key (SPEC §4), built here and nowhere else: `<channel>:msg:<id>`, or
+/// `<channel>:evt:<32 hex digits of SHA-256(plaintext)>` for events. WeCom's
+/// retries are byte-identical, while two distinct events in the same second
+/// differ somewhere in their XML, so a dedup never drops a distinct event.
+pub fn dedup_key(channel: Channel, identity: Identity<'_>) -> String {
+    let channel = channel.as_str();
+    match identity {
+        Identity::MsgId(id) => format!("{channel}:msg:{id}"),
+        Identity::Event(plaintext) => {
+            let digest = <sha2::Sha256 as sha2::Digest>::digest(plaintext);
+            format!("{channel}:evt:{}", crate::crypto::hex(&digest[..16]))
+        }
+    }
+}
+
+/// A journaled message, parsed: what the handlers decide on.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Message {
+    /// A callback's decrypted XML, on the channel whose Token signed it.
+    App { channel: Channel, message: AppMessage },
+    /// One message of a `kf/sync_msg` page.
+    Kf(KfMessage),
+}
+
+impl Message {
+    pub fn channel(&self) -> Channel {
+        match self {
+            Self::App { channel, .. } => *channel,
+            Self::Kf(_) => Channel::Kf,
+        }
+    }
+
+    /// The text of a text message.
+    pub fn text(&self) -> Option<&str> {
+        match self {
+            Self::App { message: AppMessage { kind: AppMessageKind::Text { content }, .. }, .. }
+            | Self::Kf(KfMessage { kind: KfKind::Text { content, .. }, .. }) => Some(content),
+            _ => None,
+        }
+    }
+
+    /// The `kf_msg_or_event` notice: a transport signal to pull `kf/sync_msg`,
+    /// not a message of its own.
+    pub fn is_kf_notice(&self) -> bool {
+        matches!(self, Self::App { message, .. } if matches!(message.event(), Some(AppEvent::KfMsgOrEvent { .. })))
+    }
+
+    /// The `welcome_code` of a kf `enter_session` event, which allows one welcome message.
+    pub fn welcome_code(&self) -> Option<&str> {
+        match self {
+            Self::Kf(message) => match message.event() {
+                Some(KfEvent::EnterSession { welcome_code: Some(code), .. }) if !code.is_empty() => Some(code),
+                _ => None,
+            },
+            Self::App { .. } => None,
+        }
+    }
+
+    /// The one-line summary for the log.
+    pub fn summary(&self) -> String {
+        match self {
+            Self::App { message, .. } => message.summary(),
+            Self::Kf(message) => message.summary(),
+        }
+    }
+}
+
 /// Cuts `text` to at most `max` characters (never inside one), marking the cut.
 pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(max) {

@@ -7,7 +7,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::callback::{CallbackError, CallbackQuery, Channel, Outcome};
 use crate::routes::AppState;
-use crate::store::journal::{NewEntry, Recorded, KIND_CALLBACK};
+use crate::store::journal::{EntryKind, NewEntry, Recorded};
 
 /// Real callback bodies are a few KiB; anything near this is not from WeCom.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
@@ -66,8 +66,8 @@ pub async fn receive(request: HttpRequest, payload: web::Payload, state: web::Da
     // survive anything, a kill -9 included. Handling happens from the journal.
     let entry = NewEntry {
         dedup_key: opened.dedup_key(),
-        channel: opened.channel.as_str(),
-        kind: KIND_CALLBACK,
+        channel: opened.channel,
+        kind: EntryKind::Callback,
         sender: opened.message.from_user_name.clone(),
         payload: opened.xml,
     };

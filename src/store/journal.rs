@@ -8,19 +8,49 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::outbox::NewAction;
 use super::{now, Store, StoreError};
+use crate::messages::Channel;
 
 /// What a journal entry's payload is.
-pub const KIND_CALLBACK: &str = "callback";
-/// One message of a `kf/sync_msg` page, as JSON.
-pub const KIND_KF_MESSAGE: &str = "kf_message";
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A callback's decrypted XML.
+    Callback,
+    /// One message of a `kf/sync_msg` page, as JSON.
+    KfMessage,
+}
+
+impl EntryKind {
+    /// The name stored in the `kind` column.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Callback => "callback",
+            Self::KfMessage => "kf_message",
+        }
+    }
+
+    /// The kind named by [`EntryKind::as_str`].
+    pub fn parse(name: &str) -> Option<Self> {
+        [Self::Callback, Self::KfMessage].into_iter().find(|k| k.as_str() == name)
+    }
+}
+
+/// A column that holds a name the store wrote: anything else is corruption.
+fn named<T>(column: usize, value: String, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+    parse(&value).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            column,
+            rusqlite::types::Type::Text,
+            format!("unknown name {value:?}").into(),
+        )
+    })
+}
 
 /// A message to journal.
 #[derive(Debug, Clone)]
 pub struct NewEntry {
     pub dedup_key: String,
-    pub channel: &'static str,
-    /// [`KIND_CALLBACK`] or [`KIND_KF_MESSAGE`].
-    pub kind: &'static str,
+    pub channel: Channel,
+    pub kind: EntryKind,
     /// userid or external_userid, when known.
     pub sender: Option<String>,
     /// The decrypted message exactly as received.
@@ -41,8 +71,8 @@ pub enum Recorded {
 pub struct PendingEntry {
     pub id: i64,
     pub dedup_key: String,
-    pub channel: String,
-    pub kind: String,
+    pub channel: Channel,
+    pub kind: EntryKind,
     pub received_at: i64,
     pub payload: String,
 }
@@ -92,7 +122,14 @@ pub(super) fn insert(db: &Connection, entry: &NewEntry) -> rusqlite::Result<Reco
             "INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(dedup_key) DO NOTHING",
         )?
-        .execute(params![entry.dedup_key, entry.channel, entry.kind, entry.sender, now(), entry.payload])?;
+        .execute(params![
+            entry.dedup_key,
+            entry.channel.as_str(),
+            entry.kind.as_str(),
+            entry.sender,
+            now(),
+            entry.payload
+        ])?;
     Ok(if inserted == 1 { Recorded::New(db.last_insert_rowid()) } else { Recorded::Duplicate })
 }
 
@@ -121,8 +158,8 @@ impl Store {
                 Ok(PendingEntry {
                     id: row.get(0)?,
                     dedup_key: row.get(1)?,
-                    channel: row.get(2)?,
-                    kind: row.get(3)?,
+                    channel: named(2, row.get(2)?, Channel::parse)?,
+                    kind: named(3, row.get(3)?, EntryKind::parse)?,
                     received_at: row.get(4)?,
                     payload: row.get(5)?,
                 })
@@ -190,8 +227,8 @@ mod tests {
         let store = Store::open(dir.path()).expect("opens");
         let entry = NewEntry {
             dedup_key: "app:msg:1".into(),
-            channel: "app",
-            kind: KIND_CALLBACK,
+            channel: Channel::App,
+            kind: EntryKind::Callback,
             sender: None,
             payload: "<xml/>".into(),
         };

@@ -371,15 +371,16 @@ pub fn now() -> i64 {
 
 #[cfg(test)]
 mod tests {
-    use super::journal::{NewEntry, Recorded};
+    use super::journal::{EntryKind, NewEntry, Recorded};
     use super::outbox::NewAction;
     use super::*;
+    use crate::messages::Channel;
 
     fn entry(key: &str) -> NewEntry {
         NewEntry {
             dedup_key: key.to_owned(),
-            channel: "app",
-            kind: "callback",
+            channel: Channel::App,
+            kind: EntryKind::Callback,
             sender: None,
             payload: format!("<xml>{key}</xml>"),
         }

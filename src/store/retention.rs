@@ -139,12 +139,19 @@ fn prune_batch(db: &Connection, table: Table, after: i64, cutoff: i64) -> rusqli
 
 #[cfg(test)]
 mod tests {
-    use super::super::journal::{NewEntry, Recorded};
+    use super::super::journal::{EntryKind, NewEntry, Recorded};
     use super::super::outbox::NewAction;
     use super::*;
+    use crate::messages::Channel;
 
     fn entry(key: &str) -> NewEntry {
-        NewEntry { dedup_key: key.into(), channel: "app", kind: "callback", sender: None, payload: "<xml/>".into() }
+        NewEntry {
+            dedup_key: key.into(),
+            channel: Channel::App,
+            kind: EntryKind::Callback,
+            sender: None,
+            payload: "<xml/>".into(),
+        }
     }
 
     fn action(key: &str) -> NewAction {

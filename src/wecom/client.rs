@@ -14,13 +14,15 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, WeComError};
 use super::models::*;
+use crate::backoff::Backoff;
 use crate::telemetry::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Back-off between retries of errcode -1 (system busy).
-const BUSY_BACKOFF: [Duration; 3] =
-    [Duration::from_millis(100), Duration::from_millis(300), Duration::from_millis(900)];
+/// Back-off between retries of errcode -1 (system busy): 100, 200, 400 ms.
+const BUSY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
+/// Retries of errcode -1 before giving up.
+const BUSY_RETRIES: u32 = 3;
 /// Largest JSON answer accepted (a full `kf/sync_msg` page is well below).
 const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
@@ -68,13 +70,13 @@ impl WeComClient {
         api: &'static str,
         build: impl Fn() -> RequestBuilder,
     ) -> Result<T, WeComError> {
-        let mut backoff = BUSY_BACKOFF.iter();
+        let mut retries = 0;
         loop {
             match self.once(api, build()).await {
-                Err(error) if error.errcode() == Some(-1) => match backoff.next() {
-                    Some(delay) => tokio::time::sleep(*delay).await,
-                    None => return Err(error),
-                },
+                Err(error) if error.is(ApiError::is_busy) && retries < BUSY_RETRIES => {
+                    retries += 1;
+                    tokio::time::sleep(BUSY_BACKOFF.delay(retries)).await;
+                }
                 other => return other,
             }
         }
@@ -148,20 +150,39 @@ impl WeComClient {
         Ok((self.decode(API, &bytes)?, date))
     }
 
-    pub async fn message_send(&self, token: &str, message: &AppTextMessage) -> Result<SendResult, WeComError> {
-        self.call("message/send", self.post("message/send", token, message)).await
+    /// `message/send`: a text from the self-built app to a member.
+    pub async fn send_app_text(
+        &self,
+        token: &str,
+        touser: &str,
+        agentid: i64,
+        content: &str,
+    ) -> Result<SendResult, WeComError> {
+        let message = AppTextMessage { touser, msgtype: "text", agentid, text: TextContent { content } };
+        self.call("message/send", self.post("message/send", token, &message)).await
     }
 
+    /// `kf/sync_msg`: one page of an account's messages after `cursor`.
     pub async fn kf_sync_msg(&self, token: &str, request: &KfSyncRequest) -> Result<KfSyncPage, WeComError> {
         self.call("kf/sync_msg", self.post("kf/sync_msg", token, request)).await
     }
 
-    pub async fn kf_send_msg(&self, token: &str, message: &KfTextMessage) -> Result<SendResult, WeComError> {
-        self.call("kf/send_msg", self.post("kf/send_msg", token, message)).await
+    /// `kf/send_msg`: a text to a customer of the `open_kfid` account.
+    pub async fn send_kf_text(
+        &self,
+        token: &str,
+        touser: &str,
+        open_kfid: &str,
+        content: &str,
+    ) -> Result<SendResult, WeComError> {
+        let message = KfTextMessage { touser, open_kfid, msgid: None, msgtype: "text", text: TextContent { content } };
+        self.call("kf/send_msg", self.post("kf/send_msg", token, &message)).await
     }
 
-    pub async fn kf_send_msg_on_event(&self, token: &str, message: &KfEventMessage) -> Result<SendResult, WeComError> {
-        self.call("kf/send_msg_on_event", self.post("kf/send_msg_on_event", token, message)).await
+    /// `kf/send_msg_on_event`: the welcome text an `enter_session` code allows.
+    pub async fn send_kf_welcome(&self, token: &str, code: &str, content: &str) -> Result<SendResult, WeComError> {
+        let message = KfEventMessage { code, msgid: None, msgtype: "text", text: TextContent { content } };
+        self.call("kf/send_msg_on_event", self.post("kf/send_msg_on_event", token, &message)).await
     }
 
     pub async fn kf_account_list(&self, token: &str) -> Result<KfAccountList, WeComError> {
@@ -179,7 +200,12 @@ impl WeComClient {
         external_userid: &str,
     ) -> Result<KfServiceState, WeComError> {
         let body = serde_json::json!({"open_kfid": open_kfid, "external_userid": external_userid});
-        self.call("kf/service_state/get", self.post("kf/service_state/get", token, &body)).await
+        let answer: KfServiceStateAnswer =
+            self.call("kf/service_state/get", self.post("kf/service_state/get", token, &body)).await?;
+        Ok(KfServiceState {
+            state: ServiceState::from_code(answer.service_state),
+            servicer_userid: answer.servicer_userid.filter(|s| !s.is_empty()),
+        })
     }
 
     pub async fn kf_customer_batchget(

@@ -56,9 +56,31 @@ impl ApiError {
         matches!(self.errcode, 40001 | 40014 | 42001)
     }
 
+    /// -1: WeCom is busy; worth a retry after a short pause.
+    pub fn is_busy(&self) -> bool {
+        self.errcode == -1
+    }
+
     /// WeCom asks us to slow down.
     pub fn rate_limited(&self) -> bool {
         matches!(self.errcode, 45009 | 45033)
+    }
+
+    /// 60020: the calling IP is not on the app's trusted-IP list ([`Self::from_ip`] names it).
+    pub fn is_ip_not_trusted(&self) -> bool {
+        self.errcode == 60020
+    }
+
+    /// 95018: the session state refuses a kf send (a human owns it, or the Secret
+    /// may not call 微信客服 APIs).
+    pub fn is_session_refused(&self) -> bool {
+        self.errcode == 95018
+    }
+
+    /// 95007..=95009: the `kf_msg_or_event` Token expired or does not fit; a sync
+    /// without it still works.
+    pub fn is_sync_token_refused(&self) -> bool {
+        matches!(self.errcode, 95007..=95009)
     }
 }
 
@@ -115,6 +137,11 @@ impl WeComError {
     pub fn errcode(&self) -> Option<i64> {
         self.api().map(|e| e.errcode)
     }
+
+    /// Whether WeCom answered with an API error that `is` describes.
+    pub fn is(&self, is: impl FnOnce(&ApiError) -> bool) -> bool {
+        self.api().is_some_and(is)
+    }
 }
 
 #[cfg(test)]
@@ -143,5 +170,8 @@ mod tests {
             error(42001, "").token_invalid() && error(40014, "").token_invalid() && error(40001, "").token_invalid()
         );
         assert!(error(45009, "").rate_limited());
+        assert!(error(60020, "").is_ip_not_trusted() && error(95018, "").is_session_refused());
+        assert!((95007..=95009).all(|code| error(code, "").is_sync_token_refused()));
+        assert!(!error(95010, "").is_sync_token_refused());
     }
 }

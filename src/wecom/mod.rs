@@ -17,8 +17,10 @@ pub use error::{ApiError, WeComError};
 pub use tokens::TokenSource;
 
 use crate::config::Config;
+use crate::messages::Channel;
 use crate::store::Store;
 use crate::telemetry::Metrics;
+use models::{KfServiceState, KfSyncPage, KfSyncRequest, Media};
 
 /// The API client and the token cache of each configured Secret.
 #[derive(Debug, Clone)]
@@ -65,4 +67,68 @@ impl WeCom {
     pub fn kf_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
         self.kf.as_ref().ok_or(WeComError::NotConfigured("WECOM_KF_SECRET"))
     }
+
+    /// The token cache for `channel`'s APIs.
+    pub fn tokens(&self, channel: Channel) -> Result<&Arc<TokenSource>, WeComError> {
+        match channel {
+            Channel::App => self.app_tokens(),
+            Channel::Kf => self.kf_tokens(),
+        }
+    }
+
+    /// Sends a text from the self-built app to member `to`.
+    pub async fn send_app_text(&self, to: &str, agent_id: i64, text: &str) -> Result<(), WeComError> {
+        let client = &self.client;
+        self.app_tokens()?.call(|token| async move { client.send_app_text(&token, to, agent_id, text).await }).await?;
+        Ok(())
+    }
+
+    /// Sends a text to customer `to` of kf account `open_kfid`.
+    pub async fn send_kf_text(&self, to: &str, open_kfid: &str, text: &str) -> Result<(), WeComError> {
+        let client = &self.client;
+        self.kf_tokens()?.call(|token| async move { client.send_kf_text(&token, to, open_kfid, text).await }).await?;
+        Ok(())
+    }
+
+    /// Sends the welcome text an `enter_session` event's `code` allows.
+    pub async fn send_kf_welcome(&self, code: &str, text: &str) -> Result<(), WeComError> {
+        let client = &self.client;
+        self.kf_tokens()?.call(|token| async move { client.send_kf_welcome(&token, code, text).await }).await?;
+        Ok(())
+    }
+
+    /// Who owns the session of customer `external_userid` with account `open_kfid`.
+    pub async fn kf_service_state(&self, open_kfid: &str, external_userid: &str) -> Result<KfServiceState, WeComError> {
+        let client = &self.client;
+        self.kf_tokens()?
+            .call(|token| async move { client.kf_service_state_get(&token, open_kfid, external_userid).await })
+            .await
+    }
+
+    /// One `kf/sync_msg` page of `open_kfid` after `cursor`, with the notice's
+    /// `token` when there is one (without it WeCom applies a stricter rate limit).
+    pub async fn kf_sync_page(
+        &self,
+        open_kfid: &str,
+        cursor: Option<String>,
+        token: Option<String>,
+    ) -> Result<KfSyncPage, WeComError> {
+        let request = KfSyncRequest { cursor, token, limit: KF_SYNC_PAGE_LIMIT, open_kfid: Some(open_kfid.to_owned()) };
+        let (client, request) = (&self.client, &request);
+        self.kf_tokens()?.call(|t| async move { client.kf_sync_msg(&t, request).await }).await
+    }
+
+    /// Downloads media `media_id` of a `channel` message, at most `max_bytes`.
+    pub async fn download_media(
+        &self,
+        channel: Channel,
+        media_id: &str,
+        max_bytes: usize,
+    ) -> Result<Media, WeComError> {
+        let client = &self.client;
+        self.tokens(channel)?.call(|token| async move { client.media_get(&token, media_id, max_bytes).await }).await
+    }
 }
+
+/// Messages per `kf/sync_msg` page: WeCom's maximum.
+const KF_SYNC_PAGE_LIMIT: u32 = 1000;

@@ -19,38 +19,38 @@ impl std::fmt::Debug for TokenResponse {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct TextContent {
-    pub content: String,
+pub(super) struct TextContent<'a> {
+    pub content: &'a str,
 }
 
 /// `message/send` with a text message from the self-built app.
 #[derive(Debug, Clone, Serialize)]
-pub struct AppTextMessage {
-    pub touser: String,
+pub(super) struct AppTextMessage<'a> {
+    pub touser: &'a str,
     pub msgtype: &'static str,
     pub agentid: i64,
-    pub text: TextContent,
+    pub text: TextContent<'a>,
 }
 
 /// `kf/send_msg` with a text message.
 #[derive(Debug, Clone, Serialize)]
-pub struct KfTextMessage {
-    pub touser: String,
-    pub open_kfid: String,
+pub(super) struct KfTextMessage<'a> {
+    pub touser: &'a str,
+    pub open_kfid: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub msgid: Option<String>,
+    pub msgid: Option<&'a str>,
     pub msgtype: &'static str,
-    pub text: TextContent,
+    pub text: TextContent<'a>,
 }
 
 /// `kf/send_msg_on_event` (e.g. the welcome message of `enter_session`).
 #[derive(Debug, Clone, Serialize)]
-pub struct KfEventMessage {
-    pub code: String,
+pub(super) struct KfEventMessage<'a> {
+    pub code: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub msgid: Option<String>,
+    pub msgid: Option<&'a str>,
     pub msgtype: &'static str,
-    pub text: TextContent,
+    pub text: TextContent<'a>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -95,11 +95,84 @@ pub struct KfAccountList {
     pub account_list: Vec<KfAccount>,
 }
 
+/// `kf/service_state/get`'s answer, as WeCom sends it.
 #[derive(Debug, Clone, Deserialize)]
-pub struct KfServiceState {
+pub(super) struct KfServiceStateAnswer {
     pub service_state: i64,
     #[serde(default)]
     pub servicer_userid: Option<String>,
+}
+
+/// Who owns a kf session (`service_state`), with what that means for sending.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// 0: not handled yet.
+    Untreated,
+    /// 1: the bot (this appliance, through the API) owns it.
+    Bot,
+    /// 2: queued for a human servicer.
+    Queued,
+    /// 3: a human servicer owns it; only they can send.
+    Human,
+    /// 4: ended, or not started.
+    Ended,
+    /// A state this version does not know.
+    Other(i64),
+}
+
+impl ServiceState {
+    /// The state of WeCom's `service_state` number.
+    pub fn from_code(code: i64) -> Self {
+        match code {
+            0 => Self::Untreated,
+            1 => Self::Bot,
+            2 => Self::Queued,
+            3 => Self::Human,
+            4 => Self::Ended,
+            other => Self::Other(other),
+        }
+    }
+
+    /// WeCom's number for the state.
+    pub fn code(self) -> i64 {
+        match self {
+            Self::Untreated => 0,
+            Self::Bot => 1,
+            Self::Queued => 2,
+            Self::Human => 3,
+            Self::Ended => 4,
+            Self::Other(code) => code,
+        }
+    }
+
+    /// What the state means, in the console's words and in English.
+    pub fn meaning(self) -> &'static str {
+        match self {
+            Self::Untreated => "未处理 (not yet handled)",
+            Self::Bot => "由智能助手接待 (the bot owns it)",
+            Self::Queued => "待接入池排队中 (queued for a servicer)",
+            Self::Human => "由人工接待 (a human servicer owns it: only they can send)",
+            Self::Ended => "已结束或未开始 (ended: send within 48 h of the customer's last message)",
+            Self::Other(_) => "unknown",
+        }
+    }
+}
+
+/// Who owns a kf session, and which servicer when a human does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KfServiceState {
+    pub state: ServiceState,
+    pub servicer_userid: Option<String>,
+}
+
+impl std::fmt::Display for KfServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "session state {} {}", self.state.code(), self.state.meaning())?;
+        if let Some(servicer) = &self.servicer_userid {
+            write!(f, ", servicer {servicer}")?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -146,6 +219,18 @@ pub struct Media {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn service_states_keep_their_codes_and_say_who_owns_the_session() {
+        for code in -1..6 {
+            assert_eq!(ServiceState::from_code(code).code(), code);
+        }
+        let state = KfServiceState { state: ServiceState::from_code(3), servicer_userid: Some("zhangsan".into()) };
+        assert_eq!(
+            state.to_string(),
+            "session state 3 由人工接待 (a human servicer owns it: only they can send), servicer zhangsan"
+        );
+    }
 
     #[test]
     fn a_token_response_never_prints_its_token() {

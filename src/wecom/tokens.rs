@@ -61,8 +61,7 @@ impl std::fmt::Debug for TokenSource {
 /// The cache key for (corp id, Secret): `corp:` + 16 hex digits of SHA-256(secret).
 pub fn cache_key(corp_id: &str, secret: &Secret) -> String {
     let digest = Sha256::digest(secret.expose().as_bytes());
-    let fingerprint: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
-    format!("{corp_id}:{fingerprint}")
+    format!("{corp_id}:{}", crate::crypto::hex(&digest[..8]))
 }
 
 impl TokenSource {
@@ -180,7 +179,6 @@ impl TokenSource {
         let mut current = self.current.lock().await;
         // Constant time like every comparison of a credential, though both are ours.
         if current.as_ref().is_none_or(|t| bool::from(t.token.as_bytes().ct_eq(stale.as_bytes()))) {
-            *current = None;
             let _ = self.store.delete_token(self.cache_key.clone()).await;
             // The next `token()` must not pick the stale one up from the store again.
             *current = Some(StoredToken { token: String::new(), expires_at: 0 });

@@ -12,7 +12,6 @@ use wechat_api::dispatch::handlers::HELP_TEXT;
 use wechat_api::store::tokens::StoredToken;
 use wechat_api::store::Store;
 use wechat_api::telemetry::Metrics;
-use wechat_api::wecom::models::{AppTextMessage, TextContent};
 use wechat_api::wecom::{TokenSource, WeComClient};
 
 use crate::fakes::{FakeWeCom, ForwardReceiver};
@@ -154,10 +153,7 @@ fn token_source(wecom: &FakeWeCom, store: &Store) -> TokenSource {
 }
 
 async fn send_with(source: &TokenSource, client: &WeComClient) -> Result<(), wechat_api::wecom::WeComError> {
-    let message =
-        AppTextMessage { touser: "u".into(), msgtype: "text", agentid: 1, text: TextContent { content: "x".into() } };
-    let message = &message;
-    source.call(|token| async move { client.message_send(&token, message).await.map(drop) }).await
+    source.call(|token| async move { client.send_app_text(&token, "u", 1, "x").await.map(drop) }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
