@@ -12,8 +12,8 @@ use std::time::Duration;
 use serde::Serialize;
 
 use crate::config::{self, Config, Sources};
+use crate::health::checks::{uploads_free, uploads_writable};
 use crate::health::Status;
-use crate::supervisor::checks::{uploads_free, uploads_writable};
 use crate::telemetry::Metrics;
 use crate::wecom::{WeComClient, WeComError};
 use crate::{crypto, tls};
@@ -72,7 +72,7 @@ pub async fn run(sources: &Sources) -> Report {
         }
     }
     let status = if findings.iter().all(|f| f.ok) { "pass" } else { "fail" };
-    Report { status, version: crate::startup::VERSION, checks: findings }
+    Report { status, version: crate::VERSION, checks: findings }
 }
 
 fn config_findings(config: &Config, warnings: &[String]) -> Vec<Finding> {
@@ -196,11 +196,10 @@ fn wecom_failure(check: &str, error: &WeComError) -> Finding {
 }
 
 async fn wecom_findings(config: &Config) -> Vec<Finding> {
-    let client =
-        match WeComClient::new(&config.api_base_url, std::sync::Arc::new(Metrics::new(crate::startup::VERSION))) {
-            Ok(client) => client,
-            Err(error) => return vec![wecom_failure("wecom client", &error)],
-        };
+    let client = match WeComClient::new(&config.api_base_url, std::sync::Arc::new(Metrics::new(crate::VERSION))) {
+        Ok(client) => client,
+        Err(error) => return vec![wecom_failure("wecom client", &error)],
+    };
     let mut out = Vec::new();
     let corp = config.corp_id.as_str();
     let mut kf_token = None;

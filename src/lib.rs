@@ -10,24 +10,27 @@
 //! - [`crypto`] and [`messages`]: pure code, no I/O.
 //! - [`health`], [`telemetry`], [`tls`]: what the service reports about itself and how it listens.
 
-pub mod alerts;
-pub mod backoff;
+/// The version this binary reports everywhere (health, metrics, emails, `diagnose`).
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub(crate) mod alerts;
+pub(crate) mod backoff;
 pub mod callback;
 pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
-pub mod diagnose;
+pub(crate) mod diagnose;
 pub mod dispatch;
 pub mod health;
-pub mod kf_sync;
-pub mod media;
+pub(crate) mod kf_sync;
+pub(crate) mod media;
 pub mod messages;
-pub mod names;
+pub(crate) mod names;
 pub mod routes;
 pub mod startup;
 pub mod store;
-pub mod supervisor;
+pub(crate) mod supervisor;
 pub mod telemetry;
 pub mod tls;
 pub mod wecom;

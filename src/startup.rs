@@ -15,24 +15,26 @@ use actix_web::{web, App, HttpServer};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use futures_util::FutureExt;
 use tokio::sync::Notify;
 
-use crate::alerts::Alerter;
+use crate::alerts::{Alerter, Mailer};
 use crate::callback::CallbackCredentials;
 use crate::config::Config;
 use crate::dispatch::actions::Executor;
 use crate::dispatch::handlers::HandlerSettings;
 use crate::dispatch::{Dispatcher, Outbox};
+use crate::health::checks::{self, Checks};
 use crate::health::{HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{retention, Store, StoreError};
-use crate::supervisor::checks::{self, Checks};
 use crate::supervisor::{Supervisor, Timing};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertificateStore, TlsError};
 use crate::wecom::WeCom;
+use crate::VERSION;
 
 /// How long in-flight requests get to finish after a stop signal. The compose
 /// file's `stop_grace_period` is a little longer than this.
@@ -40,15 +42,9 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Header read timeout: a slow client (slowloris) is cut off after this.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Body read deadline, counted from the end of the head: actix has no body timer,
-/// so without this a client sending one byte a second holds its connection forever.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const KEEP_ALIVE: Duration = Duration::from_secs(75);
 const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(5);
-
-/// The version this binary reports everywhere.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -92,77 +88,22 @@ pub struct Application {
 }
 
 impl Application {
-    /// Loads the certificate, binds every listener and starts serving.
+    /// Loads the certificate, opens the store, wires the workers, binds every
+    /// listener and starts serving: the start-up story, one step a line.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         tls::install_crypto_provider();
         let metrics = Arc::new(Metrics::new(VERSION));
         let health = Arc::new(HealthBoard::default());
         health.set("config:secrets", checks::secrets_check(config.secrets_identical()));
-
-        let listen = &config.listen;
-        let certificates = if listen.tls_enabled {
-            let store = CertificateStore::open(&listen.cert_path, &listen.key_path)?;
-            health.set("tls:certificate", checks::certificate_check(store.not_after()));
-            Some(store)
-        } else {
-            None
-        };
-
+        let certificates = load_certificates(&config, &health)?;
         let store = Store::open(&config.data_dir)?;
-        let first_start = store.first_started_at().await?;
-        tracing::debug!(first_start, "store open");
         let wecom =
             Arc::new(WeCom::new(&config, &store, &metrics).map_err(|e| StartupError::Component(e.to_string()))?);
-        let executor =
-            Executor::new(config.forward.clone(), Arc::clone(&wecom), config.agent_id, config.upload_dir.clone())
-                .map_err(|e| StartupError::Component(e.to_string()))?;
-        let journal_wake = Arc::new(Notify::new());
-        let outbox_wake = Arc::new(Notify::new());
-        let settings = HandlerSettings {
-            forward: config.forward.is_some(),
-            agent_id: config.agent_id,
-            welcome_text: config.welcome_text.clone(),
-            first_started_at: first_start,
-            replay_history: config.kf_replay_history,
-        };
-        let (kf_syncer, kf_sync) = KfSyncer::new(store.clone(), Arc::clone(&wecom), Arc::clone(&journal_wake));
-        let kf_sync = wecom.kf.is_some().then_some(kf_sync);
-        let dispatcher = Dispatcher::new(
-            store.clone(),
-            settings,
-            Arc::clone(&journal_wake),
-            Arc::clone(&outbox_wake),
-            kf_sync,
-            Arc::clone(&metrics),
-        );
-        let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(&metrics), outbox_wake);
-
-        let (alerter, mailer) = Alerter::new(config.alert_email.as_ref(), Arc::clone(&metrics))
-            .map_err(|e| StartupError::Alerts(e.to_string()))?;
         // Silence longer than three periods (and a margin) means the supervisor is stuck.
         let liveness = Arc::new(Liveness::new(3 * config.supervisor_interval.as_secs() as i64 + 30));
-        let supervisor = Supervisor::new(
-            Checks::new(
-                config.upload_dir.clone(),
-                certificates.clone(),
-                store.clone(),
-                Arc::clone(&wecom),
-                Arc::clone(&metrics),
-                alerter.clone(),
-                config.secrets_identical(),
-            ),
-            Arc::clone(&health),
-            Arc::clone(&liveness),
-            alerter.clone(),
-            store.clone(),
-            Arc::clone(&metrics),
-            Timing {
-                interval: config.supervisor_interval,
-                group_wait: config.alert_group_wait,
-                repeat: config.alert_repeat,
-            },
-        );
-
+        let journal_wake = Arc::new(Notify::new());
+        let workers =
+            Workers::wire(&config, &store, &wecom, &metrics, &health, &liveness, &journal_wake, &certificates).await?;
         let state = web::Data::new(AppState {
             credentials: CallbackCredentials::from_config(&config),
             metrics: Arc::clone(&metrics),
@@ -172,65 +113,22 @@ impl Application {
             journal_wake,
             wecom,
             admin_token: config.admin_token.clone(),
-            liveness: Arc::clone(&liveness),
-            alerter: alerter.clone(),
+            liveness,
+            alerter: workers.alerter.clone(),
             version: VERSION,
         });
-        let app_state = state.clone();
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .wrap(actix_web::middleware::from_fn(body_deadline))
-                .app_data(app_state.clone())
-                .configure(routes::configure)
-        })
-        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-        .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
-        .keep_alive(KEEP_ALIVE)
-        .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
-        .disable_signals();
-
-        let main_address = SocketAddr::new(listen.bind_address, listen.https_port);
-        let main_listener = bind(main_address, "HTTPS_PORT")?;
-        let port = main_listener.local_addr().map_err(StartupError::Server)?.port();
-        server = match &certificates {
-            Some(store) => server.listen_rustls_0_23(main_listener, store.server_config()?),
-            None => server.listen(main_listener),
-        }
-        .map_err(StartupError::Server)?;
-
-        let mut http_port = None;
-        if let Some(plain) = listen.http_port {
-            let listener = bind(SocketAddr::new(listen.bind_address, plain), "HTTP_PORT")?;
-            http_port = Some(listener.local_addr().map_err(StartupError::Server)?.port());
-            server = server.listen(listener).map_err(StartupError::Server)?;
-        }
-
-        let server = server.run();
+        let listeners = Listeners::bind(&config, state.clone(), certificates.as_ref())?;
         let shutdown = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        tasks.spawn(metrics_upkeep(Arc::clone(&metrics), state.store.clone(), shutdown.clone()));
-        liveness.watch("dispatcher", tasks.spawn(dispatcher.run(shutdown.clone())).abort_handle());
-        liveness.watch("outbox", tasks.spawn(outbox.run(shutdown.clone())).abort_handle());
-        let retention = retention::run(state.store.clone(), config.retention, metrics, shutdown.clone());
-        liveness.watch("retention", tasks.spawn(retention).abort_handle());
-        if state.wecom.kf.is_some() {
-            liveness.watch("kf-sync", tasks.spawn(kf_syncer.run(shutdown.clone())).abort_handle());
-        }
-        liveness.watch("supervisor", tasks.spawn(supervisor.run(shutdown.clone())).abort_handle());
-        if let Some(mailer) = mailer {
-            liveness.watch("mailer", tasks.spawn(mailer.run(shutdown.clone())).abort_handle());
-        }
-        if let Some(url) = config.heartbeat_url.clone() {
-            tasks.spawn(heartbeat(url, shutdown.clone()));
-        }
+        let tasks = workers.spawn(&config, &state, &shutdown);
         tracing::info!(
-            port,
-            http_port,
+            port = listeners.port,
+            http_port = listeners.http_port,
             tls = certificates.is_some(),
             version = VERSION,
             "wechat-api listening on {}",
-            main_address.ip()
+            config.listen.bind_address
         );
+        let Listeners { port, http_port, server } = listeners;
         Ok(Self { port, http_port, tls: certificates.is_some(), server, shutdown, tasks, state })
     }
 
@@ -254,19 +152,16 @@ impl Application {
         self.shutdown.clone()
     }
 
-    /// Liveness: heartbeat, watched tasks, fault injection.
+    /// Liveness (heartbeat, watched tasks), for tests that inject faults.
+    #[cfg(feature = "testing")]
     pub fn liveness(&self) -> Arc<Liveness> {
         Arc::clone(&self.state.liveness)
     }
 
-    /// The store, for checks and tests.
+    /// The store, for tests that look behind the HTTP interface.
+    #[cfg(feature = "testing")]
     pub fn store(&self) -> Store {
         self.state.store.clone()
-    }
-
-    /// The shared health board, for checks run outside the HTTP layer.
-    pub fn health(&self) -> Arc<HealthBoard> {
-        Arc::clone(&self.state.health)
     }
 
     /// Serves until SIGTERM, SIGINT or the shutdown token, then drains requests
@@ -302,6 +197,161 @@ impl Application {
         tasks.wait().await;
         tracing::info!("stopped");
         served
+    }
+}
+
+/// The certificate store when TLS is on, with its first `tls:certificate` result.
+fn load_certificates(config: &Config, health: &HealthBoard) -> Result<Option<Arc<CertificateStore>>, StartupError> {
+    let listen = &config.listen;
+    if !listen.tls_enabled {
+        return Ok(None);
+    }
+    let store = CertificateStore::open(&listen.cert_path, &listen.key_path)?;
+    health.set("tls:certificate", checks::certificate_check(store.not_after()));
+    Ok(Some(store))
+}
+
+/// The background workers, wired and not yet running.
+struct Workers {
+    dispatcher: Dispatcher,
+    outbox: Outbox,
+    /// Present when a Secret may call kf APIs.
+    kf_syncer: Option<KfSyncer>,
+    supervisor: Supervisor,
+    /// Present when alert email is on.
+    mailer: Option<Mailer>,
+    /// Queues mail for the mailer; shared with the routes.
+    alerter: Alerter,
+}
+
+impl Workers {
+    #[allow(clippy::too_many_arguments)]
+    async fn wire(
+        config: &Config,
+        store: &Store,
+        wecom: &Arc<WeCom>,
+        metrics: &Arc<Metrics>,
+        health: &Arc<HealthBoard>,
+        liveness: &Arc<Liveness>,
+        journal_wake: &Arc<Notify>,
+        certificates: &Option<Arc<CertificateStore>>,
+    ) -> Result<Self, StartupError> {
+        let (alerter, mailer) = Alerter::new(config.alert_email.as_ref(), Arc::clone(metrics))
+            .map_err(|e| StartupError::Alerts(e.to_string()))?;
+        let first_start = store.first_started_at().await?;
+        tracing::debug!(first_start, "store open");
+        let executor =
+            Executor::new(config.forward.clone(), Arc::clone(wecom), config.agent_id, config.upload_dir.clone())
+                .map_err(|e| StartupError::Component(e.to_string()))?;
+        let outbox_wake = Arc::new(Notify::new());
+        let settings = HandlerSettings {
+            forward: config.forward.is_some(),
+            agent_id: config.agent_id,
+            welcome_text: config.welcome_text.clone(),
+            first_started_at: first_start,
+            replay_history: config.kf_replay_history,
+        };
+        let (kf_syncer, kf_sync) = KfSyncer::new(store.clone(), Arc::clone(wecom), Arc::clone(journal_wake));
+        let kf_enabled = wecom.kf.is_some();
+        let dispatcher = Dispatcher::new(
+            store.clone(),
+            settings,
+            Arc::clone(journal_wake),
+            Arc::clone(&outbox_wake),
+            kf_enabled.then_some(kf_sync),
+            Arc::clone(metrics),
+        );
+        let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(metrics), outbox_wake);
+        let checks = Checks::new(
+            config.upload_dir.clone(),
+            certificates.clone(),
+            store.clone(),
+            Arc::clone(wecom),
+            Arc::clone(metrics),
+            alerter.clone(),
+            config.secrets_identical(),
+        );
+        let timing = Timing {
+            interval: config.supervisor_interval,
+            group_wait: config.alert_group_wait,
+            repeat: config.alert_repeat,
+        };
+        let supervisor = Supervisor::new(
+            checks,
+            Arc::clone(health),
+            Arc::clone(liveness),
+            alerter.clone(),
+            store.clone(),
+            Arc::clone(metrics),
+            timing,
+        );
+        Ok(Self { dispatcher, outbox, kf_syncer: kf_enabled.then_some(kf_syncer), supervisor, mailer, alerter })
+    }
+
+    /// Starts every worker under `shutdown`; each one liveness must watch is watched.
+    fn spawn(self, config: &Config, state: &AppState, shutdown: &CancellationToken) -> TaskTracker {
+        let Self { dispatcher, outbox, kf_syncer, supervisor, mailer, .. } = self;
+        let (tasks, liveness) = (TaskTracker::new(), &state.liveness);
+        let watch = |name, task| liveness.watch(name, tasks.spawn(task).abort_handle());
+        tasks.spawn(metrics_upkeep(Arc::clone(&state.metrics), state.store.clone(), shutdown.clone()));
+        watch("dispatcher", dispatcher.run(shutdown.clone()).boxed());
+        watch("outbox", outbox.run(shutdown.clone()).boxed());
+        let metrics = Arc::clone(&state.metrics);
+        watch("retention", retention::run(state.store.clone(), config.retention, metrics, shutdown.clone()).boxed());
+        if let Some(kf_syncer) = kf_syncer {
+            watch("kf-sync", kf_syncer.run(shutdown.clone()).boxed());
+        }
+        watch("supervisor", supervisor.run(shutdown.clone()).boxed());
+        if let Some(mailer) = mailer {
+            watch("mailer", mailer.run(shutdown.clone()).boxed());
+        }
+        if let Some(url) = config.heartbeat_url.clone() {
+            tasks.spawn(heartbeat(url, shutdown.clone()));
+        }
+        tasks
+    }
+}
+
+/// The HTTP server, bound and running, and its ports.
+struct Listeners {
+    port: u16,
+    http_port: Option<u16>,
+    server: Server,
+}
+
+impl Listeners {
+    /// Binds the main listener (TLS unless turned off) and the optional plain one.
+    fn bind(
+        config: &Config,
+        state: web::Data<AppState>,
+        certificates: Option<&Arc<CertificateStore>>,
+    ) -> Result<Self, StartupError> {
+        let listen = &config.listen;
+        let mut server = HttpServer::new(move || {
+            App::new()
+                .wrap(actix_web::middleware::from_fn(routes::deadline::body_deadline))
+                .app_data(state.clone())
+                .configure(routes::configure)
+        })
+        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+        .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
+        .keep_alive(KEEP_ALIVE)
+        .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
+        .disable_signals();
+        let main_listener = bind(SocketAddr::new(listen.bind_address, listen.https_port), "HTTPS_PORT")?;
+        let port = main_listener.local_addr().map_err(StartupError::Server)?.port();
+        server = match certificates {
+            Some(store) => server.listen_rustls_0_23(main_listener, store.server_config()?),
+            None => server.listen(main_listener),
+        }
+        .map_err(StartupError::Server)?;
+        let mut http_port = None;
+        if let Some(plain) = listen.http_port {
+            let listener = bind(SocketAddr::new(listen.bind_address, plain), "HTTP_PORT")?;
+            http_port = Some(listener.local_addr().map_err(StartupError::Server)?.port());
+            server = server.listen(listener).map_err(StartupError::Server)?;
+        }
+        Ok(Self { port, http_port, server: server.run() })
     }
 }
 
@@ -347,62 +397,6 @@ async fn heartbeat(url: String, shutdown: CancellationToken) {
 
 fn bind(address: SocketAddr, variable: &'static str) -> Result<TcpListener, StartupError> {
     TcpListener::bind(address).map_err(|source| StartupError::Bind { address, variable, source })
-}
-
-/// Bounds the request body in time: once [`BODY_READ_TIMEOUT`] has passed, the
-/// body fails with a timeout, so the handler answers and the connection closes.
-///
-/// It also keeps the body alive until the response is written. actix-http drains
-/// a chunked body that a handler dropped unread (a 404, a 413) with no time limit,
-/// so a client that then goes quiet would hold its connection forever; a body
-/// still held when the response ends makes actix close the connection instead.
-async fn body_deadline(
-    mut request: actix_web::dev::ServiceRequest,
-    next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
-) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {
-    use actix_web::HttpMessage;
-    use futures_util::{FutureExt, StreamExt};
-    let payload = request.take_payload();
-    if matches!(payload, actix_web::dev::Payload::None) {
-        return next.call(request).await.map(|response| response.map_into_boxed_body());
-    }
-    let body = std::rc::Rc::new(std::cell::RefCell::new(payload));
-    let reader = std::rc::Rc::clone(&body);
-    let mut timer = Box::pin(tokio::time::sleep(BODY_READ_TIMEOUT));
-    let bounded = futures_util::stream::poll_fn(move |cx| match reader.borrow_mut().poll_next_unpin(cx) {
-        std::task::Poll::Pending if timer.poll_unpin(cx).is_ready() => {
-            let late = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body not received in time");
-            std::task::Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(late))))
-        }
-        polled => polled,
-    });
-    request.set_payload(actix_web::dev::Payload::Stream { payload: Box::pin(bounded) });
-    let response = next.call(request).await?;
-    Ok(response.map_body(|_, answer| {
-        actix_web::body::BoxBody::new(HoldingBody { answer: answer.boxed(), _request_body: body })
-    }))
-}
-
-/// A response body that holds the request body until it has been written.
-struct HoldingBody {
-    answer: actix_web::body::BoxBody,
-    /// Never read: only held, so actix sees the request body as still wanted.
-    _request_body: std::rc::Rc<std::cell::RefCell<actix_web::dev::Payload>>,
-}
-
-impl actix_web::body::MessageBody for HoldingBody {
-    type Error = Box<dyn std::error::Error>;
-
-    fn size(&self) -> actix_web::body::BodySize {
-        self.answer.size()
-    }
-
-    fn poll_next(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<actix_web::web::Bytes, Self::Error>>> {
-        std::pin::Pin::new(&mut self.get_mut().answer).poll_next(cx)
-    }
 }
 
 async fn stop_signal() -> &'static str {

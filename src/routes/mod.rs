@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod callback;
+pub mod deadline;
 pub mod health;
 pub mod metrics;
 pub mod status;

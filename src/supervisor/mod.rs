@@ -10,7 +10,6 @@
 //!
 //! `run_once()` is what tests call; `run()` is the loop.
 
-pub mod checks;
 pub mod machine;
 
 use std::collections::BTreeMap;
@@ -21,11 +20,11 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{Alerter, Mail};
+use crate::health::checks::Checks;
 use crate::health::{CheckResult, HealthBoard, Liveness, Status};
 use crate::store::alerts::FiringRecord;
 use crate::store::{now, Store};
 use crate::telemetry::Metrics;
-use checks::Checks;
 use machine::{AlertState, Transition};
 
 /// A restart is announced at most this often.
@@ -112,7 +111,7 @@ impl Supervisor {
                 body: format!(
                     "wechat-api {} started on {}.\nChecks firing before the start: {firing}.\n\
                      (This note is sent at most once an hour.)\n",
-                    crate::startup::VERSION,
+                    crate::VERSION,
                     self.host
                 ),
             });
@@ -239,7 +238,7 @@ fn compose(pending: &[Pending], results: &[(String, CheckResult)], host: &str) -
             pending.iter().map(|p| format!("{} {}", p.kind, p.check)).collect::<Vec<_>>().join(", ")
         ),
     };
-    let mut body = format!("wechat-api {} on {host}\n\n", crate::startup::VERSION);
+    let mut body = format!("wechat-api {} on {host}\n\n", crate::VERSION);
     for p in pending {
         let since = time::OffsetDateTime::from_unix_timestamp(p.since)
             .ok()

@@ -1,10 +1,14 @@
 //! The health model: named checks with a status, in the shape of the IETF
 //! api-health-check draft (`application/health+json`).
 //!
-//! Owns: [`Status`], [`CheckResult`], the board that holds the latest result of
-//! each check, and the rule that the worst check decides the overall status.
-//! Deliberately not here: running checks (the supervisor does, on its period) and
-//! HTTP (`routes::health`). Reading the board makes no outbound call.
+//! Owns: [`Status`], [`CheckResult`], the checks themselves ([`checks`], also used
+//! by start-up and `diagnose`), the board that holds the latest result of each
+//! check, the rule that the worst check decides the overall status, and
+//! [`Liveness`]. Deliberately not here: scheduling checks (the supervisor runs
+//! them on its period) and HTTP (`routes::health`). Reading the board makes no
+//! outbound call.
+
+pub mod checks;
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -199,7 +203,8 @@ impl Liveness {
             .collect()
     }
 
-    /// Fault injection for drills and tests: stops the named background task.
+    /// Fault injection for tests: stops the named background task.
+    #[cfg(any(test, feature = "testing"))]
     pub fn inject_fault(&self, name: &str) -> bool {
         let tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
         tasks.iter().filter(|(n, _)| *n == name).inspect(|(_, t)| t.abort()).count() > 0
