@@ -121,8 +121,8 @@ impl Eq for Signature {}
 impl Signature {
     /// The signature as text.
     pub fn as_str(&self) -> &str {
-        // Only ASCII hex digits are ever written into the array.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        // Only ASCII hex digits are ever written into the array, so this never fails.
+        std::str::from_utf8(&self.0).unwrap_or("")
     }
 
     /// Compares against a signature received on the wire, in constant time.
@@ -185,32 +185,30 @@ pub enum DecryptError {
     Utf8,
 }
 
-/// A decrypted callback: one buffer, with the message and receive id borrowed from it.
+/// A decrypted callback: the message followed by the receive id, in one string.
 #[derive(Debug, Clone)]
 pub struct Plaintext {
-    buffer: Vec<u8>,
-    message_end: usize,
-    receive_id_end: usize,
+    /// Message and receive id; `message_len` is a character boundary within it.
+    text: String,
+    message_len: usize,
 }
 
 impl Plaintext {
     /// The message: XML for app callbacks, the echo string for URL verification.
     pub fn message(&self) -> &str {
-        // UTF-8 was checked in `decrypt`.
-        std::str::from_utf8(&self.buffer[HEADER_LEN..self.message_end]).unwrap_or_default()
+        // `decrypt` checked that `message_len` is a character boundary.
+        &self.text[..self.message_len]
     }
 
     /// The receive id that followed the message (the corp id for internal apps).
     pub fn receive_id(&self) -> &str {
-        std::str::from_utf8(&self.buffer[self.message_end..self.receive_id_end]).unwrap_or_default()
+        &self.text[self.message_len..]
     }
 
     /// Takes the message out, reusing the buffer instead of allocating.
     pub fn into_message(mut self) -> String {
-        self.buffer.truncate(self.message_end);
-        self.buffer.drain(..HEADER_LEN);
-        // The range was checked to be UTF-8 on a character boundary in `decrypt`.
-        String::from_utf8(self.buffer).unwrap_or_default()
+        self.text.truncate(self.message_len);
+        self.text
     }
 }
 
@@ -248,19 +246,15 @@ pub fn decrypt(key: &AesKey, encrypted: &str) -> Result<Plaintext, DecryptError>
         .and_then(|len| HEADER_LEN.checked_add(len))
         .filter(|&end| end <= unpadded)
         .ok_or(DecryptError::LengthField { declared, available: unpadded - HEADER_LEN })?;
-    if std::str::from_utf8(&buffer[HEADER_LEN..unpadded]).is_err() {
-        return Err(DecryptError::Utf8);
-    }
+    buffer.truncate(unpadded);
+    buffer.drain(..HEADER_LEN);
+    let text = String::from_utf8(buffer).map_err(|_| DecryptError::Utf8)?;
+    let message_len = message_end - HEADER_LEN;
     // The split between message and receive id must not cut a character.
-    if !is_char_boundary(&buffer[HEADER_LEN..unpadded], message_end - HEADER_LEN) {
+    if !text.is_char_boundary(message_len) {
         return Err(DecryptError::Utf8);
     }
-    Ok(Plaintext { buffer, message_end, receive_id_end: unpadded })
-}
-
-fn is_char_boundary(utf8: &[u8], index: usize) -> bool {
-    // `utf8` is known valid; a boundary is the end or a non-continuation byte.
-    index == utf8.len() || utf8.get(index).is_some_and(|b| (*b as i8) >= -0x40)
+    Ok(Plaintext { text, message_len })
 }
 
 /// Encrypts `message` for `receive_id` with caller-supplied randomness.

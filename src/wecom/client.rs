@@ -110,17 +110,23 @@ impl WeComClient {
         serde_json::from_slice(bytes).map_err(decode_error)
     }
 
-    fn post<B: Serialize>(&self, path: &str, token: &str, body: &B) -> impl Fn() -> RequestBuilder + '_ {
-        let url = self.url(path);
-        let token = token.to_owned();
-        let body = serde_json::to_vec(body).unwrap_or_default();
-        move || {
+    /// POSTs `body` as JSON to `api` (the path under `/cgi-bin/`) with the token.
+    async fn post_json<B: Serialize, T: DeserializeOwned>(
+        &self,
+        api: &'static str,
+        token: &str,
+        body: &B,
+    ) -> Result<T, WeComError> {
+        let body = serde_json::to_vec(body).map_err(|e| WeComError::Encode { api, reason: e.to_string() })?;
+        let url = self.url(api);
+        self.call(api, || {
             self.http
                 .post(&url)
-                .query(&[("access_token", token.as_str())])
+                .query(&[("access_token", token)])
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone())
-        }
+        })
+        .await
     }
 
     /// `gettoken` for one Secret.
@@ -159,12 +165,12 @@ impl WeComClient {
         content: &str,
     ) -> Result<SendResult, WeComError> {
         let message = AppTextMessage { touser, msgtype: "text", agentid, text: TextContent { content } };
-        self.call("message/send", self.post("message/send", token, &message)).await
+        self.post_json("message/send", token, &message).await
     }
 
     /// `kf/sync_msg`: one page of an account's messages after `cursor`.
     pub async fn kf_sync_msg(&self, token: &str, request: &KfSyncRequest) -> Result<KfSyncPage, WeComError> {
-        self.call("kf/sync_msg", self.post("kf/sync_msg", token, request)).await
+        self.post_json("kf/sync_msg", token, request).await
     }
 
     /// `kf/send_msg`: a text to a customer of the `open_kfid` account.
@@ -176,21 +182,17 @@ impl WeComClient {
         content: &str,
     ) -> Result<SendResult, WeComError> {
         let message = KfTextMessage { touser, open_kfid, msgid: None, msgtype: "text", text: TextContent { content } };
-        self.call("kf/send_msg", self.post("kf/send_msg", token, &message)).await
+        self.post_json("kf/send_msg", token, &message).await
     }
 
     /// `kf/send_msg_on_event`: the welcome text an `enter_session` code allows.
     pub async fn send_kf_welcome(&self, token: &str, code: &str, content: &str) -> Result<SendResult, WeComError> {
         let message = KfEventMessage { code, msgid: None, msgtype: "text", text: TextContent { content } };
-        self.call("kf/send_msg_on_event", self.post("kf/send_msg_on_event", token, &message)).await
+        self.post_json("kf/send_msg_on_event", token, &message).await
     }
 
     pub async fn kf_account_list(&self, token: &str) -> Result<KfAccountList, WeComError> {
-        self.call(
-            "kf/account/list",
-            self.post("kf/account/list", token, &serde_json::json!({"offset": 0, "limit": 100})),
-        )
-        .await
+        self.post_json("kf/account/list", token, &serde_json::json!({"offset": 0, "limit": 100})).await
     }
 
     pub async fn kf_service_state_get(
@@ -200,8 +202,7 @@ impl WeComClient {
         external_userid: &str,
     ) -> Result<KfServiceState, WeComError> {
         let body = serde_json::json!({"open_kfid": open_kfid, "external_userid": external_userid});
-        let answer: KfServiceStateAnswer =
-            self.call("kf/service_state/get", self.post("kf/service_state/get", token, &body)).await?;
+        let answer: KfServiceStateAnswer = self.post_json("kf/service_state/get", token, &body).await?;
         Ok(KfServiceState {
             state: ServiceState::from_code(answer.service_state),
             servicer_userid: answer.servicer_userid.filter(|s| !s.is_empty()),
@@ -214,7 +215,7 @@ impl WeComClient {
         external_userids: &[String],
     ) -> Result<KfCustomers, WeComError> {
         let body = serde_json::json!({"external_userid_list": external_userids});
-        self.call("kf/customer/batchget", self.post("kf/customer/batchget", token, &body)).await
+        self.post_json("kf/customer/batchget", token, &body).await
     }
 
     pub async fn user_get(&self, token: &str, userid: &str) -> Result<User, WeComError> {

@@ -105,6 +105,9 @@ pub enum WeComError {
     Transport { api: &'static str, reason: String },
     #[error("WeCom {api}: unexpected answer: {reason}")]
     Decode { api: &'static str, reason: String },
+    /// Our own request could not be written as JSON.
+    #[error("WeCom {api}: cannot encode the request: {reason}")]
+    Encode { api: &'static str, reason: String },
     #[error("{0} is not configured")]
     NotConfigured(&'static str),
 }
