@@ -30,7 +30,7 @@ use crate::kf_sync::KfSyncer;
 use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{retention, Store, StoreError};
-use crate::supervisor::{Supervisor, Timing};
+use crate::supervisor::{Parts, Supervisor, Timing};
 use crate::telemetry::Metrics;
 use crate::tls::{self, CertificateStore, TlsError};
 use crate::wecom::WeCom;
@@ -253,14 +253,14 @@ impl Workers {
         };
         let (kf_syncer, kf_sync) = KfSyncer::new(store.clone(), Arc::clone(wecom), Arc::clone(journal_wake));
         let kf_enabled = wecom.kf.is_some();
-        let dispatcher = Dispatcher::new(
-            store.clone(),
+        let dispatcher = Dispatcher {
+            store: store.clone(),
             settings,
-            Arc::clone(journal_wake),
-            Arc::clone(&outbox_wake),
-            kf_enabled.then_some(kf_sync),
-            Arc::clone(metrics),
-        );
+            wake: Arc::clone(journal_wake),
+            outbox_wake: Arc::clone(&outbox_wake),
+            kf_sync: kf_enabled.then_some(kf_sync),
+            metrics: Arc::clone(metrics),
+        };
         let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(metrics), outbox_wake);
         let checks = Checks::new(
             config.upload_dir.clone(),
@@ -276,15 +276,15 @@ impl Workers {
             group_wait: config.alert_group_wait,
             repeat: config.alert_repeat,
         };
-        let supervisor = Supervisor::new(
+        let supervisor = Supervisor::new(Parts {
             checks,
-            Arc::clone(health),
-            Arc::clone(liveness),
-            alerter.clone(),
-            store.clone(),
-            Arc::clone(metrics),
+            board: Arc::clone(health),
+            liveness: Arc::clone(liveness),
+            alerter: alerter.clone(),
+            store: store.clone(),
+            metrics: Arc::clone(metrics),
             timing,
-        );
+        });
         Ok(Self { dispatcher, outbox, kf_syncer: kf_enabled.then_some(kf_syncer), supervisor, mailer, alerter })
     }
 

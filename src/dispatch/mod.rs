@@ -98,28 +98,18 @@ where
 /// Turns journaled messages into handled ones.
 #[derive(Debug, Clone)]
 pub struct Dispatcher {
-    store: Store,
-    settings: HandlerSettings,
+    pub store: Store,
+    pub settings: HandlerSettings,
     /// Woken by the callback route after each journaled message.
-    wake: Arc<Notify>,
-    outbox_wake: Arc<Notify>,
-    /// Where `kf_msg_or_event` notices go.
-    kf_sync: Option<KfSyncHandle>,
-    metrics: Arc<Metrics>,
+    pub wake: Arc<Notify>,
+    /// Woken when actions were queued.
+    pub outbox_wake: Arc<Notify>,
+    /// Where `kf_msg_or_event` notices go; `None` when no Secret may call kf APIs.
+    pub kf_sync: Option<KfSyncHandle>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Dispatcher {
-    pub fn new(
-        store: Store,
-        settings: HandlerSettings,
-        wake: Arc<Notify>,
-        outbox_wake: Arc<Notify>,
-        kf_sync: Option<KfSyncHandle>,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Self { store, settings, wake, outbox_wake, kf_sync, metrics }
-    }
-
     pub async fn run(self, shutdown: CancellationToken) {
         work_loop("dispatcher", &shutdown, &self.wake, GATHER, || self.run_once()).await;
     }

@@ -47,14 +47,22 @@ struct Pending {
     since: i64,
 }
 
+/// What the supervisor works with.
+pub struct Parts {
+    pub checks: Checks,
+    /// Where results are published for `/api/health` and the status page.
+    pub board: Arc<HealthBoard>,
+    /// Beaten every round: a silent supervisor fails liveness.
+    pub liveness: Arc<Liveness>,
+    pub alerter: Alerter,
+    /// Keeps firing checks across restarts.
+    pub store: Store,
+    pub metrics: Arc<Metrics>,
+    pub timing: Timing,
+}
+
 pub struct Supervisor {
-    checks: Checks,
-    board: Arc<HealthBoard>,
-    liveness: Arc<Liveness>,
-    alerter: Alerter,
-    store: Store,
-    metrics: Arc<Metrics>,
-    timing: Timing,
+    parts: Parts,
     host: String,
     states: BTreeMap<String, AlertState>,
     pending: Vec<Pending>,
@@ -62,24 +70,9 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        checks: Checks,
-        board: Arc<HealthBoard>,
-        liveness: Arc<Liveness>,
-        alerter: Alerter,
-        store: Store,
-        metrics: Arc<Metrics>,
-        timing: Timing,
-    ) -> Self {
+    pub fn new(parts: Parts) -> Self {
         Self {
-            checks,
-            board,
-            liveness,
-            alerter,
-            store,
-            metrics,
-            timing,
+            parts,
             host: crate::alerts::host_name(),
             states: BTreeMap::new(),
             pending: Vec::new(),
@@ -89,7 +82,7 @@ impl Supervisor {
 
     /// Restores firing checks from the store and announces the (re)start.
     pub async fn restore(&mut self) {
-        match self.store.firing_checks().await {
+        match self.parts.store.firing_checks().await {
             Ok(firing) => {
                 for FiringRecord { check, since, last_notified_at } in firing {
                     self.states.insert(check, AlertState::Firing { since, last_notified_at, passes: 0 });
@@ -97,7 +90,8 @@ impl Supervisor {
             }
             Err(error) => tracing::error!("cannot read alert state: {error}"),
         }
-        let last = self.store.meta_value("last_restart_note").await.ok().flatten().and_then(|v| v.parse::<i64>().ok());
+        let last =
+            self.parts.store.meta_value("last_restart_note").await.ok().flatten().and_then(|v| v.parse::<i64>().ok());
         if last.is_none_or(|at| now() - at >= RESTART_NOTE_EVERY_SECS) {
             let firing: Vec<&str> = self
                 .states
@@ -106,7 +100,7 @@ impl Supervisor {
                 .map(|(c, _)| c.as_str())
                 .collect();
             let firing = if firing.is_empty() { "none".to_owned() } else { firing.join(", ") };
-            self.alerter.send(Mail {
+            self.parts.alerter.send(Mail {
                 subject: format!("[wechat-api STARTED] on {}", self.host),
                 body: format!(
                     "wechat-api {} started on {}.\nChecks firing before the start: {firing}.\n\
@@ -115,13 +109,13 @@ impl Supervisor {
                     self.host
                 ),
             });
-            let _ = self.store.set_meta_value("last_restart_note", now().to_string()).await;
+            let _ = self.parts.store.set_meta_value("last_restart_note", now().to_string()).await;
         }
     }
 
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.restore().await;
-        let mut tick = tokio::time::interval(self.timing.interval);
+        let mut tick = tokio::time::interval(self.parts.timing.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -133,15 +127,16 @@ impl Supervisor {
 
     /// One round: every check, the state machines, maybe an email, a heartbeat.
     pub async fn run_once(&mut self) {
-        let results = self.checks.run_all().await;
+        let results = self.parts.checks.run_all().await;
         let at = now();
         for (name, result) in &results {
-            self.board.set(name.clone(), result.clone());
-            self.metrics
+            self.parts.board.set(name.clone(), result.clone());
+            self.parts
+                .metrics
                 .gauge("wechat_api_check_status", &[("check", name.clone())])
                 .set(f64::from(result.status.as_number()));
             let state = self.states.entry(name.clone()).or_insert(AlertState::Ok);
-            let transition = state.observe(result.status, at, self.timing.repeat);
+            let transition = state.observe(result.status, at, self.parts.timing.repeat);
             let since = match *state {
                 AlertState::Firing { since, .. } => since,
                 _ => at,
@@ -152,12 +147,12 @@ impl Supervisor {
                     AlertState::Firing { since, last_notified_at, .. },
                 ) => {
                     let record = FiringRecord { check: name.clone(), since, last_notified_at };
-                    if let Err(error) = self.store.set_firing(record).await {
+                    if let Err(error) = self.parts.store.set_firing(record).await {
                         tracing::error!("cannot keep alert state: {error}");
                     }
                 }
                 (Some(Transition::Resolved), _) => {
-                    let _ = self.store.clear_firing(name.clone()).await;
+                    let _ = self.parts.store.clear_firing(name.clone()).await;
                 }
                 _ => {}
             }
@@ -173,7 +168,7 @@ impl Supervisor {
         }
         self.certificate_step(&results).await;
         self.flush(&results);
-        self.liveness.beat();
+        self.parts.liveness.beat();
     }
 
     fn queue(&mut self, pending: Pending) {
@@ -190,10 +185,10 @@ impl Supervisor {
             return;
         };
         let notified =
-            self.store.meta_value("certificate_step").await.ok().flatten().and_then(|v| v.parse::<i64>().ok());
+            self.parts.store.meta_value("certificate_step").await.ok().flatten().and_then(|v| v.parse::<i64>().ok());
         match machine::certificate_step(days) {
             Some(step) if notified.is_none_or(|n| step < n) => {
-                let _ = self.store.set_meta_value("certificate_step", step.to_string()).await;
+                let _ = self.parts.store.set_meta_value("certificate_step", step.to_string()).await;
                 self.queue(Pending {
                     check: "tls:certificate".into(),
                     kind: "EXPIRING",
@@ -203,7 +198,7 @@ impl Supervisor {
             }
             // Renewed: the steps start over for the next certificate.
             None if notified.is_some() => {
-                let _ = self.store.set_meta_value("certificate_step", "999".into()).await;
+                let _ = self.parts.store.set_meta_value("certificate_step", "999".into()).await;
             }
             _ => {}
         }
@@ -214,12 +209,12 @@ impl Supervisor {
         let Some(first) = self.first_pending_at else {
             return;
         };
-        if first.elapsed() < self.timing.group_wait {
+        if first.elapsed() < self.parts.timing.group_wait {
             return;
         }
         let pending = std::mem::take(&mut self.pending);
         self.first_pending_at = None;
-        self.alerter.send(compose(&pending, results, &self.host));
+        self.parts.alerter.send(compose(&pending, results, &self.host));
     }
 }
 

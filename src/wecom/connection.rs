@@ -7,7 +7,23 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{TokenSource, WeCom, WeComError};
+use super::{ApiError, TokenSource, WeCom, WeComError};
+
+/// What went wrong with one call, as the report shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Problem {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub errcode: Option<i64>,
+    pub error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+impl Problem {
+    fn of(error: &WeComError) -> Self {
+        Self { errcode: error.errcode(), error: error.to_string(), hint: error.api().and_then(ApiError::hint) }
+    }
+}
 
 /// One Secret's result.
 #[derive(Debug, Clone, Serialize)]
@@ -17,12 +33,8 @@ pub struct SecretReport {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expires_in: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errcode: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
     /// The IP WeCom saw (60020): the one to add to the trusted IPs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ip: Option<IpAddr>,
@@ -36,12 +48,8 @@ pub struct KfApiReport {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accounts: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub errcode: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub hint: Option<String>,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    pub problem: Option<Problem>,
 }
 
 /// The whole report.
@@ -52,55 +60,39 @@ pub struct ConnectionReport {
     pub secrets: Vec<SecretReport>,
 }
 
-fn failure(app: String, error: &WeComError) -> SecretReport {
-    let api = error.api();
-    SecretReport {
-        app,
-        status: "error",
-        expires_in: None,
-        errcode: error.errcode(),
-        error: Some(error.to_string()),
-        hint: api.and_then(|e| e.hint()),
-        ip: api.and_then(|e| e.from_ip()),
-        kf_api: None,
-    }
-}
-
 async fn secret_report(wecom: &WeCom, corp_id: &str, source: &Arc<TokenSource>, app: String, kf: bool) -> SecretReport {
     let mut report = match wecom.client.gettoken(corp_id, source.secret().expose()).await {
         Ok(token) => SecretReport {
             app,
             status: "success",
             expires_in: Some(token.expires_in),
-            errcode: None,
-            error: None,
-            hint: None,
+            problem: None,
             ip: None,
             kf_api: None,
         },
-        Err(error) => return failure(app, &error),
+        Err(error) => {
+            let ip = error.api().and_then(ApiError::from_ip);
+            return SecretReport {
+                app,
+                status: "error",
+                expires_in: None,
+                problem: Some(Problem::of(&error)),
+                ip,
+                kf_api: None,
+            };
+        }
     };
     if kf {
         let listed = source.call(|token| async move { wecom.client.kf_account_list(&token).await }).await;
         report.kf_api = Some(match listed {
-            Ok(list) => KfApiReport {
-                status: "success",
-                accounts: Some(list.account_list.len()),
-                errcode: None,
-                error: None,
-                hint: None,
-            },
+            Ok(list) => KfApiReport { status: "success", accounts: Some(list.account_list.len()), problem: None },
             Err(error) => {
                 report.status = "error";
-                KfApiReport {
-                    status: "error",
-                    accounts: None,
-                    errcode: error.errcode(),
-                    hint: error.api().and_then(|e| e.hint()).or_else(|| {
-                        Some("this Secret may not call 微信客服 APIs: use the kf Secret, or authorise the app under 微信客服 → 可调用接口的应用".into())
-                    }),
-                    error: Some(error.to_string()),
-                }
+                let mut problem = Problem::of(&error);
+                problem.hint = problem.hint.or_else(|| {
+                    Some("this Secret may not call 微信客服 APIs: use the kf Secret, or authorise the app under 微信客服 → 可调用接口的应用".into())
+                });
+                KfApiReport { status: "error", accounts: None, problem: Some(problem) }
             }
         });
     }
