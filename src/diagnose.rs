@@ -151,13 +151,11 @@ async fn local_verification(config: &Config) -> Finding {
     ])
     .unwrap_or_default();
     let url = format!("{scheme}://{host}:{}/api/v1/wecom/callback?{query}", listen.https_port);
-    tls::install_crypto_provider();
     // Our own listener on this machine: its certificate is not for 127.0.0.1.
-    let client =
-        match reqwest::Client::builder().timeout(Duration::from_secs(5)).danger_accept_invalid_certs(true).build() {
-            Ok(client) => client,
-            Err(e) => return Finding::fail(CHECK, e.without_url().to_string(), "report this"),
-        };
+    let client = match crate::outbound::client(Duration::from_secs(5)).danger_accept_invalid_certs(true).build() {
+        Ok(client) => client,
+        Err(e) => return Finding::fail(CHECK, e.without_url().to_string(), "report this"),
+    };
     match client.get(&url).send().await {
         Err(_) => Finding::fail(
             CHECK,

@@ -27,6 +27,7 @@ pub(crate) mod kf_sync;
 pub(crate) mod media;
 pub mod messages;
 pub(crate) mod names;
+pub(crate) mod outbound;
 pub mod routes;
 pub mod startup;
 pub mod store;

@@ -378,7 +378,7 @@ async fn watchdog(liveness: &Liveness) -> String {
 
 /// `HEARTBEAT_URL`: fetched every minute, a dead-man's switch for an outside monitor.
 async fn heartbeat(url: String, shutdown: CancellationToken) {
-    let Ok(client) = reqwest::Client::builder().timeout(Duration::from_secs(10)).build() else {
+    let Ok(client) = crate::outbound::client(Duration::from_secs(10)).build() else {
         tracing::error!("HEARTBEAT_URL: cannot build an HTTP client");
         return;
     };

@@ -157,15 +157,10 @@ impl Executor {
         agent_id: Option<i64>,
         upload_dir: PathBuf,
     ) -> Result<Self, ActionError> {
-        crate::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(FORWARD_TIMEOUT)
-            .user_agent(concat!("wechat-api/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| ActionError {
-                retry: false,
-                message: format!("cannot build the forward client: {}", e.without_url()),
-            })?;
+        let http = crate::outbound::client(FORWARD_TIMEOUT).build().map_err(|e| ActionError {
+            retry: false,
+            message: format!("cannot build the forward client: {}", e.without_url()),
+        })?;
         Ok(Self { http, forward, wecom, agent_id, upload_dir })
     }
 

@@ -46,11 +46,8 @@ pub struct WeComClient {
 
 impl WeComClient {
     pub fn new(base_url: &str, metrics: Arc<Metrics>) -> Result<Self, WeComError> {
-        crate::tls::install_crypto_provider();
-        let http = reqwest::Client::builder()
-            .timeout(TIMEOUT)
+        let http = crate::outbound::client(TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
-            .user_agent(concat!("wechat-api/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| WeComError::transport("client", e))?;
         Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), metrics })
