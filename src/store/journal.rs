@@ -4,10 +4,8 @@
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use rusqlite::{params, Connection, OptionalExtension};
-
 use super::outbox::NewAction;
-use super::{now, Store, StoreError};
+use super::{backend, Store, StoreError};
 use crate::messages::Channel;
 
 /// What a journal entry's payload is.
@@ -32,17 +30,6 @@ impl EntryKind {
     pub fn parse(name: &str) -> Option<Self> {
         [Self::Callback, Self::KfMessage].into_iter().find(|k| k.as_str() == name)
     }
-}
-
-/// A column that holds a name the store wrote: anything else is corruption.
-fn named<T>(column: usize, value: String, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
-    parse(&value).ok_or_else(|| {
-        rusqlite::Error::FromSqlConversionFailure(
-            column,
-            rusqlite::types::Type::Text,
-            format!("unknown name {value:?}").into(),
-        )
-    })
 }
 
 /// A message to journal.
@@ -115,24 +102,6 @@ impl RecentKeys {
     }
 }
 
-/// Inserts `entry` unless its dedup key is known: one statement.
-pub(super) fn insert(db: &Connection, entry: &NewEntry) -> rusqlite::Result<Recorded> {
-    let inserted = db
-        .prepare_cached(
-            "INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT(dedup_key) DO NOTHING",
-        )?
-        .execute(params![
-            entry.dedup_key,
-            entry.channel.as_str(),
-            entry.kind.as_str(),
-            entry.sender,
-            now(),
-            entry.payload
-        ])?;
-    Ok(if inserted == 1 { Recorded::New(db.last_insert_rowid()) } else { Recorded::Duplicate })
-}
-
 impl Store {
     /// Journals `entry` unless its dedup key is known; durable when this returns.
     pub async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
@@ -140,7 +109,7 @@ impl Store {
             return Ok(Recorded::Duplicate);
         }
         let key = entry.dedup_key.clone();
-        let recorded = self.run_statement(move |db| insert(db, &entry)).await?;
+        let recorded = backend!(self, b => b.journal(entry).await)?;
         // Only now, with the commit done: a key in `recent` is never one that could be lost.
         self.recent.remember(&key);
         Ok(recorded)
@@ -148,25 +117,7 @@ impl Store {
 
     /// The oldest unhandled entries, in arrival order.
     pub async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
-        self.run_relaxed(move |db| {
-            let mut statement = db.prepare_cached(
-                "SELECT id, dedup_key, channel, kind, received_at, payload FROM journal
-                 WHERE id > (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')
-                 ORDER BY id LIMIT ?1",
-            )?;
-            let rows = statement.query_map([limit as i64], |row| {
-                Ok(PendingEntry {
-                    id: row.get(0)?,
-                    dedup_key: row.get(1)?,
-                    channel: named(2, row.get(2)?, Channel::parse)?,
-                    kind: named(3, row.get(3)?, EntryKind::parse)?,
-                    received_at: row.get(4)?,
-                    payload: row.get(5)?,
-                })
-            })?;
-            rows.collect()
-        })
-        .await
+        backend!(self, b => b.pending(limit).await)
     }
 
     /// Marks entries handled (up to the highest id given: the dispatcher handles
@@ -176,30 +127,12 @@ impl Store {
     /// Relaxed durability: after a power loss the entries are simply handled again,
     /// queueing the same idempotency keys (the outbox is at-least-once anyway).
     pub async fn complete(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
-        self.run_relaxed(move |db| {
-            for action in completions.iter().flat_map(|(_, actions)| actions) {
-                action.insert(db)?;
-            }
-            if let Some(through) = completions.iter().map(|(id, _)| *id).max() {
-                db.prepare_cached(
-                    "INSERT INTO meta (key, value) VALUES ('journal_handled_through', ?1)
-                     ON CONFLICT(key) DO UPDATE SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
-                )?
-                .execute([through])?;
-            }
-            Ok(())
-        })
-        .await
+        backend!(self, b => b.complete(completions).await)
     }
 
     /// Whether `dedup_key` was journaled (for tests and diagnostics).
     pub async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
-        self.run(move |db| {
-            db.query_row("SELECT 1 FROM journal WHERE dedup_key = ?1", [dedup_key], |_| Ok(()))
-                .optional()
-                .map(|found| found.is_some())
-        })
-        .await
+        backend!(self, b => b.contains(dedup_key).await)
     }
 }
 

@@ -1,28 +1,18 @@
 //! kf sync state: the cursor of each kf account, stored with the messages of the
 //! page it follows, in one transaction.
 
-use rusqlite::{params, OptionalExtension};
-
-use super::journal::{insert, NewEntry, Recorded};
-use super::{now, Store, StoreError};
+use super::journal::NewEntry;
+use super::{backend, Store, StoreError};
 
 impl Store {
     /// The stored `next_cursor` of `open_kfid`; `None` before its first sync.
     pub async fn kf_cursor(&self, open_kfid: String) -> Result<Option<String>, StoreError> {
-        self.run(move |db| {
-            db.query_row("SELECT cursor FROM kf_cursors WHERE open_kfid = ?1", [open_kfid], |row| row.get(0)).optional()
-        })
-        .await
+        backend!(self, b => b.kf_cursor(open_kfid).await)
     }
 
     /// Every kf account that has synced at least once.
     pub async fn kf_accounts(&self) -> Result<Vec<String>, StoreError> {
-        self.run(|db| {
-            let mut statement = db.prepare_cached("SELECT open_kfid FROM kf_cursors ORDER BY open_kfid")?;
-            let rows = statement.query_map([], |row| row.get(0))?;
-            rows.collect()
-        })
-        .await
+        backend!(self, b => b.kf_accounts().await)
     }
 
     /// Journals a page's messages (each once, by its dedup key) and stores the
@@ -33,22 +23,6 @@ impl Store {
         entries: Vec<NewEntry>,
         next_cursor: String,
     ) -> Result<usize, StoreError> {
-        self.run(move |db| {
-            let mut new = 0;
-            for entry in &entries {
-                if let Recorded::New(_) = insert(db, entry)? {
-                    new += 1;
-                }
-            }
-            if !next_cursor.is_empty() {
-                db.execute(
-                    "INSERT INTO kf_cursors (open_kfid, cursor, updated_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(open_kfid) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
-                    params![open_kfid, next_cursor, now()],
-                )?;
-            }
-            Ok(new)
-        })
-        .await
+        backend!(self, b => b.kf_store_page(open_kfid, entries, next_cursor).await)
     }
 }

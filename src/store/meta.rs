@@ -1,22 +1,10 @@
 //! Facts about this installation, e.g. when it first started.
 
-use rusqlite::{params, OptionalExtension};
-
-use super::{now, Store, StoreError};
+use super::{backend, Store, StoreError};
 
 impl Store {
     /// Unix seconds of the very first start of this data directory (set on first call).
     pub async fn first_started_at(&self) -> Result<i64, StoreError> {
-        self.run(|db| {
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES ('first_started_at', ?1) ON CONFLICT(key) DO NOTHING",
-                params![now().to_string()],
-            )?;
-            let value: Option<String> = db
-                .query_row("SELECT value FROM meta WHERE key = 'first_started_at'", [], |row| row.get(0))
-                .optional()?;
-            Ok(value.and_then(|v| v.parse().ok()).unwrap_or_else(now))
-        })
-        .await
+        backend!(self, b => b.first_started_at().await)
     }
 }

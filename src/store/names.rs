@@ -1,9 +1,7 @@
 //! Display names of user ids and external user ids, resolved through WeCom and
 //! cached with where they came from.
 
-use rusqlite::{params, OptionalExtension};
-
-use super::{now, Store, StoreError};
+use super::{backend, Store, StoreError};
 
 /// A cached name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,26 +13,11 @@ pub struct CachedName {
 
 impl Store {
     pub async fn cached_name(&self, id_type: &'static str, id: String) -> Result<Option<CachedName>, StoreError> {
-        self.run(move |db| {
-            db.query_row("SELECT name, source FROM names WHERE id_type = ?1 AND id = ?2", params![id_type, id], |row| {
-                Ok(CachedName { name: row.get(0)?, source: row.get(1)? })
-            })
-            .optional()
-        })
-        .await
+        backend!(self, b => b.cached_name(id_type, id).await)
     }
 
     pub async fn cache_name(&self, id_type: &'static str, id: String, name: CachedName) -> Result<(), StoreError> {
-        self.run(move |db| {
-            db.execute(
-                "INSERT INTO names (id_type, id, name, source, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
-                 updated_at = excluded.updated_at",
-                params![id_type, id, name.name, name.source, now()],
-            )
-            .map(drop)
-        })
-        .await
+        backend!(self, b => b.cache_name(id_type, id, name).await)
     }
 
     /// Senders seen on `channel`, optionally only those without a cached name.
@@ -45,15 +28,6 @@ impl Store {
         only_unmapped: bool,
         limit: usize,
     ) -> Result<Vec<String>, StoreError> {
-        self.run(move |db| {
-            let mut statement = db.prepare_cached(
-                "SELECT DISTINCT sender FROM journal WHERE channel = ?1 AND sender IS NOT NULL
-                 AND (?2 = 0 OR sender NOT IN (SELECT id FROM names WHERE id_type = ?3))
-                 ORDER BY sender LIMIT ?4",
-            )?;
-            let rows = statement.query_map(params![channel, only_unmapped, id_type, limit as i64], |row| row.get(0))?;
-            rows.collect()
-        })
-        .await
+        backend!(self, b => b.seen_senders(channel, id_type, only_unmapped, limit).await)
     }
 }

@@ -1,8 +1,6 @@
 //! Access tokens kept across restarts, keyed by (corp id, secret identity).
 
-use rusqlite::{params, OptionalExtension};
-
-use super::{now, Store, StoreError};
+use super::{backend, Store, StoreError};
 
 /// A stored token. `Debug` shows its length, never the token.
 #[derive(Clone, PartialEq, Eq)]
@@ -23,30 +21,15 @@ impl std::fmt::Debug for StoredToken {
 
 impl Store {
     pub async fn load_token(&self, cache_key: String) -> Result<Option<StoredToken>, StoreError> {
-        self.run(move |db| {
-            db.query_row("SELECT token, expires_at FROM access_tokens WHERE cache_key = ?1", [cache_key], |row| {
-                Ok(StoredToken { token: row.get(0)?, expires_at: row.get(1)? })
-            })
-            .optional()
-        })
-        .await
+        backend!(self, b => b.load_token(cache_key).await)
     }
 
     pub async fn save_token(&self, cache_key: String, token: StoredToken) -> Result<(), StoreError> {
-        self.run(move |db| {
-            db.execute(
-                "INSERT INTO access_tokens (cache_key, token, expires_at, obtained_at) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(cache_key) DO UPDATE SET token = excluded.token, expires_at = excluded.expires_at,
-                 obtained_at = excluded.obtained_at",
-                params![cache_key, token.token, token.expires_at, now()],
-            )
-            .map(drop)
-        })
-        .await
+        backend!(self, b => b.save_token(cache_key, token).await)
     }
 
     pub async fn delete_token(&self, cache_key: String) -> Result<(), StoreError> {
-        self.run(move |db| db.execute("DELETE FROM access_tokens WHERE cache_key = ?1", [cache_key]).map(drop)).await
+        backend!(self, b => b.delete_token(cache_key).await)
     }
 }
 

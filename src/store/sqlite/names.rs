@@ -1,0 +1,61 @@
+//! names in SQLite.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::Sqlite;
+use crate::store::names::CachedName;
+use crate::store::{now, StoreError};
+
+impl Sqlite {
+    pub(in crate::store) async fn cached_name(
+        &self,
+        id_type: &'static str,
+        id: String,
+    ) -> Result<Option<CachedName>, StoreError> {
+        self.run(move |db| {
+            db.query_row("SELECT name, source FROM names WHERE id_type = ?1 AND id = ?2", params![id_type, id], |row| {
+                Ok(CachedName { name: row.get(0)?, source: row.get(1)? })
+            })
+            .optional()
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn cache_name(
+        &self,
+        id_type: &'static str,
+        id: String,
+        name: CachedName,
+    ) -> Result<(), StoreError> {
+        self.run(move |db| {
+            db.execute(
+                "INSERT INTO names (id_type, id, name, source, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
+                 updated_at = excluded.updated_at",
+                params![id_type, id, name.name, name.source, now()],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Senders seen on `channel`, optionally only those without a cached name.
+    pub(in crate::store) async fn seen_senders(
+        &self,
+        channel: &'static str,
+        id_type: &'static str,
+        only_unmapped: bool,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        self.run(move |db| {
+            let mut statement = db.prepare_cached(
+                "SELECT DISTINCT sender FROM journal WHERE channel = ?1 AND sender IS NOT NULL
+                 AND (?2 = 0 OR sender NOT IN (SELECT id FROM names WHERE id_type = ?3))
+                 ORDER BY sender LIMIT ?4",
+            )?;
+            let rows = statement.query_map(params![channel, only_unmapped, id_type, limit as i64], |row| row.get(0))?;
+            rows.collect()
+        })
+        .await
+    }
+}
