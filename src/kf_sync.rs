@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
@@ -24,6 +25,8 @@ use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::Store;
 use crate::wecom::{ApiError, WeCom};
 
+/// How long to wait before asking again for an account another owner was syncing.
+const BUSY_RETRY: Duration = Duration::from_secs(2);
 /// Failed pages before an account is left until its next notice.
 const MAX_FAILURES: u32 = 6;
 /// Between failed pages: 2, 4 … 64 s.
@@ -67,13 +70,29 @@ impl KfSyncer {
                 BTreeMap::new()
             }
         };
+        // Accounts another owner was syncing: asked again once its turn may be over.
+        let mut deferred: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut retry_at = None;
         loop {
             while let Ok((account, token)) = self.requests.try_recv() {
                 coalesce(&mut pending, account, token);
             }
+            if retry_at.is_some_and(|at| Instant::now() >= at) {
+                retry_at = None;
+                for (account, token) in std::mem::take(&mut deferred) {
+                    coalesce(&mut pending, account, token);
+                }
+            }
             let Some((account, token)) = pending.pop_first() else {
+                let retry = async {
+                    match retry_at {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => return,
+                    () = retry => {}
                     request = self.requests.recv() => match request {
                         Some((account, token)) => coalesce(&mut pending, account, token),
                         None => return,
@@ -83,28 +102,36 @@ impl KfSyncer {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                () = self.sync_account(&account, token) => {}
+                synced = self.sync_account(&account, token.clone()) => if synced == Sync::Busy {
+                    // Its owner may already be past the page this notice is about: ask again.
+                    coalesce(&mut deferred, account, token);
+                    retry_at.get_or_insert_with(|| Instant::now() + BUSY_RETRY);
+                },
             }
         }
     }
 
-    /// Pulls every page of one account.
-    pub async fn sync_account(&self, open_kfid: &str, mut token: Option<String>) {
+    /// Pulls every page of one account, under its claim.
+    pub async fn sync_account(&self, open_kfid: &str, mut token: Option<String>) -> Sync {
         if let Err(error) = self.wecom.kf_tokens() {
             tracing::error!(open_kfid, "kf sync impossible: {error}");
-            return;
+            return Sync::Done;
         }
+        let mut claim = match self.store.claim_kf_account(open_kfid.to_owned()).await {
+            Ok(Some(claim)) => claim,
+            Ok(None) => {
+                tracing::debug!(open_kfid, "kf sync: another owner is syncing this account");
+                return Sync::Busy;
+            }
+            Err(error) => {
+                tracing::error!(open_kfid, "kf sync: cannot claim the account: {error}");
+                return Sync::Done;
+            }
+        };
         let mut failures = 0u32;
         let mut pages = 0u32;
         loop {
-            let cursor = match self.store.kf_cursor(open_kfid.to_owned()).await {
-                Ok(cursor) => cursor,
-                Err(error) => {
-                    tracing::error!(open_kfid, "kf sync: cannot read the cursor: {error}");
-                    return;
-                }
-            };
-            let page = match self.wecom.kf_sync_page(open_kfid, cursor, token.clone()).await {
+            let page = match self.wecom.kf_sync_page(open_kfid, claim.cursor.clone(), token.clone()).await {
                 Ok(page) => page,
                 Err(error) if token.is_some() && error.is(ApiError::is_sync_token_refused) => {
                     tracing::info!(open_kfid, "kf sync Token refused ({error}); continuing without it");
@@ -115,7 +142,7 @@ impl KfSyncer {
                     failures += 1;
                     if failures >= MAX_FAILURES {
                         tracing::error!(open_kfid, "kf sync gave up after {failures} failures (the next notice retries from the stored cursor): {error}");
-                        return;
+                        break;
                     }
                     let delay = RETRY.delay(failures);
                     tracing::warn!(open_kfid, retry_in_secs = delay.as_secs(), "kf sync failed: {error}");
@@ -128,7 +155,7 @@ impl KfSyncer {
             let entries: Vec<NewEntry> =
                 page.msg_list.into_iter().filter_map(|raw| journal_entry(open_kfid, raw)).collect();
             let received = entries.len();
-            match self.store.kf_store_page(open_kfid.to_owned(), entries, page.next_cursor).await {
+            match self.store.kf_store_page(&mut claim, entries, page.next_cursor).await {
                 Ok(new) => {
                     tracing::debug!(open_kfid, page = pages, received, new, "kf page stored");
                     if new > 0 {
@@ -136,16 +163,31 @@ impl KfSyncer {
                     }
                 }
                 Err(error) => {
+                    // The lease was taken over, or the store failed: whoever syncs next
+                    // starts from the stored cursor, so the page is pulled again.
                     tracing::error!(open_kfid, "kf sync: cannot store a page (it will be pulled again): {error}");
-                    return;
+                    return Sync::Done;
                 }
             }
             // Page on while WeCom says there is more, even through empty pages.
             if page.has_more != 1 {
-                return;
+                break;
             }
         }
+        if let Err(error) = self.store.release_kf_account(claim).await {
+            tracing::warn!(open_kfid, "kf sync: cannot release the account (its lease runs out by itself): {error}");
+        }
+        Sync::Done
     }
+}
+
+/// How a sync of one account ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// Pulled (or gave up until the next notice).
+    Done,
+    /// Another owner holds the account's lease.
+    Busy,
 }
 
 /// Keeps one request per account; a Token replaces none or an older one.

@@ -116,14 +116,14 @@ impl Dispatcher {
 
     /// Handles one batch of pending entries; returns how many.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
-        let entries = self.store.pending(BATCH).await?;
+        let entries = self.store.claim_entries(BATCH).await?;
         if entries.is_empty() {
             return Ok(0);
         }
         let completions: Vec<(i64, Vec<NewAction>)> =
             entries.iter().map(|entry| (entry.id, outbox_rows(&entry.dedup_key, &self.handle(entry)))).collect();
         let queued = completions.iter().any(|(_, actions)| !actions.is_empty());
-        self.store.complete(completions).await?;
+        self.store.complete_entries(completions).await?;
         if queued {
             self.outbox_wake.notify_one();
         }
@@ -202,7 +202,7 @@ impl Outbox {
 
     /// Attempts every due action once; returns how many were attempted.
     pub async fn run_once(&self) -> Result<usize, StoreError> {
-        let due = self.store.due_actions(BATCH).await?;
+        let due = self.store.claim_actions(BATCH).await?;
         let attempted = due.len();
         futures_util::stream::iter(due).for_each_concurrent(CONCURRENT_ACTIONS, |item| self.attempt(item)).await;
         Ok(attempted)
@@ -227,7 +227,7 @@ impl Outbox {
                 self.metrics.counter(ACTIONS_TOTAL, &label("ok")).increment(1);
                 let follow_ups = outbox_rows(&item.key, &follow_ups);
                 let more = !follow_ups.is_empty();
-                let stored = self.store.action_succeeded(item.id, follow_ups).await;
+                let stored = self.store.action_succeeded(&item, follow_ups).await;
                 if more {
                     self.wake.notify_one();
                 }
@@ -242,12 +242,12 @@ impl Outbox {
                     retry_in_secs = delay,
                     "{error}"
                 );
-                self.store.action_failed(item.id, delay, error.message).await
+                self.store.action_failed(&item, delay, error.message).await
             }
             Err(error) => {
                 self.metrics.counter(ACTIONS_TOTAL, &label("failed")).increment(1);
                 tracing::error!(action = item.key.as_str(), "giving up: {error}");
-                self.store.action_abandoned(item.id, error.message).await
+                self.store.action_abandoned(&item, error.message).await
             }
         };
         if let Err(error) = stored {

@@ -115,19 +115,24 @@ impl Store {
         Ok(recorded)
     }
 
-    /// The oldest unhandled entries, in arrival order.
-    pub async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
+    /// Claims the oldest unhandled entries for handling, in arrival order. An
+    /// entry claimed and never completed (its handler died) is claimed again.
+    pub async fn claim_entries(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
         backend!(self, b => b.pending(limit).await)
     }
 
-    /// Marks entries handled (up to the highest id given: the dispatcher handles
-    /// in id order) and queues their actions, all in one transaction: a crash
-    /// either loses both (the entries are handled again) or keeps both.
+    /// Marks claimed entries handled and queues their actions, all in one
+    /// transaction: a crash either loses both (the entries are handled again) or
+    /// keeps both. Handling twice queues the same idempotency keys, kept once.
     ///
-    /// Relaxed durability: after a power loss the entries are simply handled again,
-    /// queueing the same idempotency keys (the outbox is at-least-once anyway).
-    pub async fn complete(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
+    /// Relaxed durability: after a power loss the entries are simply handled again.
+    pub async fn complete_entries(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
         backend!(self, b => b.complete(completions).await)
+    }
+
+    /// How many entries are not handled yet, for health and tests; claims nothing.
+    pub async fn unhandled(&self) -> Result<i64, StoreError> {
+        backend!(self, b => b.unhandled().await)
     }
 
     /// Whether `dedup_key` was journaled (for tests and diagnostics).

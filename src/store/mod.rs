@@ -3,7 +3,7 @@
 //! as operations named by what the service needs, whichever engine holds them.
 //!
 //! Owns: the operations (one file per concern: [`journal`], [`outbox`], [`kf`],
-//! [`tokens`], [`alerts`], [`names`], [`meta`], [`retention`]), the types they
+//! [`tokens`], [`leases`], [`alerts`], [`names`], [`meta`], [`retention`]), the types they
 //! take and give, [`StoreError`], and what is the same for every engine (the
 //! recent dedup keys in memory). Deliberately not here: SQL. Each engine is a
 //! backend module (`sqlite`: the embedded default, with group commit and two
@@ -13,6 +13,7 @@
 pub mod alerts;
 pub mod journal;
 pub mod kf;
+pub mod leases;
 pub mod meta;
 pub mod names;
 pub mod outbox;
@@ -23,6 +24,7 @@ pub mod tokens;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The file name inside `DATA_DIR`.
 pub const DATABASE_FILE: &str = "wechat-api.sqlite3";
@@ -40,7 +42,14 @@ pub enum StoreError {
     CommitFailed,
     #[error("store: this database was written by a newer version (schema {found}, this build knows {known})")]
     TooNew { found: i64, known: i64 },
+    /// A claim (an outbox action, a kf account, a lease) was taken over by another
+    /// owner after it ran out; nothing was written.
+    #[error("store: the claim was taken over after its lease ran out; nothing was written")]
+    LeaseLost,
 }
+
+/// How long a claim holds by default (`LEASE_SECS`).
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
 /// The engine behind a [`Store`].
 #[derive(Clone)]
@@ -63,6 +72,8 @@ use backend;
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
+    /// How long a claim holds before another owner may take it over.
+    lease: Duration,
     /// Dedup keys known to be committed, so a retry is answered without a store trip.
     recent: Arc<journal::RecentKeys>,
 }
@@ -85,7 +96,21 @@ pub struct Stats {
 impl Store {
     /// Opens (creating if needed) the SQLite database in `dir` and migrates it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self { backend: Backend::Sqlite(sqlite::Sqlite::open(dir)?), recent: Arc::default() })
+        Ok(Self { backend: Backend::Sqlite(sqlite::Sqlite::open(dir)?), lease: DEFAULT_LEASE, recent: Arc::default() })
+    }
+
+    /// The same store with claims that hold for `lease` (`LEASE_SECS`).
+    pub fn with_lease(self, lease: Duration) -> Self {
+        Self { lease, ..self }
+    }
+
+    /// How long a claim holds.
+    pub fn lease(&self) -> Duration {
+        self.lease
+    }
+
+    fn lease_secs(&self) -> i64 {
+        i64::try_from(self.lease.as_secs()).unwrap_or(i64::MAX)
     }
 
     /// The engine's commit counters.

@@ -16,7 +16,8 @@ pub struct NewAction {
     pub payload: String,
 }
 
-/// An action whose time has come.
+/// An action whose time has come, claimed for [`Store::lease`]: no one else
+/// attempts it until the lease runs out, and only this claim may finish it.
 #[derive(Debug, Clone)]
 pub struct DueAction {
     pub id: i64,
@@ -24,27 +25,32 @@ pub struct DueAction {
     pub kind: String,
     pub payload: String,
     pub attempts: i64,
+    /// Fences the finish: a claim taken over after its lease ran out is refused.
+    pub claim: i64,
 }
 
 impl Store {
-    /// Unfinished actions due by now, oldest first.
-    pub async fn due_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
-        backend!(self, b => b.due_actions(limit).await)
+    /// Claims up to `limit` unfinished actions that are due and not claimed by a
+    /// live lease, oldest first.
+    pub async fn claim_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
+        let lease = self.lease_secs();
+        backend!(self, b => b.claim_actions(limit, lease).await)
     }
 
-    /// Marks an action done and queues what it led to, in one transaction.
-    pub async fn action_succeeded(&self, id: i64, follow_ups: Vec<NewAction>) -> Result<(), StoreError> {
-        backend!(self, b => b.action_succeeded(id, follow_ups).await)
+    /// Marks a claimed action done and queues what it led to, in one transaction;
+    /// [`StoreError::LeaseLost`] (and nothing written) if the claim was taken over.
+    pub async fn action_succeeded(&self, action: &DueAction, follow_ups: Vec<NewAction>) -> Result<(), StoreError> {
+        backend!(self, b => b.action_succeeded(action.id, action.claim, follow_ups).await)
     }
 
     /// Gives up on an action that cannot succeed; it stays, with its error, for diagnosis.
-    pub async fn action_abandoned(&self, id: i64, error: String) -> Result<(), StoreError> {
-        backend!(self, b => b.action_abandoned(id, error).await)
+    pub async fn action_abandoned(&self, action: &DueAction, error: String) -> Result<(), StoreError> {
+        backend!(self, b => b.action_abandoned(action.id, action.claim, error).await)
     }
 
-    /// Records a failed attempt and when to try again.
-    pub async fn action_failed(&self, id: i64, retry_in_secs: i64, error: String) -> Result<(), StoreError> {
-        backend!(self, b => b.action_failed(id, retry_in_secs, error).await)
+    /// Records a failed attempt and when to try again; releases the claim.
+    pub async fn action_failed(&self, action: &DueAction, retry_in_secs: i64, error: String) -> Result<(), StoreError> {
+        backend!(self, b => b.action_failed(action.id, action.claim, retry_in_secs, error).await)
     }
 
     /// Unfinished actions, for health and metrics.

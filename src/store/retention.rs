@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 use super::{backend, now, Store, StoreError};
 use crate::telemetry::Metrics;
 
+/// The lease under which one owner prunes for the whole cluster.
+const HOUSEKEEPING: &str = "housekeeping";
+
 /// What one prune removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
@@ -53,8 +56,21 @@ pub async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>, shutd
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
+        // Housekeeping once for the cluster: whoever holds the lease prunes.
+        let lease = match store.claim_lease(HOUSEKEEPING.to_owned()).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => continue,
+            Err(error) => {
+                tracing::warn!("store: cannot claim housekeeping, will retry: {error}");
+                continue;
+            }
+        };
         let cutoff = now().saturating_sub(retention.as_secs().try_into().unwrap_or(i64::MAX));
-        match store.prune(cutoff).await {
+        let pruned = store.prune(cutoff).await;
+        if let Err(error) = store.release_lease(lease).await {
+            tracing::debug!("store: housekeeping lease not released (it runs out by itself): {error}");
+        }
+        match pruned {
             Ok(pruned) => {
                 journal.increment(pruned.journal);
                 outbox.increment(pruned.outbox);

@@ -28,8 +28,10 @@ impl Store {
         backend!(self, b => b.save_token(cache_key, token).await)
     }
 
-    pub async fn delete_token(&self, cache_key: String) -> Result<(), StoreError> {
-        backend!(self, b => b.delete_token(cache_key).await)
+    /// Deletes the stored token of `cache_key` if it is still `stale`: a token
+    /// another refresher stored meanwhile is kept.
+    pub async fn drop_token(&self, cache_key: String, stale: String) -> Result<(), StoreError> {
+        backend!(self, b => b.drop_token(cache_key, stale).await)
     }
 }
 

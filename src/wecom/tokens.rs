@@ -179,7 +179,7 @@ impl TokenSource {
         let mut current = self.current.lock().await;
         // Constant time like every comparison of a credential, though both are ours.
         if current.as_ref().is_none_or(|t| bool::from(t.token.as_bytes().ct_eq(stale.as_bytes()))) {
-            let _ = self.store.delete_token(self.cache_key.clone()).await;
+            let _ = self.store.drop_token(self.cache_key.clone(), stale.to_owned()).await;
             // The next `token()` must not pick the stale one up from the store again.
             *current = Some(StoredToken { token: String::new(), expires_at: 0 });
             self.update_status(|s| s.invalidations += 1);

@@ -146,7 +146,7 @@ impl TestApp {
     pub async fn wait_until_outbox_empty(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let pending = self.store.pending(1).await.expect("journal").len() as i64;
+            let pending = self.store.unhandled().await.expect("journal");
             let backlog = self.store.outbox_backlog().await.expect("outbox");
             if pending + backlog == 0 {
                 return;

@@ -91,6 +91,19 @@ impl Sqlite {
         .await
     }
 
+    /// Entries above the watermark.
+    pub(in crate::store) async fn unhandled(&self) -> Result<i64, StoreError> {
+        self.run_relaxed(|db| {
+            db.query_row(
+                "SELECT COUNT(*) FROM journal
+                 WHERE id > (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')",
+                [],
+                |row| row.get(0),
+            )
+        })
+        .await
+    }
+
     /// Whether `dedup_key` was journaled (for tests and diagnostics).
     pub(in crate::store) async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
         self.run(move |db| {

@@ -24,6 +24,7 @@
 mod alerts;
 mod journal;
 mod kf;
+mod leases;
 mod meta;
 mod names;
 mod outbox;
@@ -115,6 +116,17 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, dedup_key, channel, kind, sender, received_at, payload FROM journal ORDER BY id;
     DROP TABLE journal;
     ALTER TABLE journal_v2 RENAME TO journal;",
+    // 3: claims. An outbox action is claimed (`claim` + 1) for a lease; only that
+    // claim may finish it, and it is due again to anyone once `claimed_until` has
+    // passed. `leases`: named leases (a kf account's sync, a token refresh,
+    // housekeeping), each with a claim counter that only goes up.
+    "ALTER TABLE outbox ADD COLUMN claim INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE outbox ADD COLUMN claimed_until INTEGER;
+    CREATE TABLE leases (
+        name TEXT PRIMARY KEY,
+        claim INTEGER NOT NULL,
+        until INTEGER NOT NULL
+    );",
 ];
 
 /// At most this many operations share one transaction.
@@ -154,6 +166,13 @@ impl Sqlite {
             Connection::open(&path).map_err(|e| open_error(format!("cannot open {DATABASE_FILE}: {e}")))?;
         configure(&connection).map_err(|e| open_error(format!("cannot configure SQLite: {e}")))?;
         migrate(&connection)?;
+        // One process owns this file: claims of an earlier run died with it, and
+        // waiting out their leases would only delay the work after a restart.
+        connection
+            .execute_batch(
+                "UPDATE outbox SET claimed_until = NULL WHERE claimed_until IS NOT NULL; UPDATE leases SET until = 0;",
+            )
+            .map_err(|e| open_error(format!("cannot release the claims of an earlier run: {e}")))?;
         let (sender, receiver) = mpsc::channel::<Operation>();
         let stats = Arc::new(Stats::default());
         let thread_stats = Arc::clone(&stats);
@@ -358,7 +377,7 @@ mod tests {
         drop(store);
         let store = Store::open(dir.path()).expect("reopens");
         assert_eq!(store.journal(entry("a")).await.expect("journal"), Recorded::Duplicate);
-        assert_eq!(store.pending(10).await.expect("pending").len(), 1);
+        assert_eq!(store.claim_entries(10).await.expect("pending").len(), 1);
     }
 
     #[tokio::test]
@@ -367,16 +386,16 @@ mod tests {
         let store = Store::open(dir.path()).expect("opens");
         let Recorded::New(id) = store.journal(entry("m1")).await.expect("journal") else { panic!("new") };
         let action = NewAction { key: "forward:m1".into(), kind: "forward".into(), payload: "{}".into() };
-        store.complete(vec![(id, vec![action.clone()])]).await.expect("complete");
+        store.complete_entries(vec![(id, vec![action.clone()])]).await.expect("complete");
         // Handling again (after a crash) queues nothing new.
-        store.complete(vec![(id, vec![action])]).await.expect("complete again");
-        assert!(store.pending(10).await.expect("pending").is_empty());
-        let due = store.due_actions(10).await.expect("due");
+        store.complete_entries(vec![(id, vec![action])]).await.expect("complete again");
+        assert!(store.claim_entries(10).await.expect("pending").is_empty());
+        let due = store.claim_actions(10).await.expect("due");
         assert_eq!(due.len(), 1);
-        store.action_failed(due[0].id, 60, "HTTP 500".into()).await.expect("failed");
-        assert!(store.due_actions(10).await.expect("due").is_empty(), "not due before its back-off");
+        store.action_failed(&due[0], 60, "HTTP 500".into()).await.expect("failed");
+        assert!(store.claim_actions(10).await.expect("due").is_empty(), "not due before its back-off");
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 1);
-        store.action_succeeded(due[0].id, Vec::new()).await.expect("done");
+        store.action_succeeded(&due[0], Vec::new()).await.expect("done");
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 0);
     }
 
@@ -393,7 +412,7 @@ mod tests {
         }
         let commits = store.stats().commits.load(Ordering::Relaxed);
         assert!(commits < 400, "400 writes took {commits} commits: no grouping");
-        assert_eq!(store.pending(1000).await.expect("pending").len(), 400);
+        assert_eq!(store.claim_entries(1000).await.expect("pending").len(), 400);
     }
 
     #[tokio::test]
@@ -470,7 +489,7 @@ mod tests {
 
         let store = Store::open(dir.path()).expect("migrates");
 
-        let pending = store.pending(10).await.expect("pending");
+        let pending = store.claim_entries(10).await.expect("pending");
         assert_eq!(pending.iter().map(|e| (e.id, e.dedup_key.as_str())).collect::<Vec<_>>(), vec![(9, "pending")]);
         assert_eq!(store.journal(entry("handled")).await.expect("journal"), Recorded::Duplicate);
         assert_eq!(store.journal(entry("new")).await.expect("journal"), Recorded::New(10));

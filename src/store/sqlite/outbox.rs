@@ -17,24 +17,58 @@ pub(super) fn insert_action(db: &Connection, action: &NewAction) -> rusqlite::Re
     Ok(())
 }
 
+/// The claim did not match: the row was not changed, so the savepoint rolls back.
+fn fenced(changed: usize) -> rusqlite::Result<()> {
+    if changed == 1 {
+        Ok(())
+    } else {
+        Err(rusqlite::Error::QueryReturnedNoRows)
+    }
+}
+
+/// A refused claim's error, named.
+fn lease_lost(error: StoreError) -> StoreError {
+    match error {
+        StoreError::Sqlite(rusqlite::Error::QueryReturnedNoRows) => StoreError::LeaseLost,
+        other => other,
+    }
+}
+
 impl Sqlite {
-    /// Unfinished actions due by now, oldest first.
-    pub(in crate::store) async fn due_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
+    /// Claims due, unclaimed actions: their `claim` goes up by one and they are
+    /// not due to anyone else for `lease_secs`.
+    pub(in crate::store) async fn claim_actions(
+        &self,
+        limit: usize,
+        lease_secs: i64,
+    ) -> Result<Vec<DueAction>, StoreError> {
         self.run_relaxed(move |db| {
+            let at = now();
             let mut statement = db.prepare_cached(
-                "SELECT id, action_key, kind, payload, attempts FROM outbox
-                 WHERE done_at IS NULL AND next_attempt_at <= ?1 ORDER BY next_attempt_at, id LIMIT ?2",
+                "UPDATE outbox SET claim = claim + 1, claimed_until = ?1 + ?2
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE done_at IS NULL AND next_attempt_at <= ?1
+                                AND (claimed_until IS NULL OR claimed_until <= ?1)
+                              ORDER BY next_attempt_at, id LIMIT ?3)
+                 RETURNING id, action_key, kind, payload, attempts, claim, next_attempt_at",
             )?;
-            let rows = statement.query_map(params![now(), limit as i64], |row| {
-                Ok(DueAction {
-                    id: row.get(0)?,
-                    key: row.get(1)?,
-                    kind: row.get(2)?,
-                    payload: row.get(3)?,
-                    attempts: row.get(4)?,
-                })
+            let rows = statement.query_map(params![at, lease_secs, limit as i64], |row| {
+                Ok((
+                    row.get::<_, i64>(6)?,
+                    DueAction {
+                        id: row.get(0)?,
+                        key: row.get(1)?,
+                        kind: row.get(2)?,
+                        payload: row.get(3)?,
+                        attempts: row.get(4)?,
+                        claim: row.get(5)?,
+                    },
+                ))
             })?;
-            rows.collect()
+            let mut due = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            // RETURNING keeps no order: oldest due first, as claimed.
+            due.sort_by_key(|(due_at, action)| (*due_at, action.id));
+            Ok(due.into_iter().map(|(_, action)| action).collect())
         })
         .await
     }
@@ -43,44 +77,56 @@ impl Sqlite {
     pub(in crate::store) async fn action_succeeded(
         &self,
         id: i64,
+        claim: i64,
         follow_ups: Vec<NewAction>,
     ) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
-            for action in &follow_ups {
-                insert_action(db, action)?;
-            }
-            db.execute("UPDATE outbox SET done_at = ?1, last_error = NULL WHERE id = ?2", params![now(), id]).map(drop)
+            let changed = db.execute(
+                "UPDATE outbox SET done_at = ?1, last_error = NULL, claimed_until = NULL WHERE id = ?2 AND claim = ?3",
+                params![now(), id, claim],
+            )?;
+            fenced(changed)?;
+            follow_ups.iter().try_for_each(|action| insert_action(db, action))
         })
         .await
+        .map_err(lease_lost)
     }
 
     /// Gives up on an action that cannot succeed; it stays, with its error, for diagnosis.
-    pub(in crate::store) async fn action_abandoned(&self, id: i64, error: String) -> Result<(), StoreError> {
+    pub(in crate::store) async fn action_abandoned(
+        &self,
+        id: i64,
+        claim: i64,
+        error: String,
+    ) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
-            db.execute(
-                "UPDATE outbox SET done_at = ?1, attempts = attempts + 1, last_error = ?2 WHERE id = ?3",
-                params![now(), format!("abandoned: {error}"), id],
-            )
-            .map(drop)
+            fenced(db.execute(
+                "UPDATE outbox SET done_at = ?1, attempts = attempts + 1, last_error = ?2, claimed_until = NULL
+                 WHERE id = ?3 AND claim = ?4",
+                params![now(), format!("abandoned: {error}"), id, claim],
+            )?)
         })
         .await
+        .map_err(lease_lost)
     }
 
     /// Records a failed attempt and when to try again.
     pub(in crate::store) async fn action_failed(
         &self,
         id: i64,
+        claim: i64,
         retry_in_secs: i64,
         error: String,
     ) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
-            db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1, last_error = ?2 WHERE id = ?3",
-                params![now() + retry_in_secs, error, id],
-            )
-            .map(drop)
+            fenced(db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1, last_error = ?2, claimed_until = NULL
+                 WHERE id = ?3 AND claim = ?4",
+                params![now() + retry_in_secs, error, id, claim],
+            )?)
         })
         .await
+        .map_err(lease_lost)
     }
 
     /// Unfinished actions, for health and metrics.

@@ -130,9 +130,12 @@ mod tests {
             ids.push(id);
         }
         // The first two are handled; one queued a forward that is done, one that is still owed.
-        store.complete(vec![(ids[0], vec![action("done")]), (ids[1], vec![action("owed")])]).await.expect("complete");
-        let done = store.due_actions(10).await.expect("due").into_iter().find(|a| a.key == "done").expect("done");
-        store.action_succeeded(done.id, Vec::new()).await.expect("succeeded");
+        store
+            .complete_entries(vec![(ids[0], vec![action("done")]), (ids[1], vec![action("owed")])])
+            .await
+            .expect("complete");
+        let done = store.claim_actions(10).await.expect("due").into_iter().find(|a| a.key == "done").expect("done");
+        store.action_succeeded(&done, Vec::new()).await.expect("succeeded");
         backdate(&store, 3600).await;
         // Young rows stay.
         assert_eq!(store.prune(crate::store::now() - 7200).await.expect("prune"), Pruned::default());
@@ -141,7 +144,7 @@ mod tests {
 
         assert_eq!(pruned, Pruned { journal: 2, outbox: 1 });
         assert_eq!(count(&store, "journal").await, 1, "the unhandled entry stays");
-        assert_eq!(store.pending(10).await.expect("pending")[0].dedup_key, "unhandled");
+        assert_eq!(store.claim_entries(10).await.expect("pending")[0].dedup_key, "unhandled");
         assert_eq!(store.outbox_backlog().await.expect("backlog"), 1, "the owed action stays");
         // The dedup key is forgotten with its entry (once out of the in-memory
         // recent keys too, as after a restart): the window is the retention.
@@ -168,7 +171,7 @@ mod tests {
             .await
             .expect("fill");
         let through = count(&store, "journal").await;
-        store.complete(vec![(through, Vec::new())]).await.expect("handled");
+        store.complete_entries(vec![(through, Vec::new())]).await.expect("handled");
         // Every action done except the very first, which is still owed.
         store
             .sqlite()
@@ -184,6 +187,6 @@ mod tests {
         assert_eq!(count(&store, "outbox").await, 1);
         // A new entry after everything was deleted is not mistaken for a handled one.
         store.journal(entry("after")).await.expect("journal");
-        assert_eq!(store.pending(10).await.expect("pending").len(), 1);
+        assert_eq!(store.claim_entries(10).await.expect("pending").len(), 1);
     }
 }

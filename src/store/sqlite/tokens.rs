@@ -30,7 +30,11 @@ impl Sqlite {
         .await
     }
 
-    pub(in crate::store) async fn delete_token(&self, cache_key: String) -> Result<(), StoreError> {
-        self.run(move |db| db.execute("DELETE FROM access_tokens WHERE cache_key = ?1", [cache_key]).map(drop)).await
+    pub(in crate::store) async fn drop_token(&self, cache_key: String, stale: String) -> Result<(), StoreError> {
+        self.run(move |db| {
+            db.execute("DELETE FROM access_tokens WHERE cache_key = ?1 AND token = ?2", params![cache_key, stale])
+                .map(drop)
+        })
+        .await
     }
 }
