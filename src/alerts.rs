@@ -30,14 +30,14 @@ const ALERTS_TOTAL: &str = "wechat_api_alerts_total";
 
 /// One email.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Mail {
+pub(crate) struct Mail {
     pub subject: String,
     pub body: String,
 }
 
 /// What the status page shows of a recent alert.
 #[derive(Debug, Clone)]
-pub struct RecentAlert {
+pub(crate) struct RecentAlert {
     pub at: String,
     pub subject: String,
     pub outcome: &'static str,
@@ -45,7 +45,7 @@ pub struct RecentAlert {
 
 /// The mailer's health, for the `alerts:email` check.
 #[derive(Debug, Clone, Default)]
-pub struct MailStatus {
+pub(crate) struct MailStatus {
     pub enabled: bool,
     pub sent: u64,
     pub failures: u64,
@@ -56,7 +56,7 @@ pub struct MailStatus {
 
 /// Why email cannot be set up; names the variable.
 #[derive(Debug, thiserror::Error)]
-pub enum AlertSetupError {
+pub(crate) enum AlertSetupError {
     #[error("{variable} {value:?} is not an email address: {reason}")]
     Address { variable: &'static str, value: String, reason: String },
     #[error("SMTP_SERVER: {0}")]
@@ -92,7 +92,7 @@ impl Shared {
 }
 
 /// The task that talks to the SMTP server.
-pub struct Mailer {
+pub(crate) struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
     from: Mailbox,
     to: Vec<Mailbox>,
@@ -133,7 +133,10 @@ fn transport(email: &AlertEmail) -> Result<AsyncSmtpTransport<Tokio1Executor>, A
 
 impl Alerter {
     /// An alerter; with email configured, also the mailer task to spawn.
-    pub fn new(email: Option<&AlertEmail>, metrics: Arc<Metrics>) -> Result<(Self, Option<Mailer>), AlertSetupError> {
+    pub(crate) fn new(
+        email: Option<&AlertEmail>,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, Option<Mailer>), AlertSetupError> {
         let shared = Arc::new(Shared::default());
         let Some(email) = email else {
             return Ok((Self { queue: None, shared, metrics }, None));
@@ -154,7 +157,7 @@ impl Alerter {
     }
 
     /// Queues `mail`; never waits. Without email configured it is only logged.
-    pub fn send(&self, mail: Mail) {
+    pub(crate) fn send(&self, mail: Mail) {
         let count = |outcome: &str| self.metrics.counter(ALERTS_TOTAL, &[("outcome", outcome.to_owned())]).increment(1);
         let Some(queue) = &self.queue else {
             tracing::warn!("alert (email is off: ALERT_EMAIL_ENABLED=false): {}", mail.subject);
@@ -173,18 +176,18 @@ impl Alerter {
         }
     }
 
-    pub fn status(&self) -> MailStatus {
+    pub(crate) fn status(&self) -> MailStatus {
         self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The last alerts, newest last.
-    pub fn recent(&self) -> Vec<RecentAlert> {
+    pub(crate) fn recent(&self) -> Vec<RecentAlert> {
         self.shared.recent.lock().unwrap_or_else(|e| e.into_inner()).iter().cloned().collect()
     }
 }
 
 impl Mailer {
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         loop {
             let mail = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -246,7 +249,7 @@ impl Mailer {
 }
 
 /// Connects to the SMTP server and logs in, without sending: for `diagnose`.
-pub async fn test_login(email: &AlertEmail) -> Result<(), String> {
+pub(crate) async fn test_login(email: &AlertEmail) -> Result<(), String> {
     let transport = transport(email).map_err(|e| e.to_string())?;
     match tokio::time::timeout(SEND_TIMEOUT, transport.test_connection()).await {
         Ok(Ok(true)) => Ok(()),
@@ -257,6 +260,6 @@ pub async fn test_login(email: &AlertEmail) -> Result<(), String> {
 }
 
 /// This machine's name, for subjects ("… on <host>").
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     rustix::system::uname().nodename().to_string_lossy().into_owned()
 }

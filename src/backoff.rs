@@ -8,19 +8,19 @@ use std::time::Duration;
 
 /// Delays that double from `first` up to `cap`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     first: Duration,
     cap: Duration,
 }
 
 impl Backoff {
-    pub const fn new(first: Duration, cap: Duration) -> Self {
+    pub(crate) const fn new(first: Duration, cap: Duration) -> Self {
         Self { first, cap }
     }
 
     /// The delay after `failures` failures in a row (0 or 1 → `first`): `first`,
     /// 2 × `first`, 4 × `first` …, never more than `cap`.
-    pub fn delay(self, failures: u32) -> Duration {
+    pub(crate) fn delay(self, failures: u32) -> Duration {
         let factor = 1u32.checked_shl(failures.saturating_sub(1)).unwrap_or(u32::MAX);
         self.first.saturating_mul(factor).min(self.cap)
     }

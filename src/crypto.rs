@@ -24,7 +24,7 @@ const RANDOM_LEN: usize = 16;
 const HEADER_LEN: usize = RANDOM_LEN + 4;
 
 /// Length of an EncodingAESKey as the WeCom admin console shows it.
-pub const ENCODING_AES_KEY_LEN: usize = 43;
+pub(crate) const ENCODING_AES_KEY_LEN: usize = 43;
 
 /// Many real EncodingAESKeys carry non-zero trailing bits in their 43rd character;
 /// the official SDKs accept them, so we must too.
@@ -95,7 +95,7 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Lowercase hex of `bytes`: the one hex encoder (signatures, dedup keys,
 /// fingerprints, HMACs).
-pub fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     let mut out = String::with_capacity(bytes.len() * 2);
     for byte in bytes {
         out.push(char::from(HEX_DIGITS[usize::from(byte >> 4)]));
@@ -206,7 +206,7 @@ impl Plaintext {
     }
 
     /// Takes the message out, reusing the buffer instead of allocating.
-    pub fn into_message(mut self) -> String {
+    pub(crate) fn into_message(mut self) -> String {
         self.text.truncate(self.message_len);
         self.text
     }

@@ -20,7 +20,7 @@ use crate::{crypto, tls};
 
 /// One line of the report.
 #[derive(Debug, Clone, Serialize)]
-pub struct Finding {
+pub(crate) struct Finding {
     pub check: String,
     pub ok: bool,
     pub detail: String,
@@ -40,14 +40,14 @@ impl Finding {
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
-pub struct Report {
+pub(crate) struct Report {
     pub status: &'static str,
     pub version: &'static str,
     pub checks: Vec<Finding>,
 }
 
 /// Runs every check. Configuration problems end the run early: the rest needs it.
-pub async fn run(sources: &Sources) -> Report {
+pub(crate) async fn run(sources: &Sources) -> Report {
     let mut findings = Vec::new();
     match config::load(sources) {
         Err(errors) => {
@@ -183,7 +183,7 @@ async fn local_verification(config: &Config) -> Finding {
 
 fn wecom_failure(check: &str, error: &WeComError) -> Finding {
     let fix = match error.api() {
-        Some(api) if api.is_ip_not_trusted() => match api.from_ip() {
+        Some(api) if api.is_ip_not_trusted() => match api.caller_ip() {
             Some(ip) => format!("add {ip} to 企业可信IP: admin console → 应用管理 → the app → 企业可信IP → 配置"),
             None => "add this server's public IP to 企业可信IP (应用管理 → the app)".to_owned(),
         },
@@ -285,7 +285,7 @@ async fn smtp_finding(config: &Config) -> Option<Finding> {
 }
 
 /// The report for people: one line per check, ✔ or ✖, with the fix.
-pub fn render(report: &Report) -> String {
+pub(crate) fn render(report: &Report) -> String {
     let mut out = String::new();
     for finding in &report.checks {
         let mark = if finding.ok { '✔' } else { '✖' };

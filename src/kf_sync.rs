@@ -34,20 +34,20 @@ const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(
 
 /// Asks the syncer to pull one account.
 #[derive(Debug, Clone)]
-pub struct KfSyncHandle {
+pub(crate) struct KfSyncHandle {
     sender: mpsc::UnboundedSender<(String, Option<String>)>,
 }
 
 impl KfSyncHandle {
     /// Schedules a sync of `open_kfid` with the notice's `token` (valid 10 min).
-    pub fn request(&self, open_kfid: String, token: Option<String>) {
+    pub(crate) fn request(&self, open_kfid: String, token: Option<String>) {
         // The syncer only stops at shutdown; a request after that has nowhere to go.
         let _ = self.sender.send((open_kfid, token));
     }
 }
 
 /// The background task.
-pub struct KfSyncer {
+pub(crate) struct KfSyncer {
     store: Store,
     wecom: Arc<WeCom>,
     journal_wake: Arc<Notify>,
@@ -55,12 +55,12 @@ pub struct KfSyncer {
 }
 
 impl KfSyncer {
-    pub fn new(store: Store, wecom: Arc<WeCom>, journal_wake: Arc<Notify>) -> (Self, KfSyncHandle) {
+    pub(crate) fn new(store: Store, wecom: Arc<WeCom>, journal_wake: Arc<Notify>) -> (Self, KfSyncHandle) {
         let (sender, requests) = mpsc::unbounded_channel();
         (Self { store, wecom, journal_wake, requests }, KfSyncHandle { sender })
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         // Accounts synced before: pull once now, in case a notice was lost in a crash.
         // No Token: allowed, under a stricter rate limit.
         let mut pending: BTreeMap<String, Option<String>> = match self.store.kf_accounts().await {
@@ -112,7 +112,7 @@ impl KfSyncer {
     }
 
     /// Pulls every page of one account, under its claim.
-    pub async fn sync_account(&self, open_kfid: &str, mut token: Option<String>) -> Sync {
+    pub(crate) async fn sync_account(&self, open_kfid: &str, mut token: Option<String>) -> Sync {
         if let Err(error) = self.wecom.kf_tokens() {
             tracing::error!(open_kfid, "kf sync impossible: {error}");
             return Sync::Done;
@@ -183,7 +183,7 @@ impl KfSyncer {
 
 /// How a sync of one account ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sync {
+pub(crate) enum Sync {
     /// Pulled (or gave up until the next notice).
     Done,
     /// Another owner holds the account's lease.

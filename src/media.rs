@@ -8,12 +8,12 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The largest file kept (WeCom's own limit for files is 20 MB).
-pub const MAX_MEDIA_BYTES: usize = 25 * 1024 * 1024;
+pub(crate) const MAX_MEDIA_BYTES: usize = 25 * 1024 * 1024;
 
 /// Why a file could not be written; names `UPLOAD_DIR` and says what to do.
 #[derive(Debug, thiserror::Error)]
 #[error("UPLOAD_DIR {dir}: cannot write {name}: {reason}")]
-pub struct MediaError {
+pub(crate) struct MediaError {
     pub dir: PathBuf,
     pub name: String,
     pub reason: String,
@@ -64,7 +64,7 @@ fn safe_stem(record_id: &str) -> String {
 }
 
 /// Writes `bytes` under `upload_dir/yyyy/mm/dd/` and returns the path.
-pub fn save(
+pub(crate) fn save(
     upload_dir: &Path,
     record_id: &str,
     msgtype: &str,

@@ -12,13 +12,13 @@ use crate::wecom::{WeCom, WeComError};
 
 /// The kind of id, as the admin API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum IdType {
+pub(crate) enum IdType {
     UserId,
     ExternalUserId,
 }
 
 impl IdType {
-    pub fn parse(text: &str) -> Option<Self> {
+    pub(crate) fn parse(text: &str) -> Option<Self> {
         match text {
             "user_id" | "userid" => Some(Self::UserId),
             "external_user_id" | "external_userid" => Some(Self::ExternalUserId),
@@ -26,7 +26,7 @@ impl IdType {
         }
     }
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::UserId => "user_id",
             Self::ExternalUserId => "external_user_id",
@@ -34,7 +34,7 @@ impl IdType {
     }
 
     /// The journal channel whose senders are ids of this type.
-    pub fn channel(self) -> &'static str {
+    pub(crate) fn channel(self) -> &'static str {
         match self {
             Self::UserId => "app",
             Self::ExternalUserId => "kf",
@@ -44,7 +44,7 @@ impl IdType {
 
 /// A resolved name.
 #[derive(Debug, Clone, Serialize)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub id_type: &'static str,
     pub id: String,
     pub name: String,
@@ -53,7 +53,7 @@ pub struct Resolved {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum NameError {
+pub(crate) enum NameError {
     #[error(transparent)]
     WeCom(#[from] WeComError),
     #[error(transparent)]
@@ -68,12 +68,12 @@ pub struct Names {
 }
 
 impl Names {
-    pub fn new(store: Store, wecom: Arc<WeCom>) -> Self {
+    pub(crate) fn new(store: Store, wecom: Arc<WeCom>) -> Self {
         Self { store, wecom }
     }
 
     /// The cached name, or one fetched from WeCom (then cached).
-    pub async fn resolve(&self, id_type: IdType, id: &str) -> Result<Resolved, NameError> {
+    pub(crate) async fn resolve(&self, id_type: IdType, id: &str) -> Result<Resolved, NameError> {
         if let Some(cached) = self.store.cached_name(id_type.as_str(), id.to_owned()).await? {
             return Ok(Resolved {
                 id_type: id_type.as_str(),
@@ -99,7 +99,12 @@ impl Names {
     }
 
     /// Ids seen in stored messages, optionally only those without a cached name.
-    pub async fn seen(&self, id_type: IdType, only_unmapped: bool, limit: usize) -> Result<Vec<String>, StoreError> {
+    pub(crate) async fn seen(
+        &self,
+        id_type: IdType,
+        only_unmapped: bool,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
         self.store.seen_senders(id_type.channel(), id_type.as_str(), only_unmapped, limit).await
     }
 

@@ -9,11 +9,11 @@
 use std::time::Duration;
 
 /// How the appliance introduces itself.
-pub const USER_AGENT: &str = concat!("wechat-api/", env!("CARGO_PKG_VERSION"));
+pub(crate) const USER_AGENT: &str = concat!("wechat-api/", env!("CARGO_PKG_VERSION"));
 
 /// A client builder with the user agent and an overall `timeout` per request,
 /// on the `ring` provider (installed here, so no caller forgets it).
-pub fn client(timeout: Duration) -> reqwest::ClientBuilder {
+pub(crate) fn client(timeout: Duration) -> reqwest::ClientBuilder {
     crate::tls::install_crypto_provider();
     reqwest::Client::builder().timeout(timeout).user_agent(USER_AGENT)
 }

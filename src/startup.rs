@@ -38,7 +38,7 @@ use crate::VERSION;
 
 /// How long in-flight requests get to finish after a stop signal. The compose
 /// file's `stop_grace_period` is a little longer than this.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Header read timeout: a slow client (slowloris) is cut off after this.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -66,7 +66,7 @@ pub enum StartupError {
 impl StartupError {
     /// Problems the operator fixes in configuration or files (exit 64), as opposed
     /// to run-time failures.
-    pub fn is_configuration(&self) -> bool {
+    pub(crate) fn is_configuration(&self) -> bool {
         matches!(
             self,
             StartupError::Tls(_)
@@ -80,7 +80,6 @@ impl StartupError {
 pub struct Application {
     port: u16,
     http_port: Option<u16>,
-    tls: bool,
     server: Server,
     shutdown: CancellationToken,
     tasks: TaskTracker,
@@ -129,7 +128,7 @@ impl Application {
             config.listen.bind_address
         );
         let Listeners { port, http_port, server } = listeners;
-        Ok(Self { port, http_port, tls: certificates.is_some(), server, shutdown, tasks, state })
+        Ok(Self { port, http_port, server, shutdown, tasks, state })
     }
 
     /// The port of the main (TLS) listener; useful when bound to port 0.
@@ -140,11 +139,6 @@ impl Application {
     /// The port of the optional plain-HTTP listener.
     pub fn http_port(&self) -> Option<u16> {
         self.http_port
-    }
-
-    /// Whether the main listener speaks TLS.
-    pub fn tls(&self) -> bool {
-        self.tls
     }
 
     /// Cancelling this token stops the application gracefully, like SIGTERM.
@@ -357,7 +351,7 @@ impl Listeners {
 
 /// How long a dead background task is reported by `/api/health/live` before the
 /// watchdog ends the process.
-pub const WATCHDOG_GRACE: Duration = Duration::from_secs(60);
+pub(crate) const WATCHDOG_GRACE: Duration = Duration::from_secs(60);
 
 /// Resolves with a task's name once it has been dead for [`WATCHDOG_GRACE`].
 async fn watchdog(liveness: &Liveness) -> String {

@@ -88,7 +88,7 @@ fn pem_reason(error: &rustls_pki_types::pem::Error) -> String {
 
 /// Serves whatever certificate was loaded last; swapping it needs no restart.
 #[derive(Debug)]
-pub struct CertificateStore {
+pub(crate) struct CertificateStore {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: ArcSwap<CertifiedKey>,
@@ -97,7 +97,7 @@ pub struct CertificateStore {
 
 impl CertificateStore {
     /// Loads the files once; fails when they cannot be used.
-    pub fn open(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
+    pub(crate) fn open(cert_path: &Path, key_path: &Path) -> Result<Arc<Self>, TlsError> {
         let loaded = load_certificate(cert_path, key_path)?;
         Ok(Arc::new(Self {
             cert_path: cert_path.to_owned(),
@@ -108,7 +108,7 @@ impl CertificateStore {
     }
 
     /// Re-reads the files. On error the previous certificate keeps serving.
-    pub fn reload(&self) -> Result<i64, TlsError> {
+    pub(crate) fn reload(&self) -> Result<i64, TlsError> {
         let loaded = load_certificate(&self.cert_path, &self.key_path)?;
         self.current.store(loaded.key);
         self.not_after.store(loaded.not_after, std::sync::atomic::Ordering::Relaxed);
@@ -116,12 +116,12 @@ impl CertificateStore {
     }
 
     /// `notAfter` of the certificate being served, unix seconds.
-    pub fn not_after(&self) -> i64 {
+    pub(crate) fn not_after(&self) -> i64 {
         self.not_after.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// A rustls server configuration that resolves through this store.
-    pub fn server_config(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
+    pub(crate) fn server_config(self: &Arc<Self>) -> Result<ServerConfig, TlsError> {
         let config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
             .with_no_client_auth()
@@ -161,7 +161,7 @@ pub fn self_signed(names: &[&str], valid_for: time::Duration) -> Result<SelfSign
 
 /// Writes a fresh self-signed pair where none exists; the key file is 0600.
 /// Returns whether files were written.
-pub fn ensure_self_signed(cert_path: &Path, key_path: &Path, names: &[&str]) -> std::io::Result<bool> {
+pub(crate) fn ensure_self_signed(cert_path: &Path, key_path: &Path, names: &[&str]) -> std::io::Result<bool> {
     if cert_path.exists() || key_path.exists() {
         return Ok(false);
     }
@@ -177,7 +177,7 @@ pub fn ensure_self_signed(cert_path: &Path, key_path: &Path, names: &[&str]) -> 
 }
 
 /// Writes a file readable only by its owner.
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;

@@ -22,7 +22,7 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 /// One side effect.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Action {
+pub(crate) enum Action {
     /// POST the record to `FORWARD_URL`.
     Forward { record: Record },
     /// `message/send` a text from the self-built app.
@@ -38,7 +38,7 @@ pub enum Action {
 /// Why an action exists: one action of each purpose per message, so its
 /// idempotency key is the purpose and the message's dedup key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
+pub(crate) enum Purpose {
     /// The built-in help text.
     Help,
     /// The forward receiver's `{"reply": …}`.
@@ -52,7 +52,7 @@ pub enum Purpose {
 impl Purpose {
     /// The idempotency key of this purpose's action for record `record_id`; the
     /// one place such a key is built.
-    pub fn key(self, record_id: &str) -> String {
+    pub(crate) fn key(self, record_id: &str) -> String {
         let purpose = match self {
             Self::Help => "help",
             Self::Reply => "reply",
@@ -67,7 +67,7 @@ impl Purpose {
 impl Action {
     /// A text reply to the sender of `record` on its own channel. `None` when the
     /// record lacks what the channel needs (a sender, an agent id, an open_kfid).
-    pub fn reply_to(record: &Record, text: &str, purpose: Purpose, agent_id: Option<i64>) -> Option<Self> {
+    pub(crate) fn reply_to(record: &Record, text: &str, purpose: Purpose, agent_id: Option<i64>) -> Option<Self> {
         let touser = record.from.clone()?;
         let key = purpose.key(&record.id);
         let content = text.to_owned();
@@ -78,7 +78,7 @@ impl Action {
     }
 
     /// The idempotency key: queued twice, performed once.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         match self {
             Self::Forward { record } => Purpose::Forward.key(&record.id),
             Self::DownloadMedia { record, .. } => Purpose::Media.key(&record.id),
@@ -86,7 +86,7 @@ impl Action {
         }
     }
 
-    pub fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Forward { .. } => "forward",
             Self::AppText { .. } => "app_text",
@@ -99,7 +99,7 @@ impl Action {
     /// The outbox row for this action. Serialising an action cannot fail (its
     /// fields are strings, numbers and JSON values), but if it ever did the
     /// caller must hear of it: an empty payload would be an action lost.
-    pub fn to_new(&self) -> Result<NewAction, serde_json::Error> {
+    pub(crate) fn to_new(&self) -> Result<NewAction, serde_json::Error> {
         Ok(NewAction { key: self.key(), kind: self.kind().to_owned(), payload: serde_json::to_string(self)? })
     }
 }
@@ -107,7 +107,7 @@ impl Action {
 /// Why an action did not happen this time.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
-pub struct ActionError {
+pub(crate) struct ActionError {
     /// Worth trying again later (a timeout, a 5xx, WeCom busy) or not (not configured).
     pub retry: bool,
     pub message: String,
@@ -142,7 +142,7 @@ const MEDIA_ATTEMPTS: i64 = 5;
 
 /// Performs actions.
 #[derive(Debug)]
-pub struct Executor {
+pub(crate) struct Executor {
     http: reqwest::Client,
     forward: Option<Forward>,
     wecom: Arc<WeCom>,
@@ -151,7 +151,7 @@ pub struct Executor {
 }
 
 impl Executor {
-    pub fn new(
+    pub(crate) fn new(
         forward: Option<Forward>,
         wecom: Arc<WeCom>,
         agent_id: Option<i64>,
@@ -166,7 +166,7 @@ impl Executor {
 
     /// Performs `action` (attempted `attempts` times before); returns the
     /// follow-up actions it produced.
-    pub async fn execute(&self, action: &Action, attempts: i64) -> Result<Vec<Action>, ActionError> {
+    pub(crate) async fn execute(&self, action: &Action, attempts: i64) -> Result<Vec<Action>, ActionError> {
         match action {
             Action::DownloadMedia { record, forward } => self.download(record, *forward, attempts).await,
             Action::KfWelcome { code, content, .. } => {

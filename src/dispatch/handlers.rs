@@ -13,7 +13,7 @@ pub const HELP_TEXT: &str = "wechat-api 在线。\n可用命令：\n• 帮助 /
 
 /// Settings the handlers need.
 #[derive(Debug, Clone, Default)]
-pub struct HandlerSettings {
+pub(crate) struct HandlerSettings {
     pub forward: bool,
     /// `WECOM_AGENT_ID`, for `message/send` replies.
     pub agent_id: Option<i64>,
@@ -28,20 +28,20 @@ pub struct HandlerSettings {
 
 impl HandlerSettings {
     /// Whether a kf message sent at `send_time` is history that must not be answered.
-    pub fn is_history(&self, send_time: i64) -> bool {
+    pub(crate) fn is_history(&self, send_time: i64) -> bool {
         !self.replay_history && send_time < self.first_started_at
     }
 }
 
 /// Whether `text` is the help command.
-pub fn is_help(text: &str) -> bool {
+pub(crate) fn is_help(text: &str) -> bool {
     let text = text.trim();
     text == "帮助" || text.eq_ignore_ascii_case("help")
 }
 
 /// The actions for one message, in handler order. Decisions read the typed
 /// `message`; `record` is what replies address and forwards carry.
-pub fn plan(message: &Message, record: &Record, settings: &HandlerSettings) -> Vec<Action> {
+pub(crate) fn plan(message: &Message, record: &Record, settings: &HandlerSettings) -> Vec<Action> {
     let mut actions = Vec::new();
     if message.is_kf_notice() {
         // A transport notice: it triggers a kf sync, it is not a message.

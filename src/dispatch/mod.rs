@@ -12,7 +12,7 @@
 
 pub mod actions;
 pub mod handlers;
-pub mod record;
+pub(crate) mod record;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +97,7 @@ where
 
 /// Turns journaled messages into handled ones.
 #[derive(Debug, Clone)]
-pub struct Dispatcher {
+pub(crate) struct Dispatcher {
     pub store: Store,
     pub settings: HandlerSettings,
     /// Woken by the callback route after each journaled message.
@@ -110,12 +110,12 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         work_loop("dispatcher", &shutdown, &self.wake, GATHER, || self.run_once()).await;
     }
 
     /// Handles one batch of pending entries; returns how many.
-    pub async fn run_once(&self) -> Result<usize, StoreError> {
+    pub(crate) async fn run_once(&self) -> Result<usize, StoreError> {
         let entries = self.store.claim_entries(BATCH).await?;
         if entries.is_empty() {
             return Ok(0);
@@ -184,7 +184,7 @@ impl Dispatcher {
 
 /// Performs queued actions with retries.
 #[derive(Debug, Clone)]
-pub struct Outbox {
+pub(crate) struct Outbox {
     store: Store,
     executor: Arc<Executor>,
     metrics: Arc<Metrics>,
@@ -192,16 +192,16 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(store: Store, executor: Arc<Executor>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
+    pub(crate) fn new(store: Store, executor: Arc<Executor>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
         Self { store, executor, metrics, wake }
     }
 
-    pub async fn run(self, shutdown: CancellationToken) {
+    pub(crate) async fn run(self, shutdown: CancellationToken) {
         work_loop("outbox", &shutdown, &self.wake, Duration::ZERO, || self.run_once()).await;
     }
 
     /// Attempts every due action once; returns how many were attempted.
-    pub async fn run_once(&self) -> Result<usize, StoreError> {
+    pub(crate) async fn run_once(&self) -> Result<usize, StoreError> {
         let due = self.store.claim_actions(BATCH).await?;
         let attempted = due.len();
         futures_util::stream::iter(due).for_each_concurrent(CONCURRENT_ACTIONS, |item| self.attempt(item)).await;

@@ -12,7 +12,7 @@ use crate::messages::{AppEvent, AppMessage, AppMessageKind, Channel, Message};
 
 /// One message, normalized. Field names are the forward contract (SPEC §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Record {
+pub(crate) struct Record {
     /// The dedup key; stable across WeCom's retries (also `X-Message-Id`).
     pub id: String,
     /// `app` or `kf`.
@@ -42,7 +42,7 @@ pub struct Record {
 impl Record {
     /// The record of a journaled message. `raw_xml` is an app callback's
     /// decrypted XML; `received_at` stands in for a missing `CreateTime`.
-    pub fn new(id: String, message: &Message, raw_xml: &str, received_at: i64, history: bool) -> Self {
+    pub(crate) fn new(id: String, message: &Message, raw_xml: &str, received_at: i64, history: bool) -> Self {
         match message {
             Message::App { channel, message } => Self::from_app(id, *channel, message, raw_xml, received_at),
             Message::Kf(message) => Self::from_kf(id, message, history),
@@ -107,7 +107,7 @@ impl Record {
     }
 
     /// Whether handlers may answer it: not history, not a servicer's own message.
-    pub fn answerable(&self) -> bool {
+    pub(crate) fn answerable(&self) -> bool {
         !self.history && self.origin.is_none_or(Origin::answerable)
     }
 }

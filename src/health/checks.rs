@@ -17,7 +17,7 @@ use crate::wecom::{TokenSource, WeCom};
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Everything the checks look at.
-pub struct Checks {
+pub(crate) struct Checks {
     pub upload_dir: PathBuf,
     pub certificates: Option<Arc<CertificateStore>>,
     pub store: Store,
@@ -30,7 +30,7 @@ pub struct Checks {
 }
 
 impl Checks {
-    pub fn new(
+    pub(crate) fn new(
         upload_dir: PathBuf,
         certificates: Option<Arc<CertificateStore>>,
         store: Store,
@@ -52,7 +52,7 @@ impl Checks {
     }
 
     /// Runs every check once, each under a timeout.
-    pub async fn run_all(&self) -> Vec<(String, CheckResult)> {
+    pub(crate) async fn run_all(&self) -> Vec<(String, CheckResult)> {
         let timed = |name: &str, result: Result<CheckResult, tokio::time::error::Elapsed>| {
             result.unwrap_or_else(|_| {
                 CheckResult::new(Status::Fail)
@@ -202,7 +202,7 @@ fn owner_and_mode(path: &Path) -> String {
 }
 
 /// `uploads:writable`: a probe file can be created and removed.
-pub fn uploads_writable(dir: &Path) -> CheckResult {
+pub(crate) fn uploads_writable(dir: &Path) -> CheckResult {
     let uid = rustix::process::getuid().as_raw();
     let fix =
         format!("the service runs as uid {uid}: on the host, chown -R 1001:1001 the directory mounted at UPLOAD_DIR");
@@ -224,7 +224,7 @@ pub fn uploads_writable(dir: &Path) -> CheckResult {
 }
 
 /// `uploads:free`: free space, warn under 10 %, fail under 2 %.
-pub fn uploads_free(dir: &Path) -> CheckResult {
+pub(crate) fn uploads_free(dir: &Path) -> CheckResult {
     // A missing directory is `uploads:writable`'s finding; measure the volume it
     // would be created on (the nearest existing ancestor).
     let measured = dir
@@ -254,7 +254,7 @@ pub fn uploads_free(dir: &Path) -> CheckResult {
 }
 
 /// `config:secrets`: identical app and kf Secrets are a warning.
-pub fn secrets_check(identical: bool) -> CheckResult {
+pub(crate) fn secrets_check(identical: bool) -> CheckResult {
     if identical {
         CheckResult::new(Status::Warn).output(
             "WECOM_SECRET and WECOM_KF_SECRET are identical: fine for a self-built app authorised for 微信客服, \
@@ -266,7 +266,7 @@ pub fn secrets_check(identical: bool) -> CheckResult {
 }
 
 /// `tls:certificate` from the days left: warn under 14, fail under 3 or expired.
-pub fn certificate_check(not_after: i64) -> CheckResult {
+pub(crate) fn certificate_check(not_after: i64) -> CheckResult {
     let now = crate::store::now();
     let days_left = (not_after - now).div_euclid(86_400);
     let status = match days_left {

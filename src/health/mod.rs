@@ -8,7 +8,7 @@
 //! them on its period) and HTTP (`routes::health`). Reading the board makes no
 //! outbound call.
 
-pub mod checks;
+pub(crate) mod checks;
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
@@ -19,7 +19,7 @@ use serde::Serialize;
 /// A check's verdict. Ordered: the worst wins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Status {
+pub(crate) enum Status {
     Pass,
     Warn,
     Fail,
@@ -27,7 +27,7 @@ pub enum Status {
 
 impl Status {
     /// The value of `wechat_api_check_status`: 0 pass, 1 warn, 2 fail.
-    pub fn as_number(self) -> u8 {
+    pub(crate) fn as_number(self) -> u8 {
         self as u8
     }
 }
@@ -35,7 +35,7 @@ impl Status {
 /// One observation of one check.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct CheckResult {
+pub(crate) struct CheckResult {
     pub status: Status,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub observed_value: Option<serde_json::Value>,
@@ -47,17 +47,17 @@ pub struct CheckResult {
 }
 
 impl CheckResult {
-    pub fn new(status: Status) -> Self {
+    pub(crate) fn new(status: Status) -> Self {
         Self { status, observed_value: None, observed_unit: None, output: None, time: now_rfc3339() }
     }
 
-    pub fn observed(mut self, value: impl Into<serde_json::Value>, unit: &str) -> Self {
+    pub(crate) fn observed(mut self, value: impl Into<serde_json::Value>, unit: &str) -> Self {
         self.observed_value = Some(value.into());
         self.observed_unit = Some(unit.to_owned());
         self
     }
 
-    pub fn output(mut self, output: impl Into<String>) -> Self {
+    pub(crate) fn output(mut self, output: impl Into<String>) -> Self {
         self.output = Some(output.into());
         self
     }
@@ -65,7 +65,7 @@ impl CheckResult {
 
 /// The body of `GET /api/health`.
 #[derive(Debug, Clone, Serialize)]
-pub struct HealthReport {
+pub(crate) struct HealthReport {
     pub status: Status,
     pub version: String,
     #[serde(rename = "serviceId")]
@@ -89,7 +89,7 @@ impl Default for HealthBoard {
 
 impl HealthBoard {
     /// Records the latest result of `name` (`component:measure`).
-    pub fn set(&self, name: impl Into<String>, result: CheckResult) {
+    pub(crate) fn set(&self, name: impl Into<String>, result: CheckResult) {
         // A poisoned lock only means a writer panicked mid-insert; the map is still usable.
         let mut checks = self.checks.write().unwrap_or_else(|e| e.into_inner());
         let name = name.into();
@@ -101,18 +101,18 @@ impl HealthBoard {
     }
 
     /// Every check with its latest result and since when it has had that status.
-    pub fn entries(&self) -> Vec<(String, CheckResult, String)> {
+    pub(crate) fn entries(&self) -> Vec<(String, CheckResult, String)> {
         let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
         checks.iter().map(|(name, (result, since))| (name.clone(), result.clone(), since.clone())).collect()
     }
 
     /// Seconds since the board was created, i.e. since start-up.
-    pub fn uptime_secs(&self) -> u64 {
+    pub(crate) fn uptime_secs(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
 
     /// The report: every check plus uptime; the worst status wins.
-    pub fn report(&self, version: &str) -> HealthReport {
+    pub(crate) fn report(&self, version: &str) -> HealthReport {
         let checks = self.checks.read().unwrap_or_else(|e| e.into_inner());
         let status = checks.values().map(|(c, _)| c.status).max().unwrap_or(Status::Pass);
         let mut out: BTreeMap<String, Vec<CheckResult>> =
@@ -123,7 +123,7 @@ impl HealthBoard {
 }
 
 /// Now as RFC 3339 UTC, e.g. `2026-11-21T06:25:33Z`.
-pub fn now_rfc3339() -> String {
+pub(crate) fn now_rfc3339() -> String {
     let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| time::OffsetDateTime::now_utc());
     now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
@@ -174,7 +174,7 @@ pub struct Liveness {
 }
 
 impl Liveness {
-    pub fn new(max_silence_secs: i64) -> Self {
+    pub(crate) fn new(max_silence_secs: i64) -> Self {
         Self {
             last_beat: std::sync::atomic::AtomicI64::new(crate::store::now()),
             max_silence_secs,
@@ -183,17 +183,17 @@ impl Liveness {
     }
 
     /// The supervisor finished a run.
-    pub fn beat(&self) {
+    pub(crate) fn beat(&self) {
         self.last_beat.store(crate::store::now(), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Watches a background task: its end (panic or abort) makes the service not live.
-    pub fn watch(&self, name: &'static str, task: tokio::task::AbortHandle) {
+    pub(crate) fn watch(&self, name: &'static str, task: tokio::task::AbortHandle) {
         self.tasks.lock().unwrap_or_else(|e| e.into_inner()).push((name, task));
     }
 
     /// Background tasks that have stopped.
-    pub fn dead_tasks(&self) -> Vec<&'static str> {
+    pub(crate) fn dead_tasks(&self) -> Vec<&'static str> {
         self.tasks
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -211,7 +211,7 @@ impl Liveness {
     }
 
     /// `Ok` when live; else why a restart would help.
-    pub fn check(&self) -> Result<(), String> {
+    pub(crate) fn check(&self) -> Result<(), String> {
         let dead = self.dead_tasks();
         if !dead.is_empty() {
             return Err(format!("background task stopped: {}", dead.join(", ")));

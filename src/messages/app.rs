@@ -96,7 +96,7 @@ pub enum AppEvent {
 
 impl AppEvent {
     /// The event name as WeCom spells it.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Self::Subscribe => "subscribe",
             Self::Unsubscribe => "unsubscribe",
@@ -203,7 +203,7 @@ impl AppMessage {
     }
 
     /// The event, when this is one.
-    pub fn event(&self) -> Option<&AppEvent> {
+    pub(crate) fn event(&self) -> Option<&AppEvent> {
         match &self.kind {
             AppMessageKind::Event(event) => Some(event),
             _ => None,

@@ -29,7 +29,7 @@ impl From<Origin> for i64 {
 }
 
 impl Origin {
-    pub fn from_code(code: i64) -> Self {
+    pub(crate) fn from_code(code: i64) -> Self {
         match code {
             3 => Self::Customer,
             4 => Self::System,
@@ -38,7 +38,7 @@ impl Origin {
         }
     }
 
-    pub fn code(self) -> i64 {
+    pub(crate) fn code(self) -> i64 {
         match self {
             Self::Customer => 3,
             Self::System => 4,
@@ -86,7 +86,7 @@ pub enum KfEvent {
 }
 
 impl KfEvent {
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         match self {
             Self::EnterSession { .. } => "enter_session",
             Self::MsgSendFail { .. } => "msg_send_fail",

@@ -7,8 +7,8 @@
 //! Deliberately not here: decryption (see `crypto`), I/O, and what to do with a
 //! message (the dispatcher's job).
 
-pub mod app;
-pub mod envelope;
+pub(crate) mod app;
+pub(crate) mod envelope;
 pub mod kf;
 mod xml;
 
@@ -29,10 +29,10 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 2] = [Channel::App, Channel::Kf];
+    pub(crate) const ALL: [Channel; 2] = [Channel::App, Channel::Kf];
 
     /// The label in records, metrics, logs and the store.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Channel::App => "app",
             Channel::Kf => "kf",
@@ -40,14 +40,14 @@ impl Channel {
     }
 
     /// The channel named by [`Channel::as_str`].
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|c| c.as_str() == name)
     }
 }
 
 /// What makes a delivery the same message as an earlier one.
 #[derive(Debug, Clone, Copy)]
-pub enum Identity<'a> {
+pub(crate) enum Identity<'a> {
     /// The message's own id (`MsgId` of an app message, `msgid` of a kf message).
     MsgId(&'a str),
     /// An event, which has no id: its whole decrypted plaintext.
@@ -58,7 +58,7 @@ pub enum Identity<'a> {
 /// `<channel>:evt:<32 hex digits of SHA-256(plaintext)>` for events. WeCom's
 /// retries are byte-identical, while two distinct events in the same second
 /// differ somewhere in their XML, so a dedup never drops a distinct event.
-pub fn dedup_key(channel: Channel, identity: Identity<'_>) -> String {
+pub(crate) fn dedup_key(channel: Channel, identity: Identity<'_>) -> String {
     let channel = channel.as_str();
     match identity {
         Identity::MsgId(id) => format!("{channel}:msg:{id}"),
@@ -71,7 +71,7 @@ pub fn dedup_key(channel: Channel, identity: Identity<'_>) -> String {
 
 /// A journaled message, parsed: what the handlers decide on.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Message {
+pub(crate) enum Message {
     /// A callback's decrypted XML, on the channel whose Token signed it.
     App { channel: Channel, message: AppMessage },
     /// One message of a `kf/sync_msg` page.
@@ -79,15 +79,8 @@ pub enum Message {
 }
 
 impl Message {
-    pub fn channel(&self) -> Channel {
-        match self {
-            Self::App { channel, .. } => *channel,
-            Self::Kf(_) => Channel::Kf,
-        }
-    }
-
     /// The text of a text message.
-    pub fn text(&self) -> Option<&str> {
+    pub(crate) fn text(&self) -> Option<&str> {
         match self {
             Self::App { message: AppMessage { kind: AppMessageKind::Text { content }, .. }, .. }
             | Self::Kf(KfMessage { kind: KfKind::Text { content, .. }, .. }) => Some(content),
@@ -97,12 +90,12 @@ impl Message {
 
     /// The `kf_msg_or_event` notice: a transport signal to pull `kf/sync_msg`,
     /// not a message of its own.
-    pub fn is_kf_notice(&self) -> bool {
+    pub(crate) fn is_kf_notice(&self) -> bool {
         matches!(self, Self::App { message, .. } if matches!(message.event(), Some(AppEvent::KfMsgOrEvent { .. })))
     }
 
     /// The `welcome_code` of a kf `enter_session` event, which allows one welcome message.
-    pub fn welcome_code(&self) -> Option<&str> {
+    pub(crate) fn welcome_code(&self) -> Option<&str> {
         match self {
             Self::Kf(message) => match message.event() {
                 Some(KfEvent::EnterSession { welcome_code: Some(code), .. }) if !code.is_empty() => Some(code),
@@ -111,18 +104,10 @@ impl Message {
             Self::App { .. } => None,
         }
     }
-
-    /// The one-line summary for the log.
-    pub fn summary(&self) -> String {
-        match self {
-            Self::App { message, .. } => message.summary(),
-            Self::Kf(message) => message.summary(),
-        }
-    }
 }
 
 /// Cuts `text` to at most `max` characters (never inside one), marking the cut.
-pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(max) {
         None => std::borrow::Cow::Borrowed(text),
         Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),

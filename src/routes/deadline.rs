@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// Body read deadline, counted from the end of the head: actix has no body timer,
 /// so without this a client sending one byte a second holds its connection forever.
-pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bounds the request body in time: once [`BODY_READ_TIMEOUT`] has passed, the
 /// body fails with a timeout, so the handler answers and the connection closes.
@@ -18,7 +18,7 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// a chunked body that a handler dropped unread (a 404, a 413) with no time limit,
 /// so a client that then goes quiet would hold its connection forever; a body
 /// still held when the response ends makes actix close the connection instead.
-pub async fn body_deadline(
+pub(crate) async fn body_deadline(
     mut request: actix_web::dev::ServiceRequest,
     next: actix_web::middleware::Next<impl actix_web::body::MessageBody + 'static>,
 ) -> Result<actix_web::dev::ServiceResponse<actix_web::body::BoxBody>, actix_web::Error> {

@@ -8,7 +8,7 @@ use crate::routes::AppState;
 const HEALTH_JSON: &str = "application/health+json";
 
 /// The latest result of every check; 503 when any fails. Makes no outbound call.
-pub async fn report(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn report(state: web::Data<AppState>) -> HttpResponse {
     let report = state.health.report(state.version);
     let mut response = match report.status {
         Status::Pass | Status::Warn => HttpResponse::Ok(),
@@ -19,7 +19,7 @@ pub async fn report(state: web::Data<AppState>) -> HttpResponse {
 
 /// Liveness: fails only where a restart would help (a stuck supervisor, a dead
 /// background task). WeCom, SMTP, token or disk trouble is readiness, not this.
-pub async fn live(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn live(state: web::Data<AppState>) -> HttpResponse {
     let (mut response, body) = match state.liveness.check() {
         Ok(()) => (HttpResponse::Ok(), serde_json::json!({ "status": "pass", "version": state.version })),
         Err(reason) => (

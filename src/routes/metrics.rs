@@ -5,6 +5,6 @@ use actix_web::{web, HttpResponse};
 use crate::routes::AppState;
 use crate::telemetry::PROMETHEUS_CONTENT_TYPE;
 
-pub async fn render(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn render(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().content_type(PROMETHEUS_CONTENT_TYPE).body(state.metrics.render())
 }

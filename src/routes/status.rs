@@ -40,7 +40,7 @@ fn uptime(seconds: u64) -> String {
     }
 }
 
-pub async fn page(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn page(state: web::Data<AppState>) -> HttpResponse {
     let report = state.health.report(state.version);
     let (accepted, refused) = state.metrics.callback_totals();
     let (overall, overall_class) = label(report.status);

@@ -5,36 +5,36 @@ use super::{backend, Store, StoreError};
 
 /// A check that was firing when last recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FiringRecord {
+pub(crate) struct FiringRecord {
     pub check: String,
     pub since: i64,
     pub last_notified_at: i64,
 }
 
 impl Store {
-    pub async fn firing_checks(&self) -> Result<Vec<FiringRecord>, StoreError> {
+    pub(crate) async fn firing_checks(&self) -> Result<Vec<FiringRecord>, StoreError> {
         backend!(self, b => b.firing_checks().await)
     }
 
-    pub async fn set_firing(&self, record: FiringRecord) -> Result<(), StoreError> {
+    pub(crate) async fn set_firing(&self, record: FiringRecord) -> Result<(), StoreError> {
         backend!(self, b => b.set_firing(record).await)
     }
 
-    pub async fn clear_firing(&self, check: String) -> Result<(), StoreError> {
+    pub(crate) async fn clear_firing(&self, check: String) -> Result<(), StoreError> {
         backend!(self, b => b.clear_firing(check).await)
     }
 
     /// A value in `meta`, e.g. the last restart note or certificate step.
-    pub async fn meta_value(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+    pub(crate) async fn meta_value(&self, key: &'static str) -> Result<Option<String>, StoreError> {
         backend!(self, b => b.meta_value(key).await)
     }
 
-    pub async fn set_meta_value(&self, key: &'static str, value: String) -> Result<(), StoreError> {
+    pub(crate) async fn set_meta_value(&self, key: &'static str, value: String) -> Result<(), StoreError> {
         backend!(self, b => b.set_meta_value(key, value).await)
     }
 
     /// Writes and deletes a probe row: the `store:writable` check.
-    pub async fn probe_write(&self) -> Result<(), StoreError> {
+    pub(crate) async fn probe_write(&self) -> Result<(), StoreError> {
         backend!(self, b => b.probe_write().await)
     }
 }

@@ -10,7 +10,7 @@ use crate::messages::Channel;
 
 /// What a journal entry's payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
+pub(crate) enum EntryKind {
     /// A callback's decrypted XML.
     Callback,
     /// One message of a `kf/sync_msg` page, as JSON.
@@ -19,7 +19,7 @@ pub enum EntryKind {
 
 impl EntryKind {
     /// The name stored in the `kind` column.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Self::Callback => "callback",
             Self::KfMessage => "kf_message",
@@ -27,14 +27,14 @@ impl EntryKind {
     }
 
     /// The kind named by [`EntryKind::as_str`].
-    pub fn parse(name: &str) -> Option<Self> {
+    pub(crate) fn parse(name: &str) -> Option<Self> {
         [Self::Callback, Self::KfMessage].into_iter().find(|k| k.as_str() == name)
     }
 }
 
 /// A message to journal.
 #[derive(Debug, Clone)]
-pub struct NewEntry {
+pub(crate) struct NewEntry {
     pub dedup_key: String,
     pub channel: Channel,
     pub kind: EntryKind,
@@ -46,7 +46,7 @@ pub struct NewEntry {
 
 /// What journaling found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Recorded {
+pub(crate) enum Recorded {
     /// First delivery; the journal id.
     New(i64),
     /// Seen before (a WeCom retry, or a replay): nothing written.
@@ -55,7 +55,7 @@ pub enum Recorded {
 
 /// A journaled callback not yet handled.
 #[derive(Debug, Clone)]
-pub struct PendingEntry {
+pub(crate) struct PendingEntry {
     pub id: i64,
     pub dedup_key: String,
     pub channel: Channel,
@@ -104,7 +104,7 @@ impl RecentKeys {
 
 impl Store {
     /// Journals `entry` unless its dedup key is known; durable when this returns.
-    pub async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
+    pub(crate) async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
         if self.recent.contains(&entry.dedup_key) {
             return Ok(Recorded::Duplicate);
         }
@@ -117,7 +117,7 @@ impl Store {
 
     /// Claims the oldest unhandled entries for handling, in arrival order. An
     /// entry claimed and never completed (its handler died) is claimed again.
-    pub async fn claim_entries(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
+    pub(crate) async fn claim_entries(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
         backend!(self, b => b.pending(limit).await)
     }
 
@@ -126,7 +126,7 @@ impl Store {
     /// keeps both. Handling twice queues the same idempotency keys, kept once.
     ///
     /// Relaxed durability: after a power loss the entries are simply handled again.
-    pub async fn complete_entries(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
+    pub(crate) async fn complete_entries(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
         backend!(self, b => b.complete(completions).await)
     }
 
@@ -135,8 +135,9 @@ impl Store {
         backend!(self, b => b.unhandled().await)
     }
 
-    /// Whether `dedup_key` was journaled (for tests and diagnostics).
-    pub async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
+    /// Whether `dedup_key` was journaled (for tests).
+    #[cfg(test)]
+    pub(crate) async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
         backend!(self, b => b.contains(dedup_key).await)
     }
 }

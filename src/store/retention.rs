@@ -27,7 +27,7 @@ const HOUSEKEEPING: &str = "housekeeping";
 
 /// What one prune removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Pruned {
+pub(crate) struct Pruned {
     pub journal: u64,
     pub outbox: u64,
 }
@@ -35,18 +35,18 @@ pub struct Pruned {
 impl Store {
     /// Deletes handled journal entries and done outbox actions older than `cutoff`
     /// (Unix seconds), batch by batch.
-    pub async fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError> {
+    pub(crate) async fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError> {
         backend!(self, b => b.prune(cutoff).await)
     }
 }
 
 /// How often to prune: a tenth of the retention, between 10 s and 10 min.
-pub fn period(retention: Duration) -> Duration {
+pub(crate) fn period(retention: Duration) -> Duration {
     (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(600))
 }
 
 /// The pruning task: once at start-up, then every [`period`], until `shutdown`.
-pub async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub(crate) async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let journal = metrics.counter("wechat_api_store_pruned_total", &[("table", "journal".into())]);
     let outbox = metrics.counter("wechat_api_store_pruned_total", &[("table", "outbox".into())]);
     let mut tick = tokio::time::interval(period(retention));

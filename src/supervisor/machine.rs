@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use crate::health::Status;
 
-pub const FIRE_AFTER: u32 = 3;
-pub const RESOLVE_AFTER: u32 = 2;
+pub(crate) const FIRE_AFTER: u32 = 3;
+pub(crate) const RESOLVE_AFTER: u32 = 2;
 
 /// Where a check stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AlertState {
+pub(crate) enum AlertState {
     Ok,
     Pending { failures: u32 },
     Firing { since: i64, last_notified_at: i64, passes: u32 },
@@ -21,7 +21,7 @@ pub enum AlertState {
 
 /// Something on-call should hear about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transition {
+pub(crate) enum Transition {
     Firing,
     Reminder,
     Resolved,
@@ -30,7 +30,7 @@ pub enum Transition {
 impl AlertState {
     /// Feeds one observation; returns the transition it causes, if any.
     /// Only `fail` counts as a failure: `warn` is shown, not paged.
-    pub fn observe(&mut self, status: Status, now: i64, repeat: Option<Duration>) -> Option<Transition> {
+    pub(crate) fn observe(&mut self, status: Status, now: i64, repeat: Option<Duration>) -> Option<Transition> {
         let failing = status == Status::Fail;
         match (*self, failing) {
             (AlertState::Ok, false) => None,
@@ -76,10 +76,10 @@ impl AlertState {
 }
 
 /// The certificate's alert steps: days left at which on-call hears once each.
-pub const CERTIFICATE_STEPS: [i64; 5] = [30, 14, 7, 3, 1];
+pub(crate) const CERTIFICATE_STEPS: [i64; 5] = [30, 14, 7, 3, 1];
 
 /// The step `days_left` has reached, if any (the smallest step ≥ days left).
-pub fn certificate_step(days_left: i64) -> Option<i64> {
+pub(crate) fn certificate_step(days_left: i64) -> Option<i64> {
     CERTIFICATE_STEPS.iter().copied().filter(|step| days_left <= *step).min()
 }
 

@@ -10,7 +10,7 @@
 //!
 //! `run_once()` is what tests call; `run()` is the loop.
 
-pub mod machine;
+pub(crate) mod machine;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,7 +32,7 @@ const RESTART_NOTE_EVERY_SECS: i64 = 3600;
 
 /// Timing of the supervisor.
 #[derive(Debug, Clone, Copy)]
-pub struct Timing {
+pub(crate) struct Timing {
     pub interval: Duration,
     pub group_wait: Duration,
     pub repeat: Option<Duration>,
@@ -48,7 +48,7 @@ struct Pending {
 }
 
 /// What the supervisor works with.
-pub struct Parts {
+pub(crate) struct Parts {
     pub checks: Checks,
     /// Where results are published for `/api/health` and the status page.
     pub board: Arc<HealthBoard>,
@@ -61,7 +61,7 @@ pub struct Parts {
     pub timing: Timing,
 }
 
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     parts: Parts,
     host: String,
     states: BTreeMap<String, AlertState>,
@@ -70,7 +70,7 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new(parts: Parts) -> Self {
+    pub(crate) fn new(parts: Parts) -> Self {
         Self {
             parts,
             host: crate::alerts::host_name(),
@@ -81,7 +81,7 @@ impl Supervisor {
     }
 
     /// Restores firing checks from the store and announces the (re)start.
-    pub async fn restore(&mut self) {
+    pub(crate) async fn restore(&mut self) {
         match self.parts.store.firing_checks().await {
             Ok(firing) => {
                 for FiringRecord { check, since, last_notified_at } in firing {
@@ -113,7 +113,7 @@ impl Supervisor {
         }
     }
 
-    pub async fn run(mut self, shutdown: CancellationToken) {
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         self.restore().await;
         let mut tick = tokio::time::interval(self.parts.timing.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -126,7 +126,7 @@ impl Supervisor {
     }
 
     /// One round: every check, the state machines, maybe an email, a heartbeat.
-    pub async fn run_once(&mut self) {
+    pub(crate) async fn run_once(&mut self) {
         let results = self.parts.checks.run_all().await;
         let at = now();
         for (name, result) in &results {

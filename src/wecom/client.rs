@@ -26,7 +26,7 @@ const BUSY_RETRIES: u32 = 3;
 /// Largest JSON answer accepted (a full `kf/sync_msg` page is well below).
 const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
-pub const REQUESTS_TOTAL: &str = "wechat_api_wecom_api_requests_total";
+pub(crate) const REQUESTS_TOTAL: &str = "wechat_api_wecom_api_requests_total";
 
 #[derive(Deserialize)]
 struct Status {
@@ -127,13 +127,13 @@ impl WeComClient {
     }
 
     /// `gettoken` for one Secret.
-    pub async fn gettoken(&self, corp_id: &str, secret: &str) -> Result<TokenResponse, WeComError> {
+    pub(crate) async fn gettoken(&self, corp_id: &str, secret: &str) -> Result<TokenResponse, WeComError> {
         let url = self.url("gettoken");
         self.call("gettoken", || self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", secret)])).await
     }
 
     /// `gettoken`, with the `Date` WeCom answered at (unix seconds), for clock checks.
-    pub async fn gettoken_with_date(
+    pub(crate) async fn gettoken_with_date(
         &self,
         corp_id: &str,
         secret: &str,
@@ -166,12 +166,12 @@ impl WeComClient {
     }
 
     /// `kf/sync_msg`: one page of an account's messages after `cursor`.
-    pub async fn kf_sync_msg(&self, token: &str, request: &KfSyncRequest) -> Result<KfSyncPage, WeComError> {
+    pub(crate) async fn kf_sync_msg(&self, token: &str, request: &KfSyncRequest) -> Result<KfSyncPage, WeComError> {
         self.post_json("kf/sync_msg", token, request).await
     }
 
     /// `kf/send_msg`: a text to a customer of the `open_kfid` account.
-    pub async fn send_kf_text(
+    pub(crate) async fn send_kf_text(
         &self,
         token: &str,
         touser: &str,
@@ -183,16 +183,21 @@ impl WeComClient {
     }
 
     /// `kf/send_msg_on_event`: the welcome text an `enter_session` code allows.
-    pub async fn send_kf_welcome(&self, token: &str, code: &str, content: &str) -> Result<SendResult, WeComError> {
+    pub(crate) async fn send_kf_welcome(
+        &self,
+        token: &str,
+        code: &str,
+        content: &str,
+    ) -> Result<SendResult, WeComError> {
         let message = KfEventMessage { code, msgid: None, msgtype: "text", text: TextContent { content } };
         self.post_json("kf/send_msg_on_event", token, &message).await
     }
 
-    pub async fn kf_account_list(&self, token: &str) -> Result<KfAccountList, WeComError> {
+    pub(crate) async fn kf_account_list(&self, token: &str) -> Result<KfAccountList, WeComError> {
         self.post_json("kf/account/list", token, &serde_json::json!({"offset": 0, "limit": 100})).await
     }
 
-    pub async fn kf_service_state_get(
+    pub(crate) async fn kf_service_state_get(
         &self,
         token: &str,
         open_kfid: &str,
@@ -206,7 +211,7 @@ impl WeComClient {
         })
     }
 
-    pub async fn kf_customer_batchget(
+    pub(crate) async fn kf_customer_batchget(
         &self,
         token: &str,
         external_userids: &[String],
@@ -215,12 +220,12 @@ impl WeComClient {
         self.post_json("kf/customer/batchget", token, &body).await
     }
 
-    pub async fn user_get(&self, token: &str, userid: &str) -> Result<User, WeComError> {
+    pub(crate) async fn user_get(&self, token: &str, userid: &str) -> Result<User, WeComError> {
         let url = self.url("user/get");
         self.call("user/get", || self.http.get(&url).query(&[("access_token", token), ("userid", userid)])).await
     }
 
-    pub async fn externalcontact_get(
+    pub(crate) async fn externalcontact_get(
         &self,
         token: &str,
         external_userid: &str,
@@ -233,7 +238,7 @@ impl WeComClient {
     }
 
     /// `media/get`: the file, or WeCom's JSON error. At most `max_bytes`.
-    pub async fn media_get(&self, token: &str, media_id: &str, max_bytes: usize) -> Result<Media, WeComError> {
+    pub(crate) async fn media_get(&self, token: &str, media_id: &str, max_bytes: usize) -> Result<Media, WeComError> {
         const API: &str = "media/get";
         let url = self.url(API);
         let response =

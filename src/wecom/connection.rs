@@ -11,7 +11,7 @@ use super::{ApiError, TokenSource, WeCom, WeComError};
 
 /// What went wrong with one call, as the report shows it.
 #[derive(Debug, Clone, Serialize)]
-pub struct Problem {
+pub(crate) struct Problem {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub errcode: Option<i64>,
     pub error: String,
@@ -27,7 +27,7 @@ impl Problem {
 
 /// One Secret's result.
 #[derive(Debug, Clone, Serialize)]
-pub struct SecretReport {
+pub(crate) struct SecretReport {
     /// `app`, `kf`, or `app+kf` when both use one Secret.
     pub app: String,
     pub status: &'static str,
@@ -44,7 +44,7 @@ pub struct SecretReport {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct KfApiReport {
+pub(crate) struct KfApiReport {
     pub status: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accounts: Option<usize>,
@@ -54,7 +54,7 @@ pub struct KfApiReport {
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
-pub struct ConnectionReport {
+pub(crate) struct ConnectionReport {
     pub status: &'static str,
     pub corp_id: String,
     pub secrets: Vec<SecretReport>,
@@ -71,7 +71,7 @@ async fn secret_report(wecom: &WeCom, corp_id: &str, source: &Arc<TokenSource>, 
             kf_api: None,
         },
         Err(error) => {
-            let ip = error.api().and_then(ApiError::from_ip);
+            let ip = error.api().and_then(ApiError::caller_ip);
             return SecretReport {
                 app,
                 status: "error",
@@ -100,7 +100,7 @@ async fn secret_report(wecom: &WeCom, corp_id: &str, source: &Arc<TokenSource>, 
 }
 
 /// Tests every configured Secret against WeCom.
-pub async fn test_connection(wecom: &WeCom, corp_id: &str) -> ConnectionReport {
+pub(crate) async fn test_connection(wecom: &WeCom, corp_id: &str) -> ConnectionReport {
     let mut secrets = Vec::new();
     let shared = matches!((&wecom.app, &wecom.kf), (Some(a), Some(k)) if Arc::ptr_eq(a, k));
     if let Some(app) = &wecom.app {

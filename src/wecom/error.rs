@@ -12,7 +12,7 @@ pub struct ApiError {
 
 impl ApiError {
     /// The IP WeCom saw, from "… from ip: 1.2.3.4 …" (60020 and friends).
-    pub fn from_ip(&self) -> Option<IpAddr> {
+    pub(crate) fn caller_ip(&self) -> Option<IpAddr> {
         let rest = &self.errmsg[self.errmsg.find("from ip:")? + "from ip:".len()..];
         let candidate: String =
             rest.trim_start().chars().take_while(|c| c.is_ascii_hexdigit() || *c == '.' || *c == ':').collect();
@@ -20,7 +20,7 @@ impl ApiError {
     }
 
     /// What an operator should do about it.
-    pub fn hint(&self) -> Option<String> {
+    pub(crate) fn hint(&self) -> Option<String> {
         let hint = match self.errcode {
             -1 => "WeCom is busy; the call is retried with back-off".to_owned(),
             40001 => {
@@ -35,7 +35,7 @@ impl ApiError {
                 "the app lacks permission for this API: grant it in the admin console (应用管理 → the app → API权限)"
                     .to_owned()
             }
-            60020 => match self.from_ip() {
+            60020 => match self.caller_ip() {
                 Some(ip) => format!("add {ip} to the app's trusted IPs (应用管理 → the app → 企业可信IP)"),
                 None => {
                     "add this server's public IP to the app's trusted IPs (应用管理 → the app → 企业可信IP)".to_owned()
@@ -52,34 +52,29 @@ impl ApiError {
 
     /// The token must be dropped and fetched again (42001, 40014, and 40001 from a
     /// business API).
-    pub fn token_invalid(&self) -> bool {
+    pub(crate) fn token_invalid(&self) -> bool {
         matches!(self.errcode, 40001 | 40014 | 42001)
     }
 
     /// -1: WeCom is busy; worth a retry after a short pause.
-    pub fn is_busy(&self) -> bool {
+    pub(crate) fn is_busy(&self) -> bool {
         self.errcode == -1
     }
 
-    /// WeCom asks us to slow down.
-    pub fn rate_limited(&self) -> bool {
-        matches!(self.errcode, 45009 | 45033)
-    }
-
-    /// 60020: the calling IP is not on the app's trusted-IP list ([`Self::from_ip`] names it).
-    pub fn is_ip_not_trusted(&self) -> bool {
+    /// 60020: the calling IP is not on the app's trusted-IP list ([`Self::caller_ip`] names it).
+    pub(crate) fn is_ip_not_trusted(&self) -> bool {
         self.errcode == 60020
     }
 
     /// 95018: the session state refuses a kf send (a human owns it, or the Secret
     /// may not call 微信客服 APIs).
-    pub fn is_session_refused(&self) -> bool {
+    pub(crate) fn is_session_refused(&self) -> bool {
         self.errcode == 95018
     }
 
     /// 95007..=95009: the `kf_msg_or_event` Token expired or does not fit; a sync
     /// without it still works.
-    pub fn is_sync_token_refused(&self) -> bool {
+    pub(crate) fn is_sync_token_refused(&self) -> bool {
         matches!(self.errcode, 95007..=95009)
     }
 }
@@ -130,7 +125,7 @@ impl WeComError {
     }
 
     /// The API error, when WeCom answered with one.
-    pub fn api(&self) -> Option<&ApiError> {
+    pub(crate) fn api(&self) -> Option<&ApiError> {
         match self {
             Self::Api { error, .. } => Some(error),
             _ => None,
@@ -142,7 +137,7 @@ impl WeComError {
     }
 
     /// Whether WeCom answered with an API error that `is` describes.
-    pub fn is(&self, is: impl FnOnce(&ApiError) -> bool) -> bool {
+    pub(crate) fn is(&self, is: impl FnOnce(&ApiError) -> bool) -> bool {
         self.api().is_some_and(is)
     }
 }
@@ -158,7 +153,7 @@ mod tests {
     #[test]
     fn the_60020_hint_names_the_ip_to_trust() {
         let e = error(60020, "not allow to access from your ip, hint: [1693981234_12_abcd], from ip: 203.0.113.7, more info at https://open.work.weixin.qq.com/devtool/query?e=60020");
-        assert_eq!(e.from_ip(), Some("203.0.113.7".parse().expect("ip")));
+        assert_eq!(e.caller_ip(), Some("203.0.113.7".parse().expect("ip")));
         assert!(e.hint().expect("hint").contains("add 203.0.113.7 to the app's trusted IPs"));
         assert!(e.to_string().starts_with("errcode 60020: not allow"));
     }
@@ -172,7 +167,6 @@ mod tests {
         assert!(
             error(42001, "").token_invalid() && error(40014, "").token_invalid() && error(40001, "").token_invalid()
         );
-        assert!(error(45009, "").rate_limited());
         assert!(error(60020, "").is_ip_not_trusted() && error(95018, "").is_session_refused());
         assert!((95007..=95009).all(|code| error(code, "").is_sync_token_refused()));
         assert!(!error(95010, "").is_sync_token_refused());

@@ -4,11 +4,11 @@
 //!
 //! Architecture invariant: only `wecom/` knows WeCom's JSON.
 
-pub mod client;
-pub mod connection;
-pub mod error;
+pub(crate) mod client;
+pub(crate) mod connection;
+pub(crate) mod error;
 pub mod models;
-pub mod tokens;
+pub(crate) mod tokens;
 
 use std::sync::Arc;
 
@@ -34,7 +34,7 @@ pub struct WeCom {
 }
 
 impl WeCom {
-    pub fn new(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Result<Self, WeComError> {
+    pub(crate) fn new(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Result<Self, WeComError> {
         let client = WeComClient::new(&config.api_base_url, Arc::clone(metrics))?;
         let source = |label, secret: &crate::config::Secret| {
             Arc::new(TokenSource::new(
@@ -59,17 +59,17 @@ impl WeCom {
     }
 
     /// The token cache for the app channel, or why there is none.
-    pub fn app_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
+    pub(crate) fn app_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
         self.app.as_ref().ok_or(WeComError::NotConfigured("WECOM_SECRET"))
     }
 
     /// The token cache for kf APIs, or why there is none.
-    pub fn kf_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
+    pub(crate) fn kf_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
         self.kf.as_ref().ok_or(WeComError::NotConfigured("WECOM_KF_SECRET"))
     }
 
     /// The token cache for `channel`'s APIs.
-    pub fn tokens(&self, channel: Channel) -> Result<&Arc<TokenSource>, WeComError> {
+    pub(crate) fn tokens(&self, channel: Channel) -> Result<&Arc<TokenSource>, WeComError> {
         match channel {
             Channel::App => self.app_tokens(),
             Channel::Kf => self.kf_tokens(),
@@ -77,28 +77,32 @@ impl WeCom {
     }
 
     /// Sends a text from the self-built app to member `to`.
-    pub async fn send_app_text(&self, to: &str, agent_id: i64, text: &str) -> Result<(), WeComError> {
+    pub(crate) async fn send_app_text(&self, to: &str, agent_id: i64, text: &str) -> Result<(), WeComError> {
         let client = &self.client;
         self.app_tokens()?.call(|token| async move { client.send_app_text(&token, to, agent_id, text).await }).await?;
         Ok(())
     }
 
     /// Sends a text to customer `to` of kf account `open_kfid`.
-    pub async fn send_kf_text(&self, to: &str, open_kfid: &str, text: &str) -> Result<(), WeComError> {
+    pub(crate) async fn send_kf_text(&self, to: &str, open_kfid: &str, text: &str) -> Result<(), WeComError> {
         let client = &self.client;
         self.kf_tokens()?.call(|token| async move { client.send_kf_text(&token, to, open_kfid, text).await }).await?;
         Ok(())
     }
 
     /// Sends the welcome text an `enter_session` event's `code` allows.
-    pub async fn send_kf_welcome(&self, code: &str, text: &str) -> Result<(), WeComError> {
+    pub(crate) async fn send_kf_welcome(&self, code: &str, text: &str) -> Result<(), WeComError> {
         let client = &self.client;
         self.kf_tokens()?.call(|token| async move { client.send_kf_welcome(&token, code, text).await }).await?;
         Ok(())
     }
 
     /// Who owns the session of customer `external_userid` with account `open_kfid`.
-    pub async fn kf_service_state(&self, open_kfid: &str, external_userid: &str) -> Result<KfServiceState, WeComError> {
+    pub(crate) async fn kf_service_state(
+        &self,
+        open_kfid: &str,
+        external_userid: &str,
+    ) -> Result<KfServiceState, WeComError> {
         let client = &self.client;
         self.kf_tokens()?
             .call(|token| async move { client.kf_service_state_get(&token, open_kfid, external_userid).await })
@@ -107,7 +111,7 @@ impl WeCom {
 
     /// One `kf/sync_msg` page of `open_kfid` after `cursor`, with the notice's
     /// `token` when there is one (without it WeCom applies a stricter rate limit).
-    pub async fn kf_sync_page(
+    pub(crate) async fn kf_sync_page(
         &self,
         open_kfid: &str,
         cursor: Option<String>,
@@ -119,7 +123,7 @@ impl WeCom {
     }
 
     /// Downloads media `media_id` of a `channel` message, at most `max_bytes`.
-    pub async fn download_media(
+    pub(crate) async fn download_media(
         &self,
         channel: Channel,
         media_id: &str,

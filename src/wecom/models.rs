@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// `gettoken`'s answer. `Debug` shows the token's length, never the token.
 #[derive(Clone, Deserialize)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     pub access_token: String,
     pub expires_in: i64,
 }
@@ -61,7 +61,7 @@ pub struct SendResult {
 
 /// `kf/sync_msg` request.
 #[derive(Debug, Clone, Serialize)]
-pub struct KfSyncRequest {
+pub(crate) struct KfSyncRequest {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cursor: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -83,14 +83,10 @@ pub struct KfSyncPage {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct KfAccount {
-    pub open_kfid: String,
-    #[serde(default)]
-    pub name: String,
-}
+pub(crate) struct KfAccount {}
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct KfAccountList {
+pub(crate) struct KfAccountList {
     #[serde(default)]
     pub account_list: Vec<KfAccount>,
 }
@@ -105,7 +101,7 @@ pub(super) struct KfServiceStateAnswer {
 
 /// Who owns a kf session (`service_state`), with what that means for sending.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ServiceState {
+pub(crate) enum ServiceState {
     /// 0: not handled yet.
     Untreated,
     /// 1: the bot (this appliance, through the API) owns it.
@@ -122,7 +118,7 @@ pub enum ServiceState {
 
 impl ServiceState {
     /// The state of WeCom's `service_state` number.
-    pub fn from_code(code: i64) -> Self {
+    pub(crate) fn from_code(code: i64) -> Self {
         match code {
             0 => Self::Untreated,
             1 => Self::Bot,
@@ -134,7 +130,7 @@ impl ServiceState {
     }
 
     /// WeCom's number for the state.
-    pub fn code(self) -> i64 {
+    pub(crate) fn code(self) -> i64 {
         match self {
             Self::Untreated => 0,
             Self::Bot => 1,
@@ -146,7 +142,7 @@ impl ServiceState {
     }
 
     /// What the state means, in the console's words and in English.
-    pub fn meaning(self) -> &'static str {
+    pub(crate) fn meaning(self) -> &'static str {
         match self {
             Self::Untreated => "未处理 (not yet handled)",
             Self::Bot => "由智能助手接待 (the bot owns it)",
@@ -160,7 +156,7 @@ impl ServiceState {
 
 /// Who owns a kf session, and which servicer when a human does.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KfServiceState {
+pub(crate) struct KfServiceState {
     pub state: ServiceState,
     pub servicer_userid: Option<String>,
 }
@@ -176,40 +172,38 @@ impl std::fmt::Display for KfServiceState {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct KfCustomer {
+pub(crate) struct KfCustomer {
     pub external_userid: String,
     #[serde(default)]
     pub nickname: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct KfCustomers {
+pub(crate) struct KfCustomers {
     #[serde(default)]
     pub customer_list: Vec<KfCustomer>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct User {
-    pub userid: String,
+pub(crate) struct User {
     #[serde(default)]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ExternalContact {
-    pub external_userid: String,
+pub(crate) struct ExternalContact {
     #[serde(default)]
     pub name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
-pub struct ExternalContactResponse {
+pub(crate) struct ExternalContactResponse {
     pub external_contact: ExternalContact,
 }
 
 /// A downloaded media file.
 #[derive(Debug, Clone)]
-pub struct Media {
+pub(crate) struct Media {
     pub bytes: Vec<u8>,
     pub content_type: Option<String>,
     /// From `Content-Disposition`, untrusted: never use it as a path.

@@ -20,7 +20,7 @@ use crate::store::{now, Store};
 use crate::telemetry::Metrics;
 
 /// A token is refreshed when it has less than this left (WeCom issues 7200 s).
-pub const REFRESH_MARGIN_SECS: i64 = 300;
+pub(crate) const REFRESH_MARGIN_SECS: i64 = 300;
 
 const EXPIRES_IN: &str = "wechat_api_access_token_expires_in_seconds";
 const REFRESHES: &str = "wechat_api_access_token_refreshes_total";
@@ -59,7 +59,7 @@ impl std::fmt::Debug for TokenSource {
 }
 
 /// The cache key for (corp id, Secret): `corp:` + 16 hex digits of SHA-256(secret).
-pub fn cache_key(corp_id: &str, secret: &Secret) -> String {
+pub(crate) fn cache_key(corp_id: &str, secret: &Secret) -> String {
     let digest = Sha256::digest(secret.expose().as_bytes());
     format!("{corp_id}:{}", crate::crypto::hex(&digest[..8]))
 }
@@ -86,12 +86,12 @@ impl TokenSource {
         }
     }
 
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         self.label
     }
 
     /// The Secret, for the connection test's own `gettoken`.
-    pub fn secret(&self) -> &Secret {
+    pub(crate) fn secret(&self) -> &Secret {
         &self.secret
     }
 
@@ -175,7 +175,7 @@ impl TokenSource {
 
     /// Drops `stale` if it is still the current token (a concurrent caller may have
     /// refreshed already; then there is nothing to drop).
-    pub async fn invalidate(&self, stale: &str) {
+    pub(crate) async fn invalidate(&self, stale: &str) {
         let mut current = self.current.lock().await;
         // Constant time like every comparison of a credential, though both are ours.
         if current.as_ref().is_none_or(|t| bool::from(t.token.as_bytes().ct_eq(stale.as_bytes()))) {

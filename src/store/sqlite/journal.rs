@@ -1,7 +1,7 @@
 //! The journal in SQLite: handled in id order, `meta.journal_handled_through` is
 //! the watermark (one dispatcher per database, so a watermark is all it needs).
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 
 use super::outbox::insert_action;
 use super::Sqlite;
@@ -104,9 +104,11 @@ impl Sqlite {
         .await
     }
 
-    /// Whether `dedup_key` was journaled (for tests and diagnostics).
+    /// Whether `dedup_key` was journaled (for tests).
+    #[cfg(test)]
     pub(in crate::store) async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
         self.run(move |db| {
+            use rusqlite::OptionalExtension;
             db.query_row("SELECT 1 FROM journal WHERE dedup_key = ?1", [dedup_key], |_| Ok(()))
                 .optional()
                 .map(|found| found.is_some())
