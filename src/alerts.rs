@@ -24,7 +24,7 @@ const QUEUE: usize = 64;
 const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const RECENT: usize = 20;
-const ALERTS_TOTAL: &str = "wechat_api_alerts_total";
+use crate::telemetry::ALERTS_TOTAL;
 
 /// One email.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -43,11 +43,15 @@ pub enum Outcome {
     WrongReceiveId,
     BadMessage,
     TooLarge,
+    /// The body did not arrive before the body deadline (answered 408).
+    BodyTimeout,
+    /// The client went away before the whole body had arrived.
+    IncompleteBody,
     Internal,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Ok,
         Outcome::Duplicate,
         Outcome::MissingParameter,
@@ -57,6 +61,8 @@ impl Outcome {
         Outcome::WrongReceiveId,
         Outcome::BadMessage,
         Outcome::TooLarge,
+        Outcome::BodyTimeout,
+        Outcome::IncompleteBody,
         Outcome::Internal,
     ];
 
@@ -71,6 +77,8 @@ impl Outcome {
             Outcome::WrongReceiveId => "wrong_receive_id",
             Outcome::BadMessage => "bad_message",
             Outcome::TooLarge => "too_large",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::IncompleteBody => "incomplete_body",
             Outcome::Internal => "internal_error",
         }
     }

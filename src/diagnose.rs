@@ -196,11 +196,13 @@ fn wecom_failure(check: &str, error: &WeComError) -> Finding {
 }
 
 async fn wecom_findings(config: &Config) -> Vec<Finding> {
-    let client =
-        match WeComClient::new(&config.api_base_url, std::sync::Arc::new(Metrics::new(crate::startup::VERSION))) {
-            Ok(client) => client,
-            Err(error) => return vec![wecom_failure("wecom client", &error)],
-        };
+    let client = match WeComClient::new(
+        &config.api_base_url,
+        std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::startup::VERSION))),
+    ) {
+        Ok(client) => client,
+        Err(error) => return vec![wecom_failure("wecom client", &error)],
+    };
     let mut out = Vec::new();
     let corp = config.corp_id.as_str();
     let mut kf_token = None;

@@ -48,8 +48,8 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retries back off exponentially from 1 s up to this.
 const MAX_BACKOFF_SECS: i64 = 600;
 
-const ACTIONS_TOTAL: &str = "wechat_api_outbox_actions_total";
-const KF_MESSAGES_TOTAL: &str = "wechat_api_kf_messages_total";
+use crate::telemetry::KF_MESSAGES_TOTAL;
+use crate::telemetry::OUTBOX_ACTIONS_TOTAL as ACTIONS_TOTAL;
 
 /// The back-off before attempt `attempts + 1`: 1, 2, 4 … seconds, capped.
 pub fn backoff_secs(attempts: i64) -> i64 {

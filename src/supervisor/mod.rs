@@ -139,7 +139,7 @@ impl Supervisor {
         for (name, result) in &results {
             self.board.set(name.clone(), result.clone());
             self.metrics
-                .gauge("wechat_api_check_status", &[("check", name.clone())])
+                .gauge(crate::telemetry::CHECK_STATUS, &[("check", name.clone())])
                 .set(f64::from(result.status.as_number()));
             let state = self.states.entry(name.clone()).or_insert(AlertState::Ok);
             let transition = state.observe(result.status, at, self.timing.repeat);
