@@ -1,6 +1,7 @@
 //! Logs and metrics, set up in one place.
 //!
-//! Owns: the tracing subscriber, every metric name and its help text, and the
+//! Owns: the tracing subscriber, every metric family (name, type, unit, labels and
+//! help text, in the [`FAMILIES`] table), `wechat_api_build_info`, and the
 //! Prometheus rendering. Each [`Metrics`] has its own recorder instead of a global
 //! one, so several applications in one test process do not count into each other,
 //! and the hot path increments pre-registered handles without a map lookup.
