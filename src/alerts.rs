@@ -26,7 +26,7 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(15);
 /// Between attempts at one mail: 1, 2, 4 … 60 s.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
 const RECENT: usize = 20;
-const ALERTS_TOTAL: &str = "wechat_api_alerts_total";
+use crate::telemetry::ALERTS_TOTAL;
 
 /// One email.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -25,11 +25,15 @@ pub enum Outcome {
     WrongReceiveId,
     BadMessage,
     TooLarge,
+    /// The body did not arrive before the body deadline (answered 408).
+    BodyTimeout,
+    /// The client went away before the whole body had arrived.
+    IncompleteBody,
     Internal,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 10] = [
+    pub const ALL: [Outcome; 12] = [
         Outcome::Ok,
         Outcome::Duplicate,
         Outcome::MissingParameter,
@@ -39,6 +43,8 @@ impl Outcome {
         Outcome::WrongReceiveId,
         Outcome::BadMessage,
         Outcome::TooLarge,
+        Outcome::BodyTimeout,
+        Outcome::IncompleteBody,
         Outcome::Internal,
     ];
 
@@ -53,6 +59,8 @@ impl Outcome {
             Outcome::WrongReceiveId => "wrong_receive_id",
             Outcome::BadMessage => "bad_message",
             Outcome::TooLarge => "too_large",
+            Outcome::BodyTimeout => "body_timeout",
+            Outcome::IncompleteBody => "incomplete_body",
             Outcome::Internal => "internal_error",
         }
     }

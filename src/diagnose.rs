@@ -194,7 +194,10 @@ fn wecom_failure(check: &str, error: &WeComError) -> Finding {
 }
 
 async fn wecom_findings(config: &Config) -> Vec<Finding> {
-    let client = match WeComClient::new(&config.api_base_url, std::sync::Arc::new(Metrics::new(crate::VERSION))) {
+    let client = match WeComClient::new(
+        &config.api_base_url,
+        std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION))),
+    ) {
         Ok(client) => client,
         Err(error) => return vec![wecom_failure("wecom client", &error)],
     };

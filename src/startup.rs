@@ -91,7 +91,7 @@ impl Application {
     /// listener and starts serving: the start-up story, one step a line.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         tls::install_crypto_provider();
-        let metrics = Arc::new(Metrics::new(VERSION));
+        let metrics = Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(VERSION)));
         let health = Arc::new(HealthBoard::default());
         health.set("config:secrets", checks::secrets_check(config.secrets_identical()));
         let certificates = load_certificates(&config, &health)?;
@@ -407,9 +407,9 @@ async fn stop_signal() -> &'static str {
 
 /// Folds histogram samples and copies the store's counters into the metrics.
 async fn metrics_upkeep(metrics: Arc<Metrics>, store: Store, shutdown: CancellationToken) {
-    let commits = metrics.counter("wechat_api_store_commits_total", &[]);
-    let operations = metrics.counter("wechat_api_store_operations_total", &[]);
-    let synced = metrics.counter("wechat_api_store_synced_commits_total", &[]);
+    let commits = metrics.counter(crate::telemetry::STORE_COMMITS_TOTAL, &[]);
+    let operations = metrics.counter(crate::telemetry::STORE_OPERATIONS_TOTAL, &[]);
+    let synced = metrics.counter(crate::telemetry::STORE_SYNCED_COMMITS_TOTAL, &[]);
     let mut tick = tokio::time::interval(METRICS_UPKEEP_PERIOD);
     loop {
         tokio::select! {

@@ -1,6 +1,7 @@
 //! Logs and metrics, set up in one place.
 //!
-//! Owns: the tracing subscriber, every metric name and its help text, and the
+//! Owns: the tracing subscriber, every metric family (name, type, unit, labels and
+//! help text, in the [`FAMILIES`] table), `wechat_api_build_info`, and the
 //! Prometheus rendering. Each [`Metrics`] has its own recorder instead of a global
 //! one, so several applications in one test process do not count into each other,
 //! and the hot path increments pre-registered handles without a map lookup.
@@ -51,13 +52,231 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
     LogGuard { _worker: installed.is_ok().then_some(guard) }
 }
 
-const CALLBACKS_TOTAL: &str = "wechat_api_callbacks_total";
-const CALLBACK_DURATION: &str = "wechat_api_callback_duration_seconds";
-const BUILD_INFO: &str = "wechat_api_build_info";
+/// What a metric family holds, as its `# TYPE` line says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Kind {
+    /// Only ever goes up; the name ends in `_total`.
+    Counter,
+    /// A value that goes up and down, set from a reading.
+    Gauge,
+    /// Samples counted into fixed buckets (upper bounds, in the family's unit).
+    Histogram { buckets: &'static [f64] },
+}
+
+impl Kind {
+    /// The word on the family's `# TYPE` line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram { .. } => "histogram",
+        }
+    }
+}
+
+/// One metric family: everything `/metrics` says about it besides its samples.
+///
+/// The constants below are the only place a metric name is written; callers pass
+/// them to [`Metrics::counter`] or [`Metrics::gauge`], so a misspelt name does not
+/// compile and every family has its `# HELP` and `# TYPE`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Family {
+    /// The full name, `wechat_api_…`; a counter's ends in `_total`.
+    pub name: &'static str,
+    pub kind: Kind,
+    /// The base unit, also the name's suffix (`_seconds`); `None` for counts and states.
+    pub unit: Option<Unit>,
+    /// The label names every series of the family carries, in this order.
+    pub labels: &'static [&'static str],
+    /// The `# HELP` text: one sentence for the person reading a dashboard.
+    pub help: &'static str,
+}
+
+/// `wechat_api_build_info{version,backend,replica}`, always 1.
+pub const BUILD_INFO: Family = Family {
+    name: "wechat_api_build_info",
+    kind: Kind::Gauge,
+    unit: None,
+    labels: &["version", "backend", "replica"],
+    help: "Always 1; the labels say which build runs, on which store backend (sqlite or postgres), as which replica.",
+};
+
+/// `wechat_api_callbacks_total{channel,outcome}`.
+pub const CALLBACKS_TOTAL: Family = Family {
+    name: "wechat_api_callbacks_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["channel", "outcome"],
+    help: "Callback requests by channel (app, kf, unknown) and outcome (ok, duplicate, or why it was refused).",
+};
+
+/// `wechat_api_callback_duration_seconds`, a histogram.
+pub const CALLBACK_DURATION_SECONDS: Family = Family {
+    name: "wechat_api_callback_duration_seconds",
+    kind: Kind::Histogram { buckets: CALLBACK_BUCKETS },
+    unit: Some(Unit::Seconds),
+    labels: &[],
+    help: "Time from request to answer for callback requests.",
+};
+
+/// `wechat_api_wecom_api_requests_total{api,errcode}`.
+pub const WECOM_API_REQUESTS_TOTAL: Family = Family {
+    name: "wechat_api_wecom_api_requests_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["api", "errcode"],
+    help: "Calls to the WeCom API by endpoint and errcode (0 success; transport or decode when there was none).",
+};
+
+/// `wechat_api_access_token_expires_in_seconds{app}`.
+pub const ACCESS_TOKEN_EXPIRES_IN_SECONDS: Family = Family {
+    name: "wechat_api_access_token_expires_in_seconds",
+    kind: Kind::Gauge,
+    unit: Some(Unit::Seconds),
+    labels: &["app"],
+    help: "Seconds the cached access token had left when last refreshed or loaded, by app (app, kf).",
+};
+
+/// `wechat_api_access_token_refreshes_total{app,outcome}`.
+pub const ACCESS_TOKEN_REFRESHES_TOTAL: Family = Family {
+    name: "wechat_api_access_token_refreshes_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["app", "outcome"],
+    help: "Access token refreshes from WeCom by app (app, kf) and outcome.",
+};
+
+/// `wechat_api_check_status{check}`.
+pub const CHECK_STATUS: Family = Family {
+    name: "wechat_api_check_status",
+    kind: Kind::Gauge,
+    unit: None,
+    labels: &["check"],
+    help: "The last result of each self-check: 0 pass, 1 warn, 2 fail.",
+};
+
+/// `wechat_api_tls_certificate_expiry_timestamp_seconds`.
+pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: Family = Family {
+    name: "wechat_api_tls_certificate_expiry_timestamp_seconds",
+    kind: Kind::Gauge,
+    unit: Some(Unit::Seconds),
+    labels: &[],
+    help: "When the served TLS certificate expires, in seconds since the Unix epoch.",
+};
+
+/// `wechat_api_alerts_total{outcome}`.
+pub const ALERTS_TOTAL: Family = Family {
+    name: "wechat_api_alerts_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["outcome"],
+    help: "Alert emails by outcome (sent, failed, dropped when the queue was full, disabled when email is off).",
+};
+
+/// `wechat_api_kf_messages_total{msgtype}`.
+pub const KF_MESSAGES_TOTAL: Family = Family {
+    name: "wechat_api_kf_messages_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["msgtype"],
+    help: "Customer-service messages handled from the journal, by WeCom msgtype.",
+};
+
+/// `wechat_api_outbox_actions_total{kind,outcome}`.
+pub const OUTBOX_ACTIONS_TOTAL: Family = Family {
+    name: "wechat_api_outbox_actions_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["kind", "outcome"],
+    help: "Outbox action attempts by kind and outcome (ok, retry, failed).",
+};
+
+/// `wechat_api_store_pruned_total{table}`.
+pub const STORE_PRUNED_TOTAL: Family = Family {
+    name: "wechat_api_store_pruned_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["table"],
+    help: "Rows deleted by retention, by table (journal, outbox).",
+};
+
+/// `wechat_api_store_commits_total`.
+pub const STORE_COMMITS_TOTAL: Family = Family {
+    name: "wechat_api_store_commits_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Transactions the store committed; several writes share one under load.",
+};
+
+/// `wechat_api_store_operations_total`.
+pub const STORE_OPERATIONS_TOTAL: Family = Family {
+    name: "wechat_api_store_operations_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Write operations the store committed.",
+};
+
+/// `wechat_api_store_synced_commits_total`.
+pub const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
+    name: "wechat_api_store_synced_commits_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &[],
+    help: "Store commits made durable with an fsync before they returned (strict writes).",
+};
+
+/// Every family the service exports: [`Metrics::new`] describes each of them.
+pub const FAMILIES: [Family; 15] = [
+    BUILD_INFO,
+    CALLBACKS_TOTAL,
+    CALLBACK_DURATION_SECONDS,
+    WECOM_API_REQUESTS_TOTAL,
+    ACCESS_TOKEN_EXPIRES_IN_SECONDS,
+    ACCESS_TOKEN_REFRESHES_TOTAL,
+    CHECK_STATUS,
+    TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS,
+    ALERTS_TOTAL,
+    KF_MESSAGES_TOTAL,
+    OUTBOX_ACTIONS_TOTAL,
+    STORE_PRUNED_TOTAL,
+    STORE_COMMITS_TOTAL,
+    STORE_OPERATIONS_TOTAL,
+    STORE_SYNCED_COMMITS_TOTAL,
+];
 
 /// Upper bounds of the callback latency histogram: fine below 10 ms, where a
 /// healthy callback lives, and up to WeCom's 5 s retry limit.
 const CALLBACK_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// The labels of `wechat_api_build_info`: which build, on which store, as which replica.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    pub version: String,
+    /// The store backend: `sqlite` or `postgres`.
+    pub backend: &'static str,
+    /// The replica's name (SPEC §9).
+    pub replica: String,
+}
+
+impl BuildInfo {
+    /// `version` on the embedded SQLite store, the only backend so far, named
+    /// after the host: there is no `REPLICA_ID` setting yet, and a container's
+    /// host name is what tells replicas apart.
+    pub fn sqlite(version: &str) -> Self {
+        Self { version: version.to_owned(), backend: "sqlite", replica: host_name() }
+    }
+}
+
+/// This host's name, or `unknown` when it has none.
+fn host_name() -> String {
+    let uname = rustix::system::uname();
+    match uname.nodename().to_str() {
+        Ok(name) if !name.is_empty() => name.to_owned(),
+        _ => "unknown".to_owned(),
+    }
+}
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), Level::INFO, Some(module_path!()));
 
@@ -123,6 +342,18 @@ impl LatencyWindow {
     }
 }
 
+/// The key of one series of `family`; the label names must be the family's.
+fn key(family: &Family, labels: &[(&'static str, String)]) -> Key {
+    debug_assert!(
+        labels.iter().map(|(name, _)| *name).eq(family.labels.iter().copied()),
+        "{} takes the labels {:?}",
+        family.name,
+        family.labels
+    );
+    let labels = labels.iter().map(|(name, value)| Label::new(*name, value.clone())).collect::<Vec<_>>();
+    Key::from_parts(family.name, labels)
+}
+
 /// The application's metrics: the recorder, its renderer, and hot-path handles.
 pub struct Metrics {
     recorder: PrometheusRecorder,
@@ -142,40 +373,39 @@ impl std::fmt::Debug for Metrics {
 }
 
 impl Metrics {
-    pub fn new(version: &str) -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(CALLBACK_DURATION.into()), CALLBACK_BUCKETS)
-            .map(PrometheusBuilder::build_recorder)
-            // The bucket list is a non-empty constant, the only way this can fail.
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+    /// A recorder that knows every family in [`FAMILIES`], with `build_info` set.
+    pub fn new(build: &BuildInfo) -> Self {
+        let builder = FAMILIES.iter().try_fold(PrometheusBuilder::new(), |builder, family| match family.kind {
+            Kind::Histogram { buckets } => builder.set_buckets_for_metric(Matcher::Full(family.name.into()), buckets),
+            Kind::Counter | Kind::Gauge => Ok(builder),
+        });
+        // The bucket lists are non-empty constants, the only way this can fail.
+        let recorder =
+            builder.map_or_else(|_| PrometheusBuilder::new().build_recorder(), PrometheusBuilder::build_recorder);
         let handle = recorder.handle();
-        recorder.describe_counter(
-            KeyName::from_const_str(CALLBACKS_TOTAL),
-            Some(Unit::Count),
-            SharedString::const_str("Callback requests by channel (app, kf, unknown) and outcome."),
-        );
-        recorder.describe_histogram(
-            KeyName::from_const_str(CALLBACK_DURATION),
-            Some(Unit::Seconds),
-            SharedString::const_str("Time from request to answer for callback requests."),
-        );
-        recorder.describe_gauge(
-            KeyName::from_const_str(BUILD_INFO),
-            None,
-            SharedString::const_str("Always 1; the labels carry the build's version."),
-        );
-        recorder
-            .register_gauge(&Key::from_parts(BUILD_INFO, vec![Label::new("version", version.to_owned())]), &METADATA)
-            .set(1.0);
+        for family in FAMILIES {
+            let (name, help) = (KeyName::from_const_str(family.name), SharedString::const_str(family.help));
+            match family.kind {
+                Kind::Counter => recorder.describe_counter(name, family.unit, help),
+                Kind::Gauge => recorder.describe_gauge(name, family.unit, help),
+                Kind::Histogram { .. } => recorder.describe_histogram(name, family.unit, help),
+            }
+        }
+        let build_labels = [
+            ("version", build.version.clone()),
+            ("backend", build.backend.to_owned()),
+            ("replica", build.replica.clone()),
+        ];
+        recorder.register_gauge(&key(&BUILD_INFO, &build_labels), &METADATA).set(1.0);
         let channels = Channel::ALL.iter().map(|c| c.as_str()).chain(["unknown"]);
         let callbacks = channels
             .flat_map(|channel| Outcome::ALL.iter().map(move |outcome| (channel, outcome.as_str())))
             .map(|(channel, outcome)| {
-                let labels = vec![Label::new("channel", channel), Label::new("outcome", outcome)];
-                recorder.register_counter(&Key::from_parts(CALLBACKS_TOTAL, labels), &METADATA)
+                let labels = [("channel", channel.to_owned()), ("outcome", outcome.to_owned())];
+                recorder.register_counter(&key(&CALLBACKS_TOTAL, &labels), &METADATA)
             })
             .collect();
-        let callback_duration = recorder.register_histogram(&Key::from_name(CALLBACK_DURATION), &METADATA);
+        let callback_duration = recorder.register_histogram(&key(&CALLBACK_DURATION_SECONDS, &[]), &METADATA);
         Self {
             recorder,
             handle,
@@ -214,16 +444,17 @@ impl Metrics {
         (self.accepted.load(Ordering::Relaxed), self.refused.load(Ordering::Relaxed))
     }
 
-    /// A counter with labels, registered on first use; for metrics off the hot path.
-    pub fn counter(&self, name: &'static str, labels: &[(&'static str, String)]) -> Counter {
-        let labels = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect::<Vec<_>>();
-        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+    /// A series of the counter `family`, registered on first use; for metrics off
+    /// the hot path. `labels` are the family's label names, in order, with values.
+    pub fn counter(&self, family: Family, labels: &[(&'static str, String)]) -> Counter {
+        debug_assert_eq!(family.kind, Kind::Counter, "{} is not a counter", family.name);
+        self.recorder.register_counter(&key(&family, labels), &METADATA)
     }
 
-    /// A gauge with labels, registered on first use.
-    pub fn gauge(&self, name: &'static str, labels: &[(&'static str, String)]) -> Gauge {
-        let labels = labels.iter().map(|(k, v)| Label::new(*k, v.clone())).collect::<Vec<_>>();
-        self.recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
+    /// A series of the gauge `family`, registered on first use.
+    pub fn gauge(&self, family: Family, labels: &[(&'static str, String)]) -> Gauge {
+        debug_assert_eq!(family.kind, Kind::Gauge, "{} is not a gauge", family.name);
+        self.recorder.register_gauge(&key(&family, labels), &METADATA)
     }
 
     /// Folds recorded histogram samples into their buckets; call periodically so
@@ -243,18 +474,78 @@ impl Metrics {
 mod tests {
     use super::*;
 
+    fn build(version: &str) -> BuildInfo {
+        BuildInfo { version: version.to_owned(), backend: "sqlite", replica: "replica-1".to_owned() }
+    }
+
     #[test]
     fn renders_build_info_counters_and_a_real_histogram() {
-        let metrics = Metrics::new("1.2.3");
+        let metrics = Metrics::new(&build("1.2.3"));
         metrics.record_callback(Some(Channel::Kf), Outcome::Ok, Duration::from_millis(2));
         metrics.record_callback(None, Outcome::BadSignature, Duration::from_micros(300));
         let text = metrics.render();
-        assert!(text.contains("wechat_api_build_info{version=\"1.2.3\"} 1"), "{text}");
+        assert!(
+            text.contains("wechat_api_build_info{version=\"1.2.3\",backend=\"sqlite\",replica=\"replica-1\"} 1"),
+            "{text}"
+        );
         assert!(text.contains("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"} 1"), "{text}");
         assert!(text.contains("wechat_api_callbacks_total{channel=\"unknown\",outcome=\"bad_signature\"} 1"), "{text}");
         assert!(text.contains("wechat_api_callback_duration_seconds_bucket{le=\"0.0025\"} 2"), "{text}");
         assert!(text.contains("wechat_api_callback_duration_seconds_count 2"), "{text}");
         assert!(text.contains("# TYPE wechat_api_callback_duration_seconds histogram"), "{text}");
+    }
+
+    #[test]
+    fn the_build_info_of_this_host_names_a_replica() {
+        let info = BuildInfo::sqlite("1.2.3");
+        assert_eq!((info.version.as_str(), info.backend), ("1.2.3", "sqlite"));
+        assert!(!info.replica.is_empty());
+    }
+
+    #[test]
+    fn every_family_has_help_and_type_once_it_has_a_series() {
+        let metrics = Metrics::new(&build("1.2.3"));
+        for family in FAMILIES {
+            let labels: Vec<(&'static str, String)> =
+                family.labels.iter().map(|name| (*name, "x".to_owned())).collect();
+            match family.kind {
+                Kind::Counter => metrics.counter(family, &labels).increment(1),
+                Kind::Gauge => metrics.gauge(family, &labels).set(1.0),
+                Kind::Histogram { .. } => {
+                    metrics.recorder.register_histogram(&key(&family, &labels), &METADATA).record(0.1)
+                }
+            }
+        }
+        let text = metrics.render();
+        for family in FAMILIES {
+            let help = format!("# HELP {} {}\n", family.name, family.help);
+            assert!(text.contains(&help), "no HELP for {}: {text}", family.name);
+            let kind = format!("# TYPE {} {}\n", family.name, family.kind.as_str());
+            assert!(text.contains(&kind), "no TYPE for {}: {text}", family.name);
+        }
+        let typed = text.lines().filter(|line| line.starts_with("# TYPE ")).count();
+        assert_eq!(typed, FAMILIES.len(), "a family outside the table: {text}");
+    }
+
+    #[test]
+    fn family_names_follow_the_prometheus_conventions() {
+        let mut names = std::collections::HashSet::new();
+        for family in FAMILIES {
+            let name = family.name;
+            assert!(names.insert(name), "{name} is listed twice");
+            assert!(name.starts_with("wechat_api_"), "{name}");
+            assert!(name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{name}");
+            assert_eq!(family.kind == Kind::Counter, name.ends_with("_total"), "{name}: only counters end in _total");
+            assert_eq!(family.unit == Some(Unit::Seconds), name.ends_with("_seconds"), "{name}: unit and suffix");
+            assert!(!family.help.is_empty() && !family.help.contains('\n'), "{name}: one line of help");
+        }
+    }
+
+    #[test]
+    fn every_outcome_is_a_distinct_label() {
+        let labels: std::collections::HashSet<_> = Outcome::ALL.iter().map(|o| o.as_str()).collect();
+        assert_eq!(labels.len(), Outcome::ALL.len());
+        assert!(labels.contains("body_timeout") && labels.contains("incomplete_body"));
     }
 
     #[test]
@@ -276,8 +567,8 @@ mod tests {
 
     #[test]
     fn two_instances_do_not_share_counts() {
-        let a = Metrics::new("x");
-        let b = Metrics::new("x");
+        let a = Metrics::new(&build("x"));
+        let b = Metrics::new(&build("x"));
         a.record_callback(Some(Channel::App), Outcome::Ok, Duration::ZERO);
         assert!(b.render().contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 0"));
     }

@@ -48,8 +48,8 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retries back off exponentially: 1, 2, 4 … 600 s.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(600));
 
-const ACTIONS_TOTAL: &str = "wechat_api_outbox_actions_total";
-const KF_MESSAGES_TOTAL: &str = "wechat_api_kf_messages_total";
+use crate::telemetry::KF_MESSAGES_TOTAL;
+use crate::telemetry::OUTBOX_ACTIONS_TOTAL as ACTIONS_TOTAL;
 
 /// The back-off before attempt `attempts + 1` (after `attempts` failures): 1, 2, 4 … seconds, capped.
 fn backoff_secs(attempts: i64) -> i64 {

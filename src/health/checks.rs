@@ -163,7 +163,7 @@ impl Checks {
     fn certificate(&self, certificates: &CertificateStore) -> CheckResult {
         let reloaded = certificates.reload();
         let not_after = certificates.not_after();
-        self.metrics.gauge("wechat_api_tls_certificate_expiry_timestamp_seconds", &[]).set(not_after as f64);
+        self.metrics.gauge(crate::telemetry::TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, &[]).set(not_after as f64);
         let check = certificate_check(not_after);
         match reloaded {
             Ok(_) => check,

@@ -46,14 +46,14 @@ pub async fn receive(request: HttpRequest, payload: web::Payload, state: web::Da
         Ok(Ok(body)) => body,
         Ok(Err(error)) if arrived_too_late(&error) => {
             tracing::info!(path = request.path(), "request body not received in time");
-            state.metrics.record_callback(None, Outcome::BadEnvelope, started.elapsed());
+            state.metrics.record_callback(None, Outcome::BodyTimeout, started.elapsed());
             return HttpResponse::RequestTimeout()
                 .content_type("text/plain; charset=utf-8")
                 .body("request body not received in time\n");
         }
         Ok(Err(_)) => {
             tracing::debug!(path = request.path(), "client went away while sending the body");
-            state.metrics.record_callback(None, Outcome::BadEnvelope, started.elapsed());
+            state.metrics.record_callback(None, Outcome::IncompleteBody, started.elapsed());
             return HttpResponse::BadRequest().content_type("text/plain; charset=utf-8").body("cannot read body\n");
         }
         Err(_) => return reject(&state, &request, &too_large, started),

@@ -47,8 +47,8 @@ pub(crate) fn period(retention: Duration) -> Duration {
 
 /// The pruning task: once at start-up, then every [`period`], until `shutdown`.
 pub(crate) async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
-    let journal = metrics.counter("wechat_api_store_pruned_total", &[("table", "journal".into())]);
-    let outbox = metrics.counter("wechat_api_store_pruned_total", &[("table", "outbox".into())]);
+    let journal = metrics.counter(crate::telemetry::STORE_PRUNED_TOTAL, &[("table", "journal".into())]);
+    let outbox = metrics.counter(crate::telemetry::STORE_PRUNED_TOTAL, &[("table", "outbox".into())]);
     let mut tick = tokio::time::interval(period(retention));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -133,7 +133,7 @@ impl Supervisor {
             self.parts.board.set(name.clone(), result.clone());
             self.parts
                 .metrics
-                .gauge("wechat_api_check_status", &[("check", name.clone())])
+                .gauge(crate::telemetry::CHECK_STATUS, &[("check", name.clone())])
                 .set(f64::from(result.status.as_number()));
             let state = self.states.entry(name.clone()).or_insert(AlertState::Ok);
             let transition = state.observe(result.status, at, self.parts.timing.repeat);

@@ -26,7 +26,7 @@ const BUSY_RETRIES: u32 = 3;
 /// Largest JSON answer accepted (a full `kf/sync_msg` page is well below).
 const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
-pub(crate) const REQUESTS_TOTAL: &str = "wechat_api_wecom_api_requests_total";
+use crate::telemetry::WECOM_API_REQUESTS_TOTAL as REQUESTS_TOTAL;
 
 #[derive(Deserialize)]
 struct Status {

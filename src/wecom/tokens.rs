@@ -22,8 +22,8 @@ use crate::telemetry::Metrics;
 /// A token is refreshed when it has less than this left (WeCom issues 7200 s).
 pub(crate) const REFRESH_MARGIN_SECS: i64 = 300;
 
-const EXPIRES_IN: &str = "wechat_api_access_token_expires_in_seconds";
-const REFRESHES: &str = "wechat_api_access_token_refreshes_total";
+use crate::telemetry::ACCESS_TOKEN_EXPIRES_IN_SECONDS as EXPIRES_IN;
+use crate::telemetry::ACCESS_TOKEN_REFRESHES_TOTAL as REFRESHES;
 
 /// What the token cache knows about its last refresh, for health checks.
 #[derive(Debug, Clone, Default)]

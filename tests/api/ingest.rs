@@ -11,7 +11,7 @@ use wechat_api::config::Secret;
 use wechat_api::dispatch::handlers::HELP_TEXT;
 use wechat_api::store::tokens::StoredToken;
 use wechat_api::store::Store;
-use wechat_api::telemetry::Metrics;
+use wechat_api::telemetry::{BuildInfo, Metrics};
 use wechat_api::wecom::{TokenSource, WeComClient};
 
 use crate::fakes::{FakeWeCom, ForwardReceiver};
@@ -147,7 +147,7 @@ async fn errcode_42001_on_a_send_refreshes_once_and_retries_once() {
 }
 
 fn token_source(wecom: &FakeWeCom, store: &Store) -> TokenSource {
-    let metrics = Arc::new(Metrics::new("test"));
+    let metrics = Arc::new(Metrics::new(&BuildInfo::sqlite("test")));
     let client = WeComClient::new(&wecom.base_url, Arc::clone(&metrics)).expect("client");
     TokenSource::new("app", CORP_ID, Secret::new(SECRET), client, store.clone(), metrics)
 }
@@ -166,7 +166,7 @@ async fn a_hundred_concurrent_sends_with_an_expired_token_cause_one_gettoken() {
         .save_token(source.cache_key().to_owned(), StoredToken { token: "EXPIRED".into(), expires_at: 1 })
         .await
         .expect("seed an expired token");
-    let client = WeComClient::new(&wecom.base_url, Arc::new(Metrics::new("t"))).expect("client");
+    let client = WeComClient::new(&wecom.base_url, Arc::new(Metrics::new(&BuildInfo::sqlite("t")))).expect("client");
     let sends = (0..100).map(|_| {
         let (source, client) = (Arc::clone(&source), client.clone());
         tokio::spawn(async move { send_with(&source, &client).await })
@@ -182,7 +182,7 @@ async fn a_hundred_concurrent_sends_with_an_expired_token_cause_one_gettoken() {
 async fn a_restart_with_a_fresh_stored_token_makes_no_gettoken() {
     let wecom = FakeWeCom::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    let client = WeComClient::new(&wecom.base_url, Arc::new(Metrics::new("t"))).expect("client");
+    let client = WeComClient::new(&wecom.base_url, Arc::new(Metrics::new(&BuildInfo::sqlite("t")))).expect("client");
     {
         let store = Store::open(dir.path()).expect("store");
         send_with(&token_source(&wecom, &store), &client).await.expect("first send");
@@ -192,7 +192,7 @@ async fn a_restart_with_a_fresh_stored_token_makes_no_gettoken() {
     send_with(&token_source(&wecom, &store), &client).await.expect("send after restart");
     assert_eq!(wecom.calls("gettoken").len(), 1, "the stored token was reused");
     // Another Secret of the same corp has a cache of its own.
-    let metrics = Arc::new(Metrics::new("t"));
+    let metrics = Arc::new(Metrics::new(&BuildInfo::sqlite("t")));
     let kf = TokenSource::new("kf", CORP_ID, Secret::new("kf-secret"), client.clone(), store.clone(), metrics);
     kf.token().await.expect("kf token");
     assert_eq!(wecom.calls("gettoken").len(), 2);
@@ -213,9 +213,9 @@ async fn system_busy_is_retried_and_a_wrong_secret_is_not() {
         "kf",
         CORP_ID,
         Secret::new("wrong"),
-        WeComClient::new(&wecom.base_url, Arc::new(Metrics::new("t"))).expect("client"),
+        WeComClient::new(&wecom.base_url, Arc::new(Metrics::new(&BuildInfo::sqlite("t")))).expect("client"),
         store.clone(),
-        Arc::new(Metrics::new("t")),
+        Arc::new(Metrics::new(&BuildInfo::sqlite("t"))),
     );
     wecom.answer_once("gettoken", json!({"errcode": 40001, "errmsg": "invalid credential"}));
     let error = other.token().await.expect_err("wrong secret");

@@ -1,6 +1,8 @@
 //! Self-monitoring: checks, alert emails through a real SMTP server, liveness,
-//! certificate expiry and hot reload.
+//! certificate expiry and hot reload, and `/metrics` as Prometheus reads it.
 
+use std::collections::{HashMap, HashSet};
+use std::io::Write;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -245,4 +247,151 @@ async fn the_heartbeat_url_is_fetched_and_a_test_alert_reaches_the_smtp_server()
     assert_eq!(queued.status(), 202);
     let mail = sink.wait_for("[wechat-api TEST]", Duration::from_secs(10)).await;
     assert!(mail.text().contains("alerts reach you"), "{}", mail.data);
+}
+
+/// The sample lines of `/metrics` whose family has no `# HELP` or no `# TYPE`.
+fn undocumented_samples(exposition: &str) -> Vec<String> {
+    let mut helped = HashSet::new();
+    let mut typed = HashMap::new();
+    for line in exposition.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("#"), Some("HELP"), Some(name)) => {
+                helped.insert(name.to_owned());
+            }
+            (Some("#"), Some("TYPE"), Some(name)) => {
+                typed.insert(name.to_owned(), words.next().unwrap_or_default().to_owned());
+            }
+            _ => {}
+        }
+    }
+    let family = |sample: &str| {
+        let name = sample.split(['{', ' ']).next().unwrap_or_default().to_owned();
+        // A histogram's or summary's series carry suffixes to the family's name.
+        ["_bucket", "_sum", "_count"]
+            .iter()
+            .filter_map(|suffix| name.strip_suffix(suffix))
+            .find(|base| matches!(typed.get(*base).map(String::as_str), Some("histogram" | "summary")))
+            .map_or(name.clone(), str::to_owned)
+    };
+    exposition
+        .lines()
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .filter(|line| {
+            let family = family(line);
+            !helped.contains(&family) || !typed.contains_key(&family)
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What `promtool check metrics` says about `exposition`: its success and its
+/// output; `None` when promtool is not installed.
+fn promtool_check(exposition: &str) -> Option<(bool, String)> {
+    let child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let mut child = match child {
+        Ok(child) => child,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(error) => panic!("cannot run promtool: {error}"),
+    };
+    let mut stdin = child.stdin.take().expect("promtool's stdin is piped");
+    stdin.write_all(exposition.as_bytes()).expect("write to promtool");
+    drop(stdin);
+    let output = child.wait_with_output().expect("promtool ends");
+    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    Some((output.status.success(), said))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_of_a_running_service_have_help_and_type_and_pass_promtool() {
+    let wecom = FakeWeCom::start().await;
+    let app = spawn_app_with(&[
+        ("SUPERVISOR_INTERVAL_SECS", "1"),
+        ("WECOM_API_BASE_URL", wecom.base_url.as_str()),
+        ("WECOM_SECRET", "app-secret"),
+    ])
+    .await;
+    assert_eq!(app.post_text("metrics", 7_001).await, 200);
+    // Wait until the supervisor and the token refresh have added their families.
+    let wanted = [
+        "wechat_api_check_status{",
+        "wechat_api_tls_certificate_expiry_timestamp_seconds ",
+        "wechat_api_access_token_refreshes_total{",
+        "wechat_api_wecom_api_requests_total{",
+        "wechat_api_store_commits_total ",
+    ];
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut exposition = app.metrics().await;
+    while let Some(missing) = wanted.iter().find(|family| !exposition.contains(**family)) {
+        assert!(Instant::now() < deadline, "{missing} never appeared: {exposition}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        exposition = app.metrics().await;
+    }
+
+    let undocumented = undocumented_samples(&exposition);
+    assert!(undocumented.is_empty(), "samples without HELP or TYPE: {undocumented:#?}");
+    match promtool_check(&exposition) {
+        Some((passed, said)) => {
+            assert!(passed && said.trim().is_empty(), "promtool check metrics: {said}\n{exposition}");
+        }
+        None if std::env::var_os("CI").is_some() => {
+            panic!("promtool is not installed (Debian's prometheus package has it; .ci/run installs it)")
+        }
+        None => eprintln!("notice: promtool is not installed, so /metrics was not checked with it"),
+    }
+}
+
+/// Sends a callback's head and the first bytes of a body that never ends.
+async fn start_a_body(port: u16) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("x", 1));
+    let head = format!(
+        "POST /wechat/callback?{} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: text/xml\r\nContent-Length: 4096\r\n\r\n",
+        signed.query
+    );
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+    stream.write_all(head.as_bytes()).await.expect("head");
+    stream.write_all(&signed.body.as_bytes()[..16]).await.expect("some body");
+    stream
+}
+
+/// Polls `/metrics` until `series` reaches `value`, or fails after 30 s.
+async fn wait_for_metric(app: &TestApp, series: &str, value: f64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app.metric(series).await < value {
+        assert!(Instant::now() < deadline, "{series} never reached {value}: {}", app.metrics().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_timeout_and_a_client_gone_mid_body_are_counted_apart_from_bad_envelopes() {
+    use tokio::io::AsyncReadExt;
+    let app = spawn_app_with(&[("HTTP_PORT", "0")]).await;
+    let port = app.http_port.expect("plain HTTP listener");
+    let series = |outcome: &str| format!("wechat_api_callbacks_total{{channel=\"unknown\",outcome=\"{outcome}\"}}");
+
+    // A client that goes away mid-body.
+    drop(start_a_body(port).await);
+    wait_for_metric(&app, &series("incomplete_body"), 1.0).await;
+
+    // A client that stalls mid-body until the server gives up on it.
+    let mut stalled = start_a_body(port).await;
+    let mut answer = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    tokio::time::timeout_at(deadline, stalled.read_to_end(&mut answer))
+        .await
+        .expect("the server closes a stalled body")
+        .ok();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    wait_for_metric(&app, &series("body_timeout"), 1.0).await;
+
+    assert_eq!(app.metric(&series("incomplete_body")).await, 1.0, "the timeout is not a disconnect");
+    assert_eq!(app.metric(&series("bad_envelope")).await, 0.0, "neither is a bad envelope");
 }
