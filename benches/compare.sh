@@ -2,7 +2,7 @@
 # Side by side, in one run on one machine: a static nginx `return 200` (the ceiling
 # of an HTTP stack here) and wechat-api's whole callback path (verify, decrypt,
 # parse, journal durably with an fsync'd commit, answer). The server under test is
-# pinned to core 0, the load generator (benches/loadgen.rs) and the fake WeCom API
+# pinned to core 0, the load generator (benches/loadgen/) and the fake WeCom API
 # to core 1; every run has the same connections and duration. The machine may be
 # shared and noisy: the runs are repeated in interleaved rounds, each ratio is taken
 # within a round (its two runs seconds apart) and the median is reported, and each

@@ -7,7 +7,7 @@
 #
 #   benches/soak.sh [seconds] [rate] [connections]     (defaults: 600 s, 500 req/s, 16)
 #
-# The load (benches/loadgen.rs, core 1) is distinct, signed app callbacks over TLS at
+# The load (benches/loadgen/, core 1) is distinct, signed app callbacks over TLS at
 # the given total rate, plus KF_RATE (default 10, 0 = none) kf notices per second
 # over plain HTTP, each making the service call kf/sync_msg on the fake API, which
 # also receives every forwarded message. Alert mail goes to a local SMTP sink
