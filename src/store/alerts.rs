@@ -5,7 +5,7 @@ use super::{backend, Store, StoreError};
 
 /// A check that was firing when last recorded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct FiringRecord {
+pub struct FiringRecord {
     pub check: String,
     pub since: i64,
     pub last_notified_at: i64,

@@ -10,7 +10,7 @@ use crate::messages::Channel;
 
 /// What a journal entry's payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EntryKind {
+pub enum EntryKind {
     /// A callback's decrypted XML.
     Callback,
     /// One message of a `kf/sync_msg` page, as JSON.
@@ -34,7 +34,7 @@ impl EntryKind {
 
 /// A message to journal.
 #[derive(Debug, Clone)]
-pub(crate) struct NewEntry {
+pub struct NewEntry {
     pub dedup_key: String,
     pub channel: Channel,
     pub kind: EntryKind,

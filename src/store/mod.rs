@@ -18,6 +18,7 @@ pub mod meta;
 pub mod names;
 pub mod outbox;
 pub mod retention;
+pub mod snapshot;
 mod sqlite;
 pub mod tokens;
 
@@ -46,6 +47,9 @@ pub enum StoreError {
     /// owner after it ran out; nothing was written.
     #[error("store: the claim was taken over after its lease ran out; nothing was written")]
     LeaseLost,
+    /// An import into a store that already holds data.
+    #[error("store: the target already holds data; migrate-store needs an empty database")]
+    NotEmpty,
 }
 
 /// How long a claim holds by default (`LEASE_SECS`).

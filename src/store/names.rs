@@ -5,7 +5,7 @@ use super::{backend, Store, StoreError};
 
 /// A cached name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct CachedName {
+pub struct CachedName {
     pub name: String,
     /// The API that answered, e.g. `user/get`.
     pub source: String,

@@ -29,6 +29,7 @@ mod meta;
 mod names;
 mod outbox;
 pub(super) mod retention;
+mod snapshot;
 mod tokens;
 
 use std::path::Path;

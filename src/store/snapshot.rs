@@ -1,0 +1,82 @@
+//! Moving an installation to another store (`wechat-api migrate-store`): what a
+//! single VM's store holds that the service still needs — facts such as the first
+//! start, kf cursors, unhandled journal entries, owed outbox actions, alert state and
+//! names — taken out of one store and put into an empty one.
+//!
+//! Deliberately not carried: handled journal entries and done actions (history the
+//! new store need not hold; their dedup keys matter only for seconds after the
+//! service stops), access tokens (fetched again), claims and leases, and the SQLite
+//! watermark (an engine's own bookkeeping).
+
+use super::alerts::FiringRecord;
+use super::journal::NewEntry;
+use super::names::CachedName;
+use super::{backend, Store, StoreError};
+
+/// A journal entry not yet handled, with when it arrived.
+#[derive(Debug, Clone)]
+pub struct UnhandledEntry {
+    pub entry: NewEntry,
+    pub received_at: i64,
+}
+
+/// An outbox action not yet done, with its retry state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwedAction {
+    pub key: String,
+    pub kind: String,
+    pub payload: String,
+    pub attempts: i64,
+    pub next_attempt_at: i64,
+    pub created_at: i64,
+}
+
+/// A resolved name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedId {
+    pub id_type: String,
+    pub id: String,
+    pub name: CachedName,
+}
+
+/// Everything [`Store::export`] carries.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Facts about the installation (`first_started_at`, alert bookkeeping).
+    pub facts: Vec<(String, String)>,
+    /// `open_kfid` → stored `next_cursor`.
+    pub kf_cursors: Vec<(String, String)>,
+    pub unhandled: Vec<UnhandledEntry>,
+    pub owed: Vec<OwedAction>,
+    pub firing: Vec<FiringRecord>,
+    pub names: Vec<NamedId>,
+}
+
+impl Snapshot {
+    /// One line for the operator: how much was carried.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} facts, {} kf cursors, {} unhandled entries, {} owed actions, {} firing checks, {} names",
+            self.facts.len(),
+            self.kf_cursors.len(),
+            self.unhandled.len(),
+            self.owed.len(),
+            self.firing.len(),
+            self.names.len()
+        )
+    }
+}
+
+impl Store {
+    /// Everything the service still needs, read in one transaction.
+    pub async fn export(&self) -> Result<Snapshot, StoreError> {
+        backend!(self, b => b.export().await)
+    }
+
+    /// Puts `snapshot` into this store, in one transaction; refused with
+    /// [`StoreError::NotEmpty`] when the store already holds a journal entry, an
+    /// action, a kf cursor or a fact.
+    pub async fn import(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        backend!(self, b => b.import(snapshot).await)
+    }
+}

@@ -1,0 +1,206 @@
+//! Export and import of a [`Snapshot`] in SQLite.
+
+use rusqlite::{params, Connection};
+
+use super::journal::insert;
+use super::Sqlite;
+use crate::messages::Channel;
+use crate::store::alerts::FiringRecord;
+use crate::store::journal::{EntryKind, NewEntry};
+use crate::store::names::CachedName;
+use crate::store::snapshot::{NamedId, OwedAction, Snapshot, UnhandledEntry};
+use crate::store::StoreError;
+
+/// Facts that are this engine's own bookkeeping, not the installation's.
+const ENGINE_FACTS: [&str; 2] = ["journal_handled_through", "probe"];
+
+fn rows<T>(
+    db: &Connection,
+    sql: &str,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> rusqlite::Result<Vec<T>> {
+    let mut statement = db.prepare(sql)?;
+    let rows = statement.query_map([], row)?;
+    rows.collect()
+}
+
+fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
+    let facts = rows(db, "SELECT key, value FROM meta ORDER BY key", |r| Ok((r.get(0)?, r.get(1)?)))?
+        .into_iter()
+        .filter(|(key, _): &(String, String)| !ENGINE_FACTS.contains(&key.as_str()))
+        .collect();
+    let kf_cursors =
+        rows(db, "SELECT open_kfid, cursor FROM kf_cursors ORDER BY open_kfid", |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let unhandled = rows(
+        db,
+        "SELECT dedup_key, channel, kind, sender, payload, received_at FROM journal
+         WHERE id > (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')
+         ORDER BY id",
+        |r| {
+            let channel: String = r.get(1)?;
+            let kind: String = r.get(2)?;
+            Ok((r.get(0)?, channel, kind, r.get(3)?, r.get(4)?, r.get(5)?))
+        },
+    )?
+    .into_iter()
+    .map(|(dedup_key, channel, kind, sender, payload, received_at)| {
+        let unknown = |what: &str, value: &str| {
+            rusqlite::Error::FromSqlConversionFailure(
+                0,
+                rusqlite::types::Type::Text,
+                format!("{what} {value:?}").into(),
+            )
+        };
+        Ok(UnhandledEntry {
+            entry: NewEntry {
+                dedup_key,
+                channel: Channel::parse(&channel).ok_or_else(|| unknown("unknown channel", &channel))?,
+                kind: EntryKind::parse(&kind).ok_or_else(|| unknown("unknown entry kind", &kind))?,
+                sender,
+                payload,
+            },
+            received_at,
+        })
+    })
+    .collect::<rusqlite::Result<_>>()?;
+    let owed = rows(
+        db,
+        "SELECT action_key, kind, payload, attempts, next_attempt_at, created_at FROM outbox
+         WHERE done_at IS NULL ORDER BY id",
+        |r| {
+            Ok(OwedAction {
+                key: r.get(0)?,
+                kind: r.get(1)?,
+                payload: r.get(2)?,
+                attempts: r.get(3)?,
+                next_attempt_at: r.get(4)?,
+                created_at: r.get(5)?,
+            })
+        },
+    )?;
+    let firing = rows(db, "SELECT check_name, firing_since, last_notified_at FROM alert_state", |r| {
+        Ok(FiringRecord { check: r.get(0)?, since: r.get(1)?, last_notified_at: r.get(2)? })
+    })?;
+    let names = rows(db, "SELECT id_type, id, name, source FROM names ORDER BY id_type, id", |r| {
+        Ok(NamedId { id_type: r.get(0)?, id: r.get(1)?, name: CachedName { name: r.get(2)?, source: r.get(3)? } })
+    })?;
+    Ok(Snapshot { facts, kf_cursors, unhandled, owed, firing, names })
+}
+
+/// Whether the store holds anything an import could collide with.
+fn is_empty(db: &Connection) -> rusqlite::Result<bool> {
+    db.query_row(
+        "SELECT NOT EXISTS (SELECT 1 FROM journal) AND NOT EXISTS (SELECT 1 FROM outbox)
+            AND NOT EXISTS (SELECT 1 FROM kf_cursors)
+            AND NOT EXISTS (SELECT 1 FROM meta WHERE key NOT IN ('probe'))",
+        [],
+        |r| r.get(0),
+    )
+}
+
+fn import(db: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
+    for (key, value) in &snapshot.facts {
+        db.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
+    }
+    for (open_kfid, cursor) in &snapshot.kf_cursors {
+        db.execute(
+            "INSERT INTO kf_cursors (open_kfid, cursor, updated_at) VALUES (?1, ?2, ?3)",
+            params![open_kfid, cursor, crate::store::now()],
+        )?;
+    }
+    for unhandled in &snapshot.unhandled {
+        insert(db, &unhandled.entry)?;
+        db.execute(
+            "UPDATE journal SET received_at = ?1 WHERE dedup_key = ?2",
+            params![unhandled.received_at, unhandled.entry.dedup_key],
+        )?;
+    }
+    for action in &snapshot.owed {
+        db.execute(
+            "INSERT INTO outbox (action_key, kind, payload, attempts, next_attempt_at, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                action.key,
+                action.kind,
+                action.payload,
+                action.attempts,
+                action.next_attempt_at,
+                action.created_at
+            ],
+        )?;
+    }
+    for firing in &snapshot.firing {
+        db.execute(
+            "INSERT INTO alert_state (check_name, firing_since, last_notified_at) VALUES (?1, ?2, ?3)",
+            params![firing.check, firing.since, firing.last_notified_at],
+        )?;
+    }
+    for named in &snapshot.names {
+        db.execute(
+            "INSERT INTO names (id_type, id, name, source, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![named.id_type, named.id, named.name.name, named.name.source, crate::store::now()],
+        )?;
+    }
+    Ok(())
+}
+
+impl Sqlite {
+    pub(in crate::store) async fn export(&self) -> Result<Snapshot, StoreError> {
+        self.run_relaxed(|db| export(db)).await
+    }
+
+    pub(in crate::store) async fn import(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let empty = self.run_relaxed(|db| is_empty(db)).await?;
+        if !empty {
+            return Err(StoreError::NotEmpty);
+        }
+        self.run(move |db| import(db, &snapshot)).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::messages::Channel;
+    use crate::store::journal::{EntryKind, NewEntry, Recorded};
+    use crate::store::outbox::NewAction;
+    use crate::store::{Store, StoreError};
+
+    fn entry(key: &str) -> NewEntry {
+        NewEntry {
+            dedup_key: key.into(),
+            channel: Channel::Kf,
+            kind: EntryKind::KfMessage,
+            sender: Some("wm".into()),
+            payload: "{}".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_installation_moves_with_what_it_still_owes_and_only_into_an_empty_store() {
+        let (from_dir, to_dir) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let from = Store::open(from_dir.path()).expect("opens");
+        let first_start = from.first_started_at().await.expect("first start");
+        let Recorded::New(handled) = from.journal(entry("kf:msg:handled")).await.expect("journal") else {
+            panic!("new")
+        };
+        let owed = NewAction { key: "forward:kf:msg:handled".into(), kind: "forward".into(), payload: "{}".into() };
+        from.complete_entries(vec![(handled, vec![owed])]).await.expect("complete");
+        from.journal(entry("kf:msg:unhandled")).await.expect("journal");
+        let mut claim = from.claim_kf_account("wkA".into()).await.expect("claim").expect("free");
+        from.kf_store_page(&mut claim, Vec::new(), "CURSOR-1".into()).await.expect("page");
+
+        let snapshot = from.export().await.expect("export");
+        assert_eq!(snapshot.unhandled.len(), 1, "only the unhandled entry: {}", snapshot.summary());
+        assert_eq!(snapshot.owed.len(), 1);
+        assert_eq!(snapshot.kf_cursors, vec![("wkA".to_owned(), "CURSOR-1".to_owned())]);
+
+        let to = Store::open(to_dir.path()).expect("opens");
+        to.import(snapshot.clone()).await.expect("import");
+        assert_eq!(to.first_started_at().await.expect("first start"), first_start, "the first start moved");
+        assert_eq!(to.unhandled().await.expect("count"), 1);
+        assert_eq!(to.outbox_backlog().await.expect("backlog"), 1);
+        let claim = to.claim_kf_account("wkA".into()).await.expect("claim").expect("free");
+        assert_eq!(claim.cursor.as_deref(), Some("CURSOR-1"));
+        assert!(matches!(to.import(snapshot).await, Err(StoreError::NotEmpty)), "a second import is refused");
+    }
+}
