@@ -146,11 +146,11 @@ fn import(db: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
 
 impl Sqlite {
     pub(in crate::store) async fn export(&self) -> Result<Snapshot, StoreError> {
-        self.run_relaxed(|db| export(db)).await
+        self.run_relaxed(export).await
     }
 
     pub(in crate::store) async fn import(&self, snapshot: Snapshot) -> Result<(), StoreError> {
-        let empty = self.run_relaxed(|db| is_empty(db)).await?;
+        let empty = self.run_relaxed(is_empty).await?;
         if !empty {
             return Err(StoreError::NotEmpty);
         }
