@@ -7,6 +7,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -18,6 +19,9 @@ use crate::config::Secret;
 use crate::store::tokens::StoredToken;
 use crate::store::{now, Store};
 use crate::telemetry::Metrics;
+
+/// How long a replica waits for the token another replica is fetching.
+const OTHER_REFRESH_WAIT: Duration = Duration::from_secs(10);
 
 /// A token is refreshed when it has less than this left (WeCom issues 7200 s).
 pub(crate) const REFRESH_MARGIN_SECS: i64 = 300;
@@ -112,21 +116,67 @@ impl TokenSource {
         token.expires_at - now() > REFRESH_MARGIN_SECS
     }
 
-    /// A token with more than [`REFRESH_MARGIN_SECS`] left: cached, stored, or new.
+    /// A token with more than [`REFRESH_MARGIN_SECS`] left: cached, stored (by this
+    /// process earlier, or by another replica), or new.
     pub async fn token(&self) -> Result<String, WeComError> {
         let mut current = self.current.lock().await;
-        if current.is_none() {
-            // First use since start: a fresh stored token saves a gettoken.
-            *current = self.store.load_token(self.cache_key.clone()).await.ok().flatten();
+        if !current.as_ref().is_some_and(Self::fresh) {
+            // A fresh stored token saves a gettoken: after a restart, or when another
+            // replica has just refreshed.
+            if let Ok(Some(stored)) = self.store.load_token(self.cache_key.clone()).await {
+                *current = Some(stored);
+            }
         }
         if let Some(token) = current.as_ref().filter(|t| Self::fresh(t)) {
             self.publish_expiry(token.expires_at);
             return Ok(token.token.clone());
         }
-        let token = self.refresh().await?;
+        let token = self.refresh_once_for_the_cluster(current.as_ref()).await?;
         let value = token.token.clone();
         *current = Some(token);
         Ok(value)
+    }
+
+    /// One `gettoken` per Secret across replicas: the holder of the Secret's lease
+    /// refreshes; the others wait for its token in the store, using the current one
+    /// meanwhile if it has not expired.
+    async fn refresh_once_for_the_cluster(&self, current: Option<&StoredToken>) -> Result<StoredToken, WeComError> {
+        let lease = match self.store.claim_lease(format!("token:{}", self.cache_key)).await {
+            Ok(Some(lease)) => lease,
+            Ok(None) => {
+                if let Some(token) = self.wait_for_the_other_refresh(current).await {
+                    return Ok(token);
+                }
+                // The other refresher did not deliver in time (it may have died):
+                // fetch one here rather than fail.
+                return self.refresh().await;
+            }
+            // No store to coordinate through: refresh here, the cache still works.
+            Err(_) => return self.refresh().await,
+        };
+        let refreshed = self.refresh().await;
+        if let Err(error) = self.store.release_lease(lease).await {
+            tracing::debug!(app = self.label, "token lease not released (it runs out by itself): {error}");
+        }
+        refreshed
+    }
+
+    /// Polls the store for the token another replica is fetching.
+    async fn wait_for_the_other_refresh(&self, current: Option<&StoredToken>) -> Option<StoredToken> {
+        if let Some(token) = current.filter(|t| t.expires_at > now()) {
+            // Still valid, if not for long: keep using it.
+            return Some(token.clone());
+        }
+        let deadline = tokio::time::Instant::now() + OTHER_REFRESH_WAIT;
+        while tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Ok(Some(stored)) = self.store.load_token(self.cache_key.clone()).await {
+                if Self::fresh(&stored) {
+                    return Some(stored);
+                }
+            }
+        }
+        None
     }
 
     async fn refresh(&self) -> Result<StoredToken, WeComError> {
