@@ -85,7 +85,10 @@ impl Supervisor {
         match self.parts.store.firing_checks().await {
             Ok(firing) => {
                 for FiringRecord { check, since, last_notified_at } in firing {
-                    self.states.insert(check, AlertState::Firing { since, last_notified_at, passes: 0 });
+                    // Other replicas' own checks are theirs to resume.
+                    if let Some(check) = self.own_check(&check) {
+                        self.states.insert(check, AlertState::Firing { since, last_notified_at, passes: 0 });
+                    }
                 }
             }
             Err(error) => tracing::error!("cannot read alert state: {error}"),
@@ -146,12 +149,14 @@ impl Supervisor {
                     Some(Transition::Firing | Transition::Reminder),
                     AlertState::Firing { since, last_notified_at, .. },
                 ) => {
-                    let record = FiringRecord { check: name.clone(), since, last_notified_at };
+                    let record = FiringRecord { check: self.state_key(name), since, last_notified_at };
                     if let Err(error) = self.parts.store.set_firing(record).await {
                         tracing::error!("cannot keep alert state: {error}");
                     }
                 }
                 (Some(Transition::Resolved), _) => {
+                    let _ = self.parts.store.clear_firing(self.state_key(name)).await;
+                    // A state kept by a version before replicas, under the bare name.
                     let _ = self.parts.store.clear_firing(name.clone()).await;
                 }
                 _ => {}
@@ -163,12 +168,49 @@ impl Supervisor {
                     Transition::Resolved => "RESOLVED",
                 };
                 tracing::warn!(check = name.as_str(), "{kind}: {}", result.output.as_deref().unwrap_or("-"));
-                self.queue(Pending { check: name.clone(), kind, result: result.clone(), since });
+                if self.pages_here(name, kind).await {
+                    self.queue(Pending { check: name.clone(), kind, result: result.clone(), since });
+                }
             }
         }
         self.certificate_step(&results).await;
         self.flush(&results);
         self.parts.liveness.beat();
+    }
+
+    /// The key of `check`'s alert state in the store, which replicas share: a
+    /// cluster-wide check is one state; a replica's own check is that replica's.
+    fn state_key(&self, check: &str) -> String {
+        if cluster_wide(check) {
+            check.to_owned()
+        } else {
+            format!("{}/{check}", self.host)
+        }
+    }
+
+    /// The check a stored state key names, if it is this replica's to resume.
+    fn own_check(&self, key: &str) -> Option<String> {
+        match key.split_once('/') {
+            Some((replica, check)) => (replica == self.host).then(|| check.to_owned()),
+            None => Some(key.to_owned()),
+        }
+    }
+
+    /// Whether this replica mails `check`'s `kind` transition: always for its own
+    /// checks; for a cluster-wide one, only the first replica to see it (a lease
+    /// named after the transition), so on-call gets one email, not one per replica.
+    /// Without a store to coordinate through, each replica pages for itself.
+    async fn pages_here(&self, check: &str, kind: &str) -> bool {
+        if !cluster_wide(check) {
+            return true;
+        }
+        match self.parts.store.claim_lease(format!("page:{check}:{kind}")).await {
+            Ok(Some(_)) | Err(_) => true,
+            Ok(None) => {
+                tracing::info!(check, "{kind} is paged by another replica");
+                false
+            }
+        }
     }
 
     fn queue(&mut self, pending: Pending) {
@@ -216,6 +258,12 @@ impl Supervisor {
         self.first_pending_at = None;
         self.parts.alerter.send(compose(&pending, results, &self.host));
     }
+}
+
+/// Checks every replica sees alike (the access tokens, the configuration): their
+/// transitions are paged once for the cluster.
+fn cluster_wide(check: &str) -> bool {
+    check.starts_with("token:") || check.starts_with("config:")
 }
 
 /// One email for a group of transitions, listing every check.
