@@ -5,11 +5,12 @@
 //! - [`cli`] and [`commands`]: what the binary does for each subcommand.
 //! - [`config`]: every setting, layered and validated once into [`config::Config`].
 //! - [`startup`]: the [`startup::Application`] that binds, serves and drains.
-//! - [`routes`]: HTTP only; every decision is delegated.
+//! - [`routes`]: HTTP only; every decision is delegated ([`access`] decides who may use a bearer-protected endpoint).
 //! - [`callback`]: the callback pipeline (signature → channel → decrypt → receive id → parse).
 //! - [`crypto`] and [`messages`]: pure code, no I/O.
 //! - [`health`], [`telemetry`], [`tls`]: what the service reports about itself and how it listens.
 
+pub mod access;
 pub mod alerts;
 pub mod callback;
 pub mod cli;
