@@ -7,7 +7,7 @@
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::names::{IdType, NameError};
@@ -21,15 +21,13 @@ fn answer(status: StatusCode, body: serde_json::Value) -> HttpResponse {
     HttpResponse::build(status).json(body)
 }
 
-/// `value` as JSON, or the 500 that says why it could not be.
-fn to_json(value: &impl Serialize, what: &str) -> Result<serde_json::Value, HttpResponse> {
-    serde_json::to_value(value).map_err(|error| {
-        tracing::error!(%error, "cannot serialize the {what}");
-        answer(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"status": "error", "error": format!("cannot serialize the {what}: {error}")}),
-        )
-    })
+/// The 500 for a `what` that could not be turned into JSON.
+fn unserializable(what: &str, error: &serde_json::Error) -> HttpResponse {
+    tracing::error!(%error, "cannot serialize the {what}");
+    answer(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"status": "error", "error": format!("cannot serialize the {what}: {error}")}),
+    )
 }
 
 fn name_error(error: &NameError) -> serde_json::Value {
@@ -47,9 +45,9 @@ fn name_error(error: &NameError) -> serde_json::Value {
 /// `GET /api/test-wecom-connection`
 pub async fn test_connection(state: web::Data<AppState>) -> HttpResponse {
     let report = connection::test_connection(&state.wecom, state.credentials.corp_id().as_str()).await;
-    match to_json(&report, "connection report") {
+    match serde_json::to_value(&report) {
         Ok(report) => answer(StatusCode::OK, report),
-        Err(refused) => refused,
+        Err(error) => unserializable("connection report", &error),
     }
 }
 
@@ -63,9 +61,9 @@ pub async fn fetch_name(path: web::Path<(String, String)>, state: web::Data<AppS
         );
     };
     match state.names.resolve(id_type, &id).await {
-        Ok(resolved) => match to_json(&resolved, "resolved name") {
+        Ok(resolved) => match serde_json::to_value(&resolved) {
             Ok(result) => answer(StatusCode::OK, json!({"status": "success", "result": result})),
-            Err(refused) => refused,
+            Err(error) => unserializable("resolved name", &error),
         },
         Err(error) => answer(StatusCode::BAD_GATEWAY, name_error(&error)),
     }
@@ -113,9 +111,9 @@ pub async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppState>) -> 
     let mut failed = 0;
     for id in ids {
         match state.names.resolve(id_type, &id).await {
-            Ok(resolved) => match to_json(&resolved, "resolved name") {
+            Ok(resolved) => match serde_json::to_value(&resolved) {
                 Ok(result) => results.push(result),
-                Err(refused) => return refused,
+                Err(error) => return unserializable("resolved name", &error),
             },
             Err(error) => {
                 failed += 1;

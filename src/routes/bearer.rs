@@ -35,6 +35,8 @@ use crate::routes::AppState;
 /// One bearer-protected surface: its secret, its throttle, and how it explains itself.
 #[derive(Clone, Debug)]
 pub struct BearerGate {
+    /// What the gate guards, for the log: `admin`, `send`.
+    surface: &'static str,
     /// `None`: the surface is off.
     token: Option<Secret>,
     /// The variable that holds the token, named in the 401.
@@ -46,14 +48,15 @@ pub struct BearerGate {
 }
 
 impl BearerGate {
-    /// A gate for `token` (held in `variable`), answering `off` while it is unset.
-    pub fn new(token: Option<Secret>, variable: &'static str, off: &'static str) -> Self {
-        Self { token, variable, off, throttle: Arc::new(Mutex::new(Throttle::default())) }
+    /// A gate for the `surface` (named in the log) opened by `token`, held in
+    /// `variable` (named in the 401); while it is unset the gate answers 404 with `off`.
+    pub fn new(surface: &'static str, token: Option<Secret>, variable: &'static str, off: &'static str) -> Self {
+        Self { surface, token, variable, off, throttle: Arc::new(Mutex::new(Throttle::default())) }
     }
 
     /// The admin endpoints' gate, opened by `ADMIN_TOKEN`.
     pub fn admin(token: Option<Secret>) -> Self {
-        Self::new(token, "ADMIN_TOKEN", "admin endpoints are off: set ADMIN_TOKEN to enable them")
+        Self::new("admin", token, "ADMIN_TOKEN", "admin endpoints are off: set ADMIN_TOKEN to enable them")
     }
 
     /// Serves `request` through `next` if it carries the right bearer; answers
@@ -80,7 +83,13 @@ impl BearerGate {
         };
         let Some(presented) = authorization.and_then(presented_bearer) else {
             if let Some(refusals) = self.throttle().missing_bearer(client, now) {
-                tracing::warn!(%client, path, refusals, "refused: no bearer token (counted once a minute per address)");
+                tracing::warn!(
+                    %client,
+                    path,
+                    refusals,
+                    "{} request refused: no bearer token (logged once a minute per address)",
+                    self.surface
+                );
             }
             return Some(self.unauthorized());
         };
@@ -95,7 +104,8 @@ impl BearerGate {
                 path,
                 refusals,
                 throttled,
-                "refused: wrong bearer token (counted once a minute per address)"
+                "{} request refused: wrong bearer token (logged once a minute per address)",
+                self.surface
             );
         }
         Some(match wrong.verdict {
