@@ -82,7 +82,9 @@ impl BearerGate {
             return Some(HttpResponse::NotFound().json(json!({"status": "error", "error": self.off})));
         };
         let Some(presented) = authorization.and_then(presented_bearer) else {
-            if let Some(refusals) = self.throttle().missing_bearer(client, now) {
+            // Bound first, so the lock is released before the log line is written.
+            let report = self.throttle().missing_bearer(client, now);
+            if let Some(refusals) = report {
                 tracing::warn!(
                     %client,
                     path,
