@@ -5,7 +5,7 @@
 //! - [`cli`] and [`commands`]: what the binary does for each subcommand.
 //! - [`config`]: every setting, layered and validated once into [`config::Config`].
 //! - [`startup`]: the [`startup::Application`] that binds, serves and drains.
-//! - [`routes`]: HTTP only; every decision is delegated.
+//! - [`routes`]: HTTP only; every decision is delegated ([`access`] decides who may use a bearer-protected endpoint).
 //! - [`callback`]: the callback pipeline (signature → channel → decrypt → receive id → parse).
 //! - [`crypto`] and [`messages`]: pure code, no I/O.
 //! - [`health`], [`telemetry`], [`tls`]: what the service reports about itself and how it listens.
@@ -13,6 +13,7 @@
 /// The version this binary reports everywhere (health, metrics, emails, `diagnose`).
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+pub(crate) mod access;
 pub(crate) mod alerts;
 pub(crate) mod backoff;
 pub mod callback;

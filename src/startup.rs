@@ -111,7 +111,7 @@ impl Application {
             store,
             journal_wake,
             wecom,
-            admin_token: config.admin_token.clone(),
+            admin_gate: routes::bearer::BearerGate::admin(config.admin_token.clone()),
             liveness,
             alerter: workers.alerter.clone(),
             version: VERSION,

@@ -3,6 +3,7 @@
 //! Architecture invariant: only `routes/` and `startup.rs` know actix-web.
 
 pub mod admin;
+pub mod bearer;
 pub mod callback;
 pub mod deadline;
 pub mod health;
@@ -11,13 +12,13 @@ pub mod status;
 
 use std::sync::Arc;
 
+use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 
 use tokio::sync::Notify;
 
 use crate::alerts::Alerter;
 use crate::callback::CallbackCredentials;
-use crate::config::Secret;
 use crate::health::{HealthBoard, Liveness};
 use crate::names::Names;
 use crate::store::Store;
@@ -38,14 +39,18 @@ pub struct AppState {
     pub journal_wake: Arc<Notify>,
     pub wecom: Arc<WeCom>,
     pub names: Names,
-    /// `ADMIN_TOKEN`; `None` turns the admin endpoints off.
-    pub admin_token: Option<Secret>,
+    /// The admin endpoints' gate (`ADMIN_TOKEN`; unset turns them off).
+    pub admin_gate: bearer::BearerGate,
     pub liveness: Arc<Liveness>,
     pub alerter: Alerter,
     pub version: &'static str,
 }
 
 /// Registers every route.
+///
+/// The admin endpoints are registered one by one behind [`bearer::admin`]: they
+/// share the `/api` prefix with the callback, health and metrics paths, which
+/// must stay open, and an unknown path must stay a 404 rather than a 401.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     for path in CALLBACK_PATHS {
         cfg.service(
@@ -56,11 +61,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .route("/health", web::get().to(health::report))
         .route("/api/health/live", web::get().to(health::live))
         .route("/metrics", web::get().to(metrics::render))
-        .route("/api/test-wecom-connection", web::get().to(admin::test_connection))
-        .route("/api/fetch-wecom-name/{id_type}/{id}", web::get().to(admin::fetch_name))
-        .route("/api/batch-fetch-wecom-names", web::post().to(admin::batch_fetch_names))
-        .route("/api/alerts/test", web::post().to(admin::test_alert))
-        .route("/", web::get().to(status::page))
+        .route("/", web::get().to(status::page));
+    let gated = |path: &str| web::resource(path).wrap(from_fn(bearer::admin));
+    cfg.service(gated("/api/test-wecom-connection").route(web::get().to(admin::test_connection)))
+        .service(gated("/api/fetch-wecom-name/{id_type}/{id}").route(web::get().to(admin::fetch_name)))
+        .service(gated("/api/batch-fetch-wecom-names").route(web::post().to(admin::batch_fetch_names)))
+        .service(gated("/api/alerts/test").route(web::post().to(admin::test_alert)))
         .default_service(web::to(not_found));
 }
 

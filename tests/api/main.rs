@@ -1,6 +1,7 @@
 //! The integration tests: the real service on port 0 over real TLS, driven by a
 //! real HTTPS client, and the real binary driven as a process.
 
+mod admin;
 mod callback;
 mod cli;
 mod crash;

@@ -1,0 +1,151 @@
+//! The bearer gate: one middleware in front of a set of routes that lets a
+//! request through only with `Authorization: Bearer <token>`, before any
+//! extractor reads the body, so a stranger is refused at once whatever it sends.
+//!
+//! A [`BearerGate`] is parametrised by its secret, the variable that holds it and
+//! the message it answers while that variable is unset, so the admin endpoints
+//! (`ADMIN_TOKEN`) and the send API (`SEND_TOKEN`) each get their own. Its answers:
+//! - secret unset: 404, saying which variable turns the endpoints on;
+//! - no bearer, or a wrong one: 401 with `WWW-Authenticate: Bearer`, the same
+//!   body whatever was presented;
+//! - from the 11th wrong bearer from one client address within a minute: 429 with
+//!   `Retry-After`.
+//!
+//! Every presented bearer is compared (in constant time, by
+//! [`Secret::matches`]) and a right one is served, also from a throttled address:
+//! the throttle counts per address and never holds one client's failures against
+//! another. The client address is the TCP peer; `X-Forwarded-For` is not
+//! believed. The decisions are in [`crate::access`]; only the HTTP is here.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header;
+use actix_web::middleware::Next;
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::access::{presented_bearer, Throttle, Verdict};
+use crate::config::Secret;
+use crate::routes::AppState;
+
+/// One bearer-protected surface: its secret, its throttle, and how it explains itself.
+#[derive(Clone, Debug)]
+pub struct BearerGate {
+    /// What the gate guards, for the log: `admin`, `send`.
+    surface: &'static str,
+    /// `None`: the surface is off.
+    token: Option<Secret>,
+    /// The variable that holds the token, named in the 401.
+    variable: &'static str,
+    /// The 404's reason while the token is unset; it says how to turn the surface on.
+    off: &'static str,
+    /// Shared by every worker's copy of the gate.
+    throttle: Arc<Mutex<Throttle>>,
+}
+
+impl BearerGate {
+    /// A gate for the `surface` (named in the log) opened by `token`, held in
+    /// `variable` (named in the 401); while it is unset the gate answers 404 with `off`.
+    pub fn new(surface: &'static str, token: Option<Secret>, variable: &'static str, off: &'static str) -> Self {
+        Self { surface, token, variable, off, throttle: Arc::new(Mutex::new(Throttle::default())) }
+    }
+
+    /// The admin endpoints' gate, opened by `ADMIN_TOKEN`.
+    pub fn admin(token: Option<Secret>) -> Self {
+        Self::new("admin", token, "ADMIN_TOKEN", "admin endpoints are off: set ADMIN_TOKEN to enable them")
+    }
+
+    /// Serves `request` through `next` if it carries the right bearer; answers
+    /// it here otherwise, without reading its body.
+    pub async fn guard(
+        &self,
+        request: ServiceRequest,
+        next: Next<impl MessageBody + 'static>,
+    ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+        // The TCP peer: only a test request built without a connection has none,
+        // and those share one bucket.
+        let client = request.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.ip());
+        let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        match self.refusal(authorization, client, request.path(), Instant::now()) {
+            None => next.call(request).await.map(ServiceResponse::map_into_boxed_body),
+            Some(refused) => Ok(request.into_response(refused)),
+        }
+    }
+
+    /// `None` to serve; otherwise the answer to send instead.
+    fn refusal(&self, authorization: Option<&str>, client: IpAddr, path: &str, now: Instant) -> Option<HttpResponse> {
+        let Some(expected) = &self.token else {
+            return Some(HttpResponse::NotFound().json(json!({"status": "error", "error": self.off})));
+        };
+        let Some(presented) = authorization.and_then(presented_bearer) else {
+            // Bound first, so the lock is released before the log line is written.
+            let report = self.throttle().missing_bearer(client, now);
+            if let Some(refusals) = report {
+                tracing::warn!(
+                    %client,
+                    path,
+                    refusals,
+                    "{} request refused: no bearer token (logged once a minute per address)",
+                    self.surface
+                );
+            }
+            return Some(self.unauthorized());
+        };
+        if expected.matches(presented) {
+            return None;
+        }
+        let wrong = self.throttle().wrong_bearer(client, now);
+        let throttled = matches!(wrong.verdict, Verdict::Throttle { .. });
+        if let Some(refusals) = wrong.report {
+            tracing::warn!(
+                %client,
+                path,
+                refusals,
+                throttled,
+                "{} request refused: wrong bearer token (logged once a minute per address)",
+                self.surface
+            );
+        }
+        Some(match wrong.verdict {
+            Verdict::Refuse => self.unauthorized(),
+            Verdict::Throttle { retry_after } => too_many(retry_after),
+        })
+    }
+
+    fn unauthorized(&self) -> HttpResponse {
+        let reason = format!("missing or wrong bearer token (Authorization: Bearer ${})", self.variable);
+        HttpResponse::Unauthorized()
+            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
+            .json(json!({"status": "error", "error": reason}))
+    }
+
+    /// The throttle's state is a table of counters, whole after every step, so a
+    /// panic elsewhere while it was held leaves nothing to distrust.
+    fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
+        self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// 429 with `Retry-After` in whole seconds, rounded up so a client that waits
+/// that long is counted afresh.
+fn too_many(retry_after: Duration) -> HttpResponse {
+    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    let seconds = seconds.max(1);
+    HttpResponse::TooManyRequests().insert_header((header::RETRY_AFTER, seconds)).json(json!({
+        "status": "error",
+        "error": format!("too many wrong bearer tokens from this address; retry after {seconds} s"),
+    }))
+}
+
+/// The middleware in front of the admin endpoints: `from_fn(bearer::admin)`.
+pub async fn admin(
+    state: web::Data<AppState>,
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    state.admin_gate.guard(request, next).await
+}
