@@ -1,0 +1,354 @@
+//! A real, throwaway PostgreSQL for the tests, and the tests of what only the
+//! PostgreSQL store does (migrations shared by replicas, group commit, `sslmode`,
+//! outages). What both stores must do alike is in `store_conformance`.
+//!
+//! The cluster: `initdb` and `pg_ctl` (Debian's `postgresql` package, found in
+//! `/usr/lib/postgresql/*/bin` or on `PATH`) run as the `postgres` user when the
+//! tests run as root (initdb refuses root), in a temporary directory, on a free
+//! loopback port, `fsync` on. One cluster serves every test of the process, each
+//! test in a database of its own; a reaper process stops it by the PID in
+//! `postmaster.pid` and removes the directory once the test process has exited
+//! (statics are never dropped). A cluster of one test's own ([`Cluster::start`])
+//! is stopped by its `Drop`. Without PostgreSQL the tests are skipped with a
+//! notice, except under `CI`, where that is a failure.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use wechat_api::messages::Channel;
+use wechat_api::store::journal::{EntryKind, NewEntry, Recorded};
+use wechat_api::store::{Store, StoreError, DEFAULT_LEASE};
+
+/// The cluster every test of this process shares (`None`: PostgreSQL is not installed).
+static SHARED: OnceLock<Option<Cluster>> = OnceLock::new();
+
+/// Databases created so far in the shared cluster.
+static DATABASES: AtomicUsize = AtomicUsize::new(0);
+
+/// A running PostgreSQL cluster in a temporary directory.
+pub struct Cluster {
+    dir: PathBuf,
+    bin: PathBuf,
+    port: u16,
+    /// Whether `drop` stops it (the shared cluster is left to its reaper).
+    owned: bool,
+}
+
+/// The URL of a new, empty database in the shared cluster, or `None` (after a
+/// notice) when PostgreSQL is not installed and this is not CI.
+pub async fn fresh_database() -> Option<String> {
+    let cluster = SHARED.get_or_init(|| Cluster::launch(false)).as_ref()?;
+    let name = format!("t{}", DATABASES.fetch_add(1, Ordering::Relaxed));
+    cluster.create_database(&name).await;
+    Some(cluster.url(&name))
+}
+
+/// Where `initdb` and `pg_ctl` are: the newest Debian version, else `PATH`.
+fn binaries() -> Option<PathBuf> {
+    let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| entry.path().join("bin"))
+        .filter(|bin| bin.join("initdb").is_file())
+        .collect();
+    debian.sort_by_key(|bin| {
+        bin.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
+    });
+    debian.pop().or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?).find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+    })
+}
+
+/// Whether this process is root (then PostgreSQL's tools run as `postgres`).
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// `program` with `args`, as the `postgres` user when we are root.
+fn as_postgres(program: &Path, args: &[&str]) -> Command {
+    if is_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program).args(args);
+        command
+    } else {
+        let mut command = Command::new(program);
+        command.args(args);
+        command
+    }
+}
+
+fn run(mut command: Command, what: &str) {
+    let output = command.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{what}: cannot run: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed: {}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
+}
+
+impl Cluster {
+    /// A cluster of the calling test's own, stopped and removed on drop.
+    pub fn start() -> Option<Self> {
+        Self::launch(true)
+    }
+
+    fn launch(owned: bool) -> Option<Self> {
+        let Some(bin) = binaries() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "PostgreSQL is not installed (initdb not in /usr/lib/postgresql/*/bin or PATH); CI must install `postgresql`"
+            );
+            eprintln!("NOTICE: PostgreSQL is not installed: the PostgreSQL store tests are skipped");
+            return None;
+        };
+        let dir = tempfile::Builder::new().prefix("wechat-api-pg-").tempdir().expect("a temporary directory").keep();
+        if is_root() {
+            let mut chown = Command::new("chown");
+            chown.args(["-R", "postgres:postgres"]).arg(&dir);
+            run(chown, "chown of the cluster directory");
+        }
+        let data = dir.to_str().expect("a UTF-8 temporary path").to_owned();
+        run(as_postgres(&bin.join("initdb"), &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]), "initdb");
+        let cluster = Self { dir, bin, port: free_port(), owned };
+        if !owned {
+            cluster.spawn_reaper();
+        }
+        cluster.resume();
+        Some(cluster)
+    }
+
+    /// Starts the server (again) on its port, waiting until it accepts connections.
+    pub fn resume(&self) {
+        let data = self.dir.to_str().expect("a UTF-8 temporary path");
+        let options = format!(
+            "-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=400",
+            self.port
+        );
+        let log = format!("{data}/log");
+        run(as_postgres(&self.bin.join("pg_ctl"), &["-D", data, "-o", &options, "-l", &log, "start", "-w", "-t", "60"]), "pg_ctl start");
+    }
+
+    /// The URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{name}?sslmode=disable", self.port)
+    }
+
+    /// Creates database `name`.
+    pub async fn create_database(&self, name: &str) {
+        let (client, connection) =
+            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await.expect("connects to the cluster");
+        let connection = tokio::spawn(connection);
+        client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("creates a database");
+        drop(client);
+        let _ = connection.await;
+    }
+
+    /// The postmaster's PID, from `postmaster.pid`; `None` when it is not running.
+    fn pid(&self) -> Option<rustix::process::Pid> {
+        let file = std::fs::read_to_string(self.dir.join("postmaster.pid")).ok()?;
+        let pid = rustix::process::Pid::from_raw(file.lines().next()?.trim().parse().ok()?)?;
+        rustix::process::test_kill_process(pid).is_ok().then_some(pid)
+    }
+
+    /// Stops the server by its PID (a fast shutdown: clients are disconnected),
+    /// waiting until it is gone.
+    pub fn stop(&self) {
+        let Some(pid) = self.pid() else { return };
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while rustix::process::test_kill_process(pid).is_ok() {
+            if Instant::now() > deadline {
+                // Immediate shutdown: no checkpoint, as after a crash.
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
+                break;
+            }
+            // Polling its exit, within the deadline.
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A detached process that waits for this test process to exit, then stops the
+    /// server by its PID and removes the directory.
+    fn spawn_reaper(&self) {
+        let script = r#"
+            while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
+            pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null)
+            if [ -n "$pid" ]; then
+                kill -TERM "$pid" 2>/dev/null
+                n=0
+                while kill -0 "$pid" 2>/dev/null && [ $n -lt 150 ]; do sleep 0.2; n=$((n+1)); done
+                kill -QUIT "$pid" 2>/dev/null
+            fi
+            rm -rf "$2"
+        "#;
+        Command::new("sh")
+            .args(["-c", script, "reaper"])
+            .arg(std::process::id().to_string())
+            .arg(&self.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starts the cluster's reaper");
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.owned {
+            self.stop();
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn entry(key: &str) -> NewEntry {
+    NewEntry {
+        dedup_key: key.to_owned(),
+        channel: Channel::App,
+        kind: EntryKind::Callback,
+        sender: Some("zhangsan".into()),
+        payload: format!("<xml>{key}</xml>"),
+    }
+}
+
+async fn connect(url: &str) -> Store {
+    Store::connect(url, 8, DEFAULT_LEASE).await.expect("connects")
+}
+
+async fn sql(url: &str, statement: &str) {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connects");
+    let connection = tokio::spawn(connection);
+    client.batch_execute(statement).await.expect("runs");
+    drop(client);
+    let _ = connection.await;
+}
+
+async fn count(url: &str, query: &str) -> i64 {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.expect("connects");
+    let connection = tokio::spawn(connection);
+    let value = client.query_one(query, &[]).await.expect("queries").get(0);
+    drop(client);
+    let _ = connection.await;
+    value
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_starting_together_migrate_once() {
+    let Some(url) = fresh_database().await else { return };
+    let starts = (0..6).map(|_| {
+        let url = url.clone();
+        tokio::spawn(async move { Store::connect(&url, 2, DEFAULT_LEASE).await.map(drop) })
+    });
+    for start in futures_util::future::join_all(starts).await {
+        start.expect("task").expect("every replica starts");
+    }
+    assert_eq!(count(&url, "SELECT count(*) FROM schema_version").await, 1);
+    assert_eq!(count(&url, "SELECT max(version) FROM schema_version").await, 1);
+}
+
+#[tokio::test]
+async fn a_replica_refuses_a_newer_schema() {
+    let Some(url) = fresh_database().await else { return };
+    drop(connect(&url).await);
+    sql(&url, "UPDATE schema_version SET version = 99").await;
+    let refused = Store::connect(&url, 2, DEFAULT_LEASE).await;
+    assert!(matches!(refused, Err(StoreError::TooNew { found: 99, known: 1 })), "{refused:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_journal_writes_share_commits() {
+    let Some(url) = fresh_database().await else { return };
+    let store = connect(&url).await;
+    let before = store.stats().commits.load(Ordering::Relaxed);
+    let writes = (0..400).map(|i| {
+        let store = store.clone();
+        tokio::spawn(async move { store.journal(entry(&format!("k{i}"))).await })
+    });
+    for write in futures_util::future::join_all(writes).await {
+        assert!(matches!(write.expect("task").expect("journal"), Recorded::New(_)));
+    }
+    let commits = store.stats().commits.load(Ordering::Relaxed) - before;
+    assert!(commits < 400, "400 writes took {commits} commits: no grouping");
+    assert_eq!(store.unhandled().await.expect("unhandled"), 400);
+}
+
+#[tokio::test]
+async fn one_bad_entry_in_a_group_fails_alone() {
+    let Some(url) = fresh_database().await else { return };
+    let store = connect(&url).await;
+    // PostgreSQL cannot store a NUL in text: that entry alone is refused.
+    let mut bad = entry("bad");
+    bad.payload = "a\0b".into();
+    let writes: Vec<_> = [bad, entry("good-1"), entry("good-2")]
+        .into_iter()
+        .map(|e| {
+            let store = store.clone();
+            tokio::spawn(async move { store.journal(e).await })
+        })
+        .collect();
+    let results: Vec<_> = futures_util::future::join_all(writes).await.into_iter().map(|r| r.expect("task")).collect();
+    assert!(results[0].is_err(), "{:?}", results[0]);
+    assert!(results[1..].iter().all(|r| matches!(r, Ok(Recorded::New(_)))), "{results:?}");
+    assert!(store.contains("good-1".into()).await.expect("query"));
+}
+
+#[tokio::test]
+async fn sslmode_prefer_falls_back_to_plain_and_require_insists() {
+    let Some(url) = fresh_database().await else { return };
+    let prefer = url.replace("sslmode=disable", "sslmode=prefer");
+    let store = connect(&prefer).await;
+    assert!(matches!(store.journal(entry("over-plain")).await.expect("journal"), Recorded::New(_)));
+    // The test cluster has no TLS: require must not silently go plain.
+    let require = url.replace("sslmode=disable", "sslmode=require");
+    assert!(Store::connect(&require, 1, DEFAULT_LEASE).await.is_err());
+}
+
+#[tokio::test]
+async fn errors_never_show_the_password() {
+    let port = free_port();
+    let url = format!("postgres://app:hunter2-secret@127.0.0.1:{port}/db?sslmode=disable");
+    let error = Store::connect(&url, 1, DEFAULT_LEASE).await.expect_err("nothing listens there");
+    let shown = format!("{error} {error:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    let error = Store::connect("mysql://app:hunter2-secret@db/x", 1, DEFAULT_LEASE).await.expect_err("bad scheme");
+    assert!(!format!("{error} {error:?}").contains("hunter2"));
+    assert!(error.to_string().contains("DATABASE_URL"), "{error}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_an_error_and_heals_without_a_new_store() {
+    let Some(cluster) = Cluster::start() else { return };
+    cluster.create_database("outage").await;
+    let store = connect(&cluster.url("outage")).await;
+    assert!(matches!(store.journal(entry("before")).await.expect("journal"), Recorded::New(_)));
+
+    cluster.stop();
+    assert!(store.journal(entry("during")).await.is_err(), "no commit, no success");
+
+    cluster.resume();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match store.journal(entry("during")).await {
+            Ok(recorded) => {
+                assert!(matches!(recorded, Recorded::New(_)), "it was never stored: {recorded:?}");
+                break;
+            }
+            Err(error) => assert!(Instant::now() < deadline, "not healed: {error}"),
+        }
+        // Polling the recovery, within the deadline.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.contains("before".into()).await.expect("query"));
+    assert_eq!(store.unhandled().await.expect("unhandled"), 2);
+}
