@@ -36,6 +36,8 @@ pub struct Cluster {
     port: u16,
     /// Whether `drop` stops it (the shared cluster is left to its reaper).
     owned: bool,
+    /// The shared cluster's reaper: it outlives this process, never waited for.
+    _reaper: Option<std::process::Child>,
 }
 
 /// The URL of a new, empty database in the shared cluster, or `None` (after a
@@ -60,7 +62,8 @@ fn binaries() -> Option<PathBuf> {
         bin.parent().and_then(|v| v.file_name()).and_then(|v| v.to_str()).and_then(|v| v.parse::<u32>().ok())
     });
     debian.pop().or_else(|| {
-        std::env::split_paths(&std::env::var_os("PATH")?).find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .find(|dir| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file())
     })
 }
 
@@ -119,9 +122,9 @@ impl Cluster {
         }
         let data = dir.to_str().expect("a UTF-8 temporary path").to_owned();
         run(as_postgres(&bin.join("initdb"), &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]), "initdb");
-        let cluster = Self { dir, bin, port: free_port(), owned };
+        let mut cluster = Self { dir, bin, port: free_port(), owned, _reaper: None };
         if !owned {
-            cluster.spawn_reaper();
+            cluster._reaper = Some(cluster.spawn_reaper());
         }
         cluster.resume();
         Some(cluster)
@@ -130,12 +133,13 @@ impl Cluster {
     /// Starts the server (again) on its port, waiting until it accepts connections.
     pub fn resume(&self) {
         let data = self.dir.to_str().expect("a UTF-8 temporary path");
-        let options = format!(
-            "-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=400",
-            self.port
-        );
+        let options =
+            format!("-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=400", self.port);
         let log = format!("{data}/log");
-        run(as_postgres(&self.bin.join("pg_ctl"), &["-D", data, "-o", &options, "-l", &log, "start", "-w", "-t", "60"]), "pg_ctl start");
+        run(
+            as_postgres(&self.bin.join("pg_ctl"), &["-D", data, "-o", &options, "-l", &log, "start", "-w", "-t", "60"]),
+            "pg_ctl start",
+        );
     }
 
     /// The URL of database `name`.
@@ -145,8 +149,9 @@ impl Cluster {
 
     /// Creates database `name`.
     pub async fn create_database(&self, name: &str) {
-        let (client, connection) =
-            tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls).await.expect("connects to the cluster");
+        let (client, connection) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
+            .await
+            .expect("connects to the cluster");
         let connection = tokio::spawn(connection);
         client.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("creates a database");
         drop(client);
@@ -161,32 +166,33 @@ impl Cluster {
     }
 
     /// Stops the server by its PID (a fast shutdown: clients are disconnected),
-    /// waiting until it is gone.
+    /// waiting until it has shut down (it removes `postmaster.pid` last; the
+    /// process itself may linger as a zombie until it is reaped).
     pub fn stop(&self) {
         let Some(pid) = self.pid() else { return };
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
         let deadline = Instant::now() + Duration::from_secs(30);
-        while rustix::process::test_kill_process(pid).is_ok() {
+        while self.dir.join("postmaster.pid").exists() {
             if Instant::now() > deadline {
                 // Immediate shutdown: no checkpoint, as after a crash.
                 let _ = rustix::process::kill_process(pid, rustix::process::Signal::QUIT);
                 break;
             }
-            // Polling its exit, within the deadline.
+            // Polling its shutdown, within the deadline.
             std::thread::sleep(Duration::from_millis(20));
         }
     }
 
     /// A detached process that waits for this test process to exit, then stops the
     /// server by its PID and removes the directory.
-    fn spawn_reaper(&self) {
+    fn spawn_reaper(&self) -> std::process::Child {
         let script = r#"
             while kill -0 "$1" 2>/dev/null; do sleep 0.2; done
             pid=$(head -n 1 "$2/postmaster.pid" 2>/dev/null)
             if [ -n "$pid" ]; then
                 kill -TERM "$pid" 2>/dev/null
                 n=0
-                while kill -0 "$pid" 2>/dev/null && [ $n -lt 150 ]; do sleep 0.2; n=$((n+1)); done
+                while [ -f "$2/postmaster.pid" ] && [ $n -lt 150 ]; do sleep 0.2; n=$((n+1)); done
                 kill -QUIT "$pid" 2>/dev/null
             fi
             rm -rf "$2"
@@ -199,7 +205,7 @@ impl Cluster {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("starts the cluster's reaper");
+            .expect("starts the cluster's reaper")
     }
 }
 

@@ -116,11 +116,8 @@ async fn duplicate_deliveries_racing_are_journaled_once(engine: Engine) {
         let store = owners[i % owners.len()].clone();
         tokio::spawn(async move { store.journal(entry("the-same-message")).await })
     });
-    let results: Vec<Recorded> = futures_util::future::join_all(writes)
-        .await
-        .into_iter()
-        .map(|r| r.expect("task").expect("journal"))
-        .collect();
+    let results: Vec<Recorded> =
+        futures_util::future::join_all(writes).await.into_iter().map(|r| r.expect("task").expect("journal")).collect();
     let new = results.iter().filter(|r| matches!(r, Recorded::New(_))).count();
     assert_eq!(new, 1, "{results:?}");
     assert_eq!(subject.store.unhandled().await.expect("unhandled"), 1);
@@ -163,7 +160,10 @@ async fn claimed_entries_complete_in_arrival_order(engine: Engine) {
     store.complete_entries(again).await.expect("complete again");
     assert_eq!(store.outbox_backlog().await.expect("backlog"), 3);
     let due = store.claim_actions(10).await.expect("claim actions");
-    assert_eq!(due.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(), ["forward:first", "forward:second", "forward:third"]);
+    assert_eq!(
+        due.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(),
+        ["forward:first", "forward:second", "forward:third"]
+    );
 }
 
 async fn an_entry_claimed_and_never_completed_is_claimed_again(engine: Engine) {
@@ -317,7 +317,10 @@ async fn a_rejected_token_is_dropped_only_if_still_current(engine: Engine) {
     let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
     let owners = subject.owners(2).await;
     let fresh = StoredToken { token: "fresh".into(), expires_at: now() + 7200 };
-    owners[0].save_token("corp:app".into(), StoredToken { token: "old".into(), expires_at: now() + 10 }).await.expect("save");
+    owners[0]
+        .save_token("corp:app".into(), StoredToken { token: "old".into(), expires_at: now() + 10 })
+        .await
+        .expect("save");
     owners[1].save_token("corp:app".into(), fresh.clone()).await.expect("refresh");
     owners[0].drop_token("corp:app".into(), "old".into()).await.expect("drop");
     assert_eq!(owners[0].load_token("corp:app".into()).await.expect("load"), Some(fresh), "a newer token is kept");

@@ -74,9 +74,7 @@ impl Target {
         for (key, value) in parsed.query_pairs() {
             if key == "sslmode" {
                 ssl = SslMode::parse(&value).ok_or_else(|| {
-                    PostgresError::Url(format!(
-                        "sslmode {value:?} is not one of disable, prefer, require, verify-full"
-                    ))
+                    PostgresError::Url(format!("sslmode {value:?} is not one of disable, prefer, require, verify-full"))
                 })?;
             } else {
                 kept.push((key.into_owned(), value.into_owned()));
@@ -107,11 +105,7 @@ impl Target {
     /// A pool of at most `size` connections; none is opened until one is needed.
     pub(super) fn pool(self, size: usize) -> Result<Pool, PostgresError> {
         let tls = connector(self.ssl)?;
-        let manager = Manager::from_config(
-            self.config,
-            tls,
-            ManagerConfig { recycling_method: RecyclingMethod::Fast, ..ManagerConfig::default() },
-        );
+        let manager = Manager::from_config(self.config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         Pool::builder(manager)
             .max_size(size.max(1))
             .runtime(Runtime::Tokio1)

@@ -101,7 +101,9 @@ async fn write_group(pool: &Pool, stats: &Stats, group: Vec<Write>) {
         }
         // The server refused the statement, so nothing of it was written: alone,
         // each entry's own fate.
-        Err(StoreError::Postgres(PostgresError::Database(error))) if error.as_db_error().is_some() && group.len() > 1 => {
+        Err(StoreError::Postgres(PostgresError::Database(error)))
+            if error.as_db_error().is_some() && group.len() > 1 =>
+        {
             tracing::warn!("store: a journal group was refused ({error}); journaling its entries one by one");
             let mut answers = Vec::with_capacity(group.len());
             for entry in &entries {
@@ -136,10 +138,7 @@ async fn insert_group(pool: &Pool, entries: &[&NewEntry]) -> Result<Vec<Recorded
         .query(&statement, &[&columns.keys, &columns.channels, &columns.kinds, &columns.senders, &columns.payloads])
         .await?;
     let mut ids: HashMap<String, i64> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-    Ok(entries
-        .iter()
-        .map(|entry| ids.remove(&entry.dedup_key).map_or(Recorded::Duplicate, Recorded::New))
-        .collect())
+    Ok(entries.iter().map(|entry| ids.remove(&entry.dedup_key).map_or(Recorded::Duplicate, Recorded::New)).collect())
 }
 
 /// Entries as the columns of an `unnest`, sorted by dedup key.

@@ -17,8 +17,6 @@ impl Postgres {
         self.committed(1);
         let statement = client.prepare_cached("SELECT value FROM meta WHERE key = 'first_started_at'").await?;
         let value: String = client.query_one(&statement, &[]).await?.get(0);
-        value
-            .parse()
-            .map_err(|_| StoreError::Postgres(PostgresError::Corrupt(format!("first_started_at {value:?}"))))
+        value.parse().map_err(|_| StoreError::Postgres(PostgresError::Corrupt(format!("first_started_at {value:?}"))))
     }
 }

@@ -30,8 +30,7 @@ impl Postgres {
     /// Deletes the token of `cache_key` only if it is still `stale`.
     pub(in crate::store) async fn drop_token(&self, cache_key: String, stale: String) -> Result<(), StoreError> {
         let client = self.client().await?;
-        let statement =
-            client.prepare_cached("DELETE FROM access_tokens WHERE cache_key = $1 AND token = $2").await?;
+        let statement = client.prepare_cached("DELETE FROM access_tokens WHERE cache_key = $1 AND token = $2").await?;
         client.execute(&statement, &[&cache_key, &stale]).await?;
         self.committed(1);
         Ok(())
