@@ -358,3 +358,55 @@ async fn a_database_outage_is_an_error_and_heals_without_a_new_store() {
     assert!(store.contains("before".into()).await.expect("query"));
     assert_eq!(store.unhandled().await.expect("unhandled"), 2);
 }
+
+/// Distinct journal writes by `callers` concurrent tasks for `run`: (writes/s, p99).
+async fn journal_rate(store: &Store, round: &str, callers: usize, run: Duration) -> (f64, Duration) {
+    let start = Instant::now();
+    let tasks = (0..callers).map(|c| {
+        let (store, round) = (store.clone(), round.to_owned());
+        tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut i = 0;
+            while start.elapsed() < run {
+                let began = Instant::now();
+                let recorded = store.journal(entry(&format!("{round}-{c}-{i}"))).await.expect("journal");
+                assert!(matches!(recorded, Recorded::New(_)));
+                latencies.push(began.elapsed());
+                i += 1;
+            }
+            latencies
+        })
+    });
+    let mut latencies: Vec<Duration> =
+        futures_util::future::join_all(tasks).await.into_iter().flat_map(|t| t.expect("task")).collect();
+    let elapsed = start.elapsed().as_secs_f64();
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    (latencies.len() as f64 / elapsed, p99)
+}
+
+/// The goal is at least half the SQLite rate (issue 12); this guards, loosely so
+/// that a noisy machine does not fail it, against losing group commit (single-row
+/// commits here are ~3k/s, a twentieth of SQLite's grouped rate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn journaling_at_64_callers_keeps_up_with_sqlite() {
+    let Some(url) = fresh_database().await else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let sqlite = Store::open(dir.path()).expect("opens");
+    let postgres = connect(&url).await;
+    let run = Duration::from_secs(2);
+    let (sqlite_rate, sqlite_p99) = journal_rate(&sqlite, "s", 64, run).await;
+    let (commits, rows) =
+        (postgres.stats().commits.load(Ordering::Relaxed), postgres.stats().operations.load(Ordering::Relaxed));
+    let (postgres_rate, postgres_p99) = journal_rate(&postgres, "p", 64, run).await;
+    let commits = postgres.stats().commits.load(Ordering::Relaxed) - commits;
+    let rows = postgres.stats().operations.load(Ordering::Relaxed) - rows;
+    eprintln!(
+        "journal, 64 callers: SQLite {sqlite_rate:.0}/s (p99 {sqlite_p99:?}), PostgreSQL {postgres_rate:.0}/s \
+         (p99 {postgres_p99:?}, {:.0} commits/s, {:.1} rows per commit): {:.2}x",
+        commits as f64 / run.as_secs_f64(),
+        rows as f64 / commits.max(1) as f64,
+        postgres_rate / sqlite_rate
+    );
+    assert!(postgres_rate >= 0.25 * sqlite_rate, "PostgreSQL {postgres_rate:.0}/s vs SQLite {sqlite_rate:.0}/s");
+}

@@ -23,7 +23,9 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use super::PostgresError;
 
 /// How long establishing one connection may take before it counts as a failure.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Short: while the database is unreachable a callback waits this long for its
+/// 503, and WeCom gives up on an answer after 5 s.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long an operation waits for a free connection of the pool.
 const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Set on every new connection. `synchronous_commit` on: a commit is durable (and

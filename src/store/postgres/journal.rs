@@ -33,7 +33,9 @@ use crate::store::{Stats, StoreError};
 const MAX_GROUP: usize = 256;
 
 /// At most this many groups are in flight at once (each holds one connection).
-const MAX_WRITERS: usize = 4;
+/// Two measured best here: 64 callers made groups of ~20 rows at ~2.4k commits/s
+/// (4 writers: ~10 rows, ~4k commits/s, and fewer rows/s).
+const MAX_WRITERS: usize = 2;
 
 /// Inserts entries (given sorted by dedup key): the keys and ids of the new rows.
 fn insert_sql() -> String {
@@ -223,7 +225,9 @@ impl Postgres {
         let tx = client.transaction().await?;
         let actions: Vec<&NewAction> = completions.iter().flat_map(|(_, actions)| actions).collect();
         insert_actions(&tx, &actions).await?;
-        let ids: Vec<i64> = completions.iter().map(|(id, _)| *id).collect();
+        // In id order, as other completions of overlapping entries lock them.
+        let mut ids: Vec<i64> = completions.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
         let statement = tx
             .prepare_cached(&format!(
                 "UPDATE journal SET handled_at = {EPOCH}, claimed_until = NULL
