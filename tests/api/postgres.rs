@@ -36,6 +36,8 @@ pub struct Cluster {
     port: u16,
     /// Whether `drop` stops it (the shared cluster is left to its reaper).
     owned: bool,
+    /// Whether it serves TLS (a self-signed certificate for 127.0.0.1).
+    tls: bool,
     /// The shared cluster's reaper: it outlives this process, never waited for.
     _reaper: Option<std::process::Child>,
 }
@@ -43,7 +45,7 @@ pub struct Cluster {
 /// The URL of a new, empty database in the shared cluster, or `None` (after a
 /// notice) when PostgreSQL is not installed and this is not CI.
 pub async fn fresh_database() -> Option<String> {
-    let cluster = SHARED.get_or_init(|| Cluster::launch(false)).as_ref()?;
+    let cluster = SHARED.get_or_init(|| Cluster::launch(false, false)).as_ref()?;
     let name = format!("t{}", DATABASES.fetch_add(1, Ordering::Relaxed));
     cluster.create_database(&name).await;
     Some(cluster.url(&name))
@@ -95,6 +97,15 @@ fn run(mut command: Command, what: &str) {
     );
 }
 
+/// Makes `dir` the `postgres` user's, when we are root (its tools run as that user).
+fn give_to_postgres(dir: &Path) {
+    if is_root() {
+        let mut chown = Command::new("chown");
+        chown.args(["-R", "postgres:postgres"]).arg(dir);
+        run(chown, "chown of the cluster directory");
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free loopback port").port()
 }
@@ -102,10 +113,15 @@ fn free_port() -> u16 {
 impl Cluster {
     /// A cluster of the calling test's own, stopped and removed on drop.
     pub fn start() -> Option<Self> {
-        Self::launch(true)
+        Self::launch(true, false)
     }
 
-    fn launch(owned: bool) -> Option<Self> {
+    /// Like [`Cluster::start`], serving TLS with a self-signed certificate.
+    pub fn start_with_tls() -> Option<Self> {
+        Self::launch(true, true)
+    }
+
+    fn launch(owned: bool, tls: bool) -> Option<Self> {
         let Some(bin) = binaries() else {
             assert!(
                 std::env::var_os("CI").is_none(),
@@ -115,14 +131,16 @@ impl Cluster {
             return None;
         };
         let dir = tempfile::Builder::new().prefix("wechat-api-pg-").tempdir().expect("a temporary directory").keep();
-        if is_root() {
-            let mut chown = Command::new("chown");
-            chown.args(["-R", "postgres:postgres"]).arg(&dir);
-            run(chown, "chown of the cluster directory");
-        }
         let data = dir.to_str().expect("a UTF-8 temporary path").to_owned();
+        give_to_postgres(&dir);
         run(as_postgres(&bin.join("initdb"), &["-D", &data, "-A", "trust", "-U", "postgres", "--no-sync"]), "initdb");
-        let mut cluster = Self { dir, bin, port: free_port(), owned, _reaper: None };
+        if tls {
+            let (_, key, _) = super::helpers::write_certificate(&dir, 30);
+            // PostgreSQL refuses a key that others may read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod key");
+            give_to_postgres(&dir);
+        }
+        let mut cluster = Self { dir, bin, port: free_port(), owned, tls, _reaper: None };
         if !owned {
             cluster._reaper = Some(cluster.spawn_reaper());
         }
@@ -133,8 +151,11 @@ impl Cluster {
     /// Starts the server (again) on its port, waiting until it accepts connections.
     pub fn resume(&self) {
         let data = self.dir.to_str().expect("a UTF-8 temporary path");
-        let options =
+        let mut options =
             format!("-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=400", self.port);
+        if self.tls {
+            options.push_str(" -c ssl=on -c ssl_cert_file=server.crt -c ssl_key_file=server.key");
+        }
         let log = format!("{data}/log");
         run(
             as_postgres(&self.bin.join("pg_ctl"), &["-D", data, "-o", &options, "-l", &log, "start", "-w", "-t", "60"]),
@@ -318,6 +339,22 @@ async fn sslmode_prefer_falls_back_to_plain_and_require_insists() {
     // The test cluster has no TLS: require must not silently go plain.
     let require = url.replace("sslmode=disable", "sslmode=require");
     assert!(Store::connect(&require, 1, DEFAULT_LEASE).await.is_err());
+}
+
+#[tokio::test]
+async fn sslmode_require_and_prefer_speak_tls_and_verify_full_checks_the_chain() {
+    let Some(cluster) = Cluster::start_with_tls() else { return };
+    cluster.create_database("tls").await;
+    let url = cluster.url("tls");
+    for mode in ["require", "prefer"] {
+        let store = connect(&url.replace("sslmode=disable", &format!("sslmode={mode}"))).await;
+        let key = format!("over-tls-{mode}");
+        assert!(matches!(store.journal(entry(&key)).await.expect("journal"), Recorded::New(_)), "{mode}");
+    }
+    // Self-signed: no public root vouches for it.
+    let verify = url.replace("sslmode=disable", "sslmode=verify-full");
+    let refused = Store::connect(&verify, 1, DEFAULT_LEASE).await.expect_err("an unknown issuer is refused");
+    assert!(refused.to_string().to_lowercase().contains("certificate"), "{refused}");
 }
 
 #[tokio::test]

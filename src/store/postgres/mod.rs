@@ -132,9 +132,11 @@ pub enum PostgresError {
     Url(String),
     #[error("TLS: {0}")]
     Tls(String),
-    /// The server refused an operation or the connection broke (its outcome unknown).
-    #[error("{0}")]
-    Database(#[source] tokio_postgres::Error),
+    /// The server refused an operation or the connection broke (its outcome
+    /// unknown). Shown with its causes: the driver's own text is only the kind
+    /// ("db error"), the server's message is the cause.
+    #[error("{}", with_causes(.0))]
+    Database(tokio_postgres::Error),
     /// No connection could be had (the database is unreachable, the pool timed out),
     /// or a group commit failed for everyone in it.
     #[error("{0}")]
@@ -228,6 +230,18 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// `error` and each of its causes, `: `-separated.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
 }
 
 /// The text of a column that names an enum value, parsed.
