@@ -5,6 +5,7 @@
 use std::time::SystemTime;
 
 use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
 
 use super::{bigint, Postgres, EPOCH};
 use crate::store::outbox::{DueAction, NewAction};
@@ -82,14 +83,17 @@ impl Postgres {
         claim: i64,
         follow_ups: Vec<NewAction>,
     ) -> Result<(), StoreError> {
+        let done = format!(
+            "UPDATE outbox SET done_at = {EPOCH}, last_error = NULL, claimed_until = NULL
+             WHERE id = $1 AND claim = $2"
+        );
+        if follow_ups.is_empty() {
+            // One statement is its own transaction: no BEGIN and COMMIT round trips.
+            return self.fenced(&done, &[&id, &claim]).await;
+        }
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let statement = tx
-            .prepare_cached(&format!(
-                "UPDATE outbox SET done_at = {EPOCH}, last_error = NULL, claimed_until = NULL
-                 WHERE id = $1 AND claim = $2"
-            ))
-            .await?;
+        let statement = tx.prepare_cached(&done).await?;
         if tx.execute(&statement, &[&id, &claim]).await? != 1 {
             tx.rollback().await?;
             return Err(StoreError::LeaseLost);
@@ -111,7 +115,7 @@ impl Postgres {
             "UPDATE outbox SET done_at = {EPOCH}, attempts = attempts + 1, last_error = $3, claimed_until = NULL
              WHERE id = $1 AND claim = $2"
         );
-        self.fenced(&sql, id, claim, format!("abandoned: {error}"), None).await
+        self.fenced(&sql, &[&id, &claim, &format!("abandoned: {error}")]).await
     }
 
     /// Records a failed attempt and when to try again; releases the claim.
@@ -125,25 +129,15 @@ impl Postgres {
         let sql = "UPDATE outbox SET attempts = attempts + 1, last_error = $3, claimed_until = NULL,
                    next_attempt_at = now() + make_interval(secs => $4::bigint)
                    WHERE id = $1 AND claim = $2";
-        self.fenced(sql, id, claim, error, Some(retry_in_secs)).await
+        self.fenced(sql, &[&id, &claim, &error, &retry_in_secs]).await
     }
 
-    /// Runs one update of action `id` that changes it only under `claim`.
-    async fn fenced(
-        &self,
-        sql: &str,
-        id: i64,
-        claim: i64,
-        error: String,
-        retry_in_secs: Option<i64>,
-    ) -> Result<(), StoreError> {
+    /// Runs one update of one action (`$1`) that changes it only under its claim
+    /// (`$2`): [`StoreError::LeaseLost`] when it changed nothing.
+    async fn fenced(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await?;
-        let changed = match retry_in_secs {
-            Some(secs) => client.execute(&statement, &[&id, &claim, &error, &secs]).await?,
-            None => client.execute(&statement, &[&id, &claim, &error]).await?,
-        };
-        if changed != 1 {
+        if client.execute(&statement, params).await? != 1 {
             return Err(StoreError::LeaseLost);
         }
         self.committed(1);
