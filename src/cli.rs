@@ -58,4 +58,12 @@ pub enum Command {
         #[arg(long)]
         demo: bool,
     },
+    /// Move this installation's SQLite store (DATA_DIR) into an empty PostgreSQL
+    /// database, for replicas: kf cursors, the first start, unhandled messages,
+    /// owed actions, alert state and names. Stop the service first.
+    MigrateStore {
+        /// The target, as DATABASE_URL: postgres://user:password@host:port/dbname?sslmode=…
+        #[arg(long, value_name = "DATABASE_URL")]
+        to: String,
+    },
 }

@@ -3,6 +3,7 @@
 pub mod diagnose;
 pub mod healthcheck;
 pub mod keygen;
+pub mod migrate_store;
 pub mod serve;
 pub mod sign;
 
@@ -34,6 +35,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Diagnose { json } => return diagnose::run(&sources, json),
         Command::Keygen => keygen::run(),
         Command::Sign { url, text, demo } => sign::run(sources, url, &text, demo),
+        Command::MigrateStore { to } => migrate_store::run(&sources, &to),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -12,29 +12,29 @@ pub struct FiringRecord {
 }
 
 impl Store {
-    pub(crate) async fn firing_checks(&self) -> Result<Vec<FiringRecord>, StoreError> {
+    pub async fn firing_checks(&self) -> Result<Vec<FiringRecord>, StoreError> {
         backend!(self, b => b.firing_checks().await)
     }
 
-    pub(crate) async fn set_firing(&self, record: FiringRecord) -> Result<(), StoreError> {
+    pub async fn set_firing(&self, record: FiringRecord) -> Result<(), StoreError> {
         backend!(self, b => b.set_firing(record).await)
     }
 
-    pub(crate) async fn clear_firing(&self, check: String) -> Result<(), StoreError> {
+    pub async fn clear_firing(&self, check: String) -> Result<(), StoreError> {
         backend!(self, b => b.clear_firing(check).await)
     }
 
     /// A value in `meta`, e.g. the last restart note or certificate step.
-    pub(crate) async fn meta_value(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+    pub async fn meta_value(&self, key: &'static str) -> Result<Option<String>, StoreError> {
         backend!(self, b => b.meta_value(key).await)
     }
 
-    pub(crate) async fn set_meta_value(&self, key: &'static str, value: String) -> Result<(), StoreError> {
+    pub async fn set_meta_value(&self, key: &'static str, value: String) -> Result<(), StoreError> {
         backend!(self, b => b.set_meta_value(key, value).await)
     }
 
     /// Writes and deletes a probe row: the `store:writable` check.
-    pub(crate) async fn probe_write(&self) -> Result<(), StoreError> {
+    pub async fn probe_write(&self) -> Result<(), StoreError> {
         backend!(self, b => b.probe_write().await)
     }
 }

@@ -46,7 +46,7 @@ pub struct NewEntry {
 
 /// What journaling found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Recorded {
+pub enum Recorded {
     /// First delivery; the journal id.
     New(i64),
     /// Seen before (a WeCom retry, or a replay): nothing written.
@@ -55,7 +55,7 @@ pub(crate) enum Recorded {
 
 /// A journaled callback not yet handled.
 #[derive(Debug, Clone)]
-pub(crate) struct PendingEntry {
+pub struct PendingEntry {
     pub id: i64,
     pub dedup_key: String,
     pub channel: Channel,
@@ -104,7 +104,7 @@ impl RecentKeys {
 
 impl Store {
     /// Journals `entry` unless its dedup key is known; durable when this returns.
-    pub(crate) async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
+    pub async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
         if self.recent.contains(&entry.dedup_key) {
             return Ok(Recorded::Duplicate);
         }
@@ -117,7 +117,7 @@ impl Store {
 
     /// Claims the oldest unhandled entries for handling, in arrival order. An
     /// entry claimed and never completed (its handler died) is claimed again.
-    pub(crate) async fn claim_entries(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
+    pub async fn claim_entries(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
         backend!(self, b => b.pending(limit).await)
     }
 
@@ -126,7 +126,7 @@ impl Store {
     /// keeps both. Handling twice queues the same idempotency keys, kept once.
     ///
     /// Relaxed durability: after a power loss the entries are simply handled again.
-    pub(crate) async fn complete_entries(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
+    pub async fn complete_entries(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
         backend!(self, b => b.complete(completions).await)
     }
 
@@ -136,8 +136,8 @@ impl Store {
     }
 
     /// Whether `dedup_key` was journaled (for tests).
-    #[cfg(test)]
-    pub(crate) async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
+    #[cfg(any(test, feature = "testing"))]
+    pub async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
         backend!(self, b => b.contains(dedup_key).await)
     }
 }

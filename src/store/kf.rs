@@ -8,7 +8,7 @@ use super::{backend, Store, StoreError};
 
 /// The right to sync one kf account, and where its messages continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct KfClaim {
+pub struct KfClaim {
     pub open_kfid: String,
     /// The stored `next_cursor`; `None` before the account's first page.
     pub cursor: Option<String>,
@@ -22,13 +22,13 @@ fn lease_name(open_kfid: &str) -> String {
 
 impl Store {
     /// Every kf account that has synced at least once.
-    pub(crate) async fn kf_accounts(&self) -> Result<Vec<String>, StoreError> {
+    pub async fn kf_accounts(&self) -> Result<Vec<String>, StoreError> {
         backend!(self, b => b.kf_accounts().await)
     }
 
     /// Claims the account for a sync, with its stored cursor; `None` while another
     /// owner's lease holds it.
-    pub(crate) async fn claim_kf_account(&self, open_kfid: String) -> Result<Option<KfClaim>, StoreError> {
+    pub async fn claim_kf_account(&self, open_kfid: String) -> Result<Option<KfClaim>, StoreError> {
         let lease = self.lease_secs();
         let claimed = backend!(self, b => b.claim_kf_account(lease_name(&open_kfid), open_kfid.clone(), lease).await)?;
         Ok(claimed.map(|(lease, cursor)| KfClaim { open_kfid, cursor, lease }))
@@ -38,7 +38,7 @@ impl Store {
     /// cursor that follows it, atomically, renewing the claim's lease. Refused with
     /// [`StoreError::LeaseLost`], nothing written, when the lease was taken over or
     /// the cursor is no longer the claim's. Returns how many messages were new.
-    pub(crate) async fn kf_store_page(
+    pub async fn kf_store_page(
         &self,
         claim: &mut KfClaim,
         entries: Vec<NewEntry>,
@@ -55,7 +55,7 @@ impl Store {
     }
 
     /// Ends the claim, so another owner may sync the account at once.
-    pub(crate) async fn release_kf_account(&self, claim: KfClaim) -> Result<(), StoreError> {
+    pub async fn release_kf_account(&self, claim: KfClaim) -> Result<(), StoreError> {
         self.release_lease(claim.lease).await
     }
 }

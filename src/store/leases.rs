@@ -11,7 +11,7 @@ use super::{backend, Store, StoreError};
 
 /// A lease this process holds until it releases it or [`Store::lease`] passes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Lease {
+pub struct Lease {
     pub name: String,
     /// Fences work done under the lease.
     pub claim: i64,
@@ -19,13 +19,13 @@ pub(crate) struct Lease {
 
 impl Store {
     /// Takes the lease `name` unless another owner holds it and its time has not run out.
-    pub(crate) async fn claim_lease(&self, name: String) -> Result<Option<Lease>, StoreError> {
+    pub async fn claim_lease(&self, name: String) -> Result<Option<Lease>, StoreError> {
         let lease = self.lease_secs();
         backend!(self, b => b.claim_lease(name, lease).await)
     }
 
     /// Gives the lease up at once, so another owner need not wait for it to run out.
-    pub(crate) async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
+    pub async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
         backend!(self, b => b.release_lease(lease).await)
     }
 }

@@ -4,7 +4,7 @@ use super::{backend, Store, StoreError};
 
 impl Store {
     /// Unix seconds of the very first start of this data directory (set on first call).
-    pub(crate) async fn first_started_at(&self) -> Result<i64, StoreError> {
+    pub async fn first_started_at(&self) -> Result<i64, StoreError> {
         backend!(self, b => b.first_started_at().await)
     }
 }

@@ -17,6 +17,7 @@ pub mod leases;
 pub mod meta;
 pub mod names;
 pub mod outbox;
+mod postgres;
 pub mod retention;
 pub mod snapshot;
 mod sqlite;
@@ -50,6 +51,10 @@ pub enum StoreError {
     /// An import into a store that already holds data.
     #[error("store: the target already holds data; migrate-store needs an empty database")]
     NotEmpty,
+    /// PostgreSQL could not be reached, refused an operation, or a commit's outcome
+    /// is unknown; never carries the password of `DATABASE_URL`.
+    #[error("store: PostgreSQL: {0}")]
+    Postgres(#[from] postgres::PostgresError),
 }
 
 /// How long a claim holds by default (`LEASE_SECS`).
@@ -59,6 +64,7 @@ pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 #[derive(Clone)]
 enum Backend {
     Sqlite(sqlite::Sqlite),
+    Postgres(postgres::Postgres),
 }
 
 /// Runs `$body` with `$b` bound to the store's backend: how every operation of
@@ -67,6 +73,7 @@ macro_rules! backend {
     ($store:expr, $b:ident => $body:expr) => {
         match &$store.backend {
             $crate::store::Backend::Sqlite($b) => $body,
+            $crate::store::Backend::Postgres($b) => $body,
         }
     };
 }
@@ -103,6 +110,14 @@ impl Store {
         Ok(Self { backend: Backend::Sqlite(sqlite::Sqlite::open(dir)?), lease: DEFAULT_LEASE, recent: Arc::default() })
     }
 
+    /// Connects to the PostgreSQL database of `url` (`DATABASE_URL`, with its
+    /// `sslmode`) through a pool of `pool_size` connections and migrates it; claims
+    /// hold for `lease` (`LEASE_SECS`). Errors never show the password.
+    pub async fn connect(url: &str, pool_size: usize, lease: Duration) -> Result<Self, StoreError> {
+        let postgres = postgres::Postgres::connect(url, pool_size, lease).await?;
+        Ok(Self { backend: Backend::Postgres(postgres), lease, recent: Arc::default() })
+    }
+
     /// The same store with claims that hold for `lease` (`LEASE_SECS`).
     pub fn with_lease(self, lease: Duration) -> Self {
         Self { lease, ..self }
@@ -132,6 +147,9 @@ pub fn now() -> i64 {
 impl Store {
     /// The SQLite backend, for the tests of its internals.
     fn sqlite(&self) -> &sqlite::Sqlite {
-        backend!(self, b => b)
+        match &self.backend {
+            Backend::Sqlite(b) => b,
+            Backend::Postgres(_) => panic!("the tests of SQLite internals open SQLite stores"),
+        }
     }
 }

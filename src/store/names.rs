@@ -12,25 +12,16 @@ pub struct CachedName {
 }
 
 impl Store {
-    pub(crate) async fn cached_name(
-        &self,
-        id_type: &'static str,
-        id: String,
-    ) -> Result<Option<CachedName>, StoreError> {
+    pub async fn cached_name(&self, id_type: &'static str, id: String) -> Result<Option<CachedName>, StoreError> {
         backend!(self, b => b.cached_name(id_type, id).await)
     }
 
-    pub(crate) async fn cache_name(
-        &self,
-        id_type: &'static str,
-        id: String,
-        name: CachedName,
-    ) -> Result<(), StoreError> {
+    pub async fn cache_name(&self, id_type: &'static str, id: String, name: CachedName) -> Result<(), StoreError> {
         backend!(self, b => b.cache_name(id_type, id, name).await)
     }
 
     /// Senders seen on `channel`, optionally only those without a cached name.
-    pub(crate) async fn seen_senders(
+    pub async fn seen_senders(
         &self,
         channel: &'static str,
         id_type: &'static str,

@@ -8,7 +8,7 @@ use super::{backend, Store, StoreError};
 
 /// An action to queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NewAction {
+pub struct NewAction {
     /// Idempotency key: the same key is queued once.
     pub key: String,
     pub kind: String,
@@ -19,7 +19,7 @@ pub(crate) struct NewAction {
 /// An action whose time has come, claimed for [`Store::lease`]: no one else
 /// attempts it until the lease runs out, and only this claim may finish it.
 #[derive(Debug, Clone)]
-pub(crate) struct DueAction {
+pub struct DueAction {
     pub id: i64,
     pub key: String,
     pub kind: String,
@@ -32,33 +32,24 @@ pub(crate) struct DueAction {
 impl Store {
     /// Claims up to `limit` unfinished actions that are due and not claimed by a
     /// live lease, oldest first.
-    pub(crate) async fn claim_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
+    pub async fn claim_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
         let lease = self.lease_secs();
         backend!(self, b => b.claim_actions(limit, lease).await)
     }
 
     /// Marks a claimed action done and queues what it led to, in one transaction;
     /// [`StoreError::LeaseLost`] (and nothing written) if the claim was taken over.
-    pub(crate) async fn action_succeeded(
-        &self,
-        action: &DueAction,
-        follow_ups: Vec<NewAction>,
-    ) -> Result<(), StoreError> {
+    pub async fn action_succeeded(&self, action: &DueAction, follow_ups: Vec<NewAction>) -> Result<(), StoreError> {
         backend!(self, b => b.action_succeeded(action.id, action.claim, follow_ups).await)
     }
 
     /// Gives up on an action that cannot succeed; it stays, with its error, for diagnosis.
-    pub(crate) async fn action_abandoned(&self, action: &DueAction, error: String) -> Result<(), StoreError> {
+    pub async fn action_abandoned(&self, action: &DueAction, error: String) -> Result<(), StoreError> {
         backend!(self, b => b.action_abandoned(action.id, action.claim, error).await)
     }
 
     /// Records a failed attempt and when to try again; releases the claim.
-    pub(crate) async fn action_failed(
-        &self,
-        action: &DueAction,
-        retry_in_secs: i64,
-        error: String,
-    ) -> Result<(), StoreError> {
+    pub async fn action_failed(&self, action: &DueAction, retry_in_secs: i64, error: String) -> Result<(), StoreError> {
         backend!(self, b => b.action_failed(action.id, action.claim, retry_in_secs, error).await)
     }
 

@@ -27,7 +27,7 @@ const HOUSEKEEPING: &str = "housekeeping";
 
 /// What one prune removed.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Pruned {
+pub struct Pruned {
     pub journal: u64,
     pub outbox: u64,
 }
@@ -35,7 +35,7 @@ pub(crate) struct Pruned {
 impl Store {
     /// Deletes handled journal entries and done outbox actions older than `cutoff`
     /// (Unix seconds), batch by batch.
-    pub(crate) async fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError> {
+    pub async fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError> {
         backend!(self, b => b.prune(cutoff).await)
     }
 }

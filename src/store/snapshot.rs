@@ -15,14 +15,14 @@ use super::{backend, Store, StoreError};
 
 /// A journal entry not yet handled, with when it arrived.
 #[derive(Debug, Clone)]
-pub struct UnhandledEntry {
+pub(crate) struct UnhandledEntry {
     pub entry: NewEntry,
     pub received_at: i64,
 }
 
 /// An outbox action not yet done, with its retry state.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OwedAction {
+pub(crate) struct OwedAction {
     pub key: String,
     pub kind: String,
     pub payload: String,
@@ -33,7 +33,7 @@ pub struct OwedAction {
 
 /// A resolved name.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NamedId {
+pub(crate) struct NamedId {
     pub id_type: String,
     pub id: String,
     pub name: CachedName,
@@ -41,7 +41,7 @@ pub struct NamedId {
 
 /// Everything [`Store::export`] carries.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// Facts about the installation (`first_started_at`, alert bookkeeping).
     pub facts: Vec<(String, String)>,
     /// `open_kfid` → stored `next_cursor`.
@@ -54,7 +54,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// One line for the operator: how much was carried.
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "{} facts, {} kf cursors, {} unhandled entries, {} owed actions, {} firing checks, {} names",
             self.facts.len(),
@@ -69,14 +69,14 @@ impl Snapshot {
 
 impl Store {
     /// Everything the service still needs, read in one transaction.
-    pub async fn export(&self) -> Result<Snapshot, StoreError> {
+    pub(crate) async fn export(&self) -> Result<Snapshot, StoreError> {
         backend!(self, b => b.export().await)
     }
 
     /// Puts `snapshot` into this store, in one transaction; refused with
     /// [`StoreError::NotEmpty`] when the store already holds a journal entry, an
     /// action, a kf cursor or a fact.
-    pub async fn import(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+    pub(crate) async fn import(&self, snapshot: Snapshot) -> Result<(), StoreError> {
         backend!(self, b => b.import(snapshot).await)
     }
 }

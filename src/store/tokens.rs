@@ -20,7 +20,7 @@ impl std::fmt::Debug for StoredToken {
 }
 
 impl Store {
-    pub(crate) async fn load_token(&self, cache_key: String) -> Result<Option<StoredToken>, StoreError> {
+    pub async fn load_token(&self, cache_key: String) -> Result<Option<StoredToken>, StoreError> {
         backend!(self, b => b.load_token(cache_key).await)
     }
 
@@ -30,7 +30,7 @@ impl Store {
 
     /// Deletes the stored token of `cache_key` if it is still `stale`: a token
     /// another refresher stored meanwhile is kept.
-    pub(crate) async fn drop_token(&self, cache_key: String, stale: String) -> Result<(), StoreError> {
+    pub async fn drop_token(&self, cache_key: String, stale: String) -> Result<(), StoreError> {
         backend!(self, b => b.drop_token(cache_key, stale).await)
     }
 }

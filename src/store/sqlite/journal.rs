@@ -105,7 +105,7 @@ impl Sqlite {
     }
 
     /// Whether `dedup_key` was journaled (for tests).
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testing"))]
     pub(in crate::store) async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
         self.run(move |db| {
             use rusqlite::OptionalExtension;

@@ -1,0 +1,274 @@
+//! The PostgreSQL backend: the store shared by replicas (`DATABASE_URL`).
+//!
+//! Owns: the schema and its migrations (run once for the cluster, under a
+//! transaction-scoped advisory lock, which also works behind pgbouncer's
+//! transaction pooling), the pool of connections (`connection`), and the SQL of
+//! every operation (one file per concern, named as in `store/`).
+//!
+//! How it differs from SQLite, and why:
+//! - **Acknowledged means committed**: every connection runs with
+//!   `synchronous_commit` on; an operation answers only after its commit, and a
+//!   commit whose outcome is unknown (the connection broke) is an error.
+//! - **Group commit** for the journal: concurrent callbacks are gathered by a few
+//!   writer tasks into one multi-row `INSERT … ON CONFLICT DO NOTHING` each (one
+//!   commit per group), as the SQLite writer thread does (see `journal`).
+//! - **No watermark**: identity ids are handed out at insert, not at commit, so a
+//!   reader may see id 2 before id 1 commits. Entries are marked `handled_at` and
+//!   claimed for a lease with `FOR UPDATE SKIP LOCKED`, so replicas never take the
+//!   same ones.
+//! - **Every time from the database's clock** (`now()`): replica clocks never
+//!   decide a lease. Unix seconds that leave the store come from
+//!   `floor(extract(epoch from now()))`.
+//!
+//! Deliberately not here: what the operations mean to the service (the boundary
+//! in `store/`), `LISTEN/NOTIFY` (a `pg_notify` in the journal transaction
+//! serialises commits; replicas poll), session advisory locks (they break behind
+//! pgbouncer), and one durability class only (PostgreSQL has no cheap relaxed
+//! commit worth the complexity here).
+
+mod alerts;
+mod connection;
+mod journal;
+mod kf;
+mod leases;
+mod meta;
+mod names;
+mod outbox;
+mod retention;
+mod snapshot;
+mod tokens;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deadpool_postgres::{Object, Pool, PoolError};
+
+use super::{Stats, StoreError};
+
+/// Versioned schema: entry `n` upgrades version n to n+1. Append only, never edit.
+const MIGRATIONS: &[&str] = &[
+    // 1: everything the SQLite store holds at its schema 3. Unix seconds are
+    // `bigint` where they leave the store; claim expiries are `timestamptz` and
+    // only ever compared with `now()`.
+    // journal: `handled_at` set once handled; `claimed_until`: a replica claimed it
+    // for handling. The partial index holds only the unhandled entries, so the
+    // claim walks a few rows whatever the journal's size.
+    // outbox: the partial index on due, undone actions keeps claims fast under
+    // load (without it they fall from thousands to under a hundred per second).
+    "CREATE TABLE journal (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        dedup_key text NOT NULL UNIQUE,
+        channel text NOT NULL,
+        kind text NOT NULL,
+        sender text,
+        received_at bigint NOT NULL,
+        payload text NOT NULL,
+        handled_at bigint,
+        claimed_until timestamptz
+    );
+    CREATE INDEX journal_unhandled ON journal (id) WHERE handled_at IS NULL;
+    CREATE TABLE outbox (
+        id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        action_key text NOT NULL UNIQUE,
+        kind text NOT NULL,
+        payload text NOT NULL,
+        attempts bigint NOT NULL DEFAULT 0,
+        next_attempt_at timestamptz NOT NULL DEFAULT now(),
+        last_error text,
+        created_at bigint NOT NULL,
+        done_at bigint,
+        claim bigint NOT NULL DEFAULT 0,
+        claimed_until timestamptz
+    );
+    CREATE INDEX outbox_due ON outbox (next_attempt_at, id) WHERE done_at IS NULL;
+    CREATE TABLE access_tokens (
+        cache_key text PRIMARY KEY,
+        token text NOT NULL,
+        expires_at bigint NOT NULL,
+        obtained_at bigint NOT NULL
+    );
+    CREATE TABLE kf_cursors (
+        open_kfid text PRIMARY KEY,
+        cursor text NOT NULL,
+        updated_at bigint NOT NULL
+    );
+    CREATE TABLE names (
+        id_type text NOT NULL,
+        id text NOT NULL,
+        name text NOT NULL,
+        source text NOT NULL,
+        updated_at bigint NOT NULL,
+        PRIMARY KEY (id_type, id)
+    );
+    CREATE TABLE alert_state (
+        check_name text PRIMARY KEY,
+        firing_since bigint NOT NULL,
+        last_notified_at bigint NOT NULL
+    );
+    CREATE TABLE meta (
+        key text PRIMARY KEY,
+        value text NOT NULL
+    );
+    CREATE TABLE leases (
+        name text PRIMARY KEY,
+        claim bigint NOT NULL,
+        until timestamptz NOT NULL
+    );",
+];
+
+/// The key of the transaction-scoped advisory lock that serialises migrations
+/// ("wechat" in ASCII).
+const MIGRATION_LOCK: i64 = 0x7765_6368_6174;
+
+/// Unix seconds now, by the database's clock.
+const EPOCH: &str = "floor(extract(epoch from now()))::bigint";
+
+/// Why the PostgreSQL backend failed. No variant carries `DATABASE_URL` or its
+/// password.
+#[derive(Debug, thiserror::Error)]
+pub enum PostgresError {
+    /// `DATABASE_URL` cannot be used: what is wrong with it.
+    #[error("DATABASE_URL: {0}")]
+    Url(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// The server refused an operation or the connection broke (its outcome
+    /// unknown). Shown with its causes: the driver's own text is only the kind
+    /// ("db error"), the server's message is the cause.
+    #[error("{}", with_causes(.0))]
+    Database(tokio_postgres::Error),
+    /// No connection could be had (the database is unreachable, the pool timed out),
+    /// or a group commit failed for everyone in it.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A row holds a value this build never writes.
+    #[error("unexpected value in the database: {0}")]
+    Corrupt(String),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::Postgres(PostgresError::Database(error))
+    }
+}
+
+impl From<PoolError> for StoreError {
+    fn from(error: PoolError) -> Self {
+        match error {
+            PoolError::Backend(error) => error.into(),
+            PoolError::PostCreateHook(deadpool_postgres::HookError::Backend(error)) => error.into(),
+            other => Self::Postgres(PostgresError::Unavailable(format!("no connection: {other}"))),
+        }
+    }
+}
+
+/// The PostgreSQL backend's handle; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Postgres {
+    pool: Pool,
+    stats: Arc<Stats>,
+    /// How long a claim of journal entries holds (`LEASE_SECS`).
+    lease_secs: i64,
+    /// The journal's group-commit writers.
+    journal: journal::Writers,
+}
+
+impl Postgres {
+    /// Connects, migrates, and starts the journal writers.
+    pub(super) async fn connect(url: &str, pool_size: usize, lease: Duration) -> Result<Self, StoreError> {
+        let pool = connection::Target::parse(url)?.pool(pool_size)?;
+        migrate(&pool).await?;
+        let stats = Arc::new(Stats::default());
+        let journal = journal::Writers::start(pool.clone(), Arc::clone(&stats), pool_size);
+        let lease_secs = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
+        Ok(Self { pool, stats, lease_secs, journal })
+    }
+
+    /// A connection of the pool.
+    async fn client(&self) -> Result<Object, StoreError> {
+        Ok(self.pool.get().await?)
+    }
+
+    /// Counts one committed transaction of `operations` operations.
+    fn committed(&self, operations: u64) {
+        record_commit(&self.stats, operations);
+    }
+
+    /// Commit counters.
+    pub(super) fn stats(&self) -> &Stats {
+        &self.stats
+    }
+}
+
+/// Counts one committed transaction; every commit is synchronous.
+fn record_commit(stats: &Stats, operations: u64) {
+    stats.commits.fetch_add(1, Ordering::Relaxed);
+    stats.synced_commits.fetch_add(1, Ordering::Relaxed);
+    stats.operations.fetch_add(operations, Ordering::Relaxed);
+}
+
+/// Brings the schema to [`MIGRATIONS`], once for the cluster: replicas starting
+/// together queue on a transaction-scoped advisory lock, and each finds the work
+/// done by the first.
+async fn migrate(pool: &Pool) -> Result<(), StoreError> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+    tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version bigint NOT NULL)").await?;
+    let found: i64 = tx.query_one("SELECT COALESCE(max(version), 0) FROM schema_version", &[]).await?.get(0);
+    let known = MIGRATIONS.len() as i64;
+    if found > known {
+        return Err(StoreError::TooNew { found, known });
+    }
+    for (version, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(usize::MAX)) {
+        tx.batch_execute(sql).await?;
+        tracing::info!(schema = version + 1, "store migrated (PostgreSQL)");
+    }
+    if found < known {
+        tx.execute("DELETE FROM schema_version", &[]).await?;
+        tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&known]).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `error` and each of its causes, `: `-separated.
+fn with_causes(error: &tokio_postgres::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}
+
+/// The text of a column that names an enum value, parsed.
+fn named<T>(value: &str, parse: impl Fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    parse(value).ok_or_else(|| StoreError::Postgres(PostgresError::Corrupt(format!("unknown name {value:?}"))))
+}
+
+/// A count or limit as PostgreSQL's `bigint`.
+fn bigint(value: usize) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_show_no_password() {
+        let error = StoreError::from(connection_error());
+        assert!(!error.to_string().contains("s3cret"), "{error}");
+    }
+
+    fn connection_error() -> PostgresError {
+        match connection::Target::parse("postgres://app:s3cret@db/x?sslmode=bogus") {
+            Err(error) => error,
+            Ok(_) => panic!("a bad sslmode is refused"),
+        }
+    }
+}

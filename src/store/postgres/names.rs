@@ -1,0 +1,57 @@
+//! Cached display names in PostgreSQL.
+
+use super::{bigint, Postgres, EPOCH};
+use crate::store::names::CachedName;
+use crate::store::StoreError;
+
+impl Postgres {
+    pub(in crate::store) async fn cached_name(
+        &self,
+        id_type: &'static str,
+        id: String,
+    ) -> Result<Option<CachedName>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached("SELECT name, source FROM names WHERE id_type = $1 AND id = $2").await?;
+        let row = client.query_opt(&statement, &[&id_type, &id]).await?;
+        Ok(row.map(|row| CachedName { name: row.get(0), source: row.get(1) }))
+    }
+
+    pub(in crate::store) async fn cache_name(
+        &self,
+        id_type: &'static str,
+        id: String,
+        name: CachedName,
+    ) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "INSERT INTO names (id_type, id, name, source, updated_at) VALUES ($1, $2, $3, $4, {EPOCH})
+                 ON CONFLICT (id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
+                 updated_at = excluded.updated_at"
+            ))
+            .await?;
+        client.execute(&statement, &[&id_type, &id, &name.name, &name.source]).await?;
+        self.committed(1);
+        Ok(())
+    }
+
+    /// Senders seen on `channel`, optionally only those without a cached name.
+    pub(in crate::store) async fn seen_senders(
+        &self,
+        channel: &'static str,
+        id_type: &'static str,
+        only_unmapped: bool,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "SELECT DISTINCT sender FROM journal WHERE channel = $1 AND sender IS NOT NULL
+                 AND (NOT $2 OR sender NOT IN (SELECT id FROM names WHERE id_type = $3))
+                 ORDER BY sender LIMIT $4",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&channel, &only_unmapped, &id_type, &bigint(limit)]).await?;
+        Ok(rows.iter().map(|row| row.get(0)).collect())
+    }
+}

@@ -1,0 +1,153 @@
+//! The outbox in PostgreSQL: claims with `FOR UPDATE SKIP LOCKED` over the
+//! partial index of due, undone actions, and finishes fenced by the claim.
+//! Deliberately not here: back-off policy (the caller passes `retry_in_secs`).
+
+use std::time::SystemTime;
+
+use deadpool_postgres::Transaction;
+use tokio_postgres::types::ToSql;
+
+use super::{bigint, Postgres, EPOCH};
+use crate::store::outbox::{DueAction, NewAction};
+use crate::store::StoreError;
+
+/// Queues `actions` unless their idempotency keys are queued already (sorted by
+/// key, so concurrent transactions take the key locks in the same order).
+pub(super) async fn insert_actions(tx: &Transaction<'_>, actions: &[&NewAction]) -> Result<(), StoreError> {
+    if actions.is_empty() {
+        return Ok(());
+    }
+    let mut sorted = actions.to_vec();
+    sorted.sort_by(|a, b| a.key.cmp(&b.key));
+    let keys: Vec<&str> = sorted.iter().map(|a| a.key.as_str()).collect();
+    let kinds: Vec<&str> = sorted.iter().map(|a| a.kind.as_str()).collect();
+    let payloads: Vec<&str> = sorted.iter().map(|a| a.payload.as_str()).collect();
+    let statement = tx
+        .prepare_cached(&format!(
+            "INSERT INTO outbox (action_key, kind, payload, created_at)
+             SELECT k, t, p, {EPOCH} FROM unnest($1::text[], $2::text[], $3::text[]) AS a(k, t, p)
+             ON CONFLICT (action_key) DO NOTHING"
+        ))
+        .await?;
+    tx.execute(&statement, &[&keys, &kinds, &payloads]).await?;
+    Ok(())
+}
+
+impl Postgres {
+    /// Claims due, undone actions not held by a live claim: their `claim` goes up
+    /// by one and no one else gets them for `lease_secs`.
+    pub(in crate::store) async fn claim_actions(
+        &self,
+        limit: usize,
+        lease_secs: i64,
+    ) -> Result<Vec<DueAction>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(
+                "UPDATE outbox SET claim = claim + 1, claimed_until = now() + make_interval(secs => $2::bigint)
+                 WHERE id IN (SELECT id FROM outbox
+                              WHERE done_at IS NULL AND next_attempt_at <= now()
+                                AND (claimed_until IS NULL OR claimed_until <= now())
+                              ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                 RETURNING id, action_key, kind, payload, attempts, claim, next_attempt_at",
+            )
+            .await?;
+        let rows = client.query(&statement, &[&bigint(limit), &lease_secs]).await?;
+        self.committed(1);
+        let mut due: Vec<(SystemTime, DueAction)> = rows
+            .iter()
+            .map(|row| {
+                (
+                    row.get(6),
+                    DueAction {
+                        id: row.get(0),
+                        key: row.get(1),
+                        kind: row.get(2),
+                        payload: row.get(3),
+                        attempts: row.get(4),
+                        claim: row.get(5),
+                    },
+                )
+            })
+            .collect();
+        // RETURNING keeps no order: oldest due first, as claimed.
+        due.sort_by_key(|(due_at, action)| (*due_at, action.id));
+        Ok(due.into_iter().map(|(_, action)| action).collect())
+    }
+
+    /// Marks an action done and queues its follow-ups, in one transaction fenced
+    /// by the claim.
+    pub(in crate::store) async fn action_succeeded(
+        &self,
+        id: i64,
+        claim: i64,
+        follow_ups: Vec<NewAction>,
+    ) -> Result<(), StoreError> {
+        let done = format!(
+            "UPDATE outbox SET done_at = {EPOCH}, last_error = NULL, claimed_until = NULL
+             WHERE id = $1 AND claim = $2"
+        );
+        if follow_ups.is_empty() {
+            // One statement is its own transaction: no BEGIN and COMMIT round trips.
+            return self.fenced(&done, &[&id, &claim]).await;
+        }
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let statement = tx.prepare_cached(&done).await?;
+        if tx.execute(&statement, &[&id, &claim]).await? != 1 {
+            tx.rollback().await?;
+            return Err(StoreError::LeaseLost);
+        }
+        insert_actions(&tx, &follow_ups.iter().collect::<Vec<_>>()).await?;
+        tx.commit().await?;
+        self.committed(1);
+        Ok(())
+    }
+
+    /// Gives up on an action; it stays, with its error, for diagnosis.
+    pub(in crate::store) async fn action_abandoned(
+        &self,
+        id: i64,
+        claim: i64,
+        error: String,
+    ) -> Result<(), StoreError> {
+        let sql = format!(
+            "UPDATE outbox SET done_at = {EPOCH}, attempts = attempts + 1, last_error = $3, claimed_until = NULL
+             WHERE id = $1 AND claim = $2"
+        );
+        self.fenced(&sql, &[&id, &claim, &format!("abandoned: {error}")]).await
+    }
+
+    /// Records a failed attempt and when to try again; releases the claim.
+    pub(in crate::store) async fn action_failed(
+        &self,
+        id: i64,
+        claim: i64,
+        retry_in_secs: i64,
+        error: String,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE outbox SET attempts = attempts + 1, last_error = $3, claimed_until = NULL,
+                   next_attempt_at = now() + make_interval(secs => $4::bigint)
+                   WHERE id = $1 AND claim = $2";
+        self.fenced(sql, &[&id, &claim, &error, &retry_in_secs]).await
+    }
+
+    /// Runs one update of one action (`$1`) that changes it only under its claim
+    /// (`$2`): [`StoreError::LeaseLost`] when it changed nothing.
+    async fn fenced(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        if client.execute(&statement, params).await? != 1 {
+            return Err(StoreError::LeaseLost);
+        }
+        self.committed(1);
+        Ok(())
+    }
+
+    /// Unfinished actions.
+    pub(in crate::store) async fn outbox_backlog(&self) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached("SELECT count(*) FROM outbox WHERE done_at IS NULL").await?;
+        Ok(client.query_one(&statement, &[]).await?.get(0))
+    }
+}

@@ -1,0 +1,55 @@
+//! Retention in PostgreSQL: handled journal entries and done outbox actions
+//! older than the cutoff, deleted in batches of one short transaction each, so
+//! pruning never holds locks for long. Ids are never reused (identity columns), so
+//! unlike SQLite the newest row needs no keeping.
+
+use super::Postgres;
+use crate::store::retention::Pruned;
+use crate::store::StoreError;
+
+/// Rows deleted per transaction.
+const BATCH: i64 = 2_000;
+
+impl Postgres {
+    /// Deletes handled journal entries and done outbox actions older than
+    /// `cutoff` (Unix seconds), batch by batch.
+    pub(in crate::store) async fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError> {
+        let journal = self
+            .prune_table(
+                "WITH gone AS (DELETE FROM journal WHERE id IN (
+                     SELECT id FROM journal WHERE id > $1 AND handled_at IS NOT NULL AND received_at < $2
+                     ORDER BY id LIMIT $3)
+                 RETURNING id) SELECT count(*), COALESCE(max(id), 0) FROM gone",
+                cutoff,
+            )
+            .await?;
+        let outbox = self
+            .prune_table(
+                "WITH gone AS (DELETE FROM outbox WHERE id IN (
+                     SELECT id FROM outbox WHERE id > $1 AND done_at IS NOT NULL AND done_at < $2
+                     ORDER BY id LIMIT $3)
+                 RETURNING id) SELECT count(*), COALESCE(max(id), 0) FROM gone",
+                cutoff,
+            )
+            .await?;
+        Ok(Pruned { journal, outbox })
+    }
+
+    /// Runs `sql` (a batch delete after an id, answering how many and the last
+    /// id) until a batch is not full.
+    async fn prune_table(&self, sql: &str, cutoff: i64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        let (mut total, mut after) = (0u64, 0i64);
+        loop {
+            let row = client.query_one(&statement, &[&after, &cutoff, &BATCH]).await?;
+            let (deleted, last): (i64, i64) = (row.get(0), row.get(1));
+            self.committed(1);
+            total += u64::try_from(deleted).unwrap_or(0);
+            if deleted < BATCH {
+                return Ok(total);
+            }
+            after = last;
+        }
+    }
+}

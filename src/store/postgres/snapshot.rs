@@ -1,0 +1,158 @@
+//! Export and import of a [`Snapshot`] in PostgreSQL: `migrate-store`'s target.
+
+use super::{named, Postgres};
+use crate::messages::Channel;
+use crate::store::alerts::FiringRecord;
+use crate::store::journal::{EntryKind, NewEntry};
+use crate::store::names::CachedName;
+use crate::store::snapshot::{NamedId, OwedAction, Snapshot, UnhandledEntry};
+use crate::store::StoreError;
+
+impl Postgres {
+    pub(in crate::store) async fn export(&self) -> Result<Snapshot, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.build_transaction().read_only(true).start().await?;
+        let facts = tx
+            .query("SELECT key, value FROM meta WHERE key <> 'probe' ORDER BY key", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let kf_cursors = tx
+            .query("SELECT open_kfid, cursor FROM kf_cursors ORDER BY open_kfid", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let mut unhandled = Vec::new();
+        for r in tx
+            .query(
+                "SELECT dedup_key, channel, kind, sender, payload, received_at FROM journal
+                 WHERE handled_at IS NULL ORDER BY id",
+                &[],
+            )
+            .await?
+        {
+            let (channel, kind): (String, String) = (r.get(1), r.get(2));
+            unhandled.push(UnhandledEntry {
+                entry: NewEntry {
+                    dedup_key: r.get(0),
+                    channel: named(&channel, Channel::parse)?,
+                    kind: named(&kind, EntryKind::parse)?,
+                    sender: r.get(3),
+                    payload: r.get(4),
+                },
+                received_at: r.get(5),
+            });
+        }
+        let owed = tx
+            .query(
+                "SELECT action_key, kind, payload, attempts,
+                        floor(extract(epoch from next_attempt_at))::bigint, created_at
+                 FROM outbox WHERE done_at IS NULL ORDER BY id",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| OwedAction {
+                key: r.get(0),
+                kind: r.get(1),
+                payload: r.get(2),
+                attempts: r.get(3),
+                next_attempt_at: r.get(4),
+                created_at: r.get(5),
+            })
+            .collect();
+        let firing = tx
+            .query("SELECT check_name, firing_since, last_notified_at FROM alert_state", &[])
+            .await?
+            .iter()
+            .map(|r| FiringRecord { check: r.get(0), since: r.get(1), last_notified_at: r.get(2) })
+            .collect();
+        let names = tx
+            .query("SELECT id_type, id, name, source FROM names ORDER BY id_type, id", &[])
+            .await?
+            .iter()
+            .map(|r| NamedId { id_type: r.get(0), id: r.get(1), name: CachedName { name: r.get(2), source: r.get(3) } })
+            .collect();
+        tx.commit().await?;
+        Ok(Snapshot { facts, kf_cursors, unhandled, owed, firing, names })
+    }
+
+    pub(in crate::store) async fn import(&self, snapshot: Snapshot) -> Result<(), StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // Two migrations at once must not both find the database empty.
+        tx.batch_execute("LOCK TABLE journal, outbox, kf_cursors, meta IN EXCLUSIVE MODE").await?;
+        let empty: bool = tx
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM journal) AND NOT EXISTS (SELECT 1 FROM outbox)
+                    AND NOT EXISTS (SELECT 1 FROM kf_cursors)
+                    AND NOT EXISTS (SELECT 1 FROM meta WHERE key <> 'probe')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if !empty {
+            return Err(StoreError::NotEmpty);
+        }
+        for (key, value) in &snapshot.facts {
+            tx.execute("INSERT INTO meta (key, value) VALUES ($1, $2)", &[key, value]).await?;
+        }
+        for (open_kfid, cursor) in &snapshot.kf_cursors {
+            tx.execute(
+                "INSERT INTO kf_cursors (open_kfid, cursor, updated_at)
+                 VALUES ($1, $2, floor(extract(epoch from now()))::bigint)",
+                &[open_kfid, cursor],
+            )
+            .await?;
+        }
+        for UnhandledEntry { entry, received_at } in &snapshot.unhandled {
+            tx.execute(
+                "INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload)
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+                &[
+                    &entry.dedup_key,
+                    &entry.channel.as_str(),
+                    &entry.kind.as_str(),
+                    &entry.sender,
+                    received_at,
+                    &entry.payload,
+                ],
+            )
+            .await?;
+        }
+        for action in &snapshot.owed {
+            tx.execute(
+                "INSERT INTO outbox (action_key, kind, payload, attempts, next_attempt_at, created_at)
+                 VALUES ($1, $2, $3, $4, to_timestamp($5), $6)",
+                &[
+                    &action.key,
+                    &action.kind,
+                    &action.payload,
+                    &action.attempts,
+                    &(action.next_attempt_at as f64),
+                    &action.created_at,
+                ],
+            )
+            .await?;
+        }
+        for firing in &snapshot.firing {
+            tx.execute(
+                "INSERT INTO alert_state (check_name, firing_since, last_notified_at) VALUES ($1, $2, $3)",
+                &[&firing.check, &firing.since, &firing.last_notified_at],
+            )
+            .await?;
+        }
+        for named in &snapshot.names {
+            tx.execute(
+                "INSERT INTO names (id_type, id, name, source, updated_at)
+                 VALUES ($1, $2, $3, $4, floor(extract(epoch from now()))::bigint)",
+                &[&named.id_type, &named.id, &named.name.name, &named.name.source],
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! `wechat-api migrate-store`: a single VM's SQLite store moves into an empty
+//! PostgreSQL database, the real binary against a real server.
+
+use wechat_api::messages::Channel;
+use wechat_api::store::journal::{EntryKind, NewEntry};
+use wechat_api::store::Store;
+
+use crate::helpers::*;
+use crate::postgres::fresh_database;
+
+fn kf_entry(key: &str) -> NewEntry {
+    NewEntry {
+        dedup_key: key.into(),
+        channel: Channel::Kf,
+        kind: EntryKind::KfMessage,
+        sender: Some("wm".into()),
+        payload: "{}".into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_store_moves_what_is_owed_and_refuses_a_database_with_data() {
+    let Some(url) = fresh_database().await else { return };
+    let dir = tempfile::tempdir().expect("dir");
+    let env = test_env(dir.path(), &[]);
+    {
+        let sqlite = Store::open(&dir.path().join("data")).expect("sqlite");
+        sqlite.first_started_at().await.expect("first start");
+        sqlite.journal(kf_entry("kf:msg:owed")).await.expect("journal");
+        let mut claim = sqlite.claim_kf_account("wkA".into()).await.expect("claim").expect("free");
+        sqlite.kf_store_page(&mut claim, Vec::new(), "CURSOR-9".into()).await.expect("page");
+    }
+
+    let out = wechat_api(dir.path()).args(["migrate-store", "--to", &url]).envs(&env).output().expect("runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("1 kf cursors, 1 unhandled entries"), "{stdout}");
+
+    let postgres = Store::connect(&url, 2, std::time::Duration::from_secs(60)).await.expect("postgres");
+    assert_eq!(postgres.unhandled().await.expect("count"), 1, "the unhandled message moved");
+    let claim = postgres.claim_kf_account("wkA".into()).await.expect("claim").expect("free");
+    assert_eq!(claim.cursor.as_deref(), Some("CURSOR-9"), "the kf cursor moved");
+    postgres.release_kf_account(claim).await.expect("release");
+
+    let again = wechat_api(dir.path()).args(["migrate-store", "--to", &url]).envs(&env).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "a second migration into the same database is refused");
+    assert!(stderr.contains("already holds data"), "{stderr}");
+    let password_free = !stderr.contains("postgres://");
+    assert!(password_free, "the URL is never echoed: {stderr}");
+}

@@ -1,0 +1,416 @@
+//! One suite, two stores: every scenario runs against SQLite (`Store::open`) and
+//! PostgreSQL (`Store::connect`, a real server from `postgres`). Where a scenario
+//! has several owners racing, PostgreSQL gets several replicas (stores on one
+//! database) and SQLite several handles of its one store, which is how each is
+//! deployed. Lease expiry is awaited by polling with a deadline, never a fixed sleep.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use wechat_api::messages::Channel;
+use wechat_api::store::journal::{EntryKind, NewEntry, Recorded};
+use wechat_api::store::outbox::NewAction;
+use wechat_api::store::tokens::StoredToken;
+use wechat_api::store::{now, Store, StoreError};
+
+/// Which engine a scenario runs on.
+#[derive(Debug, Clone, Copy)]
+enum Engine {
+    Sqlite,
+    Postgres,
+}
+
+/// A store under test, and how to get another owner of the same data.
+struct Subject {
+    store: Store,
+    lease: Duration,
+    url: Option<String>,
+    _dir: Option<TempDir>,
+}
+
+impl Subject {
+    /// `None` when PostgreSQL is not installed (outside CI): the scenario is skipped.
+    async fn open(engine: Engine, lease: Duration) -> Option<Self> {
+        match engine {
+            Engine::Sqlite => {
+                let dir = tempfile::tempdir().expect("dir");
+                let store = Store::open(dir.path()).expect("opens").with_lease(lease);
+                Some(Self { store, lease, url: None, _dir: Some(dir) })
+            }
+            Engine::Postgres => {
+                let url = super::postgres::fresh_database().await?;
+                let store = Store::connect(&url, 8, lease).await.expect("connects").with_lease(lease);
+                Some(Self { store, lease, url: Some(url), _dir: None })
+            }
+        }
+    }
+
+    /// Another owner: a replica on the same database (PostgreSQL), or another
+    /// handle of the one store (SQLite, one process per file).
+    async fn replica(&self) -> Store {
+        match &self.url {
+            Some(url) => Store::connect(url, 8, self.lease).await.expect("connects").with_lease(self.lease),
+            None => self.store.clone(),
+        }
+    }
+
+    /// `n` owners, the first being the subject's own store.
+    async fn owners(&self, n: usize) -> Vec<Store> {
+        let mut owners = vec![self.store.clone()];
+        while owners.len() < n {
+            owners.push(self.replica().await);
+        }
+        owners
+    }
+}
+
+fn entry(key: &str) -> NewEntry {
+    NewEntry {
+        dedup_key: key.to_owned(),
+        channel: Channel::App,
+        kind: EntryKind::Callback,
+        sender: None,
+        payload: format!("<xml>{key}</xml>"),
+    }
+}
+
+fn action(key: &str) -> NewAction {
+    NewAction { key: key.into(), kind: "forward".into(), payload: "{}".into() }
+}
+
+/// Polls `attempt` until it gives `Some`, within `within`.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut attempt: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(value) = attempt().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        // Polling, within the deadline (lease expiry has a granularity of seconds).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Journals `n` entries and completes them with one action each: the actions' keys.
+async fn queue_actions(store: &Store, prefix: &str, n: usize) -> Vec<String> {
+    let mut completions = Vec::new();
+    for i in 0..n {
+        let Recorded::New(id) = store.journal(entry(&format!("{prefix}-m{i}"))).await.expect("journal") else {
+            panic!("new")
+        };
+        completions.push((id, vec![action(&format!("{prefix}-a{i}"))]));
+    }
+    store.complete_entries(completions).await.expect("complete");
+    (0..n).map(|i| format!("{prefix}-a{i}")).collect()
+}
+
+async fn duplicate_deliveries_racing_are_journaled_once(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let owners = subject.owners(3).await;
+    let writes = (0..48).map(|i| {
+        let store = owners[i % owners.len()].clone();
+        tokio::spawn(async move { store.journal(entry("the-same-message")).await })
+    });
+    let results: Vec<Recorded> =
+        futures_util::future::join_all(writes).await.into_iter().map(|r| r.expect("task").expect("journal")).collect();
+    let new = results.iter().filter(|r| matches!(r, Recorded::New(_))).count();
+    assert_eq!(new, 1, "{results:?}");
+    assert_eq!(subject.store.unhandled().await.expect("unhandled"), 1);
+    assert!(subject.store.contains("the-same-message".into()).await.expect("query"));
+}
+
+async fn distinct_deliveries_are_never_merged(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let owners = subject.owners(2).await;
+    let writes = (0..200).map(|i| {
+        let store = owners[i % owners.len()].clone();
+        tokio::spawn(async move { store.journal(entry(&format!("distinct-{i}"))).await })
+    });
+    let mut ids = HashSet::new();
+    for write in futures_util::future::join_all(writes).await {
+        let Recorded::New(id) = write.expect("task").expect("journal") else { panic!("each is new") };
+        assert!(ids.insert(id), "id {id} given twice");
+    }
+    assert_eq!(subject.store.unhandled().await.expect("unhandled"), 200);
+}
+
+async fn claimed_entries_complete_in_arrival_order(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let store = &subject.store;
+    for key in ["first", "second", "third"] {
+        store.journal(entry(key)).await.expect("journal");
+    }
+    let claimed = store.claim_entries(10).await.expect("claim");
+    let keys: Vec<&str> = claimed.iter().map(|e| e.dedup_key.as_str()).collect();
+    assert_eq!(keys, ["first", "second", "third"]);
+    assert!(claimed.windows(2).all(|w| w[0].id < w[1].id));
+    assert_eq!(claimed[0].payload, "<xml>first</xml>");
+    assert_eq!(claimed[0].channel, Channel::App);
+    let completions = claimed.iter().map(|e| (e.id, vec![action(&format!("forward:{}", e.dedup_key))])).collect();
+    store.complete_entries(completions).await.expect("complete");
+    assert_eq!(store.unhandled().await.expect("unhandled"), 0);
+    assert!(store.claim_entries(10).await.expect("claim").is_empty());
+    // Completing again (a handler that ran twice) queues nothing new.
+    let again = claimed.iter().map(|e| (e.id, vec![action(&format!("forward:{}", e.dedup_key))])).collect();
+    store.complete_entries(again).await.expect("complete again");
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 3);
+    let due = store.claim_actions(10).await.expect("claim actions");
+    assert_eq!(
+        due.iter().map(|a| a.key.as_str()).collect::<Vec<_>>(),
+        ["forward:first", "forward:second", "forward:third"]
+    );
+}
+
+async fn an_entry_claimed_and_never_completed_is_claimed_again(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(1)).await else { return };
+    let owners = subject.owners(2).await;
+    owners[0].journal(entry("orphan")).await.expect("journal");
+    let first = owners[0].claim_entries(10).await.expect("claim");
+    assert_eq!(first.len(), 1);
+    // Its handler died: once the claim runs out, another owner gets the entry.
+    let again = eventually(Duration::from_secs(10), "the entry is claimed again", || async {
+        let claimed = owners[1].claim_entries(10).await.expect("claim");
+        (!claimed.is_empty()).then_some(claimed)
+    })
+    .await;
+    assert_eq!(again[0].id, first[0].id);
+    owners[1].complete_entries(vec![(again[0].id, Vec::new())]).await.expect("complete");
+    assert_eq!(owners[0].unhandled().await.expect("unhandled"), 0);
+}
+
+async fn each_due_action_is_claimed_by_exactly_one_claimer(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let queued = queue_actions(&subject.store, "x", 120).await;
+    let owners = subject.owners(3).await;
+    let claimers = (0..16).map(|i| {
+        let store = owners[i % owners.len()].clone();
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let claimed = store.claim_actions(7).await.expect("claim");
+                if claimed.is_empty() {
+                    return mine;
+                }
+                mine.extend(claimed);
+            }
+        })
+    });
+    let mut seen = HashSet::new();
+    for claimer in futures_util::future::join_all(claimers).await {
+        for action in claimer.expect("task") {
+            assert!(seen.insert(action.key.clone()), "{} claimed twice", action.key);
+            assert_eq!(action.claim, 1);
+        }
+    }
+    assert_eq!(seen, queued.into_iter().collect::<HashSet<_>>());
+}
+
+async fn an_expired_claim_is_taken_over_and_the_stale_finish_is_refused(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(1)).await else { return };
+    let owners = subject.owners(2).await;
+    queue_actions(&owners[0], "slow", 1).await;
+    let stale = owners[0].claim_actions(10).await.expect("claim").pop().expect("one due");
+    assert!(owners[1].claim_actions(10).await.expect("claim").is_empty(), "held by a live claim");
+    let taken = eventually(Duration::from_secs(10), "the action is taken over", || async {
+        owners[1].claim_actions(10).await.expect("claim").pop()
+    })
+    .await;
+    assert_eq!(taken.id, stale.id);
+    assert!(taken.claim > stale.claim);
+
+    // The stale owner's finish and its follow-up are refused, nothing written.
+    let refused = owners[0].action_succeeded(&stale, vec![action("follow-up-of-stale")]).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    assert!(matches!(owners[0].action_failed(&stale, 0, "late".into()).await, Err(StoreError::LeaseLost)));
+    assert!(matches!(owners[0].action_abandoned(&stale, "late".into()).await, Err(StoreError::LeaseLost)));
+    owners[1].action_succeeded(&taken, Vec::new()).await.expect("the live claim finishes");
+    assert_eq!(owners[0].outbox_backlog().await.expect("backlog"), 0, "no follow-up of the stale claim");
+}
+
+async fn a_failed_action_is_due_again_after_its_back_off(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let store = &subject.store;
+    queue_actions(store, "retry", 1).await;
+    let due = store.claim_actions(10).await.expect("claim").pop().expect("due");
+    store.action_failed(&due, 60, "HTTP 500".into()).await.expect("failed");
+    assert!(store.claim_actions(10).await.expect("claim").is_empty(), "not before its back-off");
+    queue_actions(store, "now", 1).await;
+    let due = store.claim_actions(10).await.expect("claim").pop().expect("due");
+    store.action_failed(&due, 0, "HTTP 502".into()).await.expect("failed");
+    let again = store.claim_actions(10).await.expect("claim").pop().expect("due at once");
+    assert_eq!((again.id, again.attempts), (due.id, 1));
+    store.action_succeeded(&again, vec![action("next")]).await.expect("done");
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 2, "the follow-up and the backed-off one");
+}
+
+async fn a_stale_kf_claim_stores_no_page(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(1)).await else { return };
+    let owners = subject.owners(2).await;
+    let mut stale = owners[0].claim_kf_account("wk1".into()).await.expect("claim").expect("free");
+    assert_eq!(stale.cursor, None);
+    assert!(owners[1].claim_kf_account("wk1".into()).await.expect("claim").is_none(), "two claims never hold");
+    let mut live = eventually(Duration::from_secs(10), "the account is taken over", || async {
+        owners[1].claim_kf_account("wk1".into()).await.expect("claim")
+    })
+    .await;
+    let new = owners[1].kf_store_page(&mut live, vec![entry("kf-1")], "c1".into()).await.expect("stored");
+    assert_eq!((new, live.cursor.as_deref()), (1, Some("c1")));
+
+    let refused = owners[0].kf_store_page(&mut stale, vec![entry("kf-stale")], "c-stale".into()).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    assert!(!owners[0].contains("kf-stale".into()).await.expect("query"), "the loser journaled nothing");
+
+    owners[1].release_kf_account(live).await.expect("release");
+    let next = owners[0].claim_kf_account("wk1".into()).await.expect("claim").expect("released");
+    assert_eq!(next.cursor.as_deref(), Some("c1"), "the cursor is the winner's");
+    assert_eq!(owners[0].kf_accounts().await.expect("accounts"), ["wk1"]);
+}
+
+async fn a_kf_page_whose_cursor_moved_is_refused(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let store = &subject.store;
+    let mut claim = store.claim_kf_account("wk2".into()).await.expect("claim").expect("free");
+    let mut copy = claim.clone();
+    assert_eq!(store.kf_store_page(&mut claim, vec![entry("p1"), entry("p1b")], "c1".into()).await.expect("first"), 2);
+    // The same claim with an old cursor (a page stored twice): compare-and-set fails.
+    let refused = store.kf_store_page(&mut copy, vec![entry("p2")], "c2".into()).await;
+    assert!(matches!(refused, Err(StoreError::LeaseLost)), "{refused:?}");
+    assert!(!store.contains("p2".into()).await.expect("query"));
+    // A page repeating a message journals it once; an empty next cursor keeps the cursor.
+    assert_eq!(store.kf_store_page(&mut claim, vec![entry("p1"), entry("p3")], String::new()).await.expect("next"), 1);
+    assert_eq!(claim.cursor.as_deref(), Some("c1"));
+    store.release_kf_account(claim).await.expect("release");
+    let again = store.claim_kf_account("wk2".into()).await.expect("claim").expect("free");
+    assert_eq!(again.cursor.as_deref(), Some("c1"));
+}
+
+async fn a_live_lease_has_one_holder_until_released(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let owners = subject.owners(3).await;
+    let claims = (0..12).map(|i| {
+        let store = owners[i % owners.len()].clone();
+        tokio::spawn(async move { store.claim_lease("token:corp:secret".into()).await })
+    });
+    let mut held: Vec<_> = futures_util::future::join_all(claims)
+        .await
+        .into_iter()
+        .filter_map(|c| c.expect("task").expect("claim"))
+        .collect();
+    assert_eq!(held.len(), 1, "{held:?}");
+    let lease = held.remove(0);
+    assert!(owners[1].claim_lease("token:corp:secret".into()).await.expect("claim").is_none());
+    assert!(owners[1].claim_lease("another".into()).await.expect("claim").is_some(), "leases are per name");
+    owners[0].release_lease(lease.clone()).await.expect("release");
+    let next = owners[2].claim_lease("token:corp:secret".into()).await.expect("claim").expect("released");
+    assert!(next.claim > lease.claim, "claims only go up");
+    // Releasing a lease already taken over changes nothing.
+    owners[0].release_lease(lease).await.expect("release");
+    assert!(owners[1].claim_lease("token:corp:secret".into()).await.expect("claim").is_none());
+}
+
+async fn a_rejected_token_is_dropped_only_if_still_current(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let owners = subject.owners(2).await;
+    let fresh = StoredToken { token: "fresh".into(), expires_at: now() + 7200 };
+    owners[0]
+        .save_token("corp:app".into(), StoredToken { token: "old".into(), expires_at: now() + 10 })
+        .await
+        .expect("save");
+    owners[1].save_token("corp:app".into(), fresh.clone()).await.expect("refresh");
+    owners[0].drop_token("corp:app".into(), "old".into()).await.expect("drop");
+    assert_eq!(owners[0].load_token("corp:app".into()).await.expect("load"), Some(fresh), "a newer token is kept");
+    owners[1].drop_token("corp:app".into(), "fresh".into()).await.expect("drop");
+    assert_eq!(owners[0].load_token("corp:app".into()).await.expect("load"), None);
+}
+
+async fn bookkeeping_round_trips(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let owners = subject.owners(2).await;
+    let first = owners[0].first_started_at().await.expect("first start");
+    assert!((now() - first).abs() < 60);
+    assert_eq!(owners[1].first_started_at().await.expect("first start"), first, "set once");
+
+    let record = wechat_api::store::alerts::FiringRecord { check: "token".into(), since: 5, last_notified_at: 6 };
+    owners[0].set_firing(record.clone()).await.expect("set");
+    assert_eq!(owners[1].firing_checks().await.expect("firing"), [record]);
+    owners[1].clear_firing("token".into()).await.expect("clear");
+    assert!(owners[0].firing_checks().await.expect("firing").is_empty());
+
+    assert_eq!(owners[0].meta_value("note").await.expect("meta"), None);
+    owners[0].set_meta_value("note", "v1".into()).await.expect("set");
+    owners[0].set_meta_value("note", "v2".into()).await.expect("set");
+    assert_eq!(owners[1].meta_value("note").await.expect("meta").as_deref(), Some("v2"));
+    owners[0].probe_write().await.expect("probe");
+
+    let mut sender = entry("from-lisi");
+    sender.sender = Some("lisi".into());
+    owners[0].journal(sender).await.expect("journal");
+    assert_eq!(owners[0].seen_senders("app", "userid", true, 10).await.expect("senders"), ["lisi"]);
+    let name = wechat_api::store::names::CachedName { name: "李四".into(), source: "user/get".into() };
+    owners[1].cache_name("userid", "lisi".into(), name.clone()).await.expect("cache");
+    assert_eq!(owners[0].cached_name("userid", "lisi".into()).await.expect("name"), Some(name));
+    assert!(owners[0].seen_senders("app", "userid", true, 10).await.expect("senders").is_empty());
+    assert_eq!(owners[0].seen_senders("app", "userid", false, 10).await.expect("senders"), ["lisi"]);
+}
+
+async fn pruning_keeps_unhandled_entries_and_owed_actions(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let store = &subject.store;
+    let Recorded::New(handled) = store.journal(entry("handled")).await.expect("journal") else { panic!("new") };
+    store.journal(entry("unhandled")).await.expect("journal");
+    store.complete_entries(vec![(handled, vec![action("done"), action("owed")])]).await.expect("complete");
+    let done = store.claim_actions(10).await.expect("claim").into_iter().find(|a| a.key == "done").expect("due");
+    store.action_succeeded(&done, Vec::new()).await.expect("done");
+    assert_eq!(store.prune(now() - 3600).await.expect("prune"), Default::default(), "young rows stay");
+
+    let pruned = store.prune(now() + 60).await.expect("prune");
+
+    assert_eq!((pruned.journal, pruned.outbox), (1, 1));
+    assert_eq!(store.unhandled().await.expect("unhandled"), 1);
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 1);
+    assert!(!store.contains("handled".into()).await.expect("query"));
+    assert!(store.contains("unhandled".into()).await.expect("query"));
+}
+
+/// Each scenario as a test per engine.
+macro_rules! conformance {
+    ($($scenario:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Engine::Sqlite).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario(super::Engine::Postgres).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    duplicate_deliveries_racing_are_journaled_once,
+    distinct_deliveries_are_never_merged,
+    claimed_entries_complete_in_arrival_order,
+    an_entry_claimed_and_never_completed_is_claimed_again,
+    each_due_action_is_claimed_by_exactly_one_claimer,
+    an_expired_claim_is_taken_over_and_the_stale_finish_is_refused,
+    a_failed_action_is_due_again_after_its_back_off,
+    a_stale_kf_claim_stores_no_page,
+    a_kf_page_whose_cursor_moved_is_refused,
+    a_live_lease_has_one_holder_until_released,
+    a_rejected_token_is_dropped_only_if_still_current,
+    bookkeeping_round_trips,
+    pruning_keeps_unhandled_entries_and_owed_actions,
+);
