@@ -91,6 +91,17 @@ chown 1001:1001 certs/server.key certs/server.crt
 chown 0:0 uploads
 chmod 755 uploads
 cp "$root/docker-compose.production.yml" "$root/tests/container/compose.test.yml" .
+
+# The replica topology's compose file and balancer configuration are valid.
+mkdir -p deploy
+cp "$root/docker-compose.ha.yml" .
+cp "$root/deploy/haproxy.cfg" deploy/
+if POSTGRES_PASSWORD=ci docker-compose -f docker-compose.ha.yml config -q; then
+  ok "docker-compose.ha.yml passes docker-compose config"
+else
+  not_ok "docker-compose.ha.yml passes docker-compose config"
+fi
+if haproxy -c -f deploy/haproxy.cfg >/dev/null 2>&1; then ok "deploy/haproxy.cfg is valid"; else not_ok "deploy/haproxy.cfg is valid"; fi
 export WECHAT_API_PUBLISH=127.0.0.1:$port UPLOAD_HOST_DIR=$work/uploads CERTS_DIR=$work/certs
 compose() { docker-compose -f docker-compose.production.yml -f compose.test.yml "$@"; }
 compose up -d --no-build >/dev/null 2>&1
