@@ -16,6 +16,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod diagnose;
 pub mod dispatch;
 pub mod health;
