@@ -166,6 +166,7 @@ mod tests {
 
     #[tokio::test]
     async fn it_answers_one_request_per_connection_over_http() {
+        crate::tls::install_crypto_provider();
         let stand_in = StandIn::bind().expect("bind");
         let url = format!("{}/cgi-bin/gettoken?corpid=ww&corpsecret=s", stand_in.base_url());
         let shutdown = CancellationToken::new();
