@@ -5,7 +5,6 @@
 //! loading, the `uploads:*` checks, the WeCom client and its errors with hints.
 //! Opens no store and changes nothing but probe files it removes again.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -131,13 +130,7 @@ fn certificate_findings(config: &Config) -> Vec<Finding> {
 async fn local_verification(config: &Config) -> Finding {
     const CHECK: &str = "local URL verification";
     let listen = &config.listen;
-    let host = match listen.bind_address {
-        IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_owned(),
-        IpAddr::V6(v6) if v6.is_unspecified() => "[::1]".to_owned(),
-        IpAddr::V6(v6) => format!("[{v6}]"),
-        ip => ip.to_string(),
-    };
-    let scheme = if listen.tls_enabled { "https" } else { "http" };
+    let callback = listen.local_url(listen.https_port, "/api/v1/wecom/callback");
     let echo = "diagnose-echo";
     let keys = &config.app_keys;
     let echostr = crypto::encrypt(&keys.aes_key, echo.as_bytes(), config.corp_id.as_str().as_bytes());
@@ -150,7 +143,7 @@ async fn local_verification(config: &Config) -> Finding {
         ("echostr", &echostr),
     ])
     .unwrap_or_default();
-    let url = format!("{scheme}://{host}:{}/api/v1/wecom/callback?{query}", listen.https_port);
+    let url = format!("{callback}?{query}");
     // Our own listener on this machine: its certificate is not for 127.0.0.1.
     let client = match crate::outbound::client(Duration::from_secs(5)).danger_accept_invalid_certs(true).build() {
         Ok(client) => client,
@@ -159,17 +152,14 @@ async fn local_verification(config: &Config) -> Finding {
     match client.get(&url).send().await {
         Err(_) => Finding::fail(
             CHECK,
-            format!("nothing answers on {host}:{}", listen.https_port),
+            format!("nothing answers at {callback}"),
             "start the service (docker compose up -d) and check HTTPS_PORT and the port mapping",
         ),
         Ok(response) => {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             if status.is_success() && body == echo {
-                Finding::pass(
-                    CHECK,
-                    format!("{scheme}://{host}:{}/api/v1/wecom/callback answered the signed echo", listen.https_port),
-                )
+                Finding::pass(CHECK, format!("{callback} answered the signed echo"))
             } else {
                 Finding::fail(
                     CHECK,

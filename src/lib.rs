@@ -21,6 +21,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod crypto;
+pub(crate) mod demo;
 pub(crate) mod diagnose;
 pub mod dispatch;
 pub mod health;

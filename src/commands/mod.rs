@@ -1,4 +1,8 @@
-//! One module per subcommand, and the mapping from their results to exit codes.
+//! One module per subcommand, the mapping from their results to exit codes, and
+//! the one tokio runtime builder they share.
+//!
+//! Deliberately not here: what a command does beyond parsing its arguments and
+//! printing; the work lives in the library (`config`, `startup`, `diagnose`, `demo`).
 
 pub mod diagnose;
 pub mod healthcheck;
@@ -14,6 +18,24 @@ use crate::config::{ConfigErrors, Sources};
 
 /// `EX_USAGE`: the configuration or the command line cannot be used.
 pub const EXIT_CONFIG: u8 = 64;
+
+/// How many threads a command's runtime needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// The service: a worker per core.
+    Many,
+    /// A short client run (`healthcheck`, `diagnose`).
+    One,
+}
+
+/// The tokio runtime for a command, with time and I/O enabled.
+pub fn runtime(threads: Threads) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = match threads {
+        Threads::Many => tokio::runtime::Builder::new_multi_thread(),
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+    };
+    builder.enable_all().thread_name("wechat-api").build()
+}
 
 /// How a command failed.
 #[derive(Debug, thiserror::Error)]

@@ -1,32 +1,37 @@
 //! `wechat-api serve [--demo]`: validate the configuration, start, run until stopped.
-
-use std::path::{Path, PathBuf};
+//!
+//! Deliberately not here: what demo mode chooses (`demo`) and how the service is
+//! wired (`startup`).
 
 use anyhow::Context;
 
-use super::{sign, CommandError};
-use crate::config::{self, ConfigErrors, Sources};
+use super::{runtime, CommandError, Threads};
+use crate::config::{self, ConfigErrors, Settings, Sources};
+use crate::demo::{self, stand_in::StandIn};
 use crate::startup::Application;
-use crate::{telemetry, tls};
+use crate::telemetry;
 
-/// Where demo mode keeps its generated configuration unless `DATA_DIR` is set.
-pub const DEMO_DIR: &str = "wechat-api-demo";
-
+/// Runs the service; with `demo`, on the generated demo configuration and with
+/// the stand-in for WeCom's API.
 pub fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> {
     if demo {
-        let file = demo_config_file(&sources).context("cannot prepare the demo configuration")?;
+        let file = demo::config_file(&sources).context("cannot prepare the demo configuration")?;
         sources.file = Some(file);
     }
-    let (config, warnings) = config::load(&sources)?;
+    let mut settings = Settings::read(&sources)?;
+    let stand_in = if demo {
+        let stand_in = StandIn::bind().context("cannot start the demo stand-in for WeCom's API")?;
+        demo::use_stand_in(&mut settings, stand_in.base_url());
+        Some(stand_in)
+    } else {
+        None
+    };
+    let (config, warnings) = config::validate(&settings)?;
     let _log = telemetry::init_tracing(config.log_format);
     for warning in &warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("wechat-api")
-        .build()
-        .context("cannot start the async runtime")?;
+    let runtime = runtime(Threads::Many).context("cannot start the async runtime")?;
     runtime.block_on(async {
         let app = Application::build(config.clone()).await.map_err(|error| -> CommandError {
             if error.is_configuration() {
@@ -35,54 +40,14 @@ pub fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> {
                 anyhow::Error::from(error).into()
             }
         })?;
-        if demo {
-            print_demo_banner(&config, app.port(), sources.file.as_deref());
+        let stand_in = stand_in.map(|stand_in| tokio::spawn(stand_in.run(app.shutdown_token())));
+        if let (true, Some(file)) = (demo, sources.file.as_deref()) {
+            println!("{}", demo::banner(&config, app.port(), file));
         }
         app.run_until_stopped().await.context("the HTTP server failed")?;
+        if let Some(stand_in) = stand_in {
+            stand_in.await.context("the demo stand-in panicked")?.context("the demo stand-in failed")?;
+        }
         Ok(())
     })
-}
-
-fn print_demo_banner(config: &config::Config, port: u16, file: Option<&Path>) {
-    let file = file.map(|f| f.display().to_string()).unwrap_or_default();
-    let url = sign::local_url(config, port);
-    println!(
-        "\n==================== DEMO MODE — NOT FOR PRODUCTION ====================\n\
-         A generated Token, EncodingAESKey, demo corp id and a SELF-SIGNED certificate\n\
-         live in {file}. Real deployments set WECOM_CORP_ID, WECOM_TOKEN and\n\
-         WECOM_ENCODING_AES_KEY (see README) and run without --demo.\n\
-         Try a signed callback against this instance now:\n"
-    );
-    println!("{}", sign::curl_commands(config, &url, "帮助"));
-    println!("More at any time: wechat-api sign --demo\n=========================================================================\n");
-}
-
-/// Makes (once) and returns the demo TOML file: generated Token, key and corp id,
-/// a self-signed certificate, uploads and data under the demo directory.
-pub fn demo_config_file(sources: &Sources) -> std::io::Result<PathBuf> {
-    let dir =
-        sources.env.get("DATA_DIR").filter(|d| !d.is_empty()).map_or_else(|| PathBuf::from(DEMO_DIR), PathBuf::from);
-    std::fs::create_dir_all(&dir)?;
-    let cert = dir.join("certs").join("server.crt");
-    let key = dir.join("certs").join("server.key");
-    tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1", "::1"])?;
-    let file = dir.join("demo.toml");
-    if file.exists() {
-        return Ok(file);
-    }
-    let path_text = |p: &Path| toml::Value::String(p.display().to_string());
-    let mut table = toml::Table::new();
-    table.insert("wecom_corp_id".into(), toml::Value::String("wwdemo0000000000".into()));
-    table.insert("wecom_token".into(), toml::Value::String(super::keygen::token()));
-    table.insert("wecom_encoding_aes_key".into(), toml::Value::String(super::keygen::encoding_aes_key()));
-    table.insert("tls_cert_path".into(), path_text(&cert));
-    table.insert("tls_key_path".into(), path_text(&key));
-    table.insert("data_dir".into(), path_text(&dir));
-    table.insert("upload_dir".into(), path_text(&dir.join("uploads")));
-    let text = format!(
-        "# Generated by `wechat-api serve --demo`. Demo only: the certificate is self-signed.\n{}",
-        toml::to_string(&table).map_err(std::io::Error::other)?
-    );
-    tls::write_private(&file, text.as_bytes())?;
-    Ok(file)
 }

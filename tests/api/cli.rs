@@ -33,6 +33,7 @@ fn keygen_prints_a_valid_token_and_key() {
     let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).expect(name).to_owned();
     assert!(wechat_api::config::Token::parse(&value("WECOM_TOKEN")).is_ok());
     assert_eq!(value("WECOM_ENCODING_AES_KEY").len(), 43);
+    assert!(value("WECOM_ENCODING_AES_KEY").chars().all(|c| c.is_ascii_alphanumeric()), "the console's alphabet");
     assert!(wechat_api::crypto::AesKey::parse(&value("WECOM_ENCODING_AES_KEY")).is_ok());
 }
 
@@ -140,6 +141,34 @@ fn demo_mode_starts_with_no_configuration_and_its_curl_commands_pass() {
         &std::fs::metadata(dir.path().join("wechat-api-demo/demo.toml")).expect("meta").permissions(),
     );
     assert_eq!(mode & 0o777, 0o600, "the demo secrets are private");
+}
+
+/// Regression: the demo's first impression was `ERROR giving up: WECOM_SECRET is
+/// not configured` after the printed 帮助 callback. Now the reply reaches the
+/// demo's stand-in for WeCom's API, which logs what WeCom would deliver.
+#[test]
+fn demo_first_impression_is_the_reply_not_an_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut command = wechat_api(dir.path());
+    command.args(["serve", "--demo"]).env("HTTPS_PORT", "0").env("BIND_ADDRESS", "127.0.0.1");
+    let service = Running::start(command);
+    let mut output = service.read_until(|l| l.starts_with("More at any time"));
+    let banner = output.join("\n");
+    let start = banner.find("# 1. URL verification").expect("commands in the banner");
+    let outputs = run_curl_lines(&banner[start..]);
+    assert_eq!(outputs[1], "200", "the 帮助 callback is acknowledged");
+    output.extend(service.read_until(|l| l.contains("demo: WeCom would deliver to wechat-api-sign")));
+    let reply = output.last().expect("a line");
+    assert!(reply.contains("wechat-api 在线"), "the help text is the reply: {reply}");
+    // The one WARN every start without email has is the STARTED notice it could
+    // not mail (the supervisor's choice), not a failure of the demo.
+    let failures: Vec<&String> = output
+        .iter()
+        .filter(|l| {
+            l.contains("ERROR") || (l.contains("WARN") && !l.contains("(email is off: ALERT_EMAIL_ENABLED=false)"))
+        })
+        .collect();
+    assert!(failures.is_empty(), "a new user sees no failure:\n{}", output.join("\n"));
 }
 
 /// `diagnose --json` with `env`; returns the exit code and the report.

@@ -169,25 +169,14 @@ fn setting() -> impl Strategy<Value = String> {
     ]
 }
 
-/// Variables whose values are secrets, aliases included.
-const SECRETS: &[&str] = &[
-    "WECOM_SECRET",
-    "WECOM_TOKEN",
-    "WECOM_ENCODING_AES_KEY",
-    "WECOM_KF_SECRET",
-    "WECOM_KF_TOKEN",
-    "WECOM_KF_ENCODING_AES_KEY",
-    "ADMIN_TOKEN",
-    "FORWARD_SECRET",
-    "SMTP_PASS",
-    "WEWORK_SECRET",
-    "WEWORK_TOKEN",
-    "WEWORK_AES_KEY",
-];
+/// Whether the variable (or alias) `name` holds a secret, as the table says.
+fn is_secret(name: &str) -> bool {
+    config::Var::named(name).is_some_and(|v| v.secret)
+}
 
 /// Every variable and alias, the names an environment may carry.
 fn every_variable() -> Vec<&'static str> {
-    config::VARIABLES.iter().copied().chain(config::ALIASES.iter().map(|(old, _)| *old)).collect()
+    config::VARIABLES.iter().flat_map(|v| std::iter::once(v.name).chain(v.alias)).collect()
 }
 
 /// A valid configuration (so validation runs to the end), with some variables
@@ -237,13 +226,13 @@ fn shown_without_secrets() -> String {
 /// may be quoted; and not part of what a configuration shows anyway.
 fn secrets_in(env: &HashMap<String, String>) -> Vec<String> {
     let baseline = shown_without_secrets();
-    let public: Vec<&String> = env.iter().filter(|(k, _)| !SECRETS.contains(&k.as_str())).map(|(_, v)| v).collect();
+    let public: Vec<&String> = env.iter().filter(|(k, _)| !is_secret(k)).map(|(_, v)| v).collect();
     let distinctive = |v: &str| {
         v.chars().count() >= 8
             && v.chars().any(|c| c.is_ascii_digit() || !(c.is_ascii_alphabetic() || " _.,()'-".contains(c)))
     };
     env.iter()
-        .filter(|(k, v)| SECRETS.contains(&k.as_str()) && distinctive(v.trim()))
+        .filter(|(k, v)| is_secret(k) && distinctive(v.trim()))
         .map(|(_, v)| v.trim().to_owned())
         .filter(|secret| !public.iter().any(|p| p.contains(secret.as_str())) && !baseline.contains(secret.as_str()))
         .collect()

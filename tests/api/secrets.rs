@@ -53,23 +53,35 @@ fn needle(name: &str, value: &str) -> Needle {
     Needle { name: name.to_owned(), value: value.to_owned(), partial: true }
 }
 
+/// The session's value of each secret variable.
+const SECRET_VALUES: &[(&str, &str)] = &[
+    ("WECOM_SECRET", APP_SECRET),
+    ("WECOM_KF_SECRET", KF_SECRET),
+    ("WECOM_TOKEN", APP_TOKEN),
+    ("WECOM_KF_TOKEN", KF_TOKEN),
+    ("WECOM_ENCODING_AES_KEY", APP_KEY),
+    ("WECOM_KF_ENCODING_AES_KEY", KF_KEY),
+    ("ADMIN_TOKEN", ADMIN),
+    ("FORWARD_SECRET", FORWARD_SECRET),
+    ("SMTP_PASS", SMTP_PASS),
+];
+
 /// Every secret of the session, and the AES keys also as the bytes they decode to.
+/// Which variables are secret comes from the configuration's table: a new secret
+/// variable fails here until the session gives it a distinctive value.
 fn session_secrets() -> Vec<Needle> {
-    let mut needles: Vec<Needle> = [
-        ("WECOM_SECRET", APP_SECRET),
-        ("WECOM_KF_SECRET", KF_SECRET),
-        ("WECOM_TOKEN", APP_TOKEN),
-        ("WECOM_KF_TOKEN", KF_TOKEN),
-        ("WECOM_ENCODING_AES_KEY", APP_KEY),
-        ("WECOM_KF_ENCODING_AES_KEY", KF_KEY),
-        ("ADMIN_TOKEN", ADMIN),
-        ("FORWARD_SECRET", FORWARD_SECRET),
-        ("SMTP_PASS", SMTP_PASS),
-        ("the access token", ACCESS_TOKEN),
-    ]
-    .into_iter()
-    .map(|(name, value)| needle(name, value))
-    .collect();
+    let mut needles: Vec<Needle> = wechat_api::config::VARIABLES
+        .iter()
+        .filter(|v| v.secret)
+        .map(|v| {
+            let value = SECRET_VALUES.iter().find(|(name, _)| *name == v.name).map(|(_, value)| *value);
+            needle(
+                v.name,
+                value.unwrap_or_else(|| panic!("give the secret variable {} a value in SECRET_VALUES", v.name)),
+            )
+        })
+        .collect();
+    needles.push(needle("the access token", ACCESS_TOKEN));
     for (name, key) in [("WECOM_ENCODING_AES_KEY", APP_KEY), ("WECOM_KF_ENCODING_AES_KEY", KF_KEY)] {
         let bytes = base64::engine::general_purpose::STANDARD.decode(format!("{key}=")).expect("a canonical key");
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();

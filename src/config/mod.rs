@@ -1,0 +1,355 @@
+//! Configuration: raw settings from defaults, a TOML file, `.env` and the
+//! environment, validated once into a typed [`Config`].
+//!
+//! One room per job:
+//! - [`variables`]: THE table of variables (name, alias, default, secret, meaning);
+//!   every other part reads it.
+//! - [`secret`]: [`Secret`], [`Token`], [`CorpId`], fresh Tokens and keys.
+//! - [`layering`]: [`Sources`] and [`Settings`]: defaults < TOML < `.env` < environment.
+//! - [`listen`]: [`ListenConfig`], validated on its own too, and its local URL.
+//! - `validation`: [`Config::from_settings`], one line per problem.
+//!
+//! This file owns the typed [`Config`] and [`load`]. Deliberately not here:
+//! reading certificate files (see `tls`) and anything at run time: nothing reads
+//! the environment after [`load`].
+
+pub mod layering;
+pub mod listen;
+pub mod secret;
+mod validation;
+pub mod variables;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::crypto::AesKey;
+
+pub use layering::{Settings, Sources, CONFIG_FILE_VARIABLE};
+pub use listen::{is_loopback, ListenConfig};
+pub use secret::{generate_encoding_aes_key, CorpId, Secret, Token};
+pub use variables::{Var, VARIABLES};
+
+/// The shortest `RETENTION_SECS`: it is also the dedup window.
+pub const MIN_RETENTION_SECS: u64 = 60;
+
+/// Configuration that cannot be used, one readable line per problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// The Token and EncodingAESKey of one callback channel.
+#[derive(Clone, Debug)]
+pub struct CallbackKeys {
+    /// The callback Token: signatures.
+    pub token: Token,
+    /// The EncodingAESKey: encryption.
+    pub aes_key: AesKey,
+}
+
+/// How to talk to the SMTP relay.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmtpTls {
+    /// STARTTLS when the server offers it (the default).
+    Opportunistic,
+    /// STARTTLS, required.
+    StartTls,
+    /// Implicit TLS, usually port 465.
+    Tls,
+    /// Plain SMTP: only on a trusted network.
+    None,
+}
+
+/// Alert email settings; present only when `ALERT_EMAIL_ENABLED=true`.
+#[derive(Clone, Debug)]
+pub struct AlertEmail {
+    /// `SMTP_SERVER`.
+    pub smtp_server: String,
+    /// `SMTP_PORT`.
+    pub smtp_port: u16,
+    /// `SMTP_USER`.
+    pub smtp_user: Option<String>,
+    /// `SMTP_PASS`.
+    pub smtp_pass: Option<Secret>,
+    /// `SMTP_TLS`.
+    pub smtp_tls: SmtpTls,
+    /// `ALERT_EMAIL_FROM`, else `SMTP_USER`.
+    pub from: String,
+    /// `ALERT_EMAIL_TO`, split at commas.
+    pub to: Vec<String>,
+}
+
+/// The downstream webhook every normalized message is posted to.
+#[derive(Clone, Debug)]
+pub struct Forward {
+    /// `FORWARD_URL`.
+    pub url: String,
+    /// `FORWARD_SECRET`, the HMAC key of `X-Signature`.
+    pub secret: Option<Secret>,
+}
+
+/// `LOG_FORMAT`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The validated configuration. Built only by [`load`] / [`Config::from_settings`].
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub corp_id: CorpId,
+    pub agent_id: Option<i64>,
+    pub secret: Option<Secret>,
+    pub app_keys: CallbackKeys,
+    pub kf_secret: Option<Secret>,
+    pub kf_keys: CallbackKeys,
+    pub api_base_url: String,
+    pub listen: ListenConfig,
+    pub upload_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub admin_token: Option<Secret>,
+    pub forward: Option<Forward>,
+    pub alert_email: Option<AlertEmail>,
+    pub welcome_text: Option<String>,
+    pub kf_replay_history: bool,
+    pub heartbeat_url: Option<String>,
+    pub supervisor_interval: Duration,
+    pub alert_group_wait: Duration,
+    /// `None` when reminders are off (`ALERT_REPEAT_HOURS=0`).
+    pub alert_repeat: Option<Duration>,
+    /// How long handled journal entries (and so their dedup keys) and finished
+    /// outbox actions are kept (`RETENTION_SECS`).
+    pub retention: Duration,
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// `WECOM_SECRET == WECOM_KF_SECRET`: fine for a self-built app authorised for
+    /// kf since 2023-12, a known cause of 95018 otherwise.
+    pub fn secrets_identical(&self) -> bool {
+        match (&self.secret, &self.kf_secret) {
+            (Some(app), Some(kf)) => app.matches(kf.expose()),
+            _ => false,
+        }
+    }
+
+    /// Findings worth a warning at start-up, in `diagnose` and in `/api/health`.
+    pub fn warnings(&self) -> Vec<String> {
+        use variables::{HTTPS_PORT, TLS_ENABLED, WECOM_KF_SECRET, WECOM_SECRET};
+        let mut warnings = Vec::new();
+        if self.secrets_identical() {
+            warnings.push(format!(
+                "{WECOM_SECRET} and {WECOM_KF_SECRET} are identical: fine for a self-built app authorised for 微信客服, \
+                 otherwise kf sends fail with 95018 (run `wechat-api diagnose`)"
+            ));
+        }
+        if self.kf_secret.is_none() && self.secret.is_some() {
+            warnings.push(format!(
+                "{WECOM_KF_SECRET} is not set: kf APIs use {WECOM_SECRET} (95018 on kf sends means it may not)"
+            ));
+        }
+        if !self.listen.tls_enabled {
+            warnings.push(format!(
+                "{TLS_ENABLED}=false: serving plain HTTP on {HTTPS_PORT} (only behind a TLS-terminating proxy)"
+            ));
+        }
+        warnings
+    }
+}
+
+/// Reads and validates the configuration: the config and the warnings to log.
+pub fn load(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErrors> {
+    validate(&Settings::read(sources)?)
+}
+
+/// Validates `settings` (read, then perhaps adjusted, as demo mode does): the
+/// config and the warnings to log.
+pub fn validate(settings: &Settings) -> Result<(Config, Vec<String>), ConfigErrors> {
+    let config = Config::from_settings(settings)?;
+    let mut warnings = settings.warnings.clone();
+    warnings.extend(config.warnings());
+    Ok((config, warnings))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+    fn env(pairs: &[(&str, &str)]) -> Sources {
+        Sources { env: pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), ..Sources::default() }
+    }
+
+    fn minimal() -> Vec<(&'static str, &'static str)> {
+        vec![("WECOM_CORP_ID", "ww1436e0e65a779aee"), ("WECOM_TOKEN", "QDG6eK"), ("WECOM_ENCODING_AES_KEY", KEY)]
+    }
+
+    fn errors_of(pairs: &[(&str, &str)]) -> Vec<String> {
+        load(&env(pairs)).expect_err("invalid").0
+    }
+
+    #[test]
+    fn minimal_configuration_gets_the_documented_defaults() {
+        let (config, warnings) = load(&env(&minimal())).expect("valid");
+        assert_eq!(config.listen.https_port, 8092);
+        assert_eq!(config.listen.bind_address.to_string(), "0.0.0.0");
+        assert!(config.listen.tls_enabled);
+        assert_eq!(config.listen.cert_path, PathBuf::from("certs/server.crt"));
+        assert_eq!(config.upload_dir, PathBuf::from("/app/wwwroot/uploadall"));
+        assert_eq!(config.data_dir, PathBuf::from("/app/data"));
+        assert_eq!(config.api_base_url, "https://qyapi.weixin.qq.com");
+        assert_eq!(config.supervisor_interval, Duration::from_secs(30));
+        assert_eq!(config.alert_repeat, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
+        assert!(config.alert_email.is_none());
+        assert_eq!(config.kf_keys.token.expose(), "QDG6eK", "kf falls back to the app Token");
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
+    fn short_key_names_the_variable_and_the_length() {
+        let mut pairs = minimal();
+        pairs[2].1 = &KEY[..42];
+        assert_eq!(
+            errors_of(&pairs),
+            vec!["WECOM_ENCODING_AES_KEY must be 43 characters of base64, got 42 (copy it again from the callback settings)"]
+        );
+    }
+
+    #[test]
+    fn every_problem_gets_its_own_line() {
+        let errors = errors_of(&[("WECOM_TOKEN", "bad token!"), ("HTTPS_PORT", "99999"), ("TLS_ENABLED", "maybe")]);
+        let joined = errors.join("\n");
+        for needle in [
+            "WECOM_CORP_ID is required",
+            "WECOM_TOKEN must be letters or digits",
+            "WECOM_ENCODING_AES_KEY is required",
+            "HTTPS_PORT must be a port",
+            "TLS_ENABLED must be true or false",
+        ] {
+            assert!(joined.contains(needle), "missing {needle:?} in {joined}");
+        }
+        assert!(errors.len() >= 5);
+    }
+
+    #[test]
+    fn retention_shorter_than_the_retry_window_is_refused() {
+        let mut pairs = minimal();
+        pairs.push(("RETENTION_SECS", "30"));
+        assert_eq!(errors_of(&pairs), vec!["RETENTION_SECS must be at least 60 (WeCom retries within a minute)"]);
+        pairs.pop();
+        pairs.push(("RETENTION_SECS", "3600"));
+        assert_eq!(load(&env(&pairs)).expect("valid").0.retention, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn secrets_never_appear_in_errors() {
+        let secret = "0123456789abcdefS3CR3TS3CR3TS3CR3T";
+        let errors = errors_of(&[
+            ("WECOM_CORP_ID", "ww1"),
+            ("WECOM_TOKEN", secret),
+            ("WECOM_ENCODING_AES_KEY", secret),
+            ("WECOM_SECRET", " lead"),
+        ]);
+        let joined = errors.join("\n");
+        assert!(!joined.contains("S3CR3T"), "{joined}");
+        assert!(joined.contains("WECOM_SECRET has leading or trailing white space"), "{joined}");
+    }
+
+    #[test]
+    fn leading_zeros_of_a_secret_survive() {
+        let mut pairs = minimal();
+        pairs.push(("WECOM_SECRET", "00123"));
+        let (config, _) = load(&env(&pairs)).expect("valid");
+        assert_eq!(config.secret.expect("set").expose(), "00123");
+    }
+
+    #[test]
+    fn wework_aliases_work_with_a_warning_naming_the_new_variable() {
+        let (config, warnings) = load(&env(&[
+            ("WEWORK_CORP_ID", "ww1436e0e65a779aee"),
+            ("WEWORK_TOKEN", "QDG6eK"),
+            ("WEWORK_AES_KEY", KEY),
+        ]))
+        .expect("valid");
+        assert_eq!(config.corp_id.as_str(), "ww1436e0e65a779aee");
+        assert!(
+            warnings.iter().any(|w| w.contains("WEWORK_AES_KEY is deprecated: rename it to WECOM_ENCODING_AES_KEY")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn conflicting_alias_is_an_error() {
+        let mut pairs = minimal();
+        pairs.push(("WEWORK_CORP_ID", "wwother"));
+        assert!(errors_of(&pairs)[0].contains("WEWORK_CORP_ID and WECOM_CORP_ID are both set"));
+    }
+
+    #[test]
+    fn identical_secrets_warn_and_compare_equal() {
+        let mut pairs = minimal();
+        pairs.push(("WECOM_SECRET", "same-secret-value"));
+        pairs.push(("WECOM_KF_SECRET", "same-secret-value"));
+        let (config, warnings) = load(&env(&pairs)).expect("valid");
+        assert!(config.secrets_identical());
+        assert!(warnings.iter().any(|w| w.contains("95018")));
+        assert!(!warnings.join(" ").contains("same-secret-value"));
+    }
+
+    #[test]
+    fn layering_is_file_then_dotenv_then_environment() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("wechat-api.toml");
+        std::fs::write(&file, format!("wecom_corp_id = \"wwfile\"\nwecom_token = \"filetoken\"\nwecom_encoding_aes_key = \"{KEY}\"\nhttps_port = 9443\nupload_dir = \"/file\"\n")).expect("write");
+        let dotenv = dir.path().join(".env");
+        std::fs::write(&dotenv, "WECOM_TOKEN=dotenvtoken\nUPLOAD_DIR=/dotenv\nPATH=/ignored\n").expect("write");
+        let sources = Sources {
+            file: Some(file),
+            dotenv: Some(dotenv),
+            env: [("UPLOAD_DIR".to_string(), "/env".to_string())].into(),
+        };
+        let (config, _) = load(&sources).expect("valid");
+        assert_eq!(config.corp_id.as_str(), "wwfile");
+        assert_eq!(config.listen.https_port, 9443, "a TOML integer is read as a port");
+        assert_eq!(config.app_keys.token.expose(), "dotenvtoken");
+        assert_eq!(config.upload_dir, PathBuf::from("/env"));
+    }
+
+    #[test]
+    fn unknown_toml_key_and_bad_toml_are_reported_by_name_and_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "wecom_corp_idd = \"x\"\n").expect("write");
+        let errors = load(&Sources { file: Some(file.clone()), ..Sources::default() }).expect_err("unknown").0;
+        assert!(errors[0].contains("unknown setting `wecom_corp_idd`"), "{errors:?}");
+        std::fs::write(&file, "wecom_token = \"s3cr3t\"\nwecom_secret = \"hidden\n").expect("write");
+        let errors = load(&Sources { file: Some(file), ..Sources::default() }).expect_err("syntax").0;
+        assert!(errors[0].contains("line 2"), "{errors:?}");
+        assert!(!errors[0].contains("hidden"), "{errors:?}");
+    }
+
+    #[test]
+    fn alert_email_requires_server_and_recipients_when_enabled() {
+        let mut pairs = minimal();
+        pairs.push(("ALERT_EMAIL_ENABLED", "true"));
+        let errors = errors_of(&pairs).join("\n");
+        assert!(errors.contains("SMTP_SERVER is required"), "{errors}");
+        assert!(errors.contains("ALERT_EMAIL_TO is required"), "{errors}");
+        pairs.extend([
+            ("SMTP_SERVER", "smtp.example.com"),
+            ("SMTP_USER", "ops@example.com"),
+            ("ALERT_EMAIL_TO", "a@example.com, b@example.com"),
+            ("SMTP_TLS", "tls"),
+            ("SMTP_PORT", "465"),
+        ]);
+        let (config, _) = load(&env(&pairs)).expect("valid");
+        let email = config.alert_email.expect("enabled");
+        assert_eq!(email.to, vec!["a@example.com", "b@example.com"]);
+        assert_eq!(email.from, "ops@example.com");
+        assert_eq!(email.smtp_tls, SmtpTls::Tls);
+    }
+}

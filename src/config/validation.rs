@@ -1,0 +1,251 @@
+//! Validation: merged [`Settings`] into a typed [`Config`], one readable line per
+//! problem, every problem reported at once.
+//!
+//! Owns: the wording of every value error ("HTTPS_PORT must be a port number…").
+//! Deliberately not here: reading the layers (`layering.rs`), the listener's part
+//! (`listen.rs`, so `healthcheck` can validate only that), and anything that
+//! touches the disk or the network (certificates are loaded by `tls`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::layering::Settings;
+use super::listen::ListenConfig;
+use super::secret::{CorpId, Secret, Token};
+use super::variables::{self as var, Var};
+use super::{AlertEmail, CallbackKeys, Config, ConfigErrors, Forward, LogFormat, SmtpTls, MIN_RETENTION_SECS};
+use crate::crypto::{AesKey, KeyError};
+
+/// Collects one message per problem while building the typed config.
+pub(super) struct Validator<'a> {
+    pub(super) settings: &'a Settings,
+    pub(super) errors: Vec<String>,
+}
+
+impl<'a> Validator<'a> {
+    pub(super) fn new(settings: &'a Settings) -> Self {
+        Self { settings, errors: Vec::new() }
+    }
+
+    pub(super) fn fail(&mut self, var: Var, message: impl std::fmt::Display) {
+        self.errors.push(format!("{var} {message}"));
+    }
+
+    /// A value whose surrounding white space would silently break signatures.
+    pub(super) fn trimmed(&mut self, var: Var) -> Option<String> {
+        let value = self.settings.get(var)?;
+        if value.trim() != value {
+            self.fail(var, "has leading or trailing white space (a copy-paste slip?)");
+            return None;
+        }
+        Some(value.to_owned())
+    }
+
+    fn required(&mut self, var: Var) -> Option<String> {
+        if self.settings.get(var).is_none() {
+            self.fail(var, "is required but not set");
+            return None;
+        }
+        self.trimmed(var)
+    }
+
+    fn secret(&mut self, var: Var) -> Option<Secret> {
+        self.trimmed(var).map(Secret::new)
+    }
+
+    pub(super) fn parse<T: std::str::FromStr>(&mut self, var: Var, what: &str) -> Option<T> {
+        let value = self.settings.get(var)?.trim().to_owned();
+        match value.parse() {
+            Ok(v) => Some(v),
+            Err(_) => {
+                self.fail(var, format!("must be {what}, got {}", var.shown(&value)));
+                None
+            }
+        }
+    }
+
+    pub(super) fn flag(&mut self, var: Var) -> bool {
+        match self.settings.get(var).map(|v| v.trim().to_ascii_lowercase()) {
+            None => false,
+            Some(v) if ["true", "1", "yes", "on"].contains(&v.as_str()) => true,
+            Some(v) if ["false", "0", "no", "off"].contains(&v.as_str()) => false,
+            Some(v) => {
+                self.fail(var, format!("must be true or false, got {}", var.shown(&v)));
+                false
+            }
+        }
+    }
+
+    fn url(&mut self, var: Var) -> Option<String> {
+        let value = self.trimmed(var)?;
+        match reqwest::Url::parse(&value) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.host().is_some() => {
+                Some(value.trim_end_matches('/').to_owned())
+            }
+            _ => {
+                self.fail(var, "must be an http:// or https:// URL");
+                None
+            }
+        }
+    }
+
+    fn token(&mut self, var: Var) -> Option<Token> {
+        let value = self.required(var)?;
+        Token::parse(&value).map_err(|e| self.fail(var, e)).ok()
+    }
+
+    fn aes_key(&mut self, var: Var) -> Option<AesKey> {
+        let value = self.required(var)?;
+        AesKey::parse(&value)
+            .map_err(|e: KeyError| self.fail(var, format!("{e} (copy it again from the callback settings)")))
+            .ok()
+    }
+
+    /// The kf channel's keys: each falls back to the app's when not set.
+    fn kf_keys(&mut self, app: Option<&CallbackKeys>) -> Option<CallbackKeys> {
+        let token = match self.settings.get(var::WECOM_KF_TOKEN) {
+            Some(_) => self.token(var::WECOM_KF_TOKEN),
+            None => app.map(|a| a.token.clone()),
+        };
+        let aes_key = match self.settings.get(var::WECOM_KF_ENCODING_AES_KEY) {
+            Some(_) => self.aes_key(var::WECOM_KF_ENCODING_AES_KEY),
+            None => app.map(|a| a.aes_key.clone()),
+        };
+        Some(CallbackKeys { token: token?, aes_key: aes_key? })
+    }
+
+    /// The errors so far, or `Ok` with what was built when there are none.
+    pub(super) fn finish<T>(self, built: Option<T>) -> Result<T, ConfigErrors> {
+        match built {
+            Some(value) if self.errors.is_empty() => Ok(value),
+            _ if !self.errors.is_empty() => Err(ConfigErrors(self.errors)),
+            _ => Err(ConfigErrors(vec!["configuration is incomplete".into()])),
+        }
+    }
+}
+
+impl Config {
+    /// Validates merged settings into a typed config, reporting every problem.
+    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
+        let mut v = Validator::new(settings);
+        let corp_id = v
+            .required(var::WECOM_CORP_ID)
+            .and_then(|id| CorpId::parse(&id).map_err(|e| v.fail(var::WECOM_CORP_ID, e)).ok());
+        let agent_id = v.parse::<i64>(var::WECOM_AGENT_ID, "a number (the AgentId of the app)");
+        let secret = v.secret(var::WECOM_SECRET);
+        let app_token = v.token(var::WECOM_TOKEN);
+        let app_aes_key = v.aes_key(var::WECOM_ENCODING_AES_KEY);
+        let app_keys = app_token.zip(app_aes_key).map(|(token, aes_key)| CallbackKeys { token, aes_key });
+        let kf_secret = v.secret(var::WECOM_KF_SECRET);
+        let kf_keys = v.kf_keys(app_keys.as_ref());
+        let api_base_url = v.url(var::WECOM_API_BASE_URL);
+        let listen = ListenConfig::validate(&mut v);
+        let upload_dir = v.trimmed(var::UPLOAD_DIR).map(PathBuf::from);
+        let data_dir = v.trimmed(var::DATA_DIR).map(PathBuf::from);
+        let admin_token = v.secret(var::ADMIN_TOKEN);
+        if admin_token.as_ref().is_some_and(|t| t.expose().len() < 16) {
+            v.fail(var::ADMIN_TOKEN, "must be at least 16 characters (try `wechat-api keygen`)");
+        }
+        let forward = v.url(var::FORWARD_URL).map(|url| Forward { url, secret: None });
+        let forward_secret = v.secret(var::FORWARD_SECRET);
+        let forward = forward.map(|f| Forward { secret: forward_secret, ..f });
+        let alert_email = alert_email(&mut v);
+        let welcome_text = settings.get(var::WELCOME_TEXT).map(str::to_owned);
+        let kf_replay_history = v.flag(var::KF_REPLAY_HISTORY);
+        let heartbeat_url = v.url(var::HEARTBEAT_URL);
+        let supervisor_interval = v.parse::<u64>(var::SUPERVISOR_INTERVAL_SECS, "a whole number of seconds");
+        if supervisor_interval == Some(0) {
+            v.fail(var::SUPERVISOR_INTERVAL_SECS, "must be at least 1");
+        }
+        let alert_group_wait = v.parse::<u64>(var::ALERT_GROUP_WAIT_SECS, "a whole number of seconds");
+        let alert_repeat = v.parse::<u64>(var::ALERT_REPEAT_HOURS, "a whole number of hours (0 = off)");
+        let retention = v.parse::<u64>(var::RETENTION_SECS, "a whole number of seconds");
+        if retention.is_some_and(|secs| secs < MIN_RETENTION_SECS) {
+            // Shorter would forget dedup keys while WeCom may still retry.
+            v.fail(
+                var::RETENTION_SECS,
+                format!("must be at least {MIN_RETENTION_SECS} (WeCom retries within a minute)"),
+            );
+        }
+        let log_format = match settings.get(var::LOG_FORMAT).map(str::trim) {
+            Some("json") => Some(LogFormat::Json),
+            Some("text") | None => Some(LogFormat::Text),
+            Some(other) => {
+                v.fail(var::LOG_FORMAT, format!("must be text or json, got {}", var::LOG_FORMAT.shown(other)));
+                None
+            }
+        };
+        let built = (|| {
+            Some(Config {
+                corp_id: corp_id?,
+                agent_id,
+                secret,
+                app_keys: app_keys?,
+                kf_secret,
+                kf_keys: kf_keys?,
+                api_base_url: api_base_url?,
+                listen: listen?,
+                upload_dir: upload_dir?,
+                data_dir: data_dir?,
+                admin_token,
+                forward,
+                alert_email,
+                welcome_text,
+                kf_replay_history,
+                heartbeat_url,
+                supervisor_interval: Duration::from_secs(supervisor_interval?.max(1)),
+                alert_group_wait: Duration::from_secs(alert_group_wait?),
+                alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
+                retention: Duration::from_secs(retention?),
+                log_format: log_format?,
+            })
+        })();
+        v.finish(built)
+    }
+}
+
+/// The alert email settings; `None` unless `ALERT_EMAIL_ENABLED`.
+fn alert_email(v: &mut Validator<'_>) -> Option<AlertEmail> {
+    let enabled = v.flag(var::ALERT_EMAIL_ENABLED);
+    let smtp_port = v.parse::<u16>(var::SMTP_PORT, "a port number");
+    let smtp_tls = match v.settings.get(var::SMTP_TLS).map(|t| t.trim().to_ascii_lowercase()) {
+        None => SmtpTls::Opportunistic,
+        Some(t) if t == "starttls" => SmtpTls::StartTls,
+        Some(t) if t == "tls" => SmtpTls::Tls,
+        Some(t) if t == "none" => SmtpTls::None,
+        Some(t) => {
+            v.fail(var::SMTP_TLS, format!("must be starttls, tls or none, got {}", var::SMTP_TLS.shown(&t)));
+            SmtpTls::Opportunistic
+        }
+    };
+    if !enabled {
+        return None;
+    }
+    let smtp_server = v.required(var::SMTP_SERVER);
+    let smtp_user = v.trimmed(var::SMTP_USER);
+    let smtp_pass = v.secret(var::SMTP_PASS);
+    let from = v.trimmed(var::ALERT_EMAIL_FROM).or_else(|| smtp_user.clone());
+    if from.is_none() {
+        v.fail(var::ALERT_EMAIL_FROM, format!("is required when {} is not set", var::SMTP_USER));
+    }
+    let to: Vec<String> = match v.required(var::ALERT_EMAIL_TO) {
+        Some(list) => list.split(',').map(str::trim).filter(|a| !a.is_empty()).map(str::to_owned).collect(),
+        // `required` has reported it.
+        None => Vec::new(),
+    };
+    for address in to.iter().chain(from.iter()) {
+        if !address.contains('@') {
+            let var = if Some(address) == from.as_ref() { var::ALERT_EMAIL_FROM } else { var::ALERT_EMAIL_TO };
+            v.fail(var, format!("{address:?} is not an email address"));
+        }
+    }
+    Some(AlertEmail {
+        smtp_server: smtp_server?,
+        smtp_port: smtp_port?,
+        smtp_user,
+        smtp_pass,
+        smtp_tls,
+        from: from?,
+        to,
+    })
+}
