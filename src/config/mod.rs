@@ -99,29 +99,48 @@ pub enum LogFormat {
 /// The validated configuration. Built only by [`load`] / [`Config::from_settings`].
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// `WECOM_CORP_ID`.
     pub corp_id: CorpId,
+    /// `WECOM_AGENT_ID`.
     pub agent_id: Option<i64>,
+    /// `WECOM_SECRET`.
     pub secret: Option<Secret>,
+    /// `WECOM_TOKEN` and `WECOM_ENCODING_AES_KEY`.
     pub app_keys: CallbackKeys,
+    /// `WECOM_KF_SECRET`.
     pub kf_secret: Option<Secret>,
+    /// The kf channel's Token and key, each falling back to the app's.
     pub kf_keys: CallbackKeys,
+    /// `WECOM_API_BASE_URL`, without a trailing slash.
     pub api_base_url: String,
+    /// Where and how the service listens.
     pub listen: ListenConfig,
+    /// `UPLOAD_DIR`.
     pub upload_dir: PathBuf,
+    /// `DATA_DIR`.
     pub data_dir: PathBuf,
+    /// `ADMIN_TOKEN`; `None` disables the admin endpoints.
     pub admin_token: Option<Secret>,
+    /// `FORWARD_URL` and `FORWARD_SECRET`.
     pub forward: Option<Forward>,
+    /// Present only when `ALERT_EMAIL_ENABLED`.
     pub alert_email: Option<AlertEmail>,
+    /// `WELCOME_TEXT`.
     pub welcome_text: Option<String>,
+    /// `KF_REPLAY_HISTORY`.
     pub kf_replay_history: bool,
+    /// `HEARTBEAT_URL`.
     pub heartbeat_url: Option<String>,
+    /// `SUPERVISOR_INTERVAL_SECS`.
     pub supervisor_interval: Duration,
+    /// `ALERT_GROUP_WAIT_SECS`.
     pub alert_group_wait: Duration,
     /// `None` when reminders are off (`ALERT_REPEAT_HOURS=0`).
     pub alert_repeat: Option<Duration>,
     /// How long handled journal entries (and so their dedup keys) and finished
     /// outbox actions are kept (`RETENTION_SECS`).
     pub retention: Duration,
+    /// `LOG_FORMAT`.
     pub log_format: LogFormat,
 }
 

@@ -6,7 +6,7 @@
 //! typed [`Var`] handle, so a misspelt name does not compile), redaction of secret
 //! values in messages and `Debug` output, and the tests that list secret variables.
 //!
-//! Adding a variable is one line in [`variables!`] below, then its validation in
+//! Adding a variable is one line in the `variables!` table below, then its validation in
 //! `validation.rs`. Deliberately not here: what a value must look like (that is
 //! `validation.rs`) and how the layers merge (`layering.rs`).
 
