@@ -261,5 +261,9 @@ pub(crate) async fn test_login(email: &AlertEmail) -> Result<(), String> {
 
 /// This machine's name, for subjects ("… on <host>").
 pub(crate) fn host_name() -> String {
-    rustix::system::uname().nodename().to_string_lossy().into_owned()
+    let uname = rustix::system::uname();
+    match uname.nodename().to_str() {
+        Ok(name) if !name.is_empty() => name.to_owned(),
+        _ => "unknown".to_owned(),
+    }
 }

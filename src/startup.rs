@@ -31,7 +31,7 @@ use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{retention, Store, StoreError};
 use crate::supervisor::{Parts, Supervisor, Timing};
-use crate::telemetry::Metrics;
+use crate::telemetry::{BuildInfo, Metrics};
 use crate::tls::{self, CertificateStore, TlsError};
 use crate::wecom::WeCom;
 use crate::VERSION;
@@ -91,11 +91,15 @@ impl Application {
     /// listener and starts serving: the start-up story, one step a line.
     pub async fn build(config: Config) -> Result<Self, StartupError> {
         tls::install_crypto_provider();
-        let metrics = Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(VERSION)));
-        let health = Arc::new(HealthBoard::default());
+        let store = open_store(&config).await?;
+        let metrics = Arc::new(Metrics::new(&BuildInfo {
+            version: VERSION.to_owned(),
+            backend: store.backend_name(),
+            replica: config.replica.clone(),
+        }));
+        let health = Arc::new(HealthBoard::new(config.replica.clone()));
         health.set("config:secrets", checks::secrets_check(config.secrets_identical()));
         let certificates = load_certificates(&config, &health)?;
-        let store = Store::open(&config.data_dir)?;
         let wecom =
             Arc::new(WeCom::new(&config, &store, &metrics).map_err(|e| StartupError::Component(e.to_string()))?);
         // Silence longer than three periods (and a margin) means the supervisor is stuck.
@@ -194,6 +198,18 @@ impl Application {
     }
 }
 
+/// The store: PostgreSQL when `DATABASE_URL` is set (replicas), else SQLite in `DATA_DIR`.
+async fn open_store(config: &Config) -> Result<Store, StoreError> {
+    let store = match &config.database {
+        Some(database) => {
+            tracing::info!(replica = config.replica.as_str(), "store: PostgreSQL at {}", database.shown());
+            Store::connect(database.url.expose(), database.pool_size, config.lease).await?
+        }
+        None => Store::open(&config.data_dir)?.with_lease(config.lease),
+    };
+    Ok(store)
+}
+
 /// The certificate store when TLS is on, with its first `tls:certificate` result.
 fn load_certificates(config: &Config, health: &HealthBoard) -> Result<Option<Arc<CertificateStore>>, StartupError> {
     let listen = &config.listen;
@@ -278,6 +294,7 @@ impl Workers {
             store: store.clone(),
             metrics: Arc::clone(metrics),
             timing,
+            replica: config.replica.clone(),
         });
         Ok(Self { dispatcher, outbox, kf_syncer: kf_enabled.then_some(kf_syncer), supervisor, mailer, alerter })
     }

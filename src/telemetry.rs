@@ -261,20 +261,10 @@ pub struct BuildInfo {
 }
 
 impl BuildInfo {
-    /// `version` on the embedded SQLite store, the only backend so far, named
-    /// after the host: there is no `REPLICA_ID` setting yet, and a container's
-    /// host name is what tells replicas apart.
+    /// `version` on the embedded SQLite store, named after this host (the default
+    /// `REPLICA_ID`): for tools that report without a running service (`diagnose`).
     pub fn sqlite(version: &str) -> Self {
-        Self { version: version.to_owned(), backend: "sqlite", replica: host_name() }
-    }
-}
-
-/// This host's name, or `unknown` when it has none.
-fn host_name() -> String {
-    let uname = rustix::system::uname();
-    match uname.nodename().to_str() {
-        Ok(name) if !name.is_empty() => name.to_owned(),
-        _ => "unknown".to_owned(),
+        Self { version: version.to_owned(), backend: "sqlite", replica: crate::alerts::host_name() }
     }
 }
 

@@ -142,7 +142,41 @@ pub struct Config {
     pub retention: Duration,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `DATABASE_URL` and `DATABASE_POOL_SIZE`; `None`: SQLite in `DATA_DIR`.
+    pub database: Option<Database>,
+    /// `REPLICA_ID`, else the host name.
+    pub replica: String,
+    /// `LEASE_SECS`.
+    pub lease: Duration,
 }
+
+/// The PostgreSQL store of replicas (SPEC §9).
+#[derive(Clone, Debug)]
+pub struct Database {
+    /// The URL, password included: a secret.
+    pub url: Secret,
+    /// Connections per replica.
+    pub pool_size: usize,
+}
+
+impl Database {
+    /// The URL as logs may show it: `postgres://user:***@host:port/dbname`.
+    pub fn shown(&self) -> String {
+        match url::Url::parse(self.url.expose()) {
+            Ok(mut url) => {
+                if url.password().is_some() {
+                    let _ = url.set_password(Some("***"));
+                }
+                url.set_query(None);
+                url.to_string()
+            }
+            Err(_) => "(unparsable)".to_owned(),
+        }
+    }
+}
+
+/// The shortest `LEASE_SECS`: an action may take 30 s, and its lease must outlast it.
+pub const MIN_LEASE_SECS: u64 = 35;
 
 impl Config {
     /// `WECOM_SECRET == WECOM_KF_SECRET`: fine for a self-built app authorised for
@@ -262,6 +296,43 @@ mod tests {
         pairs.pop();
         pairs.push(("RETENTION_SECS", "3600"));
         assert_eq!(load(&env(&pairs)).expect("valid").0.retention, Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn replicas_need_a_postgres_url_a_long_enough_lease_and_get_a_name() {
+        let (config, _) = load(&env(&minimal())).expect("valid");
+        assert!(config.database.is_none(), "SQLite by default");
+        assert_eq!(config.lease, Duration::from_secs(60));
+        assert!(!config.replica.is_empty(), "the host name by default");
+
+        for (url, reason) in [
+            ("mysql://u:Pw9Secret@db/x", "scheme must be postgres:// or postgresql://"),
+            ("postgres:///x", "no host"),
+            ("postgres://u:Pw9Secret@db/x?sslmode=always", "sslmode"),
+        ] {
+            let mut pairs = minimal();
+            pairs.push(("DATABASE_URL", url));
+            let errors = errors_of(&pairs);
+            assert_eq!(errors.len(), 1, "{errors:?}");
+            assert!(errors[0].starts_with("DATABASE_URL ") && errors[0].contains(reason), "{errors:?}");
+            assert!(!errors[0].contains("Pw9Secret"), "no password in {errors:?}");
+        }
+
+        let mut pairs = minimal();
+        pairs.extend([
+            ("DATABASE_URL", "postgresql://wechat:Pw9Secret@db.internal:5433/wechat?sslmode=require"),
+            ("DATABASE_POOL_SIZE", "4"),
+            ("REPLICA_ID", "wechat-api-2"),
+            ("LEASE_SECS", "45"),
+        ]);
+        let (config, _) = load(&env(&pairs)).expect("valid");
+        let database = config.database.expect("PostgreSQL");
+        assert_eq!(database.pool_size, 4);
+        assert_eq!(database.shown(), "postgresql://wechat:***@db.internal:5433/wechat");
+        assert_eq!((config.replica.as_str(), config.lease), ("wechat-api-2", Duration::from_secs(45)));
+
+        pairs.push(("LEASE_SECS", "30"));
+        assert!(errors_of(&pairs)[0].starts_with("LEASE_SECS must be at least 35"));
     }
 
     #[test]

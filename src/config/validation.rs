@@ -13,7 +13,10 @@ use super::layering::Settings;
 use super::listen::ListenConfig;
 use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
-use super::{AlertEmail, CallbackKeys, Config, ConfigErrors, Forward, LogFormat, SmtpTls, MIN_RETENTION_SECS};
+use super::{
+    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, LogFormat, SmtpTls, MIN_LEASE_SECS,
+    MIN_RETENTION_SECS,
+};
 use crate::crypto::{AesKey, KeyError};
 
 /// Collects one message per problem while building the typed config.
@@ -175,6 +178,25 @@ impl Config {
                 None
             }
         };
+        let database = v.secret(var::DATABASE_URL).and_then(|url| {
+            crate::store::check_database_url(url.expose())
+                .map_err(|reason| v.fail(var::DATABASE_URL, format!("{reason} (postgres://user:password@host:port/dbname?sslmode=disable|prefer|require|verify-full)")))
+                .ok()
+                .map(|()| url)
+        });
+        let pool_size = v.parse::<usize>(var::DATABASE_POOL_SIZE, "a whole number of connections");
+        if pool_size == Some(0) {
+            v.fail(var::DATABASE_POOL_SIZE, "must be at least 1");
+        }
+        let replica =
+            settings.get(var::REPLICA_ID).map(str::trim).map(str::to_owned).unwrap_or_else(crate::alerts::host_name);
+        let lease = v.parse::<u64>(var::LEASE_SECS, "a whole number of seconds");
+        if lease.is_some_and(|secs| secs < MIN_LEASE_SECS) {
+            v.fail(
+                var::LEASE_SECS,
+                format!("must be at least {MIN_LEASE_SECS} (an action may take 30 s; its lease must outlast it)"),
+            );
+        }
         let built = (|| {
             Some(Config {
                 corp_id: corp_id?,
@@ -198,6 +220,12 @@ impl Config {
                 alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
                 retention: Duration::from_secs(retention?),
                 log_format: log_format?,
+                database: match database {
+                    Some(url) => Some(Database { url, pool_size: pool_size? }),
+                    None => None,
+                },
+                replica,
+                lease: Duration::from_secs(lease?),
             })
         })();
         v.finish(built)

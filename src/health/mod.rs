@@ -68,6 +68,8 @@ impl CheckResult {
 pub(crate) struct HealthReport {
     pub status: Status,
     pub version: String,
+    /// Which replica this report describes (SPEC §9).
+    pub replica: String,
     #[serde(rename = "serviceId")]
     pub service_id: &'static str,
     pub checks: BTreeMap<String, Vec<CheckResult>>,
@@ -77,17 +79,23 @@ pub(crate) struct HealthReport {
 #[derive(Debug)]
 pub struct HealthBoard {
     started: Instant,
+    /// The replica the board describes (`REPLICA_ID`).
+    replica: String,
     /// The latest result of each check, and since when it has had that status.
     checks: RwLock<BTreeMap<String, (CheckResult, String)>>,
 }
 
-impl Default for HealthBoard {
-    fn default() -> Self {
-        Self { started: Instant::now(), checks: RwLock::new(BTreeMap::new()) }
-    }
-}
-
 impl HealthBoard {
+    /// An empty board for `replica`.
+    pub(crate) fn new(replica: impl Into<String>) -> Self {
+        Self { started: Instant::now(), replica: replica.into(), checks: RwLock::new(BTreeMap::new()) }
+    }
+
+    /// The replica the board describes.
+    pub(crate) fn replica(&self) -> &str {
+        &self.replica
+    }
+
     /// Records the latest result of `name` (`component:measure`).
     pub(crate) fn set(&self, name: impl Into<String>, result: CheckResult) {
         // A poisoned lock only means a writer panicked mid-insert; the map is still usable.
@@ -118,7 +126,13 @@ impl HealthBoard {
         let mut out: BTreeMap<String, Vec<CheckResult>> =
             checks.iter().map(|(name, (result, _))| (name.clone(), vec![result.clone()])).collect();
         out.insert("uptime".into(), vec![CheckResult::new(Status::Pass).observed(self.uptime_secs(), "s")]);
-        HealthReport { status, version: version.to_owned(), service_id: "wechat-api", checks: out }
+        HealthReport {
+            status,
+            version: version.to_owned(),
+            replica: self.replica.clone(),
+            service_id: "wechat-api",
+            checks: out,
+        }
     }
 }
 
@@ -134,7 +148,7 @@ mod tests {
 
     #[test]
     fn the_worst_check_decides_and_the_shape_follows_the_draft() {
-        let board = HealthBoard::default();
+        let board = HealthBoard::new("test");
         assert_eq!(board.report("1").status, Status::Pass);
         board.set("config:secrets", CheckResult::new(Status::Warn).output("identical"));
         board.set("tls:certificate", CheckResult::new(Status::Pass).observed(40, "d"));

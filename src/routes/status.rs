@@ -59,10 +59,11 @@ td,th{{text-align:left;padding:8px 10px;border-top:1px solid #eef0f3;vertical-al
 td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
 </style></head><body><main>
 <h1>wechat-api <span class="badge {overall_class}">{overall}</span></h1>
-<div class="facts"><div class="fact"><small>version</small><b>{version}</b></div><div class="fact"><small>uptime</small><b>{uptime}</b></div>
+<div class="facts"><div class="fact"><small>replica</small><b>{replica}</b></div><div class="fact"><small>version</small><b>{version}</b></div><div class="fact"><small>uptime</small><b>{uptime}</b></div>
 <div class="fact"><small>callbacks accepted</small><b>{accepted}</b></div><div class="fact"><small>callbacks refused</small><b>{refused}</b></div></div>
 <h2>Checks</h2><table><tr><th>check</th><th>state</th><th>value</th><th>details</th></tr>"#,
         version = escape(state.version),
+        replica = escape(state.health.replica()),
         uptime = uptime(state.health.uptime_secs()),
     );
     for (name, result, since) in state.health.entries() {

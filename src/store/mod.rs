@@ -132,10 +132,24 @@ impl Store {
         i64::try_from(self.lease.as_secs()).unwrap_or(i64::MAX)
     }
 
+    /// The engine's name: `sqlite` or `postgres` (`wechat_api_build_info{backend}`).
+    pub fn backend_name(&self) -> &'static str {
+        match &self.backend {
+            Backend::Sqlite(_) => "sqlite",
+            Backend::Postgres(_) => "postgres",
+        }
+    }
+
     /// The engine's commit counters.
     pub fn stats(&self) -> &Stats {
         backend!(self, b => b.stats())
     }
+}
+
+/// Whether `url` is a `DATABASE_URL` the PostgreSQL engine can use; the reason
+/// (never repeating the URL, which carries the password) when not.
+pub fn check_database_url(url: &str) -> Result<(), String> {
+    postgres::check_url(url)
 }
 
 /// Unix seconds now.

@@ -59,6 +59,8 @@ pub(crate) struct Parts {
     pub store: Store,
     pub metrics: Arc<Metrics>,
     pub timing: Timing,
+    /// This replica's name (`REPLICA_ID`): in emails, and the owner of its own checks.
+    pub replica: String,
 }
 
 pub(crate) struct Supervisor {
@@ -72,8 +74,8 @@ pub(crate) struct Supervisor {
 impl Supervisor {
     pub(crate) fn new(parts: Parts) -> Self {
         Self {
+            host: parts.replica.clone(),
             parts,
-            host: crate::alerts::host_name(),
             states: BTreeMap::new(),
             pending: Vec::new(),
             first_pending_at: None,

@@ -30,6 +30,9 @@ const KF_KEY: &str = "tlk5maaXL8t769780ikTCemNnXCoShJoJipA8BUcVfw";
 const ADMIN: &str = "NAuPlexjST1puhZojZpr8XqNGu2gWzq9";
 const FORWARD_SECRET: &str = "PYFGKLcXo89pkxK1UuVLNGubiMiK2d9o";
 const SMTP_PASS: &str = "sVrktBfSiBPFuSsVkus25HIQBMQy";
+/// The password inside `DATABASE_URL`: what makes that URL a secret. (The test
+/// cluster trusts every local connection, so any password opens it.)
+const DB_PASSWORD: &str = "pGw8Zr3Kq7Xm2Lv9Tn4Hb6Jd";
 const SMTP_USER: &str = "alerts@example.test";
 /// Every access token the fake WeCom API issues is this, `-`, a number.
 const ACCESS_TOKEN: &str = "5Cz25vBT6meUE4iFysYw732mtL";
@@ -64,6 +67,7 @@ const SECRET_VALUES: &[(&str, &str)] = &[
     ("ADMIN_TOKEN", ADMIN),
     ("FORWARD_SECRET", FORWARD_SECRET),
     ("SMTP_PASS", SMTP_PASS),
+    ("DATABASE_URL", DB_PASSWORD),
 ];
 
 /// Every secret of the session, and the AES keys also as the bytes they decode to.
@@ -208,7 +212,7 @@ impl Session {
         let dir = tempfile::tempdir().expect("dir");
         write_certificate(dir.path(), 365);
         let smtp_port = sink.port.to_string();
-        let env = test_env(
+        let mut env = test_env(
             dir.path(),
             &[
                 ("WECOM_TOKEN", APP_TOKEN),
@@ -234,6 +238,11 @@ impl Session {
                 ("ALERT_GROUP_WAIT_SECS", "0"),
             ],
         );
+        // The session runs on PostgreSQL, so DATABASE_URL and its password are in play.
+        if let Some(url) = crate::postgres::fresh_database().await {
+            let url = url.replacen("postgres@", &format!("postgres:{DB_PASSWORD}@"), 1);
+            env.insert("DATABASE_URL".into(), url);
+        }
         Self { wecom, receiver, sink, env, dir }
     }
 
@@ -496,6 +505,7 @@ async fn invalid_configuration_never_echoes_a_secret() {
         ("WECOM_SECRET", "Pv5Kd9Lw2Xq7Hm3Zr8Tn4Bj6Yc1Gs0 "),
         ("SMTP_PASS", " Ke2Wq7Zp4Lx9Rm3Tv8Hn5Bd1Jc6Gs"),
         ("FORWARD_SECRET", "Lp6Wz2Qk9Xm4Rv8Tn3Hb7Jd1Gc5Fs"),
+        ("DATABASE_URL", "mysql://root:Mq3Zx8Kw2Lp7Rv5Tn6Hb@q9db7/w8x"),
     ];
     let mut env = session.env.clone();
     for (name, value) in malformed {
@@ -513,6 +523,7 @@ async fn invalid_configuration_never_echoes_a_secret() {
         "WECOM_KF_ENCODING_AES_KEY",
         "ADMIN_TOKEN",
         "WECOM_SECRET",
+        "DATABASE_URL",
     ] {
         assert!(stderr.contains(&format!("configuration error: {name} ")), "{name} is named: {stderr}");
     }

@@ -117,6 +117,15 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// Whether `url` parses as a `DATABASE_URL`; what is wrong with it when not.
+pub(super) fn check_url(url: &str) -> Result<(), String> {
+    match connection::Target::parse(url) {
+        Ok(_) => Ok(()),
+        Err(PostgresError::Url(reason)) => Err(reason),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
 /// The key of the transaction-scoped advisory lock that serialises migrations
 /// ("wechat" in ASCII).
 const MIGRATION_LOCK: i64 = 0x7765_6368_6174;
