@@ -19,22 +19,22 @@ use std::time::{Duration, Instant};
 
 /// The token of an `Authorization` header value of the form `Bearer <token>`
 /// (the scheme in any case); `None` for any other scheme or a missing token.
-pub fn presented_bearer(authorization: &str) -> Option<&str> {
+pub(crate) fn presented_bearer(authorization: &str) -> Option<&str> {
     let (scheme, token) = authorization.trim_start().split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 /// How many wrong bearers one address may send within a window before it is throttled.
-pub const WRONG_BEARERS_ALLOWED: usize = 10;
+pub(crate) const WRONG_BEARERS_ALLOWED: usize = 10;
 /// The window the wrong bearers are counted in.
-pub const WINDOW: Duration = Duration::from_secs(60);
+pub(crate) const WINDOW: Duration = Duration::from_secs(60);
 /// Most client addresses tracked at once: a stranger rotating source addresses
 /// must not grow the table without bound.
-pub const TRACKED_ADDRESSES: usize = 4096;
+pub(crate) const TRACKED_ADDRESSES: usize = 4096;
 
 /// How to answer a wrong bearer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// 401: a plain refusal.
     Refuse,
     /// 429: this address sent too many wrong bearers; a wrong bearer sent after
@@ -44,7 +44,7 @@ pub enum Verdict {
 
 /// A [`Verdict`], and whether to log it now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WrongBearer {
+pub(crate) struct WrongBearer {
     pub verdict: Verdict,
     /// `Some(n)`: log now, covering `n` wrong bearers from this address since the
     /// last log line. `None`: stay quiet, this address was logged within a window.
@@ -79,7 +79,7 @@ impl Failures {
 /// Wrong bearers per client address within the last [`WINDOW`], for at most
 /// [`TRACKED_ADDRESSES`] addresses (the ones quiet the longest are forgotten first).
 #[derive(Debug)]
-pub struct Throttle {
+pub(crate) struct Throttle {
     by_client: HashMap<IpAddr, Failures>,
     capacity: usize,
 }
@@ -92,19 +92,19 @@ impl Default for Throttle {
 
 impl Throttle {
     /// A throttle tracking at most `capacity` addresses (at least one).
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
         Self { by_client: HashMap::new(), capacity: capacity.max(1) }
     }
 
     #[cfg(test)]
     /// How many addresses are tracked now.
-    pub fn tracked(&self) -> usize {
+    pub(crate) fn tracked(&self) -> usize {
         self.by_client.len()
     }
 
     /// Records a wrong bearer from `client` at `now` and says how to answer it:
     /// from the 11th within [`WINDOW`], [`Verdict::Throttle`].
-    pub fn wrong_bearer(&mut self, client: IpAddr, now: Instant) -> WrongBearer {
+    pub(crate) fn wrong_bearer(&mut self, client: IpAddr, now: Instant) -> WrongBearer {
         let failures = self.entry(client, now);
         while failures.recent.front().is_some_and(|&at| now.saturating_duration_since(at) >= WINDOW) {
             failures.recent.pop_front();
@@ -127,7 +127,7 @@ impl Throttle {
     /// Records a request from `client` that presented no bearer at all. It is not
     /// a guess, so it is never throttled; it only shares the log's pace: `Some(n)`
     /// when a line is due, covering `n` refusals of this address.
-    pub fn missing_bearer(&mut self, client: IpAddr, now: Instant) -> Option<u32> {
+    pub(crate) fn missing_bearer(&mut self, client: IpAddr, now: Instant) -> Option<u32> {
         self.entry(client, now).report(now)
     }
 

@@ -11,11 +11,11 @@ use crate::config::{CallbackKeys, Config, CorpId};
 use crate::crypto::{self, DecryptError, Plaintext};
 use crate::messages::{dedup_key, AppEvent, AppMessage, CallbackEnvelope, Identity, ParseError};
 
-pub use crate::messages::Channel;
+pub(crate) use crate::messages::Channel;
 
 /// How a callback ended, as counted in `wechat_api_callbacks_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     Ok,
     Duplicate,
     MissingParameter,
@@ -33,7 +33,7 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 12] = [
+    pub(crate) const ALL: [Outcome; 12] = [
         Outcome::Ok,
         Outcome::Duplicate,
         Outcome::MissingParameter,
@@ -48,7 +48,7 @@ impl Outcome {
         Outcome::Internal,
     ];
 
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Outcome::Ok => "ok",
             Outcome::Duplicate => "duplicate",
@@ -88,7 +88,7 @@ pub enum CallbackError {
 }
 
 impl CallbackError {
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self {
             CallbackError::MissingParameter(_) | CallbackError::MalformedQuery => Outcome::MissingParameter,
             CallbackError::BadSignature => Outcome::BadSignature,
@@ -141,7 +141,7 @@ impl OpenedCallback {
     /// The identity that makes a retried delivery a duplicate: the MsgId of a
     /// message, or a hash of the whole decrypted plaintext of an event (two
     /// distinct events in the same second differ somewhere in their XML).
-    pub fn dedup_key(&self) -> String {
+    pub(crate) fn dedup_key(&self) -> String {
         let identity = match &self.message.msg_id {
             Some(msg_id) => Identity::MsgId(msg_id),
             None => Identity::Event(self.xml.as_bytes()),
@@ -169,18 +169,8 @@ impl CallbackCredentials {
         Self { corp_id: config.corp_id.clone(), channels }
     }
 
-    pub fn corp_id(&self) -> &CorpId {
+    pub(crate) fn corp_id(&self) -> &CorpId {
         &self.corp_id
-    }
-
-    /// The keys of `channel`, for sealing replies or signing test requests.
-    pub fn keys(&self, channel: Channel) -> &CallbackKeys {
-        self.channels
-            .iter()
-            .find(|(c, _)| *c == channel)
-            .or_else(|| self.channels.first())
-            .map(|(_, keys)| keys)
-            .unwrap_or_else(|| unreachable!("credentials always hold the app channel"))
     }
 
     /// Finds the channel whose Token signs `encrypted`, and decrypts with its key.

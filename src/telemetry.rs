@@ -18,11 +18,11 @@ use crate::callback::{Channel, Outcome};
 use crate::config::LogFormat;
 
 /// The content type Prometheus expects from a text exposition.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Keeps the log writer alive; dropping it flushes what is queued.
 #[must_use = "logs are lost unless the guard lives until exit"]
-pub struct LogGuard {
+pub(crate) struct LogGuard {
     _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
@@ -34,7 +34,7 @@ const LOG_QUEUE_LINES: usize = 64 * 1024;
 /// Lines go through a queue to a log thread that writes whatever has queued up in
 /// one `write`: one line per callback must not cost one system call per callback.
 /// The queue is not lossy: when full, the request thread waits rather than drop a line.
-pub fn init_tracing(format: LogFormat) -> LogGuard {
+pub(crate) fn init_tracing(format: LogFormat) -> LogGuard {
     let filter = tracing_subscriber::EnvFilter::new("info,actix_server=warn,rustls=warn,h2=warn,hyper=warn");
     // Colour only for a person at a terminal; Docker logs and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
@@ -54,7 +54,7 @@ pub fn init_tracing(format: LogFormat) -> LogGuard {
 
 /// What a metric family holds, as its `# TYPE` line says.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Kind {
+pub(crate) enum Kind {
     /// Only ever goes up; the name ends in `_total`.
     Counter,
     /// A value that goes up and down, set from a reading.
@@ -65,7 +65,8 @@ pub enum Kind {
 
 impl Kind {
     /// The word on the family's `# TYPE` line.
-    pub fn as_str(self) -> &'static str {
+    #[cfg(test)]
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
@@ -80,7 +81,7 @@ impl Kind {
 /// them to [`Metrics::counter`] or [`Metrics::gauge`], so a misspelt name does not
 /// compile and every family has its `# HELP` and `# TYPE`.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Family {
+pub(crate) struct Family {
     /// The full name, `wechat_api_…`; a counter's ends in `_total`.
     pub name: &'static str,
     pub kind: Kind,
@@ -93,7 +94,7 @@ pub struct Family {
 }
 
 /// `wechat_api_build_info{version,backend,replica}`, always 1.
-pub const BUILD_INFO: Family = Family {
+pub(crate) const BUILD_INFO: Family = Family {
     name: "wechat_api_build_info",
     kind: Kind::Gauge,
     unit: None,
@@ -102,7 +103,7 @@ pub const BUILD_INFO: Family = Family {
 };
 
 /// `wechat_api_callbacks_total{channel,outcome}`.
-pub const CALLBACKS_TOTAL: Family = Family {
+pub(crate) const CALLBACKS_TOTAL: Family = Family {
     name: "wechat_api_callbacks_total",
     kind: Kind::Counter,
     unit: None,
@@ -111,7 +112,7 @@ pub const CALLBACKS_TOTAL: Family = Family {
 };
 
 /// `wechat_api_callback_duration_seconds`, a histogram.
-pub const CALLBACK_DURATION_SECONDS: Family = Family {
+pub(crate) const CALLBACK_DURATION_SECONDS: Family = Family {
     name: "wechat_api_callback_duration_seconds",
     kind: Kind::Histogram { buckets: CALLBACK_BUCKETS },
     unit: Some(Unit::Seconds),
@@ -120,7 +121,7 @@ pub const CALLBACK_DURATION_SECONDS: Family = Family {
 };
 
 /// `wechat_api_wecom_api_requests_total{api,errcode}`.
-pub const WECOM_API_REQUESTS_TOTAL: Family = Family {
+pub(crate) const WECOM_API_REQUESTS_TOTAL: Family = Family {
     name: "wechat_api_wecom_api_requests_total",
     kind: Kind::Counter,
     unit: None,
@@ -129,7 +130,7 @@ pub const WECOM_API_REQUESTS_TOTAL: Family = Family {
 };
 
 /// `wechat_api_access_token_expires_in_seconds{app}`.
-pub const ACCESS_TOKEN_EXPIRES_IN_SECONDS: Family = Family {
+pub(crate) const ACCESS_TOKEN_EXPIRES_IN_SECONDS: Family = Family {
     name: "wechat_api_access_token_expires_in_seconds",
     kind: Kind::Gauge,
     unit: Some(Unit::Seconds),
@@ -138,7 +139,7 @@ pub const ACCESS_TOKEN_EXPIRES_IN_SECONDS: Family = Family {
 };
 
 /// `wechat_api_access_token_refreshes_total{app,outcome}`.
-pub const ACCESS_TOKEN_REFRESHES_TOTAL: Family = Family {
+pub(crate) const ACCESS_TOKEN_REFRESHES_TOTAL: Family = Family {
     name: "wechat_api_access_token_refreshes_total",
     kind: Kind::Counter,
     unit: None,
@@ -147,7 +148,7 @@ pub const ACCESS_TOKEN_REFRESHES_TOTAL: Family = Family {
 };
 
 /// `wechat_api_check_status{check}`.
-pub const CHECK_STATUS: Family = Family {
+pub(crate) const CHECK_STATUS: Family = Family {
     name: "wechat_api_check_status",
     kind: Kind::Gauge,
     unit: None,
@@ -156,7 +157,7 @@ pub const CHECK_STATUS: Family = Family {
 };
 
 /// `wechat_api_tls_certificate_expiry_timestamp_seconds`.
-pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: Family = Family {
+pub(crate) const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: Family = Family {
     name: "wechat_api_tls_certificate_expiry_timestamp_seconds",
     kind: Kind::Gauge,
     unit: Some(Unit::Seconds),
@@ -165,7 +166,7 @@ pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: Family = Family {
 };
 
 /// `wechat_api_alerts_total{outcome}`.
-pub const ALERTS_TOTAL: Family = Family {
+pub(crate) const ALERTS_TOTAL: Family = Family {
     name: "wechat_api_alerts_total",
     kind: Kind::Counter,
     unit: None,
@@ -174,7 +175,7 @@ pub const ALERTS_TOTAL: Family = Family {
 };
 
 /// `wechat_api_kf_messages_total{msgtype}`.
-pub const KF_MESSAGES_TOTAL: Family = Family {
+pub(crate) const KF_MESSAGES_TOTAL: Family = Family {
     name: "wechat_api_kf_messages_total",
     kind: Kind::Counter,
     unit: None,
@@ -183,7 +184,7 @@ pub const KF_MESSAGES_TOTAL: Family = Family {
 };
 
 /// `wechat_api_outbox_actions_total{kind,outcome}`.
-pub const OUTBOX_ACTIONS_TOTAL: Family = Family {
+pub(crate) const OUTBOX_ACTIONS_TOTAL: Family = Family {
     name: "wechat_api_outbox_actions_total",
     kind: Kind::Counter,
     unit: None,
@@ -192,7 +193,7 @@ pub const OUTBOX_ACTIONS_TOTAL: Family = Family {
 };
 
 /// `wechat_api_store_pruned_total{table}`.
-pub const STORE_PRUNED_TOTAL: Family = Family {
+pub(crate) const STORE_PRUNED_TOTAL: Family = Family {
     name: "wechat_api_store_pruned_total",
     kind: Kind::Counter,
     unit: None,
@@ -201,7 +202,7 @@ pub const STORE_PRUNED_TOTAL: Family = Family {
 };
 
 /// `wechat_api_store_commits_total`.
-pub const STORE_COMMITS_TOTAL: Family = Family {
+pub(crate) const STORE_COMMITS_TOTAL: Family = Family {
     name: "wechat_api_store_commits_total",
     kind: Kind::Counter,
     unit: None,
@@ -210,7 +211,7 @@ pub const STORE_COMMITS_TOTAL: Family = Family {
 };
 
 /// `wechat_api_store_operations_total`.
-pub const STORE_OPERATIONS_TOTAL: Family = Family {
+pub(crate) const STORE_OPERATIONS_TOTAL: Family = Family {
     name: "wechat_api_store_operations_total",
     kind: Kind::Counter,
     unit: None,
@@ -219,7 +220,7 @@ pub const STORE_OPERATIONS_TOTAL: Family = Family {
 };
 
 /// `wechat_api_store_synced_commits_total`.
-pub const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
+pub(crate) const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
     name: "wechat_api_store_synced_commits_total",
     kind: Kind::Counter,
     unit: None,
@@ -228,7 +229,7 @@ pub const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
 };
 
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub const FAMILIES: [Family; 15] = [
+pub(crate) const FAMILIES: [Family; 15] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -278,7 +279,7 @@ const WINDOW_MINUTES: u64 = 5;
 /// Callback latencies of the last few minutes, for `callback:latency`: one slot per
 /// minute, a fixed histogram per slot, one atomic add per callback.
 #[derive(Debug, Default)]
-pub struct LatencyWindow {
+pub(crate) struct LatencyWindow {
     slots: [WindowSlot; WINDOW_MINUTES as usize + 1],
 }
 
@@ -293,7 +294,7 @@ fn current_minute() -> u64 {
 }
 
 impl LatencyWindow {
-    pub fn record(&self, elapsed: Duration, minute: u64) {
+    pub(crate) fn record(&self, elapsed: Duration, minute: u64) {
         let slot = &self.slots[(minute % self.slots.len() as u64) as usize];
         let seen = slot.minute.load(Ordering::Relaxed);
         if seen != minute && slot.minute.compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Relaxed).is_ok() {
@@ -307,7 +308,7 @@ impl LatencyWindow {
 
     /// The 95th percentile (as its bucket's upper bound) over the last
     /// [`WINDOW_MINUTES`] minutes, with the number of samples; `None` without any.
-    pub fn p95(&self, minute: u64) -> Option<(Duration, u64)> {
+    pub(crate) fn p95(&self, minute: u64) -> Option<(Duration, u64)> {
         let mut totals = [0u64; WINDOW_BOUNDS_MS.len() + 1];
         for slot in &self.slots {
             let m = slot.minute.load(Ordering::Relaxed);
@@ -414,7 +415,7 @@ impl Metrics {
     }
 
     /// Counts one callback and records how long it took.
-    pub fn record_callback(&self, channel: Option<Channel>, outcome: Outcome, elapsed: Duration) {
+    pub(crate) fn record_callback(&self, channel: Option<Channel>, outcome: Outcome, elapsed: Duration) {
         if let Some(counter) = self.callbacks.get(Self::callback_index(channel, outcome)) {
             counter.increment(1);
         }
@@ -425,36 +426,36 @@ impl Metrics {
     }
 
     /// p95 of callback handling over the last minutes, and the sample count.
-    pub fn callback_p95(&self) -> Option<(Duration, u64)> {
+    pub(crate) fn callback_p95(&self) -> Option<(Duration, u64)> {
         self.latency.p95(current_minute())
     }
 
     /// Callbacks accepted (answered 2xx) and refused since start.
-    pub fn callback_totals(&self) -> (u64, u64) {
+    pub(crate) fn callback_totals(&self) -> (u64, u64) {
         (self.accepted.load(Ordering::Relaxed), self.refused.load(Ordering::Relaxed))
     }
 
     /// A series of the counter `family`, registered on first use; for metrics off
     /// the hot path. `labels` are the family's label names, in order, with values.
-    pub fn counter(&self, family: Family, labels: &[(&'static str, String)]) -> Counter {
+    pub(crate) fn counter(&self, family: Family, labels: &[(&'static str, String)]) -> Counter {
         debug_assert_eq!(family.kind, Kind::Counter, "{} is not a counter", family.name);
         self.recorder.register_counter(&key(&family, labels), &METADATA)
     }
 
     /// A series of the gauge `family`, registered on first use.
-    pub fn gauge(&self, family: Family, labels: &[(&'static str, String)]) -> Gauge {
+    pub(crate) fn gauge(&self, family: Family, labels: &[(&'static str, String)]) -> Gauge {
         debug_assert_eq!(family.kind, Kind::Gauge, "{} is not a gauge", family.name);
         self.recorder.register_gauge(&key(&family, labels), &METADATA)
     }
 
     /// Folds recorded histogram samples into their buckets; call periodically so
     /// samples do not pile up between scrapes.
-    pub fn run_upkeep(&self) {
+    pub(crate) fn run_upkeep(&self) {
         self.handle.run_upkeep();
     }
 
     /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.handle.run_upkeep();
         self.handle.render()
     }

@@ -9,7 +9,7 @@ use crate::config::Sources;
 use crate::diagnose;
 
 /// Runs every check and prints the report; the exit code says whether all passed.
-pub fn run(sources: &Sources, json: bool) -> ExitCode {
+pub(crate) fn run(sources: &Sources, json: bool) -> ExitCode {
     let runtime = match super::runtime(super::Threads::One) {
         Ok(runtime) => runtime,
         Err(e) => {

@@ -15,7 +15,7 @@ use crate::config::{is_loopback, ConfigErrors, ListenConfig, Settings, Sources};
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The liveness URL of the local listener, from the listener settings alone.
-pub fn local_live_url(settings: &Settings) -> Result<String, ConfigErrors> {
+pub(crate) fn local_live_url(settings: &Settings) -> Result<String, ConfigErrors> {
     let listen = ListenConfig::from_settings(settings)?;
     Ok(listen.local_url(listen.https_port, "/api/health/live"))
 }
@@ -37,7 +37,7 @@ async fn probe(url: &str) -> Result<(), String> {
 }
 
 /// Probes `url` (default: the configured local listener); exit 0 when live.
-pub fn run(sources: &Sources, url: Option<String>) -> ExitCode {
+pub(crate) fn run(sources: &Sources, url: Option<String>) -> ExitCode {
     let url = match url {
         Some(url) => Ok(url),
         None => Settings::read(sources).and_then(|settings| local_live_url(&settings)),

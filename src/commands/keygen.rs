@@ -8,7 +8,7 @@ use super::CommandError;
 use crate::config::{generate_encoding_aes_key, Token};
 
 /// Prints the values as `.env` lines.
-pub fn run() -> Result<(), CommandError> {
+pub(crate) fn run() -> Result<(), CommandError> {
     println!("# Paste both into the app's 接收消息 → API接收 settings and into your .env");
     println!("WECOM_TOKEN={}", Token::generate().expose());
     println!("WECOM_ENCODING_AES_KEY={}", generate_encoding_aes_key().expose());

@@ -7,17 +7,16 @@
 
 use anyhow::Context;
 
-use super::CommandError;
+use super::{runtime, CommandError, Threads};
 use crate::config::{self, Sources};
 use crate::store::{Store, DEFAULT_LEASE};
 
 /// Connections the migration needs.
 const POOL_SIZE: usize = 2;
 
-pub fn run(sources: &Sources, to: &str) -> Result<(), CommandError> {
+pub(crate) fn run(sources: &Sources, to: &str) -> Result<(), CommandError> {
     let (config, _) = config::load(sources)?;
-    let runtime =
-        tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")?;
+    let runtime = runtime(Threads::One).context("cannot start the async runtime")?;
     runtime.block_on(async {
         let from = Store::open(&config.data_dir)
             .with_context(|| format!("cannot open the SQLite store in {}", config.data_dir.display()))?;

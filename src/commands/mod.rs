@@ -4,12 +4,12 @@
 //! Deliberately not here: what a command does beyond parsing its arguments and
 //! printing; the work lives in the library (`config`, `startup`, `diagnose`, `demo`).
 
-pub mod diagnose;
-pub mod healthcheck;
-pub mod keygen;
-pub mod migrate_store;
-pub mod serve;
-pub mod sign;
+pub(crate) mod diagnose;
+pub(crate) mod healthcheck;
+pub(crate) mod keygen;
+pub(crate) mod migrate_store;
+pub(crate) mod serve;
+pub(crate) mod sign;
 
 use std::process::ExitCode;
 
@@ -17,11 +17,11 @@ use crate::cli::{Cli, Command};
 use crate::config::{ConfigErrors, Sources};
 
 /// `EX_USAGE`: the configuration or the command line cannot be used.
-pub const EXIT_CONFIG: u8 = 64;
+pub(crate) const EXIT_CONFIG: u8 = 64;
 
 /// How many threads a command's runtime needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Threads {
+pub(crate) enum Threads {
     /// The service: a worker per core.
     Many,
     /// A short client run (`healthcheck`, `diagnose`).
@@ -29,7 +29,7 @@ pub enum Threads {
 }
 
 /// The tokio runtime for a command, with time and I/O enabled.
-pub fn runtime(threads: Threads) -> std::io::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime(threads: Threads) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
         Threads::Many => tokio::runtime::Builder::new_multi_thread(),
         Threads::One => tokio::runtime::Builder::new_current_thread(),
@@ -39,7 +39,7 @@ pub fn runtime(threads: Threads) -> std::io::Result<tokio::runtime::Runtime> {
 
 /// How a command failed.
 #[derive(Debug, thiserror::Error)]
-pub enum CommandError {
+pub(crate) enum CommandError {
     /// Configuration problems, printed one per line; exit 64.
     #[error(transparent)]
     Config(#[from] ConfigErrors),

@@ -13,7 +13,7 @@ use crate::telemetry;
 
 /// Runs the service; with `demo`, on the generated demo configuration and with
 /// the stand-in for WeCom's API.
-pub fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> {
+pub(crate) fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> {
     if demo {
         let file = demo::config_file(&sources).context("cannot prepare the demo configuration")?;
         sources.file = Some(file);

@@ -9,7 +9,7 @@ use crate::config::{self, Sources};
 use crate::demo;
 
 /// Prints the commands for `url` (default: the local listener's callback).
-pub fn run(mut sources: Sources, url: Option<String>, text: &str, demo: bool) -> Result<(), CommandError> {
+pub(crate) fn run(mut sources: Sources, url: Option<String>, text: &str, demo: bool) -> Result<(), CommandError> {
     if demo {
         sources.file = Some(demo::config_file(&sources).map_err(anyhow::Error::from)?);
     }

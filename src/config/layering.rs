@@ -55,17 +55,17 @@ pub struct Settings {
 impl Settings {
     /// The value of `var` (its default when no layer set it), treating an empty
     /// string as unset.
-    pub fn get(&self, var: Var) -> Option<&str> {
+    pub(crate) fn get(&self, var: Var) -> Option<&str> {
         self.values.get(var.name).map(String::as_str).or(var.default).filter(|v| !v.is_empty())
     }
 
     /// Sets `var` above every layer; for tests and demo mode.
-    pub fn set(&mut self, var: Var, value: impl Into<String>) {
+    pub(crate) fn set(&mut self, var: Var, value: impl Into<String>) {
         self.values.insert(var.name, value.into());
     }
 
     /// The layered settings from `sources`, without validating their values.
-    pub fn read(sources: &Sources) -> Result<Self, ConfigErrors> {
+    pub(crate) fn read(sources: &Sources) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut builder = config::Config::builder();
         if let Some(path) = &sources.file {

@@ -32,7 +32,7 @@ pub struct ListenConfig {
 
 impl ListenConfig {
     /// The listener settings alone, every problem reported.
-    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
+    pub(crate) fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
         let mut v = Validator::new(settings);
         let listen = Self::validate(&mut v);
         v.finish(listen)
@@ -63,7 +63,7 @@ impl ListenConfig {
     /// (the configured `https_port`, or the one actually bound when that was 0):
     /// `https` unless TLS is off; an unspecified bind address is reached on
     /// loopback (`127.0.0.1`, `[::1]`), a specific one as itself.
-    pub fn local_url(&self, port: u16, path: &str) -> String {
+    pub(crate) fn local_url(&self, port: u16, path: &str) -> String {
         let scheme = if self.tls_enabled { "https" } else { "http" };
         let host = match self.bind_address {
             IpAddr::V4(v4) if v4.is_unspecified() => "127.0.0.1".to_owned(),
@@ -77,7 +77,7 @@ impl ListenConfig {
 
 /// Whether `url` points at this machine (a loopback address or `localhost`),
 /// where a certificate not made out to that name is expected and may be accepted.
-pub fn is_loopback(url: &str) -> bool {
+pub(crate) fn is_loopback(url: &str) -> bool {
     match reqwest::Url::parse(url).ok().as_ref().and_then(reqwest::Url::host) {
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),

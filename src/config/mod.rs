@@ -13,11 +13,11 @@
 //! reading certificate files (see `tls`) and anything at run time: nothing reads
 //! the environment after [`load`].
 
-pub mod layering;
-pub mod listen;
-pub mod secret;
+pub(crate) mod layering;
+pub(crate) mod listen;
+pub(crate) mod secret;
 mod validation;
-pub mod variables;
+pub(crate) mod variables;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -25,12 +25,12 @@ use std::time::Duration;
 use crate::crypto::AesKey;
 
 pub use layering::{Settings, Sources, CONFIG_FILE_VARIABLE};
-pub use listen::{is_loopback, ListenConfig};
+pub(crate) use listen::{is_loopback, ListenConfig};
 pub use secret::{generate_encoding_aes_key, CorpId, Secret, Token};
 pub use variables::{Var, VARIABLES};
 
 /// The shortest `RETENTION_SECS`: it is also the dedup window.
-pub const MIN_RETENTION_SECS: u64 = 60;
+pub(crate) const MIN_RETENTION_SECS: u64 = 60;
 
 /// Configuration that cannot be used, one readable line per problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -161,7 +161,7 @@ pub struct Database {
 
 impl Database {
     /// The URL as logs may show it: `postgres://user:***@host:port/dbname`.
-    pub fn shown(&self) -> String {
+    pub(crate) fn shown(&self) -> String {
         match url::Url::parse(self.url.expose()) {
             Ok(mut url) => {
                 if url.password().is_some() {
@@ -176,12 +176,12 @@ impl Database {
 }
 
 /// The shortest `LEASE_SECS`: an action may take 30 s, and its lease must outlast it.
-pub const MIN_LEASE_SECS: u64 = 35;
+pub(crate) const MIN_LEASE_SECS: u64 = 35;
 
 impl Config {
     /// `WECOM_SECRET == WECOM_KF_SECRET`: fine for a self-built app authorised for
     /// kf since 2023-12, a known cause of 95018 otherwise.
-    pub fn secrets_identical(&self) -> bool {
+    pub(crate) fn secrets_identical(&self) -> bool {
         match (&self.secret, &self.kf_secret) {
             (Some(app), Some(kf)) => app.matches(kf.expose()),
             _ => false,
@@ -189,7 +189,7 @@ impl Config {
     }
 
     /// Findings worth a warning at start-up, in `diagnose` and in `/api/health`.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         use variables::{HTTPS_PORT, TLS_ENABLED, WECOM_KF_SECRET, WECOM_SECRET};
         let mut warnings = Vec::new();
         if self.secrets_identical() {
@@ -219,7 +219,7 @@ pub fn load(sources: &Sources) -> Result<(Config, Vec<String>), ConfigErrors> {
 
 /// Validates `settings` (read, then perhaps adjusted, as demo mode does): the
 /// config and the warnings to log.
-pub fn validate(settings: &Settings) -> Result<(Config, Vec<String>), ConfigErrors> {
+pub(crate) fn validate(settings: &Settings) -> Result<(Config, Vec<String>), ConfigErrors> {
     let config = Config::from_settings(settings)?;
     let mut warnings = settings.warnings.clone();
     warnings.extend(config.warnings());

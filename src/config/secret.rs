@@ -26,7 +26,7 @@ impl Secret {
     }
 
     /// The value itself, for the one place that must use it.
-    pub fn expose(&self) -> &str {
+    pub(crate) fn expose(&self) -> &str {
         &self.0
     }
 
@@ -40,7 +40,7 @@ impl Secret {
     /// hashed first so the comparison always covers 32 bytes: a byte-wise
     /// comparison of the values themselves returns early on a length mismatch,
     /// which tells a guesser the secret's length.
-    pub fn matches(&self, candidate: &str) -> bool {
+    pub(crate) fn matches(&self, candidate: &str) -> bool {
         let expected = Sha256::digest(self.0.as_bytes());
         let given = Sha256::digest(candidate.as_bytes());
         bool::from(expected.as_slice().ct_eq(given.as_slice()))
@@ -71,7 +71,7 @@ impl Token {
     }
 
     /// A fresh random Token of 32 letters and digits.
-    pub fn generate() -> Self {
+    pub(crate) fn generate() -> Self {
         Self(Secret::new(Alphanumeric.sample_string(&mut rand::rng(), TOKEN_CHARS)))
     }
 
@@ -81,7 +81,7 @@ impl Token {
     }
 
     /// The Token as a [`Secret`], for comparisons.
-    pub fn secret(&self) -> &Secret {
+    pub(crate) fn secret(&self) -> &Secret {
         &self.0
     }
 }
@@ -100,7 +100,7 @@ pub struct CorpId(String);
 
 impl CorpId {
     /// Letters and digits, at most 64.
-    pub fn parse(value: &str) -> Result<Self, String> {
+    pub(crate) fn parse(value: &str) -> Result<Self, String> {
         if value.is_empty() || value.len() > 64 || !value.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(
                 "must be the corp id from 我的企业 → 企业信息 (letters and digits, usually starting with ww)".into()

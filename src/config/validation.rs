@@ -129,7 +129,7 @@ impl<'a> Validator<'a> {
 
 impl Config {
     /// Validates merged settings into a typed config, reporting every problem.
-    pub fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
+    pub(crate) fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
         let mut v = Validator::new(settings);
         let corp_id = v
             .required(var::WECOM_CORP_ID)

@@ -27,12 +27,12 @@ pub struct Var {
 
 impl Var {
     /// The TOML key and the key inside the `config` crate: the name in lower case.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         self.name.to_ascii_lowercase()
     }
 
     /// `value` as an error message may show it: quoted, or redacted for a secret.
-    pub fn shown(&self, value: &str) -> String {
+    pub(crate) fn shown(&self, value: &str) -> String {
         if self.secret {
             crate::config::Secret::new(value).redacted()
         } else {
@@ -61,7 +61,7 @@ macro_rules! variables {
     ($( $name:ident, $alias:expr, $default:expr, $secret:expr, $meaning:literal; )*) => {
         $(
             #[doc = $meaning]
-            pub const $name: Var = Var {
+            pub(crate) const $name: Var = Var {
                 name: stringify!($name),
                 alias: $alias,
                 default: $default,

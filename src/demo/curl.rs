@@ -12,7 +12,7 @@ use crate::config::{is_loopback, Config};
 use crate::crypto;
 
 /// The callback path the commands target by default: the first of the routes'.
-pub const CALLBACK_PATH: &str = crate::routes::CALLBACK_PATHS[0];
+pub(crate) const CALLBACK_PATH: &str = crate::routes::CALLBACK_PATHS[0];
 
 /// The agent id a sample message carries when none is configured.
 const SAMPLE_AGENT_ID: i64 = 1_000_002;
@@ -28,7 +28,7 @@ fn query(pairs: &[(&str, &str)]) -> String {
 }
 
 /// The commands for `url`, sending `text`, with comments saying what each should print.
-pub fn commands(config: &Config, url: &str, text: &str) -> String {
+pub(crate) fn commands(config: &Config, url: &str, text: &str) -> String {
     let keys = &config.app_keys;
     let corp = config.corp_id.as_str();
     let insecure = if is_loopback(url) { "-k " } else { "" };

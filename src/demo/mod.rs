@@ -8,8 +8,8 @@
 //! reply WeCom would deliver. Deliberately not here: anything a production start
 //! does differently: demo mode only chooses settings, the service is the real one.
 
-pub mod curl;
-pub mod stand_in;
+pub(crate) mod curl;
+pub(crate) mod stand_in;
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,7 @@ use crate::config::{generate_encoding_aes_key, Config, Settings, Sources, Token,
 use crate::tls;
 
 /// Where demo mode keeps its generated configuration unless `DATA_DIR` is set.
-pub const DEMO_DIR: &str = "wechat-api-demo";
+pub(crate) const DEMO_DIR: &str = "wechat-api-demo";
 
 /// The demo's corp id: not a real one, so nothing can reach a real WeCom.
 const DEMO_CORP_ID: &str = "wwdemo0000000000";
@@ -31,7 +31,7 @@ const DEMO_KF_SECRET: &str = "demo-kf-secret";
 
 /// Makes (once) and returns the demo TOML file: generated Token, key and corp id,
 /// a self-signed certificate, uploads and data under the demo directory.
-pub fn config_file(sources: &Sources) -> std::io::Result<PathBuf> {
+pub(crate) fn config_file(sources: &Sources) -> std::io::Result<PathBuf> {
     let dir =
         sources.env.get(DATA_DIR.name).filter(|d| !d.is_empty()).map_or_else(|| PathBuf::from(DEMO_DIR), PathBuf::from);
     std::fs::create_dir_all(&dir)?;
@@ -67,7 +67,7 @@ pub fn config_file(sources: &Sources) -> std::io::Result<PathBuf> {
 /// agent id, so a reply completes the loop. Applied at every start rather than
 /// written into the demo file: a file from an older version lacks these keys, and
 /// the stand-in's port changes each time.
-pub fn use_stand_in(settings: &mut Settings, base_url: &str) {
+pub(crate) fn use_stand_in(settings: &mut Settings, base_url: &str) {
     settings.set(WECOM_API_BASE_URL, base_url);
     settings.set(WECOM_SECRET, DEMO_APP_SECRET);
     settings.set(WECOM_KF_SECRET, DEMO_KF_SECRET);
@@ -75,7 +75,7 @@ pub fn use_stand_in(settings: &mut Settings, base_url: &str) {
 }
 
 /// What `serve --demo` prints once it listens on `port`.
-pub fn banner(config: &Config, port: u16, file: &Path) -> String {
+pub(crate) fn banner(config: &Config, port: u16, file: &Path) -> String {
     let url = config.listen.local_url(port, curl::CALLBACK_PATH);
     format!(
         "\n==================== DEMO MODE — NOT FOR PRODUCTION ====================\n\

@@ -29,14 +29,14 @@ const DEMO_ACCESS_TOKEN: &str = "demo-access-token";
 /// The bound stand-in, not serving yet: bound before the configuration is
 /// validated so its URL can be part of it.
 #[derive(Debug)]
-pub struct StandIn {
+pub(crate) struct StandIn {
     listener: std::net::TcpListener,
     base_url: String,
 }
 
 impl StandIn {
     /// Binds a free port on 127.0.0.1.
-    pub fn bind() -> io::Result<Self> {
+    pub(crate) fn bind() -> io::Result<Self> {
         let listener = std::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)))?;
         listener.set_nonblocking(true)?;
         let base_url = format!("http://{}", listener.local_addr()?);
@@ -44,12 +44,12 @@ impl StandIn {
     }
 
     /// `http://127.0.0.1:<port>`, for `WECOM_API_BASE_URL`.
-    pub fn base_url(&self) -> &str {
+    pub(crate) fn base_url(&self) -> &str {
         &self.base_url
     }
 
     /// Answers requests until `shutdown`, then waits for the ones under way.
-    pub async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> io::Result<()> {
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         tracing::info!("demo: stand-in for WeCom's API on {}", self.base_url);
         let connections = TaskTracker::new();

@@ -43,7 +43,7 @@ fn name_error(error: &NameError) -> serde_json::Value {
 }
 
 /// `GET /api/test-wecom-connection`
-pub async fn test_connection(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn test_connection(state: web::Data<AppState>) -> HttpResponse {
     let report = connection::test_connection(&state.wecom, state.credentials.corp_id().as_str()).await;
     match serde_json::to_value(&report) {
         Ok(report) => answer(StatusCode::OK, report),
@@ -52,7 +52,7 @@ pub async fn test_connection(state: web::Data<AppState>) -> HttpResponse {
 }
 
 /// `GET /api/fetch-wecom-name/{id_type}/{id}`
-pub async fn fetch_name(path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn fetch_name(path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
     let (id_type, id) = path.into_inner();
     let Some(id_type) = IdType::parse(&id_type) else {
         return answer(
@@ -72,7 +72,7 @@ pub async fn fetch_name(path: web::Path<(String, String)>, state: web::Data<AppS
 /// The body of `POST /api/batch-fetch-wecom-names`: explicit ids, or ids seen in
 /// stored messages.
 #[derive(Debug, Deserialize)]
-pub struct BatchRequest {
+pub(crate) struct BatchRequest {
     id_type: String,
     #[serde(default)]
     ids: Option<Vec<String>>,
@@ -83,7 +83,7 @@ pub struct BatchRequest {
 }
 
 /// `POST /api/batch-fetch-wecom-names`
-pub async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
     let bad = |reason: String| answer(StatusCode::BAD_REQUEST, json!({"status": "error", "error": reason}));
     let batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
@@ -131,7 +131,7 @@ pub async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppState>) -> 
 }
 
 /// `POST /api/alerts/test`: queues a test email to `ALERT_EMAIL_TO`.
-pub async fn test_alert(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn test_alert(state: web::Data<AppState>) -> HttpResponse {
     if !state.alerter.status().enabled {
         return answer(
             StatusCode::CONFLICT,

@@ -34,7 +34,7 @@ use crate::routes::AppState;
 
 /// One bearer-protected surface: its secret, its throttle, and how it explains itself.
 #[derive(Clone, Debug)]
-pub struct BearerGate {
+pub(crate) struct BearerGate {
     /// What the gate guards, for the log: `admin`, `send`.
     surface: &'static str,
     /// `None`: the surface is off.
@@ -50,18 +50,18 @@ pub struct BearerGate {
 impl BearerGate {
     /// A gate for the `surface` (named in the log) opened by `token`, held in
     /// `variable` (named in the 401); while it is unset the gate answers 404 with `off`.
-    pub fn new(surface: &'static str, token: Option<Secret>, variable: &'static str, off: &'static str) -> Self {
+    pub(crate) fn new(surface: &'static str, token: Option<Secret>, variable: &'static str, off: &'static str) -> Self {
         Self { surface, token, variable, off, throttle: Arc::new(Mutex::new(Throttle::default())) }
     }
 
     /// The admin endpoints' gate, opened by `ADMIN_TOKEN`.
-    pub fn admin(token: Option<Secret>) -> Self {
+    pub(crate) fn admin(token: Option<Secret>) -> Self {
         Self::new("admin", token, "ADMIN_TOKEN", "admin endpoints are off: set ADMIN_TOKEN to enable them")
     }
 
     /// Serves `request` through `next` if it carries the right bearer; answers
     /// it here otherwise, without reading its body.
-    pub async fn guard(
+    pub(crate) async fn guard(
         &self,
         request: ServiceRequest,
         next: Next<impl MessageBody + 'static>,
@@ -142,7 +142,7 @@ fn too_many(retry_after: Duration) -> HttpResponse {
 }
 
 /// The middleware in front of the admin endpoints: `from_fn(bearer::admin)`.
-pub async fn admin(
+pub(crate) async fn admin(
     state: web::Data<AppState>,
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,

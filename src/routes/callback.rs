@@ -13,7 +13,7 @@ use crate::store::journal::{EntryKind, NewEntry, Recorded};
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
 
 /// URL verification: answer the decrypted `echostr` as plain text.
-pub async fn verify_url(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn verify_url(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
     let verified = CallbackQuery::parse(request.query_string()).and_then(|q| state.credentials.verify_url(&q));
     match verified {
@@ -27,7 +27,7 @@ pub async fn verify_url(request: HttpRequest, state: web::Data<AppState>) -> Htt
 }
 
 /// A callback message: verify, decrypt, parse, acknowledge.
-pub async fn receive(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
     let query = match CallbackQuery::parse(request.query_string()) {
         Ok(query) => query,

@@ -2,13 +2,13 @@
 //!
 //! Architecture invariant: only `routes/` and `startup.rs` know actix-web.
 
-pub mod admin;
-pub mod bearer;
+pub(crate) mod admin;
+pub(crate) mod bearer;
 pub mod callback;
-pub mod deadline;
-pub mod health;
-pub mod metrics;
-pub mod status;
+pub(crate) mod deadline;
+pub(crate) mod health;
+pub(crate) mod metrics;
+pub(crate) mod status;
 
 use std::sync::Arc;
 
@@ -30,7 +30,7 @@ pub const CALLBACK_PATHS: [&str; 3] = ["/api/v1/wecom/callback", "/wework/callba
 
 /// What every handler can reach.
 #[derive(Debug)]
-pub struct AppState {
+pub(crate) struct AppState {
     pub credentials: CallbackCredentials,
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthBoard>,
@@ -51,7 +51,7 @@ pub struct AppState {
 /// The admin endpoints are registered one by one behind [`bearer::admin`]: they
 /// share the `/api` prefix with the callback, health and metrics paths, which
 /// must stay open, and an unknown path must stay a 404 rather than a 401.
-pub fn configure(cfg: &mut web::ServiceConfig) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     for path in CALLBACK_PATHS {
         cfg.service(
             web::resource(path).route(web::get().to(callback::verify_url)).route(web::post().to(callback::receive)),

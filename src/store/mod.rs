@@ -12,14 +12,14 @@
 
 pub mod alerts;
 pub mod journal;
-pub mod kf;
-pub mod leases;
-pub mod meta;
+pub(crate) mod kf;
+pub(crate) mod leases;
+pub(crate) mod meta;
 pub mod names;
 pub mod outbox;
 mod postgres;
-pub mod retention;
-pub mod snapshot;
+pub(crate) mod retention;
+pub(crate) mod snapshot;
 mod sqlite;
 pub mod tokens;
 
@@ -123,17 +123,12 @@ impl Store {
         Self { lease, ..self }
     }
 
-    /// How long a claim holds.
-    pub fn lease(&self) -> Duration {
-        self.lease
-    }
-
     fn lease_secs(&self) -> i64 {
         i64::try_from(self.lease.as_secs()).unwrap_or(i64::MAX)
     }
 
     /// The engine's name: `sqlite` or `postgres` (`wechat_api_build_info{backend}`).
-    pub fn backend_name(&self) -> &'static str {
+    pub(crate) fn backend_name(&self) -> &'static str {
         match &self.backend {
             Backend::Sqlite(_) => "sqlite",
             Backend::Postgres(_) => "postgres",
@@ -148,7 +143,7 @@ impl Store {
 
 /// Whether `url` is a `DATABASE_URL` the PostgreSQL engine can use; the reason
 /// (never repeating the URL, which carries the password) when not.
-pub fn check_database_url(url: &str) -> Result<(), String> {
+pub(crate) fn check_database_url(url: &str) -> Result<(), String> {
     postgres::check_url(url)
 }
 
