@@ -14,6 +14,7 @@ mod migrate;
 mod monitoring;
 mod postgres;
 mod properties;
+mod replicas;
 mod secrets;
 mod server;
 mod smtp;

@@ -1,0 +1,344 @@
+//! Replicas (SPEC §9), the real binary as three `serve` processes on one real
+//! PostgreSQL: killed with SIGKILL and restarted under load, with unanswered
+//! callbacks retried on another replica as WeCom's retries may land; one message
+//! sent to every replica at once; and HAProxy in `mode tcp` in front of them,
+//! losing nothing when a replica dies behind it.
+
+use std::collections::{HashMap, HashSet};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use wechat_api::store::Store;
+
+use crate::fakes::{Delivery, FakeWeCom, ForwardReceiver};
+use crate::helpers::*;
+use crate::postgres::fresh_database;
+
+const REPLICAS: usize = 3;
+const ROUNDS: usize = 6;
+const SENDERS: u64 = 6;
+/// The shortest lease the configuration allows: how long a dead replica's claims hold.
+const LEASE_SECS: &str = "35";
+
+/// Three replicas sharing one database, one certificate and one uploads directory.
+struct Cluster {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+    replicas: Vec<Running>,
+    /// The port of each replica; `None` while it is down.
+    ports: Arc<Mutex<Vec<Option<u16>>>>,
+    client: reqwest::Client,
+}
+
+impl Cluster {
+    fn start(url: &str, overrides: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().expect("dir");
+        let (_, _, cert_pem) = write_certificate(dir.path(), 30);
+        let mut pairs = vec![("DATABASE_URL", url), ("LEASE_SECS", LEASE_SECS), ("DATABASE_POOL_SIZE", "4")];
+        pairs.extend_from_slice(overrides);
+        let env = test_env(dir.path(), &pairs);
+        let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(5));
+        let mut cluster = Self { dir, env, replicas: Vec::new(), ports: Arc::default(), client };
+        for index in 0..REPLICAS {
+            let (replica, port) = cluster.launch(index);
+            cluster.replicas.push(replica);
+            cluster.ports.lock().expect("lock").push(Some(port));
+        }
+        cluster
+    }
+
+    fn launch(&self, index: usize) -> (Running, u16) {
+        let mut command = wechat_api(self.dir.path());
+        command.arg("serve").envs(&self.env).env("REPLICA_ID", format!("replica-{index}"));
+        let replica = Running::start(command);
+        let lines = replica.read_until(|l| l.contains("wechat-api listening"));
+        assert!(!lines.iter().any(|l| l.contains("panicked")), "replica {index} did not start:\n{}", lines.join("\n"));
+        let port = listening_port(lines.last().expect("a line"));
+        (replica, port)
+    }
+
+    /// SIGKILL replica `index`, then start it again (on a new port).
+    fn kill_and_restart(&mut self, index: usize) {
+        self.ports.lock().expect("lock")[index] = None;
+        self.replicas[index].kill_9();
+        let (replica, port) = self.launch(index);
+        self.replicas[index] = replica;
+        self.ports.lock().expect("lock")[index] = Some(port);
+    }
+}
+
+/// Acknowledged message ids, and those sent without a 2xx (WeCom retries them).
+#[derive(Default)]
+struct Ledger {
+    acknowledged: HashSet<u64>,
+    unanswered: HashSet<u64>,
+}
+
+/// Sends `msg_id` to the replica after `after` (round robin over live ones); the
+/// replica it went to, and whether it was acknowledged.
+async fn send_to_next(
+    client: &reqwest::Client,
+    ports: &Mutex<Vec<Option<u16>>>,
+    after: usize,
+    msg_id: u64,
+) -> (usize, bool) {
+    let live: Vec<(usize, u16)> = {
+        let ports = ports.lock().expect("lock");
+        (1..=REPLICAS).map(|step| (after + step) % REPLICAS).filter_map(|i| ports[i].map(|p| (i, p))).collect()
+    };
+    let Some(&(index, port)) = live.first() else { return (after, false) };
+    let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("replicated", msg_id));
+    let url = format!("https://127.0.0.1:{port}/api/v1/wecom/callback?{}", signed.query);
+    let acknowledged = client.post(url).body(signed.body).send().await.is_ok_and(|r| r.status().is_success());
+    (index, acknowledged)
+}
+
+/// A sender: fresh ids until `stop`, each unanswered one retried on another replica.
+async fn sender(
+    client: reqwest::Client,
+    ports: Arc<Mutex<Vec<Option<u16>>>>,
+    first: u64,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut next = first;
+    let mut replica = (first as usize) % REPLICAS;
+    let mut retry: Option<u64> = None;
+    while !stop.load(Ordering::Relaxed) || retry.is_some() {
+        let msg_id = retry.take().unwrap_or_else(|| {
+            next += 1;
+            next
+        });
+        let (went_to, acknowledged) = send_to_next(&client, &ports, replica, msg_id).await;
+        replica = went_to;
+        {
+            let mut ledger = ledger.lock().expect("lock");
+            if acknowledged {
+                ledger.acknowledged.insert(msg_id);
+                ledger.unanswered.remove(&msg_id);
+            } else {
+                ledger.unanswered.insert(msg_id);
+            }
+        }
+        if !acknowledged {
+            // As WeCom would: the same message again, here to another replica.
+            retry = Some(msg_id);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn msg_id_of(message_id: &str) -> u64 {
+    message_id.rsplit(':').next().and_then(|id| id.parse().ok()).expect("app:msg:<MsgId>")
+}
+
+/// Waits until every id in `acknowledged` reached the receiver; the deliveries.
+async fn all_forwarded(receiver: &ForwardReceiver, acknowledged: &HashSet<u64>, within: Duration) -> Vec<Delivery> {
+    let deadline = Instant::now() + within;
+    loop {
+        let deliveries = receiver.delivered();
+        let forwarded: HashSet<u64> = deliveries.iter().map(|d| msg_id_of(&d.message_id)).collect();
+        let missing = acknowledged.difference(&forwarded).count();
+        if missing == 0 {
+            return deliveries;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} acknowledged callbacks never forwarded",
+            acknowledged.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A repeat is only ever the same delivery: same X-Message-Id, same record.
+fn repeats_are_identical(deliveries: &[Delivery]) -> usize {
+    let mut by_message: HashMap<&str, Vec<String>> = HashMap::new();
+    for delivery in deliveries {
+        assert!(delivery.signature_ok, "a forward with a bad signature");
+        by_message.entry(&delivery.message_id).or_default().push(delivery.record.to_string());
+    }
+    for (message_id, records) in &by_message {
+        assert!(records.windows(2).all(|pair| pair[0] == pair[1]), "{message_id} was handled twice differently");
+    }
+    by_message.len()
+}
+
+/// Polls the shared store until nothing is left unhandled or owed.
+async fn drained(store: &Store, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let (unhandled, owed) = (store.unhandled().await.expect("count"), store.outbox_backlog().await.expect("count"));
+        if unhandled + owed == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "still {unhandled} unhandled and {owed} owed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_killed_under_load_lose_nothing_and_handle_nothing_twice() {
+    let Some(url) = fresh_database().await else { return };
+    wechat_api::tls::install_crypto_provider();
+    let receiver = ForwardReceiver::start().await;
+    let mut cluster = tokio::task::block_in_place(|| {
+        Cluster::start(&url, &[("FORWARD_URL", &receiver.url), ("FORWARD_SECRET", &receiver.secret)])
+    });
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|worker| {
+            let (client, ports) = (cluster.client.clone(), Arc::clone(&cluster.ports));
+            tokio::spawn(sender(client, ports, worker * 1_000_000, Arc::clone(&ledger), Arc::clone(&stop)))
+        })
+        .collect();
+    let mut rng = rand::rng();
+    for _ in 0..ROUNDS {
+        let until = Instant::now() + Duration::from_millis(rng.random_range(100..600));
+        while Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let victim = rng.random_range(0..REPLICAS);
+        tokio::task::block_in_place(|| cluster.kill_and_restart(victim));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for sender in senders {
+        sender.await.expect("sender");
+    }
+    let acknowledged = {
+        let ledger = ledger.lock().expect("lock");
+        assert!(ledger.unanswered.is_empty(), "every retry was answered at last");
+        ledger.acknowledged.clone()
+    };
+    assert!(acknowledged.len() > ROUNDS, "only {} callbacks were acknowledged", acknowledged.len());
+
+    // A dead replica's claims hold for LEASE_SECS, then another replica takes them.
+    let deliveries = all_forwarded(&receiver, &acknowledged, Duration::from_secs(150)).await;
+    let store = Store::connect(&url, 2, Duration::from_secs(60)).await.expect("store");
+    drained(&store, Duration::from_secs(120)).await;
+    let distinct = repeats_are_identical(&deliveries);
+    assert_eq!(distinct, acknowledged.len(), "every acknowledged message reached the receiver, none merged");
+    eprintln!(
+        "{ROUNDS} replica kills: {} acknowledged, {} deliveries ({} repeated)",
+        acknowledged.len(),
+        deliveries.len(),
+        deliveries.len() - distinct
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_sent_to_every_replica_at_once_is_handled_once() {
+    let Some(url) = fresh_database().await else { return };
+    wechat_api::tls::install_crypto_provider();
+    let wecom = FakeWeCom::start().await;
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start(&url, &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-of-the-test")])
+    });
+    let ports: Vec<u16> = cluster.ports.lock().expect("lock").iter().flatten().copied().collect();
+    for msg_id in 1..=5u64 {
+        let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("帮助", msg_id));
+        let sends = ports.iter().map(|port| {
+            let url = format!("https://127.0.0.1:{port}/api/v1/wecom/callback?{}", signed.query);
+            cluster.client.post(url).body(signed.body.clone()).send()
+        });
+        for answer in futures_util::future::join_all(sends).await {
+            assert!(answer.expect("answered").status().is_success(), "every replica acknowledges");
+        }
+    }
+    wecom.wait_for_calls("message/send", 5).await;
+    let store = Store::connect(&url, 2, Duration::from_secs(60)).await.expect("store");
+    drained(&store, Duration::from_secs(30)).await;
+    let sends = wecom.calls("message/send");
+    assert_eq!(sends.len(), 5, "each 帮助 answered once, though three replicas received it: {sends:?}");
+    assert_eq!(wecom.calls("gettoken").len(), 1, "one token for the cluster");
+}
+
+/// HAProxy in `mode tcp`, as in `docker-compose.ha.yml`, in front of the replicas.
+struct Balancer {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Balancer {
+    fn start(ports: &[u16]) -> Option<Self> {
+        if Command::new("haproxy").arg("-v").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "haproxy is not installed (apt-get install haproxy)");
+            eprintln!("haproxy is not installed; skipping the balancer test");
+            return None;
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0").ok()?.local_addr().ok()?.port();
+        let dir = tempfile::tempdir().ok()?;
+        let servers: String =
+            ports.iter().enumerate().map(|(i, p)| format!("    server replica-{i} 127.0.0.1:{p}\n")).collect();
+        let config = format!(
+            "global\n    maxconn 256\ndefaults\n    mode tcp\n    timeout connect 2s\n    timeout client 30s\n    \
+             timeout server 30s\n    retries 2\n    option redispatch\nfrontend callbacks\n    bind 127.0.0.1:{port}\n    \
+             default_backend replicas\nbackend replicas\n    balance roundrobin\n    option httpchk GET /api/health/live\n    \
+             http-check expect status 200\n    default-server check check-ssl verify none inter 300ms fall 1 rise 1 \
+             on-marked-down shutdown-sessions\n{servers}"
+        );
+        let path = dir.path().join("haproxy.cfg");
+        std::fs::write(&path, config).ok()?;
+        let child = Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(Self { child, port, _dir: dir })
+    }
+}
+
+impl Drop for Balancer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_killed_behind_the_balancer_loses_no_callback() {
+    let Some(url) = fresh_database().await else { return };
+    wechat_api::tls::install_crypto_provider();
+    let receiver = ForwardReceiver::start().await;
+    let mut cluster = tokio::task::block_in_place(|| {
+        Cluster::start(&url, &[("FORWARD_URL", &receiver.url), ("FORWARD_SECRET", &receiver.secret)])
+    });
+    let ports: Vec<u16> = cluster.ports.lock().expect("lock").iter().flatten().copied().collect();
+    let Some(balancer) = Balancer::start(&ports) else { return };
+    let through = |msg_id: u64| {
+        let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("balanced", msg_id));
+        let url = format!("https://127.0.0.1:{}/api/v1/wecom/callback?{}", balancer.port, signed.query);
+        cluster.client.post(url).body(signed.body).send()
+    };
+    // The balancer is up once a callback goes through it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !through(0).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "the balancer never passed a callback");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut acknowledged = HashSet::from([0u64]);
+    for msg_id in 1..=60u64 {
+        if msg_id == 20 {
+            // Replica 1 dies for good behind the balancer.
+            cluster.ports.lock().expect("lock")[1] = None;
+            cluster.replicas[1].kill_9();
+        }
+        // As WeCom does: a callback not answered 2xx is sent again.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !through(msg_id).await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "callback {msg_id} never acknowledged through the balancer");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        acknowledged.insert(msg_id);
+    }
+    let deliveries = all_forwarded(&receiver, &acknowledged, Duration::from_secs(120)).await;
+    assert_eq!(repeats_are_identical(&deliveries), acknowledged.len());
+}
