@@ -342,3 +342,61 @@ async fn a_replica_killed_behind_the_balancer_loses_no_callback() {
     let deliveries = all_forwarded(&receiver, &acknowledged, Duration::from_secs(120)).await;
     assert_eq!(repeats_are_identical(&deliveries), acknowledged.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_is_503_then_heals_without_a_restart() {
+    let Some(postgres) = tokio::task::block_in_place(crate::postgres::Cluster::start) else { return };
+    postgres.create_database("outage").await;
+    let url = postgres.url("outage");
+    wechat_api::tls::install_crypto_provider();
+    let receiver = ForwardReceiver::start().await;
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start(
+            &url,
+            &[("FORWARD_URL", &receiver.url), ("FORWARD_SECRET", &receiver.secret), ("SUPERVISOR_INTERVAL_SECS", "1")],
+        )
+    });
+    let port = cluster.ports.lock().expect("lock")[0].expect("replica 0 is up");
+    let post = |msg_id: u64| {
+        let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("outage", msg_id));
+        let url = format!("https://127.0.0.1:{port}/api/v1/wecom/callback?{}", signed.query);
+        cluster.client.post(url).body(signed.body).send()
+    };
+    let get = |path: &str| cluster.client.get(format!("https://127.0.0.1:{port}{path}")).send();
+    let mut acknowledged = HashSet::new();
+    for msg_id in 1..=5u64 {
+        assert!(post(msg_id).await.expect("answered").status().is_success());
+        acknowledged.insert(msg_id);
+    }
+
+    tokio::task::block_in_place(|| postgres.stop());
+    // Nothing is acknowledged that is not committed: 503, and WeCom retries.
+    for msg_id in 6..=8u64 {
+        let status = post(msg_id).await.expect("answered").status();
+        assert_eq!(status, 503, "callback {msg_id} during the outage");
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let health: serde_json::Value = get("/api/health").await.expect("health").json().await.expect("JSON");
+        if health["checks"]["store:writable"][0]["status"] == "fail" {
+            assert_eq!(health["replica"], "replica-0", "health names its replica");
+            break;
+        }
+        assert!(Instant::now() < deadline, "store:writable never failed: {health}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(get("/api/health/live").await.expect("live").status(), 200, "a restart would not help: live");
+
+    tokio::task::block_in_place(|| postgres.resume());
+    // The same processes recover: WeCom's retries of 6..=8 are acknowledged now.
+    for msg_id in 6..=8u64 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !post(msg_id).await.is_ok_and(|r| r.status().is_success()) {
+            assert!(Instant::now() < deadline, "callback {msg_id} never acknowledged after the outage");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        acknowledged.insert(msg_id);
+    }
+    let deliveries = all_forwarded(&receiver, &acknowledged, Duration::from_secs(90)).await;
+    assert_eq!(repeats_are_identical(&deliveries), acknowledged.len());
+}
