@@ -27,6 +27,8 @@ struct WeComState {
     valid_tokens: Vec<String>,
     /// APIs in the order their answers were sent (after any delay).
     answered: Vec<String>,
+    /// Calls of each API being answered right now, and the most there ever were.
+    in_flight: HashMap<String, (usize, usize)>,
     /// `gettoken` answers for a Secret, every time.
     by_secret: HashMap<String, Value>,
     /// Files served by `media/get`, by media id.
@@ -98,6 +100,11 @@ impl FakeWeCom {
         self.state.lock().expect("lock").media.insert(media_id.to_owned(), bytes.to_vec());
     }
 
+    /// The most calls of `api` that were ever in flight at once.
+    pub fn most_at_once(&self, api: &str) -> usize {
+        self.state.lock().expect("lock").in_flight.get(api).map_or(0, |flight| flight.1)
+    }
+
     /// How many answers to `api` have been sent so far.
     pub fn answered(&self, api: &str) -> usize {
         self.state.lock().expect("lock").answered.iter().filter(|a| *a == api).count()
@@ -126,6 +133,9 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
         let mut s = state.lock().expect("lock");
         s.calls.push(Call { api: api.clone(), query: query.clone(), body: body_json, headers });
         let delay = s.delays.get(&api).copied();
+        let flight = s.in_flight.entry(api.clone()).or_default();
+        flight.0 += 1;
+        flight.1 = flight.1.max(flight.0);
         let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front);
         let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query));
         (answer, delay)
@@ -133,7 +143,13 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
-    state.lock().expect("lock").answered.push(api);
+    {
+        let mut s = state.lock().expect("lock");
+        if let Some(flight) = s.in_flight.get_mut(&api) {
+            flight.0 -= 1;
+        }
+        s.answered.push(api);
+    }
     match answer {
         Ok(json) => HttpResponse::Ok().json(json),
         Err(bytes) => HttpResponse::Ok().content_type("image/png").body(bytes),

@@ -400,3 +400,51 @@ async fn a_database_outage_is_503_then_heals_without_a_restart() {
     let deliveries = all_forwarded(&receiver, &acknowledged, Duration::from_secs(90)).await;
     assert_eq!(repeats_are_identical(&deliveries), acknowledged.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kf_notices_on_every_replica_never_sync_one_account_twice_at_once() {
+    const KF_TOKEN: &str = "KfCallbackToken1";
+    const KF_KEY: &str = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
+    let Some(url) = fresh_database().await else { return };
+    wechat_api::tls::install_crypto_provider();
+    let wecom = FakeWeCom::start().await;
+    // Long enough that the replicas' syncs would overlap if nothing kept them apart.
+    wecom.delay("kf/sync_msg", Duration::from_millis(400));
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start(
+            &url,
+            &[
+                ("WECOM_API_BASE_URL", &wecom.base_url),
+                ("WECOM_KF_SECRET", "kf-secret"),
+                ("WECOM_KF_TOKEN", KF_TOKEN),
+                ("WECOM_KF_ENCODING_AES_KEY", KF_KEY),
+            ],
+        )
+    });
+    let ports: Vec<u16> = cluster.ports.lock().expect("lock").iter().flatten().copied().collect();
+    for round in 0..3 {
+        // A distinct notice (its Token differs) to every replica at the same moment.
+        let sends = ports.iter().enumerate().map(|(i, port)| {
+            let xml = format!(
+                "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><CreateTime>1700000000</CreateTime>\
+                 <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>\
+                 <Token><![CDATA[NOTICE{round}{i}]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>"
+            );
+            let signed = sign_post(KF_TOKEN, KF_KEY, CORP_ID, &xml);
+            let url = format!("https://127.0.0.1:{port}/wechat/callback?{}", signed.query);
+            cluster.client.post(url).body(signed.body).send()
+        });
+        for answer in futures_util::future::join_all(sends).await {
+            assert!(answer.expect("answered").status().is_success());
+        }
+    }
+    // Nine notices: each leads to a sync by some replica, one at a time.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while wecom.answered("kf/sync_msg") < 3 {
+        assert!(Instant::now() < deadline, "the notices led to only {} syncs", wecom.answered("kf/sync_msg"));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let store = Store::connect(&url, 2, Duration::from_secs(60)).await.expect("store");
+    drained(&store, Duration::from_secs(30)).await;
+    assert_eq!(wecom.most_at_once("kf/sync_msg"), 1, "kf/sync_msg for one account never overlapped");
+}
