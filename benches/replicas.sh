@@ -24,14 +24,17 @@ lb_port=$((base + 2))
 source benches/common.sh
 
 pg_bin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -n 1)
-pg=$work/pg
-mkdir -p "$pg"
+# Not under $work (0700, root's): the postgres user must reach it.
+pg=$(mktemp -d /tmp/wechat-api-bench-pg.XXXXXX)
 chown postgres:postgres "$pg"
 as_postgres() { runuser -u postgres -- "$@"; }
 as_postgres "$pg_bin/initdb" -D "$pg" -A trust -U postgres --no-sync >/dev/null
 as_postgres "$pg_bin/pg_ctl" -D "$pg" -l "$pg/log" -w start \
   -o "-p $pg_port -k $pg -c listen_addresses=127.0.0.1 -c fsync=on -c synchronous_commit=on -c max_connections=200" >/dev/null
-stop_pg() { as_postgres "$pg_bin/pg_ctl" -D "$pg" -m fast stop >/dev/null 2>&1 || true; }
+stop_pg() {
+  as_postgres "$pg_bin/pg_ctl" -D "$pg" -m fast stop >/dev/null 2>&1 || true
+  rm -rf "$pg"
+}
 trap 'stop_pg; cleanup' EXIT
 psql_q() { psql -h 127.0.0.1 -p "$pg_port" -U postgres -d "$1" -Atc "$2"; }
 psql_q postgres "CREATE DATABASE bench" >/dev/null

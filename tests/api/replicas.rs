@@ -448,3 +448,49 @@ async fn kf_notices_on_every_replica_never_sync_one_account_twice_at_once() {
     drained(&store, Duration::from_secs(30)).await;
     assert_eq!(wecom.most_at_once("kf/sync_msg"), 1, "kf/sync_msg for one account never overlapped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_failure_every_replica_sees_is_paged_once_for_the_cluster() {
+    let Some(url) = fresh_database().await else { return };
+    wechat_api::tls::install_crypto_provider();
+    let sink = crate::smtp::SmtpSink::start().await;
+    let wecom = FakeWeCom::start().await;
+    wecom.refuse_secret("app-secret", Some(serde_json::json!({"errcode": 40001, "errmsg": "invalid credential"})));
+    let smtp_port = sink.port.to_string();
+    let cluster = tokio::task::block_in_place(|| {
+        Cluster::start(
+            &url,
+            &[
+                ("WECOM_API_BASE_URL", &wecom.base_url),
+                ("WECOM_SECRET", "app-secret"),
+                ("SUPERVISOR_INTERVAL_SECS", "1"),
+                ("ALERT_GROUP_WAIT_SECS", "0"),
+                ("ALERT_EMAIL_ENABLED", "true"),
+                ("SMTP_SERVER", "127.0.0.1"),
+                ("SMTP_PORT", &smtp_port),
+                ("SMTP_TLS", "none"),
+                ("ALERT_EMAIL_FROM", "wechat-api@example.test"),
+                ("ALERT_EMAIL_TO", "oncall@example.test"),
+            ],
+        )
+    });
+    let firing = sink.wait_for("[wechat-api FIRING] token:app", Duration::from_secs(30)).await;
+    // Each replica reaches its own FIRING transition and decides: the first to take
+    // the transition's lease mails it ("alert sent"), the others leave it.
+    for replica in &cluster.replicas {
+        tokio::task::block_in_place(|| {
+            replica.read_until(|l| {
+                l.contains("FIRING is paged by another replica")
+                    || (l.contains("alert sent") && l.contains("token:app"))
+            })
+        });
+    }
+    let pages: Vec<String> = sink
+        .received()
+        .iter()
+        .map(|m| m.subject())
+        .filter(|s| s.contains("FIRING") && s.contains("token:app"))
+        .collect();
+    assert_eq!(pages.len(), 1, "one FIRING email for the cluster, not one per replica: {pages:?}");
+    assert!(firing.subject().contains(" on replica-"), "the email names the replica: {}", firing.subject());
+}
