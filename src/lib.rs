@@ -31,6 +31,7 @@ pub mod messages;
 pub(crate) mod names;
 pub(crate) mod outbound;
 pub mod routes;
+pub mod shaping;
 pub mod startup;
 pub mod store;
 pub(crate) mod supervisor;

@@ -25,10 +25,25 @@ const FORWARD_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) enum Action {
     /// POST the record to `FORWARD_URL`.
     Forward { record: Record },
-    /// `message/send` a text from the self-built app.
-    AppText { key: String, touser: String, agentid: i64, content: String },
-    /// `kf/send_msg` a text to a customer.
-    KfText { key: String, touser: String, open_kfid: String, content: String },
+    /// `message/send` a text from the self-built app: one part of a shaped text;
+    /// the parts after it follow once it is sent (`rest`, in order).
+    AppText {
+        key: String,
+        touser: String,
+        agentid: i64,
+        content: String,
+        #[serde(default, skip_serializing_if = "Parts::is_last")]
+        parts: Parts,
+    },
+    /// `kf/send_msg` a text to a customer, likewise one part at a time.
+    KfText {
+        key: String,
+        touser: String,
+        open_kfid: String,
+        content: String,
+        #[serde(default, skip_serializing_if = "Parts::is_last")]
+        parts: Parts,
+    },
     /// `kf/send_msg_on_event` with an `enter_session` welcome code.
     KfWelcome { key: String, code: String, content: String },
     /// `media/get` into `UPLOAD_DIR`, then forward the record with `media_path`.
@@ -64,16 +79,83 @@ impl Purpose {
     }
 }
 
+/// Where a part stands in a shaped text: its number and the parts still to send.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Parts {
+    /// 1 for the first part (whose key is the purpose's key), 2 for the next …
+    number: u32,
+    /// The parts after this one, in order.
+    rest: Vec<String>,
+}
+
+impl Parts {
+    /// Whether nothing follows (and so the field need not be stored).
+    fn is_last(&self) -> bool {
+        self.rest.is_empty() && self.number <= 1
+    }
+
+    /// The idempotency key of part `number` of the text whose first part has key `first`.
+    fn key(first: &str, number: u32) -> String {
+        if number <= 1 {
+            first.to_owned()
+        } else {
+            format!("{first}#{number}")
+        }
+    }
+
+    /// The key of the first part, from this part's `key`.
+    fn first_key<'a>(&self, key: &'a str) -> &'a str {
+        if self.number <= 1 {
+            key
+        } else {
+            key.strip_suffix(&format!("#{}", self.number)).unwrap_or(key)
+        }
+    }
+
+    /// The part after this one: its key, its text, and what follows it.
+    fn next(&self, key: &str) -> Option<(String, String, Parts)> {
+        let (content, rest) = self.rest.split_first()?;
+        let number = self.number.max(1) + 1;
+        Some((Self::key(self.first_key(key), number), content.clone(), Parts { number, rest: rest.to_vec() }))
+    }
+}
+
 impl Action {
-    /// A text reply to the sender of `record` on its own channel. `None` when the
-    /// record lacks what the channel needs (a sender, an agent id, an open_kfid).
+    /// A text reply to the sender of `record` on its own channel, shaped for
+    /// WeChat (Markdown flattened, split into parts sent in order). `None` when the
+    /// record lacks what the channel needs (a sender, an agent id, an open_kfid) or
+    /// the text is empty.
     pub(crate) fn reply_to(record: &Record, text: &str, purpose: Purpose, agent_id: Option<i64>) -> Option<Self> {
         let touser = record.from.clone()?;
         let key = purpose.key(&record.id);
-        let content = text.to_owned();
+        let mut shaped = crate::shaping::shape(text).into_iter();
+        let content = shaped.next()?;
+        let parts = Parts { number: 1, rest: shaped.collect() };
         match record.channel {
-            Channel::Kf => Some(Self::KfText { key, touser, open_kfid: record.open_kfid.clone()?, content }),
-            Channel::App => Some(Self::AppText { key, touser, agentid: agent_id.or(record.agent_id)?, content }),
+            Channel::Kf => Some(Self::KfText { key, touser, open_kfid: record.open_kfid.clone()?, content, parts }),
+            Channel::App => Some(Self::AppText { key, touser, agentid: agent_id.or(record.agent_id)?, content, parts }),
+        }
+    }
+
+    /// The welcome an `enter_session` code allows: one message, so only the first
+    /// part of a shaped `text`.
+    pub(crate) fn welcome(record: &Record, code: &str, text: &str) -> Option<Self> {
+        let content = crate::shaping::shape(text).into_iter().next()?;
+        Some(Self::KfWelcome { key: Purpose::Welcome.key(&record.id), code: code.to_owned(), content })
+    }
+
+    /// The part that follows this text part once it is sent, if any.
+    fn next_part(&self) -> Option<Action> {
+        match self {
+            Self::AppText { key, touser, agentid, parts, .. } => {
+                let (key, content, parts) = parts.next(key)?;
+                Some(Self::AppText { key, touser: touser.clone(), agentid: *agentid, content, parts })
+            }
+            Self::KfText { key, touser, open_kfid, parts, .. } => {
+                let (key, content, parts) = parts.next(key)?;
+                Some(Self::KfText { key, touser: touser.clone(), open_kfid: open_kfid.clone(), content, parts })
+            }
+            _ => None,
         }
     }
 
@@ -176,7 +258,7 @@ impl Executor {
             Action::Forward { record } => self.forward(record).await,
             Action::AppText { touser, agentid, content, .. } => {
                 self.wecom.send_app_text(touser, *agentid, content).await?;
-                Ok(Vec::new())
+                Ok(action.next_part().into_iter().collect())
             }
             Action::KfText { touser, open_kfid, content, .. } => {
                 match self.wecom.send_kf_text(touser, open_kfid, content).await {
@@ -185,7 +267,7 @@ impl Executor {
                     }
                     other => other.map_err(ActionError::from),
                 }?;
-                Ok(Vec::new())
+                Ok(action.next_part().into_iter().collect())
             }
         }
     }
@@ -315,11 +397,57 @@ mod tests {
 
     #[test]
     fn actions_round_trip_through_the_outbox_payload() {
-        let action =
-            Action::AppText { key: "help:app:msg:1".into(), touser: "u".into(), agentid: 7, content: "hi".into() };
+        let action = Action::AppText {
+            key: "help:app:msg:1".into(),
+            touser: "u".into(),
+            agentid: 7,
+            content: "hi".into(),
+            parts: Parts::default(),
+        };
         let stored = action.to_new().expect("an action serialises");
         assert_eq!(stored.key, "help:app:msg:1");
         assert_eq!(stored.kind, "app_text");
         assert_eq!(serde_json::from_str::<Action>(&stored.payload).expect("decodes"), action);
+    }
+
+    #[test]
+    fn a_long_reply_is_sent_part_by_part_each_with_its_own_key() {
+        let record = Record {
+            id: "app:msg:9".into(),
+            channel: Channel::App,
+            msgtype: "text".into(),
+            event: None,
+            from: Some("zhangsan".into()),
+            open_kfid: None,
+            agent_id: Some(7),
+            time: 1,
+            text: None,
+            media_id: None,
+            media_path: None,
+            origin: None,
+            history: false,
+            raw: serde_json::Value::Null,
+        };
+        let text = "一句话。".repeat(600);
+        let mut action = Action::reply_to(&record, &text, Purpose::Reply, None).expect("a reply");
+        let mut keys = Vec::new();
+        let mut sent = String::new();
+        loop {
+            let Action::AppText { key, content, .. } = &action else { panic!("an app text") };
+            assert!(content.len() <= crate::shaping::MAX_PART_BYTES);
+            keys.push(key.clone());
+            sent.push_str(content);
+            // What the outbox stores and reads back is the same action.
+            assert_eq!(
+                serde_json::from_str::<Action>(&action.to_new().expect("row").payload).expect("decodes"),
+                action
+            );
+            match action.next_part() {
+                Some(next) => action = next,
+                None => break,
+            }
+        }
+        assert_eq!(sent, text);
+        assert_eq!(keys, vec!["reply:app:msg:9", "reply:app:msg:9#2", "reply:app:msg:9#3", "reply:app:msg:9#4"]);
     }
 }

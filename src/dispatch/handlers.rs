@@ -54,11 +54,7 @@ pub(crate) fn plan(message: &Message, record: &Record, settings: &HandlerSetting
         }
     }
     if let (true, Some(code), Some(text)) = (answerable, message.welcome_code(), &settings.welcome_text) {
-        actions.push(Action::KfWelcome {
-            key: Purpose::Welcome.key(&record.id),
-            code: code.to_owned(),
-            content: text.clone(),
-        });
+        actions.extend(Action::welcome(record, code, text));
     }
     if record.media_id.is_some() {
         // The download forwards the record (with `media_path`) when it is done.

@@ -305,3 +305,28 @@ fn every_acknowledged_callback_survives_a_kill_9() {
         }
     });
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_5000_character_chinese_reply_arrives_as_ordered_parts_that_rejoin_to_the_original() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    // An LLM-style answer: Markdown, paragraphs, 5,000 characters (15,000 bytes).
+    let paragraph = format!("**第{{}}段**：{}\n\n", "这是一个需要拆分发送的很长的回答。".repeat(20));
+    let mut reply = String::new();
+    let mut n = 0;
+    while reply.chars().count() < 5_000 {
+        n += 1;
+        reply.push_str(&paragraph.replace("{}", &n.to_string()));
+    }
+    let reply: String = reply.chars().take(5_000).collect();
+    receiver.reply_with(&reply);
+    let app = spawn_forwarding_app(&wecom, &receiver).await;
+    assert_eq!(app.post_text("写一篇长文", 8).await, 200);
+    app.wait_until_outbox_empty().await;
+    let sends = wecom.calls("message/send");
+    assert!(sends.len() >= 8, "15,000 bytes need at least 8 parts of 2048: {}", sends.len());
+    let parts: Vec<String> =
+        sends.iter().map(|c| c.body["text"]["content"].as_str().expect("text").to_owned()).collect();
+    assert!(parts.iter().all(|p| p.len() <= 2048), "every part within WeCom's limit");
+    assert_eq!(parts.concat(), wechat_api::shaping::flatten_markdown(&reply), "in order, nothing lost");
+    assert!(!parts.concat().contains("**"), "no raw Markdown reaches WeChat");
+}

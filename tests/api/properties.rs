@@ -22,6 +22,7 @@ use wechat_api::config::{self, Sources};
 use wechat_api::crypto::{self, AesKey, DecryptError};
 use wechat_api::messages::kf::KfMessage;
 use wechat_api::messages::{AppEvent, AppMessage, AppMessageKind, CallbackEnvelope};
+use wechat_api::shaping;
 use wechat_api::wecom::models::KfSyncPage;
 
 use crate::helpers::{AES_KEY, CORP_ID, TOKEN};
@@ -596,6 +597,33 @@ proptest! {
             Err(errors) => errors.to_string(),
         };
         prop_assert!(!shown.contains(&secret), "{shown}");
+    }
+
+    // --- shaping what the appliance sends ----------------------------------
+
+    #[test]
+    fn split_parts_fit_never_break_a_character_and_rejoin_to_the_text(
+        text in "(\\PC|[\n 。.!?]){0,3000}",
+        max in 4usize..3000,
+    ) {
+        let parts = shaping::split(&text, max);
+        prop_assert_eq!(parts.concat(), text.clone());
+        for part in &parts {
+            prop_assert!(!part.is_empty());
+            prop_assert!(part.len() <= max, "{} bytes over {}", part.len(), max);
+            prop_assert!(std::str::from_utf8(part.as_bytes()).is_ok());
+        }
+    }
+
+    #[test]
+    fn flattening_markdown_never_panics_and_a_second_time_changes_nothing(
+        text in "([-*+#>_~`\\[\\]()!\n 1.]|\\PC){0,400}",
+    ) {
+        let once = shaping::flatten_markdown(&text);
+        prop_assert_eq!(shaping::flatten_markdown(&once), once.clone());
+        for part in shaping::shape(&text) {
+            prop_assert!(part.len() <= shaping::MAX_PART_BYTES);
+        }
     }
 }
 
