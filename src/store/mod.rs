@@ -114,7 +114,7 @@ impl Store {
     /// `sslmode`) through a pool of `pool_size` connections and migrates it; claims
     /// hold for `lease` (`LEASE_SECS`). Errors never show the password.
     pub async fn connect(url: &str, pool_size: usize, lease: Duration) -> Result<Self, StoreError> {
-        let postgres = postgres::Postgres::connect(url, pool_size, lease).await?;
+        let postgres = postgres::Postgres::connect(url, pool_size).await?;
         Ok(Self { backend: Backend::Postgres(postgres), lease, recent: Arc::default() })
     }
 

@@ -40,7 +40,6 @@ mod tokens;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use deadpool_postgres::{Object, Pool, PoolError};
 
@@ -177,21 +176,18 @@ impl From<PoolError> for StoreError {
 pub(super) struct Postgres {
     pool: Pool,
     stats: Arc<Stats>,
-    /// How long a claim of journal entries holds (`LEASE_SECS`).
-    lease_secs: i64,
     /// The journal's group-commit writers.
     journal: journal::Writers,
 }
 
 impl Postgres {
     /// Connects, migrates, and starts the journal writers.
-    pub(super) async fn connect(url: &str, pool_size: usize, lease: Duration) -> Result<Self, StoreError> {
+    pub(super) async fn connect(url: &str, pool_size: usize) -> Result<Self, StoreError> {
         let pool = connection::Target::parse(url)?.pool(pool_size)?;
         migrate(&pool).await?;
         let stats = Arc::new(Stats::default());
         let journal = journal::Writers::start(pool.clone(), Arc::clone(&stats), pool_size);
-        let lease_secs = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
-        Ok(Self { pool, stats, lease_secs, journal })
+        Ok(Self { pool, stats, journal })
     }
 
     /// A connection of the pool.
