@@ -83,7 +83,7 @@ impl Shared {
         if recent.len() == RECENT {
             recent.pop_front();
         }
-        recent.push_back(RecentAlert { at: crate::health::now_rfc3339(), subject: subject.to_owned(), outcome });
+        recent.push_back(RecentAlert { at: crate::clock::now_rfc3339(), subject: subject.to_owned(), outcome });
     }
 
     fn update(&self, change: impl FnOnce(&mut MailStatus)) {
@@ -256,14 +256,5 @@ pub(crate) async fn test_login(email: &AlertEmail) -> Result<(), String> {
         Ok(Ok(false)) => Err("the server did not accept the connection".to_owned()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {}s", SEND_TIMEOUT.as_secs())),
-    }
-}
-
-/// This machine's name, for subjects ("… on <host>").
-pub(crate) fn host_name() -> String {
-    let uname = rustix::system::uname();
-    match uname.nodename().to_str() {
-        Ok(name) if !name.is_empty() => name.to_owned(),
-        _ => "unknown".to_owned(),
     }
 }

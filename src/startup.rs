@@ -29,7 +29,7 @@ use crate::health::{HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::names::Names;
 use crate::routes::{self, AppState};
-use crate::store::{retention, Store, StoreError};
+use crate::store::{Store, StoreError};
 use crate::supervisor::{Parts, Supervisor, Timing};
 use crate::telemetry::{BuildInfo, Metrics};
 use crate::tls::{self, CertificateStore, TlsError};
@@ -308,7 +308,10 @@ impl Workers {
         watch("dispatcher", dispatcher.run(shutdown.clone()).boxed());
         watch("outbox", outbox.run(shutdown.clone()).boxed());
         let metrics = Arc::clone(&state.metrics);
-        watch("retention", retention::run(state.store.clone(), config.retention, metrics, shutdown.clone()).boxed());
+        watch(
+            "retention",
+            crate::housekeeping::run(state.store.clone(), config.retention, metrics, shutdown.clone()).boxed(),
+        );
         if let Some(kf_syncer) = kf_syncer {
             watch("kf-sync", kf_syncer.run(shutdown.clone()).boxed());
         }

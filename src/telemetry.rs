@@ -265,7 +265,7 @@ impl BuildInfo {
     /// `version` on the embedded SQLite store, named after this host (the default
     /// `REPLICA_ID`): for tools that report without a running service (`diagnose`).
     pub fn sqlite(version: &str) -> Self {
-        Self { version: version.to_owned(), backend: "sqlite", replica: crate::alerts::host_name() }
+        Self { version: version.to_owned(), backend: "sqlite", replica: crate::config::host_name() }
     }
 }
 

@@ -175,6 +175,15 @@ impl Database {
     }
 }
 
+/// This machine's name (the default `REPLICA_ID`), or `unknown` when it has none.
+pub(crate) fn host_name() -> String {
+    let uname = rustix::system::uname();
+    match uname.nodename().to_str() {
+        Ok(name) if !name.is_empty() => name.to_owned(),
+        _ => "unknown".to_owned(),
+    }
+}
+
 /// The shortest `LEASE_SECS`: an action may take 30 s, and its lease must outlast it.
 pub(crate) const MIN_LEASE_SECS: u64 = 35;
 

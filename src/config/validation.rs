@@ -189,7 +189,7 @@ impl Config {
             v.fail(var::DATABASE_POOL_SIZE, "must be at least 1");
         }
         let replica =
-            settings.get(var::REPLICA_ID).map(str::trim).map(str::to_owned).unwrap_or_else(crate::alerts::host_name);
+            settings.get(var::REPLICA_ID).map(str::trim).map(str::to_owned).unwrap_or_else(crate::config::host_name);
         let lease = v.parse::<u64>(var::LEASE_SECS, "a whole number of seconds");
         if lease.is_some_and(|secs| secs < MIN_LEASE_SECS) {
             v.fail(

@@ -48,7 +48,7 @@ pub(crate) struct CheckResult {
 
 impl CheckResult {
     pub(crate) fn new(status: Status) -> Self {
-        Self { status, observed_value: None, observed_unit: None, output: None, time: now_rfc3339() }
+        Self { status, observed_value: None, observed_unit: None, output: None, time: crate::clock::now_rfc3339() }
     }
 
     pub(crate) fn observed(mut self, value: impl Into<serde_json::Value>, unit: &str) -> Self {
@@ -134,12 +134,6 @@ impl HealthBoard {
             checks: out,
         }
     }
-}
-
-/// Now as RFC 3339 UTC, e.g. `2026-11-21T06:25:33Z`.
-pub(crate) fn now_rfc3339() -> String {
-    let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap_or_else(|_| time::OffsetDateTime::now_utc());
-    now.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
 }
 
 #[cfg(test)]

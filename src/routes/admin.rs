@@ -138,7 +138,7 @@ pub(crate) async fn test_alert(state: web::Data<AppState>) -> HttpResponse {
             json!({"status": "error", "error": "email alerts are off: set ALERT_EMAIL_ENABLED=true and the SMTP_* variables"}),
         );
     }
-    let host = crate::alerts::host_name();
+    let host = crate::config::host_name();
     state.alerter.send(crate::alerts::Mail {
         subject: format!("[wechat-api TEST] alert email from {host}"),
         body: format!(

@@ -10,6 +10,7 @@ mod helpers;
 mod hostile;
 mod ingest;
 mod kf;
+mod layout;
 mod migrate;
 mod monitoring;
 mod postgres;
