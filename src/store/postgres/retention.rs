@@ -14,32 +14,23 @@ impl Postgres {
     /// Deletes handled journal entries and done outbox actions older than
     /// `cutoff` (Unix seconds), batch by batch.
     pub(in crate::store) async fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError> {
-        let journal = self
-            .prune_table(
-                "WITH gone AS (DELETE FROM journal WHERE id IN (
-                     SELECT id FROM journal WHERE id > $1 AND handled_at IS NOT NULL AND received_at < $2
-                     ORDER BY id LIMIT $3)
-                 RETURNING id) SELECT count(*), COALESCE(max(id), 0) FROM gone",
-                cutoff,
-            )
-            .await?;
-        let outbox = self
-            .prune_table(
-                "WITH gone AS (DELETE FROM outbox WHERE id IN (
-                     SELECT id FROM outbox WHERE id > $1 AND done_at IS NOT NULL AND done_at < $2
-                     ORDER BY id LIMIT $3)
-                 RETURNING id) SELECT count(*), COALESCE(max(id), 0) FROM gone",
-                cutoff,
-            )
-            .await?;
+        // Handled entries by arrival; done actions by when they were done.
+        let journal = self.prune_table("journal", "handled_at IS NOT NULL AND received_at < $2", cutoff).await?;
+        let outbox = self.prune_table("outbox", "done_at IS NOT NULL AND done_at < $2", cutoff).await?;
         Ok(Pruned { journal, outbox })
     }
 
-    /// Runs `sql` (a batch delete after an id, answering how many and the last
-    /// id) until a batch is not full.
-    async fn prune_table(&self, sql: &str, cutoff: i64) -> Result<u64, StoreError> {
+    /// Deletes the rows of `table` that match `old` (given the cutoff as `$2`), a
+    /// batch after an id at a time, until a batch is not full.
+    async fn prune_table(&self, table: &str, old: &str, cutoff: i64) -> Result<u64, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached(sql).await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "WITH gone AS (DELETE FROM {table} WHERE id IN (
+                     SELECT id FROM {table} WHERE id > $1 AND {old} ORDER BY id LIMIT $3)
+                 RETURNING id) SELECT count(*), COALESCE(max(id), 0) FROM gone"
+            ))
+            .await?;
         let (mut total, mut after) = (0u64, 0i64);
         loop {
             let row = client.query_one(&statement, &[&after, &cutoff, &BATCH]).await?;
