@@ -22,9 +22,7 @@ pub(crate) fn local_live_url(settings: &Settings) -> Result<String, ConfigErrors
 
 async fn probe(url: &str) -> Result<(), String> {
     let url = reqwest::Url::parse(url).map_err(|e| format!("bad URL {url}: {e}"))?;
-    crate::tls::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .timeout(TIMEOUT)
+    let client = crate::outbound::client(TIMEOUT)
         .danger_accept_invalid_certs(is_loopback(url.as_str()))
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
