@@ -148,6 +148,21 @@ pub struct Config {
     pub replica: String,
     /// `LEASE_SECS`.
     pub lease: Duration,
+    /// `SEND_TOKEN`; `None` turns the send API off.
+    pub send_token: Option<Secret>,
+    /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
+    pub handoff: Handoff,
+}
+
+/// Handing a kf conversation to a human (SPEC §10).
+#[derive(Clone, Debug, Default)]
+pub struct Handoff {
+    /// Customer texts (trimmed) that ask for a human.
+    pub keywords: Vec<String>,
+    /// Sent to the customer just before the handover.
+    pub text: String,
+    /// The servicer to hand over to (state 3); `None`: the queue (state 2).
+    pub servicer: Option<String>,
 }
 
 /// The PostgreSQL store of replicas (SPEC §9).

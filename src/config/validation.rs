@@ -14,7 +14,7 @@ use super::listen::ListenConfig;
 use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
-    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, LogFormat, SmtpTls, MIN_LEASE_SECS,
+    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, MIN_LEASE_SECS,
     MIN_RETENTION_SECS,
 };
 use crate::crypto::{AesKey, KeyError};
@@ -197,6 +197,15 @@ impl Config {
                 format!("must be at least {MIN_LEASE_SECS} (an action may take 30 s; its lease must outlast it)"),
             );
         }
+        let send_token = v.secret(var::SEND_TOKEN);
+        if let Some(token) = &send_token {
+            if token.expose().len() < 16 {
+                v.fail(var::SEND_TOKEN, "must be at least 16 characters (try `wechat-api keygen`)");
+            } else if admin_token.as_ref().is_some_and(|admin| admin.expose() == token.expose()) {
+                v.fail(var::SEND_TOKEN, format!("must differ from {}: a bot must not reach the admin endpoints", var::ADMIN_TOKEN));
+            }
+        }
+        let handoff = handoff(&mut v);
         let built = (|| {
             Some(Config {
                 corp_id: corp_id?,
@@ -226,10 +235,32 @@ impl Config {
                 },
                 replica,
                 lease: Duration::from_secs(lease?),
+                send_token,
+                handoff: handoff?,
             })
         })();
         v.finish(built)
     }
+}
+
+/// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT` and `HANDOFF_SERVICER`.
+fn handoff(v: &mut Validator<'_>) -> Option<Handoff> {
+    let keywords: Vec<String> = v
+        .settings
+        .get(var::HANDOFF_KEYWORDS)
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|k| !k.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let text = v.settings.get(var::HANDOFF_TEXT).map(str::trim).unwrap_or_default().to_owned();
+    if text.is_empty() {
+        v.fail(var::HANDOFF_TEXT, "must not be empty: the customer is told before a human takes over");
+        return None;
+    }
+    let servicer = v.settings.get(var::HANDOFF_SERVICER).map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned);
+    Some(Handoff { keywords, text, servicer })
 }
 
 /// The alert email settings; `None` unless `ALERT_EMAIL_ENABLED`.

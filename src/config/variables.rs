@@ -119,6 +119,10 @@ variables! {
     DATABASE_POOL_SIZE,        None,                      Some("8"),                             PUBLIC, "PostgreSQL connections per replica";
     REPLICA_ID,                None,                      None,                                  PUBLIC, "this replica's name in logs, health, the status page, emails and metrics; default the host name";
     LEASE_SECS,                None,                      Some("60"),                            PUBLIC, "how long a claim holds before another replica may take it over (at least 35)";
+    SEND_TOKEN,                None,                      None,                                  SECRET, "bearer token of the send API (POST/GET /api/v1/messages), at least 16 characters, not ADMIN_TOKEN; unset = off";
+    HANDOFF_KEYWORDS,          None,                      Some("转人工,人工客服"),               PUBLIC, "comma-separated kf customer texts that ask for a human";
+    HANDOFF_TEXT,              None,                      Some("正在为您转接人工客服，请稍候。"), PUBLIC, "sent to the customer just before a handover";
+    HANDOFF_SERVICER,          None,                      None,                                  PUBLIC, "servicer userid a handover goes to (state 3); unset = the queue (state 2)";
 }
 
 #[cfg(test)]

@@ -136,10 +136,15 @@ impl Store {
         backend!(self, b => b.unhandled().await)
     }
 
+    /// The entry journaled under `dedup_key` (handled or not), while retention keeps it.
+    pub async fn find_entry(&self, dedup_key: String) -> Result<Option<PendingEntry>, StoreError> {
+        backend!(self, b => b.find_entry(dedup_key).await)
+    }
+
     /// Whether `dedup_key` was journaled (for tests).
     #[cfg(any(test, feature = "testing"))]
     pub async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
-        backend!(self, b => b.contains(dedup_key).await)
+        Ok(self.find_entry(dedup_key).await?.is_some())
     }
 }
 

@@ -3,7 +3,8 @@
 //! as operations named by what the service needs, whichever engine holds them.
 //!
 //! Owns: the operations (one file per concern: [`journal`], [`outbox`], [`kf`],
-//! [`tokens`], [`leases`], [`alerts`], [`names`], [`meta`], [`retention`]), the types they
+//! [`sends`], [`conversations`], [`tokens`], [`leases`], [`alerts`], [`names`],
+//! [`meta`], [`retention`]), the types they
 //! take and give, [`StoreError`], and what is the same for every engine (the
 //! recent dedup keys in memory). Deliberately not here: SQL. Each engine is a
 //! backend module (`sqlite`: the embedded default, with group commit and two
@@ -11,6 +12,7 @@
 //! to its backend.
 
 pub mod alerts;
+pub mod conversations;
 pub mod journal;
 pub(crate) mod kf;
 pub(crate) mod leases;
@@ -19,6 +21,7 @@ pub mod names;
 pub mod outbox;
 mod postgres;
 pub(crate) mod retention;
+pub mod sends;
 pub(crate) mod snapshot;
 mod sqlite;
 pub mod tokens;

@@ -252,10 +252,19 @@ impl Postgres {
     }
 
     /// Whether `dedup_key` was journaled.
-    #[cfg(any(test, feature = "testing"))]
-    pub(in crate::store) async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
+    pub(in crate::store) async fn find_entry(&self, dedup_key: String) -> Result<Option<PendingEntry>, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached("SELECT 1 FROM journal WHERE dedup_key = $1").await?;
-        Ok(client.query_opt(&statement, &[&dedup_key]).await?.is_some())
+        let statement = client
+            .prepare_cached("SELECT id, dedup_key, channel, kind, received_at, payload FROM journal WHERE dedup_key = $1")
+            .await?;
+        let Some(row) = client.query_opt(&statement, &[&dedup_key]).await? else { return Ok(None) };
+        Ok(Some(PendingEntry {
+            id: row.get(0),
+            dedup_key: row.get(1),
+            channel: named(row.get(2), Channel::parse)?,
+            kind: named(row.get(3), EntryKind::parse)?,
+            received_at: row.get(4),
+            payload: row.get(5),
+        }))
     }
 }

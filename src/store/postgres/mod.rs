@@ -28,6 +28,7 @@
 
 mod alerts;
 mod connection;
+mod conversations;
 mod journal;
 mod kf;
 mod leases;
@@ -35,6 +36,7 @@ mod meta;
 mod names;
 mod outbox;
 mod retention;
+mod sends;
 mod snapshot;
 mod tokens;
 
@@ -113,6 +115,37 @@ const MIGRATIONS: &[&str] = &[
         name text PRIMARY KEY,
         claim bigint NOT NULL,
         until timestamptz NOT NULL
+    );",
+    // 2: replies (SPEC §10), as SQLite's schema 4: sends with their status, each
+    // kf part's msgid, and what the kf rules need per conversation.
+    "CREATE TABLE sends (
+        id text PRIMARY KEY,
+        channel text NOT NULL,
+        recipient text NOT NULL,
+        open_kfid text,
+        idempotency_key text UNIQUE,
+        status text NOT NULL,
+        parts bigint NOT NULL,
+        parts_sent bigint NOT NULL DEFAULT 0,
+        errcode bigint,
+        reason text,
+        created_at bigint NOT NULL,
+        updated_at bigint NOT NULL
+    );
+    CREATE INDEX sends_updated ON sends (updated_at);
+    CREATE TABLE send_msgids (
+        msgid text PRIMARY KEY,
+        send_id text NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE TABLE kf_conversations (
+        open_kfid text NOT NULL,
+        external_userid text NOT NULL,
+        last_customer_at bigint,
+        sent_since bigint NOT NULL DEFAULT 0,
+        human_since bigint,
+        updated_at bigint NOT NULL,
+        PRIMARY KEY (open_kfid, external_userid)
     );",
 ];
 

@@ -110,14 +110,25 @@ impl Sqlite {
         .await
     }
 
-    /// Whether `dedup_key` was journaled (for tests).
-    #[cfg(any(test, feature = "testing"))]
-    pub(in crate::store) async fn contains(&self, dedup_key: String) -> Result<bool, StoreError> {
-        self.run(move |db| {
+    /// The entry journaled under `dedup_key`.
+    pub(in crate::store) async fn find_entry(&self, dedup_key: String) -> Result<Option<PendingEntry>, StoreError> {
+        self.run_relaxed(move |db| {
             use rusqlite::OptionalExtension;
-            db.query_row("SELECT 1 FROM journal WHERE dedup_key = ?1", [dedup_key], |_| Ok(()))
-                .optional()
-                .map(|found| found.is_some())
+            db.query_row(
+                "SELECT id, dedup_key, channel, kind, received_at, payload FROM journal WHERE dedup_key = ?1",
+                [dedup_key],
+                |row| {
+                    Ok(PendingEntry {
+                        id: row.get(0)?,
+                        dedup_key: row.get(1)?,
+                        channel: named(2, row.get(2)?, Channel::parse)?,
+                        kind: named(3, row.get(3)?, EntryKind::parse)?,
+                        received_at: row.get(4)?,
+                        payload: row.get(5)?,
+                    })
+                },
+            )
+            .optional()
         })
         .await
     }

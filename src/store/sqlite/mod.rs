@@ -27,6 +27,8 @@ mod kf;
 mod leases;
 mod meta;
 mod names;
+mod conversations;
+mod sends;
 mod outbox;
 pub(super) mod retention;
 mod snapshot;
@@ -127,6 +129,38 @@ const MIGRATIONS: &[&str] = &[
         name TEXT PRIMARY KEY,
         claim INTEGER NOT NULL,
         until INTEGER NOT NULL
+    );",
+    // 4: replies (SPEC §10). `sends`: every text sent, with its status;
+    // `send_msgids`: each kf part's own msgid, for `msg_send_fail`;
+    // `kf_conversations`: what the kf rules need per account and customer.
+    "CREATE TABLE sends (
+        id TEXT PRIMARY KEY,
+        channel TEXT NOT NULL,
+        recipient TEXT NOT NULL,
+        open_kfid TEXT,
+        idempotency_key TEXT UNIQUE,
+        status TEXT NOT NULL,
+        parts INTEGER NOT NULL,
+        parts_sent INTEGER NOT NULL DEFAULT 0,
+        errcode INTEGER,
+        reason TEXT,
+        created_at INTEGER NOT NULL,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX sends_updated ON sends(updated_at);
+    CREATE TABLE send_msgids (
+        msgid TEXT PRIMARY KEY,
+        send_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE kf_conversations (
+        open_kfid TEXT NOT NULL,
+        external_userid TEXT NOT NULL,
+        last_customer_at INTEGER,
+        sent_since INTEGER NOT NULL DEFAULT 0,
+        human_since INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (open_kfid, external_userid)
     );",
 ];
 

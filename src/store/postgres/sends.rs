@@ -1,0 +1,146 @@
+//! Sends in PostgreSQL.
+
+use deadpool_postgres::GenericClient;
+use tokio_postgres::Row;
+
+use super::outbox::insert_actions;
+use super::{bigint, Postgres, EPOCH};
+use crate::store::outbox::NewAction;
+use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
+use crate::store::StoreError;
+
+const COLUMNS: &str =
+    "id, channel, recipient, open_kfid, status, parts, parts_sent, errcode, reason, created_at, updated_at";
+
+fn read(row: &Row) -> SendRow {
+    SendRow {
+        id: row.get(0),
+        channel: row.get(1),
+        recipient: row.get(2),
+        open_kfid: row.get(3),
+        status: SendStatus::parse(row.get(4)),
+        parts: row.get(5),
+        parts_sent: row.get(6),
+        errcode: row.get(7),
+        reason: row.get(8),
+        created_at: row.get(9),
+        updated_at: row.get(10),
+    }
+}
+
+/// Inserts `send` unless its id or idempotency key is known; whether it was inserted.
+async fn insert(client: &impl GenericClient, send: &NewSend) -> Result<bool, StoreError> {
+    let statement = client
+        .prepare_cached(&format!(
+            "INSERT INTO sends (id, channel, recipient, open_kfid, idempotency_key, status, parts, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'queued', $6, {EPOCH}, {EPOCH}) ON CONFLICT DO NOTHING"
+        ))
+        .await?;
+    let inserted = client
+        .execute(
+            &statement,
+            &[&send.id, &send.channel, &send.recipient, &send.open_kfid, &send.idempotency_key, &send.parts],
+        )
+        .await?;
+    Ok(inserted == 1)
+}
+
+async fn select(client: &impl GenericClient, id: &str) -> Result<Option<SendRow>, StoreError> {
+    let statement = client.prepare_cached(&format!("SELECT {COLUMNS} FROM sends WHERE id = $1")).await?;
+    Ok(client.query_opt(&statement, &[&id]).await?.as_ref().map(read))
+}
+
+impl Postgres {
+    pub(in crate::store) async fn queue_send(&self, send: NewSend, action: NewAction) -> Result<Queued, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        // A concurrent request with the same idempotency key waits on the unique
+        // index until the first commits, then inserts nothing.
+        if !insert(&tx, &send).await? {
+            let existing = match &send.idempotency_key {
+                Some(key) => tx.query_opt("SELECT id FROM sends WHERE idempotency_key = $1", &[key]).await?,
+                None => None,
+            };
+            tx.rollback().await?;
+            return existing.map(|row| Queued::Existing(row.get(0))).ok_or(StoreError::LeaseLost);
+        }
+        insert_actions(&tx, &[&action]).await?;
+        tx.commit().await?;
+        self.committed(1);
+        Ok(Queued::New(send.id))
+    }
+
+    pub(in crate::store) async fn record_send(&self, send: NewSend) -> Result<SendRow, StoreError> {
+        let client = self.client().await?;
+        insert(&client, &send).await?;
+        self.committed(1);
+        select(&client, &send.id).await?.ok_or(StoreError::LeaseLost)
+    }
+
+    pub(in crate::store) async fn send(&self, id: String) -> Result<Option<SendRow>, StoreError> {
+        let client = self.client().await?;
+        select(&client, &id).await
+    }
+
+    pub(in crate::store) async fn update_send(
+        &self,
+        id: String,
+        update: SendUpdate,
+    ) -> Result<Option<SendStatus>, StoreError> {
+        let client = self.client().await?;
+        // Each update names the statuses it moves from; `before` tells whether it moved.
+        let (set, only_from, params): (&str, &str, Vec<&(dyn tokio_postgres::types::ToSql + Sync)>) = match &update {
+            SendUpdate::PartSent { number } => (
+                "parts_sent = GREATEST(sends.parts_sent, $2),
+                 status = CASE WHEN sends.status = 'queued' AND $2 >= sends.parts THEN 'sent' ELSE sends.status END",
+                "",
+                vec![&id, number],
+            ),
+            SendUpdate::Failed { errcode, reason } => (
+                "status = 'failed', errcode = $2, reason = $3",
+                "AND sends.status IN ('queued', 'sent')",
+                vec![&id, errcode, reason],
+            ),
+            SendUpdate::Refused { reason } => {
+                ("status = 'refused', reason = $2", "AND sends.status = 'queued'", vec![&id, reason])
+            }
+        };
+        let sql = format!(
+            "UPDATE sends SET {set}, updated_at = {EPOCH}
+             FROM (SELECT status AS before FROM sends WHERE id = $1 FOR UPDATE) AS old
+             WHERE sends.id = $1 {only_from} RETURNING sends.status, old.before"
+        );
+        let statement = client.prepare_cached(&sql).await?;
+        let row = client.query_opt(&statement, &params).await?;
+        self.committed(1);
+        Ok(row
+            .map(|row| (SendStatus::parse(row.get(0)), SendStatus::parse(row.get(1))))
+            .and_then(|(after, before)| (after != before).then_some(after)))
+    }
+
+    pub(in crate::store) async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "INSERT INTO send_msgids (msgid, send_id, created_at) VALUES ($1, $2, {EPOCH}) ON CONFLICT DO NOTHING"
+            ))
+            .await?;
+        client.execute(&statement, &[&msgid, &id]).await?;
+        self.committed(1);
+        Ok(())
+    }
+
+    pub(in crate::store) async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached("SELECT send_id FROM send_msgids WHERE msgid = $1").await?;
+        Ok(client.query_opt(&statement, &[&msgid]).await?.map(|row| row.get(0)))
+    }
+
+    pub(in crate::store) async fn recent_sends(&self, limit: usize) -> Result<Vec<SendRow>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM sends ORDER BY updated_at DESC, id LIMIT $1"))
+            .await?;
+        Ok(client.query(&statement, &[&bigint(limit)]).await?.iter().map(read).collect())
+    }
+}

@@ -1,0 +1,127 @@
+//! The texts the appliance sends (help, welcome, forward replies, the send API),
+//! each with its status: `queued` until WeCom accepted its last part (`sent`),
+//! or `failed` (WeCom refused it, or reported a `msg_send_fail`), or `refused`
+//! (a kf rule stopped it before any call). Each part's own kf `msgid` points back
+//! to its send, so a `msg_send_fail` finds it.
+
+use super::outbox::NewAction;
+use super::{backend, Store, StoreError};
+
+/// Where a send stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStatus {
+    Queued,
+    Sent,
+    Failed,
+    Refused,
+}
+
+impl SendStatus {
+    /// The name stored and shown (SPEC §10).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Sent => "sent",
+            Self::Failed => "failed",
+            Self::Refused => "refused",
+        }
+    }
+
+    /// The status named by [`SendStatus::as_str`]; an unknown name reads as queued.
+    pub(crate) fn parse(name: &str) -> Self {
+        [Self::Sent, Self::Failed, Self::Refused].into_iter().find(|s| s.as_str() == name).unwrap_or(Self::Queued)
+    }
+}
+
+/// A send to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewSend {
+    pub id: String,
+    /// `app` or `kf`.
+    pub channel: &'static str,
+    /// userid (app) or external_userid (kf).
+    pub recipient: String,
+    pub open_kfid: Option<String>,
+    /// How many messages the shaped text is.
+    pub parts: i64,
+    /// The send API's `idempotency_key`: the same key is one send.
+    pub idempotency_key: Option<String>,
+}
+
+/// A recorded send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRow {
+    pub id: String,
+    pub channel: String,
+    pub recipient: String,
+    pub open_kfid: Option<String>,
+    pub status: SendStatus,
+    pub parts: i64,
+    /// Parts WeCom accepted so far.
+    pub parts_sent: i64,
+    pub errcode: Option<i64>,
+    /// Why it failed or was refused.
+    pub reason: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// What happened to a send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SendUpdate {
+    /// WeCom accepted part `number` (1-based); the last part makes it `sent`.
+    PartSent { number: i64 },
+    /// WeCom refused it or reported that it was not delivered; a `sent` one may
+    /// still fail (`msg_send_fail` comes afterwards).
+    Failed { errcode: Option<i64>, reason: String },
+    /// A rule stopped it before any call; only a queued send can be refused.
+    Refused { reason: String },
+}
+
+/// What queueing an API send found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Queued {
+    /// Recorded with its first action.
+    New(String),
+    /// Its idempotency key was used before: that send's id, nothing written.
+    Existing(String),
+}
+
+impl Store {
+    /// Records a send of the send API and queues its first action, in one
+    /// transaction; an idempotency key used before returns that send instead.
+    pub async fn queue_send(&self, send: NewSend, action: NewAction) -> Result<Queued, StoreError> {
+        backend!(self, b => b.queue_send(send, action).await)
+    }
+
+    /// Records a send the handlers asked for, unless it is recorded already (its
+    /// first part is being attempted again); returns it as stored.
+    pub async fn record_send(&self, send: NewSend) -> Result<SendRow, StoreError> {
+        backend!(self, b => b.record_send(send).await)
+    }
+
+    pub async fn send(&self, id: String) -> Result<Option<SendRow>, StoreError> {
+        backend!(self, b => b.send(id).await)
+    }
+
+    /// Applies `update`; returns the new status when it changed.
+    pub async fn update_send(&self, id: String, update: SendUpdate) -> Result<Option<SendStatus>, StoreError> {
+        backend!(self, b => b.update_send(id, update).await)
+    }
+
+    /// Remembers that kf `msgid` is a part of send `id`.
+    pub async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
+        backend!(self, b => b.note_msgid(msgid, id).await)
+    }
+
+    /// The send whose part carried kf `msgid`.
+    pub async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
+        backend!(self, b => b.send_of_msgid(msgid).await)
+    }
+
+    /// The most recently changed sends, newest first.
+    pub async fn recent_sends(&self, limit: usize) -> Result<Vec<SendRow>, StoreError> {
+        backend!(self, b => b.recent_sends(limit).await)
+    }
+}

@@ -1,0 +1,78 @@
+//! kf conversations in SQLite.
+
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::Sqlite;
+use crate::store::conversations::{Conversation, Customer, Observation, Verdict};
+use crate::store::{now, StoreError};
+
+fn select(db: &Connection, customer: &Customer) -> rusqlite::Result<Option<Conversation>> {
+    db.prepare_cached(
+        "SELECT last_customer_at, sent_since, human_since FROM kf_conversations
+         WHERE open_kfid = ?1 AND external_userid = ?2",
+    )?
+    .query_row(params![customer.open_kfid, customer.external_userid], |row| {
+        Ok(Conversation { last_customer_at: row.get(0)?, sent_since: row.get(1)?, human_since: row.get(2)? })
+    })
+    .optional()
+}
+
+fn upsert(db: &Connection, customer: &Customer, c: &Conversation) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "INSERT INTO kf_conversations (open_kfid, external_userid, last_customer_at, sent_since, human_since, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+         ON CONFLICT(open_kfid, external_userid) DO UPDATE SET last_customer_at = excluded.last_customer_at,
+         sent_since = excluded.sent_since, human_since = excluded.human_since, updated_at = excluded.updated_at",
+    )?
+    .execute(params![
+        customer.open_kfid,
+        customer.external_userid,
+        c.last_customer_at,
+        c.sent_since,
+        c.human_since,
+        now()
+    ])
+    .map(drop)
+}
+
+impl Sqlite {
+    pub(in crate::store) async fn observe_kf(
+        &self,
+        observations: Vec<(Customer, Observation)>,
+    ) -> Result<(), StoreError> {
+        self.run_relaxed(move |db| {
+            for (customer, observation) in &observations {
+                let mut conversation = select(db, customer)?.unwrap_or_default();
+                conversation.observe(*observation);
+                upsert(db, customer, &conversation)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn reserve_kf_sends(
+        &self,
+        customer: Customer,
+        parts: i64,
+        at: i64,
+        handover: bool,
+    ) -> Result<Verdict, StoreError> {
+        self.run_relaxed(move |db| {
+            let Some(mut conversation) = select(db, &customer)? else { return Ok(Verdict::Unknown) };
+            let verdict = conversation.reserve(parts, at, handover);
+            if verdict == Verdict::Allowed {
+                upsert(db, &customer, &conversation)?;
+            }
+            Ok(verdict)
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn kf_conversation(
+        &self,
+        customer: Customer,
+    ) -> Result<Option<Conversation>, StoreError> {
+        self.run_relaxed(move |db| select(db, &customer)).await
+    }
+}

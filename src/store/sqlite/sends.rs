@@ -1,0 +1,131 @@
+//! Sends in SQLite.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::outbox::insert_action;
+use super::Sqlite;
+use crate::store::outbox::NewAction;
+use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
+use crate::store::{now, StoreError};
+
+const COLUMNS: &str =
+    "id, channel, recipient, open_kfid, status, parts, parts_sent, errcode, reason, created_at, updated_at";
+
+fn read(row: &Row<'_>) -> rusqlite::Result<SendRow> {
+    Ok(SendRow {
+        id: row.get(0)?,
+        channel: row.get(1)?,
+        recipient: row.get(2)?,
+        open_kfid: row.get(3)?,
+        status: SendStatus::parse(&row.get::<_, String>(4)?),
+        parts: row.get(5)?,
+        parts_sent: row.get(6)?,
+        errcode: row.get(7)?,
+        reason: row.get(8)?,
+        created_at: row.get(9)?,
+        updated_at: row.get(10)?,
+    })
+}
+
+/// Inserts `send` unless its id is known; whether it was inserted.
+fn insert(db: &Connection, send: &NewSend) -> rusqlite::Result<bool> {
+    let at = now();
+    let inserted = db
+        .prepare_cached(
+            "INSERT INTO sends (id, channel, recipient, open_kfid, idempotency_key, status, parts, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7) ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![send.id, send.channel, send.recipient, send.open_kfid, send.idempotency_key, send.parts, at])?;
+    Ok(inserted == 1)
+}
+
+fn select(db: &Connection, id: &str) -> rusqlite::Result<Option<SendRow>> {
+    db.prepare_cached(&format!("SELECT {COLUMNS} FROM sends WHERE id = ?1"))?.query_row([id], read).optional()
+}
+
+impl Sqlite {
+    pub(in crate::store) async fn queue_send(&self, send: NewSend, action: NewAction) -> Result<Queued, StoreError> {
+        self.run(move |db| {
+            if !insert(db, &send)? {
+                let key = send.idempotency_key.as_deref().unwrap_or_default();
+                let id = db.query_row("SELECT id FROM sends WHERE idempotency_key = ?1", [key], |row| row.get(0))?;
+                return Ok(Queued::Existing(id));
+            }
+            insert_action(db, &action)?;
+            Ok(Queued::New(send.id))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn record_send(&self, send: NewSend) -> Result<SendRow, StoreError> {
+        self.run_relaxed(move |db| {
+            insert(db, &send)?;
+            select(db, &send.id)?.ok_or(rusqlite::Error::QueryReturnedNoRows)
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn send(&self, id: String) -> Result<Option<SendRow>, StoreError> {
+        self.run_relaxed(move |db| select(db, &id)).await
+    }
+
+    pub(in crate::store) async fn update_send(
+        &self,
+        id: String,
+        update: SendUpdate,
+    ) -> Result<Option<SendStatus>, StoreError> {
+        self.run_relaxed(move |db| {
+            let at = now();
+            let before = select(db, &id)?.map(|row| row.status);
+            match update {
+                SendUpdate::PartSent { number } => db.execute(
+                    "UPDATE sends SET parts_sent = MAX(parts_sent, ?2), updated_at = ?3,
+                     status = CASE WHEN status = 'queued' AND ?2 >= parts THEN 'sent' ELSE status END
+                     WHERE id = ?1",
+                    params![id, number, at],
+                )?,
+                SendUpdate::Failed { errcode, reason } => db.execute(
+                    "UPDATE sends SET status = 'failed', errcode = ?2, reason = ?3, updated_at = ?4
+                     WHERE id = ?1 AND status IN ('queued', 'sent')",
+                    params![id, errcode, reason, at],
+                )?,
+                SendUpdate::Refused { reason } => db.execute(
+                    "UPDATE sends SET status = 'refused', reason = ?2, updated_at = ?3
+                     WHERE id = ?1 AND status = 'queued'",
+                    params![id, reason, at],
+                )?,
+            };
+            let after = select(db, &id)?.map(|row| row.status);
+            Ok(after.filter(|status| Some(*status) != before))
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
+        self.run_relaxed(move |db| {
+            db.prepare_cached(
+                "INSERT INTO send_msgids (msgid, send_id, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![msgid, id, now()])
+            .map(drop)
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
+        self.run_relaxed(move |db| {
+            db.query_row("SELECT send_id FROM send_msgids WHERE msgid = ?1", [msgid], |row| row.get(0)).optional()
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn recent_sends(&self, limit: usize) -> Result<Vec<SendRow>, StoreError> {
+        self.run_relaxed(move |db| {
+            let mut statement =
+                db.prepare_cached(&format!("SELECT {COLUMNS} FROM sends ORDER BY updated_at DESC, id LIMIT ?1"))?;
+            let rows = statement.query_map([limit as i64], read)?;
+            rows.collect()
+        })
+        .await
+    }
+}
