@@ -32,6 +32,7 @@ pub(crate) mod media;
 pub mod messages;
 pub(crate) mod names;
 pub(crate) mod outbound;
+pub mod outgoing;
 pub mod routes;
 pub mod shaping;
 pub mod startup;

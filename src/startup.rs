@@ -116,6 +116,9 @@ impl Application {
             journal_wake,
             wecom,
             admin_gate: routes::bearer::BearerGate::admin(config.admin_token.clone()),
+            send_gate: routes::bearer::BearerGate::send(config.send_token.clone()),
+            outbox_wake: Arc::clone(&workers.dispatcher.outbox_wake),
+            agent_id: config.agent_id,
             liveness,
             alerter: workers.alerter.clone(),
             version: VERSION,
@@ -250,9 +253,8 @@ impl Workers {
             .map_err(|e| StartupError::Alerts(e.to_string()))?;
         let first_start = store.first_started_at().await?;
         tracing::debug!(first_start, "store open");
-        let executor =
-            Executor::new(config.forward.clone(), Arc::clone(wecom), config.agent_id, config.upload_dir.clone())
-                .map_err(|e| StartupError::Component(e.to_string()))?;
+        let executor = Executor::new(config, Arc::clone(wecom), store.clone(), Arc::clone(metrics))
+            .map_err(|e| StartupError::Component(e.to_string()))?;
         let outbox_wake = Arc::new(Notify::new());
         let settings = HandlerSettings {
             forward: config.forward.is_some(),
@@ -260,6 +262,7 @@ impl Workers {
             welcome_text: config.welcome_text.clone(),
             first_started_at: first_start,
             replay_history: config.kf_replay_history,
+            handoff: config.handoff.clone(),
         };
         let (kf_syncer, kf_sync) = KfSyncer::new(store.clone(), Arc::clone(wecom), Arc::clone(journal_wake));
         let kf_enabled = wecom.kf.is_some();

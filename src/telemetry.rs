@@ -183,6 +183,15 @@ pub(crate) const KF_MESSAGES_TOTAL: Family = Family {
     help: "Customer-service messages handled from the journal, by WeCom msgtype.",
 };
 
+/// `wechat_api_messages_sent_total{channel,outcome}`.
+pub(crate) const MESSAGES_SENT_TOTAL: Family = Family {
+    name: "wechat_api_messages_sent_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["channel", "outcome"],
+    help: "Texts sent to users (help, welcome, replies, the send API), by channel and outcome: sent, failed (WeCom refused it or reported msg_send_fail), refused (a kf rule stopped it before any call).",
+};
+
 /// `wechat_api_outbox_actions_total{kind,outcome}`.
 pub(crate) const OUTBOX_ACTIONS_TOTAL: Family = Family {
     name: "wechat_api_outbox_actions_total",
@@ -229,7 +238,7 @@ pub(crate) const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
 };
 
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 15] = [
+pub(crate) const FAMILIES: [Family; 16] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -240,6 +249,7 @@ pub(crate) const FAMILIES: [Family; 15] = [
     TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS,
     ALERTS_TOTAL,
     KF_MESSAGES_TOTAL,
+    MESSAGES_SENT_TOTAL,
     OUTBOX_ACTIONS_TOTAL,
     STORE_PRUNED_TOTAL,
     STORE_COMMITS_TOTAL,

@@ -202,7 +202,10 @@ impl Config {
             if token.expose().len() < 16 {
                 v.fail(var::SEND_TOKEN, "must be at least 16 characters (try `wechat-api keygen`)");
             } else if admin_token.as_ref().is_some_and(|admin| admin.expose() == token.expose()) {
-                v.fail(var::SEND_TOKEN, format!("must differ from {}: a bot must not reach the admin endpoints", var::ADMIN_TOKEN));
+                v.fail(
+                    var::SEND_TOKEN,
+                    format!("must differ from {}: a bot must not reach the admin endpoints", var::ADMIN_TOKEN),
+                );
             }
         }
         let handoff = handoff(&mut v);

@@ -10,10 +10,14 @@ use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
 use super::record::Record;
-use crate::config::Forward;
+use super::sending::Sending;
+use crate::config::{Config, Forward, Handoff};
 use crate::messages::Channel;
+use crate::store::conversations::{Customer, Observation};
 use crate::store::outbox::NewAction;
-use crate::wecom::{ApiError, WeCom, WeComError};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+use crate::wecom::{WeCom, WeComError};
 
 /// Longest forward answer we read (it may carry a reply).
 const MAX_FORWARD_ANSWER: usize = 64 * 1024;
@@ -32,20 +36,32 @@ pub(crate) enum Action {
         touser: String,
         agentid: i64,
         content: String,
+        /// The send this part belongs to (its status, `GET /api/v1/messages/<id>`).
+        #[serde(default)]
+        send: String,
         #[serde(default, skip_serializing_if = "Parts::is_last")]
         parts: Parts,
     },
-    /// `kf/send_msg` a text to a customer, likewise one part at a time.
+    /// `kf/send_msg` a text to a customer, likewise one part at a time, after
+    /// the kf rules allowed it.
     KfText {
         key: String,
         touser: String,
         open_kfid: String,
         content: String,
+        #[serde(default)]
+        send: String,
+        /// The text that announces a handover: it passes the human rule, and
+        /// the handover follows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        handover: Option<Handover>,
         #[serde(default, skip_serializing_if = "Parts::is_last")]
         parts: Parts,
     },
     /// `kf/send_msg_on_event` with an `enter_session` welcome code.
     KfWelcome { key: String, code: String, content: String },
+    /// `kf/service_state/trans`: the session goes to a human.
+    KfHandover { key: String, touser: String, open_kfid: String, servicer: Option<String> },
     /// `media/get` into `UPLOAD_DIR`, then forward the record with `media_path`.
     DownloadMedia { record: Record, forward: bool },
 }
@@ -62,6 +78,8 @@ pub(crate) enum Purpose {
     Welcome,
     Forward,
     Media,
+    /// A handover's announcement and the handover itself.
+    Handover,
 }
 
 impl Purpose {
@@ -74,6 +92,7 @@ impl Purpose {
             Self::Welcome => "welcome",
             Self::Forward => "forward",
             Self::Media => "media",
+            Self::Handover => "handover",
         };
         format!("{purpose}:{record_id}")
     }
@@ -88,7 +107,31 @@ pub(crate) struct Parts {
     rest: Vec<String>,
 }
 
+/// Where a handover goes: the queue, or a servicer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Handover {
+    /// `HANDOFF_SERVICER`; `None`: the queue (state 2).
+    pub servicer: Option<String>,
+}
+
+/// Who a text goes to, on which channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Recipient {
+    App { touser: String, agentid: i64 },
+    Kf { touser: String, open_kfid: String },
+}
+
 impl Parts {
+    /// This part's number, from 1.
+    pub(crate) fn number(&self) -> i64 {
+        i64::from(self.number.max(1))
+    }
+
+    /// How many parts the whole text has.
+    pub(crate) fn total(&self) -> i64 {
+        self.number() + self.rest.len() as i64
+    }
+
     /// Whether nothing follows (and so the field need not be stored).
     fn is_last(&self) -> bool {
         self.rest.is_empty() && self.number <= 1
@@ -104,7 +147,7 @@ impl Parts {
     }
 
     /// The key of the first part, from this part's `key`.
-    fn first_key<'a>(&self, key: &'a str) -> &'a str {
+    pub(crate) fn first_key<'a>(&self, key: &'a str) -> &'a str {
         if self.number <= 1 {
             key
         } else {
@@ -120,20 +163,68 @@ impl Parts {
     }
 }
 
+impl Recipient {
+    /// The sender of `record`, on its channel; `None` when the record lacks what
+    /// the channel needs (a sender, an agent id, an open_kfid).
+    pub(crate) fn of(record: &Record, agent_id: Option<i64>) -> Option<Self> {
+        let touser = record.from.clone()?;
+        Some(match record.channel {
+            Channel::Kf => Self::Kf { touser, open_kfid: record.open_kfid.clone()? },
+            Channel::App => Self::App { touser, agentid: agent_id.or(record.agent_id)? },
+        })
+    }
+}
+
 impl Action {
     /// A text reply to the sender of `record` on its own channel, shaped for
     /// WeChat (Markdown flattened, split into parts sent in order). `None` when the
     /// record lacks what the channel needs (a sender, an agent id, an open_kfid) or
     /// the text is empty.
     pub(crate) fn reply_to(record: &Record, text: &str, purpose: Purpose, agent_id: Option<i64>) -> Option<Self> {
-        let touser = record.from.clone()?;
         let key = purpose.key(&record.id);
+        Self::text(Recipient::of(record, agent_id)?, text, key.clone(), key)
+    }
+
+    /// The text that announces a handover of `record`'s customer, then the handover.
+    pub(crate) fn announce_handover(record: &Record, text: &str, servicer: Option<String>) -> Option<Self> {
+        let key = Purpose::Handover.key(&record.id);
+        match Self::text(Recipient::of(record, None)?, text, key.clone(), key)? {
+            Self::KfText { key, touser, open_kfid, content, send, parts, .. } => Some(Self::KfText {
+                key,
+                touser,
+                open_kfid,
+                content,
+                send,
+                handover: Some(Handover { servicer }),
+                parts,
+            }),
+            _ => None,
+        }
+    }
+
+    /// `text` to `to`, shaped, as send `send` whose first part has idempotency key `key`.
+    pub(crate) fn text(to: Recipient, text: &str, key: String, send: String) -> Option<Self> {
         let mut shaped = crate::shaping::shape(text).into_iter();
         let content = shaped.next()?;
         let parts = Parts { number: 1, rest: shaped.collect() };
-        match record.channel {
-            Channel::Kf => Some(Self::KfText { key, touser, open_kfid: record.open_kfid.clone()?, content, parts }),
-            Channel::App => Some(Self::AppText { key, touser, agentid: agent_id.or(record.agent_id)?, content, parts }),
+        Some(match to {
+            Recipient::Kf { touser, open_kfid } => {
+                Self::KfText { key, touser, open_kfid, content, send, handover: None, parts }
+            }
+            Recipient::App { touser, agentid } => Self::AppText { key, touser, agentid, content, send, parts },
+        })
+    }
+
+    /// The handover that follows its announcement `self` (a [`Action::KfText`]).
+    pub(crate) fn handover_after(&self) -> Option<Action> {
+        match self {
+            Self::KfText { touser, open_kfid, send, handover: Some(handover), .. } => Some(Self::KfHandover {
+                key: format!("{}:trans", send),
+                touser: touser.clone(),
+                open_kfid: open_kfid.clone(),
+                servicer: handover.servicer.clone(),
+            }),
+            _ => None,
         }
     }
 
@@ -145,17 +236,44 @@ impl Action {
     }
 
     /// The part that follows this text part once it is sent, if any.
-    fn next_part(&self) -> Option<Action> {
+    pub(crate) fn next_part(&self) -> Option<Action> {
         match self {
-            Self::AppText { key, touser, agentid, parts, .. } => {
+            Self::AppText { key, touser, agentid, send, parts, .. } => {
                 let (key, content, parts) = parts.next(key)?;
-                Some(Self::AppText { key, touser: touser.clone(), agentid: *agentid, content, parts })
+                Some(Self::AppText {
+                    key,
+                    touser: touser.clone(),
+                    agentid: *agentid,
+                    content,
+                    send: send.clone(),
+                    parts,
+                })
             }
-            Self::KfText { key, touser, open_kfid, parts, .. } => {
+            Self::KfText { key, touser, open_kfid, send, handover, parts, .. } => {
                 let (key, content, parts) = parts.next(key)?;
-                Some(Self::KfText { key, touser: touser.clone(), open_kfid: open_kfid.clone(), content, parts })
+                Some(Self::KfText {
+                    key,
+                    touser: touser.clone(),
+                    open_kfid: open_kfid.clone(),
+                    content,
+                    send: send.clone(),
+                    handover: handover.clone(),
+                    parts,
+                })
             }
             _ => None,
+        }
+    }
+
+    /// The send a text part belongs to: its `send`, or, for a part queued before
+    /// sends were recorded, its first part's key.
+    pub(crate) fn send_id(&self) -> String {
+        match self {
+            Self::AppText { key, send, parts, .. } | Self::KfText { key, send, parts, .. } if send.is_empty() => {
+                parts.first_key(key).to_owned()
+            }
+            Self::AppText { send, .. } | Self::KfText { send, .. } => send.clone(),
+            other => other.key(),
         }
     }
 
@@ -164,7 +282,10 @@ impl Action {
         match self {
             Self::Forward { record } => Purpose::Forward.key(&record.id),
             Self::DownloadMedia { record, .. } => Purpose::Media.key(&record.id),
-            Self::AppText { key, .. } | Self::KfText { key, .. } | Self::KfWelcome { key, .. } => key.clone(),
+            Self::AppText { key, .. }
+            | Self::KfText { key, .. }
+            | Self::KfWelcome { key, .. }
+            | Self::KfHandover { key, .. } => key.clone(),
         }
     }
 
@@ -174,6 +295,7 @@ impl Action {
             Self::AppText { .. } => "app_text",
             Self::KfText { .. } => "kf_text",
             Self::KfWelcome { .. } => "kf_welcome",
+            Self::KfHandover { .. } => "kf_handover",
             Self::DownloadMedia { .. } => "download_media",
         }
     }
@@ -208,10 +330,12 @@ impl From<WeComError> for ActionError {
     }
 }
 
-/// The answer a forward receiver may give: `{"reply":{"text":"…"}}`.
+/// The answer a forward receiver may give: `{"reply":{"text":"…"}, "handoff": true}`.
 #[derive(Deserialize)]
 struct ForwardAnswer {
     reply: Option<ForwardReply>,
+    #[serde(default)]
+    handoff: bool,
 }
 
 #[derive(Deserialize)]
@@ -230,20 +354,30 @@ pub(crate) struct Executor {
     wecom: Arc<WeCom>,
     agent_id: Option<i64>,
     upload_dir: PathBuf,
+    handoff: Handoff,
+    sending: Sending,
 }
 
 impl Executor {
     pub(crate) fn new(
-        forward: Option<Forward>,
+        config: &Config,
         wecom: Arc<WeCom>,
-        agent_id: Option<i64>,
-        upload_dir: PathBuf,
+        store: Store,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ActionError> {
         let http = crate::outbound::client(FORWARD_TIMEOUT).build().map_err(|e| ActionError {
             retry: false,
             message: format!("cannot build the forward client: {}", e.without_url()),
         })?;
-        Ok(Self { http, forward, wecom, agent_id, upload_dir })
+        Ok(Self {
+            http,
+            forward: config.forward.clone(),
+            wecom: Arc::clone(&wecom),
+            agent_id: config.agent_id,
+            upload_dir: config.upload_dir.clone(),
+            handoff: config.handoff.clone(),
+            sending: Sending { store, wecom, metrics },
+        })
     }
 
     /// Performs `action` (attempted `attempts` times before); returns the
@@ -251,37 +385,14 @@ impl Executor {
     pub(crate) async fn execute(&self, action: &Action, attempts: i64) -> Result<Vec<Action>, ActionError> {
         match action {
             Action::DownloadMedia { record, forward } => self.download(record, *forward, attempts).await,
-            Action::KfWelcome { code, content, .. } => {
-                self.wecom.send_kf_welcome(code, content).await?;
-                Ok(Vec::new())
-            }
+            Action::KfWelcome { key, code, content } => self.sending.welcome(key, code, content).await,
             Action::Forward { record } => self.forward(record).await,
-            Action::AppText { touser, agentid, content, .. } => {
-                self.wecom.send_app_text(touser, *agentid, content).await?;
-                Ok(action.next_part().into_iter().collect())
-            }
-            Action::KfText { touser, open_kfid, content, .. } => {
-                match self.wecom.send_kf_text(touser, open_kfid, content).await {
-                    Err(error) if error.is(ApiError::is_session_refused) => {
-                        Err(self.explain_session_refused(open_kfid, touser, error).await)
-                    }
-                    other => other.map_err(ActionError::from),
-                }?;
-                Ok(action.next_part().into_iter().collect())
+            Action::AppText { .. } => self.sending.app_text(action).await,
+            Action::KfText { .. } => self.sending.kf_text(action).await,
+            Action::KfHandover { touser, open_kfid, servicer, .. } => {
+                self.sending.hand_over(touser, open_kfid, servicer.as_deref()).await
             }
         }
-    }
-
-    /// 95018: instead of retrying blindly, say who owns the session.
-    async fn explain_session_refused(&self, open_kfid: &str, external_userid: &str, error: WeComError) -> ActionError {
-        let state = match self.wecom.kf_service_state(open_kfid, external_userid).await {
-            Ok(state) => state.to_string(),
-            Err(e) => format!(
-                "the session state is unreadable too ({e}): the Secret may not be allowed to call 微信客服 APIs"
-            ),
-        };
-        tracing::warn!(open_kfid, "kf send refused by the session state: {state}");
-        ActionError { retry: false, message: format!("{error}; {state}") }
     }
 
     async fn download(&self, record: &Record, forward: bool, attempts: i64) -> Result<Vec<Action>, ActionError> {
@@ -364,11 +475,17 @@ impl Executor {
             }
             answer.extend_from_slice(&chunk);
         }
-        let reply = serde_json::from_slice::<ForwardAnswer>(&answer)
-            .ok()
-            .and_then(|a| a.reply)
-            .and_then(|r| r.text)
-            .filter(|t| !t.trim().is_empty());
+        let Ok(answer) = serde_json::from_slice::<ForwardAnswer>(&answer) else { return Ok(Vec::new()) };
+        let reply = answer.reply.and_then(|r| r.text).filter(|t| !t.trim().is_empty());
+        if answer.handoff && record.channel == Channel::Kf && record.answerable() {
+            // The receiver asks for a human: silent from now on, then the announcement and the handover.
+            if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {
+                let customer = Customer { open_kfid: open_kfid.clone(), external_userid: from.clone() };
+                self.sending.store.observe_kf(vec![(customer, Observation::Human { at: crate::store::now() })]).await?;
+            }
+            let text = reply.as_deref().unwrap_or(&self.handoff.text);
+            return Ok(Action::announce_handover(record, text, self.handoff.servicer.clone()).into_iter().collect());
+        }
         Ok(reply.and_then(|text| Action::reply_to(record, &text, Purpose::Reply, self.agent_id)).into_iter().collect())
     }
 }
@@ -402,6 +519,7 @@ mod tests {
             touser: "u".into(),
             agentid: 7,
             content: "hi".into(),
+            send: "help:app:msg:1".into(),
             parts: Parts::default(),
         };
         let stored = action.to_new().expect("an action serialises");
@@ -426,6 +544,7 @@ mod tests {
             media_path: None,
             origin: None,
             history: false,
+            handoff: false,
             raw: serde_json::Value::Null,
         };
         let text = "一句话。".repeat(600);

@@ -6,7 +6,10 @@
 
 use super::actions::{Action, Purpose};
 use super::record::Record;
+use crate::config::Handoff;
+use crate::messages::kf::{KfEvent, Origin};
 use crate::messages::Message;
+use crate::store::conversations::{Customer, Observation};
 
 /// What the built-in `帮助` / `help` command answers.
 pub const HELP_TEXT: &str = "wechat-api 在线。\n可用命令：\n• 帮助 / help — 显示本帮助\n其他消息已收到并转交处理。";
@@ -24,6 +27,8 @@ pub(crate) struct HandlerSettings {
     pub first_started_at: i64,
     /// `KF_REPLAY_HISTORY`.
     pub replay_history: bool,
+    /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
+    pub handoff: Handoff,
 }
 
 impl HandlerSettings {
@@ -39,6 +44,34 @@ pub(crate) fn is_help(text: &str) -> bool {
     text == "帮助" || text.eq_ignore_ascii_case("help")
 }
 
+/// Whether a kf customer's `message` asks for a human (`HANDOFF_KEYWORDS`).
+pub(crate) fn asks_for_human(message: &Message, record: &Record, settings: &HandlerSettings) -> bool {
+    matches!(message, Message::Kf(_))
+        && record.answerable()
+        && message.text().is_some_and(|text| settings.handoff.keywords.iter().any(|k| k == text.trim()))
+}
+
+/// What a kf message tells about its conversation, for the kf rules: the
+/// customer wrote; a human has the session (a servicer wrote, a session was
+/// taken or transferred, the customer asked for one); the session ended.
+pub(crate) fn observe(
+    message: &Message,
+    record: &Record,
+    settings: &HandlerSettings,
+) -> Option<(Customer, Observation)> {
+    let Message::Kf(kf) = message else { return None };
+    let customer = Customer { open_kfid: record.open_kfid.clone()?, external_userid: kf.external_userid.clone()? };
+    let observation = match (kf.origin, kf.event()) {
+        (_, Some(KfEvent::SessionStatusChange { change_type: Some(3), .. })) => Observation::Ended,
+        (_, Some(KfEvent::SessionStatusChange { change_type: Some(_), .. })) => Observation::Human { at: kf.send_time },
+        (Origin::Servicer, _) => Observation::Human { at: kf.send_time },
+        (Origin::Customer, _) if asks_for_human(message, record, settings) => Observation::Human { at: kf.send_time },
+        (Origin::Customer, _) => Observation::Wrote { at: kf.send_time },
+        _ => return None,
+    };
+    Some((customer, observation))
+}
+
 /// The actions for one message, in handler order. Decisions read the typed
 /// `message`; `record` is what replies address and forwards carry.
 pub(crate) fn plan(message: &Message, record: &Record, settings: &HandlerSettings) -> Vec<Action> {
@@ -48,7 +81,15 @@ pub(crate) fn plan(message: &Message, record: &Record, settings: &HandlerSetting
         return actions;
     }
     let answerable = record.answerable();
-    if answerable && message.text().is_some_and(is_help) {
+    let handing_over;
+    let record = if asks_for_human(message, record, settings) {
+        actions.extend(Action::announce_handover(record, &settings.handoff.text, settings.handoff.servicer.clone()));
+        handing_over = Record { handoff: true, ..record.clone() };
+        &handing_over
+    } else {
+        record
+    };
+    if answerable && !record.handoff && message.text().is_some_and(is_help) {
         if let Some(reply) = Action::reply_to(record, HELP_TEXT, Purpose::Help, settings.agent_id) {
             actions.push(reply);
         }

@@ -13,6 +13,7 @@
 pub mod actions;
 pub mod handlers;
 pub(crate) mod record;
+pub(crate) mod sending;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -27,8 +28,9 @@ use record::Record;
 
 use crate::backoff::Backoff;
 use crate::kf_sync::KfSyncHandle;
-use crate::messages::kf::KfMessage;
+use crate::messages::kf::{KfEvent, KfMessage};
 use crate::messages::{clip, AppEvent, AppMessage, Message};
+use crate::store::conversations::{Customer, Observation};
 use crate::store::journal::{EntryKind, PendingEntry};
 use crate::store::outbox::{DueAction, NewAction};
 use crate::store::{Store, StoreError};
@@ -95,6 +97,29 @@ where
     }
 }
 
+/// The typed message of a journal entry.
+pub(crate) fn parse_entry(entry: &PendingEntry) -> Result<Message, String> {
+    match entry.kind {
+        EntryKind::KfMessage => serde_json::from_str(&entry.payload)
+            .map_err(|e| e.to_string())
+            .and_then(|raw| KfMessage::parse(raw).map_err(|e| e.to_string()))
+            .map(Message::Kf),
+        EntryKind::Callback => AppMessage::parse(&entry.payload)
+            .map(|message| Message::App { channel: entry.channel, message })
+            .map_err(|e| e.to_string()),
+    }
+}
+
+/// What handling one entry produced.
+#[derive(Debug, Default)]
+struct Handled {
+    actions: Vec<Action>,
+    /// What it tells about its kf conversation.
+    observation: Option<(Customer, Observation)>,
+    /// A `msg_send_fail`: the msgid WeCom could not deliver, and why.
+    undelivered: Option<(String, Option<i64>)>,
+}
+
 /// Turns journaled messages into handled ones.
 #[derive(Debug, Clone)]
 pub(crate) struct Dispatcher {
@@ -120,9 +145,25 @@ impl Dispatcher {
         if entries.is_empty() {
             return Ok(0);
         }
-        let completions: Vec<(i64, Vec<NewAction>)> =
-            entries.iter().map(|entry| (entry.id, outbox_rows(&entry.dedup_key, &self.handle(entry)))).collect();
+        let mut observations = Vec::new();
+        let mut undelivered = Vec::new();
+        let completions: Vec<(i64, Vec<NewAction>)> = entries
+            .iter()
+            .map(|entry| {
+                let handled = self.handle(entry);
+                observations.extend(handled.observation);
+                undelivered.extend(handled.undelivered);
+                (entry.id, outbox_rows(&entry.dedup_key, &handled.actions))
+            })
+            .collect();
         let queued = completions.iter().any(|(_, actions)| !actions.is_empty());
+        // What the kf rules need is stored before the replies it governs are
+        // queued. A crash before the completion handles the entries again, and
+        // observing them again changes nothing.
+        self.store.observe_kf(observations).await?;
+        for (msgid, fail_type) in undelivered {
+            sending::delivery_failed(&self.store, &self.metrics, &msgid, fail_type).await?;
+        }
         self.store.complete_entries(completions).await?;
         if queued {
             self.outbox_wake.notify_one();
@@ -130,24 +171,16 @@ impl Dispatcher {
         Ok(entries.len())
     }
 
-    /// The handler chain for one entry: the log line, then the planned actions.
-    fn handle(&self, entry: &PendingEntry) -> Vec<Action> {
+    /// The handler chain for one entry: the log line, then the planned actions
+    /// and what the message tells about its conversation.
+    fn handle(&self, entry: &PendingEntry) -> Handled {
         let id = entry.dedup_key.as_str();
-        let parsed = match entry.kind {
-            EntryKind::KfMessage => serde_json::from_str(&entry.payload)
-                .map_err(|e| e.to_string())
-                .and_then(|raw| KfMessage::parse(raw).map_err(|e| e.to_string()))
-                .map(Message::Kf),
-            EntryKind::Callback => AppMessage::parse(&entry.payload)
-                .map(|message| Message::App { channel: entry.channel, message })
-                .map_err(|e| e.to_string()),
-        };
-        let message = match parsed {
+        let message = match parse_entry(entry) {
             Ok(message) => message,
             Err(error) => {
                 // It parsed when it was received; only a newer, stricter parser gets here.
                 tracing::error!(id, "journaled message no longer parses: {error}");
-                return Vec::new();
+                return Handled::default();
             }
         };
         let history = match &message {
@@ -169,7 +202,18 @@ impl Dispatcher {
             }
         };
         let record = Record::new(entry.dedup_key.clone(), &message, &entry.payload, entry.received_at, history);
-        handlers::plan(&message, &record, &self.settings)
+        let undelivered = match &message {
+            Message::Kf(kf) => match kf.event() {
+                Some(KfEvent::MsgSendFail { fail_msgid: Some(msgid), fail_type }) => Some((msgid.clone(), *fail_type)),
+                _ => None,
+            },
+            Message::App { .. } => None,
+        };
+        Handled {
+            actions: handlers::plan(&message, &record, &self.settings),
+            observation: handlers::observe(&message, &record, &self.settings),
+            undelivered,
+        }
     }
 
     /// Hands a `kf_msg_or_event` notice to the kf syncer.

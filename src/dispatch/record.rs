@@ -34,6 +34,10 @@ pub(crate) struct Record {
     /// Sent before this installation first started (kf history replayed by WeCom):
     /// recorded and forwarded, never answered (unless `KF_REPLAY_HISTORY=true`).
     pub history: bool,
+    /// kf: the customer asked for a human with this message (`HANDOFF_KEYWORDS`):
+    /// the appliance hands the session over and the bot stays silent until it ends.
+    #[serde(default)]
+    pub handoff: bool,
     /// The decrypted message as received: XML text for app callbacks, the JSON
     /// object for kf messages.
     pub raw: serde_json::Value,
@@ -78,6 +82,7 @@ impl Record {
             media_path: None,
             origin: None,
             history: false,
+            handoff: false,
             raw: serde_json::Value::String(raw_xml.to_owned()),
         }
     }
@@ -102,6 +107,7 @@ impl Record {
             media_path: None,
             origin: Some(message.origin),
             history,
+            handoff: false,
             raw: message.raw.clone(),
         }
     }

@@ -99,6 +99,22 @@ impl KfEvent {
     }
 }
 
+/// What a `msg_send_fail` event's `fail_type` means (WeCom's documented values).
+pub(crate) fn fail_type_meaning(fail_type: Option<i64>) -> &'static str {
+    match fail_type {
+        Some(1) => "the kf account was deleted",
+        Some(2) => "the app was closed",
+        Some(4) => "the session expired: more than 48 hours since the customer's last message",
+        Some(5) => "the session was closed",
+        Some(6) => "more than 5 messages since the customer's last message",
+        Some(8) => "the kf account's subject is not verified",
+        Some(10) => "the customer refused messages (用户拒收)",
+        Some(11) => "no member of the corp is logged in to the WeCom app",
+        Some(12) => "a message type the kf component does not allow",
+        _ => "unknown reason",
+    }
+}
+
 /// What the message is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KfKind {

@@ -59,6 +59,16 @@ impl BearerGate {
         Self::new("admin", token, "ADMIN_TOKEN", "admin endpoints are off: set ADMIN_TOKEN to enable them")
     }
 
+    /// The send API's gate, opened by `SEND_TOKEN`.
+    pub(crate) fn send(token: Option<Secret>) -> Self {
+        Self::new(
+            "send",
+            token,
+            "SEND_TOKEN",
+            "the send API is off: set SEND_TOKEN (at least 16 characters, not ADMIN_TOKEN) to enable it",
+        )
+    }
+
     /// Serves `request` through `next` if it carries the right bearer; answers
     /// it here otherwise, without reading its body.
     pub(crate) async fn guard(
@@ -148,4 +158,13 @@ pub(crate) async fn admin(
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
     state.admin_gate.guard(request, next).await
+}
+
+/// The middleware in front of the send API: `from_fn(bearer::send)`.
+pub(crate) async fn send(
+    state: web::Data<AppState>,
+    request: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    state.send_gate.guard(request, next).await
 }

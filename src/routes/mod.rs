@@ -8,6 +8,7 @@ pub mod callback;
 pub(crate) mod deadline;
 pub(crate) mod health;
 pub(crate) mod metrics;
+pub(crate) mod send;
 pub(crate) mod status;
 
 use std::sync::Arc;
@@ -41,6 +42,12 @@ pub(crate) struct AppState {
     pub names: Names,
     /// The admin endpoints' gate (`ADMIN_TOKEN`; unset turns them off).
     pub admin_gate: bearer::BearerGate,
+    /// The send API's gate (`SEND_TOKEN`; unset turns it off).
+    pub send_gate: bearer::BearerGate,
+    /// Wakes the outbox after the send API queued a message.
+    pub outbox_wake: Arc<Notify>,
+    /// `WECOM_AGENT_ID`, for app sends.
+    pub agent_id: Option<i64>,
     pub liveness: Arc<Liveness>,
     pub alerter: Alerter,
     pub version: &'static str,
@@ -66,8 +73,15 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(gated("/api/test-wecom-connection").route(web::get().to(admin::test_connection)))
         .service(gated("/api/fetch-wecom-name/{id_type}/{id}").route(web::get().to(admin::fetch_name)))
         .service(gated("/api/batch-fetch-wecom-names").route(web::post().to(admin::batch_fetch_names)))
-        .service(gated("/api/alerts/test").route(web::post().to(admin::test_alert)))
-        .default_service(web::to(not_found));
+        .service(gated("/api/alerts/test").route(web::post().to(admin::test_alert)));
+    let sending = |path: &str| web::resource(path).wrap(from_fn(bearer::send));
+    cfg.service(
+        sending("/api/v1/messages")
+            .app_data(web::PayloadConfig::new(send::MAX_BODY))
+            .route(web::post().to(send::create)),
+    )
+    .service(sending("/api/v1/messages/{id}").route(web::get().to(send::status)))
+    .default_service(web::to(not_found));
 }
 
 async fn not_found() -> HttpResponse {

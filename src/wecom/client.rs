@@ -23,6 +23,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BUSY_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_millis(400));
 /// Retries of errcode -1 before giving up.
 const BUSY_RETRIES: u32 = 3;
+/// `message/send`'s duplicate check: as long as the outbox retries a text
+/// (`SEND_RETRY_WINDOW`), so a retry after a lost answer is dropped by WeCom.
+pub(crate) const APP_DUPLICATE_CHECK: Duration = Duration::from_secs(3600);
 /// Largest JSON answer accepted (a full `kf/sync_msg` page is well below).
 const MAX_JSON_BYTES: usize = 16 * 1024 * 1024;
 
@@ -161,7 +164,14 @@ impl WeComClient {
         agentid: i64,
         content: &str,
     ) -> Result<SendResult, WeComError> {
-        let message = AppTextMessage { touser, msgtype: "text", agentid, text: TextContent { content } };
+        let message = AppTextMessage {
+            touser,
+            msgtype: "text",
+            agentid,
+            text: TextContent { content },
+            enable_duplicate_check: 1,
+            duplicate_check_interval: APP_DUPLICATE_CHECK.as_secs(),
+        };
         self.post_json("message/send", token, &message).await
     }
 
@@ -170,15 +180,17 @@ impl WeComClient {
         self.post_json("kf/sync_msg", token, request).await
     }
 
-    /// `kf/send_msg`: a text to a customer of the `open_kfid` account.
+    /// `kf/send_msg`: a text to a customer of the `open_kfid` account, under our own `msgid`.
     pub(crate) async fn send_kf_text(
         &self,
         token: &str,
         touser: &str,
         open_kfid: &str,
+        msgid: &str,
         content: &str,
     ) -> Result<SendResult, WeComError> {
-        let message = KfTextMessage { touser, open_kfid, msgid: None, msgtype: "text", text: TextContent { content } };
+        let message =
+            KfTextMessage { touser, open_kfid, msgid: Some(msgid), msgtype: "text", text: TextContent { content } };
         self.post_json("kf/send_msg", token, &message).await
     }
 
@@ -187,9 +199,10 @@ impl WeComClient {
         &self,
         token: &str,
         code: &str,
+        msgid: &str,
         content: &str,
     ) -> Result<SendResult, WeComError> {
-        let message = KfEventMessage { code, msgid: None, msgtype: "text", text: TextContent { content } };
+        let message = KfEventMessage { code, msgid: Some(msgid), msgtype: "text", text: TextContent { content } };
         self.post_json("kf/send_msg_on_event", token, &message).await
     }
 
@@ -209,6 +222,23 @@ impl WeComClient {
             state: ServiceState::from_code(answer.service_state),
             servicer_userid: answer.servicer_userid.filter(|s| !s.is_empty()),
         })
+    }
+
+    /// `kf/service_state/trans`: to the queue (2), or to `servicer` (3).
+    pub(crate) async fn kf_service_state_trans(
+        &self,
+        token: &str,
+        open_kfid: &str,
+        external_userid: &str,
+        servicer: Option<&str>,
+    ) -> Result<serde_json::Value, WeComError> {
+        let body = KfServiceStateTrans {
+            open_kfid,
+            external_userid,
+            service_state: if servicer.is_some() { 3 } else { 2 },
+            servicer_userid: servicer,
+        };
+        self.post_json("kf/service_state/trans", token, &body).await
     }
 
     pub(crate) async fn kf_customer_batchget(

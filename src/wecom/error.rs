@@ -72,6 +72,20 @@ impl ApiError {
         self.errcode == 95018
     }
 
+    /// Worth trying again: WeCom busy, rate limits, an expired token. Any other
+    /// errcode is WeCom's answer to this request and will be the same next time.
+    pub(crate) fn is_transient(&self) -> bool {
+        matches!(self.errcode, -1 | 45009 | 45033) || self.token_invalid()
+    }
+
+    /// A kf send whose `msgid` WeCom has seen before: the message went out on an
+    /// earlier attempt whose answer was lost. WeCom documents no errcode for it,
+    /// so its message is what tells.
+    pub(crate) fn is_duplicate_msgid(&self) -> bool {
+        let errmsg = self.errmsg.to_ascii_lowercase();
+        errmsg.contains("msgid") && ["exist", "duplicate", "repeat", "conflict"].iter().any(|w| errmsg.contains(w))
+    }
+
     /// 95007..=95009: the `kf_msg_or_event` Token expired or does not fit; a sync
     /// without it still works.
     pub(crate) fn is_sync_token_refused(&self) -> bool {

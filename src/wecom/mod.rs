@@ -13,6 +13,7 @@ pub(crate) mod tokens;
 use std::sync::Arc;
 
 pub use client::WeComClient;
+pub(crate) use client::APP_DUPLICATE_CHECK;
 pub use error::{ApiError, WeComError};
 pub use tokens::TokenSource;
 
@@ -83,17 +84,42 @@ impl WeCom {
         Ok(())
     }
 
-    /// Sends a text to customer `to` of kf account `open_kfid`.
-    pub(crate) async fn send_kf_text(&self, to: &str, open_kfid: &str, text: &str) -> Result<(), WeComError> {
+    /// Sends a text to customer `to` of kf account `open_kfid` under our own
+    /// `msgid` (see [`kf_msgid`]).
+    pub(crate) async fn send_kf_text(
+        &self,
+        to: &str,
+        open_kfid: &str,
+        msgid: &str,
+        text: &str,
+    ) -> Result<(), WeComError> {
         let client = &self.client;
-        self.kf_tokens()?.call(|token| async move { client.send_kf_text(&token, to, open_kfid, text).await }).await?;
+        self.kf_tokens()?
+            .call(|token| async move { client.send_kf_text(&token, to, open_kfid, msgid, text).await })
+            .await?;
         Ok(())
     }
 
     /// Sends the welcome text an `enter_session` event's `code` allows.
-    pub(crate) async fn send_kf_welcome(&self, code: &str, text: &str) -> Result<(), WeComError> {
+    pub(crate) async fn send_kf_welcome(&self, code: &str, msgid: &str, text: &str) -> Result<(), WeComError> {
         let client = &self.client;
-        self.kf_tokens()?.call(|token| async move { client.send_kf_welcome(&token, code, text).await }).await?;
+        self.kf_tokens()?.call(|token| async move { client.send_kf_welcome(&token, code, msgid, text).await }).await?;
+        Ok(())
+    }
+
+    /// Hands the session of `external_userid` to the queue, or to `servicer`.
+    pub(crate) async fn kf_hand_over(
+        &self,
+        open_kfid: &str,
+        external_userid: &str,
+        servicer: Option<&str>,
+    ) -> Result<(), WeComError> {
+        let client = &self.client;
+        self.kf_tokens()?
+            .call(|token| async move {
+                client.kf_service_state_trans(&token, open_kfid, external_userid, servicer).await
+            })
+            .await?;
         Ok(())
     }
 
@@ -132,6 +158,17 @@ impl WeCom {
         let client = &self.client;
         self.tokens(channel)?.call(|token| async move { client.media_get(&token, media_id, max_bytes).await }).await
     }
+}
+
+/// Our own `msgid` for a kf message whose action has idempotency key `key`:
+/// the same key always gives the same id, so a retry of a message WeCom already
+/// accepted is recognised. 32 characters of `[0-9A-Za-z_-]`, WeCom's limit and
+/// alphabet (URL-safe base64 of 24 bytes of SHA-256).
+pub(crate) fn kf_msgid(key: &str) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&digest[..24])
 }
 
 /// Messages per `kf/sync_msg` page: WeCom's maximum.

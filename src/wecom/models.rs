@@ -30,6 +30,20 @@ pub(super) struct AppTextMessage<'a> {
     pub msgtype: &'static str,
     pub agentid: i64,
     pub text: TextContent<'a>,
+    /// 1: WeCom drops the same text to the same member within the interval, so a
+    /// retry after a lost answer is not delivered twice.
+    pub enable_duplicate_check: u8,
+    pub duplicate_check_interval: u64,
+}
+
+/// `kf/service_state/trans`: hand a session to the queue (2) or a servicer (3).
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct KfServiceStateTrans<'a> {
+    pub open_kfid: &'a str,
+    pub external_userid: &'a str,
+    pub service_state: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub servicer_userid: Option<&'a str>,
 }
 
 /// `kf/send_msg` with a text message.

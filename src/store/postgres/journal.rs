@@ -255,7 +255,9 @@ impl Postgres {
     pub(in crate::store) async fn find_entry(&self, dedup_key: String) -> Result<Option<PendingEntry>, StoreError> {
         let client = self.client().await?;
         let statement = client
-            .prepare_cached("SELECT id, dedup_key, channel, kind, received_at, payload FROM journal WHERE dedup_key = $1")
+            .prepare_cached(
+                "SELECT id, dedup_key, channel, kind, received_at, payload FROM journal WHERE dedup_key = $1",
+            )
             .await?;
         let Some(row) = client.query_opt(&statement, &[&dedup_key]).await? else { return Ok(None) };
         Ok(Some(PendingEntry {

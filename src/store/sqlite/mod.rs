@@ -22,15 +22,15 @@
 //! in `store/`, whose files name them) — each file below is the SQL of one.
 
 mod alerts;
+mod conversations;
 mod journal;
 mod kf;
 mod leases;
 mod meta;
 mod names;
-mod conversations;
-mod sends;
 mod outbox;
 pub(super) mod retention;
+mod sends;
 mod snapshot;
 mod tokens;
 

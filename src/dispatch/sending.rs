@@ -1,0 +1,406 @@
+//! Sending texts (SPEC §10): the kf rules before any call, our own `msgid` on
+//! every kf message, each send's status, and its count in
+//! `wechat_api_messages_sent_total`.
+//!
+//! How the kf rules know the conversation: `store::conversations` keeps, per
+//! account and customer, the customer's last message (from every kf message the
+//! dispatcher handles), the messages sent since (counted here, when a text's
+//! first part is about to go, for all its parts at once) and whether a human has
+//! the session (from our own handovers, `session_status_change` events and
+//! servicer messages; cleared when a session ends). WeCom is asked
+//! (`kf/service_state/get`) only where the appliance cannot know: a customer it
+//! never saw, and a human session it has believed for over 30 minutes (an
+//! ending it may have missed).
+//!
+//! A send never goes out twice after WeCom accepted it: kf parts carry a `msgid`
+//! derived from their idempotency key, and app texts ask WeCom for its duplicate
+//! check over the hour in which the outbox retries them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::actions::{Action, ActionError, Handover, Recipient};
+use crate::messages::kf::fail_type_meaning;
+use crate::messages::Channel;
+use crate::outgoing::{SendRequest, Target};
+use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
+use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
+use crate::store::{now, Store, StoreError};
+use crate::telemetry::{Metrics, MESSAGES_SENT_TOTAL};
+use crate::wecom::models::ServiceState;
+use crate::wecom::{kf_msgid, WeCom, WeComError, APP_DUPLICATE_CHECK};
+
+/// How long a text is retried on transient errors before it is `failed`: no
+/// longer than `message/send`'s duplicate check covers.
+const SEND_RETRY_WINDOW: Duration = APP_DUPLICATE_CHECK;
+/// A human session believed for longer than this is checked with WeCom before
+/// the bot is kept silent again.
+const HUMAN_RECHECK_SECS: i64 = 30 * 60;
+
+impl From<StoreError> for ActionError {
+    fn from(error: StoreError) -> Self {
+        Self { retry: true, message: error.to_string() }
+    }
+}
+
+/// Sends texts and keeps their status.
+#[derive(Debug)]
+pub(crate) struct Sending {
+    pub store: Store,
+    pub wecom: Arc<WeCom>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Sending {
+    /// One part of a kf text: the rules, then `kf/send_msg` under our own msgid.
+    pub(crate) async fn kf_text(&self, action: &Action) -> Result<Vec<Action>, ActionError> {
+        let Action::KfText { key, touser, open_kfid, content, handover, parts, .. } = action else {
+            return Ok(Vec::new());
+        };
+        let send = action.send_id();
+        let row = self
+            .store
+            .record_send(NewSend {
+                id: send.clone(),
+                channel: "kf",
+                recipient: touser.clone(),
+                open_kfid: Some(open_kfid.clone()),
+                parts: parts.total(),
+                idempotency_key: None,
+            })
+            .await?;
+        if row.status != SendStatus::Queued {
+            // Finished on an earlier attempt whose bookkeeping was lost.
+            return Ok(Vec::new());
+        }
+        let customer = Customer { open_kfid: open_kfid.clone(), external_userid: touser.clone() };
+        let verdict = if parts.number() == 1 {
+            self.store.reserve_kf_sends(customer.clone(), parts.total(), now(), handover.is_some()).await?
+        } else {
+            // The later parts were counted with the first; only a human can stop them now.
+            match self.store.kf_conversation(customer.clone()).await? {
+                Some(c) if handover.is_none() => {
+                    c.human_since.map_or(Verdict::Allowed, |since| Verdict::Refused(Refusal::Human { since }))
+                }
+                _ => Verdict::Allowed,
+            }
+        };
+        if let Verdict::Refused(refusal) = self.confirm(verdict, &customer, handover.as_ref(), parts.total()).await? {
+            let reason = match parts.number() {
+                1 => refusal.to_string(),
+                n => format!("{refusal} (after {} of {} parts)", n - 1, parts.total()),
+            };
+            self.finish(&send, "kf", SendUpdate::Refused { reason: reason.clone() }).await?;
+            tracing::info!(send = send.as_str(), open_kfid = open_kfid.as_str(), "kf text refused: {reason}");
+            return Ok(action.handover_after().into_iter().collect());
+        }
+        let msgid = kf_msgid(key);
+        self.store.note_msgid(msgid.clone(), send.clone()).await?;
+        match self.wecom.send_kf_text(touser, open_kfid, &msgid, content).await {
+            Ok(()) => {}
+            Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {
+                tracing::info!(send = send.as_str(), msgid, "WeCom had accepted this part already");
+            }
+            Err(error) => return self.failed_attempt(&row, action, error).await,
+        }
+        self.part_sent(&send, "kf", parts.number()).await?;
+        Ok(action.next_part().or_else(|| action.handover_after()).into_iter().collect())
+    }
+
+    /// One part of an app text, with WeCom's duplicate check.
+    pub(crate) async fn app_text(&self, action: &Action) -> Result<Vec<Action>, ActionError> {
+        let Action::AppText { touser, agentid, content, parts, .. } = action else {
+            return Ok(Vec::new());
+        };
+        let send = action.send_id();
+        let row = self
+            .store
+            .record_send(NewSend {
+                id: send.clone(),
+                channel: "app",
+                recipient: touser.clone(),
+                open_kfid: None,
+                parts: parts.total(),
+                idempotency_key: None,
+            })
+            .await?;
+        if row.status != SendStatus::Queued {
+            return Ok(Vec::new());
+        }
+        if let Err(error) = self.wecom.send_app_text(touser, *agentid, content).await {
+            return self.failed_attempt(&row, action, error).await;
+        }
+        self.part_sent(&send, "app", parts.number()).await?;
+        Ok(action.next_part().into_iter().collect())
+    }
+
+    /// The welcome an `enter_session` code allows (one message, outside the kf
+    /// rules: WeCom gives it its own allowance).
+    pub(crate) async fn welcome(&self, key: &str, code: &str, content: &str) -> Result<Vec<Action>, ActionError> {
+        match self.wecom.send_kf_welcome(code, &kf_msgid(key), content).await {
+            Ok(()) => self.count("kf", SendStatus::Sent),
+            Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {}
+            Err(error) if is_final(&error) => {
+                self.count("kf", SendStatus::Failed);
+                return Err(ActionError { retry: false, message: error.to_string() });
+            }
+            Err(error) => return Err(error.into()),
+        }
+        Ok(Vec::new())
+    }
+
+    /// `kf/service_state/trans` after the announcement. If WeCom refuses it, the
+    /// session stays with the bot, which therefore speaks again.
+    pub(crate) async fn hand_over(
+        &self,
+        touser: &str,
+        open_kfid: &str,
+        servicer: Option<&str>,
+    ) -> Result<Vec<Action>, ActionError> {
+        let customer = Customer { open_kfid: open_kfid.to_owned(), external_userid: touser.to_owned() };
+        match self.wecom.kf_hand_over(open_kfid, touser, servicer).await {
+            Ok(()) => {
+                tracing::info!(open_kfid, servicer, "kf session handed over to a human");
+                self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await?;
+                Ok(Vec::new())
+            }
+            Err(error) if is_final(&error) => {
+                tracing::error!(open_kfid, "handover refused, the bot keeps the session: {error}");
+                self.store.observe_kf(vec![(customer, Observation::Ended)]).await?;
+                Err(ActionError { retry: false, message: error.to_string() })
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Settles what the conversation's row could not: a customer never seen
+    /// (asked), a human session long believed (asked again).
+    async fn confirm(
+        &self,
+        verdict: Verdict,
+        customer: &Customer,
+        handover: Option<&Handover>,
+        parts: i64,
+    ) -> Result<Verdict, ActionError> {
+        let stale_human =
+            matches!(verdict, Verdict::Refused(Refusal::Human { since }) if now() - since > HUMAN_RECHECK_SECS);
+        if handover.is_some() || !(verdict == Verdict::Unknown || stale_human) {
+            return Ok(match verdict {
+                Verdict::Unknown => Verdict::Allowed,
+                other => other,
+            });
+        }
+        let state = match self.wecom.kf_service_state(&customer.open_kfid, &customer.external_userid).await {
+            Ok(state) => state.state,
+            Err(error) => {
+                // WeCom will say it itself if the send is not allowed.
+                tracing::warn!(open_kfid = customer.open_kfid.as_str(), "session state unknown: {error}");
+                return Ok(if stale_human { verdict } else { Verdict::Allowed });
+            }
+        };
+        if matches!(state, ServiceState::Queued | ServiceState::Human) {
+            let at = now();
+            self.store.observe_kf(vec![(customer.clone(), Observation::Human { at })]).await?;
+            return Ok(Verdict::Refused(Refusal::Human { since: at }));
+        }
+        if stale_human {
+            self.store.observe_kf(vec![(customer.clone(), Observation::Ended)]).await?;
+            return Ok(self.store.reserve_kf_sends(customer.clone(), parts, now(), false).await?);
+        }
+        // Never seen: the 48 hours and the count are WeCom's to judge.
+        Ok(Verdict::Allowed)
+    }
+
+    /// A part WeCom did not take: retried while that may help, else the send failed.
+    async fn failed_attempt(
+        &self,
+        row: &SendRow,
+        action: &Action,
+        error: WeComError,
+    ) -> Result<Vec<Action>, ActionError> {
+        let gave_up = now() - row.created_at > SEND_RETRY_WINDOW.as_secs() as i64;
+        if !is_final(&error) && !gave_up {
+            return Err(error.into());
+        }
+        let (errcode, mut reason) = match &error {
+            WeComError::Api { error, .. } => (Some(error.errcode), error.to_string()),
+            other => (None, other.to_string()),
+        };
+        if gave_up && !is_final(&error) {
+            reason = format!("gave up after {} min of retries: {reason}", SEND_RETRY_WINDOW.as_secs() / 60);
+        }
+        if let (WeComError::Api { error, .. }, Action::KfText { touser, open_kfid, .. }) = (&error, action) {
+            if error.is_session_refused() {
+                reason = format!("{reason}; {}", self.explain_session_refused(open_kfid, touser).await);
+            }
+        }
+        tracing::warn!(send = row.id.as_str(), "{} text failed: {reason}", row.channel);
+        let channel = if row.channel == "app" { "app" } else { "kf" };
+        self.finish(&row.id, channel, SendUpdate::Failed { errcode, reason }).await?;
+        Ok(action.handover_after().into_iter().collect())
+    }
+
+    /// 95018: say who owns the session, and remember a human's.
+    async fn explain_session_refused(&self, open_kfid: &str, external_userid: &str) -> String {
+        match self.wecom.kf_service_state(open_kfid, external_userid).await {
+            Ok(state) => {
+                if matches!(state.state, ServiceState::Queued | ServiceState::Human) {
+                    let customer =
+                        Customer { open_kfid: open_kfid.to_owned(), external_userid: external_userid.to_owned() };
+                    let observed = self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await;
+                    if let Err(error) = observed {
+                        tracing::warn!(open_kfid, "cannot record the session state: {error}");
+                    }
+                }
+                state.to_string()
+            }
+            Err(e) => {
+                format!(
+                    "the session state is unreadable too ({e}): the Secret may not be allowed to call 微信客服 APIs"
+                )
+            }
+        }
+    }
+
+    async fn part_sent(&self, send: &str, channel: &'static str, number: i64) -> Result<(), StoreError> {
+        self.finish(send, channel, SendUpdate::PartSent { number }).await
+    }
+
+    /// Applies `update` and counts the send once its status changes.
+    async fn finish(&self, send: &str, channel: &'static str, update: SendUpdate) -> Result<(), StoreError> {
+        if let Some(status) = self.store.update_send(send.to_owned(), update).await? {
+            self.count(channel, status);
+        }
+        Ok(())
+    }
+
+    fn count(&self, channel: &'static str, status: SendStatus) {
+        if status != SendStatus::Queued {
+            self.metrics
+                .counter(
+                    MESSAGES_SENT_TOTAL,
+                    &[("channel", channel.to_owned()), ("outcome", status.as_str().to_owned())],
+                )
+                .increment(1);
+        }
+    }
+}
+
+/// Why the send API did not queue a request.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum QueueError {
+    /// 404: no journaled record has that id (or retention removed it).
+    #[error("no record with id {0:?} (records are kept RETENTION_SECS)")]
+    UnknownRecord(String),
+    /// 400: the request cannot be sent as given.
+    #[error("{path}: {reason}")]
+    Unsendable { path: &'static str, reason: String },
+    /// 503: the store did not answer.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// What the send API answers once a request is durable.
+#[derive(Debug, Clone)]
+pub(crate) struct Accepted {
+    pub id: String,
+    pub status: SendStatus,
+    pub parts: i64,
+}
+
+/// Turns a send API request into a durable send and its first action; the same
+/// idempotency key again returns the first send.
+pub(crate) async fn queue(
+    store: &Store,
+    wecom: &WeCom,
+    agent_id: Option<i64>,
+    request: SendRequest,
+) -> Result<Accepted, QueueError> {
+    let recipient = match request.target {
+        Target::InReplyTo(record_id) => {
+            let Some(entry) = store.find_entry(record_id.clone()).await? else {
+                return Err(QueueError::UnknownRecord(record_id));
+            };
+            let message = super::parse_entry(&entry)
+                .map_err(|reason| QueueError::Unsendable { path: "$.in_reply_to", reason })?;
+            let record = super::record::Record::new(record_id, &message, &entry.payload, entry.received_at, false);
+            Recipient::of(&record, agent_id).ok_or_else(|| QueueError::Unsendable {
+                path: "$.in_reply_to",
+                reason: "that record has no sender to answer (or, on the app channel, no agent id: set WECOM_AGENT_ID)"
+                    .into(),
+            })?
+        }
+        Target::App { to } => Recipient::App {
+            touser: to,
+            agentid: agent_id.ok_or(QueueError::Unsendable {
+                path: "$.channel",
+                reason: "channel app needs WECOM_AGENT_ID on this appliance".into(),
+            })?,
+        },
+        Target::Kf { to, open_kfid } => Recipient::Kf { touser: to, open_kfid },
+    };
+    let (channel, label) = match &recipient {
+        Recipient::App { .. } => (Channel::App, "app"),
+        Recipient::Kf { .. } => (Channel::Kf, "kf"),
+    };
+    if let Err(error) = wecom.tokens(channel) {
+        return Err(QueueError::Unsendable { path: "$.channel", reason: format!("channel {label}: {error}") });
+    }
+    let (touser, open_kfid) = match &recipient {
+        Recipient::App { touser, .. } => (touser.clone(), None),
+        Recipient::Kf { touser, open_kfid } => (touser.clone(), Some(open_kfid.clone())),
+    };
+    let id = crate::outgoing::new_id();
+    let parts = crate::shaping::shape(&request.text).len() as i64;
+    let action = Action::text(recipient, &request.text, format!("send:{id}"), id.clone())
+        .ok_or(QueueError::Unsendable { path: "$.text", reason: "nothing to send once shaped".into() })?;
+    let row = action.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
+    let send =
+        NewSend { id, channel: label, recipient: touser, open_kfid, parts, idempotency_key: request.idempotency_key };
+    match store.queue_send(send, row).await? {
+        Queued::New(id) => Ok(Accepted { id, status: SendStatus::Queued, parts }),
+        Queued::Existing(id) => {
+            let first = store.send(id.clone()).await?;
+            Ok(Accepted {
+                id,
+                status: first.as_ref().map_or(SendStatus::Queued, |row| row.status),
+                parts: first.map_or(parts, |row| row.parts),
+            })
+        }
+    }
+}
+
+/// WeCom's answer will be the same next time (or nothing is configured to ask it).
+fn is_final(error: &WeComError) -> bool {
+    match error {
+        WeComError::Api { error, .. } => !error.is_transient(),
+        WeComError::NotConfigured(_) | WeComError::Encode { .. } => true,
+        WeComError::Transport { .. } | WeComError::Decode { .. } => false,
+    }
+}
+
+/// A `msg_send_fail` event: the message WeCom accepted was not delivered. The
+/// send it belongs to becomes `failed` with what the fail type means.
+pub(crate) async fn delivery_failed(
+    store: &Store,
+    metrics: &Metrics,
+    msgid: &str,
+    fail_type: Option<i64>,
+) -> Result<(), StoreError> {
+    let Some(send) = store.send_of_msgid(msgid.to_owned()).await? else {
+        tracing::info!(msgid, "msg_send_fail for a message this appliance did not send");
+        return Ok(());
+    };
+    let reason = format!(
+        "msg_send_fail: fail_type {}: {}",
+        fail_type.map_or_else(|| "?".to_owned(), |t| t.to_string()),
+        fail_type_meaning(fail_type)
+    );
+    tracing::warn!(send = send.as_str(), msgid, "kf message not delivered: {reason}");
+    if let Some(status) = store.update_send(send, SendUpdate::Failed { errcode: None, reason }).await? {
+        metrics
+            .counter(MESSAGES_SENT_TOTAL, &[("channel", "kf".to_owned()), ("outcome", status.as_str().to_owned())])
+            .increment(1);
+    }
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! The send API's request (SPEC §10), validated without HTTP: every problem is
+//! named by its JSON path, so a bot's author sees at once what to fix.
+
+use serde_json::{Map, Value};
+
+/// Longest text accepted, in characters (a 413 beyond it).
+pub const MAX_TEXT_CHARS: usize = 20_000;
+/// Longest `idempotency_key`, in characters.
+const MAX_KEY_CHARS: usize = 128;
+/// Longest id (`to`, `open_kfid`, `in_reply_to`) accepted.
+const MAX_ID_CHARS: usize = 256;
+/// The fields a request may have.
+const FIELDS: [&str; 6] = ["in_reply_to", "channel", "to", "open_kfid", "text", "idempotency_key"];
+
+/// Who the text goes to, as the request says it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// The sender of a journaled record, on its channel.
+    InReplyTo(String),
+    /// A member of the corp, from the self-built app.
+    App { to: String },
+    /// A customer of a kf account.
+    Kf { to: String, open_kfid: String },
+}
+
+/// A valid send request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendRequest {
+    pub target: Target,
+    pub text: String,
+    pub idempotency_key: Option<String>,
+}
+
+/// Why a request is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// 400: the value at `path` is wrong.
+    #[error("{path}: {reason}")]
+    Invalid { path: String, reason: String },
+    /// 413: the text is longer than [`MAX_TEXT_CHARS`].
+    #[error("$.text: {chars} characters, more than the {MAX_TEXT_CHARS} allowed")]
+    TextTooLong { chars: usize },
+}
+
+fn invalid(path: &str, reason: impl Into<String>) -> RequestError {
+    RequestError::Invalid { path: path.to_owned(), reason: reason.into() }
+}
+
+/// The string at `$.name`, when present: not empty, at most `max` characters.
+fn string(object: &Map<String, Value>, name: &str, max: usize) -> Result<Option<String>, RequestError> {
+    let path = format!("$.{name}");
+    match object.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.trim().is_empty() => Err(invalid(&path, "must not be empty")),
+        Some(Value::String(s)) if s.chars().count() > max => {
+            Err(invalid(&path, format!("must be at most {max} characters")))
+        }
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(invalid(&path, format!("must be a string, got {}", json_type(other)))),
+    }
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+impl SendRequest {
+    /// Parses and validates a request body.
+    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| invalid("$", format!("not JSON: {e}")))?;
+        let Value::Object(object) = value else {
+            return Err(invalid("$", format!("must be an object, got {}", json_type(&value))));
+        };
+        if let Some(unknown) = object.keys().find(|k| !FIELDS.contains(&k.as_str())) {
+            return Err(invalid(
+                &format!("$.{unknown}"),
+                format!("unknown field (expected one of {})", FIELDS.join(", ")),
+            ));
+        }
+        let text = match object.get("text") {
+            None | Some(Value::Null) => return Err(invalid("$.text", "required")),
+            Some(Value::String(text)) => text.clone(),
+            Some(other) => return Err(invalid("$.text", format!("must be a string, got {}", json_type(other)))),
+        };
+        let chars = text.chars().count();
+        if chars > MAX_TEXT_CHARS {
+            return Err(RequestError::TextTooLong { chars });
+        }
+        if text.trim().is_empty() {
+            return Err(invalid("$.text", "must not be empty"));
+        }
+        let idempotency_key = string(&object, "idempotency_key", MAX_KEY_CHARS)?;
+        let in_reply_to = string(&object, "in_reply_to", MAX_ID_CHARS)?;
+        let channel = string(&object, "channel", MAX_ID_CHARS)?;
+        let to = string(&object, "to", MAX_ID_CHARS)?;
+        let open_kfid = string(&object, "open_kfid", MAX_ID_CHARS)?;
+        let target = match (in_reply_to, channel.as_deref()) {
+            (Some(record), None) => {
+                if let Some(field) = ["to", "open_kfid"].into_iter().find(|f| object.contains_key(*f)) {
+                    return Err(invalid(&format!("$.{field}"), "give either in_reply_to or channel and to, not both"));
+                }
+                Target::InReplyTo(record)
+            }
+            (Some(_), Some(_)) => {
+                return Err(invalid("$.channel", "give either in_reply_to or channel and to, not both"))
+            }
+            (None, None) => return Err(invalid("$.channel", "required, app or kf (or give in_reply_to)")),
+            (None, Some("app")) => {
+                if open_kfid.is_some() {
+                    return Err(invalid("$.open_kfid", "only for channel kf"));
+                }
+                Target::App { to: to.ok_or_else(|| invalid("$.to", "required: the member's userid"))? }
+            }
+            (None, Some("kf")) => Target::Kf {
+                to: to.ok_or_else(|| invalid("$.to", "required: the customer's external_userid"))?,
+                open_kfid: open_kfid.ok_or_else(|| invalid("$.open_kfid", "required for channel kf"))?,
+            },
+            (None, Some(other)) => {
+                return Err(invalid("$.channel", format!("unknown channel {other:?} (app or kf)")));
+            }
+        };
+        Ok(Self { target, text, idempotency_key })
+    }
+}
+
+/// A new send's id: `msg_` and 24 random letters and digits.
+pub fn new_id() -> String {
+    use rand::distr::{Alphanumeric, SampleString};
+    format!("msg_{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Result<SendRequest, RequestError> {
+        SendRequest::parse(body.as_bytes())
+    }
+
+    fn path_of(body: &str) -> String {
+        match parse(body) {
+            Err(RequestError::Invalid { path, .. }) => path,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_three_forms_parse() {
+        assert_eq!(
+            parse(r#"{"in_reply_to":"kf:msg:1","text":"hi","idempotency_key":"k1"}"#).expect("valid"),
+            SendRequest {
+                target: Target::InReplyTo("kf:msg:1".into()),
+                text: "hi".into(),
+                idempotency_key: Some("k1".into())
+            }
+        );
+        assert_eq!(
+            parse(r#"{"channel":"app","to":"zhangsan","text":"hi"}"#).expect("valid").target,
+            Target::App { to: "zhangsan".into() }
+        );
+        assert_eq!(
+            parse(r#"{"channel":"kf","to":"wm1","open_kfid":"wk1","text":"hi"}"#).expect("valid").target,
+            Target::Kf { to: "wm1".into(), open_kfid: "wk1".into() }
+        );
+    }
+
+    #[test]
+    fn every_problem_is_named_by_its_path() {
+        assert_eq!(path_of("not json"), "$");
+        assert_eq!(path_of("[1]"), "$");
+        assert_eq!(path_of(r#"{"channel":"app","to":"u"}"#), "$.text");
+        assert_eq!(path_of(r#"{"channel":"app","to":"u","text":"  "}"#), "$.text");
+        assert_eq!(path_of(r#"{"channel":"app","to":"u","text":5}"#), "$.text");
+        assert_eq!(path_of(r#"{"text":"hi"}"#), "$.channel");
+        assert_eq!(path_of(r#"{"channel":"sms","to":"u","text":"hi"}"#), "$.channel");
+        assert_eq!(path_of(r#"{"channel":"kf","to":"u","text":"hi"}"#), "$.open_kfid");
+        assert_eq!(path_of(r#"{"channel":"app","text":"hi"}"#), "$.to");
+        assert_eq!(path_of(r#"{"channel":"app","to":"u","open_kfid":"wk","text":"hi"}"#), "$.open_kfid");
+        assert_eq!(path_of(r#"{"in_reply_to":"x","to":"u","text":"hi"}"#), "$.to");
+        assert_eq!(path_of(r#"{"in_reply_to":"x","channel":"kf","text":"hi"}"#), "$.channel");
+        assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","idempotency_key":""}"#), "$.idempotency_key");
+        let long_key = "k".repeat(129);
+        assert_eq!(
+            path_of(&format!(r#"{{"in_reply_to":"x","text":"hi","idempotency_key":"{long_key}"}}"#)),
+            "$.idempotency_key"
+        );
+        assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","txet":"typo"}"#), "$.txet");
+    }
+
+    #[test]
+    fn a_text_over_twenty_thousand_characters_is_too_long_not_invalid() {
+        let text = "长".repeat(MAX_TEXT_CHARS);
+        assert!(parse(&format!(r#"{{"in_reply_to":"x","text":"{text}"}}"#)).is_ok());
+        let text = "长".repeat(MAX_TEXT_CHARS + 1);
+        assert_eq!(
+            parse(&format!(r#"{{"in_reply_to":"x","text":"{text}"}}"#)),
+            Err(RequestError::TextTooLong { chars: MAX_TEXT_CHARS + 1 })
+        );
+    }
+
+    #[test]
+    fn ids_are_distinct_and_of_one_alphabet() {
+        let (a, b) = (new_id(), new_id());
+        assert_ne!(a, b);
+        assert!(a.len() == 28 && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    }
+}
