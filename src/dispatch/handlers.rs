@@ -52,24 +52,27 @@ pub(crate) fn asks_for_human(message: &Message, record: &Record, settings: &Hand
 }
 
 /// What a kf message tells about its conversation, for the kf rules: the
-/// customer wrote; a human has the session (a servicer wrote, a session was
-/// taken or transferred, the customer asked for one); the session ended.
-pub(crate) fn observe(
-    message: &Message,
-    record: &Record,
-    settings: &HandlerSettings,
-) -> Option<(Customer, Observation)> {
-    let Message::Kf(kf) = message else { return None };
-    let customer = Customer { open_kfid: record.open_kfid.clone()?, external_userid: kf.external_userid.clone()? };
-    let observation = match (kf.origin, kf.event()) {
-        (_, Some(KfEvent::SessionStatusChange { change_type: Some(3), .. })) => Observation::Ended,
-        (_, Some(KfEvent::SessionStatusChange { change_type: Some(_), .. })) => Observation::Human { at: kf.send_time },
-        (Origin::Servicer, _) => Observation::Human { at: kf.send_time },
-        (Origin::Customer, _) if asks_for_human(message, record, settings) => Observation::Human { at: kf.send_time },
-        (Origin::Customer, _) => Observation::Wrote { at: kf.send_time },
-        _ => return None,
+/// customer wrote (and perhaps asked for a human); a human has the session (a
+/// servicer wrote, a session was taken or transferred); the session ended.
+pub(crate) fn observe(message: &Message, record: &Record, settings: &HandlerSettings) -> Vec<(Customer, Observation)> {
+    let Message::Kf(kf) = message else { return Vec::new() };
+    let (Some(open_kfid), Some(external_userid)) = (record.open_kfid.clone(), kf.external_userid.clone()) else {
+        return Vec::new();
     };
-    Some((customer, observation))
+    let observations = match (kf.origin, kf.event()) {
+        (_, Some(KfEvent::SessionStatusChange { change_type: Some(3), .. })) => vec![Observation::Ended],
+        (_, Some(KfEvent::SessionStatusChange { change_type: Some(_), .. })) => {
+            vec![Observation::Human { at: kf.send_time }]
+        }
+        (Origin::Servicer, _) => vec![Observation::Human { at: kf.send_time }],
+        (Origin::Customer, _) if asks_for_human(message, record, settings) => {
+            vec![Observation::Wrote { at: kf.send_time }, Observation::Human { at: kf.send_time }]
+        }
+        (Origin::Customer, _) => vec![Observation::Wrote { at: kf.send_time }],
+        _ => Vec::new(),
+    };
+    let customer = Customer { open_kfid, external_userid };
+    observations.into_iter().map(|o| (customer.clone(), o)).collect()
 }
 
 /// The actions for one message, in handler order. Decisions read the typed

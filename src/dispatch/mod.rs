@@ -115,7 +115,7 @@ pub(crate) fn parse_entry(entry: &PendingEntry) -> Result<Message, String> {
 struct Handled {
     actions: Vec<Action>,
     /// What it tells about its kf conversation.
-    observation: Option<(Customer, Observation)>,
+    observations: Vec<(Customer, Observation)>,
     /// A `msg_send_fail`: the msgid WeCom could not deliver, and why.
     undelivered: Option<(String, Option<i64>)>,
 }
@@ -151,7 +151,7 @@ impl Dispatcher {
             .iter()
             .map(|entry| {
                 let handled = self.handle(entry);
-                observations.extend(handled.observation);
+                observations.extend(handled.observations);
                 undelivered.extend(handled.undelivered);
                 (entry.id, outbox_rows(&entry.dedup_key, &handled.actions))
             })
@@ -211,7 +211,7 @@ impl Dispatcher {
         };
         Handled {
             actions: handlers::plan(&message, &record, &self.settings),
-            observation: handlers::observe(&message, &record, &self.settings),
+            observations: handlers::observe(&message, &record, &self.settings),
             undelivered,
         }
     }

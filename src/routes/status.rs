@@ -7,6 +7,18 @@ use actix_web::{web, HttpResponse};
 
 use crate::health::Status;
 use crate::routes::AppState;
+use crate::store::sends::SendStatus;
+
+/// Sends listed on the page, newest first.
+const RECENT_SENDS: usize = 20;
+
+/// Unix seconds as RFC 3339 UTC.
+fn rfc3339(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
 
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -98,6 +110,36 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
             );
         }
         html.push_str("</table>");
+    }
+    html.push_str("<h2>Recent sends</h2>");
+    match state.store.recent_sends(RECENT_SENDS).await {
+        Ok(sends) if sends.is_empty() => html.push_str("<p><small>none yet</small></p>"),
+        Ok(sends) => {
+            html.push_str("<table><tr><th>message</th><th>to</th><th>parts</th><th>outcome</th></tr>");
+            for send in sends {
+                let class = match send.status {
+                    SendStatus::Sent => "ok",
+                    SendStatus::Queued => "warn",
+                    SendStatus::Failed | SendStatus::Refused => "fail",
+                };
+                let _ = write!(
+                    html,
+                    r#"<tr><td>{}<br><small>{}</small></td><td>{} {}</td><td>{}/{}</td><td><span class="badge {class}">{}</span> <span class="out">{}</span></td></tr>"#,
+                    escape(&send.id),
+                    escape(&rfc3339(send.updated_at)),
+                    escape(&send.channel),
+                    escape(&send.recipient),
+                    send.parts_sent,
+                    send.parts,
+                    send.status.as_str(),
+                    escape(send.reason.as_deref().unwrap_or("")),
+                );
+            }
+            html.push_str("</table>");
+        }
+        Err(error) => {
+            let _ = write!(html, "<p><small>unavailable: {}</small></p>", escape(&error.to_string()));
+        }
     }
     html.push_str(r#"<p><small>JSON: <a href="/api/health">/api/health</a> · metrics: <a href="/metrics">/metrics</a></small></p></main></body></html>"#);
     HttpResponse::Ok().content_type("text/html; charset=utf-8").insert_header(("Cache-Control", "no-store")).body(html)

@@ -35,6 +35,9 @@ struct WeComState {
     media: HashMap<String, Vec<u8>>,
     /// What issued access tokens start with (`TOKEN` unless set).
     token_prefix: Option<String>,
+    /// `kf/send_msg` messages accepted, by our `msgid`, in order: a msgid seen
+    /// again is refused as WeCom does, and not delivered twice.
+    kf_delivered: Vec<(String, Value)>,
 }
 
 /// A fake WeCom API: issues tokens, checks them, records every call, and can be
@@ -110,6 +113,11 @@ impl FakeWeCom {
         self.state.lock().expect("lock").answered.iter().filter(|a| *a == api).count()
     }
 
+    /// The kf texts WeCom accepted (each msgid once), in order: what customers saw.
+    pub fn kf_delivered(&self) -> Vec<Value> {
+        self.state.lock().expect("lock").kf_delivered.iter().map(|(_, body)| body.clone()).collect()
+    }
+
     /// Polls until `api` was called `count` times, or fails after 15 s.
     pub async fn wait_for_calls(&self, api: &str, count: usize) -> Vec<Call> {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -131,13 +139,13 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
     let headers = header_pairs(&request);
     let (answer, delay) = {
         let mut s = state.lock().expect("lock");
-        s.calls.push(Call { api: api.clone(), query: query.clone(), body: body_json, headers });
+        s.calls.push(Call { api: api.clone(), query: query.clone(), body: body_json.clone(), headers });
         let delay = s.delays.get(&api).copied();
         let flight = s.in_flight.entry(api.clone()).or_default();
         flight.0 += 1;
         flight.1 = flight.1.max(flight.0);
         let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front);
-        let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query));
+        let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query, &body_json));
         (answer, delay)
     };
     if let Some(delay) = delay {
@@ -157,7 +165,12 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
 }
 
 /// The answer WeCom gives when all is well; `Err` carries a binary body.
-fn default_answer(s: &mut WeComState, api: &str, query: &HashMap<String, String>) -> Result<Value, Vec<u8>> {
+fn default_answer(
+    s: &mut WeComState,
+    api: &str,
+    query: &HashMap<String, String>,
+    body: &Value,
+) -> Result<Value, Vec<u8>> {
     if let Some(answer) = query.get("corpsecret").and_then(|secret| s.by_secret.get(secret)) {
         return Ok(answer.clone());
     }
@@ -180,6 +193,15 @@ fn default_answer(s: &mut WeComState, api: &str, query: &HashMap<String, String>
             json!({"errcode": 0, "errmsg": "ok", "account_list": [{"open_kfid": "wkTEST", "name": "客服"}]})
         }
         "kf/sync_msg" => json!({"errcode": 0, "errmsg": "ok", "next_cursor": "", "has_more": 0, "msg_list": []}),
+        "kf/send_msg" => {
+            let msgid = body["msgid"].as_str().unwrap_or_default().to_owned();
+            if !msgid.is_empty() && s.kf_delivered.iter().any(|(seen, _)| *seen == msgid) {
+                // WeCom documents no errcode for a repeated msgid; this is the fake's.
+                return Ok(json!({"errcode": 95019, "errmsg": format!("msgid {msgid} exist")}));
+            }
+            s.kf_delivered.push((msgid.clone(), body.clone()));
+            json!({"errcode": 0, "errmsg": "ok", "msgid": msgid})
+        }
         "kf/service_state/get" => json!({"errcode": 0, "errmsg": "ok", "service_state": 3, "servicer_userid": "lisi"}),
         "externalcontact/get" => json!({"errcode": 84061, "errmsg": "not external contact"}),
         "kf/customer/batchget" => json!({"errcode": 0, "errmsg": "ok",
@@ -211,7 +233,7 @@ pub struct Delivery {
 struct ReceiverState {
     attempts: usize,
     fail_first: usize,
-    reply: Option<String>,
+    answer: Option<Value>,
     delivered: Vec<Delivery>,
 }
 
@@ -255,7 +277,12 @@ impl ForwardReceiver {
     }
 
     pub fn reply_with(&self, text: &str) {
-        self.state.lock().expect("lock").reply = Some(text.to_owned());
+        self.answer_with(json!({"reply": {"text": text}}));
+    }
+
+    /// Every post is answered `answer` (a 2xx JSON body) from now on.
+    pub fn answer_with(&self, answer: Value) {
+        self.state.lock().expect("lock").answer = Some(answer);
     }
 
     pub fn attempts(&self) -> usize {
@@ -301,8 +328,8 @@ async fn receive(
         headers: header_pairs(&request),
         body: String::from_utf8_lossy(&body).into_owned(),
     });
-    match &s.reply {
-        Some(text) => HttpResponse::Ok().json(json!({"reply": {"text": text}})),
+    match &s.answer {
+        Some(answer) => HttpResponse::Ok().json(answer),
         None => HttpResponse::Ok().json(json!({"ok": true})),
     }
 }

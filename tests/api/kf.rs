@@ -9,15 +9,15 @@ use wechat_api::dispatch::handlers::HELP_TEXT;
 use crate::fakes::{FakeWeCom, ForwardReceiver};
 use crate::helpers::*;
 
-const KF_TOKEN: &str = "KfCallbackToken1";
-const KF_KEY: &str = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
-const ADMIN: &str = "admin-token-0123456789abcdef";
+pub(crate) const KF_TOKEN: &str = "KfCallbackToken1";
+pub(crate) const KF_KEY: &str = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
+pub(crate) const ADMIN: &str = "admin-token-0123456789abcdef";
 
-fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-async fn spawn_kf_app(wecom: &FakeWeCom, receiver: &ForwardReceiver, extra: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn spawn_kf_app(wecom: &FakeWeCom, receiver: &ForwardReceiver, extra: &[(&str, &str)]) -> TestApp {
     let mut settings = vec![
         ("WECOM_API_BASE_URL", wecom.base_url.as_str()),
         ("WECOM_SECRET", "app-secret"),
@@ -34,7 +34,7 @@ async fn spawn_kf_app(wecom: &FakeWeCom, receiver: &ForwardReceiver, extra: &[(&
 }
 
 /// The `kf_msg_or_event` notice, signed with the kf Token; returns status and body.
-async fn notify(app: &TestApp, token: &str) -> (u16, String) {
+pub(crate) async fn notify(app: &TestApp, token: &str) -> (u16, String) {
     let xml = format!(
         "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
          <Event><![CDATA[kf_msg_or_event]]></Event><Token><![CDATA[{token}]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>",
@@ -44,12 +44,12 @@ async fn notify(app: &TestApp, token: &str) -> (u16, String) {
     (response.status().as_u16(), response.text().await.expect("body"))
 }
 
-fn text_msg(msgid: &str, content: &str, send_time: i64) -> Value {
+pub(crate) fn text_msg(msgid: &str, content: &str, send_time: i64) -> Value {
     json!({"msgid": msgid, "open_kfid": "wkA", "external_userid": format!("wm-{msgid}"), "send_time": send_time,
            "origin": 3, "msgtype": "text", "text": {"content": content}})
 }
 
-fn page(messages: Vec<Value>, next_cursor: &str, has_more: i64) -> Value {
+pub(crate) fn page(messages: Vec<Value>, next_cursor: &str, has_more: i64) -> Value {
     json!({"errcode": 0, "errmsg": "ok", "next_cursor": next_cursor, "has_more": has_more, "msg_list": messages})
 }
 

@@ -9,8 +9,10 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wechat_api::messages::Channel;
+use wechat_api::store::conversations::{Customer, Observation, Refusal, Verdict};
 use wechat_api::store::journal::{EntryKind, NewEntry, Recorded};
 use wechat_api::store::outbox::NewAction;
+use wechat_api::store::sends::{NewSend, Queued, SendStatus, SendUpdate};
 use wechat_api::store::tokens::StoredToken;
 use wechat_api::store::{now, Store, StoreError};
 
@@ -377,6 +379,103 @@ async fn pruning_keeps_unhandled_entries_and_owed_actions(engine: Engine) {
     assert!(store.contains("unhandled".into()).await.expect("query"));
 }
 
+fn new_send(id: &str, key: Option<&str>) -> NewSend {
+    NewSend {
+        id: id.into(),
+        channel: "kf",
+        recipient: "wm1".into(),
+        open_kfid: Some("wkA".into()),
+        parts: 2,
+        idempotency_key: key.map(str::to_owned),
+    }
+}
+
+async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuses(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(30)).await else { return };
+    let owners = subject.owners(4).await;
+    let racing = owners.iter().enumerate().map(|(n, store)| {
+        let store = store.clone();
+        async move {
+            store.queue_send(new_send(&format!("msg_{n}"), Some("same-key")), action(&format!("send:msg_{n}"))).await
+        }
+    });
+    let results: Vec<Queued> =
+        futures_util::future::join_all(racing).await.into_iter().map(|r| r.expect("queued")).collect();
+    let new: Vec<&String> =
+        results.iter().filter_map(|q| if let Queued::New(id) = q { Some(id) } else { None }).collect();
+    assert_eq!(new.len(), 1, "one send for one key: {results:?}");
+    assert!(results.iter().all(|q| matches!(q, Queued::Existing(id) | Queued::New(id) if id == new[0])), "{results:?}");
+    assert_eq!(subject.store.outbox_backlog().await.expect("backlog"), 1, "one action queued");
+
+    let store = &subject.store;
+    let id = new[0].clone();
+    let update = |u: SendUpdate| store.update_send(id.clone(), u);
+    assert_eq!(update(SendUpdate::PartSent { number: 1 }).await.expect("update"), None, "1 of 2 parts: still queued");
+    assert_eq!(update(SendUpdate::PartSent { number: 2 }).await.expect("update"), Some(SendStatus::Sent));
+    assert_eq!(update(SendUpdate::PartSent { number: 2 }).await.expect("update"), None, "a repeat changes nothing");
+    assert_eq!(
+        update(SendUpdate::Refused { reason: "late".into() }).await.expect("update"),
+        None,
+        "only queued is refused"
+    );
+    store.note_msgid("MSGID1".into(), id.clone()).await.expect("msgid");
+    assert_eq!(store.send_of_msgid("MSGID1".into()).await.expect("lookup"), Some(id.clone()));
+    assert_eq!(store.send_of_msgid("other".into()).await.expect("lookup"), None);
+    let failed = update(SendUpdate::Failed { errcode: None, reason: "msg_send_fail".into() }).await.expect("update");
+    assert_eq!(failed, Some(SendStatus::Failed), "a sent message may still fail");
+    let row = store.send(id.clone()).await.expect("read").expect("found");
+    assert_eq!(
+        (row.status, row.parts, row.parts_sent, row.reason.as_deref()),
+        (SendStatus::Failed, 2, 2, Some("msg_send_fail"))
+    );
+    assert_eq!(store.recent_sends(5).await.expect("recent")[0].id, id);
+    let recorded = store.record_send(new_send("reply:kf:msg:1", None)).await.expect("recorded");
+    assert_eq!(recorded.status, SendStatus::Queued);
+    assert_eq!(
+        store.record_send(new_send("reply:kf:msg:1", None)).await.expect("again").created_at,
+        recorded.created_at
+    );
+
+    store.journal(entry("kf:msg:found")).await.expect("journal");
+    assert_eq!(
+        store.find_entry("kf:msg:found".into()).await.expect("find").map(|e| e.dedup_key),
+        Some("kf:msg:found".into())
+    );
+    assert!(store.find_entry("kf:msg:absent".into()).await.expect("find").is_none());
+}
+
+async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(30)).await else { return };
+    let customer = Customer { open_kfid: "wkA".into(), external_userid: "wm1".into() };
+    let at = now();
+    assert_eq!(
+        subject.store.reserve_kf_sends(customer.clone(), 1, at, false).await.expect("reserve"),
+        Verdict::Unknown
+    );
+    subject.store.observe_kf(vec![(customer.clone(), Observation::Wrote { at })]).await.expect("observe");
+    let owners = subject.owners(4).await;
+    let racing = owners.iter().flat_map(|store| std::iter::repeat_n(store.clone(), 3)).map(|store| {
+        let customer = customer.clone();
+        async move { store.reserve_kf_sends(customer, 1, at, false).await.expect("reserve") }
+    });
+    let verdicts = futures_util::future::join_all(racing).await;
+    assert_eq!(verdicts.iter().filter(|v| **v == Verdict::Allowed).count(), 5, "{verdicts:?}");
+
+    subject.store.observe_kf(vec![(customer.clone(), Observation::Wrote { at: at + 1 })]).await.expect("observe");
+    subject.store.observe_kf(vec![(customer.clone(), Observation::Human { at: at + 2 })]).await.expect("observe");
+    assert!(matches!(
+        subject.store.reserve_kf_sends(customer.clone(), 1, at + 3, false).await.expect("reserve"),
+        Verdict::Refused(Refusal::Human { .. })
+    ));
+    assert_eq!(
+        subject.store.reserve_kf_sends(customer.clone(), 1, at + 3, true).await.expect("reserve"),
+        Verdict::Allowed
+    );
+    subject.store.observe_kf(vec![(customer.clone(), Observation::Ended)]).await.expect("observe");
+    let conversation = subject.store.kf_conversation(customer.clone()).await.expect("read").expect("known");
+    assert_eq!((conversation.sent_since, conversation.human_since), (1, None));
+}
+
 /// Each scenario as a test per engine.
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
@@ -413,4 +512,6 @@ conformance!(
     a_rejected_token_is_dropped_only_if_still_current,
     bookkeeping_round_trips,
     pruning_keeps_unhandled_entries_and_owed_actions,
+    a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuses,
+    racing_replicas_never_send_more_than_the_kf_rules_allow,
 );
