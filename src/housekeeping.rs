@@ -25,6 +25,7 @@ fn period(retention: Duration) -> Duration {
 pub(crate) async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let journal = metrics.counter(crate::telemetry::STORE_PRUNED_TOTAL, &[("table", "journal".into())]);
     let outbox = metrics.counter(crate::telemetry::STORE_PRUNED_TOTAL, &[("table", "outbox".into())]);
+    let replies = metrics.counter(crate::telemetry::STORE_PRUNED_TOTAL, &[("table", "sends".into())]);
     let mut tick = tokio::time::interval(period(retention));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -43,6 +44,10 @@ pub(crate) async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>
         };
         let cutoff = now().saturating_sub(retention.as_secs().try_into().unwrap_or(i64::MAX));
         let pruned = store.prune(cutoff).await;
+        match store.prune_replies(cutoff).await {
+            Ok(deleted) => replies.increment(deleted),
+            Err(error) => tracing::warn!("store: pruning sends failed, will retry: {error}"),
+        }
         if let Err(error) = store.release_lease(lease).await {
             tracing::debug!("store: housekeeping lease not released (it runs out by itself): {error}");
         }

@@ -474,6 +474,9 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
     subject.store.observe_kf(vec![(customer.clone(), Observation::Ended)]).await.expect("observe");
     let conversation = subject.store.kf_conversation(customer.clone()).await.expect("read").expect("known");
     assert_eq!((conversation.sent_since, conversation.human_since), (1, None));
+    assert_eq!(subject.store.prune_replies(now() - 60).await.expect("prune"), 0, "recent: kept");
+    assert_eq!(subject.store.prune_replies(now() + 60).await.expect("prune"), 1, "past retention: gone");
+    assert!(subject.store.kf_conversation(customer).await.expect("read").is_none());
 }
 
 /// Each scenario as a test per engine.

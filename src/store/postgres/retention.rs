@@ -20,6 +20,20 @@ impl Postgres {
         Ok(Pruned { journal, outbox })
     }
 
+    pub(in crate::store) async fn prune_replies(&self, cutoff: i64) -> Result<u64, StoreError> {
+        let client = self.client().await?;
+        let mut deleted = 0;
+        for sql in [
+            "DELETE FROM sends WHERE updated_at < $1 AND status <> 'queued'",
+            "DELETE FROM send_msgids WHERE created_at < $1",
+            "DELETE FROM kf_conversations WHERE updated_at < $1",
+        ] {
+            deleted += client.execute(sql, &[&cutoff]).await?;
+            self.committed(1);
+        }
+        Ok(deleted)
+    }
+
     /// Deletes the rows of `table` that match `old` (given the cutoff as `$2`), a
     /// batch after an id at a time, until a batch is not full.
     async fn prune_table(&self, table: &str, old: &str, cutoff: i64) -> Result<u64, StoreError> {

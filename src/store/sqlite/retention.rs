@@ -36,6 +36,26 @@ impl Sqlite {
     }
 }
 
+impl Sqlite {
+    pub(in crate::store) async fn prune_replies(&self, cutoff: i64) -> Result<u64, StoreError> {
+        self.run_relaxed(move |db| {
+            let mut deleted = 0;
+            for sql in REPLIES {
+                deleted += db.execute(sql, [cutoff])? as u64;
+            }
+            Ok(deleted)
+        })
+        .await
+    }
+}
+
+/// What `prune_replies` deletes: rows untouched since the cutoff.
+const REPLIES: [&str; 3] = [
+    "DELETE FROM sends WHERE updated_at < ?1 AND status <> 'queued'",
+    "DELETE FROM send_msgids WHERE created_at < ?1",
+    "DELETE FROM kf_conversations WHERE updated_at < ?1",
+];
+
 #[derive(Debug, Clone, Copy)]
 enum Table {
     Journal,
