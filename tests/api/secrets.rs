@@ -33,6 +33,7 @@ const SMTP_PASS: &str = "sVrktBfSiBPFuSsVkus25HIQBMQy";
 /// The password inside `DATABASE_URL`: what makes that URL a secret. (The test
 /// cluster trusts every local connection, so any password opens it.)
 const DB_PASSWORD: &str = "pGw8Zr3Kq7Xm2Lv9Tn4Hb6Jd";
+const SEND: &str = "Sq4vKw9RtY2pLm7Nx3Bc8Hj5";
 const SMTP_USER: &str = "alerts@example.test";
 /// Every access token the fake WeCom API issues is this, `-`, a number.
 const ACCESS_TOKEN: &str = "5Cz25vBT6meUE4iFysYw732mtL";
@@ -68,6 +69,7 @@ const SECRET_VALUES: &[(&str, &str)] = &[
     ("FORWARD_SECRET", FORWARD_SECRET),
     ("SMTP_PASS", SMTP_PASS),
     ("DATABASE_URL", DB_PASSWORD),
+    ("SEND_TOKEN", SEND),
 ];
 
 /// Every secret of the session, and the AES keys also as the bytes they decode to.
@@ -224,6 +226,7 @@ impl Session {
                 ("WECOM_KF_ENCODING_AES_KEY", KF_KEY),
                 ("WECOM_API_BASE_URL", &wecom.base_url),
                 ("ADMIN_TOKEN", ADMIN),
+                ("SEND_TOKEN", SEND),
                 ("FORWARD_URL", &receiver.url),
                 ("FORWARD_SECRET", FORWARD_SECRET),
                 ("ALERT_EMAIL_ENABLED", "true"),
@@ -390,6 +393,14 @@ async fn a_whole_session_shows_no_secret_in_any_output() {
         KF_SECRET,
         Some(json!({"errcode": 60020, "errmsg": "not allow to access from your ip, hint: [x], from ip: 198.51.100.23, more info at https://open.work.weixin.qq.com/devtool/query?e=60020"})),
     );
+    let send = client
+        .post(url("/api/v1/messages"))
+        .header("Authorization", format!("Bearer {SEND}"))
+        .json(&json!({"channel": "app", "to": "lisi", "text": "**hello** from the send API"}));
+    let (status, answer) = evidence.http("send API (refused Secret)", send).await;
+    assert_eq!(status, 202, "{answer}");
+    let wrong = client.post(url("/api/v1/messages")).header("Authorization", format!("Bearer {ADMIN}"));
+    assert_eq!(evidence.http("send API with the admin token", wrong).await.0, 401);
     let bearer = format!("Bearer {ADMIN}");
     let (status, report) = evidence
         .http(
