@@ -270,6 +270,9 @@ async fn count(url: &str, query: &str) -> i64 {
     value
 }
 
+/// The PostgreSQL schema this build writes: 1, and 2 for replies (sends, kf conversations).
+const SCHEMA_VERSION: i64 = 2;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_once() {
     let Some(url) = fresh_database().await else { return };
@@ -281,7 +284,7 @@ async fn replicas_starting_together_migrate_once() {
         start.expect("task").expect("every replica starts");
     }
     assert_eq!(count(&url, "SELECT count(*) FROM schema_version").await, 1);
-    assert_eq!(count(&url, "SELECT max(version) FROM schema_version").await, 1);
+    assert_eq!(count(&url, "SELECT max(version) FROM schema_version").await, SCHEMA_VERSION);
 }
 
 #[tokio::test]
@@ -290,7 +293,7 @@ async fn a_replica_refuses_a_newer_schema() {
     drop(connect(&url).await);
     sql(&url, "UPDATE schema_version SET version = 99").await;
     let refused = Store::connect(&url, 2, DEFAULT_LEASE).await;
-    assert!(matches!(refused, Err(StoreError::TooNew { found: 99, known: 1 })), "{refused:?}");
+    assert!(matches!(refused, Err(StoreError::TooNew { found: 99, known: SCHEMA_VERSION })), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
