@@ -402,7 +402,10 @@ async fn heartbeat(url: String, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => match client.get(&url).send().await {
                 Ok(response) if response.status().is_success() => tracing::debug!("heartbeat sent"),
-                Ok(response) => tracing::warn!("HEARTBEAT_URL answered HTTP {}", response.status()),
+                Ok(response) => match crate::outbound::refused_redirect(&response) {
+                    Some(reason) => tracing::warn!("HEARTBEAT_URL: {reason}"),
+                    None => tracing::warn!("HEARTBEAT_URL answered HTTP {}", response.status()),
+                },
                 Err(error) => tracing::warn!("HEARTBEAT_URL: {}", error.without_url()),
             },
         }

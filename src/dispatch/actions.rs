@@ -354,6 +354,9 @@ impl Executor {
         let mut response =
             request.body(body).send().await.map_err(|e| ActionError::retry(format!("forward: {}", e.without_url())))?;
         let status = response.status();
+        if let Some(reason) = crate::outbound::refused_redirect(&response) {
+            return Err(ActionError::retry(format!("forward: {reason}")));
+        }
         if !status.is_success() {
             return Err(ActionError::retry(format!("forward: HTTP {status}")));
         }

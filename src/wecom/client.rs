@@ -88,10 +88,16 @@ impl WeComClient {
     }
 
     async fn send(&self, api: &'static str, request: RequestBuilder) -> Result<reqwest::Response, WeComError> {
-        request.send().await.map_err(|e| {
+        let response = request.send().await.map_err(|e| {
             self.count(api, "transport".into());
             WeComError::transport(api, e)
-        })
+        })?;
+        // WeCom never redirects an API call; one that does is not WeCom's answer.
+        if let Some(reason) = crate::outbound::refused_redirect(&response) {
+            self.count(api, "redirect".into());
+            return Err(WeComError::Decode { api, reason });
+        }
+        Ok(response)
     }
 
     fn decode<T: DeserializeOwned>(&self, api: &'static str, bytes: &[u8]) -> Result<T, WeComError> {

@@ -212,6 +212,8 @@ struct ReceiverState {
     attempts: usize,
     fail_first: usize,
     reply: Option<String>,
+    /// Answer every POST with a 307 to this URL instead of taking it.
+    redirect: Option<String>,
     delivered: Vec<Delivery>,
 }
 
@@ -258,6 +260,11 @@ impl ForwardReceiver {
         self.state.lock().expect("lock").reply = Some(text.to_owned());
     }
 
+    /// Answers every POST with `307 Temporary Redirect` to `url` from now on.
+    pub fn redirect_to(&self, url: &str) {
+        self.state.lock().expect("lock").redirect = Some(url.to_owned());
+    }
+
     pub fn attempts(&self) -> usize {
         self.state.lock().expect("lock").attempts
     }
@@ -292,6 +299,9 @@ async fn receive(
     s.attempts += 1;
     if s.attempts <= s.fail_first {
         return HttpResponse::InternalServerError().body("not now");
+    }
+    if let Some(url) = &s.redirect {
+        return HttpResponse::TemporaryRedirect().insert_header(("Location", url.as_str())).finish();
     }
     s.delivered.push(Delivery {
         message_id: header("X-Message-Id"),

@@ -13,6 +13,7 @@ mod kf;
 mod layout;
 mod migrate;
 mod monitoring;
+mod outbound;
 mod postgres;
 mod properties;
 mod replicas;
