@@ -250,9 +250,14 @@ impl Workers {
             .map_err(|e| StartupError::Alerts(e.to_string()))?;
         let first_start = store.first_started_at().await?;
         tracing::debug!(first_start, "store open");
-        let executor =
-            Executor::new(config.forward.clone(), Arc::clone(wecom), config.agent_id, config.upload_dir.clone())
-                .map_err(|e| StartupError::Component(e.to_string()))?;
+        let executor = Executor::new(
+            config.forward.clone(),
+            Arc::clone(wecom),
+            config.agent_id,
+            config.upload_dir.clone(),
+            crate::media::Floor { percent: config.media_min_free_percent },
+        )
+        .map_err(|e| StartupError::Component(e.to_string()))?;
         let outbox_wake = Arc::new(Notify::new());
         let settings = HandlerSettings {
             forward: config.forward.is_some(),
@@ -308,9 +313,12 @@ impl Workers {
         watch("dispatcher", dispatcher.run(shutdown.clone()).boxed());
         watch("outbox", outbox.run(shutdown.clone()).boxed());
         let metrics = Arc::clone(&state.metrics);
+        let media = config
+            .media_retention
+            .map(|keep| crate::housekeeping::MediaRetention { upload_dir: config.upload_dir.clone(), keep });
         watch(
             "retention",
-            crate::housekeeping::run(state.store.clone(), config.retention, metrics, shutdown.clone()).boxed(),
+            crate::housekeeping::run(state.store.clone(), config.retention, media, metrics, shutdown.clone()).boxed(),
         );
         if let Some(kf_syncer) = kf_syncer {
             watch("kf-sync", kf_syncer.run(shutdown.clone()).boxed());

@@ -201,6 +201,15 @@ pub(crate) const STORE_PRUNED_TOTAL: Family = Family {
     help: "Rows deleted by retention, by table (journal, outbox).",
 };
 
+/// `wechat_api_media_pruned_total{kind}`.
+pub(crate) const MEDIA_PRUNED_TOTAL: Family = Family {
+    name: "wechat_api_media_pruned_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["kind"],
+    help: "Downloaded media removed by MEDIA_RETENTION_SECS: files, and the empty day directories they left.",
+};
+
 /// `wechat_api_store_commits_total`.
 pub(crate) const STORE_COMMITS_TOTAL: Family = Family {
     name: "wechat_api_store_commits_total",
@@ -229,7 +238,7 @@ pub(crate) const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
 };
 
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 15] = [
+pub(crate) const FAMILIES: [Family; 16] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -242,6 +251,7 @@ pub(crate) const FAMILIES: [Family; 15] = [
     KF_MESSAGES_TOTAL,
     OUTBOX_ACTIONS_TOTAL,
     STORE_PRUNED_TOTAL,
+    MEDIA_PRUNED_TOTAL,
     STORE_COMMITS_TOTAL,
     STORE_OPERATIONS_TOTAL,
     STORE_SYNCED_COMMITS_TOTAL,

@@ -148,6 +148,10 @@ pub struct Config {
     pub replica: String,
     /// `LEASE_SECS`.
     pub lease: Duration,
+    /// `MEDIA_RETENTION_SECS`; `None` keeps media forever (`0`).
+    pub media_retention: Option<Duration>,
+    /// `MEDIA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor.
+    pub media_min_free_percent: u8,
 }
 
 /// The PostgreSQL store of replicas (SPEC §9).
@@ -183,6 +187,10 @@ pub(crate) fn host_name() -> String {
         _ => "unknown".to_owned(),
     }
 }
+
+/// The shortest `MEDIA_RETENTION_SECS` other than 0: the forward receiver must
+/// have time to fetch a file before it goes.
+pub(crate) const MIN_MEDIA_RETENTION_SECS: u64 = 3600;
 
 /// The shortest `LEASE_SECS`: an action may take 30 s, and its lease must outlast it.
 pub(crate) const MIN_LEASE_SECS: u64 = 35;

@@ -15,7 +15,7 @@ use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
     AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, LogFormat, SmtpTls, MIN_LEASE_SECS,
-    MIN_RETENTION_SECS,
+    MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::crypto::{AesKey, KeyError};
 
@@ -197,6 +197,17 @@ impl Config {
                 format!("must be at least {MIN_LEASE_SECS} (an action may take 30 s; its lease must outlast it)"),
             );
         }
+        let media_retention = v.parse::<u64>(var::MEDIA_RETENTION_SECS, "a whole number of seconds (0 = forever)");
+        if media_retention.is_some_and(|secs| secs != 0 && secs < MIN_MEDIA_RETENTION_SECS) {
+            v.fail(
+                var::MEDIA_RETENTION_SECS,
+                format!("must be 0 (keep forever) or at least {MIN_MEDIA_RETENTION_SECS}"),
+            );
+        }
+        let media_min_free_percent = v.parse::<u8>(var::MEDIA_MIN_FREE_PERCENT, "a whole percentage, 0 to 100");
+        if media_min_free_percent.is_some_and(|p| p > 100) {
+            v.fail(var::MEDIA_MIN_FREE_PERCENT, "must be a whole percentage, 0 to 100 (0 = no floor)");
+        }
         let built = (|| {
             Some(Config {
                 corp_id: corp_id?,
@@ -226,6 +237,8 @@ impl Config {
                 },
                 replica,
                 lease: Duration::from_secs(lease?),
+                media_retention: Some(media_retention?).filter(|secs| *secs > 0).map(Duration::from_secs),
+                media_min_free_percent: media_min_free_percent?,
             })
         })();
         v.finish(built)

@@ -119,6 +119,8 @@ variables! {
     DATABASE_POOL_SIZE,        None,                      Some("8"),                             PUBLIC, "PostgreSQL connections per replica";
     REPLICA_ID,                None,                      None,                                  PUBLIC, "this replica's name in logs, health, the status page, emails and metrics; default the host name";
     LEASE_SECS,                None,                      Some("60"),                            PUBLIC, "how long a claim holds before another replica may take it over (at least 35)";
+    MEDIA_RETENTION_SECS,      None,                      Some("2592000"),                       PUBLIC, "how long downloaded media are kept in UPLOAD_DIR (30 days), 0 = forever";
+    MEDIA_MIN_FREE_PERCENT,    None,                      Some("5"),                             PUBLIC, "free space (per cent) UPLOAD_DIR's volume keeps: below it media are not downloaded, 0 = no floor";
 }
 
 #[cfg(test)]

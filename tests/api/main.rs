@@ -11,6 +11,7 @@ mod hostile;
 mod ingest;
 mod kf;
 mod layout;
+mod media;
 mod migrate;
 mod monitoring;
 mod outbound;
