@@ -34,8 +34,21 @@ const LOG_QUEUE_LINES: usize = 64 * 1024;
 /// Lines go through a queue to a log thread that writes whatever has queued up in
 /// one `write`: one line per callback must not cost one system call per callback.
 /// The queue is not lossy: when full, the request thread waits rather than drop a line.
-pub(crate) fn init_tracing(format: LogFormat) -> LogGuard {
-    let filter = tracing_subscriber::EnvFilter::new("info,actix_server=warn,rustls=warn,h2=warn,hyper=warn");
+///
+/// `filter` (`RUST_LOG`, validated) replaces the default filter, but other
+/// crates never log below `info` whatever it says: at `debug` and `trace` they
+/// print request URLs (with access tokens) and SQL parameters (with tokens and
+/// messages), and no secret may reach a log line.
+pub(crate) fn init_tracing(format: LogFormat, filter: Option<&str>) -> LogGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    const DEFAULT: &str = "info,actix_server=warn,rustls=warn,h2=warn,hyper=warn";
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(filter.unwrap_or(DEFAULT))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT));
+    let others_at_most_info = tracing_subscriber::filter::Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), tracing::level_filters::LevelFilter::TRACE)
+        .with_default(tracing::level_filters::LevelFilter::INFO);
     // Colour only for a person at a terminal; Docker logs and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -46,8 +59,8 @@ pub(crate) fn init_tracing(format: LogFormat) -> LogGuard {
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(writer);
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(others_at_most_info).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).finish().with(others_at_most_info).try_init(),
     };
     LogGuard { _worker: installed.is_ok().then_some(guard) }
 }

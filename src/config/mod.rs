@@ -142,6 +142,8 @@ pub struct Config {
     pub retention: Duration,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `RUST_LOG`, a valid `tracing` filter; `None`: the built-in default.
+    pub log_filter: Option<String>,
     /// `DATABASE_URL` and `DATABASE_POOL_SIZE`; `None`: SQLite in `DATA_DIR`.
     pub database: Option<Database>,
     /// `REPLICA_ID`, else the host name.

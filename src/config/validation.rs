@@ -178,6 +178,10 @@ impl Config {
                 None
             }
         };
+        let log_filter = settings.get(var::RUST_LOG).map(str::trim).filter(|f| !f.is_empty()).map(str::to_owned);
+        if let Some(Err(error)) = log_filter.as_deref().map(|f| tracing_subscriber::EnvFilter::builder().parse(f)) {
+            v.fail(var::RUST_LOG, format!("must be a log filter such as debug or info,wechat_api=trace: {error}"));
+        }
         let database = v.secret(var::DATABASE_URL).and_then(|url| {
             crate::store::check_database_url(url.expose())
                 .map_err(|reason| v.fail(var::DATABASE_URL, format!("{reason} (postgres://user:password@host:port/dbname?sslmode=disable|prefer|require|verify-full)")))
@@ -231,6 +235,7 @@ impl Config {
                 alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
                 retention: Duration::from_secs(retention?),
                 log_format: log_format?,
+                log_filter,
                 database: match database {
                     Some(url) => Some(Database { url, pool_size: pool_size? }),
                     None => None,

@@ -115,6 +115,7 @@ variables! {
     ALERT_REPEAT_HOURS,        None,                      Some("4"),                             PUBLIC, "reminder period for a firing check, 0 = off";
     RETENTION_SECS,            None,                      Some("604800"),                        PUBLIC, "how long handled messages and dedup keys are kept";
     LOG_FORMAT,                None,                      Some("text"),                          PUBLIC, "text or json";
+    RUST_LOG,                  None,                      None,                                  PUBLIC, "log filter (e.g. debug, or info,wechat_api::dispatch=trace): raises wechat-api's own lines; other crates stay at info at most; default info";
     DATABASE_URL,              None,                      None,                                  SECRET, "postgres://user:password@host:port/dbname?sslmode=…: the store is PostgreSQL (replicas) instead of SQLite in DATA_DIR";
     DATABASE_POOL_SIZE,        None,                      Some("8"),                             PUBLIC, "PostgreSQL connections per replica";
     REPLICA_ID,                None,                      None,                                  PUBLIC, "this replica's name in logs, health, the status page, emails and metrics; default the host name";
