@@ -3,14 +3,21 @@
 # report file, secrets redacted: container state, restart count and policy, port,
 # health status and its last log, recent logs, and the in-container
 # `wechat-api diagnose`.
+#
+# The recent logs hold customer message text (one line per message): the report
+# is written readable by its owner only (0600). Share it as you would the logs.
 set -uo pipefail
+umask 077
 
 usage() {
   cat <<'USAGE'
 Usage: diagnose-wechat-api.sh [--help] [REPORT_FILE]
 
 Writes a troubleshooting report (default: wechat-api-report-<time>.txt) about the
-container named by $CONTAINER (default wechat-api). Secrets are redacted.
+container named by $CONTAINER (default wechat-api). Secrets are redacted (values
+of *SECRET*, *TOKEN*, *PASS*, *KEY* settings in any case, Bearer and Basic
+credentials, passwords in URLs). The report includes recent log lines, which
+hold customer message text: it is written with mode 0600; share it with care.
 USAGE
 }
 
@@ -20,15 +27,23 @@ esac
 CONTAINER=${CONTAINER:-wechat-api}
 report=${1:-wechat-api-report-$(date -u +%Y%m%dT%H%M%SZ).txt}
 
-# Values of variables whose names say they are secret are replaced.
+# Replaced, in any case: values of settings whose names say they are secret
+# (WECOM_SECRET=…, wecom_secret = "…", "smtp_pass": "…", access_token=… in a URL),
+# Bearer and Basic credentials, and the password of a URL (postgres://u:pw@host).
 redact() {
-  sed -E 's/((SECRET|TOKEN|PASS|AES_KEY|KEY)[A-Z_]*[=:][[:space:]]*"?)[^"[:space:],]+/\1<redacted>/g'
+  sed -E \
+    -e 's/((secret|token|pass|key)[a-z0-9_]*"?[[:space:]]*(=|:[[:space:]]|:")[[:space:]]*["'"'"']?)[^"'"'"'[:space:],;&]+/\1<redacted>/gI' \
+    -e 's/((bearer|basic)[[:space:]]+)[^"'"'"'[:space:],;]+/\1<redacted>/gI' \
+    -e 's#([a-z][a-z0-9+.-]*://[^/:@[:space:]]*:)[^@/[:space:]]+@#\1<redacted>@#gI'
 }
 
 section() { printf '\n===== %s =====\n' "$1"; }
 
+# A report left by an earlier run keeps its mode through `>`: start afresh.
+rm -f -- "$report"
 {
   echo "wechat-api report, $(date -u +%FT%TZ), host $(hostname)"
+  echo "Holds customer message text (in the log lines); secrets are redacted. Share with care."
   section "container"
   docker inspect -f 'status={{.State.Status}} running={{.State.Running}} started={{.State.StartedAt}} exit={{.State.ExitCode}} oom={{.State.OOMKilled}}
 restarts={{.RestartCount}} policy={{.HostConfig.RestartPolicy.Name}} user={{.Config.User}} image={{.Config.Image}}' "$CONTAINER" 2>&1
@@ -49,5 +64,6 @@ restarts={{.RestartCount}} policy={{.HostConfig.RestartPolicy.Name}} user={{.Con
   section "last 200 log lines"
   docker logs --tail 200 "$CONTAINER" 2>&1
 } | redact >"$report"
+chmod 600 "$report"
 
 echo "report written to $report"

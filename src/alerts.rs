@@ -8,7 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lettre::message::{header::ContentType, Mailbox};
 use lettre::transport::smtp::authentication::Credentials;
@@ -75,6 +75,20 @@ pub struct Alerter {
 struct Shared {
     status: Mutex<MailStatus>,
     recent: Mutex<VecDeque<RecentAlert>>,
+    /// When the last test mail was queued (`POST /api/alerts/test`).
+    last_test: Mutex<Option<Instant>>,
+}
+
+/// At most one test mail per this period: the admin endpoint must not become a
+/// way to flood the recipients (or the relay's quota).
+pub(crate) const TEST_MAIL_PERIOD: Duration = Duration::from_secs(60);
+
+/// Whether a test mail may go at `now` after one at `last`; else how long to wait.
+fn test_mail_allowed(last: Option<Instant>, now: Instant) -> Result<(), Duration> {
+    match last.map(|last| now.saturating_duration_since(last)) {
+        Some(since) if since < TEST_MAIL_PERIOD => Err(TEST_MAIL_PERIOD - since),
+        _ => Ok(()),
+    }
 }
 
 impl Shared {
@@ -176,6 +190,18 @@ impl Alerter {
         }
     }
 
+    /// Queues a test mail unless one was queued within [`TEST_MAIL_PERIOD`] before
+    /// `now`; else says how long until the next may go.
+    pub(crate) fn send_test(&self, mail: Mail, now: Instant) -> Result<(), Duration> {
+        {
+            let mut last = self.shared.last_test.lock().unwrap_or_else(|e| e.into_inner());
+            test_mail_allowed(*last, now)?;
+            *last = Some(now);
+        }
+        self.send(mail);
+        Ok(())
+    }
+
     pub(crate) fn status(&self) -> MailStatus {
         self.shared.status.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -256,5 +282,18 @@ pub(crate) async fn test_login(email: &AlertEmail) -> Result<(), String> {
         Ok(Ok(false)) => Err("the server did not accept the connection".to_owned()),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err(format!("no answer within {}s", SEND_TIMEOUT.as_secs())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_test_mail_a_minute_and_the_wait_is_what_remains() {
+        let start = Instant::now();
+        assert_eq!(test_mail_allowed(None, start), Ok(()));
+        assert_eq!(test_mail_allowed(Some(start), start + Duration::from_secs(15)), Err(Duration::from_secs(45)));
+        assert_eq!(test_mail_allowed(Some(start), start + TEST_MAIL_PERIOD), Ok(()));
     }
 }

@@ -20,7 +20,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the service (the default).
+    /// Run the service (the default). Logs go to stdout at info; `RUST_LOG=debug`
+    /// (or e.g. `RUST_LOG=info,wechat_api::dispatch=trace`) raises the service's
+    /// own lines; other crates stay at info at most, so no secret reaches a log.
     Serve {
         /// First start with no configuration: generate a Token, an EncodingAESKey,
         /// a demo corp id and a self-signed certificate under `DATA_DIR` (default

@@ -1,11 +1,17 @@
 //! Housekeeping: the pruning task. Once at start-up and then every tenth of
 //! `RETENTION_SECS`, whichever replica holds the `housekeeping` lease prunes for the
 //! cluster (`Store::prune`), and the counts go to `wechat_api_store_pruned_total`.
+//! Every replica also prunes downloaded media older than `MEDIA_RETENTION_SECS`
+//! in its own `UPLOAD_DIR` (not under the lease: uploads may be per replica, and
+//! removing an old file twice is harmless), counted in
+//! `wechat_api_media_pruned_total`.
 //!
-//! Deliberately not here: what pruning deletes and keeps (`store::retention`).
+//! Deliberately not here: what pruning deletes and keeps (`store::retention`,
+//! `media::prune`).
 
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio_util::sync::CancellationToken;
 
@@ -21,17 +27,35 @@ fn period(retention: Duration) -> Duration {
     (retention / 10).clamp(Duration::from_secs(10), Duration::from_secs(600))
 }
 
-/// The pruning task: once at start-up, then every [`period`], until `shutdown`.
-pub(crate) async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+/// Downloaded media and how long they are kept (`MEDIA_RETENTION_SECS`).
+#[derive(Debug, Clone)]
+pub(crate) struct MediaRetention {
+    pub upload_dir: PathBuf,
+    pub keep: Duration,
+}
+
+/// The pruning task: once at start-up, then every [`period`] (of the shorter
+/// retention), until `shutdown`.
+pub(crate) async fn run(
+    store: Store,
+    retention: Duration,
+    media: Option<MediaRetention>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let journal = metrics.counter(crate::telemetry::STORE_PRUNED_TOTAL, &[("table", "journal".into())]);
     let outbox = metrics.counter(crate::telemetry::STORE_PRUNED_TOTAL, &[("table", "outbox".into())]);
     let replies = metrics.counter(crate::telemetry::STORE_PRUNED_TOTAL, &[("table", "sends".into())]);
-    let mut tick = tokio::time::interval(period(retention));
+    let every = media.as_ref().map_or(period(retention), |m| period(retention).min(period(m.keep)));
+    let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
+        }
+        if let Some(media) = &media {
+            prune_media(media, &metrics).await;
         }
         // Housekeeping once for the cluster: whoever holds the lease prunes.
         let lease = match store.claim_lease(HOUSEKEEPING.to_owned()).await {
@@ -65,5 +89,32 @@ pub(crate) async fn run(store: Store, retention: Duration, metrics: Arc<Metrics>
             }
             Err(error) => tracing::warn!("store: pruning failed, will retry: {error}"),
         }
+    }
+}
+
+/// Removes this replica's media older than their retention, and counts them.
+async fn prune_media(media: &MediaRetention, metrics: &Metrics) {
+    let (upload_dir, keep) = (media.upload_dir.clone(), media.keep);
+    let pruned = tokio::task::spawn_blocking(move || {
+        let cutoff = SystemTime::now().checked_sub(keep).unwrap_or(SystemTime::UNIX_EPOCH);
+        crate::media::prune(&upload_dir, cutoff, time::OffsetDateTime::now_utc().date())
+    })
+    .await;
+    match pruned {
+        Ok(pruned) => {
+            let count = |kind: &str, n: u64| {
+                metrics.counter(crate::telemetry::MEDIA_PRUNED_TOTAL, &[("kind", kind.to_owned())]).increment(n);
+            };
+            count("file", pruned.files);
+            count("directory", pruned.directories);
+            if pruned.files + pruned.directories > 0 {
+                tracing::info!(
+                    files = pruned.files,
+                    directories = pruned.directories,
+                    "media: pruned past MEDIA_RETENTION_SECS"
+                );
+            }
+        }
+        Err(error) => tracing::warn!("media: pruning failed, will retry: {error}"),
     }
 }

@@ -311,9 +311,12 @@ impl Workers {
         watch("dispatcher", dispatcher.run(shutdown.clone()).boxed());
         watch("outbox", outbox.run(shutdown.clone()).boxed());
         let metrics = Arc::clone(&state.metrics);
+        let media = config
+            .media_retention
+            .map(|keep| crate::housekeeping::MediaRetention { upload_dir: config.upload_dir.clone(), keep });
         watch(
             "retention",
-            crate::housekeeping::run(state.store.clone(), config.retention, metrics, shutdown.clone()).boxed(),
+            crate::housekeeping::run(state.store.clone(), config.retention, media, metrics, shutdown.clone()).boxed(),
         );
         if let Some(kf_syncer) = kf_syncer {
             watch("kf-sync", kf_syncer.run(shutdown.clone()).boxed());
@@ -405,7 +408,10 @@ async fn heartbeat(url: String, shutdown: CancellationToken) {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => match client.get(&url).send().await {
                 Ok(response) if response.status().is_success() => tracing::debug!("heartbeat sent"),
-                Ok(response) => tracing::warn!("HEARTBEAT_URL answered HTTP {}", response.status()),
+                Ok(response) => match crate::outbound::refused_redirect(&response) {
+                    Some(reason) => tracing::warn!("HEARTBEAT_URL: {reason}"),
+                    None => tracing::warn!("HEARTBEAT_URL answered HTTP {}", response.status()),
+                },
                 Err(error) => tracing::warn!("HEARTBEAT_URL: {}", error.without_url()),
             },
         }

@@ -34,8 +34,21 @@ const LOG_QUEUE_LINES: usize = 64 * 1024;
 /// Lines go through a queue to a log thread that writes whatever has queued up in
 /// one `write`: one line per callback must not cost one system call per callback.
 /// The queue is not lossy: when full, the request thread waits rather than drop a line.
-pub(crate) fn init_tracing(format: LogFormat) -> LogGuard {
-    let filter = tracing_subscriber::EnvFilter::new("info,actix_server=warn,rustls=warn,h2=warn,hyper=warn");
+///
+/// `filter` (`RUST_LOG`, validated) replaces the default filter, but other
+/// crates never log below `info` whatever it says: at `debug` and `trace` they
+/// print request URLs (with access tokens) and SQL parameters (with tokens and
+/// messages), and no secret may reach a log line.
+pub(crate) fn init_tracing(format: LogFormat, filter: Option<&str>) -> LogGuard {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    const DEFAULT: &str = "info,actix_server=warn,rustls=warn,h2=warn,hyper=warn";
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .parse(filter.unwrap_or(DEFAULT))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT));
+    let others_at_most_info = tracing_subscriber::filter::Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), tracing::level_filters::LevelFilter::TRACE)
+        .with_default(tracing::level_filters::LevelFilter::INFO);
     // Colour only for a person at a terminal; Docker logs and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
@@ -46,8 +59,8 @@ pub(crate) fn init_tracing(format: LogFormat) -> LogGuard {
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(writer);
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(others_at_most_info).try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).finish().with(others_at_most_info).try_init(),
     };
     LogGuard { _worker: installed.is_ok().then_some(guard) }
 }
@@ -210,6 +223,15 @@ pub(crate) const STORE_PRUNED_TOTAL: Family = Family {
     help: "Rows deleted by retention, by table (journal, outbox).",
 };
 
+/// `wechat_api_media_pruned_total{kind}`.
+pub(crate) const MEDIA_PRUNED_TOTAL: Family = Family {
+    name: "wechat_api_media_pruned_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["kind"],
+    help: "Downloaded media removed by MEDIA_RETENTION_SECS: files, and the empty day directories they left.",
+};
+
 /// `wechat_api_store_commits_total`.
 pub(crate) const STORE_COMMITS_TOTAL: Family = Family {
     name: "wechat_api_store_commits_total",
@@ -238,7 +260,7 @@ pub(crate) const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
 };
 
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 16] = [
+pub(crate) const FAMILIES: [Family; 17] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -252,6 +274,7 @@ pub(crate) const FAMILIES: [Family; 16] = [
     MESSAGES_SENT_TOTAL,
     OUTBOX_ACTIONS_TOTAL,
     STORE_PRUNED_TOTAL,
+    MEDIA_PRUNED_TOTAL,
     STORE_COMMITS_TOTAL,
     STORE_OPERATIONS_TOTAL,
     STORE_SYNCED_COMMITS_TOTAL,

@@ -14,6 +14,10 @@ use crate::telemetry;
 /// Runs the service; with `demo`, on the generated demo configuration and with
 /// the stand-in for WeCom's API.
 pub(crate) fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> {
+    // Everything the service creates is its own: the store (access tokens, every
+    // message), TLS files made in demo mode, logs. Places that must be shared set
+    // their modes explicitly (media: 0640). Process-wide, so set before any thread.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     if demo {
         let file = demo::config_file(&sources).context("cannot prepare the demo configuration")?;
         sources.file = Some(file);
@@ -27,7 +31,7 @@ pub(crate) fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> 
         None
     };
     let (config, warnings) = config::validate(&settings)?;
-    let _log = telemetry::init_tracing(config.log_format);
+    let _log = telemetry::init_tracing(config.log_format, config.log_filter.as_deref());
     for warning in &warnings {
         tracing::warn!("{warning}");
     }

@@ -142,6 +142,8 @@ pub struct Config {
     pub retention: Duration,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
+    /// `RUST_LOG`, a valid `tracing` filter; `None`: the built-in default.
+    pub log_filter: Option<String>,
     /// `DATABASE_URL` and `DATABASE_POOL_SIZE`; `None`: SQLite in `DATA_DIR`.
     pub database: Option<Database>,
     /// `REPLICA_ID`, else the host name.
@@ -152,6 +154,10 @@ pub struct Config {
     pub send_token: Option<Secret>,
     /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
     pub handoff: Handoff,
+    /// `MEDIA_RETENTION_SECS`; `None` keeps media forever (`0`).
+    pub media_retention: Option<Duration>,
+    /// `MEDIA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor.
+    pub media_min_free_percent: u8,
 }
 
 /// Handing a kf conversation to a human (SPEC §10).
@@ -198,6 +204,10 @@ pub(crate) fn host_name() -> String {
         _ => "unknown".to_owned(),
     }
 }
+
+/// The shortest `MEDIA_RETENTION_SECS` other than 0: the forward receiver must
+/// have time to fetch a file before it goes.
+pub(crate) const MIN_MEDIA_RETENTION_SECS: u64 = 3600;
 
 /// The shortest `LEASE_SECS`: an action may take 30 s, and its lease must outlast it.
 pub(crate) const MIN_LEASE_SECS: u64 = 35;

@@ -15,7 +15,7 @@ use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
     AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, MIN_LEASE_SECS,
-    MIN_RETENTION_SECS,
+    MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::crypto::{AesKey, KeyError};
 
@@ -178,6 +178,10 @@ impl Config {
                 None
             }
         };
+        let log_filter = settings.get(var::RUST_LOG).map(str::trim).filter(|f| !f.is_empty()).map(str::to_owned);
+        if let Some(Err(error)) = log_filter.as_deref().map(|f| tracing_subscriber::EnvFilter::builder().parse(f)) {
+            v.fail(var::RUST_LOG, format!("must be a log filter such as debug or info,wechat_api=trace: {error}"));
+        }
         let database = v.secret(var::DATABASE_URL).and_then(|url| {
             crate::store::check_database_url(url.expose())
                 .map_err(|reason| v.fail(var::DATABASE_URL, format!("{reason} (postgres://user:password@host:port/dbname?sslmode=disable|prefer|require|verify-full)")))
@@ -209,6 +213,17 @@ impl Config {
             }
         }
         let handoff = handoff(&mut v);
+        let media_retention = v.parse::<u64>(var::MEDIA_RETENTION_SECS, "a whole number of seconds (0 = forever)");
+        if media_retention.is_some_and(|secs| secs != 0 && secs < MIN_MEDIA_RETENTION_SECS) {
+            v.fail(
+                var::MEDIA_RETENTION_SECS,
+                format!("must be 0 (keep forever) or at least {MIN_MEDIA_RETENTION_SECS}"),
+            );
+        }
+        let media_min_free_percent = v.parse::<u8>(var::MEDIA_MIN_FREE_PERCENT, "a whole percentage, 0 to 100");
+        if media_min_free_percent.is_some_and(|p| p > 100) {
+            v.fail(var::MEDIA_MIN_FREE_PERCENT, "must be a whole percentage, 0 to 100 (0 = no floor)");
+        }
         let built = (|| {
             Some(Config {
                 corp_id: corp_id?,
@@ -232,6 +247,7 @@ impl Config {
                 alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
                 retention: Duration::from_secs(retention?),
                 log_format: log_format?,
+                log_filter,
                 database: match database {
                     Some(url) => Some(Database { url, pool_size: pool_size? }),
                     None => None,
@@ -240,6 +256,8 @@ impl Config {
                 lease: Duration::from_secs(lease?),
                 send_token,
                 handoff: handoff?,
+                media_retention: Some(media_retention?).filter(|secs| *secs > 0).map(Duration::from_secs),
+                media_min_free_percent: media_min_free_percent?,
             })
         })();
         v.finish(built)

@@ -115,6 +115,7 @@ variables! {
     ALERT_REPEAT_HOURS,        None,                      Some("4"),                             PUBLIC, "reminder period for a firing check, 0 = off";
     RETENTION_SECS,            None,                      Some("604800"),                        PUBLIC, "how long handled messages and dedup keys are kept";
     LOG_FORMAT,                None,                      Some("text"),                          PUBLIC, "text or json";
+    RUST_LOG,                  None,                      None,                                  PUBLIC, "log filter (e.g. debug, or info,wechat_api::dispatch=trace): raises wechat-api's own lines; other crates stay at info at most; default info";
     DATABASE_URL,              None,                      None,                                  SECRET, "postgres://user:password@host:port/dbname?sslmode=…: the store is PostgreSQL (replicas) instead of SQLite in DATA_DIR";
     DATABASE_POOL_SIZE,        None,                      Some("8"),                             PUBLIC, "PostgreSQL connections per replica";
     REPLICA_ID,                None,                      None,                                  PUBLIC, "this replica's name in logs, health, the status page, emails and metrics; default the host name";
@@ -123,6 +124,8 @@ variables! {
     HANDOFF_KEYWORDS,          None,                      Some("转人工,人工客服"),               PUBLIC, "comma-separated kf customer texts that ask for a human";
     HANDOFF_TEXT,              None,                      Some("正在为您转接人工客服，请稍候。"), PUBLIC, "sent to the customer just before a handover";
     HANDOFF_SERVICER,          None,                      None,                                  PUBLIC, "servicer userid a handover goes to (state 3); unset = the queue (state 2)";
+    MEDIA_RETENTION_SECS,      None,                      Some("2592000"),                       PUBLIC, "how long downloaded media are kept in UPLOAD_DIR (30 days), 0 = forever";
+    MEDIA_MIN_FREE_PERCENT,    None,                      Some("5"),                             PUBLIC, "free space (per cent) UPLOAD_DIR's volume keeps: below it media are not downloaded, 0 = no floor";
 }
 
 #[cfg(test)]

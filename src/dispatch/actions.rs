@@ -346,6 +346,32 @@ struct ForwardReply {
 /// Attempts at a media download before the record is forwarded without it.
 const MEDIA_ATTEMPTS: i64 = 5;
 
+/// How much of a download is gathered before it is written (off the runtime's
+/// threads): the most of a file held in memory at once.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// Why a media file was not saved: the download (worth retrying) or the disk
+/// (not: the record goes on without it).
+enum MediaFailure {
+    Download(WeComError),
+    Save(crate::media::MediaError),
+}
+
+/// Runs a file operation on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    operation: impl FnOnce() -> Result<T, crate::media::MediaError> + Send + 'static,
+) -> Result<T, MediaFailure> {
+    match tokio::task::spawn_blocking(operation).await {
+        Ok(result) => result.map_err(MediaFailure::Save),
+        // The operation panicked: report it as a failed write, not a lost action.
+        Err(error) => Err(MediaFailure::Save(crate::media::MediaError {
+            dir: PathBuf::new(),
+            name: String::new(),
+            reason: error.to_string(),
+        })),
+    }
+}
+
 /// Performs actions.
 #[derive(Debug)]
 pub(crate) struct Executor {
@@ -356,6 +382,8 @@ pub(crate) struct Executor {
     upload_dir: PathBuf,
     handoff: Handoff,
     sending: Sending,
+    /// `MEDIA_MIN_FREE_PERCENT` of `UPLOAD_DIR`'s volume.
+    floor: crate::media::Floor,
 }
 
 impl Executor {
@@ -376,6 +404,7 @@ impl Executor {
             agent_id: config.agent_id,
             upload_dir: config.upload_dir.clone(),
             handoff: config.handoff.clone(),
+            floor: crate::media::Floor { percent: config.media_min_free_percent },
             sending: Sending { store, wecom, metrics },
         })
     }
@@ -396,8 +425,8 @@ impl Executor {
     }
 
     async fn download(&self, record: &Record, forward: bool, attempts: i64) -> Result<Vec<Action>, ActionError> {
-        let forward_with = |path: Option<String>| {
-            let record = Record { media_path: path, ..record.clone() };
+        let forward_with = |path: Option<String>, skipped: Option<String>| {
+            let record = Record { media_path: path, media_skipped: skipped, ..record.clone() };
             if forward {
                 vec![Action::Forward { record }]
             } else {
@@ -406,49 +435,78 @@ impl Executor {
         };
         let Some(media_id) = record.media_id.as_deref() else {
             // Handlers download only what has a media id; forward it all the same.
-            return Ok(forward_with(None));
+            return Ok(forward_with(None, None));
         };
-        let fetched = self.wecom.download_media(record.channel, media_id, crate::media::MAX_MEDIA_BYTES).await;
-        let media = match fetched {
-            Ok(media) => media,
-            Err(error) if attempts + 1 < MEDIA_ATTEMPTS && !matches!(error, WeComError::NotConfigured(_)) => {
-                return Err(ActionError::retry(format!("media {media_id}: {error}")));
+        let (floor, upload_dir) = (self.floor, self.upload_dir.clone());
+        let refused = tokio::task::spawn_blocking(move || floor.check(&upload_dir)).await.unwrap_or(None);
+        if let Some(reason) = refused {
+            // The journal may share the volume: it must keep its room.
+            tracing::warn!(id = record.id.as_str(), "media {media_id} not downloaded: {reason}");
+            return Ok(forward_with(None, Some(reason)));
+        }
+        match self.fetch(record, media_id).await {
+            Ok(path) => {
+                tracing::info!(id = record.id.as_str(), path = %path.display(), "media saved");
+                Ok(forward_with(Some(path.display().to_string()), None))
             }
-            Err(error) => {
+            Err(MediaFailure::Download(error))
+                if attempts + 1 < MEDIA_ATTEMPTS && !matches!(error, WeComError::NotConfigured(_)) =>
+            {
+                Err(ActionError::retry(format!("media {media_id}: {error}")))
+            }
+            Err(MediaFailure::Download(error)) => {
                 tracing::error!(
                     id = record.id.as_str(),
                     "media {media_id} not downloaded, forwarding without it: {error}"
                 );
-                return Ok(forward_with(None));
+                Ok(forward_with(None, Some(format!("download failed: {error}"))))
             }
-        };
-        let (upload_dir, id, msgtype) = (self.upload_dir.clone(), record.id.clone(), record.msgtype.clone());
-        let saved = tokio::task::spawn_blocking(move || {
-            crate::media::save(
-                &upload_dir,
-                &id,
-                &msgtype,
-                media.content_type.as_deref(),
-                media.filename.as_deref(),
-                &media.bytes,
-                time::OffsetDateTime::now_utc(),
-            )
-        })
-        .await
-        .map_err(|e| ActionError::retry(e.to_string()))?;
-        match saved {
-            Ok(path) => {
-                tracing::info!(id = record.id.as_str(), path = %path.display(), "media saved");
-                Ok(forward_with(Some(path.display().to_string())))
-            }
-            Err(error) => {
+            Err(MediaFailure::Save(error)) => {
                 // A full or unwritable volume: say so, and let the message go on.
                 tracing::error!(id = record.id.as_str(), "{error}");
-                Ok(forward_with(None))
+                Ok(forward_with(None, Some(format!("not saved: {error}"))))
             }
         }
     }
 
+    /// Streams media `media_id` of `record` into its file: never more than
+    /// [`WRITE_BATCH`] of it in memory.
+    async fn fetch(&self, record: &Record, media_id: &str) -> Result<PathBuf, MediaFailure> {
+        let mut media = self
+            .wecom
+            .download_media(record.channel, media_id, crate::media::MAX_MEDIA_BYTES)
+            .await
+            .map_err(MediaFailure::Download)?;
+        let (upload_dir, id, msgtype) = (self.upload_dir.clone(), record.id.clone(), record.msgtype.clone());
+        let (content_type, filename) = (media.content_type.clone(), media.filename.clone());
+        let mut part = blocking(move || {
+            crate::media::Part::create(
+                &upload_dir,
+                &id,
+                &msgtype,
+                content_type.as_deref(),
+                filename.as_deref(),
+                time::OffsetDateTime::now_utc(),
+            )
+        })
+        .await?;
+        let mut batch = Vec::with_capacity(WRITE_BATCH);
+        loop {
+            let chunk = media.chunk().await.map_err(MediaFailure::Download)?;
+            let done = chunk.is_none();
+            if let Some(chunk) = chunk {
+                batch.extend_from_slice(&chunk);
+            }
+            if batch.len() >= WRITE_BATCH || (done && !batch.is_empty()) {
+                let full = std::mem::replace(&mut batch, Vec::with_capacity(WRITE_BATCH));
+                part = blocking(move || part.write(&full).map(|()| part)).await?;
+            }
+            if done {
+                break;
+            }
+        }
+        blocking(move || part.finish()).await
+    }
     async fn forward(&self, record: &Record) -> Result<Vec<Action>, ActionError> {
         let Some(target) = &self.forward else {
             return Err(ActionError { retry: false, message: "FORWARD_URL is no longer set".into() });
@@ -465,6 +523,9 @@ impl Executor {
         let mut response =
             request.body(body).send().await.map_err(|e| ActionError::retry(format!("forward: {}", e.without_url())))?;
         let status = response.status();
+        if let Some(reason) = crate::outbound::refused_redirect(&response) {
+            return Err(ActionError::retry(format!("forward: {reason}")));
+        }
         if !status.is_success() {
             return Err(ActionError::retry(format!("forward: HTTP {status}")));
         }
@@ -542,6 +603,7 @@ mod tests {
             text: None,
             media_id: None,
             media_path: None,
+            media_skipped: None,
             origin: None,
             history: false,
             handoff: false,

@@ -29,6 +29,10 @@ pub(crate) struct Record {
     pub text: Option<String>,
     pub media_id: Option<String>,
     pub media_path: Option<String>,
+    /// Why a media message goes on without `media_path` (the volume is below its
+    /// free-space floor, the download failed, the file could not be written).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_skipped: Option<String>,
     /// kf only: 3 customer, 4 system event, 5 servicer.
     pub origin: Option<Origin>,
     /// Sent before this installation first started (kf history replayed by WeCom):
@@ -80,6 +84,7 @@ impl Record {
             text,
             media_id,
             media_path: None,
+            media_skipped: None,
             origin: None,
             history: false,
             handoff: false,
@@ -105,6 +110,7 @@ impl Record {
             text,
             media_id: message.media_id().map(str::to_owned),
             media_path: None,
+            media_skipped: None,
             origin: Some(message.origin),
             history,
             handoff: false,

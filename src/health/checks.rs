@@ -227,27 +227,21 @@ pub(crate) fn uploads_writable(dir: &Path) -> CheckResult {
 pub(crate) fn uploads_free(dir: &Path) -> CheckResult {
     // A missing directory is `uploads:writable`'s finding; measure the volume it
     // would be created on (the nearest existing ancestor).
-    let measured = dir
-        .ancestors()
-        .find_map(|path| rustix::fs::statvfs(path).ok())
-        .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotFound));
-    match measured {
-        Ok(stat) if stat.f_blocks > 0 => {
-            let percent = (stat.f_bavail as f64 / stat.f_blocks as f64 * 1000.0).round() / 10.0;
-            let free_bytes = stat.f_bavail.saturating_mul(stat.f_frsize);
-            let status = match percent {
+    match crate::media::free_space(dir) {
+        Ok(Some(free)) => {
+            let status = match free.percent {
                 p if p < 2.0 => Status::Fail,
                 p if p < 10.0 => Status::Warn,
                 _ => Status::Pass,
             };
-            let result = CheckResult::new(status).observed(percent, "%");
-            let text = format!("{} free ({} MiB)", dir.display(), free_bytes / (1024 * 1024));
+            let result = CheckResult::new(status).observed(free.percent, "%");
+            let text = format!("{} free ({} MiB)", dir.display(), free.bytes / (1024 * 1024));
             match status {
                 Status::Pass => result.output(text),
                 _ => result.output(format!("{text}: free space on the upload volume or move UPLOAD_DIR")),
             }
         }
-        Ok(_) => CheckResult::new(Status::Warn).output("the file system reports no size"),
+        Ok(None) => CheckResult::new(Status::Warn).output("the file system reports no size"),
         Err(e) => CheckResult::new(Status::Fail)
             .output(format!("cannot read free space of UPLOAD_DIR {}: {e}", dir.display())),
     }

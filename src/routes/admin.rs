@@ -130,7 +130,8 @@ pub(crate) async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppStat
     )
 }
 
-/// `POST /api/alerts/test`: queues a test email to `ALERT_EMAIL_TO`.
+/// `POST /api/alerts/test`: queues a test email to `ALERT_EMAIL_TO`, at most one
+/// a minute (else 429 with `Retry-After`).
 pub(crate) async fn test_alert(state: web::Data<AppState>) -> HttpResponse {
     if !state.alerter.status().enabled {
         return answer(
@@ -139,12 +140,21 @@ pub(crate) async fn test_alert(state: web::Data<AppState>) -> HttpResponse {
         );
     }
     let host = crate::config::host_name();
-    state.alerter.send(crate::alerts::Mail {
+    let mail = crate::alerts::Mail {
         subject: format!("[wechat-api TEST] alert email from {host}"),
         body: format!(
             "This is a test alert from wechat-api {} on {host}. If you can read it, alerts reach you.\n",
             state.version
         ),
-    });
-    answer(StatusCode::ACCEPTED, json!({"status": "queued"}))
+    };
+    match state.alerter.send_test(mail, std::time::Instant::now()) {
+        Ok(()) => answer(StatusCode::ACCEPTED, json!({"status": "queued"})),
+        Err(wait) => {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            HttpResponse::TooManyRequests().insert_header(("Retry-After", seconds.to_string())).json(json!({
+                "status": "error",
+                "error": format!("one test email a minute: try again in {seconds} s"),
+            }))
+        }
+    }
 }

@@ -91,10 +91,16 @@ impl WeComClient {
     }
 
     async fn send(&self, api: &'static str, request: RequestBuilder) -> Result<reqwest::Response, WeComError> {
-        request.send().await.map_err(|e| {
+        let response = request.send().await.map_err(|e| {
             self.count(api, "transport".into());
             WeComError::transport(api, e)
-        })
+        })?;
+        // WeCom never redirects an API call; one that does is not WeCom's answer.
+        if let Some(reason) = crate::outbound::refused_redirect(&response) {
+            self.count(api, "redirect".into());
+            return Err(WeComError::Decode { api, reason });
+        }
+        Ok(response)
     }
 
     fn decode<T: DeserializeOwned>(&self, api: &'static str, bytes: &[u8]) -> Result<T, WeComError> {
@@ -267,7 +273,9 @@ impl WeComClient {
         .await
     }
 
-    /// `media/get`: the file, or WeCom's JSON error. At most `max_bytes`.
+    /// `media/get`: the file, to be read chunk by chunk ([`Media::chunk`]), or
+    /// WeCom's JSON error. At most `max_bytes`: a larger `Content-Length` is refused
+    /// before the body is read, a body that grows past it while being read.
     pub(crate) async fn media_get(&self, token: &str, media_id: &str, max_bytes: usize) -> Result<Media, WeComError> {
         const API: &str = "media/get";
         let url = self.url(API);
@@ -279,17 +287,53 @@ impl WeComClient {
             .and_then(|d| d.split("filename=").nth(1).map(|f| f.trim_matches(['"', ' ', ';']).to_owned()));
         let is_json =
             content_type.as_deref().is_some_and(|t| t.starts_with("application/json") || t.starts_with("text/plain"));
-        let bytes = read_limited(API, response, max_bytes).await?;
         if is_json {
             // An error (a success would be the file itself); decode says which.
+            let bytes = read_limited(API, response, MAX_JSON_BYTES.min(max_bytes)).await?;
             let status: Result<serde_json::Value, _> = self.decode(API, &bytes);
             return Err(status
                 .err()
                 .unwrap_or(WeComError::Decode { api: API, reason: "JSON instead of a file".into() }));
         }
+        if response.content_length().is_some_and(|len| len > max_bytes as u64) {
+            self.count(API, "too_large".into());
+            return Err(too_large(API, max_bytes));
+        }
         self.count(API, "0".into());
-        Ok(Media { bytes, content_type, filename })
+        Ok(Media { response, content_type, filename, max_bytes, read: 0 })
     }
+}
+
+/// A media file being downloaded: its headers, and its body read chunk by chunk
+/// so that it never has to be held in memory whole.
+#[derive(Debug)]
+pub(crate) struct Media {
+    response: reqwest::Response,
+    pub content_type: Option<String>,
+    /// From `Content-Disposition`, untrusted: never use it as a path.
+    pub filename: Option<String>,
+    max_bytes: usize,
+    read: usize,
+}
+
+impl Media {
+    /// The next piece of the body, `None` at its end; an error once the body
+    /// grows past the limit or the connection fails.
+    pub(crate) async fn chunk(&mut self) -> Result<Option<bytes::Bytes>, WeComError> {
+        const API: &str = "media/get";
+        let Some(chunk) = self.response.chunk().await.map_err(|e| WeComError::transport(API, e))? else {
+            return Ok(None);
+        };
+        self.read += chunk.len();
+        if self.read > self.max_bytes {
+            return Err(too_large(API, self.max_bytes));
+        }
+        Ok(Some(chunk))
+    }
+}
+
+fn too_large(api: &'static str, max_bytes: usize) -> WeComError {
+    WeComError::Decode { api, reason: format!("answer larger than {max_bytes} bytes") }
 }
 
 async fn read_limited(
@@ -298,12 +342,12 @@ async fn read_limited(
     max_bytes: usize,
 ) -> Result<Vec<u8>, WeComError> {
     if response.content_length().is_some_and(|len| len > max_bytes as u64) {
-        return Err(WeComError::Decode { api, reason: format!("answer larger than {max_bytes} bytes") });
+        return Err(too_large(api, max_bytes));
     }
     let mut bytes = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| WeComError::transport(api, e))? {
         if bytes.len() + chunk.len() > max_bytes {
-            return Err(WeComError::Decode { api, reason: format!("answer larger than {max_bytes} bytes") });
+            return Err(too_large(api, max_bytes));
         }
         bytes.extend_from_slice(&chunk);
     }

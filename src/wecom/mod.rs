@@ -21,7 +21,8 @@ use crate::config::Config;
 use crate::messages::Channel;
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use models::{KfServiceState, KfSyncPage, KfSyncRequest, Media};
+pub(crate) use client::Media;
+use models::{KfServiceState, KfSyncPage, KfSyncRequest};
 
 /// The API client and the token cache of each configured Secret.
 #[derive(Debug, Clone)]

@@ -215,15 +215,6 @@ pub(crate) struct ExternalContactResponse {
     pub external_contact: ExternalContact,
 }
 
-/// A downloaded media file.
-#[derive(Debug, Clone)]
-pub(crate) struct Media {
-    pub bytes: Vec<u8>,
-    pub content_type: Option<String>,
-    /// From `Content-Disposition`, untrusted: never use it as a path.
-    pub filename: Option<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

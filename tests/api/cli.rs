@@ -241,3 +241,78 @@ fn diagnose_names_the_variable_of_a_wrong_key() {
         .expect("runs");
     assert!(String::from_utf8_lossy(&text.stdout).contains("✖ config WECOM_ENCODING_AES_KEY"));
 }
+
+/// Regression: `RUST_LOG` was ignored, although operators reach for it first.
+/// The binary also starts with umask 077, and its store is private.
+#[test]
+fn rust_log_raises_the_level_a_bad_filter_exits_64_and_the_store_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    write_certificate(dir.path(), 30);
+    let out = wechat_api(dir.path())
+        .arg("serve")
+        .envs(test_env(dir.path(), &[("RUST_LOG", "wechat_api=loud")]))
+        .output()
+        .expect("runs");
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RUST_LOG must be a log filter"), "{out:?}");
+
+    let mut command = wechat_api(dir.path());
+    command.arg("serve").envs(test_env(dir.path(), &[("RUST_LOG", "debug")]));
+    let mut service = Running::start(command);
+    // `store open` is a debug line of the service's own.
+    service.read_until(|line| line.contains("store open"));
+    service.port();
+    let mode = |path: &std::path::Path| std::fs::metadata(path).expect("stat").permissions().mode() & 0o777;
+    let data = dir.path().join("data");
+    assert_eq!(mode(&data), 0o700, "DATA_DIR");
+    for file in std::fs::read_dir(&data).expect("DATA_DIR").flatten() {
+        assert_eq!(mode(&file.path()), 0o600, "{}", file.path().display());
+    }
+    assert!(service.terminate().success());
+}
+
+/// Regression: `scripts/diagnose-wechat-api.sh` missed lower-case TOML keys,
+/// `Bearer …` and URL passwords, and wrote its report (which holds customer
+/// text) with the default umask. A stand-in `docker` prints what a container
+/// could: settings in every spelling, a bearer, a database URL.
+#[test]
+fn the_diagnose_script_redacts_secrets_in_any_spelling_and_writes_its_report_0600() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin");
+    let secrets = ["UpperSecret1", "lowerSecret2", "jsonPass3", "bearerTok4", "urlPass5", "queryTok6"];
+    // `logs` and `exec` (diagnose) print secrets; `inspect` and `port` a container.
+    let docker = format!(
+        "#!/bin/sh\ncase \"$1\" in logs|exec) ;; *) echo running; exit 0 ;; esac\ncat <<'OUT'\n\
+         WECOM_SECRET={}\nwecom_kf_secret = \"{}\"\n{{\"smtp_pass\": \"{}\"}}\n\
+         Authorization: Bearer {}\nDATABASE_URL=postgres://wechat:{}@db:5432/wechat\n\
+         GET /cgi-bin/media/get?access_token={}&media_id=M1\ncustomer said 你好\nOUT\n",
+        secrets[0], secrets[1], secrets[2], secrets[3], secrets[4], secrets[5]
+    );
+    std::fs::write(bin.join("docker"), docker).expect("stand-in docker");
+    std::fs::set_permissions(bin.join("docker"), std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let report = dir.path().join("report.txt");
+    std::fs::write(&report, "an older report").expect("old report");
+    std::fs::set_permissions(&report, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/diagnose-wechat-api.sh");
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let out = std::process::Command::new("bash")
+        .arg(&script)
+        .arg(&report)
+        .env_clear()
+        .env("PATH", path)
+        .current_dir(dir.path())
+        .output()
+        .expect("the script runs");
+    assert!(out.status.success(), "{out:?}");
+    let text = std::fs::read_to_string(&report).expect("report");
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} in the report:\n{text}");
+    }
+    assert!(text.contains("customer said 你好") && text.contains("Holds customer message text"), "{text}");
+    assert!(text.contains("wecom_kf_secret = \"<redacted>\""), "{text}");
+    let mode = std::fs::metadata(&report).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+}

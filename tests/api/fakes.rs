@@ -234,6 +234,8 @@ struct ReceiverState {
     attempts: usize,
     fail_first: usize,
     answer: Option<Value>,
+    /// Answer every POST with a 307 to this URL instead of taking it.
+    redirect: Option<String>,
     delivered: Vec<Delivery>,
 }
 
@@ -285,6 +287,11 @@ impl ForwardReceiver {
         self.state.lock().expect("lock").answer = Some(answer);
     }
 
+    /// Answers every POST with `307 Temporary Redirect` to `url` from now on.
+    pub fn redirect_to(&self, url: &str) {
+        self.state.lock().expect("lock").redirect = Some(url.to_owned());
+    }
+
     pub fn attempts(&self) -> usize {
         self.state.lock().expect("lock").attempts
     }
@@ -319,6 +326,9 @@ async fn receive(
     s.attempts += 1;
     if s.attempts <= s.fail_first {
         return HttpResponse::InternalServerError().body("not now");
+    }
+    if let Some(url) = &s.redirect {
+        return HttpResponse::TemporaryRedirect().insert_header(("Location", url.as_str())).finish();
     }
     s.delivered.push(Delivery {
         message_id: header("X-Message-Id"),

@@ -247,6 +247,16 @@ async fn the_heartbeat_url_is_fetched_and_a_test_alert_reaches_the_smtp_server()
     assert_eq!(queued.status(), 202);
     let mail = sink.wait_for("[wechat-api TEST]", Duration::from_secs(10)).await;
     assert!(mail.text().contains("alerts reach you"), "{}", mail.data);
+
+    // Regression: 100 requests sent 84 mails. One a minute; the rest are told when.
+    for _ in 0..99 {
+        let again = app.client.post(&url).bearer_auth("admin-token-0123456789abcdef").send().await.expect("request");
+        assert_eq!(again.status(), 429);
+        let retry_after: u64 = again.headers()["retry-after"].to_str().expect("text").parse().expect("seconds");
+        assert!((1..=60).contains(&retry_after), "{retry_after}");
+    }
+    let tests = sink.received().iter().filter(|m| m.subject().contains("[wechat-api TEST]")).count();
+    assert_eq!(tests, 1, "only the first test mail was sent");
 }
 
 /// The sample lines of `/metrics` whose family has no `# HELP` or no `# TYPE`.

@@ -190,13 +190,39 @@ pub(super) struct Sqlite {
     stats: Arc<Stats>,
 }
 
+/// `DATA_DIR` 0700 and the database 0600, whatever the umask: the store holds
+/// access tokens and every journaled message. An existing directory or file with
+/// looser modes (from an earlier version) is tightened. The file is created here,
+/// before SQLite opens it, because SQLite creates its `-wal` and `-shm` files with
+/// the mode of the database file.
+fn owner_only(dir: &Path, database: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(database)?;
+    let tighten = |path: &Path, mode: u32| match std::fs::metadata(path) {
+        Ok(meta) if meta.permissions().mode() & 0o777 != mode => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
+    };
+    tighten(dir, 0o700)?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = database.as_os_str().to_owned();
+        name.push(suffix);
+        tighten(Path::new(&name), 0o600)?;
+    }
+    Ok(())
+}
+
 impl Sqlite {
     /// Opens (creating if needed) the database in `dir`, migrates it, and starts
     /// the writer thread.
     pub(super) fn open(dir: &Path) -> Result<Self, StoreError> {
         let open_error = |reason: String| StoreError::Open { path: dir.to_owned(), reason };
-        std::fs::create_dir_all(dir).map_err(|e| open_error(format!("cannot create it: {e}")))?;
         let path = dir.join(DATABASE_FILE);
+        owner_only(dir, &path).map_err(|e| open_error(format!("cannot make it private: {e}")))?;
         let connection =
             Connection::open(&path).map_err(|e| open_error(format!("cannot open {DATABASE_FILE}: {e}")))?;
         configure(&connection).map_err(|e| open_error(format!("cannot configure SQLite: {e}")))?;
