@@ -116,6 +116,7 @@ impl Application {
             journal_wake,
             wecom,
             admin_gate: routes::bearer::BearerGate::admin(config.admin_token.clone()),
+            surface: config.surface.clone(),
             liveness,
             alerter: workers.alerter.clone(),
             version: VERSION,

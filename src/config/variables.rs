@@ -119,6 +119,9 @@ variables! {
     DATABASE_POOL_SIZE,        None,                      Some("8"),                             PUBLIC, "PostgreSQL connections per replica";
     REPLICA_ID,                None,                      None,                                  PUBLIC, "this replica's name in logs, health, the status page, emails and metrics; default the host name";
     LEASE_SECS,                None,                      Some("60"),                            PUBLIC, "how long a claim holds before another replica may take it over (at least 35)";
+    // The public surface (SPEC §11).
+    TRUSTED_NETWORKS,          None,                      Some("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"), PUBLIC, "comma-separated CIDRs whose requests may read the status page, the detailed health and the metrics";
+    TRUSTED_PROXIES,           None,                      None,                                  PUBLIC, "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed; unset = never";
 }
 
 #[cfg(test)]

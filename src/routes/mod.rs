@@ -9,6 +9,7 @@ pub(crate) mod deadline;
 pub(crate) mod health;
 pub(crate) mod metrics;
 pub(crate) mod status;
+pub(crate) mod surface;
 
 use std::sync::Arc;
 
@@ -41,6 +42,8 @@ pub(crate) struct AppState {
     pub names: Names,
     /// The admin endpoints' gate (`ADMIN_TOKEN`; unset turns them off).
     pub admin_gate: bearer::BearerGate,
+    /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees the monitoring views.
+    pub surface: crate::config::Surface,
     pub liveness: Arc<Liveness>,
     pub alerter: Alerter,
     pub version: &'static str,
@@ -70,6 +73,6 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .default_service(web::to(not_found));
 }
 
-async fn not_found() -> HttpResponse {
+pub(crate) async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().content_type("text/plain; charset=utf-8").body("not found\n")
 }
