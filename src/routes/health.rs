@@ -18,7 +18,7 @@ const HEALTH_JSON: &str = "application/health+json";
 pub(crate) async fn report(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let audience = match audience(&request, &state) {
         Ok(audience) => audience,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     };
     let report = state.health.report(state.version);
     let mut response = match report.status {

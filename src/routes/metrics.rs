@@ -11,6 +11,6 @@ pub(crate) async fn render(request: HttpRequest, state: web::Data<AppState>) -> 
     match audience(&request, &state) {
         Ok(Audience::Insider) => HttpResponse::Ok().content_type(PROMETHEUS_CONTENT_TYPE).body(state.metrics.render()),
         Ok(Audience::Stranger) => not_found().await,
-        Err(refused) => refused,
+        Err(refused) => *refused,
     }
 }

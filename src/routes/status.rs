@@ -46,7 +46,7 @@ pub(crate) async fn page(request: HttpRequest, state: web::Data<AppState>) -> Ht
     match audience(&request, &state) {
         Ok(Audience::Insider) => {}
         Ok(Audience::Stranger) => return not_found().await,
-        Err(refused) => return refused,
+        Err(refused) => return *refused,
     }
     let report = state.health.report(state.version);
     let (accepted, refused) = state.metrics.callback_totals();

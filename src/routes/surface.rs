@@ -39,7 +39,7 @@ pub(crate) fn client(request: &HttpRequest, state: &AppState) -> IpAddr {
 /// The audience of `request`, or the answer to a wrong admin bearer (401, or
 /// 429 once its address has sent too many): a guess is refused plainly here too,
 /// and counted with the admin endpoints' guesses.
-pub(crate) fn audience(request: &HttpRequest, state: &AppState) -> Result<Audience, HttpResponse> {
+pub(crate) fn audience(request: &HttpRequest, state: &AppState) -> Result<Audience, Box<HttpResponse>> {
     let client = client(request, state);
     if state.surface.trusted_networks.contains(client) {
         return Ok(Audience::Insider);
@@ -48,6 +48,6 @@ pub(crate) fn audience(request: &HttpRequest, state: &AppState) -> Result<Audien
     match state.admin_gate.presented(authorization, client, request.path(), Instant::now()) {
         Presented::Right => Ok(Audience::Insider),
         Presented::Nothing => Ok(Audience::Stranger),
-        Presented::Wrong(refused) => Err(refused),
+        Presented::Wrong(refused) => Err(Box::new(refused)),
     }
 }
