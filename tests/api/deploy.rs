@@ -49,21 +49,37 @@ async fn every_metric_name_in_deploy_exists_on_the_first_scrape_of_a_fresh_servi
     app.stop().await.expect("clean stop");
 }
 
-#[test]
-fn promtool_accepts_the_alert_rules() {
-    let rules = deploy_dir().join("wechat-api-rules.yml");
-    let output = match std::process::Command::new("promtool").arg("check").arg("rules").arg(&rules).output() {
-        Ok(output) => output,
+/// What `promtool <args>` says: its success and its output; `None` when promtool
+/// is not installed (then required only when `CI` is set).
+fn promtool(args: &[&std::ffi::OsStr]) -> Option<(bool, String)> {
+    match std::process::Command::new("promtool").args(args).output() {
+        Ok(output) => {
+            let said =
+                format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+            Some((output.status.success(), said))
+        }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
             assert!(
                 std::env::var_os("CI").is_none(),
                 "promtool is not installed (Debian's prometheus package has it; .ci/run installs it)"
             );
             eprintln!("notice: promtool is not installed, so deploy/ was not checked with it");
-            return;
+            None
         }
         Err(error) => panic!("cannot run promtool: {error}"),
-    };
-    let said = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    assert!(output.status.success(), "promtool check rules: {said}");
+    }
+}
+
+#[test]
+fn promtool_accepts_the_alert_rules_and_the_scrape_config() {
+    let rules = deploy_dir().join("wechat-api-rules.yml");
+    let config = deploy_dir().join("prometheus.yml");
+    for args in [
+        ["check".as_ref(), "rules".as_ref(), rules.as_os_str()],
+        ["check".as_ref(), "config".as_ref(), config.as_os_str()],
+    ] {
+        if let Some((passed, said)) = promtool(&args) {
+            assert!(passed, "promtool {args:?}: {said}");
+        }
+    }
 }
