@@ -476,6 +476,11 @@ mod tests {
             assert!(!trusted.contains(outside.parse().expect("address")), "{outside}");
         }
         assert!(config.surface.trusted_proxies.is_empty(), "X-Forwarded-For is never believed by default");
+
+        let mut pairs = minimal();
+        pairs.push(("TRUSTED_NETWORKS", ""));
+        let (config, _) = load(&env(&pairs)).expect("valid");
+        assert!(config.surface.trusted_networks.is_empty(), "set empty: no network is trusted");
     }
 
     #[test]
