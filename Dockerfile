@@ -2,6 +2,17 @@
 #
 #   docker build -t wechat-api .                    # builds the binary in a Rust image
 #   docker build --target prebuilt -t wechat-api .  # packages ./wechat-api, built elsewhere
+#   DOCKER_BUILDKIT=1 docker build --target binary --output type=local,dest=out .
+#                                                   # only the binary, into out/wechat-api
+#
+# Build arguments, for registries that are slow or unreachable (mainland China;
+# README, "Build anywhere"):
+#   RUNTIME_BASE   the runtime image (any image with glibc >= 2.36)
+#   RUST_IMAGE     the build stage's Rust image
+#   CARGO_MIRROR   a crates.io index mirror for the build stage's cargo, e.g.
+#                  sparse+https://rsproxy.cn/index/ or
+#                  sparse+https://mirrors.tuna.tsinghua.edu.cn/crates.io-index/
+#   IMAGE_SOURCE   the org.opencontainers.image.source label (unset: no URL claimed)
 #
 # Runtime base: distroless/cc (glibc, libgcc, CA roots not needed — the binary carries
 # its own — no shell, no package manager, ~25 MB with the binary). The binary needs
@@ -14,9 +25,10 @@ ARG RUNTIME_BASE=gcr.io/distroless/cc-debian12:nonroot
 ARG RUST_IMAGE=rust:1-bookworm
 
 FROM ${RUNTIME_BASE} AS base
+ARG IMAGE_SOURCE=""
 LABEL org.opencontainers.image.title="wechat-api" \
       org.opencontainers.image.description="WeCom and WeChat Customer Service callbacks over its own TLS, with self-monitoring" \
-      org.opencontainers.image.source="https://github.com/wechat-api/wechat-api" \
+      org.opencontainers.image.source="${IMAGE_SOURCE}" \
       org.opencontainers.image.licenses="MIT"
 COPY --chown=1001:1001 docker/layout/app/ /app/
 ENV DATA_DIR=/app/data \
@@ -37,9 +49,22 @@ FROM base AS prebuilt
 COPY --chown=0:0 wechat-api /usr/local/bin/wechat-api
 
 FROM ${RUST_IMAGE} AS build
+# Source replacement keeps Cargo.lock's checksums: --locked still holds.
+ARG CARGO_MIRROR=""
+RUN if [ -n "$CARGO_MIRROR" ]; then \
+        mkdir -p "${CARGO_HOME:-/usr/local/cargo}" && \
+        printf '[source.crates-io]\nreplace-with = "mirror"\n\n[source.mirror]\nregistry = "%s"\n' "$CARGO_MIRROR" \
+            >> "${CARGO_HOME:-/usr/local/cargo}/config.toml"; \
+    fi
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin wechat-api && cp target/release/wechat-api /wechat-api
 
+# The binary alone (BuildKit: --target binary --output type=local,dest=DIR), to
+# copy onto a VM that packages it with --target prebuilt and builds nothing.
+FROM scratch AS binary
+COPY --from=build /wechat-api /wechat-api
+
+# The default target: keep it the last stage.
 FROM base AS runtime
 COPY --from=build --chown=0:0 --chmod=0755 /wechat-api /usr/local/bin/wechat-api

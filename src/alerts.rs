@@ -28,6 +28,9 @@ const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(
 const RECENT: usize = 20;
 use crate::telemetry::ALERTS_TOTAL;
 
+/// The values of `wechat_api_alerts_total`'s `outcome` label, counted from zero on start.
+const OUTCOMES: [&str; 4] = ["sent", "failed", "dropped", "disabled"];
+
 /// One email.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Mail {
@@ -151,6 +154,9 @@ impl Alerter {
         email: Option<&AlertEmail>,
         metrics: Arc<Metrics>,
     ) -> Result<(Self, Option<Mailer>), AlertSetupError> {
+        for outcome in OUTCOMES {
+            metrics.declare(ALERTS_TOTAL, &[("outcome", outcome.to_owned())]);
+        }
         let shared = Arc::new(Shared::default());
         let Some(email) = email else {
             return Ok((Self { queue: None, shared, metrics }, None));

@@ -5,7 +5,8 @@
 //! - [`cli`] and [`commands`]: what the binary does for each subcommand.
 //! - [`config`]: every setting, layered and validated once into [`config::Config`].
 //! - [`startup`]: the [`startup::Application`] that binds, serves and drains.
-//! - [`routes`]: HTTP only; every decision is delegated ([`access`] decides who may use a bearer-protected endpoint).
+//! - [`routes`]: HTTP only; every decision is delegated ([`access`] decides who may use a bearer-protected endpoint,
+//!   [`networks`] which client a request comes from and whether its network is trusted).
 //! - [`callback`]: the callback pipeline (signature → channel → decrypt → receive id → parse).
 //! - [`crypto`] and [`messages`]: pure code, no I/O.
 //! - [`health`], [`telemetry`], [`tls`]: what the service reports about itself and how it listens.
@@ -31,6 +32,7 @@ pub(crate) mod kf_sync;
 pub(crate) mod media;
 pub mod messages;
 pub(crate) mod names;
+pub(crate) mod networks;
 pub(crate) mod outbound;
 pub mod outgoing;
 pub mod routes;

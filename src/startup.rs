@@ -119,6 +119,7 @@ impl Application {
             send_gate: routes::bearer::BearerGate::send(config.send_token.clone()),
             outbox_wake: Arc::clone(&workers.dispatcher.outbox_wake),
             agent_id: config.agent_id,
+            surface: config.surface.clone(),
             liveness,
             alerter: workers.alerter.clone(),
             version: VERSION,

@@ -16,6 +16,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, 
 
 use crate::callback::{Channel, Outcome};
 use crate::config::LogFormat;
+use crate::messages::kf::KfMessage;
 
 /// The content type Prometheus expects from a text exposition.
 pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -430,6 +431,12 @@ impl Metrics {
             })
             .collect();
         let callback_duration = recorder.register_histogram(&key(&CALLBACK_DURATION_SECONDS, &[]), &METADATA);
+        // The kf msgtypes are known here (from `messages`); other families' known
+        // label values are declared by their owners (`Metrics::declare`).
+        for msgtype in KfMessage::KNOWN_MSGTYPES {
+            let labels = [("msgtype", (*msgtype).to_owned())];
+            drop(recorder.register_counter(&key(&KF_MESSAGES_TOTAL, &labels), &METADATA));
+        }
         Self {
             recorder,
             handle,
@@ -479,6 +486,18 @@ impl Metrics {
     pub(crate) fn gauge(&self, family: Family, labels: &[(&'static str, String)]) -> Gauge {
         debug_assert_eq!(family.kind, Kind::Gauge, "{} is not a gauge", family.name);
         self.recorder.register_gauge(&key(&family, labels), &METADATA)
+    }
+
+    /// Makes the series of `family` with `labels` exist at zero before its first
+    /// event (Prometheus' own advice: a series that appears only with its first
+    /// event breaks `rate()`, alerts and dashboards on a fresh start). Owners of
+    /// a label's known values declare them when they are built.
+    pub(crate) fn declare(&self, family: Family, labels: &[(&'static str, String)]) {
+        match family.kind {
+            Kind::Counter => drop(self.counter(family, labels)),
+            Kind::Gauge => drop(self.gauge(family, labels)),
+            Kind::Histogram { .. } => drop(self.recorder.register_histogram(&key(&family, labels), &METADATA)),
+        }
     }
 
     /// Folds recorded histogram samples into their buckets; call periodically so

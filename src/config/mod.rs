@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::crypto::AesKey;
+use crate::networks::Networks;
 
 pub use layering::{Settings, Sources, CONFIG_FILE_VARIABLE};
 pub(crate) use listen::{is_loopback, ListenConfig};
@@ -158,6 +159,8 @@ pub struct Config {
     pub media_retention: Option<Duration>,
     /// `MEDIA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor.
     pub media_min_free_percent: u8,
+    /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees more than WeCom needs.
+    pub(crate) surface: Surface,
 }
 
 /// Handing a kf conversation to a human (SPEC §10).
@@ -169,6 +172,16 @@ pub struct Handoff {
     pub text: String,
     /// The servicer to hand over to (state 3); `None`: the queue (state 2).
     pub servicer: Option<String>,
+}
+
+/// Who may see more of port 8092 than WeCom needs (SPEC §11).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Surface {
+    /// `TRUSTED_NETWORKS`: clients that may read the status page, the full
+    /// health report and the metrics without a bearer.
+    pub trusted_networks: Networks,
+    /// `TRUSTED_PROXIES`: peers whose `X-Forwarded-For` is believed; empty = none.
+    pub trusted_proxies: Networks,
 }
 
 /// The PostgreSQL store of replicas (SPEC §9).
@@ -475,5 +488,34 @@ mod tests {
         assert_eq!(email.to, vec!["a@example.com", "b@example.com"]);
         assert_eq!(email.from, "ops@example.com");
         assert_eq!(email.smtp_tls, SmtpTls::Tls);
+    }
+
+    #[test]
+    fn trusted_networks_default_to_private_ranges_and_proxies_to_none() {
+        let (config, _) = load(&env(&minimal())).expect("valid");
+        let trusted = &config.surface.trusted_networks;
+        for inside in ["127.0.0.1", "::1", "10.1.2.3", "172.31.0.1", "192.168.9.9", "fd00::1"] {
+            assert!(trusted.contains(inside.parse().expect("address")), "{inside}");
+        }
+        for outside in ["203.0.113.9", "172.32.0.1", "2001:db8::1"] {
+            assert!(!trusted.contains(outside.parse().expect("address")), "{outside}");
+        }
+        assert!(config.surface.trusted_proxies.is_empty(), "X-Forwarded-For is never believed by default");
+
+        let mut pairs = minimal();
+        pairs.push(("TRUSTED_NETWORKS", ""));
+        let (config, _) = load(&env(&pairs)).expect("valid");
+        assert!(config.surface.trusted_networks.is_empty(), "set empty: no network is trusted");
+    }
+
+    #[test]
+    fn a_bad_cidr_is_one_line_naming_the_variable_and_the_entry() {
+        let mut pairs = minimal();
+        pairs.push(("TRUSTED_NETWORKS", "10.0.0.0/8,10.0.0.0/40"));
+        pairs.push(("TRUSTED_PROXIES", "proxy.internal"));
+        let errors = errors_of(&pairs);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].starts_with("TRUSTED_NETWORKS ") && errors[0].contains("10.0.0.0/40"), "{errors:?}");
+        assert!(errors[1].starts_with("TRUSTED_PROXIES ") && errors[1].contains("proxy.internal"), "{errors:?}");
     }
 }

@@ -14,10 +14,11 @@ use super::listen::ListenConfig;
 use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
-    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, MIN_LEASE_SECS,
-    MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
+    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, Surface,
+    MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::crypto::{AesKey, KeyError};
+use crate::networks::Networks;
 
 /// Collects one message per problem while building the typed config.
 pub(super) struct Validator<'a> {
@@ -224,6 +225,7 @@ impl Config {
         if media_min_free_percent.is_some_and(|p| p > 100) {
             v.fail(var::MEDIA_MIN_FREE_PERCENT, "must be a whole percentage, 0 to 100 (0 = no floor)");
         }
+        let surface = surface(&mut v);
         let built = (|| {
             Some(Config {
                 corp_id: corp_id?,
@@ -258,6 +260,7 @@ impl Config {
                 handoff: handoff?,
                 media_retention: Some(media_retention?).filter(|secs| *secs > 0).map(Duration::from_secs),
                 media_min_free_percent: media_min_free_percent?,
+                surface: surface?,
             })
         })();
         v.finish(built)
@@ -328,4 +331,18 @@ fn alert_email(v: &mut Validator<'_>) -> Option<AlertEmail> {
         from: from?,
         to,
     })
+}
+
+/// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: each a comma-separated list of
+/// CIDRs; a bad entry is one line naming the variable and the entry.
+fn surface(v: &mut Validator<'_>) -> Option<Surface> {
+    let networks = |v: &mut Validator<'_>, var: Var| match v.settings.get(var) {
+        None => Some(Networks::default()),
+        Some(list) => {
+            Networks::parse(list).map_err(|reason| v.fail(var, format!("must be comma-separated CIDRs: {reason}"))).ok()
+        }
+    };
+    let trusted_networks = networks(v, var::TRUSTED_NETWORKS);
+    let trusted_proxies = networks(v, var::TRUSTED_PROXIES);
+    Some(Surface { trusted_networks: trusted_networks?, trusted_proxies: trusted_proxies? })
 }

@@ -126,6 +126,9 @@ variables! {
     HANDOFF_SERVICER,          None,                      None,                                  PUBLIC, "servicer userid a handover goes to (state 3); unset = the queue (state 2)";
     MEDIA_RETENTION_SECS,      None,                      Some("2592000"),                       PUBLIC, "how long downloaded media are kept in UPLOAD_DIR (30 days), 0 = forever";
     MEDIA_MIN_FREE_PERCENT,    None,                      Some("5"),                             PUBLIC, "free space (per cent) UPLOAD_DIR's volume keeps: below it media are not downloaded, 0 = no floor";
+    // The public surface (SPEC §11).
+    TRUSTED_NETWORKS,          None,                      Some("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"), PUBLIC, "comma-separated CIDRs whose requests may read the status page, the detailed health and the metrics";
+    TRUSTED_PROXIES,           None,                      None,                                  PUBLIC, "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed; unset = never";
 }
 
 #[cfg(test)]

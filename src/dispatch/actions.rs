@@ -405,7 +405,7 @@ impl Executor {
             upload_dir: config.upload_dir.clone(),
             handoff: config.handoff.clone(),
             floor: crate::media::Floor { percent: config.media_min_free_percent },
-            sending: Sending { store, wecom, metrics },
+            sending: Sending::new(store, wecom, metrics),
         })
     }
 

@@ -47,11 +47,24 @@ impl From<StoreError> for ActionError {
 #[derive(Debug)]
 pub(crate) struct Sending {
     pub store: Store,
-    pub wecom: Arc<WeCom>,
-    pub metrics: Arc<Metrics>,
+    wecom: Arc<WeCom>,
+    metrics: Arc<Metrics>,
 }
 
 impl Sending {
+    /// Every outcome of every channel is counted from zero, before the first send.
+    pub(crate) fn new(store: Store, wecom: Arc<WeCom>, metrics: Arc<Metrics>) -> Self {
+        for channel in ["app", "kf"] {
+            for outcome in [SendStatus::Sent, SendStatus::Failed, SendStatus::Refused] {
+                metrics.declare(
+                    MESSAGES_SENT_TOTAL,
+                    &[("channel", channel.to_owned()), ("outcome", outcome.as_str().to_owned())],
+                );
+            }
+        }
+        Self { store, wecom, metrics }
+    }
+
     /// One part of a kf text: the rules, then `kf/send_msg` under our own msgid.
     pub(crate) async fn kf_text(&self, action: &Action) -> Result<Vec<Action>, ActionError> {
         let Action::KfText { key, touser, open_kfid, content, handover, parts, .. } = action else {

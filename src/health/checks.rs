@@ -39,6 +39,13 @@ impl Checks {
         alerter: Alerter,
         secrets_identical: bool,
     ) -> Self {
+        // The served certificate's expiry is known now: published before the
+        // first scrape, not only after the first round of checks.
+        if let Some(certificates) = &certificates {
+            metrics
+                .gauge(crate::telemetry::TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, &[])
+                .set(certificates.not_after() as f64);
+        }
         Self {
             upload_dir,
             certificates,

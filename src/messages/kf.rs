@@ -207,6 +207,24 @@ fn json_type(value: &Value) -> &'static str {
 }
 
 impl KfMessage {
+    /// The msgtypes WeCom documents for kf messages, as [`KfMessage::parse`]
+    /// classifies them (`channels*` counted as `channels`): the known values of
+    /// the `msgtype` label, counted from zero on start.
+    pub(crate) const KNOWN_MSGTYPES: &'static [&'static str] = &[
+        "text",
+        "image",
+        "voice",
+        "video",
+        "file",
+        "location",
+        "link",
+        "business_card",
+        "miniprogram",
+        "msgmenu",
+        "channels",
+        "event",
+    ];
+
     /// Classifies one element of `msg_list`.
     pub fn parse(raw: Value) -> Result<Self, KfParseError> {
         let msgid = match raw.get("msgid") {
@@ -390,6 +408,14 @@ mod tests {
             )
             .expect(event_type);
             assert_eq!(m.event().map(KfEvent::name), Some(name));
+        }
+    }
+
+    #[test]
+    fn every_known_msgtype_label_is_one_the_parser_classifies() {
+        for msgtype in KfMessage::KNOWN_MSGTYPES {
+            let m = KfMessage::parse(json!({"msgid": "x", "origin": 3, "msgtype": msgtype})).expect(msgtype);
+            assert!(!matches!(m.kind, KfKind::Unknown), "{msgtype}");
         }
     }
 

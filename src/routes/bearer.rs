@@ -14,10 +14,14 @@
 //! Every presented bearer is compared (in constant time, by
 //! [`Secret::matches`]) and a right one is served, also from a throttled address:
 //! the throttle counts per address and never holds one client's failures against
-//! another. The client address is the TCP peer; `X-Forwarded-For` is not
-//! believed. The decisions are in [`crate::access`]; only the HTTP is here.
+//! another. The client address is the TCP peer, or what a proxy in
+//! `TRUSTED_PROXIES` says in `X-Forwarded-For` ([`super::surface::client`]).
+//! The decisions are in [`crate::access`]; only the HTTP is here.
+//!
+//! The monitoring views ask the admin gate too ([`BearerGate::presented`]): there a
+//! missing bearer is no refusal (the view shrinks instead), a wrong one is.
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -69,20 +73,32 @@ impl BearerGate {
         )
     }
 
-    /// Serves `request` through `next` if it carries the right bearer; answers
-    /// it here otherwise, without reading its body.
+    /// Serves `request` from `client` through `next` if it carries the right
+    /// bearer; answers it here otherwise, without reading its body.
     pub(crate) async fn guard(
         &self,
+        client: IpAddr,
         request: ServiceRequest,
         next: Next<impl MessageBody + 'static>,
     ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-        // The TCP peer: only a test request built without a connection has none,
-        // and those share one bucket.
-        let client = request.peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |peer| peer.ip());
         let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
         match self.refusal(authorization, client, request.path(), Instant::now()) {
             None => next.call(request).await.map(ServiceResponse::map_into_boxed_body),
             Some(refused) => Ok(request.into_response(refused)),
+        }
+    }
+
+    /// What a request that may, but need not, carry the bearer presented: a
+    /// missing bearer (or one while the gate is off) is [`Presented::Nothing`],
+    /// neither logged nor counted; a wrong one is refused and counted like any guess.
+    pub(crate) fn presented(&self, authorization: Option<&str>, client: IpAddr, path: &str, now: Instant) -> Presented {
+        let bearer = authorization.and_then(presented_bearer);
+        if self.token.is_none() || bearer.is_none() {
+            return Presented::Nothing;
+        }
+        match self.refusal(authorization, client, path, now) {
+            None => Presented::Right,
+            Some(refused) => Presented::Wrong(refused),
         }
     }
 
@@ -140,6 +156,17 @@ impl BearerGate {
     }
 }
 
+/// What [`BearerGate::presented`] found.
+#[derive(Debug)]
+pub(crate) enum Presented {
+    /// The right bearer.
+    Right,
+    /// No bearer (or the gate is off): the request is a stranger's.
+    Nothing,
+    /// A wrong bearer, and the answer to send (401, or 429 when throttled).
+    Wrong(HttpResponse),
+}
+
 /// 429 with `Retry-After` in whole seconds, rounded up so a client that waits
 /// that long is counted afresh.
 fn too_many(retry_after: Duration) -> HttpResponse {
@@ -157,7 +184,8 @@ pub(crate) async fn admin(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    state.admin_gate.guard(request, next).await
+    let client = super::surface::client(request.request(), &state);
+    state.admin_gate.guard(client, request, next).await
 }
 
 /// The middleware in front of the send API: `from_fn(bearer::send)`.
@@ -166,5 +194,6 @@ pub(crate) async fn send(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    state.send_gate.guard(request, next).await
+    let client = super::surface::client(request.request(), &state);
+    state.send_gate.guard(client, request, next).await
 }

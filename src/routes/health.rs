@@ -1,31 +1,50 @@
 //! `GET /api/health` (readiness and diagnosis) and `GET /api/health/live`.
+//!
+//! Both are public (a load balancer asks them), but only insiders
+//! ([`Audience::Insider`]) read more than `{"status": …}`: the checks carry
+//! paths, owners, the egress IP of a 60020 hint and certificate dates.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::json;
 
 use crate::health::Status;
+use crate::routes::surface::{audience, Audience};
 use crate::routes::AppState;
 
 const HEALTH_JSON: &str = "application/health+json";
 
 /// The latest result of every check; 503 when any fails. Makes no outbound call.
-pub(crate) async fn report(state: web::Data<AppState>) -> HttpResponse {
+/// A stranger gets the same HTTP status with only the overall `status`.
+pub(crate) async fn report(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let audience = match audience(&request, &state) {
+        Ok(audience) => audience,
+        Err(refused) => return *refused,
+    };
     let report = state.health.report(state.version);
     let mut response = match report.status {
         Status::Pass | Status::Warn => HttpResponse::Ok(),
         Status::Fail => HttpResponse::ServiceUnavailable(),
     };
-    response.content_type(HEALTH_JSON).insert_header(("Cache-Control", "no-store")).json(report)
+    response.content_type(HEALTH_JSON).insert_header(("Cache-Control", "no-store"));
+    match audience {
+        Audience::Insider => response.json(report),
+        Audience::Stranger => response.json(json!({ "status": report.status })),
+    }
 }
 
 /// Liveness: fails only where a restart would help (a stuck supervisor, a dead
 /// background task). WeCom, SMTP, token or disk trouble is readiness, not this.
-pub(crate) async fn live(state: web::Data<AppState>) -> HttpResponse {
+/// The version and the reason are for insiders; a stranger reads `status`.
+pub(crate) async fn live(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    let insider = matches!(audience(&request, &state), Ok(Audience::Insider));
     let (mut response, body) = match state.liveness.check() {
-        Ok(()) => (HttpResponse::Ok(), serde_json::json!({ "status": "pass", "version": state.version })),
-        Err(reason) => (
+        Ok(()) if insider => (HttpResponse::Ok(), json!({ "status": "pass", "version": state.version })),
+        Ok(()) => (HttpResponse::Ok(), json!({ "status": "pass" })),
+        Err(reason) if insider => (
             HttpResponse::ServiceUnavailable(),
-            serde_json::json!({ "status": "fail", "version": state.version, "output": reason }),
+            json!({ "status": "fail", "version": state.version, "output": reason }),
         ),
+        Err(_) => (HttpResponse::ServiceUnavailable(), json!({ "status": "fail" })),
     };
     response.content_type(HEALTH_JSON).insert_header(("Cache-Control", "no-store")).json(body)
 }

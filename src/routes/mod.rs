@@ -10,6 +10,7 @@ pub(crate) mod health;
 pub(crate) mod metrics;
 pub(crate) mod send;
 pub(crate) mod status;
+pub(crate) mod surface;
 
 use std::sync::Arc;
 
@@ -48,6 +49,8 @@ pub(crate) struct AppState {
     pub outbox_wake: Arc<Notify>,
     /// `WECOM_AGENT_ID`, for app sends.
     pub agent_id: Option<i64>,
+    /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees the monitoring views.
+    pub surface: crate::config::Surface,
     pub liveness: Arc<Liveness>,
     pub alerter: Alerter,
     pub version: &'static str,
@@ -84,6 +87,6 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     .default_service(web::to(not_found));
 }
 
-async fn not_found() -> HttpResponse {
+pub(crate) async fn not_found() -> HttpResponse {
     HttpResponse::NotFound().content_type("text/plain; charset=utf-8").body("not found\n")
 }

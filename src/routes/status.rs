@@ -1,12 +1,14 @@
 //! `GET /`: a small status page for people. Server-rendered, no external assets,
-//! every value HTML-escaped; readable on a phone.
+//! every value HTML-escaped; readable on a phone. For insiders only
+//! (`TRUSTED_NETWORKS` or the admin bearer); a stranger gets 404.
 
 use std::fmt::Write as _;
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::health::Status;
-use crate::routes::AppState;
+use crate::routes::surface::{audience, Audience};
+use crate::routes::{not_found, AppState};
 use crate::store::sends::SendStatus;
 
 /// Sends listed on the page, newest first.
@@ -52,7 +54,12 @@ fn uptime(seconds: u64) -> String {
     }
 }
 
-pub(crate) async fn page(state: web::Data<AppState>) -> HttpResponse {
+pub(crate) async fn page(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
+    match audience(&request, &state) {
+        Ok(Audience::Insider) => {}
+        Ok(Audience::Stranger) => return not_found().await,
+        Err(refused) => return *refused,
+    }
     let report = state.health.report(state.version);
     let (accepted, refused) = state.metrics.callback_totals();
     let (overall, overall_class) = label(report.status);

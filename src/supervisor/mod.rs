@@ -71,8 +71,18 @@ pub(crate) struct Supervisor {
     first_pending_at: Option<Instant>,
 }
 
+/// `wechat_api_check_status{check}` of one check result.
+fn publish(metrics: &Metrics, check: String, status: Status) {
+    metrics.gauge(crate::telemetry::CHECK_STATUS, &[("check", check)]).set(f64::from(status.as_number()));
+}
+
 impl Supervisor {
     pub(crate) fn new(parts: Parts) -> Self {
+        // What start-up already put on the board (the certificate, the secrets)
+        // is in `/metrics` from the first scrape; the rest after the first round.
+        for (name, result, _) in parts.board.entries() {
+            publish(&parts.metrics, name, result.status);
+        }
         Self {
             host: parts.replica.clone(),
             parts,
@@ -136,10 +146,7 @@ impl Supervisor {
         let at = now();
         for (name, result) in &results {
             self.parts.board.set(name.clone(), result.clone());
-            self.parts
-                .metrics
-                .gauge(crate::telemetry::CHECK_STATUS, &[("check", name.clone())])
-                .set(f64::from(result.status.as_number()));
+            publish(&self.parts.metrics, name.clone(), result.status);
             let state = self.states.entry(name.clone()).or_insert(AlertState::Ok);
             let transition = state.observe(result.status, at, self.parts.timing.repeat);
             let since = match *state {

@@ -48,6 +48,7 @@ impl WeCom {
                 Arc::clone(metrics),
             ))
         };
+        tokens::declare_metrics(metrics);
         let app = config.secret.as_ref().map(|s| source("app", s));
         let kf = match (&config.kf_secret, &app) {
             (Some(kf), Some(app)) if tokens::cache_key(config.corp_id.as_str(), kf) == app.cache_key() => {

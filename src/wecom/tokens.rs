@@ -29,6 +29,23 @@ pub(crate) const REFRESH_MARGIN_SECS: i64 = 300;
 use crate::telemetry::ACCESS_TOKEN_EXPIRES_IN_SECONDS as EXPIRES_IN;
 use crate::telemetry::ACCESS_TOKEN_REFRESHES_TOTAL as REFRESHES;
 
+/// The values of the `app` label: the self-built app's Secret and the kf one.
+const APPS: [&str; 2] = ["app", "kf"];
+/// The values of the refreshes' `outcome` label.
+const REFRESH_OUTCOMES: [&str; 2] = ["ok", "error"];
+
+/// Declares the token families' series at zero for both apps, configured or
+/// not, so dashboards and alerts see them from the first scrape: no refreshes
+/// yet, and 0 seconds left of a token there is not (yet) any of.
+pub(crate) fn declare_metrics(metrics: &Metrics) {
+    for app in APPS {
+        metrics.declare(EXPIRES_IN, &[("app", app.to_owned())]);
+        for outcome in REFRESH_OUTCOMES {
+            metrics.declare(REFRESHES, &[("app", app.to_owned()), ("outcome", outcome.to_owned())]);
+        }
+    }
+}
+
 /// What the token cache knows about its last refresh, for health checks.
 #[derive(Debug, Clone, Default)]
 pub struct TokenStatus {
