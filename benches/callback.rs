@@ -55,7 +55,7 @@ fn bench_pipeline(c: &mut Criterion) {
     group.bench_function("open (query + verify + decrypt + parse)", |b| {
         b.iter(|| {
             let query = CallbackQuery::parse(black_box(&query_string)).expect("query");
-            credentials.open(&query, black_box(body.as_bytes())).expect("opens")
+            credentials.open(&query, black_box(body.as_bytes()), 1_409_659_813).expect("opens")
         })
     });
     group.finish();

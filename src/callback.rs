@@ -29,11 +29,15 @@ pub(crate) enum Outcome {
     BodyTimeout,
     /// The client went away before the whole body had arrived.
     IncompleteBody,
+    /// `timestamp` is not a decimal number.
+    BadTimestamp,
+    /// Signed by WeCom, but older than `CALLBACK_MAX_AGE_SECS` or too far ahead: a replay.
+    StaleTimestamp,
     Internal,
 }
 
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 12] = [
+    pub(crate) const ALL: [Outcome; 14] = [
         Outcome::Ok,
         Outcome::Duplicate,
         Outcome::MissingParameter,
@@ -45,6 +49,8 @@ impl Outcome {
         Outcome::TooLarge,
         Outcome::BodyTimeout,
         Outcome::IncompleteBody,
+        Outcome::BadTimestamp,
+        Outcome::StaleTimestamp,
         Outcome::Internal,
     ];
 
@@ -61,6 +67,8 @@ impl Outcome {
             Outcome::TooLarge => "too_large",
             Outcome::BodyTimeout => "body_timeout",
             Outcome::IncompleteBody => "incomplete_body",
+            Outcome::BadTimestamp => "bad_timestamp",
+            Outcome::StaleTimestamp => "stale_timestamp",
             Outcome::Internal => "internal_error",
         }
     }
@@ -85,7 +93,32 @@ pub enum CallbackError {
     BadMessage(ParseError),
     #[error("body exceeds {limit} bytes")]
     TooLarge { limit: usize },
+    #[error("timestamp must be a decimal number of seconds")]
+    BadTimestamp,
+    #[error("timestamp is {0}: outside the replay window (CALLBACK_MAX_AGE_SECS); a replayed callback?")]
+    StaleTimestamp(Skew),
 }
+
+/// How far a callback's timestamp is from now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Skew {
+    /// This many seconds old.
+    Old(u64),
+    /// This many seconds ahead.
+    Ahead(u64),
+}
+
+impl std::fmt::Display for Skew {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Old(secs) => write!(f, "{secs} s old"),
+            Self::Ahead(secs) => write!(f, "{secs} s in the future"),
+        }
+    }
+}
+
+/// How far ahead of our clock a timestamp may be (clocks drift).
+const MAX_AHEAD_SECS: u64 = 600;
 
 impl CallbackError {
     pub(crate) fn outcome(&self) -> Outcome {
@@ -97,6 +130,8 @@ impl CallbackError {
             CallbackError::WrongReceiveId => Outcome::WrongReceiveId,
             CallbackError::BadMessage(_) => Outcome::BadMessage,
             CallbackError::TooLarge { .. } => Outcome::TooLarge,
+            CallbackError::BadTimestamp => Outcome::BadTimestamp,
+            CallbackError::StaleTimestamp(_) => Outcome::StaleTimestamp,
         }
     }
 }
@@ -128,6 +163,14 @@ impl CallbackQuery {
     }
 }
 
+/// `timestamp` as WeCom sends it: decimal seconds, nothing else.
+fn parse_timestamp(timestamp: &str) -> Result<i64, CallbackError> {
+    if timestamp.len() > 18 || !timestamp.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(CallbackError::BadTimestamp);
+    }
+    timestamp.parse().map_err(|_| CallbackError::BadTimestamp)
+}
+
 /// A verified, decrypted and parsed callback POST.
 #[derive(Debug, Clone)]
 pub struct OpenedCallback {
@@ -156,6 +199,8 @@ pub struct CallbackCredentials {
     corp_id: CorpId,
     /// Tried in order; the kf entry is dropped when it equals the app's.
     channels: Vec<(Channel, CallbackKeys)>,
+    /// `CALLBACK_MAX_AGE_SECS`; `None`: any age.
+    max_age: Option<u64>,
 }
 
 impl CallbackCredentials {
@@ -166,23 +211,45 @@ impl CallbackCredentials {
         if !(same_token && same_key) {
             channels.push((Channel::Kf, config.kf_keys.clone()));
         }
-        Self { corp_id: config.corp_id.clone(), channels }
+        Self { corp_id: config.corp_id.clone(), channels, max_age: config.callback_max_age.map(|age| age.as_secs()) }
+    }
+
+    /// The replay window: a signed timestamp more than `max_age` old, or more
+    /// than ten minutes ahead of `now`, is a replay (or a clock far off).
+    fn check_age(&self, timestamp: i64, now: i64) -> Result<(), CallbackError> {
+        let Some(max_age) = self.max_age else { return Ok(()) };
+        let skew =
+            if now >= timestamp { Skew::Old(now.abs_diff(timestamp)) } else { Skew::Ahead(now.abs_diff(timestamp)) };
+        match skew {
+            Skew::Old(secs) if secs > max_age => Err(CallbackError::StaleTimestamp(skew)),
+            Skew::Ahead(secs) if secs > MAX_AHEAD_SECS => Err(CallbackError::StaleTimestamp(skew)),
+            _ => Ok(()),
+        }
     }
 
     pub(crate) fn corp_id(&self) -> &CorpId {
         &self.corp_id
     }
 
-    /// Finds the channel whose Token signs `encrypted`, and decrypts with its key.
-    fn open_ciphertext(&self, query: &CallbackQuery, encrypted: &str) -> Result<(Channel, Plaintext), CallbackError> {
+    /// Finds the channel whose Token signs `encrypted`, checks the signed
+    /// timestamp against `now` (Unix seconds), and decrypts with its key.
+    fn open_ciphertext(
+        &self,
+        query: &CallbackQuery,
+        encrypted: &str,
+        now: i64,
+    ) -> Result<(Channel, Plaintext), CallbackError> {
         let signature = CallbackQuery::require(&query.msg_signature, "msg_signature")?;
         let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
         let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
+        let seconds = parse_timestamp(timestamp)?;
         let mut first_error = None;
         for (channel, keys) in &self.channels {
             if !crypto::sign(keys.token.expose(), timestamp, nonce, encrypted).matches(signature) {
                 continue;
             }
+            // Only a signed timestamp says anything: a stranger's is a bad signature.
+            self.check_age(seconds, now)?;
             match crypto::decrypt(&keys.aes_key, encrypted) {
                 Ok(plain) if plain.receive_id() == self.corp_id.as_str() => return Ok((*channel, plain)),
                 Ok(_) => first_error = first_error.or(Some(CallbackError::WrongReceiveId)),
@@ -193,14 +260,15 @@ impl CallbackCredentials {
     }
 
     /// URL verification (`GET`): the decrypted `echostr` to answer with.
-    pub fn verify_url(&self, query: &CallbackQuery) -> Result<(Channel, String), CallbackError> {
+    pub fn verify_url(&self, query: &CallbackQuery, now: i64) -> Result<(Channel, String), CallbackError> {
         let echostr = query.echostr()?;
-        let (channel, plain) = self.open_ciphertext(query, &echostr)?;
+        let (channel, plain) = self.open_ciphertext(query, &echostr, now)?;
         Ok((channel, plain.into_message()))
     }
 
-    /// A callback `POST`: verify, decrypt, check the receive id, parse.
-    pub fn open(&self, query: &CallbackQuery, body: &[u8]) -> Result<OpenedCallback, CallbackError> {
+    /// A callback `POST` received at `now` (Unix seconds): verify, check the
+    /// timestamp, decrypt, check the receive id, parse.
+    pub fn open(&self, query: &CallbackQuery, body: &[u8], now: i64) -> Result<OpenedCallback, CallbackError> {
         // Parameters first: a request without them is a client error, not bad XML.
         for (value, name) in
             [(&query.msg_signature, "msg_signature"), (&query.timestamp, "timestamp"), (&query.nonce, "nonce")]
@@ -208,7 +276,7 @@ impl CallbackCredentials {
             CallbackQuery::require(value, name)?;
         }
         let envelope = CallbackEnvelope::parse_bytes(body).map_err(CallbackError::BadEnvelope)?;
-        let (channel, plain) = self.open_ciphertext(query, &envelope.encrypt)?;
+        let (channel, plain) = self.open_ciphertext(query, &envelope.encrypt, now)?;
         let xml = plain.into_message();
         let message = AppMessage::parse(&xml).map_err(CallbackError::BadMessage)?;
         // The kf notice may arrive on the app's Token when both share one URL.

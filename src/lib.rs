@@ -29,6 +29,7 @@ pub mod dispatch;
 pub mod health;
 pub(crate) mod housekeeping;
 pub(crate) mod kf_sync;
+pub(crate) mod log_limit;
 pub(crate) mod media;
 pub mod messages;
 pub(crate) mod names;

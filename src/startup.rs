@@ -121,6 +121,7 @@ impl Application {
             agent_id: config.agent_id,
             surface: config.surface.clone(),
             liveness,
+            refusal_log: Default::default(),
             alerter: workers.alerter.clone(),
             version: VERSION,
         });
@@ -419,8 +420,23 @@ async fn heartbeat(url: String, shutdown: CancellationToken) {
     }
 }
 
+/// A peer that reads nothing for this long while we have data for it (a
+/// pipelining client that never reads its answers) is disconnected by the kernel.
+const SLOW_READER_TIMEOUT: Duration = Duration::from_secs(30);
+/// What the kernel may hold for one connection's unread answers.
+const SEND_BUFFER_BYTES: usize = 256 * 1024;
+
 fn bind(address: SocketAddr, variable: &'static str) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(address).map_err(|source| StartupError::Bind { address, variable, source })
+    let listener = TcpListener::bind(address).map_err(|source| StartupError::Bind { address, variable, source })?;
+    // Accepted connections inherit both (Linux): unacknowledged or unread data
+    // (zero-window probes included) ends the connection after the timeout, and
+    // the queue it may build is bounded.
+    let tuned = rustix::net::sockopt::set_tcp_user_timeout(&listener, SLOW_READER_TIMEOUT.as_millis() as u32)
+        .and_then(|()| rustix::net::sockopt::set_socket_send_buffer_size(&listener, SEND_BUFFER_BYTES));
+    if let Err(error) = tuned {
+        tracing::warn!(%address, "cannot bound slow readers on {variable}: {error}");
+    }
+    Ok(listener)
 }
 
 async fn stop_signal() -> &'static str {

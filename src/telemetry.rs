@@ -57,13 +57,98 @@ pub(crate) fn init_tracing(format: LogFormat, filter: Option<&str>) -> LogGuard 
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("wechat-api-log")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi).with_writer(writer);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
     let installed = match format {
-        LogFormat::Text => builder.finish().with(others_at_most_info).try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).finish().with(others_at_most_info).try_init(),
+        // Text lines carry what strangers send (a customer's text, a sender id):
+        // every control character in them is escaped, so one event is one line.
+        LogFormat::Text => builder
+            .with_writer(OneLine { inner: writer, keep_escape: ansi })
+            .finish()
+            .with(others_at_most_info)
+            .try_init(),
+        // JSON escapes control characters itself.
+        LogFormat::Json => {
+            builder.with_writer(writer).json().flatten_event(true).finish().with(others_at_most_info).try_init()
+        }
     };
     LogGuard { _worker: installed.is_ok().then_some(guard) }
+}
+
+/// A writer of text log lines that keeps each event on its line: CR, LF and
+/// the other control characters (C0, DEL, NEL, the Unicode line and paragraph
+/// separators) inside an event are written escaped (`\n`, `\x1b`, `\u{2028}`);
+/// only the event's final newline is kept. ESC is kept when the output is
+/// coloured for a terminal.
+#[derive(Clone)]
+struct OneLine<M> {
+    inner: M,
+    keep_escape: bool,
+}
+
+impl<'a, M: tracing_subscriber::fmt::MakeWriter<'a>> tracing_subscriber::fmt::MakeWriter<'a> for OneLine<M> {
+    type Writer = OneLine<M::Writer>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        OneLine { inner: self.inner.make_writer(), keep_escape: self.keep_escape }
+    }
+}
+
+impl<W: std::io::Write> std::io::Write for OneLine<W> {
+    /// Takes the whole buffer (the formatter writes one event at a time).
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inner.write_all(&escape_controls(buf, self.keep_escape))?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// `line` with every control character escaped but a final newline.
+fn escape_controls(line: &[u8], keep_escape: bool) -> std::borrow::Cow<'_, [u8]> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
+    let unsafe_at = |i: usize| -> usize {
+        match body[i] {
+            b'\t' => 0,
+            0x1b if keep_escape => 0,
+            0x00..=0x1f | 0x7f => 1,
+            0xc2 if body.get(i + 1) == Some(&0x85) => 2,
+            0xe2 if body.get(i + 1) == Some(&0x80) && matches!(body.get(i + 2), Some(0xa8 | 0xa9)) => 3,
+            _ => 0,
+        }
+    };
+    if !(0..body.len()).any(|i| unsafe_at(i) > 0) {
+        return std::borrow::Cow::Borrowed(line);
+    }
+    let mut out = Vec::with_capacity(line.len() + 16);
+    let mut i = 0;
+    while i < body.len() {
+        match unsafe_at(i) {
+            0 => {
+                out.push(body[i]);
+                i += 1;
+            }
+            1 => {
+                match body[i] {
+                    b'\n' => out.extend_from_slice(b"\\n"),
+                    b'\r' => out.extend_from_slice(b"\\r"),
+                    byte => out.extend_from_slice(format!("\\x{byte:02x}").as_bytes()),
+                }
+                i += 1;
+            }
+            2 => {
+                out.extend_from_slice(b"\\u{85}");
+                i += 2;
+            }
+            _ => {
+                out.extend_from_slice(if body[i + 2] == 0xa8 { b"\\u{2028}" } else { b"\\u{2029}" });
+                i += 3;
+            }
+        }
+    }
+    out.extend_from_slice(&line[body.len()..]);
+    std::borrow::Cow::Owned(out)
 }
 
 /// What a metric family holds, as its `# TYPE` line says.
@@ -131,7 +216,7 @@ pub(crate) const CALLBACK_DURATION_SECONDS: Family = Family {
     kind: Kind::Histogram { buckets: CALLBACK_BUCKETS },
     unit: Some(Unit::Seconds),
     labels: &[],
-    help: "Time from request to answer for callback requests.",
+    help: "Time the appliance spends on an authenticated callback, from its complete body to the answer (refusals are counted in wechat_api_callbacks_total, not timed).",
 };
 
 /// `wechat_api_wecom_api_requests_total{api,errcode}`.
@@ -455,12 +540,17 @@ impl Metrics {
     }
 
     /// Counts one callback and records how long it took.
-    pub(crate) fn record_callback(&self, channel: Option<Channel>, outcome: Outcome, elapsed: Duration) {
+    /// Counts a callback; `elapsed` is the appliance's own work on an
+    /// authenticated one (from its complete body to the answer), `None` for
+    /// refusals, which are counted but never timed.
+    pub(crate) fn record_callback(&self, channel: Option<Channel>, outcome: Outcome, elapsed: Option<Duration>) {
         if let Some(counter) = self.callbacks.get(Self::callback_index(channel, outcome)) {
             counter.increment(1);
         }
-        self.callback_duration.record(elapsed.as_secs_f64());
-        self.latency.record(elapsed, current_minute());
+        if let Some(elapsed) = elapsed {
+            self.callback_duration.record(elapsed.as_secs_f64());
+            self.latency.record(elapsed, current_minute());
+        }
         let total = if matches!(outcome, Outcome::Ok | Outcome::Duplicate) { &self.accepted } else { &self.refused };
         total.fetch_add(1, Ordering::Relaxed);
     }
@@ -522,10 +612,23 @@ mod tests {
     }
 
     #[test]
+    fn a_forged_newline_stays_inside_its_line() {
+        let line = "INFO kf: 你好\r\n2026-11-28T00:00:00Z ERROR store commit failed\u{2028}\u{85}\x1b[31m\x07\tok\n";
+        let escaped = String::from_utf8(escape_controls(line.as_bytes(), false).into_owned()).expect("UTF-8");
+        assert_eq!(
+            escaped,
+            "INFO kf: 你好\\r\\n2026-11-28T00:00:00Z ERROR store commit failed\\u{2028}\\u{85}\\x1b[31m\\x07\tok\n"
+        );
+        assert_eq!(escaped.matches('\n').count(), 1, "one event, one line");
+        assert!(matches!(escape_controls(b"plain line\n", false), std::borrow::Cow::Borrowed(_)));
+        assert_eq!(&*escape_controls(b"\x1b[1mbold\x1b[0m\n", true), b"\x1b[1mbold\x1b[0m\n");
+    }
+
+    #[test]
     fn renders_build_info_counters_and_a_real_histogram() {
         let metrics = Metrics::new(&build("1.2.3"));
-        metrics.record_callback(Some(Channel::Kf), Outcome::Ok, Duration::from_millis(2));
-        metrics.record_callback(None, Outcome::BadSignature, Duration::from_micros(300));
+        metrics.record_callback(Some(Channel::Kf), Outcome::Ok, Some(Duration::from_millis(2)));
+        metrics.record_callback(None, Outcome::BadSignature, None);
         let text = metrics.render();
         assert!(
             text.contains("wechat_api_build_info{version=\"1.2.3\",backend=\"sqlite\",replica=\"replica-1\"} 1"),
@@ -533,8 +636,8 @@ mod tests {
         );
         assert!(text.contains("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"} 1"), "{text}");
         assert!(text.contains("wechat_api_callbacks_total{channel=\"unknown\",outcome=\"bad_signature\"} 1"), "{text}");
-        assert!(text.contains("wechat_api_callback_duration_seconds_bucket{le=\"0.0025\"} 2"), "{text}");
-        assert!(text.contains("wechat_api_callback_duration_seconds_count 2"), "{text}");
+        assert!(text.contains("wechat_api_callback_duration_seconds_bucket{le=\"0.0025\"} 1"), "{text}");
+        assert!(text.contains("wechat_api_callback_duration_seconds_count 1"), "{text}");
         assert!(text.contains("# TYPE wechat_api_callback_duration_seconds histogram"), "{text}");
     }
 
@@ -612,7 +715,7 @@ mod tests {
     fn two_instances_do_not_share_counts() {
         let a = Metrics::new(&build("x"));
         let b = Metrics::new(&build("x"));
-        a.record_callback(Some(Channel::App), Outcome::Ok, Duration::ZERO);
+        a.record_callback(Some(Channel::App), Outcome::Ok, Some(Duration::ZERO));
         assert!(b.render().contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 0"));
     }
 }

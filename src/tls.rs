@@ -5,7 +5,7 @@
 //! Owns: reading and checking the certificate and key (chain parses, key matches),
 //! the protocol versions (TLS 1.2 and 1.3 only) and the certificate's expiry.
 //! Deliberately not here: when to reload (the supervisor decides) and ALPN, which
-//! actix-web sets to `h2, http/1.1` itself.
+//! actix-web sets to `http/1.1` itself (HTTP/2 is not built in: see SECURITY.md).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -141,6 +141,8 @@ pub struct Config {
     /// How long handled journal entries (and so their dedup keys) and finished
     /// outbox actions are kept (`RETENTION_SECS`).
     pub retention: Duration,
+    /// `CALLBACK_MAX_AGE_SECS`; `None` (`0`): timestamps are not checked for age.
+    pub callback_max_age: Option<Duration>,
     /// `LOG_FORMAT`.
     pub log_format: LogFormat,
     /// `RUST_LOG`, a valid `tracing` filter; `None`: the built-in default.

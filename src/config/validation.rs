@@ -202,6 +202,14 @@ impl Config {
                 format!("must be at least {MIN_LEASE_SECS} (an action may take 30 s; its lease must outlast it)"),
             );
         }
+        let callback_max_age = v.parse::<u64>(var::CALLBACK_MAX_AGE_SECS, "a whole number of seconds (0 = no window)");
+        if callback_max_age.is_some_and(|secs| secs != 0 && secs < MIN_CALLBACK_MAX_AGE_SECS) {
+            // WeCom retries for minutes, and clocks drift: a shorter window refuses WeCom itself.
+            v.fail(
+                var::CALLBACK_MAX_AGE_SECS,
+                format!("must be 0 (no window) or at least {MIN_CALLBACK_MAX_AGE_SECS} (WeCom retries for minutes)"),
+            );
+        }
         let send_token = v.secret(var::SEND_TOKEN);
         if let Some(token) = &send_token {
             if token.expose().len() < 16 {
@@ -248,6 +256,10 @@ impl Config {
                 alert_group_wait: Duration::from_secs(alert_group_wait?),
                 alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
                 retention: Duration::from_secs(retention?),
+                // Never longer than the dedup window: an older replay would be handled again.
+                callback_max_age: Some(callback_max_age?)
+                    .filter(|secs| *secs > 0)
+                    .map(|secs| Duration::from_secs(secs.min(retention.unwrap_or(secs)))),
                 log_format: log_format?,
                 log_filter,
                 database: match database {
@@ -266,6 +278,9 @@ impl Config {
         v.finish(built)
     }
 }
+
+/// The shortest replay window: WeCom's retries of one callback span minutes.
+const MIN_CALLBACK_MAX_AGE_SECS: u64 = 600;
 
 /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT` and `HANDOFF_SERVICER`.
 fn handoff(v: &mut Validator<'_>) -> Option<Handoff> {

@@ -114,6 +114,7 @@ variables! {
     ALERT_GROUP_WAIT_SECS,     None,                      Some("30"),                            PUBLIC, "how long transitions are gathered into one email";
     ALERT_REPEAT_HOURS,        None,                      Some("4"),                             PUBLIC, "reminder period for a firing check, 0 = off";
     RETENTION_SECS,            None,                      Some("604800"),                        PUBLIC, "how long handled messages and dedup keys are kept";
+    CALLBACK_MAX_AGE_SECS,     None,                      Some("86400"),                         PUBLIC, "callbacks whose timestamp is older than this (at most RETENTION_SECS) or over 10 minutes ahead are refused; 0 = no window";
     LOG_FORMAT,                None,                      Some("text"),                          PUBLIC, "text or json";
     RUST_LOG,                  None,                      None,                                  PUBLIC, "log filter (e.g. debug, or info,wechat_api::dispatch=trace): raises wechat-api's own lines; other crates stay at info at most; default info";
     DATABASE_URL,              None,                      None,                                  SECRET, "postgres://user:password@host:port/dbname?sslmode=…: the store is PostgreSQL (replicas) instead of SQLite in DATA_DIR";

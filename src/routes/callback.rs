@@ -6,6 +6,7 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::callback::{CallbackError, CallbackQuery, Channel, Outcome};
+use crate::log_limit::Admit;
 use crate::routes::AppState;
 use crate::store::journal::{EntryKind, NewEntry, Recorded};
 
@@ -15,23 +16,28 @@ pub const MAX_BODY_BYTES: usize = 128 * 1024;
 /// URL verification: answer the decrypted `echostr` as plain text.
 pub(crate) async fn verify_url(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
-    let verified = CallbackQuery::parse(request.query_string()).and_then(|q| state.credentials.verify_url(&q));
+    let verified = CallbackQuery::parse(request.query_string())
+        .and_then(|q| state.credentials.verify_url(&q, crate::store::now()));
     match verified {
         Ok((channel, echo)) => {
             tracing::info!(channel = channel.as_str(), path = request.path(), "URL verification passed");
-            state.metrics.record_callback(Some(channel), Outcome::Ok, started.elapsed());
+            state.metrics.record_callback(Some(channel), Outcome::Ok, Some(started.elapsed()));
             HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(echo)
         }
-        Err(error) => reject(&state, &request, &error, started),
+        Err(error) => reject(&state, &request, &error),
     }
 }
 
 /// A callback message: verify, decrypt, parse, acknowledge.
+///
+/// Its latency (`callback:latency`, the duration histogram) is the appliance's
+/// own work on an authenticated callback, from the complete body to the answer:
+/// a stranger's slow or incomplete body, or a refused request, is counted but
+/// not timed, so it cannot fail readiness.
 pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
-    let started = Instant::now();
     let query = match CallbackQuery::parse(request.query_string()) {
         Ok(query) => query,
-        Err(error) => return reject(&state, &request, &error, started),
+        Err(error) => return reject(&state, &request, &error),
     };
     let declared_too_large = request
         .headers()
@@ -40,27 +46,28 @@ pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: 
         .is_some_and(|len| len > MAX_BODY_BYTES);
     let too_large = CallbackError::TooLarge { limit: MAX_BODY_BYTES };
     if declared_too_large {
-        return reject(&state, &request, &too_large, started);
+        return reject(&state, &request, &too_large);
     }
     let body = match payload.to_bytes_limited(MAX_BODY_BYTES).await {
         Ok(Ok(body)) => body,
         Ok(Err(error)) if arrived_too_late(&error) => {
-            tracing::info!(path = request.path(), "request body not received in time");
-            state.metrics.record_callback(None, Outcome::BodyTimeout, started.elapsed());
+            log_refusal(&state, &request, Outcome::BodyTimeout, &"request body not received in time");
+            state.metrics.record_callback(None, Outcome::BodyTimeout, None);
             return HttpResponse::RequestTimeout()
                 .content_type("text/plain; charset=utf-8")
                 .body("request body not received in time\n");
         }
         Ok(Err(_)) => {
             tracing::debug!(path = request.path(), "client went away while sending the body");
-            state.metrics.record_callback(None, Outcome::IncompleteBody, started.elapsed());
+            state.metrics.record_callback(None, Outcome::IncompleteBody, None);
             return HttpResponse::BadRequest().content_type("text/plain; charset=utf-8").body("cannot read body\n");
         }
-        Err(_) => return reject(&state, &request, &too_large, started),
+        Err(_) => return reject(&state, &request, &too_large),
     };
-    let opened = match state.credentials.open(&query, &body) {
+    let started = Instant::now();
+    let opened = match state.credentials.open(&query, &body, crate::store::now()) {
         Ok(opened) => opened,
-        Err(error) => return reject(&state, &request, &error, started),
+        Err(error) => return reject(&state, &request, &error),
     };
     // Journal durably before answering: once WeCom has its 200, the message must
     // survive anything, a kill -9 included. Handling happens from the journal.
@@ -80,13 +87,13 @@ pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: 
         Err(error) => {
             // No 200: WeCom retries, and nothing was acknowledged that could be lost.
             tracing::error!(channel = opened.channel.as_str(), "cannot journal a callback: {error}");
-            state.metrics.record_callback(Some(opened.channel), Outcome::Internal, started.elapsed());
+            state.metrics.record_callback(Some(opened.channel), Outcome::Internal, Some(started.elapsed()));
             return HttpResponse::ServiceUnavailable()
                 .content_type("text/plain; charset=utf-8")
                 .body("cannot store the message; retry later\n");
         }
     };
-    state.metrics.record_callback(Some(opened.channel), outcome, started.elapsed());
+    state.metrics.record_callback(Some(opened.channel), outcome, Some(started.elapsed()));
     // WeCom takes an empty body as "no passive reply"; the kf docs ask for "success".
     let body = match opened.channel {
         Channel::App => "",
@@ -97,28 +104,48 @@ pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: 
 
 fn status_of(error: &CallbackError) -> StatusCode {
     match error {
-        CallbackError::BadSignature => StatusCode::FORBIDDEN,
+        CallbackError::BadSignature | CallbackError::StaleTimestamp(_) => StatusCode::FORBIDDEN,
         CallbackError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         CallbackError::MissingParameter(_)
         | CallbackError::MalformedQuery
         | CallbackError::BadEnvelope(_)
         | CallbackError::BadCiphertext(_)
         | CallbackError::WrongReceiveId
+        | CallbackError::BadTimestamp
         | CallbackError::BadMessage(_) => StatusCode::BAD_REQUEST,
     }
 }
 
-/// Answers a refused callback with its reason, counts it and logs it once.
-fn reject(state: &AppState, request: &HttpRequest, error: &CallbackError, started: Instant) -> HttpResponse {
+/// Answers a refused callback with its reason, counts it and logs it (see [`log_refusal`]).
+fn reject(state: &AppState, request: &HttpRequest, error: &CallbackError) -> HttpResponse {
     let outcome = error.outcome();
+    log_refusal(state, request, outcome, error);
+    state.metrics.record_callback(None, outcome, None);
+    HttpResponse::build(status_of(error)).content_type("text/plain; charset=utf-8").body(format!("{error}\n"))
+}
+
+/// One line per refusal with the client's address, at most ten a minute per
+/// reason; the next line written says how many were suppressed. The metrics
+/// count every one.
+fn log_refusal(state: &AppState, request: &HttpRequest, outcome: Outcome, reason: &dyn std::fmt::Display) {
+    let admitted = match state.refusal_log.lock() {
+        Ok(mut limiter) => limiter.admit(outcome.as_str(), Instant::now()),
+        // A panic elsewhere while holding it: log rather than lose the line.
+        Err(_) => Admit::Write { suppressed: 0 },
+    };
+    let Admit::Write { suppressed } = admitted else { return };
+    let client = super::surface::client(request, state);
+    let more = match suppressed {
+        0 => String::new(),
+        n => format!(" ({n} more refused for this reason in the last minute, not logged)"),
+    };
     tracing::warn!(
+        %client,
         path = request.path(),
         method = request.method().as_str(),
         outcome = outcome.as_str(),
-        "callback refused: {error}"
+        "callback refused: {reason}{more}"
     );
-    state.metrics.record_callback(None, outcome, started.elapsed());
-    HttpResponse::build(status_of(error)).content_type("text/plain; charset=utf-8").body(format!("{error}\n"))
 }
 
 /// Whether reading the body failed because the body deadline passed.

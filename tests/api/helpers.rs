@@ -190,11 +190,11 @@ pub fn sign_post(token: &str, key: &str, receive_id: &str, xml: &str) -> Signed 
 
 /// Signs an already-encrypted `Encrypt` value and wraps it in an envelope.
 pub fn sign_envelope(token: &str, encrypted: &str) -> Signed {
-    let timestamp = "1409659813";
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
     let nonce = rand::random::<u32>().to_string();
-    let signature = crypto::sign(token, timestamp, &nonce, encrypted);
+    let signature = crypto::sign(token, &timestamp, &nonce, encrypted);
     Signed {
-        query: query(signature.as_str(), timestamp, &nonce, None),
+        query: query(signature.as_str(), &timestamp, &nonce, None),
         body: format!("<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><Encrypt><![CDATA[{encrypted}]]></Encrypt><AgentID>1000002</AgentID></xml>"),
     }
 }

@@ -287,6 +287,9 @@ fn padding_is_valid(plain: &[u8]) -> bool {
     (1..=32).contains(&pad) && pad <= plain.len() && plain[plain.len() - pad..].iter().all(|&b| b == last)
 }
 
+/// When the properties' callbacks were signed, and so "now" for them.
+const SIGNED_AT: i64 = 1_409_659_813;
+
 fn credentials() -> CallbackCredentials {
     let env = crate::helpers::test_env(std::path::Path::new("/nonexistent"), &[]);
     let (config, _) = config::load(&Sources { env, ..Sources::default() }).expect("test configuration");
@@ -295,7 +298,7 @@ fn credentials() -> CallbackCredentials {
 
 /// The query string of a request whose signature matches `encrypted` under the test Token.
 fn signed_query(encrypted: &str) -> CallbackQuery {
-    let signature = crypto::sign(TOKEN, "1409659813", "263014780", encrypted);
+    let signature = crypto::sign(TOKEN, &SIGNED_AT.to_string(), "263014780", encrypted);
     CallbackQuery {
         msg_signature: Some(signature.as_str().to_owned()),
         timestamp: Some("1409659813".to_owned()),
@@ -446,7 +449,7 @@ proptest! {
         let key = AesKey::parse(AES_KEY).expect("key");
         let xml = escaped_text_message(&content, msg_id);
         let encrypted = crypto::encrypt(&key, xml.as_bytes(), CORP_ID.as_bytes());
-        let opened = credentials().open(&signed_query(&encrypted), envelope(&encrypted).as_bytes()).expect("opens");
+        let opened = credentials().open(&signed_query(&encrypted), envelope(&encrypted).as_bytes(), SIGNED_AT).expect("opens");
         prop_assert_eq!(opened.message.kind, AppMessageKind::Text { content });
         prop_assert_eq!(opened.message.msg_id, Some(msg_id.to_string()));
     }
@@ -454,7 +457,7 @@ proptest! {
     #[test]
     fn a_signed_callback_of_arbitrary_ciphertext_is_refused_as_a_client_error(raw in prop::collection::vec(any::<u8>(), 1..512)) {
         let encrypted = STANDARD.encode(&raw);
-        match credentials().open(&signed_query(&encrypted), envelope(&encrypted).as_bytes()) {
+        match credentials().open(&signed_query(&encrypted), envelope(&encrypted).as_bytes(), SIGNED_AT) {
             Ok(opened) => prop_assert!(opened.xml.len() < raw.len()),
             Err(error) => {
                 prop_assert!(matches!(error, CallbackError::BadCiphertext(_) | CallbackError::WrongReceiveId | CallbackError::BadMessage(_)), "{error:?}");
@@ -467,8 +470,8 @@ proptest! {
     fn arbitrary_query_strings_are_parsed_or_refused(query in "[a-z_=&%0-9A-F+]{0,80}|\\PC{0,80}") {
         if let Ok(parsed) = CallbackQuery::parse(&query) {
             let encrypted = "AAAA";
-            let _ = credentials().open(&parsed, envelope(encrypted).as_bytes());
-            let _ = credentials().verify_url(&parsed);
+            let _ = credentials().open(&parsed, envelope(encrypted).as_bytes(), SIGNED_AT);
+            let _ = credentials().verify_url(&parsed, SIGNED_AT);
         }
     }
 
@@ -659,7 +662,8 @@ fn xml_bombs_and_external_entities_are_refused_by_every_parser() {
     // The same bomb inside a correctly signed and encrypted callback.
     let key = AesKey::parse(AES_KEY).expect("key");
     let encrypted = crypto::encrypt(&key, billion_laughs().as_bytes(), CORP_ID.as_bytes());
-    let error = credentials().open(&signed_query(&encrypted), envelope(&encrypted).as_bytes()).expect_err("bomb");
+    let error =
+        credentials().open(&signed_query(&encrypted), envelope(&encrypted).as_bytes(), SIGNED_AT).expect_err("bomb");
     assert!(matches!(error, CallbackError::BadMessage(_)), "{error:?}");
 }
 

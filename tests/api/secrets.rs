@@ -185,8 +185,9 @@ fn verification(token: &str, key: &str) -> (String, String) {
     let key = wechat_api::crypto::AesKey::parse(key).expect("key");
     let echostr = wechat_api::crypto::encrypt(&key, echo.as_bytes(), CORP_ID.as_bytes());
     let nonce = rand::random::<u32>().to_string();
-    let signature = wechat_api::crypto::sign(token, "1409659813", &nonce, &echostr);
-    (query(signature.as_str(), "1409659813", &nonce, Some(&echostr)), echo)
+    let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let signature = wechat_api::crypto::sign(token, &now, &nonce, &echostr);
+    (query(signature.as_str(), &now, &nonce, Some(&echostr)), echo)
 }
 
 fn kf_notice(event_token: &str) -> String {
