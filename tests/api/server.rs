@@ -76,10 +76,11 @@ async fn metrics_are_prometheus_text_with_build_info_and_a_histogram() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_offers_h2_by_alpn_and_still_speaks_tls_1_2_and_http_1_1() {
+async fn tls_speaks_http_1_1_only_also_over_tls_1_2() {
     let app = spawn_app().await;
-    let response = app.client.get(app.url("/api/health/live")).send().await.expect("h2 request");
-    assert_eq!(response.version(), reqwest::Version::HTTP_2);
+    // A client that would take HTTP/2 gets HTTP/1.1: h2 is not offered (SECURITY.md).
+    let response = app.client.get(app.url("/api/health/live")).send().await.expect("request");
+    assert_eq!(response.version(), reqwest::Version::HTTP_11);
     let pem = std::fs::read(app.dir.path().join("server.crt")).expect("cert");
     let old_client = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("pem"))
