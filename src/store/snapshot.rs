@@ -5,8 +5,11 @@
 //!
 //! Deliberately not carried: handled journal entries and done actions (history the
 //! new store need not hold; their dedup keys matter only for seconds after the
-//! service stops), access tokens (fetched again), claims and leases, and the SQLite
-//! watermark (an engine's own bookkeeping).
+//! service stops), access tokens (fetched again), claims and leases, the SQLite
+//! watermark (an engine's own bookkeeping), and the replies' bookkeeping: sends'
+//! statuses (an owed text action records its send again when it runs; the send
+//! API's idempotency keys of the old store are forgotten) and kf conversations (a
+//! customer the new store has not seen is asked of WeCom, `kf/service_state/get`).
 
 use super::alerts::FiringRecord;
 use super::journal::NewEntry;

@@ -147,6 +147,25 @@ async fn a_replay_older_than_the_window_is_refused_even_after_its_dedup_key_is_g
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_official_url_verification_vectors_are_replays_under_the_default_window() {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/official.json")).expect("fixture");
+    let all: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    let v = all["vectors"].as_array().expect("vectors").iter().find(|v| v["kind"] == "verify_url").expect("one");
+    let field = |name: &str| v[name].as_str().expect(name).to_owned();
+    let app = spawn_app_with(&[
+        ("WECOM_CORP_ID", &field("receiveid")),
+        ("WECOM_TOKEN", &field("token")),
+        ("WECOM_ENCODING_AES_KEY", &field("encoding_aes_key")),
+    ])
+    .await;
+    let q = query(&field("msg_signature"), &field("timestamp"), &field("nonce"), Some(&field("echostr")));
+    let response = app.client.get(app.url(&format!("/wechat/callback?{q}"))).send().await.expect("answer");
+    assert_eq!(response.status(), 403);
+    assert!(response.text().await.expect("body").contains("replay window"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_log_lines_stay_inside_their_line_and_a_refusal_flood_is_logged_in_a_few_lines() {
     let dir = tempfile::tempdir().expect("dir");
     let (_, _, cert_pem) = write_certificate(dir.path(), 30);
