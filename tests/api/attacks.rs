@@ -35,6 +35,87 @@ async fn negotiate(app: &TestApp, alpn: &[&[u8]]) -> Result<Option<Vec<u8>>, std
     Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
 }
 
+/// The resident set of this test process (the service runs in it), in KiB.
+fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
+
+/// A TLS connection to the service offering `alpn` (none: HTTP/2 by prior knowledge).
+async fn tls_to(
+    app: &TestApp,
+    alpn: &[&[u8]],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let pem = std::fs::read(app.dir.path().join("server.crt")).expect("certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(&pem).expect("PEM")).expect("root");
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
+        .await
+}
+
+/// The review's attack: `connections` HTTP/2 connections (ALPN `h2`, then prior
+/// knowledge) each opening up to `streams` body-less POSTs that never end.
+/// Returns how many streams the server accepted, and what keeps them open.
+async fn h2_stream_flood(app: &TestApp, connections: usize, streams: usize) -> (usize, Vec<Box<dyn std::any::Any>>) {
+    const DEADLINE: Duration = Duration::from_secs(10);
+    let (mut opened, mut held): (usize, Vec<Box<dyn std::any::Any>>) = (0, Vec::new());
+    for n in 0..connections {
+        let alpn: &[&[u8]] = if n % 2 == 0 { &[b"h2"] } else { &[] };
+        let Ok(tls) = tls_to(app, alpn).await else { continue };
+        let Ok(Ok((mut client, connection))) = tokio::time::timeout(DEADLINE, h2::client::handshake(tls)).await else {
+            continue;
+        };
+        tokio::spawn(connection);
+        // Does this connection speak HTTP/2 at all? A GET must come back over it.
+        let probe = async {
+            let ready = client.clone().ready().await.ok()?;
+            let request = http::Request::get(app.url("/api/health/live")).body(()).ok()?;
+            let (response, _) = ready.clone().send_request(request, true).ok()?;
+            response.await.ok().map(|_| ready)
+        };
+        let Ok(Some(ready)) = tokio::time::timeout(DEADLINE, probe).await else { continue };
+        client = ready;
+        for _ in 0..streams {
+            client = match tokio::time::timeout(DEADLINE, client.clone().ready()).await {
+                Ok(Ok(ready)) => ready,
+                _ => break,
+            };
+            let request = http::Request::post(app.url("/api/v1/wecom/callback")).body(()).expect("request");
+            let Ok((_, stream)) = client.send_request(request, false) else { break };
+            held.push(Box::new(stream));
+            opened += 1;
+        }
+        held.push(Box::new(client));
+    }
+    (opened, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_stream_flood_opens_nothing_and_memory_stays_flat() {
+    let app = spawn_app().await;
+    assert_eq!(app.post_text("warm up", 1).await, 200);
+    let before = rss_kib();
+    let (opened, held) = h2_stream_flood(&app, 4, 50_000).await;
+    let after = rss_kib();
+    assert_eq!(opened, 0, "the service served HTTP/2 streams");
+    // The review saw 523 MB grow to ~2.2 GB; the ceiling here is 64 MiB of growth.
+    assert!(after.saturating_sub(before) < 64 * 1024, "RSS grew from {before} KiB to {after} KiB");
+    drop(held);
+    assert_eq!(app.post_text("still here", 2).await, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_is_not_offered_so_its_stream_floods_cannot_start() {
     let app = spawn_app_with(&[("HTTP_PORT", "0")]).await;
