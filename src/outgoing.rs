@@ -3,6 +3,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::messages::json_type;
+
 /// Longest text accepted, in characters (a 413 beyond it).
 pub const MAX_TEXT_CHARS: usize = 20_000;
 /// Longest `idempotency_key`, in characters.
@@ -57,17 +59,6 @@ fn string(object: &Map<String, Value>, name: &str, max: usize) -> Result<Option<
         }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(invalid(&path, format!("must be a string, got {}", json_type(other)))),
-    }
-}
-
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
     }
 }
 

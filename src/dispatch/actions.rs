@@ -265,6 +265,14 @@ impl Action {
         }
     }
 
+    /// How many messages the text this part belongs to is (1 for other actions).
+    pub(crate) fn parts_total(&self) -> i64 {
+        match self {
+            Self::AppText { parts, .. } | Self::KfText { parts, .. } => parts.total(),
+            _ => 1,
+        }
+    }
+
     /// The send a text part belongs to: its `send`, or, for a part queued before
     /// sends were recorded, its first part's key.
     pub(crate) fn send_id(&self) -> String {

@@ -71,17 +71,7 @@ impl Sending {
             return Ok(Vec::new());
         };
         let send = action.send_id();
-        let row = self
-            .store
-            .record_send(NewSend {
-                id: send.clone(),
-                channel: "kf",
-                recipient: touser.clone(),
-                open_kfid: Some(open_kfid.clone()),
-                parts: parts.total(),
-                idempotency_key: None,
-            })
-            .await?;
+        let row = self.record(&send, "kf", touser, Some(open_kfid), parts.total()).await?;
         if row.status != SendStatus::Queued {
             // Finished on an earlier attempt whose bookkeeping was lost.
             return Ok(Vec::new());
@@ -126,17 +116,7 @@ impl Sending {
             return Ok(Vec::new());
         };
         let send = action.send_id();
-        let row = self
-            .store
-            .record_send(NewSend {
-                id: send.clone(),
-                channel: "app",
-                recipient: touser.clone(),
-                open_kfid: None,
-                parts: parts.total(),
-                idempotency_key: None,
-            })
-            .await?;
+        let row = self.record(&send, "app", touser, None, parts.total()).await?;
         if row.status != SendStatus::Queued {
             return Ok(Vec::new());
         }
@@ -275,6 +255,27 @@ impl Sending {
         }
     }
 
+    /// The send a text part belongs to, recorded on its first attempt (the send
+    /// API's are recorded when queued).
+    async fn record(
+        &self,
+        id: &str,
+        channel: &'static str,
+        recipient: &str,
+        open_kfid: Option<&String>,
+        parts: i64,
+    ) -> Result<SendRow, StoreError> {
+        let send = NewSend {
+            id: id.to_owned(),
+            channel,
+            recipient: recipient.to_owned(),
+            open_kfid: open_kfid.cloned(),
+            parts,
+            idempotency_key: None,
+        };
+        self.store.record_send(send).await
+    }
+
     async fn part_sent(&self, send: &str, channel: &'static str, number: i64) -> Result<(), StoreError> {
         self.finish(send, channel, SendUpdate::PartSent { number }).await
     }
@@ -364,9 +365,9 @@ pub(crate) async fn queue(
         Recipient::Kf { touser, open_kfid } => (touser.clone(), Some(open_kfid.clone())),
     };
     let id = crate::outgoing::new_id();
-    let parts = crate::shaping::shape(&request.text).len() as i64;
     let action = Action::text(recipient, &request.text, format!("send:{id}"), id.clone())
         .ok_or(QueueError::Unsendable { path: "$.text", reason: "nothing to send once shaped".into() })?;
+    let parts = action.parts_total();
     let row = action.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
     let send =
         NewSend { id, channel: label, recipient: touser, open_kfid, parts, idempotency_key: request.idempotency_key };

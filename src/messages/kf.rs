@@ -195,17 +195,6 @@ fn integer(value: &Value, path: &[&str]) -> Option<i64> {
     path.iter().try_fold(value, |v, key| v.get(key))?.as_i64()
 }
 
-fn json_type(value: &Value) -> &'static str {
-    match value {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
 impl KfMessage {
     /// The msgtypes WeCom documents for kf messages, as [`KfMessage::parse`]
     /// classifies them (`channels*` counted as `channels`): the known values of
@@ -230,7 +219,7 @@ impl KfMessage {
         let msgid = match raw.get("msgid") {
             Some(Value::String(id)) if !id.is_empty() => id.clone(),
             Some(Value::String(_)) => return Err(KfParseError("msgid is empty".into())),
-            Some(other) => return Err(KfParseError(format!("msgid is not a string but {}", json_type(other)))),
+            Some(other) => return Err(KfParseError(format!("msgid is not a string but {}", super::json_type(other)))),
             None => return Err(KfParseError("no msgid field".into())),
         };
         let msgtype = text(&raw, &["msgtype"]).unwrap_or_default();

@@ -106,6 +106,19 @@ impl Message {
     }
 }
 
+/// What kind of JSON value `value` is, for error messages ("a number").
+pub(crate) fn json_type(value: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
 /// Cuts `text` to at most `max` characters (never inside one), marking the cut.
 pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     match text.char_indices().nth(max) {

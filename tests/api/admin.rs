@@ -8,7 +8,7 @@
 //! 127.0.0.2 while the service listens on 127.0.0.1 (all of 127.0.0.0/8 is local
 //! on Linux).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,17 +29,6 @@ const DEADLINE: Duration = Duration::from_secs(30);
 
 async fn spawn_admin_app() -> TestApp {
     spawn_app_with(&[("ADMIN_TOKEN", ADMIN)]).await
-}
-
-/// A client of `app` whose connections come from `address`.
-fn client_from(app: &TestApp, address: Ipv4Addr) -> reqwest::Client {
-    let pem = std::fs::read(app.dir.path().join("server.crt")).expect("certificate");
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
-        .local_address(IpAddr::V4(address))
-        .timeout(DEADLINE)
-        .build()
-        .expect("client")
 }
 
 async fn post(client: &reqwest::Client, app: &TestApp, bearer: &str) -> reqwest::Response {

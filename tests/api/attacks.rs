@@ -17,24 +17,6 @@ fn now() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp()
 }
 
-/// A TLS handshake with the service offering `alpn`; the protocol it chose, or
-/// the handshake's error.
-async fn negotiate(app: &TestApp, alpn: &[&[u8]]) -> Result<Option<Vec<u8>>, std::io::Error> {
-    let pem = std::fs::read(app.dir.path().join("server.crt")).expect("certificate");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(&pem).expect("PEM")).expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await.expect("connect");
-    let tls = connector.connect(ServerName::try_from("127.0.0.1").expect("name"), tcp).await?;
-    Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
-}
-
 /// The resident set of this test process (the service runs in it), in KiB.
 fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
@@ -63,6 +45,13 @@ async fn tls_to(
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
         .await
+}
+
+/// A TLS handshake with the service offering `alpn`; the protocol it chose, or
+/// the handshake's error.
+async fn negotiate(app: &TestApp, alpn: &[&[u8]]) -> Result<Option<Vec<u8>>, std::io::Error> {
+    let tls = tls_to(app, alpn).await?;
+    Ok(tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec))
 }
 
 /// The review's attack: `connections` HTTP/2 connections (ALPN `h2`, then prior

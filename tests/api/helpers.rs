@@ -324,3 +324,15 @@ impl Running {
         let _ = self.child.wait();
     }
 }
+
+/// A client of `app` whose connections come from `address` (another loopback
+/// address, such as 127.0.0.2, plays a stranger).
+pub fn client_from(app: &TestApp, address: std::net::Ipv4Addr) -> reqwest::Client {
+    let pem = std::fs::read(app.dir.path().join("server.crt")).expect("certificate");
+    reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
+        .local_address(std::net::IpAddr::V4(address))
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}

@@ -6,7 +6,7 @@
 //! The stranger is a client bound to 127.0.0.2 while `TRUSTED_NETWORKS` is
 //! 127.0.0.1/32 (all of 127.0.0.0/8 is local on Linux).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
@@ -19,17 +19,6 @@ const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const INSIDER: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Bounds a broken server; no test measures time.
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// A client of `app` whose connections come from `address`.
-fn client_from(app: &TestApp, address: Ipv4Addr) -> reqwest::Client {
-    let pem = std::fs::read(app.dir.path().join("server.crt")).expect("certificate");
-    reqwest::Client::builder()
-        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
-        .local_address(IpAddr::V4(address))
-        .timeout(DEADLINE)
-        .build()
-        .expect("client")
-}
 
 /// Only 127.0.0.1 is trusted, plus `extra` settings.
 async fn spawn_guarded(extra: &[(&str, &str)]) -> TestApp {

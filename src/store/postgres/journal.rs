@@ -177,6 +177,18 @@ pub(super) async fn insert_in(tx: &Transaction<'_>, entries: &[NewEntry]) -> Res
     Ok(rows.len())
 }
 
+/// An entry from a row of `id, dedup_key, channel, kind, received_at, payload`.
+fn read_entry(row: &tokio_postgres::Row) -> Result<PendingEntry, StoreError> {
+    Ok(PendingEntry {
+        id: row.get(0),
+        dedup_key: row.get(1),
+        channel: named(row.get(2), Channel::parse)?,
+        kind: named(row.get(3), EntryKind::parse)?,
+        received_at: row.get(4),
+        payload: row.get(5),
+    })
+}
+
 impl Postgres {
     /// Journals `entry` unless its dedup key is known; committed when this returns.
     pub(in crate::store) async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
@@ -205,19 +217,7 @@ impl Postgres {
             .await?;
         let rows = client.query(&statement, &[&super::bigint(limit), &lease_secs]).await?;
         self.committed(1);
-        let mut entries = rows
-            .iter()
-            .map(|row| {
-                Ok(PendingEntry {
-                    id: row.get(0),
-                    dedup_key: row.get(1),
-                    channel: named(row.get(2), Channel::parse)?,
-                    kind: named(row.get(3), EntryKind::parse)?,
-                    received_at: row.get(4),
-                    payload: row.get(5),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        let mut entries = rows.iter().map(read_entry).collect::<Result<Vec<_>, StoreError>>()?;
         // RETURNING keeps no order: arrival order, as claimed.
         entries.sort_by_key(|entry| entry.id);
         Ok(entries)
@@ -259,14 +259,6 @@ impl Postgres {
                 "SELECT id, dedup_key, channel, kind, received_at, payload FROM journal WHERE dedup_key = $1",
             )
             .await?;
-        let Some(row) = client.query_opt(&statement, &[&dedup_key]).await? else { return Ok(None) };
-        Ok(Some(PendingEntry {
-            id: row.get(0),
-            dedup_key: row.get(1),
-            channel: named(row.get(2), Channel::parse)?,
-            kind: named(row.get(3), EntryKind::parse)?,
-            received_at: row.get(4),
-            payload: row.get(5),
-        }))
+        client.query_opt(&statement, &[&dedup_key]).await?.as_ref().map(read_entry).transpose()
     }
 }

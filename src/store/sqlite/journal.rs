@@ -39,6 +39,18 @@ pub(super) fn insert(db: &Connection, entry: &NewEntry) -> rusqlite::Result<Reco
     Ok(if inserted == 1 { Recorded::New(db.last_insert_rowid()) } else { Recorded::Duplicate })
 }
 
+/// An entry from a row of `id, dedup_key, channel, kind, received_at, payload`.
+fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingEntry> {
+    Ok(PendingEntry {
+        id: row.get(0)?,
+        dedup_key: row.get(1)?,
+        channel: named(2, row.get(2)?, Channel::parse)?,
+        kind: named(3, row.get(3)?, EntryKind::parse)?,
+        received_at: row.get(4)?,
+        payload: row.get(5)?,
+    })
+}
+
 impl Sqlite {
     /// Journals `entry` unless its dedup key is known; durable when this returns.
     pub(in crate::store) async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
@@ -59,16 +71,7 @@ impl Sqlite {
                  WHERE id > (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')
                  ORDER BY id LIMIT ?1",
             )?;
-            let rows = statement.query_map([limit as i64], |row| {
-                Ok(PendingEntry {
-                    id: row.get(0)?,
-                    dedup_key: row.get(1)?,
-                    channel: named(2, row.get(2)?, Channel::parse)?,
-                    kind: named(3, row.get(3)?, EntryKind::parse)?,
-                    received_at: row.get(4)?,
-                    payload: row.get(5)?,
-                })
-            })?;
+            let rows = statement.query_map([limit as i64], read_entry)?;
             rows.collect()
         })
         .await
@@ -117,16 +120,7 @@ impl Sqlite {
             db.query_row(
                 "SELECT id, dedup_key, channel, kind, received_at, payload FROM journal WHERE dedup_key = ?1",
                 [dedup_key],
-                |row| {
-                    Ok(PendingEntry {
-                        id: row.get(0)?,
-                        dedup_key: row.get(1)?,
-                        channel: named(2, row.get(2)?, Channel::parse)?,
-                        kind: named(3, row.get(3)?, EntryKind::parse)?,
-                        received_at: row.get(4)?,
-                        payload: row.get(5)?,
-                    })
-                },
+                read_entry,
             )
             .optional()
         })
