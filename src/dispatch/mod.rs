@@ -50,6 +50,7 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retries back off exponentially: 1, 2, 4 … 600 s.
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(600));
 
+use crate::log_limit::SharedLogLimiter;
 use crate::telemetry::KF_MESSAGES_TOTAL;
 use crate::telemetry::OUTBOX_ACTIONS_TOTAL as ACTIONS_TOTAL;
 
@@ -78,11 +79,17 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<usize, StoreError>>,
 {
+    // A store outage fails every round: ten lines a minute say so.
+    let log = SharedLogLimiter::default();
     loop {
         match run_once().await {
             Ok(done) if done == BATCH => continue,
             Ok(_) => {}
-            Err(error) => tracing::error!("{name}: {error}"),
+            Err(error) => {
+                if let Some(more) = log.admit(name) {
+                    tracing::error!("{name}: {error}{more}");
+                }
+            }
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -233,11 +240,14 @@ pub(crate) struct Outbox {
     executor: Arc<Executor>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    /// A failing receiver (FORWARD_URL down) fails every action of its kind:
+    /// ten lines a minute per kind say so, the metrics count each.
+    log: Arc<SharedLogLimiter>,
 }
 
 impl Outbox {
     pub(crate) fn new(store: Store, executor: Arc<Executor>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
-        Self { store, executor, metrics, wake }
+        Self { store, executor, metrics, wake, log: Arc::default() }
     }
 
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -280,12 +290,14 @@ impl Outbox {
             Err(error) if error.retry => {
                 let delay = backoff_secs(item.attempts);
                 self.metrics.counter(ACTIONS_TOTAL, &label("retry")).increment(1);
-                tracing::warn!(
-                    action = item.key.as_str(),
-                    attempt = item.attempts + 1,
-                    retry_in_secs = delay,
-                    "{error}"
-                );
+                if let Some(more) = self.log.admit(&item.kind) {
+                    tracing::warn!(
+                        action = item.key.as_str(),
+                        attempt = item.attempts + 1,
+                        retry_in_secs = delay,
+                        "{error}{more}"
+                    );
+                }
                 self.store.action_failed(&item, delay, error.message).await
             }
             Err(error) => {
@@ -295,7 +307,9 @@ impl Outbox {
             }
         };
         if let Err(error) = stored {
-            tracing::error!(action = item.key.as_str(), "cannot record the attempt: {error}");
+            if let Some(more) = self.log.admit("record_attempt") {
+                tracing::error!(action = item.key.as_str(), "cannot record the attempt: {error}{more}");
+            }
         }
     }
 }

@@ -6,9 +6,9 @@ use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use crate::callback::{CallbackError, CallbackQuery, Channel, Outcome};
-use crate::log_limit::Admit;
 use crate::routes::AppState;
 use crate::store::journal::{EntryKind, NewEntry, Recorded};
+use crate::store::{self, StoreError};
 
 /// Real callback bodies are a few KiB; anything near this is not from WeCom.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
@@ -78,15 +78,16 @@ pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: 
         sender: opened.message.from_user_name.clone(),
         payload: opened.xml,
     };
-    let outcome = match state.store.journal(entry).await {
+    let outcome = match store::bounded(state.store.journal(entry)).await {
         Ok(Recorded::New(_)) => {
             state.journal_wake.notify_one();
             Outcome::Ok
         }
         Ok(Recorded::Duplicate) => Outcome::Duplicate,
         Err(error) => {
-            // No 200: WeCom retries, and nothing was acknowledged that could be lost.
-            tracing::error!(channel = opened.channel.as_str(), "cannot journal a callback: {error}");
+            // No 200: WeCom retries, and nothing was acknowledged that could be lost
+            // (a commit that lands after the deadline makes the retry a duplicate).
+            log_store_failure(&state, opened.channel, &error);
             state.metrics.record_callback(Some(opened.channel), Outcome::Internal, Some(started.elapsed()));
             return HttpResponse::ServiceUnavailable()
                 .content_type("text/plain; charset=utf-8")
@@ -128,17 +129,8 @@ fn reject(state: &AppState, request: &HttpRequest, error: &CallbackError) -> Htt
 /// reason; the next line written says how many were suppressed. The metrics
 /// count every one.
 fn log_refusal(state: &AppState, request: &HttpRequest, outcome: Outcome, reason: &dyn std::fmt::Display) {
-    let admitted = match state.refusal_log.lock() {
-        Ok(mut limiter) => limiter.admit(outcome.as_str(), Instant::now()),
-        // A panic elsewhere while holding it: log rather than lose the line.
-        Err(_) => Admit::Write { suppressed: 0 },
-    };
-    let Admit::Write { suppressed } = admitted else { return };
+    let Some(more) = state.refusal_log.admit(outcome.as_str()) else { return };
     let client = super::surface::client(request, state);
-    let more = match suppressed {
-        0 => String::new(),
-        n => format!(" ({n} more refused for this reason in the last minute, not logged)"),
-    };
     tracing::warn!(
         %client,
         path = request.path(),
@@ -146,6 +138,18 @@ fn log_refusal(state: &AppState, request: &HttpRequest, outcome: Outcome, reason
         outcome = outcome.as_str(),
         "callback refused: {reason}{more}"
     );
+}
+
+/// A callback that could not be journaled: one line per kind of failure at most
+/// ten times a minute, however many callbacks a database outage turns away.
+fn log_store_failure(state: &AppState, channel: Channel, error: &StoreError) {
+    let reason = match error {
+        StoreError::TimedOut => "journal_timed_out",
+        _ => "journal_failed",
+    };
+    if let Some(more) = state.refusal_log.admit(reason) {
+        tracing::error!(channel = channel.as_str(), "cannot journal a callback (answered 503): {error}{more}");
+    }
 }
 
 /// Whether reading the body failed because the body deadline passed.

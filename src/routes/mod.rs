@@ -52,8 +52,9 @@ pub(crate) struct AppState {
     /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees the monitoring views.
     pub surface: crate::config::Surface,
     pub liveness: Arc<Liveness>,
-    /// Refused callbacks' log lines, rate-limited per reason.
-    pub refusal_log: std::sync::Mutex<crate::log_limit::LogLimiter>,
+    /// Refused callbacks' log lines and the store failures of requests,
+    /// rate-limited per reason.
+    pub refusal_log: crate::log_limit::SharedLogLimiter,
     pub alerter: Alerter,
     pub version: &'static str,
 }

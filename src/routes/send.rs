@@ -11,6 +11,7 @@ use serde_json::json;
 use crate::dispatch::sending::{self, QueueError};
 use crate::outgoing::{RequestError, SendRequest};
 use crate::routes::AppState;
+use crate::store::{self, StoreError};
 
 /// Largest request body: a 20,000-character text, JSON-escaped, fits.
 pub(crate) const MAX_BODY: usize = 256 * 1024;
@@ -26,7 +27,7 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         Err(e @ RequestError::TextTooLong { .. }) => return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         Err(e @ RequestError::Invalid { .. }) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match sending::queue(&state.store, &state.wecom, state.agent_id, request).await {
+    match store::bounded(sending::queue(&state.store, &state.wecom, state.agent_id, request)).await {
         Ok(accepted) => {
             state.outbox_wake.notify_one();
             HttpResponse::Accepted().json(json!({
@@ -38,15 +39,30 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         Err(e @ QueueError::UnknownRecord(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ QueueError::Unsendable { .. }) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(QueueError::Store(e)) => {
-            tracing::error!("send API: {e}");
-            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; nothing was queued, retry".into())
+            log_store_failure(&state, &e);
+            let reason = match e {
+                // The commit may still land: the same idempotency_key finds it.
+                StoreError::TimedOut => {
+                    "the store did not answer in time; the message may or may not be queued: \
+                                         retry with the same idempotency_key"
+                }
+                _ => "the store is unavailable; nothing was queued, retry",
+            };
+            error(StatusCode::SERVICE_UNAVAILABLE, reason.into())
         }
+    }
+}
+
+/// The send API's store failures: at most ten lines a minute, the rest counted.
+fn log_store_failure(state: &AppState, error: &StoreError) {
+    if let Some(more) = state.refusal_log.admit("send_api_store") {
+        tracing::error!("send API: {error}{more}");
     }
 }
 
 /// `GET /api/v1/messages/{id}`
 pub(crate) async fn status(id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
-    match state.store.send(id.into_inner()).await {
+    match store::bounded(state.store.send(id.into_inner())).await {
         Ok(Some(send)) => HttpResponse::Ok().json(json!({
             "id": send.id,
             "status": send.status.as_str(),
@@ -62,7 +78,7 @@ pub(crate) async fn status(id: web::Path<String>, state: web::Data<AppState>) ->
         })),
         Ok(None) => error(StatusCode::NOT_FOUND, "no message with that id".into()),
         Err(e) => {
-            tracing::error!("send API: {e}");
+            log_store_failure(&state, &e);
             error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; retry".into())
         }
     }

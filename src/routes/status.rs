@@ -119,7 +119,7 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
         html.push_str("</table>");
     }
     html.push_str("<h2>Recent sends</h2>");
-    match state.store.recent_sends(RECENT_SENDS).await {
+    match crate::store::bounded(state.store.recent_sends(RECENT_SENDS)).await {
         Ok(sends) if sends.is_empty() => html.push_str("<p><small>none yet</small></p>"),
         Ok(sends) => {
             html.push_str("<table><tr><th>message</th><th>to</th><th>parts</th><th>outcome</th></tr>");

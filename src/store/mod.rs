@@ -58,6 +58,25 @@ pub enum StoreError {
     /// is unknown; never carries the password of `DATABASE_URL`.
     #[error("store: PostgreSQL: {0}")]
     Postgres(#[from] postgres::PostgresError),
+    /// A call on a request path got no answer within [`REQUEST_DEADLINE`]
+    /// (a stalled database or disk): its outcome is unknown, so it is never
+    /// acknowledged, and WeCom's retry is deduped if it did commit after all.
+    #[error("store: no answer within {}s; the outcome is unknown", REQUEST_DEADLINE.as_secs())]
+    TimedOut,
+}
+
+/// How long a store call on a request path may take, whatever the database
+/// does (pool wait, a stalled server, a dead socket): WeCom gives up on an
+/// answer after 5 s, and a quick 503 lets it retry, on another replica where
+/// there is one (SPEC §15).
+pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+
+/// `call` (store operations of a request) within [`REQUEST_DEADLINE`], else
+/// [`StoreError::TimedOut`]. Dropping the call on time out is safe: an
+/// operation's commit either happened (a retry finds it) or did not.
+/// Every store call of `routes/` goes through here (`tests/api/layout.rs`).
+pub async fn bounded<T, E: From<StoreError>>(call: impl std::future::Future<Output = Result<T, E>>) -> Result<T, E> {
+    tokio::time::timeout(REQUEST_DEADLINE, call).await.unwrap_or_else(|_| Err(StoreError::TimedOut.into()))
 }
 
 /// How long a claim holds by default (`LEASE_SECS`).

@@ -83,3 +83,22 @@ fn only_routes_and_startup_know_actix_web() {
         .collect();
     assert!(strangers.is_empty(), "actix-web outside routes/ and startup.rs: {strangers:?}");
 }
+
+/// SPEC §15: a store call on a request path answers within 3 s whatever the
+/// database does, so every use of the store in `routes/` is wrapped in
+/// `store::bounded` (on the same line, as rustfmt leaves a call this short).
+#[test]
+fn every_store_call_of_a_route_is_bounded_by_the_request_deadline() {
+    let mut files = Vec::new();
+    sources(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src/routes")), &mut files);
+    let unbounded: Vec<String> = files
+        .iter()
+        .flat_map(|(file, code)| {
+            code.lines()
+                .enumerate()
+                .filter(|(_, line)| line.contains("state.store") && !line.contains("bounded("))
+                .map(move |(number, line)| format!("{file}:{}: {}", number + 1, line.trim()))
+        })
+        .collect();
+    assert!(unbounded.is_empty(), "store calls of routes without store::bounded:\n{}", unbounded.join("\n"));
+}

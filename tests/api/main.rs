@@ -24,5 +24,6 @@ mod replicas;
 mod secrets;
 mod server;
 mod smtp;
+mod stall;
 mod store_conformance;
 mod surface;

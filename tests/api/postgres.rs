@@ -204,6 +204,48 @@ impl Cluster {
         }
     }
 
+    /// The postmaster and every process under it (backends, writers, the
+    /// checkpointer), from `/proc`.
+    fn processes(&self) -> Vec<rustix::process::Pid> {
+        let Some(postmaster) = self.pid() else { return Vec::new() };
+        let parents: Vec<(i32, i32)> = std::fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+                // `pid (comm) state ppid …`: comm may hold spaces, so read after the last ')'.
+                let ppid = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+                Some((pid, ppid))
+            })
+            .collect();
+        let mut found = vec![postmaster.as_raw_nonzero().get()];
+        let mut i = 0;
+        while i < found.len() {
+            let parent = found[i];
+            found.extend(parents.iter().filter(|(_, ppid)| *ppid == parent).map(|(pid, _)| *pid));
+            i += 1;
+        }
+        found.into_iter().filter_map(rustix::process::Pid::from_raw).collect()
+    }
+
+    /// SIGSTOP to the server and all its processes: a stalled database (a storage
+    /// hiccup, a long checkpoint) whose kernel still accepts and acknowledges.
+    pub fn freeze(&self) {
+        let processes = self.processes();
+        assert!(!processes.is_empty(), "the server is running");
+        for pid in processes {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::STOP);
+        }
+    }
+
+    /// SIGCONT to everything [`Cluster::freeze`] stopped.
+    pub fn thaw(&self) {
+        for pid in self.processes() {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
+        }
+    }
+
     /// A detached process that waits for this test process to exit, then stops the
     /// server by its PID and removes the directory.
     fn spawn_reaper(&self) -> std::process::Child {
@@ -233,6 +275,8 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if self.owned {
+            // A test that failed while the server was frozen must not leave it so.
+            self.thaw();
             self.stop();
             let _ = std::fs::remove_dir_all(&self.dir);
         }

@@ -24,13 +24,29 @@ use super::PostgresError;
 /// Short: while the database is unreachable a callback waits this long for its
 /// 503, and WeCom gives up on an answer after 5 s.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// How long an operation waits for a free connection of the pool.
-const WAIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an operation waits for a free connection of the pool. Request paths
+/// are bounded tighter by `store::REQUEST_DEADLINE`; this bounds the workers.
+const WAIT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Unacknowledged data on a database socket for this long ends the connection
+/// (`TCP_USER_TIMEOUT`): a server that vanished (a failover, a cut cable) is
+/// noticed in seconds instead of the kernel's ~15 minutes of retransmissions.
+/// A server that is alive but stalled (its kernel still acknowledges) is not
+/// noticed here: callers' deadlines cover that.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(15);
+/// Keepalive probes on idle database sockets: first after 10 s idle, then every
+/// 5 s, dead after 3 unanswered.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(10);
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_RETRIES: u32 = 3;
 /// Set on every new connection. `synchronous_commit` on: a commit is durable (and
 /// on a synchronous standby, if the operator has one) before anyone is told of it,
 /// whatever the server's default. `idle_in_transaction_session_timeout`: a replica
 /// that hangs inside a transaction cannot hold its row locks for ever.
-const SESSION: &str = "SET synchronous_commit = on; SET idle_in_transaction_session_timeout = '60s'";
+/// `statement_timeout` and `lock_timeout`: the server stops work nobody waits for
+/// any more (a request gave up after 3 s; a worker retries); migrations lift them
+/// for their own transaction.
+const SESSION: &str = "SET synchronous_commit = on; SET idle_in_transaction_session_timeout = '60s'; \
+                       SET statement_timeout = '30s'; SET lock_timeout = '10s'";
 
 /// `sslmode` of `DATABASE_URL`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,7 +111,10 @@ impl Target {
         config.connect_timeout(CONNECT_TIMEOUT);
         // A database that vanished (a failover, a cut cable) is noticed, not waited for.
         config.keepalives(true);
-        config.keepalives_idle(Duration::from_secs(30));
+        config.keepalives_idle(KEEPALIVE_IDLE);
+        config.keepalives_interval(KEEPALIVE_INTERVAL);
+        config.keepalives_retries(KEEPALIVE_RETRIES);
+        config.tcp_user_timeout(TCP_USER_TIMEOUT);
         if config.get_application_name().is_none() {
             config.application_name("wechat-api");
         }

@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::outbox::insert_actions;
 use super::{named, record_commit, Postgres, PostgresError, EPOCH};
+use crate::log_limit::SharedLogLimiter;
 use crate::messages::Channel;
 use crate::store::journal::{EntryKind, NewEntry, PendingEntry, Recorded};
 use crate::store::outbox::NewAction;
@@ -65,15 +66,21 @@ impl Writers {
     pub(super) fn start(pool: Pool, stats: Arc<Stats>, pool_size: usize) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
+        let log = Arc::new(SharedLogLimiter::default());
         for _ in 0..(pool_size / 2).clamp(1, MAX_WRITERS) {
-            tokio::spawn(write_groups(pool.clone(), Arc::clone(&stats), Arc::clone(&receiver)));
+            tokio::spawn(write_groups(pool.clone(), Arc::clone(&stats), Arc::clone(&log), Arc::clone(&receiver)));
         }
         Self(sender)
     }
 }
 
 /// One writer: takes whatever is queued, journals it, answers, again.
-async fn write_groups(pool: Pool, stats: Arc<Stats>, queue: Arc<Mutex<mpsc::UnboundedReceiver<Write>>>) {
+async fn write_groups(
+    pool: Pool,
+    stats: Arc<Stats>,
+    log: Arc<SharedLogLimiter>,
+    queue: Arc<Mutex<mpsc::UnboundedReceiver<Write>>>,
+) {
     loop {
         let group = {
             // One writer gathers at a time; the others are committing meanwhile.
@@ -88,12 +95,19 @@ async fn write_groups(pool: Pool, stats: Arc<Stats>, queue: Arc<Mutex<mpsc::Unbo
             }
             group
         };
-        write_group(&pool, &stats, group).await;
+        // A caller that gave up (its request passed the deadline while the
+        // database stalled) was answered 503: writing its entry now would only
+        // turn WeCom's retry into a duplicate. Skipped, it stays unwritten.
+        let group: Vec<Write> = group.into_iter().filter(|write| !write.reply.is_closed()).collect();
+        if group.is_empty() {
+            continue;
+        }
+        write_group(&pool, &stats, &log, group).await;
     }
 }
 
 /// Journals a group and answers each caller.
-async fn write_group(pool: &Pool, stats: &Stats, group: Vec<Write>) {
+async fn write_group(pool: &Pool, stats: &Stats, log: &SharedLogLimiter, group: Vec<Write>) {
     let entries: Vec<&NewEntry> = group.iter().map(|write| &write.entry).collect();
     let outcome = insert_group(pool, &entries).await;
     let answers: Vec<Result<Recorded, StoreError>> = match outcome {
@@ -120,7 +134,9 @@ async fn write_group(pool: &Pool, stats: &Stats, group: Vec<Write>) {
         Err(error) => {
             // Unknown outcome or no connection: no caller may answer 2xx.
             let reason = error.to_string();
-            tracing::warn!(entries = group.len(), "store: journal group failed: {reason}");
+            if let Some(more) = log.admit("journal_group_failed") {
+                tracing::warn!(entries = group.len(), "store: journal group failed: {reason}{more}");
+            }
             group.iter().map(|_| Err(StoreError::Postgres(PostgresError::Unavailable(reason.clone())))).collect()
         }
     };

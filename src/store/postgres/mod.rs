@@ -252,6 +252,9 @@ fn record_commit(stats: &Stats, operations: u64) {
 async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     let mut client = pool.get().await?;
     let tx = client.transaction().await?;
+    // A migration may rightly take longer than the session's limits, and may wait
+    // for another replica's.
+    tx.batch_execute("SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = 0").await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
     tx.batch_execute("CREATE TABLE IF NOT EXISTS schema_version (version bigint NOT NULL)").await?;
     let found: i64 = tx.query_one("SELECT COALESCE(max(version), 0) FROM schema_version", &[]).await?.get(0);
