@@ -186,3 +186,37 @@ async fn a_stalled_postgresql_gets_a_quick_503_and_loses_nothing() {
     let errors = lines.iter().filter(|l| l.contains("ERROR") || l.contains("WARN")).count();
     assert!(errors <= 80, "{errors} error and warning lines for one outage:\n{}", lines.join("\n"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_forward_url_is_logged_in_a_few_lines_not_one_per_attempt() {
+    wechat_api::tls::install_crypto_provider();
+    let receiver = ForwardReceiver::start().await;
+    receiver.fail_first(usize::MAX);
+    let dir = tempfile::tempdir().expect("dir");
+    let (_, _, cert_pem) = write_certificate(dir.path(), 30);
+    let env =
+        test_env(dir.path(), &[("FORWARD_URL", receiver.url.as_str()), ("FORWARD_SECRET", receiver.secret.as_str())]);
+    let mut command = wechat_api(dir.path());
+    command.arg("serve").envs(&env);
+    let mut service = Running::start(command);
+    let port = service.port();
+    let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(10));
+    for msg_id in 0..60 {
+        assert_eq!(post(&client, port, msg_id).await.status, Some(200));
+    }
+    // Every message tried at least twice: 120 failed attempts or more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while receiver.attempts() < 120 {
+        assert!(Instant::now() < deadline, "{} attempts", receiver.attempts());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    service.terminate();
+    let lines = service.rest();
+    let retries = lines.iter().filter(|l| l.contains("retry_in_secs")).count();
+    assert!(
+        (1..=20).contains(&retries),
+        "{retries} lines for {} failed attempts:\n{}",
+        receiver.attempts(),
+        lines.join("\n")
+    );
+}
