@@ -119,6 +119,7 @@ impl Application {
             send_gate: routes::bearer::BearerGate::send(config.send_token.clone()),
             outbox_wake: Arc::clone(&workers.dispatcher.outbox_wake),
             agent_id: config.agent_id,
+            send_limits: crate::dispatch::sending::SendLimits::from_config(&config, &metrics),
             surface: config.surface.clone(),
             liveness,
             refusal_log: Default::default(),

@@ -412,7 +412,7 @@ impl Executor {
             agent_id: config.agent_id,
             upload_dir: config.upload_dir.clone(),
             handoff: config.handoff.clone(),
-            floor: crate::media::Floor { percent: config.media_min_free_percent },
+            floor: crate::media::Floor::media(config.media_min_free_percent),
             sending: Sending::new(store, wecom, metrics),
         })
     }

@@ -12,11 +12,12 @@
 
 pub mod actions;
 pub mod handlers;
+pub(crate) mod pacing;
 pub(crate) mod record;
 pub(crate) mod sending;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -226,18 +227,32 @@ impl Dispatcher {
     }
 }
 
-/// Performs queued actions with retries.
+/// Performs queued actions with retries, texts paced under WeCom's limits.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     store: Store,
     executor: Arc<Executor>,
     metrics: Arc<Metrics>,
     wake: Arc<Notify>,
+    /// This replica's windows of texts sent (held for no await).
+    pacer: Arc<Mutex<pacing::Pacer>>,
 }
 
 impl Outbox {
     pub(crate) fn new(store: Store, executor: Arc<Executor>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
-        Self { store, executor, metrics, wake }
+        Self { store, executor, metrics, wake, pacer: Arc::default() }
+    }
+
+    /// Whether `action` must wait for WeCom's frequency limits, and how long:
+    /// texts only (an app text counts for each of its members).
+    fn pace(&self, action: &Action) -> Option<Duration> {
+        let members: Vec<&str> = match action {
+            Action::AppText { touser, .. } => touser.split('|').collect(),
+            Action::KfText { .. } => Vec::new(),
+            _ => return None,
+        };
+        let mut pacer = self.pacer.lock().unwrap_or_else(|e| e.into_inner());
+        pacer.admit(&members, Instant::now()).err()
     }
 
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -253,7 +268,19 @@ impl Outbox {
     }
 
     async fn attempt(&self, item: DueAction) {
-        let outcome = match serde_json::from_str::<Action>(&item.payload) {
+        let label = |outcome: &str| [("kind", item.kind.clone()), ("outcome", outcome.to_owned())];
+        let parsed = serde_json::from_str::<Action>(&item.payload);
+        if let Some(wait) = parsed.as_ref().ok().and_then(|action| self.pace(action)) {
+            // Over WeCom's limit: not an error, not an attempt — it goes when the window allows.
+            let after = i64::try_from(wait.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
+            self.metrics.counter(ACTIONS_TOTAL, &label("paced")).increment(1);
+            tracing::debug!(action = item.key.as_str(), after_secs = after, "paced: WeCom's frequency limit");
+            if let Err(error) = self.store.action_deferred(&item, after).await {
+                tracing::error!(action = item.key.as_str(), "cannot put the action off: {error}");
+            }
+            return;
+        }
+        let outcome = match parsed {
             Err(error) => Err(actions::ActionError { retry: false, message: format!("unreadable action: {error}") }),
             Ok(action) => {
                 match tokio::time::timeout(ACTION_TIMEOUT, self.executor.execute(&action, item.attempts)).await {
@@ -265,7 +292,6 @@ impl Outbox {
                 }
             }
         };
-        let label = |outcome: &str| [("kind", item.kind.clone()), ("outcome", outcome.to_owned())];
         let stored = match outcome {
             Ok(follow_ups) => {
                 self.metrics.counter(ACTIONS_TOTAL, &label("ok")).increment(1);
