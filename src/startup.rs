@@ -177,11 +177,11 @@ impl Application {
         Arc::clone(&self.state.liveness)
     }
 
-    /// Moves the clock of the duration checks (`outbox:backlog`,
-    /// `forward:delivery`) `secs` ahead, for tests that cannot wait ten minutes.
+    /// The clock of the duration checks (`outbox:backlog`, `forward:delivery`),
+    /// which tests that cannot wait ten minutes move ahead.
     #[cfg(feature = "testing")]
-    pub fn advance_check_clock(&self, secs: i64) {
-        self.clock.advance(secs);
+    pub fn check_clock(&self) -> Arc<CheckClock> {
+        Arc::clone(&self.clock)
     }
 
     /// The store, for tests that look behind the HTTP interface.

@@ -31,7 +31,7 @@ pub(crate) const FORWARD_FAIL_SECS: i64 = 300;
 
 /// The clock of the checks that measure how long something has lasted: Unix
 /// seconds now. Tests of the real service move it forward instead of waiting
-/// ten minutes (`Application::advance_check_clock`, `testing` only); nothing
+/// ten minutes (`Application::check_clock`, `testing` only); nothing
 /// else ever does.
 #[derive(Debug, Default)]
 pub struct CheckClock {
