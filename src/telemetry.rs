@@ -360,7 +360,8 @@ pub(crate) const OUTBOX_BACKLOG_ACTIONS: Family = Family {
     kind: Kind::Gauge,
     unit: None,
     labels: &[],
-    help: "Outbox actions still owed (waiting, paced under WeCom's limits, or retried after errors), at the last check.",
+    help:
+        "Outbox actions still owed (waiting, paced under WeCom's limits, or retried after errors), at the last check.",
 };
 
 /// `wechat_api_outbox_backlog_age_seconds`.

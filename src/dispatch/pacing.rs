@@ -8,8 +8,8 @@
 //! (and counts the call) or how long to wait. A sliding log per member and one
 //! for the replica: exact, never one call over a limit. Memory is bounded by the
 //! global pace: only admitted calls are logged, at most 1,000 a minute, each
-//! kept for the longest span (an hour): ≤ 60,000 instants, and members whose log
-//! is empty are forgotten.
+//! kept for the longest span (an hour): ≤ 61,000 instants (~1 MB), and members
+//! whose log is empty are forgotten.
 //!
 //! Deliberately not here: what an over-limit action does (the outbox reschedules
 //! it, see `Outbox::attempt`), and other replicas: each replica paces its own
@@ -26,18 +26,14 @@ pub(crate) struct Rule {
 }
 
 /// WeCom's limits for app `message/send` to one member: 30 a minute, 1,000 an hour.
-pub(crate) const PER_MEMBER: [Rule; 2] = [
-    Rule { limit: 30, span: Duration::from_secs(60) },
-    Rule { limit: 1_000, span: Duration::from_secs(3_600) },
-];
+pub(crate) const PER_MEMBER: [Rule; 2] =
+    [Rule { limit: 30, span: Duration::from_secs(60) }, Rule { limit: 1_000, span: Duration::from_secs(3_600) }];
 
 /// This replica's own pace for every text it sends (app and kf): 20 a second,
 /// 1,000 a minute — a tenth of WeCom's per-corp limit for one API (10,000 a
 /// minute), which leaves room for other replicas and the corp's other tools.
-pub(crate) const GLOBAL: [Rule; 2] = [
-    Rule { limit: 20, span: Duration::from_secs(1) },
-    Rule { limit: 1_000, span: Duration::from_secs(60) },
-];
+pub(crate) const GLOBAL: [Rule; 2] =
+    [Rule { limit: 20, span: Duration::from_secs(1) }, Rule { limit: 1_000, span: Duration::from_secs(60) }];
 
 /// How often idle members are swept out of the map.
 const SWEEP_EVERY: Duration = Duration::from_secs(60);

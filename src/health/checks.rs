@@ -489,7 +489,9 @@ mod tests {
 
     #[test]
     fn the_backlog_warns_past_a_minute_and_fails_past_ten() {
-        let at = |since: Option<i64>| backlog_check(Owed { actions: i64::from(since.is_some()), oldest_since: since }, 1_000);
+        let at = |since: Option<i64>| {
+            backlog_check(Owed { actions: i64::from(since.is_some()), oldest_since: since }, 1_000)
+        };
         assert_eq!(at(None).status, Status::Pass);
         assert_eq!(at(Some(1_000 - 60)).status, Status::Pass);
         assert_eq!(at(Some(1_000 - 61)).status, Status::Warn);

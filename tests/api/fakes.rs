@@ -155,8 +155,7 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
         let flight = s.in_flight.entry(api.clone()).or_default();
         flight.0 += 1;
         flight.1 = flight.1.max(flight.0);
-        let scripted =
-            s.scripted.get_mut(&api).and_then(VecDeque::pop_front).or_else(|| s.failing.get(&api).cloned());
+        let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front).or_else(|| s.failing.get(&api).cloned());
         let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query, &body_json));
         (answer, delay)
     };

@@ -168,9 +168,8 @@ async fn texts_to_one_member_are_paced_at_30_a_minute_while_others_proceed() {
     wecom.wait_for_calls("message/send", 30).await;
     // The 31st is put off (counted as paced, not as an error), not sent.
     wait_for_metric(&app, "wechat_api_outbox_actions_total{kind=\"app_text\",outcome=\"paced\"}", 1.0).await;
-    let to_zhangsan = |wecom: &FakeWeCom| {
-        wecom.calls("message/send").iter().filter(|c| c.body["touser"] == "zhangsan").count()
-    };
+    let to_zhangsan =
+        |wecom: &FakeWeCom| wecom.calls("message/send").iter().filter(|c| c.body["touser"] == "zhangsan").count();
     assert_eq!(to_zhangsan(&wecom), 30, "WeCom would drop the 31st within the minute");
     assert_eq!(app.store.queued_sends("app").await.expect("count"), 1, "still owed, not failed or dropped");
     assert_eq!(app.metric("wechat_api_outbox_actions_total{kind=\"app_text\",outcome=\"retry\"}").await, 0.0);

@@ -146,7 +146,12 @@ impl Postgres {
 
     /// Puts an action off for `after_secs`: no attempt counted, no error kept;
     /// releases the claim.
-    pub(in crate::store) async fn action_deferred(&self, id: i64, claim: i64, after_secs: i64) -> Result<(), StoreError> {
+    pub(in crate::store) async fn action_deferred(
+        &self,
+        id: i64,
+        claim: i64,
+        after_secs: i64,
+    ) -> Result<(), StoreError> {
         let sql = "UPDATE outbox SET claimed_until = NULL, next_attempt_at = now() + make_interval(secs => $3::bigint)
                    WHERE id = $1 AND claim = $2";
         self.fenced(sql, &[&id, &claim, &after_secs]).await

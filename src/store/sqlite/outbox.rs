@@ -130,7 +130,12 @@ impl Sqlite {
     }
 
     /// Puts an action off for `after_secs`: no attempt counted, no error kept.
-    pub(in crate::store) async fn action_deferred(&self, id: i64, claim: i64, after_secs: i64) -> Result<(), StoreError> {
+    pub(in crate::store) async fn action_deferred(
+        &self,
+        id: i64,
+        claim: i64,
+        after_secs: i64,
+    ) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
             fenced(db.execute(
                 "UPDATE outbox SET next_attempt_at = ?1, claimed_until = NULL WHERE id = ?2 AND claim = ?3",
