@@ -239,7 +239,14 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
+    /// The kinds of action [`Outbox::pace`] may put off: texts.
+    const PACED: [&'static str; 2] = ["app_text", "kf_text"];
+
+    /// The paced counts (what `deploy/`'s dashboard shows) exist from zero.
     pub(crate) fn new(store: Store, executor: Arc<Executor>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
+        for kind in Self::PACED {
+            metrics.declare(ACTIONS_TOTAL, &[("kind", kind.to_owned()), ("outcome", "paced".to_owned())]);
+        }
         Self { store, executor, metrics, wake, pacer: Arc::default() }
     }
 
@@ -329,6 +336,16 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_paced_kinds_are_the_texts_pace_looks_at() {
+        let app = actions::Recipient::App { touser: "u".into(), agentid: 1 };
+        let kf = actions::Recipient::Kf { touser: "wm".into(), open_kfid: "wk".into() };
+        for to in [app, kf] {
+            let text = Action::text(to, "hi", "k".into(), "s".into()).expect("a text");
+            assert!(Outbox::PACED.contains(&text.kind()), "{}", text.kind());
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_cap() {
