@@ -6,7 +6,8 @@
 //! fsync and rename); the modes (files 0640, directories 0750, whatever the
 //! process umask: readable by the upload directory's group, e.g. a web server,
 //! and by no one else); the free-space floor below which nothing is downloaded
-//! ([`Floor`]), so that media never fill a volume the journal may share; and
+//! ([`Floor`], also the store volume's floor for the send API), so that media
+//! and sends never fill a volume the journal may share; and
 //! retention ([`prune`]: old files and the empty day directories they leave).
 //! Deliberately not here: the download (`wecom`) and when to prune
 //! (`housekeeping`).
@@ -185,31 +186,49 @@ pub(crate) fn free_space(dir: &Path) -> std::io::Result<Option<FreeSpace>> {
     Ok(Some(FreeSpace { percent, bytes: stat.f_bavail.saturating_mul(stat.f_frsize) }))
 }
 
-/// The free-space floor of `UPLOAD_DIR`'s volume (`MEDIA_MIN_FREE_PERCENT`):
-/// below it, media are not downloaded and the record goes on without them.
+/// A free-space floor on a volume: below it, what the volume is kept for takes
+/// precedence. `UPLOAD_DIR`'s (`MEDIA_MIN_FREE_PERCENT`): media are not
+/// downloaded and the record goes on without them. The store's `DATA_DIR`
+/// (`DATA_MIN_FREE_PERCENT`): the send API answers 503, callbacks keep the rest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Floor {
     /// 0 = no floor.
     pub percent: u8,
+    /// The variable naming the volume's directory (`UPLOAD_DIR`, `DATA_DIR`).
+    pub volume: &'static str,
+    /// The variable that set the floor, named in the reason.
+    pub variable: &'static str,
 }
 
 impl Floor {
-    /// Why a download must not happen with `free` left, if it must not.
+    /// `MEDIA_MIN_FREE_PERCENT` of `UPLOAD_DIR`'s volume.
+    pub(crate) fn media(percent: u8) -> Self {
+        Self { percent, volume: "UPLOAD_DIR", variable: "MEDIA_MIN_FREE_PERCENT" }
+    }
+
+    /// `DATA_MIN_FREE_PERCENT` of `DATA_DIR`'s volume (SPEC §15).
+    pub(crate) fn data(percent: u8) -> Self {
+        Self { percent, volume: "DATA_DIR", variable: "DATA_MIN_FREE_PERCENT" }
+    }
+
+    /// Why a write must not happen with `free` left, if it must not.
     pub(crate) fn refuses(self, free: FreeSpace) -> Option<String> {
         (self.percent > 0 && free.percent < f64::from(self.percent)).then(|| {
             format!(
-                "disk below floor: the UPLOAD_DIR volume has {:.1} % free ({} MiB), MEDIA_MIN_FREE_PERCENT is {} %",
+                "disk below floor: the {} volume has {:.1} % free ({} MiB), {} is {} %",
+                self.volume,
                 free.percent,
                 free.bytes / (1024 * 1024),
+                self.variable,
                 self.percent
             )
         })
     }
 
-    /// [`Floor::refuses`] on the volume of `upload_dir` now. A volume that cannot
-    /// be measured is not refused: the write then fails and says why.
-    pub(crate) fn check(self, upload_dir: &Path) -> Option<String> {
-        match free_space(upload_dir) {
+    /// [`Floor::refuses`] on the volume of `dir` now. A volume that cannot be
+    /// measured is not refused: the write then fails and says why.
+    pub(crate) fn check(self, dir: &Path) -> Option<String> {
+        match free_space(dir) {
             Ok(Some(free)) => self.refuses(free),
             Ok(None) | Err(_) => None,
         }
@@ -327,11 +346,13 @@ mod tests {
     #[test]
     fn the_floor_refuses_below_its_percentage_and_zero_is_no_floor() {
         let free = FreeSpace { percent: 4.9, bytes: 10 * 1024 * 1024 };
-        let reason = Floor { percent: 5 }.refuses(free).expect("refused");
-        assert!(reason.starts_with("disk below floor"), "{reason}");
+        let reason = Floor::media(5).refuses(free).expect("refused");
+        assert!(reason.starts_with("disk below floor: the UPLOAD_DIR volume"), "{reason}");
         assert!(reason.contains("4.9 %") && reason.contains("MEDIA_MIN_FREE_PERCENT is 5 %"), "{reason}");
-        assert_eq!(Floor { percent: 4 }.refuses(free), None);
-        assert_eq!(Floor { percent: 0 }.refuses(FreeSpace { percent: 0.0, bytes: 0 }), None);
+        assert_eq!(Floor::media(4).refuses(free), None);
+        assert_eq!(Floor::media(0).refuses(FreeSpace { percent: 0.0, bytes: 0 }), None);
+        let data = Floor::data(5).refuses(free).expect("the same decision for the store's volume");
+        assert!(data.contains("the DATA_DIR volume") && data.contains("DATA_MIN_FREE_PERCENT is 5 %"), "{data}");
     }
 
     #[test]

@@ -23,8 +23,9 @@ use crate::callback::CallbackCredentials;
 use crate::config::Config;
 use crate::dispatch::actions::Executor;
 use crate::dispatch::handlers::HandlerSettings;
+use crate::dispatch::sending::SendLimits;
 use crate::dispatch::{Dispatcher, Outbox};
-use crate::health::checks::{self, Checks};
+use crate::health::checks::{self, CheckClock, Checks, Pressure};
 use crate::health::{HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::names::Names;
@@ -84,6 +85,9 @@ pub struct Application {
     shutdown: CancellationToken,
     tasks: TaskTracker,
     state: web::Data<AppState>,
+    /// The checks' clock, which only tests move.
+    #[cfg(feature = "testing")]
+    clock: Arc<CheckClock>,
 }
 
 impl Application {
@@ -119,6 +123,7 @@ impl Application {
             send_gate: routes::bearer::BearerGate::send(config.send_token.clone()),
             outbox_wake: Arc::clone(&workers.dispatcher.outbox_wake),
             agent_id: config.agent_id,
+            send_limits: workers.send_limits.clone(),
             surface: config.surface.clone(),
             liveness,
             refusal_log: Default::default(),
@@ -127,6 +132,8 @@ impl Application {
         });
         let listeners = Listeners::bind(&config, state.clone(), certificates.as_ref())?;
         let shutdown = CancellationToken::new();
+        #[cfg(feature = "testing")]
+        let clock = Arc::clone(&workers.clock);
         let tasks = workers.spawn(&config, &state, &shutdown);
         tracing::info!(
             port = listeners.port,
@@ -137,7 +144,16 @@ impl Application {
             config.listen.bind_address
         );
         let Listeners { port, http_port, server } = listeners;
-        Ok(Self { port, http_port, server, shutdown, tasks, state })
+        Ok(Self {
+            port,
+            http_port,
+            server,
+            shutdown,
+            tasks,
+            state,
+            #[cfg(feature = "testing")]
+            clock,
+        })
     }
 
     /// The port of the main (TLS) listener; useful when bound to port 0.
@@ -159,6 +175,13 @@ impl Application {
     #[cfg(feature = "testing")]
     pub fn liveness(&self) -> Arc<Liveness> {
         Arc::clone(&self.state.liveness)
+    }
+
+    /// The clock of the duration checks (`outbox:backlog`, `forward:delivery`),
+    /// which tests that cannot wait ten minutes move ahead.
+    #[cfg(feature = "testing")]
+    pub fn check_clock(&self) -> Arc<CheckClock> {
+        Arc::clone(&self.clock)
     }
 
     /// The store, for tests that look behind the HTTP interface.
@@ -237,6 +260,10 @@ struct Workers {
     mailer: Option<Mailer>,
     /// Queues mail for the mailer; shared with the routes.
     alerter: Alerter,
+    /// The clock of the checks that measure durations.
+    clock: Arc<CheckClock>,
+    /// The send API's limits (SPEC §15); the store volume's floor is `store:free`'s too.
+    send_limits: SendLimits,
 }
 
 impl Workers {
@@ -255,6 +282,8 @@ impl Workers {
             .map_err(|e| StartupError::Alerts(e.to_string()))?;
         let first_start = store.first_started_at().await?;
         tracing::debug!(first_start, "store open");
+        let clock = Arc::new(CheckClock::default());
+        let send_limits = SendLimits::from_config(config, metrics);
         let executor = Executor::new(config, Arc::clone(wecom), store.clone(), Arc::clone(metrics))
             .map_err(|e| StartupError::Component(e.to_string()))?;
         let outbox_wake = Arc::new(Notify::new());
@@ -276,6 +305,7 @@ impl Workers {
             kf_sync: kf_enabled.then_some(kf_sync),
             metrics: Arc::clone(metrics),
         };
+        let forward_delivery = executor.forward_delivery();
         let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(metrics), outbox_wake);
         let checks = Checks::new(
             config.upload_dir.clone(),
@@ -285,7 +315,12 @@ impl Workers {
             Arc::clone(metrics),
             alerter.clone(),
             config.secrets_identical(),
-        );
+        )
+        .with_pressure(Pressure {
+            clock: Arc::clone(&clock),
+            forward: forward_delivery,
+            data_floor: send_limits.data_floor.clone(),
+        });
         let timing = Timing {
             interval: config.supervisor_interval,
             group_wait: config.alert_group_wait,
@@ -301,7 +336,16 @@ impl Workers {
             timing,
             replica: config.replica.clone(),
         });
-        Ok(Self { dispatcher, outbox, kf_syncer: kf_enabled.then_some(kf_syncer), supervisor, mailer, alerter })
+        Ok(Self {
+            dispatcher,
+            outbox,
+            kf_syncer: kf_enabled.then_some(kf_syncer),
+            supervisor,
+            mailer,
+            alerter,
+            clock,
+            send_limits,
+        })
     }
 
     /// Starts every worker under `shutdown`; each one liveness must watch is watched.

@@ -345,8 +345,45 @@ pub(crate) const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
     help: "Store commits made durable with an fsync before they returned (strict writes).",
 };
 
+/// `wechat_api_send_api_refused_total{reason}`.
+pub(crate) const SEND_API_REFUSED_TOTAL: Family = Family {
+    name: "wechat_api_send_api_refused_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["reason"],
+    help: "Send API requests refused by a limit of SPEC 15: queue_full (429, SEND_QUEUE_MAX), disk_low (503, DATA_MIN_FREE_PERCENT).",
+};
+
+/// `wechat_api_outbox_backlog_actions`.
+pub(crate) const OUTBOX_BACKLOG_ACTIONS: Family = Family {
+    name: "wechat_api_outbox_backlog_actions",
+    kind: Kind::Gauge,
+    unit: None,
+    labels: &[],
+    help:
+        "Outbox actions still owed (waiting, paced under WeCom's limits, or retried after errors), at the last check.",
+};
+
+/// `wechat_api_outbox_backlog_age_seconds`.
+pub(crate) const OUTBOX_BACKLOG_AGE_SECONDS: Family = Family {
+    name: "wechat_api_outbox_backlog_age_seconds",
+    kind: Kind::Gauge,
+    unit: Some(Unit::Seconds),
+    labels: &[],
+    help: "Age of the oldest outbox action still owed at the last check, 0 when none (outbox:backlog warns past 60, fails past 600).",
+};
+
+/// `wechat_api_forward_failing_seconds`.
+pub(crate) const FORWARD_FAILING_SECONDS: Family = Family {
+    name: "wechat_api_forward_failing_seconds",
+    kind: Kind::Gauge,
+    unit: Some(Unit::Seconds),
+    labels: &[],
+    help: "How long every POST to FORWARD_URL has failed, at the last check; 0 while it delivers (forward:delivery fails past 300).",
+};
+
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 17] = [
+pub(crate) const FAMILIES: [Family; 21] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -364,6 +401,10 @@ pub(crate) const FAMILIES: [Family; 17] = [
     STORE_COMMITS_TOTAL,
     STORE_OPERATIONS_TOTAL,
     STORE_SYNCED_COMMITS_TOTAL,
+    SEND_API_REFUSED_TOTAL,
+    OUTBOX_BACKLOG_ACTIONS,
+    OUTBOX_BACKLOG_AGE_SECONDS,
+    FORWARD_FAILING_SECONDS,
 ];
 
 /// Upper bounds of the callback latency histogram: fine below 10 ms, where a

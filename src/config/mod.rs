@@ -163,6 +163,10 @@ pub struct Config {
     pub media_min_free_percent: u8,
     /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees more than WeCom needs.
     pub(crate) surface: Surface,
+    /// `SEND_QUEUE_MAX`: sends queued and not yet finished per channel, at least 1.
+    pub send_queue_max: u32,
+    /// `DATA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor. Only SQLite has a `DATA_DIR` volume.
+    pub data_min_free_percent: u8,
 }
 
 /// Handing a kf conversation to a human (SPEC §10).

@@ -233,6 +233,14 @@ impl Config {
         if media_min_free_percent.is_some_and(|p| p > 100) {
             v.fail(var::MEDIA_MIN_FREE_PERCENT, "must be a whole percentage, 0 to 100 (0 = no floor)");
         }
+        let send_queue_max = v.parse::<u32>(var::SEND_QUEUE_MAX, "a whole number of sends, 1 to 4294967295");
+        if send_queue_max == Some(0) {
+            v.fail(var::SEND_QUEUE_MAX, "must be at least 1 (0 would refuse every send)");
+        }
+        let data_min_free_percent = v.parse::<u8>(var::DATA_MIN_FREE_PERCENT, "a whole percentage, 0 to 100");
+        if data_min_free_percent.is_some_and(|p| p > 100) {
+            v.fail(var::DATA_MIN_FREE_PERCENT, "must be a whole percentage, 0 to 100 (0 = no floor)");
+        }
         let surface = surface(&mut v);
         let built = (|| {
             Some(Config {
@@ -273,6 +281,8 @@ impl Config {
                 media_retention: Some(media_retention?).filter(|secs| *secs > 0).map(Duration::from_secs),
                 media_min_free_percent: media_min_free_percent?,
                 surface: surface?,
+                send_queue_max: send_queue_max?,
+                data_min_free_percent: data_min_free_percent?,
             })
         })();
         v.finish(built)

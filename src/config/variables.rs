@@ -130,6 +130,9 @@ variables! {
     // The public surface (SPEC §11).
     TRUSTED_NETWORKS,          None,                      Some("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"), PUBLIC, "comma-separated CIDRs whose requests may read the status page, the detailed health and the metrics";
     TRUSTED_PROXIES,           None,                      None,                                  PUBLIC, "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed; unset = never";
+    // Limits under pressure (SPEC §15).
+    SEND_QUEUE_MAX,            None,                      Some("1000"),                          PUBLIC, "sends queued and not yet finished, per channel: the send API answers 429 with Retry-After beyond it";
+    DATA_MIN_FREE_PERCENT,     None,                      Some("5"),                             PUBLIC, "free space (per cent) DATA_DIR's volume keeps for callbacks: below it the send API answers 503; 0 = no floor; not used with DATABASE_URL";
 }
 
 #[cfg(test)]

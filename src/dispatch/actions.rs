@@ -12,6 +12,7 @@ use sha2::Sha256;
 use super::record::Record;
 use super::sending::Sending;
 use crate::config::{Config, Forward, Handoff};
+use crate::health::checks::ForwardDelivery;
 use crate::messages::Channel;
 use crate::store::conversations::{Customer, Observation};
 use crate::store::outbox::NewAction;
@@ -392,6 +393,8 @@ pub(crate) struct Executor {
     sending: Sending,
     /// `MEDIA_MIN_FREE_PERCENT` of `UPLOAD_DIR`'s volume.
     floor: crate::media::Floor,
+    /// Each forward's outcome, for `forward:delivery`; present with `FORWARD_URL`.
+    delivery: Option<Arc<ForwardDelivery>>,
 }
 
 impl Executor {
@@ -412,9 +415,15 @@ impl Executor {
             agent_id: config.agent_id,
             upload_dir: config.upload_dir.clone(),
             handoff: config.handoff.clone(),
-            floor: crate::media::Floor { percent: config.media_min_free_percent },
+            floor: crate::media::Floor::media(config.media_min_free_percent),
+            delivery: config.forward.as_ref().map(|_| Arc::default()),
             sending: Sending::new(store, wecom, metrics),
         })
+    }
+
+    /// What `forward:delivery` reads; `None` without `FORWARD_URL`.
+    pub(crate) fn forward_delivery(&self) -> Option<Arc<ForwardDelivery>> {
+        self.delivery.clone()
     }
 
     /// Performs `action` (attempted `attempts` times before); returns the
@@ -423,7 +432,16 @@ impl Executor {
         match action {
             Action::DownloadMedia { record, forward } => self.download(record, *forward, attempts).await,
             Action::KfWelcome { key, code, content } => self.sending.welcome(key, code, content).await,
-            Action::Forward { record } => self.forward(record).await,
+            Action::Forward { record } => {
+                let forwarded = self.forward(record).await;
+                if let (Some(delivery), true) = (&self.delivery, self.forward.is_some()) {
+                    match &forwarded {
+                        Ok(_) => delivery.delivered(),
+                        Err(error) => delivery.failed(crate::store::now(), &error.message),
+                    }
+                }
+                forwarded
+            }
             Action::AppText { .. } => self.sending.app_text(action).await,
             Action::KfText { .. } => self.sending.kf_text(action).await,
             Action::KfHandover { touser, open_kfid, servicer, .. } => {

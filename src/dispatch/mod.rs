@@ -12,11 +12,12 @@
 
 pub mod actions;
 pub mod handlers;
+pub(crate) mod pacing;
 pub(crate) mod record;
 pub(crate) mod sending;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -233,7 +234,7 @@ impl Dispatcher {
     }
 }
 
-/// Performs queued actions with retries.
+/// Performs queued actions with retries, texts paced under WeCom's limits.
 #[derive(Debug, Clone)]
 pub(crate) struct Outbox {
     store: Store,
@@ -243,11 +244,32 @@ pub(crate) struct Outbox {
     /// A failing receiver (FORWARD_URL down) fails every action of its kind:
     /// ten lines a minute per kind say so, the metrics count each.
     log: Arc<SharedLogLimiter>,
+    /// This replica's windows of texts sent (held for no await).
+    pacer: Arc<Mutex<pacing::Pacer>>,
 }
 
 impl Outbox {
+    /// The kinds of action [`Outbox::pace`] may put off: texts.
+    const PACED: [&'static str; 2] = ["app_text", "kf_text"];
+
+    /// The paced counts (what `deploy/`'s dashboard shows) exist from zero.
     pub(crate) fn new(store: Store, executor: Arc<Executor>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
-        Self { store, executor, metrics, wake, log: Arc::default() }
+        for kind in Self::PACED {
+            metrics.declare(ACTIONS_TOTAL, &[("kind", kind.to_owned()), ("outcome", "paced".to_owned())]);
+        }
+        Self { store, executor, metrics, wake, log: Arc::default(), pacer: Arc::default() }
+    }
+
+    /// Whether `action` must wait for WeCom's frequency limits, and how long:
+    /// texts only (an app text counts for each of its members).
+    fn pace(&self, action: &Action) -> Option<Duration> {
+        let members: Vec<&str> = match action {
+            Action::AppText { touser, .. } => touser.split('|').collect(),
+            Action::KfText { .. } => Vec::new(),
+            _ => return None,
+        };
+        let mut pacer = self.pacer.lock().unwrap_or_else(|e| e.into_inner());
+        pacer.admit(&members, Instant::now()).err()
     }
 
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -263,7 +285,19 @@ impl Outbox {
     }
 
     async fn attempt(&self, item: DueAction) {
-        let outcome = match serde_json::from_str::<Action>(&item.payload) {
+        let label = |outcome: &str| [("kind", item.kind.clone()), ("outcome", outcome.to_owned())];
+        let parsed = serde_json::from_str::<Action>(&item.payload);
+        if let Some(wait) = parsed.as_ref().ok().and_then(|action| self.pace(action)) {
+            // Over WeCom's limit: not an error, not an attempt — it goes when the window allows.
+            let after = i64::try_from(wait.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
+            self.metrics.counter(ACTIONS_TOTAL, &label("paced")).increment(1);
+            tracing::debug!(action = item.key.as_str(), after_secs = after, "paced: WeCom's frequency limit");
+            if let Err(error) = self.store.action_deferred(&item, after).await {
+                tracing::error!(action = item.key.as_str(), "cannot put the action off: {error}");
+            }
+            return;
+        }
+        let outcome = match parsed {
             Err(error) => Err(actions::ActionError { retry: false, message: format!("unreadable action: {error}") }),
             Ok(action) => {
                 match tokio::time::timeout(ACTION_TIMEOUT, self.executor.execute(&action, item.attempts)).await {
@@ -275,7 +309,6 @@ impl Outbox {
                 }
             }
         };
-        let label = |outcome: &str| [("kind", item.kind.clone()), ("outcome", outcome.to_owned())];
         let stored = match outcome {
             Ok(follow_ups) => {
                 self.metrics.counter(ACTIONS_TOTAL, &label("ok")).increment(1);
@@ -317,6 +350,16 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_declared_paced_kinds_are_the_texts_pace_looks_at() {
+        let app = actions::Recipient::App { touser: "u".into(), agentid: 1 };
+        let kf = actions::Recipient::Kf { touser: "wm".into(), open_kfid: "wk".into() };
+        for to in [app, kf] {
+            let text = Action::text(to, "hi", "k".into(), "s".into()).expect("a text");
+            assert!(Outbox::PACED.contains(&text.kind()), "{}", text.kind());
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_cap() {

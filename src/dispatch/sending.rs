@@ -16,17 +16,19 @@
 //! derived from their idempotency key, and app texts ask WeCom for its duplicate
 //! check over the hour in which the outbox retries them.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::actions::{Action, ActionError, Handover, Recipient};
+use crate::media::Floor;
 use crate::messages::kf::fail_type_meaning;
 use crate::messages::Channel;
 use crate::outgoing::{SendRequest, Target};
 use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::{now, Store, StoreError};
-use crate::telemetry::{Metrics, MESSAGES_SENT_TOTAL};
+use crate::telemetry::{Metrics, MESSAGES_SENT_TOTAL, SEND_API_REFUSED_TOTAL};
 use crate::wecom::models::ServiceState;
 use crate::wecom::{kf_msgid, WeCom, WeComError, APP_DUPLICATE_CHECK};
 
@@ -312,6 +314,49 @@ pub(crate) enum QueueError {
     /// 503: the store did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// 429: the channel's queue is full (`SEND_QUEUE_MAX`).
+    #[error(
+        "{queued} sends are queued on channel {channel} and not yet finished, SEND_QUEUE_MAX is {max}: \
+         nothing was queued; retry after the queue drains"
+    )]
+    Full { channel: &'static str, queued: i64, max: u32 },
+    /// 503: the store's volume is below `DATA_MIN_FREE_PERCENT`; its room is the callbacks'.
+    #[error("{0}: the rest is kept for callbacks; nothing was queued")]
+    LowDisk(String),
+}
+
+/// When a full queue is worth trying again: WeCom's window for one member is a minute.
+pub(crate) const FULL_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// What the send API may take (SPEC §15).
+#[derive(Debug, Clone)]
+pub(crate) struct SendLimits {
+    /// `SEND_QUEUE_MAX`: sends queued and not yet finished, per channel.
+    pub queue_max: u32,
+    /// `DATA_MIN_FREE_PERCENT` of `DATA_DIR`'s volume; `None` on PostgreSQL,
+    /// which has no local volume to keep (its disk is the database's operator's).
+    pub data_floor: Option<(Floor, PathBuf)>,
+}
+
+impl SendLimits {
+    /// The limits of `config`; their refusals are counted from zero.
+    pub(crate) fn from_config(config: &crate::config::Config, metrics: &Metrics) -> Self {
+        for reason in ["queue_full", "disk_low"] {
+            metrics.declare(SEND_API_REFUSED_TOTAL, &[("reason", reason.to_owned())]);
+        }
+        let data_floor = match &config.database {
+            Some(_) => None,
+            None => Some((Floor::data(config.data_min_free_percent), config.data_dir.clone())),
+        };
+        Self { queue_max: config.send_queue_max, data_floor }
+    }
+
+    /// Why the store's volume takes no send now, if it does not.
+    async fn refuses_disk(&self) -> Option<String> {
+        let (floor, dir) = self.data_floor.clone()?;
+        // statvfs may block on a sick volume: off the runtime's threads.
+        tokio::task::spawn_blocking(move || floor.check(&dir)).await.unwrap_or(None)
+    }
 }
 
 /// What the send API answers once a request is durable.
@@ -323,13 +368,18 @@ pub(crate) struct Accepted {
 }
 
 /// Turns a send API request into a durable send and its first action; the same
-/// idempotency key again returns the first send.
+/// idempotency key again returns the first send. Refused before anything is
+/// written while the store's volume is below its floor or the channel's queue is full.
 pub(crate) async fn queue(
     store: &Store,
     wecom: &WeCom,
     agent_id: Option<i64>,
+    limits: &SendLimits,
     request: SendRequest,
 ) -> Result<Accepted, QueueError> {
+    if let Some(reason) = limits.refuses_disk().await {
+        return Err(QueueError::LowDisk(reason));
+    }
     let recipient = match request.target {
         Target::InReplyTo(record_id) => {
             let Some(entry) = store.find_entry(record_id.clone()).await? else {
@@ -371,7 +421,8 @@ pub(crate) async fn queue(
     let row = action.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
     let send =
         NewSend { id, channel: label, recipient: touser, open_kfid, parts, idempotency_key: request.idempotency_key };
-    match store.queue_send(send, row).await? {
+    match store.queue_send(send, row, i64::from(limits.queue_max)).await? {
+        Queued::Full { queued } => Err(QueueError::Full { channel: label, queued, max: limits.queue_max }),
         Queued::New(id) => Ok(Accepted { id, status: SendStatus::Queued, parts }),
         Queued::Existing(id) => {
             let first = store.send(id.clone()).await?;

@@ -1,20 +1,89 @@
-//! The checks of SPEC §6, each a function from what it looks at to a
-//! [`CheckResult`] whose output says what is wrong and what to do.
+//! The checks of SPEC §6 and §15, each a function from what it looks at to a
+//! [`CheckResult`] whose output says what is wrong and what to do. The §15
+//! checks (`outbox:backlog`, `forward:delivery`, `store:free`) decide in pure
+//! functions with the time passed in ([`backlog_check`], [`forward_check`],
+//! [`store_free_check`]); their clock is [`CheckClock`].
 
 use std::collections::HashMap;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::alerts::Alerter;
 use crate::health::{CheckResult, Status};
+use crate::media::{Floor, FreeSpace};
+use crate::store::outbox::Owed;
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, FORWARD_FAILING_SECONDS, OUTBOX_BACKLOG_ACTIONS, OUTBOX_BACKLOG_AGE_SECONDS};
 use crate::tls::CertificateStore;
 use crate::wecom::{TokenSource, WeCom};
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `outbox:backlog` warns past this age of the oldest owed action (SPEC §15)…
+pub(crate) const BACKLOG_WARN_SECS: i64 = 60;
+/// … and fails past this one.
+pub(crate) const BACKLOG_FAIL_SECS: i64 = 600;
+/// `forward:delivery` fails once `FORWARD_URL` has failed this long without a success.
+pub(crate) const FORWARD_FAIL_SECS: i64 = 300;
+
+/// The clock of the checks that measure how long something has lasted: Unix
+/// seconds now. Tests of the real service move it forward instead of waiting
+/// ten minutes (`Application::check_clock`, `testing` only); nothing
+/// else ever does.
+#[derive(Debug, Default)]
+pub struct CheckClock {
+    ahead: AtomicI64,
+}
+
+impl CheckClock {
+    pub(crate) fn now(&self) -> i64 {
+        crate::store::now().saturating_add(self.ahead.load(Ordering::Relaxed))
+    }
+
+    /// Moves the checks' clock `secs` ahead of the real one.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn advance(&self, secs: i64) {
+        self.ahead.fetch_add(secs, Ordering::Relaxed);
+    }
+}
+
+/// Whether `FORWARD_URL` delivers: the executor tells each attempt's outcome;
+/// `forward:delivery` reads since when it has failed without a success between.
+#[derive(Debug, Default)]
+pub(crate) struct ForwardDelivery {
+    /// Since when (Unix seconds) every attempt failed, and the last reason.
+    failing: Mutex<Option<(i64, String)>>,
+}
+
+impl ForwardDelivery {
+    /// A POST was taken (2xx): the failing streak, if any, is over.
+    pub(crate) fn delivered(&self) {
+        *self.failing.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// A POST failed at `at` for `reason`; a streak keeps its start.
+    pub(crate) fn failed(&self, at: i64, reason: &str) {
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        let since = failing.as_ref().map_or(at, |(since, _)| *since);
+        *failing = Some((since, reason.to_owned()));
+    }
+
+    fn failing(&self) -> Option<(i64, String)> {
+        self.failing.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// What the checks of SPEC §15 look at besides the rest.
+pub(crate) struct Pressure {
+    pub clock: Arc<CheckClock>,
+    /// Present when `FORWARD_URL` is set.
+    pub forward: Option<Arc<ForwardDelivery>>,
+    /// `DATA_MIN_FREE_PERCENT` of `DATA_DIR`; `None` on PostgreSQL (no local volume).
+    pub data_floor: Option<(Floor, PathBuf)>,
+}
 
 /// Everything the checks look at.
 pub(crate) struct Checks {
@@ -27,6 +96,7 @@ pub(crate) struct Checks {
     pub secrets_identical: bool,
     /// Token invalidations seen at the previous run, per token cache.
     invalidations: Mutex<HashMap<&'static str, u64>>,
+    pressure: Pressure,
 }
 
 impl Checks {
@@ -55,7 +125,16 @@ impl Checks {
             alerter,
             secrets_identical,
             invalidations: Mutex::new(HashMap::new()),
+            pressure: Pressure { clock: Arc::default(), forward: None, data_floor: None },
         }
+    }
+
+    /// The same checks with those of SPEC §15; their gauges exist from the first scrape.
+    pub(crate) fn with_pressure(self, pressure: Pressure) -> Self {
+        for family in [OUTBOX_BACKLOG_ACTIONS, OUTBOX_BACKLOG_AGE_SECONDS, FORWARD_FAILING_SECONDS] {
+            self.metrics.declare(family, &[]);
+        }
+        Self { pressure, ..self }
     }
 
     /// Runs every check once, each under a timeout.
@@ -94,9 +173,42 @@ impl Checks {
             Err(_) => CheckResult::new(Status::Fail).output("the store did not answer within 10s"),
         };
         results.push(("store:writable".to_owned(), store));
+        if let Some((floor, dir)) = self.pressure.data_floor.clone() {
+            let free = tokio::time::timeout(
+                CHECK_TIMEOUT,
+                tokio::task::spawn_blocking(move || store_free_check(crate::media::free_space(&dir), floor)),
+            )
+            .await;
+            results.push(("store:free".to_owned(), timed("store:free", free.map(|r| r.unwrap_or_else(panicked)))));
+        }
+        results.push(("outbox:backlog".to_owned(), self.backlog().await));
+        if let Some(forward) = &self.pressure.forward {
+            let failing = forward.failing();
+            let now = self.pressure.clock.now();
+            let secs = failing.as_ref().map_or(0, |(since, _)| (now - since).max(0));
+            self.metrics.gauge(FORWARD_FAILING_SECONDS, &[]).set(secs as f64);
+            let failing = failing.as_ref().map(|(since, reason)| (*since, reason.as_str()));
+            results.push(("forward:delivery".to_owned(), forward_check(failing, now)));
+        }
         results.push(("config:secrets".to_owned(), secrets_check(self.secrets_identical)));
         results.push(("alerts:email".to_owned(), self.email()));
         results
+    }
+
+    /// `outbox:backlog`, and its gauges.
+    async fn backlog(&self) -> CheckResult {
+        match tokio::time::timeout(CHECK_TIMEOUT, self.store.outbox_owed()).await {
+            Ok(Ok(owed)) => {
+                let now = self.pressure.clock.now();
+                let age = owed.oldest_since.map_or(0, |since| (now - since).max(0));
+                self.metrics.gauge(OUTBOX_BACKLOG_ACTIONS, &[]).set(owed.actions as f64);
+                self.metrics.gauge(OUTBOX_BACKLOG_AGE_SECONDS, &[]).set(age as f64);
+                backlog_check(owed, now)
+            }
+            // The store's trouble is store:writable's finding; this one cannot tell.
+            Ok(Err(error)) => CheckResult::new(Status::Warn).output(format!("cannot read the outbox: {error}")),
+            Err(_) => CheckResult::new(Status::Warn).output("the outbox could not be read within 10s"),
+        }
     }
 
     fn token_sources(&self) -> Vec<Arc<TokenSource>> {
@@ -254,6 +366,72 @@ pub(crate) fn uploads_free(dir: &Path) -> CheckResult {
     }
 }
 
+/// `outbox:backlog` (SPEC §15): the age of the oldest action still owed —
+/// waiting, paced under WeCom's limits, or retried after errors — warns past
+/// [`BACKLOG_WARN_SECS`] and fails past [`BACKLOG_FAIL_SECS`].
+pub(crate) fn backlog_check(owed: Owed, now: i64) -> CheckResult {
+    let age = owed.oldest_since.map_or(0, |since| (now - since).max(0));
+    let status = match age {
+        a if a > BACKLOG_FAIL_SECS => Status::Fail,
+        a if a > BACKLOG_WARN_SECS => Status::Warn,
+        _ => Status::Pass,
+    };
+    let result = CheckResult::new(status).observed(age, "s");
+    let text = match owed.actions {
+        0 => "nothing owed".to_owned(),
+        n => format!("{n} action(s) owed, the oldest for {age} s"),
+    };
+    match status {
+        Status::Pass => result.output(text),
+        _ => result.output(format!(
+            "{text}: WeCom or FORWARD_URL is failing or slow (see token:* and forward:delivery, \
+             wechat_api_outbox_actions_total), or a flood of sends is paced at 30 a minute per member"
+        )),
+    }
+}
+
+/// `forward:delivery` (SPEC §15): `failing` is since when every POST to
+/// `FORWARD_URL` failed, and the last reason; fails past [`FORWARD_FAIL_SECS`],
+/// warns before, passes once a POST succeeds.
+pub(crate) fn forward_check(failing: Option<(i64, &str)>, now: i64) -> CheckResult {
+    let Some((since, reason)) = failing else {
+        return CheckResult::new(Status::Pass).observed(0, "s");
+    };
+    let secs = (now - since).max(0);
+    let status = if secs > FORWARD_FAIL_SECS { Status::Fail } else { Status::Warn };
+    CheckResult::new(status).observed(secs, "s").output(format!(
+        "FORWARD_URL has failed for {secs} s ({reason}): records wait in the outbox and are retried; \
+         check the receiver"
+    ))
+}
+
+/// `store:free` (SQLite's `DATA_DIR` only): fails below `DATA_MIN_FREE_PERCENT`
+/// (the send API answers 503 then), warns below twice that.
+pub(crate) fn store_free_check(free: std::io::Result<Option<FreeSpace>>, floor: Floor) -> CheckResult {
+    match free {
+        Ok(Some(free)) => {
+            let status = match floor.refuses(free) {
+                Some(_) => Status::Fail,
+                None if free.percent < 2.0 * f64::from(floor.percent) => Status::Warn,
+                None => Status::Pass,
+            };
+            let result = CheckResult::new(status).observed(free.percent, "%");
+            match (status, floor.refuses(free)) {
+                (Status::Pass, _) => result.output(format!("{:.1} % free ({} MiB)", free.percent, free.bytes >> 20)),
+                (_, Some(reason)) => result.output(format!(
+                    "{reason}: the send API answers 503 and callbacks keep the rest; free space on DATA_DIR's volume"
+                )),
+                (_, None) => result.output(format!(
+                    "{:.1} % free, near DATA_MIN_FREE_PERCENT ({} %): free space on DATA_DIR's volume",
+                    free.percent, floor.percent
+                )),
+            }
+        }
+        Ok(None) => CheckResult::new(Status::Warn).output("the file system reports no size"),
+        Err(e) => CheckResult::new(Status::Fail).output(format!("cannot read free space of DATA_DIR: {e}")),
+    }
+}
+
 /// `config:secrets`: identical app and kf Secrets are a warning.
 pub(crate) fn secrets_check(identical: bool) -> CheckResult {
     if identical {
@@ -307,6 +485,49 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let result = uploads_free(dir.path());
         assert_eq!(result.observed_unit.as_deref(), Some("%"));
+    }
+
+    #[test]
+    fn the_backlog_warns_past_a_minute_and_fails_past_ten() {
+        let at = |since: Option<i64>| {
+            backlog_check(Owed { actions: i64::from(since.is_some()), oldest_since: since }, 1_000)
+        };
+        assert_eq!(at(None).status, Status::Pass);
+        assert_eq!(at(Some(1_000 - 60)).status, Status::Pass);
+        assert_eq!(at(Some(1_000 - 61)).status, Status::Warn);
+        assert_eq!(at(Some(1_000 - 600)).status, Status::Warn);
+        let failing = at(Some(1_000 - 601));
+        assert_eq!((failing.status, failing.observed_value), (Status::Fail, Some(601.into())));
+        assert!(failing.output.expect("output").contains("1 action(s) owed, the oldest for 601 s"));
+        // A clock behind the store's (another replica queued it) is no negative age.
+        assert_eq!(at(Some(1_005)).observed_value, Some(0.into()));
+    }
+
+    #[test]
+    fn forward_delivery_fails_after_five_minutes_of_failures_and_passes_on_a_success() {
+        assert_eq!(forward_check(None, 1_000).status, Status::Pass);
+        assert_eq!(forward_check(Some((1_000, "HTTP 500")), 1_000).status, Status::Warn);
+        assert_eq!(forward_check(Some((700, "HTTP 500")), 1_000).status, Status::Warn);
+        let failing = forward_check(Some((699, "HTTP 500")), 1_000);
+        assert_eq!(failing.status, Status::Fail);
+        assert!(failing.output.expect("output").contains("failed for 301 s (HTTP 500)"));
+        let delivery = ForwardDelivery::default();
+        delivery.failed(10, "HTTP 500");
+        delivery.failed(20, "timed out");
+        assert_eq!(delivery.failing(), Some((10, "timed out".to_owned())), "a streak keeps its start");
+        delivery.delivered();
+        assert_eq!(delivery.failing(), None);
+    }
+
+    #[test]
+    fn the_store_volume_fails_below_its_floor_and_warns_near_it() {
+        let free = |percent: f64| Ok(Some(FreeSpace { percent, bytes: 1 << 30 }));
+        let fail = store_free_check(free(4.9), Floor::data(5));
+        assert_eq!(fail.status, Status::Fail);
+        assert!(fail.output.expect("output").contains("DATA_MIN_FREE_PERCENT is 5 %"));
+        assert_eq!(store_free_check(free(9.9), Floor::data(5)).status, Status::Warn);
+        assert_eq!(store_free_check(free(10.0), Floor::data(5)).status, Status::Pass);
+        assert_eq!(store_free_check(free(0.5), Floor::data(0)).status, Status::Pass, "0 = no floor");
     }
 
     #[test]

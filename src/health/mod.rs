@@ -10,6 +10,8 @@
 
 pub(crate) mod checks;
 
+pub use checks::CheckClock;
+
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 use std::time::Instant;

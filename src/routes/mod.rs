@@ -49,6 +49,8 @@ pub(crate) struct AppState {
     pub outbox_wake: Arc<Notify>,
     /// `WECOM_AGENT_ID`, for app sends.
     pub agent_id: Option<i64>,
+    /// `SEND_QUEUE_MAX` and `DATA_MIN_FREE_PERCENT` (SPEC §15).
+    pub send_limits: crate::dispatch::sending::SendLimits,
     /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees the monitoring views.
     pub surface: crate::config::Surface,
     pub liveness: Arc<Liveness>,

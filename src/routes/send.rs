@@ -4,6 +4,7 @@
 //! request is validated by [`crate::outgoing`] and queued by
 //! [`crate::dispatch::sending::queue`].
 
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
@@ -12,6 +13,7 @@ use crate::dispatch::sending::{self, QueueError};
 use crate::outgoing::{RequestError, SendRequest};
 use crate::routes::AppState;
 use crate::store::{self, StoreError};
+use crate::telemetry::SEND_API_REFUSED_TOTAL;
 
 /// Largest request body: a 20,000-character text, JSON-escaped, fits.
 pub(crate) const MAX_BODY: usize = 256 * 1024;
@@ -27,7 +29,8 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         Err(e @ RequestError::TextTooLong { .. }) => return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         Err(e @ RequestError::Invalid { .. }) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match store::bounded(sending::queue(&state.store, &state.wecom, state.agent_id, request)).await {
+    match store::bounded(sending::queue(&state.store, &state.wecom, state.agent_id, &state.send_limits, request)).await
+    {
         Ok(accepted) => {
             state.outbox_wake.notify_one();
             HttpResponse::Accepted().json(json!({
@@ -38,6 +41,17 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         }
         Err(e @ QueueError::UnknownRecord(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ QueueError::Unsendable { .. }) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ QueueError::Full { .. }) => {
+            state.metrics.counter(SEND_API_REFUSED_TOTAL, &[("reason", "queue_full".to_owned())]).increment(1);
+            let mut answer = error(StatusCode::TOO_MANY_REQUESTS, e.to_string());
+            let after = HeaderValue::from(sending::FULL_RETRY_AFTER.as_secs());
+            answer.headers_mut().insert(header::RETRY_AFTER, after);
+            answer
+        }
+        Err(e @ QueueError::LowDisk(_)) => {
+            state.metrics.counter(SEND_API_REFUSED_TOTAL, &[("reason", "disk_low".to_owned())]).increment(1);
+            error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+        }
         Err(QueueError::Store(e)) => {
             log_store_failure(&state, &e);
             let reason = match e {

@@ -29,6 +29,16 @@ pub struct DueAction {
     pub claim: i64,
 }
 
+/// What the outbox still owes (`outbox:backlog`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owed {
+    /// Actions not done: waiting, deferred by pacing, or retried after errors.
+    pub actions: i64,
+    /// When the oldest of them was queued (Unix seconds, the engine's clock);
+    /// `None` when nothing is owed.
+    pub oldest_since: Option<i64>,
+}
+
 impl Store {
     /// Claims up to `limit` unfinished actions that are due and not claimed by a
     /// live lease, oldest first.
@@ -51,6 +61,17 @@ impl Store {
     /// Records a failed attempt and when to try again; releases the claim.
     pub async fn action_failed(&self, action: &DueAction, retry_in_secs: i64, error: String) -> Result<(), StoreError> {
         backend!(self, b => b.action_failed(action.id, action.claim, retry_in_secs, error).await)
+    }
+
+    /// Puts a claimed action off for `after_secs` without counting an attempt or
+    /// an error (pacing: WeCom's frequency limit, not a failure); releases the claim.
+    pub async fn action_deferred(&self, action: &DueAction, after_secs: i64) -> Result<(), StoreError> {
+        backend!(self, b => b.action_deferred(action.id, action.claim, after_secs).await)
+    }
+
+    /// How many actions are owed and since when the oldest is.
+    pub async fn outbox_owed(&self) -> Result<Owed, StoreError> {
+        backend!(self, b => b.outbox_owed().await)
     }
 
     /// Unfinished actions, for health and metrics.

@@ -86,13 +86,24 @@ pub enum Queued {
     New(String),
     /// Its idempotency key was used before: that send's id, nothing written.
     Existing(String),
+    /// Its channel already has `queued` sends queued and not yet finished, the
+    /// most allowed (`SEND_QUEUE_MAX`): nothing written.
+    Full { queued: i64 },
 }
 
 impl Store {
     /// Records a send of the send API and queues its first action, in one
     /// transaction; an idempotency key used before returns that send instead.
-    pub async fn queue_send(&self, send: NewSend, action: NewAction) -> Result<Queued, StoreError> {
-        backend!(self, b => b.queue_send(send, action).await)
+    /// A new send is refused ([`Queued::Full`]) when its channel has `max` sends
+    /// queued already: counted inside the transaction, under a lock per channel
+    /// on PostgreSQL, so racing replicas never queue more than `max`.
+    pub async fn queue_send(&self, send: NewSend, action: NewAction, max: i64) -> Result<Queued, StoreError> {
+        backend!(self, b => b.queue_send(send, action, max).await)
+    }
+
+    /// Sends of `channel` queued and not yet finished (`SEND_QUEUE_MAX` counts these).
+    pub async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
+        backend!(self, b => b.queued_sends(channel).await)
     }
 
     /// Records a send the handlers asked for, unless it is recorded already (its

@@ -29,6 +29,8 @@ struct WeComState {
     answered: Vec<String>,
     /// Calls of each API being answered right now, and the most there ever were.
     in_flight: HashMap<String, (usize, usize)>,
+    /// Answers every call of an API gets until cleared (a failing WeCom).
+    failing: HashMap<String, Value>,
     /// `gettoken` answers for a Secret, every time.
     by_secret: HashMap<String, Value>,
     /// Files served by `media/get`, by media id.
@@ -93,6 +95,15 @@ impl FakeWeCom {
         };
     }
 
+    /// Every call to `api` answers `answer` (e.g. errcode 45009) until cleared with `None`.
+    pub fn fail_api(&self, api: &str, answer: Option<Value>) {
+        let mut s = self.state.lock().expect("lock");
+        match answer {
+            Some(answer) => s.failing.insert(api.to_owned(), answer),
+            None => s.failing.remove(api),
+        };
+    }
+
     /// Every call to `api` waits `delay` before answering.
     pub fn delay(&self, api: &str, delay: Duration) {
         self.state.lock().expect("lock").delays.insert(api.to_owned(), delay);
@@ -144,7 +155,7 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
         let flight = s.in_flight.entry(api.clone()).or_default();
         flight.0 += 1;
         flight.1 = flight.1.max(flight.0);
-        let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front);
+        let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front).or_else(|| s.failing.get(&api).cloned());
         let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query, &body_json));
         (answer, delay)
     };

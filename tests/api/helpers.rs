@@ -25,6 +25,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub store: wechat_api::store::Store,
     pub liveness: std::sync::Arc<wechat_api::health::Liveness>,
+    /// The clock of the duration checks, to move ahead instead of waiting minutes.
+    pub clock: std::sync::Arc<wechat_api::health::CheckClock>,
     pub dir: tempfile::TempDir,
     overrides: Vec<(String, String)>,
     shutdown: CancellationToken,
@@ -92,11 +94,12 @@ async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> T
     let http_port = app.http_port();
     let store = app.store();
     let liveness = app.liveness();
+    let clock = app.check_clock();
     let shutdown = app.shutdown_token();
     let server = tokio::spawn(app.run_until_stopped());
     let cert_pem = std::fs::read(dir.path().join("server.crt")).expect("certificate");
     let client = client_trusting(&cert_pem, Duration::from_secs(10));
-    TestApp { port, http_port, client, store, liveness, dir, overrides, shutdown, server }
+    TestApp { port, http_port, client, store, liveness, clock, dir, overrides, shutdown, server }
 }
 
 impl TestApp {

@@ -20,6 +20,7 @@ mod monitoring;
 mod outbound;
 mod postgres;
 mod properties;
+mod quota;
 mod replicas;
 mod secrets;
 mod server;

@@ -396,7 +396,9 @@ async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuse
     let racing = owners.iter().enumerate().map(|(n, store)| {
         let store = store.clone();
         async move {
-            store.queue_send(new_send(&format!("msg_{n}"), Some("same-key")), action(&format!("send:msg_{n}"))).await
+            store
+                .queue_send(new_send(&format!("msg_{n}"), Some("same-key")), action(&format!("send:msg_{n}")), 1_000)
+                .await
         }
     });
     let results: Vec<Queued> =
@@ -479,6 +481,77 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
     assert!(subject.store.kf_conversation(customer).await.expect("read").is_none());
 }
 
+fn app_send(id: &str, key: Option<&str>) -> NewSend {
+    NewSend { channel: "app", recipient: "zhangsan".into(), open_kfid: None, ..new_send(id, key) }
+}
+
+async fn racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(30)).await else { return };
+    let owners = subject.owners(4).await;
+    let racing = (0..40).map(|n| {
+        let store = owners[n % owners.len()].clone();
+        async move { store.queue_send(new_send(&format!("kf_{n}"), None), action(&format!("send:kf_{n}")), 5).await }
+    });
+    let results: Vec<Queued> =
+        futures_util::future::join_all(racing).await.into_iter().map(|r| r.expect("answered")).collect();
+    let new = results.iter().filter(|q| matches!(q, Queued::New(_))).count();
+    assert_eq!(new, 5, "exactly SEND_QUEUE_MAX: {results:?}");
+    assert!(results.iter().all(|q| matches!(q, Queued::New(_) | Queued::Full { queued: 5 })), "{results:?}");
+    let store = &subject.store;
+    assert_eq!(store.queued_sends("kf").await.expect("count"), 5);
+    assert_eq!(store.outbox_backlog().await.expect("backlog"), 5, "nothing written for a refused send");
+
+    // Per channel: app has room.
+    assert_eq!(store.queued_sends("app").await.expect("count"), 0);
+    let app = store.queue_send(app_send("app_1", Some("app-key")), action("send:app_1"), 5).await.expect("queued");
+    assert_eq!(app, Queued::New("app_1".into()));
+    // A known idempotency key is the first send again, full or not.
+    let again = store.queue_send(app_send("app_2", Some("app-key")), action("send:app_2"), 1).await.expect("queued");
+    assert_eq!(again, Queued::Existing("app_1".into()));
+    let full = store.queue_send(app_send("app_3", None), action("send:app_3"), 1).await.expect("answered");
+    assert_eq!(full, Queued::Full { queued: 1 });
+
+    // A finished send makes room.
+    let first = results.iter().find_map(|q| if let Queued::New(id) = q { Some(id.clone()) } else { None });
+    let first = first.expect("a new send");
+    store.update_send(first, SendUpdate::Refused { reason: "rule".into() }).await.expect("update");
+    assert_eq!(store.queued_sends("kf").await.expect("count"), 4);
+    let room = store.queue_send(new_send("kf_late", None), action("send:kf_late"), 5).await.expect("queued");
+    assert_eq!(room, Queued::New("kf_late".into()));
+}
+
+async fn the_oldest_owed_action_gives_the_backlog_its_age_and_a_deferred_one_stays_owed(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(30)).await else { return };
+    let store = &subject.store;
+    let empty = store.outbox_owed().await.expect("owed");
+    assert_eq!((empty.actions, empty.oldest_since), (0, None));
+    let before = now();
+    let keys = queue_actions(store, "owed", 2).await;
+    let owed = store.outbox_owed().await.expect("owed");
+    assert_eq!(owed.actions, 2);
+    let since = owed.oldest_since.expect("an oldest");
+    assert!((before - 1..=now() + 1).contains(&since), "{since} not in [{before}, now]");
+
+    let due = store.claim_actions(10).await.expect("claim");
+    assert_eq!(due.iter().map(|a| a.key.clone()).collect::<Vec<_>>(), keys);
+    // Paced: put off without an attempt or an error; a stale claim cannot.
+    let stale = wechat_api::store::outbox::DueAction { claim: due[0].claim - 1, ..due[0].clone() };
+    assert!(matches!(store.action_deferred(&stale, 0).await, Err(StoreError::LeaseLost)));
+    store.action_deferred(&due[0], 0).await.expect("deferred");
+    store.action_deferred(&due[1], 3_600).await.expect("deferred");
+    let again = eventually(Duration::from_secs(5), "the first due again", || async {
+        let due = store.claim_actions(10).await.expect("claim");
+        (!due.is_empty()).then_some(due)
+    })
+    .await;
+    assert_eq!(again.len(), 1, "the second waits its hour: {again:?}");
+    assert_eq!((again[0].key.as_str(), again[0].attempts), (keys[0].as_str(), 0), "no attempt counted");
+    store.action_succeeded(&again[0], Vec::new()).await.expect("done");
+    let owed = store.outbox_owed().await.expect("owed");
+    assert_eq!(owed.actions, 1, "the deferred one is still owed");
+    assert!(owed.oldest_since.is_some_and(|at| at >= since));
+}
+
 /// Each scenario as a test per engine.
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
@@ -517,4 +590,6 @@ conformance!(
     pruning_keeps_unhandled_entries_and_owed_actions,
     a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuses,
     racing_replicas_never_send_more_than_the_kf_rules_allow,
+    racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel,
+    the_oldest_owed_action_gives_the_backlog_its_age_and_a_deferred_one_stays_owed,
 );

@@ -147,6 +147,8 @@ const MIGRATIONS: &[&str] = &[
         updated_at bigint NOT NULL,
         PRIMARY KEY (open_kfid, external_userid)
     );",
+    // 3: as SQLite's schema 5: each channel's queued sends for SEND_QUEUE_MAX.
+    "CREATE INDEX sends_queued ON sends (channel) WHERE status = 'queued';",
 ];
 
 /// Whether `url` parses as a `DATABASE_URL`; what is wrong with it when not.

@@ -8,7 +8,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::{bigint, Postgres, EPOCH};
-use crate::store::outbox::{DueAction, NewAction};
+use crate::store::outbox::{DueAction, NewAction, Owed};
 use crate::store::StoreError;
 
 /// Queues `actions` unless their idempotency keys are queued already (sorted by
@@ -142,6 +142,29 @@ impl Postgres {
         }
         self.committed(1);
         Ok(())
+    }
+
+    /// Puts an action off for `after_secs`: no attempt counted, no error kept;
+    /// releases the claim.
+    pub(in crate::store) async fn action_deferred(
+        &self,
+        id: i64,
+        claim: i64,
+        after_secs: i64,
+    ) -> Result<(), StoreError> {
+        let sql = "UPDATE outbox SET claimed_until = NULL, next_attempt_at = now() + make_interval(secs => $3::bigint)
+                   WHERE id = $1 AND claim = $2";
+        self.fenced(sql, &[&id, &claim, &after_secs]).await
+    }
+
+    /// Owed actions and the oldest one's queueing time, through the partial
+    /// index of undone actions (`outbox_due`).
+    pub(in crate::store) async fn outbox_owed(&self) -> Result<Owed, StoreError> {
+        let client = self.client().await?;
+        let statement =
+            client.prepare_cached("SELECT count(*), min(created_at) FROM outbox WHERE done_at IS NULL").await?;
+        let row = client.query_one(&statement, &[]).await?;
+        Ok(Owed { actions: row.get(0), oldest_since: row.get(1) })
     }
 
     /// Unfinished actions.

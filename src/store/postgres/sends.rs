@@ -45,15 +45,46 @@ async fn insert(client: &impl GenericClient, send: &NewSend) -> Result<bool, Sto
     Ok(inserted == 1)
 }
 
+/// Sends of `channel` still `queued` (the partial index `sends_queued` holds only those).
+async fn queued(client: &impl GenericClient, channel: &str) -> Result<i64, StoreError> {
+    let statement =
+        client.prepare_cached("SELECT count(*) FROM sends WHERE status = 'queued' AND channel = $1").await?;
+    Ok(client.query_one(&statement, &[&channel]).await?.get(0))
+}
+
+/// The class of the transaction-scoped advisory locks that serialise the
+/// queueing of sends per channel (the second key is the channel's hash).
+const SEND_QUEUE_LOCK: i32 = 0x7365_6e64; // "send"
+
 async fn select(client: &impl GenericClient, id: &str) -> Result<Option<SendRow>, StoreError> {
     let statement = client.prepare_cached(&format!("SELECT {COLUMNS} FROM sends WHERE id = $1")).await?;
     Ok(client.query_opt(&statement, &[&id]).await?.as_ref().map(read))
 }
 
 impl Postgres {
-    pub(in crate::store) async fn queue_send(&self, send: NewSend, action: NewAction) -> Result<Queued, StoreError> {
+    pub(in crate::store) async fn queue_send(
+        &self,
+        send: NewSend,
+        action: NewAction,
+        max: i64,
+    ) -> Result<Queued, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        // SEND_QUEUE_MAX, exactly across replicas: one queueing transaction per
+        // channel at a time (released at commit), so the count below sees every
+        // send committed before it, and no other can slip in before this commits.
+        tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&SEND_QUEUE_LOCK, &send.channel]).await?;
+        let known = match &send.idempotency_key {
+            Some(key) => tx.query_opt("SELECT 1 FROM sends WHERE idempotency_key = $1", &[key]).await?.is_some(),
+            None => false,
+        };
+        if !known {
+            let queued = queued(&tx, send.channel).await?;
+            if queued >= max {
+                tx.rollback().await?;
+                return Ok(Queued::Full { queued });
+            }
+        }
         // A concurrent request with the same idempotency key waits on the unique
         // index until the first commits, then inserts nothing.
         if !insert(&tx, &send).await? {
@@ -68,6 +99,11 @@ impl Postgres {
         tx.commit().await?;
         self.committed(1);
         Ok(Queued::New(send.id))
+    }
+
+    pub(in crate::store) async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
+        let client = self.client().await?;
+        queued(&client, channel).await
     }
 
     pub(in crate::store) async fn record_send(&self, send: NewSend) -> Result<SendRow, StoreError> {

@@ -162,6 +162,10 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (open_kfid, external_userid)
     );",
+    // 5: SEND_QUEUE_MAX (SPEC §15) counts each channel's queued sends on every
+    // send API request: a partial index holds only those, so the count reads a
+    // few rows however many finished sends retention keeps.
+    "CREATE INDEX sends_queued ON sends(channel) WHERE status = 'queued';",
 ];
 
 /// At most this many operations share one transaction.

@@ -3,7 +3,7 @@
 use rusqlite::{params, Connection};
 
 use super::Sqlite;
-use crate::store::outbox::{DueAction, NewAction};
+use crate::store::outbox::{DueAction, NewAction, Owed};
 use crate::store::{now, StoreError};
 
 /// Queues `action` unless its idempotency key is queued already.
@@ -127,6 +127,35 @@ impl Sqlite {
         })
         .await
         .map_err(lease_lost)
+    }
+
+    /// Puts an action off for `after_secs`: no attempt counted, no error kept.
+    pub(in crate::store) async fn action_deferred(
+        &self,
+        id: i64,
+        claim: i64,
+        after_secs: i64,
+    ) -> Result<(), StoreError> {
+        self.run_relaxed(move |db| {
+            fenced(db.execute(
+                "UPDATE outbox SET next_attempt_at = ?1, claimed_until = NULL WHERE id = ?2 AND claim = ?3",
+                params![now() + after_secs, id, claim],
+            )?)
+        })
+        .await
+        .map_err(lease_lost)
+    }
+
+    /// Owed actions and the oldest one's queueing time. The rows are found
+    /// through the partial index of undone actions: the work grows with the
+    /// backlog, not with the table.
+    pub(in crate::store) async fn outbox_owed(&self) -> Result<Owed, StoreError> {
+        self.run_relaxed(|db| {
+            db.query_row("SELECT COUNT(*), MIN(created_at) FROM outbox WHERE done_at IS NULL", [], |row| {
+                Ok(Owed { actions: row.get(0)?, oldest_since: row.get(1)? })
+            })
+        })
+        .await
     }
 
     /// Unfinished actions, for health and metrics.

@@ -39,13 +39,42 @@ fn insert(db: &Connection, send: &NewSend) -> rusqlite::Result<bool> {
     Ok(inserted == 1)
 }
 
+/// Sends of `channel` still `queued` (the partial index `sends_queued` holds only those).
+fn queued(db: &Connection, channel: &str) -> rusqlite::Result<i64> {
+    db.prepare_cached("SELECT COUNT(*) FROM sends WHERE status = 'queued' AND channel = ?1")?
+        .query_row([channel], |row| row.get(0))
+}
+
+/// Whether `send` would be a new send on a channel already holding `max`
+/// queued ones (a send whose idempotency key is known is no new send).
+fn over_cap(db: &Connection, send: &NewSend, max: i64) -> rusqlite::Result<Option<Queued>> {
+    if let Some(key) = &send.idempotency_key {
+        let known: Option<i64> =
+            db.query_row("SELECT 1 FROM sends WHERE idempotency_key = ?1", [key], |row| row.get(0)).optional()?;
+        if known.is_some() {
+            return Ok(None);
+        }
+    }
+    let queued = queued(db, send.channel)?;
+    Ok((queued >= max).then_some(Queued::Full { queued }))
+}
+
 fn select(db: &Connection, id: &str) -> rusqlite::Result<Option<SendRow>> {
     db.prepare_cached(&format!("SELECT {COLUMNS} FROM sends WHERE id = ?1"))?.query_row([id], read).optional()
 }
 
 impl Sqlite {
-    pub(in crate::store) async fn queue_send(&self, send: NewSend, action: NewAction) -> Result<Queued, StoreError> {
+    pub(in crate::store) async fn queue_send(
+        &self,
+        send: NewSend,
+        action: NewAction,
+        max: i64,
+    ) -> Result<Queued, StoreError> {
+        // One writer thread: the count and the insert cannot interleave with another's.
         self.run(move |db| {
+            if let Some(full) = over_cap(db, &send, max)? {
+                return Ok(full);
+            }
             if !insert(db, &send)? {
                 let key = send.idempotency_key.as_deref().unwrap_or_default();
                 let id = db.query_row("SELECT id FROM sends WHERE idempotency_key = ?1", [key], |row| row.get(0))?;
@@ -55,6 +84,10 @@ impl Sqlite {
             Ok(Queued::New(send.id))
         })
         .await
+    }
+
+    pub(in crate::store) async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
+        self.run_relaxed(move |db| queued(db, channel)).await
     }
 
     pub(in crate::store) async fn record_send(&self, send: NewSend) -> Result<SendRow, StoreError> {
