@@ -12,7 +12,7 @@ use sha2::Sha256;
 use super::record::Record;
 use super::sending::Sending;
 use crate::config::{Config, Forward, Handoff};
-use crate::messages::Channel;
+use crate::messages::{Channel, LoggedId};
 use crate::store::conversations::{Customer, Observation};
 use crate::store::outbox::NewAction;
 use crate::store::Store;
@@ -449,29 +449,30 @@ impl Executor {
         let refused = tokio::task::spawn_blocking(move || floor.check(&upload_dir)).await.unwrap_or(None);
         if let Some(reason) = refused {
             // The journal may share the volume: it must keep its room.
-            tracing::warn!(id = record.id.as_str(), "media {media_id} not downloaded: {reason}");
+            tracing::warn!(id = %LoggedId(&record.id), "media {} not downloaded: {reason}", LoggedId(media_id));
             return Ok(forward_with(None, Some(reason)));
         }
         match self.fetch(record, media_id).await {
             Ok(path) => {
-                tracing::info!(id = record.id.as_str(), path = %path.display(), "media saved");
+                tracing::info!(id = %LoggedId(&record.id), path = %path.display(), "media saved");
                 Ok(forward_with(Some(path.display().to_string()), None))
             }
             Err(MediaFailure::Download(error))
                 if attempts + 1 < MEDIA_ATTEMPTS && !matches!(error, WeComError::NotConfigured(_)) =>
             {
-                Err(ActionError::retry(format!("media {media_id}: {error}")))
+                Err(ActionError::retry(format!("media {}: {error}", LoggedId(media_id))))
             }
             Err(MediaFailure::Download(error)) => {
                 tracing::error!(
-                    id = record.id.as_str(),
-                    "media {media_id} not downloaded, forwarding without it: {error}"
+                    id = %LoggedId(&record.id),
+                    "media {} not downloaded, forwarding without it: {error}",
+                    LoggedId(media_id)
                 );
                 Ok(forward_with(None, Some(format!("download failed: {error}"))))
             }
             Err(MediaFailure::Save(error)) => {
                 // A full or unwritable volume: say so, and let the message go on.
-                tracing::error!(id = record.id.as_str(), "{error}");
+                tracing::error!(id = %LoggedId(&record.id), "{error}");
                 Ok(forward_with(None, Some(format!("not saved: {error}"))))
             }
         }

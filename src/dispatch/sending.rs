@@ -7,10 +7,12 @@
 //! dispatcher handles), the messages sent since (counted here, when a text's
 //! first part is about to go, for all its parts at once) and whether a human has
 //! the session (from our own handovers, `session_status_change` events and
-//! servicer messages; cleared when a session ends). WeCom is asked
-//! (`kf/service_state/get`) only where the appliance cannot know: a customer it
-//! never saw, and a human session it has believed for over 30 minutes (an
-//! ending it may have missed).
+//! servicer messages; cleared when a session ends). A customer with no message
+//! known on that account (never heard from, or not within 48 hours) is refused
+//! like any other closed window, without asking WeCom (SPEC §15). WeCom is asked
+//! (`kf/service_state/get`) only where the appliance cannot know: a human
+//! session it has believed for over 30 minutes (an ending it may have missed),
+//! and to explain a 95018.
 //!
 //! A send never goes out twice after WeCom accepted it: kf parts carry a `msgid`
 //! derived from their idempotency key, and app texts ask WeCom for its duplicate
@@ -19,9 +21,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::actions::{Action, ActionError, Handover, Recipient};
+use super::actions::{Action, ActionError, Recipient};
 use crate::messages::kf::fail_type_meaning;
-use crate::messages::Channel;
+use crate::messages::{Channel, LoggedId};
 use crate::outgoing::{SendRequest, Target};
 use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
@@ -88,13 +90,13 @@ impl Sending {
                 _ => Verdict::Allowed,
             }
         };
-        if let Verdict::Refused(refusal) = self.confirm(verdict, &customer, handover.as_ref(), parts.total()).await? {
+        if let Verdict::Refused(refusal) = self.confirm(verdict, &customer, parts.total()).await? {
             let reason = match parts.number() {
                 1 => refusal.to_string(),
                 n => format!("{refusal} (after {} of {} parts)", n - 1, parts.total()),
             };
             self.finish(&send, "kf", SendUpdate::Refused { reason: reason.clone() }).await?;
-            tracing::info!(send = send.as_str(), open_kfid = open_kfid.as_str(), "kf text refused: {reason}");
+            tracing::info!(send = %LoggedId(&send), open_kfid = %LoggedId(open_kfid), "kf text refused: {reason}");
             return Ok(action.handover_after().into_iter().collect());
         }
         let msgid = kf_msgid(key);
@@ -102,7 +104,7 @@ impl Sending {
         match self.wecom.send_kf_text(touser, open_kfid, &msgid, content).await {
             Ok(()) => {}
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {
-                tracing::info!(send = send.as_str(), msgid, "WeCom had accepted this part already");
+                tracing::info!(send = %LoggedId(&send), msgid = %LoggedId(&msgid), "WeCom had accepted this part already");
             }
             Err(error) => return self.failed_attempt(&row, action, error).await,
         }
@@ -153,12 +155,12 @@ impl Sending {
         let customer = Customer { open_kfid: open_kfid.to_owned(), external_userid: touser.to_owned() };
         match self.wecom.kf_hand_over(open_kfid, touser, servicer).await {
             Ok(()) => {
-                tracing::info!(open_kfid, servicer, "kf session handed over to a human");
+                tracing::info!(open_kfid = %LoggedId(open_kfid), servicer, "kf session handed over to a human");
                 self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await?;
                 Ok(Vec::new())
             }
             Err(error) if is_final(&error) => {
-                tracing::error!(open_kfid, "handover refused, the bot keeps the session: {error}");
+                tracing::error!(open_kfid = %LoggedId(open_kfid), "handover refused, the bot keeps the session: {error}");
                 self.store.observe_kf(vec![(customer, Observation::Ended)]).await?;
                 Err(ActionError { retry: false, message: error.to_string() })
             }
@@ -166,29 +168,21 @@ impl Sending {
         }
     }
 
-    /// Settles what the conversation's row could not: a customer never seen
-    /// (asked), a human session long believed (asked again).
-    async fn confirm(
-        &self,
-        verdict: Verdict,
-        customer: &Customer,
-        handover: Option<&Handover>,
-        parts: i64,
-    ) -> Result<Verdict, ActionError> {
+    /// Settles what the conversation's row cannot: a human session believed for
+    /// long (an ending may have been missed) is checked with WeCom. Nothing else
+    /// is asked: a customer never heard from is refused by the row itself, so a
+    /// leaked `SEND_TOKEN` cannot go past WeCom's rules (SPEC §15).
+    async fn confirm(&self, verdict: Verdict, customer: &Customer, parts: i64) -> Result<Verdict, ActionError> {
         let stale_human =
             matches!(verdict, Verdict::Refused(Refusal::Human { since }) if now() - since > HUMAN_RECHECK_SECS);
-        if handover.is_some() || !(verdict == Verdict::Unknown || stale_human) {
-            return Ok(match verdict {
-                Verdict::Unknown => Verdict::Allowed,
-                other => other,
-            });
+        if !stale_human {
+            return Ok(verdict);
         }
         let state = match self.wecom.kf_service_state(&customer.open_kfid, &customer.external_userid).await {
             Ok(state) => state.state,
             Err(error) => {
-                // WeCom will say it itself if the send is not allowed.
-                tracing::warn!(open_kfid = customer.open_kfid.as_str(), "session state unknown: {error}");
-                return Ok(if stale_human { verdict } else { Verdict::Allowed });
+                tracing::warn!(open_kfid = %LoggedId(&customer.open_kfid), "session state unknown: {error}");
+                return Ok(verdict);
             }
         };
         if matches!(state, ServiceState::Queued | ServiceState::Human) {
@@ -196,12 +190,8 @@ impl Sending {
             self.store.observe_kf(vec![(customer.clone(), Observation::Human { at })]).await?;
             return Ok(Verdict::Refused(Refusal::Human { since: at }));
         }
-        if stale_human {
-            self.store.observe_kf(vec![(customer.clone(), Observation::Ended)]).await?;
-            return Ok(self.store.reserve_kf_sends(customer.clone(), parts, now(), false).await?);
-        }
-        // Never seen: the 48 hours and the count are WeCom's to judge.
-        Ok(Verdict::Allowed)
+        self.store.observe_kf(vec![(customer.clone(), Observation::Ended)]).await?;
+        Ok(self.store.reserve_kf_sends(customer.clone(), parts, now(), false).await?)
     }
 
     /// A part WeCom did not take: retried while that may help, else the send failed.
@@ -227,7 +217,7 @@ impl Sending {
                 reason = format!("{reason}; {}", self.explain_session_refused(open_kfid, touser).await);
             }
         }
-        tracing::warn!(send = row.id.as_str(), "{} text failed: {reason}", row.channel);
+        tracing::warn!(send = %LoggedId(&row.id), "{} text failed: {reason}", row.channel);
         let channel = if row.channel == "app" { "app" } else { "kf" };
         self.finish(&row.id, channel, SendUpdate::Failed { errcode, reason }).await?;
         Ok(action.handover_after().into_iter().collect())
@@ -242,7 +232,7 @@ impl Sending {
                         Customer { open_kfid: open_kfid.to_owned(), external_userid: external_userid.to_owned() };
                     let observed = self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await;
                     if let Err(error) = observed {
-                        tracing::warn!(open_kfid, "cannot record the session state: {error}");
+                        tracing::warn!(open_kfid = %LoggedId(open_kfid), "cannot record the session state: {error}");
                     }
                 }
                 state.to_string()
@@ -402,7 +392,7 @@ pub(crate) async fn delivery_failed(
     fail_type: Option<i64>,
 ) -> Result<(), StoreError> {
     let Some(send) = store.send_of_msgid(msgid.to_owned()).await? else {
-        tracing::info!(msgid, "msg_send_fail for a message this appliance did not send");
+        tracing::info!(msgid = %LoggedId(msgid), "msg_send_fail for a message this appliance did not send");
         return Ok(());
     };
     let reason = format!(
@@ -410,7 +400,7 @@ pub(crate) async fn delivery_failed(
         fail_type.map_or_else(|| "?".to_owned(), |t| t.to_string()),
         fail_type_meaning(fail_type)
     );
-    tracing::warn!(send = send.as_str(), msgid, "kf message not delivered: {reason}");
+    tracing::warn!(send = %LoggedId(&send), msgid = %LoggedId(&msgid), "kf message not delivered: {reason}");
     if let Some(status) = store.update_send(send, SendUpdate::Failed { errcode: None, reason }).await? {
         metrics
             .counter(MESSAGES_SENT_TOTAL, &[("channel", "kf".to_owned()), ("outcome", status.as_str().to_owned())])

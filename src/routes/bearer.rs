@@ -34,6 +34,7 @@ use serde_json::json;
 
 use crate::access::{presented_bearer, Throttle, Verdict};
 use crate::config::Secret;
+use crate::messages::LoggedId;
 use crate::routes::AppState;
 
 /// One bearer-protected surface: its secret, its throttle, and how it explains itself.
@@ -113,7 +114,7 @@ impl BearerGate {
             if let Some(refusals) = report {
                 tracing::warn!(
                     %client,
-                    path,
+                    path = %LoggedId(path),
                     refusals,
                     "{} request refused: no bearer token (logged once a minute per address)",
                     self.surface
@@ -129,7 +130,7 @@ impl BearerGate {
         if let Some(refusals) = wrong.report {
             tracing::warn!(
                 %client,
-                path,
+                path = %LoggedId(path),
                 refusals,
                 throttled,
                 "{} request refused: wrong bearer token (logged once a minute per address)",

@@ -243,6 +243,64 @@ async fn more_than_48_hours_after_the_customers_last_message_nothing_is_sent() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_never_heard_from_is_refused_without_any_call_to_wecom() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    // Were WeCom asked who owns these sessions, it would say the bot: nothing but
+    // the appliance's own rule stops the sends.
+    for _ in 0..16 {
+        wecom.answer_once("kf/service_state/get", json!({"errcode": 0, "errmsg": "ok", "service_state": 1}));
+    }
+    let app = spawn_bot(&wecom, &receiver, &[]).await;
+    deliver(&app, &wecom, vec![customer_text("m1", "wm1", "你好", now())]).await;
+    let mut ids = Vec::new();
+    for n in 1..=8 {
+        ids.push(send(&app, kf_to("wm-stranger", &format!("第{n}条"))).await);
+    }
+    // wm1 wrote to wkA; to wkB it is a stranger.
+    ids.push(send(&app, json!({"channel": "kf", "to": "wm1", "open_kfid": "wkB", "text": "你好"})).await);
+    for id in &ids {
+        let status = settled(&app, id).await;
+        assert_eq!(status["status"], "refused", "{status}");
+        let reason = status["reason"].as_str().expect("reason");
+        assert!(reason.contains("no message from this customer") && reason.contains("48 hours"), "{status}");
+    }
+    assert!(wecom.calls("kf/send_msg").is_empty(), "no send");
+    assert!(wecom.calls("kf/service_state/get").is_empty(), "WeCom is not asked either");
+    assert_eq!(app.metric("wechat_api_messages_sent_total{channel=\"kf\",outcome=\"refused\"}").await, 9.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_keyword_while_a_human_has_the_session_sends_nothing_and_calls_nothing() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_bot(&wecom, &receiver, &[]).await;
+    deliver(&app, &wecom, vec![customer_text("m1", "wm1", "转人工", now())]).await;
+    assert_eq!(sent_texts(&wecom), vec![HANDOFF_TEXT]);
+    assert_eq!(wecom.calls("kf/service_state/trans").len(), 1);
+
+    // Again and again, in one page and in the next: the session is a human's already.
+    let t = now() + 1;
+    deliver(
+        &app,
+        &wecom,
+        vec![customer_text("m2", "wm1", "转人工", t), customer_text("m3", "wm1", " 人工客服 ", t)],
+    )
+    .await;
+    deliver(&app, &wecom, vec![customer_text("m4", "wm1", "转人工", t + 1)]).await;
+    // A servicer took wm2's session in WeCom's console; wm2's keyword changes nothing either.
+    let servicer = json!({"msgid": "s1", "open_kfid": "wkA", "external_userid": "wm2", "send_time": t,
+                          "origin": 5, "servicer_userid": "wangwu", "msgtype": "text", "text": {"content": "我来处理"}});
+    deliver(&app, &wecom, vec![servicer, customer_text("n1", "wm2", "转人工", t + 1)]).await;
+
+    assert_eq!(sent_texts(&wecom), vec![HANDOFF_TEXT], "announced once");
+    assert_eq!(wecom.calls("kf/service_state/trans").len(), 1, "handed over once");
+    let delivered = receiver.wait_for(6, Duration::from_secs(15)).await;
+    for id in ["kf:msg:m1", "kf:msg:m2", "kf:msg:m3", "kf:msg:m4", "kf:msg:n1"] {
+        let record = &delivered.iter().find(|d| d.message_id == id).unwrap_or_else(|| panic!("{id} forwarded")).record;
+        assert_eq!(record["handoff"], true, "{id}: {record}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_handover_silences_the_bot_until_the_session_ends() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let app = spawn_bot(&wecom, &receiver, &[]).await;
@@ -339,16 +397,18 @@ async fn app_texts_ask_for_the_duplicate_check_and_a_long_one_arrives_in_ordered
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_after_wecom_accepted_but_before_sent_was_recorded_still_sends_exactly_once() {
-    let wecom = FakeWeCom::start().await;
-    // Never seen, so the appliance asks who owns the session: the bot.
-    for _ in 0..4 {
-        wecom.answer_once("kf/service_state/get", json!({"errcode": 0, "errmsg": "ok", "service_state": 1}));
-    }
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let dir = tempfile::tempdir().expect("dir");
     let (_, _, cert_pem) = write_certificate(dir.path(), 30);
     let env = test_env(
         dir.path(),
-        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_KF_SECRET", "kf-secret"), ("SEND_TOKEN", SEND)],
+        &[
+            ("WECOM_API_BASE_URL", &wecom.base_url),
+            ("WECOM_KF_SECRET", "kf-secret"),
+            ("SEND_TOKEN", SEND),
+            ("FORWARD_URL", &receiver.url),
+            ("FORWARD_SECRET", &receiver.secret),
+        ],
     );
     let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(10));
     let start = || {
@@ -356,10 +416,22 @@ async fn a_kill_9_after_wecom_accepted_but_before_sent_was_recorded_still_sends_
         command.arg("serve").envs(&env);
         Running::start(command)
     };
-    // WeCom takes the message at once but answers only after 30 s: the appliance dies first.
-    wecom.delay("kf/send_msg", Duration::from_secs(30));
     let mut service = start();
     let port = service.port();
+    // wm9 writes first (the kf rules refuse a customer never heard from); its
+    // record is forwarded only once what it tells the kf rules is stored.
+    wecom.answer_once("kf/sync_msg", page(vec![customer_text("m9", "wm9", "在吗", now())], "", 0));
+    let notice = format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[kf_msg_or_event]]></Event><Token><![CDATA[EVT9]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>",
+        now()
+    );
+    let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &notice);
+    let url = format!("https://127.0.0.1:{port}/wechat/callback?{}", signed.query);
+    assert_eq!(client.post(url).body(signed.body).send().await.expect("notice").status().as_u16(), 200);
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+    // WeCom takes the message at once but answers only after 30 s: the appliance dies first.
+    wecom.delay("kf/send_msg", Duration::from_secs(30));
     let answer = client
         .post(format!("https://127.0.0.1:{port}/api/v1/messages"))
         .bearer_auth(SEND)

@@ -448,11 +448,19 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
     let Some(subject) = Subject::open(engine, Duration::from_secs(30)).await else { return };
     let customer = Customer { open_kfid: "wkA".into(), external_userid: "wm1".into() };
     let at = now();
-    assert_eq!(
-        subject.store.reserve_kf_sends(customer.clone(), 1, at, false).await.expect("reserve"),
-        Verdict::Unknown
-    );
+    // Never heard from: refused like a closed window, also for the handover text (SPEC §15).
+    let never_heard_from = Verdict::Refused(Refusal::Window { last_customer_at: None });
+    for handover in [false, true] {
+        let verdict = subject.store.reserve_kf_sends(customer.clone(), 1, at, handover).await.expect("reserve");
+        assert_eq!(verdict, never_heard_from);
+    }
     subject.store.observe_kf(vec![(customer.clone(), Observation::Wrote { at })]).await.expect("observe");
+    let elsewhere = Customer { open_kfid: "wkB".into(), ..customer.clone() };
+    assert_eq!(
+        subject.store.reserve_kf_sends(elsewhere, 1, at, false).await.expect("reserve"),
+        never_heard_from,
+        "known on wkA is not known on wkB"
+    );
     let owners = subject.owners(4).await;
     let racing = owners.iter().flat_map(|store| std::iter::repeat_n(store.clone(), 3)).map(|store| {
         let customer = customer.clone();
