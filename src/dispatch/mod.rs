@@ -115,8 +115,8 @@ pub(crate) fn parse_entry(entry: &PendingEntry) -> Result<Message, String> {
 #[derive(Debug, Default)]
 struct Handled {
     actions: Vec<Action>,
-    /// A `msg_send_fail`: the msgid WeCom could not deliver, and why.
-    undelivered: Option<(String, Option<i64>)>,
+    /// A `msg_send_fail`: the msgid WeCom could not deliver, why, and to whom.
+    undelivered: Option<sending::Undelivered>,
 }
 
 /// What one batch knows of the kf conversations it touches: everything it
@@ -191,8 +191,8 @@ impl Dispatcher {
         // queued. A crash before the completion handles the entries again, and
         // observing them again changes nothing.
         self.store.observe_kf(sessions.observed).await?;
-        for (msgid, fail_type) in undelivered {
-            sending::delivery_failed(&self.store, &self.metrics, &msgid, fail_type).await?;
+        for failure in undelivered {
+            sending::delivery_failed(&self.store, &self.metrics, failure).await?;
         }
         self.store.complete_entries(completions).await?;
         if queued {
@@ -234,7 +234,11 @@ impl Dispatcher {
         let record = Record::new(entry.dedup_key.clone(), &message, &entry.payload, entry.received_at, history);
         let undelivered = match &message {
             Message::Kf(kf) => match kf.event() {
-                Some(KfEvent::MsgSendFail { fail_msgid: Some(msgid), fail_type }) => Some((msgid.clone(), *fail_type)),
+                Some(KfEvent::MsgSendFail { fail_msgid: Some(msgid), fail_type }) => Some(sending::Undelivered {
+                    msgid: msgid.clone(),
+                    fail_type: *fail_type,
+                    customer: handlers::customer_of(&message, &record),
+                }),
                 _ => None,
             },
             Message::App { .. } => None,

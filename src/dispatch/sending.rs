@@ -383,16 +383,42 @@ fn is_final(error: &WeComError) -> bool {
     }
 }
 
+/// A `msg_send_fail` event: which of our messages WeCom could not deliver,
+/// why, and the conversation (account and customer) the event is about.
+#[derive(Debug, Clone)]
+pub(crate) struct Undelivered {
+    pub msgid: String,
+    pub fail_type: Option<i64>,
+    pub customer: Option<Customer>,
+}
+
+/// Whether a `msg_send_fail` about `customer` may settle `send`: only when it
+/// names the account and the customer the send went to, so an event about
+/// someone else's message (a msgid reused or guessed) changes nothing.
+fn is_about(send: &SendRow, customer: Option<&Customer>) -> bool {
+    customer.is_some_and(|c| {
+        send.recipient == c.external_userid && send.open_kfid.as_deref() == Some(c.open_kfid.as_str())
+    })
+}
+
 /// A `msg_send_fail` event: the message WeCom accepted was not delivered. The
-/// send it belongs to becomes `failed` with what the fail type means.
+/// send it belongs to, when the event is about that send's account and
+/// customer, becomes `failed` with what the fail type means.
 pub(crate) async fn delivery_failed(
     store: &Store,
     metrics: &Metrics,
-    msgid: &str,
-    fail_type: Option<i64>,
+    undelivered: Undelivered,
 ) -> Result<(), StoreError> {
-    let Some(send) = store.send_of_msgid(msgid.to_owned()).await? else {
-        tracing::info!(msgid = %LoggedId(msgid), "msg_send_fail for a message this appliance did not send");
+    let Undelivered { msgid, fail_type, customer } = undelivered;
+    let send = match store.send_of_msgid(msgid.clone()).await? {
+        Some(id) => store.send(id).await?,
+        None => None,
+    };
+    let Some(send) = send.filter(|send| is_about(send, customer.as_ref())) else {
+        tracing::info!(
+            msgid = %LoggedId(&msgid),
+            "msg_send_fail for a message this appliance did not send to that customer of that account"
+        );
         return Ok(());
     };
     let reason = format!(
@@ -400,11 +426,46 @@ pub(crate) async fn delivery_failed(
         fail_type.map_or_else(|| "?".to_owned(), |t| t.to_string()),
         fail_type_meaning(fail_type)
     );
-    tracing::warn!(send = %LoggedId(&send), msgid = %LoggedId(&msgid), "kf message not delivered: {reason}");
-    if let Some(status) = store.update_send(send, SendUpdate::Failed { errcode: None, reason }).await? {
+    tracing::warn!(send = %LoggedId(&send.id), msgid = %LoggedId(&msgid), "kf message not delivered: {reason}");
+    if let Some(status) = store.update_send(send.id, SendUpdate::Failed { errcode: None, reason }).await? {
         metrics
             .counter(MESSAGES_SENT_TOTAL, &[("channel", "kf".to_owned()), ("outcome", status.as_str().to_owned())])
             .increment(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent_to(recipient: &str, open_kfid: Option<&str>) -> SendRow {
+        SendRow {
+            id: "msg_1".into(),
+            channel: "kf".into(),
+            recipient: recipient.into(),
+            open_kfid: open_kfid.map(str::to_owned),
+            status: SendStatus::Sent,
+            parts: 1,
+            parts_sent: 1,
+            errcode: None,
+            reason: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_msg_send_fail_settles_only_a_send_to_its_account_and_customer() {
+        let customer = |open_kfid: &str, external_userid: &str| Customer {
+            open_kfid: open_kfid.into(),
+            external_userid: external_userid.into(),
+        };
+        let send = sent_to("wm1", Some("wkA"));
+        assert!(is_about(&send, Some(&customer("wkA", "wm1"))));
+        assert!(!is_about(&send, Some(&customer("wkA", "wm2"))), "another customer");
+        assert!(!is_about(&send, Some(&customer("wkB", "wm1"))), "another account");
+        assert!(!is_about(&send, None), "an event that names nobody");
+        assert!(!is_about(&sent_to("wm1", None), Some(&customer("wkA", "wm1"))), "an app send");
+    }
 }

@@ -373,6 +373,27 @@ async fn msg_send_fail_turns_a_sent_message_failed_with_the_meaning_of_its_fail_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_msg_send_fail_naming_another_customer_or_account_changes_nothing() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_bot(&wecom, &receiver, &[]).await;
+    deliver(&app, &wecom, vec![customer_text("m1", "wm1", "你好", now())]).await;
+    let id = send(&app, kf_to("wm1", "您好")).await;
+    assert_eq!(settled(&app, &id).await["status"], "sent");
+    let msgid = wecom.calls("kf/send_msg")[0].body["msgid"].as_str().expect("msgid").to_owned();
+    let failure = json!({"event_type": "msg_send_fail", "fail_msgid": msgid, "fail_type": 10});
+
+    deliver(&app, &wecom, vec![event("f1", "wm2", failure.clone())]).await;
+    let mut other_account = event("f2", "wm1", failure.clone());
+    other_account["event"]["open_kfid"] = json!("wkB");
+    deliver(&app, &wecom, vec![other_account]).await;
+    assert_eq!(message_status(&app, &id).await["status"], "sent", "about someone else: nothing changes");
+    assert_eq!(app.metric("wechat_api_messages_sent_total{channel=\"kf\",outcome=\"failed\"}").await, 0.0);
+
+    deliver(&app, &wecom, vec![event("f3", "wm1", failure)]).await;
+    assert_eq!(message_status(&app, &id).await["status"], "failed", "about its own customer and account");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_texts_ask_for_the_duplicate_check_and_a_long_one_arrives_in_ordered_parts() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let app = spawn_bot(&wecom, &receiver, &[]).await;
