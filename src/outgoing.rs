@@ -121,6 +121,24 @@ impl SendRequest {
     }
 }
 
+impl SendRequest {
+    /// What makes two requests with one `idempotency_key` the same request: the
+    /// SHA-256 (hex) of the validated request in one canonical form (the target
+    /// and the text, as parsed: key order, white space and escapes in the body
+    /// do not matter). Stored with the send; the same key with another
+    /// fingerprint is a conflict (409), as payment APIs answer.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let target = match &self.target {
+            Target::InReplyTo(record) => serde_json::json!(["in_reply_to", record]),
+            Target::App { to } => serde_json::json!(["app", to]),
+            Target::Kf { to, open_kfid } => serde_json::json!(["kf", to, open_kfid]),
+        };
+        let canonical = serde_json::json!([target, self.text]).to_string();
+        crate::crypto::hex(&Sha256::digest(canonical.as_bytes()))
+    }
+}
+
 /// A new send's id: `msg_` and 24 random letters and digits.
 pub fn new_id() -> String {
     use rand::distr::{Alphanumeric, SampleString};
@@ -201,5 +219,23 @@ mod tests {
         let (a, b) = (new_id(), new_id());
         assert_ne!(a, b);
         assert!(a.len() == 28 && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    }
+
+    #[test]
+    fn one_request_has_one_fingerprint_whatever_its_json_looks_like() {
+        let a = parse(r#"{"channel":"kf","to":"wm1","open_kfid":"wk1","text":"hi","idempotency_key":"k"}"#).expect("valid");
+        let b = parse(r#"{ "text" : "h\u0069", "open_kfid":"wk1", "idempotency_key":"k", "to":"wm1","channel":"kf"}"#)
+            .expect("valid");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 64);
+        for other in [
+            r#"{"channel":"kf","to":"wm1","open_kfid":"wk1","text":"hi!","idempotency_key":"k"}"#,
+            r#"{"channel":"kf","to":"wm2","open_kfid":"wk1","text":"hi","idempotency_key":"k"}"#,
+            r#"{"channel":"kf","to":"wm1","open_kfid":"wk2","text":"hi","idempotency_key":"k"}"#,
+            r#"{"channel":"app","to":"wm1","text":"hi","idempotency_key":"k"}"#,
+            r#"{"in_reply_to":"wm1","text":"hi","idempotency_key":"k"}"#,
+        ] {
+            assert_ne!(parse(other).expect("valid").fingerprint(), a.fingerprint(), "{other}");
+        }
     }
 }

@@ -262,6 +262,7 @@ impl Sending {
             open_kfid: open_kfid.cloned(),
             parts,
             idempotency_key: None,
+            fingerprint: None,
         };
         self.store.record_send(send).await
     }
@@ -299,6 +300,11 @@ pub(crate) enum QueueError {
     /// 400: the request cannot be sent as given.
     #[error("{path}: {reason}")]
     Unsendable { path: &'static str, reason: String },
+    /// 409: the `idempotency_key` was used before for another request (that send's id).
+    #[error(
+        "$.idempotency_key: already used for a different request (message {0}); the same key must come with the same body, a new message needs a new key"
+    )]
+    KeyReused(String),
     /// 503: the store did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -320,6 +326,7 @@ pub(crate) async fn queue(
     agent_id: Option<i64>,
     request: SendRequest,
 ) -> Result<Accepted, QueueError> {
+    let fingerprint = request.fingerprint();
     let recipient = match request.target {
         Target::InReplyTo(record_id) => {
             let Some(entry) = store.find_entry(record_id.clone()).await? else {
@@ -359,10 +366,18 @@ pub(crate) async fn queue(
         .ok_or(QueueError::Unsendable { path: "$.text", reason: "nothing to send once shaped".into() })?;
     let parts = action.parts_total();
     let row = action.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
-    let send =
-        NewSend { id, channel: label, recipient: touser, open_kfid, parts, idempotency_key: request.idempotency_key };
+    let send = NewSend {
+        id,
+        channel: label,
+        recipient: touser,
+        open_kfid,
+        parts,
+        idempotency_key: request.idempotency_key,
+        fingerprint: Some(fingerprint),
+    };
     match store.queue_send(send, row).await? {
         Queued::New(id) => Ok(Accepted { id, status: SendStatus::Queued, parts }),
+        Queued::Conflict(id) => Err(QueueError::KeyReused(id)),
         Queued::Existing(id) => {
             let first = store.send(id.clone()).await?;
             Ok(Accepted {

@@ -37,6 +37,7 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         }
         Err(e @ QueueError::UnknownRecord(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ QueueError::Unsendable { .. }) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ QueueError::KeyReused(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(QueueError::Store(e)) => {
             tracing::error!("send API: {e}");
             error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; nothing was queued, retry".into())

@@ -46,6 +46,9 @@ pub struct NewSend {
     pub parts: i64,
     /// The send API's `idempotency_key`: the same key is one send.
     pub idempotency_key: Option<String>,
+    /// The send API's request fingerprint (`SendRequest::fingerprint`): the same
+    /// key with another fingerprint is [`Queued::Conflict`].
+    pub fingerprint: Option<String>,
 }
 
 /// A recorded send.
@@ -84,13 +87,31 @@ pub enum SendUpdate {
 pub enum Queued {
     /// Recorded with its first action.
     New(String),
-    /// Its idempotency key was used before: that send's id, nothing written.
+    /// Its idempotency key was used before for the same request: that send's
+    /// id, nothing written.
     Existing(String),
+    /// Its idempotency key was used before for another request (another
+    /// fingerprint): that send's id, nothing written.
+    Conflict(String),
+}
+
+impl Queued {
+    /// What an idempotency key already used for send `id` means for a request
+    /// with `fingerprint`: the same request ([`Queued::Existing`]) or another
+    /// one ([`Queued::Conflict`]). A send stored without a fingerprint (before
+    /// they were kept) counts as the same request.
+    pub(crate) fn again(id: String, stored: Option<&str>, fingerprint: Option<&str>) -> Self {
+        match (stored, fingerprint) {
+            (Some(stored), Some(presented)) if stored != presented => Self::Conflict(id),
+            _ => Self::Existing(id),
+        }
+    }
 }
 
 impl Store {
     /// Records a send of the send API and queues its first action, in one
-    /// transaction; an idempotency key used before returns that send instead.
+    /// transaction; an idempotency key used before returns that send instead,
+    /// as [`Queued::Existing`] or, for another request, [`Queued::Conflict`].
     pub async fn queue_send(&self, send: NewSend, action: NewAction) -> Result<Queued, StoreError> {
         backend!(self, b => b.queue_send(send, action).await)
     }

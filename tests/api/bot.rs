@@ -201,6 +201,34 @@ async fn a_reply_to_a_forwarded_record_reaches_its_customer_once_under_our_own_m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_with_another_body_is_answered_409_and_sends_nothing_more() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_bot(&wecom, &receiver, &[]).await;
+    deliver(&app, &wecom, vec![customer_text("m1", "wm1", "在吗", now()), customer_text("m2", "wm2", "在吗", now())])
+        .await;
+    let first = json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "您好", "idempotency_key": "k-1"});
+    let id = send(&app, first.clone()).await;
+    // The same request, written differently: the first send again.
+    let same = json!({"idempotency_key": "k-1", "text": "您\u{597d}", "open_kfid": "wkA", "to": "wm1", "channel": "kf"});
+    let (status, answer) = post_send(&app, &same, SEND).await;
+    assert_eq!((status, answer["id"].as_str()), (202, Some(id.as_str())), "{answer}");
+    for other in [
+        json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "您好！", "idempotency_key": "k-1"}),
+        json!({"channel": "kf", "to": "wm2", "open_kfid": "wkA", "text": "您好", "idempotency_key": "k-1"}),
+        json!({"in_reply_to": "kf:msg:m1", "text": "您好", "idempotency_key": "k-1"}),
+    ] {
+        let (status, answer) = post_send(&app, &other, SEND).await;
+        assert_eq!(status, 409, "{other}: {answer}");
+        let reason = answer["error"].as_str().expect("a reason");
+        assert!(reason.contains("$.idempotency_key") && reason.contains(&id), "{reason}");
+    }
+    assert_eq!(settled(&app, &id).await["status"], "sent");
+    app.wait_until_outbox_empty().await;
+    assert_eq!(sent_texts(&wecom), vec!["您好"], "one message sent");
+    assert_eq!(app.store.recent_sends(10).await.expect("store").len(), 1, "one send recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_messages_per_customer_message_the_sixth_refused_without_calling_wecom() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let app = spawn_bot(&wecom, &receiver, &[]).await;

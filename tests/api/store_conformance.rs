@@ -387,6 +387,7 @@ fn new_send(id: &str, key: Option<&str>) -> NewSend {
         open_kfid: Some("wkA".into()),
         parts: 2,
         idempotency_key: key.map(str::to_owned),
+        fingerprint: key.map(|_| "f".repeat(64)),
     }
 }
 
@@ -406,6 +407,13 @@ async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuse
     assert_eq!(new.len(), 1, "one send for one key: {results:?}");
     assert!(results.iter().all(|q| matches!(q, Queued::Existing(id) | Queued::New(id) if id == new[0])), "{results:?}");
     assert_eq!(subject.store.outbox_backlog().await.expect("backlog"), 1, "one action queued");
+    // The same key for another request: a conflict naming the first send, nothing written.
+    let other = NewSend { fingerprint: Some("0".repeat(64)), ..new_send("msg_other", Some("same-key")) };
+    assert_eq!(
+        subject.store.queue_send(other, action("send:msg_other")).await.expect("answered"),
+        Queued::Conflict(new[0].clone())
+    );
+    assert_eq!(subject.store.outbox_backlog().await.expect("backlog"), 1, "still one action queued");
 
     let store = &subject.store;
     let id = new[0].clone();

@@ -147,6 +147,8 @@ const MIGRATIONS: &[&str] = &[
         updated_at bigint NOT NULL,
         PRIMARY KEY (open_kfid, external_userid)
     );",
+    // 3: the send API's request fingerprint, as SQLite's schema 5.
+    "ALTER TABLE sends ADD COLUMN request_sha256 text;",
 ];
 
 /// Whether `url` parses as a `DATABASE_URL`; what is wrong with it when not.

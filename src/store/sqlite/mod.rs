@@ -162,6 +162,10 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL,
         PRIMARY KEY (open_kfid, external_userid)
     );",
+    // 5: the send API's request fingerprint (SHA-256 hex of the canonical
+    // request), so the same idempotency key with another body is a 409 (SPEC
+    // §15). Sends queued before it have none and count as the same request.
+    "ALTER TABLE sends ADD COLUMN request_sha256 TEXT;",
 ];
 
 /// At most this many operations share one transaction.
