@@ -57,9 +57,24 @@ fn string(object: &Map<String, Value>, name: &str, max: usize) -> Result<Option<
         Some(Value::String(s)) if s.chars().count() > max => {
             Err(invalid(&path, format!("must be at most {max} characters")))
         }
+        Some(Value::String(s)) if s.chars().any(is_control) => Err(invalid(
+            &path,
+            "must not contain control characters (NUL, CR, LF, ESC…) or bidirectional controls (U+202E…)",
+        )),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(invalid(&path, format!("must be a string, got {}", json_type(other)))),
     }
+}
+
+/// Characters no id or key has: the C0 and C1 controls and DEL, the Unicode
+/// line and paragraph separators, and the bidirectional controls that make a
+/// log line or a status page read other than it is (U+061C, U+200E, U+200F,
+/// U+202A–U+202E, U+2066–U+2069).
+fn is_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 impl SendRequest {
@@ -201,6 +216,15 @@ mod tests {
             "$.idempotency_key"
         );
         assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","txet":"typo"}"#), "$.txet");
+        assert_eq!(path_of(r#"{"channel":"app","to":"u\u0000","text":"hi"}"#), "$.to");
+        assert_eq!(path_of(r#"{"channel":"kf","to":"u","open_kfid":"wk\n","text":"hi"}"#), "$.open_kfid");
+        assert_eq!(path_of(r#"{"in_reply_to":"x\u001b[2J","text":"hi"}"#), "$.in_reply_to");
+        assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","idempotency_key":"k\u202e1"}"#), "$.idempotency_key");
+        assert_eq!(path_of(r#"{"channel":"app\u0085","to":"u","text":"hi"}"#), "$.channel");
+        assert!(
+            parse("{\"channel\":\"app\",\"to\":\"u\",\"text\":\"line 1\\nline 2\"}").is_ok(),
+            "a text may have lines"
+        );
     }
 
     #[test]
@@ -223,7 +247,8 @@ mod tests {
 
     #[test]
     fn one_request_has_one_fingerprint_whatever_its_json_looks_like() {
-        let a = parse(r#"{"channel":"kf","to":"wm1","open_kfid":"wk1","text":"hi","idempotency_key":"k"}"#).expect("valid");
+        let a =
+            parse(r#"{"channel":"kf","to":"wm1","open_kfid":"wk1","text":"hi","idempotency_key":"k"}"#).expect("valid");
         let b = parse(r#"{ "text" : "h\u0069", "open_kfid":"wk1", "idempotency_key":"k", "to":"wm1","channel":"kf"}"#)
             .expect("valid");
         assert_eq!(a.fingerprint(), b.fingerprint());

@@ -99,7 +99,11 @@ pub(crate) fn plan(
     let handing_over;
     let record = if asks_for_human(message, record, settings) {
         if !human_has_session {
-            actions.extend(Action::announce_handover(record, &settings.handoff.text, settings.handoff.servicer.clone()));
+            actions.extend(Action::announce_handover(
+                record,
+                &settings.handoff.text,
+                settings.handoff.servicer.clone(),
+            ));
         }
         handing_over = Record { handoff: true, ..record.clone() };
         &handing_over
@@ -185,7 +189,9 @@ mod tests {
                    <Event>kf_msg_or_event</Event><Token>T</Token><OpenKfId>wk</OpenKfId></xml>";
         let message = Message::App { channel: Channel::Kf, message: AppMessage::parse(xml).expect("parses") };
         let record = Record::new("kf:evt:1".into(), &message, xml, 1, false);
-        assert!(plan(&message, &record, &HandlerSettings { forward: true, ..HandlerSettings::default() }, false).is_empty());
+        assert!(
+            plan(&message, &record, &HandlerSettings { forward: true, ..HandlerSettings::default() }, false).is_empty()
+        );
     }
 
     #[test]
@@ -198,7 +204,10 @@ mod tests {
         assert_eq!(record.origin, Some(Origin::Servicer));
         assert!(matches!(plan(&message, &record, &settings, false)[..], [Action::Forward { .. }]));
         let (message, record) = kf_text("帮助", 3, false);
-        assert!(matches!(plan(&message, &record, &settings, false)[..], [Action::KfText { .. }, Action::Forward { .. }]));
+        assert!(matches!(
+            plan(&message, &record, &settings, false)[..],
+            [Action::KfText { .. }, Action::Forward { .. }]
+        ));
     }
 
     #[test]

@@ -258,7 +258,9 @@ impl Dispatcher {
     fn request_kf_sync(&self, id: &str, open_kfid: Option<&String>, token: Option<&String>) {
         match (&self.kf_sync, open_kfid) {
             (Some(sync), Some(open_kfid)) => sync.request(open_kfid.clone(), token.cloned()),
-            (None, _) => tracing::warn!(id = %LoggedId(id), "kf notice ignored: no Secret can call kf APIs (set WECOM_KF_SECRET)"),
+            (None, _) => {
+                tracing::warn!(id = %LoggedId(id), "kf notice ignored: no Secret can call kf APIs (set WECOM_KF_SECRET)")
+            }
             (_, None) => tracing::warn!(id = %LoggedId(id), "kf notice without OpenKfId ignored"),
         }
     }

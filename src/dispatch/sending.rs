@@ -411,9 +411,8 @@ pub(crate) struct Undelivered {
 /// names the account and the customer the send went to, so an event about
 /// someone else's message (a msgid reused or guessed) changes nothing.
 fn is_about(send: &SendRow, customer: Option<&Customer>) -> bool {
-    customer.is_some_and(|c| {
-        send.recipient == c.external_userid && send.open_kfid.as_deref() == Some(c.open_kfid.as_str())
-    })
+    customer
+        .is_some_and(|c| send.recipient == c.external_userid && send.open_kfid.as_deref() == Some(c.open_kfid.as_str()))
 }
 
 /// A `msg_send_fail` event: the message WeCom accepted was not delivered. The

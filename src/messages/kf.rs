@@ -336,7 +336,9 @@ impl KfMessage {
                 clip(title.as_deref().unwrap_or_default()),
                 clip(url.as_deref().unwrap_or_default())
             ),
-            KfKind::BusinessCard { userid } => format!("[名片消息] {who} userid: {}", super::LoggedId(userid.as_deref().unwrap_or("-"))),
+            KfKind::BusinessCard { userid } => {
+                format!("[名片消息] {who} userid: {}", super::LoggedId(userid.as_deref().unwrap_or("-")))
+            }
             KfKind::Miniprogram { title, .. } => {
                 format!("[小程序消息] {who} {}", clip(title.as_deref().unwrap_or_default()))
             }

@@ -147,6 +147,15 @@ async fn malformed_requests_are_refused_with_the_path_of_the_problem_and_change_
         (json!({"in_reply_to": "kf:msg:nobody", "text": "hi"}), 404, "kf:msg:nobody"),
         (json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "长".repeat(20_001)}), 413, "20000"),
         (json!("just a string"), 400, "$"),
+        (json!({"channel": "kf", "to": "wm1\u{0}", "open_kfid": "wkA", "text": "hi"}), 400, "$.to"),
+        (json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA\r\nX", "text": "hi"}), 400, "$.open_kfid"),
+        (json!({"channel": "app", "to": "\u{202e}nasgnahz", "text": "hi"}), 400, "$.to"),
+        (json!({"in_reply_to": "kf:msg:\u{1b}[2J", "text": "hi"}), 400, "$.in_reply_to"),
+        (
+            json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "hi", "idempotency_key": "k\u{7}"}),
+            400,
+            "$.idempotency_key",
+        ),
     ];
     for (body, expected, mentions) in cases {
         let (status, answer) = post_send(&app, &body, SEND).await;
@@ -209,7 +218,8 @@ async fn the_same_idempotency_key_with_another_body_is_answered_409_and_sends_no
     let first = json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "您好", "idempotency_key": "k-1"});
     let id = send(&app, first.clone()).await;
     // The same request, written differently: the first send again.
-    let same = json!({"idempotency_key": "k-1", "text": "您\u{597d}", "open_kfid": "wkA", "to": "wm1", "channel": "kf"});
+    let same =
+        json!({"idempotency_key": "k-1", "text": "您\u{597d}", "open_kfid": "wkA", "to": "wm1", "channel": "kf"});
     let (status, answer) = post_send(&app, &same, SEND).await;
     assert_eq!((status, answer["id"].as_str()), (202, Some(id.as_str())), "{answer}");
     for other in [
@@ -307,12 +317,8 @@ async fn a_handover_keyword_while_a_human_has_the_session_sends_nothing_and_call
 
     // Again and again, in one page and in the next: the session is a human's already.
     let t = now() + 1;
-    deliver(
-        &app,
-        &wecom,
-        vec![customer_text("m2", "wm1", "转人工", t), customer_text("m3", "wm1", " 人工客服 ", t)],
-    )
-    .await;
+    deliver(&app, &wecom, vec![customer_text("m2", "wm1", "转人工", t), customer_text("m3", "wm1", " 人工客服 ", t)])
+        .await;
     deliver(&app, &wecom, vec![customer_text("m4", "wm1", "转人工", t + 1)]).await;
     // A servicer took wm2's session in WeCom's console; wm2's keyword changes nothing either.
     let servicer = json!({"msgid": "s1", "open_kfid": "wkA", "external_userid": "wm2", "send_time": t,

@@ -58,11 +58,10 @@ impl Sqlite {
         self.run(move |db| {
             if !insert(db, &send)? {
                 let key = send.idempotency_key.as_deref().unwrap_or_default();
-                let (id, stored): (String, Option<String>) = db.query_row(
-                    "SELECT id, request_sha256 FROM sends WHERE idempotency_key = ?1",
-                    [key],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )?;
+                let (id, stored): (String, Option<String>) =
+                    db.query_row("SELECT id, request_sha256 FROM sends WHERE idempotency_key = ?1", [key], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?;
                 return Ok(Queued::again(id, stored.as_deref(), send.fingerprint.as_deref()));
             }
             insert_action(db, &action)?;
