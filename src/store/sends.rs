@@ -146,3 +146,16 @@ impl Store {
         backend!(self, b => b.recent_sends(limit).await)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_used_again_is_the_same_send_unless_the_request_differs() {
+        let again = |stored, presented| Queued::again("msg_1".into(), stored, presented);
+        assert_eq!(again(Some("a"), Some("a")), Queued::Existing("msg_1".into()));
+        assert_eq!(again(Some("a"), Some("b")), Queued::Conflict("msg_1".into()));
+        assert_eq!(again(None, Some("b")), Queued::Existing("msg_1".into()), "queued before fingerprints were kept");
+    }
+}

@@ -270,8 +270,9 @@ async fn count(url: &str, query: &str) -> i64 {
     value
 }
 
-/// The PostgreSQL schema this build writes: 1, and 2 for replies (sends, kf conversations).
-const SCHEMA_VERSION: i64 = 2;
+/// The PostgreSQL schema this build writes: 1, 2 for replies (sends, kf
+/// conversations), 3 for the send API's request fingerprints.
+const SCHEMA_VERSION: i64 = 3;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_once() {
