@@ -376,7 +376,8 @@ async fn log_lines_of_hostile_ids(format: &str) -> Vec<String> {
 async fn a_100000_character_id_is_cut_and_bidi_controls_are_escaped_in_text_and_json_log_lines() {
     for format in ["text", "json"] {
         let lines = log_lines_of_hostile_ids(format).await;
-        let text = lines.iter().map(|l| wechat_api::messages::LoggedId(l).to_string()).collect::<Vec<_>>().join("\n");
+        // The lines as a failure shows them: a 100 KB line would drown the report.
+        let text = lines.iter().map(|l| l.chars().take(300).collect::<String>()).collect::<Vec<_>>().join("\n");
         let longest = lines.iter().map(String::len).max().unwrap_or_default();
         assert!(longest < 2_000, "{format}: a line of {longest} bytes:\n{text}");
         let kf = lines.iter().find(|l| l.contains("txet desrever")).expect("the kf message is logged");
