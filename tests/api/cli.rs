@@ -59,6 +59,8 @@ fn bad_configuration_exits_64_naming_each_variable_without_a_panic() {
 
 #[test]
 fn numbers_beyond_their_bounds_and_a_malformed_replica_id_exit_64_one_line_each() {
+    // No certificate on purpose: a value that passed validation still ends in exit
+    // 64 (TLS_CERT_PATH) instead of a service that never exits.
     let dir = tempfile::tempdir().expect("dir");
     let beyond = [
         ("LEASE_SECS", "18446744073709551615"),
