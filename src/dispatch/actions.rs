@@ -551,6 +551,12 @@ impl Executor {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {
                 let customer = Customer { open_kfid: open_kfid.clone(), external_userid: from.clone() };
+                let conversation = self.sending.store.kf_conversation(customer.clone()).await?;
+                if conversation.is_some_and(|c| c.human_since.is_some()) {
+                    // A human has the session already: nothing to announce or hand over (SPEC §15).
+                    tracing::info!(id = %LoggedId(&record.id), "forward answer asks for a human, who has the session already");
+                    return Ok(Vec::new());
+                }
                 self.sending.store.observe_kf(vec![(customer, Observation::Human { at: crate::store::now() })]).await?;
             }
             let text = reply.as_deref().unwrap_or(&self.handoff.text);

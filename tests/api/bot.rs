@@ -315,7 +315,9 @@ async fn a_handover_keyword_while_a_human_has_the_session_sends_nothing_and_call
     assert_eq!(sent_texts(&wecom), vec![HANDOFF_TEXT]);
     assert_eq!(wecom.calls("kf/service_state/trans").len(), 1);
 
-    // Again and again, in one page and in the next: the session is a human's already.
+    // Again and again, in one page and in the next: the session is a human's already,
+    // and a forward receiver asking for a human too changes nothing.
+    receiver.answer_with(json!({"reply": {"text": "这就为您转人工"}, "handoff": true}));
     let t = now() + 1;
     deliver(&app, &wecom, vec![customer_text("m2", "wm1", "转人工", t), customer_text("m3", "wm1", " 人工客服 ", t)])
         .await;
