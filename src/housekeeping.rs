@@ -68,7 +68,10 @@ pub(crate) async fn run(
         };
         let cutoff = now().saturating_sub(retention.as_secs().try_into().unwrap_or(i64::MAX));
         let pruned = store.prune(cutoff).await;
-        match store.prune_replies(cutoff).await {
+        // A conversation forgotten is a customer never heard from, whose sends are
+        // refused (SPEC §15): kept for WeCom's 48-hour window whatever the retention.
+        let replies_cutoff = cutoff.min(now().saturating_sub(crate::store::conversations::WINDOW_SECS));
+        match store.prune_replies(replies_cutoff).await {
             Ok(deleted) => replies.increment(deleted),
             Err(error) => tracing::warn!("store: pruning sends failed, will retry: {error}"),
         }

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::messages::kf::KfMessage;
-use crate::messages::{dedup_key, Channel, Identity};
+use crate::messages::{dedup_key, Channel, Identity, LoggedId};
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::Store;
 use crate::wecom::{ApiError, WeCom};
@@ -114,17 +114,17 @@ impl KfSyncer {
     /// Pulls every page of one account, under its claim.
     pub(crate) async fn sync_account(&self, open_kfid: &str, mut token: Option<String>) -> Sync {
         if let Err(error) = self.wecom.kf_tokens() {
-            tracing::error!(open_kfid, "kf sync impossible: {error}");
+            tracing::error!(open_kfid = %LoggedId(open_kfid), "kf sync impossible: {error}");
             return Sync::Done;
         }
         let mut claim = match self.store.claim_kf_account(open_kfid.to_owned()).await {
             Ok(Some(claim)) => claim,
             Ok(None) => {
-                tracing::debug!(open_kfid, "kf sync: another owner is syncing this account");
+                tracing::debug!(open_kfid = %LoggedId(open_kfid), "kf sync: another owner is syncing this account");
                 return Sync::Busy;
             }
             Err(error) => {
-                tracing::error!(open_kfid, "kf sync: cannot claim the account: {error}");
+                tracing::error!(open_kfid = %LoggedId(open_kfid), "kf sync: cannot claim the account: {error}");
                 return Sync::Done;
             }
         };
@@ -134,18 +134,18 @@ impl KfSyncer {
             let page = match self.wecom.kf_sync_page(open_kfid, claim.cursor.clone(), token.clone()).await {
                 Ok(page) => page,
                 Err(error) if token.is_some() && error.is(ApiError::is_sync_token_refused) => {
-                    tracing::info!(open_kfid, "kf sync Token refused ({error}); continuing without it");
+                    tracing::info!(open_kfid = %LoggedId(open_kfid), "kf sync Token refused ({error}); continuing without it");
                     token = None;
                     continue;
                 }
                 Err(error) => {
                     failures += 1;
                     if failures >= MAX_FAILURES {
-                        tracing::error!(open_kfid, "kf sync gave up after {failures} failures (the next notice retries from the stored cursor): {error}");
+                        tracing::error!(open_kfid = %LoggedId(open_kfid), "kf sync gave up after {failures} failures (the next notice retries from the stored cursor): {error}");
                         break;
                     }
                     let delay = RETRY.delay(failures);
-                    tracing::warn!(open_kfid, retry_in_secs = delay.as_secs(), "kf sync failed: {error}");
+                    tracing::warn!(open_kfid = %LoggedId(open_kfid), retry_in_secs = delay.as_secs(), "kf sync failed: {error}");
                     tokio::time::sleep(delay).await;
                     continue;
                 }
@@ -157,7 +157,7 @@ impl KfSyncer {
             let received = entries.len();
             match self.store.kf_store_page(&mut claim, entries, page.next_cursor).await {
                 Ok(new) => {
-                    tracing::debug!(open_kfid, page = pages, received, new, "kf page stored");
+                    tracing::debug!(open_kfid = %LoggedId(open_kfid), page = pages, received, new, "kf page stored");
                     if new > 0 {
                         self.journal_wake.notify_one();
                     }
@@ -165,7 +165,7 @@ impl KfSyncer {
                 Err(error) => {
                     // The lease was taken over, or the store failed: whoever syncs next
                     // starts from the stored cursor, so the page is pulled again.
-                    tracing::error!(open_kfid, "kf sync: cannot store a page (it will be pulled again): {error}");
+                    tracing::error!(open_kfid = %LoggedId(open_kfid), "kf sync: cannot store a page (it will be pulled again): {error}");
                     return Sync::Done;
                 }
             }
@@ -175,7 +175,7 @@ impl KfSyncer {
             }
         }
         if let Err(error) = self.store.release_kf_account(claim).await {
-            tracing::warn!(open_kfid, "kf sync: cannot release the account (its lease runs out by itself): {error}");
+            tracing::warn!(open_kfid = %LoggedId(open_kfid), "kf sync: cannot release the account (its lease runs out by itself): {error}");
         }
         Sync::Done
     }
@@ -209,7 +209,7 @@ fn journal_entry(open_kfid: &str, raw: serde_json::Value) -> Option<NewEntry> {
             payload: message.raw.to_string(),
         }),
         Err(error) => {
-            tracing::warn!(open_kfid, "skipping a kf message: {error}");
+            tracing::warn!(open_kfid = %LoggedId(open_kfid), "skipping a kf message: {error}");
             None
         }
     }

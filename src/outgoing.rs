@@ -57,9 +57,24 @@ fn string(object: &Map<String, Value>, name: &str, max: usize) -> Result<Option<
         Some(Value::String(s)) if s.chars().count() > max => {
             Err(invalid(&path, format!("must be at most {max} characters")))
         }
+        Some(Value::String(s)) if s.chars().any(is_control) => Err(invalid(
+            &path,
+            "must not contain control characters (NUL, CR, LF, ESC…) or bidirectional controls (U+202E…)",
+        )),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(other) => Err(invalid(&path, format!("must be a string, got {}", json_type(other)))),
     }
+}
+
+/// Characters no id or key has: the C0 and C1 controls and DEL, the Unicode
+/// line and paragraph separators, and the bidirectional controls that make a
+/// log line or a status page read other than it is (U+061C, U+200E, U+200F,
+/// U+202A–U+202E, U+2066–U+2069).
+fn is_control(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
 }
 
 impl SendRequest {
@@ -118,6 +133,24 @@ impl SendRequest {
             }
         };
         Ok(Self { target, text, idempotency_key })
+    }
+}
+
+impl SendRequest {
+    /// What makes two requests with one `idempotency_key` the same request: the
+    /// SHA-256 (hex) of the validated request in one canonical form (the target
+    /// and the text, as parsed: key order, white space and escapes in the body
+    /// do not matter). Stored with the send; the same key with another
+    /// fingerprint is a conflict (409), as payment APIs answer.
+    pub fn fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let target = match &self.target {
+            Target::InReplyTo(record) => serde_json::json!(["in_reply_to", record]),
+            Target::App { to } => serde_json::json!(["app", to]),
+            Target::Kf { to, open_kfid } => serde_json::json!(["kf", to, open_kfid]),
+        };
+        let canonical = serde_json::json!([target, self.text]).to_string();
+        crate::crypto::hex(&Sha256::digest(canonical.as_bytes()))
     }
 }
 
@@ -183,6 +216,15 @@ mod tests {
             "$.idempotency_key"
         );
         assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","txet":"typo"}"#), "$.txet");
+        assert_eq!(path_of(r#"{"channel":"app","to":"u\u0000","text":"hi"}"#), "$.to");
+        assert_eq!(path_of(r#"{"channel":"kf","to":"u","open_kfid":"wk\n","text":"hi"}"#), "$.open_kfid");
+        assert_eq!(path_of(r#"{"in_reply_to":"x\u001b[2J","text":"hi"}"#), "$.in_reply_to");
+        assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","idempotency_key":"k\u202e1"}"#), "$.idempotency_key");
+        assert_eq!(path_of(r#"{"channel":"app\u0085","to":"u","text":"hi"}"#), "$.channel");
+        assert!(
+            parse("{\"channel\":\"app\",\"to\":\"u\",\"text\":\"line 1\\nline 2\"}").is_ok(),
+            "a text may have lines"
+        );
     }
 
     #[test]
@@ -201,5 +243,24 @@ mod tests {
         let (a, b) = (new_id(), new_id());
         assert_ne!(a, b);
         assert!(a.len() == 28 && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    }
+
+    #[test]
+    fn one_request_has_one_fingerprint_whatever_its_json_looks_like() {
+        let a =
+            parse(r#"{"channel":"kf","to":"wm1","open_kfid":"wk1","text":"hi","idempotency_key":"k"}"#).expect("valid");
+        let b = parse(r#"{ "text" : "h\u0069", "open_kfid":"wk1", "idempotency_key":"k", "to":"wm1","channel":"kf"}"#)
+            .expect("valid");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_eq!(a.fingerprint().len(), 64);
+        for other in [
+            r#"{"channel":"kf","to":"wm1","open_kfid":"wk1","text":"hi!","idempotency_key":"k"}"#,
+            r#"{"channel":"kf","to":"wm2","open_kfid":"wk1","text":"hi","idempotency_key":"k"}"#,
+            r#"{"channel":"kf","to":"wm1","open_kfid":"wk2","text":"hi","idempotency_key":"k"}"#,
+            r#"{"channel":"app","to":"wm1","text":"hi","idempotency_key":"k"}"#,
+            r#"{"in_reply_to":"wm1","text":"hi","idempotency_key":"k"}"#,
+        ] {
+            assert_ne!(parse(other).expect("valid").fingerprint(), a.fingerprint(), "{other}");
+        }
     }
 }

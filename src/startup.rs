@@ -111,6 +111,8 @@ impl Application {
         let journal_wake = Arc::new(Notify::new());
         let workers =
             Workers::wire(&config, &store, &wecom, &metrics, &health, &liveness, &journal_wake, &certificates).await?;
+        // One throttle for both gates: wrong bearers count together per address.
+        let bearer_throttle = routes::bearer::SharedThrottle::default();
         let state = web::Data::new(AppState {
             credentials: CallbackCredentials::from_config(&config),
             metrics: Arc::clone(&metrics),
@@ -119,8 +121,8 @@ impl Application {
             store,
             journal_wake,
             wecom,
-            admin_gate: routes::bearer::BearerGate::admin(config.admin_token.clone()),
-            send_gate: routes::bearer::BearerGate::send(config.send_token.clone()),
+            admin_gate: routes::bearer::BearerGate::admin(config.admin_token.clone(), &bearer_throttle),
+            send_gate: routes::bearer::BearerGate::send(config.send_token.clone(), &bearer_throttle),
             outbox_wake: Arc::clone(&workers.dispatcher.outbox_wake),
             agent_id: config.agent_id,
             send_limits: workers.send_limits.clone(),

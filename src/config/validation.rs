@@ -195,6 +195,9 @@ impl Config {
         }
         let replica =
             settings.get(var::REPLICA_ID).map(str::trim).map(str::to_owned).unwrap_or_else(crate::config::host_name);
+        if let Some(problem) = settings.get(var::REPLICA_ID).and_then(|id| replica_id_problem(id.trim())) {
+            v.fail(var::REPLICA_ID, problem);
+        }
         let lease = v.parse::<u64>(var::LEASE_SECS, "a whole number of seconds");
         if lease.is_some_and(|secs| secs < MIN_LEASE_SECS) {
             v.fail(
@@ -233,7 +236,7 @@ impl Config {
         if media_min_free_percent.is_some_and(|p| p > 100) {
             v.fail(var::MEDIA_MIN_FREE_PERCENT, "must be a whole percentage, 0 to 100 (0 = no floor)");
         }
-        let send_queue_max = v.parse::<u32>(var::SEND_QUEUE_MAX, "a whole number of sends, 1 to 4294967295");
+        let send_queue_max = v.parse::<u32>(var::SEND_QUEUE_MAX, "a whole number of sends, 1 to 1000000");
         if send_queue_max == Some(0) {
             v.fail(var::SEND_QUEUE_MAX, "must be at least 1 (0 would refuse every send)");
         }
@@ -242,6 +245,7 @@ impl Config {
             v.fail(var::DATA_MIN_FREE_PERCENT, "must be a whole percentage, 0 to 100 (0 = no floor)");
         }
         let surface = surface(&mut v);
+        upper_bounds(&mut v);
         let built = (|| {
             Some(Config {
                 corp_id: corp_id?,
@@ -287,6 +291,54 @@ impl Config {
         })();
         v.finish(built)
     }
+}
+
+/// Ten years, the longest duration any variable takes: beyond it a value is a
+/// slip, and `Instant` and `Duration` arithmetic on it could overflow.
+const TEN_YEARS_SECS: u64 = 10 * 365 * 86_400;
+
+/// The largest value of each whole-number variable (SPEC §15), and why. Ports
+/// and percentages are bounded by their types and ranges where they are parsed.
+const UPPER_BOUNDS: &[(Var, u64, &str)] = &[
+    (var::WECOM_AGENT_ID, i32::MAX as u64, "(an AgentId is a 32-bit number)"),
+    (var::SUPERVISOR_INTERVAL_SECS, 3_600, "(an hour: liveness waits three periods)"),
+    (var::ALERT_GROUP_WAIT_SECS, 3_600, "(an hour: alerts must not wait longer)"),
+    (var::ALERT_REPEAT_HOURS, 8_760, "(a year)"),
+    (var::RETENTION_SECS, TEN_YEARS_SECS, "(10 years)"),
+    (var::CALLBACK_MAX_AGE_SECS, TEN_YEARS_SECS, "(10 years)"),
+    (var::DATABASE_POOL_SIZE, 1_000, "(connections per replica)"),
+    (var::LEASE_SECS, 86_400, "(a day: a dead replica's claims wait this long)"),
+    (var::MEDIA_RETENTION_SECS, TEN_YEARS_SECS, "(10 years)"),
+    (var::SEND_QUEUE_MAX, 1_000_000, "(sends queued per channel)"),
+];
+
+/// One line per variable of [`UPPER_BOUNDS`] set beyond its bound. A value that
+/// is no whole number at all is reported where it is parsed, not here.
+fn upper_bounds(v: &mut Validator<'_>) {
+    for &(var, max, why) in UPPER_BOUNDS {
+        let Some(value) = v.settings.get(var).map(str::trim) else { continue };
+        if value.parse::<u64>().is_ok_and(|n| n > max) {
+            let shown = var.shown(value);
+            v.fail(var, format!("must be at most {max} {why}, got {shown}"));
+        }
+    }
+}
+
+/// The longest `REPLICA_ID`: it names the replica in every log line, metric,
+/// health report and alert email.
+const MAX_REPLICA_ID_CHARS: usize = 64;
+
+/// What is wrong with `id` as a `REPLICA_ID`, if anything: 1 to 64 characters of
+/// `A-Z a-z 0-9 . _ -` (a host name fits).
+fn replica_id_problem(id: &str) -> Option<String> {
+    const RULE: &str = "must be 1 to 64 characters of A-Z, a-z, 0-9, '.', '_' and '-'";
+    let chars = id.chars().count();
+    if chars == 0 || chars > MAX_REPLICA_ID_CHARS {
+        return Some(format!("{RULE}, got {chars} characters"));
+    }
+    let (at, bad) =
+        id.chars().enumerate().find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))?;
+    Some(format!("{RULE}, got {} at character {}", bad.escape_default(), at + 1))
 }
 
 /// The shortest replay window: WeCom's retries of one callback span minutes.
@@ -370,4 +422,48 @@ fn surface(v: &mut Validator<'_>) -> Option<Surface> {
     let trusted_networks = networks(v, var::TRUSTED_NETWORKS);
     let trusted_proxies = networks(v, var::TRUSTED_PROXIES);
     Some(Surface { trusted_networks: trusted_networks?, trusted_proxies: trusted_proxies? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::variables::VARIABLES;
+
+    #[test]
+    fn every_whole_number_variable_has_an_upper_bound() {
+        // Bounded where they are parsed: ports by `u16`, the percentage by 0..=100.
+        let bounded_by_type = [
+            var::HTTPS_PORT,
+            var::HTTP_PORT,
+            var::SMTP_PORT,
+            var::MEDIA_MIN_FREE_PERCENT,
+            var::DATA_MIN_FREE_PERCENT,
+        ];
+        for variable in VARIABLES {
+            let whole_number =
+                variable.default.is_some_and(|d| d.parse::<u64>().is_ok()) || *variable == var::WECOM_AGENT_ID;
+            if whole_number && !bounded_by_type.contains(variable) {
+                assert!(UPPER_BOUNDS.iter().any(|(v, _, _)| v == variable), "{variable} has no upper bound");
+            }
+        }
+        for (variable, max, _) in UPPER_BOUNDS {
+            assert!(
+                std::time::Instant::now()
+                    .checked_add(std::time::Duration::from_secs(max.saturating_mul(3_600)))
+                    .is_some(),
+                "{variable}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_replica_id_is_a_short_name_of_a_safe_alphabet() {
+        assert_eq!(replica_id_problem("replica-1.eu_west"), None);
+        assert_eq!(replica_id_problem(&"r".repeat(64)), None);
+        assert!(replica_id_problem(&"r".repeat(65)).expect("too long").ends_with("got 65 characters"));
+        assert!(replica_id_problem("").expect("empty").ends_with("got 0 characters"));
+        let newline = replica_id_problem("replica-1\nINFO forged").expect("a newline");
+        assert!(newline.ends_with("got \\n at character 10"), "{newline}");
+        assert!(replica_id_problem("副本").is_some());
+    }
 }

@@ -13,7 +13,7 @@ use super::record::Record;
 use super::sending::Sending;
 use crate::config::{Config, Forward, Handoff};
 use crate::health::checks::ForwardDelivery;
-use crate::messages::Channel;
+use crate::messages::{Channel, LoggedId};
 use crate::store::conversations::{Customer, Observation};
 use crate::store::outbox::NewAction;
 use crate::store::Store;
@@ -467,29 +467,30 @@ impl Executor {
         let refused = tokio::task::spawn_blocking(move || floor.check(&upload_dir)).await.unwrap_or(None);
         if let Some(reason) = refused {
             // The journal may share the volume: it must keep its room.
-            tracing::warn!(id = record.id.as_str(), "media {media_id} not downloaded: {reason}");
+            tracing::warn!(id = %LoggedId(&record.id), "media {} not downloaded: {reason}", LoggedId(media_id));
             return Ok(forward_with(None, Some(reason)));
         }
         match self.fetch(record, media_id).await {
             Ok(path) => {
-                tracing::info!(id = record.id.as_str(), path = %path.display(), "media saved");
+                tracing::info!(id = %LoggedId(&record.id), path = %path.display(), "media saved");
                 Ok(forward_with(Some(path.display().to_string()), None))
             }
             Err(MediaFailure::Download(error))
                 if attempts + 1 < MEDIA_ATTEMPTS && !matches!(error, WeComError::NotConfigured(_)) =>
             {
-                Err(ActionError::retry(format!("media {media_id}: {error}")))
+                Err(ActionError::retry(format!("media {}: {error}", LoggedId(media_id))))
             }
             Err(MediaFailure::Download(error)) => {
                 tracing::error!(
-                    id = record.id.as_str(),
-                    "media {media_id} not downloaded, forwarding without it: {error}"
+                    id = %LoggedId(&record.id),
+                    "media {} not downloaded, forwarding without it: {error}",
+                    LoggedId(media_id)
                 );
                 Ok(forward_with(None, Some(format!("download failed: {error}"))))
             }
             Err(MediaFailure::Save(error)) => {
                 // A full or unwritable volume: say so, and let the message go on.
-                tracing::error!(id = record.id.as_str(), "{error}");
+                tracing::error!(id = %LoggedId(&record.id), "{error}");
                 Ok(forward_with(None, Some(format!("not saved: {error}"))))
             }
         }
@@ -568,6 +569,12 @@ impl Executor {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {
                 let customer = Customer { open_kfid: open_kfid.clone(), external_userid: from.clone() };
+                let conversation = self.sending.store.kf_conversation(customer.clone()).await?;
+                if conversation.is_some_and(|c| c.human_since.is_some()) {
+                    // A human has the session already: nothing to announce or hand over (SPEC §15).
+                    tracing::info!(id = %LoggedId(&record.id), "forward answer asks for a human, who has the session already");
+                    return Ok(Vec::new());
+                }
                 self.sending.store.observe_kf(vec![(customer, Observation::Human { at: crate::store::now() })]).await?;
             }
             let text = reply.as_deref().unwrap_or(&self.handoff.text);

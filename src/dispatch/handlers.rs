@@ -51,14 +51,18 @@ pub(crate) fn asks_for_human(message: &Message, record: &Record, settings: &Hand
         && message.text().is_some_and(|text| settings.handoff.keywords.iter().any(|k| k == text.trim()))
 }
 
+/// The kf conversation a message belongs to: its account and customer.
+pub(crate) fn customer_of(message: &Message, record: &Record) -> Option<Customer> {
+    let Message::Kf(kf) = message else { return None };
+    Some(Customer { open_kfid: record.open_kfid.clone()?, external_userid: kf.external_userid.clone()? })
+}
+
 /// What a kf message tells about its conversation, for the kf rules: the
 /// customer wrote (and perhaps asked for a human); a human has the session (a
 /// servicer wrote, a session was taken or transferred); the session ended.
 pub(crate) fn observe(message: &Message, record: &Record, settings: &HandlerSettings) -> Vec<(Customer, Observation)> {
     let Message::Kf(kf) = message else { return Vec::new() };
-    let (Some(open_kfid), Some(external_userid)) = (record.open_kfid.clone(), kf.external_userid.clone()) else {
-        return Vec::new();
-    };
+    let Some(customer) = customer_of(message, record) else { return Vec::new() };
     let observations = match (kf.origin, kf.event()) {
         (_, Some(KfEvent::SessionStatusChange { change_type: Some(3), .. })) => vec![Observation::Ended],
         (_, Some(KfEvent::SessionStatusChange { change_type: Some(_), .. })) => {
@@ -71,13 +75,21 @@ pub(crate) fn observe(message: &Message, record: &Record, settings: &HandlerSett
         (Origin::Customer, _) => vec![Observation::Wrote { at: kf.send_time }],
         _ => Vec::new(),
     };
-    let customer = Customer { open_kfid, external_userid };
     observations.into_iter().map(|o| (customer.clone(), o)).collect()
 }
 
 /// The actions for one message, in handler order. Decisions read the typed
-/// `message`; `record` is what replies address and forwards carry.
-pub(crate) fn plan(message: &Message, record: &Record, settings: &HandlerSettings) -> Vec<Action> {
+/// `message`; `record` is what replies address and forwards carry;
+/// `human_has_session`: a human has this kf conversation as the appliance knows
+/// it before this message (service state 2 or 3), where a handover keyword
+/// announces nothing and hands over nothing again (SPEC §15) but is still
+/// forwarded with `"handoff": true`.
+pub(crate) fn plan(
+    message: &Message,
+    record: &Record,
+    settings: &HandlerSettings,
+    human_has_session: bool,
+) -> Vec<Action> {
     let mut actions = Vec::new();
     if message.is_kf_notice() {
         // A transport notice: it triggers a kf sync, it is not a message.
@@ -86,7 +98,13 @@ pub(crate) fn plan(message: &Message, record: &Record, settings: &HandlerSetting
     let answerable = record.answerable();
     let handing_over;
     let record = if asks_for_human(message, record, settings) {
-        actions.extend(Action::announce_handover(record, &settings.handoff.text, settings.handoff.servicer.clone()));
+        if !human_has_session {
+            actions.extend(Action::announce_handover(
+                record,
+                &settings.handoff.text,
+                settings.handoff.servicer.clone(),
+            ));
+        }
         handing_over = Record { handoff: true, ..record.clone() };
         &handing_over
     } else {
@@ -145,23 +163,23 @@ mod tests {
     fn help_is_answered_and_everything_is_forwarded() {
         let settings = HandlerSettings { forward: true, ..HandlerSettings::default() };
         let (message, record) = text_message(" 帮助 ");
-        let actions = plan(&message, &record, &settings);
+        let actions = plan(&message, &record, &settings, false);
         assert_eq!(actions.len(), 2);
         assert!(
             matches!(&actions[0], Action::AppText { touser, agentid: 1_000_002, content, .. } if touser == "zhangsan" && content == HELP_TEXT)
         );
         assert!(matches!(&actions[1], Action::Forward { .. }));
         let (message, record) = text_message("HELP");
-        assert_eq!(plan(&message, &record, &HandlerSettings::default()).len(), 1);
+        assert_eq!(plan(&message, &record, &HandlerSettings::default(), false).len(), 1);
         let (message, record) = text_message("hello");
-        assert!(plan(&message, &record, &HandlerSettings::default()).is_empty());
+        assert!(plan(&message, &record, &HandlerSettings::default(), false).is_empty());
     }
 
     #[test]
     fn the_configured_agent_id_wins_for_replies() {
         let settings = HandlerSettings { agent_id: Some(42), ..HandlerSettings::default() };
         let (message, record) = text_message("help");
-        let actions = plan(&message, &record, &settings);
+        let actions = plan(&message, &record, &settings, false);
         assert!(matches!(&actions[0], Action::AppText { agentid: 42, .. }));
     }
 
@@ -171,7 +189,9 @@ mod tests {
                    <Event>kf_msg_or_event</Event><Token>T</Token><OpenKfId>wk</OpenKfId></xml>";
         let message = Message::App { channel: Channel::Kf, message: AppMessage::parse(xml).expect("parses") };
         let record = Record::new("kf:evt:1".into(), &message, xml, 1, false);
-        assert!(plan(&message, &record, &HandlerSettings { forward: true, ..HandlerSettings::default() }).is_empty());
+        assert!(
+            plan(&message, &record, &HandlerSettings { forward: true, ..HandlerSettings::default() }, false).is_empty()
+        );
     }
 
     #[test]
@@ -179,12 +199,15 @@ mod tests {
         let settings =
             HandlerSettings { forward: true, welcome_text: Some("欢迎".into()), ..HandlerSettings::default() };
         let (message, record) = kf_text("帮助", 3, true);
-        assert!(matches!(plan(&message, &record, &settings)[..], [Action::Forward { .. }]));
+        assert!(matches!(plan(&message, &record, &settings, false)[..], [Action::Forward { .. }]));
         let (message, record) = kf_text("帮助", 5, false);
         assert_eq!(record.origin, Some(Origin::Servicer));
-        assert!(matches!(plan(&message, &record, &settings)[..], [Action::Forward { .. }]));
+        assert!(matches!(plan(&message, &record, &settings, false)[..], [Action::Forward { .. }]));
         let (message, record) = kf_text("帮助", 3, false);
-        assert!(matches!(plan(&message, &record, &settings)[..], [Action::KfText { .. }, Action::Forward { .. }]));
+        assert!(matches!(
+            plan(&message, &record, &settings, false)[..],
+            [Action::KfText { .. }, Action::Forward { .. }]
+        ));
     }
 
     #[test]
@@ -196,7 +219,7 @@ mod tests {
                                "event": {"event_type": "enter_session", "open_kfid": "wk", "external_userid": "wm", "welcome_code": "CODE"}}),
             false,
         );
-        let actions = plan(&message, &record, &settings);
+        let actions = plan(&message, &record, &settings, false);
         assert!(
             matches!(&actions[0], Action::KfWelcome { code, content, .. } if code == "CODE" && content == "欢迎光临")
         );
@@ -204,6 +227,20 @@ mod tests {
             serde_json::json!({"msgid": "2", "origin": 3, "msgtype": "image", "image": {"media_id": "M"}}),
             false,
         );
-        assert!(matches!(plan(&message, &record, &settings)[..], [Action::DownloadMedia { forward: true, .. }]));
+        assert!(matches!(plan(&message, &record, &settings, false)[..], [Action::DownloadMedia { forward: true, .. }]));
+    }
+
+    #[test]
+    fn a_handover_keyword_while_a_human_has_the_session_is_only_forwarded_marked_handoff() {
+        let handoff = Handoff { keywords: vec!["转人工".into()], text: "转接中".into(), servicer: None };
+        let settings = HandlerSettings { forward: true, handoff, ..HandlerSettings::default() };
+        let (message, record) = kf_text(" 转人工 ", 3, false);
+        let with_bot = plan(&message, &record, &settings, false);
+        assert!(
+            matches!(&with_bot[..], [Action::KfText { handover: Some(_), .. }, Action::Forward { record }] if record.handoff),
+            "{with_bot:?}"
+        );
+        let with_human = plan(&message, &record, &settings, true);
+        assert!(matches!(&with_human[..], [Action::Forward { record }] if record.handoff), "{with_human:?}");
     }
 }

@@ -16,6 +16,7 @@ pub(crate) mod pacing;
 pub(crate) mod record;
 pub(crate) mod sending;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,8 +31,8 @@ use record::Record;
 use crate::backoff::Backoff;
 use crate::kf_sync::KfSyncHandle;
 use crate::messages::kf::{KfEvent, KfMessage};
-use crate::messages::{clip, AppEvent, AppMessage, Message};
-use crate::store::conversations::{Customer, Observation};
+use crate::messages::{clip, AppEvent, AppMessage, LoggedId, Message};
+use crate::store::conversations::{Conversation, Customer, Observation};
 use crate::store::journal::{EntryKind, PendingEntry};
 use crate::store::outbox::{DueAction, NewAction};
 use crate::store::{Store, StoreError};
@@ -67,7 +68,7 @@ fn outbox_rows(id: &str, actions: &[Action]) -> Vec<NewAction> {
         .filter_map(|action| {
             action
                 .to_new()
-                .map_err(|error| tracing::error!(id, action = action.kind(), "cannot store an action: {error}"))
+                .map_err(|error| tracing::error!(id = %LoggedId(id), action = action.kind(), "cannot store an action: {error}"))
                 .ok()
         })
         .collect()
@@ -122,10 +123,42 @@ pub(crate) fn parse_entry(entry: &PendingEntry) -> Result<Message, String> {
 #[derive(Debug, Default)]
 struct Handled {
     actions: Vec<Action>,
-    /// What it tells about its kf conversation.
-    observations: Vec<(Customer, Observation)>,
-    /// A `msg_send_fail`: the msgid WeCom could not deliver, and why.
-    undelivered: Option<(String, Option<i64>)>,
+    /// A `msg_send_fail`: the msgid WeCom could not deliver, why, and to whom.
+    undelivered: Option<sending::Undelivered>,
+}
+
+/// What one batch knows of the kf conversations it touches: everything it
+/// observed (stored before its actions are queued), and, for a customer who asks
+/// for a human, whether a human has the session already: read from the store
+/// the first time, then moved by the batch's own observations in order.
+#[derive(Debug, Default)]
+struct Sessions {
+    observed: Vec<(Customer, Observation)>,
+    known: HashMap<Customer, Conversation>,
+}
+
+impl Sessions {
+    /// Whether a human has `customer`'s session, as far as the store and this
+    /// batch so far tell.
+    async fn human_has(&mut self, store: &Store, customer: &Customer) -> Result<bool, StoreError> {
+        if !self.known.contains_key(customer) {
+            let mut conversation = store.kf_conversation(customer.clone()).await?.unwrap_or_default();
+            for (_, observation) in self.observed.iter().filter(|(c, _)| c == customer) {
+                conversation.observe(*observation);
+            }
+            self.known.insert(customer.clone(), conversation);
+        }
+        Ok(self.known.get(customer).is_some_and(|c| c.human_since.is_some()))
+    }
+
+    fn observe(&mut self, observations: Vec<(Customer, Observation)>) {
+        for (customer, observation) in &observations {
+            if let Some(conversation) = self.known.get_mut(customer) {
+                conversation.observe(*observation);
+            }
+        }
+        self.observed.extend(observations);
+    }
 }
 
 /// Turns journaled messages into handled ones.
@@ -153,24 +186,21 @@ impl Dispatcher {
         if entries.is_empty() {
             return Ok(0);
         }
-        let mut observations = Vec::new();
+        let mut sessions = Sessions::default();
         let mut undelivered = Vec::new();
-        let completions: Vec<(i64, Vec<NewAction>)> = entries
-            .iter()
-            .map(|entry| {
-                let handled = self.handle(entry);
-                observations.extend(handled.observations);
-                undelivered.extend(handled.undelivered);
-                (entry.id, outbox_rows(&entry.dedup_key, &handled.actions))
-            })
-            .collect();
+        let mut completions: Vec<(i64, Vec<NewAction>)> = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let handled = self.handle(entry, &mut sessions).await?;
+            undelivered.extend(handled.undelivered);
+            completions.push((entry.id, outbox_rows(&entry.dedup_key, &handled.actions)));
+        }
         let queued = completions.iter().any(|(_, actions)| !actions.is_empty());
         // What the kf rules need is stored before the replies it governs are
         // queued. A crash before the completion handles the entries again, and
         // observing them again changes nothing.
-        self.store.observe_kf(observations).await?;
-        for (msgid, fail_type) in undelivered {
-            sending::delivery_failed(&self.store, &self.metrics, &msgid, fail_type).await?;
+        self.store.observe_kf(sessions.observed).await?;
+        for failure in undelivered {
+            sending::delivery_failed(&self.store, &self.metrics, failure).await?;
         }
         self.store.complete_entries(completions).await?;
         if queued {
@@ -180,15 +210,15 @@ impl Dispatcher {
     }
 
     /// The handler chain for one entry: the log line, then the planned actions
-    /// and what the message tells about its conversation.
-    fn handle(&self, entry: &PendingEntry) -> Handled {
+    /// and what the message tells about its conversation (kept in `sessions`).
+    async fn handle(&self, entry: &PendingEntry, sessions: &mut Sessions) -> Result<Handled, StoreError> {
         let id = entry.dedup_key.as_str();
         let message = match parse_entry(entry) {
             Ok(message) => message,
             Err(error) => {
                 // It parsed when it was received; only a newer, stricter parser gets here.
-                tracing::error!(id, "journaled message no longer parses: {error}");
-                return Handled::default();
+                tracing::error!(id = %LoggedId(id), "journaled message no longer parses: {error}");
+                return Ok(Handled::default());
             }
         };
         let history = match &message {
@@ -198,11 +228,11 @@ impl Dispatcher {
                     .increment(1);
                 let history = self.settings.is_history(kf.send_time);
                 let note = if history { " (history: recorded, not answered)" } else { "" };
-                tracing::info!(channel = "kf", id, open_kfid = kf.open_kfid.as_str(), "{}{note}", kf.summary());
+                tracing::info!(channel = "kf", id = %LoggedId(id), open_kfid = %LoggedId(&kf.open_kfid), "{}{note}", kf.summary());
                 history
             }
             Message::App { channel, message: app } => {
-                tracing::info!(channel = channel.as_str(), id, "{}", app.summary());
+                tracing::info!(channel = channel.as_str(), id = %LoggedId(id), "{}", app.summary());
                 if let Some(AppEvent::KfMsgOrEvent { token, open_kfid }) = app.event() {
                     self.request_kf_sync(id, open_kfid.as_ref(), token.as_ref());
                 }
@@ -212,24 +242,34 @@ impl Dispatcher {
         let record = Record::new(entry.dedup_key.clone(), &message, &entry.payload, entry.received_at, history);
         let undelivered = match &message {
             Message::Kf(kf) => match kf.event() {
-                Some(KfEvent::MsgSendFail { fail_msgid: Some(msgid), fail_type }) => Some((msgid.clone(), *fail_type)),
+                Some(KfEvent::MsgSendFail { fail_msgid: Some(msgid), fail_type }) => Some(sending::Undelivered {
+                    msgid: msgid.clone(),
+                    fail_type: *fail_type,
+                    customer: handlers::customer_of(&message, &record),
+                }),
                 _ => None,
             },
             Message::App { .. } => None,
         };
-        Handled {
-            actions: handlers::plan(&message, &record, &self.settings),
-            observations: handlers::observe(&message, &record, &self.settings),
-            undelivered,
-        }
+        let human_has_session = match handlers::customer_of(&message, &record) {
+            Some(customer) if handlers::asks_for_human(&message, &record, &self.settings) => {
+                sessions.human_has(&self.store, &customer).await?
+            }
+            _ => false,
+        };
+        let actions = handlers::plan(&message, &record, &self.settings, human_has_session);
+        sessions.observe(handlers::observe(&message, &record, &self.settings));
+        Ok(Handled { actions, undelivered })
     }
 
     /// Hands a `kf_msg_or_event` notice to the kf syncer.
     fn request_kf_sync(&self, id: &str, open_kfid: Option<&String>, token: Option<&String>) {
         match (&self.kf_sync, open_kfid) {
             (Some(sync), Some(open_kfid)) => sync.request(open_kfid.clone(), token.cloned()),
-            (None, _) => tracing::warn!(id, "kf notice ignored: no Secret can call kf APIs (set WECOM_KF_SECRET)"),
-            (_, None) => tracing::warn!(id, "kf notice without OpenKfId ignored"),
+            (None, _) => {
+                tracing::warn!(id = %LoggedId(id), "kf notice ignored: no Secret can call kf APIs (set WECOM_KF_SECRET)")
+            }
+            (_, None) => tracing::warn!(id = %LoggedId(id), "kf notice without OpenKfId ignored"),
         }
     }
 }
@@ -325,7 +365,7 @@ impl Outbox {
                 self.metrics.counter(ACTIONS_TOTAL, &label("retry")).increment(1);
                 if let Some(more) = self.log.admit(&item.kind) {
                     tracing::warn!(
-                        action = item.key.as_str(),
+                        action = %LoggedId(&item.key),
                         attempt = item.attempts + 1,
                         retry_in_secs = delay,
                         "{error}{more}"
@@ -335,13 +375,13 @@ impl Outbox {
             }
             Err(error) => {
                 self.metrics.counter(ACTIONS_TOTAL, &label("failed")).increment(1);
-                tracing::error!(action = item.key.as_str(), "giving up: {error}");
+                tracing::error!(action = %LoggedId(&item.key), "giving up: {error}");
                 self.store.action_abandoned(&item, error.message).await
             }
         };
         if let Err(error) = stored {
             if let Some(more) = self.log.admit("record_attempt") {
-                tracing::error!(action = item.key.as_str(), "cannot record the attempt: {error}{more}");
+                tracing::error!(action = %LoggedId(&item.key), "cannot record the attempt: {error}{more}");
             }
         }
     }

@@ -7,10 +7,12 @@
 //! dispatcher handles), the messages sent since (counted here, when a text's
 //! first part is about to go, for all its parts at once) and whether a human has
 //! the session (from our own handovers, `session_status_change` events and
-//! servicer messages; cleared when a session ends). WeCom is asked
-//! (`kf/service_state/get`) only where the appliance cannot know: a customer it
-//! never saw, and a human session it has believed for over 30 minutes (an
-//! ending it may have missed).
+//! servicer messages; cleared when a session ends). A customer with no message
+//! known on that account (never heard from, or not within 48 hours) is refused
+//! like any other closed window, without asking WeCom (SPEC §15). WeCom is asked
+//! (`kf/service_state/get`) only where the appliance cannot know: a human
+//! session it has believed for over 30 minutes (an ending it may have missed),
+//! and to explain a 95018.
 //!
 //! A send never goes out twice after WeCom accepted it: kf parts carry a `msgid`
 //! derived from their idempotency key, and app texts ask WeCom for its duplicate
@@ -20,10 +22,10 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::actions::{Action, ActionError, Handover, Recipient};
+use super::actions::{Action, ActionError, Recipient};
 use crate::media::Floor;
 use crate::messages::kf::fail_type_meaning;
-use crate::messages::Channel;
+use crate::messages::{Channel, LoggedId};
 use crate::outgoing::{SendRequest, Target};
 use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
@@ -90,13 +92,13 @@ impl Sending {
                 _ => Verdict::Allowed,
             }
         };
-        if let Verdict::Refused(refusal) = self.confirm(verdict, &customer, handover.as_ref(), parts.total()).await? {
+        if let Verdict::Refused(refusal) = self.confirm(verdict, &customer, parts.total()).await? {
             let reason = match parts.number() {
                 1 => refusal.to_string(),
                 n => format!("{refusal} (after {} of {} parts)", n - 1, parts.total()),
             };
             self.finish(&send, "kf", SendUpdate::Refused { reason: reason.clone() }).await?;
-            tracing::info!(send = send.as_str(), open_kfid = open_kfid.as_str(), "kf text refused: {reason}");
+            tracing::info!(send = %LoggedId(&send), open_kfid = %LoggedId(open_kfid), "kf text refused: {reason}");
             return Ok(action.handover_after().into_iter().collect());
         }
         let msgid = kf_msgid(key);
@@ -104,7 +106,7 @@ impl Sending {
         match self.wecom.send_kf_text(touser, open_kfid, &msgid, content).await {
             Ok(()) => {}
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {
-                tracing::info!(send = send.as_str(), msgid, "WeCom had accepted this part already");
+                tracing::info!(send = %LoggedId(&send), msgid = %LoggedId(&msgid), "WeCom had accepted this part already");
             }
             Err(error) => return self.failed_attempt(&row, action, error).await,
         }
@@ -155,12 +157,12 @@ impl Sending {
         let customer = Customer { open_kfid: open_kfid.to_owned(), external_userid: touser.to_owned() };
         match self.wecom.kf_hand_over(open_kfid, touser, servicer).await {
             Ok(()) => {
-                tracing::info!(open_kfid, servicer, "kf session handed over to a human");
+                tracing::info!(open_kfid = %LoggedId(open_kfid), servicer, "kf session handed over to a human");
                 self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await?;
                 Ok(Vec::new())
             }
             Err(error) if is_final(&error) => {
-                tracing::error!(open_kfid, "handover refused, the bot keeps the session: {error}");
+                tracing::error!(open_kfid = %LoggedId(open_kfid), "handover refused, the bot keeps the session: {error}");
                 self.store.observe_kf(vec![(customer, Observation::Ended)]).await?;
                 Err(ActionError { retry: false, message: error.to_string() })
             }
@@ -168,29 +170,21 @@ impl Sending {
         }
     }
 
-    /// Settles what the conversation's row could not: a customer never seen
-    /// (asked), a human session long believed (asked again).
-    async fn confirm(
-        &self,
-        verdict: Verdict,
-        customer: &Customer,
-        handover: Option<&Handover>,
-        parts: i64,
-    ) -> Result<Verdict, ActionError> {
+    /// Settles what the conversation's row cannot: a human session believed for
+    /// long (an ending may have been missed) is checked with WeCom. Nothing else
+    /// is asked: a customer never heard from is refused by the row itself, so a
+    /// leaked `SEND_TOKEN` cannot go past WeCom's rules (SPEC §15).
+    async fn confirm(&self, verdict: Verdict, customer: &Customer, parts: i64) -> Result<Verdict, ActionError> {
         let stale_human =
             matches!(verdict, Verdict::Refused(Refusal::Human { since }) if now() - since > HUMAN_RECHECK_SECS);
-        if handover.is_some() || !(verdict == Verdict::Unknown || stale_human) {
-            return Ok(match verdict {
-                Verdict::Unknown => Verdict::Allowed,
-                other => other,
-            });
+        if !stale_human {
+            return Ok(verdict);
         }
         let state = match self.wecom.kf_service_state(&customer.open_kfid, &customer.external_userid).await {
             Ok(state) => state.state,
             Err(error) => {
-                // WeCom will say it itself if the send is not allowed.
-                tracing::warn!(open_kfid = customer.open_kfid.as_str(), "session state unknown: {error}");
-                return Ok(if stale_human { verdict } else { Verdict::Allowed });
+                tracing::warn!(open_kfid = %LoggedId(&customer.open_kfid), "session state unknown: {error}");
+                return Ok(verdict);
             }
         };
         if matches!(state, ServiceState::Queued | ServiceState::Human) {
@@ -198,12 +192,8 @@ impl Sending {
             self.store.observe_kf(vec![(customer.clone(), Observation::Human { at })]).await?;
             return Ok(Verdict::Refused(Refusal::Human { since: at }));
         }
-        if stale_human {
-            self.store.observe_kf(vec![(customer.clone(), Observation::Ended)]).await?;
-            return Ok(self.store.reserve_kf_sends(customer.clone(), parts, now(), false).await?);
-        }
-        // Never seen: the 48 hours and the count are WeCom's to judge.
-        Ok(Verdict::Allowed)
+        self.store.observe_kf(vec![(customer.clone(), Observation::Ended)]).await?;
+        Ok(self.store.reserve_kf_sends(customer.clone(), parts, now(), false).await?)
     }
 
     /// A part WeCom did not take: retried while that may help, else the send failed.
@@ -229,7 +219,7 @@ impl Sending {
                 reason = format!("{reason}; {}", self.explain_session_refused(open_kfid, touser).await);
             }
         }
-        tracing::warn!(send = row.id.as_str(), "{} text failed: {reason}", row.channel);
+        tracing::warn!(send = %LoggedId(&row.id), "{} text failed: {reason}", row.channel);
         let channel = if row.channel == "app" { "app" } else { "kf" };
         self.finish(&row.id, channel, SendUpdate::Failed { errcode, reason }).await?;
         Ok(action.handover_after().into_iter().collect())
@@ -244,7 +234,7 @@ impl Sending {
                         Customer { open_kfid: open_kfid.to_owned(), external_userid: external_userid.to_owned() };
                     let observed = self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await;
                     if let Err(error) = observed {
-                        tracing::warn!(open_kfid, "cannot record the session state: {error}");
+                        tracing::warn!(open_kfid = %LoggedId(open_kfid), "cannot record the session state: {error}");
                     }
                 }
                 state.to_string()
@@ -274,6 +264,7 @@ impl Sending {
             open_kfid: open_kfid.cloned(),
             parts,
             idempotency_key: None,
+            fingerprint: None,
         };
         self.store.record_send(send).await
     }
@@ -311,6 +302,11 @@ pub(crate) enum QueueError {
     /// 400: the request cannot be sent as given.
     #[error("{path}: {reason}")]
     Unsendable { path: &'static str, reason: String },
+    /// 409: the `idempotency_key` was used before for another request (that send's id).
+    #[error(
+        "$.idempotency_key: already used for a different request (message {0}); the same key must come with the same body, a new message needs a new key"
+    )]
+    KeyReused(String),
     /// 503: the store did not answer.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -380,6 +376,7 @@ pub(crate) async fn queue(
     if let Some(reason) = limits.refuses_disk().await {
         return Err(QueueError::LowDisk(reason));
     }
+    let fingerprint = request.fingerprint();
     let recipient = match request.target {
         Target::InReplyTo(record_id) => {
             let Some(entry) = store.find_entry(record_id.clone()).await? else {
@@ -419,11 +416,19 @@ pub(crate) async fn queue(
         .ok_or(QueueError::Unsendable { path: "$.text", reason: "nothing to send once shaped".into() })?;
     let parts = action.parts_total();
     let row = action.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
-    let send =
-        NewSend { id, channel: label, recipient: touser, open_kfid, parts, idempotency_key: request.idempotency_key };
+    let send = NewSend {
+        id,
+        channel: label,
+        recipient: touser,
+        open_kfid,
+        parts,
+        idempotency_key: request.idempotency_key,
+        fingerprint: Some(fingerprint),
+    };
     match store.queue_send(send, row, i64::from(limits.queue_max)).await? {
         Queued::Full { queued } => Err(QueueError::Full { channel: label, queued, max: limits.queue_max }),
         Queued::New(id) => Ok(Accepted { id, status: SendStatus::Queued, parts }),
+        Queued::Conflict(id) => Err(QueueError::KeyReused(id)),
         Queued::Existing(id) => {
             let first = store.send(id.clone()).await?;
             Ok(Accepted {
@@ -444,16 +449,41 @@ fn is_final(error: &WeComError) -> bool {
     }
 }
 
+/// A `msg_send_fail` event: which of our messages WeCom could not deliver,
+/// why, and the conversation (account and customer) the event is about.
+#[derive(Debug, Clone)]
+pub(crate) struct Undelivered {
+    pub msgid: String,
+    pub fail_type: Option<i64>,
+    pub customer: Option<Customer>,
+}
+
+/// Whether a `msg_send_fail` about `customer` may settle `send`: only when it
+/// names the account and the customer the send went to, so an event about
+/// someone else's message (a msgid reused or guessed) changes nothing.
+fn is_about(send: &SendRow, customer: Option<&Customer>) -> bool {
+    customer
+        .is_some_and(|c| send.recipient == c.external_userid && send.open_kfid.as_deref() == Some(c.open_kfid.as_str()))
+}
+
 /// A `msg_send_fail` event: the message WeCom accepted was not delivered. The
-/// send it belongs to becomes `failed` with what the fail type means.
+/// send it belongs to, when the event is about that send's account and
+/// customer, becomes `failed` with what the fail type means.
 pub(crate) async fn delivery_failed(
     store: &Store,
     metrics: &Metrics,
-    msgid: &str,
-    fail_type: Option<i64>,
+    undelivered: Undelivered,
 ) -> Result<(), StoreError> {
-    let Some(send) = store.send_of_msgid(msgid.to_owned()).await? else {
-        tracing::info!(msgid, "msg_send_fail for a message this appliance did not send");
+    let Undelivered { msgid, fail_type, customer } = undelivered;
+    let send = match store.send_of_msgid(msgid.clone()).await? {
+        Some(id) => store.send(id).await?,
+        None => None,
+    };
+    let Some(send) = send.filter(|send| is_about(send, customer.as_ref())) else {
+        tracing::info!(
+            msgid = %LoggedId(&msgid),
+            "msg_send_fail for a message this appliance did not send to that customer of that account"
+        );
         return Ok(());
     };
     let reason = format!(
@@ -461,11 +491,46 @@ pub(crate) async fn delivery_failed(
         fail_type.map_or_else(|| "?".to_owned(), |t| t.to_string()),
         fail_type_meaning(fail_type)
     );
-    tracing::warn!(send = send.as_str(), msgid, "kf message not delivered: {reason}");
-    if let Some(status) = store.update_send(send, SendUpdate::Failed { errcode: None, reason }).await? {
+    tracing::warn!(send = %LoggedId(&send.id), msgid = %LoggedId(&msgid), "kf message not delivered: {reason}");
+    if let Some(status) = store.update_send(send.id, SendUpdate::Failed { errcode: None, reason }).await? {
         metrics
             .counter(MESSAGES_SENT_TOTAL, &[("channel", "kf".to_owned()), ("outcome", status.as_str().to_owned())])
             .increment(1);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sent_to(recipient: &str, open_kfid: Option<&str>) -> SendRow {
+        SendRow {
+            id: "msg_1".into(),
+            channel: "kf".into(),
+            recipient: recipient.into(),
+            open_kfid: open_kfid.map(str::to_owned),
+            status: SendStatus::Sent,
+            parts: 1,
+            parts_sent: 1,
+            errcode: None,
+            reason: None,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn a_msg_send_fail_settles_only_a_send_to_its_account_and_customer() {
+        let customer = |open_kfid: &str, external_userid: &str| Customer {
+            open_kfid: open_kfid.into(),
+            external_userid: external_userid.into(),
+        };
+        let send = sent_to("wm1", Some("wkA"));
+        assert!(is_about(&send, Some(&customer("wkA", "wm1"))));
+        assert!(!is_about(&send, Some(&customer("wkA", "wm2"))), "another customer");
+        assert!(!is_about(&send, Some(&customer("wkB", "wm1"))), "another account");
+        assert!(!is_about(&send, None), "an event that names nobody");
+        assert!(!is_about(&sent_to("wm1", None), Some(&customer("wkA", "wm1"))), "an app send");
+    }
 }

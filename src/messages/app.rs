@@ -212,20 +212,20 @@ impl AppMessage {
 
     /// A one-line human summary for the log: type, sender, content or media id.
     pub fn summary(&self) -> String {
-        let from = self.from_user_name.as_deref().unwrap_or("-");
+        let from = super::LoggedId(self.from_user_name.as_deref().unwrap_or("-"));
         let detail = match &self.kind {
             AppMessageKind::Text { content } => format!("text from {from}: {}", clip(content, 200)),
             AppMessageKind::Image { media_id, .. } => {
-                format!("image from {from}: media_id={}", clip(media_id, 64))
+                format!("image from {from}: media_id={}", super::LoggedId(media_id))
             }
             AppMessageKind::Voice { media_id, .. } => {
-                format!("voice from {from}: media_id={}", clip(media_id, 64))
+                format!("voice from {from}: media_id={}", super::LoggedId(media_id))
             }
             AppMessageKind::Video { media_id, .. } => {
-                format!("video from {from}: media_id={}", clip(media_id, 64))
+                format!("video from {from}: media_id={}", super::LoggedId(media_id))
             }
             AppMessageKind::File { media_id } => {
-                format!("file from {from}: media_id={}", clip(media_id, 64))
+                format!("file from {from}: media_id={}", super::LoggedId(media_id))
             }
             AppMessageKind::Location { latitude, longitude, label, .. } => format!(
                 "location from {from}: {},{} {}",

@@ -312,18 +312,18 @@ impl KfMessage {
 
     /// The log line, in the operators' old console style: `[文本消息] 用户: … 内容: …`.
     pub fn summary(&self) -> String {
-        let user = self.external_userid.as_deref().unwrap_or("-");
+        let user = super::LoggedId(self.external_userid.as_deref().unwrap_or("-"));
         let who = match self.origin {
-            Origin::Servicer => format!("客服: {}", self.servicer_userid.as_deref().unwrap_or("-")),
+            Origin::Servicer => format!("客服: {}", super::LoggedId(self.servicer_userid.as_deref().unwrap_or("-"))),
             _ => format!("用户: {user}"),
         };
         let clip = |t: &str| super::clip(t, 200).into_owned();
         match &self.kind {
             KfKind::Text { content, .. } => format!("[文本消息] {who} 内容: {}", clip(content)),
-            KfKind::Image { media_id } => format!("[图片消息] {who} media_id: {}", clip(media_id)),
-            KfKind::Voice { media_id } => format!("[语音消息] {who} media_id: {}", clip(media_id)),
-            KfKind::Video { media_id } => format!("[视频消息] {who} media_id: {}", clip(media_id)),
-            KfKind::File { media_id } => format!("[文件消息] {who} media_id: {}", clip(media_id)),
+            KfKind::Image { media_id } => format!("[图片消息] {who} media_id: {}", super::LoggedId(media_id)),
+            KfKind::Voice { media_id } => format!("[语音消息] {who} media_id: {}", super::LoggedId(media_id)),
+            KfKind::Video { media_id } => format!("[视频消息] {who} media_id: {}", super::LoggedId(media_id)),
+            KfKind::File { media_id } => format!("[文件消息] {who} media_id: {}", super::LoggedId(media_id)),
             KfKind::Location { name, address, .. } => {
                 format!(
                     "[位置消息] {who} {} {}",
@@ -336,7 +336,9 @@ impl KfMessage {
                 clip(title.as_deref().unwrap_or_default()),
                 clip(url.as_deref().unwrap_or_default())
             ),
-            KfKind::BusinessCard { userid } => format!("[名片消息] {who} userid: {}", userid.as_deref().unwrap_or("-")),
+            KfKind::BusinessCard { userid } => {
+                format!("[名片消息] {who} userid: {}", super::LoggedId(userid.as_deref().unwrap_or("-")))
+            }
             KfKind::Miniprogram { title, .. } => {
                 format!("[小程序消息] {who} {}", clip(title.as_deref().unwrap_or_default()))
             }

@@ -127,6 +127,27 @@ pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The most characters of an id a log line shows (SPEC §15).
+pub const LOGGED_ID_CHARS: usize = 128;
+
+/// An id (msgid, external_userid, open_kfid, a dedup or idempotency key, a send
+/// id, a media id) as a log line shows it: whole up to [`LOGGED_ID_CHARS`]
+/// characters, else cut there and marked with its length, `…(100000 chars)`.
+/// Ids come from WeCom, from callbacks and from bots; none may turn one log
+/// line into 100 KB. Written `id = %LoggedId(&id)` in a field, or `{}` in a
+/// message. (Control and bidi characters are the log writer's to escape.)
+#[derive(Debug, Clone, Copy)]
+pub struct LoggedId<'a>(pub &'a str);
+
+impl std::fmt::Display for LoggedId<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.char_indices().nth(LOGGED_ID_CHARS) {
+            None => f.write_str(self.0),
+            Some((end, _)) => write!(f, "{}…({} chars)", &self.0[..end], self.0.chars().count()),
+        }
+    }
+}
+
 /// A decrypted payload that is not well-formed XML of the expected shape.
 #[derive(Debug, thiserror::Error)]
 #[error("{what} is not well-formed XML: {reason}")]
@@ -148,5 +169,20 @@ impl ParseError {
 
     fn missing(what: &'static str, element: &'static str) -> Self {
         Self { what, reason: format!("<{element}> is missing or empty") }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_long_id_is_cut_to_128_characters_with_its_length() {
+        assert_eq!(LoggedId("wmAbc").to_string(), "wmAbc");
+        let exact = "长".repeat(LOGGED_ID_CHARS);
+        assert_eq!(LoggedId(&exact).to_string(), exact);
+        let long = "x".repeat(100_000);
+        let shown = LoggedId(&long).to_string();
+        assert_eq!(shown, format!("{}…(100000 chars)", "x".repeat(LOGGED_ID_CHARS)));
     }
 }

@@ -9,7 +9,9 @@
 //! - no bearer, or a wrong one: 401 with `WWW-Authenticate: Bearer`, the same
 //!   body whatever was presented;
 //! - from the 11th wrong bearer from one client address within a minute: 429 with
-//!   `Retry-After`.
+//!   `Retry-After`. The gates share one [`SharedThrottle`]: wrong bearers to the
+//!   admin endpoints and to the send API count together (10 a minute in all),
+//!   so a guesser gains nothing by splitting its guesses between the doors.
 //!
 //! Every presented bearer is compared (in constant time, by
 //! [`Secret::matches`]) and a right one is served, also from a throttled address:
@@ -34,6 +36,7 @@ use serde_json::json;
 
 use crate::access::{presented_bearer, Throttle, Verdict};
 use crate::config::Secret;
+use crate::messages::LoggedId;
 use crate::routes::AppState;
 
 /// One bearer-protected surface: its secret, its throttle, and how it explains itself.
@@ -47,29 +50,41 @@ pub(crate) struct BearerGate {
     variable: &'static str,
     /// The 404's reason while the token is unset; it says how to turn the surface on.
     off: &'static str,
-    /// Shared by every worker's copy of the gate.
-    throttle: Arc<Mutex<Throttle>>,
+    /// Shared by every worker's copy of the gate, and by the other gate.
+    throttle: SharedThrottle,
 }
+
+/// The one per-address throttle of wrong bearers that every gate counts into.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct SharedThrottle(Arc<Mutex<Throttle>>);
 
 impl BearerGate {
     /// A gate for the `surface` (named in the log) opened by `token`, held in
-    /// `variable` (named in the 401); while it is unset the gate answers 404 with `off`.
-    pub(crate) fn new(surface: &'static str, token: Option<Secret>, variable: &'static str, off: &'static str) -> Self {
-        Self { surface, token, variable, off, throttle: Arc::new(Mutex::new(Throttle::default())) }
+    /// `variable` (named in the 401), counting wrong bearers into `throttle`;
+    /// while the token is unset the gate answers 404 with `off`.
+    pub(crate) fn new(
+        surface: &'static str,
+        token: Option<Secret>,
+        variable: &'static str,
+        off: &'static str,
+        throttle: &SharedThrottle,
+    ) -> Self {
+        Self { surface, token, variable, off, throttle: throttle.clone() }
     }
 
     /// The admin endpoints' gate, opened by `ADMIN_TOKEN`.
-    pub(crate) fn admin(token: Option<Secret>) -> Self {
-        Self::new("admin", token, "ADMIN_TOKEN", "admin endpoints are off: set ADMIN_TOKEN to enable them")
+    pub(crate) fn admin(token: Option<Secret>, throttle: &SharedThrottle) -> Self {
+        Self::new("admin", token, "ADMIN_TOKEN", "admin endpoints are off: set ADMIN_TOKEN to enable them", throttle)
     }
 
     /// The send API's gate, opened by `SEND_TOKEN`.
-    pub(crate) fn send(token: Option<Secret>) -> Self {
+    pub(crate) fn send(token: Option<Secret>, throttle: &SharedThrottle) -> Self {
         Self::new(
             "send",
             token,
             "SEND_TOKEN",
             "the send API is off: set SEND_TOKEN (at least 16 characters, not ADMIN_TOKEN) to enable it",
+            throttle,
         )
     }
 
@@ -113,7 +128,7 @@ impl BearerGate {
             if let Some(refusals) = report {
                 tracing::warn!(
                     %client,
-                    path,
+                    path = %LoggedId(path),
                     refusals,
                     "{} request refused: no bearer token (logged once a minute per address)",
                     self.surface
@@ -129,7 +144,7 @@ impl BearerGate {
         if let Some(refusals) = wrong.report {
             tracing::warn!(
                 %client,
-                path,
+                path = %LoggedId(path),
                 refusals,
                 throttled,
                 "{} request refused: wrong bearer token (logged once a minute per address)",
@@ -152,7 +167,7 @@ impl BearerGate {
     /// The throttle's state is a table of counters, whole after every step, so a
     /// panic elsewhere while it was held leaves nothing to distrust.
     fn throttle(&self) -> std::sync::MutexGuard<'_, Throttle> {
-        self.throttle.lock().unwrap_or_else(PoisonError::into_inner)
+        self.throttle.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 

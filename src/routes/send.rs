@@ -29,8 +29,9 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         Err(e @ RequestError::TextTooLong { .. }) => return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         Err(e @ RequestError::Invalid { .. }) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match store::bounded(sending::queue(&state.store, &state.wecom, state.agent_id, &state.send_limits, request)).await
-    {
+    let queued =
+        store::bounded(sending::queue(&state.store, &state.wecom, state.agent_id, &state.send_limits, request));
+    match queued.await {
         Ok(accepted) => {
             state.outbox_wake.notify_one();
             HttpResponse::Accepted().json(json!({
@@ -41,6 +42,7 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         }
         Err(e @ QueueError::UnknownRecord(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ QueueError::Unsendable { .. }) => error(StatusCode::BAD_REQUEST, e.to_string()),
+        Err(e @ QueueError::KeyReused(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ QueueError::Full { .. }) => {
             state.metrics.counter(SEND_API_REFUSED_TOTAL, &[("reason", "queue_full".to_owned())]).increment(1);
             let mut answer = error(StatusCode::TOO_MANY_REQUESTS, e.to_string());

@@ -47,7 +47,9 @@ pub struct Conversation {
 pub enum Refusal {
     /// A human has the session (since that time).
     Human { since: i64 },
-    /// More than 48 hours since the customer's last message (or none seen).
+    /// More than 48 hours since the customer's last message, or no message from
+    /// them known at all (`None`): the appliance never heard from this customer on
+    /// this account, so WeCom's window is closed as far as anyone here can tell.
     Window { last_customer_at: Option<i64> },
     /// The text's parts exceed what is left of the 5.
     Quota { parts: i64, remaining: i64 },
@@ -62,7 +64,9 @@ impl std::fmt::Display for Refusal {
             Self::Window { last_customer_at: Some(_) } => {
                 f.write_str("more than 48 hours since the customer's last message")
             }
-            Self::Window { last_customer_at: None } => f.write_str("the customer has not written yet"),
+            Self::Window { last_customer_at: None } => f.write_str(
+                "no message from this customer to this kf account is known within the last 48 hours (WeCom allows replies only then)",
+            ),
             Self::Quota { parts, remaining } => write!(
                 f,
                 "5 messages per customer message: {remaining} left since the customer's last message, this text needs {parts}"
@@ -76,8 +80,6 @@ impl std::fmt::Display for Refusal {
 pub enum Verdict {
     /// Yes; they are counted.
     Allowed,
-    /// Nothing is known of this conversation: ask WeCom.
-    Unknown,
     Refused(Refusal),
 }
 
@@ -127,7 +129,9 @@ impl Store {
     }
 
     /// Decides (and counts) `parts` messages to `customer` at `now`, in one
-    /// transaction; [`Verdict::Unknown`] when the conversation was never seen.
+    /// transaction. A conversation never seen is [`Conversation::default`]: no
+    /// customer message known, so [`Refusal::Window`] (SPEC §15: the kf rules
+    /// hold for strangers too, and WeCom is not asked).
     pub async fn reserve_kf_sends(
         &self,
         customer: Customer,

@@ -46,6 +46,9 @@ pub struct NewSend {
     pub parts: i64,
     /// The send API's `idempotency_key`: the same key is one send.
     pub idempotency_key: Option<String>,
+    /// The send API's request fingerprint (`SendRequest::fingerprint`): the same
+    /// key with another fingerprint is [`Queued::Conflict`].
+    pub fingerprint: Option<String>,
 }
 
 /// A recorded send.
@@ -84,16 +87,34 @@ pub enum SendUpdate {
 pub enum Queued {
     /// Recorded with its first action.
     New(String),
-    /// Its idempotency key was used before: that send's id, nothing written.
+    /// Its idempotency key was used before for the same request: that send's
+    /// id, nothing written.
     Existing(String),
     /// Its channel already has `queued` sends queued and not yet finished, the
     /// most allowed (`SEND_QUEUE_MAX`): nothing written.
     Full { queued: i64 },
+    /// Its idempotency key was used before for another request (another
+    /// fingerprint): that send's id, nothing written.
+    Conflict(String),
+}
+
+impl Queued {
+    /// What an idempotency key already used for send `id` means for a request
+    /// with `fingerprint`: the same request ([`Queued::Existing`]) or another
+    /// one ([`Queued::Conflict`]). A send stored without a fingerprint (before
+    /// they were kept) counts as the same request.
+    pub(crate) fn again(id: String, stored: Option<&str>, fingerprint: Option<&str>) -> Self {
+        match (stored, fingerprint) {
+            (Some(stored), Some(presented)) if stored != presented => Self::Conflict(id),
+            _ => Self::Existing(id),
+        }
+    }
 }
 
 impl Store {
     /// Records a send of the send API and queues its first action, in one
-    /// transaction; an idempotency key used before returns that send instead.
+    /// transaction; an idempotency key used before returns that send instead,
+    /// as [`Queued::Existing`] or, for another request, [`Queued::Conflict`].
     /// A new send is refused ([`Queued::Full`]) when its channel has `max` sends
     /// queued already: counted inside the transaction, under a lock per channel
     /// on PostgreSQL, so racing replicas never queue more than `max`.
@@ -134,5 +155,18 @@ impl Store {
     /// The most recently changed sends, newest first.
     pub async fn recent_sends(&self, limit: usize) -> Result<Vec<SendRow>, StoreError> {
         backend!(self, b => b.recent_sends(limit).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_used_again_is_the_same_send_unless_the_request_differs() {
+        let again = |stored, presented| Queued::again("msg_1".into(), stored, presented);
+        assert_eq!(again(Some("a"), Some("a")), Queued::Existing("msg_1".into()));
+        assert_eq!(again(Some("a"), Some("b")), Queued::Conflict("msg_1".into()));
+        assert_eq!(again(None, Some("b")), Queued::Existing("msg_1".into()), "queued before fingerprints were kept");
     }
 }

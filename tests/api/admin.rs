@@ -66,6 +66,30 @@ async fn the_eleventh_wrong_bearer_from_one_address_is_answered_429_with_retry_a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_bearers_to_the_send_api_and_the_admin_endpoints_share_one_throttle() {
+    const SEND: &str = "send-token-0123456789abcdef";
+    let app = spawn_app_with(&[("ADMIN_TOKEN", ADMIN), ("SEND_TOKEN", SEND)]).await;
+    let stranger = client_from(&app, Ipv4Addr::new(127, 0, 0, 2));
+    let send = |client: &reqwest::Client, bearer: &str| {
+        client.post(app.url("/api/v1/messages")).bearer_auth(bearer).json(&serde_json::json!({})).send()
+    };
+    for attempt in 1..=5 {
+        assert_eq!(post(&stranger, &app, "wrong-admin").await.status(), StatusCode::UNAUTHORIZED, "admin {attempt}");
+        let answer = send(&stranger, "wrong-send").await.expect("answer");
+        assert_eq!(answer.status(), StatusCode::UNAUTHORIZED, "send {attempt}");
+    }
+    // Ten wrong bearers in all: the 11th is throttled on either door.
+    assert_eq!(post(&stranger, &app, "wrong-admin").await.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(send(&stranger, "wrong-send").await.expect("answer").status(), StatusCode::TOO_MANY_REQUESTS);
+    // Right bearers are served whatever the address did, and other addresses are not held to it.
+    assert_served(post(&stranger, &app, ADMIN).await).await;
+    let answer = send(&stranger, SEND).await.expect("answer");
+    assert_eq!(answer.status(), StatusCode::BAD_REQUEST, "the send API itself answered (no text)");
+    let neighbour = client_from(&app, Ipv4Addr::new(127, 0, 0, 1));
+    assert_eq!(send(&neighbour, "wrong-send").await.expect("answer").status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_bearers_of_any_length_get_the_same_answer() {
     let app = spawn_admin_app().await;
     let mut answers = Vec::new();

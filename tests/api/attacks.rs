@@ -321,3 +321,77 @@ async fn a_pipelining_client_that_never_reads_is_disconnected() {
     flood.abort();
     assert_eq!(app.post_text("others are served", 1).await, 200);
 }
+
+/// The service as a process logging in `format`, with a fake WeCom that delivers
+/// one kf text from a customer whose id is 100,002 characters long, and a text
+/// and a sender name with a right-to-left override (U+202E); its log lines.
+async fn log_lines_of_hostile_ids(format: &str) -> Vec<String> {
+    wechat_api::tls::install_crypto_provider();
+    let wecom = crate::fakes::FakeWeCom::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (_, _, cert_pem) = write_certificate(dir.path(), 30);
+    let env = test_env(
+        dir.path(),
+        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_KF_SECRET", "kf-secret"), ("LOG_FORMAT", format)],
+    );
+    let mut command = wechat_api(dir.path());
+    command.arg("serve").envs(&env);
+    let mut service = Running::start(command);
+    let mut lines = service.read_until(|l| l.contains("wechat-api listening"));
+    let listening = lines.last().expect("a line");
+    let port = match serde_json::from_str::<serde_json::Value>(listening) {
+        Ok(json) => u16::try_from(json["port"].as_u64().expect("a port field")).expect("a port"),
+        Err(_) => listening_port(listening),
+    };
+    let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(10));
+    let post = |xml: String| {
+        let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &xml);
+        client.post(format!("https://127.0.0.1:{port}/wechat/callback?{}", signed.query)).body(signed.body).send()
+    };
+
+    let customer = format!("wm{}", "x".repeat(100_000));
+    let message = serde_json::json!({"msgid": "m1", "open_kfid": "wkA", "external_userid": customer, "send_time": now(),
+        "origin": 3, "msgtype": "text", "text": {"content": "kf \u{202e}txet desrever"}});
+    wecom.answer_once("kf/sync_msg", crate::kf::page(vec![message], "", 0));
+    let notice = format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[kf_msg_or_event]]></Event><Token><![CDATA[EVT]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>",
+        now()
+    );
+    assert_eq!(post(notice).await.expect("answer").status(), 200);
+    lines.extend(service.read_until(|l| l.contains("txet desrever")));
+    let xml = format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[evil\u{202e}resu]]></FromUserName>\
+         <CreateTime>1</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[app \u{2066}isolated\u{2069}]]></Content>\
+         <MsgId>78</MsgId><AgentID>1</AgentID></xml>"
+    );
+    assert_eq!(post(xml).await.expect("answer").status(), 200);
+    lines.extend(service.read_until(|l| l.contains("isolated")));
+    service.terminate();
+    lines.extend(service.rest());
+    lines
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100000_character_id_is_cut_and_bidi_controls_are_escaped_in_text_and_json_log_lines() {
+    for format in ["text", "json"] {
+        let lines = log_lines_of_hostile_ids(format).await;
+        // The lines as a failure shows them: a 100 KB line would drown the report.
+        let text = lines.iter().map(|l| l.chars().take(300).collect::<String>()).collect::<Vec<_>>().join("\n");
+        let longest = lines.iter().map(String::len).max().unwrap_or_default();
+        assert!(longest < 2_000, "{format}: a line of {longest} bytes:\n{text}");
+        let kf = lines.iter().find(|l| l.contains("txet desrever")).expect("the kf message is logged");
+        assert!(kf.contains(&format!("wm{}…(100002 chars)", "x".repeat(126))), "{format}: {kf}");
+        let raw = |c: char| c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        assert!(!lines.iter().any(|l| l.chars().any(raw)), "{format}: a raw control or bidi character:\n{text}");
+        let (rlo, isolate) = if format == "json" { ("\\u202e", "\\u2066") } else { ("\\u{202e}", "\\u{2066}") };
+        assert!(kf.contains(&format!("kf {rlo}txet desrever")), "{format}: {kf}");
+        let app = lines.iter().find(|l| l.contains("isolated")).expect("the app message is logged");
+        assert!(app.contains(&format!("evil{rlo}resu")) && app.contains(&format!("app {isolate}isolated")), "{app}");
+        if format == "json" {
+            for line in &lines {
+                serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            }
+        }
+    }
+}

@@ -147,6 +147,15 @@ async fn malformed_requests_are_refused_with_the_path_of_the_problem_and_change_
         (json!({"in_reply_to": "kf:msg:nobody", "text": "hi"}), 404, "kf:msg:nobody"),
         (json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "长".repeat(20_001)}), 413, "20000"),
         (json!("just a string"), 400, "$"),
+        (json!({"channel": "kf", "to": "wm1\u{0}", "open_kfid": "wkA", "text": "hi"}), 400, "$.to"),
+        (json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA\r\nX", "text": "hi"}), 400, "$.open_kfid"),
+        (json!({"channel": "app", "to": "\u{202e}nasgnahz", "text": "hi"}), 400, "$.to"),
+        (json!({"in_reply_to": "kf:msg:\u{1b}[2J", "text": "hi"}), 400, "$.in_reply_to"),
+        (
+            json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "hi", "idempotency_key": "k\u{7}"}),
+            400,
+            "$.idempotency_key",
+        ),
     ];
     for (body, expected, mentions) in cases {
         let (status, answer) = post_send(&app, &body, SEND).await;
@@ -201,6 +210,35 @@ async fn a_reply_to_a_forwarded_record_reaches_its_customer_once_under_our_own_m
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_idempotency_key_with_another_body_is_answered_409_and_sends_nothing_more() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_bot(&wecom, &receiver, &[]).await;
+    deliver(&app, &wecom, vec![customer_text("m1", "wm1", "在吗", now()), customer_text("m2", "wm2", "在吗", now())])
+        .await;
+    let first = json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "您好", "idempotency_key": "k-1"});
+    let id = send(&app, first.clone()).await;
+    // The same request, written differently: the first send again.
+    let same =
+        json!({"idempotency_key": "k-1", "text": "您\u{597d}", "open_kfid": "wkA", "to": "wm1", "channel": "kf"});
+    let (status, answer) = post_send(&app, &same, SEND).await;
+    assert_eq!((status, answer["id"].as_str()), (202, Some(id.as_str())), "{answer}");
+    for other in [
+        json!({"channel": "kf", "to": "wm1", "open_kfid": "wkA", "text": "您好！", "idempotency_key": "k-1"}),
+        json!({"channel": "kf", "to": "wm2", "open_kfid": "wkA", "text": "您好", "idempotency_key": "k-1"}),
+        json!({"in_reply_to": "kf:msg:m1", "text": "您好", "idempotency_key": "k-1"}),
+    ] {
+        let (status, answer) = post_send(&app, &other, SEND).await;
+        assert_eq!(status, 409, "{other}: {answer}");
+        let reason = answer["error"].as_str().expect("a reason");
+        assert!(reason.contains("$.idempotency_key") && reason.contains(&id), "{reason}");
+    }
+    assert_eq!(settled(&app, &id).await["status"], "sent");
+    app.wait_until_outbox_empty().await;
+    assert_eq!(sent_texts(&wecom), vec!["您好"], "one message sent");
+    assert_eq!(app.store.recent_sends(10).await.expect("store").len(), 1, "one send recorded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_messages_per_customer_message_the_sixth_refused_without_calling_wecom() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let app = spawn_bot(&wecom, &receiver, &[]).await;
@@ -240,6 +278,62 @@ async fn more_than_48_hours_after_the_customers_last_message_nothing_is_sent() {
     assert_eq!(status["status"], "refused");
     assert!(status["reason"].as_str().expect("reason").contains("48 hours"), "{status}");
     assert!(wecom.calls("kf/send_msg").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_never_heard_from_is_refused_without_any_call_to_wecom() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    // Were WeCom asked who owns these sessions, it would say the bot: nothing but
+    // the appliance's own rule stops the sends.
+    for _ in 0..16 {
+        wecom.answer_once("kf/service_state/get", json!({"errcode": 0, "errmsg": "ok", "service_state": 1}));
+    }
+    let app = spawn_bot(&wecom, &receiver, &[]).await;
+    deliver(&app, &wecom, vec![customer_text("m1", "wm1", "你好", now())]).await;
+    let mut ids = Vec::new();
+    for n in 1..=8 {
+        ids.push(send(&app, kf_to("wm-stranger", &format!("第{n}条"))).await);
+    }
+    // wm1 wrote to wkA; to wkB it is a stranger.
+    ids.push(send(&app, json!({"channel": "kf", "to": "wm1", "open_kfid": "wkB", "text": "你好"})).await);
+    for id in &ids {
+        let status = settled(&app, id).await;
+        assert_eq!(status["status"], "refused", "{status}");
+        let reason = status["reason"].as_str().expect("reason");
+        assert!(reason.contains("no message from this customer") && reason.contains("48 hours"), "{status}");
+    }
+    assert!(wecom.calls("kf/send_msg").is_empty(), "no send");
+    assert!(wecom.calls("kf/service_state/get").is_empty(), "WeCom is not asked either");
+    assert_eq!(app.metric("wechat_api_messages_sent_total{channel=\"kf\",outcome=\"refused\"}").await, 9.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handover_keyword_while_a_human_has_the_session_sends_nothing_and_calls_nothing() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_bot(&wecom, &receiver, &[]).await;
+    deliver(&app, &wecom, vec![customer_text("m1", "wm1", "转人工", now())]).await;
+    assert_eq!(sent_texts(&wecom), vec![HANDOFF_TEXT]);
+    assert_eq!(wecom.calls("kf/service_state/trans").len(), 1);
+
+    // Again and again, in one page and in the next: the session is a human's already,
+    // and a forward receiver asking for a human too changes nothing.
+    receiver.answer_with(json!({"reply": {"text": "这就为您转人工"}, "handoff": true}));
+    let t = now() + 1;
+    deliver(&app, &wecom, vec![customer_text("m2", "wm1", "转人工", t), customer_text("m3", "wm1", " 人工客服 ", t)])
+        .await;
+    deliver(&app, &wecom, vec![customer_text("m4", "wm1", "转人工", t + 1)]).await;
+    // A servicer took wm2's session in WeCom's console; wm2's keyword changes nothing either.
+    let servicer = json!({"msgid": "s1", "open_kfid": "wkA", "external_userid": "wm2", "send_time": t,
+                          "origin": 5, "servicer_userid": "wangwu", "msgtype": "text", "text": {"content": "我来处理"}});
+    deliver(&app, &wecom, vec![servicer, customer_text("n1", "wm2", "转人工", t + 1)]).await;
+
+    assert_eq!(sent_texts(&wecom), vec![HANDOFF_TEXT], "announced once");
+    assert_eq!(wecom.calls("kf/service_state/trans").len(), 1, "handed over once");
+    let delivered = receiver.wait_for(6, Duration::from_secs(15)).await;
+    for id in ["kf:msg:m1", "kf:msg:m2", "kf:msg:m3", "kf:msg:m4", "kf:msg:n1"] {
+        let record = &delivered.iter().find(|d| d.message_id == id).unwrap_or_else(|| panic!("{id} forwarded")).record;
+        assert_eq!(record["handoff"], true, "{id}: {record}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,6 +409,27 @@ async fn msg_send_fail_turns_a_sent_message_failed_with_the_meaning_of_its_fail_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_msg_send_fail_naming_another_customer_or_account_changes_nothing() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_bot(&wecom, &receiver, &[]).await;
+    deliver(&app, &wecom, vec![customer_text("m1", "wm1", "你好", now())]).await;
+    let id = send(&app, kf_to("wm1", "您好")).await;
+    assert_eq!(settled(&app, &id).await["status"], "sent");
+    let msgid = wecom.calls("kf/send_msg")[0].body["msgid"].as_str().expect("msgid").to_owned();
+    let failure = json!({"event_type": "msg_send_fail", "fail_msgid": msgid, "fail_type": 10});
+
+    deliver(&app, &wecom, vec![event("f1", "wm2", failure.clone())]).await;
+    let mut other_account = event("f2", "wm1", failure.clone());
+    other_account["event"]["open_kfid"] = json!("wkB");
+    deliver(&app, &wecom, vec![other_account]).await;
+    assert_eq!(message_status(&app, &id).await["status"], "sent", "about someone else: nothing changes");
+    assert_eq!(app.metric("wechat_api_messages_sent_total{channel=\"kf\",outcome=\"failed\"}").await, 0.0);
+
+    deliver(&app, &wecom, vec![event("f3", "wm1", failure)]).await;
+    assert_eq!(message_status(&app, &id).await["status"], "failed", "about its own customer and account");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_texts_ask_for_the_duplicate_check_and_a_long_one_arrives_in_ordered_parts() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let app = spawn_bot(&wecom, &receiver, &[]).await;
@@ -339,16 +454,18 @@ async fn app_texts_ask_for_the_duplicate_check_and_a_long_one_arrives_in_ordered
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kill_9_after_wecom_accepted_but_before_sent_was_recorded_still_sends_exactly_once() {
-    let wecom = FakeWeCom::start().await;
-    // Never seen, so the appliance asks who owns the session: the bot.
-    for _ in 0..4 {
-        wecom.answer_once("kf/service_state/get", json!({"errcode": 0, "errmsg": "ok", "service_state": 1}));
-    }
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let dir = tempfile::tempdir().expect("dir");
     let (_, _, cert_pem) = write_certificate(dir.path(), 30);
     let env = test_env(
         dir.path(),
-        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_KF_SECRET", "kf-secret"), ("SEND_TOKEN", SEND)],
+        &[
+            ("WECOM_API_BASE_URL", &wecom.base_url),
+            ("WECOM_KF_SECRET", "kf-secret"),
+            ("SEND_TOKEN", SEND),
+            ("FORWARD_URL", &receiver.url),
+            ("FORWARD_SECRET", &receiver.secret),
+        ],
     );
     let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(10));
     let start = || {
@@ -356,10 +473,22 @@ async fn a_kill_9_after_wecom_accepted_but_before_sent_was_recorded_still_sends_
         command.arg("serve").envs(&env);
         Running::start(command)
     };
-    // WeCom takes the message at once but answers only after 30 s: the appliance dies first.
-    wecom.delay("kf/send_msg", Duration::from_secs(30));
     let mut service = start();
     let port = service.port();
+    // wm9 writes first (the kf rules refuse a customer never heard from); its
+    // record is forwarded only once what it tells the kf rules is stored.
+    wecom.answer_once("kf/sync_msg", page(vec![customer_text("m9", "wm9", "在吗", now())], "", 0));
+    let notice = format!(
+        "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><CreateTime>{}</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+         <Event><![CDATA[kf_msg_or_event]]></Event><Token><![CDATA[EVT9]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>",
+        now()
+    );
+    let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &notice);
+    let url = format!("https://127.0.0.1:{port}/wechat/callback?{}", signed.query);
+    assert_eq!(client.post(url).body(signed.body).send().await.expect("notice").status().as_u16(), 200);
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+    // WeCom takes the message at once but answers only after 30 s: the appliance dies first.
+    wecom.delay("kf/send_msg", Duration::from_secs(30));
     let answer = client
         .post(format!("https://127.0.0.1:{port}/api/v1/messages"))
         .bearer_auth(SEND)

@@ -58,6 +58,37 @@ fn bad_configuration_exits_64_naming_each_variable_without_a_panic() {
 }
 
 #[test]
+fn numbers_beyond_their_bounds_and_a_malformed_replica_id_exit_64_one_line_each() {
+    // No certificate on purpose: a value that passed validation still ends in exit
+    // 64 (TLS_CERT_PATH) instead of a service that never exits.
+    let dir = tempfile::tempdir().expect("dir");
+    let beyond = [
+        ("LEASE_SECS", "18446744073709551615"),
+        ("SUPERVISOR_INTERVAL_SECS", "18446744073709551615"),
+        ("RETENTION_SECS", "18446744073709551615"),
+        ("ALERT_GROUP_WAIT_SECS", "18446744073709551615"),
+        ("ALERT_REPEAT_HOURS", "18446744073709551615"),
+        ("MEDIA_RETENTION_SECS", "18446744073709551615"),
+        ("CALLBACK_MAX_AGE_SECS", "18446744073709551615"),
+        ("DATABASE_POOL_SIZE", "4294967296"),
+        ("WECOM_AGENT_ID", "9223372036854775807"),
+    ];
+    for (name, value) in
+        beyond.iter().copied().chain([("REPLICA_ID", "replica-1\nINFO forged"), ("REPLICA_ID", &*"r".repeat(10_000))])
+    {
+        let out =
+            wechat_api(dir.path()).arg("serve").envs(test_env(dir.path(), &[(name, value)])).output().expect("runs");
+        assert_eq!(out.status.code(), Some(64), "{name}={value:.40}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.contains(name)).collect();
+        assert_eq!(lines.len(), 1, "{name}: {stderr:.2000}");
+        assert!(lines[0].starts_with(&format!("configuration error: {name} must be")), "{}", lines[0]);
+        assert!(lines[0].len() < 200 && !stderr.contains("INFO forged"), "{name}: {}", lines[0]);
+        assert!(!stderr.contains("panicked"), "{stderr:.2000}");
+    }
+}
+
+#[test]
 fn an_unreadable_certificate_exits_64_naming_tls_cert_path() {
     let dir = tempfile::tempdir().expect("dir");
     let out = wechat_api(dir.path()).arg("serve").envs(test_env(dir.path(), &[])).output().expect("runs");

@@ -315,8 +315,9 @@ async fn count(url: &str, query: &str) -> i64 {
 }
 
 /// The PostgreSQL schema this build writes: 1, 2 for replies (sends, kf
-/// conversations), 3 for the index of queued sends (SEND_QUEUE_MAX).
-const SCHEMA_VERSION: i64 = 3;
+/// conversations), 3 for the index of queued sends (SEND_QUEUE_MAX), 4 for the
+/// send API's request fingerprints.
+const SCHEMA_VERSION: i64 = 4;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_once() {

@@ -387,6 +387,7 @@ fn new_send(id: &str, key: Option<&str>) -> NewSend {
         open_kfid: Some("wkA".into()),
         parts: 2,
         idempotency_key: key.map(str::to_owned),
+        fingerprint: key.map(|_| "f".repeat(64)),
     }
 }
 
@@ -408,6 +409,13 @@ async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuse
     assert_eq!(new.len(), 1, "one send for one key: {results:?}");
     assert!(results.iter().all(|q| matches!(q, Queued::Existing(id) | Queued::New(id) if id == new[0])), "{results:?}");
     assert_eq!(subject.store.outbox_backlog().await.expect("backlog"), 1, "one action queued");
+    // The same key for another request: a conflict naming the first send, nothing written.
+    let other = NewSend { fingerprint: Some("0".repeat(64)), ..new_send("msg_other", Some("same-key")) };
+    assert_eq!(
+        subject.store.queue_send(other, action("send:msg_other"), 1_000).await.expect("answered"),
+        Queued::Conflict(new[0].clone())
+    );
+    assert_eq!(subject.store.outbox_backlog().await.expect("backlog"), 1, "still one action queued");
 
     let store = &subject.store;
     let id = new[0].clone();
@@ -450,11 +458,19 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
     let Some(subject) = Subject::open(engine, Duration::from_secs(30)).await else { return };
     let customer = Customer { open_kfid: "wkA".into(), external_userid: "wm1".into() };
     let at = now();
-    assert_eq!(
-        subject.store.reserve_kf_sends(customer.clone(), 1, at, false).await.expect("reserve"),
-        Verdict::Unknown
-    );
+    // Never heard from: refused like a closed window, also for the handover text (SPEC §15).
+    let never_heard_from = Verdict::Refused(Refusal::Window { last_customer_at: None });
+    for handover in [false, true] {
+        let verdict = subject.store.reserve_kf_sends(customer.clone(), 1, at, handover).await.expect("reserve");
+        assert_eq!(verdict, never_heard_from);
+    }
     subject.store.observe_kf(vec![(customer.clone(), Observation::Wrote { at })]).await.expect("observe");
+    let elsewhere = Customer { open_kfid: "wkB".into(), ..customer.clone() };
+    assert_eq!(
+        subject.store.reserve_kf_sends(elsewhere, 1, at, false).await.expect("reserve"),
+        never_heard_from,
+        "known on wkA is not known on wkB"
+    );
     let owners = subject.owners(4).await;
     let racing = owners.iter().flat_map(|store| std::iter::repeat_n(store.clone(), 3)).map(|store| {
         let customer = customer.clone();

@@ -68,10 +68,7 @@ impl Postgres {
     ) -> Result<Verdict, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let Some(mut conversation) = select(&tx, &customer, true).await? else {
-            tx.rollback().await?;
-            return Ok(Verdict::Unknown);
-        };
+        let mut conversation = select(&tx, &customer, true).await?.unwrap_or_default();
         let verdict = conversation.reserve(parts, at, handover);
         if verdict == Verdict::Allowed {
             upsert(&tx, &customer, &conversation).await?;

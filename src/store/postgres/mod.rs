@@ -149,6 +149,8 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 3: as SQLite's schema 5: each channel's queued sends for SEND_QUEUE_MAX.
     "CREATE INDEX sends_queued ON sends (channel) WHERE status = 'queued';",
+    // 4: the send API's request fingerprint, as SQLite's schema 6.
+    "ALTER TABLE sends ADD COLUMN request_sha256 text;",
 ];
 
 /// Whether `url` parses as a `DATABASE_URL`; what is wrong with it when not.

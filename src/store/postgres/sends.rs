@@ -32,14 +32,23 @@ fn read(row: &Row) -> SendRow {
 async fn insert(client: &impl GenericClient, send: &NewSend) -> Result<bool, StoreError> {
     let statement = client
         .prepare_cached(&format!(
-            "INSERT INTO sends (id, channel, recipient, open_kfid, idempotency_key, status, parts, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'queued', $6, {EPOCH}, {EPOCH}) ON CONFLICT DO NOTHING"
+            "INSERT INTO sends (id, channel, recipient, open_kfid, idempotency_key, request_sha256, status, parts,
+                                created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, {EPOCH}, {EPOCH}) ON CONFLICT DO NOTHING"
         ))
         .await?;
     let inserted = client
         .execute(
             &statement,
-            &[&send.id, &send.channel, &send.recipient, &send.open_kfid, &send.idempotency_key, &send.parts],
+            &[
+                &send.id,
+                &send.channel,
+                &send.recipient,
+                &send.open_kfid,
+                &send.idempotency_key,
+                &send.fingerprint,
+                &send.parts,
+            ],
         )
         .await?;
     Ok(inserted == 1)
@@ -89,11 +98,15 @@ impl Postgres {
         // index until the first commits, then inserts nothing.
         if !insert(&tx, &send).await? {
             let existing = match &send.idempotency_key {
-                Some(key) => tx.query_opt("SELECT id FROM sends WHERE idempotency_key = $1", &[key]).await?,
+                Some(key) => {
+                    tx.query_opt("SELECT id, request_sha256 FROM sends WHERE idempotency_key = $1", &[key]).await?
+                }
                 None => None,
             };
             tx.rollback().await?;
-            return existing.map(|row| Queued::Existing(row.get(0))).ok_or(StoreError::LeaseLost);
+            return existing
+                .map(|row| Queued::again(row.get(0), row.get::<_, Option<&str>>(1), send.fingerprint.as_deref()))
+                .ok_or(StoreError::LeaseLost);
         }
         insert_actions(&tx, &[&action]).await?;
         tx.commit().await?;

@@ -59,7 +59,7 @@ impl Sqlite {
         handover: bool,
     ) -> Result<Verdict, StoreError> {
         self.run_relaxed(move |db| {
-            let Some(mut conversation) = select(db, &customer)? else { return Ok(Verdict::Unknown) };
+            let mut conversation = select(db, &customer)?.unwrap_or_default();
             let verdict = conversation.reserve(parts, at, handover);
             if verdict == Verdict::Allowed {
                 upsert(db, &customer, &conversation)?;

@@ -166,6 +166,10 @@ const MIGRATIONS: &[&str] = &[
     // send API request: a partial index holds only those, so the count reads a
     // few rows however many finished sends retention keeps.
     "CREATE INDEX sends_queued ON sends(channel) WHERE status = 'queued';",
+    // 6: the send API's request fingerprint (SHA-256 hex of the canonical
+    // request), so the same idempotency key with another body is a 409 (SPEC
+    // §15). Sends queued before it have none and count as the same request.
+    "ALTER TABLE sends ADD COLUMN request_sha256 TEXT;",
 ];
 
 /// At most this many operations share one transaction.

@@ -32,10 +32,20 @@ fn insert(db: &Connection, send: &NewSend) -> rusqlite::Result<bool> {
     let at = now();
     let inserted = db
         .prepare_cached(
-            "INSERT INTO sends (id, channel, recipient, open_kfid, idempotency_key, status, parts, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7, ?7) ON CONFLICT DO NOTHING",
+            "INSERT INTO sends (id, channel, recipient, open_kfid, idempotency_key, request_sha256, status, parts,
+                                created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8) ON CONFLICT DO NOTHING",
         )?
-        .execute(params![send.id, send.channel, send.recipient, send.open_kfid, send.idempotency_key, send.parts, at])?;
+        .execute(params![
+            send.id,
+            send.channel,
+            send.recipient,
+            send.open_kfid,
+            send.idempotency_key,
+            send.fingerprint,
+            send.parts,
+            at
+        ])?;
     Ok(inserted == 1)
 }
 
@@ -77,8 +87,11 @@ impl Sqlite {
             }
             if !insert(db, &send)? {
                 let key = send.idempotency_key.as_deref().unwrap_or_default();
-                let id = db.query_row("SELECT id FROM sends WHERE idempotency_key = ?1", [key], |row| row.get(0))?;
-                return Ok(Queued::Existing(id));
+                let (id, stored): (String, Option<String>) =
+                    db.query_row("SELECT id, request_sha256 FROM sends WHERE idempotency_key = ?1", [key], |row| {
+                        Ok((row.get(0)?, row.get(1)?))
+                    })?;
+                return Ok(Queued::again(id, stored.as_deref(), send.fingerprint.as_deref()));
             }
             insert_action(db, &action)?;
             Ok(Queued::New(send.id))
