@@ -68,7 +68,7 @@ echo "== the image"
 cargo build --release --locked --quiet --bin wechat-api
 bin=$root/target/release/wechat-api
 # image_from DIR TAG [docker import --change …]: an image of DIR with the libraries
-# its binaries need, from this host.
+# its executables need, from this host.
 image_from() {
   local dir=$1 tag=$2 lib file
   shift 2
@@ -83,9 +83,13 @@ image_from() {
   echo "app:x:1001:1001::/app:/sbin/nologin" >"$dir/etc/passwd"
   tar -C "$dir" -c . | docker import "$@" - "$tag" >/dev/null
 }
-# The runtime base: glibc and nothing else, like distroless/cc.
+# The runtime base: the libraries the binary needs (glibc), nothing else, like
+# distroless/cc.
 mkdir -p "$work/base"
-cp "$bin" "$work/base/probe"
+for lib in $(ldd "$bin" | grep -o '/lib[^ ]*'); do
+  mkdir -p "$work/base$(dirname "$lib")"
+  cp -L "$lib" "$work/base$lib"
+done
 image_from "$work/base" wechat-api-base:ci
 # The stand-in Rust image: a shell, the tools the build stage runs, and a cargo
 # that checks how it is called and what it was given, then "builds" by copying.
@@ -105,7 +109,6 @@ done
 mkdir -p target/release && cp /opt/wechat-api target/release/wechat-api
 CARGO
 chmod 755 "$rust/usr/local/cargo/bin/cargo"
-rm "$work/base/probe"
 image_from "$rust" wechat-api-rust:ci --change 'ENV PATH=/usr/local/cargo/bin:/bin'
 
 # A fresh clone, as the operator has it: the worktree's files that git would
@@ -131,14 +134,20 @@ echo "a diagnose report" >wechat-api-report-1.txt
 export RUNTIME_BASE=wechat-api-base:ci RUST_IMAGE=wechat-api-rust:ci IMAGE_SOURCE=https://example.test/wechat-api
 # build BUILDER TARGET: `docker-compose build` as an operator runs it; ok or not ok.
 build() {
-  local builder=$1 target=$2 buildkit=0 label
+  local builder=$1 target=$2 buildkit=0 label marker
   [ "$builder" = BuildKit ] && buildkit=1
   docker rmi -f wechat-api:latest >/dev/null 2>&1 || true
   if DOCKER_BUILDKIT=$buildkit COMPOSE_DOCKER_CLI_BUILD=$buildkit WECHAT_API_TARGET=$target \
     docker-compose -f docker-compose.production.yml build >"$work/build.log" 2>&1 &&
     [ "$(docker run --rm wechat-api:latest --version 2>&1)" = "$("$bin" --version)" ]; then
     label=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.source"}}' wechat-api:latest)
-    if [ "$label" = "$IMAGE_SOURCE" ]; then
+    # The builder that ran: BuildKit numbers its steps (#1 …), the legacy one counts them (Step 1/…).
+    marker='^Step 1/'
+    [ "$buildkit" = 0 ] || marker='^#[0-9]'
+    if ! grep -q "$marker" "$work/build.log"; then
+      not_ok "$builder: target $target was built by the other builder"
+      tail -n 5 "$work/build.log" | sed 's/^/  # /'
+    elif [ "$label" = "$IMAGE_SOURCE" ]; then
       ok "$builder: docker-compose build, target $target, from a fresh clone (IMAGE_SOURCE labelled)"
     else
       not_ok "$builder: target $target: org.opencontainers.image.source is '$label'"
@@ -173,6 +182,7 @@ elif [ -x /usr/bin/docker ] && buildkit_cli /usr/bin/docker; then
   buildkit_path=$work/debian-docker:$PATH
 fi
 if [ -n "$buildkit_path" ]; then
+  echo "BuildKit through docker CLI $(PATH=$buildkit_path docker version -f '{{.Client.Version}}') ($(PATH=$buildkit_path command -v docker))"
   PATH=$buildkit_path build BuildKit runtime
   cp "$bin" wechat-api
   PATH=$buildkit_path build BuildKit prebuilt
@@ -183,7 +193,7 @@ else
   build legacy prebuilt
   rm wechat-api
 fi
-echo "image size (docker images): $(docker images wechat-api:latest --format '{{.Size}}')"
+echo "image size (docker images): $(docker images wechat-api:latest --format '{{.Size}}'), of which the base $(docker images wechat-api-base:ci --format '{{.Size}}')"
 
 echo "== the appliance"
 # A container left over from an interrupted run would hold the name and the port.
