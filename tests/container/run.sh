@@ -33,6 +33,8 @@ cleanup() {
   (cd "$checkout" && docker-compose -f docker-compose.production.yml -f tests/container/compose.test.yml down -v >/dev/null 2>&1) ||
     docker rm -f wechat-api >/dev/null 2>&1 || true
   [ -n "$smtp_pid" ] && kill "$smtp_pid" 2>/dev/null
+  # Untagged images this test's builds left (earlier bases, replaced images).
+  docker image prune -f --filter label=wechat-api.ci=true >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -81,7 +83,8 @@ image_from() {
     done
   done
   echo "app:x:1001:1001::/app:/sbin/nologin" >"$dir/etc/passwd"
-  tar -C "$dir" -c . | docker import "$@" - "$tag" >/dev/null
+  # The label marks every image made from it (cleanup prunes the untagged ones).
+  tar -C "$dir" -c . | docker import --change 'LABEL wechat-api.ci=true' "$@" - "$tag" >/dev/null
 }
 # The runtime base: the libraries the binary needs (glibc), nothing else, like
 # distroless/cc.
