@@ -1,14 +1,20 @@
 #!/usr/bin/env bash
 # The container appliance, tested in a real Docker engine (SPEC §8):
-#   image builds from the CI binary; runs as uid 1001; health check goes healthy;
+#   the image builds through `docker-compose build`, as operators build it, from a
+#   fresh clone (no ./wechat-api), with the legacy builder (DOCKER_BUILDKIT=0:
+#   Debian's docker.io and docker-compose 1.29) and with BuildKit, both the default
+#   target (`runtime`, the binary built in a stand-in Rust image) and `prebuilt`;
+#   the build context holds none of the operator's secrets; runs as uid 1001; health check goes healthy;
 #   a signed URL verification passes through the published port (127.0.0.1 only);
 #   an upload bind mount owned by root 755 is named, with the chown fix, by
 #   /api/health and the in-container `diagnose`; a killed process is restarted by
 #   Docker; an unresponsive (SIGSTOPped) one turns unhealthy and
 #   scripts/monitor-wechat-api.sh restarts it and mails a real SMTP server.
 #
-# Needs root, docker.io and docker-compose (Debian), python3 (SMTP sink), openssl.
-# No image registry is used: the base image is made from this host's glibc.
+# Needs root, docker.io and docker-compose (Debian), python3 (SMTP sink), openssl, git.
+# No image registry is used: the base image is made from this host's glibc, and
+# the Rust image is a stand-in whose cargo copies the binary built here (it tests
+# the Dockerfile's stages, not cargo).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -19,12 +25,16 @@ passed=0
 failed=0
 
 work=$(mktemp -d)
+# The operator's checkout: a fresh clone of this worktree.
+checkout=$work/checkout
 smtp_pid=""
 cleanup() {
-  # From the work directory: compose needs the env_file it was started with.
-  (cd "$work" && docker-compose -f docker-compose.production.yml -f compose.test.yml down -v >/dev/null 2>&1) ||
+  # From the checkout: compose needs the env_file it was started with.
+  (cd "$checkout" && docker-compose -f docker-compose.production.yml -f tests/container/compose.test.yml down -v >/dev/null 2>&1) ||
     docker rm -f wechat-api >/dev/null 2>&1 || true
   [ -n "$smtp_pid" ] && kill "$smtp_pid" 2>/dev/null
+  # Untagged images this test's builds left (earlier bases, replaced images).
+  docker image prune -f --filter label=wechat-api.ci=true >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -59,51 +69,143 @@ fi
 echo "== the image"
 cargo build --release --locked --quiet --bin wechat-api
 bin=$root/target/release/wechat-api
-base=$work/base
-mkdir -p "$base/tmp" "$base/lib64" "$base/lib/x86_64-linux-gnu" "$base/etc"
-chmod 1777 "$base/tmp"
-for lib in $(ldd "$bin" | grep -o '/lib[^ ]*'); do cp -L "$lib" "$base$lib"; done
-echo "app:x:1001:1001::/app:/sbin/nologin" >"$base/etc/passwd"
-tar -C "$base" -c . | docker import - wechat-api-base:ci >/dev/null
-context=$work/context
-mkdir -p "$context/docker"
-cp "$root/Dockerfile" "$context/"
-cp -r "$root/docker/layout" "$context/docker/"
-cp "$bin" "$context/wechat-api"
-docker build -q --target prebuilt --build-arg RUNTIME_BASE=wechat-api-base:ci -t wechat-api:latest "$context" >/dev/null
-size=$(docker image inspect -f '{{.Size}}' wechat-api:latest)
-ok "image builds from the CI binary ($((size / 1024 / 1024)) MiB)"
+# image_from DIR TAG [docker import --change …]: an image of DIR with the libraries
+# its executables need, from this host.
+image_from() {
+  local dir=$1 tag=$2 lib file
+  shift 2
+  mkdir -p "$dir/tmp" "$dir/etc"
+  chmod 1777 "$dir/tmp"
+  find "$dir" -type f -perm -u+x -print0 | while IFS= read -r -d '' file; do
+    for lib in $(ldd "$file" 2>/dev/null | grep -o '/lib[^ ]*'); do
+      mkdir -p "$dir$(dirname "$lib")"
+      cp -L "$lib" "$dir$lib"
+    done
+  done
+  echo "app:x:1001:1001::/app:/sbin/nologin" >"$dir/etc/passwd"
+  # The label marks every image made from it (cleanup prunes the untagged ones).
+  tar -C "$dir" -c . | docker import --change 'LABEL wechat-api.ci=true' "$@" - "$tag" >/dev/null
+}
+# The runtime base: the libraries the binary needs (glibc), nothing else, like
+# distroless/cc.
+mkdir -p "$work/base"
+for lib in $(ldd "$bin" | grep -o '/lib[^ ]*'); do
+  mkdir -p "$work/base$(dirname "$lib")"
+  cp -L "$lib" "$work/base$lib"
+done
+image_from "$work/base" wechat-api-base:ci
+# The stand-in Rust image: a shell, the tools the build stage runs, and a cargo
+# that checks how it is called and what it was given, then "builds" by copying.
+rust=$work/rust
+mkdir -p "$rust/bin" "$rust/usr/local/cargo/bin" "$rust/opt"
+cp /bin/dash "$rust/bin/sh"
+cp /bin/mkdir /bin/cp /usr/bin/install "$rust/bin/"
+cp "$bin" "$rust/opt/wechat-api"
+cat >"$rust/usr/local/cargo/bin/cargo" <<'CARGO'
+#!/bin/sh
+# The stand-in Rust image's cargo (tests/container/run.sh).
+[ "$*" = "build --release --locked --bin wechat-api" ] || { echo "stand-in cargo: called as: cargo $*" >&2; exit 1; }
+[ -f Cargo.lock ] && [ -f src/main.rs ] || { echo "stand-in cargo: no sources in $PWD" >&2; exit 1; }
+for secret in .env certs/server.key scripts/monitor-config.env wechat-api-report-1.txt wechat-api; do
+  [ ! -e "$secret" ] || { echo "stand-in cargo: $secret is in the build context" >&2; exit 1; }
+done
+mkdir -p target/release && cp /opt/wechat-api target/release/wechat-api
+CARGO
+chmod 755 "$rust/usr/local/cargo/bin/cargo"
+image_from "$rust" wechat-api-rust:ci --change 'ENV PATH=/usr/local/cargo/bin:/bin'
+
+# A fresh clone, as the operator has it: the worktree's files that git would
+# check out (tracked and new, not ignored); then the operator's secrets beside
+# them, which no build context may carry (.dockerignore).
+mkdir -p "$checkout"
+git -C "$root" ls-files -z --cached --others --exclude-standard | while IFS= read -r -d '' file; do
+  [ -f "$root/$file" ] && printf '%s\0' "$file"
+done | tar -C "$root" --null -T - -c | tar -C "$checkout" -x
+cd "$checkout"
+"$bin" keygen >"$work/keys.env"
+{
+  echo "WECOM_CORP_ID=wwcontainertest01"
+  grep -E '^WECOM_(TOKEN|ENCODING_AES_KEY)=' "$work/keys.env"
+  echo "SUPERVISOR_INTERVAL_SECS=1"
+} >.env
+openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 -subj /CN=localhost \
+  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout certs/server.key -out certs/server.crt 2>/dev/null
+chown 1001:1001 certs/server.key certs/server.crt
+echo "SMTP_PASS=not-for-images" >scripts/monitor-config.env
+echo "a diagnose report" >wechat-api-report-1.txt
+
+export RUNTIME_BASE=wechat-api-base:ci RUST_IMAGE=wechat-api-rust:ci IMAGE_SOURCE=https://example.test/wechat-api
+# build BUILDER TARGET: `docker-compose build` as an operator runs it; ok or not ok.
+build() {
+  local builder=$1 target=$2 buildkit=0 label marker
+  [ "$builder" = BuildKit ] && buildkit=1
+  docker rmi -f wechat-api:latest >/dev/null 2>&1 || true
+  if DOCKER_BUILDKIT=$buildkit COMPOSE_DOCKER_CLI_BUILD=$buildkit WECHAT_API_TARGET=$target \
+    docker-compose -f docker-compose.production.yml build >"$work/build.log" 2>&1 &&
+    [ "$(docker run --rm wechat-api:latest --version 2>&1)" = "$("$bin" --version)" ]; then
+    label=$(docker image inspect -f '{{index .Config.Labels "org.opencontainers.image.source"}}' wechat-api:latest)
+    # The builder that ran: BuildKit numbers its steps (#1 …), the legacy one counts them (Step 1/…).
+    marker='^Step 1/'
+    [ "$buildkit" = 0 ] || marker='^#[0-9]'
+    if ! grep -q "$marker" "$work/build.log"; then
+      not_ok "$builder: target $target was built by the other builder"
+      tail -n 5 "$work/build.log" | sed 's/^/  # /'
+    elif [ "$label" = "$IMAGE_SOURCE" ]; then
+      ok "$builder: docker-compose build, target $target, from a fresh clone (IMAGE_SOURCE labelled)"
+    else
+      not_ok "$builder: target $target: org.opencontainers.image.source is '$label'"
+    fi
+  else
+    not_ok "$builder: docker-compose build, target $target, from a fresh clone"
+    tail -n 15 "$work/build.log" | sed 's/^/  # /'
+  fi
+}
+build legacy runtime
+cp "$bin" wechat-api
+build legacy prebuilt
+rm wechat-api
+started=$(DOCKER_BUILDKIT=0 docker build -q --target prebuilt --build-arg RUNTIME_BASE -t wechat-api:nobinary . 2>&1 &&
+  docker run --rm wechat-api:nobinary 2>&1) || true
+if grep -q '/usr/local/bin/wechat-api.*no such file' <<<"$started"; then
+  ok "without ./wechat-api, the prebuilt image builds and refuses to start, naming the missing binary"
+else
+  not_ok "prebuilt without ./wechat-api"
+fi
+docker rmi -f wechat-api:nobinary >/dev/null 2>&1 || true
+# BuildKit through docker-compose 1.29 is `docker build` with DOCKER_BUILDKIT=1:
+# built into the docker CLI up to 20.10 (Debian's), a plugin (buildx) from 23 on.
+buildkit_cli() { "$1" buildx version >/dev/null 2>&1 || [ "$("$1" version -f '{{.Client.Version}}' 2>/dev/null | cut -d. -f1)" -lt 23 ] 2>/dev/null; }
+buildkit_path=""
+if buildkit_cli docker; then
+  buildkit_path=$PATH
+elif [ -x /usr/bin/docker ] && buildkit_cli /usr/bin/docker; then
+  # Another docker CLI ahead on PATH lacks buildx: Debian's, as operators have it.
+  mkdir -p "$work/debian-docker"
+  ln -s /usr/bin/docker "$work/debian-docker/docker"
+  buildkit_path=$work/debian-docker:$PATH
+fi
+if [ -n "$buildkit_path" ]; then
+  echo "BuildKit through docker CLI $(PATH=$buildkit_path docker version -f '{{.Client.Version}}') ($(PATH=$buildkit_path command -v docker))"
+  PATH=$buildkit_path build BuildKit runtime
+  cp "$bin" wechat-api
+  PATH=$buildkit_path build BuildKit prebuilt
+  rm wechat-api
+else
+  ok "# SKIP BuildKit: no docker CLI here can use it (docker $(docker version -f '{{.Client.Version}}' 2>/dev/null), no buildx)"
+  cp "$bin" wechat-api
+  build legacy prebuilt
+  rm wechat-api
+fi
+echo "image size (docker images): $(docker images wechat-api:latest --format '{{.Size}}'), of which the base $(docker images wechat-api-base:ci --format '{{.Size}}')"
 
 echo "== the appliance"
 # A container left over from an interrupted run would hold the name and the port.
 docker rm -f wechat-api >/dev/null 2>&1 || true
-cd "$work"
-"$bin" keygen >keys.env
-{
-  echo "WECOM_CORP_ID=wwcontainertest01"
-  grep -E '^WECOM_(TOKEN|ENCODING_AES_KEY)=' keys.env
-  echo "SUPERVISOR_INTERVAL_SECS=1"
-} >.env
-mkdir -p certs uploads
-openssl req -x509 -newkey rsa:2048 -nodes -sha256 -days 30 -subj /CN=localhost \
-  -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" -keyout certs/server.key -out certs/server.crt 2>/dev/null
-chown 1001:1001 certs/server.key certs/server.crt
-chown 0:0 uploads
-chmod 755 uploads
-cp "$root/docker-compose.production.yml" "$root/tests/container/compose.test.yml" .
-
-# The replica topology's compose file and balancer configuration are valid.
-mkdir -p deploy
-cp "$root/docker-compose.ha.yml" .
-cp "$root/deploy/haproxy.cfg" deploy/
-if POSTGRES_PASSWORD=ci docker-compose -f docker-compose.ha.yml config -q; then
-  ok "docker-compose.ha.yml passes docker-compose config"
-else
-  not_ok "docker-compose.ha.yml passes docker-compose config"
-fi
-if haproxy -c -f deploy/haproxy.cfg >/dev/null 2>&1; then ok "deploy/haproxy.cfg is valid"; else not_ok "deploy/haproxy.cfg is valid"; fi
-export WECHAT_API_PUBLISH=127.0.0.1:$port UPLOAD_HOST_DIR=$work/uploads CERTS_DIR=$work/certs
-compose() { docker-compose -f docker-compose.production.yml -f compose.test.yml "$@"; }
+mkdir -p "$work/uploads"
+chown 0:0 "$work/uploads"
+chmod 755 "$work/uploads"
+export WECHAT_API_PUBLISH=127.0.0.1:$port UPLOAD_HOST_DIR=$work/uploads
+compose() { docker-compose -f docker-compose.production.yml -f tests/container/compose.test.yml "$@"; }
 compose up -d --no-build >/dev/null 2>&1
 
 if wait_for 60 "healthy" health_is healthy; then ok "health check goes healthy"; else not_ok "health check goes healthy"; docker logs wechat-api | tail -20; fi
@@ -139,7 +241,7 @@ else
     not_ok "diagnose output: $diagnose"
   fi
 fi
-chown 1001:1001 uploads
+chown 1001:1001 "$work/uploads"
 uploads_pass() { curl -sk "https://127.0.0.1:$port/api/health" | grep -q '"uploads:writable":\[{"status":"pass"'; }
 if wait_for 20 "uploads:writable passes" uploads_pass; then ok "chown 1001:1001 fixes it without a restart"; else not_ok "uploads:writable after chown"; fi
 
