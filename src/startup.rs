@@ -262,7 +262,8 @@ struct Workers {
     mailer: Option<Mailer>,
     /// Queues mail for the mailer; shared with the routes.
     alerter: Alerter,
-    /// The clock of the checks that measure durations.
+    /// The clock of the checks that measure durations (tests move it).
+    #[cfg(feature = "testing")]
     clock: Arc<CheckClock>,
     /// The send API's limits (SPEC §15); the store volume's floor is `store:free`'s too.
     send_limits: SendLimits,
@@ -345,6 +346,7 @@ impl Workers {
             supervisor,
             mailer,
             alerter,
+            #[cfg(feature = "testing")]
             clock,
             send_limits,
         })
