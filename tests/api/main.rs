@@ -8,6 +8,7 @@ mod callback;
 mod cli;
 mod crash;
 mod deploy;
+mod env_example;
 mod fakes;
 mod helpers;
 mod hostile;
