@@ -32,7 +32,7 @@ esac
 
 lineage=${RENEWED_LINEAGE:?RENEWED_LINEAGE is not set: certbot sets it when it runs a deploy hook}
 script_dir=$(cd "$(dirname "$0")" && pwd)
-certs_dir=${WECHAT_API_CERTS_DIR:-$script_dir/../certs}
+certs_dir=${WECHAT_API_CERTS_DIR:-$(dirname "$script_dir")/certs}
 owner=${WECHAT_API_CERTS_OWNER:-1001:1001}
 
 if [[ -n ${WECHAT_API_DOMAIN:-} ]]; then
