@@ -180,7 +180,9 @@ impl Alerter {
     pub(crate) fn send(&self, mail: Mail) {
         let count = |outcome: &str| self.metrics.counter(ALERTS_TOTAL, &[("outcome", outcome.to_owned())]).increment(1);
         let Some(queue) = &self.queue else {
-            tracing::warn!("alert (email is off: ALERT_EMAIL_ENABLED=false): {}", mail.subject);
+            // Info, not warn: the supervisor has logged each transition at WARN
+            // already, and a start announced to no one is no problem (issue 20).
+            tracing::info!("alert not mailed (email is off: ALERT_EMAIL_ENABLED=false): {}", mail.subject);
             count("disabled");
             self.shared.remember(&mail.subject, "not sent: email is off");
             return;

@@ -25,8 +25,11 @@ pub enum Command {
     /// own lines; other crates stay at info at most, so no secret reaches a log.
     Serve {
         /// First start with no configuration: generate a Token, an EncodingAESKey,
-        /// a demo corp id and a self-signed certificate under `DATA_DIR` (default
-        /// ./wechat-api-demo) and print ready-to-run curl commands. Not for production.
+        /// a demo corp id and a self-signed certificate under `DATA_DIR` from the
+        /// environment (default ./wechat-api-demo) and print ready-to-run curl
+        /// commands. The demo keeps its data there (SQLite, never DATABASE_URL) and
+        /// does not read `.env`; other variables of the environment (ports,
+        /// FORWARD_URL, …) apply. Not for production.
         #[arg(long)]
         demo: bool,
     },
@@ -45,7 +48,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print a fresh callback Token and EncodingAESKey.
+    /// Print a fresh callback Token (WECOM_TOKEN), EncodingAESKey
+    /// (WECOM_ENCODING_AES_KEY) and admin bearer token (ADMIN_TOKEN), as `.env`
+    /// lines. The Token and key go into the app's 接收消息 settings too; the admin
+    /// token opens /api/test-wecom-connection, names and the test alert (unset:
+    /// those endpoints are off). Run it again for a SEND_TOKEN.
     Keygen,
     /// Print curl commands for a signed URL verification and a signed, encrypted
     /// text callback, using the configured Token and EncodingAESKey.
@@ -56,7 +63,8 @@ pub enum Command {
         /// Text of the test message.
         #[arg(long, value_name = "TEXT", default_value = "hello from wechat-api sign")]
         text: String,
-        /// Use the demo configuration made by `serve --demo`.
+        /// Use the demo configuration made by `serve --demo` (the same directory:
+        /// `DATA_DIR` from the environment, else ./wechat-api-demo; `.env` is not read).
         #[arg(long)]
         demo: bool,
     },

@@ -18,9 +18,9 @@ pub(crate) fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> 
     // message), TLS files made in demo mode, logs. Places that must be shared set
     // their modes explicitly (media: 0640). Process-wide, so set before any thread.
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    let dotenv_ignored = demo && sources.dotenv.is_some();
     if demo {
-        let file = demo::config_file(&sources).context("cannot prepare the demo configuration")?;
-        sources.file = Some(file);
+        sources = demo::sources(&sources).context("cannot prepare the demo directory")?;
     }
     let mut settings = Settings::read(&sources)?;
     let stand_in = if demo {
@@ -46,7 +46,7 @@ pub(crate) fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> 
         })?;
         let stand_in = stand_in.map(|stand_in| tokio::spawn(stand_in.run(app.shutdown_token())));
         if let (true, Some(file)) = (demo, sources.file.as_deref()) {
-            println!("{}", demo::banner(&config, app.port(), file));
+            println!("{}", demo::banner(&config, app.port(), file, dotenv_ignored));
         }
         app.run_until_stopped().await.context("the HTTP server failed")?;
         if let Some(stand_in) = stand_in {

@@ -11,7 +11,7 @@ use crate::demo;
 /// Prints the commands for `url` (default: the local listener's callback).
 pub(crate) fn run(mut sources: Sources, url: Option<String>, text: &str, demo: bool) -> Result<(), CommandError> {
     if demo {
-        sources.file = Some(demo::config_file(&sources).map_err(anyhow::Error::from)?);
+        sources = demo::sources(&sources).map_err(anyhow::Error::from)?;
     }
     let (config, _) = config::load(&sources)?;
     let url = url.unwrap_or_else(|| config.listen.local_url(config.listen.https_port, demo::curl::CALLBACK_PATH));

@@ -2,8 +2,9 @@
 //! account. `serve --demo` and `sign --demo` both use it; neither uses the other.
 //!
 //! Owns: the generated demo configuration file under [`DEMO_DIR`] (Token, key,
-//! corp id, self-signed certificate), the demo settings applied at every start
-//! ([`use_stand_in`]), the banner, the signed sample callbacks as curl commands
+//! corp id, self-signed certificate), the layers of a demo run ([`sources`]: no
+//! `.env`, and the demo's identity, certificate and storage above the
+//! environment), the demo settings applied at every start ([`use_stand_in`]), the banner, the signed sample callbacks as curl commands
 //! ([`curl`]) and the local stand-in for WeCom's API ([`stand_in`]) that logs the
 //! reply WeCom would deliver. Deliberately not here: anything a production start
 //! does differently: demo mode only chooses settings, the service is the real one.
@@ -13,12 +14,48 @@ pub(crate) mod stand_in;
 
 use std::path::{Path, PathBuf};
 
-use crate::config::variables::{DATA_DIR, WECOM_AGENT_ID, WECOM_API_BASE_URL, WECOM_KF_SECRET, WECOM_SECRET};
+use crate::config::variables::{
+    DATABASE_URL, DATA_DIR, TLS_CERT_PATH, TLS_KEY_PATH, UPLOAD_DIR, WECOM_AGENT_ID, WECOM_API_BASE_URL, WECOM_CORP_ID,
+    WECOM_ENCODING_AES_KEY, WECOM_KF_SECRET, WECOM_SECRET, WECOM_TOKEN,
+};
 use crate::config::{generate_encoding_aes_key, Config, Settings, Sources, Token, Var};
 use crate::tls;
 
-/// Where demo mode keeps its generated configuration unless `DATA_DIR` is set.
+/// Where demo mode keeps its generated configuration unless `DATA_DIR` is set in
+/// the environment.
 pub(crate) const DEMO_DIR: &str = "wechat-api-demo";
+
+/// What the demo decides whatever `.env` or the environment say: its identity
+/// (the values the printed curl commands are signed with), its certificate, and
+/// where it keeps data: under the demo directory, never a production store
+/// (`DATABASE_URL` is dropped, so the demo is always SQLite).
+const DEMO_OWNED: [Var; 8] = [
+    WECOM_CORP_ID,
+    WECOM_TOKEN,
+    WECOM_ENCODING_AES_KEY,
+    TLS_CERT_PATH,
+    TLS_KEY_PATH,
+    DATA_DIR,
+    UPLOAD_DIR,
+    DATABASE_URL,
+];
+
+/// The layers of a demo run (`serve --demo`, `sign --demo`): the demo file, then
+/// the process environment without the [`DEMO_OWNED`] variables (or their
+/// aliases). `.env` is not read: it describes a deployment (`/app/data`, the
+/// container's certificate, often empty required values), and a newcomer who
+/// copied `.env.example` must still get a working demo (issue 20). The demo
+/// directory is `DATA_DIR` from the environment, else [`DEMO_DIR`].
+pub(crate) fn sources(sources: &Sources) -> std::io::Result<Sources> {
+    let file = config_file(sources)?;
+    let env = sources
+        .env
+        .iter()
+        .filter(|(name, _)| !Var::named(name).is_some_and(|var| DEMO_OWNED.contains(&var)))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    Ok(Sources { file: Some(file), dotenv: None, env })
+}
 
 /// The demo's corp id: not a real one, so nothing can reach a real WeCom.
 const DEMO_CORP_ID: &str = "wwdemo0000000000";
@@ -29,12 +66,26 @@ const DEMO_AGENT_ID: &str = "1000002";
 const DEMO_APP_SECRET: &str = "demo-app-secret";
 const DEMO_KF_SECRET: &str = "demo-kf-secret";
 
-/// Makes (once) and returns the demo TOML file: generated Token, key and corp id,
-/// a self-signed certificate, uploads and data under the demo directory.
-pub(crate) fn config_file(sources: &Sources) -> std::io::Result<PathBuf> {
+/// Makes (once) and returns the demo TOML file in the demo directory; an error
+/// names the directory and how it was chosen.
+fn config_file(sources: &Sources) -> std::io::Result<PathBuf> {
     let dir =
         sources.env.get(DATA_DIR.name).filter(|d| !d.is_empty()).map_or_else(|| PathBuf::from(DEMO_DIR), PathBuf::from);
-    std::fs::create_dir_all(&dir)?;
+    make_config_file(&dir).map_err(|error| {
+        std::io::Error::new(
+            error.kind(),
+            format!(
+                "{} (the demo directory: DATA_DIR from the environment, else ./{DEMO_DIR}): {error}",
+                dir.display()
+            ),
+        )
+    })
+}
+
+/// The demo TOML file in `dir`, made once: generated Token, key and corp id, a
+/// self-signed certificate, uploads and data under `dir`.
+fn make_config_file(dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
     let cert = dir.join("certs").join("server.crt");
     let key = dir.join("certs").join("server.key");
     tls::ensure_self_signed(&cert, &key, &["localhost", "127.0.0.1", "::1"])?;
@@ -42,9 +93,6 @@ pub(crate) fn config_file(sources: &Sources) -> std::io::Result<PathBuf> {
     if file.exists() {
         return Ok(file);
     }
-    use crate::config::variables::{
-        TLS_CERT_PATH, TLS_KEY_PATH, UPLOAD_DIR, WECOM_CORP_ID, WECOM_ENCODING_AES_KEY, WECOM_TOKEN,
-    };
     let path_text = |p: &Path| toml::Value::String(p.display().to_string());
     let mut table = toml::Table::new();
     let mut insert = |var: Var, value: toml::Value| table.insert(var.key(), value);
@@ -53,7 +101,7 @@ pub(crate) fn config_file(sources: &Sources) -> std::io::Result<PathBuf> {
     insert(WECOM_ENCODING_AES_KEY, toml::Value::String(generate_encoding_aes_key().expose().into()));
     insert(TLS_CERT_PATH, path_text(&cert));
     insert(TLS_KEY_PATH, path_text(&key));
-    insert(DATA_DIR, path_text(&dir));
+    insert(DATA_DIR, path_text(dir));
     insert(UPLOAD_DIR, path_text(&dir.join("uploads")));
     let text = format!(
         "# Generated by `wechat-api serve --demo`. Demo only: the certificate is self-signed.\n{}",
@@ -74,14 +122,22 @@ pub(crate) fn use_stand_in(settings: &mut Settings, base_url: &str) {
     settings.set(WECOM_AGENT_ID, DEMO_AGENT_ID);
 }
 
-/// What `serve --demo` prints once it listens on `port`.
-pub(crate) fn banner(config: &Config, port: u16, file: &Path) -> String {
+/// What `serve --demo` prints once it listens on `port`; `dotenv_ignored`: a
+/// `.env` stands in the working directory, which the demo did not read.
+pub(crate) fn banner(config: &Config, port: u16, file: &Path, dotenv_ignored: bool) -> String {
     let url = config.listen.local_url(port, curl::CALLBACK_PATH);
+    let dotenv = if dotenv_ignored {
+        "The .env here was not read: it configures a deployment, not the demo\n\
+         (to try a setting with the demo, e.g. FORWARD_URL, set it in the environment).\n"
+    } else {
+        ""
+    };
     format!(
         "\n==================== DEMO MODE — NOT FOR PRODUCTION ====================\n\
          A generated Token, EncodingAESKey, demo corp id and a SELF-SIGNED certificate\n\
          live in {file}. Real deployments set WECOM_CORP_ID, WECOM_TOKEN and\n\
          WECOM_ENCODING_AES_KEY (see README) and run without --demo.\n\
+         {dotenv}\
          Replies go to a local stand-in for WeCom's API ({api}), which logs\n\
          \"demo: WeCom would deliver to …\" instead of sending them.\n\
          Try a signed callback against this instance now (帮助 asks for the help text):\n\n\

@@ -191,15 +191,96 @@ fn demo_first_impression_is_the_reply_not_an_error() {
     output.extend(service.read_until(|l| l.contains("demo: WeCom would deliver to wechat-api-sign")));
     let reply = output.last().expect("a line");
     assert!(reply.contains("wechat-api 在线"), "the help text is the reply: {reply}");
-    // The one WARN every start without email has is the STARTED notice it could
-    // not mail (the supervisor's choice), not a failure of the demo.
-    let failures: Vec<&String> = output
-        .iter()
-        .filter(|l| {
-            l.contains("ERROR") || (l.contains("WARN") && !l.contains("(email is off: ALERT_EMAIL_ENABLED=false)"))
-        })
-        .collect();
+    let failures: Vec<&String> = output.iter().filter(|l| l.contains("ERROR") || l.contains("WARN")).collect();
     assert!(failures.is_empty(), "a new user sees no failure:\n{}", output.join("\n"));
+}
+
+/// The service's log lines (not the banner) at `level`.
+fn logged_at<'a>(lines: &'a [String], level: &str) -> Vec<&'a String> {
+    lines.iter().filter(|l| l.split_whitespace().nth(1) == Some(level)).collect()
+}
+
+/// Regression (issue 20): a first start logged one `store migrated` line per
+/// schema step and a WARN for the `[wechat-api STARTED]` notice it could not mail
+/// with email off. A clean first start, its demo callbacks and its stop now show
+/// no WARN or ERROR, and the migration is one line.
+#[test]
+fn a_clean_first_start_logs_one_migration_line_and_no_warning_or_error() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut command = wechat_api(dir.path());
+    command.args(["serve", "--demo"]).env("HTTPS_PORT", "0").env("BIND_ADDRESS", "127.0.0.1");
+    let mut service = Running::start(command);
+    let mut output = service.read_until(|l| l.starts_with("More at any time"));
+    let banner = output.join("\n");
+    let start = banner.find("# 1. URL verification").expect("commands in the banner");
+    run_curl_lines(&banner[start..]);
+    output.extend(service.read_until(|l| l.contains("demo: WeCom would deliver to")));
+    assert!(service.terminate().success());
+    output.extend(service.rest());
+    let shown = output.join("\n");
+    let noisy: Vec<&String> = [logged_at(&output, "WARN"), logged_at(&output, "ERROR")].concat();
+    assert!(noisy.is_empty(), "a clean first start warns of nothing:\n{shown}");
+    assert!(!logged_at(&output, "INFO").is_empty(), "the log format is as expected:\n{shown}");
+    let migrated: Vec<&String> = output.iter().filter(|l| l.contains("store migrated")).collect();
+    assert_eq!(migrated.len(), 1, "{shown}");
+    assert!(migrated[0].contains("store migrated from schema 0 to "), "{shown}");
+    assert!(output.iter().any(|l| l.contains("[wechat-api STARTED]")), "the start is still logged:\n{shown}");
+}
+
+/// The port of the first `https://127.0.0.1:<port>/` in `text`.
+fn port_in(text: &str) -> u16 {
+    let after = text.split("https://127.0.0.1:").nth(1).expect("a local URL");
+    after.chars().take_while(char::is_ascii_digit).collect::<String>().parse().expect("a port")
+}
+
+/// Regression (issue 20): `cp .env.example .env` and then `serve --demo` exited 64
+/// (the `.env`'s empty WECOM_* values overrode the demo's), and without those
+/// lines failed on `DATA_DIR /app/data`. The environment of the image (its
+/// certificate paths) and of a replica (DATABASE_URL) must not break the demo
+/// either, nor send its data elsewhere. `sign --demo` beside it agrees.
+#[test]
+fn the_demo_works_beside_a_copied_env_example_and_a_deployments_environment() {
+    let dir = tempfile::tempdir().expect("dir");
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".env.example");
+    std::fs::copy(example, dir.path().join(".env")).expect("cp .env.example .env");
+    let deployment = [
+        ("HTTPS_PORT", "0"),
+        ("BIND_ADDRESS", "127.0.0.1"),
+        ("TLS_CERT_PATH", "/app/certs/server.crt"),
+        ("TLS_KEY_PATH", "/app/certs/server.key"),
+        ("UPLOAD_DIR", "/app/wwwroot/uploadall"),
+        ("DATABASE_URL", "postgres://wechat_api:Pw9Secret@127.0.0.1:9/wechat_api"),
+    ];
+    let mut command = wechat_api(dir.path());
+    command.args(["serve", "--demo"]).envs(deployment);
+    let service = Running::start(command);
+    let banner = service.read_until(|l| l.starts_with("More at any time")).join("\n");
+    assert!(banner.contains("The .env here was not read"), "{banner}");
+    let start = banner.find("# 1. URL verification").expect("commands in the banner");
+    let outputs = run_curl_lines(&banner[start..]);
+    assert_eq!(outputs[0], promised_echo(&banner[start..]));
+    assert_eq!(outputs[1], "200");
+    let demo = dir.path().join("wechat-api-demo");
+    assert!(demo.join("wechat-api.sqlite3").is_file(), "the store is the demo's, SQLite");
+    assert!(demo.join("uploads").is_dir(), "uploads under the demo directory");
+
+    let url = format!("https://127.0.0.1:{}/api/v1/wecom/callback", port_in(&banner[start..]));
+    let out = wechat_api(dir.path()).args(["sign", "--demo", "--url", &url]).envs(deployment).output().expect("runs");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let commands = String::from_utf8(out.stdout).expect("UTF-8");
+    let outputs = run_curl_lines(&commands);
+    assert_eq!(outputs[0], promised_echo(&commands), "sign --demo signs with the running demo's Token");
+    assert_eq!(outputs[1], "200");
+}
+
+#[test]
+fn keygen_help_names_the_three_values_it_prints() {
+    let dir = tempfile::tempdir().expect("dir");
+    let out = wechat_api(dir.path()).args(["keygen", "--help"]).output().expect("runs");
+    let help = String::from_utf8_lossy(&out.stdout);
+    for name in ["WECOM_TOKEN", "WECOM_ENCODING_AES_KEY", "ADMIN_TOKEN"] {
+        assert!(help.contains(name), "{name} in:\n{help}");
+    }
 }
 
 /// `diagnose --json` with `env`; returns the exit code and the report.

@@ -17,6 +17,7 @@ mod layout;
 mod media;
 mod migrate;
 mod monitoring;
+mod operator_files;
 mod outbound;
 mod postgres;
 mod properties;

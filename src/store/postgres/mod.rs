@@ -266,15 +266,17 @@ async fn migrate(pool: &Pool) -> Result<(), StoreError> {
     if found > known {
         return Err(StoreError::TooNew { found, known });
     }
-    for (version, sql) in MIGRATIONS.iter().enumerate().skip(usize::try_from(found).unwrap_or(usize::MAX)) {
+    for sql in MIGRATIONS.iter().skip(usize::try_from(found).unwrap_or(usize::MAX)) {
         tx.batch_execute(sql).await?;
-        tracing::info!(schema = version + 1, "store migrated (PostgreSQL)");
     }
     if found < known {
         tx.execute("DELETE FROM schema_version", &[]).await?;
         tx.execute("INSERT INTO schema_version (version) VALUES ($1)", &[&known]).await?;
     }
     tx.commit().await?;
+    if found < known {
+        tracing::info!("store migrated (PostgreSQL) from schema {found} to {known}");
+    }
     Ok(())
 }
 

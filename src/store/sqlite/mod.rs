@@ -334,7 +334,9 @@ fn migrate(connection: &Connection) -> Result<(), StoreError> {
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", version as i64 + 1)?;
         tx.commit()?;
-        tracing::info!(schema = version + 1, "store migrated");
+    }
+    if found < known {
+        tracing::info!("store migrated from schema {found} to {known}");
     }
     Ok(())
 }
