@@ -345,8 +345,17 @@ pub(crate) const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
     help: "Store commits made durable with an fsync before they returned (strict writes).",
 };
 
+/// `wechat_api_connections_refused_total{reason}`.
+pub(crate) const CONNECTIONS_REFUSED_TOTAL: Family = Family {
+    name: "wechat_api_connections_refused_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["reason"],
+    help: "Connections closed before any HTTP, by reason: per_address (CONNECTIONS_PER_ADDRESS reached), silent (nothing sent within 2 s), handshake_timeout (TLS unfinished after 5 s).",
+};
+
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 17] = [
+pub(crate) const FAMILIES: [Family; 18] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -364,6 +373,7 @@ pub(crate) const FAMILIES: [Family; 17] = [
     STORE_COMMITS_TOTAL,
     STORE_OPERATIONS_TOTAL,
     STORE_SYNCED_COMMITS_TOTAL,
+    CONNECTIONS_REFUSED_TOTAL,
 ];
 
 /// Upper bounds of the callback latency histogram: fine below 10 ms, where a

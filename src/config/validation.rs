@@ -15,7 +15,7 @@ use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
     AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, Surface,
-    MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
+    MAX_CONNECTIONS_PER_ADDRESS, MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::crypto::{AesKey, KeyError};
 use crate::networks::Networks;
@@ -144,6 +144,10 @@ impl Config {
         let kf_keys = v.kf_keys(app_keys.as_ref());
         let api_base_url = v.url(var::WECOM_API_BASE_URL);
         let listen = ListenConfig::validate(&mut v);
+        let connections_per_address = v.parse::<u32>(var::CONNECTIONS_PER_ADDRESS, "a whole number of connections");
+        if connections_per_address.is_some_and(|n| n == 0 || n > MAX_CONNECTIONS_PER_ADDRESS) {
+            v.fail(var::CONNECTIONS_PER_ADDRESS, format!("must be 1 to {MAX_CONNECTIONS_PER_ADDRESS}"));
+        }
         let upload_dir = v.trimmed(var::UPLOAD_DIR).map(PathBuf::from);
         let data_dir = v.trimmed(var::DATA_DIR).map(PathBuf::from);
         let admin_token = v.secret(var::ADMIN_TOKEN);
@@ -244,6 +248,7 @@ impl Config {
                 kf_keys: kf_keys?,
                 api_base_url: api_base_url?,
                 listen: listen?,
+                connections_per_address: connections_per_address?,
                 upload_dir: upload_dir?,
                 data_dir: data_dir?,
                 admin_token,

@@ -130,6 +130,8 @@ variables! {
     // The public surface (SPEC §11).
     TRUSTED_NETWORKS,          None,                      Some("127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7"), PUBLIC, "comma-separated CIDRs whose requests may read the status page, the detailed health and the metrics";
     TRUSTED_PROXIES,           None,                      None,                                  PUBLIC, "comma-separated CIDRs of reverse proxies whose X-Forwarded-For is believed; unset = never";
+    // Limits under pressure (SPEC §15).
+    CONNECTIONS_PER_ADDRESS,   None,                      Some("256"),                           PUBLIC, "open connections (TLS handshakes included) one client address may hold; beyond it a new connection is closed at once; TRUSTED_PROXIES and TRUSTED_NETWORKS are exempt";
 }
 
 #[cfg(test)]
