@@ -608,11 +608,22 @@ async fn heartbeat(url: String, shutdown: CancellationToken) {
 /// A peer that reads nothing for this long while we have data for it (a
 /// pipelining client that never reads its answers) is disconnected by the kernel.
 const SLOW_READER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections the kernel may queue before they are accepted.
+const LISTEN_BACKLOG: i32 = 4096;
 /// What the kernel may hold for one connection's unread answers.
 const SEND_BUFFER_BYTES: usize = 256 * 1024;
 
 fn bind(address: SocketAddr, variable: &'static str) -> Result<TcpListener, StartupError> {
     let listener = TcpListener::bind(address).map_err(|source| StartupError::Bind { address, variable, source })?;
+    // A burst of connections (thousands from one address, refused at once) must
+    // not fill the accept queue: past it the kernel drops everyone's SYNs, and a
+    // retransmitted SYN costs a second. std listens with 128; the kernel caps
+    // this at net.core.somaxconn.
+    rustix::net::listen(&listener, LISTEN_BACKLOG).map_err(|e| StartupError::Bind {
+        address,
+        variable,
+        source: e.into(),
+    })?;
     // Accepted connections inherit both (Linux): unacknowledged or unread data
     // (zero-window probes included) ends the connection after the timeout, and
     // the queue it may build is bounded.
