@@ -48,7 +48,6 @@ impl Refusal {
             Refusal::HandshakeTimeout => "handshake_timeout",
         }
     }
-
 }
 
 impl std::fmt::Display for Refusal {
@@ -57,11 +56,9 @@ impl std::fmt::Display for Refusal {
         match self {
             Refusal::PerAddress => f.write_str("the address already holds CONNECTIONS_PER_ADDRESS connections"),
             Refusal::Silent => write!(f, "nothing was sent within {} s of connecting", FIRST_BYTES_DEADLINE.as_secs()),
-            Refusal::HandshakeTimeout => write!(
-                f,
-                "the TLS handshake did not finish within {} s of connecting",
-                HANDSHAKE_DEADLINE.as_secs()
-            ),
+            Refusal::HandshakeTimeout => {
+                write!(f, "the TLS handshake did not finish within {} s of connecting", HANDSHAKE_DEADLINE.as_secs())
+            }
         }
     }
 }

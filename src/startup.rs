@@ -1,8 +1,10 @@
 //! The running service: build it from a validated [`Config`], learn its ports,
 //! run it until SIGTERM/SIGINT (or a test's cancel), then drain.
 //!
-//! Owns: listeners, the actix-web server and its limits, the shared state, and
-//! the lifetime of background tasks. Architecture invariant: every background
+//! Owns: listeners, the actix-web server and its limits (built from actix-server
+//! and actix-http so that every connection passes the per-address cap and the
+//! first-bytes deadline before its TLS handshake), the shared state, and the
+//! lifetime of background tasks. Architecture invariant: every background
 //! task gets the shutdown token and is tracked, so `run_until_stopped` returns
 //! only when they have all finished.
 

@@ -185,7 +185,6 @@ async fn three_thousand_silent_sockets_from_one_stranger_slow_no_callback_past_a
     let flood_connects = connects.load(Ordering::Relaxed);
     stop.cancel();
     let slowest = took.iter().max().copied().unwrap_or_default();
-    eprintln!("MEASURE callbacks={} slowest={slowest:?} connects={flood_connects}", took.len());
     assert!(
         slowest < Duration::from_secs(1),
         "a callback took {slowest:?} during the flood ({} callbacks: {took:?})",
@@ -210,7 +209,6 @@ async fn idle_connections_from_one_address_are_capped_and_a_trusted_address_is_e
         }
     }
     let after = rss_kib();
-    eprintln!("MEASURE rss before={before} after={after} parked={}", parked.len());
     assert_eq!(parked.len(), 20, "the stranger holds exactly CONNECTIONS_PER_ADDRESS");
     // Each costs ~20 KiB on either side; 1,000 of them would be some 40 MiB.
     assert!(after.saturating_sub(before) < 16 * 1024, "RSS grew from {before} KiB to {after} KiB");
