@@ -273,3 +273,38 @@ async fn a_socket_that_sends_nothing_is_closed_after_two_seconds_and_a_stalled_h
     assert_eq!(app.metric("wechat_api_connections_refused_total{reason=\"per_address\"}").await, 0.0);
     assert!(app.metrics().await.contains("wechat_api_connections_refused_total{reason=\"per_address\"} 0"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_refused_connections_is_logged_in_a_few_lines_naming_the_address() {
+    let dir = tempfile::tempdir().expect("dir");
+    write_certificate(dir.path(), 30);
+    let env = test_env(dir.path(), &[ONLY_LOCALHOST_TRUSTED, ("CONNECTIONS_PER_ADDRESS", "1")]);
+    let mut command = wechat_api(dir.path());
+    command.arg("serve").envs(&env);
+    let mut service = Running::start(command);
+    let port = service.port();
+    // One silent socket holds the stranger's only slot; 300 more are refused.
+    let _holder = connect_from(STRANGER, port).await.expect("connect");
+    let mut refused = 0;
+    while refused < 300 {
+        let started = Instant::now();
+        match connect_from(STRANGER, port).await {
+            Ok(mut stream) => {
+                if closed_within(&mut stream, started, started + DEADLINE).await.is_some() {
+                    refused += 1;
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::ConnectionReset => refused += 1,
+            Err(error) => panic!("cannot connect: {error}"),
+        }
+    }
+    service.terminate();
+    let lines = service.rest();
+    let text = lines.join("\n");
+    let logged: Vec<&String> = lines.iter().filter(|l| l.contains("connection closed")).collect();
+    let per_address = logged.iter().filter(|l| l.contains("reason=\"per_address\"")).count();
+    assert!((1..=10).contains(&per_address), "{per_address} lines for ~300 refusals:\n{text}");
+    assert!(logged.len() <= 20, "at most 10 lines a minute per reason:\n{text}");
+    assert!(logged.iter().all(|l| l.contains("client=127.0.0.2")), "the address to act on:\n{text}");
+    assert!(logged.iter().any(|l| l.contains("CONNECTIONS_PER_ADDRESS")), "the setting to look at:\n{text}");
+}
