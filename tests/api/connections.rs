@@ -286,11 +286,13 @@ async fn a_flood_of_refused_connections_is_logged_in_a_few_lines_naming_the_addr
     // One silent socket holds the stranger's only slot; 300 more are refused.
     let _holder = connect_from(STRANGER, port).await.expect("connect");
     let mut refused = 0;
+    let deadline = Instant::now() + DEADLINE;
     while refused < 300 {
+        assert!(Instant::now() < deadline, "only {refused} connections were refused at once");
         let started = Instant::now();
         match connect_from(STRANGER, port).await {
             Ok(mut stream) => {
-                if closed_within(&mut stream, started, started + DEADLINE).await.is_some() {
+                if closed_within(&mut stream, started, deadline).await.is_some() {
                     refused += 1;
                 }
             }
