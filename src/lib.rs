@@ -22,6 +22,7 @@ pub mod cli;
 pub(crate) mod clock;
 pub mod commands;
 pub mod config;
+pub(crate) mod connections;
 pub mod crypto;
 pub(crate) mod demo;
 pub(crate) mod diagnose;

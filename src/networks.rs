@@ -101,6 +101,11 @@ impl Networks {
         self.0.iter().any(|cidr| cidr.contains(address))
     }
 
+    /// The networks of both sets.
+    pub(crate) fn and(&self, other: &Networks) -> Networks {
+        Networks(self.0.iter().chain(&other.0).copied().collect())
+    }
+
     /// Whether the set is empty (nothing is trusted).
     #[cfg(test)]
     pub(crate) fn is_empty(&self) -> bool {

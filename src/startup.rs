@@ -1,17 +1,27 @@
 //! The running service: build it from a validated [`Config`], learn its ports,
 //! run it until SIGTERM/SIGINT (or a test's cancel), then drain.
 //!
-//! Owns: listeners, the actix-web server and its limits, the shared state, and
-//! the lifetime of background tasks. Architecture invariant: every background
+//! Owns: listeners, the actix-web server and its limits (built from actix-server
+//! and actix-http so that every connection passes the per-address cap and the
+//! first-bytes deadline before its TLS handshake), the shared state, and the
+//! lifetime of background tasks. Architecture invariant: every background
 //! task gets the shutdown token and is tracked, so `run_until_stopped` returns
 //! only when they have all finished.
 
+use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::Arc;
-use std::time::Duration;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use actix_web::dev::Server;
-use actix_web::{web, App, HttpServer};
+use actix_http::error::DispatchError;
+use actix_http::{HttpService, Protocol};
+use actix_server::{Server, ServerBuilder};
+use actix_service::{fn_factory, fn_service, map_config, Service, ServiceFactory};
+use actix_web::dev::AppConfig;
+use actix_web::{web, App};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -21,6 +31,7 @@ use tokio::sync::Notify;
 use crate::alerts::{Alerter, Mailer};
 use crate::callback::CallbackCredentials;
 use crate::config::Config;
+use crate::connections::{ConnectionTable, Refusal, FIRST_BYTES_DEADLINE, HANDSHAKE_DEADLINE};
 use crate::dispatch::actions::Executor;
 use crate::dispatch::handlers::HandlerSettings;
 use crate::dispatch::sending::SendLimits;
@@ -28,11 +39,12 @@ use crate::dispatch::{Dispatcher, Outbox};
 use crate::health::checks::{self, CheckClock, Checks, Pressure};
 use crate::health::{HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
+use crate::log_limit::{Admit, LogLimiter};
 use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{Store, StoreError};
 use crate::supervisor::{Parts, Supervisor, Timing};
-use crate::telemetry::{BuildInfo, Metrics};
+use crate::telemetry::{self, BuildInfo, Metrics};
 use crate::tls::{self, CertificateStore, TlsError};
 use crate::wecom::WeCom;
 use crate::VERSION;
@@ -43,7 +55,8 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Header read timeout: a slow client (slowloris) is cut off after this.
 const CLIENT_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a connection that is being closed may take to read our last answer.
+const CLIENT_DISCONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const KEEP_ALIVE: Duration = Duration::from_secs(75);
 const METRICS_UPKEEP_PERIOD: Duration = Duration::from_secs(5);
 
@@ -391,38 +404,212 @@ struct Listeners {
 
 impl Listeners {
     /// Binds the main listener (TLS unless turned off) and the optional plain one.
+    ///
+    /// Built from actix-web's parts rather than with `HttpServer`, which offers no
+    /// way to look at a connection before its TLS handshake: every accepted
+    /// connection first passes the [`Gate`] (the per-address cap, then the
+    /// first-bytes deadline), and only then is handshaken and handed to
+    /// actix-http with the App, configured as `HttpServer` would.
     fn bind(
         config: &Config,
         state: web::Data<AppState>,
         certificates: Option<&Arc<CertificateStore>>,
     ) -> Result<Self, StartupError> {
         let listen = &config.listen;
-        let mut server = HttpServer::new(move || {
-            App::new()
-                .wrap(actix_web::middleware::from_fn(routes::deadline::body_deadline))
-                .app_data(state.clone())
-                .configure(routes::configure)
-        })
-        .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
-        .tls_handshake_timeout(TLS_HANDSHAKE_TIMEOUT)
-        .keep_alive(KEEP_ALIVE)
-        .shutdown_timeout(DRAIN_TIMEOUT.as_secs())
-        .disable_signals();
+        let gate = Arc::new(Gate::new(config, &state.metrics));
+        let mut builder = Server::build().shutdown_timeout(DRAIN_TIMEOUT.as_secs()).disable_signals();
         let main_listener = bind(SocketAddr::new(listen.bind_address, listen.https_port), "HTTPS_PORT")?;
         let port = main_listener.local_addr().map_err(StartupError::Server)?.port();
-        server = match certificates {
-            Some(store) => server.listen_rustls_0_23(main_listener, store.server_config()?),
-            None => server.listen(main_listener),
+        builder = match certificates {
+            Some(store) => {
+                let mut tls = store.server_config()?;
+                // HTTP/1.1 only: HTTP/2 is not served (its stream floods, SECURITY.md).
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                let handshake = Tls(tokio_rustls::TlsAcceptor::from(Arc::new(tls)));
+                serve(builder, main_listener, &state, &gate, handshake)
+            }
+            None => serve(builder, main_listener, &state, &gate, Plain),
         }
         .map_err(StartupError::Server)?;
         let mut http_port = None;
         if let Some(plain) = listen.http_port {
             let listener = bind(SocketAddr::new(listen.bind_address, plain), "HTTP_PORT")?;
             http_port = Some(listener.local_addr().map_err(StartupError::Server)?.port());
-            server = server.listen(listener).map_err(StartupError::Server)?;
+            builder = serve(builder, listener, &state, &gate, Plain).map_err(StartupError::Server)?;
         }
-        Ok(Self { port, http_port, server: server.run() })
+        Ok(Self { port, http_port, server: builder.run() })
     }
+}
+
+/// What every accepted connection passes before any HTTP (SPEC §15): its
+/// address's share of connections, then the deadline for its first bytes. A
+/// silent socket therefore never reaches the TLS acceptor, and one address can
+/// hold at most `CONNECTIONS_PER_ADDRESS` of the listener's connections.
+struct Gate {
+    table: Arc<ConnectionTable>,
+    /// `wechat_api_connections_refused_total`, one series per [`Refusal`].
+    refused: Vec<(Refusal, metrics::Counter)>,
+    log: Mutex<LogLimiter>,
+}
+
+impl Gate {
+    fn new(config: &Config, metrics: &Metrics) -> Self {
+        let surface = &config.surface;
+        let exempt = surface.trusted_networks.and(&surface.trusted_proxies);
+        let refused = Refusal::ALL
+            .iter()
+            .map(|r| (*r, metrics.counter(telemetry::CONNECTIONS_REFUSED_TOTAL, &[("reason", r.as_str().to_owned())])))
+            .collect();
+        Self {
+            table: ConnectionTable::new(config.connections_per_address, exempt),
+            refused,
+            log: Mutex::new(LogLimiter::default()),
+        }
+    }
+
+    /// Counts a connection closed unserved; a line for it, at most ten a minute
+    /// per reason (the next line written says how many were not).
+    fn refuse(&self, refusal: Refusal, peer: SocketAddr) {
+        if let Some((_, counter)) = self.refused.iter().find(|(r, _)| *r == refusal) {
+            counter.increment(1);
+        }
+        let admitted = match self.log.lock() {
+            Ok(mut limiter) => limiter.admit(refusal.as_str(), Instant::now()),
+            Err(_) => Admit::Write { suppressed: 0 },
+        };
+        let Admit::Write { suppressed } = admitted else { return };
+        let more = match suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more closed for this reason in the last minute, not logged)"),
+        };
+        tracing::warn!(client = %peer.ip().to_canonical(), reason = refusal.as_str(), "connection closed: {refusal}{more}");
+    }
+}
+
+/// Makes dropping `stream` reset the connection: a refused peer learns at once,
+/// and the kernel keeps nothing of it (no TIME_WAIT) however many there are.
+fn close_with_reset(stream: &TcpStream) {
+    let _ = rustix::net::sockopt::set_socket_linger(stream, Some(Duration::ZERO));
+}
+
+/// How an admitted connection becomes the stream HTTP is spoken on.
+trait Handshake: Clone + Send + 'static {
+    type Stream: AsyncRead + AsyncWrite + Unpin + 'static;
+    /// Whether the listener is `https` (what the App's configuration says).
+    const SECURE: bool;
+    fn handshake(&self, stream: TcpStream) -> impl Future<Output = std::io::Result<Self::Stream>>;
+}
+
+/// Plain HTTP: the TCP stream itself.
+#[derive(Clone)]
+struct Plain;
+
+impl Handshake for Plain {
+    type Stream = TcpStream;
+    const SECURE: bool = false;
+    async fn handshake(&self, stream: TcpStream) -> std::io::Result<TcpStream> {
+        Ok(stream)
+    }
+}
+
+/// TLS with the served certificate; its deadline is kept by [`connection`].
+#[derive(Clone)]
+struct Tls(tokio_rustls::TlsAcceptor);
+
+impl Handshake for Tls {
+    type Stream = tokio_rustls::server::TlsStream<TcpStream>;
+    const SECURE: bool = true;
+    fn handshake(&self, stream: TcpStream) -> impl Future<Output = std::io::Result<Self::Stream>> {
+        self.0.accept(stream)
+    }
+}
+
+/// Adds `listener` to the server: each worker runs the App behind actix-http
+/// (the limits of `HttpServer` set the same way), every connection through
+/// [`connection`].
+fn serve<H: Handshake>(
+    builder: ServerBuilder,
+    listener: TcpListener,
+    state: &web::Data<AppState>,
+    gate: &Arc<Gate>,
+    handshake: H,
+) -> std::io::Result<ServerBuilder> {
+    let local = listener.local_addr()?;
+    let (state, gate) = (state.clone(), Arc::clone(gate));
+    let draining = builder.graceful_shutdown_signal();
+    builder.listen(format!("wechat-api-{local}"), listener, move || {
+        let app = App::new()
+            .wrap(actix_web::middleware::from_fn(routes::deadline::body_deadline))
+            .app_data(state.clone())
+            .configure(routes::configure);
+        let draining = draining.clone();
+        // What `HttpServer` passes: actix-web has no other public constructor
+        // (semver-exempt, and pinned by Cargo.lock).
+        let app_config = AppConfig::__priv_test_new(H::SECURE, local.to_string(), local);
+        let http = HttpService::build()
+            .keep_alive(KEEP_ALIVE)
+            .client_request_timeout(CLIENT_REQUEST_TIMEOUT)
+            .client_disconnect_timeout(CLIENT_DISCONNECT_TIMEOUT)
+            .local_addr(local)
+            // Idle keep-alive connections close when a drain starts.
+            .graceful_shutdown_signal(move || {
+                let draining = draining.clone();
+                async move { draining.notified().await }
+            })
+            .finish(map_config(app, move |()| app_config.clone()));
+        let (gate, handshake) = (Arc::clone(&gate), handshake.clone());
+        fn_factory(move || {
+            let http = http.new_service(());
+            let (gate, handshake) = (Arc::clone(&gate), handshake.clone());
+            async move {
+                let http = Rc::new(http.await?);
+                Ok::<_, ()>(fn_service(move |stream: TcpStream| {
+                    connection(Arc::clone(&gate), handshake.clone(), Rc::clone(&http), stream)
+                }))
+            }
+        })
+    })
+}
+
+/// One connection from accept to close: admitted by its address's share, its
+/// first bytes within [`FIRST_BYTES_DEADLINE`], its handshake finished within
+/// [`HANDSHAKE_DEADLINE`] of the accept, then HTTP. The slot is held until the
+/// connection ends.
+async fn connection<H, S>(gate: Arc<Gate>, handshake: H, http: Rc<S>, stream: TcpStream) -> Result<(), ()>
+where
+    H: Handshake,
+    S: Service<(H::Stream, Protocol, Option<SocketAddr>), Response = (), Error = DispatchError>,
+{
+    let accepted = tokio::time::Instant::now();
+    let Ok(peer) = stream.peer_addr() else { return Ok(()) };
+    let _slot = match gate.table.admit(peer.ip()) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            close_with_reset(&stream);
+            gate.refuse(refusal, peer);
+            return Ok(());
+        }
+    };
+    if tokio::time::timeout_at(accepted + FIRST_BYTES_DEADLINE, stream.readable()).await.is_err() {
+        close_with_reset(&stream);
+        gate.refuse(Refusal::Silent, peer);
+        return Ok(());
+    }
+    let stream = match tokio::time::timeout_at(accepted + HANDSHAKE_DEADLINE, handshake.handshake(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(client = %peer.ip().to_canonical(), "TLS handshake failed: {error}");
+            return Ok(());
+        }
+        Err(_) => {
+            gate.refuse(Refusal::HandshakeTimeout, peer);
+            return Ok(());
+        }
+    };
+    std::future::poll_fn(|cx| http.poll_ready(cx)).await.map_err(drop)?;
+    http.call((stream, Protocol::Http1, Some(peer))).await.map_err(|error| {
+        tracing::debug!(client = %peer.ip().to_canonical(), "connection ended: {error}");
+    })
 }
 
 /// How long a dead background task is reported by `/api/health/live` before the
@@ -471,11 +658,22 @@ async fn heartbeat(url: String, shutdown: CancellationToken) {
 /// A peer that reads nothing for this long while we have data for it (a
 /// pipelining client that never reads its answers) is disconnected by the kernel.
 const SLOW_READER_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections the kernel may queue before they are accepted.
+const LISTEN_BACKLOG: i32 = 4096;
 /// What the kernel may hold for one connection's unread answers.
 const SEND_BUFFER_BYTES: usize = 256 * 1024;
 
 fn bind(address: SocketAddr, variable: &'static str) -> Result<TcpListener, StartupError> {
     let listener = TcpListener::bind(address).map_err(|source| StartupError::Bind { address, variable, source })?;
+    // A burst of connections (thousands from one address, refused at once) must
+    // not fill the accept queue: past it the kernel drops everyone's SYNs, and a
+    // retransmitted SYN costs a second. std listens with 128; the kernel caps
+    // this at net.core.somaxconn.
+    rustix::net::listen(&listener, LISTEN_BACKLOG).map_err(|e| StartupError::Bind {
+        address,
+        variable,
+        source: e.into(),
+    })?;
     // Accepted connections inherit both (Linux): unacknowledged or unread data
     // (zero-window probes included) ends the connection after the timeout, and
     // the queue it may build is bounded.

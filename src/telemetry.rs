@@ -398,8 +398,17 @@ pub(crate) const FORWARD_FAILING_SECONDS: Family = Family {
     help: "How long every POST to FORWARD_URL has failed, at the last check; 0 while it delivers (forward:delivery fails past 300).",
 };
 
+/// `wechat_api_connections_refused_total{reason}`.
+pub(crate) const CONNECTIONS_REFUSED_TOTAL: Family = Family {
+    name: "wechat_api_connections_refused_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["reason"],
+    help: "Connections closed before any HTTP, by reason: per_address (CONNECTIONS_PER_ADDRESS reached), silent (nothing sent within 2 s), handshake_timeout (TLS unfinished after 5 s).",
+};
+
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 21] = [
+pub(crate) const FAMILIES: [Family; 22] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -421,6 +430,7 @@ pub(crate) const FAMILIES: [Family; 21] = [
     OUTBOX_BACKLOG_ACTIONS,
     OUTBOX_BACKLOG_AGE_SECONDS,
     FORWARD_FAILING_SECONDS,
+    CONNECTIONS_REFUSED_TOTAL,
 ];
 
 /// Upper bounds of the callback latency histogram: fine below 10 ms, where a

@@ -33,6 +33,11 @@ pub use variables::{Var, VARIABLES};
 /// The shortest `RETENTION_SECS`: it is also the dedup window.
 pub(crate) const MIN_RETENTION_SECS: u64 = 60;
 
+/// The most `CONNECTIONS_PER_ADDRESS` may be: idle connections cost ~20 KiB
+/// each, so one address may then hold some 200 MiB; more is a setting that
+/// caps nothing (a load balancer belongs in `TRUSTED_PROXIES` instead).
+pub const MAX_CONNECTIONS_PER_ADDRESS: u32 = 10_000;
+
 /// Configuration that cannot be used, one readable line per problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}", .0.join("\n"))]
@@ -116,6 +121,8 @@ pub struct Config {
     pub api_base_url: String,
     /// Where and how the service listens.
     pub listen: ListenConfig,
+    /// `CONNECTIONS_PER_ADDRESS`, 1..=[`MAX_CONNECTIONS_PER_ADDRESS`].
+    pub connections_per_address: u32,
     /// `UPLOAD_DIR`.
     pub upload_dir: PathBuf,
     /// `DATA_DIR`.
@@ -523,5 +530,20 @@ mod tests {
         assert_eq!(errors.len(), 2, "{errors:?}");
         assert!(errors[0].starts_with("TRUSTED_NETWORKS ") && errors[0].contains("10.0.0.0/40"), "{errors:?}");
         assert!(errors[1].starts_with("TRUSTED_PROXIES ") && errors[1].contains("proxy.internal"), "{errors:?}");
+    }
+
+    #[test]
+    fn connections_per_address_defaults_to_256_and_is_bounded() {
+        assert_eq!(load(&env(&minimal())).expect("valid").0.connections_per_address, 256);
+        for bad in ["0", "-1", "10001", "many", "18446744073709551615"] {
+            let mut pairs = minimal();
+            pairs.push(("CONNECTIONS_PER_ADDRESS", bad));
+            let errors = errors_of(&pairs);
+            assert_eq!(errors.len(), 1, "{bad}: {errors:?}");
+            assert!(errors[0].starts_with("CONNECTIONS_PER_ADDRESS must be"), "{bad}: {errors:?}");
+        }
+        let mut pairs = minimal();
+        pairs.push(("CONNECTIONS_PER_ADDRESS", "20"));
+        assert_eq!(load(&env(&pairs)).expect("valid").0.connections_per_address, 20);
     }
 }

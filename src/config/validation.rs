@@ -15,7 +15,7 @@ use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
     AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, Surface,
-    MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
+    MAX_CONNECTIONS_PER_ADDRESS, MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::crypto::{AesKey, KeyError};
 use crate::networks::Networks;
@@ -144,6 +144,10 @@ impl Config {
         let kf_keys = v.kf_keys(app_keys.as_ref());
         let api_base_url = v.url(var::WECOM_API_BASE_URL);
         let listen = ListenConfig::validate(&mut v);
+        let connections_per_address = v.parse::<u32>(var::CONNECTIONS_PER_ADDRESS, "a whole number of connections");
+        if connections_per_address == Some(0) {
+            v.fail(var::CONNECTIONS_PER_ADDRESS, format!("must be 1 to {MAX_CONNECTIONS_PER_ADDRESS}"));
+        }
         let upload_dir = v.trimmed(var::UPLOAD_DIR).map(PathBuf::from);
         let data_dir = v.trimmed(var::DATA_DIR).map(PathBuf::from);
         let admin_token = v.secret(var::ADMIN_TOKEN);
@@ -256,6 +260,7 @@ impl Config {
                 kf_keys: kf_keys?,
                 api_base_url: api_base_url?,
                 listen: listen?,
+                connections_per_address: connections_per_address?,
                 upload_dir: upload_dir?,
                 data_dir: data_dir?,
                 admin_token,
@@ -310,12 +315,18 @@ const UPPER_BOUNDS: &[(Var, u64, &str)] = &[
     (var::LEASE_SECS, 86_400, "(a day: a dead replica's claims wait this long)"),
     (var::MEDIA_RETENTION_SECS, TEN_YEARS_SECS, "(10 years)"),
     (var::SEND_QUEUE_MAX, 1_000_000, "(sends queued per channel)"),
+    (var::CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS_PER_ADDRESS as u64, "(connections one address may hold)"),
 ];
 
 /// One line per variable of [`UPPER_BOUNDS`] set beyond its bound. A value that
 /// is no whole number at all is reported where it is parsed, not here.
 fn upper_bounds(v: &mut Validator<'_>) {
     for &(var, max, why) in UPPER_BOUNDS {
+        // One line per problem: a value already refused where it was parsed is not repeated.
+        let named = format!("{var} ");
+        if v.errors.iter().any(|line| line.starts_with(&named)) {
+            continue;
+        }
         let Some(value) = v.settings.get(var).map(str::trim) else { continue };
         if value.parse::<u64>().is_ok_and(|n| n > max) {
             let shown = var.shown(value);
@@ -432,13 +443,8 @@ mod tests {
     #[test]
     fn every_whole_number_variable_has_an_upper_bound() {
         // Bounded where they are parsed: ports by `u16`, the percentage by 0..=100.
-        let bounded_by_type = [
-            var::HTTPS_PORT,
-            var::HTTP_PORT,
-            var::SMTP_PORT,
-            var::MEDIA_MIN_FREE_PERCENT,
-            var::DATA_MIN_FREE_PERCENT,
-        ];
+        let bounded_by_type =
+            [var::HTTPS_PORT, var::HTTP_PORT, var::SMTP_PORT, var::MEDIA_MIN_FREE_PERCENT, var::DATA_MIN_FREE_PERCENT];
         for variable in VARIABLES {
             let whole_number =
                 variable.default.is_some_and(|d| d.parse::<u64>().is_ok()) || *variable == var::WECOM_AGENT_ID;

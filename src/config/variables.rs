@@ -133,6 +133,7 @@ variables! {
     // Limits under pressure (SPEC §15).
     SEND_QUEUE_MAX,            None,                      Some("1000"),                          PUBLIC, "sends queued and not yet finished, per channel: the send API answers 429 with Retry-After beyond it";
     DATA_MIN_FREE_PERCENT,     None,                      Some("5"),                             PUBLIC, "free space (per cent) DATA_DIR's volume keeps for callbacks: below it the send API answers 503; 0 = no floor; not used with DATABASE_URL";
+    CONNECTIONS_PER_ADDRESS,   None,                      Some("256"),                           PUBLIC, "open connections (TLS handshakes included) one client address may hold; beyond it a new connection is closed at once; TRUSTED_PROXIES and TRUSTED_NETWORKS are exempt";
 }
 
 #[cfg(test)]

@@ -1,6 +1,8 @@
 //! The layering ARCHITECTURE.md promises, checked on the source: no import cycle
-//! between the crate's top-level modules, and only `routes/` and `startup.rs` know
-//! actix-web. (Test code is left out: it may reach anywhere.)
+//! between the crate's top-level modules, only `routes/` and `startup.rs` know
+//! actix-web, and only `startup.rs` the parts its listeners are built from
+//! (actix-server, actix-http, the TLS acceptor). (Test code is left out: it may
+//! reach anywhere.)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -103,4 +105,17 @@ fn every_store_call_of_a_route_is_bounded_by_the_request_deadline() {
         }
     }
     assert!(unbounded.is_empty(), "store calls of routes without store::bounded:\n{}", unbounded.join("\n"));
+}
+
+#[test]
+fn only_startup_knows_the_parts_the_listeners_are_built_from() {
+    let mut files = Vec::new();
+    sources(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/src")), &mut files);
+    let parts = ["actix_http::", "actix_server::", "actix_service::", "tokio_rustls::"];
+    let strangers: Vec<&String> = files
+        .iter()
+        .filter(|(file, code)| parts.iter().any(|p| code.contains(p)) && !file.ends_with("/src/startup.rs"))
+        .map(|(file, _)| file)
+        .collect();
+    assert!(strangers.is_empty(), "the listeners' parts outside startup.rs: {strangers:?}");
 }

@@ -6,6 +6,7 @@ mod attacks;
 mod bot;
 mod callback;
 mod cli;
+mod connections;
 mod crash;
 mod deploy;
 mod fakes;
