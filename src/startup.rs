@@ -11,8 +11,8 @@
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener};
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use actix_http::error::DispatchError;
 use actix_http::{HttpService, Protocol};
@@ -39,7 +39,7 @@ use crate::dispatch::{Dispatcher, Outbox};
 use crate::health::checks::{self, CheckClock, Checks, Pressure};
 use crate::health::{HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
-use crate::log_limit::{Admit, LogLimiter};
+use crate::log_limit::SharedLogLimiter;
 use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{Store, StoreError};
@@ -449,7 +449,7 @@ struct Gate {
     table: Arc<ConnectionTable>,
     /// `wechat_api_connections_refused_total`, one series per [`Refusal`].
     refused: Vec<(Refusal, metrics::Counter)>,
-    log: Mutex<LogLimiter>,
+    log: SharedLogLimiter,
 }
 
 impl Gate {
@@ -463,7 +463,7 @@ impl Gate {
         Self {
             table: ConnectionTable::new(config.connections_per_address, exempt),
             refused,
-            log: Mutex::new(LogLimiter::default()),
+            log: SharedLogLimiter::default(),
         }
     }
 
@@ -473,15 +473,7 @@ impl Gate {
         if let Some((_, counter)) = self.refused.iter().find(|(r, _)| *r == refusal) {
             counter.increment(1);
         }
-        let admitted = match self.log.lock() {
-            Ok(mut limiter) => limiter.admit(refusal.as_str(), Instant::now()),
-            Err(_) => Admit::Write { suppressed: 0 },
-        };
-        let Admit::Write { suppressed } = admitted else { return };
-        let more = match suppressed {
-            0 => String::new(),
-            n => format!(" ({n} more closed for this reason in the last minute, not logged)"),
-        };
+        let Some(more) = self.log.admit(refusal.as_str()) else { return };
         tracing::warn!(client = %peer.ip().to_canonical(), reason = refusal.as_str(), "connection closed: {refusal}{more}");
     }
 }
