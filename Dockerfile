@@ -42,6 +42,8 @@ LABEL org.opencontainers.image.title="wechat-api" \
       org.opencontainers.image.source="${IMAGE_SOURCE}" \
       org.opencontainers.image.licenses="MIT"
 COPY --chown=1001:1001 docker/layout/app/ /app/
+# The MIT licence asks that its text travel with the binary.
+COPY LICENSE /usr/share/doc/wechat-api/LICENSE
 ENV DATA_DIR=/app/data \
     UPLOAD_DIR=/app/wwwroot/uploadall \
     TLS_CERT_PATH=/app/certs/server.crt \
