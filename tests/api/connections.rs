@@ -36,16 +36,6 @@ fn raise_open_files_limit() {
     setrlimit(Resource::Nofile, raised).expect("raise RLIMIT_NOFILE to its hard limit");
 }
 
-/// The resident set of this test process (the service runs in it), in KiB.
-fn rss_kib() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
-    status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("a VmRSS line")
-}
-
 /// A TCP connection to `port` on 127.0.0.1 from `from`.
 async fn connect_from(from: Ipv4Addr, port: u16) -> std::io::Result<TcpStream> {
     let socket = tokio::net::TcpSocket::new_v4()?;

@@ -343,3 +343,13 @@ pub fn client_from(app: &TestApp, address: std::net::Ipv4Addr) -> reqwest::Clien
         .build()
         .expect("client")
 }
+
+/// The resident set of this test process (the service runs in it), in KiB.
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("a VmRSS line")
+}
