@@ -32,7 +32,7 @@ use crate::alerts::{Alerter, Mailer};
 use crate::callback::CallbackCredentials;
 use crate::config::Config;
 use crate::connections::{ConnectionTable, Refusal, FIRST_BYTES_DEADLINE, HANDSHAKE_DEADLINE};
-use crate::dispatch::actions::Executor;
+use crate::dispatch::executor::Executor;
 use crate::dispatch::handlers::HandlerSettings;
 use crate::dispatch::sending::SendLimits;
 use crate::dispatch::{Dispatcher, Outbox};

@@ -11,6 +11,7 @@
 //! `run_once()` directly.
 
 pub mod actions;
+pub mod executor;
 pub mod handlers;
 pub(crate) mod pacing;
 pub(crate) mod record;
@@ -24,7 +25,8 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use actions::{Action, Executor};
+use actions::Action;
+use executor::Executor;
 use handlers::HandlerSettings;
 use record::Record;
 

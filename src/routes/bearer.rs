@@ -37,6 +37,7 @@ use serde_json::json;
 use crate::access::{presented_bearer, Throttle, Verdict};
 use crate::config::Secret;
 use crate::messages::LoggedId;
+use crate::routes::surface::{client, Audience};
 use crate::routes::AppState;
 
 /// One bearer-protected surface: its secret, its throttle, and how it explains itself.
@@ -103,17 +104,24 @@ impl BearerGate {
         }
     }
 
-    /// What a request that may, but need not, carry the bearer presented: a
-    /// missing bearer (or one while the gate is off) is [`Presented::Nothing`],
-    /// neither logged nor counted; a wrong one is refused and counted like any guess.
-    pub(crate) fn presented(&self, authorization: Option<&str>, client: IpAddr, path: &str, now: Instant) -> Presented {
+    /// Who a request that may, but need not, carry the bearer is: a missing
+    /// bearer (or one while the gate is off) makes a [`Audience::Stranger`],
+    /// neither logged nor counted; a wrong one is refused (401, or 429 when
+    /// throttled) and counted like any guess.
+    pub(crate) fn audience(
+        &self,
+        authorization: Option<&str>,
+        client: IpAddr,
+        path: &str,
+        now: Instant,
+    ) -> Result<Audience, Box<HttpResponse>> {
         let bearer = authorization.and_then(presented_bearer);
         if self.token.is_none() || bearer.is_none() {
-            return Presented::Nothing;
+            return Ok(Audience::Stranger);
         }
         match self.refusal(authorization, client, path, now) {
-            None => Presented::Right,
-            Some(refused) => Presented::Wrong(refused),
+            None => Ok(Audience::Insider),
+            Some(refused) => Err(Box::new(refused)),
         }
     }
 
@@ -171,17 +179,6 @@ impl BearerGate {
     }
 }
 
-/// What [`BearerGate::presented`] found.
-#[derive(Debug)]
-pub(crate) enum Presented {
-    /// The right bearer.
-    Right,
-    /// No bearer (or the gate is off): the request is a stranger's.
-    Nothing,
-    /// A wrong bearer, and the answer to send (401, or 429 when throttled).
-    Wrong(HttpResponse),
-}
-
 /// 429 with `Retry-After` in whole seconds, rounded up so a client that waits
 /// that long is counted afresh.
 fn too_many(retry_after: Duration) -> HttpResponse {
@@ -199,7 +196,7 @@ pub(crate) async fn admin(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let client = super::surface::client(request.request(), &state);
+    let client = client(request.request(), &state);
     state.admin_gate.guard(client, request, next).await
 }
 
@@ -209,6 +206,6 @@ pub(crate) async fn send(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let client = super::surface::client(request.request(), &state);
+    let client = client(request.request(), &state);
     state.send_gate.guard(client, request, next).await
 }

@@ -332,7 +332,7 @@ async fn receive(
     secret: web::Data<String>,
 ) -> HttpResponse {
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let expected = wechat_api::dispatch::actions::signature(secret.as_bytes(), &body);
+    let expected = wechat_api::dispatch::executor::signature(secret.as_bytes(), &body);
     let mut s = state.lock().expect("lock");
     s.attempts += 1;
     if s.attempts <= s.fail_first {
