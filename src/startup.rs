@@ -114,6 +114,8 @@ impl Application {
             backend: store.backend_name(),
             replica: config.replica.clone(),
         }));
+        metrics.declare_callbacks();
+        Dispatcher::declare(&metrics);
         let health = Arc::new(HealthBoard::new(config.replica.clone()));
         health.set("config:secrets", checks::secrets_check(config.secrets_identical()));
         let certificates = load_certificates(&config, &health)?;

@@ -178,6 +178,14 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Makes the series of the kf msgtypes it counts exist at zero (the other
+    /// values are counted as they come).
+    pub(crate) fn declare(metrics: &Metrics) {
+        for msgtype in KfMessage::KNOWN_MSGTYPES {
+            metrics.declare(KF_MESSAGES_TOTAL, &[("msgtype", (*msgtype).to_owned())]);
+        }
+    }
+
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         work_loop("dispatcher", &shutdown, &self.wake, GATHER, || self.run_once()).await;
     }

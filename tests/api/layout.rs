@@ -395,3 +395,18 @@ fn the_file_cycle_guard_sees_cycles_through_use_trees_and_relative_paths() {
     let expected: Vec<Vec<String>> = vec![vec!["a/x.rs".into(), "a/y.rs".into()], vec!["b.rs".into(), "c.rs".into()]];
     assert_eq!(found, expected);
 }
+
+/// `telemetry/` is a foundation: the domain names its labels' values and passes
+/// them as strings, so telemetry imports nothing but itself and `config`.
+#[test]
+fn telemetry_imports_nothing_of_the_domain() {
+    let graph = file_graph(&src_files());
+    let strays: Vec<String> = graph
+        .iter()
+        .filter(|(file, _)| file.starts_with("telemetry"))
+        .flat_map(|(file, deps)| deps.iter().map(move |dep| (file, dep)))
+        .filter(|(_, dep)| !dep.starts_with("telemetry") && !dep.starts_with("config/"))
+        .map(|(file, dep)| format!("{file} → {dep}"))
+        .collect();
+    assert!(strays.is_empty(), "telemetry stands on the domain: {strays:?}");
+}
