@@ -93,6 +93,8 @@ impl StartupError {
 /// A built, listening service.
 pub struct Application {
     port: u16,
+    /// The plain-HTTP listener's port, which only tests ask for.
+    #[cfg(feature = "testing")]
     http_port: Option<u16>,
     server: Server,
     shutdown: CancellationToken,
@@ -160,9 +162,12 @@ impl Application {
             "wechat-api listening on {}",
             config.listen.bind_address
         );
-        let Listeners { port, http_port, server } = listeners;
+        #[cfg(feature = "testing")]
+        let http_port = listeners.http_port;
+        let Listeners { port, server, .. } = listeners;
         Ok(Self {
             port,
+            #[cfg(feature = "testing")]
             http_port,
             server,
             shutdown,
@@ -179,6 +184,7 @@ impl Application {
     }
 
     /// The port of the optional plain-HTTP listener.
+    #[cfg(feature = "testing")]
     pub fn http_port(&self) -> Option<u16> {
         self.http_port
     }

@@ -10,9 +10,9 @@
 //! Both loops are `select!{ cancelled, wake or tick => run_once() }`; tests call
 //! `run_once()` directly.
 
-pub mod actions;
-pub mod executor;
-pub mod handlers;
+pub(crate) mod actions;
+pub(crate) mod executor;
+pub(crate) mod handlers;
 pub(crate) mod pacing;
 pub(crate) mod record;
 pub(crate) mod sending;

@@ -10,8 +10,6 @@
 
 pub(crate) mod checks;
 
-pub use checks::CheckClock;
-
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 use std::time::Instant;
@@ -79,7 +77,7 @@ pub(crate) struct HealthReport {
 
 /// The latest result of every check, shared by the checks and the readers.
 #[derive(Debug)]
-pub struct HealthBoard {
+pub(crate) struct HealthBoard {
     started: Instant,
     /// The replica the board describes (`REPLICA_ID`).
     replica: String,

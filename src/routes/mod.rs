@@ -4,7 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod bearer;
-pub mod callback;
+pub(crate) mod callback;
 pub(crate) mod deadline;
 pub(crate) mod health;
 pub(crate) mod metrics;
