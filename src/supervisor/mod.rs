@@ -292,10 +292,7 @@ fn compose(pending: &[Pending], results: &[(String, CheckResult)], host: &str) -
     };
     let mut body = format!("wechat-api {} on {host}\n\n", crate::VERSION);
     for p in pending {
-        let since = time::OffsetDateTime::from_unix_timestamp(p.since)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_default();
+        let since = crate::clock::rfc3339(p.since);
         let _ = writeln!(body, "{} {} (since {since})", p.kind, p.check);
         if let (Some(value), unit) = (&p.result.observed_value, p.result.observed_unit.as_deref().unwrap_or("")) {
             let _ = writeln!(body, "  observed: {value} {unit}");
