@@ -410,3 +410,16 @@ fn telemetry_imports_nothing_of_the_domain() {
         .collect();
     assert!(strays.is_empty(), "telemetry stands on the domain: {strays:?}");
 }
+
+/// `lib.rs` reads as the table of contents: its `//!` overview names every module.
+#[test]
+fn the_table_of_contents_names_every_module() {
+    let lib = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/src/lib.rs")).expect("lib.rs");
+    let overview: String = lib.lines().filter(|l| l.starts_with("//!")).collect::<Vec<_>>().join("\n");
+    let missing: Vec<&str> = lib
+        .lines()
+        .filter_map(|line| line.trim().strip_suffix(';')?.split("mod ").nth(1))
+        .filter(|module| !overview.contains(&format!("[`{module}`]")) && !overview.contains(&format!("`{module}`")))
+        .collect();
+    assert!(missing.is_empty(), "modules lib.rs's overview does not name: {missing:?}");
+}
