@@ -37,7 +37,7 @@ use crate::dispatch::handlers::HandlerSettings;
 use crate::dispatch::sending::SendLimits;
 use crate::dispatch::{Dispatcher, Outbox};
 use crate::health::checks::{self, CheckClock, Checks, Pressure};
-use crate::health::{HealthBoard, Liveness};
+use crate::health::{CheckName, HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::log_limit::{Admit, LogLimiter};
 use crate::names::Names;
@@ -119,7 +119,7 @@ impl Application {
         metrics.declare_callbacks();
         Dispatcher::declare(&metrics);
         let health = Arc::new(HealthBoard::new(config.replica.clone()));
-        health.set("config:secrets", checks::secrets_check(config.secrets_identical()));
+        health.set(CheckName::ConfigSecrets, checks::secrets_check(config.secrets_identical()));
         let certificates = load_certificates(&config, &health)?;
         let wecom =
             Arc::new(WeCom::new(&config, &store, &metrics).map_err(|e| StartupError::Component(e.to_string()))?);
@@ -268,7 +268,7 @@ fn load_certificates(config: &Config, health: &HealthBoard) -> Result<Option<Arc
         return Ok(None);
     }
     let store = CertificateStore::open(&listen.cert_path, &listen.key_path)?;
-    health.set("tls:certificate", checks::certificate_check(store.not_after()));
+    health.set(CheckName::TlsCertificate, checks::certificate_check(store.not_after()));
     Ok(Some(store))
 }
 
