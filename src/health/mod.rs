@@ -106,21 +106,23 @@ impl CheckName {
         fixed.to_owned()
     }
 
+    /// Every check whose name carries no source.
+    const FIXED: [CheckName; 10] = [
+        CheckName::UploadsWritable,
+        CheckName::UploadsFree,
+        CheckName::CallbackLatency,
+        CheckName::TlsCertificate,
+        CheckName::StoreWritable,
+        CheckName::StoreFree,
+        CheckName::OutboxBacklog,
+        CheckName::ForwardDelivery,
+        CheckName::ConfigSecrets,
+        CheckName::AlertsEmail,
+    ];
+
     /// The check a written name names (a stored alert state's key), if any.
     pub(crate) fn parse(name: &str) -> Option<Self> {
-        const FIXED: [CheckName; 10] = [
-            CheckName::UploadsWritable,
-            CheckName::UploadsFree,
-            CheckName::CallbackLatency,
-            CheckName::TlsCertificate,
-            CheckName::StoreWritable,
-            CheckName::StoreFree,
-            CheckName::OutboxBacklog,
-            CheckName::ForwardDelivery,
-            CheckName::ConfigSecrets,
-            CheckName::AlertsEmail,
-        ];
-        if let Some(fixed) = FIXED.into_iter().find(|c| c.as_string() == name) {
+        if let Some(fixed) = Self::FIXED.into_iter().find(|c| c.as_string() == name) {
             return Some(fixed);
         }
         match name.split_once(':') {
@@ -228,20 +230,8 @@ mod tests {
 
     #[test]
     fn every_check_name_reads_back_as_itself() {
-        let names = [
-            CheckName::UploadsWritable,
-            CheckName::UploadsFree,
-            CheckName::Token("app".into()),
-            CheckName::CallbackLatency,
-            CheckName::TlsCertificate,
-            CheckName::StoreWritable,
-            CheckName::StoreFree,
-            CheckName::OutboxBacklog,
-            CheckName::ForwardDelivery,
-            CheckName::ConfigSecrets,
-            CheckName::Config("hr".into()),
-            CheckName::AlertsEmail,
-        ];
+        let carrying = [CheckName::Token("app".into()), CheckName::Config("hr".into())];
+        let names = CheckName::FIXED.into_iter().chain(carrying);
         for name in names {
             assert_eq!(CheckName::parse(&name.to_string()), Some(name.clone()), "{name}");
         }
