@@ -6,10 +6,10 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use wechat_api::callback::{CallbackCredentials, CallbackQuery};
-use wechat_api::config::{self, Sources};
-use wechat_api::crypto::{self, AesKey};
-use wechat_api::messages::{AppMessage, CallbackEnvelope};
+use wechat_api::testing::callback::{CallbackCredentials, CallbackQuery};
+use wechat_api::testing::config::{self, Sources};
+use wechat_api::testing::crypto::{self, AesKey};
+use wechat_api::testing::messages::{AppMessage, CallbackEnvelope};
 
 const CORP_ID: &str = "wx5823bf96d3bd56c7";
 const TOKEN: &str = "QDG6eK";

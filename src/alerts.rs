@@ -68,7 +68,7 @@ pub(crate) enum AlertSetupError {
 
 /// Hands mail to the mailer task and remembers what happened to recent alerts.
 #[derive(Debug, Clone)]
-pub struct Alerter {
+pub(crate) struct Alerter {
     queue: Option<mpsc::Sender<Mail>>,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,

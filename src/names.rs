@@ -62,7 +62,7 @@ pub(crate) enum NameError {
 
 /// Resolves and caches names.
 #[derive(Debug, Clone)]
-pub struct Names {
+pub(crate) struct Names {
     store: Store,
     wecom: Arc<WeCom>,
 }

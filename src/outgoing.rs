@@ -6,7 +6,7 @@ use serde_json::{Map, Value};
 use crate::messages::json_type;
 
 /// Longest text accepted, in characters (a 413 beyond it).
-pub const MAX_TEXT_CHARS: usize = 20_000;
+pub(crate) const MAX_TEXT_CHARS: usize = 20_000;
 /// Longest `idempotency_key`, in characters.
 const MAX_KEY_CHARS: usize = 128;
 /// Longest id (`to`, `open_kfid`, `in_reply_to`) accepted.
@@ -16,7 +16,7 @@ const FIELDS: [&str; 6] = ["in_reply_to", "channel", "to", "open_kfid", "text", 
 
 /// Who the text goes to, as the request says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
+pub(crate) enum Target {
     /// The sender of a journaled record, on its channel.
     InReplyTo(String),
     /// A member of the corp, from the self-built app.
@@ -27,7 +27,7 @@ pub enum Target {
 
 /// A valid send request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SendRequest {
+pub(crate) struct SendRequest {
     pub target: Target,
     pub text: String,
     pub idempotency_key: Option<String>,
@@ -35,7 +35,7 @@ pub struct SendRequest {
 
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum RequestError {
+pub(crate) enum RequestError {
     /// 400: the value at `path` is wrong.
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
@@ -79,7 +79,7 @@ fn is_control(c: char) -> bool {
 
 impl SendRequest {
     /// Parses and validates a request body.
-    pub fn parse(body: &[u8]) -> Result<Self, RequestError> {
+    pub(crate) fn parse(body: &[u8]) -> Result<Self, RequestError> {
         let value: Value = serde_json::from_slice(body).map_err(|e| invalid("$", format!("not JSON: {e}")))?;
         let Value::Object(object) = value else {
             return Err(invalid("$", format!("must be an object, got {}", json_type(&value))));
@@ -142,7 +142,7 @@ impl SendRequest {
     /// and the text, as parsed: key order, white space and escapes in the body
     /// do not matter). Stored with the send; the same key with another
     /// fingerprint is a conflict (409), as payment APIs answer.
-    pub fn fingerprint(&self) -> String {
+    pub(crate) fn fingerprint(&self) -> String {
         use sha2::{Digest, Sha256};
         let target = match &self.target {
             Target::InReplyTo(record) => serde_json::json!(["in_reply_to", record]),
@@ -155,7 +155,7 @@ impl SendRequest {
 }
 
 /// A new send's id: `msg_` and 24 random letters and digits.
-pub fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     use rand::distr::{Alphanumeric, SampleString};
     format!("msg_{}", Alphanumeric.sample_string(&mut rand::rng(), 24))
 }

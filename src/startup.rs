@@ -32,12 +32,12 @@ use crate::alerts::{Alerter, Mailer};
 use crate::callback::CallbackCredentials;
 use crate::config::Config;
 use crate::connections::{ConnectionTable, Refusal, FIRST_BYTES_DEADLINE, HANDSHAKE_DEADLINE};
-use crate::dispatch::actions::Executor;
+use crate::dispatch::executor::Executor;
 use crate::dispatch::handlers::HandlerSettings;
 use crate::dispatch::sending::SendLimits;
 use crate::dispatch::{Dispatcher, Outbox};
 use crate::health::checks::{self, CheckClock, Checks, Pressure};
-use crate::health::{HealthBoard, Liveness};
+use crate::health::{CheckName, HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::log_limit::SharedLogLimiter;
 use crate::names::Names;
@@ -93,6 +93,8 @@ impl StartupError {
 /// A built, listening service.
 pub struct Application {
     port: u16,
+    /// The plain-HTTP listener's port, which only tests ask for.
+    #[cfg(feature = "testing")]
     http_port: Option<u16>,
     server: Server,
     shutdown: CancellationToken,
@@ -114,8 +116,10 @@ impl Application {
             backend: store.backend_name(),
             replica: config.replica.clone(),
         }));
+        metrics.declare_callbacks();
+        Dispatcher::declare(&metrics);
         let health = Arc::new(HealthBoard::new(config.replica.clone()));
-        health.set("config:secrets", checks::secrets_check(config.secrets_identical()));
+        health.set(CheckName::ConfigSecrets, checks::secrets_check(config.secrets_identical()));
         let certificates = load_certificates(&config, &health)?;
         let wecom =
             Arc::new(WeCom::new(&config, &store, &metrics).map_err(|e| StartupError::Component(e.to_string()))?);
@@ -158,9 +162,12 @@ impl Application {
             "wechat-api listening on {}",
             config.listen.bind_address
         );
-        let Listeners { port, http_port, server } = listeners;
+        #[cfg(feature = "testing")]
+        let http_port = listeners.http_port;
+        let Listeners { port, server, .. } = listeners;
         Ok(Self {
             port,
+            #[cfg(feature = "testing")]
             http_port,
             server,
             shutdown,
@@ -177,6 +184,7 @@ impl Application {
     }
 
     /// The port of the optional plain-HTTP listener.
+    #[cfg(feature = "testing")]
     pub fn http_port(&self) -> Option<u16> {
         self.http_port
     }
@@ -260,7 +268,7 @@ fn load_certificates(config: &Config, health: &HealthBoard) -> Result<Option<Arc
         return Ok(None);
     }
     let store = CertificateStore::open(&listen.cert_path, &listen.key_path)?;
-    health.set("tls:certificate", checks::certificate_check(store.not_after()));
+    health.set(CheckName::TlsCertificate, checks::certificate_check(store.not_after()));
     Ok(Some(store))
 }
 

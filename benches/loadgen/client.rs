@@ -259,7 +259,7 @@ fn tls_connector() -> anyhow::Result<TlsConnector> {
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(wechat_api::tls::AnyServerCertificate::new(provider)))
+        .with_custom_certificate_verifier(Arc::new(wechat_api::testing::tls::AnyServerCertificate::new(provider)))
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(TlsConnector::from(Arc::new(config)))

@@ -11,8 +11,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hyper::body::Bytes;
-use wechat_api::config::{self, CallbackKeys, Sources};
-use wechat_api::crypto;
+use wechat_api::testing::config::{self, CallbackKeys, Sources};
+use wechat_api::testing::crypto;
 
 use crate::client::Target;
 use crate::{unix_nanos, Mode};

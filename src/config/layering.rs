@@ -15,7 +15,7 @@ use super::variables::{Var, VARIABLES};
 use super::{ConfigErrors, Secret};
 
 /// Names the environment variable that points at the TOML file.
-pub const CONFIG_FILE_VARIABLE: &str = "WECHAT_API_CONFIG";
+pub(crate) const CONFIG_FILE_VARIABLE: &str = "WECHAT_API_CONFIG";
 
 /// Where the raw settings come from. Tests build this directly; `main` uses
 /// [`Sources::from_process`].
@@ -46,7 +46,7 @@ impl Sources {
 /// Merged raw settings: variable → value, aliases resolved. A variable no layer
 /// set reads as its default from the table.
 #[derive(Clone, Default)]
-pub struct Settings {
+pub(crate) struct Settings {
     values: HashMap<&'static str, String>,
     /// Non-fatal findings to log at start-up (aliases, identical secrets, …).
     pub warnings: Vec<String>,

@@ -1,17 +1,13 @@
-//! The listener settings on their own: [`ListenConfig`], validated from the same
-//! [`Settings`] as the whole configuration, so `healthcheck` can find the local
-//! listener without requiring (or re-parsing) anything else; and the one way to
-//! spell the listener's local URL.
+//! The listener settings on their own: [`ListenConfig`] (validated from the same
+//! settings as the whole configuration, by `ListenConfig::from_settings` in
+//! `validation.rs`, so `healthcheck` can find the local listener without
+//! requiring anything else); and the one way to spell the listener's local URL.
 //!
-//! Deliberately not here: binding (`startup`) and certificates (`tls`).
+//! Deliberately not here: the wording of its value errors (`validation.rs`, which
+//! owns all of them), binding (`startup`) and certificates (`tls`).
 
 use std::net::IpAddr;
 use std::path::PathBuf;
-
-use super::layering::Settings;
-use super::validation::Validator;
-use super::variables as var;
-use super::ConfigErrors;
 
 /// Where and how the service listens.
 #[derive(Clone, Debug)]
@@ -31,34 +27,6 @@ pub struct ListenConfig {
 }
 
 impl ListenConfig {
-    /// The listener settings alone, every problem reported.
-    pub(crate) fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
-        let mut v = Validator::new(settings);
-        let listen = Self::validate(&mut v);
-        v.finish(listen)
-    }
-
-    /// The listener part of a validation that may cover more.
-    pub(super) fn validate(v: &mut Validator<'_>) -> Option<Self> {
-        let bind_address = v.parse::<IpAddr>(var::BIND_ADDRESS, "an IP address such as 0.0.0.0 or ::");
-        let https_port = v.parse::<u16>(var::HTTPS_PORT, "a port number 0-65535");
-        let http_port = v.parse::<u16>(var::HTTP_PORT, "a port number 0-65535");
-        let tls_enabled = v.settings.get(var::TLS_ENABLED).is_none() || v.flag(var::TLS_ENABLED);
-        let cert_path = v.trimmed(var::TLS_CERT_PATH).map(PathBuf::from);
-        let key_path = v.trimmed(var::TLS_KEY_PATH).map(PathBuf::from);
-        if https_port.is_some() && https_port == http_port && https_port != Some(0) {
-            v.fail(var::HTTP_PORT, format!("must differ from {}", var::HTTPS_PORT));
-        }
-        Some(Self {
-            bind_address: bind_address?,
-            https_port: https_port?,
-            http_port,
-            tls_enabled,
-            cert_path: cert_path?,
-            key_path: key_path?,
-        })
-    }
-
     /// The URL of `path` on the main listener, reached from this machine on `port`
     /// (the configured `https_port`, or the one actually bound when that was 0):
     /// `https` unless TLS is off; an unspecified bind address is reached on
@@ -89,6 +57,8 @@ pub(crate) fn is_loopback(url: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::layering::Settings;
+    use crate::config::variables as var;
 
     fn listen(pairs: &[(var::Var, &str)]) -> ListenConfig {
         let mut settings = Settings::default();

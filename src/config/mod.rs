@@ -25,10 +25,10 @@ use std::time::Duration;
 use crate::crypto::AesKey;
 use crate::networks::Networks;
 
-pub use layering::{Settings, Sources, CONFIG_FILE_VARIABLE};
+pub(crate) use layering::{Settings, Sources};
 pub(crate) use listen::{is_loopback, ListenConfig};
-pub use secret::{generate_encoding_aes_key, CorpId, Secret, Token};
-pub use variables::{Var, VARIABLES};
+pub(crate) use secret::{generate_encoding_aes_key, CorpId, Secret, Token};
+pub(crate) use variables::Var;
 
 /// The shortest `RETENTION_SECS`: it is also the dedup window.
 pub(crate) const MIN_RETENTION_SECS: u64 = 60;
@@ -36,7 +36,7 @@ pub(crate) const MIN_RETENTION_SECS: u64 = 60;
 /// The most `CONNECTIONS_PER_ADDRESS` may be: idle connections cost ~20 KiB
 /// each, so one address may then hold some 200 MiB; more is a setting that
 /// caps nothing (a load balancer belongs in `TRUSTED_PROXIES` instead).
-pub const MAX_CONNECTIONS_PER_ADDRESS: u32 = 10_000;
+pub(crate) const MAX_CONNECTIONS_PER_ADDRESS: u32 = 10_000;
 
 /// Configuration that cannot be used, one readable line per problem.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

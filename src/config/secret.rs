@@ -90,7 +90,7 @@ impl Token {
 /// WeCom console generates and accepts (plain base64 of 32 random bytes has `+` or
 /// `/` three times in four). Its last character may be non-canonical base64,
 /// which `crypto::AesKey::parse` accepts, as WeCom does.
-pub fn generate_encoding_aes_key() -> Secret {
+pub(crate) fn generate_encoding_aes_key() -> Secret {
     Secret::new(Alphanumeric.sample_string(&mut rand::rng(), ENCODING_AES_KEY_CHARS))
 }
 

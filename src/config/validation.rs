@@ -2,10 +2,12 @@
 //! problem, every problem reported at once.
 //!
 //! Owns: the wording of every value error ("HTTPS_PORT must be a port number…").
-//! Deliberately not here: reading the layers (`layering.rs`), the listener's part
-//! (`listen.rs`, so `healthcheck` can validate only that), and anything that
+//! Also the listener's part on its own (`ListenConfig::from_settings`, so
+//! `healthcheck` can validate only that; the type lives in `listen.rs`).
+//! Deliberately not here: reading the layers (`layering.rs`), and anything that
 //! touches the disk or the network (certificates are loaded by `tls`).
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -125,6 +127,37 @@ impl<'a> Validator<'a> {
             _ if !self.errors.is_empty() => Err(ConfigErrors(self.errors)),
             _ => Err(ConfigErrors(vec!["configuration is incomplete".into()])),
         }
+    }
+}
+
+/// The listener's part, validated on its own too (`healthcheck`).
+impl ListenConfig {
+    /// The listener settings alone, every problem reported.
+    pub(crate) fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
+        let mut v = Validator::new(settings);
+        let listen = Self::validate(&mut v);
+        v.finish(listen)
+    }
+
+    /// The listener part of a validation that may cover more.
+    pub(super) fn validate(v: &mut Validator<'_>) -> Option<Self> {
+        let bind_address = v.parse::<IpAddr>(var::BIND_ADDRESS, "an IP address such as 0.0.0.0 or ::");
+        let https_port = v.parse::<u16>(var::HTTPS_PORT, "a port number 0-65535");
+        let http_port = v.parse::<u16>(var::HTTP_PORT, "a port number 0-65535");
+        let tls_enabled = v.settings.get(var::TLS_ENABLED).is_none() || v.flag(var::TLS_ENABLED);
+        let cert_path = v.trimmed(var::TLS_CERT_PATH).map(PathBuf::from);
+        let key_path = v.trimmed(var::TLS_KEY_PATH).map(PathBuf::from);
+        if https_port.is_some() && https_port == http_port && https_port != Some(0) {
+            v.fail(var::HTTP_PORT, format!("must differ from {}", var::HTTPS_PORT));
+        }
+        Some(Self {
+            bind_address: bind_address?,
+            https_port: https_port?,
+            http_port,
+            tls_enabled,
+            cert_path: cert_path?,
+            key_path: key_path?,
+        })
     }
 }
 

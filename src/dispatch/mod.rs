@@ -10,8 +10,9 @@
 //! Both loops are `select!{ cancelled, wake or tick => run_once() }`; tests call
 //! `run_once()` directly.
 
-pub mod actions;
-pub mod handlers;
+pub(crate) mod actions;
+pub(crate) mod executor;
+pub(crate) mod handlers;
 pub(crate) mod pacing;
 pub(crate) mod record;
 pub(crate) mod sending;
@@ -24,7 +25,8 @@ use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use actions::{Action, Executor};
+use actions::Action;
+use executor::Executor;
 use handlers::HandlerSettings;
 use record::Record;
 
@@ -176,6 +178,14 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
+    /// Makes the series of the kf msgtypes it counts exist at zero (the other
+    /// values are counted as they come).
+    pub(crate) fn declare(metrics: &Metrics) {
+        for msgtype in KfMessage::KNOWN_MSGTYPES {
+            metrics.declare(KF_MESSAGES_TOTAL, &[("msgtype", (*msgtype).to_owned())]);
+        }
+    }
+
     pub(crate) async fn run(self, shutdown: CancellationToken) {
         work_loop("dispatcher", &shutdown, &self.wake, GATHER, || self.run_once()).await;
     }

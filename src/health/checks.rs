@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::alerts::Alerter;
-use crate::health::{CheckResult, Status};
+use crate::health::{CheckName, CheckResult, Status};
 use crate::media::{Floor, FreeSpace};
 use crate::store::outbox::Owed;
 use crate::store::Store;
@@ -138,8 +138,8 @@ impl Checks {
     }
 
     /// Runs every check once, each under a timeout.
-    pub(crate) async fn run_all(&self) -> Vec<(String, CheckResult)> {
-        let timed = |name: &str, result: Result<CheckResult, tokio::time::error::Elapsed>| {
+    pub(crate) async fn run_all(&self) -> Vec<(CheckName, CheckResult)> {
+        let timed = |name: CheckName, result: Result<CheckResult, tokio::time::error::Elapsed>| {
             result.unwrap_or_else(|_| {
                 CheckResult::new(Status::Fail)
                     .output(format!("{name} did not finish within {}s", CHECK_TIMEOUT.as_secs()))
@@ -149,21 +149,19 @@ impl Checks {
         let dir = self.upload_dir.clone();
         let writable =
             tokio::time::timeout(CHECK_TIMEOUT, tokio::task::spawn_blocking(move || uploads_writable(&dir))).await;
-        results.push((
-            "uploads:writable".to_owned(),
-            timed("uploads:writable", writable.map(|r| r.unwrap_or_else(panicked))),
-        ));
+        let writable = writable.map(|r| r.unwrap_or_else(panicked));
+        results.push((CheckName::UploadsWritable, timed(CheckName::UploadsWritable, writable)));
         let dir = self.upload_dir.clone();
         let free = tokio::time::timeout(CHECK_TIMEOUT, tokio::task::spawn_blocking(move || uploads_free(&dir))).await;
-        results.push(("uploads:free".to_owned(), timed("uploads:free", free.map(|r| r.unwrap_or_else(panicked)))));
+        results.push((CheckName::UploadsFree, timed(CheckName::UploadsFree, free.map(|r| r.unwrap_or_else(panicked)))));
         for source in self.token_sources() {
-            let name = format!("token:{}", source.label());
+            let name = CheckName::Token(source.label().to_owned());
             let result = tokio::time::timeout(CHECK_TIMEOUT, self.token(&source)).await;
-            results.push((name.clone(), timed(&name, result)));
+            results.push((name.clone(), timed(name, result)));
         }
-        results.push(("callback:latency".to_owned(), self.callback_latency()));
+        results.push((CheckName::CallbackLatency, self.callback_latency()));
         if let Some(certificates) = &self.certificates {
-            results.push(("tls:certificate".to_owned(), self.certificate(certificates)));
+            results.push((CheckName::TlsCertificate, self.certificate(certificates)));
         }
         let store = tokio::time::timeout(CHECK_TIMEOUT, self.store.probe_write()).await;
         let store = match store {
@@ -172,26 +170,26 @@ impl Checks {
                 .output(format!("{error}: check DATA_DIR's free space and that uid 1001 owns it")),
             Err(_) => CheckResult::new(Status::Fail).output("the store did not answer within 10s"),
         };
-        results.push(("store:writable".to_owned(), store));
+        results.push((CheckName::StoreWritable, store));
         if let Some((floor, dir)) = self.pressure.data_floor.clone() {
             let free = tokio::time::timeout(
                 CHECK_TIMEOUT,
                 tokio::task::spawn_blocking(move || store_free_check(crate::media::free_space(&dir), floor)),
             )
             .await;
-            results.push(("store:free".to_owned(), timed("store:free", free.map(|r| r.unwrap_or_else(panicked)))));
+            results.push((CheckName::StoreFree, timed(CheckName::StoreFree, free.map(|r| r.unwrap_or_else(panicked)))));
         }
-        results.push(("outbox:backlog".to_owned(), self.backlog().await));
+        results.push((CheckName::OutboxBacklog, self.backlog().await));
         if let Some(forward) = &self.pressure.forward {
             let failing = forward.failing();
             let now = self.pressure.clock.now();
             let secs = failing.as_ref().map_or(0, |(since, _)| (now - since).max(0));
             self.metrics.gauge(FORWARD_FAILING_SECONDS, &[]).set(secs as f64);
             let failing = failing.as_ref().map(|(since, reason)| (*since, reason.as_str()));
-            results.push(("forward:delivery".to_owned(), forward_check(failing, now)));
+            results.push((CheckName::ForwardDelivery, forward_check(failing, now)));
         }
-        results.push(("config:secrets".to_owned(), secrets_check(self.secrets_identical)));
-        results.push(("alerts:email".to_owned(), self.email()));
+        results.push((CheckName::ConfigSecrets, secrets_check(self.secrets_identical)));
+        results.push((CheckName::AlertsEmail, self.email()));
         results
     }
 

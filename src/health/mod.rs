@@ -10,8 +10,6 @@
 
 pub(crate) mod checks;
 
-pub use checks::CheckClock;
-
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 use std::time::Instant;
@@ -65,6 +63,94 @@ impl CheckResult {
     }
 }
 
+/// The name of a check (SPEC §6, §15), `component:measure`: what the health
+/// report, `wechat_api_check_status`, the alert state and the emails call it.
+/// Written once here; everything else holds the enum or the string it gives.
+/// A check of one token source (today `app`, `kf`; a channel's name once
+/// channels are named) carries that name: `token:<name>`, `config:<name>`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum CheckName {
+    UploadsWritable,
+    UploadsFree,
+    /// `token:<name>`: the access token of one Secret.
+    Token(String),
+    CallbackLatency,
+    TlsCertificate,
+    StoreWritable,
+    StoreFree,
+    OutboxBacklog,
+    ForwardDelivery,
+    ConfigSecrets,
+    /// `config:<name>`: the configuration of one channel.
+    Config(String),
+    AlertsEmail,
+}
+
+impl CheckName {
+    /// The name as written: `uploads:writable`, `token:app`.
+    pub(crate) fn as_string(&self) -> String {
+        let fixed = match self {
+            Self::Token(name) => return format!("token:{name}"),
+            Self::Config(name) => return format!("config:{name}"),
+            Self::UploadsWritable => "uploads:writable",
+            Self::UploadsFree => "uploads:free",
+            Self::CallbackLatency => "callback:latency",
+            Self::TlsCertificate => "tls:certificate",
+            Self::StoreWritable => "store:writable",
+            Self::StoreFree => "store:free",
+            Self::OutboxBacklog => "outbox:backlog",
+            Self::ForwardDelivery => "forward:delivery",
+            Self::ConfigSecrets => "config:secrets",
+            Self::AlertsEmail => "alerts:email",
+        };
+        fixed.to_owned()
+    }
+
+    /// Every check whose name carries no source.
+    const FIXED: [CheckName; 10] = [
+        CheckName::UploadsWritable,
+        CheckName::UploadsFree,
+        CheckName::CallbackLatency,
+        CheckName::TlsCertificate,
+        CheckName::StoreWritable,
+        CheckName::StoreFree,
+        CheckName::OutboxBacklog,
+        CheckName::ForwardDelivery,
+        CheckName::ConfigSecrets,
+        CheckName::AlertsEmail,
+    ];
+
+    /// The check a written name names (a stored alert state's key), if any.
+    pub(crate) fn parse(name: &str) -> Option<Self> {
+        if let Some(fixed) = Self::FIXED.into_iter().find(|c| c.as_string() == name) {
+            return Some(fixed);
+        }
+        match name.split_once(':') {
+            Some(("token", rest)) if !rest.is_empty() => Some(Self::Token(rest.to_owned())),
+            Some(("config", rest)) if !rest.is_empty() => Some(Self::Config(rest.to_owned())),
+            _ => None,
+        }
+    }
+
+    /// Whether every replica sees it alike (the access tokens, the
+    /// configuration): its transitions are paged once for the cluster.
+    pub(crate) fn is_cluster_wide(&self) -> bool {
+        matches!(self, Self::Token(_) | Self::Config(_) | Self::ConfigSecrets)
+    }
+}
+
+impl std::fmt::Display for CheckName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.as_string())
+    }
+}
+
+impl From<CheckName> for String {
+    fn from(name: CheckName) -> Self {
+        name.as_string()
+    }
+}
+
 /// The body of `GET /api/health`.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct HealthReport {
@@ -79,7 +165,7 @@ pub(crate) struct HealthReport {
 
 /// The latest result of every check, shared by the checks and the readers.
 #[derive(Debug)]
-pub struct HealthBoard {
+pub(crate) struct HealthBoard {
     started: Instant,
     /// The replica the board describes (`REPLICA_ID`).
     replica: String,
@@ -141,6 +227,20 @@ impl HealthBoard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_check_name_reads_back_as_itself() {
+        let carrying = [CheckName::Token("app".into()), CheckName::Config("hr".into())];
+        let names = CheckName::FIXED.into_iter().chain(carrying);
+        for name in names {
+            assert_eq!(CheckName::parse(&name.to_string()), Some(name.clone()), "{name}");
+        }
+        assert_eq!(CheckName::Token("kf".into()).to_string(), "token:kf");
+        assert_eq!(CheckName::parse("token:"), None);
+        assert_eq!(CheckName::parse("replica-1/uploads:writable"), None);
+        assert!(CheckName::ConfigSecrets.is_cluster_wide() && CheckName::Token("app".into()).is_cluster_wide());
+        assert!(!CheckName::UploadsWritable.is_cluster_wide());
+    }
 
     #[test]
     fn the_worst_check_decides_and_the_shape_follows_the_draft() {

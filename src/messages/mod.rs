@@ -9,7 +9,7 @@
 
 pub(crate) mod app;
 pub(crate) mod envelope;
-pub mod kf;
+pub(crate) mod kf;
 mod xml;
 
 pub use app::{AppEvent, AppMessage, AppMessageKind};
@@ -128,7 +128,7 @@ pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
 }
 
 /// The most characters of an id a log line shows (SPEC §15).
-pub const LOGGED_ID_CHARS: usize = 128;
+pub(crate) const LOGGED_ID_CHARS: usize = 128;
 
 /// An id (msgid, external_userid, open_kfid, a dedup or idempotency key, a send
 /// id, a media id) as a log line shows it: whole up to [`LOGGED_ID_CHARS`]
@@ -137,7 +137,7 @@ pub const LOGGED_ID_CHARS: usize = 128;
 /// line into 100 KB. Written `id = %LoggedId(&id)` in a field, or `{}` in a
 /// message. (Control and bidi characters are the log writer's to escape.)
 #[derive(Debug, Clone, Copy)]
-pub struct LoggedId<'a>(pub &'a str);
+pub(crate) struct LoggedId<'a>(pub &'a str);
 
 impl std::fmt::Display for LoggedId<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

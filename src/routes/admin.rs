@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::names::{IdType, NameError};
-use crate::routes::AppState;
+use crate::routes::{error, error_body, AppState};
 use crate::wecom::connection;
 
 /// Most ids one batch request may resolve.
@@ -24,10 +24,7 @@ fn answer(status: StatusCode, body: serde_json::Value) -> HttpResponse {
 /// The 500 for a `what` that could not be turned into JSON.
 fn unserializable(what: &str, error: &serde_json::Error) -> HttpResponse {
     tracing::error!(%error, "cannot serialize the {what}");
-    answer(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        json!({"status": "error", "error": format!("cannot serialize the {what}: {error}")}),
-    )
+    answer(StatusCode::INTERNAL_SERVER_ERROR, error_body(format!("cannot serialize the {what}: {error}")))
 }
 
 fn name_error(error: &NameError) -> serde_json::Value {
@@ -38,7 +35,7 @@ fn name_error(error: &NameError) -> serde_json::Value {
             "errcode": e.errcode(),
             "hint": e.api().and_then(|a| a.hint()),
         }),
-        NameError::Store(e) => json!({"status": "error", "error": e.to_string()}),
+        NameError::Store(e) => error_body(e.to_string()),
     }
 }
 
@@ -55,10 +52,7 @@ pub(crate) async fn test_connection(state: web::Data<AppState>) -> HttpResponse 
 pub(crate) async fn fetch_name(path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
     let (id_type, id) = path.into_inner();
     let Some(id_type) = IdType::parse(&id_type) else {
-        return answer(
-            StatusCode::BAD_REQUEST,
-            json!({"status": "error", "error": "id_type must be user_id or external_user_id"}),
-        );
+        return answer(StatusCode::BAD_REQUEST, error_body("id_type must be user_id or external_user_id"));
     };
     match state.names.resolve(id_type, &id).await {
         Ok(resolved) => match serde_json::to_value(&resolved) {
@@ -84,7 +78,7 @@ pub(crate) struct BatchRequest {
 
 /// `POST /api/batch-fetch-wecom-names`
 pub(crate) async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
-    let bad = |reason: String| answer(StatusCode::BAD_REQUEST, json!({"status": "error", "error": reason}));
+    let bad = |reason: String| error(StatusCode::BAD_REQUEST, reason);
     let batch: BatchRequest = match serde_json::from_slice(&body) {
         Ok(batch) => batch,
         Err(e) => {
@@ -101,9 +95,7 @@ pub(crate) async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppStat
         (Some(ids), _) => ids,
         (None, Some(limit)) => match state.names.seen(id_type, batch.only_unmapped, limit.min(MAX_BATCH)).await {
             Ok(ids) => ids,
-            Err(e) => {
-                return answer(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "error", "error": e.to_string()}))
-            }
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         },
         (None, None) => return bad("give either ids or limit".into()),
     };
@@ -136,7 +128,7 @@ pub(crate) async fn test_alert(state: web::Data<AppState>) -> HttpResponse {
     if !state.alerter.status().enabled {
         return answer(
             StatusCode::CONFLICT,
-            json!({"status": "error", "error": "email alerts are off: set ALERT_EMAIL_ENABLED=true and the SMTP_* variables"}),
+            error_body("email alerts are off: set ALERT_EMAIL_ENABLED=true and the SMTP_* variables"),
         );
     }
     let host = crate::config::host_name();
@@ -149,12 +141,6 @@ pub(crate) async fn test_alert(state: web::Data<AppState>) -> HttpResponse {
     };
     match state.alerter.send_test(mail, std::time::Instant::now()) {
         Ok(()) => answer(StatusCode::ACCEPTED, json!({"status": "queued"})),
-        Err(wait) => {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            HttpResponse::TooManyRequests().insert_header(("Retry-After", seconds.to_string())).json(json!({
-                "status": "error",
-                "error": format!("one test email a minute: try again in {seconds} s"),
-            }))
-        }
+        Err(wait) => super::too_many(wait, |seconds| format!("one test email a minute: try again in {seconds} s")),
     }
 }

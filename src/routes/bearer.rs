@@ -32,12 +32,12 @@ use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::{web, HttpResponse};
-use serde_json::json;
 
 use crate::access::{presented_bearer, Throttle, Verdict};
 use crate::config::Secret;
 use crate::messages::LoggedId;
-use crate::routes::AppState;
+use crate::routes::surface::{client, Audience};
+use crate::routes::{error_body, AppState};
 
 /// One bearer-protected surface: its secret, its throttle, and how it explains itself.
 #[derive(Clone, Debug)]
@@ -103,24 +103,31 @@ impl BearerGate {
         }
     }
 
-    /// What a request that may, but need not, carry the bearer presented: a
-    /// missing bearer (or one while the gate is off) is [`Presented::Nothing`],
-    /// neither logged nor counted; a wrong one is refused and counted like any guess.
-    pub(crate) fn presented(&self, authorization: Option<&str>, client: IpAddr, path: &str, now: Instant) -> Presented {
+    /// Who a request that may, but need not, carry the bearer is: a missing
+    /// bearer (or one while the gate is off) makes a [`Audience::Stranger`],
+    /// neither logged nor counted; a wrong one is refused (401, or 429 when
+    /// throttled) and counted like any guess.
+    pub(crate) fn audience(
+        &self,
+        authorization: Option<&str>,
+        client: IpAddr,
+        path: &str,
+        now: Instant,
+    ) -> Result<Audience, Box<HttpResponse>> {
         let bearer = authorization.and_then(presented_bearer);
         if self.token.is_none() || bearer.is_none() {
-            return Presented::Nothing;
+            return Ok(Audience::Stranger);
         }
         match self.refusal(authorization, client, path, now) {
-            None => Presented::Right,
-            Some(refused) => Presented::Wrong(refused),
+            None => Ok(Audience::Insider),
+            Some(refused) => Err(Box::new(refused)),
         }
     }
 
     /// `None` to serve; otherwise the answer to send instead.
     fn refusal(&self, authorization: Option<&str>, client: IpAddr, path: &str, now: Instant) -> Option<HttpResponse> {
         let Some(expected) = &self.token else {
-            return Some(HttpResponse::NotFound().json(json!({"status": "error", "error": self.off})));
+            return Some(HttpResponse::NotFound().json(error_body(self.off)));
         };
         let Some(presented) = authorization.and_then(presented_bearer) else {
             // Bound first, so the lock is released before the log line is written.
@@ -159,9 +166,7 @@ impl BearerGate {
 
     fn unauthorized(&self) -> HttpResponse {
         let reason = format!("missing or wrong bearer token (Authorization: Bearer ${})", self.variable);
-        HttpResponse::Unauthorized()
-            .insert_header((header::WWW_AUTHENTICATE, "Bearer"))
-            .json(json!({"status": "error", "error": reason}))
+        HttpResponse::Unauthorized().insert_header((header::WWW_AUTHENTICATE, "Bearer")).json(error_body(reason))
     }
 
     /// The throttle's state is a table of counters, whole after every step, so a
@@ -171,26 +176,11 @@ impl BearerGate {
     }
 }
 
-/// What [`BearerGate::presented`] found.
-#[derive(Debug)]
-pub(crate) enum Presented {
-    /// The right bearer.
-    Right,
-    /// No bearer (or the gate is off): the request is a stranger's.
-    Nothing,
-    /// A wrong bearer, and the answer to send (401, or 429 when throttled).
-    Wrong(HttpResponse),
-}
-
-/// 429 with `Retry-After` in whole seconds, rounded up so a client that waits
-/// that long is counted afresh.
+/// 429 with `Retry-After`, rounded up so a client that waits that long is counted afresh.
 fn too_many(retry_after: Duration) -> HttpResponse {
-    let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-    let seconds = seconds.max(1);
-    HttpResponse::TooManyRequests().insert_header((header::RETRY_AFTER, seconds)).json(json!({
-        "status": "error",
-        "error": format!("too many wrong bearer tokens from this address; retry after {seconds} s"),
-    }))
+    super::too_many(retry_after, |seconds| {
+        format!("too many wrong bearer tokens from this address; retry after {seconds} s")
+    })
 }
 
 /// The middleware in front of the admin endpoints: `from_fn(bearer::admin)`.
@@ -199,7 +189,7 @@ pub(crate) async fn admin(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let client = super::surface::client(request.request(), &state);
+    let client = client(request.request(), &state);
     state.admin_gate.guard(client, request, next).await
 }
 
@@ -209,6 +199,6 @@ pub(crate) async fn send(
     request: ServiceRequest,
     next: Next<impl MessageBody + 'static>,
 ) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let client = super::surface::client(request.request(), &state);
+    let client = client(request.request(), &state);
     state.send_gate.guard(client, request, next).await
 }

@@ -4,7 +4,7 @@
 
 pub(crate) mod admin;
 pub(crate) mod bearer;
-pub mod callback;
+pub(crate) mod callback;
 pub(crate) mod deadline;
 pub(crate) mod health;
 pub(crate) mod metrics;
@@ -26,6 +26,25 @@ use crate::names::Names;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 use crate::wecom::WeCom;
+
+/// The one JSON error body of the API: `{"status": "error", "error": reason}`.
+pub(crate) fn error_body(reason: impl Into<String>) -> serde_json::Value {
+    serde_json::json!({"status": "error", "error": reason.into()})
+}
+
+/// `status` with the JSON error body.
+pub(crate) fn error(status: actix_web::http::StatusCode, reason: impl Into<String>) -> HttpResponse {
+    HttpResponse::build(status).json(error_body(reason))
+}
+
+/// 429 with `Retry-After` in whole seconds, rounded up (at least 1) so a client
+/// that waits that long is not refused again; `reason` is told those seconds.
+pub(crate) fn too_many(wait: std::time::Duration, reason: impl FnOnce(u64) -> String) -> HttpResponse {
+    let seconds = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
+    HttpResponse::TooManyRequests()
+        .insert_header((actix_web::http::header::RETRY_AFTER, seconds))
+        .json(error_body(reason(seconds)))
+}
 
 /// The paths WeCom may be pointed at; existing deployments use each of them.
 pub const CALLBACK_PATHS: [&str; 3] = ["/api/v1/wecom/callback", "/wework/callback", "/wechat/callback"];

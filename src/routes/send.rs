@@ -4,23 +4,18 @@
 //! request is validated by [`crate::outgoing`] and queued by
 //! [`crate::dispatch::sending::queue`].
 
-use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
 use crate::dispatch::sending::{self, QueueError};
 use crate::outgoing::{RequestError, SendRequest};
-use crate::routes::AppState;
+use crate::routes::{error, AppState};
 use crate::store::{self, StoreError};
 use crate::telemetry::SEND_API_REFUSED_TOTAL;
 
 /// Largest request body: a 20,000-character text, JSON-escaped, fits.
 pub(crate) const MAX_BODY: usize = 256 * 1024;
-
-fn error(status: StatusCode, reason: String) -> HttpResponse {
-    HttpResponse::build(status).json(json!({"status": "error", "error": reason}))
-}
 
 /// `POST /api/v1/messages`
 pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> HttpResponse {
@@ -45,10 +40,7 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         Err(e @ QueueError::KeyReused(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ QueueError::Full { .. }) => {
             state.metrics.counter(SEND_API_REFUSED_TOTAL, &[("reason", "queue_full".to_owned())]).increment(1);
-            let mut answer = error(StatusCode::TOO_MANY_REQUESTS, e.to_string());
-            let after = HeaderValue::from(sending::FULL_RETRY_AFTER.as_secs());
-            answer.headers_mut().insert(header::RETRY_AFTER, after);
-            answer
+            super::too_many(sending::FULL_RETRY_AFTER, |_| e.to_string())
         }
         Err(e @ QueueError::LowDisk(_)) => {
             state.metrics.counter(SEND_API_REFUSED_TOTAL, &[("reason", "disk_low".to_owned())]).increment(1);
@@ -64,7 +56,7 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
                 }
                 _ => "the store is unavailable; nothing was queued, retry",
             };
-            error(StatusCode::SERVICE_UNAVAILABLE, reason.into())
+            error(StatusCode::SERVICE_UNAVAILABLE, reason)
         }
     }
 }
@@ -92,10 +84,10 @@ pub(crate) async fn status(id: web::Path<String>, state: web::Data<AppState>) ->
             "created_at": send.created_at,
             "updated_at": send.updated_at,
         })),
-        Ok(None) => error(StatusCode::NOT_FOUND, "no message with that id".into()),
+        Ok(None) => error(StatusCode::NOT_FOUND, "no message with that id"),
         Err(e) => {
             log_store_failure(&state, &e);
-            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; retry".into())
+            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; retry")
         }
     }
 }

@@ -14,14 +14,6 @@ use crate::store::sends::SendStatus;
 /// Sends listed on the page, newest first.
 const RECENT_SENDS: usize = 20;
 
-/// Unix seconds as RFC 3339 UTC.
-fn rfc3339(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
-}
-
 fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -133,7 +125,7 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
                     html,
                     r#"<tr><td>{}<br><small>{}</small></td><td>{} {}</td><td>{}/{}</td><td><span class="badge {class}">{}</span> <span class="out">{}</span></td></tr>"#,
                     escape(&send.id),
-                    escape(&rfc3339(send.updated_at)),
+                    escape(&crate::clock::rfc3339(send.updated_at)),
                     escape(&send.channel),
                     escape(&send.recipient),
                     send.parts_sent,

@@ -15,7 +15,6 @@ use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse};
 
 use crate::networks;
-use crate::routes::bearer::Presented;
 use crate::routes::AppState;
 
 /// Who is asking for a monitoring view.
@@ -45,9 +44,5 @@ pub(crate) fn audience(request: &HttpRequest, state: &AppState) -> Result<Audien
         return Ok(Audience::Insider);
     }
     let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-    match state.admin_gate.presented(authorization, client, request.path(), Instant::now()) {
-        Presented::Right => Ok(Audience::Insider),
-        Presented::Nothing => Ok(Audience::Stranger),
-        Presented::Wrong(refused) => Err(Box::new(refused)),
-    }
+    state.admin_gate.audience(authorization, client, request.path(), Instant::now())
 }

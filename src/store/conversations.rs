@@ -8,9 +8,9 @@
 use super::{backend, Store, StoreError};
 
 /// The 48-hour window after a customer's last message.
-pub const WINDOW_SECS: i64 = 48 * 3600;
+pub(crate) const WINDOW_SECS: i64 = 48 * 3600;
 /// Messages allowed per customer message.
-pub const QUOTA: i64 = 5;
+pub(crate) const QUOTA: i64 = 5;
 
 /// A kf conversation: the account and the customer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

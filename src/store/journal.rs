@@ -131,7 +131,8 @@ impl Store {
         backend!(self, b => b.complete(completions).await)
     }
 
-    /// How many entries are not handled yet, for health and tests; claims nothing.
+    /// How many entries are not handled yet, for tests; claims nothing.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn unhandled(&self) -> Result<i64, StoreError> {
         backend!(self, b => b.unhandled().await)
     }

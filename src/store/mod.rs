@@ -11,20 +11,20 @@
 //! durability classes) that implements every operation; [`Store`] hands each call
 //! to its backend.
 
-pub mod alerts;
-pub mod conversations;
-pub mod journal;
+pub(crate) mod alerts;
+pub(crate) mod conversations;
+pub(crate) mod journal;
 pub(crate) mod kf;
 pub(crate) mod leases;
 pub(crate) mod meta;
-pub mod names;
-pub mod outbox;
+pub(crate) mod names;
+pub(crate) mod outbox;
 mod postgres;
 pub(crate) mod retention;
-pub mod sends;
+pub(crate) mod sends;
 pub(crate) mod snapshot;
 mod sqlite;
-pub mod tokens;
+pub(crate) mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -69,13 +69,15 @@ pub enum StoreError {
 /// does (pool wait, a stalled server, a dead socket): WeCom gives up on an
 /// answer after 5 s, and a quick 503 lets it retry, on another replica where
 /// there is one (SPEC §15).
-pub const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
+pub(crate) const REQUEST_DEADLINE: Duration = Duration::from_secs(3);
 
 /// `call` (store operations of a request) within [`REQUEST_DEADLINE`], else
 /// [`StoreError::TimedOut`]. Dropping the call on time out is safe: an
 /// operation's commit either happened (a retry finds it) or did not.
 /// Every store call of `routes/` goes through here (`tests/api/layout.rs`).
-pub async fn bounded<T, E: From<StoreError>>(call: impl std::future::Future<Output = Result<T, E>>) -> Result<T, E> {
+pub(crate) async fn bounded<T, E: From<StoreError>>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     tokio::time::timeout(REQUEST_DEADLINE, call).await.unwrap_or_else(|_| Err(StoreError::TimedOut.into()))
 }
 

@@ -74,7 +74,8 @@ impl Store {
         backend!(self, b => b.outbox_owed().await)
     }
 
-    /// Unfinished actions, for health and metrics.
+    /// Unfinished actions, for tests (health and metrics read `outbox_owed`).
+    #[cfg(any(test, feature = "testing"))]
     pub async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         backend!(self, b => b.outbox_backlog().await)
     }

@@ -123,6 +123,7 @@ impl Store {
     }
 
     /// Sends of `channel` queued and not yet finished (`SEND_QUEUE_MAX` counts these).
+    #[cfg(any(test, feature = "testing"))]
     pub async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
         backend!(self, b => b.queued_sends(channel).await)
     }

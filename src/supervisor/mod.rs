@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{Alerter, Mail};
 use crate::health::checks::Checks;
-use crate::health::{CheckResult, HealthBoard, Liveness, Status};
+use crate::health::{CheckName, CheckResult, HealthBoard, Liveness, Status};
 use crate::store::alerts::FiringRecord;
 use crate::store::{now, Store};
 use crate::telemetry::Metrics;
@@ -38,11 +38,38 @@ pub(crate) struct Timing {
     pub repeat: Option<Duration>,
 }
 
+/// What an alert email says happened to a check (its subject's word).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AlertKind {
+    Firing,
+    Reminder,
+    Resolved,
+    /// The certificate reached a step (30, 14, 7, 3, 1 days left).
+    Expiring,
+}
+
+impl AlertKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Firing => "FIRING",
+            Self::Reminder => "REMINDER",
+            Self::Resolved => "RESOLVED",
+            Self::Expiring => "EXPIRING",
+        }
+    }
+}
+
+impl std::fmt::Display for AlertKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A transition waiting to be mailed.
 #[derive(Debug, Clone)]
 struct Pending {
     check: String,
-    kind: &'static str,
+    kind: AlertKind,
     result: CheckResult,
     since: i64,
 }
@@ -145,6 +172,7 @@ impl Supervisor {
         let results = self.parts.checks.run_all().await;
         let at = now();
         for (name, result) in &results {
+            let name = &name.to_string();
             self.parts.board.set(name.clone(), result.clone());
             publish(&self.parts.metrics, name.clone(), result.status);
             let state = self.states.entry(name.clone()).or_insert(AlertState::Ok);
@@ -172,9 +200,9 @@ impl Supervisor {
             }
             if let Some(transition) = transition {
                 let kind = match transition {
-                    Transition::Firing => "FIRING",
-                    Transition::Reminder => "REMINDER",
-                    Transition::Resolved => "RESOLVED",
+                    Transition::Firing => AlertKind::Firing,
+                    Transition::Reminder => AlertKind::Reminder,
+                    Transition::Resolved => AlertKind::Resolved,
                 };
                 tracing::warn!(check = name.as_str(), "{kind}: {}", result.output.as_deref().unwrap_or("-"));
                 if self.pages_here(name, kind).await {
@@ -209,7 +237,7 @@ impl Supervisor {
     /// checks; for a cluster-wide one, only the first replica to see it (a lease
     /// named after the transition), so on-call gets one email, not one per replica.
     /// Without a store to coordinate through, each replica pages for itself.
-    async fn pages_here(&self, check: &str, kind: &str) -> bool {
+    async fn pages_here(&self, check: &str, kind: AlertKind) -> bool {
         if !cluster_wide(check) {
             return true;
         }
@@ -228,8 +256,8 @@ impl Supervisor {
     }
 
     /// The certificate alerts once per step (30, 14, 7, 3, 1 days left).
-    async fn certificate_step(&mut self, results: &[(String, CheckResult)]) {
-        let Some((_, result)) = results.iter().find(|(name, _)| name == "tls:certificate") else {
+    async fn certificate_step(&mut self, results: &[(CheckName, CheckResult)]) {
+        let Some((_, result)) = results.iter().find(|(name, _)| *name == CheckName::TlsCertificate) else {
             return;
         };
         let Some(days) = result.observed_value.as_ref().and_then(serde_json::Value::as_i64) else {
@@ -241,8 +269,8 @@ impl Supervisor {
             Some(step) if notified.is_none_or(|n| step < n) => {
                 let _ = self.parts.store.set_meta_value("certificate_step", step.to_string()).await;
                 self.queue(Pending {
-                    check: "tls:certificate".into(),
-                    kind: "EXPIRING",
+                    check: CheckName::TlsCertificate.into(),
+                    kind: AlertKind::Expiring,
                     result: result.clone(),
                     since: now(),
                 });
@@ -256,7 +284,7 @@ impl Supervisor {
     }
 
     /// Sends what is pending once the group wait has passed.
-    fn flush(&mut self, results: &[(String, CheckResult)]) {
+    fn flush(&mut self, results: &[(CheckName, CheckResult)]) {
         let Some(first) = self.first_pending_at else {
             return;
         };
@@ -272,13 +300,13 @@ impl Supervisor {
 /// Checks every replica sees alike (the access tokens, the configuration): their
 /// transitions are paged once for the cluster.
 fn cluster_wide(check: &str) -> bool {
-    check.starts_with("token:") || check.starts_with("config:")
+    CheckName::parse(check).is_some_and(|name| name.is_cluster_wide())
 }
 
 /// One email for a group of transitions, listing every check.
-fn compose(pending: &[Pending], results: &[(String, CheckResult)], host: &str) -> Mail {
+fn compose(pending: &[Pending], results: &[(CheckName, CheckResult)], host: &str) -> Mail {
     let kinds: Vec<&str> = {
-        let mut kinds: Vec<&str> = pending.iter().map(|p| p.kind).collect();
+        let mut kinds: Vec<&str> = pending.iter().map(|p| p.kind.as_str()).collect();
         kinds.dedup();
         kinds
     };
@@ -292,10 +320,7 @@ fn compose(pending: &[Pending], results: &[(String, CheckResult)], host: &str) -
     };
     let mut body = format!("wechat-api {} on {host}\n\n", crate::VERSION);
     for p in pending {
-        let since = time::OffsetDateTime::from_unix_timestamp(p.since)
-            .ok()
-            .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-            .unwrap_or_default();
+        let since = crate::clock::rfc3339(p.since);
         let _ = writeln!(body, "{} {} (since {since})", p.kind, p.check);
         if let (Some(value), unit) = (&p.result.observed_value, p.result.observed_unit.as_deref().unwrap_or("")) {
             let _ = writeln!(body, "  observed: {value} {unit}");
@@ -330,20 +355,22 @@ mod tests {
         let failing = CheckResult::new(Status::Fail)
             .observed(false, "writable")
             .output("cannot write UPLOAD_DIR /u; chown -R 1001:1001");
-        let pending =
-            vec![Pending { check: "uploads:writable".into(), kind: "FIRING", result: failing.clone(), since: 0 }];
-        let results = vec![
-            ("uploads:writable".to_owned(), failing),
-            ("store:writable".to_owned(), CheckResult::new(Status::Pass)),
-        ];
+        let pending = vec![Pending {
+            check: "uploads:writable".into(),
+            kind: AlertKind::Firing,
+            result: failing.clone(),
+            since: 0,
+        }];
+        let results =
+            vec![(CheckName::UploadsWritable, failing), (CheckName::StoreWritable, CheckResult::new(Status::Pass))];
         let mail = compose(&pending, &results, "vm1");
         assert_eq!(mail.subject, "[wechat-api FIRING] uploads:writable on vm1");
         assert!(mail.body.contains("FIRING uploads:writable (since 1970-01-01T00:00:00Z)"), "{}", mail.body);
         assert!(mail.body.contains("chown -R 1001:1001"));
         assert!(mail.body.contains("pass  store:writable"));
         let mixed = vec![
-            Pending { check: "a".into(), kind: "FIRING", result: CheckResult::new(Status::Fail), since: 0 },
-            Pending { check: "b".into(), kind: "RESOLVED", result: CheckResult::new(Status::Pass), since: 0 },
+            Pending { check: "a".into(), kind: AlertKind::Firing, result: CheckResult::new(Status::Fail), since: 0 },
+            Pending { check: "b".into(), kind: AlertKind::Resolved, result: CheckResult::new(Status::Pass), since: 0 },
         ];
         assert_eq!(compose(&mixed, &[], "h").subject, "[wechat-api] FIRING a, RESOLVED b on h");
     }

@@ -7,14 +7,14 @@
 pub(crate) mod client;
 pub(crate) mod connection;
 pub(crate) mod error;
-pub mod models;
+pub(crate) mod models;
 pub(crate) mod tokens;
 
 use std::sync::Arc;
 
 pub use client::WeComClient;
 pub(crate) use client::APP_DUPLICATE_CHECK;
-pub use error::{ApiError, WeComError};
+pub(crate) use error::{ApiError, WeComError};
 pub use tokens::TokenSource;
 
 use crate::config::Config;
@@ -26,7 +26,7 @@ use models::{KfServiceState, KfSyncPage, KfSyncRequest};
 
 /// The API client and the token cache of each configured Secret.
 #[derive(Debug, Clone)]
-pub struct WeCom {
+pub(crate) struct WeCom {
     pub client: WeComClient,
     /// `WECOM_SECRET`: the self-built app.
     pub app: Option<Arc<TokenSource>>,

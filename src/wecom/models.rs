@@ -67,11 +67,10 @@ pub(super) struct KfEventMessage<'a> {
     pub text: TextContent<'a>,
 }
 
+/// WeCom's answer to a send, past its errcode. Its `msgid` is not kept: kf parts
+/// carry our own (`wecom::kf_msgid`), and an app text's is never asked for again.
 #[derive(Debug, Clone, Default, Deserialize)]
-pub struct SendResult {
-    #[serde(default)]
-    pub msgid: Option<String>,
-}
+pub struct SendResult {}
 
 /// `kf/sync_msg` request.
 #[derive(Debug, Clone, Serialize)]

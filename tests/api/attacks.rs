@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::AsyncWriteExt;
-use wechat_api::crypto::{self, AesKey};
+use wechat_api::testing::crypto::{self, AesKey};
 
 use crate::helpers::*;
 
@@ -316,7 +316,7 @@ async fn a_pipelining_client_that_never_reads_is_disconnected() {
 /// one kf text from a customer whose id is 100,002 characters long, and a text
 /// and a sender name with a right-to-left override (U+202E); its log lines.
 async fn log_lines_of_hostile_ids(format: &str) -> Vec<String> {
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let wecom = crate::fakes::FakeWeCom::start().await;
     let dir = tempfile::tempdir().expect("dir");
     let (_, _, cert_pem) = write_certificate(dir.path(), 30);

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wechat_api::dispatch::handlers::HELP_TEXT;
+use wechat_api::testing::dispatch::HELP_TEXT;
 
 use crate::fakes::{FakeWeCom, ForwardReceiver};
 use crate::helpers::*;
@@ -126,7 +126,7 @@ async fn each_token_opens_only_its_own_door_and_the_api_is_off_without_one() {
     // The same token for both doors is a configuration error that names the variable, not the value.
     let dir = tempfile::tempdir().expect("dir");
     let env = test_env(dir.path(), &[("ADMIN_TOKEN", ADMIN), ("SEND_TOKEN", ADMIN)]);
-    let errors = wechat_api::config::load(&wechat_api::config::Sources { env, ..Default::default() })
+    let errors = wechat_api::testing::config::load(&wechat_api::testing::config::Sources { env, ..Default::default() })
         .expect_err("refused")
         .to_string();
     assert!(errors.contains("SEND_TOKEN must differ from ADMIN_TOKEN") && !errors.contains(ADMIN), "{errors}");

@@ -1,8 +1,8 @@
 //! The callback paths: URL verification, message POSTs and every bad input.
 
 use serde::Deserialize;
-use wechat_api::crypto::{self, AesKey};
-use wechat_api::routes::CALLBACK_PATHS;
+use wechat_api::testing::crypto::{self, AesKey};
+use wechat_api::testing::routes::CALLBACK_PATHS;
 
 use crate::helpers::*;
 

@@ -31,10 +31,10 @@ fn keygen_prints_a_valid_token_and_key() {
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).expect("UTF-8");
     let value = |name: &str| text.lines().find_map(|l| l.strip_prefix(&format!("{name}="))).expect(name).to_owned();
-    assert!(wechat_api::config::Token::parse(&value("WECOM_TOKEN")).is_ok());
+    assert!(wechat_api::testing::config::Token::parse(&value("WECOM_TOKEN")).is_ok());
     assert_eq!(value("WECOM_ENCODING_AES_KEY").len(), 43);
     assert!(value("WECOM_ENCODING_AES_KEY").chars().all(|c| c.is_ascii_alphanumeric()), "the console's alphabet");
-    assert!(wechat_api::crypto::AesKey::parse(&value("WECOM_ENCODING_AES_KEY")).is_ok());
+    assert!(wechat_api::testing::crypto::AesKey::parse(&value("WECOM_ENCODING_AES_KEY")).is_ok());
 }
 
 #[test]

@@ -26,7 +26,7 @@ struct Ledger {
 fn kill_9_at_random_moments_loses_nothing_and_handles_nothing_twice() {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
-        wechat_api::tls::install_crypto_provider();
+        wechat_api::testing::tls::install_crypto_provider();
         let receiver = ForwardReceiver::start().await;
         let dir = tempfile::tempdir().expect("dir");
         let (_, _, cert_pem) = write_certificate(dir.path(), 30);
@@ -108,8 +108,8 @@ fn kill_9_at_random_moments_loses_nothing_and_handles_nothing_twice() {
         assert!(service.terminate().success());
 
         // One journal entry and one forward action per message, and a sound file.
-        let db =
-            rusqlite::Connection::open(dir.path().join("data").join(wechat_api::store::DATABASE_FILE)).expect("db");
+        let db = rusqlite::Connection::open(dir.path().join("data").join(wechat_api::testing::store::DATABASE_FILE))
+            .expect("db");
         let integrity: String = db.query_row("PRAGMA integrity_check", [], |row| row.get(0)).expect("integrity");
         assert_eq!(integrity, "ok");
         let journaled: i64 = db.query_row("SELECT COUNT(*) FROM journal", [], |row| row.get(0)).expect("count");

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 /// One call the fake WeCom API received.
 #[derive(Debug, Clone)]
-pub struct Call {
+pub(crate) struct Call {
     pub api: String,
     pub query: HashMap<String, String>,
     pub body: Value,
@@ -45,14 +45,14 @@ struct WeComState {
 /// A fake WeCom API: issues tokens, checks them, records every call, and can be
 /// told to answer an errcode once or to be slow.
 #[derive(Clone)]
-pub struct FakeWeCom {
+pub(crate) struct FakeWeCom {
     pub base_url: String,
     state: Arc<Mutex<WeComState>>,
     _server: Arc<actix_web::dev::ServerHandle>,
 }
 
 impl FakeWeCom {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let state = Arc::new(Mutex::new(WeComState::default()));
         let shared = web::Data::from(Arc::clone(&state));
         let server = HttpServer::new(move || App::new().app_data(shared.clone()).default_service(web::to(wecom_api)))
@@ -68,26 +68,26 @@ impl FakeWeCom {
     }
 
     /// The next call to `api` answers `answer` instead of the default.
-    pub fn answer_once(&self, api: &str, answer: Value) {
+    pub(crate) fn answer_once(&self, api: &str, answer: Value) {
         self.state.lock().expect("lock").scripted.entry(api.to_owned()).or_default().push_back(answer);
     }
 
-    pub fn calls(&self, api: &str) -> Vec<Call> {
+    pub(crate) fn calls(&self, api: &str) -> Vec<Call> {
         self.state.lock().expect("lock").calls.iter().filter(|c| c.api == api).cloned().collect()
     }
 
     /// Every call to any API, in order.
-    pub fn all_calls(&self) -> Vec<Call> {
+    pub(crate) fn all_calls(&self) -> Vec<Call> {
         self.state.lock().expect("lock").calls.clone()
     }
 
     /// Access tokens issued from now on are `<prefix>-<n>`.
-    pub fn issue_tokens_as(&self, prefix: &str) {
+    pub(crate) fn issue_tokens_as(&self, prefix: &str) {
         self.state.lock().expect("lock").token_prefix = Some(prefix.to_owned());
     }
 
     /// Every `gettoken` with `secret` answers `answer` (e.g. 60020) until cleared.
-    pub fn refuse_secret(&self, secret: &str, answer: Option<Value>) {
+    pub(crate) fn refuse_secret(&self, secret: &str, answer: Option<Value>) {
         let mut s = self.state.lock().expect("lock");
         match answer {
             Some(answer) => s.by_secret.insert(secret.to_owned(), answer),
@@ -96,7 +96,7 @@ impl FakeWeCom {
     }
 
     /// Every call to `api` answers `answer` (e.g. errcode 45009) until cleared with `None`.
-    pub fn fail_api(&self, api: &str, answer: Option<Value>) {
+    pub(crate) fn fail_api(&self, api: &str, answer: Option<Value>) {
         let mut s = self.state.lock().expect("lock");
         match answer {
             Some(answer) => s.failing.insert(api.to_owned(), answer),
@@ -105,32 +105,32 @@ impl FakeWeCom {
     }
 
     /// Every call to `api` waits `delay` before answering.
-    pub fn delay(&self, api: &str, delay: Duration) {
+    pub(crate) fn delay(&self, api: &str, delay: Duration) {
         self.state.lock().expect("lock").delays.insert(api.to_owned(), delay);
     }
 
     /// `media/get` serves `bytes` for `media_id`.
-    pub fn serve_media(&self, media_id: &str, bytes: &[u8]) {
+    pub(crate) fn serve_media(&self, media_id: &str, bytes: &[u8]) {
         self.state.lock().expect("lock").media.insert(media_id.to_owned(), bytes.to_vec());
     }
 
     /// The most calls of `api` that were ever in flight at once.
-    pub fn most_at_once(&self, api: &str) -> usize {
+    pub(crate) fn most_at_once(&self, api: &str) -> usize {
         self.state.lock().expect("lock").in_flight.get(api).map_or(0, |flight| flight.1)
     }
 
     /// How many answers to `api` have been sent so far.
-    pub fn answered(&self, api: &str) -> usize {
+    pub(crate) fn answered(&self, api: &str) -> usize {
         self.state.lock().expect("lock").answered.iter().filter(|a| *a == api).count()
     }
 
     /// The kf texts WeCom accepted (each msgid once), in order: what customers saw.
-    pub fn kf_delivered(&self) -> Vec<Value> {
+    pub(crate) fn kf_delivered(&self) -> Vec<Value> {
         self.state.lock().expect("lock").kf_delivered.iter().map(|(_, body)| body.clone()).collect()
     }
 
     /// Polls until `api` was called `count` times, or fails after 15 s.
-    pub async fn wait_for_calls(&self, api: &str, count: usize) -> Vec<Call> {
+    pub(crate) async fn wait_for_calls(&self, api: &str, count: usize) -> Vec<Call> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             let calls = self.calls(api);
@@ -231,7 +231,7 @@ fn header_pairs(request: &HttpRequest) -> Vec<(String, String)> {
 
 /// One POST the forward receiver got.
 #[derive(Debug, Clone)]
-pub struct Delivery {
+pub(crate) struct Delivery {
     pub message_id: String,
     pub signature_ok: bool,
     pub content_type: String,
@@ -253,7 +253,7 @@ struct ReceiverState {
 /// A downstream webhook receiver: checks `X-Signature`, can fail the first N
 /// posts, can answer with a reply.
 #[derive(Clone)]
-pub struct ForwardReceiver {
+pub(crate) struct ForwardReceiver {
     pub url: String,
     pub secret: String,
     state: Arc<Mutex<ReceiverState>>,
@@ -261,12 +261,12 @@ pub struct ForwardReceiver {
 }
 
 impl ForwardReceiver {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         Self::start_with_secret("forward-secret-for-tests").await
     }
 
     /// A receiver that checks `X-Signature` under `secret`.
-    pub async fn start_with_secret(secret: &str) -> Self {
+    pub(crate) async fn start_with_secret(secret: &str) -> Self {
         let secret = secret.to_owned();
         let state = Arc::new(Mutex::new(ReceiverState::default()));
         let shared = web::Data::from(Arc::clone(&state));
@@ -285,34 +285,34 @@ impl ForwardReceiver {
         Self { url: format!("http://127.0.0.1:{port}/hook"), secret, state, _server: Arc::new(handle) }
     }
 
-    pub fn fail_first(&self, n: usize) {
+    pub(crate) fn fail_first(&self, n: usize) {
         self.state.lock().expect("lock").fail_first = n;
     }
 
-    pub fn reply_with(&self, text: &str) {
+    pub(crate) fn reply_with(&self, text: &str) {
         self.answer_with(json!({"reply": {"text": text}}));
     }
 
     /// Every post is answered `answer` (a 2xx JSON body) from now on.
-    pub fn answer_with(&self, answer: Value) {
+    pub(crate) fn answer_with(&self, answer: Value) {
         self.state.lock().expect("lock").answer = Some(answer);
     }
 
     /// Answers every POST with `307 Temporary Redirect` to `url` from now on.
-    pub fn redirect_to(&self, url: &str) {
+    pub(crate) fn redirect_to(&self, url: &str) {
         self.state.lock().expect("lock").redirect = Some(url.to_owned());
     }
 
-    pub fn attempts(&self) -> usize {
+    pub(crate) fn attempts(&self) -> usize {
         self.state.lock().expect("lock").attempts
     }
 
-    pub fn delivered(&self) -> Vec<Delivery> {
+    pub(crate) fn delivered(&self) -> Vec<Delivery> {
         self.state.lock().expect("lock").delivered.clone()
     }
 
     /// Polls until `count` deliveries arrived, or fails after `within`.
-    pub async fn wait_for(&self, count: usize, within: Duration) -> Vec<Delivery> {
+    pub(crate) async fn wait_for(&self, count: usize, within: Duration) -> Vec<Delivery> {
         let deadline = Instant::now() + within;
         loop {
             let delivered = self.delivered();
@@ -332,7 +332,7 @@ async fn receive(
     secret: web::Data<String>,
 ) -> HttpResponse {
     let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-    let expected = wechat_api::dispatch::actions::signature(secret.as_bytes(), &body);
+    let expected = wechat_api::testing::dispatch::signature(secret.as_bytes(), &body);
     let mut s = state.lock().expect("lock");
     s.attempts += 1;
     if s.attempts <= s.fail_first {

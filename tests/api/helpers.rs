@@ -10,23 +10,23 @@ use std::time::Duration;
 use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
-use wechat_api::config::{self, Sources};
-use wechat_api::crypto::{self, AesKey};
-use wechat_api::startup::Application;
+use wechat_api::testing::config::{self, Sources};
+use wechat_api::testing::crypto::{self, AesKey};
+use wechat_api::testing::startup::Application;
 
 /// The official PHP sample's credentials (a non-canonical key, on purpose).
-pub const CORP_ID: &str = "wx5823bf96d3bd56c7";
-pub const TOKEN: &str = "QDG6eK";
-pub const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+pub(crate) const CORP_ID: &str = "wx5823bf96d3bd56c7";
+pub(crate) const TOKEN: &str = "QDG6eK";
+pub(crate) const AES_KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub port: u16,
     pub http_port: Option<u16>,
     pub client: reqwest::Client,
-    pub store: wechat_api::store::Store,
-    pub liveness: std::sync::Arc<wechat_api::health::Liveness>,
+    pub store: wechat_api::testing::store::Store,
+    pub liveness: std::sync::Arc<wechat_api::testing::health::Liveness>,
     /// The clock of the duration checks, to move ahead instead of waiting minutes.
-    pub clock: std::sync::Arc<wechat_api::health::CheckClock>,
+    pub clock: std::sync::Arc<wechat_api::testing::health::CheckClock>,
     pub dir: tempfile::TempDir,
     overrides: Vec<(String, String)>,
     shutdown: CancellationToken,
@@ -34,8 +34,8 @@ pub struct TestApp {
 }
 
 /// A certificate for 127.0.0.1 and localhost, written into `dir`.
-pub fn write_certificate(dir: &std::path::Path, days: i64) -> (PathBuf, PathBuf, String) {
-    let pair = wechat_api::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(days))
+pub(crate) fn write_certificate(dir: &std::path::Path, days: i64) -> (PathBuf, PathBuf, String) {
+    let pair = wechat_api::testing::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(days))
         .expect("self-signed certificate");
     let cert = dir.join("server.crt");
     let key = dir.join("server.key");
@@ -45,7 +45,7 @@ pub fn write_certificate(dir: &std::path::Path, days: i64) -> (PathBuf, PathBuf,
 }
 
 /// The environment of a valid test configuration, plus `overrides`.
-pub fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> HashMap<String, String> {
+pub(crate) fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> HashMap<String, String> {
     let mut env: HashMap<String, String> = [
         ("WECOM_CORP_ID", CORP_ID),
         ("WECOM_TOKEN", TOKEN),
@@ -72,16 +72,16 @@ pub fn test_env(dir: &std::path::Path, overrides: &[(&str, &str)]) -> HashMap<St
     env
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     spawn_app_with_certificate(365, overrides).await
 }
 
 /// Like [`spawn_app_with`], serving a certificate valid for `days`.
-pub async fn spawn_app_with_certificate(days: i64, overrides: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn spawn_app_with_certificate(days: i64, overrides: &[(&str, &str)]) -> TestApp {
     let dir = tempfile::tempdir().expect("temp dir");
     write_certificate(dir.path(), days);
     let overrides = overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
@@ -107,12 +107,12 @@ async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> T
 }
 
 impl TestApp {
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("https://127.0.0.1:{}{path}", self.port)
     }
 
     /// Stops the application like SIGTERM and waits for it to finish.
-    pub async fn stop(self) -> std::io::Result<()> {
+    pub(crate) async fn stop(self) -> std::io::Result<()> {
         self.stop_keeping_dir().await.0
     }
 
@@ -126,31 +126,31 @@ impl TestApp {
     }
 
     /// Stops gracefully and starts again on the same data directory.
-    pub async fn restart(self) -> TestApp {
+    pub(crate) async fn restart(self) -> TestApp {
         let (stopped, dir, overrides) = self.stop_keeping_dir().await;
         stopped.expect("clean stop");
         start_in(dir, overrides).await
     }
 
     /// Sends a signed text callback with `msg_id`; returns the HTTP status.
-    pub async fn post_text(&self, content: &str, msg_id: u64) -> u16 {
+    pub(crate) async fn post_text(&self, content: &str, msg_id: u64) -> u16 {
         self.post_xml(&text_message(content, msg_id)).await
     }
 
     /// Encrypts, signs and POSTs `xml` as an app callback; returns the HTTP status.
-    pub async fn post_xml(&self, xml: &str) -> u16 {
+    pub(crate) async fn post_xml(&self, xml: &str) -> u16 {
         self.post_signed("/api/v1/wecom/callback", TOKEN, AES_KEY, xml).await.status().as_u16()
     }
 
     /// Encrypts `xml` with `key`, signs it with `token` and POSTs it to `path`.
-    pub async fn post_signed(&self, path: &str, token: &str, key: &str, xml: &str) -> reqwest::Response {
+    pub(crate) async fn post_signed(&self, path: &str, token: &str, key: &str, xml: &str) -> reqwest::Response {
         let signed = sign_post(token, key, CORP_ID, xml);
         let url = self.url(&format!("{path}?{}", signed.query));
         self.client.post(url).body(signed.body).send().await.expect("callback request")
     }
 
     /// Polls until the outbox has nothing left to do, or fails after 15 s.
-    pub async fn wait_until_outbox_empty(&self) {
+    pub(crate) async fn wait_until_outbox_empty(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             let pending = self.store.unhandled().await.expect("journal");
@@ -163,24 +163,24 @@ impl TestApp {
         }
     }
 
-    pub async fn metrics(&self) -> String {
+    pub(crate) async fn metrics(&self) -> String {
         self.client.get(self.url("/metrics")).send().await.expect("metrics").text().await.expect("body")
     }
 
     /// The value of one sample line in `/metrics`, 0 when absent.
-    pub async fn metric(&self, series: &str) -> f64 {
+    pub(crate) async fn metric(&self, series: &str) -> f64 {
         let text = self.metrics().await;
         text.lines().find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok())).unwrap_or(0.0)
     }
 }
 
 /// A signed callback: the query string and the envelope body.
-pub struct Signed {
+pub(crate) struct Signed {
     pub query: String,
     pub body: String,
 }
 
-pub fn query(signature: &str, timestamp: &str, nonce: &str, echostr: Option<&str>) -> String {
+pub(crate) fn query(signature: &str, timestamp: &str, nonce: &str, echostr: Option<&str>) -> String {
     let mut pairs = vec![("msg_signature", signature), ("timestamp", timestamp), ("nonce", nonce)];
     if let Some(echostr) = echostr {
         pairs.push(("echostr", echostr));
@@ -189,14 +189,14 @@ pub fn query(signature: &str, timestamp: &str, nonce: &str, echostr: Option<&str
 }
 
 /// Encrypts `xml` for `receive_id` with `key` and signs it with `token`.
-pub fn sign_post(token: &str, key: &str, receive_id: &str, xml: &str) -> Signed {
+pub(crate) fn sign_post(token: &str, key: &str, receive_id: &str, xml: &str) -> Signed {
     let key = AesKey::parse(key).expect("key");
     let encrypted = crypto::encrypt(&key, xml.as_bytes(), receive_id.as_bytes());
     sign_envelope(token, &encrypted)
 }
 
 /// Signs an already-encrypted `Encrypt` value and wraps it in an envelope.
-pub fn sign_envelope(token: &str, encrypted: &str) -> Signed {
+pub(crate) fn sign_envelope(token: &str, encrypted: &str) -> Signed {
     let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
     let nonce = rand::random::<u32>().to_string();
     let signature = crypto::sign(token, &timestamp, &nonce, encrypted);
@@ -206,7 +206,7 @@ pub fn sign_envelope(token: &str, encrypted: &str) -> Signed {
     }
 }
 
-pub fn text_message(content: &str, msg_id: u64) -> String {
+pub(crate) fn text_message(content: &str, msg_id: u64) -> String {
     format!(
         "<xml><ToUserName><![CDATA[{CORP_ID}]]></ToUserName><FromUserName><![CDATA[zhangsan]]></FromUserName>\
          <CreateTime>1409659813</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
@@ -215,7 +215,7 @@ pub fn text_message(content: &str, msg_id: u64) -> String {
 }
 
 /// An HTTPS client that trusts only the certificate `cert_pem`.
-pub fn client_trusting(cert_pem: &[u8], timeout: Duration) -> reqwest::Client {
+pub(crate) fn client_trusting(cert_pem: &[u8], timeout: Duration) -> reqwest::Client {
     reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(cert_pem).expect("PEM"))
         .timeout(timeout)
@@ -224,7 +224,7 @@ pub fn client_trusting(cert_pem: &[u8], timeout: Duration) -> reqwest::Client {
 }
 
 /// The port of the service's "wechat-api listening … port=N" log line.
-pub fn listening_port(line: &str) -> u16 {
+pub(crate) fn listening_port(line: &str) -> u16 {
     let at = line.find("port=").expect("port field") + 5;
     line[at..].split(|c: char| !c.is_ascii_digit()).next().expect("digits").parse().expect("port")
 }
@@ -232,20 +232,20 @@ pub fn listening_port(line: &str) -> u16 {
 const BIN: &str = env!("CARGO_BIN_EXE_wechat-api");
 
 /// The binary with a clean environment: only what the test sets.
-pub fn wechat_api(dir: &std::path::Path) -> Command {
+pub(crate) fn wechat_api(dir: &std::path::Path) -> Command {
     let mut command = Command::new(BIN);
     command.env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).current_dir(dir);
     command
 }
 
 /// A child process killed when the test ends, with its stdout as lines.
-pub struct Running {
+pub(crate) struct Running {
     child: Child,
     lines: mpsc::Receiver<String>,
 }
 
 impl Running {
-    pub fn start(mut command: Command) -> Self {
+    pub(crate) fn start(mut command: Command) -> Self {
         let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("binary starts");
         let (tx, lines) = mpsc::channel();
         for stream in [
@@ -266,7 +266,7 @@ impl Running {
     }
 
     /// Collects output until `done` says so; fails the test after 30 s.
-    pub fn read_until(&self, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
+    pub(crate) fn read_until(&self, mut done: impl FnMut(&str) -> bool) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
@@ -284,12 +284,12 @@ impl Running {
         panic!("timed out; output so far:\n{}", seen.join("\n"));
     }
 
-    pub fn port(&self) -> u16 {
+    pub(crate) fn port(&self) -> u16 {
         let lines = self.read_until(|l| l.contains("wechat-api listening"));
         listening_port(lines.last().expect("a line"))
     }
 
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -312,7 +312,7 @@ impl Drop for Running {
 impl Running {
     /// Every line not read yet, up to the end of both streams (call it after the
     /// process ended); fails the test after 30 s.
-    pub fn rest(&self) -> Vec<String> {
+    pub(crate) fn rest(&self) -> Vec<String> {
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         loop {
@@ -326,7 +326,7 @@ impl Running {
     }
 
     /// SIGKILL: no drain, no flush, no goodbye.
-    pub fn kill_9(&mut self) {
+    pub(crate) fn kill_9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -334,7 +334,7 @@ impl Running {
 
 /// A client of `app` whose connections come from `address` (another loopback
 /// address, such as 127.0.0.2, plays a stranger).
-pub fn client_from(app: &TestApp, address: std::net::Ipv4Addr) -> reqwest::Client {
+pub(crate) fn client_from(app: &TestApp, address: std::net::Ipv4Addr) -> reqwest::Client {
     let pem = std::fs::read(app.dir.path().join("server.crt")).expect("certificate");
     reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))

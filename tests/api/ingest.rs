@@ -7,12 +7,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use wechat_api::config::Secret;
-use wechat_api::dispatch::handlers::HELP_TEXT;
-use wechat_api::store::tokens::StoredToken;
-use wechat_api::store::Store;
-use wechat_api::telemetry::{BuildInfo, Metrics};
-use wechat_api::wecom::{TokenSource, WeComClient};
+use wechat_api::testing::config::Secret;
+use wechat_api::testing::dispatch::HELP_TEXT;
+use wechat_api::testing::store::Store;
+use wechat_api::testing::store::StoredToken;
+use wechat_api::testing::telemetry::{BuildInfo, Metrics};
+use wechat_api::testing::wecom::{TokenSource, WeComClient};
 
 use crate::fakes::{FakeWeCom, ForwardReceiver};
 use crate::helpers::*;
@@ -152,7 +152,7 @@ fn token_source(wecom: &FakeWeCom, store: &Store) -> TokenSource {
     TokenSource::new("app", CORP_ID, Secret::new(SECRET), client, store.clone(), metrics)
 }
 
-async fn send_with(source: &TokenSource, client: &WeComClient) -> Result<(), wechat_api::wecom::WeComError> {
+async fn send_with(source: &TokenSource, client: &WeComClient) -> Result<(), wechat_api::testing::wecom::WeComError> {
     source.call(|token| async move { client.send_app_text(&token, "u", 1, "x").await.map(drop) }).await
 }
 
@@ -327,6 +327,6 @@ async fn a_5000_character_chinese_reply_arrives_as_ordered_parts_that_rejoin_to_
     let parts: Vec<String> =
         sends.iter().map(|c| c.body["text"]["content"].as_str().expect("text").to_owned()).collect();
     assert!(parts.iter().all(|p| p.len() <= 2048), "every part within WeCom's limit");
-    assert_eq!(parts.concat(), wechat_api::shaping::flatten_markdown(&reply), "in order, nothing lost");
+    assert_eq!(parts.concat(), wechat_api::testing::shaping::flatten_markdown(&reply), "in order, nothing lost");
     assert!(!parts.concat().contains("**"), "no raw Markdown reaches WeChat");
 }

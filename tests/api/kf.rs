@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use wechat_api::dispatch::handlers::HELP_TEXT;
+use wechat_api::testing::dispatch::HELP_TEXT;
 
 use crate::fakes::{FakeWeCom, ForwardReceiver};
 use crate::helpers::*;

@@ -76,7 +76,7 @@ async fn a_20_mib_media_is_streamed_whole_into_a_private_file_beside_a_private_s
     let data = app.dir.path().join("data");
     assert_eq!(mode(&data), 0o700, "DATA_DIR");
     let store_files: Vec<_> = std::fs::read_dir(&data).expect("DATA_DIR").flatten().map(|e| e.path()).collect();
-    assert!(store_files.iter().any(|p| p.ends_with(wechat_api::store::DATABASE_FILE)), "{store_files:?}");
+    assert!(store_files.iter().any(|p| p.ends_with(wechat_api::testing::store::DATABASE_FILE)), "{store_files:?}");
     for file in &store_files {
         assert_eq!(mode(file), 0o600, "{}", file.display());
     }

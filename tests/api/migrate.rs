@@ -1,9 +1,9 @@
 //! `wechat-api migrate-store`: a single VM's SQLite store moves into an empty
 //! PostgreSQL database, the real binary against a real server.
 
-use wechat_api::messages::Channel;
-use wechat_api::store::journal::{EntryKind, NewEntry};
-use wechat_api::store::Store;
+use wechat_api::testing::messages::Channel;
+use wechat_api::testing::store::Store;
+use wechat_api::testing::store::{EntryKind, NewEntry};
 
 use crate::helpers::*;
 use crate::postgres::fresh_database;

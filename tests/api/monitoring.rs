@@ -159,7 +159,7 @@ async fn a_certificate_near_expiry_fails_and_new_files_are_served_without_a_rest
     let body: Value = old_client.get(url("/api/health")).send().await.expect("health").json().await.expect("JSON");
     assert_eq!(body["checks"]["tls:certificate"][0]["status"], "fail");
     let metrics = old_client.get(url("/metrics")).send().await.expect("metrics").text().await.expect("text");
-    let not_after = wechat_api::tls::load_certificate(&cert_path, &key_path).expect("cert").not_after;
+    let not_after = wechat_api::testing::tls::load_certificate(&cert_path, &key_path).expect("cert").not_after;
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut metrics = metrics;
     while !metrics.contains(&format!("wechat_api_tls_certificate_expiry_timestamp_seconds {not_after}")) {
@@ -169,7 +169,8 @@ async fn a_certificate_near_expiry_fails_and_new_files_are_served_without_a_rest
     }
 
     // Renew the way certbot does: new files, renamed into place.
-    let fresh = wechat_api::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(90)).expect("fresh");
+    let fresh =
+        wechat_api::testing::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(90)).expect("fresh");
     std::fs::write(dir.join("new.crt"), &fresh.cert_pem).expect("write");
     std::fs::write(dir.join("new.key"), &fresh.key_pem).expect("write");
     std::fs::rename(dir.join("new.key"), &key_path).expect("rename");

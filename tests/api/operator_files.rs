@@ -1,6 +1,6 @@
 //! The files an operator copies or installs, against what they serve:
 //! - `.env.example`: every variable of the service's table
-//!   (`wechat_api::config::VARIABLES`) and every `${…}` the compose files
+//!   (`wechat_api::testing::config::VARIABLES`) and every `${…}` the compose files
 //!   interpolate from `.env` is named there, set or commented out (issue 20:
 //!   `SEND_TOKEN`, `HANDOFF_*`, `CALLBACK_MAX_AGE_SECS` and the compose-only
 //!   variables were missing);
@@ -81,8 +81,11 @@ fn the_interpolation_reader_finds_every_form_compose_accepts() {
 #[test]
 fn env_example_names_every_variable_of_the_service() {
     let named = named_in_env_example();
-    let missing: Vec<&str> =
-        wechat_api::config::VARIABLES.iter().map(|var| var.name).filter(|name| !named.contains(*name)).collect();
+    let missing: Vec<&str> = wechat_api::testing::config::VARIABLES
+        .iter()
+        .map(|var| var.name)
+        .filter(|name| !named.contains(*name))
+        .collect();
     assert!(
         missing.is_empty(),
         ".env.example lacks {missing:?} (set or commented out, with a line saying what it does)"
@@ -125,7 +128,8 @@ fn deploy_hook(lineage: &Path, domains: &str, extra: &[(&str, String)]) -> (bool
 fn renewed_lineage(dir: &Path) -> (PathBuf, String) {
     let lineage = dir.join("live").join("wechat.example.com");
     std::fs::create_dir_all(&lineage).expect("lineage");
-    let fresh = wechat_api::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(90)).expect("fresh");
+    let fresh =
+        wechat_api::testing::tls::self_signed(&["localhost", "127.0.0.1"], time::Duration::days(90)).expect("fresh");
     std::fs::write(lineage.join("fullchain.pem"), &fresh.cert_pem).expect("fullchain.pem");
     std::fs::write(lineage.join("privkey.pem"), &fresh.key_pem).expect("privkey.pem");
     (lineage, fresh.cert_pem)

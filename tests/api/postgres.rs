@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use wechat_api::messages::Channel;
-use wechat_api::store::journal::{EntryKind, NewEntry, Recorded};
-use wechat_api::store::{Store, StoreError, DEFAULT_LEASE};
+use wechat_api::testing::messages::Channel;
+use wechat_api::testing::store::{EntryKind, NewEntry, Recorded};
+use wechat_api::testing::store::{Store, StoreError, DEFAULT_LEASE};
 
 /// The cluster every test of this process shares (`None`: PostgreSQL is not installed).
 static SHARED: OnceLock<Option<Cluster>> = OnceLock::new();
@@ -30,7 +30,7 @@ static SHARED: OnceLock<Option<Cluster>> = OnceLock::new();
 static DATABASES: AtomicUsize = AtomicUsize::new(0);
 
 /// A running PostgreSQL cluster in a temporary directory.
-pub struct Cluster {
+pub(crate) struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
     port: u16,
@@ -44,7 +44,7 @@ pub struct Cluster {
 
 /// The URL of a new, empty database in the shared cluster, or `None` (after a
 /// notice) when PostgreSQL is not installed and this is not CI.
-pub async fn fresh_database() -> Option<String> {
+pub(crate) async fn fresh_database() -> Option<String> {
     let cluster = SHARED.get_or_init(|| Cluster::launch(false, false)).as_ref()?;
     let name = format!("t{}", DATABASES.fetch_add(1, Ordering::Relaxed));
     cluster.create_database(&name).await;
@@ -112,12 +112,12 @@ fn free_port() -> u16 {
 
 impl Cluster {
     /// A cluster of the calling test's own, stopped and removed on drop.
-    pub fn start() -> Option<Self> {
+    pub(crate) fn start() -> Option<Self> {
         Self::launch(true, false)
     }
 
     /// Like [`Cluster::start`], serving TLS with a self-signed certificate.
-    pub fn start_with_tls() -> Option<Self> {
+    pub(crate) fn start_with_tls() -> Option<Self> {
         Self::launch(true, true)
     }
 
@@ -149,7 +149,7 @@ impl Cluster {
     }
 
     /// Starts the server (again) on its port, waiting until it accepts connections.
-    pub fn resume(&self) {
+    pub(crate) fn resume(&self) {
         let data = self.dir.to_str().expect("a UTF-8 temporary path");
         let mut options =
             format!("-p {} -k {data} -c listen_addresses=127.0.0.1 -c fsync=on -c max_connections=400", self.port);
@@ -164,12 +164,12 @@ impl Cluster {
     }
 
     /// The URL of database `name`.
-    pub fn url(&self, name: &str) -> String {
+    pub(crate) fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}?sslmode=disable", self.port)
     }
 
     /// Creates database `name`.
-    pub async fn create_database(&self, name: &str) {
+    pub(crate) async fn create_database(&self, name: &str) {
         let (client, connection) = tokio_postgres::connect(&self.url("postgres"), tokio_postgres::NoTls)
             .await
             .expect("connects to the cluster");
@@ -189,7 +189,7 @@ impl Cluster {
     /// Stops the server by its PID (a fast shutdown: clients are disconnected),
     /// waiting until it has shut down (it removes `postmaster.pid` last; the
     /// process itself may linger as a zombie until it is reaped).
-    pub fn stop(&self) {
+    pub(crate) fn stop(&self) {
         let Some(pid) = self.pid() else { return };
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -231,7 +231,7 @@ impl Cluster {
 
     /// SIGSTOP to the server and all its processes: a stalled database (a storage
     /// hiccup, a long checkpoint) whose kernel still accepts and acknowledges.
-    pub fn freeze(&self) {
+    pub(crate) fn freeze(&self) {
         let processes = self.processes();
         assert!(!processes.is_empty(), "the server is running");
         for pid in processes {
@@ -240,7 +240,7 @@ impl Cluster {
     }
 
     /// SIGCONT to everything [`Cluster::freeze`] stopped.
-    pub fn thaw(&self) {
+    pub(crate) fn thaw(&self) {
         for pid in self.processes() {
             let _ = rustix::process::kill_process(pid, rustix::process::Signal::CONT);
         }

@@ -17,18 +17,18 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-use wechat_api::callback::{CallbackCredentials, CallbackError, CallbackQuery};
-use wechat_api::config::{self, Sources};
-use wechat_api::crypto::{self, AesKey, DecryptError};
-use wechat_api::messages::kf::KfMessage;
-use wechat_api::messages::{AppEvent, AppMessage, AppMessageKind, CallbackEnvelope};
-use wechat_api::shaping;
-use wechat_api::wecom::models::KfSyncPage;
+use wechat_api::testing::callback::{CallbackCredentials, CallbackError, CallbackQuery};
+use wechat_api::testing::config::{self, Sources};
+use wechat_api::testing::crypto::{self, AesKey, DecryptError};
+use wechat_api::testing::messages::KfMessage;
+use wechat_api::testing::messages::{AppEvent, AppMessage, AppMessageKind, CallbackEnvelope};
+use wechat_api::testing::shaping;
+use wechat_api::testing::wecom::KfSyncPage;
 
 use crate::helpers::{AES_KEY, CORP_ID, TOKEN};
 
 /// The callback body limit of the service: targeted inputs stay just inside it.
-const BODY_LIMIT: usize = wechat_api::routes::callback::MAX_BODY_BYTES;
+const BODY_LIMIT: usize = wechat_api::testing::routes::MAX_BODY_BYTES;
 
 /// `PROPTEST_CASES`, or 256.
 fn cases() -> u32 {

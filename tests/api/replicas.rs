@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use wechat_api::store::Store;
+use wechat_api::testing::store::Store;
 
 use crate::fakes::{Delivery, FakeWeCom, ForwardReceiver};
 use crate::helpers::*;
@@ -183,7 +183,7 @@ async fn drained(store: &Store, within: Duration) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_killed_under_load_lose_nothing_and_handle_nothing_twice() {
     let Some(url) = fresh_database().await else { return };
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let receiver = ForwardReceiver::start().await;
     let mut cluster = tokio::task::block_in_place(|| {
         Cluster::start(&url, &[("FORWARD_URL", &receiver.url), ("FORWARD_SECRET", &receiver.secret)])
@@ -233,7 +233,7 @@ async fn replicas_killed_under_load_lose_nothing_and_handle_nothing_twice() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_message_sent_to_every_replica_at_once_is_handled_once() {
     let Some(url) = fresh_database().await else { return };
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let wecom = FakeWeCom::start().await;
     let cluster = tokio::task::block_in_place(|| {
         Cluster::start(&url, &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-of-the-test")])
@@ -306,7 +306,7 @@ impl Drop for Balancer {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_killed_behind_the_balancer_loses_no_callback() {
     let Some(url) = fresh_database().await else { return };
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let receiver = ForwardReceiver::start().await;
     let mut cluster = tokio::task::block_in_place(|| {
         Cluster::start(&url, &[("FORWARD_URL", &receiver.url), ("FORWARD_SECRET", &receiver.secret)])
@@ -348,7 +348,7 @@ async fn a_database_outage_is_503_then_heals_without_a_restart() {
     let Some(postgres) = tokio::task::block_in_place(crate::postgres::Cluster::start) else { return };
     postgres.create_database("outage").await;
     let url = postgres.url("outage");
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let receiver = ForwardReceiver::start().await;
     let cluster = tokio::task::block_in_place(|| {
         Cluster::start(
@@ -406,7 +406,7 @@ async fn kf_notices_on_every_replica_never_sync_one_account_twice_at_once() {
     const KF_TOKEN: &str = "KfCallbackToken1";
     const KF_KEY: &str = "kWxPEV2UEDyxWpmPdKC3F4dgPDmOvfKX1HGnEUDS1aR";
     let Some(url) = fresh_database().await else { return };
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let wecom = FakeWeCom::start().await;
     // Long enough that every replica's sync would overlap the first if nothing
     // kept them apart.
@@ -451,7 +451,7 @@ async fn kf_notices_on_every_replica_never_sync_one_account_twice_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_failure_every_replica_sees_is_paged_once_for_the_cluster() {
     let Some(url) = fresh_database().await else { return };
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let sink = crate::smtp::SmtpSink::start().await;
     let wecom = FakeWeCom::start().await;
     wecom.refuse_secret("app-secret", Some(serde_json::json!({"errcode": 40001, "errmsg": "invalid credential"})));

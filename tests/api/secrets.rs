@@ -76,7 +76,7 @@ const SECRET_VALUES: &[(&str, &str)] = &[
 /// Which variables are secret comes from the configuration's table: a new secret
 /// variable fails here until the session gives it a distinctive value.
 fn session_secrets() -> Vec<Needle> {
-    let mut needles: Vec<Needle> = wechat_api::config::VARIABLES
+    let mut needles: Vec<Needle> = wechat_api::testing::config::VARIABLES
         .iter()
         .filter(|v| v.secret)
         .map(|v| {
@@ -182,11 +182,11 @@ fn now() -> i64 {
 /// A signed URL verification query for `token` / `key`, with the echo it must answer.
 fn verification(token: &str, key: &str) -> (String, String) {
     let echo = format!("echo{}", rand::random::<u32>());
-    let key = wechat_api::crypto::AesKey::parse(key).expect("key");
-    let echostr = wechat_api::crypto::encrypt(&key, echo.as_bytes(), CORP_ID.as_bytes());
+    let key = wechat_api::testing::crypto::AesKey::parse(key).expect("key");
+    let echostr = wechat_api::testing::crypto::encrypt(&key, echo.as_bytes(), CORP_ID.as_bytes());
     let nonce = rand::random::<u32>().to_string();
     let now = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
-    let signature = wechat_api::crypto::sign(token, &now, &nonce, &echostr);
+    let signature = wechat_api::testing::crypto::sign(token, &now, &nonce, &echostr);
     (query(signature.as_str(), &now, &nonce, Some(&echostr)), echo)
 }
 
@@ -291,7 +291,7 @@ async fn a_whole_session_shows_no_secret_in_any_output() {
     let mut service = Running::start(session.command(0, &["serve"]));
     let mut service_output = tokio::task::block_in_place(|| service.read_until(|l| l.contains("wechat-api listening")));
     let port = listening_port(service_output.last().expect("a line"));
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let cert = std::fs::read(session.dir.path().join("server.crt")).expect("certificate");
     let client = client_trusting(&cert, Duration::from_secs(10));
     let url = |path: &str| format!("https://127.0.0.1:{port}{path}");
@@ -574,6 +574,6 @@ fn the_search_finds_a_secret_whole_in_part_and_by_its_prefix_but_not_the_redacte
     assert!(exposure(&secret, &format!("corpsecret={APP_SECRET}")).is_some());
     assert!(exposure(&secret, &format!("…{}…", &APP_SECRET[10..18])).is_some(), "a run from the middle");
     assert!(exposure(&secret, &format!("{}…", &APP_SECRET[..6])).is_some(), "a prefix too long");
-    let redacted = wechat_api::config::Secret::new(APP_SECRET).redacted();
+    let redacted = wechat_api::testing::config::Secret::new(APP_SECRET).redacted();
     assert_eq!(exposure(&secret, &format!("WECOM_SECRET={redacted}")), None, "{redacted}");
 }

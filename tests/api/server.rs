@@ -67,7 +67,7 @@ async fn metrics_are_prometheus_text_with_build_info_and_a_histogram() {
     let response = app.client.get(app.url("/metrics")).send().await.expect("request");
     assert_eq!(response.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
     let text = response.text().await.expect("body");
-    let build = wechat_api::telemetry::BuildInfo::sqlite(env!("CARGO_PKG_VERSION"));
+    let build = wechat_api::testing::telemetry::BuildInfo::sqlite(env!("CARGO_PKG_VERSION"));
     let build_info = format!("{{version=\"{}\",backend=\"sqlite\",replica=\"{}\"}} 1", build.version, build.replica);
     assert!(text.contains(&format!("wechat_api_build_info{build_info}")), "{text}");
     assert!(text.contains("# TYPE wechat_api_callback_duration_seconds histogram"), "{text}");

@@ -9,23 +9,23 @@ use tokio::net::TcpListener;
 
 /// One received email: the raw DATA.
 #[derive(Debug, Clone)]
-pub struct Received {
+pub(crate) struct Received {
     pub data: String,
 }
 
 impl Received {
     /// The message with quoted-printable soft line breaks and `=3D` undone: what
     /// a person reads (enough for ASCII searches).
-    pub fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         self.data.replace("=\n", "").replace("=3D", "=")
     }
 
-    pub fn subject(&self) -> String {
+    pub(crate) fn subject(&self) -> String {
         self.data.lines().find_map(|l| l.strip_prefix("Subject: ")).unwrap_or_default().to_owned()
     }
 }
 
-pub struct SmtpSink {
+pub(crate) struct SmtpSink {
     pub port: u16,
     received: Arc<Mutex<Vec<Received>>>,
     /// The `AUTH` command lines (the only place a password may reach the sink).
@@ -34,7 +34,7 @@ pub struct SmtpSink {
 }
 
 impl SmtpSink {
-    pub async fn start() -> Self {
+    pub(crate) async fn start() -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind SMTP sink");
         let port = listener.local_addr().expect("addr").port();
         let received = Arc::new(Mutex::new(Vec::new()));
@@ -44,28 +44,28 @@ impl SmtpSink {
     }
 
     /// Stops accepting (connections are refused) until [`SmtpSink::resume`].
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         if let Some(server) = self.server.take() {
             server.abort();
         }
     }
 
-    pub async fn resume(&mut self) {
+    pub(crate) async fn resume(&mut self) {
         let listener = TcpListener::bind(("127.0.0.1", self.port)).await.expect("rebind SMTP sink");
         self.server = Some(tokio::spawn(serve(listener, Arc::clone(&self.received), Arc::clone(&self.logins))));
     }
 
-    pub fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().expect("lock").clone()
     }
 
     /// Every `AUTH` line a client sent (the sink advertises `AUTH PLAIN LOGIN`).
-    pub fn logins(&self) -> Vec<String> {
+    pub(crate) fn logins(&self) -> Vec<String> {
         self.logins.lock().expect("lock").clone()
     }
 
     /// Polls until a mail whose subject contains `needle` arrived, or fails after `within`.
-    pub async fn wait_for(&self, needle: &str, within: Duration) -> Received {
+    pub(crate) async fn wait_for(&self, needle: &str, within: Duration) -> Received {
         let deadline = Instant::now() + within;
         loop {
             if let Some(mail) = self.received().into_iter().find(|m| m.subject().contains(needle)) {

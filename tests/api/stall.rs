@@ -38,7 +38,7 @@ async fn post(client: &reqwest::Client, port: u16, msg_id: u64) -> Answer {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_postgresql_gets_a_quick_503_and_loses_nothing() {
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let Some(cluster) = Cluster::start() else { return };
     cluster.create_database("stall").await;
     let receiver = ForwardReceiver::start().await;
@@ -189,7 +189,7 @@ async fn a_stalled_postgresql_gets_a_quick_503_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_forward_url_is_logged_in_a_few_lines_not_one_per_attempt() {
-    wechat_api::tls::install_crypto_provider();
+    wechat_api::testing::tls::install_crypto_provider();
     let receiver = ForwardReceiver::start().await;
     receiver.fail_first(usize::MAX);
     let dir = tempfile::tempdir().expect("dir");

@@ -8,13 +8,13 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use wechat_api::messages::Channel;
-use wechat_api::store::conversations::{Customer, Observation, Refusal, Verdict};
-use wechat_api::store::journal::{EntryKind, NewEntry, Recorded};
-use wechat_api::store::outbox::NewAction;
-use wechat_api::store::sends::{NewSend, Queued, SendStatus, SendUpdate};
-use wechat_api::store::tokens::StoredToken;
-use wechat_api::store::{now, Store, StoreError};
+use wechat_api::testing::messages::Channel;
+use wechat_api::testing::store::NewAction;
+use wechat_api::testing::store::StoredToken;
+use wechat_api::testing::store::{now, Store, StoreError};
+use wechat_api::testing::store::{Customer, Observation, Refusal, Verdict};
+use wechat_api::testing::store::{EntryKind, NewEntry, Recorded};
+use wechat_api::testing::store::{NewSend, Queued, SendStatus, SendUpdate};
 
 /// Which engine a scenario runs on.
 #[derive(Debug, Clone, Copy)]
@@ -337,7 +337,7 @@ async fn bookkeeping_round_trips(engine: Engine) {
     assert!((now() - first).abs() < 60);
     assert_eq!(owners[1].first_started_at().await.expect("first start"), first, "set once");
 
-    let record = wechat_api::store::alerts::FiringRecord { check: "token".into(), since: 5, last_notified_at: 6 };
+    let record = wechat_api::testing::store::FiringRecord { check: "token".into(), since: 5, last_notified_at: 6 };
     owners[0].set_firing(record.clone()).await.expect("set");
     assert_eq!(owners[1].firing_checks().await.expect("firing"), [record]);
     owners[1].clear_firing("token".into()).await.expect("clear");
@@ -353,7 +353,7 @@ async fn bookkeeping_round_trips(engine: Engine) {
     sender.sender = Some("lisi".into());
     owners[0].journal(sender).await.expect("journal");
     assert_eq!(owners[0].seen_senders("app", "userid", true, 10).await.expect("senders"), ["lisi"]);
-    let name = wechat_api::store::names::CachedName { name: "李四".into(), source: "user/get".into() };
+    let name = wechat_api::testing::store::CachedName { name: "李四".into(), source: "user/get".into() };
     owners[1].cache_name("userid", "lisi".into(), name.clone()).await.expect("cache");
     assert_eq!(owners[0].cached_name("userid", "lisi".into()).await.expect("name"), Some(name));
     assert!(owners[0].seen_senders("app", "userid", true, 10).await.expect("senders").is_empty());
@@ -551,7 +551,7 @@ async fn the_oldest_owed_action_gives_the_backlog_its_age_and_a_deferred_one_sta
     let due = store.claim_actions(10).await.expect("claim");
     assert_eq!(due.iter().map(|a| a.key.clone()).collect::<Vec<_>>(), keys);
     // Paced: put off without an attempt or an error; a stale claim cannot.
-    let stale = wechat_api::store::outbox::DueAction { claim: due[0].claim - 1, ..due[0].clone() };
+    let stale = wechat_api::testing::store::DueAction { claim: due[0].claim - 1, ..due[0].clone() };
     assert!(matches!(store.action_deferred(&stale, 0).await, Err(StoreError::LeaseLost)));
     store.action_deferred(&due[0], 0).await.expect("deferred");
     store.action_deferred(&due[1], 3_600).await.expect("deferred");

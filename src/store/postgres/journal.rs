@@ -261,6 +261,7 @@ impl Postgres {
     }
 
     /// Entries not handled yet (claimed or not).
+    #[cfg(any(test, feature = "testing"))]
     pub(in crate::store) async fn unhandled(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached("SELECT count(*) FROM journal WHERE handled_at IS NULL").await?;

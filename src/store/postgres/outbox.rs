@@ -168,6 +168,7 @@ impl Postgres {
     }
 
     /// Unfinished actions.
+    #[cfg(any(test, feature = "testing"))]
     pub(in crate::store) async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached("SELECT count(*) FROM outbox WHERE done_at IS NULL").await?;

@@ -114,6 +114,7 @@ impl Postgres {
         Ok(Queued::New(send.id))
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub(in crate::store) async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
         let client = self.client().await?;
         queued(&client, channel).await

@@ -101,6 +101,7 @@ impl Sqlite {
     }
 
     /// Entries above the watermark.
+    #[cfg(any(test, feature = "testing"))]
     pub(in crate::store) async fn unhandled(&self) -> Result<i64, StoreError> {
         self.run_relaxed(|db| {
             db.query_row(

@@ -159,6 +159,7 @@ impl Sqlite {
     }
 
     /// Unfinished actions, for health and metrics.
+    #[cfg(any(test, feature = "testing"))]
     pub(in crate::store) async fn outbox_backlog(&self) -> Result<i64, StoreError> {
         self.run_relaxed(|db| db.query_row("SELECT COUNT(*) FROM outbox WHERE done_at IS NULL", [], |row| row.get(0)))
             .await

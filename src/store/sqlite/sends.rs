@@ -99,6 +99,7 @@ impl Sqlite {
         .await
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub(in crate::store) async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
         self.run_relaxed(move |db| queued(db, channel)).await
     }
