@@ -345,7 +345,7 @@ pub(crate) fn client_from(app: &TestApp, address: std::net::Ipv4Addr) -> reqwest
 }
 
 /// The resident set of this test process (the service runs in it), in KiB.
-pub fn rss_kib() -> u64 {
+pub(crate) fn rss_kib() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
     status
         .lines()
