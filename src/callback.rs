@@ -196,7 +196,7 @@ impl OpenedCallback {
 /// Everything needed to open callbacks: the corp id and the keys of each channel.
 #[derive(Debug, Clone)]
 pub struct CallbackCredentials {
-    corp_id: CorpId,
+    corp_id: Option<CorpId>,
     /// Tried in order; the kf entry is dropped when it equals the app's.
     channels: Vec<(Channel, CallbackKeys)>,
     /// `CALLBACK_MAX_AGE_SECS`; `None`: any age.
@@ -205,13 +205,19 @@ pub struct CallbackCredentials {
 
 impl CallbackCredentials {
     pub fn from_config(config: &Config) -> Self {
-        let mut channels = vec![(Channel::App, config.app_keys.clone())];
-        let same_token = config.kf_keys.token.secret().matches(config.app_keys.token.expose());
-        let same_key = config.kf_keys.aes_key == config.app_keys.aes_key;
-        if !(same_token && same_key) {
-            channels.push((Channel::Kf, config.kf_keys.clone()));
+        let mut channels = Vec::new();
+        let (app, kf) = (config.channels.builtin_app(), config.channels.builtin_kf());
+        if let Some(app) = app {
+            channels.push((Channel::App, app.keys.clone()));
         }
-        Self { corp_id: config.corp_id.clone(), channels, max_age: config.callback_max_age.map(|age| age.as_secs()) }
+        if let (Some(app), Some(kf)) = (app, kf) {
+            let same_token = kf.keys.token.secret().matches(app.keys.token.expose());
+            if !(same_token && kf.keys.aes_key == app.keys.aes_key) {
+                channels.push((Channel::Kf, kf.keys.clone()));
+            }
+        }
+        let corp_id = app.map(|app| app.corp_id.clone());
+        Self { corp_id, channels, max_age: config.callback_max_age.map(|age| age.as_secs()) }
     }
 
     /// The replay window: a signed timestamp more than `max_age` old, or more
@@ -227,8 +233,8 @@ impl CallbackCredentials {
         }
     }
 
-    pub(crate) fn corp_id(&self) -> &CorpId {
-        &self.corp_id
+    pub(crate) fn corp_id(&self) -> Option<&CorpId> {
+        self.corp_id.as_ref()
     }
 
     /// Finds the channel whose Token signs `encrypted`, checks the signed
@@ -251,7 +257,9 @@ impl CallbackCredentials {
             // Only a signed timestamp says anything: a stranger's is a bad signature.
             self.check_age(seconds, now)?;
             match crypto::decrypt(&keys.aes_key, encrypted) {
-                Ok(plain) if plain.receive_id() == self.corp_id.as_str() => return Ok((*channel, plain)),
+                Ok(plain) if self.corp_id.as_ref().is_some_and(|id| plain.receive_id() == id.as_str()) => {
+                    return Ok((*channel, plain))
+                }
                 Ok(_) => first_error = first_error.or(Some(CallbackError::WrongReceiveId)),
                 Err(e) => first_error = first_error.or(Some(CallbackError::BadCiphertext(e))),
             }

@@ -75,23 +75,37 @@ pub(crate) async fn run(sources: &Sources) -> Report {
 }
 
 fn config_findings(config: &Config, warnings: &[String]) -> Vec<Finding> {
-    let mut out = vec![
-        Finding::pass(
-            "config WECOM_CORP_ID",
-            format!("{} (the receive id every callback must carry)", config.corp_id.as_str()),
-        ),
-        Finding::pass("config WECOM_TOKEN", format!("{} letters and digits", config.app_keys.token.expose().len())),
-        Finding::pass("config WECOM_ENCODING_AES_KEY", "43 characters of base64, decodes to a 32-byte key"),
-    ];
-    out.push(match config.agent_id {
-        Some(id) => Finding::pass("config WECOM_AGENT_ID", id.to_string()),
-        None if config.secret.is_some() => Finding::fail(
-            "config WECOM_AGENT_ID",
-            "not set: replies through message/send use the AgentID of each message",
-            "set WECOM_AGENT_ID (应用管理 → the app → AgentId)",
-        ),
-        None => Finding::pass("config WECOM_AGENT_ID", "not set (no WECOM_SECRET either: no replies)"),
-    });
+    let mut out = Vec::new();
+    if let Some(app) = config.channels.builtin_app() {
+        out.extend([
+            Finding::pass(
+                "config WECOM_CORP_ID",
+                format!("{} (the receive id every callback must carry)", app.corp_id.as_str()),
+            ),
+            Finding::pass("config WECOM_TOKEN", format!("{} letters and digits", app.keys.token.expose().len())),
+            Finding::pass("config WECOM_ENCODING_AES_KEY", "43 characters of base64, decodes to a 32-byte key"),
+        ]);
+        out.push(match app.agent_id() {
+            Some(id) => Finding::pass("config WECOM_AGENT_ID", id.to_string()),
+            None if app.secret().is_some() => Finding::fail(
+                "config WECOM_AGENT_ID",
+                "not set: replies through message/send use the AgentID of each message",
+                "set WECOM_AGENT_ID (应用管理 → the app → AgentId)",
+            ),
+            None => Finding::pass("config WECOM_AGENT_ID", "not set (no WECOM_SECRET either: no replies)"),
+        });
+    }
+    for channel in config.channels.iter().filter(|c| !c.builtin) {
+        out.push(Finding::pass(
+            format!("config channels.{}", channel.name),
+            format!(
+                "{} channel of corp {}, served at {}",
+                channel.kind().as_str(),
+                channel.corp_id.as_str(),
+                channel.path()
+            ),
+        ));
+    }
     for warning in warnings {
         // Warnings are findings to read, not failures (identical Secrets may be right).
         out.push(Finding::pass("config warning", warning.clone()));
@@ -130,10 +144,17 @@ fn certificate_findings(config: &Config) -> Vec<Finding> {
 async fn local_verification(config: &Config) -> Finding {
     const CHECK: &str = "local URL verification";
     let listen = &config.listen;
+    let Some(channel) = config.channels.iter().next() else {
+        return Finding::fail(
+            CHECK,
+            "no channel is configured",
+            "set WECOM_CORP_ID, WECOM_TOKEN and WECOM_ENCODING_AES_KEY",
+        );
+    };
     let callback = listen.local_url(listen.https_port, "/api/v1/wecom/callback");
     let echo = "diagnose-echo";
-    let keys = &config.app_keys;
-    let echostr = crypto::encrypt(&keys.aes_key, echo.as_bytes(), config.corp_id.as_str().as_bytes());
+    let keys = &channel.keys;
+    let echostr = crypto::encrypt(&keys.aes_key, echo.as_bytes(), channel.corp_id.as_str().as_bytes());
     let (timestamp, nonce) = (crate::store::now().to_string(), "20251121");
     let signature = crypto::sign(keys.token.expose(), &timestamp, nonce, &echostr);
     let query = serde_urlencoded::to_string([
@@ -192,13 +213,16 @@ async fn wecom_findings(config: &Config) -> Vec<Finding> {
         Err(error) => return vec![wecom_failure("wecom client", &error)],
     };
     let mut out = Vec::new();
-    let corp = config.corp_id.as_str();
+    let (Some(app), Some(kf)) = (config.channels.builtin_app(), config.channels.builtin_kf()) else {
+        return out;
+    };
+    let corp = app.corp_id.as_str();
     let mut kf_token = None;
     let mut secrets = Vec::new();
-    if let Some(secret) = &config.secret {
+    if let Some(secret) = app.secret() {
         secrets.push(("WECOM_SECRET", secret));
     }
-    if let Some(secret) = config.kf_secret.as_ref().filter(|_| !config.secrets_identical()) {
+    if let Some(secret) = kf.secret().filter(|_| !config.secrets_identical()) {
         secrets.push(("WECOM_KF_SECRET", secret));
     }
     if secrets.is_empty() {
@@ -223,8 +247,7 @@ async fn wecom_findings(config: &Config) -> Vec<Finding> {
                         )
                     });
                 }
-                let uses_for_kf =
-                    variable == "WECOM_KF_SECRET" || config.kf_secret.is_none() || config.secrets_identical();
+                let uses_for_kf = variable == "WECOM_KF_SECRET" || kf.secret().is_none() || config.secrets_identical();
                 if uses_for_kf {
                     kf_token = Some(token.access_token);
                 }

@@ -18,6 +18,7 @@ pub(crate) mod access;
 pub(crate) mod alerts;
 pub(crate) mod backoff;
 pub mod callback;
+pub mod channels;
 pub mod cli;
 pub(crate) mod clock;
 pub mod commands;

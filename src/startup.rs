@@ -137,7 +137,7 @@ impl Application {
             admin_gate: routes::bearer::BearerGate::admin(config.admin_token.clone(), &bearer_throttle),
             send_gate: routes::bearer::BearerGate::send(config.send_token.clone(), &bearer_throttle),
             outbox_wake: Arc::clone(&workers.dispatcher.outbox_wake),
-            agent_id: config.agent_id,
+            agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
             send_limits: workers.send_limits.clone(),
             surface: config.surface.clone(),
             liveness,
@@ -305,7 +305,7 @@ impl Workers {
         let outbox_wake = Arc::new(Notify::new());
         let settings = HandlerSettings {
             forward: config.forward.is_some(),
-            agent_id: config.agent_id,
+            agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
             welcome_text: config.welcome_text.clone(),
             first_started_at: first_start,
             replay_history: config.kf_replay_history,

@@ -412,7 +412,7 @@ impl Executor {
             http,
             forward: config.forward.clone(),
             wecom: Arc::clone(&wecom),
-            agent_id: config.agent_id,
+            agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
             upload_dir: config.upload_dir.clone(),
             handoff: config.handoff.clone(),
             floor: crate::media::Floor::media(config.media_min_free_percent),

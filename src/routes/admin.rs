@@ -44,7 +44,8 @@ fn name_error(error: &NameError) -> serde_json::Value {
 
 /// `GET /api/test-wecom-connection`
 pub(crate) async fn test_connection(state: web::Data<AppState>) -> HttpResponse {
-    let report = connection::test_connection(&state.wecom, state.credentials.corp_id().as_str()).await;
+    let corp_id = state.credentials.corp_id().map(|id| id.as_str()).unwrap_or_default();
+    let report = connection::test_connection(&state.wecom, corp_id).await;
     match serde_json::to_value(&report) {
         Ok(report) => answer(StatusCode::OK, report),
         Err(error) => unserializable("connection report", &error),

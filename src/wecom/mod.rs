@@ -38,10 +38,12 @@ pub struct WeCom {
 impl WeCom {
     pub(crate) fn new(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Result<Self, WeComError> {
         let client = WeComClient::new(&config.api_base_url, Arc::clone(metrics))?;
+        let (app, kf) = (config.channels.builtin_app(), config.channels.builtin_kf());
+        let corp_id = app.map(|app| app.corp_id.as_str()).unwrap_or_default();
         let source = |label, secret: &crate::config::Secret| {
             Arc::new(TokenSource::new(
                 label,
-                config.corp_id.as_str(),
+                corp_id,
                 secret.clone(),
                 client.clone(),
                 store.clone(),
@@ -49,11 +51,9 @@ impl WeCom {
             ))
         };
         tokens::declare_metrics(metrics);
-        let app = config.secret.as_ref().map(|s| source("app", s));
-        let kf = match (&config.kf_secret, &app) {
-            (Some(kf), Some(app)) if tokens::cache_key(config.corp_id.as_str(), kf) == app.cache_key() => {
-                Some(Arc::clone(app))
-            }
+        let app = app.and_then(|app| app.secret()).map(|s| source("app", s));
+        let kf = match (kf.and_then(|kf| kf.secret()), &app) {
+            (Some(kf), Some(app)) if tokens::cache_key(corp_id, kf) == app.cache_key() => Some(Arc::clone(app)),
             (Some(kf), _) => Some(source("kf", kf)),
             (None, Some(app)) => Some(Arc::clone(app)),
             (None, None) => None,
