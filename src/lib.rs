@@ -8,6 +8,7 @@
 //! - [`routes`]: HTTP only; every decision is delegated ([`access`] decides who may use a bearer-protected endpoint,
 //!   [`networks`] which client a request comes from and whether its network is trusted).
 //! - [`callback`]: the callback pipeline (signature → channel → decrypt → receive id → parse).
+//! - [`channels`]: what a channel is called and its kind; [`config::Channels`] holds them (SPEC §12).
 //! - [`crypto`] and [`messages`]: pure code, no I/O.
 //! - [`health`], [`telemetry`], [`tls`]: what the service reports about itself and how it listens.
 

@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 
 use crate::alerts::{Alerter, Mailer};
 use crate::callback::CallbackCredentials;
+use crate::channels::{ChannelKind, ChannelName};
 use crate::config::Config;
 use crate::connections::{ConnectionTable, Refusal, FIRST_BYTES_DEADLINE, HANDSHAKE_DEADLINE};
 use crate::dispatch::actions::Executor;
@@ -137,7 +138,6 @@ impl Application {
             admin_gate: routes::bearer::BearerGate::admin(config.admin_token.clone(), &bearer_throttle),
             send_gate: routes::bearer::BearerGate::send(config.send_token.clone(), &bearer_throttle),
             outbox_wake: Arc::clone(&workers.dispatcher.outbox_wake),
-            agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
             send_limits: workers.send_limits.clone(),
             surface: config.surface.clone(),
             liveness,
@@ -310,9 +310,17 @@ impl Workers {
             first_started_at: first_start,
             replay_history: config.kf_replay_history,
             handoff: config.handoff.clone(),
+            channels: config.channels.clone(),
         };
-        let (kf_syncer, kf_sync) = KfSyncer::new(store.clone(), Arc::clone(wecom), Arc::clone(journal_wake));
-        let kf_enabled = wecom.kf.is_some();
+        let kf_channels: Vec<_> = config.channels.iter().filter(|c| c.kind() == ChannelKind::Kf).collect();
+        let resumed = config.channels.builtin_kf().or(kf_channels.first().copied()).map(|c| c.name.clone());
+        let (kf_syncer, kf_sync) = KfSyncer::new(
+            store.clone(),
+            Arc::clone(wecom),
+            Arc::clone(journal_wake),
+            resumed.unwrap_or_else(ChannelName::kf),
+        );
+        let kf_enabled = kf_channels.iter().any(|c| wecom.tokens(&c.name).is_ok());
         let dispatcher = Dispatcher {
             store: store.clone(),
             settings,

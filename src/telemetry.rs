@@ -14,7 +14,8 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Level, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
-use crate::callback::{Channel, Outcome};
+use crate::callback::Outcome;
+use crate::channels::ChannelName;
 use crate::config::LogFormat;
 use crate::messages::kf::KfMessage;
 
@@ -217,13 +218,16 @@ pub(crate) const BUILD_INFO: Family = Family {
     help: "Always 1; the labels say which build runs, on which store backend (sqlite or postgres), as which replica.",
 };
 
+/// The built-in channels, whose callback series exist from the first scrape.
+const BUILTIN_CHANNELS: [&str; 2] = [ChannelName::APP, ChannelName::KF];
+
 /// `wechat_api_callbacks_total{channel,outcome}`.
 pub(crate) const CALLBACKS_TOTAL: Family = Family {
     name: "wechat_api_callbacks_total",
     kind: Kind::Counter,
     unit: None,
     labels: &["channel", "outcome"],
-    help: "Callback requests by channel (app, kf, unknown) and outcome (ok, duplicate, or why it was refused).",
+    help: "Callback requests by channel (its name: app, kf, those of the config file, unknown) and outcome (ok, duplicate, or why it was refused).",
 };
 
 /// `wechat_api_callback_duration_seconds`, a histogram.
@@ -574,7 +578,7 @@ impl Metrics {
             ("replica", build.replica.clone()),
         ];
         recorder.register_gauge(&key(&BUILD_INFO, &build_labels), &METADATA).set(1.0);
-        let channels = Channel::ALL.iter().map(|c| c.as_str()).chain(["unknown"]);
+        let channels = BUILTIN_CHANNELS.into_iter().chain(["unknown"]);
         let callbacks = channels
             .flat_map(|channel| Outcome::ALL.iter().map(move |outcome| (channel, outcome.as_str())))
             .map(|(channel, outcome)| {
@@ -600,19 +604,31 @@ impl Metrics {
         }
     }
 
-    fn callback_index(channel: Option<Channel>, outcome: Outcome) -> usize {
-        let row = channel.map_or(Channel::ALL.len(), |c| c as usize);
+    /// The pre-registered series of a built-in channel (or none), else `None`.
+    fn callback_index(channel: Option<&ChannelName>, outcome: Outcome) -> Option<usize> {
+        let row = match channel {
+            None => BUILTIN_CHANNELS.len(),
+            Some(name) => BUILTIN_CHANNELS.iter().position(|b| *b == name.as_str())?,
+        };
         let column = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
-        row * Outcome::ALL.len() + column
+        Some(row * Outcome::ALL.len() + column)
     }
 
     /// Counts one callback and records how long it took.
     /// Counts a callback; `elapsed` is the appliance's own work on an
     /// authenticated one (from its complete body to the answer), `None` for
     /// refusals, which are counted but never timed.
-    pub(crate) fn record_callback(&self, channel: Option<Channel>, outcome: Outcome, elapsed: Option<Duration>) {
-        if let Some(counter) = self.callbacks.get(Self::callback_index(channel, outcome)) {
-            counter.increment(1);
+    pub(crate) fn record_callback(&self, channel: Option<&ChannelName>, outcome: Outcome, elapsed: Option<Duration>) {
+        match Self::callback_index(channel, outcome).and_then(|i| self.callbacks.get(i)) {
+            Some(counter) => counter.increment(1),
+            // A channel from the file: its series, looked up by name.
+            None => {
+                let labels = [
+                    ("channel", channel.map_or("unknown", ChannelName::as_str).to_owned()),
+                    ("outcome", outcome.as_str().to_owned()),
+                ];
+                self.recorder.register_counter(&key(&CALLBACKS_TOTAL, &labels), &METADATA).increment(1);
+            }
         }
         if let Some(elapsed) = elapsed {
             self.callback_duration.record(elapsed.as_secs_f64());
@@ -719,7 +735,7 @@ mod tests {
     #[test]
     fn renders_build_info_counters_and_a_real_histogram() {
         let metrics = Metrics::new(&build("1.2.3"));
-        metrics.record_callback(Some(Channel::Kf), Outcome::Ok, Some(Duration::from_millis(2)));
+        metrics.record_callback(Some(&ChannelName::kf()), Outcome::Ok, Some(Duration::from_millis(2)));
         metrics.record_callback(None, Outcome::BadSignature, None);
         let text = metrics.render();
         assert!(
@@ -807,7 +823,7 @@ mod tests {
     fn two_instances_do_not_share_counts() {
         let a = Metrics::new(&build("x"));
         let b = Metrics::new(&build("x"));
-        a.record_callback(Some(Channel::App), Outcome::Ok, Some(Duration::ZERO));
+        a.record_callback(Some(&ChannelName::app()), Outcome::Ok, Some(Duration::ZERO));
         assert!(b.render().contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 0"));
     }
 }

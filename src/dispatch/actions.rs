@@ -1,6 +1,7 @@
 //! Actions: the side effects handlers ask for, stored in the outbox and performed
 //! by the [`Executor`] at least once, each under a timeout.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,9 +12,10 @@ use sha2::Sha256;
 
 use super::record::Record;
 use super::sending::Sending;
+use crate::channels::{ChannelKind, ChannelName};
 use crate::config::{Config, Forward, Handoff};
 use crate::health::checks::ForwardDelivery;
-use crate::messages::{Channel, LoggedId};
+use crate::messages::LoggedId;
 use crate::store::conversations::{Customer, Observation};
 use crate::store::outbox::NewAction;
 use crate::store::Store;
@@ -34,6 +36,9 @@ pub(crate) enum Action {
     /// the parts after it follow once it is sent (`rest`, in order).
     AppText {
         key: String,
+        /// The app channel whose Secret sends it (queued before channels: `app`).
+        #[serde(default = "ChannelName::app")]
+        channel: ChannelName,
         touser: String,
         agentid: i64,
         content: String,
@@ -47,6 +52,9 @@ pub(crate) enum Action {
     /// the kf rules allowed it.
     KfText {
         key: String,
+        /// The kf channel whose Secret sends it (queued before channels: `kf`).
+        #[serde(default = "ChannelName::kf")]
+        channel: ChannelName,
         touser: String,
         open_kfid: String,
         content: String,
@@ -60,9 +68,22 @@ pub(crate) enum Action {
         parts: Parts,
     },
     /// `kf/send_msg_on_event` with an `enter_session` welcome code.
-    KfWelcome { key: String, code: String, content: String },
+    KfWelcome {
+        key: String,
+        #[serde(default = "ChannelName::kf")]
+        channel: ChannelName,
+        code: String,
+        content: String,
+    },
     /// `kf/service_state/trans`: the session goes to a human.
-    KfHandover { key: String, touser: String, open_kfid: String, servicer: Option<String> },
+    KfHandover {
+        key: String,
+        #[serde(default = "ChannelName::kf")]
+        channel: ChannelName,
+        touser: String,
+        open_kfid: String,
+        servicer: Option<String>,
+    },
     /// `media/get` into `UPLOAD_DIR`, then forward the record with `media_path`.
     DownloadMedia { record: Record, forward: bool },
 }
@@ -118,8 +139,8 @@ pub(crate) struct Handover {
 /// Who a text goes to, on which channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Recipient {
-    App { touser: String, agentid: i64 },
-    Kf { touser: String, open_kfid: String },
+    App { channel: ChannelName, touser: String, agentid: i64 },
+    Kf { channel: ChannelName, touser: String, open_kfid: String },
 }
 
 impl Parts {
@@ -169,9 +190,11 @@ impl Recipient {
     /// the channel needs (a sender, an agent id, an open_kfid).
     pub(crate) fn of(record: &Record, agent_id: Option<i64>) -> Option<Self> {
         let touser = record.from.clone()?;
-        Some(match record.channel {
-            Channel::Kf => Self::Kf { touser, open_kfid: record.open_kfid.clone()? },
-            Channel::App => Self::App { touser, agentid: agent_id.or(record.agent_id)? },
+        let channel = record.channel.clone();
+        Some(match record.kind() {
+            ChannelKind::Kf => Self::Kf { channel, touser, open_kfid: record.open_kfid.clone()? },
+            ChannelKind::App => Self::App { channel, touser, agentid: agent_id.or(record.agent_id)? },
+            ChannelKind::Aibot => return None,
         })
     }
 }
@@ -190,8 +213,9 @@ impl Action {
     pub(crate) fn announce_handover(record: &Record, text: &str, servicer: Option<String>) -> Option<Self> {
         let key = Purpose::Handover.key(&record.id);
         match Self::text(Recipient::of(record, None)?, text, key.clone(), key)? {
-            Self::KfText { key, touser, open_kfid, content, send, parts, .. } => Some(Self::KfText {
+            Self::KfText { key, channel, touser, open_kfid, content, send, parts, .. } => Some(Self::KfText {
                 key,
+                channel,
                 touser,
                 open_kfid,
                 content,
@@ -209,18 +233,21 @@ impl Action {
         let content = shaped.next()?;
         let parts = Parts { number: 1, rest: shaped.collect() };
         Some(match to {
-            Recipient::Kf { touser, open_kfid } => {
-                Self::KfText { key, touser, open_kfid, content, send, handover: None, parts }
+            Recipient::Kf { channel, touser, open_kfid } => {
+                Self::KfText { key, channel, touser, open_kfid, content, send, handover: None, parts }
             }
-            Recipient::App { touser, agentid } => Self::AppText { key, touser, agentid, content, send, parts },
+            Recipient::App { channel, touser, agentid } => {
+                Self::AppText { key, channel, touser, agentid, content, send, parts }
+            }
         })
     }
 
     /// The handover that follows its announcement `self` (a [`Action::KfText`]).
     pub(crate) fn handover_after(&self) -> Option<Action> {
         match self {
-            Self::KfText { touser, open_kfid, send, handover: Some(handover), .. } => Some(Self::KfHandover {
+            Self::KfText { channel, touser, open_kfid, send, handover: Some(handover), .. } => Some(Self::KfHandover {
                 key: format!("{}:trans", send),
+                channel: channel.clone(),
                 touser: touser.clone(),
                 open_kfid: open_kfid.clone(),
                 servicer: handover.servicer.clone(),
@@ -233,16 +260,22 @@ impl Action {
     /// part of a shaped `text`.
     pub(crate) fn welcome(record: &Record, code: &str, text: &str) -> Option<Self> {
         let content = crate::shaping::shape(text).into_iter().next()?;
-        Some(Self::KfWelcome { key: Purpose::Welcome.key(&record.id), code: code.to_owned(), content })
+        Some(Self::KfWelcome {
+            key: Purpose::Welcome.key(&record.id),
+            channel: record.channel.clone(),
+            code: code.to_owned(),
+            content,
+        })
     }
 
     /// The part that follows this text part once it is sent, if any.
     pub(crate) fn next_part(&self) -> Option<Action> {
         match self {
-            Self::AppText { key, touser, agentid, send, parts, .. } => {
+            Self::AppText { key, channel, touser, agentid, send, parts, .. } => {
                 let (key, content, parts) = parts.next(key)?;
                 Some(Self::AppText {
                     key,
+                    channel: channel.clone(),
                     touser: touser.clone(),
                     agentid: *agentid,
                     content,
@@ -250,10 +283,11 @@ impl Action {
                     parts,
                 })
             }
-            Self::KfText { key, touser, open_kfid, send, handover, parts, .. } => {
+            Self::KfText { key, channel, touser, open_kfid, send, handover, parts, .. } => {
                 let (key, content, parts) = parts.next(key)?;
                 Some(Self::KfText {
                     key,
+                    channel: channel.clone(),
                     touser: touser.clone(),
                     open_kfid: open_kfid.clone(),
                     content,
@@ -386,8 +420,11 @@ async fn blocking<T: Send + 'static>(
 pub(crate) struct Executor {
     http: reqwest::Client,
     forward: Option<Forward>,
+    /// The file channels' own forward targets (`channels.<name>.forward_url`).
+    channel_forwards: HashMap<ChannelName, Forward>,
     wecom: Arc<WeCom>,
-    agent_id: Option<i64>,
+    /// Every channel: the agent id a forward answer's reply is sent with.
+    channels: crate::config::Channels,
     upload_dir: PathBuf,
     handoff: Handoff,
     sending: Sending,
@@ -411,8 +448,13 @@ impl Executor {
         Ok(Self {
             http,
             forward: config.forward.clone(),
+            channel_forwards: config
+                .channels
+                .iter()
+                .filter_map(|c| Some((c.name.clone(), c.forward.clone()?)))
+                .collect(),
             wecom: Arc::clone(&wecom),
-            agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
+            channels: config.channels.clone(),
             upload_dir: config.upload_dir.clone(),
             handoff: config.handoff.clone(),
             floor: crate::media::Floor::media(config.media_min_free_percent),
@@ -431,10 +473,13 @@ impl Executor {
     pub(crate) async fn execute(&self, action: &Action, attempts: i64) -> Result<Vec<Action>, ActionError> {
         match action {
             Action::DownloadMedia { record, forward } => self.download(record, *forward, attempts).await,
-            Action::KfWelcome { key, code, content } => self.sending.welcome(key, code, content).await,
+            Action::KfWelcome { key, channel, code, content } => {
+                self.sending.welcome(channel, key, code, content).await
+            }
             Action::Forward { record } => {
                 let forwarded = self.forward(record).await;
-                if let (Some(delivery), true) = (&self.delivery, self.forward.is_some()) {
+                let to_forward_url = !self.channel_forwards.contains_key(record.channel.as_str());
+                if let (Some(delivery), true) = (&self.delivery, self.forward.is_some() && to_forward_url) {
                     match &forwarded {
                         Ok(_) => delivery.delivered(),
                         Err(error) => delivery.failed(crate::store::now(), &error.message),
@@ -444,8 +489,8 @@ impl Executor {
             }
             Action::AppText { .. } => self.sending.app_text(action).await,
             Action::KfText { .. } => self.sending.kf_text(action).await,
-            Action::KfHandover { touser, open_kfid, servicer, .. } => {
-                self.sending.hand_over(touser, open_kfid, servicer.as_deref()).await
+            Action::KfHandover { channel, touser, open_kfid, servicer, .. } => {
+                self.sending.hand_over(channel, touser, open_kfid, servicer.as_deref()).await
             }
         }
     }
@@ -501,7 +546,7 @@ impl Executor {
     async fn fetch(&self, record: &Record, media_id: &str) -> Result<PathBuf, MediaFailure> {
         let mut media = self
             .wecom
-            .download_media(record.channel, media_id, crate::media::MAX_MEDIA_BYTES)
+            .download_media(&record.channel, media_id, crate::media::MAX_MEDIA_BYTES)
             .await
             .map_err(MediaFailure::Download)?;
         let (upload_dir, id, msgtype) = (self.upload_dir.clone(), record.id.clone(), record.msgtype.clone());
@@ -535,7 +580,7 @@ impl Executor {
         blocking(move || part.finish()).await
     }
     async fn forward(&self, record: &Record) -> Result<Vec<Action>, ActionError> {
-        let Some(target) = &self.forward else {
+        let Some(target) = self.channel_forwards.get(record.channel.as_str()).or(self.forward.as_ref()) else {
             return Err(ActionError { retry: false, message: "FORWARD_URL is no longer set".into() });
         };
         let body = serde_json::to_vec(record).map_err(|e| ActionError { retry: false, message: e.to_string() })?;
@@ -565,7 +610,7 @@ impl Executor {
         }
         let Ok(answer) = serde_json::from_slice::<ForwardAnswer>(&answer) else { return Ok(Vec::new()) };
         let reply = answer.reply.and_then(|r| r.text).filter(|t| !t.trim().is_empty());
-        if answer.handoff && record.channel == Channel::Kf && record.answerable() {
+        if answer.handoff && record.kind() == ChannelKind::Kf && record.answerable() {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {
                 let customer = Customer { open_kfid: open_kfid.clone(), external_userid: from.clone() };
@@ -580,7 +625,17 @@ impl Executor {
             let text = reply.as_deref().unwrap_or(&self.handoff.text);
             return Ok(Action::announce_handover(record, text, self.handoff.servicer.clone()).into_iter().collect());
         }
-        Ok(reply.and_then(|text| Action::reply_to(record, &text, Purpose::Reply, self.agent_id)).into_iter().collect())
+        Ok(reply
+            .and_then(|text| {
+                Action::reply_to(
+                    record,
+                    &text,
+                    Purpose::Reply,
+                    self.channels.get(record.channel.as_str()).and_then(|c| c.agent_id()),
+                )
+            })
+            .into_iter()
+            .collect())
     }
 }
 
@@ -606,10 +661,39 @@ mod tests {
         );
     }
 
+    /// Regression guard for the upgrade: outbox rows written before channels had
+    /// names carry no `channel` (texts) and records no `kind` or `corp_id`; they
+    /// belong to the built-in `app` and `kf` channels, so no migration rewrites them.
+    #[test]
+    fn actions_queued_before_channels_had_names_belong_to_the_built_in_channels() {
+        let app: Action = serde_json::from_str(
+            r#"{"kind":"app_text","key":"help:app:msg:1","touser":"u","agentid":7,"content":"hi","send":"s"}"#,
+        )
+        .expect("an app text of today's main");
+        assert!(matches!(&app, Action::AppText { channel, .. } if channel.as_str() == "app"), "{app:?}");
+        let kf: Action = serde_json::from_str(
+            r#"{"kind":"kf_text","key":"k","touser":"wm","open_kfid":"wk","content":"hi","send":"s"}"#,
+        )
+        .expect("a kf text of today's main");
+        assert!(matches!(&kf, Action::KfText { channel, .. } if channel.as_str() == "kf"), "{kf:?}");
+        let welcome: Action =
+            serde_json::from_str(r#"{"kind":"kf_welcome","key":"k","code":"c","content":"hi"}"#).expect("a welcome");
+        assert!(matches!(&welcome, Action::KfWelcome { channel, .. } if channel.as_str() == "kf"));
+        let record = r#"{"id":"kf:msg:1","channel":"kf","msgtype":"text","event":null,"from":"wm","open_kfid":"wk",
+            "agent_id":null,"time":1,"text":"hi","media_id":null,"media_path":null,"origin":3,"history":false,"raw":{}}"#;
+        let forward: Action =
+            serde_json::from_str(&format!(r#"{{"kind":"forward","record":{record}}}"#)).expect("a forward");
+        let Action::Forward { record } = forward else { panic!("a forward") };
+        assert_eq!((record.kind(), record.corp_id.as_str()), (ChannelKind::Kf, ""));
+        let reply = Action::reply_to(&record, "hello", Purpose::Reply, None).expect("a kf reply");
+        assert!(matches!(reply, Action::KfText { channel, .. } if channel.as_str() == "kf"));
+    }
+
     #[test]
     fn actions_round_trip_through_the_outbox_payload() {
         let action = Action::AppText {
             key: "help:app:msg:1".into(),
+            channel: ChannelName::app(),
             touser: "u".into(),
             agentid: 7,
             content: "hi".into(),
@@ -626,7 +710,9 @@ mod tests {
     fn a_long_reply_is_sent_part_by_part_each_with_its_own_key() {
         let record = Record {
             id: "app:msg:9".into(),
-            channel: Channel::App,
+            channel: crate::channels::ChannelName::app(),
+            kind: Some(ChannelKind::App),
+            corp_id: "ww1".into(),
             msgtype: "text".into(),
             event: None,
             from: Some("zhangsan".into()),

@@ -95,7 +95,7 @@ pub(crate) struct Checks {
     pub alerter: Alerter,
     pub secrets_identical: bool,
     /// Token invalidations seen at the previous run, per token cache.
-    invalidations: Mutex<HashMap<&'static str, u64>>,
+    invalidations: Mutex<HashMap<String, u64>>,
     pressure: Pressure,
 }
 
@@ -212,13 +212,7 @@ impl Checks {
     }
 
     fn token_sources(&self) -> Vec<Arc<TokenSource>> {
-        let mut sources: Vec<Arc<TokenSource>> = self.wecom.app.iter().cloned().collect();
-        if let Some(kf) = &self.wecom.kf {
-            if !sources.iter().any(|s| Arc::ptr_eq(s, kf)) {
-                sources.push(Arc::clone(kf));
-            }
-        }
-        sources
+        self.wecom.token_sources().to_vec()
     }
 
     /// `token:<app>`: a token can be had (this also refreshes it ahead of expiry).
@@ -231,7 +225,7 @@ impl Checks {
                     .invalidations
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(source.label(), status.invalidations)
+                    .insert(source.label().to_owned(), status.invalidations)
                     .unwrap_or(status.invalidations);
                 let result = if status.invalidations > previous {
                     CheckResult::new(Status::Warn).output(format!(

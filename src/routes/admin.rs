@@ -44,7 +44,8 @@ fn name_error(error: &NameError) -> serde_json::Value {
 
 /// `GET /api/test-wecom-connection`
 pub(crate) async fn test_connection(state: web::Data<AppState>) -> HttpResponse {
-    let corp_id = state.credentials.corp_id().map(|id| id.as_str()).unwrap_or_default();
+    let app = state.credentials.channels().builtin_app();
+    let corp_id = app.map(|app| app.corp_id.as_str()).unwrap_or_default();
     let report = connection::test_connection(&state.wecom, corp_id).await;
     match serde_json::to_value(&report) {
         Ok(report) => answer(StatusCode::OK, report),

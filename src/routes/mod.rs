@@ -47,8 +47,6 @@ pub(crate) struct AppState {
     pub send_gate: bearer::BearerGate,
     /// Wakes the outbox after the send API queued a message.
     pub outbox_wake: Arc<Notify>,
-    /// `WECOM_AGENT_ID`, for app sends.
-    pub agent_id: Option<i64>,
     /// `SEND_QUEUE_MAX` and `DATA_MIN_FREE_PERCENT` (SPEC §15).
     pub send_limits: crate::dispatch::sending::SendLimits,
     /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees the monitoring views.
@@ -72,6 +70,12 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             web::resource(path).route(web::get().to(callback::verify_url)).route(web::post().to(callback::receive)),
         );
     }
+    // Each channel's own path (SPEC §12): one route for all, the name looked up.
+    cfg.service(
+        web::resource(format!("{}/{{name}}", crate::config::CALLBACK_PATH))
+            .route(web::get().to(callback::verify_url_on))
+            .route(web::post().to(callback::receive_on)),
+    );
     cfg.route("/api/health", web::get().to(health::report))
         .route("/health", web::get().to(health::report))
         .route("/api/health/live", web::get().to(health::live))

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use wechat_api::messages::Channel;
+use wechat_api::channels::ChannelName;
 use wechat_api::store::journal::{EntryKind, NewEntry, Recorded};
 use wechat_api::store::{Store, StoreError, DEFAULT_LEASE};
 
@@ -286,7 +286,7 @@ impl Drop for Cluster {
 fn entry(key: &str) -> NewEntry {
     NewEntry {
         dedup_key: key.to_owned(),
-        channel: Channel::App,
+        channel: ChannelName::app(),
         kind: EntryKind::Callback,
         sender: Some("zhangsan".into()),
         payload: format!("<xml>{key}</xml>"),
