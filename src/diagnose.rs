@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{self, Config, Sources};
+use crate::config::{self, ChannelSpec, Config, Sources};
 use crate::health::checks::{uploads_free, uploads_writable};
 use crate::health::Status;
 use crate::telemetry::Metrics;
@@ -63,7 +63,12 @@ pub(crate) async fn run(sources: &Sources) -> Report {
             findings.extend(config_findings(&config, &warnings));
             findings.extend(certificate_findings(&config));
             findings.push(local_verification(&config).await);
+            for channel in config.channels.iter().filter(|c| !c.builtin) {
+                let check = format!("local URL verification channels.{}", channel.name);
+                findings.push(verify_locally(&config, channel, &channel.path(), &check).await);
+            }
             findings.extend(wecom_findings(&config).await);
+            findings.extend(channel_token_findings(&config).await);
             findings.extend(directory_findings(&config));
             if let Some(finding) = smtp_finding(&config).await {
                 findings.push(finding);
@@ -140,10 +145,10 @@ fn certificate_findings(config: &Config) -> Vec<Finding> {
     }
 }
 
-/// The local listener answers a signed URL verification, through the real port.
+/// The local listener answers a signed URL verification on the shared path,
+/// through the real port.
 async fn local_verification(config: &Config) -> Finding {
     const CHECK: &str = "local URL verification";
-    let listen = &config.listen;
     let Some(channel) = config.channels.iter().next() else {
         return Finding::fail(
             CHECK,
@@ -151,7 +156,38 @@ async fn local_verification(config: &Config) -> Finding {
             "set WECOM_CORP_ID, WECOM_TOKEN and WECOM_ENCODING_AES_KEY",
         );
     };
-    let callback = listen.local_url(listen.https_port, "/api/v1/wecom/callback");
+    verify_locally(config, channel, crate::config::CALLBACK_PATH, CHECK).await
+}
+
+/// Each file channel's Secret gets a token for its corp (SPEC §12: diagnose per channel).
+async fn channel_token_findings(config: &Config) -> Vec<Finding> {
+    let metrics = std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION)));
+    let client = match WeComClient::new(&config.api_base_url, metrics) {
+        Ok(client) => client,
+        Err(error) => return vec![wecom_failure("wecom client", &error)],
+    };
+    let mut out = Vec::new();
+    for channel in config.channels.iter().filter(|c| !c.builtin) {
+        let check = format!("wecom gettoken channels.{}", channel.name);
+        let Some(secret) = channel.secret() else {
+            out.push(Finding::pass(&check, "no Secret: this channel only receives"));
+            continue;
+        };
+        out.push(match client.gettoken(channel.corp_id.as_str(), secret.expose()).await {
+            Ok(token) => Finding::pass(
+                &check,
+                format!("token issued for {} (expires in {} s)", secret.redacted(), token.expires_in),
+            ),
+            Err(error) => wecom_failure(&check, &error),
+        });
+    }
+    out
+}
+
+/// `channel`'s signed URL verification answered at `path` of the local listener.
+async fn verify_locally(config: &Config, channel: &ChannelSpec, path: &str, check: &str) -> Finding {
+    let listen = &config.listen;
+    let callback = listen.local_url(listen.https_port, path);
     let echo = "diagnose-echo";
     let keys = &channel.keys;
     let echostr = crypto::encrypt(&keys.aes_key, echo.as_bytes(), channel.corp_id.as_str().as_bytes());
@@ -168,11 +204,11 @@ async fn local_verification(config: &Config) -> Finding {
     // Our own listener on this machine: its certificate is not for 127.0.0.1.
     let client = match crate::outbound::client(Duration::from_secs(5)).danger_accept_invalid_certs(true).build() {
         Ok(client) => client,
-        Err(e) => return Finding::fail(CHECK, e.without_url().to_string(), "report this"),
+        Err(e) => return Finding::fail(check, e.without_url().to_string(), "report this"),
     };
     match client.get(&url).send().await {
         Err(_) => Finding::fail(
-            CHECK,
+            check,
             format!("nothing answers at {callback}"),
             "start the service (docker compose up -d) and check HTTPS_PORT and the port mapping",
         ),
@@ -180,10 +216,10 @@ async fn local_verification(config: &Config) -> Finding {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             if status.is_success() && body == echo {
-                Finding::pass(CHECK, format!("{callback} answered the signed echo"))
+                Finding::pass(check, format!("{callback} answered the signed echo"))
             } else {
                 Finding::fail(
-                    CHECK,
+                    check,
                     format!("HTTP {status}: {}", body.trim()),
                     "the running service has other WECOM_TOKEN / WECOM_ENCODING_AES_KEY / WECOM_CORP_ID values than this configuration",
                 )

@@ -117,6 +117,9 @@ impl Application {
         }));
         let health = Arc::new(HealthBoard::new(config.replica.clone()));
         health.set("config:secrets", checks::secrets_check(config.secrets_identical()));
+        for channel in config.channels.iter().filter(|c| !c.builtin) {
+            health.set(format!("config:{}", channel.name), checks::channel_config_check(channel));
+        }
         let certificates = load_certificates(&config, &health)?;
         let wecom =
             Arc::new(WeCom::new(&config, &store, &metrics).map_err(|e| StartupError::Component(e.to_string()))?);
@@ -129,6 +132,7 @@ impl Application {
         let bearer_throttle = routes::bearer::SharedThrottle::default();
         let state = web::Data::new(AppState {
             credentials: CallbackCredentials::from_config(&config),
+            last_callback: config.channels.iter().map(|c| (c.name.clone(), Default::default())).collect(),
             metrics: Arc::clone(&metrics),
             health,
             names: Names::new(store.clone(), Arc::clone(&wecom)),

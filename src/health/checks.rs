@@ -438,6 +438,21 @@ pub(crate) fn secrets_check(identical: bool) -> CheckResult {
     }
 }
 
+/// `config:<name>` of a channel from the config file (SPEC §12): what it is, and
+/// a warning when an app channel has no Secret (it receives and forwards, but
+/// cannot reply or download media). Set once: the configuration does not change.
+pub(crate) fn channel_config_check(channel: &crate::config::ChannelSpec) -> CheckResult {
+    let what =
+        format!("{} channel of corp {} at {}", channel.kind().as_str(), channel.corp_id.as_str(), channel.path());
+    match channel.secret() {
+        Some(_) => CheckResult::new(Status::Pass).output(what),
+        None => CheckResult::new(Status::Warn).output(format!(
+            "{what}: no Secret (channels.{}.secret or secret_file), so no replies and no media downloads",
+            channel.name
+        )),
+    }
+}
+
 /// `tls:certificate` from the days left: warn under 14, fail under 3 or expired.
 pub(crate) fn certificate_check(not_after: i64) -> CheckResult {
     let now = crate::store::now();

@@ -61,6 +61,7 @@ fn verified_url(
     started: Instant,
 ) -> HttpResponse {
     tracing::info!(channel = channel.as_str(), path = request.path(), "URL verification passed");
+    seen(state, channel);
     state.metrics.record_callback(Some(channel), Outcome::Ok, Some(started.elapsed()));
     HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(echo)
 }
@@ -161,12 +162,20 @@ async fn receive_at(
         }
     };
     state.metrics.record_callback(Some(&opened.channel.name), outcome, Some(started.elapsed()));
+    seen(&state, &opened.channel.name);
     // WeCom takes an empty body as "no passive reply"; the kf docs ask for "success".
     let body = match opened.channel.kind() {
         ChannelKind::App => "",
         ChannelKind::Kf | ChannelKind::Aibot => "success",
     };
     HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(body)
+}
+
+/// Notes that `channel` had a callback accepted now (the status page's "last callback").
+fn seen(state: &AppState, channel: &ChannelName) {
+    if let Some(at) = state.last_callback.get(channel.as_str()) {
+        at.store(crate::store::now(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn status_of(error: &CallbackError) -> StatusCode {

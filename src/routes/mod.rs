@@ -20,7 +20,11 @@ use actix_web::{web, HttpResponse};
 use tokio::sync::Notify;
 
 use crate::alerts::Alerter;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+
 use crate::callback::CallbackCredentials;
+use crate::channels::ChannelName;
 use crate::health::{HealthBoard, Liveness};
 use crate::names::Names;
 use crate::store::Store;
@@ -34,6 +38,9 @@ pub const CALLBACK_PATHS: [&str; 3] = ["/api/v1/wecom/callback", "/wework/callba
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub credentials: CallbackCredentials,
+    /// When each channel last had a callback accepted (Unix seconds, 0 = never),
+    /// for the status page: one atomic per channel, fixed at start-up.
+    pub last_callback: HashMap<ChannelName, AtomicI64>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthBoard>,
     pub store: Store,

@@ -354,3 +354,90 @@ async fn a_hundred_channels_start_within_a_second_and_each_answers_on_its_own_pa
         assert_eq!((status, body.as_str()), (200, "echo-42"), "{path}");
     }
 }
+
+const ADMIN: &str = "admin-token-for-channels-0123";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_channel_has_its_token_check_a_status_row_and_its_own_connection_test() {
+    let wecom = FakeWeCom::start().await;
+    let (app, _dir) = spawn_with_file(
+        &hr_table(""),
+        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-value"), ("ADMIN_TOKEN", ADMIN)],
+    )
+    .await;
+    assert_eq!(
+        post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &text_to(HR_AGENT, 3, "hi")).await.0,
+        200
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let health = loop {
+        let health: serde_json::Value =
+            app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("JSON");
+        if health["checks"]["token:hr"][0]["status"] == "pass" && health["checks"]["token:app"][0]["status"] == "pass" {
+            break health;
+        }
+        assert!(std::time::Instant::now() < deadline, "no passing token:hr and token:app: {health}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!health.to_string().contains("hr-secret-value"), "{health}");
+    assert_eq!(health["checks"]["config:hr"][0]["status"], "pass", "{health}");
+
+    let connection = |query: &'static str| {
+        let request = app.client.get(app.url(&format!("/api/test-wecom-connection{query}"))).bearer_auth(ADMIN);
+        async move {
+            let response = request.send().await.expect("connection test");
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.expect("JSON"))
+        }
+    };
+    let (status, hr) = connection("?channel=hr").await;
+    assert_eq!(status, 200, "{hr}");
+    assert_eq!(
+        (&hr["status"], &hr["channel"], &hr["kind"], &hr["corp_id"]),
+        (&"success".into(), &"hr".into(), &"app".into(), &HR_CORP.into())
+    );
+    assert!(wecom
+        .calls("gettoken")
+        .iter()
+        .any(|c| c.query["corpid"] == HR_CORP && c.query["corpsecret"] == "hr-secret-value"));
+    assert_eq!(connection("?channel=it").await.0, 404);
+    let (status, all) = connection("").await;
+    assert_eq!(
+        (status, &all["status"], &all["channels"][0]["channel"]),
+        (200, &"success".into(), &"hr".into()),
+        "{all}"
+    );
+    assert!(!all.to_string().contains("secret-value"), "{all}");
+
+    let page = app.client.get(app.url("/")).send().await.expect("status page").text().await.expect("HTML");
+    for row in ["/api/v1/wecom/callback/hr", HR_CORP, "/api/v1/wecom/callback/app", "refreshed"] {
+        assert!(page.contains(row), "{row} on the status page");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_checks_each_file_channel_on_its_own_path_and_with_its_own_secret() {
+    let wecom = FakeWeCom::start().await;
+    let settings = [("WECOM_API_BASE_URL", wecom.base_url.clone())];
+    let (app, dir) = spawn_with_file(&hr_table(""), &[("WECOM_API_BASE_URL", &wecom.base_url)]).await;
+    let port = app.port.to_string();
+    let file = dir.path().join("wechat-api.toml").display().to_string();
+    let mut pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.extend([("HTTPS_PORT", port.as_str()), ("WECHAT_API_CONFIG", file.as_str())]);
+    let env = test_env(app.dir.path(), &pairs);
+    let run_dir = app.dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        wechat_api(&run_dir).args(["diagnose", "--json"]).envs(env).output().expect("runs")
+    })
+    .await
+    .expect("diagnose");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let finding = |check: &str| {
+        report["checks"].as_array().and_then(|c| c.iter().find(|f| f["check"] == check)).cloned().unwrap_or_default()
+    };
+    for check in ["local URL verification channels.hr", "wecom gettoken channels.hr", "config channels.hr"] {
+        assert_eq!(finding(check)["ok"], true, "{check}: {report}");
+    }
+    assert!(!report.to_string().contains("hr-secret-value"), "{report}");
+    assert!(wecom.calls("gettoken").iter().any(|c| c.query["corpid"] == HR_CORP));
+}
