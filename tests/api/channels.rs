@@ -441,3 +441,39 @@ async fn diagnose_checks_each_file_channel_on_its_own_path_and_with_its_own_secr
     assert!(!report.to_string().contains("hr-secret-value"), "{report}");
     assert!(wecom.calls("gettoken").iter().any(|c| c.query["corpid"] == HR_CORP));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kf_channel_of_another_corp_syncs_and_answers_with_its_own_secret() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    wecom.answer_once("kf/sync_msg", crate::kf::page(vec![crate::kf::text_msg("m1", "帮助", now + 5)], "C1", 0));
+    let shop = format!(
+        "[channels.shop]\nkind = \"kf\"\ncorp_id = \"{HR_CORP}\"\nsecret = \"shop-secret-value\"\ntoken = \"shopToken7\"\n\
+         encoding_aes_key = \"{HR_KEY}\"\n"
+    );
+    let (app, _dir) = spawn_with_file(
+        &shop,
+        &[
+            ("WECOM_API_BASE_URL", &wecom.base_url),
+            ("FORWARD_URL", &receiver.url),
+            ("FORWARD_SECRET", &receiver.secret),
+        ],
+    )
+    .await;
+    let notice = "<xml><ToUserName><![CDATA[ww]]></ToUserName><CreateTime>1409659813</CreateTime>\
+                  <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>\
+                  <Token><![CDATA[EVT]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>";
+    let answer = post(&app, "/api/v1/wecom/callback/shop", "shopToken7", HR_KEY, HR_CORP, notice).await;
+    assert_eq!(answer, (200, "success".to_owned()));
+    let record = &receiver.wait_for(1, std::time::Duration::from_secs(15)).await[0].record;
+    assert_eq!(
+        (&record["id"], &record["channel"], &record["kind"]),
+        (&"shop:msg:m1".into(), &"shop".into(), &"kf".into())
+    );
+    assert_eq!(record["corp_id"], HR_CORP);
+    let shop_token = token_of(&wecom, HR_CORP, "shop-secret-value");
+    let sent = wecom.wait_for_calls("kf/send_msg", 1).await;
+    assert_eq!(sent[0].query["access_token"], shop_token, "the help answer is sent with shop's Secret");
+    assert_eq!(wecom.calls("kf/sync_msg")[0].query["access_token"], shop_token);
+    app.wait_until_outbox_empty().await;
+}
