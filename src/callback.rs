@@ -1,17 +1,22 @@
-//! The callback pipeline without HTTP: choose the channel by the Token whose
-//! signature matches, decrypt, check the receive id, parse.
+//! The callback pipeline without HTTP: find the channel, verify, decrypt, check
+//! the receive id, parse.
 //!
-//! Owns: the order of those steps and the classification of every way they can
-//! fail ([`CallbackError`], [`Outcome`]). Deliberately not here: HTTP status codes
-//! and body reading (`routes::callback`), journaling and handling (later stages).
+//! Owns: the order of those steps, the routing of a callback to its channel
+//! (SPEC §12: on a channel's own path that channel and no other; on the shared
+//! paths the `app`/`kf` channels whose Token signs it and whose corp id is the
+//! decrypted receive id, then the kind and `AgentID`), and the classification of
+//! every way they can fail ([`CallbackError`], [`Outcome`]). Deliberately not
+//! here: HTTP status codes and body reading (`routes::callback`), journaling and
+//! handling (later stages).
+
+use std::sync::Arc;
 
 use serde::Deserialize;
 
-use crate::config::{CallbackKeys, Config, CorpId};
+use crate::channels::ChannelKind;
+use crate::config::{ChannelSpec, Channels, Config};
 use crate::crypto::{self, DecryptError, Plaintext};
 use crate::messages::{dedup_key, AppEvent, AppMessage, CallbackEnvelope, Identity, ParseError};
-
-pub(crate) use crate::messages::Channel;
 
 /// How a callback ended, as counted in `wechat_api_callbacks_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -33,11 +38,15 @@ pub(crate) enum Outcome {
     BadTimestamp,
     /// Signed by WeCom, but older than `CALLBACK_MAX_AGE_SECS` or too far ahead: a replay.
     StaleTimestamp,
+    /// On a shared path, several channels verify and decrypt it alike (SPEC §12).
+    AmbiguousChannel,
+    /// `/api/v1/wecom/callback/<name>` with no channel of that name (404).
+    UnknownChannel,
     Internal,
 }
 
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 14] = [
+    pub(crate) const ALL: [Outcome; 16] = [
         Outcome::Ok,
         Outcome::Duplicate,
         Outcome::MissingParameter,
@@ -51,6 +60,8 @@ impl Outcome {
         Outcome::IncompleteBody,
         Outcome::BadTimestamp,
         Outcome::StaleTimestamp,
+        Outcome::AmbiguousChannel,
+        Outcome::UnknownChannel,
         Outcome::Internal,
     ];
 
@@ -69,6 +80,8 @@ impl Outcome {
             Outcome::IncompleteBody => "incomplete_body",
             Outcome::BadTimestamp => "bad_timestamp",
             Outcome::StaleTimestamp => "stale_timestamp",
+            Outcome::AmbiguousChannel => "ambiguous_channel",
+            Outcome::UnknownChannel => "unknown_channel",
             Outcome::Internal => "internal_error",
         }
     }
@@ -81,13 +94,13 @@ pub enum CallbackError {
     MissingParameter(&'static str),
     #[error("malformed query string")]
     MalformedQuery,
-    #[error("msg_signature does not match WECOM_TOKEN or WECOM_KF_TOKEN (check the Token in the callback settings)")]
+    #[error("msg_signature does not match the Token of any channel here (WECOM_TOKEN, WECOM_KF_TOKEN, channels.<name>.token: check the Token in the callback settings)")]
     BadSignature,
     #[error("{0}")]
     BadEnvelope(ParseError),
     #[error("cannot decrypt: {0}")]
     BadCiphertext(DecryptError),
-    #[error("receive id does not match WECOM_CORP_ID (a callback for another corp?)")]
+    #[error("receive id does not match WECOM_CORP_ID or the channel's corp_id (a callback for another corp?)")]
     WrongReceiveId,
     #[error("{0}")]
     BadMessage(ParseError),
@@ -97,6 +110,8 @@ pub enum CallbackError {
     BadTimestamp,
     #[error("timestamp is {0}: outside the replay window (CALLBACK_MAX_AGE_SECS); a replayed callback?")]
     StaleTimestamp(Skew),
+    #[error("several channels verify and decrypt this callback alike; give each its own URL: {}", .0.join(", "))]
+    AmbiguousChannel(Vec<String>),
 }
 
 /// How far a callback's timestamp is from now.
@@ -132,6 +147,7 @@ impl CallbackError {
             CallbackError::TooLarge { .. } => Outcome::TooLarge,
             CallbackError::BadTimestamp => Outcome::BadTimestamp,
             CallbackError::StaleTimestamp(_) => Outcome::StaleTimestamp,
+            CallbackError::AmbiguousChannel(_) => Outcome::AmbiguousChannel,
         }
     }
 }
@@ -174,7 +190,8 @@ fn parse_timestamp(timestamp: &str) -> Result<i64, CallbackError> {
 /// A verified, decrypted and parsed callback POST.
 #[derive(Debug, Clone)]
 pub struct OpenedCallback {
-    pub channel: Channel,
+    /// The channel it belongs to.
+    pub channel: Arc<ChannelSpec>,
     /// The decrypted XML exactly as WeCom sent it.
     pub xml: String,
     pub message: AppMessage,
@@ -183,35 +200,46 @@ pub struct OpenedCallback {
 impl OpenedCallback {
     /// The identity that makes a retried delivery a duplicate: the MsgId of a
     /// message, or a hash of the whole decrypted plaintext of an event (two
-    /// distinct events in the same second differ somewhere in their XML).
+    /// distinct events in the same second differ somewhere in their XML),
+    /// prefixed by the channel's name.
     pub(crate) fn dedup_key(&self) -> String {
         let identity = match &self.message.msg_id {
             Some(msg_id) => Identity::MsgId(msg_id),
             None => Identity::Event(self.xml.as_bytes()),
         };
-        dedup_key(self.channel, identity)
+        dedup_key(&self.channel.name, identity)
     }
 }
 
-/// Everything needed to open callbacks: the corp id and the keys of each channel.
+/// Everything needed to open callbacks: every channel's keys and corp id.
 #[derive(Debug, Clone)]
 pub struct CallbackCredentials {
-    corp_id: CorpId,
-    /// Tried in order; the kf entry is dropped when it equals the app's.
-    channels: Vec<(Channel, CallbackKeys)>,
+    channels: Channels,
+    /// The `app` and `kf` channels, which the shared paths serve.
+    shared: Vec<Arc<ChannelSpec>>,
     /// `CALLBACK_MAX_AGE_SECS`; `None`: any age.
     max_age: Option<u64>,
 }
 
+/// A channel whose Token signed a callback and whose key opened it for its corp.
+type Opened = (Arc<ChannelSpec>, Plaintext);
+
 impl CallbackCredentials {
     pub fn from_config(config: &Config) -> Self {
-        let mut channels = vec![(Channel::App, config.app_keys.clone())];
-        let same_token = config.kf_keys.token.secret().matches(config.app_keys.token.expose());
-        let same_key = config.kf_keys.aes_key == config.app_keys.aes_key;
-        if !(same_token && same_key) {
-            channels.push((Channel::Kf, config.kf_keys.clone()));
-        }
-        Self { corp_id: config.corp_id.clone(), channels, max_age: config.callback_max_age.map(|age| age.as_secs()) }
+        let channels = config.channels.clone();
+        let shared =
+            channels.iter().filter(|c| matches!(c.kind(), ChannelKind::App | ChannelKind::Kf)).cloned().collect();
+        Self { channels, shared, max_age: config.callback_max_age.map(|age| age.as_secs()) }
+    }
+
+    /// Every channel.
+    pub fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
+    /// The channel called `name` (its own path), with one hash lookup.
+    pub fn channel(&self, name: &str) -> Option<&Arc<ChannelSpec>> {
+        self.channels.get(name)
     }
 
     /// The replay window: a signed timestamp more than `max_age` old, or more
@@ -227,63 +255,233 @@ impl CallbackCredentials {
         }
     }
 
-    pub(crate) fn corp_id(&self) -> &CorpId {
-        &self.corp_id
-    }
-
-    /// Finds the channel whose Token signs `encrypted`, checks the signed
-    /// timestamp against `now` (Unix seconds), and decrypts with its key.
-    fn open_ciphertext(
+    /// Every channel of `candidates` whose Token signs `encrypted` and whose key
+    /// decrypts it to its own corp id, after checking the signed timestamp
+    /// against `now` (Unix seconds). Channels sharing a key decrypt once.
+    fn open_ciphertext<'a>(
         &self,
+        candidates: impl IntoIterator<Item = &'a Arc<ChannelSpec>>,
         query: &CallbackQuery,
         encrypted: &str,
         now: i64,
-    ) -> Result<(Channel, Plaintext), CallbackError> {
+    ) -> Result<Vec<Opened>, CallbackError> {
         let signature = CallbackQuery::require(&query.msg_signature, "msg_signature")?;
         let timestamp = CallbackQuery::require(&query.timestamp, "timestamp")?;
         let nonce = CallbackQuery::require(&query.nonce, "nonce")?;
         let seconds = parse_timestamp(timestamp)?;
         let mut first_error = None;
-        for (channel, keys) in &self.channels {
-            if !crypto::sign(keys.token.expose(), timestamp, nonce, encrypted).matches(signature) {
+        let mut age_checked = false;
+        let mut decrypted: Vec<(&crypto::AesKey, Result<Plaintext, DecryptError>)> = Vec::new();
+        let mut opened = Vec::new();
+        for channel in candidates {
+            if !crypto::sign(channel.keys.token.expose(), timestamp, nonce, encrypted).matches(signature) {
                 continue;
             }
             // Only a signed timestamp says anything: a stranger's is a bad signature.
-            self.check_age(seconds, now)?;
-            match crypto::decrypt(&keys.aes_key, encrypted) {
-                Ok(plain) if plain.receive_id() == self.corp_id.as_str() => return Ok((*channel, plain)),
+            if !age_checked {
+                self.check_age(seconds, now)?;
+                age_checked = true;
+            }
+            let key = &channel.keys.aes_key;
+            let plain = match decrypted.iter().find(|(k, _)| *k == key) {
+                Some((_, plain)) => plain.clone(),
+                None => {
+                    let plain = crypto::decrypt(key, encrypted);
+                    decrypted.push((key, plain.clone()));
+                    plain
+                }
+            };
+            match plain {
+                Ok(plain) if plain.receive_id() == channel.corp_id.as_str() => {
+                    opened.push((Arc::clone(channel), plain))
+                }
                 Ok(_) => first_error = first_error.or(Some(CallbackError::WrongReceiveId)),
                 Err(e) => first_error = first_error.or(Some(CallbackError::BadCiphertext(e))),
             }
         }
-        Err(first_error.unwrap_or(CallbackError::BadSignature))
+        if opened.is_empty() {
+            return Err(first_error.unwrap_or(CallbackError::BadSignature));
+        }
+        Ok(opened)
     }
 
-    /// URL verification (`GET`): the decrypted `echostr` to answer with.
-    pub fn verify_url(&self, query: &CallbackQuery, now: i64) -> Result<(Channel, String), CallbackError> {
+    /// URL verification (`GET`) on a shared path: the channel and the decrypted
+    /// `echostr` to answer with. The echo carries no `AgentID`, so channels that
+    /// open it alike are not ambiguous here: any of them answers the same text.
+    pub fn verify_url(&self, query: &CallbackQuery, now: i64) -> Result<(Arc<ChannelSpec>, String), CallbackError> {
         let echostr = query.echostr()?;
-        let (channel, plain) = self.open_ciphertext(query, &echostr, now)?;
+        let mut opened = self.open_ciphertext(&self.shared, query, &echostr, now)?;
+        let (channel, plain) = opened.swap_remove(0);
         Ok((channel, plain.into_message()))
     }
 
-    /// A callback `POST` received at `now` (Unix seconds): verify, check the
-    /// timestamp, decrypt, check the receive id, parse.
-    pub fn open(&self, query: &CallbackQuery, body: &[u8], now: i64) -> Result<OpenedCallback, CallbackError> {
-        // Parameters first: a request without them is a client error, not bad XML.
+    /// URL verification (`GET`) on `channel`'s own path.
+    pub fn verify_url_on(
+        &self,
+        channel: &Arc<ChannelSpec>,
+        query: &CallbackQuery,
+        now: i64,
+    ) -> Result<String, CallbackError> {
+        let echostr = query.echostr()?;
+        let mut opened = self.open_ciphertext([channel], query, &echostr, now)?;
+        Ok(opened.swap_remove(0).1.into_message())
+    }
+
+    /// The envelope of a callback `POST`, parameters checked first: a request
+    /// without them is a client error, not bad XML.
+    fn envelope(query: &CallbackQuery, body: &[u8]) -> Result<CallbackEnvelope, CallbackError> {
         for (value, name) in
             [(&query.msg_signature, "msg_signature"), (&query.timestamp, "timestamp"), (&query.nonce, "nonce")]
         {
             CallbackQuery::require(value, name)?;
         }
-        let envelope = CallbackEnvelope::parse_bytes(body).map_err(CallbackError::BadEnvelope)?;
-        let (channel, plain) = self.open_ciphertext(query, &envelope.encrypt, now)?;
-        let xml = plain.into_message();
+        CallbackEnvelope::parse_bytes(body).map_err(CallbackError::BadEnvelope)
+    }
+
+    /// A callback `POST` received on a shared path at `now` (Unix seconds):
+    /// verify, check the timestamp, decrypt, check the receive id, parse, and
+    /// choose the channel among those that opened it ([`choose`]).
+    pub fn open(&self, query: &CallbackQuery, body: &[u8], now: i64) -> Result<OpenedCallback, CallbackError> {
+        let envelope = Self::envelope(query, body)?;
+        let opened = self.open_ciphertext(&self.shared, query, &envelope.encrypt, now)?;
+        // Channels that opened it share its key, so the plaintext is the same.
+        let xml = opened[0].1.clone().into_message();
         let message = AppMessage::parse(&xml).map_err(CallbackError::BadMessage)?;
-        // The kf notice may arrive on the app's Token when both share one URL.
-        let channel = match message.event() {
-            Some(AppEvent::KfMsgOrEvent { .. }) => Channel::Kf,
-            _ => channel,
-        };
+        let channels: Vec<Arc<ChannelSpec>> = opened.into_iter().map(|(channel, _)| channel).collect();
+        let channel = choose(&channels, &self.shared, &message)?;
         Ok(OpenedCallback { channel, xml, message })
+    }
+
+    /// A callback `POST` on `channel`'s own path: that channel, no other tried.
+    pub fn open_on(
+        &self,
+        channel: &Arc<ChannelSpec>,
+        query: &CallbackQuery,
+        body: &[u8],
+        now: i64,
+    ) -> Result<OpenedCallback, CallbackError> {
+        let envelope = Self::envelope(query, body)?;
+        let mut opened = self.open_ciphertext([channel], query, &envelope.encrypt, now)?;
+        let xml = opened.swap_remove(0).1.into_message();
+        let message = AppMessage::parse(&xml).map_err(CallbackError::BadMessage)?;
+        Ok(OpenedCallback { channel: Arc::clone(channel), xml, message })
+    }
+}
+
+/// The channel of a callback on a shared path, among the `opened` channels
+/// (Token and corp id match): a `kf_msg_or_event` notice belongs to a kf
+/// channel, anything else to an app channel, and among app channels to the one
+/// whose agent id is the message's `AgentID`. A kf notice signed only by an app
+/// channel's Token goes to the one kf channel of that corp (the built-in `kf`
+/// shares the app's URL and, by default, its Token). Still several: ambiguous,
+/// with the per-channel paths to use instead.
+pub(crate) fn choose(
+    opened: &[Arc<ChannelSpec>],
+    shared: &[Arc<ChannelSpec>],
+    message: &AppMessage,
+) -> Result<Arc<ChannelSpec>, CallbackError> {
+    let kf_notice = matches!(message.event(), Some(AppEvent::KfMsgOrEvent { .. }));
+    let wanted = if kf_notice { ChannelKind::Kf } else { ChannelKind::App };
+    let mut of_kind: Vec<&Arc<ChannelSpec>> = opened.iter().filter(|c| c.kind() == wanted).collect();
+    if of_kind.is_empty() && kf_notice {
+        of_kind = shared
+            .iter()
+            .filter(|c| c.kind() == ChannelKind::Kf && opened.iter().any(|o| o.corp_id == c.corp_id))
+            .collect();
+    }
+    if of_kind.is_empty() {
+        of_kind = opened.iter().collect();
+    }
+    if of_kind.len() > 1 && !kf_notice {
+        let by_agent: Vec<&Arc<ChannelSpec>> =
+            of_kind.iter().copied().filter(|c| c.agent_id().is_some() && c.agent_id() == message.agent_id).collect();
+        if !by_agent.is_empty() {
+            of_kind = by_agent;
+        }
+    }
+    match of_kind.as_slice() {
+        [one] => Ok(Arc::clone(one)),
+        several => Err(CallbackError::AmbiguousChannel(several.iter().map(|c| c.path()).collect())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::channels::ChannelName;
+    use crate::config::channels::Credentials;
+    use crate::config::{CallbackKeys, Token};
+
+    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+    fn channel(name: &str, corp: &str, credentials: Credentials) -> Arc<ChannelSpec> {
+        Arc::new(ChannelSpec {
+            name: ChannelName::parse(name).expect("name"),
+            corp_id: crate::config::secret::CorpId::parse(corp).expect("corp"),
+            keys: CallbackKeys {
+                token: Token::parse("T").expect("token"),
+                aes_key: crypto::AesKey::parse(KEY).expect("key"),
+            },
+            credentials,
+            forward: None,
+            welcome_text: None,
+            builtin: false,
+        })
+    }
+
+    fn app(name: &str, agent: i64) -> Arc<ChannelSpec> {
+        channel(name, "ww1", Credentials::App { agent_id: Some(agent), secret: None })
+    }
+
+    fn kf(name: &str, corp: &str) -> Arc<ChannelSpec> {
+        channel(name, corp, Credentials::Kf { secret: None })
+    }
+
+    fn text(agent: i64) -> AppMessage {
+        AppMessage::parse(&format!(
+            "<xml><ToUserName>ww1</ToUserName><MsgType>text</MsgType><Content>x</Content><MsgId>1</MsgId><AgentID>{agent}</AgentID></xml>"
+        ))
+        .expect("parses")
+    }
+
+    fn notice() -> AppMessage {
+        AppMessage::parse("<xml><ToUserName>ww1</ToUserName><MsgType>event</MsgType><Event>kf_msg_or_event</Event><OpenKfId>wk</OpenKfId></xml>")
+            .expect("parses")
+    }
+
+    fn chosen(
+        opened: &[Arc<ChannelSpec>],
+        shared: &[Arc<ChannelSpec>],
+        message: &AppMessage,
+    ) -> Result<String, Vec<String>> {
+        match choose(opened, shared, message) {
+            Ok(channel) => Ok(channel.name.to_string()),
+            Err(CallbackError::AmbiguousChannel(paths)) => Err(paths),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_kf_notice_goes_to_the_kf_channel_and_a_message_to_the_app_with_its_agent_id() {
+        let (a1, a2, k) = (app("a1", 1), app("a2", 2), kf("k", "ww1"));
+        let all = [a1.clone(), a2.clone(), k.clone()];
+        assert_eq!(chosen(&all, &all, &notice()), Ok("k".into()));
+        assert_eq!(chosen(&all, &all, &text(2)), Ok("a2".into()));
+        assert_eq!(
+            chosen(&all, &all, &text(3)),
+            Err(vec!["/api/v1/wecom/callback/a1".into(), "/api/v1/wecom/callback/a2".into()])
+        );
+        assert_eq!(
+            chosen(std::slice::from_ref(&a1), &all, &text(3)),
+            Ok("a1".into()),
+            "one app: its AgentID is not checked"
+        );
+    }
+
+    #[test]
+    fn a_kf_notice_signed_by_an_apps_token_goes_to_the_one_kf_channel_of_that_corp() {
+        let (a1, k1, k2) = (app("a1", 1), kf("k1", "ww1"), kf("k2", "ww2"));
+        let shared = [a1.clone(), k1, k2];
+        assert_eq!(chosen(std::slice::from_ref(&a1), &shared, &notice()), Ok("k1".into()));
     }
 }

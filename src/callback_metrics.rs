@@ -12,11 +12,16 @@
 
 use std::time::Duration;
 
-use crate::callback::{Channel, Outcome};
+use crate::callback::Outcome;
+use crate::channels::ChannelName;
 use crate::telemetry::{CounterTable, Metrics, CALLBACKS_TOTAL};
 
 /// The `channel` label of a callback refused before its channel was known.
 const UNKNOWN_CHANNEL: &str = "unknown";
+
+/// The built-in channels, whose series are registered up front (SPEC §12): a
+/// channel from the configuration file gets its series at its first callback.
+const BUILTIN: [&str; 2] = ["app", "kf"];
 
 impl Metrics {
     /// Makes every (channel, outcome) series exist at zero: called when the
@@ -28,8 +33,15 @@ impl Metrics {
     /// Counts a callback; `elapsed` is the appliance's own work on an
     /// authenticated one (from its complete body to the answer), `None` for
     /// refusals, which are counted but never timed.
-    pub(crate) fn record_callback(&self, channel: Option<Channel>, outcome: Outcome, elapsed: Option<Duration>) {
-        self.callback_table().increment(index(channel, outcome));
+    pub(crate) fn record_callback(&self, channel: Option<&ChannelName>, outcome: Outcome, elapsed: Option<Duration>) {
+        match index(channel, outcome) {
+            Some(row) => self.callback_table().increment(row),
+            None => {
+                let name = channel.map_or(UNKNOWN_CHANNEL, ChannelName::as_str);
+                let labels = [("channel", name.to_owned()), ("outcome", outcome.as_str().to_owned())];
+                self.counter(CALLBACKS_TOTAL, &labels).increment(1);
+            }
+        }
         if let Some(elapsed) = elapsed {
             self.time_callback(elapsed);
         }
@@ -38,7 +50,7 @@ impl Metrics {
 
     fn callback_table(&self) -> &CounterTable {
         self.callbacks(|metrics| {
-            let channels = Channel::ALL.iter().map(|c| c.as_str()).chain([UNKNOWN_CHANNEL]);
+            let channels = BUILTIN.into_iter().chain([UNKNOWN_CHANNEL]);
             let rows = channels.flat_map(|channel| {
                 Outcome::ALL
                     .iter()
@@ -49,12 +61,16 @@ impl Metrics {
     }
 }
 
-/// The row of (channel, outcome) in the table: channels in `Channel::ALL` order
-/// then unknown, each with every outcome in `Outcome::ALL` order.
-fn index(channel: Option<Channel>, outcome: Outcome) -> usize {
-    let row = channel.map_or(Channel::ALL.len(), |c| c as usize);
+/// The row of (channel, outcome) in the table: the built-in channels then
+/// unknown, each with every outcome in `Outcome::ALL` order; `None` for a
+/// channel of the configuration file.
+fn index(channel: Option<&ChannelName>, outcome: Outcome) -> Option<usize> {
+    let row = match channel {
+        None => BUILTIN.len(),
+        Some(name) => BUILTIN.iter().position(|b| *b == name.as_str())?,
+    };
     let column = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
-    row * Outcome::ALL.len() + column
+    Some(row * Outcome::ALL.len() + column)
 }
 
 #[cfg(test)]
@@ -71,13 +87,16 @@ mod tests {
         let metrics = metrics();
         metrics.declare_callbacks();
         assert!(metrics.render().contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 0"));
-        metrics.record_callback(Some(Channel::Kf), Outcome::Ok, Some(Duration::from_millis(2)));
+        metrics.record_callback(Some(&ChannelName::kf()), Outcome::Ok, Some(Duration::from_millis(2)));
+        let hr = ChannelName::parse("hr").expect("a channel name");
+        metrics.record_callback(Some(&hr), Outcome::Duplicate, None);
         metrics.record_callback(None, Outcome::BadSignature, None);
         let text = metrics.render();
         assert!(text.contains("wechat_api_callbacks_total{channel=\"kf\",outcome=\"ok\"} 1"), "{text}");
         assert!(text.contains("wechat_api_callbacks_total{channel=\"unknown\",outcome=\"bad_signature\"} 1"), "{text}");
         assert!(text.contains("wechat_api_callback_duration_seconds_count 1"), "{text}");
-        assert_eq!(metrics.callback_totals(), (1, 1));
+        assert!(text.contains("wechat_api_callbacks_total{channel=\"hr\",outcome=\"duplicate\"} 1"), "{text}");
+        assert_eq!(metrics.callback_totals(), (2, 1));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{self, Config, Sources};
+use crate::config::{self, ChannelSpec, Config, Sources};
 use crate::health::checks::{uploads_free, uploads_writable};
 use crate::health::Status;
 use crate::telemetry::Metrics;
@@ -63,7 +63,12 @@ pub(crate) async fn run(sources: &Sources) -> Report {
             findings.extend(config_findings(&config, &warnings));
             findings.extend(certificate_findings(&config));
             findings.push(local_verification(&config).await);
+            for channel in config.channels.iter().filter(|c| !c.builtin) {
+                let check = format!("local URL verification channels.{}", channel.name);
+                findings.push(verify_locally(&config, channel, &channel.path(), &check).await);
+            }
             findings.extend(wecom_findings(&config).await);
+            findings.extend(channel_token_findings(&config).await);
             findings.extend(directory_findings(&config));
             if let Some(finding) = smtp_finding(&config).await {
                 findings.push(finding);
@@ -75,23 +80,37 @@ pub(crate) async fn run(sources: &Sources) -> Report {
 }
 
 fn config_findings(config: &Config, warnings: &[String]) -> Vec<Finding> {
-    let mut out = vec![
-        Finding::pass(
-            "config WECOM_CORP_ID",
-            format!("{} (the receive id every callback must carry)", config.corp_id.as_str()),
-        ),
-        Finding::pass("config WECOM_TOKEN", format!("{} letters and digits", config.app_keys.token.expose().len())),
-        Finding::pass("config WECOM_ENCODING_AES_KEY", "43 characters of base64, decodes to a 32-byte key"),
-    ];
-    out.push(match config.agent_id {
-        Some(id) => Finding::pass("config WECOM_AGENT_ID", id.to_string()),
-        None if config.secret.is_some() => Finding::fail(
-            "config WECOM_AGENT_ID",
-            "not set: replies through message/send use the AgentID of each message",
-            "set WECOM_AGENT_ID (应用管理 → the app → AgentId)",
-        ),
-        None => Finding::pass("config WECOM_AGENT_ID", "not set (no WECOM_SECRET either: no replies)"),
-    });
+    let mut out = Vec::new();
+    if let Some(app) = config.channels.builtin_app() {
+        out.extend([
+            Finding::pass(
+                "config WECOM_CORP_ID",
+                format!("{} (the receive id every callback must carry)", app.corp_id.as_str()),
+            ),
+            Finding::pass("config WECOM_TOKEN", format!("{} letters and digits", app.keys.token.expose().len())),
+            Finding::pass("config WECOM_ENCODING_AES_KEY", "43 characters of base64, decodes to a 32-byte key"),
+        ]);
+        out.push(match app.agent_id() {
+            Some(id) => Finding::pass("config WECOM_AGENT_ID", id.to_string()),
+            None if app.secret().is_some() => Finding::fail(
+                "config WECOM_AGENT_ID",
+                "not set: replies through message/send use the AgentID of each message",
+                "set WECOM_AGENT_ID (应用管理 → the app → AgentId)",
+            ),
+            None => Finding::pass("config WECOM_AGENT_ID", "not set (no WECOM_SECRET either: no replies)"),
+        });
+    }
+    for channel in config.channels.iter().filter(|c| !c.builtin) {
+        out.push(Finding::pass(
+            format!("config channels.{}", channel.name),
+            format!(
+                "{} channel of corp {}, served at {}",
+                channel.kind().as_str(),
+                channel.corp_id.as_str(),
+                channel.path()
+            ),
+        ));
+    }
     for warning in warnings {
         // Warnings are findings to read, not failures (identical Secrets may be right).
         out.push(Finding::pass("config warning", warning.clone()));
@@ -126,14 +145,52 @@ fn certificate_findings(config: &Config) -> Vec<Finding> {
     }
 }
 
-/// The local listener answers a signed URL verification, through the real port.
+/// The local listener answers a signed URL verification on the shared path,
+/// through the real port.
 async fn local_verification(config: &Config) -> Finding {
     const CHECK: &str = "local URL verification";
+    let Some(channel) = config.channels.iter().next() else {
+        return Finding::fail(
+            CHECK,
+            "no channel is configured",
+            "set WECOM_CORP_ID, WECOM_TOKEN and WECOM_ENCODING_AES_KEY",
+        );
+    };
+    verify_locally(config, channel, crate::config::CALLBACK_PATH, CHECK).await
+}
+
+/// Each file channel's Secret gets a token for its corp (SPEC §12: diagnose per channel).
+async fn channel_token_findings(config: &Config) -> Vec<Finding> {
+    let metrics = std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION)));
+    let client = match WeComClient::new(&config.api_base_url, metrics) {
+        Ok(client) => client,
+        Err(error) => return vec![wecom_failure("wecom client", &error)],
+    };
+    let mut out = Vec::new();
+    for channel in config.channels.iter().filter(|c| !c.builtin) {
+        let check = format!("wecom gettoken channels.{}", channel.name);
+        let Some(secret) = channel.secret() else {
+            out.push(Finding::pass(&check, "no Secret: this channel only receives"));
+            continue;
+        };
+        out.push(match client.gettoken(channel.corp_id.as_str(), secret.expose()).await {
+            Ok(token) => Finding::pass(
+                &check,
+                format!("token issued for {} (expires in {} s)", secret.redacted(), token.expires_in),
+            ),
+            Err(error) => wecom_failure(&check, &error),
+        });
+    }
+    out
+}
+
+/// `channel`'s signed URL verification answered at `path` of the local listener.
+async fn verify_locally(config: &Config, channel: &ChannelSpec, path: &str, check: &str) -> Finding {
     let listen = &config.listen;
-    let callback = listen.local_url(listen.https_port, "/api/v1/wecom/callback");
+    let callback = listen.local_url(listen.https_port, path);
     let echo = "diagnose-echo";
-    let keys = &config.app_keys;
-    let echostr = crypto::encrypt(&keys.aes_key, echo.as_bytes(), config.corp_id.as_str().as_bytes());
+    let keys = &channel.keys;
+    let echostr = crypto::encrypt(&keys.aes_key, echo.as_bytes(), channel.corp_id.as_str().as_bytes());
     let (timestamp, nonce) = (crate::store::now().to_string(), "20251121");
     let signature = crypto::sign(keys.token.expose(), &timestamp, nonce, &echostr);
     let query = serde_urlencoded::to_string([
@@ -147,11 +204,11 @@ async fn local_verification(config: &Config) -> Finding {
     // Our own listener on this machine: its certificate is not for 127.0.0.1.
     let client = match crate::outbound::client(Duration::from_secs(5)).danger_accept_invalid_certs(true).build() {
         Ok(client) => client,
-        Err(e) => return Finding::fail(CHECK, e.without_url().to_string(), "report this"),
+        Err(e) => return Finding::fail(check, e.without_url().to_string(), "report this"),
     };
     match client.get(&url).send().await {
         Err(_) => Finding::fail(
-            CHECK,
+            check,
             format!("nothing answers at {callback}"),
             "start the service (docker compose up -d) and check HTTPS_PORT and the port mapping",
         ),
@@ -159,10 +216,10 @@ async fn local_verification(config: &Config) -> Finding {
             let status = response.status();
             let body = response.text().await.unwrap_or_default();
             if status.is_success() && body == echo {
-                Finding::pass(CHECK, format!("{callback} answered the signed echo"))
+                Finding::pass(check, format!("{callback} answered the signed echo"))
             } else {
                 Finding::fail(
-                    CHECK,
+                    check,
                     format!("HTTP {status}: {}", body.trim()),
                     "the running service has other WECOM_TOKEN / WECOM_ENCODING_AES_KEY / WECOM_CORP_ID values than this configuration",
                 )
@@ -192,13 +249,16 @@ async fn wecom_findings(config: &Config) -> Vec<Finding> {
         Err(error) => return vec![wecom_failure("wecom client", &error)],
     };
     let mut out = Vec::new();
-    let corp = config.corp_id.as_str();
+    let (Some(app), Some(kf)) = (config.channels.builtin_app(), config.channels.builtin_kf()) else {
+        return out;
+    };
+    let corp = app.corp_id.as_str();
     let mut kf_token = None;
     let mut secrets = Vec::new();
-    if let Some(secret) = &config.secret {
+    if let Some(secret) = app.secret() {
         secrets.push(("WECOM_SECRET", secret));
     }
-    if let Some(secret) = config.kf_secret.as_ref().filter(|_| !config.secrets_identical()) {
+    if let Some(secret) = kf.secret().filter(|_| !config.secrets_identical()) {
         secrets.push(("WECOM_KF_SECRET", secret));
     }
     if secrets.is_empty() {
@@ -223,8 +283,7 @@ async fn wecom_findings(config: &Config) -> Vec<Finding> {
                         )
                     });
                 }
-                let uses_for_kf =
-                    variable == "WECOM_KF_SECRET" || config.kf_secret.is_none() || config.secrets_identical();
+                let uses_for_kf = variable == "WECOM_KF_SECRET" || kf.secret().is_none() || config.secrets_identical();
                 if uses_for_kf {
                     kf_token = Some(token.access_token);
                 }

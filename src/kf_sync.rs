@@ -19,8 +19,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
+use crate::channels::ChannelName;
 use crate::messages::kf::KfMessage;
-use crate::messages::{dedup_key, Channel, Identity, LoggedId};
+use crate::messages::{dedup_key, Identity, LoggedId};
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::Store;
 use crate::wecom::{ApiError, WeCom};
@@ -35,14 +36,14 @@ const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(
 /// Asks the syncer to pull one account.
 #[derive(Debug, Clone)]
 pub(crate) struct KfSyncHandle {
-    sender: mpsc::UnboundedSender<(String, Option<String>)>,
+    sender: mpsc::UnboundedSender<(Account, Option<String>)>,
 }
 
 impl KfSyncHandle {
     /// Schedules a sync of `open_kfid` with the notice's `token` (valid 10 min).
-    pub(crate) fn request(&self, open_kfid: String, token: Option<String>) {
+    pub(crate) fn request(&self, channel: ChannelName, open_kfid: String, token: Option<String>) {
         // The syncer only stops at shutdown; a request after that has nowhere to go.
-        let _ = self.sender.send((open_kfid, token));
+        let _ = self.sender.send(((channel, open_kfid), token));
     }
 }
 
@@ -51,27 +52,38 @@ pub(crate) struct KfSyncer {
     store: Store,
     wecom: Arc<WeCom>,
     journal_wake: Arc<Notify>,
-    requests: mpsc::UnboundedReceiver<(String, Option<String>)>,
+    requests: mpsc::UnboundedReceiver<(Account, Option<String>)>,
+    /// The kf channel of the accounts the store remembers from before a restart
+    /// (the store keeps cursors by `open_kfid` alone): the built-in `kf`.
+    resumed: ChannelName,
 }
 
+/// A kf account of a channel: the channel's name and the `open_kfid`.
+type Account = (ChannelName, String);
+
 impl KfSyncer {
-    pub(crate) fn new(store: Store, wecom: Arc<WeCom>, journal_wake: Arc<Notify>) -> (Self, KfSyncHandle) {
+    pub(crate) fn new(
+        store: Store,
+        wecom: Arc<WeCom>,
+        journal_wake: Arc<Notify>,
+        resumed: ChannelName,
+    ) -> (Self, KfSyncHandle) {
         let (sender, requests) = mpsc::unbounded_channel();
-        (Self { store, wecom, journal_wake, requests }, KfSyncHandle { sender })
+        (Self { store, wecom, journal_wake, requests, resumed }, KfSyncHandle { sender })
     }
 
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         // Accounts synced before: pull once now, in case a notice was lost in a crash.
         // No Token: allowed, under a stricter rate limit.
-        let mut pending: BTreeMap<String, Option<String>> = match self.store.kf_accounts().await {
-            Ok(accounts) => accounts.into_iter().map(|a| (a, None)).collect(),
+        let mut pending: BTreeMap<Account, Option<String>> = match self.store.kf_accounts().await {
+            Ok(accounts) => accounts.into_iter().map(|a| ((self.resumed.clone(), a), None)).collect(),
             Err(error) => {
                 tracing::error!("kf sync: cannot read stored accounts: {error}");
                 BTreeMap::new()
             }
         };
         // Accounts another owner was syncing: asked again once its turn may be over.
-        let mut deferred: BTreeMap<String, Option<String>> = BTreeMap::new();
+        let mut deferred: BTreeMap<Account, Option<String>> = BTreeMap::new();
         let mut retry_at = None;
         loop {
             while let Ok((account, token)) = self.requests.try_recv() {
@@ -102,7 +114,7 @@ impl KfSyncer {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                synced = self.sync_account(&account, token.clone()) => if synced == Sync::Busy {
+                synced = self.sync_account(&account.0, &account.1, token.clone()) => if synced == Sync::Busy {
                     // Its owner may already be past the page this notice is about: ask again.
                     coalesce(&mut deferred, account, token);
                     retry_at.get_or_insert_with(|| Instant::now() + BUSY_RETRY);
@@ -112,8 +124,8 @@ impl KfSyncer {
     }
 
     /// Pulls every page of one account, under its claim.
-    pub(crate) async fn sync_account(&self, open_kfid: &str, mut token: Option<String>) -> Sync {
-        if let Err(error) = self.wecom.kf_tokens() {
+    pub(crate) async fn sync_account(&self, channel: &ChannelName, open_kfid: &str, mut token: Option<String>) -> Sync {
+        if let Err(error) = self.wecom.tokens(channel) {
             tracing::error!(open_kfid = %LoggedId(open_kfid), "kf sync impossible: {error}");
             return Sync::Done;
         }
@@ -131,7 +143,7 @@ impl KfSyncer {
         let mut failures = 0u32;
         let mut pages = 0u32;
         loop {
-            let page = match self.wecom.kf_sync_page(open_kfid, claim.cursor.clone(), token.clone()).await {
+            let page = match self.wecom.kf_sync_page(channel, open_kfid, claim.cursor.clone(), token.clone()).await {
                 Ok(page) => page,
                 Err(error) if token.is_some() && error.is(ApiError::is_sync_token_refused) => {
                     tracing::info!(open_kfid = %LoggedId(open_kfid), "kf sync Token refused ({error}); continuing without it");
@@ -153,7 +165,7 @@ impl KfSyncer {
             failures = 0;
             pages += 1;
             let entries: Vec<NewEntry> =
-                page.msg_list.into_iter().filter_map(|raw| journal_entry(open_kfid, raw)).collect();
+                page.msg_list.into_iter().filter_map(|raw| journal_entry(channel, open_kfid, raw)).collect();
             let received = entries.len();
             match self.store.kf_store_page(&mut claim, entries, page.next_cursor).await {
                 Ok(new) => {
@@ -191,7 +203,7 @@ pub(crate) enum Sync {
 }
 
 /// Keeps one request per account; a Token replaces none or an older one.
-fn coalesce(pending: &mut BTreeMap<String, Option<String>>, account: String, token: Option<String>) {
+fn coalesce<A: Ord>(pending: &mut BTreeMap<A, Option<String>>, account: A, token: Option<String>) {
     let slot = pending.entry(account).or_insert(None);
     if token.is_some() {
         *slot = token;
@@ -199,11 +211,11 @@ fn coalesce(pending: &mut BTreeMap<String, Option<String>>, account: String, tok
 }
 
 /// The journal entry of one `msg_list` element; `None` (logged) when it has no msgid.
-fn journal_entry(open_kfid: &str, raw: serde_json::Value) -> Option<NewEntry> {
+fn journal_entry(channel: &ChannelName, open_kfid: &str, raw: serde_json::Value) -> Option<NewEntry> {
     match KfMessage::parse(raw) {
         Ok(message) => Some(NewEntry {
-            dedup_key: dedup_key(Channel::Kf, Identity::MsgId(&message.msgid)),
-            channel: Channel::Kf,
+            dedup_key: dedup_key(channel, Identity::MsgId(&message.msgid)),
+            channel: channel.clone(),
             kind: EntryKind::KfMessage,
             sender: message.external_userid.clone(),
             payload: message.raw.to_string(),
@@ -221,7 +233,7 @@ mod tests {
 
     #[test]
     fn requests_coalesce_and_keep_the_newest_token() {
-        let mut pending = BTreeMap::new();
+        let mut pending: BTreeMap<String, Option<String>> = BTreeMap::new();
         coalesce(&mut pending, "wkA".into(), Some("T1".into()));
         coalesce(&mut pending, "wkA".into(), None);
         coalesce(&mut pending, "wkA".into(), Some("T2".into()));

@@ -19,6 +19,8 @@
 //!   comes from and whether its network is trusted).
 //! - [`callback`]: the callback pipeline (signature → channel → decrypt →
 //!   receive id → parse); [`callback_metrics`] counts it.
+//! - [`channels`]: what a channel is called and its kind; `config::Channels` holds
+//!   them (SPEC §12).
 //! - [`crypto`] and [`messages`]: pure code, no I/O.
 //! - [`store`]: the boundary of everything kept (journal, outbox, cursors,
 //!   tokens, leases, sends), SQLite or PostgreSQL behind it.
@@ -57,6 +59,7 @@ pub(crate) mod alerts;
 pub(crate) mod backoff;
 pub(crate) mod callback;
 pub(crate) mod callback_metrics;
+pub(crate) mod channels;
 pub mod cli;
 pub(crate) mod clock;
 pub mod commands;

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::channels::ChannelName;
 use crate::messages::json_type;
 
 /// Longest text accepted, in characters (a 413 beyond it).
@@ -19,10 +20,10 @@ const FIELDS: [&str; 6] = ["in_reply_to", "channel", "to", "open_kfid", "text", 
 pub(crate) enum Target {
     /// The sender of a journaled record, on its channel.
     InReplyTo(String),
-    /// A member of the corp, from the self-built app.
-    App { to: String },
-    /// A customer of a kf account.
-    Kf { to: String, open_kfid: String },
+    /// `to` on the channel named `channel`: a member of an app channel's corp,
+    /// or a customer of kf account `open_kfid` on a kf channel. Whether the
+    /// channel exists and what its kind needs is the sender's to check.
+    Channel { channel: ChannelName, to: String, open_kfid: Option<String> },
 }
 
 /// A valid send request.
@@ -117,20 +118,17 @@ impl SendRequest {
             (Some(_), Some(_)) => {
                 return Err(invalid("$.channel", "give either in_reply_to or channel and to, not both"))
             }
-            (None, None) => return Err(invalid("$.channel", "required, app or kf (or give in_reply_to)")),
-            (None, Some("app")) => {
-                if open_kfid.is_some() {
-                    return Err(invalid("$.open_kfid", "only for channel kf"));
-                }
-                Target::App { to: to.ok_or_else(|| invalid("$.to", "required: the member's userid"))? }
+            (None, None) => {
+                return Err(invalid("$.channel", "required: a channel's name, e.g. app or kf (or give in_reply_to)"))
             }
-            (None, Some("kf")) => Target::Kf {
-                to: to.ok_or_else(|| invalid("$.to", "required: the customer's external_userid"))?,
-                open_kfid: open_kfid.ok_or_else(|| invalid("$.open_kfid", "required for channel kf"))?,
+            (None, Some(name)) => Target::Channel {
+                channel: ChannelName::parse(name)
+                    .map_err(|_| invalid("$.channel", format!("unknown channel {name:?}")))?,
+                to: to.ok_or_else(|| {
+                    invalid("$.to", "required: the member's userid or the customer's external_userid")
+                })?,
+                open_kfid,
             },
-            (None, Some(other)) => {
-                return Err(invalid("$.channel", format!("unknown channel {other:?} (app or kf)")));
-            }
         };
         Ok(Self { target, text, idempotency_key })
     }
@@ -146,8 +144,9 @@ impl SendRequest {
         use sha2::{Digest, Sha256};
         let target = match &self.target {
             Target::InReplyTo(record) => serde_json::json!(["in_reply_to", record]),
-            Target::App { to } => serde_json::json!(["app", to]),
-            Target::Kf { to, open_kfid } => serde_json::json!(["kf", to, open_kfid]),
+            // As before channels had names: `["app", to]`, `["kf", to, open_kfid]`.
+            Target::Channel { channel, to, open_kfid: None } => serde_json::json!([channel, to]),
+            Target::Channel { channel, to, open_kfid: Some(open_kfid) } => serde_json::json!([channel, to, open_kfid]),
         };
         let canonical = serde_json::json!([target, self.text]).to_string();
         crate::crypto::hex(&Sha256::digest(canonical.as_bytes()))
@@ -187,11 +186,15 @@ mod tests {
         );
         assert_eq!(
             parse(r#"{"channel":"app","to":"zhangsan","text":"hi"}"#).expect("valid").target,
-            Target::App { to: "zhangsan".into() }
+            Target::Channel { channel: ChannelName::app(), to: "zhangsan".into(), open_kfid: None }
         );
         assert_eq!(
             parse(r#"{"channel":"kf","to":"wm1","open_kfid":"wk1","text":"hi"}"#).expect("valid").target,
-            Target::Kf { to: "wm1".into(), open_kfid: "wk1".into() }
+            Target::Channel { channel: ChannelName::kf(), to: "wm1".into(), open_kfid: Some("wk1".into()) }
+        );
+        assert_eq!(
+            parse(r#"{"channel":"hr","to":"lisi","text":"hi"}"#).expect("valid").target,
+            Target::Channel { channel: ChannelName::parse("hr").expect("name"), to: "lisi".into(), open_kfid: None }
         );
     }
 
@@ -203,10 +206,8 @@ mod tests {
         assert_eq!(path_of(r#"{"channel":"app","to":"u","text":"  "}"#), "$.text");
         assert_eq!(path_of(r#"{"channel":"app","to":"u","text":5}"#), "$.text");
         assert_eq!(path_of(r#"{"text":"hi"}"#), "$.channel");
-        assert_eq!(path_of(r#"{"channel":"sms","to":"u","text":"hi"}"#), "$.channel");
-        assert_eq!(path_of(r#"{"channel":"kf","to":"u","text":"hi"}"#), "$.open_kfid");
+        assert_eq!(path_of(r#"{"channel":"S M S","to":"u","text":"hi"}"#), "$.channel");
         assert_eq!(path_of(r#"{"channel":"app","text":"hi"}"#), "$.to");
-        assert_eq!(path_of(r#"{"channel":"app","to":"u","open_kfid":"wk","text":"hi"}"#), "$.open_kfid");
         assert_eq!(path_of(r#"{"in_reply_to":"x","to":"u","text":"hi"}"#), "$.to");
         assert_eq!(path_of(r#"{"in_reply_to":"x","channel":"kf","text":"hi"}"#), "$.channel");
         assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","idempotency_key":""}"#), "$.idempotency_key");

@@ -30,6 +30,7 @@ use tokio::sync::Notify;
 
 use crate::alerts::{Alerter, Mailer};
 use crate::callback::CallbackCredentials;
+use crate::channels::{ChannelKind, ChannelName};
 use crate::config::Config;
 use crate::connections::{ConnectionTable, Refusal, FIRST_BYTES_DEADLINE, HANDSHAKE_DEADLINE};
 use crate::dispatch::executor::Executor;
@@ -120,6 +121,9 @@ impl Application {
         Dispatcher::declare(&metrics);
         let health = Arc::new(HealthBoard::new(config.replica.clone()));
         health.set(CheckName::ConfigSecrets, checks::secrets_check(config.secrets_identical()));
+        for channel in config.channels.iter().filter(|c| !c.builtin) {
+            health.set(CheckName::Config(channel.name.to_string()), checks::channel_config_check(channel));
+        }
         let certificates = load_certificates(&config, &health)?;
         let wecom =
             Arc::new(WeCom::new(&config, &store, &metrics).map_err(|e| StartupError::Component(e.to_string()))?);
@@ -132,6 +136,7 @@ impl Application {
         let bearer_throttle = routes::bearer::SharedThrottle::default();
         let state = web::Data::new(AppState {
             credentials: CallbackCredentials::from_config(&config),
+            last_callback: config.channels.iter().map(|c| (c.name.clone(), Default::default())).collect(),
             metrics: Arc::clone(&metrics),
             health,
             names: Names::new(store.clone(), Arc::clone(&wecom)),
@@ -141,7 +146,6 @@ impl Application {
             admin_gate: routes::bearer::BearerGate::admin(config.admin_token.clone(), &bearer_throttle),
             send_gate: routes::bearer::BearerGate::send(config.send_token.clone(), &bearer_throttle),
             outbox_wake: Arc::clone(&workers.dispatcher.outbox_wake),
-            agent_id: config.agent_id,
             send_limits: workers.send_limits.clone(),
             surface: config.surface.clone(),
             liveness,
@@ -313,14 +317,22 @@ impl Workers {
         let outbox_wake = Arc::new(Notify::new());
         let settings = HandlerSettings {
             forward: config.forward.is_some(),
-            agent_id: config.agent_id,
+            agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
             welcome_text: config.welcome_text.clone(),
             first_started_at: first_start,
             replay_history: config.kf_replay_history,
             handoff: config.handoff.clone(),
+            channels: config.channels.clone(),
         };
-        let (kf_syncer, kf_sync) = KfSyncer::new(store.clone(), Arc::clone(wecom), Arc::clone(journal_wake));
-        let kf_enabled = wecom.kf.is_some();
+        let kf_channels: Vec<_> = config.channels.iter().filter(|c| c.kind() == ChannelKind::Kf).collect();
+        let resumed = config.channels.builtin_kf().or(kf_channels.first().copied()).map(|c| c.name.clone());
+        let (kf_syncer, kf_sync) = KfSyncer::new(
+            store.clone(),
+            Arc::clone(wecom),
+            Arc::clone(journal_wake),
+            resumed.unwrap_or_else(ChannelName::kf),
+        );
+        let kf_enabled = kf_channels.iter().any(|c| wecom.tokens(&c.name).is_ok());
         let dispatcher = Dispatcher {
             store: store.clone(),
             settings,

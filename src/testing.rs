@@ -14,8 +14,12 @@ pub mod callback {
     pub use crate::callback::{CallbackCredentials, CallbackError, CallbackQuery};
 }
 
+pub mod channels {
+    pub use crate::channels::{ChannelKind, ChannelName};
+}
+
 pub mod config {
-    pub use crate::config::layering::Sources;
+    pub use crate::config::layering::{Sources, CONFIG_FILE_VARIABLE};
     pub use crate::config::secret::{Secret, Token};
     pub use crate::config::variables::{Var, VARIABLES};
     pub use crate::config::{load, CallbackKeys};
@@ -37,7 +41,7 @@ pub mod health {
 
 pub mod messages {
     pub use crate::messages::kf::KfMessage;
-    pub use crate::messages::{AppEvent, AppMessage, AppMessageKind, CallbackEnvelope, Channel};
+    pub use crate::messages::{AppEvent, AppMessage, AppMessageKind, CallbackEnvelope};
 }
 
 pub mod routes {

@@ -49,14 +49,16 @@ impl Generator {
         }
         let sources = Sources::from_process(config_file);
         let (config, _warnings) = config::load(&sources).map_err(|e| anyhow::anyhow!("configuration: {e}"))?;
-        let keys = if mode == Mode::Kf { config.kf_keys } else { config.app_keys };
+        let name = if mode == Mode::Kf { "kf" } else { "app" };
+        let channel = config.channels.get(name).ok_or_else(|| anyhow::anyhow!("no channel {name} is configured"))?;
+        let keys = channel.keys.clone();
         // Unique across runs against one store: milliseconds since the epoch times a
         // million leaves room for a million requests per run started a second apart.
         let id_base = u64::try_from(unix_nanos() / 1_000_000).unwrap_or_default().saturating_mul(1_000_000);
         let callbacks = Callbacks {
             keys,
-            corp: config.corp_id.as_str().to_owned(),
-            agent: config.agent_id.unwrap_or(1_000_002),
+            corp: channel.corp_id.as_str().to_owned(),
+            agent: channel.agent_id().unwrap_or(1_000_002),
             kf: mode == Mode::Kf,
             next: AtomicU64::new(0),
             id_base,
@@ -134,7 +136,7 @@ mod tests {
             .collect();
         let (config, _) = config::load(&Sources { env, ..Sources::default() }).expect("a valid configuration");
         Callbacks {
-            keys: config.app_keys,
+            keys: config.channels.builtin_app().expect("the built-in app channel").keys.clone(),
             corp: CORP_ID.to_owned(),
             agent: 1_000_002,
             kf,

@@ -15,7 +15,7 @@ use super::variables::{Var, VARIABLES};
 use super::{ConfigErrors, Secret};
 
 /// Names the environment variable that points at the TOML file.
-pub(crate) const CONFIG_FILE_VARIABLE: &str = "WECHAT_API_CONFIG";
+pub const CONFIG_FILE_VARIABLE: &str = "WECHAT_API_CONFIG";
 
 /// Where the raw settings come from. Tests build this directly; `main` uses
 /// [`Sources::from_process`].
@@ -48,6 +48,8 @@ impl Sources {
 #[derive(Clone, Default)]
 pub(crate) struct Settings {
     values: HashMap<&'static str, String>,
+    /// The TOML file's `[channels.<name>]` tables, as read (validated later).
+    pub(crate) channel_tables: Vec<(String, toml::Value)>,
     /// Non-fatal findings to log at start-up (aliases, identical secrets, …).
     pub warnings: Vec<String>,
 }
@@ -68,9 +70,13 @@ impl Settings {
     pub(crate) fn read(sources: &Sources) -> Result<Self, ConfigErrors> {
         let mut errors = Vec::new();
         let mut builder = config::Config::builder();
+        let mut channel_tables = Vec::new();
         if let Some(path) = &sources.file {
             match read_toml(path) {
-                Ok(text) => builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml)),
+                Ok((text, tables)) => {
+                    builder = builder.add_source(config::File::from_str(&text, config::FileFormat::Toml));
+                    channel_tables = tables;
+                }
                 Err(problems) => errors.extend(problems),
             }
         }
@@ -88,7 +94,7 @@ impl Settings {
             .build()
             .and_then(|c| c.try_deserialize::<HashMap<String, config::Value>>())
             .map_err(|e| ConfigErrors(vec![format!("configuration could not be merged: {e}")]))?;
-        let mut settings = Settings::default();
+        let mut settings = Settings { channel_tables, ..Settings::default() };
         for var in VARIABLES {
             if let Some(value) = merged.get(&var.key()) {
                 match value.clone().into_string() {
@@ -161,25 +167,63 @@ fn read_dotenv(path: &Path) -> Result<HashMap<String, String>, String> {
     Ok(known_variables(&map))
 }
 
+/// The TOML file's text without its `[channels.*]` tables, and those tables.
+type TomlFile = (String, Vec<(String, toml::Value)>);
+
 /// Reads the TOML file, reporting syntax errors by line (never quoting it: a
-/// secret may stand on that line) and unknown keys by name.
-fn read_toml(path: &Path) -> Result<String, Vec<String>> {
+/// secret may stand on that line), unknown keys by name, and a channel defined
+/// twice by its name (TOML itself would only say "duplicate key").
+fn read_toml(path: &Path) -> Result<TomlFile, Vec<String>> {
     let shown = path.display();
     let text = std::fs::read_to_string(path).map_err(|e| vec![format!("config file {shown}: cannot read it: {e}")])?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| {
+    let twice = channels_defined_twice(&text);
+    if !twice.is_empty() {
+        return Err(twice);
+    }
+    let mut table: toml::Table = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|s| text[..s.start.min(text.len())].lines().count().max(1)).unwrap_or(1);
         vec![format!("config file {shown}: not valid TOML at line {line}: {}", e.message())]
     })?;
+    let channels = match table.remove("channels") {
+        None => Vec::new(),
+        Some(toml::Value::Table(channels)) => channels.into_iter().collect(),
+        Some(_) => return Err(vec![format!("config file {shown}: channels must be tables ([channels.<name>])")]),
+    };
     let unknown: Vec<String> = table
         .keys()
         .filter(|k| Var::named(&k.to_ascii_uppercase()).is_none())
         .map(|k| format!("config file {shown}: unknown setting `{k}` (settings are the variable names in lower case)"))
         .collect();
-    if unknown.is_empty() {
-        Ok(text)
-    } else {
-        Err(unknown)
+    if !unknown.is_empty() {
+        return Err(unknown);
     }
+    // The `config` crate gets the variables only: it would lower-case the channels' names.
+    let rest = toml::to_string(&table).map_err(|e| vec![format!("config file {shown}: {e}")])?;
+    Ok((rest, channels))
+}
+
+/// `[channels.<name>]` headers that appear more than once, one line each.
+fn channels_defined_twice(text: &str) -> Vec<String> {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut problems = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) else { continue };
+        let Some(name) = name.trim().strip_prefix("channels.") else { continue };
+        let name = name.trim().trim_matches(|c| c == '"' || c == '\'').to_owned();
+        if name.contains('.') {
+            continue;
+        }
+        if let Some(first) = seen.get(&name) {
+            problems.push(format!(
+                "channels.{name} is used twice (lines {first} and {}): each channel needs its own name",
+                index + 1
+            ));
+        } else {
+            seen.insert(name, index + 1);
+        }
+    }
+    problems
 }
 
 #[cfg(test)]

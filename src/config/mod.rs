@@ -8,11 +8,14 @@
 //! - [`layering`]: [`Sources`] and [`Settings`]: defaults < TOML < `.env` < environment.
 //! - [`listen`]: [`ListenConfig`], validated on its own too, and its local URL.
 //! - `validation`: [`Config::from_settings`], one line per problem.
+//! - [`channels`]: [`Channels`], every channel's credentials, and the
+//!   `[channels.<name>]` tables of the TOML file (SPEC §12).
 //!
 //! This file owns the typed [`Config`] and [`load`]. Deliberately not here:
 //! reading certificate files (see `tls`) and anything at run time: nothing reads
 //! the environment after [`load`].
 
+pub(crate) mod channels;
 pub(crate) mod layering;
 pub(crate) mod listen;
 pub(crate) mod secret;
@@ -25,9 +28,10 @@ use std::time::Duration;
 use crate::crypto::AesKey;
 use crate::networks::Networks;
 
+pub(crate) use channels::{ChannelSpec, Channels, CALLBACK_PATH};
 pub(crate) use layering::{Settings, Sources};
 pub(crate) use listen::{is_loopback, ListenConfig};
-pub(crate) use secret::{generate_encoding_aes_key, CorpId, Secret, Token};
+pub(crate) use secret::{generate_encoding_aes_key, Secret, Token};
 pub(crate) use variables::Var;
 
 /// The shortest `RETENTION_SECS`: it is also the dedup window.
@@ -105,18 +109,10 @@ pub enum LogFormat {
 /// The validated configuration. Built only by [`load`] / [`Config::from_settings`].
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// `WECOM_CORP_ID`.
-    pub corp_id: CorpId,
-    /// `WECOM_AGENT_ID`.
-    pub agent_id: Option<i64>,
-    /// `WECOM_SECRET`.
-    pub secret: Option<Secret>,
-    /// `WECOM_TOKEN` and `WECOM_ENCODING_AES_KEY`.
-    pub app_keys: CallbackKeys,
-    /// `WECOM_KF_SECRET`.
-    pub kf_secret: Option<Secret>,
-    /// The kf channel's Token and key, each falling back to the app's.
-    pub kf_keys: CallbackKeys,
+    /// Every channel: the built-in `app` (`WECOM_*`) and `kf` (`WECOM_KF_*`, its
+    /// Token and key falling back to the app's) when the variables define them,
+    /// then the `[channels.<name>]` tables of the TOML file.
+    pub channels: Channels,
     /// `WECOM_API_BASE_URL`, without a trailing slash.
     pub api_base_url: String,
     /// Where and how the service listens.
@@ -242,7 +238,8 @@ impl Config {
     /// `WECOM_SECRET == WECOM_KF_SECRET`: fine for a self-built app authorised for
     /// kf since 2023-12, a known cause of 95018 otherwise.
     pub(crate) fn secrets_identical(&self) -> bool {
-        match (&self.secret, &self.kf_secret) {
+        let secret = |channel: Option<&std::sync::Arc<ChannelSpec>>| channel.and_then(|c| c.secret().cloned());
+        match (secret(self.channels.builtin_app()), secret(self.channels.builtin_kf())) {
             (Some(app), Some(kf)) => app.matches(kf.expose()),
             _ => false,
         }
@@ -258,7 +255,8 @@ impl Config {
                  otherwise kf sends fail with 95018 (run `wechat-api diagnose`)"
             ));
         }
-        if self.kf_secret.is_none() && self.secret.is_some() {
+        let (app, kf) = (self.channels.builtin_app(), self.channels.builtin_kf());
+        if kf.is_some_and(|kf| kf.secret().is_none()) && app.is_some_and(|app| app.secret().is_some()) {
             warnings.push(format!(
                 "{WECOM_KF_SECRET} is not set: kf APIs use {WECOM_SECRET} (95018 on kf sends means it may not)"
             ));
@@ -318,7 +316,11 @@ mod tests {
         assert_eq!(config.alert_repeat, Some(Duration::from_secs(4 * 3600)));
         assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
         assert!(config.alert_email.is_none());
-        assert_eq!(config.kf_keys.token.expose(), "QDG6eK", "kf falls back to the app Token");
+        assert_eq!(
+            config.channels.builtin_kf().expect("kf").keys.token.expose(),
+            "QDG6eK",
+            "kf falls back to the app Token"
+        );
         assert!(warnings.is_empty(), "{warnings:?}");
     }
 
@@ -414,7 +416,7 @@ mod tests {
         let mut pairs = minimal();
         pairs.push(("WECOM_SECRET", "00123"));
         let (config, _) = load(&env(&pairs)).expect("valid");
-        assert_eq!(config.secret.expect("set").expose(), "00123");
+        assert_eq!(config.channels.builtin_app().and_then(|app| app.secret()).expect("set").expose(), "00123");
     }
 
     #[test]
@@ -425,7 +427,7 @@ mod tests {
             ("WEWORK_AES_KEY", KEY),
         ]))
         .expect("valid");
-        assert_eq!(config.corp_id.as_str(), "ww1436e0e65a779aee");
+        assert_eq!(config.channels.builtin_app().expect("app").corp_id.as_str(), "ww1436e0e65a779aee");
         assert!(
             warnings.iter().any(|w| w.contains("WEWORK_AES_KEY is deprecated: rename it to WECOM_ENCODING_AES_KEY")),
             "{warnings:?}"
@@ -463,9 +465,9 @@ mod tests {
             env: [("UPLOAD_DIR".to_string(), "/env".to_string())].into(),
         };
         let (config, _) = load(&sources).expect("valid");
-        assert_eq!(config.corp_id.as_str(), "wwfile");
+        assert_eq!(config.channels.builtin_app().expect("app").corp_id.as_str(), "wwfile");
         assert_eq!(config.listen.https_port, 9443, "a TOML integer is read as a port");
-        assert_eq!(config.app_keys.token.expose(), "dotenvtoken");
+        assert_eq!(config.channels.builtin_app().expect("app").keys.token.expose(), "dotenvtoken");
         assert_eq!(config.upload_dir, PathBuf::from("/env"));
     }
 
@@ -545,5 +547,64 @@ mod tests {
         let mut pairs = minimal();
         pairs.push(("CONNECTIONS_PER_ADDRESS", "20"));
         assert_eq!(load(&env(&pairs)).expect("valid").0.connections_per_address, 20);
+    }
+
+    fn channel_file(dir: &std::path::Path, text: &str) -> Sources {
+        let file = dir.join("channels.toml");
+        std::fs::write(&file, text).expect("write");
+        Sources { file: Some(file), ..Sources::default() }
+    }
+
+    fn hr_table(name: &str) -> String {
+        format!("[channels.{name}]\nkind = \"app\"\ncorp_id = \"wwhr\"\nagent_id = 5\ntoken = \"hrToken\"\nencoding_aes_key = \"{KEY}\"\n")
+    }
+
+    #[test]
+    fn an_old_env_defines_the_built_in_app_and_kf_channels() {
+        let (config, _) = load(&env(&minimal())).expect("valid");
+        let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["app", "kf"]);
+        let kf = config.channels.builtin_kf().expect("kf");
+        assert_eq!((kf.kind(), kf.corp_id.as_str()), (crate::channels::ChannelKind::Kf, "ww1436e0e65a779aee"));
+    }
+
+    #[test]
+    fn channels_from_the_file_need_no_wecom_variables() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (config, _) = load(&channel_file(dir.path(), &hr_table("hr"))).expect("valid");
+        let names: Vec<&str> = config.channels.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["hr"]);
+        assert!(config.channels.builtin_app().is_none());
+    }
+
+    #[test]
+    fn with_file_channels_one_wecom_variable_still_requires_the_others() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sources = channel_file(dir.path(), &hr_table("hr"));
+        sources.env.insert("WECOM_CORP_ID".into(), "wwapp".into());
+        let errors = load(&sources).expect_err("incomplete").0;
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with("WECOM_TOKEN is required")
+                && errors[1].starts_with("WECOM_ENCODING_AES_KEY is required")
+        );
+    }
+
+    #[test]
+    fn a_channel_defined_twice_in_the_file_is_one_line_naming_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = format!("{}\n{}", hr_table("hr"), hr_table("hr"));
+        let errors = load(&channel_file(dir.path(), &text)).expect_err("twice").0;
+        assert_eq!(errors, vec!["channels.hr is used twice (lines 1 and 8): each channel needs its own name"]);
+    }
+
+    #[test]
+    fn a_file_channel_named_like_a_built_in_is_used_twice() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut sources = channel_file(dir.path(), &hr_table("kf"));
+        sources.env = env(&minimal()).env;
+        let errors = load(&sources).expect_err("twice").0;
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("channels.kf is used twice"), "{errors:?}");
     }
 }

@@ -79,11 +79,6 @@ impl Token {
     pub fn expose(&self) -> &str {
         self.0.expose()
     }
-
-    /// The Token as a [`Secret`], for comparisons.
-    pub(crate) fn secret(&self) -> &Secret {
-        &self.0
-    }
 }
 
 /// A fresh EncodingAESKey: 43 characters of `a-z A-Z 0-9` only, the alphabet the

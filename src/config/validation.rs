@@ -11,6 +11,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::channels::{ChannelSpec, Channels, Credentials};
 use super::layering::Settings;
 use super::listen::ListenConfig;
 use super::secret::{CorpId, Secret, Token};
@@ -19,6 +20,7 @@ use super::{
     AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, Surface,
     MAX_CONNECTIONS_PER_ADDRESS, MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
+use crate::channels::ChannelName;
 use crate::crypto::{AesKey, KeyError};
 use crate::networks::Networks;
 
@@ -165,16 +167,7 @@ impl Config {
     /// Validates merged settings into a typed config, reporting every problem.
     pub(crate) fn from_settings(settings: &Settings) -> Result<Self, ConfigErrors> {
         let mut v = Validator::new(settings);
-        let corp_id = v
-            .required(var::WECOM_CORP_ID)
-            .and_then(|id| CorpId::parse(&id).map_err(|e| v.fail(var::WECOM_CORP_ID, e)).ok());
-        let agent_id = v.parse::<i64>(var::WECOM_AGENT_ID, "a number (the AgentId of the app)");
-        let secret = v.secret(var::WECOM_SECRET);
-        let app_token = v.token(var::WECOM_TOKEN);
-        let app_aes_key = v.aes_key(var::WECOM_ENCODING_AES_KEY);
-        let app_keys = app_token.zip(app_aes_key).map(|(token, aes_key)| CallbackKeys { token, aes_key });
-        let kf_secret = v.secret(var::WECOM_KF_SECRET);
-        let kf_keys = v.kf_keys(app_keys.as_ref());
+        let channels = channels(&mut v);
         let api_base_url = v.url(var::WECOM_API_BASE_URL);
         let listen = ListenConfig::validate(&mut v);
         let connections_per_address = v.parse::<u32>(var::CONNECTIONS_PER_ADDRESS, "a whole number of connections");
@@ -285,12 +278,7 @@ impl Config {
         upper_bounds(&mut v);
         let built = (|| {
             Some(Config {
-                corp_id: corp_id?,
-                agent_id,
-                secret,
-                app_keys: app_keys?,
-                kf_secret,
-                kf_keys: kf_keys?,
+                channels: channels?,
                 api_base_url: api_base_url?,
                 listen: listen?,
                 connections_per_address: connections_per_address?,
@@ -329,6 +317,48 @@ impl Config {
         })();
         v.finish(built)
     }
+}
+
+/// The built-in channels `app` and `kf` from the `WECOM_*` variables, then the
+/// file's `[channels.<name>]` tables. The built-ins' variables are required
+/// only when the file defines no channel; once one of them is set, all are.
+fn channels(v: &mut Validator<'_>) -> Option<Channels> {
+    let builtin_vars = [var::WECOM_CORP_ID, var::WECOM_TOKEN, var::WECOM_ENCODING_AES_KEY];
+    let builtin = v.settings.channel_tables.is_empty() || builtin_vars.iter().any(|var| v.settings.get(*var).is_some());
+    let mut specs = Vec::new();
+    let mut complete = true;
+    if builtin {
+        let corp_id = v
+            .required(var::WECOM_CORP_ID)
+            .and_then(|id| CorpId::parse(&id).map_err(|e| v.fail(var::WECOM_CORP_ID, e)).ok());
+        let agent_id = v.parse::<i64>(var::WECOM_AGENT_ID, "a number (the AgentId of the app)");
+        let secret = v.secret(var::WECOM_SECRET);
+        let app_token = v.token(var::WECOM_TOKEN);
+        let app_aes_key = v.aes_key(var::WECOM_ENCODING_AES_KEY);
+        let app_keys = app_token.zip(app_aes_key).map(|(token, aes_key)| CallbackKeys { token, aes_key });
+        let kf_secret = v.secret(var::WECOM_KF_SECRET);
+        let kf_keys = v.kf_keys(app_keys.as_ref());
+        match (corp_id, app_keys, kf_keys) {
+            (Some(corp_id), Some(app_keys), Some(kf_keys)) => {
+                let builtin = |name, keys, credentials| ChannelSpec {
+                    name,
+                    corp_id: corp_id.clone(),
+                    keys,
+                    credentials,
+                    forward: None,
+                    welcome_text: None,
+                    builtin: true,
+                };
+                specs.push(builtin(ChannelName::app(), app_keys, Credentials::App { agent_id, secret }));
+                specs.push(builtin(ChannelName::kf(), kf_keys, Credentials::Kf { secret: kf_secret }));
+            }
+            _ => complete = false,
+        }
+    }
+    let taken: &[&str] = if builtin { &[ChannelName::APP, ChannelName::KF] } else { &[] };
+    let before = v.errors.len();
+    specs.extend(super::channels::from_tables(&v.settings.channel_tables, taken, &mut v.errors));
+    (complete && v.errors.len() == before).then(|| Channels::new(specs))
 }
 
 /// Ten years, the longest duration any variable takes: beyond it a value is a

@@ -28,9 +28,13 @@ fn query(pairs: &[(&str, &str)]) -> String {
 }
 
 /// The commands for `url`, sending `text`, with comments saying what each should print.
+/// The channel is the built-in `app`, else the first configured one.
 pub(crate) fn commands(config: &Config, url: &str, text: &str) -> String {
-    let keys = &config.app_keys;
-    let corp = config.corp_id.as_str();
+    let Some(channel) = config.channels.builtin_app().or_else(|| config.channels.iter().next()) else {
+        return "# no channel is configured: nothing to sign\n".to_owned();
+    };
+    let keys = &channel.keys;
+    let corp = channel.corp_id.as_str();
     let insecure = if is_loopback(url) { "-k " } else { "" };
     let separator = if url.contains('?') { '&' } else { '?' };
     let mut out = String::new();
@@ -51,7 +55,7 @@ pub(crate) fn commands(config: &Config, url: &str, text: &str) -> String {
 
     let nonce = rand::random::<u32>().to_string();
     let msg_id = rand::random::<u64>() >> 1;
-    let agent = config.agent_id.unwrap_or(SAMPLE_AGENT_ID);
+    let agent = channel.agent_id().unwrap_or(SAMPLE_AGENT_ID);
     let xml = format!(
         "<xml><ToUserName>{}</ToUserName><FromUserName>{}</FromUserName><CreateTime>{timestamp}</CreateTime>\
          <MsgType><![CDATA[text]]></MsgType><Content>{}</Content><MsgId>{msg_id}</MsgId><AgentID>{agent}</AgentID></xml>",

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::record::Record;
-use crate::messages::Channel;
+use crate::channels::{ChannelKind, ChannelName};
 use crate::store::outbox::NewAction;
 use crate::wecom::WeComError;
 
@@ -20,6 +20,9 @@ pub(crate) enum Action {
     /// the parts after it follow once it is sent (`rest`, in order).
     AppText {
         key: String,
+        /// The app channel whose Secret sends it (queued before channels: `app`).
+        #[serde(default = "ChannelName::app")]
+        channel: ChannelName,
         touser: String,
         agentid: i64,
         content: String,
@@ -33,6 +36,9 @@ pub(crate) enum Action {
     /// the kf rules allowed it.
     KfText {
         key: String,
+        /// The kf channel whose Secret sends it (queued before channels: `kf`).
+        #[serde(default = "ChannelName::kf")]
+        channel: ChannelName,
         touser: String,
         open_kfid: String,
         content: String,
@@ -46,9 +52,22 @@ pub(crate) enum Action {
         parts: Parts,
     },
     /// `kf/send_msg_on_event` with an `enter_session` welcome code.
-    KfWelcome { key: String, code: String, content: String },
+    KfWelcome {
+        key: String,
+        #[serde(default = "ChannelName::kf")]
+        channel: ChannelName,
+        code: String,
+        content: String,
+    },
     /// `kf/service_state/trans`: the session goes to a human.
-    KfHandover { key: String, touser: String, open_kfid: String, servicer: Option<String> },
+    KfHandover {
+        key: String,
+        #[serde(default = "ChannelName::kf")]
+        channel: ChannelName,
+        touser: String,
+        open_kfid: String,
+        servicer: Option<String>,
+    },
     /// `media/get` into `UPLOAD_DIR`, then forward the record with `media_path`.
     DownloadMedia { record: Record, forward: bool },
 }
@@ -104,8 +123,8 @@ pub(crate) struct Handover {
 /// Who a text goes to, on which channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Recipient {
-    App { touser: String, agentid: i64 },
-    Kf { touser: String, open_kfid: String },
+    App { channel: ChannelName, touser: String, agentid: i64 },
+    Kf { channel: ChannelName, touser: String, open_kfid: String },
 }
 
 impl Parts {
@@ -155,9 +174,11 @@ impl Recipient {
     /// the channel needs (a sender, an agent id, an open_kfid).
     pub(crate) fn of(record: &Record, agent_id: Option<i64>) -> Option<Self> {
         let touser = record.from.clone()?;
-        Some(match record.channel {
-            Channel::Kf => Self::Kf { touser, open_kfid: record.open_kfid.clone()? },
-            Channel::App => Self::App { touser, agentid: agent_id.or(record.agent_id)? },
+        let channel = record.channel.clone();
+        Some(match record.kind() {
+            ChannelKind::Kf => Self::Kf { channel, touser, open_kfid: record.open_kfid.clone()? },
+            ChannelKind::App => Self::App { channel, touser, agentid: agent_id.or(record.agent_id)? },
+            ChannelKind::Aibot => return None,
         })
     }
 }
@@ -176,8 +197,9 @@ impl Action {
     pub(crate) fn announce_handover(record: &Record, text: &str, servicer: Option<String>) -> Option<Self> {
         let key = Purpose::Handover.key(&record.id);
         match Self::text(Recipient::of(record, None)?, text, key.clone(), key)? {
-            Self::KfText { key, touser, open_kfid, content, send, parts, .. } => Some(Self::KfText {
+            Self::KfText { key, channel, touser, open_kfid, content, send, parts, .. } => Some(Self::KfText {
                 key,
+                channel,
                 touser,
                 open_kfid,
                 content,
@@ -195,18 +217,21 @@ impl Action {
         let content = shaped.next()?;
         let parts = Parts { number: 1, rest: shaped.collect() };
         Some(match to {
-            Recipient::Kf { touser, open_kfid } => {
-                Self::KfText { key, touser, open_kfid, content, send, handover: None, parts }
+            Recipient::Kf { channel, touser, open_kfid } => {
+                Self::KfText { key, channel, touser, open_kfid, content, send, handover: None, parts }
             }
-            Recipient::App { touser, agentid } => Self::AppText { key, touser, agentid, content, send, parts },
+            Recipient::App { channel, touser, agentid } => {
+                Self::AppText { key, channel, touser, agentid, content, send, parts }
+            }
         })
     }
 
     /// The handover that follows its announcement `self` (a [`Action::KfText`]).
     pub(crate) fn handover_after(&self) -> Option<Action> {
         match self {
-            Self::KfText { touser, open_kfid, send, handover: Some(handover), .. } => Some(Self::KfHandover {
+            Self::KfText { channel, touser, open_kfid, send, handover: Some(handover), .. } => Some(Self::KfHandover {
                 key: format!("{}:trans", send),
+                channel: channel.clone(),
                 touser: touser.clone(),
                 open_kfid: open_kfid.clone(),
                 servicer: handover.servicer.clone(),
@@ -219,16 +244,22 @@ impl Action {
     /// part of a shaped `text`.
     pub(crate) fn welcome(record: &Record, code: &str, text: &str) -> Option<Self> {
         let content = crate::shaping::shape(text).into_iter().next()?;
-        Some(Self::KfWelcome { key: Purpose::Welcome.key(&record.id), code: code.to_owned(), content })
+        Some(Self::KfWelcome {
+            key: Purpose::Welcome.key(&record.id),
+            channel: record.channel.clone(),
+            code: code.to_owned(),
+            content,
+        })
     }
 
     /// The part that follows this text part once it is sent, if any.
     pub(crate) fn next_part(&self) -> Option<Action> {
         match self {
-            Self::AppText { key, touser, agentid, send, parts, .. } => {
+            Self::AppText { key, channel, touser, agentid, send, parts, .. } => {
                 let (key, content, parts) = parts.next(key)?;
                 Some(Self::AppText {
                     key,
+                    channel: channel.clone(),
                     touser: touser.clone(),
                     agentid: *agentid,
                     content,
@@ -236,10 +267,11 @@ impl Action {
                     parts,
                 })
             }
-            Self::KfText { key, touser, open_kfid, send, handover, parts, .. } => {
+            Self::KfText { key, channel, touser, open_kfid, send, handover, parts, .. } => {
                 let (key, content, parts) = parts.next(key)?;
                 Some(Self::KfText {
                     key,
+                    channel: channel.clone(),
                     touser: touser.clone(),
                     open_kfid: open_kfid.clone(),
                     content,
@@ -329,10 +361,39 @@ impl From<WeComError> for ActionError {
 mod tests {
     use super::*;
 
+    /// Regression guard for the upgrade: outbox rows written before channels had
+    /// names carry no `channel` (texts) and records no `kind` or `corp_id`; they
+    /// belong to the built-in `app` and `kf` channels, so no migration rewrites them.
+    #[test]
+    fn actions_queued_before_channels_had_names_belong_to_the_built_in_channels() {
+        let app: Action = serde_json::from_str(
+            r#"{"kind":"app_text","key":"help:app:msg:1","touser":"u","agentid":7,"content":"hi","send":"s"}"#,
+        )
+        .expect("an app text of today's main");
+        assert!(matches!(&app, Action::AppText { channel, .. } if channel.as_str() == "app"), "{app:?}");
+        let kf: Action = serde_json::from_str(
+            r#"{"kind":"kf_text","key":"k","touser":"wm","open_kfid":"wk","content":"hi","send":"s"}"#,
+        )
+        .expect("a kf text of today's main");
+        assert!(matches!(&kf, Action::KfText { channel, .. } if channel.as_str() == "kf"), "{kf:?}");
+        let welcome: Action =
+            serde_json::from_str(r#"{"kind":"kf_welcome","key":"k","code":"c","content":"hi"}"#).expect("a welcome");
+        assert!(matches!(&welcome, Action::KfWelcome { channel, .. } if channel.as_str() == "kf"));
+        let record = r#"{"id":"kf:msg:1","channel":"kf","msgtype":"text","event":null,"from":"wm","open_kfid":"wk",
+            "agent_id":null,"time":1,"text":"hi","media_id":null,"media_path":null,"origin":3,"history":false,"raw":{}}"#;
+        let forward: Action =
+            serde_json::from_str(&format!(r#"{{"kind":"forward","record":{record}}}"#)).expect("a forward");
+        let Action::Forward { record } = forward else { panic!("a forward") };
+        assert_eq!((record.kind(), record.corp_id.as_str()), (ChannelKind::Kf, ""));
+        let reply = Action::reply_to(&record, "hello", Purpose::Reply, None).expect("a kf reply");
+        assert!(matches!(reply, Action::KfText { channel, .. } if channel.as_str() == "kf"));
+    }
+
     #[test]
     fn actions_round_trip_through_the_outbox_payload() {
         let action = Action::AppText {
             key: "help:app:msg:1".into(),
+            channel: ChannelName::app(),
             touser: "u".into(),
             agentid: 7,
             content: "hi".into(),
@@ -349,7 +410,9 @@ mod tests {
     fn a_long_reply_is_sent_part_by_part_each_with_its_own_key() {
         let record = Record {
             id: "app:msg:9".into(),
-            channel: Channel::App,
+            channel: crate::channels::ChannelName::app(),
+            kind: Some(ChannelKind::App),
+            corp_id: "ww1".into(),
             msgtype: "text".into(),
             event: None,
             from: Some("zhangsan".into()),

@@ -4,6 +4,7 @@
 //! Deliberately not here: what an action is (`actions.rs`), and when it is
 //! retried (the outbox in `mod.rs`).
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,9 +16,10 @@ use sha2::Sha256;
 use super::actions::{Action, ActionError, Purpose};
 use super::record::Record;
 use super::sending::Sending;
+use crate::channels::{ChannelKind, ChannelName};
 use crate::config::{Config, Forward, Handoff};
 use crate::health::checks::ForwardDelivery;
-use crate::messages::{Channel, LoggedId};
+use crate::messages::LoggedId;
 use crate::store::conversations::{Customer, Observation};
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -74,8 +76,11 @@ async fn blocking<T: Send + 'static>(
 pub(crate) struct Executor {
     http: reqwest::Client,
     forward: Option<Forward>,
+    /// The file channels' own forward targets (`channels.<name>.forward_url`).
+    channel_forwards: HashMap<ChannelName, Forward>,
     wecom: Arc<WeCom>,
-    agent_id: Option<i64>,
+    /// Every channel: the agent id a forward answer's reply is sent with.
+    channels: crate::config::Channels,
     upload_dir: PathBuf,
     handoff: Handoff,
     sending: Sending,
@@ -99,8 +104,13 @@ impl Executor {
         Ok(Self {
             http,
             forward: config.forward.clone(),
+            channel_forwards: config
+                .channels
+                .iter()
+                .filter_map(|c| Some((c.name.clone(), c.forward.clone()?)))
+                .collect(),
             wecom: Arc::clone(&wecom),
-            agent_id: config.agent_id,
+            channels: config.channels.clone(),
             upload_dir: config.upload_dir.clone(),
             handoff: config.handoff.clone(),
             floor: crate::media::Floor::media(config.media_min_free_percent),
@@ -119,10 +129,13 @@ impl Executor {
     pub(crate) async fn execute(&self, action: &Action, attempts: i64) -> Result<Vec<Action>, ActionError> {
         match action {
             Action::DownloadMedia { record, forward } => self.download(record, *forward, attempts).await,
-            Action::KfWelcome { key, code, content } => self.sending.welcome(key, code, content).await,
+            Action::KfWelcome { key, channel, code, content } => {
+                self.sending.welcome(channel, key, code, content).await
+            }
             Action::Forward { record } => {
                 let forwarded = self.forward(record).await;
-                if let (Some(delivery), true) = (&self.delivery, self.forward.is_some()) {
+                let to_forward_url = !self.channel_forwards.contains_key(record.channel.as_str());
+                if let (Some(delivery), true) = (&self.delivery, self.forward.is_some() && to_forward_url) {
                     match &forwarded {
                         Ok(_) => delivery.delivered(),
                         Err(error) => delivery.failed(crate::store::now(), &error.message),
@@ -132,8 +145,8 @@ impl Executor {
             }
             Action::AppText { .. } => self.sending.app_text(action).await,
             Action::KfText { .. } => self.sending.kf_text(action).await,
-            Action::KfHandover { touser, open_kfid, servicer, .. } => {
-                self.sending.hand_over(touser, open_kfid, servicer.as_deref()).await
+            Action::KfHandover { channel, touser, open_kfid, servicer, .. } => {
+                self.sending.hand_over(channel, touser, open_kfid, servicer.as_deref()).await
             }
         }
     }
@@ -189,7 +202,7 @@ impl Executor {
     async fn fetch(&self, record: &Record, media_id: &str) -> Result<PathBuf, MediaFailure> {
         let mut media = self
             .wecom
-            .download_media(record.channel, media_id, crate::media::MAX_MEDIA_BYTES)
+            .download_media(&record.channel, media_id, crate::media::MAX_MEDIA_BYTES)
             .await
             .map_err(MediaFailure::Download)?;
         let (upload_dir, id, msgtype) = (self.upload_dir.clone(), record.id.clone(), record.msgtype.clone());
@@ -223,7 +236,7 @@ impl Executor {
         blocking(move || part.finish()).await
     }
     async fn forward(&self, record: &Record) -> Result<Vec<Action>, ActionError> {
-        let Some(target) = &self.forward else {
+        let Some(target) = self.channel_forwards.get(record.channel.as_str()).or(self.forward.as_ref()) else {
             return Err(ActionError { retry: false, message: "FORWARD_URL is no longer set".into() });
         };
         let body = serde_json::to_vec(record).map_err(|e| ActionError { retry: false, message: e.to_string() })?;
@@ -253,7 +266,7 @@ impl Executor {
         }
         let Ok(answer) = serde_json::from_slice::<ForwardAnswer>(&answer) else { return Ok(Vec::new()) };
         let reply = answer.reply.and_then(|r| r.text).filter(|t| !t.trim().is_empty());
-        if answer.handoff && record.channel == Channel::Kf && record.answerable() {
+        if answer.handoff && record.kind() == ChannelKind::Kf && record.answerable() {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {
                 let customer = Customer { open_kfid: open_kfid.clone(), external_userid: from.clone() };
@@ -268,7 +281,17 @@ impl Executor {
             let text = reply.as_deref().unwrap_or(&self.handoff.text);
             return Ok(Action::announce_handover(record, text, self.handoff.servicer.clone()).into_iter().collect());
         }
-        Ok(reply.and_then(|text| Action::reply_to(record, &text, Purpose::Reply, self.agent_id)).into_iter().collect())
+        Ok(reply
+            .and_then(|text| {
+                Action::reply_to(
+                    record,
+                    &text,
+                    Purpose::Reply,
+                    self.channels.get(record.channel.as_str()).and_then(|c| c.agent_id()),
+                )
+            })
+            .into_iter()
+            .collect())
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::actions::{Action, Purpose};
 use super::record::Record;
-use crate::config::Handoff;
+use crate::config::{Channels, Handoff};
 use crate::messages::kf::{KfEvent, Origin};
 use crate::messages::Message;
 use crate::store::conversations::{Customer, Observation};
@@ -29,12 +29,34 @@ pub(crate) struct HandlerSettings {
     pub replay_history: bool,
     /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
     pub handoff: Handoff,
+    /// Every channel: a file channel's own agent id, forward target and welcome text.
+    pub channels: Channels,
 }
 
 impl HandlerSettings {
     /// Whether a kf message sent at `send_time` is history that must not be answered.
     pub(crate) fn is_history(&self, send_time: i64) -> bool {
         !self.replay_history && send_time < self.first_started_at
+    }
+
+    /// The agent id replies to `record` are sent with: a file channel's own,
+    /// else `WECOM_AGENT_ID`.
+    pub(crate) fn agent_id_of(&self, record: &Record) -> Option<i64> {
+        match self.channels.get(record.channel.as_str()) {
+            Some(channel) if !channel.builtin => channel.agent_id(),
+            _ => self.agent_id,
+        }
+    }
+
+    /// Whether `record` is forwarded: its channel's `forward_url`, else `FORWARD_URL`.
+    pub(crate) fn forwards(&self, record: &Record) -> bool {
+        self.forward || self.channels.get(record.channel.as_str()).is_some_and(|c| c.forward.is_some())
+    }
+
+    /// The welcome text of `record`'s channel, else `WELCOME_TEXT`.
+    fn welcome_text_of(&self, record: &Record) -> Option<&String> {
+        let own = self.channels.get(record.channel.as_str()).and_then(|c| c.welcome_text.as_ref());
+        own.or(self.welcome_text.as_ref())
     }
 }
 
@@ -111,17 +133,17 @@ pub(crate) fn plan(
         record
     };
     if answerable && !record.handoff && message.text().is_some_and(is_help) {
-        if let Some(reply) = Action::reply_to(record, HELP_TEXT, Purpose::Help, settings.agent_id) {
+        if let Some(reply) = Action::reply_to(record, HELP_TEXT, Purpose::Help, settings.agent_id_of(record)) {
             actions.push(reply);
         }
     }
-    if let (true, Some(code), Some(text)) = (answerable, message.welcome_code(), &settings.welcome_text) {
+    if let (true, Some(code), Some(text)) = (answerable, message.welcome_code(), settings.welcome_text_of(record)) {
         actions.extend(Action::welcome(record, code, text));
     }
     if record.media_id.is_some() {
         // The download forwards the record (with `media_path`) when it is done.
-        actions.push(Action::DownloadMedia { record: record.clone(), forward: settings.forward });
-    } else if settings.forward {
+        actions.push(Action::DownloadMedia { record: record.clone(), forward: settings.forwards(record) });
+    } else if settings.forwards(record) {
         actions.push(Action::Forward { record: record.clone() });
     }
     actions
@@ -129,9 +151,15 @@ pub(crate) fn plan(
 
 #[cfg(test)]
 mod tests {
+    use super::super::record::Source;
     use super::*;
+    use crate::channels::{ChannelKind, ChannelName};
     use crate::messages::kf::{KfMessage, Origin};
-    use crate::messages::{AppMessage, Channel};
+    use crate::messages::AppMessage;
+
+    fn source(name: ChannelName, kind: ChannelKind) -> Source {
+        Source { name, kind, corp_id: "ww1".into() }
+    }
 
     /// An app text message from zhangsan, and its record.
     fn text_message(text: &str) -> (Message, Record) {
@@ -139,15 +167,17 @@ mod tests {
             "<xml><ToUserName>ww1</ToUserName><FromUserName>zhangsan</FromUserName><CreateTime>1</CreateTime>\
              <MsgType>text</MsgType><Content><![CDATA[{text}]]></Content><MsgId>1</MsgId><AgentID>1000002</AgentID></xml>"
         );
-        let message = Message::App { channel: Channel::App, message: AppMessage::parse(&xml).expect("parses") };
-        let record = Record::new("app:msg:1".into(), &message, &xml, 1, false);
+        let message = Message::App { channel: ChannelName::app(), message: AppMessage::parse(&xml).expect("parses") };
+        let record =
+            Record::new("app:msg:1".into(), source(ChannelName::app(), ChannelKind::App), &message, &xml, 1, false);
         (message, record)
     }
 
     /// A kf message (`raw` as `kf/sync_msg` returns it), and its record.
     fn kf_message(raw: serde_json::Value, history: bool) -> (Message, Record) {
         let message = Message::Kf(KfMessage::parse(raw).expect("parses"));
-        let record = Record::new("kf:msg:1".into(), &message, "", 1, history);
+        let record =
+            Record::new("kf:msg:1".into(), source(ChannelName::kf(), ChannelKind::Kf), &message, "", 1, history);
         (message, record)
     }
 
@@ -187,8 +217,9 @@ mod tests {
     fn kf_notices_are_not_messages() {
         let xml = "<xml><ToUserName>ww1</ToUserName><CreateTime>1</CreateTime><MsgType>event</MsgType>\
                    <Event>kf_msg_or_event</Event><Token>T</Token><OpenKfId>wk</OpenKfId></xml>";
-        let message = Message::App { channel: Channel::Kf, message: AppMessage::parse(xml).expect("parses") };
-        let record = Record::new("kf:evt:1".into(), &message, xml, 1, false);
+        let message = Message::App { channel: ChannelName::kf(), message: AppMessage::parse(xml).expect("parses") };
+        let record =
+            Record::new("kf:evt:1".into(), source(ChannelName::kf(), ChannelKind::Kf), &message, xml, 1, false);
         assert!(
             plan(&message, &record, &HandlerSettings { forward: true, ..HandlerSettings::default() }, false).is_empty()
         );

@@ -31,6 +31,7 @@ use handlers::HandlerSettings;
 use record::Record;
 
 use crate::backoff::Backoff;
+use crate::channels::ChannelName;
 use crate::kf_sync::KfSyncHandle;
 use crate::messages::kf::{KfEvent, KfMessage};
 use crate::messages::{clip, AppEvent, AppMessage, LoggedId, Message};
@@ -116,7 +117,7 @@ pub(crate) fn parse_entry(entry: &PendingEntry) -> Result<Message, String> {
             .and_then(|raw| KfMessage::parse(raw).map_err(|e| e.to_string()))
             .map(Message::Kf),
         EntryKind::Callback => AppMessage::parse(&entry.payload)
-            .map(|message| Message::App { channel: entry.channel, message })
+            .map(|message| Message::App { channel: entry.channel.clone(), message })
             .map_err(|e| e.to_string()),
     }
 }
@@ -238,18 +239,19 @@ impl Dispatcher {
                     .increment(1);
                 let history = self.settings.is_history(kf.send_time);
                 let note = if history { " (history: recorded, not answered)" } else { "" };
-                tracing::info!(channel = "kf", id = %LoggedId(id), open_kfid = %LoggedId(&kf.open_kfid), "{}{note}", kf.summary());
+                tracing::info!(channel = entry.channel.as_str(), id = %LoggedId(id), open_kfid = %LoggedId(&kf.open_kfid), "{}{note}", kf.summary());
                 history
             }
             Message::App { channel, message: app } => {
                 tracing::info!(channel = channel.as_str(), id = %LoggedId(id), "{}", app.summary());
                 if let Some(AppEvent::KfMsgOrEvent { token, open_kfid }) = app.event() {
-                    self.request_kf_sync(id, open_kfid.as_ref(), token.as_ref());
+                    self.request_kf_sync(id, &entry.channel, open_kfid.as_ref(), token.as_ref());
                 }
                 false
             }
         };
-        let record = Record::new(entry.dedup_key.clone(), &message, &entry.payload, entry.received_at, history);
+        let source = record::source_of(&self.settings.channels, entry);
+        let record = Record::new(entry.dedup_key.clone(), source, &message, &entry.payload, entry.received_at, history);
         let undelivered = match &message {
             Message::Kf(kf) => match kf.event() {
                 Some(KfEvent::MsgSendFail { fail_msgid: Some(msgid), fail_type }) => Some(sending::Undelivered {
@@ -273,9 +275,9 @@ impl Dispatcher {
     }
 
     /// Hands a `kf_msg_or_event` notice to the kf syncer.
-    fn request_kf_sync(&self, id: &str, open_kfid: Option<&String>, token: Option<&String>) {
+    fn request_kf_sync(&self, id: &str, channel: &ChannelName, open_kfid: Option<&String>, token: Option<&String>) {
         match (&self.kf_sync, open_kfid) {
-            (Some(sync), Some(open_kfid)) => sync.request(open_kfid.clone(), token.cloned()),
+            (Some(sync), Some(open_kfid)) => sync.request(channel.clone(), open_kfid.clone(), token.cloned()),
             (None, _) => {
                 tracing::warn!(id = %LoggedId(id), "kf notice ignored: no Secret can call kf APIs (set WECOM_KF_SECRET)")
             }
@@ -403,8 +405,8 @@ mod tests {
 
     #[test]
     fn the_declared_paced_kinds_are_the_texts_pace_looks_at() {
-        let app = actions::Recipient::App { touser: "u".into(), agentid: 1 };
-        let kf = actions::Recipient::Kf { touser: "wm".into(), open_kfid: "wk".into() };
+        let app = actions::Recipient::App { channel: ChannelName::app(), touser: "u".into(), agentid: 1 };
+        let kf = actions::Recipient::Kf { channel: ChannelName::kf(), touser: "wm".into(), open_kfid: "wk".into() };
         for to in [app, kf] {
             let text = Action::text(to, "hi", "k".into(), "s".into()).expect("a text");
             assert!(Outbox::PACED.contains(&text.kind()), "{}", text.kind());

@@ -7,16 +7,34 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::channels::{ChannelKind, ChannelName};
+use crate::config::Channels;
 use crate::messages::kf::{KfKind, KfMessage, Origin};
-use crate::messages::{AppEvent, AppMessage, AppMessageKind, Channel, Message};
+use crate::messages::{AppEvent, AppMessage, AppMessageKind, Message};
+use crate::store::journal::{EntryKind, PendingEntry};
+
+/// The channel a record comes from, as the registry knows it.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub name: ChannelName,
+    pub kind: ChannelKind,
+    pub corp_id: String,
+}
 
 /// One message, normalized. Field names are the forward contract (SPEC §5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct Record {
     /// The dedup key; stable across WeCom's retries (also `X-Message-Id`).
     pub id: String,
-    /// `app` or `kf`.
-    pub channel: Channel,
+    /// The channel's name: `app` and `kf` for the built-ins, else its `[channels.<name>]`.
+    pub channel: ChannelName,
+    /// The channel's kind (`app`, `kf`). Records queued before channels had
+    /// kinds lack it: see [`Record::kind`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<ChannelKind>,
+    /// The channel's corp id (empty in records queued before channels had one).
+    #[serde(default)]
+    pub corp_id: String,
     pub msgtype: String,
     /// The event type when `msgtype` is `event`.
     pub event: Option<String>,
@@ -47,18 +65,50 @@ pub(crate) struct Record {
     pub raw: serde_json::Value,
 }
 
+/// The channel of journal `entry`, as the registry knows it. A channel no
+/// longer configured keeps its name; its kind is the built-in's by name (`kf`)
+/// or by payload (a kf sync message), and its corp id is unknown.
+pub(crate) fn source_of(channels: &Channels, entry: &PendingEntry) -> Source {
+    match channels.get(entry.channel.as_str()) {
+        Some(channel) => {
+            Source { name: channel.name.clone(), kind: channel.kind(), corp_id: channel.corp_id.as_str().to_owned() }
+        }
+        None => {
+            let kf = entry.kind == EntryKind::KfMessage || entry.channel.as_str() == ChannelName::KF;
+            let kind = if kf { ChannelKind::Kf } else { ChannelKind::App };
+            Source { name: entry.channel.clone(), kind, corp_id: String::new() }
+        }
+    }
+}
+
 impl Record {
     /// The record of a journaled message. `raw_xml` is an app callback's
     /// decrypted XML; `received_at` stands in for a missing `CreateTime`.
-    pub(crate) fn new(id: String, message: &Message, raw_xml: &str, received_at: i64, history: bool) -> Self {
-        match message {
-            Message::App { channel, message } => Self::from_app(id, *channel, message, raw_xml, received_at),
-            Message::Kf(message) => Self::from_kf(id, message, history),
-        }
+    pub(crate) fn new(
+        id: String,
+        channel: Source,
+        message: &Message,
+        raw_xml: &str,
+        received_at: i64,
+        history: bool,
+    ) -> Self {
+        let mut record = match message {
+            Message::App { message, .. } => Self::from_app(id, channel.name, message, raw_xml, received_at),
+            Message::Kf(message) => Self::from_kf(id, channel.name, message, history),
+        };
+        record.kind = Some(channel.kind);
+        record.corp_id = channel.corp_id;
+        record
+    }
+
+    /// The channel's kind; for a record queued before channels had kinds, the
+    /// built-in channel's (`kf` is the kf channel, anything else was `app`).
+    pub(crate) fn kind(&self) -> ChannelKind {
+        self.kind.unwrap_or(if self.channel.as_str() == ChannelName::KF { ChannelKind::Kf } else { ChannelKind::App })
     }
 
     /// The record of an app callback.
-    fn from_app(id: String, channel: Channel, message: &AppMessage, raw_xml: &str, received_at: i64) -> Self {
+    fn from_app(id: String, channel: ChannelName, message: &AppMessage, raw_xml: &str, received_at: i64) -> Self {
         let (text, media_id) = match &message.kind {
             AppMessageKind::Text { content } => (Some(content.clone()), None),
             AppMessageKind::Image { media_id, .. }
@@ -75,6 +125,8 @@ impl Record {
         Self {
             id,
             channel,
+            kind: None,
+            corp_id: String::new(),
             msgtype: message.msg_type.clone(),
             event,
             from: message.from_user_name.clone(),
@@ -93,14 +145,16 @@ impl Record {
     }
 
     /// The record of a kf message.
-    fn from_kf(id: String, message: &KfMessage, history: bool) -> Self {
+    fn from_kf(id: String, channel: ChannelName, message: &KfMessage, history: bool) -> Self {
         let text = match &message.kind {
             KfKind::Text { content, .. } => Some(content.clone()),
             _ => None,
         };
         Self {
             id,
-            channel: Channel::Kf,
+            channel,
+            kind: None,
+            corp_id: String::new(),
             msgtype: message.msgtype.clone(),
             event: message.event().map(|e| e.name().to_owned()),
             from: message.external_userid.clone(),

@@ -23,9 +23,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::actions::{Action, ActionError, Recipient};
+use crate::channels::{ChannelKind, ChannelName};
+use crate::config::{ChannelSpec, Channels};
 use crate::media::Floor;
 use crate::messages::kf::fail_type_meaning;
-use crate::messages::{Channel, LoggedId};
+use crate::messages::LoggedId;
 use crate::outgoing::{SendRequest, Target};
 use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
@@ -71,11 +73,11 @@ impl Sending {
 
     /// One part of a kf text: the rules, then `kf/send_msg` under our own msgid.
     pub(crate) async fn kf_text(&self, action: &Action) -> Result<Vec<Action>, ActionError> {
-        let Action::KfText { key, touser, open_kfid, content, handover, parts, .. } = action else {
+        let Action::KfText { key, channel, touser, open_kfid, content, handover, parts, .. } = action else {
             return Ok(Vec::new());
         };
         let send = action.send_id();
-        let row = self.record(&send, "kf", touser, Some(open_kfid), parts.total()).await?;
+        let row = self.record(&send, channel, touser, Some(open_kfid), parts.total()).await?;
         if row.status != SendStatus::Queued {
             // Finished on an earlier attempt whose bookkeeping was lost.
             return Ok(Vec::new());
@@ -92,53 +94,59 @@ impl Sending {
                 _ => Verdict::Allowed,
             }
         };
-        if let Verdict::Refused(refusal) = self.confirm(verdict, &customer, parts.total()).await? {
+        if let Verdict::Refused(refusal) = self.confirm(channel, verdict, &customer, parts.total()).await? {
             let reason = match parts.number() {
                 1 => refusal.to_string(),
                 n => format!("{refusal} (after {} of {} parts)", n - 1, parts.total()),
             };
-            self.finish(&send, "kf", SendUpdate::Refused { reason: reason.clone() }).await?;
+            self.finish(&send, channel.as_str(), SendUpdate::Refused { reason: reason.clone() }).await?;
             tracing::info!(send = %LoggedId(&send), open_kfid = %LoggedId(open_kfid), "kf text refused: {reason}");
             return Ok(action.handover_after().into_iter().collect());
         }
         let msgid = kf_msgid(key);
         self.store.note_msgid(msgid.clone(), send.clone()).await?;
-        match self.wecom.send_kf_text(touser, open_kfid, &msgid, content).await {
+        match self.wecom.send_kf_text(channel, touser, open_kfid, &msgid, content).await {
             Ok(()) => {}
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {
                 tracing::info!(send = %LoggedId(&send), msgid = %LoggedId(&msgid), "WeCom had accepted this part already");
             }
             Err(error) => return self.failed_attempt(&row, action, error).await,
         }
-        self.part_sent(&send, "kf", parts.number()).await?;
+        self.part_sent(&send, channel.as_str(), parts.number()).await?;
         Ok(action.next_part().or_else(|| action.handover_after()).into_iter().collect())
     }
 
     /// One part of an app text, with WeCom's duplicate check.
     pub(crate) async fn app_text(&self, action: &Action) -> Result<Vec<Action>, ActionError> {
-        let Action::AppText { touser, agentid, content, parts, .. } = action else {
+        let Action::AppText { channel, touser, agentid, content, parts, .. } = action else {
             return Ok(Vec::new());
         };
         let send = action.send_id();
-        let row = self.record(&send, "app", touser, None, parts.total()).await?;
+        let row = self.record(&send, channel, touser, None, parts.total()).await?;
         if row.status != SendStatus::Queued {
             return Ok(Vec::new());
         }
-        if let Err(error) = self.wecom.send_app_text(touser, *agentid, content).await {
+        if let Err(error) = self.wecom.send_app_text(channel, touser, *agentid, content).await {
             return self.failed_attempt(&row, action, error).await;
         }
-        self.part_sent(&send, "app", parts.number()).await?;
+        self.part_sent(&send, channel.as_str(), parts.number()).await?;
         Ok(action.next_part().into_iter().collect())
     }
 
     /// The welcome an `enter_session` code allows (one message, outside the kf
     /// rules: WeCom gives it its own allowance).
-    pub(crate) async fn welcome(&self, key: &str, code: &str, content: &str) -> Result<Vec<Action>, ActionError> {
-        match self.wecom.send_kf_welcome(code, &kf_msgid(key), content).await {
-            Ok(()) => self.count("kf", SendStatus::Sent),
+    pub(crate) async fn welcome(
+        &self,
+        channel: &ChannelName,
+        key: &str,
+        code: &str,
+        content: &str,
+    ) -> Result<Vec<Action>, ActionError> {
+        match self.wecom.send_kf_welcome(channel, code, &kf_msgid(key), content).await {
+            Ok(()) => self.count(channel.as_str(), SendStatus::Sent),
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {}
             Err(error) if is_final(&error) => {
-                self.count("kf", SendStatus::Failed);
+                self.count(channel.as_str(), SendStatus::Failed);
                 return Err(ActionError { retry: false, message: error.to_string() });
             }
             Err(error) => return Err(error.into()),
@@ -150,12 +158,13 @@ impl Sending {
     /// session stays with the bot, which therefore speaks again.
     pub(crate) async fn hand_over(
         &self,
+        channel: &ChannelName,
         touser: &str,
         open_kfid: &str,
         servicer: Option<&str>,
     ) -> Result<Vec<Action>, ActionError> {
         let customer = Customer { open_kfid: open_kfid.to_owned(), external_userid: touser.to_owned() };
-        match self.wecom.kf_hand_over(open_kfid, touser, servicer).await {
+        match self.wecom.kf_hand_over(channel, open_kfid, touser, servicer).await {
             Ok(()) => {
                 tracing::info!(open_kfid = %LoggedId(open_kfid), servicer, "kf session handed over to a human");
                 self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await?;
@@ -174,13 +183,19 @@ impl Sending {
     /// long (an ending may have been missed) is checked with WeCom. Nothing else
     /// is asked: a customer never heard from is refused by the row itself, so a
     /// leaked `SEND_TOKEN` cannot go past WeCom's rules (SPEC §15).
-    async fn confirm(&self, verdict: Verdict, customer: &Customer, parts: i64) -> Result<Verdict, ActionError> {
+    async fn confirm(
+        &self,
+        channel: &ChannelName,
+        verdict: Verdict,
+        customer: &Customer,
+        parts: i64,
+    ) -> Result<Verdict, ActionError> {
         let stale_human =
             matches!(verdict, Verdict::Refused(Refusal::Human { since }) if now() - since > HUMAN_RECHECK_SECS);
         if !stale_human {
             return Ok(verdict);
         }
-        let state = match self.wecom.kf_service_state(&customer.open_kfid, &customer.external_userid).await {
+        let state = match self.wecom.kf_service_state(channel, &customer.open_kfid, &customer.external_userid).await {
             Ok(state) => state.state,
             Err(error) => {
                 tracing::warn!(open_kfid = %LoggedId(&customer.open_kfid), "session state unknown: {error}");
@@ -214,20 +229,19 @@ impl Sending {
         if gave_up && !is_final(&error) {
             reason = format!("gave up after {} min of retries: {reason}", SEND_RETRY_WINDOW.as_secs() / 60);
         }
-        if let (WeComError::Api { error, .. }, Action::KfText { touser, open_kfid, .. }) = (&error, action) {
+        if let (WeComError::Api { error, .. }, Action::KfText { channel, touser, open_kfid, .. }) = (&error, action) {
             if error.is_session_refused() {
-                reason = format!("{reason}; {}", self.explain_session_refused(open_kfid, touser).await);
+                reason = format!("{reason}; {}", self.explain_session_refused(channel, open_kfid, touser).await);
             }
         }
         tracing::warn!(send = %LoggedId(&row.id), "{} text failed: {reason}", row.channel);
-        let channel = if row.channel == "app" { "app" } else { "kf" };
-        self.finish(&row.id, channel, SendUpdate::Failed { errcode, reason }).await?;
+        self.finish(&row.id, &row.channel, SendUpdate::Failed { errcode, reason }).await?;
         Ok(action.handover_after().into_iter().collect())
     }
 
     /// 95018: say who owns the session, and remember a human's.
-    async fn explain_session_refused(&self, open_kfid: &str, external_userid: &str) -> String {
-        match self.wecom.kf_service_state(open_kfid, external_userid).await {
+    async fn explain_session_refused(&self, channel: &ChannelName, open_kfid: &str, external_userid: &str) -> String {
+        match self.wecom.kf_service_state(channel, open_kfid, external_userid).await {
             Ok(state) => {
                 if matches!(state.state, ServiceState::Queued | ServiceState::Human) {
                     let customer =
@@ -252,14 +266,14 @@ impl Sending {
     async fn record(
         &self,
         id: &str,
-        channel: &'static str,
+        channel: &ChannelName,
         recipient: &str,
         open_kfid: Option<&String>,
         parts: i64,
     ) -> Result<SendRow, StoreError> {
         let send = NewSend {
             id: id.to_owned(),
-            channel,
+            channel: channel.to_string(),
             recipient: recipient.to_owned(),
             open_kfid: open_kfid.cloned(),
             parts,
@@ -269,19 +283,19 @@ impl Sending {
         self.store.record_send(send).await
     }
 
-    async fn part_sent(&self, send: &str, channel: &'static str, number: i64) -> Result<(), StoreError> {
+    async fn part_sent(&self, send: &str, channel: &str, number: i64) -> Result<(), StoreError> {
         self.finish(send, channel, SendUpdate::PartSent { number }).await
     }
 
     /// Applies `update` and counts the send once its status changes.
-    async fn finish(&self, send: &str, channel: &'static str, update: SendUpdate) -> Result<(), StoreError> {
+    async fn finish(&self, send: &str, channel: &str, update: SendUpdate) -> Result<(), StoreError> {
         if let Some(status) = self.store.update_send(send.to_owned(), update).await? {
             self.count(channel, status);
         }
         Ok(())
     }
 
-    fn count(&self, channel: &'static str, status: SendStatus) {
+    fn count(&self, channel: &str, status: SendStatus) {
         if status != SendStatus::Queued {
             self.metrics
                 .counter(
@@ -315,7 +329,7 @@ pub(crate) enum QueueError {
         "{queued} sends are queued on channel {channel} and not yet finished, SEND_QUEUE_MAX is {max}: \
          nothing was queued; retry after the queue drains"
     )]
-    Full { channel: &'static str, queued: i64, max: u32 },
+    Full { channel: ChannelName, queued: i64, max: u32 },
     /// 503: the store's volume is below `DATA_MIN_FREE_PERCENT`; its room is the callbacks'.
     #[error("{0}: the rest is kept for callbacks; nothing was queued")]
     LowDisk(String),
@@ -369,7 +383,7 @@ pub(crate) struct Accepted {
 pub(crate) async fn queue(
     store: &Store,
     wecom: &WeCom,
-    agent_id: Option<i64>,
+    channels: &Channels,
     limits: &SendLimits,
     request: SendRequest,
 ) -> Result<Accepted, QueueError> {
@@ -384,32 +398,36 @@ pub(crate) async fn queue(
             };
             let message = super::parse_entry(&entry)
                 .map_err(|reason| QueueError::Unsendable { path: "$.in_reply_to", reason })?;
-            let record = super::record::Record::new(record_id, &message, &entry.payload, entry.received_at, false);
+            let source = super::record::source_of(channels, &entry);
+            let record =
+                super::record::Record::new(record_id, source, &message, &entry.payload, entry.received_at, false);
+            let agent_id = channels.get(record.channel.as_str()).and_then(|c| c.agent_id());
             Recipient::of(&record, agent_id).ok_or_else(|| QueueError::Unsendable {
                 path: "$.in_reply_to",
-                reason: "that record has no sender to answer (or, on the app channel, no agent id: set WECOM_AGENT_ID)"
+                reason: "that record has no sender to answer (or, on an app channel, no agent id: set WECOM_AGENT_ID)"
                     .into(),
             })?
         }
-        Target::App { to } => Recipient::App {
-            touser: to,
-            agentid: agent_id.ok_or(QueueError::Unsendable {
-                path: "$.channel",
-                reason: "channel app needs WECOM_AGENT_ID on this appliance".into(),
-            })?,
-        },
-        Target::Kf { to, open_kfid } => Recipient::Kf { touser: to, open_kfid },
+        Target::Channel { channel, to, open_kfid } => {
+            let Some(channel) = channels.get(channel.as_str()) else {
+                let known: Vec<&str> = channels.iter().map(|c| c.name.as_str()).collect();
+                return Err(QueueError::Unsendable {
+                    path: "$.channel",
+                    reason: format!("unknown channel {:?} (the channels here: {})", channel.as_str(), known.join(", ")),
+                });
+            };
+            recipient_on(channel, to, open_kfid)?
+        }
     };
-    let (channel, label) = match &recipient {
-        Recipient::App { .. } => (Channel::App, "app"),
-        Recipient::Kf { .. } => (Channel::Kf, "kf"),
+    let channel = match &recipient {
+        Recipient::App { channel, .. } | Recipient::Kf { channel, .. } => channel.clone(),
     };
-    if let Err(error) = wecom.tokens(channel) {
-        return Err(QueueError::Unsendable { path: "$.channel", reason: format!("channel {label}: {error}") });
+    if let Err(error) = wecom.tokens(&channel) {
+        return Err(QueueError::Unsendable { path: "$.channel", reason: format!("channel {channel}: {error}") });
     }
     let (touser, open_kfid) = match &recipient {
         Recipient::App { touser, .. } => (touser.clone(), None),
-        Recipient::Kf { touser, open_kfid } => (touser.clone(), Some(open_kfid.clone())),
+        Recipient::Kf { touser, open_kfid, .. } => (touser.clone(), Some(open_kfid.clone())),
     };
     let id = crate::outgoing::new_id();
     let action = Action::text(recipient, &request.text, format!("send:{id}"), id.clone())
@@ -418,7 +436,7 @@ pub(crate) async fn queue(
     let row = action.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
     let send = NewSend {
         id,
-        channel: label,
+        channel: channel.to_string(),
         recipient: touser,
         open_kfid,
         parts,
@@ -426,7 +444,7 @@ pub(crate) async fn queue(
         fingerprint: Some(fingerprint),
     };
     match store.queue_send(send, row, i64::from(limits.queue_max)).await? {
-        Queued::Full { queued } => Err(QueueError::Full { channel: label, queued, max: limits.queue_max }),
+        Queued::Full { queued } => Err(QueueError::Full { channel, queued, max: limits.queue_max }),
         Queued::New(id) => Ok(Accepted { id, status: SendStatus::Queued, parts }),
         Queued::Conflict(id) => Err(QueueError::KeyReused(id)),
         Queued::Existing(id) => {
@@ -436,6 +454,33 @@ pub(crate) async fn queue(
                 status: first.as_ref().map_or(SendStatus::Queued, |row| row.status),
                 parts: first.map_or(parts, |row| row.parts),
             })
+        }
+    }
+}
+
+/// `to` on `channel`, as its kind needs: an app channel's member (its agent
+/// id), or a kf channel's customer of account `open_kfid`.
+fn recipient_on(channel: &ChannelSpec, to: String, open_kfid: Option<String>) -> Result<Recipient, QueueError> {
+    let name = channel.name.clone();
+    match (channel.kind(), open_kfid) {
+        (ChannelKind::App, Some(_)) => Err(QueueError::Unsendable {
+            path: "$.open_kfid",
+            reason: format!("only for kf channels; {name} is an app"),
+        }),
+        (ChannelKind::App, None) => Ok(Recipient::App {
+            agentid: channel.agent_id().ok_or_else(|| QueueError::Unsendable {
+                path: "$.channel",
+                reason: format!("channel {name} needs an agent id (WECOM_AGENT_ID or channels.{name}.agent_id)"),
+            })?,
+            channel: name,
+            touser: to,
+        }),
+        (ChannelKind::Kf, Some(open_kfid)) => Ok(Recipient::Kf { channel: name, touser: to, open_kfid }),
+        (ChannelKind::Kf, None) => {
+            Err(QueueError::Unsendable { path: "$.open_kfid", reason: format!("required for kf channel {name}") })
+        }
+        (ChannelKind::Aibot, _) => {
+            Err(QueueError::Unsendable { path: "$.channel", reason: format!("channel {name} is an AI bot") })
         }
     }
 }
@@ -492,9 +537,10 @@ pub(crate) async fn delivery_failed(
         fail_type_meaning(fail_type)
     );
     tracing::warn!(send = %LoggedId(&send.id), msgid = %LoggedId(&msgid), "kf message not delivered: {reason}");
+    let send_channel = send.channel.clone();
     if let Some(status) = store.update_send(send.id, SendUpdate::Failed { errcode: None, reason }).await? {
         metrics
-            .counter(MESSAGES_SENT_TOTAL, &[("channel", "kf".to_owned()), ("outcome", status.as_str().to_owned())])
+            .counter(MESSAGES_SENT_TOTAL, &[("channel", send_channel), ("outcome", status.as_str().to_owned())])
             .increment(1);
     }
     Ok(())

@@ -95,7 +95,7 @@ pub(crate) struct Checks {
     pub alerter: Alerter,
     pub secrets_identical: bool,
     /// Token invalidations seen at the previous run, per token cache.
-    invalidations: Mutex<HashMap<&'static str, u64>>,
+    invalidations: Mutex<HashMap<String, u64>>,
     pressure: Pressure,
 }
 
@@ -210,13 +210,7 @@ impl Checks {
     }
 
     fn token_sources(&self) -> Vec<Arc<TokenSource>> {
-        let mut sources: Vec<Arc<TokenSource>> = self.wecom.app.iter().cloned().collect();
-        if let Some(kf) = &self.wecom.kf {
-            if !sources.iter().any(|s| Arc::ptr_eq(s, kf)) {
-                sources.push(Arc::clone(kf));
-            }
-        }
-        sources
+        self.wecom.token_sources().to_vec()
     }
 
     /// `token:<app>`: a token can be had (this also refreshes it ahead of expiry).
@@ -229,7 +223,7 @@ impl Checks {
                     .invalidations
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(source.label(), status.invalidations)
+                    .insert(source.label().to_owned(), status.invalidations)
                     .unwrap_or(status.invalidations);
                 let result = if status.invalidations > previous {
                     CheckResult::new(Status::Warn).output(format!(
@@ -439,6 +433,21 @@ pub(crate) fn secrets_check(identical: bool) -> CheckResult {
         )
     } else {
         CheckResult::new(Status::Pass)
+    }
+}
+
+/// `config:<name>` of a channel from the config file (SPEC §12): what it is, and
+/// a warning when an app channel has no Secret (it receives and forwards, but
+/// cannot reply or download media). Set once: the configuration does not change.
+pub(crate) fn channel_config_check(channel: &crate::config::ChannelSpec) -> CheckResult {
+    let what =
+        format!("{} channel of corp {} at {}", channel.kind().as_str(), channel.corp_id.as_str(), channel.path());
+    match channel.secret() {
+        Some(_) => CheckResult::new(Status::Pass).output(what),
+        None => CheckResult::new(Status::Warn).output(format!(
+            "{what}: no Secret (channels.{}.secret or secret_file), so no replies and no media downloads",
+            channel.name
+        )),
     }
 }
 

@@ -17,33 +17,7 @@ pub use envelope::CallbackEnvelope;
 
 use kf::{KfEvent, KfKind, KfMessage};
 
-/// Which callback configuration a message belongs to, from the callback to the
-/// outbox: the self-built app or WeChat Customer Service.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Channel {
-    /// The self-built app (`WECOM_TOKEN`).
-    App,
-    /// WeChat Customer Service (`WECOM_KF_TOKEN`, or a `kf_msg_or_event` notice).
-    Kf,
-}
-
-impl Channel {
-    pub(crate) const ALL: [Channel; 2] = [Channel::App, Channel::Kf];
-
-    /// The label in records, metrics, logs and the store.
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Channel::App => "app",
-            Channel::Kf => "kf",
-        }
-    }
-
-    /// The channel named by [`Channel::as_str`].
-    pub(crate) fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.as_str() == name)
-    }
-}
+use crate::channels::ChannelName;
 
 /// What makes a delivery the same message as an earlier one.
 #[derive(Debug, Clone, Copy)]
@@ -54,12 +28,13 @@ pub(crate) enum Identity<'a> {
     Event(&'a [u8]),
 }
 
-/// The dedup key (SPEC §4), built here and nowhere else: `<channel>:msg:<id>`, or
+/// The dedup key (SPEC §4, §12), built here and nowhere else: `<channel>:msg:<id>`, or
 /// `<channel>:evt:<32 hex digits of SHA-256(plaintext)>` for events. WeCom's
 /// retries are byte-identical, while two distinct events in the same second
 /// differ somewhere in their XML, so a dedup never drops a distinct event.
-pub(crate) fn dedup_key(channel: Channel, identity: Identity<'_>) -> String {
-    let channel = channel.as_str();
+/// The channel is its name, so the same MsgId in two corps is two messages,
+/// and the built-ins' keys (`app:…`, `kf:…`) are what they were before names.
+pub(crate) fn dedup_key(channel: &ChannelName, identity: Identity<'_>) -> String {
     match identity {
         Identity::MsgId(id) => format!("{channel}:msg:{id}"),
         Identity::Event(plaintext) => {
@@ -72,8 +47,8 @@ pub(crate) fn dedup_key(channel: Channel, identity: Identity<'_>) -> String {
 /// A journaled message, parsed: what the handlers decide on.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Message {
-    /// A callback's decrypted XML, on the channel whose Token signed it.
-    App { channel: Channel, message: AppMessage },
+    /// A callback's decrypted XML, on the channel it was routed to.
+    App { channel: ChannelName, message: AppMessage },
     /// One message of a `kf/sync_msg` page.
     Kf(KfMessage),
 }

@@ -39,10 +39,29 @@ fn name_error(error: &NameError) -> serde_json::Value {
     }
 }
 
-/// `GET /api/test-wecom-connection`
-pub(crate) async fn test_connection(state: web::Data<AppState>) -> HttpResponse {
-    let report = connection::test_connection(&state.wecom, state.credentials.corp_id().as_str()).await;
-    match serde_json::to_value(&report) {
+/// `?channel=<name>` of the connection test.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct ChannelQuery {
+    channel: Option<String>,
+}
+
+/// `GET /api/test-wecom-connection[?channel=<name>]`: one channel, or every one.
+pub(crate) async fn test_connection(query: web::Query<ChannelQuery>, state: web::Data<AppState>) -> HttpResponse {
+    let channels = state.credentials.channels();
+    let report = match query.channel.as_deref() {
+        Some(name) => match channels.get(name) {
+            Some(channel) => serde_json::to_value(connection::test_channel(&state.wecom, channel).await),
+            None => {
+                let error = format!("no channel named {:?}", crate::messages::clip(name, 64));
+                return answer(StatusCode::NOT_FOUND, json!({"status": "error", "error": error}));
+            }
+        },
+        None => {
+            let corp_id = channels.builtin_app().map(|app| app.corp_id.as_str()).unwrap_or_default();
+            serde_json::to_value(connection::test_connection(&state.wecom, corp_id, channels).await)
+        }
+    };
+    match report {
         Ok(report) => answer(StatusCode::OK, report),
         Err(error) => unserializable("connection report", &error),
     }

@@ -1,11 +1,15 @@
-//! `GET` (URL verification) and `POST` (messages) on the callback paths.
+//! `GET` (URL verification) and `POST` (messages) on the callback paths: the
+//! shared ones and each channel's own, `/api/v1/wecom/callback/<name>`.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 
-use crate::callback::{CallbackError, CallbackQuery, Channel, Outcome};
+use crate::callback::{CallbackError, CallbackQuery, OpenedCallback, Outcome};
+use crate::channels::{ChannelKind, ChannelName};
+use crate::config::ChannelSpec;
 use crate::routes::AppState;
 use crate::store::journal::{EntryKind, NewEntry, Recorded};
 use crate::store::{self, StoreError};
@@ -13,28 +17,86 @@ use crate::store::{self, StoreError};
 /// Real callback bodies are a few KiB; anything near this is not from WeCom.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
 
-/// URL verification: answer the decrypted `echostr` as plain text.
+/// The 404 of a per-channel path whose name no channel has: counted and logged.
+fn unknown_channel(request: &HttpRequest, state: &AppState) -> HttpResponse {
+    log_refusal(state, request, Outcome::UnknownChannel, &"no channel of that name");
+    state.metrics.record_callback(None, Outcome::UnknownChannel, None);
+    HttpResponse::NotFound().content_type("text/plain; charset=utf-8").body("no channel of that name\n")
+}
+
+/// URL verification on a shared path: answer the decrypted `echostr` as plain text.
 pub(crate) async fn verify_url(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     let started = Instant::now();
     let verified = CallbackQuery::parse(request.query_string())
         .and_then(|q| state.credentials.verify_url(&q, crate::store::now()));
     match verified {
-        Ok((channel, echo)) => {
-            tracing::info!(channel = channel.as_str(), path = request.path(), "URL verification passed");
-            state.metrics.record_callback(Some(channel), Outcome::Ok, Some(started.elapsed()));
-            HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(echo)
-        }
+        Ok((channel, echo)) => verified_url(&request, &state, &channel.name, echo, started),
         Err(error) => reject(&state, &request, &error),
     }
 }
 
-/// A callback message: verify, decrypt, parse, acknowledge.
+/// URL verification on a channel's own path.
+pub(crate) async fn verify_url_on(
+    request: HttpRequest,
+    name: web::Path<String>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let Some(channel) = state.credentials.channel(&name).cloned() else {
+        return unknown_channel(&request, &state);
+    };
+    let verified = CallbackQuery::parse(request.query_string())
+        .and_then(|q| state.credentials.verify_url_on(&channel, &q, crate::store::now()));
+    match verified {
+        Ok(echo) => verified_url(&request, &state, &channel.name, echo, started),
+        Err(error) => reject(&state, &request, &error),
+    }
+}
+
+fn verified_url(
+    request: &HttpRequest,
+    state: &AppState,
+    channel: &ChannelName,
+    echo: String,
+    started: Instant,
+) -> HttpResponse {
+    tracing::info!(channel = channel.as_str(), path = request.path(), "URL verification passed");
+    seen(state, channel);
+    state.metrics.record_callback(Some(channel), Outcome::Ok, Some(started.elapsed()));
+    HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(echo)
+}
+
+/// A callback message on a shared path (see [`receive_at`]).
+pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+    receive_at(request, payload, state, None).await
+}
+
+/// A callback message on a channel's own path (see [`receive_at`]).
+pub(crate) async fn receive_on(
+    request: HttpRequest,
+    name: web::Path<String>,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    match state.credentials.channel(&name).cloned() {
+        Some(channel) => receive_at(request, payload, state, Some(channel)).await,
+        None => unknown_channel(&request, &state),
+    }
+}
+
+/// A callback message: verify, decrypt, parse, acknowledge. `own`: the channel
+/// whose own path it came to; `None`: a shared path.
 ///
 /// Its latency (`callback:latency`, the duration histogram) is the appliance's
 /// own work on an authenticated callback, from the complete body to the answer:
 /// a stranger's slow or incomplete body, or a refused request, is counted but
 /// not timed, so it cannot fail readiness.
-pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: web::Data<AppState>) -> HttpResponse {
+async fn receive_at(
+    request: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    own: Option<Arc<ChannelSpec>>,
+) -> HttpResponse {
     let query = match CallbackQuery::parse(request.query_string()) {
         Ok(query) => query,
         Err(error) => return reject(&state, &request, &error),
@@ -65,7 +127,12 @@ pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: 
         Err(_) => return reject(&state, &request, &too_large),
     };
     let started = Instant::now();
-    let opened = match state.credentials.open(&query, &body, crate::store::now()) {
+    let now = crate::store::now();
+    let opened: Result<OpenedCallback, CallbackError> = match &own {
+        Some(channel) => state.credentials.open_on(channel, &query, &body, now),
+        None => state.credentials.open(&query, &body, now),
+    };
+    let opened = match opened {
         Ok(opened) => opened,
         Err(error) => return reject(&state, &request, &error),
     };
@@ -73,7 +140,7 @@ pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: 
     // survive anything, a kill -9 included. Handling happens from the journal.
     let entry = NewEntry {
         dedup_key: opened.dedup_key(),
-        channel: opened.channel,
+        channel: opened.channel.name.clone(),
         kind: EntryKind::Callback,
         sender: opened.message.from_user_name.clone(),
         payload: opened.xml,
@@ -87,20 +154,28 @@ pub(crate) async fn receive(request: HttpRequest, payload: web::Payload, state: 
         Err(error) => {
             // No 200: WeCom retries, and nothing was acknowledged that could be lost
             // (a commit that lands after the deadline makes the retry a duplicate).
-            log_store_failure(&state, opened.channel, &error);
-            state.metrics.record_callback(Some(opened.channel), Outcome::Internal, Some(started.elapsed()));
+            log_store_failure(&state, &opened.channel.name, &error);
+            state.metrics.record_callback(Some(&opened.channel.name), Outcome::Internal, Some(started.elapsed()));
             return HttpResponse::ServiceUnavailable()
                 .content_type("text/plain; charset=utf-8")
                 .body("cannot store the message; retry later\n");
         }
     };
-    state.metrics.record_callback(Some(opened.channel), outcome, Some(started.elapsed()));
+    state.metrics.record_callback(Some(&opened.channel.name), outcome, Some(started.elapsed()));
+    seen(&state, &opened.channel.name);
     // WeCom takes an empty body as "no passive reply"; the kf docs ask for "success".
-    let body = match opened.channel {
-        Channel::App => "",
-        Channel::Kf => "success",
+    let body = match opened.channel.kind() {
+        ChannelKind::App => "",
+        ChannelKind::Kf | ChannelKind::Aibot => "success",
     };
     HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(body)
+}
+
+/// Notes that `channel` had a callback accepted now (the status page's "last callback").
+fn seen(state: &AppState, channel: &ChannelName) {
+    if let Some(at) = state.last_callback.get(channel.as_str()) {
+        at.store(crate::store::now(), std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn status_of(error: &CallbackError) -> StatusCode {
@@ -113,6 +188,7 @@ fn status_of(error: &CallbackError) -> StatusCode {
         | CallbackError::BadCiphertext(_)
         | CallbackError::WrongReceiveId
         | CallbackError::BadTimestamp
+        | CallbackError::AmbiguousChannel(_)
         | CallbackError::BadMessage(_) => StatusCode::BAD_REQUEST,
     }
 }
@@ -142,7 +218,7 @@ fn log_refusal(state: &AppState, request: &HttpRequest, outcome: Outcome, reason
 
 /// A callback that could not be journaled: one line per kind of failure at most
 /// ten times a minute, however many callbacks a database outage turns away.
-fn log_store_failure(state: &AppState, channel: Channel, error: &StoreError) {
+fn log_store_failure(state: &AppState, channel: &ChannelName, error: &StoreError) {
     let reason = match error {
         StoreError::TimedOut => "journal_timed_out",
         _ => "journal_failed",

@@ -20,7 +20,11 @@ use actix_web::{web, HttpResponse};
 use tokio::sync::Notify;
 
 use crate::alerts::Alerter;
+use std::collections::HashMap;
+use std::sync::atomic::AtomicI64;
+
 use crate::callback::CallbackCredentials;
+use crate::channels::ChannelName;
 use crate::health::{HealthBoard, Liveness};
 use crate::names::Names;
 use crate::store::Store;
@@ -53,6 +57,9 @@ pub const CALLBACK_PATHS: [&str; 3] = ["/api/v1/wecom/callback", "/wework/callba
 #[derive(Debug)]
 pub(crate) struct AppState {
     pub credentials: CallbackCredentials,
+    /// When each channel last had a callback accepted (Unix seconds, 0 = never),
+    /// for the status page: one atomic per channel, fixed at start-up.
+    pub last_callback: HashMap<ChannelName, AtomicI64>,
     pub metrics: Arc<Metrics>,
     pub health: Arc<HealthBoard>,
     pub store: Store,
@@ -66,8 +73,6 @@ pub(crate) struct AppState {
     pub send_gate: bearer::BearerGate,
     /// Wakes the outbox after the send API queued a message.
     pub outbox_wake: Arc<Notify>,
-    /// `WECOM_AGENT_ID`, for app sends.
-    pub agent_id: Option<i64>,
     /// `SEND_QUEUE_MAX` and `DATA_MIN_FREE_PERCENT` (SPEC §15).
     pub send_limits: crate::dispatch::sending::SendLimits,
     /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees the monitoring views.
@@ -91,6 +96,12 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
             web::resource(path).route(web::get().to(callback::verify_url)).route(web::post().to(callback::receive)),
         );
     }
+    // Each channel's own path (SPEC §12): one route for all, the name looked up.
+    cfg.service(
+        web::resource(format!("{}/{{name}}", crate::config::CALLBACK_PATH))
+            .route(web::get().to(callback::verify_url_on))
+            .route(web::post().to(callback::receive_on)),
+    );
     cfg.route("/api/health", web::get().to(health::report))
         .route("/health", web::get().to(health::report))
         .route("/api/health/live", web::get().to(health::live))

@@ -24,8 +24,13 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         Err(e @ RequestError::TextTooLong { .. }) => return error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         Err(e @ RequestError::Invalid { .. }) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let queued =
-        store::bounded(sending::queue(&state.store, &state.wecom, state.agent_id, &state.send_limits, request));
+    let queued = store::bounded(sending::queue(
+        &state.store,
+        &state.wecom,
+        state.credentials.channels(),
+        &state.send_limits,
+        request,
+    ));
     match queued.await {
         Ok(accepted) => {
             state.outbox_wake.notify_one();

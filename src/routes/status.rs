@@ -3,9 +3,11 @@
 //! (`TRUSTED_NETWORKS` or the admin bearer); a stranger gets 404.
 
 use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
+use crate::clock::rfc3339;
 use crate::health::Status;
 use crate::routes::surface::{audience, Audience};
 use crate::routes::{not_found, AppState};
@@ -93,7 +95,9 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
             escape(&since),
         );
     }
-    html.push_str("</table><h2>Recent alerts</h2>");
+    html.push_str("</table><h2>Channels</h2>");
+    channel_rows(&mut html, &state);
+    html.push_str("<h2>Recent alerts</h2>");
     let recent = state.alerter.recent();
     if recent.is_empty() {
         html.push_str("<p><small>none since start</small></p>");
@@ -142,6 +146,34 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
     }
     html.push_str(r#"<p><small>JSON: <a href="/api/health">/api/health</a> · metrics: <a href="/metrics">/metrics</a></small></p></main></body></html>"#);
     HttpResponse::Ok().content_type("text/html; charset=utf-8").insert_header(("Cache-Control", "no-store")).body(html)
+}
+
+/// A row per channel (SPEC §12): kind, corp, its own path, last callback, token age.
+fn channel_rows(html: &mut String, state: &AppState) {
+    let now = crate::store::now();
+    html.push_str("<table><tr><th>channel</th><th>kind</th><th>last callback</th><th>token</th></tr>");
+    for channel in state.credentials.channels().iter() {
+        let last = state.last_callback.get(channel.name.as_str()).map_or(0, |at| at.load(Ordering::Relaxed));
+        let last = if last > 0 { rfc3339(last) } else { "none since start".to_owned() };
+        let token = match state.wecom.tokens(&channel.name) {
+            Ok(source) => match source.status().last_refresh_at {
+                Some(at) => format!("refreshed {} ago", uptime((now - at).max(0) as u64)),
+                None => "not fetched yet".to_owned(),
+            },
+            Err(_) => "no Secret".to_owned(),
+        };
+        let _ = write!(
+            html,
+            "<tr><td>{}<br><small>{}</small></td><td>{}<br><small>{}</small></td><td>{}</td><td>{}</td></tr>",
+            escape(channel.name.as_str()),
+            escape(&channel.path()),
+            channel.kind().as_str(),
+            escape(channel.corp_id.as_str()),
+            escape(&last),
+            escape(&token),
+        );
+    }
+    html.push_str("</table>");
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use super::outbox::NewAction;
 use super::{backend, Store, StoreError};
-use crate::messages::Channel;
+use crate::channels::ChannelName;
 
 /// What a journal entry's payload is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +36,8 @@ impl EntryKind {
 #[derive(Debug, Clone)]
 pub struct NewEntry {
     pub dedup_key: String,
-    pub channel: Channel,
+    /// The channel's name (`app`, `kf` for the built-ins, as before channels had names).
+    pub channel: ChannelName,
     pub kind: EntryKind,
     /// userid or external_userid, when known.
     pub sender: Option<String>,
@@ -58,7 +59,7 @@ pub enum Recorded {
 pub struct PendingEntry {
     pub id: i64,
     pub dedup_key: String,
-    pub channel: Channel,
+    pub channel: ChannelName,
     pub kind: EntryKind,
     pub received_at: i64,
     pub payload: String,
@@ -173,7 +174,7 @@ mod tests {
         let store = Store::open(dir.path()).expect("opens");
         let entry = NewEntry {
             dedup_key: "app:msg:1".into(),
-            channel: Channel::App,
+            channel: ChannelName::app(),
             kind: EntryKind::Callback,
             sender: None,
             payload: "<xml/>".into(),

@@ -38,7 +38,7 @@ impl SendStatus {
 pub struct NewSend {
     pub id: String,
     /// `app` or `kf`.
-    pub channel: &'static str,
+    pub channel: String,
     /// userid (app) or external_userid (kf).
     pub recipient: String,
     pub open_kfid: Option<String>,
@@ -124,7 +124,7 @@ impl Store {
 
     /// Sends of `channel` queued and not yet finished (`SEND_QUEUE_MAX` counts these).
     #[cfg(any(test, feature = "testing"))]
-    pub async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
+    pub async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
         backend!(self, b => b.queued_sends(channel).await)
     }
 

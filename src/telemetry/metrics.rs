@@ -76,7 +76,7 @@ pub(crate) const CALLBACKS_TOTAL: Family = Family {
     kind: Kind::Counter,
     unit: None,
     labels: &["channel", "outcome"],
-    help: "Callback requests by channel (app, kf, unknown) and outcome (ok, duplicate, or why it was refused).",
+    help: "Callback requests by channel (its name: app, kf, those of the config file, unknown) and outcome (ok, duplicate, or why it was refused).",
 };
 
 /// `wechat_api_callback_duration_seconds`, a histogram.

@@ -1,6 +1,6 @@
 //! The connection report behind `GET /api/test-wecom-connection` (and later
 //! `diagnose`): a real `gettoken` per configured Secret, and whether the kf
-//! Secret may call 微信客服 APIs.
+//! Secret may call 微信客服 APIs; per channel with `?channel=<name>`.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -8,6 +8,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{ApiError, TokenSource, WeCom, WeComError};
+use crate::channels::ChannelKind;
+use crate::config::{ChannelSpec, Channels};
 
 /// What went wrong with one call, as the report shows it.
 #[derive(Debug, Clone, Serialize)]
@@ -52,12 +54,42 @@ pub(crate) struct KfApiReport {
     pub problem: Option<Problem>,
 }
 
-/// The whole report.
+/// The whole report: the built-in channels' Secrets as before channels had
+/// names, then one entry per channel of the config file.
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ConnectionReport {
     pub status: &'static str,
     pub corp_id: String,
     pub secrets: Vec<SecretReport>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub channels: Vec<ChannelReport>,
+}
+
+/// One channel's Secret tested (`?channel=<name>`).
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct ChannelReport {
+    pub status: &'static str,
+    pub channel: String,
+    pub kind: &'static str,
+    pub corp_id: String,
+    pub secrets: Vec<SecretReport>,
+}
+
+/// Tests `channel`'s Secret against WeCom (a kf channel's also on a kf API).
+pub(crate) async fn test_channel(wecom: &WeCom, channel: &ChannelSpec) -> ChannelReport {
+    let mut secrets = Vec::new();
+    if let Ok(source) = wecom.tokens(&channel.name) {
+        let kf = channel.kind() == ChannelKind::Kf;
+        secrets.push(secret_report(wecom, channel.corp_id.as_str(), source, channel.name.to_string(), kf).await);
+    }
+    let status = if !secrets.is_empty() && secrets.iter().all(|s| s.status == "success") { "success" } else { "error" };
+    ChannelReport {
+        status,
+        channel: channel.name.to_string(),
+        kind: channel.kind().as_str(),
+        corp_id: channel.corp_id.as_str().to_owned(),
+        secrets,
+    }
 }
 
 async fn secret_report(wecom: &WeCom, corp_id: &str, source: &Arc<TokenSource>, app: String, kf: bool) -> SecretReport {
@@ -99,8 +131,9 @@ async fn secret_report(wecom: &WeCom, corp_id: &str, source: &Arc<TokenSource>, 
     report
 }
 
-/// Tests every configured Secret against WeCom.
-pub(crate) async fn test_connection(wecom: &WeCom, corp_id: &str) -> ConnectionReport {
+/// Tests every configured Secret against WeCom: the built-ins' (of `corp_id`),
+/// then each of `channels` from the config file.
+pub(crate) async fn test_connection(wecom: &WeCom, corp_id: &str, channels: &Channels) -> ConnectionReport {
     let mut secrets = Vec::new();
     let shared = matches!((&wecom.app, &wecom.kf), (Some(a), Some(k)) if Arc::ptr_eq(a, k));
     if let Some(app) = &wecom.app {
@@ -110,6 +143,12 @@ pub(crate) async fn test_connection(wecom: &WeCom, corp_id: &str) -> ConnectionR
     if let (Some(kf), false) = (&wecom.kf, shared) {
         secrets.push(secret_report(wecom, corp_id, kf, "kf".into(), true).await);
     }
-    let status = if !secrets.is_empty() && secrets.iter().all(|s| s.status == "success") { "success" } else { "error" };
-    ConnectionReport { status, corp_id: corp_id.to_owned(), secrets }
+    let mut reports = Vec::new();
+    for channel in channels.iter().filter(|c| !c.builtin) {
+        reports.push(test_channel(wecom, channel).await);
+    }
+    let builtins_ok = secrets.iter().all(|s| s.status == "success");
+    let all_ok = builtins_ok && reports.iter().all(|r| r.status == "success");
+    let status = if (!secrets.is_empty() || !reports.is_empty()) && all_ok { "success" } else { "error" };
+    ConnectionReport { status, corp_id: corp_id.to_owned(), secrets, channels: reports }
 }

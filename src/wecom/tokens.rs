@@ -60,8 +60,9 @@ pub struct TokenStatus {
 
 /// The token cache of one Secret.
 pub struct TokenSource {
-    /// `app` or `kf`: the metrics label and the name in health output.
-    label: &'static str,
+    /// The channel's name (`app`, `kf`, a file channel's): the metrics label and
+    /// the name in health output.
+    label: String,
     corp_id: String,
     secret: Secret,
     cache_key: String,
@@ -87,7 +88,7 @@ pub(crate) fn cache_key(corp_id: &str, secret: &Secret) -> String {
 
 impl TokenSource {
     pub fn new(
-        label: &'static str,
+        label: impl Into<String>,
         corp_id: &str,
         secret: Secret,
         client: WeComClient,
@@ -95,7 +96,7 @@ impl TokenSource {
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
-            label,
+            label: label.into(),
             corp_id: corp_id.to_owned(),
             cache_key: cache_key(corp_id, &secret),
             secret,
@@ -107,8 +108,8 @@ impl TokenSource {
         }
     }
 
-    pub(crate) fn label(&self) -> &'static str {
-        self.label
+    pub(crate) fn label(&self) -> &str {
+        &self.label
     }
 
     /// The Secret, for the connection test's own `gettoken`.
@@ -116,6 +117,7 @@ impl TokenSource {
         &self.secret
     }
 
+    #[cfg(any(test, feature = "testing"))]
     pub fn cache_key(&self) -> &str {
         &self.cache_key
     }
@@ -173,7 +175,7 @@ impl TokenSource {
         };
         let refreshed = self.refresh().await;
         if let Err(error) = self.store.release_lease(lease).await {
-            tracing::debug!(app = self.label, "token lease not released (it runs out by itself): {error}");
+            tracing::debug!(app = %self.label, "token lease not released (it runs out by itself): {error}");
         }
         refreshed
     }
@@ -200,7 +202,7 @@ impl TokenSource {
         let outcome = self.client.gettoken(&self.corp_id, self.secret.expose()).await;
         let counter = |outcome: &str| {
             self.metrics
-                .counter(REFRESHES, &[("app", self.label.to_owned()), ("outcome", outcome.to_owned())])
+                .counter(REFRESHES, &[("app", self.label.clone()), ("outcome", outcome.to_owned())])
                 .increment(1);
         };
         match outcome {
@@ -208,7 +210,7 @@ impl TokenSource {
                 counter("ok");
                 let token = StoredToken { token: response.access_token, expires_at: now() + response.expires_in };
                 if let Err(error) = self.store.save_token(self.cache_key.clone(), token.clone()).await {
-                    tracing::warn!(app = self.label, "cannot keep the access token in the store: {error}");
+                    tracing::warn!(app = %self.label, "cannot keep the access token in the store: {error}");
                 }
                 self.publish_expiry(token.expires_at);
                 self.update_status(|s| {
@@ -217,15 +219,15 @@ impl TokenSource {
                     s.last_error = None;
                     s.last_errcode = None;
                 });
-                tracing::info!(app = self.label, expires_in = response.expires_in, "access token refreshed");
+                tracing::info!(app = %self.label, expires_in = response.expires_in, "access token refreshed");
                 Ok(token)
             }
             Err(error) => {
                 counter("error");
                 if let Some(ApiError { errcode: 40001, .. }) = error.api() {
-                    tracing::error!(app = self.label, "gettoken refused the Secret (40001): {error}");
+                    tracing::error!(app = %self.label, "gettoken refused the Secret (40001): {error}");
                 } else {
-                    tracing::warn!(app = self.label, "gettoken failed: {error}");
+                    tracing::warn!(app = %self.label, "gettoken failed: {error}");
                 }
                 self.update_status(|s| {
                     s.last_error = Some(error.to_string());
@@ -237,7 +239,7 @@ impl TokenSource {
     }
 
     fn publish_expiry(&self, expires_at: i64) {
-        self.metrics.gauge(EXPIRES_IN, &[("app", self.label.to_owned())]).set((expires_at - now()) as f64);
+        self.metrics.gauge(EXPIRES_IN, &[("app", self.label.clone())]).set((expires_at - now()) as f64);
     }
 
     /// Drops `stale` if it is still the current token (a concurrent caller may have
@@ -263,7 +265,7 @@ impl TokenSource {
         let token = self.token().await?;
         match api_call(token.clone()).await {
             Err(error) if error.api().is_some_and(ApiError::token_invalid) => {
-                tracing::info!(app = self.label, "token refused ({error}); refreshing once");
+                tracing::info!(app = %self.label, "token refused ({error}); refreshing once");
                 self.invalidate(&token).await;
                 let token = self.token().await?;
                 api_call(token).await

@@ -91,7 +91,10 @@ pub(crate) async fn spawn_app_with_certificate(days: i64, overrides: &[(&str, &s
 /// Starts the application on the certificate and data already in `dir`.
 async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> TestApp {
     let pairs: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let sources = Sources { env: test_env(dir.path(), &pairs), ..Sources::default() };
+    let env = test_env(dir.path(), &pairs);
+    // As `Sources::from_process` does: the TOML file named by WECHAT_API_CONFIG.
+    let file = env.get(config::CONFIG_FILE_VARIABLE).filter(|p| !p.is_empty()).map(PathBuf::from);
+    let sources = Sources { env, file, ..Sources::default() };
     let (config, _) = config::load(&sources).expect("test configuration is valid");
     let app = Application::build(config).await.expect("application starts");
     let port = app.port();

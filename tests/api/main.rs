@@ -5,6 +5,7 @@ mod admin;
 mod attacks;
 mod bot;
 mod callback;
+mod channels;
 mod cli;
 mod connections;
 mod crash;

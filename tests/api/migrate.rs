@@ -1,7 +1,7 @@
 //! `wechat-api migrate-store`: a single VM's SQLite store moves into an empty
 //! PostgreSQL database, the real binary against a real server.
 
-use wechat_api::testing::messages::Channel;
+use wechat_api::testing::channels::ChannelName;
 use wechat_api::testing::store::Store;
 use wechat_api::testing::store::{EntryKind, NewEntry};
 
@@ -11,7 +11,7 @@ use crate::postgres::fresh_database;
 fn kf_entry(key: &str) -> NewEntry {
     NewEntry {
         dedup_key: key.into(),
-        channel: Channel::Kf,
+        channel: ChannelName::kf(),
         kind: EntryKind::KfMessage,
         sender: Some("wm".into()),
         payload: "{}".into(),

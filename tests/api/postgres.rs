@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use wechat_api::testing::messages::Channel;
+use wechat_api::testing::channels::ChannelName;
 use wechat_api::testing::store::{EntryKind, NewEntry, Recorded};
 use wechat_api::testing::store::{Store, StoreError, DEFAULT_LEASE};
 
@@ -286,7 +286,7 @@ impl Drop for Cluster {
 fn entry(key: &str) -> NewEntry {
     NewEntry {
         dedup_key: key.to_owned(),
-        channel: Channel::App,
+        channel: ChannelName::app(),
         kind: EntryKind::Callback,
         sender: Some("zhangsan".into()),
         payload: format!("<xml>{key}</xml>"),

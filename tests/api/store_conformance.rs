@@ -8,7 +8,7 @@ use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
-use wechat_api::testing::messages::Channel;
+use wechat_api::testing::channels::ChannelName;
 use wechat_api::testing::store::NewAction;
 use wechat_api::testing::store::StoredToken;
 use wechat_api::testing::store::{now, Store, StoreError};
@@ -70,7 +70,7 @@ impl Subject {
 fn entry(key: &str) -> NewEntry {
     NewEntry {
         dedup_key: key.to_owned(),
-        channel: Channel::App,
+        channel: ChannelName::app(),
         kind: EntryKind::Callback,
         sender: None,
         payload: format!("<xml>{key}</xml>"),
@@ -152,7 +152,7 @@ async fn claimed_entries_complete_in_arrival_order(engine: Engine) {
     assert_eq!(keys, ["first", "second", "third"]);
     assert!(claimed.windows(2).all(|w| w[0].id < w[1].id));
     assert_eq!(claimed[0].payload, "<xml>first</xml>");
-    assert_eq!(claimed[0].channel, Channel::App);
+    assert_eq!(claimed[0].channel, ChannelName::app());
     let completions = claimed.iter().map(|e| (e.id, vec![action(&format!("forward:{}", e.dedup_key))])).collect();
     store.complete_entries(completions).await.expect("complete");
     assert_eq!(store.unhandled().await.expect("unhandled"), 0);
@@ -382,7 +382,7 @@ async fn pruning_keeps_unhandled_entries_and_owed_actions(engine: Engine) {
 fn new_send(id: &str, key: Option<&str>) -> NewSend {
     NewSend {
         id: id.into(),
-        channel: "kf",
+        channel: "kf".into(),
         recipient: "wm1".into(),
         open_kfid: Some("wkA".into()),
         parts: 2,
@@ -498,7 +498,7 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
 }
 
 fn app_send(id: &str, key: Option<&str>) -> NewSend {
-    NewSend { channel: "app", recipient: "zhangsan".into(), open_kfid: None, ..new_send(id, key) }
+    NewSend { channel: "app".into(), recipient: "zhangsan".into(), open_kfid: None, ..new_send(id, key) }
 }
 
 async fn racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel(engine: Engine) {

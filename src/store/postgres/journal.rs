@@ -24,8 +24,8 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::outbox::insert_actions;
 use super::{named, record_commit, Postgres, PostgresError, EPOCH};
+use crate::channels::ChannelName;
 use crate::log_limit::SharedLogLimiter;
-use crate::messages::Channel;
 use crate::store::journal::{EntryKind, NewEntry, PendingEntry, Recorded};
 use crate::store::outbox::NewAction;
 use crate::store::{Stats, StoreError};
@@ -162,7 +162,7 @@ async fn insert_group(pool: &Pool, entries: &[&NewEntry]) -> Result<Vec<Recorded
 /// Entries as the columns of an `unnest`, sorted by dedup key.
 struct Columns<'a> {
     keys: Vec<&'a str>,
-    channels: Vec<&'static str>,
+    channels: Vec<&'a str>,
     kinds: Vec<&'static str>,
     senders: Vec<Option<&'a str>>,
     payloads: Vec<&'a str>,
@@ -198,7 +198,7 @@ fn read_entry(row: &tokio_postgres::Row) -> Result<PendingEntry, StoreError> {
     Ok(PendingEntry {
         id: row.get(0),
         dedup_key: row.get(1),
-        channel: named(row.get(2), Channel::parse)?,
+        channel: named(row.get(2), |name| ChannelName::parse(name).ok())?,
         kind: named(row.get(3), EntryKind::parse)?,
         received_at: row.get(4),
         payload: row.get(5),

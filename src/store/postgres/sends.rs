@@ -88,7 +88,7 @@ impl Postgres {
             None => false,
         };
         if !known {
-            let queued = queued(&tx, send.channel).await?;
+            let queued = queued(&tx, &send.channel).await?;
             if queued >= max {
                 tx.rollback().await?;
                 return Ok(Queued::Full { queued });
@@ -115,7 +115,7 @@ impl Postgres {
     }
 
     #[cfg(any(test, feature = "testing"))]
-    pub(in crate::store) async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
+    pub(in crate::store) async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
         let client = self.client().await?;
         queued(&client, channel).await
     }

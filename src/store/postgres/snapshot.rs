@@ -1,7 +1,7 @@
 //! Export and import of a [`Snapshot`] in PostgreSQL: `migrate-store`'s target.
 
 use super::{named, Postgres};
-use crate::messages::Channel;
+use crate::channels::ChannelName;
 use crate::store::alerts::FiringRecord;
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::names::CachedName;
@@ -37,7 +37,7 @@ impl Postgres {
             unhandled.push(UnhandledEntry {
                 entry: NewEntry {
                     dedup_key: r.get(0),
-                    channel: named(&channel, Channel::parse)?,
+                    channel: named(&channel, |name| ChannelName::parse(name).ok())?,
                     kind: named(&kind, EntryKind::parse)?,
                     sender: r.get(3),
                     payload: r.get(4),

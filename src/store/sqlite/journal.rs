@@ -5,7 +5,7 @@ use rusqlite::{params, Connection};
 
 use super::outbox::insert_action;
 use super::Sqlite;
-use crate::messages::Channel;
+use crate::channels::ChannelName;
 use crate::store::journal::{EntryKind, NewEntry, PendingEntry, Recorded};
 use crate::store::outbox::NewAction;
 use crate::store::{now, StoreError};
@@ -44,7 +44,7 @@ fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingEntry> {
     Ok(PendingEntry {
         id: row.get(0)?,
         dedup_key: row.get(1)?,
-        channel: named(2, row.get(2)?, Channel::parse)?,
+        channel: named(2, row.get(2)?, |name| ChannelName::parse(name).ok())?,
         kind: named(3, row.get(3)?, EntryKind::parse)?,
         received_at: row.get(4)?,
         payload: row.get(5)?,

@@ -424,7 +424,7 @@ fn execute_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::Channel;
+    use crate::channels::ChannelName;
     use crate::store::journal::{EntryKind, NewEntry, Recorded};
     use crate::store::outbox::NewAction;
     use crate::store::Store;
@@ -432,7 +432,7 @@ mod tests {
     fn entry(key: &str) -> NewEntry {
         NewEntry {
             dedup_key: key.to_owned(),
-            channel: Channel::App,
+            channel: ChannelName::app(),
             kind: EntryKind::Callback,
             sender: None,
             payload: format!("<xml>{key}</xml>"),

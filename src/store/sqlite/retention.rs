@@ -102,7 +102,7 @@ fn prune_batch(db: &Connection, table: Table, after: i64, cutoff: i64) -> rusqli
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::messages::Channel;
+    use crate::channels::ChannelName;
     use crate::store::journal::{EntryKind, NewEntry, Recorded};
     use crate::store::outbox::NewAction;
     use crate::store::Store;
@@ -110,7 +110,7 @@ mod tests {
     fn entry(key: &str) -> NewEntry {
         NewEntry {
             dedup_key: key.into(),
-            channel: Channel::App,
+            channel: ChannelName::app(),
             kind: EntryKind::Callback,
             sender: None,
             payload: "<xml/>".into(),

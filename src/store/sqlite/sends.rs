@@ -38,7 +38,7 @@ fn insert(db: &Connection, send: &NewSend) -> rusqlite::Result<bool> {
         )?
         .execute(params![
             send.id,
-            send.channel,
+            &send.channel,
             send.recipient,
             send.open_kfid,
             send.idempotency_key,
@@ -65,7 +65,7 @@ fn over_cap(db: &Connection, send: &NewSend, max: i64) -> rusqlite::Result<Optio
             return Ok(None);
         }
     }
-    let queued = queued(db, send.channel)?;
+    let queued = queued(db, &send.channel)?;
     Ok((queued >= max).then_some(Queued::Full { queued }))
 }
 
@@ -100,8 +100,9 @@ impl Sqlite {
     }
 
     #[cfg(any(test, feature = "testing"))]
-    pub(in crate::store) async fn queued_sends(&self, channel: &'static str) -> Result<i64, StoreError> {
-        self.run_relaxed(move |db| queued(db, channel)).await
+    pub(in crate::store) async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
+        let channel = channel.to_owned();
+        self.run_relaxed(move |db| queued(db, &channel)).await
     }
 
     pub(in crate::store) async fn record_send(&self, send: NewSend) -> Result<SendRow, StoreError> {

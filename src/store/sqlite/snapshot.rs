@@ -4,7 +4,7 @@ use rusqlite::{params, Connection};
 
 use super::journal::insert;
 use super::Sqlite;
-use crate::messages::Channel;
+use crate::channels::ChannelName;
 use crate::store::alerts::FiringRecord;
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::names::CachedName;
@@ -54,7 +54,7 @@ fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
         Ok(UnhandledEntry {
             entry: NewEntry {
                 dedup_key,
-                channel: Channel::parse(&channel).ok_or_else(|| unknown("unknown channel", &channel))?,
+                channel: ChannelName::parse(&channel).ok().ok_or_else(|| unknown("unknown channel", &channel))?,
                 kind: EntryKind::parse(&kind).ok_or_else(|| unknown("unknown entry kind", &kind))?,
                 sender,
                 payload,
@@ -160,7 +160,7 @@ impl Sqlite {
 
 #[cfg(test)]
 mod tests {
-    use crate::messages::Channel;
+    use crate::channels::ChannelName;
     use crate::store::journal::{EntryKind, NewEntry, Recorded};
     use crate::store::outbox::NewAction;
     use crate::store::{Store, StoreError};
@@ -168,7 +168,7 @@ mod tests {
     fn entry(key: &str) -> NewEntry {
         NewEntry {
             dedup_key: key.into(),
-            channel: Channel::Kf,
+            channel: ChannelName::kf(),
             kind: EntryKind::KfMessage,
             sender: Some("wm".into()),
             payload: "{}".into(),

@@ -1,0 +1,479 @@
+//! Channels (SPEC §12): several apps, corps and kf accounts in one appliance.
+//! The configuration of `[channels.<name>]` tables as an operator writes it
+//! (the real binary, exit 64 with one line per problem), and the channels
+//! served: each on its own path, the shared paths routing by Token, receive id
+//! and AgentID, dedup per channel.
+
+use std::path::{Path, PathBuf};
+
+use crate::fakes::{FakeWeCom, ForwardReceiver};
+use crate::helpers::*;
+
+/// A second corp's app channel: its own corp id, Token and key.
+const HR_CORP: &str = "wwhr0123456789abcd";
+const HR_TOKEN: &str = "hrToken42";
+const HR_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+const HR_AGENT: i64 = 1_000_005;
+
+/// The `[channels.hr]` table, with `extra` lines appended.
+fn hr_table(extra: &str) -> String {
+    format!(
+        "[channels.hr]\nkind = \"app\"\ncorp_id = \"{HR_CORP}\"\nagent_id = {HR_AGENT}\nsecret = \"hr-secret-value\"\n\
+         token = \"{HR_TOKEN}\"\nencoding_aes_key = \"{HR_KEY}\"\n{extra}"
+    )
+}
+
+/// Writes `text` as the TOML file in `dir`.
+fn write_config(dir: &Path, text: &str) -> PathBuf {
+    let file = dir.join("wechat-api.toml");
+    std::fs::write(&file, text).expect("write the config file");
+    file
+}
+
+/// `serve --config <text>` with no `WECOM_*` variable: the exit code and the
+/// lines of stderr that report configuration errors.
+fn serve_with_file(text: &str) -> (Option<i32>, Vec<String>, String) {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = write_config(dir.path(), text);
+    let env = test_env(dir.path(), &[("WECOM_CORP_ID", ""), ("WECOM_TOKEN", ""), ("WECOM_ENCODING_AES_KEY", "")]);
+    let out = wechat_api(dir.path())
+        .args(["serve", "--config", &file.display().to_string()])
+        .envs(env)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines = stderr.lines().filter(|l| l.starts_with("configuration error:")).map(str::to_owned).collect();
+    (out.status.code(), lines, stderr)
+}
+
+#[test]
+fn every_channel_configuration_problem_exits_64_with_one_line_naming_the_channel_and_key() {
+    let cases: Vec<(String, &str)> = vec![
+        (hr_table("tokne = \"x\"\n"), "channels.hr.tokne is not a channel setting"),
+        (hr_table("").replace("token = ", "# token = "), "channels.hr.token is required but not set"),
+        (hr_table("").replace("[channels.hr]", "[channels.HR]"), "channels.HR is not a channel name"),
+        (format!("{}\n{}", hr_table(""), hr_table("")), "channels.hr is used twice"),
+        (
+            hr_table("").replace("secret = \"hr-secret-value\"", "secret_file = \"/nonexistent/hr\""),
+            "channels.hr.secret_file cannot be read: /nonexistent/hr",
+        ),
+        (
+            hr_table("").replace(HR_KEY, &HR_KEY[..42]),
+            "channels.hr.encoding_aes_key must be 43 characters of base64, got 42",
+        ),
+        (hr_table("").replace("\"app\"", "\"aibot\""), "channels.hr.kind aibot is not yet supported"),
+    ];
+    for (text, expected) in cases {
+        let (code, lines, stderr) = serve_with_file(&text);
+        assert_eq!(code, Some(64), "{expected}: {stderr}");
+        assert_eq!(lines.len(), 1, "{expected}: {stderr}");
+        assert!(lines[0].starts_with(&format!("configuration error: {expected}")), "{expected}: {stderr}");
+        assert!(!stderr.contains("hr-secret-value") && !stderr.contains(&HR_KEY[..42]), "a secret leaked: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+#[test]
+fn a_secret_file_with_a_trailing_blank_line_is_refused_without_showing_the_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let secret = dir.path().join("hr-secret");
+    std::fs::write(&secret, "FileS3cr3tValue\n\n").expect("write the secret");
+    let text = hr_table("")
+        .replace("secret = \"hr-secret-value\"", &format!("secret_file = {:?}", secret.display().to_string()));
+    let (code, lines, stderr) = serve_with_file(&text);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert_eq!(
+        lines,
+        ["configuration error: channels.hr.secret_file has leading or trailing white space (a copy-paste slip?)"]
+    );
+    assert!(!stderr.contains("FileS3cr3t"), "{stderr}");
+}
+
+/// A second channel in the built-in app's corp, sharing `HR_TOKEN` and `HR_KEY`
+/// with `it2` and told apart by its agent id only.
+fn it_table(name: &str, agent: i64) -> String {
+    format!(
+        "[channels.{name}]\nkind = \"app\"\ncorp_id = \"{HR_CORP}\"\nagent_id = {agent}\nsecret = \"{name}-secret\"\n\
+         token = \"{HR_TOKEN}\"\nencoding_aes_key = \"{HR_KEY}\"\n"
+    )
+}
+
+/// The service with the built-in channels and the file's `text`.
+async fn spawn_with_file(text: &str, overrides: &[(&str, &str)]) -> (TestApp, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("dir");
+    let file = write_config(dir.path(), text).display().to_string();
+    let mut pairs: Vec<(&str, &str)> = vec![("WECHAT_API_CONFIG", &file)];
+    pairs.extend_from_slice(overrides);
+    (spawn_app_with(&pairs).await, dir)
+}
+
+/// A signed URL verification for `corp` on `path`: the status and the body.
+async fn verify(app: &TestApp, path: &str, token: &str, key: &str, corp: &str) -> (u16, String) {
+    let aes = wechat_api::testing::crypto::AesKey::parse(key).expect("key");
+    let echostr = wechat_api::testing::crypto::encrypt(&aes, b"echo-42", corp.as_bytes());
+    let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+    let signature = wechat_api::testing::crypto::sign(token, &timestamp, "7", &echostr);
+    let url = app.url(&format!("{path}?{}", query(signature.as_str(), &timestamp, "7", Some(&echostr))));
+    let response = app.client.get(url).send().await.expect("verification");
+    (response.status().as_u16(), response.text().await.expect("body"))
+}
+
+/// POSTs `xml`, encrypted for `corp` and signed, to `path`: the status and the body.
+async fn post(app: &TestApp, path: &str, token: &str, key: &str, corp: &str, xml: &str) -> (u16, String) {
+    let signed = sign_post(token, key, corp, xml);
+    let url = app.url(&format!("{path}?{}", signed.query));
+    let response = app.client.post(url).body(signed.body).send().await.expect("callback");
+    (response.status().as_u16(), response.text().await.expect("body"))
+}
+
+/// A text from `from` to agent `agent` with `msg_id`.
+fn text_to(agent: i64, msg_id: u64, content: &str) -> String {
+    format!(
+        "<xml><ToUserName><![CDATA[ww]]></ToUserName><FromUserName><![CDATA[lisi]]></FromUserName>\
+         <CreateTime>1409659813</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content>\
+         <MsgId>{msg_id}</MsgId><AgentID>{agent}</AgentID></xml>"
+    )
+}
+
+async fn journaled(app: &TestApp, key: &str) -> bool {
+    app.store.find_entry(key.to_owned()).await.expect("journal").is_some()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_channel_answers_on_its_own_path_and_no_other_and_an_unknown_name_is_404() {
+    let (app, _dir) = spawn_with_file(&hr_table(""), &[]).await;
+    assert_eq!(verify(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP).await, (200, "echo-42".into()));
+    assert_eq!(verify(&app, "/api/v1/wecom/callback/app", TOKEN, AES_KEY, CORP_ID).await, (200, "echo-42".into()));
+    assert_eq!(verify(&app, "/api/v1/wecom/callback/kf", TOKEN, AES_KEY, CORP_ID).await, (200, "echo-42".into()));
+    // The shared path serves file channels too.
+    assert_eq!(verify(&app, "/api/v1/wecom/callback", HR_TOKEN, HR_KEY, HR_CORP).await, (200, "echo-42".into()));
+    // Each own path tries its own channel only.
+    assert_eq!(verify(&app, "/api/v1/wecom/callback/app", HR_TOKEN, HR_KEY, HR_CORP).await.0, 403);
+    assert_eq!(verify(&app, "/api/v1/wecom/callback/hr", TOKEN, AES_KEY, CORP_ID).await.0, 403);
+    assert_eq!(verify(&app, "/api/v1/wecom/callback/it", HR_TOKEN, HR_KEY, HR_CORP).await.0, 404);
+    let (status, _) = post(&app, "/api/v1/wecom/callback/nope", TOKEN, AES_KEY, CORP_ID, &text_to(1, 1, "x")).await;
+    assert_eq!(status, 404);
+
+    let (status, _) =
+        post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &text_to(HR_AGENT, 7, "hi")).await;
+    assert_eq!(status, 200);
+    assert!(journaled(&app, "hr:msg:7").await);
+    // The app's key with the hr corp's receive id is for neither channel.
+    let (status, body) = post(&app, "/api/v1/wecom/callback/app", TOKEN, AES_KEY, HR_CORP, &text_to(1, 8, "x")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("receive id does not match"), "{body}");
+    // Two verifications (own path, shared path) and one message.
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"hr\",outcome=\"ok\"}").await, 3.0);
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"unknown\",outcome=\"unknown_channel\"}").await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_msgid_in_two_corps_is_two_messages_each_keyed_by_its_channel() {
+    let (app, _dir) = spawn_with_file(&hr_table(""), &[]).await;
+    let shared = "/api/v1/wecom/callback";
+    assert_eq!(post(&app, shared, TOKEN, AES_KEY, CORP_ID, &text_to(1_000_002, 42, "app")).await.0, 200);
+    assert_eq!(post(&app, shared, HR_TOKEN, HR_KEY, HR_CORP, &text_to(HR_AGENT, 42, "hr")).await.0, 200);
+    assert!(journaled(&app, "app:msg:42").await, "the built-in app keeps today's key");
+    assert!(journaled(&app, "hr:msg:42").await);
+    // WeCom's retry of either is a duplicate of its own channel only.
+    assert_eq!(post(&app, shared, HR_TOKEN, HR_KEY, HR_CORP, &text_to(HR_AGENT, 42, "hr")).await.0, 200);
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"hr\",outcome=\"duplicate\"}").await, 1.0);
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"}").await, 1.0);
+    app.wait_until_outbox_empty().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_the_shared_path_the_agent_id_tells_channels_apart_and_else_the_answer_names_their_paths() {
+    let (app, _dir) = spawn_with_file(&format!("{}{}", it_table("it1", 1), it_table("it2", 2)), &[]).await;
+    let shared = "/api/v1/wecom/callback";
+    assert_eq!(post(&app, shared, HR_TOKEN, HR_KEY, HR_CORP, &text_to(2, 5, "to it2")).await.0, 200);
+    assert!(journaled(&app, "it2:msg:5").await && !journaled(&app, "it1:msg:5").await);
+    let (status, body) = post(&app, shared, HR_TOKEN, HR_KEY, HR_CORP, &text_to(3, 6, "to nobody")).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("/api/v1/wecom/callback/it1") && body.contains("/api/v1/wecom/callback/it2"),
+        "the answer names the per-channel paths: {body}"
+    );
+    assert_eq!(app.metric("wechat_api_callbacks_total{channel=\"unknown\",outcome=\"ambiguous_channel\"}").await, 1.0);
+    // On its own path the same callback is no puzzle.
+    let own = "/api/v1/wecom/callback/it1";
+    assert_eq!(post(&app, own, HR_TOKEN, HR_KEY, HR_CORP, &text_to(3, 6, "to nobody")).await.0, 200);
+    assert!(journaled(&app, "it1:msg:6").await);
+    // The built-in kf shares the app's Token: a kf notice is the kf channel's, not ambiguous.
+    let notice = "<xml><ToUserName><![CDATA[ww]]></ToUserName><CreateTime>1409659813</CreateTime>\
+                  <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>\
+                  <Token><![CDATA[T]]></Token><OpenKfId><![CDATA[wk1]]></OpenKfId></xml>";
+    let (status, body) = post(&app, shared, TOKEN, AES_KEY, CORP_ID, notice).await;
+    assert_eq!((status, body.as_str()), (200, "success"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_channels_records_carry_its_name_kind_and_corp_and_go_to_its_own_forward_url() {
+    let (own, shared) = (ForwardReceiver::start().await, ForwardReceiver::start().await);
+    let table = hr_table(&format!("forward_url = \"{}\"\nforward_secret = \"{}\"\n", own.url, own.secret));
+    let (app, _dir) =
+        spawn_with_file(&table, &[("FORWARD_URL", &shared.url), ("FORWARD_SECRET", &shared.secret)]).await;
+    assert_eq!(
+        post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &text_to(HR_AGENT, 9, "hi")).await.0,
+        200
+    );
+    assert_eq!(app.post_text("hello", 9).await, 200);
+    let record = &own.wait_for(1, std::time::Duration::from_secs(10)).await[0];
+    assert!(record.signature_ok, "signed with the channel's forward_secret");
+    assert_eq!(record.record["id"], "hr:msg:9");
+    assert_eq!(
+        (&record.record["channel"], &record.record["kind"], &record.record["corp_id"]),
+        (&"hr".into(), &"app".into(), &HR_CORP.into())
+    );
+    let record = &shared.wait_for(1, std::time::Duration::from_secs(10)).await[0];
+    assert_eq!(record.record["id"], "app:msg:9");
+    assert_eq!(
+        (&record.record["channel"], &record.record["kind"], &record.record["corp_id"]),
+        (&"app".into(), &"app".into(), &CORP_ID.into())
+    );
+    app.wait_until_outbox_empty().await;
+    assert_eq!((own.delivered().len(), shared.delivered().len()), (1, 1), "each record went to one receiver");
+}
+
+/// An `.env` written for the appliance before channels existed: the same
+/// variables, served on the shared path as before and on `/…/app` now.
+#[test]
+fn an_old_env_keeps_working_unchanged() {
+    let dir = tempfile::tempdir().expect("dir");
+    write_certificate(dir.path(), 30);
+    let env = test_env(dir.path(), &[]);
+    let lines: String = env.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
+    std::fs::write(dir.path().join(".env"), lines).expect("write .env");
+    let mut command = wechat_api(dir.path());
+    command.arg("serve");
+    let mut service = Running::start(command);
+    let port = service.port();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let cert = std::fs::read(dir.path().join("server.crt")).expect("certificate");
+        let client = client_trusting(&cert, std::time::Duration::from_secs(10));
+        for (path, msg_id) in
+            [("/api/v1/wecom/callback", 1), ("/wework/callback", 2), ("/api/v1/wecom/callback/app", 3)]
+        {
+            let signed = sign_post(TOKEN, AES_KEY, CORP_ID, &text_message("hi", msg_id));
+            let url = format!("https://127.0.0.1:{port}{path}?{}", signed.query);
+            let status = client.post(url).body(signed.body).send().await.expect("callback").status();
+            assert_eq!(status.as_u16(), 200, "{path}");
+        }
+    });
+    assert!(service.terminate().success());
+}
+
+const SEND: &str = "send-token-for-channels-0123";
+
+/// The access token the fake WeCom issued for `secret` of `corp` (tokens are
+/// numbered in the order `gettoken` was called).
+fn token_of(wecom: &FakeWeCom, corp: &str, secret: &str) -> String {
+    let calls = wecom.calls("gettoken");
+    let index = calls
+        .iter()
+        .position(|c| {
+            c.query.get("corpid").map(String::as_str) == Some(corp)
+                && c.query.get("corpsecret").map(String::as_str) == Some(secret)
+        })
+        .unwrap_or_else(|| panic!("no gettoken for {corp} with that Secret: {calls:?}"));
+    format!("TOKEN-{}", index + 1)
+}
+
+async fn send(app: &TestApp, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response =
+        app.client.post(app.url("/api/v1/messages")).bearer_auth(SEND).json(&body).send().await.expect("send API");
+    (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_channel_replies_and_sends_with_its_own_agent_id_and_secret() {
+    let wecom = FakeWeCom::start().await;
+    let (app, _dir) = spawn_with_file(
+        &hr_table(""),
+        &[
+            ("WECOM_API_BASE_URL", &wecom.base_url),
+            ("WECOM_SECRET", "app-secret-value"),
+            ("WECOM_AGENT_ID", "1000002"),
+            ("SEND_TOKEN", SEND),
+        ],
+    )
+    .await;
+    // The help command on the hr channel is answered by hr's app, with hr's token.
+    let (status, _) =
+        post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &text_to(HR_AGENT, 11, "帮助")).await;
+    assert_eq!(status, 200);
+    let sent = wecom.wait_for_calls("message/send", 1).await;
+    assert_eq!((&sent[0].body["agentid"], &sent[0].body["touser"]), (&HR_AGENT.into(), &"lisi".into()));
+    let hr_token = token_of(&wecom, HR_CORP, "hr-secret-value");
+    assert_eq!(sent[0].query["access_token"], hr_token);
+
+    // The send API's channel is a name.
+    assert_eq!(send(&app, serde_json::json!({"channel": "hr", "to": "wangwu", "text": "from hr"})).await.0, 202);
+    assert_eq!(send(&app, serde_json::json!({"channel": "app", "to": "zhangsan", "text": "from app"})).await.0, 202);
+    assert_eq!(send(&app, serde_json::json!({"in_reply_to": "hr:msg:11", "text": "again"})).await.0, 202);
+    let (status, answer) = send(&app, serde_json::json!({"channel": "it", "to": "wangwu", "text": "x"})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert!(answer.to_string().contains("unknown channel \\\"it\\\""), "{answer}");
+    let (status, answer) =
+        send(&app, serde_json::json!({"channel": "hr", "to": "w", "open_kfid": "wk", "text": "x"})).await;
+    assert_eq!(status, 400, "{answer}");
+
+    let sent = wecom.wait_for_calls("message/send", 4).await;
+    let by_text = |text: &str| sent.iter().find(|c| c.body["text"]["content"] == text).expect(text).clone();
+    let app_token = token_of(&wecom, CORP_ID, "app-secret-value");
+    for (text, agent, token) in
+        [("from hr", HR_AGENT, &hr_token), ("again", HR_AGENT, &hr_token), ("from app", 1_000_002, &app_token)]
+    {
+        let call = by_text(text);
+        assert_eq!((&call.body["agentid"], &call.query["access_token"]), (&agent.into(), token), "{text}");
+    }
+    app.wait_until_outbox_empty().await;
+    assert_eq!(app.metric("wechat_api_messages_sent_total{channel=\"hr\",outcome=\"sent\"}").await, 3.0);
+}
+
+/// SPEC §12's bound: a hundred channels start in under a second (no thread or
+/// task per channel: the registry is a map), and each is served on its path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_channels_start_within_a_second_and_each_answers_on_its_own_path() {
+    let tables: String = (0..100)
+        .map(|i| {
+            format!(
+                "[channels.c{i}]\nkind = \"app\"\ncorp_id = \"wwcorp{i}\"\nagent_id = {}\nsecret = \"s{i}\"\n\
+                 token = \"token{i}\"\nencoding_aes_key = \"{HR_KEY}\"\n",
+                1000 + i
+            )
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let (app, _dir) = spawn_with_file(&tables, &[]).await;
+    assert!(started.elapsed() < std::time::Duration::from_secs(1), "started in {:?}", started.elapsed());
+    for i in [0, 57, 99] {
+        let path = format!("/api/v1/wecom/callback/c{i}");
+        let (status, body) = verify(&app, &path, &format!("token{i}"), HR_KEY, &format!("wwcorp{i}")).await;
+        assert_eq!((status, body.as_str()), (200, "echo-42"), "{path}");
+    }
+}
+
+const ADMIN: &str = "admin-token-for-channels-0123";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_channel_has_its_token_check_a_status_row_and_its_own_connection_test() {
+    let wecom = FakeWeCom::start().await;
+    let (app, _dir) = spawn_with_file(
+        &hr_table(""),
+        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-value"), ("ADMIN_TOKEN", ADMIN)],
+    )
+    .await;
+    assert_eq!(
+        post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &text_to(HR_AGENT, 3, "hi")).await.0,
+        200
+    );
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let health = loop {
+        let health: serde_json::Value =
+            app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("JSON");
+        if health["checks"]["token:hr"][0]["status"] == "pass" && health["checks"]["token:app"][0]["status"] == "pass" {
+            break health;
+        }
+        assert!(std::time::Instant::now() < deadline, "no passing token:hr and token:app: {health}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(!health.to_string().contains("hr-secret-value"), "{health}");
+    assert_eq!(health["checks"]["config:hr"][0]["status"], "pass", "{health}");
+
+    let connection = |query: &'static str| {
+        let request = app.client.get(app.url(&format!("/api/test-wecom-connection{query}"))).bearer_auth(ADMIN);
+        async move {
+            let response = request.send().await.expect("connection test");
+            (response.status().as_u16(), response.json::<serde_json::Value>().await.expect("JSON"))
+        }
+    };
+    let (status, hr) = connection("?channel=hr").await;
+    assert_eq!(status, 200, "{hr}");
+    assert_eq!(
+        (&hr["status"], &hr["channel"], &hr["kind"], &hr["corp_id"]),
+        (&"success".into(), &"hr".into(), &"app".into(), &HR_CORP.into())
+    );
+    assert!(wecom
+        .calls("gettoken")
+        .iter()
+        .any(|c| c.query["corpid"] == HR_CORP && c.query["corpsecret"] == "hr-secret-value"));
+    assert_eq!(connection("?channel=it").await.0, 404);
+    let (status, all) = connection("").await;
+    assert_eq!(
+        (status, &all["status"], &all["channels"][0]["channel"]),
+        (200, &"success".into(), &"hr".into()),
+        "{all}"
+    );
+    assert!(!all.to_string().contains("secret-value"), "{all}");
+
+    let page = app.client.get(app.url("/")).send().await.expect("status page").text().await.expect("HTML");
+    for row in ["/api/v1/wecom/callback/hr", HR_CORP, "/api/v1/wecom/callback/app", "refreshed"] {
+        assert!(page.contains(row), "{row} on the status page");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnose_checks_each_file_channel_on_its_own_path_and_with_its_own_secret() {
+    let wecom = FakeWeCom::start().await;
+    let settings = [("WECOM_API_BASE_URL", wecom.base_url.clone())];
+    let (app, dir) = spawn_with_file(&hr_table(""), &[("WECOM_API_BASE_URL", &wecom.base_url)]).await;
+    let port = app.port.to_string();
+    let file = dir.path().join("wechat-api.toml").display().to_string();
+    let mut pairs: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    pairs.extend([("HTTPS_PORT", port.as_str()), ("WECHAT_API_CONFIG", file.as_str())]);
+    let env = test_env(app.dir.path(), &pairs);
+    let run_dir = app.dir.path().to_owned();
+    let out = tokio::task::spawn_blocking(move || {
+        wechat_api(&run_dir).args(["diagnose", "--json"]).envs(env).output().expect("runs")
+    })
+    .await
+    .expect("diagnose");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON report");
+    let finding = |check: &str| {
+        report["checks"].as_array().and_then(|c| c.iter().find(|f| f["check"] == check)).cloned().unwrap_or_default()
+    };
+    for check in ["local URL verification channels.hr", "wecom gettoken channels.hr", "config channels.hr"] {
+        assert_eq!(finding(check)["ok"], true, "{check}: {report}");
+    }
+    assert!(!report.to_string().contains("hr-secret-value"), "{report}");
+    assert!(wecom.calls("gettoken").iter().any(|c| c.query["corpid"] == HR_CORP));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kf_channel_of_another_corp_syncs_and_answers_with_its_own_secret() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    wecom.answer_once("kf/sync_msg", crate::kf::page(vec![crate::kf::text_msg("m1", "帮助", now + 5)], "C1", 0));
+    let shop = format!(
+        "[channels.shop]\nkind = \"kf\"\ncorp_id = \"{HR_CORP}\"\nsecret = \"shop-secret-value\"\ntoken = \"shopToken7\"\n\
+         encoding_aes_key = \"{HR_KEY}\"\n"
+    );
+    let (app, _dir) = spawn_with_file(
+        &shop,
+        &[
+            ("WECOM_API_BASE_URL", &wecom.base_url),
+            ("FORWARD_URL", &receiver.url),
+            ("FORWARD_SECRET", &receiver.secret),
+        ],
+    )
+    .await;
+    let notice = "<xml><ToUserName><![CDATA[ww]]></ToUserName><CreateTime>1409659813</CreateTime>\
+                  <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>\
+                  <Token><![CDATA[EVT]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>";
+    let answer = post(&app, "/api/v1/wecom/callback/shop", "shopToken7", HR_KEY, HR_CORP, notice).await;
+    assert_eq!(answer, (200, "success".to_owned()));
+    let record = &receiver.wait_for(1, std::time::Duration::from_secs(15)).await[0].record;
+    assert_eq!(
+        (&record["id"], &record["channel"], &record["kind"]),
+        (&"shop:msg:m1".into(), &"shop".into(), &"kf".into())
+    );
+    assert_eq!(record["corp_id"], HR_CORP);
+    let shop_token = token_of(&wecom, HR_CORP, "shop-secret-value");
+    let sent = wecom.wait_for_calls("kf/send_msg", 1).await;
+    assert_eq!(sent[0].query["access_token"], shop_token, "the help answer is sent with shop's Secret");
+    assert_eq!(wecom.calls("kf/sync_msg")[0].query["access_token"], shop_token);
+    app.wait_until_outbox_empty().await;
+}
