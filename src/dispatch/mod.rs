@@ -361,16 +361,10 @@ impl Outbox {
                 }
             }
         };
-        let stored = match outcome {
+        let recording = match outcome {
             Ok(follow_ups) => {
                 self.metrics.counter(ACTIONS_TOTAL, &label("ok")).increment(1);
-                let follow_ups = outbox_rows(&item.key, &follow_ups);
-                let more = !follow_ups.is_empty();
-                let stored = self.store.action_succeeded(&item, follow_ups).await;
-                if more {
-                    self.wake.notify_one();
-                }
-                stored
+                Recording::Succeeded(outbox_rows(&item.key, &follow_ups))
             }
             Err(error) if error.retry => {
                 let delay = backoff_secs(item.attempts);
@@ -383,21 +377,65 @@ impl Outbox {
                         "{error}{more}"
                     );
                 }
-                self.store.action_failed(&item, delay, error.message).await
+                Recording::Failed { delay, message: error.message }
             }
             Err(error) => {
                 self.metrics.counter(ACTIONS_TOTAL, &label("failed")).increment(1);
                 tracing::error!(action = %LoggedId(&item.key), "giving up: {error}");
-                self.store.action_abandoned(&item, error.message).await
+                Recording::Abandoned(error.message)
             }
         };
-        if let Err(error) = stored {
-            if let Some(more) = self.log.admit("record_attempt") {
-                tracing::error!(action = %LoggedId(&item.key), "cannot record the attempt: {error}{more}");
+        let more = matches!(&recording, Recording::Succeeded(rows) if !rows.is_empty());
+        match self.record(&item, &recording).await {
+            Ok(()) if more => self.wake.notify_one(),
+            Ok(()) => {}
+            Err(error) => {
+                if let Some(more) = self.log.admit("record_attempt") {
+                    tracing::error!(action = %LoggedId(&item.key), "cannot record the attempt: {error}{more}");
+                }
+            }
+        }
+    }
+
+    /// Stores what an attempt did, again and again while the store is away (a
+    /// stalled or restarting database) for up to [`RECORD_RETRY_WINDOW`]: the side
+    /// effect has happened, and an attempt left unrecorded is made again once its
+    /// claim runs out — a second forward, a second message. Past the window, or
+    /// once another owner took the claim over, it is left to the lease.
+    async fn record(&self, item: &DueAction, recording: &Recording) -> Result<(), StoreError> {
+        let give_up = tokio::time::Instant::now() + RECORD_RETRY_WINDOW;
+        loop {
+            let stored = match recording {
+                Recording::Succeeded(rows) => self.store.action_succeeded(item, rows.clone()).await,
+                Recording::Failed { delay, message } => self.store.action_failed(item, *delay, message.clone()).await,
+                Recording::Abandoned(message) => self.store.action_abandoned(item, message.clone()).await,
+            };
+            match stored {
+                Err(StoreError::LeaseLost) => return Err(StoreError::LeaseLost),
+                Err(error) if tokio::time::Instant::now() + RECORD_RETRY_PAUSE < give_up => {
+                    tracing::debug!(action = %LoggedId(&item.key), "recording the attempt again: {error}");
+                    tokio::time::sleep(RECORD_RETRY_PAUSE).await;
+                }
+                other => return other,
             }
         }
     }
 }
+
+/// What an attempt leaves in the outbox.
+enum Recording {
+    /// Done, with the actions it queues next.
+    Succeeded(Vec<NewAction>),
+    /// Failed for now: again in `delay` seconds.
+    Failed { delay: i64, message: String },
+    /// Failed for good.
+    Abandoned(String),
+}
+
+/// How long an attempt's bookkeeping is retried while the store does not answer
+/// (shorter than the shortest lease, `LEASE_SECS` 35).
+const RECORD_RETRY_WINDOW: Duration = Duration::from_secs(30);
+const RECORD_RETRY_PAUSE: Duration = Duration::from_secs(1);
 
 #[cfg(test)]
 mod tests {
