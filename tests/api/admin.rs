@@ -9,12 +9,10 @@
 //! on Linux).
 
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use reqwest::StatusCode;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -161,15 +159,7 @@ async fn a_stranger_announcing_a_body_it_never_sends_is_refused_401_without_the_
 
 /// A TLS connection to `app` from 127.0.0.1, trusting only its certificate.
 async fn connect(app: &TestApp) -> tokio_rustls::client::TlsStream<TcpStream> {
-    let pem = std::fs::read(app.dir.path().join("server.crt")).expect("certificate");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(&pem).expect("PEM certificate")).expect("trusted root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
     let tcp = TcpStream::connect(("127.0.0.1", app.port)).await.expect("connect");
     let name = ServerName::try_from("127.0.0.1").expect("server name");
-    tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp).await.expect("handshake")
+    tls_connector(app.dir.path(), &[]).connect(name, tcp).await.expect("handshake")
 }

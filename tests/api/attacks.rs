@@ -3,11 +3,9 @@
 //! readiness, forged log lines, log floods, replays after the dedup window and
 //! slow readers. Every wait is a poll with a deadline.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::AsyncWriteExt;
 use wechat_api::testing::crypto::{self, AesKey};
 
@@ -22,19 +20,8 @@ async fn tls_to(
     app: &TestApp,
     alpn: &[&[u8]],
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
-    let pem = std::fs::read(app.dir.path().join("server.crt")).expect("certificate");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(&pem).expect("PEM")).expect("root");
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", app.port)).await?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("127.0.0.1").expect("name"), tcp)
-        .await
+    tls_connector(app.dir.path(), alpn).connect(ServerName::try_from("127.0.0.1").expect("name"), tcp).await
 }
 
 /// A TLS handshake with the service offering `alpn`; the protocol it chose, or

@@ -11,8 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
@@ -54,19 +53,6 @@ async fn closed_within(stream: &mut TcpStream, started: Instant, deadline: Insta
             Ok(Ok(_)) => continue,
         }
     }
-}
-
-/// A TLS client trusting only the service's certificate.
-fn connector(dir: &std::path::Path) -> tokio_rustls::TlsConnector {
-    let pem = std::fs::read(dir.join("server.crt")).expect("certificate");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(&pem).expect("PEM")).expect("root");
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tokio_rustls::TlsConnector::from(Arc::new(config))
 }
 
 type Idle = tokio_rustls::client::TlsStream<TcpStream>;
@@ -189,7 +175,7 @@ async fn three_thousand_silent_sockets_from_one_stranger_slow_no_callback_past_a
 async fn idle_connections_from_one_address_are_capped_and_a_trusted_address_is_exempt() {
     raise_open_files_limit();
     let app = spawn_app_with(&[ONLY_LOCALHOST_TRUSTED, ("CONNECTIONS_PER_ADDRESS", "20")]).await;
-    let tls = connector(app.dir.path());
+    let tls = tls_connector(app.dir.path(), &[]);
     let before = rss_kib();
     // The review's attack, smaller: a stranger tries to park 1,000 idle keep-alive connections.
     let mut parked = Vec::new();
@@ -275,7 +261,7 @@ async fn a_flood_of_refused_connections_is_logged_in_a_few_lines_naming_the_addr
     let port = service.port();
     // One idle keep-alive connection holds the stranger's only slot (for the 75 s
     // of keep-alive, not a silent socket's 2 s); 300 more are refused.
-    let _holder = idle_connection(port, &connector(dir.path()), STRANGER).await.expect("a connection");
+    let _holder = idle_connection(port, &tls_connector(dir.path(), &[]), STRANGER).await.expect("a connection");
     let mut refused = 0;
     let deadline = Instant::now() + DEADLINE;
     while refused < 300 {
