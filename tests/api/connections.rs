@@ -166,7 +166,10 @@ async fn three_thousand_silent_sockets_from_one_stranger_slow_no_callback_past_a
         "a callback took {slowest:?} during the flood ({} callbacks: {took:?})",
         took.len()
     );
-    assert!(flood_connects >= 6_000, "the flood kept reopening: {flood_connects} connects");
+    // Each silent socket is closed after 2 s and reopened at once: over the six
+    // seconds the flood opens well past its first 3,000 (~9,000 on an idle
+    // machine, ~5,800 with the rest of the suite beside it on two cores).
+    assert!(flood_connects >= 4_500, "the flood kept reopening: {flood_connects} connects");
     let refused = app.metric("wechat_api_connections_refused_total{reason=\"per_address\"}").await;
     assert!(refused > 0.0, "the stranger's share was enforced");
 }
