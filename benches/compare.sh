@@ -13,9 +13,13 @@
 # A round: nginx plain and TLS (GET /, and plain with wrk when installed, a check on
 # the load generator), then wechat-api with distinct callbacks (a new MsgId each)
 # over plain HTTP and TLS, one callback replayed (the duplicate path), and kf
-# notices (each makes the service call kf/sync_msg on the fake API). Also measured:
+# notices (each makes the service call kf/sync_msg on the fake API); with wrk, also
+# the distinct callbacks as an outside benchmark sends them (made beforehand by
+# `loadgen bodies`, chat-sized, each posted once by benches/wrk-callbacks.lua), so
+# the table shows the tail such a client sees. Also measured:
 # start-up to live, idle RSS, RSS after the load, the release binary's size. Prints
-# Markdown tables. Ports from COMPARE_PORT_BASE (18090): +0 nginx, +1 nginx TLS,
+# Markdown tables, then compares the run with the previous one recorded in
+# benches/results.tsv (see the end). Ports from COMPARE_PORT_BASE (18090): +0 nginx, +1 nginx TLS,
 # +2 wechat-api TLS, +3 wechat-api plain, +5 the fake API.
 #
 # Needs taskset (util-linux) and curl; nginx for the reference (Debian: apt-get
@@ -58,6 +62,7 @@ live_ms() { "$loadgen" wait --url "$1" --since-ns "$2" --timeout 20; }
 
 declare -A result per_commit
 labels=()
+wrk_args=()
 round=0
 keep() { # LABEL JSON: one run's result
   result[$1#$round]=$2
@@ -75,14 +80,16 @@ measure() { # LABEL MODE URL PID: one loadgen run
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 core0_ticks() { awk '$1 == "cpu0" { t = 0; for (i = 2; i <= 9; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
 # The same run with wrk (C, one thread), shaped like loadgen's JSON for the tables.
-wrk_run() { # LABEL URL PID
-  local before out ms core_before
-  before=$(cpu_ticks "$3")
+wrk_run() { # LABEL URL PID [wrk arguments after the URL]
+  local before out ms core_before label=$1 url=$2 target=$3
+  shift 3
+  before=$(cpu_ticks "$target")
   core_before=$(core0_ticks)
-  out=$(taskset -c 1 wrk -t1 -c"$connections" -d"${seconds}s" --latency "$2")
+  out=$(taskset -c 1 wrk -t1 -c"$connections" -d"${seconds}s" --latency "$@" "$url" ${wrk_args[@]+"${wrk_args[@]}"})
+  wrk_requests=$(awk '/requests in/ {print $1}' <<<"$out")
   # wrk prints 512.00us, 1.20ms or 1.00s; in milliseconds:
   ms='function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }'
-  keep "$1" "$(awk -v cpu="$(($(cpu_ticks "$3") - before))" -v hz="$(getconf CLK_TCK)" -v secs="$seconds" \
+  keep "$label" "$(awk -v cpu="$(($(cpu_ticks "$target") - before))" -v hz="$(getconf CLK_TCK)" -v secs="$seconds" \
     -v core="$core_before $(core0_ticks)" "$ms"'
     $1 == "Latency" && NF >= 4 { max = ms($4) }
     $1 == "50%" { p50 = ms($2) } $1 == "90%" { p90 = ms($2) } $1 == "99%" { p99 = ms($2) }
@@ -94,7 +101,7 @@ wrk_run() { # LABEL URL PID
       printf "{\"rps\":%s,\"p50_ms\":%s,\"p90_ms\":%s,\"p99_ms\":%s,\"max_ms\":%s,\"non_2xx\":%d,\"socket_errors\":%d,\"server_cpu_pct\":%s,\"core_busy_pct\":[%s]}\n",
         rps, p50, p90, p99, max, non, errors, cpu / hz / secs * 100, (c[3] - c[1]) / (c[4] - c[2]) * 100
     }' <<<"$out")"
-  echo "$1: $(grep -E 'Requests/sec' <<<"$out")" >&2
+  echo "$label: $(grep -E 'Requests/sec' <<<"$out")" >&2
 }
 
 echo "== $(date -u +%FT%TZ), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)); $rounds rounds of $seconds s x $connections connections"
@@ -166,11 +173,23 @@ backlog() {
   command -v sqlite3 >/dev/null 2>&1 || return 1
   sqlite3 -readonly "$demo/wechat-api.sqlite3" "SELECT COUNT(*) FROM journal WHERE id > (SELECT COALESCE(MAX(CAST(value AS INTEGER)), 0) FROM meta WHERE key = 'journal_handled_through')" 2>/dev/null
 }
-service_run() { # LABEL MODE URL
+# The same distinct callbacks from wrk, as an outside benchmark sends them: made
+# beforehand (benches/wrk-callbacks.lua), each posted once, chat-sized bodies.
+wrk_callbacks() { # LABEL URL
+  local count=${COMPARE_WRK_BODIES:-$((40000 * seconds))}
+  "$loadgen" bodies --count "$count" --out "$work/bodies" --config "$demo/demo.toml"
+  wrk_args=(-- "$work/bodies")
+  wrk_run "$1" "$2" "$pid" -s "$repo/benches/wrk-callbacks.lua"
+  wrk_args=()
+  if [ "${wrk_requests:-0}" -gt "$count" ]; then
+    echo "   warning: wrk sent $wrk_requests of $count distinct callbacks: some were duplicates (raise COMPARE_WRK_BODIES)" >&2
+  fi
+}
+service_run() { # LABEL MODE URL (MODE wrk: wrk_callbacks)
   local commits ops left
   commits=$(metric wechat_api_store_commits_total)
   ops=$(metric wechat_api_store_operations_total)
-  measure "$1" "$2" "$3" "$pid"
+  if [ "$2" = wrk ]; then wrk_callbacks "$1" "$3"; else measure "$1" "$2" "$3" "$pid"; fi
   # Let the dispatcher finish the backlog so that it does not share the next run's
   # core, and the metrics upkeep (every 5 s) copy the store's counters.
   sleep 6
@@ -192,6 +211,9 @@ for ((round = 1; round <= rounds; round++)); do
     fi
   fi
   service_run "wechat-api distinct, plain" distinct "http://127.0.0.1:$http_port"
+  if command -v wrk >/dev/null 2>&1; then
+    service_run "wechat-api distinct, plain (wrk)" wrk "http://127.0.0.1:$http_port"
+  fi
   service_run "wechat-api distinct, TLS" distinct "https://127.0.0.1:$https_port"
   service_run "wechat-api duplicate, plain" duplicate "http://127.0.0.1:$http_port"
   service_run "wechat-api kf notices, plain" kf "http://127.0.0.1:$http_port"
@@ -221,19 +243,24 @@ for label in "${labels[@]}"; do
     "| $(num "$(field "$r" server_cpu_pct)" 0) | $(num "$(core0 "$r")" 0) | $(num "$(field "$r" loadgen_cpu_pct)" 0)" \
     "| ${per_commit[$label#$m]:--} |"
 done
-ratio_row() { # NAME A B GOAL: the median over rounds of rps(A) / rps(B), and its range
-  local r values
-  [ -n "${result[$2#1]:-}" ] && [ -n "${result[$3#1]:-}" ] || return 0
-  values=$(for ((r = 1; r <= rounds; r++)); do
-    ratio "$(field "${result[$2#$r]}" rps)" "$(field "${result[$3#$r]}" rps)"
+ratios() { # A B: rps(A) / rps(B) of each round, sorted
+  local r
+  for ((r = 1; r <= rounds; r++)); do
+    ratio "$(field "${result[$1#$r]}" rps)" "$(field "${result[$2#$r]}" rps)"
     echo
-  done | sort -g)
+  done | sort -g
+}
+ratio_row() { # NAME A B GOAL: the median over rounds of rps(A) / rps(B), and its range
+  local values
+  [ -n "${result[$2#1]:-}" ] && [ -n "${result[$3#1]:-}" ] || return 0
+  values=$(ratios "$2" "$3")
   echo "| $1 | $(median <<<"$values") | $(head -n 1 <<<"$values") – $(tail -n 1 <<<"$values") | $4 |"
 }
 echo
 echo "| ratio (within a round) | median | range | goal |"
 echo "| --- | ---: | ---: | --- |"
 ratio_row "durable plain / nginx plain" "wechat-api distinct, plain" "nginx return 200, plain" "≥ 0.50"
+ratio_row "durable plain / nginx plain, both wrk" "wechat-api distinct, plain (wrk)" "nginx return 200, plain (wrk)" "≥ 0.50"
 ratio_row "TLS / plain, wechat-api" "wechat-api distinct, TLS" "wechat-api distinct, plain" "≥ 0.80"
 ratio_row "TLS / plain, nginx" "nginx return 200, TLS" "nginx return 200, plain" "reference"
 ratio_row "durable TLS / nginx TLS" "wechat-api distinct, TLS" "nginx return 200, TLS" ""
@@ -250,5 +277,63 @@ echo "| RSS after the load | $(mib "$after_rss") | ≤ 32 MiB |"
 echo "| peak RSS (VmHWM) | $(mib "$peak_rss") | |"
 echo "| release binary | $(awk -v b="$(stat -c %s "$bin")" 'BEGIN { printf "%.1f MiB", b / 1048576 }') | reported |"
 echo
+echo "Where the service's time went over all runs (from /metrics; a percentile is the"
+echo "upper bound of its histogram bucket; the client's latency minus the callback's is"
+echo "time outside the handler: the socket, the worker's queue, the other threads on core 0):"
+echo
+echo "| histogram | count | mean ms | p50 ≤ ms | p99 ≤ ms |"
+echo "| --- | ---: | ---: | ---: | ---: |"
+curl -s "http://127.0.0.1:$http_port/metrics" | awk '
+  /^wechat_api_(callback_duration|store_stage)_seconds_(bucket|sum|count)/ {
+    name = $1; sub(/_(bucket|sum|count).*/, "", name); sub(/^wechat_api_/, "", name)
+    stage = ""; if (match($1, /stage="[a-z]+"/)) stage = " " substr($1, RSTART + 7, RLENGTH - 8)
+    key = name stage
+    if ($1 ~ /_count/) count[key] = $2
+    else if ($1 ~ /_sum/) sum[key] = $2
+    else if (match($1, /le="[^"]+"/)) { n[key]++; le[key, n[key]] = substr($1, RSTART + 4, RLENGTH - 5); cum[key, n[key]] = $2 }
+    if (!(key in seen)) { seen[key] = 1; order[++keys] = key }
+  }
+  function pct(key, q,   i) { for (i = 1; i <= n[key]; i++) if (cum[key, i] >= q * count[key]) return le[key, i] == "+Inf" ? "inf" : sprintf("%.2f", le[key, i] * 1000); return "-" }
+  END { for (k = 1; k <= keys; k++) { key = order[k]; if (count[key] > 0) printf "| %s | %d | %.3f | %s | %s |\n", key, count[key], sum[key] / count[key] * 1000, pct(key, 0.5), pct(key, 0.99) } }'
+echo
 echo "fake API: $fake_stats"
 echo "$callbacks"
+
+# --- the record: this run beside the previous ones (benches/results.tsv) -----------
+# One line per run: when, which commit, the machine, the client, then the durable
+# path's median req/s, its ratio to nginx within the rounds (the number that
+# travels between machines), p50 and p99 in ms, and RSS after the load. A run is
+# compared with the last one recorded on the same machine and client: the durable
+# path losing more than 10 % of its ratio, or its p99 growing more than 25 %, is
+# called out. COMPARE_RECORD=0 measures without recording.
+results=$repo/benches/results.tsv
+machine="$(nproc)x $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | tr -s ' \t' '  ')"
+record() { # CLIENT DURABLE_LABEL NGINX_LABEL
+  local m r now_ratio now_p99 previous
+  [ -n "${result[$2#1]:-}" ] && [ -n "${result[$3#1]:-}" ] || return 0
+  m=$(median_round "$2")
+  r=${result[$2#$m]}
+  now_ratio=$(ratios "$2" "$3" | median)
+  now_p99=$(field "$r" p99_ms)
+  previous=""
+  if [ -f "$results" ]; then
+    previous=$(awk -F'\t' -v machine="$machine" -v client="$1" '$3 == machine && $4 == client' "$results" | tail -n 1)
+  fi
+  if [ "${COMPARE_RECORD:-1}" != 0 ]; then
+    [ -f "$results" ] || printf 'date\tcommit\tmachine\tclient\tdurable_rps\tratio_to_nginx\tp50_ms\tp99_ms\trss_after_kib\n' >"$results"
+    printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" \
+      "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo '+')" \
+      "$machine" "$1" "$(field "$r" rps)" "$now_ratio" "$(field "$r" p50_ms)" "$now_p99" "$after_rss" >>"$results"
+  fi
+  [ -n "$previous" ] || { echo "- $1: first record on this machine ($results)"; return 0; }
+  awk -F'\t' -v client="$1" -v ratio="$now_ratio" -v p99="$now_p99" '{
+    lost = 1 - ratio / $6; grew = p99 / $8 - 1
+    printf "- %s, against %s (%s): ratio to nginx %.2f -> %.2f (%+.0f %%), p99 %.2f -> %.2f ms (%+.0f %%)\n", client, $2, $1, $6, ratio, -lost * 100, $8, p99, grew * 100
+    if (lost > 0.10) printf "  REGRESSION: the durable path lost %.0f %% of its ratio to nginx (more than 10 %%)\n", lost * 100
+    if (grew > 0.25) printf "  REGRESSION: its p99 grew %.0f %% (more than 25 %%)\n", grew * 100
+  }' <<<"$previous"
+}
+echo
+echo "Against the previous record:"
+record loadgen "wechat-api distinct, plain" "nginx return 200, plain"
+record wrk "wechat-api distinct, plain (wrk)" "nginx return 200, plain (wrk)"

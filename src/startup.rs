@@ -43,7 +43,7 @@ use crate::kf_sync::KfSyncer;
 use crate::log_limit::SharedLogLimiter;
 use crate::names::Names;
 use crate::routes::{self, AppState};
-use crate::store::{Store, StoreError};
+use crate::store::{Store, StoreError, StoreStage};
 use crate::supervisor::{Parts, Supervisor, Timing};
 use crate::telemetry::{self, BuildInfo, Metrics};
 use crate::tls::{self, CertificateStore, TlsError};
@@ -709,8 +709,16 @@ async fn stop_signal() -> &'static str {
     }
 }
 
-/// Folds histogram samples and copies the store's counters into the metrics.
+/// Folds histogram samples and copies the store's counters into the metrics; the
+/// store's stages are recorded as they happen.
 async fn metrics_upkeep(metrics: Arc<Metrics>, store: Store, shutdown: CancellationToken) {
+    let stages = StoreStage::ALL
+        .map(|stage| metrics.histogram(crate::telemetry::STORE_STAGE_SECONDS, &[("stage", stage.as_str().to_owned())]));
+    store.stats().observe_stages(Box::new(move |stage, took| {
+        if let Some(histogram) = StoreStage::ALL.iter().position(|s| *s == stage).and_then(|i| stages.get(i)) {
+            histogram.record(took.as_secs_f64());
+        }
+    }));
     let commits = metrics.counter(crate::telemetry::STORE_COMMITS_TOTAL, &[]);
     let operations = metrics.counter(crate::telemetry::STORE_OPERATIONS_TOTAL, &[]);
     let synced = metrics.counter(crate::telemetry::STORE_SYNCED_COMMITS_TOTAL, &[]);

@@ -85,7 +85,7 @@ impl Generator {
 impl Callbacks {
     /// The next callback's path with query, and body: a new MsgId (app) or Token
     /// (kf), encrypted and signed.
-    fn make(&self, target: &Target) -> (String, String) {
+    pub(crate) fn make(&self, target: &Target) -> (String, String) {
         let Self { keys, corp, agent, kf, next, id_base } = self;
         let n = next.fetch_add(1, Ordering::Relaxed);
         let id = id_base + n;
@@ -100,8 +100,9 @@ impl Callbacks {
             format!(
                 "<xml><ToUserName><![CDATA[{corp}]]></ToUserName><FromUserName><![CDATA[load{}]]></FromUserName>\
                  <CreateTime>{timestamp}</CreateTime><MsgType><![CDATA[text]]></MsgType>\
-                 <Content><![CDATA[load test message {n}]]></Content><MsgId>{id}</MsgId><AgentID>{agent}</AgentID></xml>",
-                n % 100
+                 <Content><![CDATA[{}]]></Content><MsgId>{id}</MsgId><AgentID>{agent}</AgentID></xml>",
+                n % 100,
+                content(id)
             )
         };
         let encrypted = crypto::encrypt(&keys.aes_key, xml.as_bytes(), corp.as_bytes());
@@ -119,6 +120,78 @@ impl Callbacks {
         );
         (path, body)
     }
+}
+
+/// `loadgen bodies`: `count` distinct app text callbacks for wrk, one per line
+/// (path and query, a tab, the body), under the service's configuration.
+pub(crate) fn write_bodies(count: u64, out: &std::path::Path, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let target = Target::parse("http://127.0.0.1:1", Some(CALLBACK_PATH))?;
+    let Generator::Callbacks(callbacks) = Generator::new(Mode::Distinct, config_file, &target)? else {
+        anyhow::bail!("distinct callbacks are made per request");
+    };
+    let file = std::fs::File::create(out).map_err(|e| anyhow::anyhow!("{}: {e}", out.display()))?;
+    let mut file = std::io::BufWriter::new(file);
+    for _ in 0..count {
+        let (path, body) = callbacks.make(&target);
+        writeln!(file, "{path}\t{body}")?;
+    }
+    file.flush()?;
+    Ok(())
+}
+
+/// What people write, made up: 50 to 300 characters of Chinese, ASCII words and
+/// emoji, different for every `seed` and the same for the same one. Bodies then
+/// span ~680 to ~1,550 bytes, mean ~1,060, like the callbacks of a real chat (an
+/// independent wrk benchmark used wechatpy's: 647–1,759, mean 1,072): the tail of the durable path
+/// depends on how many bytes each journal entry writes, so a short fixed text
+/// would flatter it.
+pub(crate) fn content(seed: u64) -> String {
+    const CHINESE: &[&str] = &[
+        "你好",
+        "请问",
+        "报销",
+        "流程",
+        "怎么",
+        "提交",
+        "审批",
+        "会议室",
+        "明天",
+        "下午",
+        "谢谢",
+        "系统",
+        "密码",
+        "登录",
+        "不了",
+    ];
+    const ASCII: &[&str] = &["VPN", "OA", "ok", "IT", "help", "ticket", "#4521", "laptop", "Wi-Fi", "9:30", "email"];
+    const EMOJI: &[&str] = &["😀", "👍", "🙏", "🎉", "❤️", "🤔"];
+    // xorshift64*: a cheap, reproducible stream per seed.
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        state.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    };
+    let want = 50 + (next() % 251) as usize;
+    let mut text = String::with_capacity(want * 3);
+    let mut chars = 0;
+    while chars < want {
+        let roll = next();
+        let word = match roll % 10 {
+            0..=6 => CHINESE[(roll >> 8) as usize % CHINESE.len()],
+            7..=8 => ASCII[(roll >> 8) as usize % ASCII.len()],
+            _ => EMOJI[(roll >> 8) as usize % EMOJI.len()],
+        };
+        text.push_str(word);
+        chars += word.chars().count();
+        if roll % 10 >= 7 {
+            text.push(' ');
+            chars += 1;
+        }
+    }
+    text
 }
 
 #[cfg(test)]
@@ -174,6 +247,19 @@ mod tests {
         assert!(decrypt(&path, &body).contains("<MsgId>7000000</MsgId>"));
         let (path, body) = callbacks.make(&target);
         assert!(decrypt(&path, &body).contains("<MsgId>7000001</MsgId>"));
+    }
+
+    #[test]
+    fn contents_differ_per_seed_repeat_for_a_seed_and_make_chat_sized_bodies() {
+        assert_eq!(content(1), content(1));
+        assert_ne!(content(1), content(2));
+        let (callbacks, target) = (callbacks(false), target());
+        let sizes: Vec<usize> = (0..2_000).map(|_| callbacks.make(&target).1.len()).collect();
+        let (min, max) = (sizes.iter().min().copied(), sizes.iter().max().copied());
+        let mean = sizes.iter().sum::<usize>() / sizes.len();
+        assert!(min.is_some_and(|m| m < 800) && max.is_some_and(|m| m > 1_500), "{min:?}..{max:?}");
+        assert!((900..1_300).contains(&mean), "mean {mean}");
+        assert!(content(3).chars().any(|c| c > '\u{4e00}'), "Chinese in {}", content(3));
     }
 
     #[test]

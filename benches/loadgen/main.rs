@@ -72,6 +72,19 @@ enum Command {
         #[arg(long, default_value_t = 1)]
         page: u32,
     },
+    /// Write COUNT distinct app text callbacks (as `distinct` makes them) for wrk,
+    /// one per line: the path with its query, a tab, the body. benches/wrk-callbacks.lua
+    /// posts them in order, each once.
+    Bodies {
+        /// How many; more than the run will send, or wrk replays them (duplicates).
+        #[arg(long)]
+        count: u64,
+        #[arg(long)]
+        out: PathBuf,
+        /// The service's configuration file (as for `run`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Poll URL (a new connection each millisecond) until it answers 2xx, then print
     /// the milliseconds since --since-ns (e.g. `date +%s%N` taken before the exec).
     Wait {
@@ -146,6 +159,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Run(args) => run::run(&args),
         Command::FakeApi { listen, page } => runtime(1)?.block_on(fake_wecom::fake_api(listen, page)),
+        Command::Bodies { count, out, config } => generate::write_bodies(count, &out, config),
         Command::Wait { url, since_ns, timeout, json } => {
             let since_ns = since_ns.unwrap_or_else(unix_nanos);
             runtime(1)?.block_on(wait::wait(&url, since_ns, seconds(timeout)?, json))

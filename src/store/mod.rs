@@ -119,13 +119,76 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// Counters of the engine's commits, for metrics and the group-commit measurement.
-#[derive(Debug, Default)]
+/// Counters of the engine's commits, for metrics and the group-commit measurement,
+/// and where the engine's time goes ([`StoreStage`]), for whoever observes it.
+#[derive(Default)]
 pub struct Stats {
     pub commits: AtomicU64,
     pub operations: AtomicU64,
     /// Commits that were fsync'd (a group with a strict operation in it).
     pub synced_commits: AtomicU64,
+    observer: std::sync::OnceLock<StageObserver>,
+}
+
+impl std::fmt::Debug for Stats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stats")
+            .field("commits", &self.commits)
+            .field("operations", &self.operations)
+            .field("synced_commits", &self.synced_commits)
+            .field("observed", &self.observer.get().is_some())
+            .finish()
+    }
+}
+
+/// Told how long each stage took, from the engine's own threads: it must be cheap
+/// and never block (a histogram's `record`).
+pub(crate) type StageObserver = Box<dyn Fn(StoreStage, Duration) + Send + Sync>;
+
+impl Stats {
+    /// Sets who is told of the stages' durations; the first call wins.
+    pub(crate) fn observe_stages(&self, observer: StageObserver) {
+        let _ = self.observer.set(observer);
+    }
+
+    /// Tells the observer, if there is one, that `stage` took `took`.
+    pub(crate) fn observe(&self, stage: StoreStage, took: Duration) {
+        if let Some(observer) = self.observer.get() {
+            observer(stage, took);
+        }
+    }
+}
+
+/// Where the store's time goes on the durable path, for
+/// `wechat_api_store_stage_seconds{stage}`: what names the tail of a callback's
+/// latency when many share one group commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum StoreStage {
+    /// An operation waiting for its engine: from its submission until its group
+    /// starts (SQLite's writer thread; a journal writer on PostgreSQL).
+    Queue,
+    /// A group's statements, before its commit.
+    Execute,
+    /// A group's commit: the log write and its fsync (on PostgreSQL, the one
+    /// statement of a journal group, which is its own transaction).
+    Commit,
+    /// Copying the WAL into the database file (SQLite), on a thread of its own so
+    /// that no commit waits for it.
+    Checkpoint,
+}
+
+impl StoreStage {
+    pub(crate) const ALL: [Self; 4] = [Self::Queue, Self::Execute, Self::Commit, Self::Checkpoint];
+
+    /// The `stage` label's value.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Self::Queue => "queue",
+            Self::Execute => "execute",
+            Self::Commit => "commit",
+            Self::Checkpoint => "checkpoint",
+        }
+    }
 }
 
 impl Store {

@@ -260,8 +260,17 @@ pub(crate) const CONNECTIONS_REFUSED_TOTAL: Family = Family {
     help: "Connections closed before any HTTP, by reason: per_address (CONNECTIONS_PER_ADDRESS reached), silent (nothing sent within 2 s), handshake_timeout (TLS unfinished after 5 s).",
 };
 
+/// `wechat_api_store_stage_seconds{stage}`, a histogram.
+pub(crate) const STORE_STAGE_SECONDS: Family = Family {
+    name: "wechat_api_store_stage_seconds",
+    kind: Kind::Histogram { buckets: STAGE_BUCKETS },
+    unit: Some(Unit::Seconds),
+    labels: &["stage"],
+    help: "Where the store's time goes on the durable path: queue (an operation waiting for its writer), execute (a group's statements), commit (its log write and fsync), checkpoint (copying SQLite's WAL into the database file, off the writer).",
+};
+
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 22] = [
+pub(crate) const FAMILIES: [Family; 23] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -284,11 +293,16 @@ pub(crate) const FAMILIES: [Family; 22] = [
     OUTBOX_BACKLOG_AGE_SECONDS,
     FORWARD_FAILING_SECONDS,
     CONNECTIONS_REFUSED_TOTAL,
+    STORE_STAGE_SECONDS,
 ];
 
 /// Upper bounds of the callback latency histogram: fine below 10 ms, where a
 /// healthy callback lives, and up to WeCom's 5 s retry limit.
 const CALLBACK_BUCKETS: &[f64] = &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// Upper bounds of the store's stage histogram: 0.1 ms (a queue wait when the
+/// writer is idle) to 1 s (a stalled disk).
+const STAGE_BUCKETS: &[f64] = &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0];
 
 /// The labels of `wechat_api_build_info`: which build, on which store, as which replica.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -498,6 +512,12 @@ impl Metrics {
     pub(crate) fn counter(&self, family: Family, labels: &[(&'static str, String)]) -> Counter {
         debug_assert_eq!(family.kind, Kind::Counter, "{} is not a counter", family.name);
         self.recorder.register_counter(&key(&family, labels), &METADATA)
+    }
+
+    /// A series of the histogram `family`, registered on first use.
+    pub(crate) fn histogram(&self, family: Family, labels: &[(&'static str, String)]) -> Histogram {
+        debug_assert!(matches!(family.kind, Kind::Histogram { .. }), "{} is not a histogram", family.name);
+        self.recorder.register_histogram(&key(&family, labels), &METADATA)
     }
 
     /// A series of the gauge `family`, registered on first use.

@@ -28,7 +28,7 @@ use crate::channels::ChannelName;
 use crate::log_limit::SharedLogLimiter;
 use crate::store::journal::{EntryKind, NewEntry, PendingEntry, Recorded};
 use crate::store::outbox::NewAction;
-use crate::store::{Stats, StoreError};
+use crate::store::{Stats, StoreError, StoreStage};
 
 /// At most this many entries share one statement.
 const MAX_GROUP: usize = 256;
@@ -53,6 +53,8 @@ fn insert_sql() -> String {
 struct Write {
     entry: NewEntry,
     reply: oneshot::Sender<Result<Recorded, StoreError>>,
+    /// When it was queued ([`StoreStage::Queue`]).
+    queued: std::time::Instant,
 }
 
 /// The queue of the journal's writer tasks. The tasks end when every handle is
@@ -102,6 +104,10 @@ async fn write_groups(
         if group.is_empty() {
             continue;
         }
+        let started = std::time::Instant::now();
+        for write in &group {
+            stats.observe(StoreStage::Queue, started.saturating_duration_since(write.queued));
+        }
         write_group(&pool, &stats, &log, group).await;
     }
 }
@@ -109,7 +115,9 @@ async fn write_groups(
 /// Journals a group and answers each caller.
 async fn write_group(pool: &Pool, stats: &Stats, log: &SharedLogLimiter, group: Vec<Write>) {
     let entries: Vec<&NewEntry> = group.iter().map(|write| &write.entry).collect();
+    let started = std::time::Instant::now();
     let outcome = insert_group(pool, &entries).await;
+    stats.observe(StoreStage::Commit, started.elapsed());
     let answers: Vec<Result<Recorded, StoreError>> = match outcome {
         Ok(recorded) => {
             record_commit(stats, group.len() as u64);
@@ -210,7 +218,7 @@ impl Postgres {
     pub(in crate::store) async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
         let (reply, answer) = oneshot::channel();
         let closed = || StoreError::Postgres(PostgresError::Unavailable("the journal writers have stopped".into()));
-        self.journal.0.send(Write { entry, reply }).map_err(|_| closed())?;
+        self.journal.0.send(Write { entry, reply, queued: std::time::Instant::now() }).map_err(|_| closed())?;
         answer.await.unwrap_or_else(|_| Err(closed()))
     }
 
