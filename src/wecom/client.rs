@@ -1,9 +1,11 @@
 //! The HTTP client for the WeCom API (`WECOM_API_BASE_URL`): timeouts, retries of
 //! "system busy" (-1), and one count per call in
-//! `wechat_api_wecom_api_requests_total{api,errcode}`.
+//! `wechat_api_wecom_api_requests_total{channel,api,errcode}`.
 //!
 //! Every call takes the access token as an argument; which token, and what to do
-//! when it is refused, is [`super::tokens`]'s business.
+//! when it is refused, is [`super::tokens`]'s business. Which channel a call is
+//! for is the client's: [`WeComClient::on`] gives the client of one channel,
+//! which counts its calls under that channel's name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, WeComError};
 use super::models::*;
 use crate::backoff::Backoff;
+use crate::channels::{ChannelKind, ChannelName};
 use crate::telemetry::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,19 +42,24 @@ struct Status {
     errmsg: String,
 }
 
-/// A client of one WeCom API base URL.
+/// A client of one WeCom API base URL, counting its calls for one channel.
 #[derive(Debug, Clone)]
 pub struct WeComClient {
     http: reqwest::Client,
-    base_url: String,
+    base_url: Arc<str>,
     metrics: Arc<Metrics>,
+    /// The `channel` label of its calls; `None` only before [`WeComClient::on`].
+    channel: Option<ChannelName>,
 }
 
-/// Every API this client calls: the known values of the `api` label, whose
-/// successes (`errcode="0"`) are counted from zero on start.
-pub(crate) const APIS: &[&str] = &[
+/// The APIs an `app` channel's Secret calls: the known values of the `api`
+/// label of such a channel, whose successes (`errcode="0"`) are counted from
+/// zero on start.
+const APP_APIS: &[&str] = &["gettoken", "message/send", "user/get", "externalcontact/get", "media/get"];
+
+/// The APIs a `kf` channel's Secret calls, likewise.
+const KF_APIS: &[&str] = &[
     "gettoken",
-    "message/send",
     "kf/sync_msg",
     "kf/send_msg",
     "kf/send_msg_on_event",
@@ -59,29 +67,51 @@ pub(crate) const APIS: &[&str] = &[
     "kf/service_state/get",
     "kf/service_state/trans",
     "kf/customer/batchget",
-    "user/get",
-    "externalcontact/get",
     "media/get",
 ];
 
+/// The `channel` label of a call made for no channel (none is, once built).
+const NO_CHANNEL: &str = "unknown";
+
 impl WeComClient {
+    /// The shared part: the HTTP client and the base URL. Calls are made by the
+    /// client of a channel, [`WeComClient::on`].
     pub fn new(base_url: &str, metrics: Arc<Metrics>) -> Result<Self, WeComError> {
         let http = crate::outbound::client(TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| WeComError::transport("client", e))?;
-        for api in APIS {
-            metrics.declare(REQUESTS_TOTAL, &[("api", (*api).to_owned()), ("errcode", "0".to_owned())]);
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').into(), metrics, channel: None })
+    }
+
+    /// The same client (connections shared), counting its calls for `channel`.
+    pub(crate) fn on(&self, channel: &ChannelName) -> Self {
+        Self { channel: Some(channel.clone()), ..self.clone() }
+    }
+
+    /// Makes the successes of the APIs a channel of `kind` calls exist at zero.
+    pub(crate) fn declare(&self, kind: ChannelKind) {
+        let apis = match kind {
+            ChannelKind::App => APP_APIS,
+            ChannelKind::Kf => KF_APIS,
+            ChannelKind::Aibot => &[],
+        };
+        for api in apis {
+            self.metrics.declare(REQUESTS_TOTAL, &self.labels(api, "0".to_owned()));
         }
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), metrics })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}/cgi-bin/{path}", self.base_url)
     }
 
+    fn labels(&self, api: &str, errcode: String) -> [(&'static str, String); 3] {
+        let channel = self.channel.as_ref().map_or(NO_CHANNEL, ChannelName::as_str);
+        [("channel", channel.to_owned()), ("api", api.to_owned()), ("errcode", errcode)]
+    }
+
     fn count(&self, api: &'static str, errcode: String) {
-        self.metrics.counter(REQUESTS_TOTAL, &[("api", api.to_owned()), ("errcode", errcode)]).increment(1);
+        self.metrics.counter(REQUESTS_TOTAL, &self.labels(api, errcode)).increment(1);
     }
 
     /// Sends the request `build` makes, retrying -1 with back-off.
@@ -376,9 +406,10 @@ async fn read_limited(
 
 #[cfg(test)]
 mod tests {
-    use super::APIS;
+    use super::{APP_APIS, KF_APIS};
 
-    /// A new API must join [`APIS`], or its series appears only with its first call.
+    /// A new API must join [`APP_APIS`] or [`KF_APIS`], or its series appears
+    /// only with its first call.
     #[test]
     fn every_api_this_client_calls_is_declared_in_apis() {
         let source = include_str!("client.rs");
@@ -390,7 +421,7 @@ mod tests {
             .collect();
         assert!(called.len() >= 10, "{called:?}");
         for api in called {
-            assert!(APIS.contains(&api), "{api} is called but not in APIS");
+            assert!(APP_APIS.contains(&api) || KF_APIS.contains(&api), "{api} is called but in neither list");
         }
     }
 }
