@@ -105,6 +105,16 @@ impl WeComClient {
         format!("{}/cgi-bin/{path}", self.base_url)
     }
 
+    /// A GET of `api` (the path under `/cgi-bin/`) with `query`.
+    fn get(&self, api: &str, query: &[(&str, &str)]) -> RequestBuilder {
+        self.http.get(self.url(api)).query(query)
+    }
+
+    /// GETs `api` with `query`, retrying "system busy", and decodes its answer.
+    async fn get_json<T: DeserializeOwned>(&self, api: &'static str, query: &[(&str, &str)]) -> Result<T, WeComError> {
+        self.call(api, || self.get(api, query)).await
+    }
+
     fn labels(&self, api: &str, errcode: String) -> [(&'static str, String); 3] {
         let channel = self.channel.as_ref().map_or(NO_CHANNEL, ChannelName::as_str);
         [("channel", channel.to_owned()), ("api", api.to_owned()), ("errcode", errcode)]
@@ -187,8 +197,7 @@ impl WeComClient {
 
     /// `gettoken` for one Secret.
     pub(crate) async fn gettoken(&self, corp_id: &str, secret: &str) -> Result<TokenResponse, WeComError> {
-        let url = self.url("gettoken");
-        self.call("gettoken", || self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", secret)])).await
+        self.get_json("gettoken", &[("corpid", corp_id), ("corpsecret", secret)]).await
     }
 
     /// `gettoken`, with the `Date` WeCom answered at (unix seconds), for clock checks.
@@ -198,9 +207,7 @@ impl WeComClient {
         secret: &str,
     ) -> Result<(TokenResponse, Option<i64>), WeComError> {
         const API: &str = "gettoken";
-        let url = self.url(API);
-        let response =
-            self.send(API, self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", secret)])).await?;
+        let response = self.send(API, self.get(API, &[("corpid", corp_id), ("corpsecret", secret)])).await?;
         let date = response
             .headers()
             .get(reqwest::header::DATE)
@@ -307,8 +314,7 @@ impl WeComClient {
     }
 
     pub(crate) async fn user_get(&self, token: &str, userid: &str) -> Result<User, WeComError> {
-        let url = self.url("user/get");
-        self.call("user/get", || self.http.get(&url).query(&[("access_token", token), ("userid", userid)])).await
+        self.get_json("user/get", &[("access_token", token), ("userid", userid)]).await
     }
 
     pub(crate) async fn externalcontact_get(
@@ -316,11 +322,7 @@ impl WeComClient {
         token: &str,
         external_userid: &str,
     ) -> Result<ExternalContactResponse, WeComError> {
-        let url = self.url("externalcontact/get");
-        self.call("externalcontact/get", || {
-            self.http.get(&url).query(&[("access_token", token), ("external_userid", external_userid)])
-        })
-        .await
+        self.get_json("externalcontact/get", &[("access_token", token), ("external_userid", external_userid)]).await
     }
 
     /// `media/get`: the file, to be read chunk by chunk ([`Media::chunk`]), or
@@ -328,9 +330,7 @@ impl WeComClient {
     /// before the body is read, a body that grows past it while being read.
     pub(crate) async fn media_get(&self, token: &str, media_id: &str, max_bytes: usize) -> Result<Media, WeComError> {
         const API: &str = "media/get";
-        let url = self.url(API);
-        let response =
-            self.send(API, self.http.get(&url).query(&[("access_token", token), ("media_id", media_id)])).await?;
+        let response = self.send(API, self.get(API, &[("access_token", token), ("media_id", media_id)])).await?;
         let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let content_type = header(reqwest::header::CONTENT_TYPE);
         let filename = header(reqwest::header::CONTENT_DISPOSITION)
@@ -414,7 +414,7 @@ mod tests {
     fn every_api_this_client_calls_is_declared_in_apis() {
         let source = include_str!("client.rs");
         let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
-        let called: Vec<&str> = ["post_json(\"", "self.call(\"", "const API: &str = \""]
+        let called: Vec<&str> = ["post_json(\"", "get_json(\"", "const API: &str = \""]
             .iter()
             .flat_map(|opening| source.match_indices(opening).map(move |(at, _)| &source[at + opening.len()..]))
             .filter_map(|rest| rest.split('"').next())
