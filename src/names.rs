@@ -117,6 +117,11 @@ impl Names {
         }
     }
 
+    /// Refuses a `channel` that is not configured (`None` is always fine: the built-ins).
+    pub(crate) fn check_channel(&self, channel: Option<&str>) -> Result<(), NameError> {
+        self.channels_for(IdType::UserId, channel).map(drop)
+    }
+
     /// The cached name, or one fetched from WeCom (then cached) with the Secret
     /// of `channel`, the channel the id was seen on (`None`: the built-in ones).
     pub(crate) async fn resolve(

@@ -129,6 +129,9 @@ pub(crate) async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppStat
         return bad("id_type must be user_id or external_user_id".into());
     };
     let channel = batch.channel.as_deref();
+    if let Err(e) = state.names.check_channel(channel) {
+        return error(name_status(&e), e.to_string());
+    }
     let ids = match (batch.ids, batch.limit) {
         (Some(ids), _) if ids.len() > MAX_BATCH => return bad(format!("at most {MAX_BATCH} ids per request")),
         (Some(ids), _) => ids,

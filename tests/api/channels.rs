@@ -602,5 +602,38 @@ async fn a_name_is_looked_up_with_the_secret_of_the_channel_the_id_was_seen_on()
     // A channel that does not exist.
     let (status, answer) = fetch_name(&app, "user_id/lisi2?channel=it").await;
     assert_eq!(status, 404, "{answer}");
+    let response = app
+        .client
+        .post(app.url("/api/batch-fetch-wecom-names"))
+        .bearer_auth(ADMIN)
+        .json(&serde_json::json!({"id_type": "user_id", "channel": "it", "ids": ["lisi3"]}))
+        .send()
+        .await
+        .expect("batch");
+    assert_eq!(response.status().as_u16(), 404);
     assert_eq!(wecom.calls("user/get").len(), 3, "nothing asked for an unknown channel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_sharing_a_secret_share_one_token_whose_series_each_of_them_shows() {
+    let wecom = FakeWeCom::start().await;
+    // The built-in kf without WECOM_KF_SECRET uses the app's Secret: one token.
+    let app = spawn_app_with(&[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-value")]).await;
+    let refreshed = |channel: &str| {
+        format!("wechat_api_access_token_refreshes_total{{channel=\"{channel}\",app=\"app\",outcome=\"ok\"}}")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while app.metric(&refreshed("app")).await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no token refresh: {}", app.metrics().await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(wecom.calls("gettoken").len(), 1, "one token for both channels");
+    assert_eq!(app.metric(&refreshed("kf")).await, 1.0, "kf's token is the app's");
+    let left = app.metric("wechat_api_access_token_expires_in_seconds{channel=\"kf\",app=\"app\"}").await;
+    assert!(left > 7000.0, "{left}");
+    // The one gettoken call is counted once, for the channel whose Secret it is.
+    let gettoken = |channel: &str| {
+        format!("wechat_api_wecom_api_requests_total{{channel=\"{channel}\",api=\"gettoken\",errcode=\"0\"}}")
+    };
+    assert_eq!((app.metric(&gettoken("app")).await, app.metric(&gettoken("kf")).await), (1.0, 0.0));
 }
