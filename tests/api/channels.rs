@@ -559,6 +559,13 @@ async fn fetch_name(app: &TestApp, path: &str) -> (u16, serde_json::Value) {
     (response.status().as_u16(), response.json().await.unwrap_or_default())
 }
 
+/// `POST /api/batch-fetch-wecom-names` for user id `id` on `channel`: the status.
+async fn batch_names(app: &TestApp, channel: &str, id: &str) -> u16 {
+    let body = serde_json::json!({"id_type": "user_id", "channel": channel, "ids": [id]});
+    let request = app.client.post(app.url("/api/batch-fetch-wecom-names")).bearer_auth(ADMIN).json(&body);
+    request.send().await.expect("batch").status().as_u16()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_name_is_looked_up_with_the_secret_of_the_channel_the_id_was_seen_on() {
     let wecom = FakeWeCom::start().await;
@@ -582,15 +589,7 @@ async fn a_name_is_looked_up_with_the_secret_of_the_channel_the_id_was_seen_on()
     let asked = wecom.calls("kf/customer/batchget");
     assert_eq!(asked[0].query["access_token"], token_of(&wecom, OPS_CORP, "shop-secret-value"));
     // The batch, on hr.
-    let response = app
-        .client
-        .post(app.url("/api/batch-fetch-wecom-names"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"id_type": "user_id", "channel": "hr", "ids": ["wangwu"]}))
-        .send()
-        .await
-        .expect("batch");
-    assert_eq!(response.status().as_u16(), 200);
+    assert_eq!(batch_names(&app, "hr", "wangwu").await, 200);
     let asked = wecom.calls("user/get");
     let wangwu = asked.iter().find(|c| c.query["userid"] == "wangwu").expect("wangwu looked up");
     assert_eq!(wangwu.query["access_token"], token_of(&wecom, HR_CORP, "hr-secret-value"));
@@ -602,15 +601,7 @@ async fn a_name_is_looked_up_with_the_secret_of_the_channel_the_id_was_seen_on()
     // A channel that does not exist.
     let (status, answer) = fetch_name(&app, "user_id/lisi2?channel=it").await;
     assert_eq!(status, 404, "{answer}");
-    let response = app
-        .client
-        .post(app.url("/api/batch-fetch-wecom-names"))
-        .bearer_auth(ADMIN)
-        .json(&serde_json::json!({"id_type": "user_id", "channel": "it", "ids": ["lisi3"]}))
-        .send()
-        .await
-        .expect("batch");
-    assert_eq!(response.status().as_u16(), 404);
+    assert_eq!(batch_names(&app, "it", "lisi3").await, 404);
     assert_eq!(wecom.calls("user/get").len(), 3, "nothing asked for an unknown channel");
 }
 
