@@ -161,10 +161,9 @@ async fn local_verification(config: &Config) -> Finding {
 
 /// Each file channel's Secret gets a token for its corp (SPEC §12: diagnose per channel).
 async fn channel_token_findings(config: &Config) -> Vec<Finding> {
-    let metrics = std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION)));
-    let client = match WeComClient::new(&config.api_base_url, metrics) {
+    let client = match wecom_client(config) {
         Ok(client) => client,
-        Err(error) => return vec![wecom_failure("wecom client", &error)],
+        Err(finding) => return vec![finding],
     };
     let mut out = Vec::new();
     for channel in config.channels.iter().filter(|c| !c.builtin) {
@@ -173,7 +172,7 @@ async fn channel_token_findings(config: &Config) -> Vec<Finding> {
             out.push(Finding::pass(&check, "no Secret: this channel only receives"));
             continue;
         };
-        out.push(match client.gettoken(channel.corp_id.as_str(), secret.expose()).await {
+        out.push(match client.on(&channel.name).gettoken(channel.corp_id.as_str(), secret.expose()).await {
             Ok(token) => Finding::pass(
                 &check,
                 format!("token issued for {} (expires in {} s)", secret.redacted(), token.expires_in),
@@ -240,18 +239,22 @@ fn wecom_failure(check: &str, error: &WeComError) -> Finding {
     Finding::fail(check, error.to_string(), fix)
 }
 
+/// The WeCom client of `diagnose`, counting into metrics of its own that no one reads.
+fn wecom_client(config: &Config) -> Result<WeComClient, Finding> {
+    let metrics = std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION)));
+    WeComClient::new(&config.api_base_url, metrics).map_err(|error| wecom_failure("wecom client", &error))
+}
+
 async fn wecom_findings(config: &Config) -> Vec<Finding> {
-    let client = match WeComClient::new(
-        &config.api_base_url,
-        std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION))),
-    ) {
+    let client = match wecom_client(config) {
         Ok(client) => client,
-        Err(error) => return vec![wecom_failure("wecom client", &error)],
+        Err(finding) => return vec![finding],
     };
     let mut out = Vec::new();
     let (Some(app), Some(kf)) = (config.channels.builtin_app(), config.channels.builtin_kf()) else {
         return out;
     };
+    let (client, kf_client) = (client.on(&app.name), client.on(&kf.name));
     let corp = app.corp_id.as_str();
     let mut kf_token = None;
     let mut secrets = Vec::new();
@@ -292,7 +295,7 @@ async fn wecom_findings(config: &Config) -> Vec<Finding> {
         }
     }
     if let Some(token) = kf_token {
-        out.push(match client.kf_account_list(&token).await {
+        out.push(match kf_client.kf_account_list(&token).await {
             Ok(list) => Finding::pass("wecom kf API", format!("the kf Secret may call 微信客服 APIs ({} accounts)", list.account_list.len())),
             Err(error) => {
                 let mut finding = wecom_failure("wecom kf API", &error);

@@ -1,11 +1,18 @@
 //! Display names for user ids (`user/get`) and external user ids
-//! (`externalcontact/get`, else `kf/customer/batchget`), cached in the store with
-//! the API that answered.
+//! (`externalcontact/get` on an app channel, `kf/customer/batchget` on a kf
+//! channel), looked up with the Secret of the channel the id was seen on and
+//! cached in the store with the API that answered.
+//!
+//! Deliberately not here: which channel an id belongs to when nobody says. The
+//! admin API names it (`?channel=`, `"channel"`); without one, the built-in
+//! channels are asked as before channels had names.
 
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::channels::{ChannelKind, ChannelName};
+use crate::config::Channels;
 use crate::store::names::CachedName;
 use crate::store::{Store, StoreError};
 use crate::wecom::{WeCom, WeComError};
@@ -33,11 +40,22 @@ impl IdType {
         }
     }
 
-    /// The journal channel whose senders are ids of this type.
-    pub(crate) fn channel(self) -> &'static str {
+    /// The built-in channels that know ids of this type, asked in this order
+    /// when the caller names no channel: members through the app's Secret,
+    /// external users through the app's (its customer contacts), then the kf
+    /// Secret (kf customers).
+    fn builtin_channels(self) -> &'static [&'static str] {
         match self {
-            Self::UserId => "app",
-            Self::ExternalUserId => "kf",
+            Self::UserId => &[ChannelName::APP],
+            Self::ExternalUserId => &[ChannelName::APP, ChannelName::KF],
+        }
+    }
+
+    /// The built-in channel whose senders are ids of this type.
+    fn seen_on(self) -> &'static str {
+        match self {
+            Self::UserId => ChannelName::APP,
+            Self::ExternalUserId => ChannelName::KF,
         }
     }
 }
@@ -58,6 +76,15 @@ pub(crate) enum NameError {
     WeCom(#[from] WeComError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// No channel of that name is configured.
+    #[error("no channel named {0:?}")]
+    UnknownChannel(String),
+    /// The channel's API answered, without that id.
+    #[error("channel {channel} knows no {id_type} {id:?}")]
+    NotFound { channel: ChannelName, id_type: &'static str, id: String },
+    /// What the store cannot list yet (senders of a channel of the config file).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Resolves and caches names.
@@ -65,67 +92,124 @@ pub(crate) enum NameError {
 pub(crate) struct Names {
     store: Store,
     wecom: Arc<WeCom>,
+    channels: Channels,
 }
 
 impl Names {
-    pub(crate) fn new(store: Store, wecom: Arc<WeCom>) -> Self {
-        Self { store, wecom }
+    pub(crate) fn new(store: Store, wecom: Arc<WeCom>, channels: Channels) -> Self {
+        Self { store, wecom, channels }
     }
 
-    /// The cached name, or one fetched from WeCom (then cached).
-    pub(crate) async fn resolve(&self, id_type: IdType, id: &str) -> Result<Resolved, NameError> {
-        if let Some(cached) = self.store.cached_name(id_type.as_str(), id.to_owned()).await? {
-            return Ok(Resolved {
-                id_type: id_type.as_str(),
-                id: id.to_owned(),
-                name: cached.name,
-                source: cached.source,
-                cached: true,
-            });
-        }
-        let (name, source) = match id_type {
-            IdType::UserId => (self.user(id).await?, "user/get"),
-            IdType::ExternalUserId => match self.external_contact(id).await {
-                Ok(name) => (name, "externalcontact/get"),
-                Err(first) => match self.kf_customer(id).await {
-                    Ok(Some(name)) => (name, "kf/customer/batchget"),
-                    Ok(None) | Err(_) => return Err(first.into()),
-                },
+    /// The channels to ask about an id of `id_type`: `channel` when the caller
+    /// names one (it must exist), else the built-in ones.
+    fn channels_for(&self, id_type: IdType, channel: Option<&str>) -> Result<Vec<ChannelName>, NameError> {
+        match channel {
+            Some(name) => match self.channels.get(name) {
+                Some(spec) => Ok(vec![spec.name.clone()]),
+                None => Err(NameError::UnknownChannel(crate::messages::clip(name, 64).into_owned())),
             },
-        };
-        let cached = CachedName { name: name.clone(), source: source.to_owned() };
-        self.store.cache_name(id_type.as_str(), id.to_owned(), cached).await?;
-        Ok(Resolved { id_type: id_type.as_str(), id: id.to_owned(), name, source: source.to_owned(), cached: false })
+            None => Ok(id_type
+                .builtin_channels()
+                .iter()
+                .filter_map(|name| self.channels.get(name))
+                .map(|spec| spec.name.clone())
+                .collect()),
+        }
     }
 
-    /// Ids seen in stored messages, optionally only those without a cached name.
+    /// Refuses a `channel` that is not configured (`None` is always fine: the built-ins).
+    pub(crate) fn check_channel(&self, channel: Option<&str>) -> Result<(), NameError> {
+        self.channels_for(IdType::UserId, channel).map(drop)
+    }
+
+    /// The cached name, or one fetched from WeCom (then cached) with the Secret
+    /// of `channel`, the channel the id was seen on (`None`: the built-in ones).
+    pub(crate) async fn resolve(
+        &self,
+        channel: Option<&str>,
+        id_type: IdType,
+        id: &str,
+    ) -> Result<Resolved, NameError> {
+        let channels = self.channels_for(id_type, channel)?;
+        let resolved = |name: String, source: String, cached: bool| Resolved {
+            id_type: id_type.as_str(),
+            id: id.to_owned(),
+            name,
+            source,
+            cached,
+        };
+        if let Some(cached) = self.store.cached_name(id_type.as_str(), id.to_owned()).await? {
+            return Ok(resolved(cached.name, cached.source, true));
+        }
+        let mut first_error = None;
+        for channel in &channels {
+            match self.look_up(channel, id_type, id).await {
+                Ok((name, source)) => {
+                    let cached = CachedName { name: name.clone(), source: source.to_owned() };
+                    self.store.cache_name(id_type.as_str(), id.to_owned(), cached).await?;
+                    return Ok(resolved(name, source.to_owned(), false));
+                }
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
+        }
+        Err(first_error.unwrap_or_else(|| WeComError::NotConfigured("WECOM_SECRET").into()))
+    }
+
+    /// Asks `channel`'s API for the name: an app channel's contacts (`user/get`,
+    /// `externalcontact/get`), a kf channel's customers (`kf/customer/batchget`).
+    async fn look_up(
+        &self,
+        channel: &ChannelName,
+        id_type: IdType,
+        id: &str,
+    ) -> Result<(String, &'static str), NameError> {
+        let api = self.wecom.api(channel)?;
+        let kind = self.channels.get(channel.as_str()).map(|spec| spec.kind());
+        Ok(match (id_type, kind) {
+            (IdType::UserId, _) => {
+                let user = api.call(|client, token| async move { client.user_get(&token, id).await }).await?;
+                (user.name, "user/get")
+            }
+            (IdType::ExternalUserId, Some(ChannelKind::Kf)) => {
+                let ids = [id.to_owned()];
+                let ids = &ids;
+                let customers =
+                    api.call(|client, token| async move { client.kf_customer_batchget(&token, ids).await }).await?;
+                let customer = customers.customer_list.into_iter().find(|c| c.external_userid == id);
+                let not_found =
+                    || NameError::NotFound { channel: channel.clone(), id_type: id_type.as_str(), id: id.to_owned() };
+                (customer.ok_or_else(not_found)?.nickname, "kf/customer/batchget")
+            }
+            (IdType::ExternalUserId, _) => {
+                let contact =
+                    api.call(|client, token| async move { client.externalcontact_get(&token, id).await }).await?;
+                (contact.external_contact.name, "externalcontact/get")
+            }
+        })
+    }
+
+    /// Ids seen on `channel` (`None`: the built-in channel of `id_type`'s ids),
+    /// optionally only those without a cached name.
     pub(crate) async fn seen(
         &self,
+        channel: Option<&str>,
         id_type: IdType,
         only_unmapped: bool,
         limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
-        self.store.seen_senders(id_type.channel(), id_type.as_str(), only_unmapped, limit).await
-    }
-
-    async fn user(&self, id: &str) -> Result<String, WeComError> {
-        let tokens = self.wecom.app_tokens()?;
-        tokens.call(|token| async move { self.wecom.client.user_get(&token, id).await }).await.map(|u| u.name)
-    }
-
-    async fn external_contact(&self, id: &str) -> Result<String, WeComError> {
-        let tokens = self.wecom.app_tokens()?;
-        let contact =
-            tokens.call(|token| async move { self.wecom.client.externalcontact_get(&token, id).await }).await?;
-        Ok(contact.external_contact.name)
-    }
-
-    async fn kf_customer(&self, id: &str) -> Result<Option<String>, WeComError> {
-        let tokens = self.wecom.kf_tokens()?;
-        let ids = [id.to_owned()];
-        let ids = &ids;
-        let customers =
-            tokens.call(|token| async move { self.wecom.client.kf_customer_batchget(&token, ids).await }).await?;
-        Ok(customers.customer_list.into_iter().find(|c| c.external_userid == id).map(|c| c.nickname))
+    ) -> Result<Vec<String>, NameError> {
+        let channel = match channel {
+            None => id_type.seen_on(),
+            Some(ChannelName::APP) => ChannelName::APP,
+            Some(ChannelName::KF) => ChannelName::KF,
+            Some(other) => {
+                self.channels_for(id_type, Some(other))?;
+                return Err(NameError::Unsupported(format!(
+                    "listing the senders of channel {other} is not supported yet: give its ids"
+                )));
+            }
+        };
+        Ok(self.store.seen_senders(channel, id_type.as_str(), only_unmapped, limit).await?)
     }
 }

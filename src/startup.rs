@@ -118,7 +118,7 @@ impl Application {
             replica: config.replica.clone(),
         }));
         metrics.declare_callbacks();
-        Dispatcher::declare(&metrics);
+        Dispatcher::declare(&metrics, &config.channels);
         let health = Arc::new(HealthBoard::new(config.replica.clone()));
         health.set(CheckName::ConfigSecrets, checks::secrets_check(config.secrets_identical()));
         for channel in config.channels.iter().filter(|c| !c.builtin) {
@@ -139,7 +139,7 @@ impl Application {
             last_callback: config.channels.iter().map(|c| (c.name.clone(), Default::default())).collect(),
             metrics: Arc::clone(&metrics),
             health,
-            names: Names::new(store.clone(), Arc::clone(&wecom)),
+            names: Names::new(store.clone(), Arc::clone(&wecom), config.channels.clone()),
             store,
             journal_wake,
             wecom,
@@ -342,7 +342,7 @@ impl Workers {
             metrics: Arc::clone(metrics),
         };
         let forward_delivery = executor.forward_delivery();
-        let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(metrics), outbox_wake);
+        let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(metrics), outbox_wake, &config.channels);
         let checks = Checks::new(
             config.upload_dir.clone(),
             certificates.clone(),

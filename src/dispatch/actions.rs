@@ -316,6 +316,18 @@ impl Action {
         }
     }
 
+    /// The channel the action is for: whose Secret a call uses, whose record a
+    /// forward carries (the `channel` label of its counts).
+    pub(crate) fn channel(&self) -> &ChannelName {
+        match self {
+            Self::Forward { record } | Self::DownloadMedia { record, .. } => &record.channel,
+            Self::AppText { channel, .. }
+            | Self::KfText { channel, .. }
+            | Self::KfWelcome { channel, .. }
+            | Self::KfHandover { channel, .. } => channel,
+        }
+    }
+
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Forward { .. } => "forward",

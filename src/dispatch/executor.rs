@@ -115,7 +115,7 @@ impl Executor {
             handoff: config.handoff.clone(),
             floor: crate::media::Floor::media(config.media_min_free_percent),
             delivery: config.forward.as_ref().map(|_| Arc::default()),
-            sending: Sending::new(store, wecom, metrics),
+            sending: Sending::new(store, wecom, metrics, &config.channels),
         })
     }
 

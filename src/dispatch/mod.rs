@@ -31,7 +31,8 @@ use handlers::HandlerSettings;
 use record::Record;
 
 use crate::backoff::Backoff;
-use crate::channels::ChannelName;
+use crate::channels::{ChannelKind, ChannelName};
+use crate::config::Channels;
 use crate::kf_sync::KfSyncHandle;
 use crate::messages::kf::{KfEvent, KfMessage};
 use crate::messages::{clip, AppEvent, AppMessage, LoggedId, Message};
@@ -179,11 +180,16 @@ pub(crate) struct Dispatcher {
 }
 
 impl Dispatcher {
-    /// Makes the series of the kf msgtypes it counts exist at zero (the other
-    /// values are counted as they come).
-    pub(crate) fn declare(metrics: &Metrics) {
-        for msgtype in KfMessage::KNOWN_MSGTYPES {
-            metrics.declare(KF_MESSAGES_TOTAL, &[("msgtype", (*msgtype).to_owned())]);
+    /// Makes the series of the kf msgtypes it counts exist at zero for every
+    /// kf channel (the other values are counted as they come).
+    pub(crate) fn declare(metrics: &Metrics, channels: &Channels) {
+        for channel in channels.iter().filter(|c| c.kind() == ChannelKind::Kf) {
+            for msgtype in KfMessage::KNOWN_MSGTYPES {
+                metrics.declare(
+                    KF_MESSAGES_TOTAL,
+                    &[("channel", channel.name.to_string()), ("msgtype", (*msgtype).to_owned())],
+                );
+            }
         }
     }
 
@@ -234,9 +240,8 @@ impl Dispatcher {
         };
         let history = match &message {
             Message::Kf(kf) => {
-                self.metrics
-                    .counter(KF_MESSAGES_TOTAL, &[("msgtype", clip(&kf.msgtype, 32).into_owned())])
-                    .increment(1);
+                let labels = [("channel", entry.channel.to_string()), ("msgtype", clip(&kf.msgtype, 32).into_owned())];
+                self.metrics.counter(KF_MESSAGES_TOTAL, &labels).increment(1);
                 let history = self.settings.is_history(kf.send_time);
                 let note = if history { " (history: recorded, not answered)" } else { "" };
                 tracing::info!(channel = entry.channel.as_str(), id = %LoggedId(id), open_kfid = %LoggedId(&kf.open_kfid), "{}{note}", kf.summary());
@@ -300,14 +305,33 @@ pub(crate) struct Outbox {
     pacer: Arc<Mutex<pacing::Pacer>>,
 }
 
-impl Outbox {
-    /// The kinds of action [`Outbox::pace`] may put off: texts.
-    const PACED: [&'static str; 2] = ["app_text", "kf_text"];
+/// The kind of action [`Outbox::pace`] may put off on a channel of `kind`: its texts.
+fn paced_kind(kind: ChannelKind) -> Option<&'static str> {
+    match kind {
+        ChannelKind::App => Some("app_text"),
+        ChannelKind::Kf => Some("kf_text"),
+        ChannelKind::Aibot => None,
+    }
+}
 
-    /// The paced counts (what `deploy/`'s dashboard shows) exist from zero.
-    pub(crate) fn new(store: Store, executor: Arc<Executor>, metrics: Arc<Metrics>, wake: Arc<Notify>) -> Self {
-        for kind in Self::PACED {
-            metrics.declare(ACTIONS_TOTAL, &[("kind", kind.to_owned()), ("outcome", "paced".to_owned())]);
+/// The `channel` label of an action that no longer parses.
+const UNREADABLE_CHANNEL: &str = "unknown";
+
+impl Outbox {
+    /// Each channel's paced counts (what `deploy/`'s dashboard shows) exist from zero.
+    pub(crate) fn new(
+        store: Store,
+        executor: Arc<Executor>,
+        metrics: Arc<Metrics>,
+        wake: Arc<Notify>,
+        channels: &Channels,
+    ) -> Self {
+        for channel in channels.iter() {
+            if let Some(kind) = paced_kind(channel.kind()) {
+                let labels =
+                    [("channel", channel.name.to_string()), ("kind", kind.to_owned()), ("outcome", "paced".to_owned())];
+                metrics.declare(ACTIONS_TOTAL, &labels);
+            }
         }
         Self { store, executor, metrics, wake, log: Arc::default(), pacer: Arc::default() }
     }
@@ -337,8 +361,11 @@ impl Outbox {
     }
 
     async fn attempt(&self, item: DueAction) {
-        let label = |outcome: &str| [("kind", item.kind.clone()), ("outcome", outcome.to_owned())];
         let parsed = serde_json::from_str::<Action>(&item.payload);
+        let channel = parsed.as_ref().map_or(UNREADABLE_CHANNEL, |action| action.channel().as_str()).to_owned();
+        let label = |outcome: &str| {
+            [("channel", channel.clone()), ("kind", item.kind.clone()), ("outcome", outcome.to_owned())]
+        };
         if let Some(wait) = parsed.as_ref().ok().and_then(|action| self.pace(action)) {
             // Over WeCom's limit: not an error, not an attempt — it goes when the window allows.
             let after = i64::try_from(wait.as_millis().div_ceil(1000)).unwrap_or(i64::MAX);
@@ -445,9 +472,9 @@ mod tests {
     fn the_declared_paced_kinds_are_the_texts_pace_looks_at() {
         let app = actions::Recipient::App { channel: ChannelName::app(), touser: "u".into(), agentid: 1 };
         let kf = actions::Recipient::Kf { channel: ChannelName::kf(), touser: "wm".into(), open_kfid: "wk".into() };
-        for to in [app, kf] {
+        for (kind, to) in [(ChannelKind::App, app), (ChannelKind::Kf, kf)] {
             let text = Action::text(to, "hi", "k".into(), "s".into()).expect("a text");
-            assert!(Outbox::PACED.contains(&text.kind()), "{}", text.kind());
+            assert_eq!(paced_kind(kind), Some(text.kind()), "{kind:?}");
         }
     }
 

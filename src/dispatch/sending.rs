@@ -57,15 +57,26 @@ pub(crate) struct Sending {
     metrics: Arc<Metrics>,
 }
 
+/// The channels that send texts: every `app` and `kf` channel.
+fn sending_channels(channels: &Channels) -> impl Iterator<Item = &ChannelName> {
+    channels.iter().filter(|c| matches!(c.kind(), ChannelKind::App | ChannelKind::Kf)).map(|c| &c.name)
+}
+
+/// Counts a send whose status became `status` on `channel` (the store's name of it).
+fn count_sent(metrics: &Metrics, channel: &str, status: SendStatus) {
+    if status != SendStatus::Queued {
+        let labels = [("channel", channel.to_owned()), ("outcome", status.as_str().to_owned())];
+        metrics.counter(MESSAGES_SENT_TOTAL, &labels).increment(1);
+    }
+}
+
 impl Sending {
     /// Every outcome of every channel is counted from zero, before the first send.
-    pub(crate) fn new(store: Store, wecom: Arc<WeCom>, metrics: Arc<Metrics>) -> Self {
-        for channel in ["app", "kf"] {
+    pub(crate) fn new(store: Store, wecom: Arc<WeCom>, metrics: Arc<Metrics>, channels: &Channels) -> Self {
+        for channel in sending_channels(channels) {
             for outcome in [SendStatus::Sent, SendStatus::Failed, SendStatus::Refused] {
-                metrics.declare(
-                    MESSAGES_SENT_TOTAL,
-                    &[("channel", channel.to_owned()), ("outcome", outcome.as_str().to_owned())],
-                );
+                let labels = [("channel", channel.to_string()), ("outcome", outcome.as_str().to_owned())];
+                metrics.declare(MESSAGES_SENT_TOTAL, &labels);
             }
         }
         Self { store, wecom, metrics }
@@ -143,10 +154,10 @@ impl Sending {
         content: &str,
     ) -> Result<Vec<Action>, ActionError> {
         match self.wecom.send_kf_welcome(channel, code, &kf_msgid(key), content).await {
-            Ok(()) => self.count(channel.as_str(), SendStatus::Sent),
+            Ok(()) => count_sent(&self.metrics, channel.as_str(), SendStatus::Sent),
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {}
             Err(error) if is_final(&error) => {
-                self.count(channel.as_str(), SendStatus::Failed);
+                count_sent(&self.metrics, channel.as_str(), SendStatus::Failed);
                 return Err(ActionError { retry: false, message: error.to_string() });
             }
             Err(error) => return Err(error.into()),
@@ -290,20 +301,9 @@ impl Sending {
     /// Applies `update` and counts the send once its status changes.
     async fn finish(&self, send: &str, channel: &str, update: SendUpdate) -> Result<(), StoreError> {
         if let Some(status) = self.store.update_send(send.to_owned(), update).await? {
-            self.count(channel, status);
+            count_sent(&self.metrics, channel, status);
         }
         Ok(())
-    }
-
-    fn count(&self, channel: &str, status: SendStatus) {
-        if status != SendStatus::Queued {
-            self.metrics
-                .counter(
-                    MESSAGES_SENT_TOTAL,
-                    &[("channel", channel.to_owned()), ("outcome", status.as_str().to_owned())],
-                )
-                .increment(1);
-        }
     }
 }
 
@@ -330,9 +330,33 @@ pub(crate) enum QueueError {
          nothing was queued; retry after the queue drains"
     )]
     Full { channel: ChannelName, queued: i64, max: u32 },
-    /// 503: the store's volume is below `DATA_MIN_FREE_PERCENT`; its room is the callbacks'.
-    #[error("{0}: the rest is kept for callbacks; nothing was queued")]
-    LowDisk(String),
+    /// 503: the store's volume is below `DATA_MIN_FREE_PERCENT`; its room is the
+    /// callbacks'. `channel`: the request's.
+    #[error("{reason}: the rest is kept for callbacks; nothing was queued")]
+    LowDisk { channel: ChannelName, reason: String },
+}
+
+impl QueueError {
+    /// A refusal by a limit of SPEC §15: the channel and the `reason` label.
+    fn refusal(&self) -> Option<(&ChannelName, &'static str)> {
+        match self {
+            Self::Full { channel, .. } => Some((channel, "queue_full")),
+            Self::LowDisk { channel, .. } => Some((channel, "disk_low")),
+            _ => None,
+        }
+    }
+}
+
+/// The reasons of `wechat_api_send_api_refused_total`.
+const REFUSAL_REASONS: [&str; 2] = ["queue_full", "disk_low"];
+
+/// Counts `error` in `wechat_api_send_api_refused_total` when a limit refused the request.
+pub(crate) fn count_refusal(metrics: &Metrics, error: &QueueError) {
+    if let Some((channel, reason)) = error.refusal() {
+        metrics
+            .counter(SEND_API_REFUSED_TOTAL, &[("channel", channel.to_string()), ("reason", reason.to_owned())])
+            .increment(1);
+    }
 }
 
 /// When a full queue is worth trying again: WeCom's window for one member is a minute.
@@ -349,10 +373,15 @@ pub(crate) struct SendLimits {
 }
 
 impl SendLimits {
-    /// The limits of `config`; their refusals are counted from zero.
+    /// The limits of `config`; their refusals are counted from zero on every channel.
     pub(crate) fn from_config(config: &crate::config::Config, metrics: &Metrics) -> Self {
-        for reason in ["queue_full", "disk_low"] {
-            metrics.declare(SEND_API_REFUSED_TOTAL, &[("reason", reason.to_owned())]);
+        for channel in sending_channels(&config.channels) {
+            for reason in REFUSAL_REASONS {
+                metrics.declare(
+                    SEND_API_REFUSED_TOTAL,
+                    &[("channel", channel.to_string()), ("reason", reason.to_owned())],
+                );
+            }
         }
         let data_floor = match &config.database {
             Some(_) => None,
@@ -387,9 +416,6 @@ pub(crate) async fn queue(
     limits: &SendLimits,
     request: SendRequest,
 ) -> Result<Accepted, QueueError> {
-    if let Some(reason) = limits.refuses_disk().await {
-        return Err(QueueError::LowDisk(reason));
-    }
     let fingerprint = request.fingerprint();
     let recipient = match request.target {
         Target::InReplyTo(record_id) => {
@@ -424,6 +450,9 @@ pub(crate) async fn queue(
     };
     if let Err(error) = wecom.tokens(&channel) {
         return Err(QueueError::Unsendable { path: "$.channel", reason: format!("channel {channel}: {error}") });
+    }
+    if let Some(reason) = limits.refuses_disk().await {
+        return Err(QueueError::LowDisk { channel, reason });
     }
     let (touser, open_kfid) = match &recipient {
         Recipient::App { touser, .. } => (touser.clone(), None),
@@ -537,11 +566,8 @@ pub(crate) async fn delivery_failed(
         fail_type_meaning(fail_type)
     );
     tracing::warn!(send = %LoggedId(&send.id), msgid = %LoggedId(&msgid), "kf message not delivered: {reason}");
-    let send_channel = send.channel.clone();
     if let Some(status) = store.update_send(send.id, SendUpdate::Failed { errcode: None, reason }).await? {
-        metrics
-            .counter(MESSAGES_SENT_TOTAL, &[("channel", send_channel), ("outcome", status.as_str().to_owned())])
-            .increment(1);
+        count_sent(metrics, &send.channel, status);
     }
     Ok(())
 }

@@ -35,7 +35,19 @@ fn name_error(error: &NameError) -> serde_json::Value {
             "errcode": e.errcode(),
             "hint": e.api().and_then(|a| a.hint()),
         }),
-        NameError::Store(e) => error_body(e.to_string()),
+        NameError::Store(_) | NameError::UnknownChannel(_) | NameError::NotFound { .. } | NameError::Unsupported(_) => {
+            error_body(error.to_string())
+        }
+    }
+}
+
+/// The status of a name that could not be had: WeCom's trouble is a 502.
+fn name_status(error: &NameError) -> StatusCode {
+    match error {
+        NameError::WeCom(_) | NameError::NotFound { .. } => StatusCode::BAD_GATEWAY,
+        NameError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+        NameError::UnknownChannel(_) => StatusCode::NOT_FOUND,
+        NameError::Unsupported(_) => StatusCode::BAD_REQUEST,
     }
 }
 
@@ -67,26 +79,33 @@ pub(crate) async fn test_connection(query: web::Query<ChannelQuery>, state: web:
     }
 }
 
-/// `GET /api/fetch-wecom-name/{id_type}/{id}`
-pub(crate) async fn fetch_name(path: web::Path<(String, String)>, state: web::Data<AppState>) -> HttpResponse {
+/// `GET /api/fetch-wecom-name/{id_type}/{id}[?channel=<name>]`: looked up with
+/// the Secret of the channel the id was seen on (without it: the built-in ones).
+pub(crate) async fn fetch_name(
+    path: web::Path<(String, String)>,
+    query: web::Query<ChannelQuery>,
+    state: web::Data<AppState>,
+) -> HttpResponse {
     let (id_type, id) = path.into_inner();
     let Some(id_type) = IdType::parse(&id_type) else {
         return answer(StatusCode::BAD_REQUEST, error_body("id_type must be user_id or external_user_id"));
     };
-    match state.names.resolve(id_type, &id).await {
+    match state.names.resolve(query.channel.as_deref(), id_type, &id).await {
         Ok(resolved) => match serde_json::to_value(&resolved) {
             Ok(result) => answer(StatusCode::OK, json!({"status": "success", "result": result})),
             Err(error) => unserializable("resolved name", &error),
         },
-        Err(error) => answer(StatusCode::BAD_GATEWAY, name_error(&error)),
+        Err(error) => answer(name_status(&error), name_error(&error)),
     }
 }
 
 /// The body of `POST /api/batch-fetch-wecom-names`: explicit ids, or ids seen in
-/// stored messages.
+/// stored messages, on `channel` (without it: the built-in ones).
 #[derive(Debug, Deserialize)]
 pub(crate) struct BatchRequest {
     id_type: String,
+    #[serde(default)]
+    channel: Option<String>,
     #[serde(default)]
     ids: Option<Vec<String>>,
     #[serde(default)]
@@ -109,19 +128,25 @@ pub(crate) async fn batch_fetch_names(body: web::Bytes, state: web::Data<AppStat
     let Some(id_type) = IdType::parse(&batch.id_type) else {
         return bad("id_type must be user_id or external_user_id".into());
     };
+    let channel = batch.channel.as_deref();
+    if let Err(e) = state.names.check_channel(channel) {
+        return error(name_status(&e), e.to_string());
+    }
     let ids = match (batch.ids, batch.limit) {
         (Some(ids), _) if ids.len() > MAX_BATCH => return bad(format!("at most {MAX_BATCH} ids per request")),
         (Some(ids), _) => ids,
-        (None, Some(limit)) => match state.names.seen(id_type, batch.only_unmapped, limit.min(MAX_BATCH)).await {
-            Ok(ids) => ids,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-        },
+        (None, Some(limit)) => {
+            match state.names.seen(channel, id_type, batch.only_unmapped, limit.min(MAX_BATCH)).await {
+                Ok(ids) => ids,
+                Err(e) => return error(name_status(&e), e.to_string()),
+            }
+        }
         (None, None) => return bad("give either ids or limit".into()),
     };
     let mut results = Vec::with_capacity(ids.len());
     let mut failed = 0;
     for id in ids {
-        match state.names.resolve(id_type, &id).await {
+        match state.names.resolve(channel, id_type, &id).await {
             Ok(resolved) => match serde_json::to_value(&resolved) {
                 Ok(result) => results.push(result),
                 Err(error) => return unserializable("resolved name", &error),

@@ -12,7 +12,6 @@ use crate::dispatch::sending::{self, QueueError};
 use crate::outgoing::{RequestError, SendRequest};
 use crate::routes::{error, AppState};
 use crate::store::{self, StoreError};
-use crate::telemetry::SEND_API_REFUSED_TOTAL;
 
 /// Largest request body: a 20,000-character text, JSON-escaped, fits.
 pub(crate) const MAX_BODY: usize = 256 * 1024;
@@ -44,11 +43,11 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
         Err(e @ QueueError::Unsendable { .. }) => error(StatusCode::BAD_REQUEST, e.to_string()),
         Err(e @ QueueError::KeyReused(_)) => error(StatusCode::CONFLICT, e.to_string()),
         Err(e @ QueueError::Full { .. }) => {
-            state.metrics.counter(SEND_API_REFUSED_TOTAL, &[("reason", "queue_full".to_owned())]).increment(1);
+            sending::count_refusal(&state.metrics, &e);
             super::too_many(sending::FULL_RETRY_AFTER, |_| e.to_string())
         }
-        Err(e @ QueueError::LowDisk(_)) => {
-            state.metrics.counter(SEND_API_REFUSED_TOTAL, &[("reason", "disk_low".to_owned())]).increment(1);
+        Err(e @ QueueError::LowDisk { .. }) => {
+            sending::count_refusal(&state.metrics, &e);
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
         }
         Err(QueueError::Store(e)) => {

@@ -88,31 +88,31 @@ pub(crate) const CALLBACK_DURATION_SECONDS: Family = Family {
     help: "Time the appliance spends on an authenticated callback, from its complete body to the answer (refusals are counted in wechat_api_callbacks_total, not timed).",
 };
 
-/// `wechat_api_wecom_api_requests_total{api,errcode}`.
+/// `wechat_api_wecom_api_requests_total{channel,api,errcode}`.
 pub(crate) const WECOM_API_REQUESTS_TOTAL: Family = Family {
     name: "wechat_api_wecom_api_requests_total",
     kind: Kind::Counter,
     unit: None,
-    labels: &["api", "errcode"],
-    help: "Calls to the WeCom API by endpoint and errcode (0 success; transport or decode when there was none).",
+    labels: &["channel", "api", "errcode"],
+    help: "Calls to the WeCom API by channel (whose Secret; gettoken: the first channel with that Secret), endpoint and errcode (0 success; transport or decode when there was none).",
 };
 
-/// `wechat_api_access_token_expires_in_seconds{app}`.
+/// `wechat_api_access_token_expires_in_seconds{channel,app}`.
 pub(crate) const ACCESS_TOKEN_EXPIRES_IN_SECONDS: Family = Family {
     name: "wechat_api_access_token_expires_in_seconds",
     kind: Kind::Gauge,
     unit: Some(Unit::Seconds),
-    labels: &["app"],
-    help: "Seconds the cached access token had left when last refreshed or loaded, by app (app, kf).",
+    labels: &["channel", "app"],
+    help: "Seconds the channel's cached access token had left when last refreshed or loaded; app: the channel whose Secret it is (channels sharing a corp id and Secret share one token).",
 };
 
-/// `wechat_api_access_token_refreshes_total{app,outcome}`.
+/// `wechat_api_access_token_refreshes_total{channel,app,outcome}`.
 pub(crate) const ACCESS_TOKEN_REFRESHES_TOTAL: Family = Family {
     name: "wechat_api_access_token_refreshes_total",
     kind: Kind::Counter,
     unit: None,
-    labels: &["app", "outcome"],
-    help: "Access token refreshes from WeCom by app (app, kf) and outcome.",
+    labels: &["channel", "app", "outcome"],
+    help: "Refreshes of the channel's access token from WeCom by outcome; app: the channel whose Secret it is (a shared token's refresh counts for each channel sharing it).",
 };
 
 /// `wechat_api_check_status{check}`.
@@ -142,13 +142,13 @@ pub(crate) const ALERTS_TOTAL: Family = Family {
     help: "Alert emails by outcome (sent, failed, dropped when the queue was full, disabled when email is off).",
 };
 
-/// `wechat_api_kf_messages_total{msgtype}`.
+/// `wechat_api_kf_messages_total{channel,msgtype}`.
 pub(crate) const KF_MESSAGES_TOTAL: Family = Family {
     name: "wechat_api_kf_messages_total",
     kind: Kind::Counter,
     unit: None,
-    labels: &["msgtype"],
-    help: "Customer-service messages handled from the journal, by WeCom msgtype.",
+    labels: &["channel", "msgtype"],
+    help: "Customer-service messages handled from the journal, by kf channel and WeCom msgtype.",
 };
 
 /// `wechat_api_messages_sent_total{channel,outcome}`.
@@ -160,13 +160,13 @@ pub(crate) const MESSAGES_SENT_TOTAL: Family = Family {
     help: "Texts sent to users (help, welcome, replies, the send API), by channel and outcome: sent, failed (WeCom refused it or reported msg_send_fail), refused (a kf rule stopped it before any call).",
 };
 
-/// `wechat_api_outbox_actions_total{kind,outcome}`.
+/// `wechat_api_outbox_actions_total{channel,kind,outcome}`.
 pub(crate) const OUTBOX_ACTIONS_TOTAL: Family = Family {
     name: "wechat_api_outbox_actions_total",
     kind: Kind::Counter,
     unit: None,
-    labels: &["kind", "outcome"],
-    help: "Outbox action attempts by kind and outcome (ok, retry, failed).",
+    labels: &["channel", "kind", "outcome"],
+    help: "Outbox action attempts by channel, kind (forward, download_media, app_text, kf_text, kf_welcome, kf_handover) and outcome (ok, retry, failed, paced).",
 };
 
 /// `wechat_api_store_pruned_total{table}`.
@@ -214,13 +214,13 @@ pub(crate) const STORE_SYNCED_COMMITS_TOTAL: Family = Family {
     help: "Store commits made durable with an fsync before they returned (strict writes).",
 };
 
-/// `wechat_api_send_api_refused_total{reason}`.
+/// `wechat_api_send_api_refused_total{channel,reason}`.
 pub(crate) const SEND_API_REFUSED_TOTAL: Family = Family {
     name: "wechat_api_send_api_refused_total",
     kind: Kind::Counter,
     unit: None,
-    labels: &["reason"],
-    help: "Send API requests refused by a limit of SPEC 15: queue_full (429, SEND_QUEUE_MAX), disk_low (503, DATA_MIN_FREE_PERCENT).",
+    labels: &["channel", "reason"],
+    help: "Send API requests refused by a limit of SPEC 15, by the request's channel and reason: queue_full (429, SEND_QUEUE_MAX), disk_low (503, DATA_MIN_FREE_PERCENT).",
 };
 
 /// `wechat_api_outbox_backlog_actions`.

@@ -1,9 +1,11 @@
 //! The HTTP client for the WeCom API (`WECOM_API_BASE_URL`): timeouts, retries of
 //! "system busy" (-1), and one count per call in
-//! `wechat_api_wecom_api_requests_total{api,errcode}`.
+//! `wechat_api_wecom_api_requests_total{channel,api,errcode}`.
 //!
 //! Every call takes the access token as an argument; which token, and what to do
-//! when it is refused, is [`super::tokens`]'s business.
+//! when it is refused, is [`super::tokens`]'s business. Which channel a call is
+//! for is the client's: [`WeComClient::on`] gives the client of one channel,
+//! which counts its calls under that channel's name.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, WeComError};
 use super::models::*;
 use crate::backoff::Backoff;
+use crate::channels::{ChannelKind, ChannelName};
 use crate::telemetry::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,19 +42,24 @@ struct Status {
     errmsg: String,
 }
 
-/// A client of one WeCom API base URL.
+/// A client of one WeCom API base URL, counting its calls for one channel.
 #[derive(Debug, Clone)]
 pub struct WeComClient {
     http: reqwest::Client,
-    base_url: String,
+    base_url: Arc<str>,
     metrics: Arc<Metrics>,
+    /// The `channel` label of its calls; `None` only before [`WeComClient::on`].
+    channel: Option<ChannelName>,
 }
 
-/// Every API this client calls: the known values of the `api` label, whose
-/// successes (`errcode="0"`) are counted from zero on start.
-pub(crate) const APIS: &[&str] = &[
+/// The APIs an `app` channel's Secret calls: the known values of the `api`
+/// label of such a channel, whose successes (`errcode="0"`) are counted from
+/// zero on start.
+const APP_APIS: &[&str] = &["gettoken", "message/send", "user/get", "externalcontact/get", "media/get"];
+
+/// The APIs a `kf` channel's Secret calls, likewise.
+const KF_APIS: &[&str] = &[
     "gettoken",
-    "message/send",
     "kf/sync_msg",
     "kf/send_msg",
     "kf/send_msg_on_event",
@@ -59,29 +67,61 @@ pub(crate) const APIS: &[&str] = &[
     "kf/service_state/get",
     "kf/service_state/trans",
     "kf/customer/batchget",
-    "user/get",
-    "externalcontact/get",
     "media/get",
 ];
 
+/// The `channel` label of a call made for no channel (none is, once built).
+const NO_CHANNEL: &str = "unknown";
+
 impl WeComClient {
+    /// The shared part: the HTTP client and the base URL. Calls are made by the
+    /// client of a channel, [`WeComClient::on`].
     pub fn new(base_url: &str, metrics: Arc<Metrics>) -> Result<Self, WeComError> {
         let http = crate::outbound::client(TIMEOUT)
             .connect_timeout(CONNECT_TIMEOUT)
             .build()
             .map_err(|e| WeComError::transport("client", e))?;
-        for api in APIS {
-            metrics.declare(REQUESTS_TOTAL, &[("api", (*api).to_owned()), ("errcode", "0".to_owned())]);
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').into(), metrics, channel: None })
+    }
+
+    /// The same client (connections shared), counting its calls for `channel`.
+    pub(crate) fn on(&self, channel: &ChannelName) -> Self {
+        Self { channel: Some(channel.clone()), ..self.clone() }
+    }
+
+    /// Makes the successes of the APIs a channel of `kind` calls exist at zero.
+    pub(crate) fn declare(&self, kind: ChannelKind) {
+        let apis = match kind {
+            ChannelKind::App => APP_APIS,
+            ChannelKind::Kf => KF_APIS,
+            ChannelKind::Aibot => &[],
+        };
+        for api in apis {
+            self.metrics.declare(REQUESTS_TOTAL, &self.labels(api, "0".to_owned()));
         }
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), metrics })
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}/cgi-bin/{path}", self.base_url)
     }
 
+    /// A GET of `api` (the path under `/cgi-bin/`) with `query`.
+    fn get(&self, api: &str, query: &[(&str, &str)]) -> RequestBuilder {
+        self.http.get(self.url(api)).query(query)
+    }
+
+    /// GETs `api` with `query`, retrying "system busy", and decodes its answer.
+    async fn get_json<T: DeserializeOwned>(&self, api: &'static str, query: &[(&str, &str)]) -> Result<T, WeComError> {
+        self.call(api, || self.get(api, query)).await
+    }
+
+    fn labels(&self, api: &str, errcode: String) -> [(&'static str, String); 3] {
+        let channel = self.channel.as_ref().map_or(NO_CHANNEL, ChannelName::as_str);
+        [("channel", channel.to_owned()), ("api", api.to_owned()), ("errcode", errcode)]
+    }
+
     fn count(&self, api: &'static str, errcode: String) {
-        self.metrics.counter(REQUESTS_TOTAL, &[("api", api.to_owned()), ("errcode", errcode)]).increment(1);
+        self.metrics.counter(REQUESTS_TOTAL, &self.labels(api, errcode)).increment(1);
     }
 
     /// Sends the request `build` makes, retrying -1 with back-off.
@@ -157,8 +197,7 @@ impl WeComClient {
 
     /// `gettoken` for one Secret.
     pub(crate) async fn gettoken(&self, corp_id: &str, secret: &str) -> Result<TokenResponse, WeComError> {
-        let url = self.url("gettoken");
-        self.call("gettoken", || self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", secret)])).await
+        self.get_json("gettoken", &[("corpid", corp_id), ("corpsecret", secret)]).await
     }
 
     /// `gettoken`, with the `Date` WeCom answered at (unix seconds), for clock checks.
@@ -168,9 +207,7 @@ impl WeComClient {
         secret: &str,
     ) -> Result<(TokenResponse, Option<i64>), WeComError> {
         const API: &str = "gettoken";
-        let url = self.url(API);
-        let response =
-            self.send(API, self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", secret)])).await?;
+        let response = self.send(API, self.get(API, &[("corpid", corp_id), ("corpsecret", secret)])).await?;
         let date = response
             .headers()
             .get(reqwest::header::DATE)
@@ -277,8 +314,7 @@ impl WeComClient {
     }
 
     pub(crate) async fn user_get(&self, token: &str, userid: &str) -> Result<User, WeComError> {
-        let url = self.url("user/get");
-        self.call("user/get", || self.http.get(&url).query(&[("access_token", token), ("userid", userid)])).await
+        self.get_json("user/get", &[("access_token", token), ("userid", userid)]).await
     }
 
     pub(crate) async fn externalcontact_get(
@@ -286,11 +322,7 @@ impl WeComClient {
         token: &str,
         external_userid: &str,
     ) -> Result<ExternalContactResponse, WeComError> {
-        let url = self.url("externalcontact/get");
-        self.call("externalcontact/get", || {
-            self.http.get(&url).query(&[("access_token", token), ("external_userid", external_userid)])
-        })
-        .await
+        self.get_json("externalcontact/get", &[("access_token", token), ("external_userid", external_userid)]).await
     }
 
     /// `media/get`: the file, to be read chunk by chunk ([`Media::chunk`]), or
@@ -298,9 +330,7 @@ impl WeComClient {
     /// before the body is read, a body that grows past it while being read.
     pub(crate) async fn media_get(&self, token: &str, media_id: &str, max_bytes: usize) -> Result<Media, WeComError> {
         const API: &str = "media/get";
-        let url = self.url(API);
-        let response =
-            self.send(API, self.http.get(&url).query(&[("access_token", token), ("media_id", media_id)])).await?;
+        let response = self.send(API, self.get(API, &[("access_token", token), ("media_id", media_id)])).await?;
         let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let content_type = header(reqwest::header::CONTENT_TYPE);
         let filename = header(reqwest::header::CONTENT_DISPOSITION)
@@ -376,21 +406,22 @@ async fn read_limited(
 
 #[cfg(test)]
 mod tests {
-    use super::APIS;
+    use super::{APP_APIS, KF_APIS};
 
-    /// A new API must join [`APIS`], or its series appears only with its first call.
+    /// A new API must join [`APP_APIS`] or [`KF_APIS`], or its series appears
+    /// only with its first call.
     #[test]
     fn every_api_this_client_calls_is_declared_in_apis() {
         let source = include_str!("client.rs");
         let source = &source[..source.find("#[cfg(test)]").unwrap_or(source.len())];
-        let called: Vec<&str> = ["post_json(\"", "self.call(\"", "const API: &str = \""]
+        let called: Vec<&str> = ["post_json(\"", "get_json(\"", "const API: &str = \""]
             .iter()
             .flat_map(|opening| source.match_indices(opening).map(move |(at, _)| &source[at + opening.len()..]))
             .filter_map(|rest| rest.split('"').next())
             .collect();
         assert!(called.len() >= 10, "{called:?}");
         for api in called {
-            assert!(APIS.contains(&api), "{api} is called but not in APIS");
+            assert!(APP_APIS.contains(&api) || KF_APIS.contains(&api), "{api} is called but in neither list");
         }
     }
 }

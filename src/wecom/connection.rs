@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::{ApiError, TokenSource, WeCom, WeComError};
-use crate::channels::ChannelKind;
+use super::{ApiError, ChannelApi, WeCom, WeComError};
+use crate::channels::{ChannelKind, ChannelName};
 use crate::config::{ChannelSpec, Channels};
 
 /// What went wrong with one call, as the report shows it.
@@ -78,9 +78,9 @@ pub(crate) struct ChannelReport {
 /// Tests `channel`'s Secret against WeCom (a kf channel's also on a kf API).
 pub(crate) async fn test_channel(wecom: &WeCom, channel: &ChannelSpec) -> ChannelReport {
     let mut secrets = Vec::new();
-    if let Ok(source) = wecom.tokens(&channel.name) {
+    if let Ok(api) = wecom.api(&channel.name) {
         let kf = channel.kind() == ChannelKind::Kf;
-        secrets.push(secret_report(wecom, channel.corp_id.as_str(), source, channel.name.to_string(), kf).await);
+        secrets.push(secret_report(api, channel.corp_id.as_str(), channel.name.to_string(), kf).await);
     }
     let status = if !secrets.is_empty() && secrets.iter().all(|s| s.status == "success") { "success" } else { "error" };
     ChannelReport {
@@ -92,30 +92,20 @@ pub(crate) async fn test_channel(wecom: &WeCom, channel: &ChannelSpec) -> Channe
     }
 }
 
-async fn secret_report(wecom: &WeCom, corp_id: &str, source: &Arc<TokenSource>, app: String, kf: bool) -> SecretReport {
-    let mut report = match wecom.client.gettoken(corp_id, source.secret().expose()).await {
-        Ok(token) => SecretReport {
-            app,
-            status: "success",
-            expires_in: Some(token.expires_in),
-            problem: None,
-            ip: None,
-            kf_api: None,
-        },
+/// A real `gettoken` with `api`'s Secret (and, for `kf`, `kf/account/list`), counted for its channel.
+async fn secret_report(api: &ChannelApi, corp_id: &str, app: String, kf: bool) -> SecretReport {
+    let mut report = SecretReport { app, status: "success", expires_in: None, problem: None, ip: None, kf_api: None };
+    match api.client.gettoken(corp_id, api.tokens.secret().expose()).await {
+        Ok(token) => report.expires_in = Some(token.expires_in),
         Err(error) => {
-            let ip = error.api().and_then(ApiError::caller_ip);
-            return SecretReport {
-                app,
-                status: "error",
-                expires_in: None,
-                problem: Some(Problem::of(&error)),
-                ip,
-                kf_api: None,
-            };
+            report.status = "error";
+            report.ip = error.api().and_then(ApiError::caller_ip);
+            report.problem = Some(Problem::of(&error));
+            return report;
         }
-    };
+    }
     if kf {
-        let listed = source.call(|token| async move { wecom.client.kf_account_list(&token).await }).await;
+        let listed = api.call(|client, token| async move { client.kf_account_list(&token).await }).await;
         report.kf_api = Some(match listed {
             Ok(list) => KfApiReport { status: "success", accounts: Some(list.account_list.len()), problem: None },
             Err(error) => {
@@ -135,13 +125,14 @@ async fn secret_report(wecom: &WeCom, corp_id: &str, source: &Arc<TokenSource>, 
 /// then each of `channels` from the config file.
 pub(crate) async fn test_connection(wecom: &WeCom, corp_id: &str, channels: &Channels) -> ConnectionReport {
     let mut secrets = Vec::new();
-    let shared = matches!((&wecom.app, &wecom.kf), (Some(a), Some(k)) if Arc::ptr_eq(a, k));
-    if let Some(app) = &wecom.app {
+    let (app, kf) = (wecom.api(&ChannelName::app()).ok(), wecom.api(&ChannelName::kf()).ok());
+    let shared = matches!((app, kf), (Some(a), Some(k)) if Arc::ptr_eq(&a.tokens, &k.tokens));
+    if let Some(app) = app {
         let name = if shared { "app+kf" } else { "app" };
-        secrets.push(secret_report(wecom, corp_id, app, name.into(), shared).await);
+        secrets.push(secret_report(app, corp_id, name.into(), shared).await);
     }
-    if let (Some(kf), false) = (&wecom.kf, shared) {
-        secrets.push(secret_report(wecom, corp_id, kf, "kf".into(), true).await);
+    if let (Some(kf), false) = (kf, shared) {
+        secrets.push(secret_report(kf, corp_id, "kf".into(), true).await);
     }
     let mut reports = Vec::new();
     for channel in channels.iter().filter(|c| !c.builtin) {

@@ -25,18 +25,32 @@ use crate::telemetry::Metrics;
 pub(crate) use client::Media;
 use models::{KfServiceState, KfSyncPage, KfSyncRequest};
 
+/// What one channel calls WeCom with: the client that counts its calls under
+/// the channel's name, and the token cache of its Secret (shared with the
+/// channels of the same corp id and Secret).
+#[derive(Debug, Clone)]
+pub(crate) struct ChannelApi {
+    pub client: WeComClient,
+    pub tokens: Arc<TokenSource>,
+}
+
+impl ChannelApi {
+    /// Calls `api_call` with this channel's client and a token (see [`TokenSource::call`]).
+    pub(crate) async fn call<'a, T, F, Fut>(&'a self, api_call: F) -> Result<T, WeComError>
+    where
+        F: Fn(&'a WeComClient, String) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WeComError>>,
+    {
+        self.tokens.call(|token| api_call(&self.client, token)).await
+    }
+}
+
 /// The API client and the token cache of each configured Secret.
 #[derive(Debug, Clone)]
 pub(crate) struct WeCom {
-    pub client: WeComClient,
-    /// `WECOM_SECRET`: the built-in self-built app.
-    pub app: Option<Arc<TokenSource>>,
-    /// `WECOM_KF_SECRET`, else `WECOM_SECRET`. The same `Arc` as `app` when the two
-    /// Secrets are equal: one cache per (corp id, Secret).
-    pub kf: Option<Arc<TokenSource>>,
-    /// Every channel's cache, by channel name (the built-ins' are `app` and `kf`
-    /// above); channels sharing a corp id and Secret share one.
-    by_channel: HashMap<ChannelName, Arc<TokenSource>>,
+    /// Every channel with a Secret, by name (the built-in kf without
+    /// `WECOM_KF_SECRET` with `WECOM_SECRET`, as always).
+    by_channel: HashMap<ChannelName, ChannelApi>,
     /// The distinct caches, in configuration order.
     sources: Vec<Arc<TokenSource>>,
 }
@@ -44,12 +58,12 @@ pub(crate) struct WeCom {
 impl WeCom {
     pub(crate) fn new(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Result<Self, WeComError> {
         let client = WeComClient::new(&config.api_base_url, Arc::clone(metrics))?;
-        tokens::declare_metrics(metrics);
-        let mut by_key: HashMap<String, Arc<TokenSource>> = HashMap::new();
-        let mut by_channel = HashMap::new();
-        let mut sources = Vec::new();
+        // Channels sharing a corp id and Secret share one cache, the first one's.
+        let mut caches: Vec<(String, TokenSource)> = Vec::new();
+        let mut users: Vec<(ChannelName, usize)> = Vec::new();
         let app_secret = config.channels.builtin_app().and_then(|app| app.secret());
-        for channel in config.channels.iter() {
+        for channel in config.channels.iter().filter(|c| c.kind() != ChannelKind::Aibot) {
+            client.on(&channel.name).declare(channel.kind());
             // The built-in kf without WECOM_KF_SECRET calls kf APIs with WECOM_SECRET, as always.
             let secret = match channel.secret() {
                 Some(secret) => secret,
@@ -57,49 +71,56 @@ impl WeCom {
                     Some(secret) => secret,
                     None => continue,
                 },
-                None => continue,
+                None => {
+                    tokens::declare_metrics(metrics, &channel.name, &channel.name);
+                    continue;
+                }
             };
             let corp_id = channel.corp_id.as_str();
-            let source = by_key.entry(tokens::cache_key(corp_id, secret)).or_insert_with(|| {
-                let source = Arc::new(TokenSource::new(
-                    channel.name.as_str(),
-                    corp_id,
-                    secret.clone(),
-                    client.clone(),
-                    store.clone(),
-                    Arc::clone(metrics),
-                ));
-                sources.push(Arc::clone(&source));
-                source
-            });
-            by_channel.insert(channel.name.clone(), Arc::clone(source));
+            let key = tokens::cache_key(corp_id, secret);
+            let index = match caches.iter().position(|(k, _)| *k == key) {
+                Some(index) => {
+                    caches[index].1.share_with(channel.name.clone());
+                    index
+                }
+                None => {
+                    let source = TokenSource::new(
+                        channel.name.clone(),
+                        corp_id,
+                        secret.clone(),
+                        client.clone(),
+                        store.clone(),
+                        Arc::clone(metrics),
+                    );
+                    caches.push((key, source));
+                    caches.len() - 1
+                }
+            };
+            users.push((channel.name.clone(), index));
         }
-        let builtin = |channel: Option<&Arc<crate::config::ChannelSpec>>| {
-            channel.and_then(|c| by_channel.get(c.name.as_str())).cloned()
-        };
-        let app = builtin(config.channels.builtin_app());
-        let kf = builtin(config.channels.builtin_kf());
-        Ok(Self { client, app, kf, by_channel, sources })
+        let sources: Vec<Arc<TokenSource>> = caches.into_iter().map(|(_, source)| Arc::new(source)).collect();
+        let by_channel = users
+            .into_iter()
+            .map(|(name, index)| {
+                let api = ChannelApi { client: client.on(&name), tokens: Arc::clone(&sources[index]) };
+                (name, api)
+            })
+            .collect();
+        Ok(Self { by_channel, sources })
     }
 
-    /// The token cache for the built-in app channel, or why there is none.
-    pub(crate) fn app_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
-        self.app.as_ref().ok_or(WeComError::NotConfigured("WECOM_SECRET"))
-    }
-
-    /// The token cache for the built-in kf channel's APIs, or why there is none.
-    pub(crate) fn kf_tokens(&self) -> Result<&Arc<TokenSource>, WeComError> {
-        self.kf.as_ref().ok_or(WeComError::NotConfigured("WECOM_KF_SECRET"))
+    /// What `channel` calls WeCom with, or why it cannot.
+    pub(crate) fn api(&self, channel: &ChannelName) -> Result<&ChannelApi, WeComError> {
+        self.by_channel.get(channel).ok_or(match channel.as_str() {
+            ChannelName::APP => WeComError::NotConfigured("WECOM_SECRET"),
+            ChannelName::KF => WeComError::NotConfigured("WECOM_KF_SECRET"),
+            _ => WeComError::NotConfigured("a Secret for this channel (channels.<name>.secret)"),
+        })
     }
 
     /// The token cache for `channel`'s APIs, or why there is none.
     pub(crate) fn tokens(&self, channel: &ChannelName) -> Result<&Arc<TokenSource>, WeComError> {
-        match self.by_channel.get(channel) {
-            Some(source) => Ok(source),
-            None if channel.as_str() == ChannelName::APP => self.app_tokens(),
-            None if channel.as_str() == ChannelName::KF => self.kf_tokens(),
-            None => Err(WeComError::NotConfigured("a Secret for this channel (channels.<name>.secret)")),
-        }
+        self.api(channel).map(|api| &api.tokens)
     }
 
     /// Every distinct token cache, in configuration order.
@@ -115,11 +136,10 @@ impl WeCom {
         agent_id: i64,
         text: &str,
     ) -> Result<(), WeComError> {
-        let client = &self.client;
-        self.tokens(channel)?
-            .call(|token| async move { client.send_app_text(&token, to, agent_id, text).await })
-            .await?;
-        Ok(())
+        self.api(channel)?
+            .call(|client, token| async move { client.send_app_text(&token, to, agent_id, text).await })
+            .await
+            .map(drop)
     }
 
     /// Sends a text to customer `to` of kf account `open_kfid` under our own
@@ -132,11 +152,10 @@ impl WeCom {
         msgid: &str,
         text: &str,
     ) -> Result<(), WeComError> {
-        let client = &self.client;
-        self.tokens(channel)?
-            .call(|token| async move { client.send_kf_text(&token, to, open_kfid, msgid, text).await })
-            .await?;
-        Ok(())
+        self.api(channel)?
+            .call(|client, token| async move { client.send_kf_text(&token, to, open_kfid, msgid, text).await })
+            .await
+            .map(drop)
     }
 
     /// Sends the welcome text an `enter_session` event's `code` allows.
@@ -147,11 +166,10 @@ impl WeCom {
         msgid: &str,
         text: &str,
     ) -> Result<(), WeComError> {
-        let client = &self.client;
-        self.tokens(channel)?
-            .call(|token| async move { client.send_kf_welcome(&token, code, msgid, text).await })
-            .await?;
-        Ok(())
+        self.api(channel)?
+            .call(|client, token| async move { client.send_kf_welcome(&token, code, msgid, text).await })
+            .await
+            .map(drop)
     }
 
     /// Hands the session of `external_userid` to the queue, or to `servicer`.
@@ -162,13 +180,12 @@ impl WeCom {
         external_userid: &str,
         servicer: Option<&str>,
     ) -> Result<(), WeComError> {
-        let client = &self.client;
-        self.tokens(channel)?
-            .call(|token| async move {
+        self.api(channel)?
+            .call(|client, token| async move {
                 client.kf_service_state_trans(&token, open_kfid, external_userid, servicer).await
             })
-            .await?;
-        Ok(())
+            .await
+            .map(drop)
     }
 
     /// Who owns the session of customer `external_userid` with account `open_kfid`.
@@ -178,9 +195,8 @@ impl WeCom {
         open_kfid: &str,
         external_userid: &str,
     ) -> Result<KfServiceState, WeComError> {
-        let client = &self.client;
-        self.tokens(channel)?
-            .call(|token| async move { client.kf_service_state_get(&token, open_kfid, external_userid).await })
+        self.api(channel)?
+            .call(|client, token| async move { client.kf_service_state_get(&token, open_kfid, external_userid).await })
             .await
     }
 
@@ -194,8 +210,8 @@ impl WeCom {
         token: Option<String>,
     ) -> Result<KfSyncPage, WeComError> {
         let request = KfSyncRequest { cursor, token, limit: KF_SYNC_PAGE_LIMIT, open_kfid: Some(open_kfid.to_owned()) };
-        let (client, request) = (&self.client, &request);
-        self.tokens(channel)?.call(|t| async move { client.kf_sync_msg(&t, request).await }).await
+        let request = &request;
+        self.api(channel)?.call(|client, token| async move { client.kf_sync_msg(&token, request).await }).await
     }
 
     /// Downloads media `media_id` of a `channel` message, at most `max_bytes`.
@@ -205,8 +221,9 @@ impl WeCom {
         media_id: &str,
         max_bytes: usize,
     ) -> Result<Media, WeComError> {
-        let client = &self.client;
-        self.tokens(channel)?.call(|token| async move { client.media_get(&token, media_id, max_bytes).await }).await
+        self.api(channel)?
+            .call(|client, token| async move { client.media_get(&token, media_id, max_bytes).await })
+            .await
     }
 }
 

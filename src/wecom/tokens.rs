@@ -15,6 +15,7 @@ use tokio::sync::Mutex;
 
 use super::client::WeComClient;
 use super::error::{ApiError, WeComError};
+use crate::channels::ChannelName;
 use crate::config::Secret;
 use crate::store::tokens::StoredToken;
 use crate::store::{now, Store};
@@ -29,20 +30,25 @@ pub(crate) const REFRESH_MARGIN_SECS: i64 = 300;
 use crate::telemetry::ACCESS_TOKEN_EXPIRES_IN_SECONDS as EXPIRES_IN;
 use crate::telemetry::ACCESS_TOKEN_REFRESHES_TOTAL as REFRESHES;
 
-/// The values of the `app` label: the self-built app's Secret and the kf one.
-const APPS: [&str; 2] = ["app", "kf"];
 /// The values of the refreshes' `outcome` label.
 const REFRESH_OUTCOMES: [&str; 2] = ["ok", "error"];
 
-/// Declares the token families' series at zero for both apps, configured or
-/// not, so dashboards and alerts see them from the first scrape: no refreshes
-/// yet, and 0 seconds left of a token there is not (yet) any of.
-pub(crate) fn declare_metrics(metrics: &Metrics) {
-    for app in APPS {
-        metrics.declare(EXPIRES_IN, &[("app", app.to_owned())]);
-        for outcome in REFRESH_OUTCOMES {
-            metrics.declare(REFRESHES, &[("app", app.to_owned()), ("outcome", outcome.to_owned())]);
-        }
+/// The labels of the token families for `channel`, whose token is the one of
+/// `app`'s Secret (the first channel configured with that corp id and Secret).
+fn token_labels(channel: &ChannelName, app: &ChannelName) -> Vec<(&'static str, String)> {
+    vec![("channel", channel.to_string()), ("app", app.to_string())]
+}
+
+/// Declares the token families' series of `channel` at zero (`app`: the channel
+/// whose Secret its token is, itself when it has none), so dashboards and alerts
+/// see them from the first scrape: no refreshes yet, and 0 seconds left of a
+/// token there is not (yet) any of.
+pub(crate) fn declare_metrics(metrics: &Metrics, channel: &ChannelName, app: &ChannelName) {
+    metrics.declare(EXPIRES_IN, &token_labels(channel, app));
+    for outcome in REFRESH_OUTCOMES {
+        let mut labels = token_labels(channel, app);
+        labels.push(("outcome", outcome.to_owned()));
+        metrics.declare(REFRESHES, &labels);
     }
 }
 
@@ -60,9 +66,13 @@ pub struct TokenStatus {
 
 /// The token cache of one Secret.
 pub struct TokenSource {
-    /// The channel's name (`app`, `kf`, a file channel's): the metrics label and
-    /// the name in health output.
-    label: String,
+    /// The first channel configured with this corp id and Secret (`app`, `kf`, a
+    /// file channel's): the `app` label of the token metrics, the name in health
+    /// output, and the channel `gettoken` is counted for.
+    label: ChannelName,
+    /// Every channel whose token this is (the `channel` label of the token
+    /// metrics): `label` first, then those sharing its corp id and Secret.
+    channels: Vec<ChannelName>,
     corp_id: String,
     secret: Secret,
     cache_key: String,
@@ -87,20 +97,23 @@ pub(crate) fn cache_key(corp_id: &str, secret: &Secret) -> String {
 }
 
 impl TokenSource {
+    /// The cache of channel `label`'s Secret; its `gettoken` calls are counted for `label`.
     pub fn new(
-        label: impl Into<String>,
+        label: ChannelName,
         corp_id: &str,
         secret: Secret,
         client: WeComClient,
         store: Store,
         metrics: Arc<Metrics>,
     ) -> Self {
+        declare_metrics(&metrics, &label, &label);
         Self {
-            label: label.into(),
+            client: client.on(&label),
+            channels: vec![label.clone()],
+            label,
             corp_id: corp_id.to_owned(),
             cache_key: cache_key(corp_id, &secret),
             secret,
-            client,
             store,
             metrics,
             current: Mutex::new(None),
@@ -108,8 +121,15 @@ impl TokenSource {
         }
     }
 
+    /// The cache shared by `channel` too (the same corp id and Secret): its
+    /// token metrics follow this cache.
+    pub(crate) fn share_with(&mut self, channel: ChannelName) {
+        declare_metrics(&self.metrics, &channel, &self.label);
+        self.channels.push(channel);
+    }
+
     pub(crate) fn label(&self) -> &str {
-        &self.label
+        self.label.as_str()
     }
 
     /// The Secret, for the connection test's own `gettoken`.
@@ -200,10 +220,13 @@ impl TokenSource {
 
     async fn refresh(&self) -> Result<StoredToken, WeComError> {
         let outcome = self.client.gettoken(&self.corp_id, self.secret.expose()).await;
+        // A refresh of the token of every channel that shares it.
         let counter = |outcome: &str| {
-            self.metrics
-                .counter(REFRESHES, &[("app", self.label.clone()), ("outcome", outcome.to_owned())])
-                .increment(1);
+            for channel in &self.channels {
+                let mut labels = token_labels(channel, &self.label);
+                labels.push(("outcome", outcome.to_owned()));
+                self.metrics.counter(REFRESHES, &labels).increment(1);
+            }
         };
         match outcome {
             Ok(response) => {
@@ -239,7 +262,9 @@ impl TokenSource {
     }
 
     fn publish_expiry(&self, expires_at: i64) {
-        self.metrics.gauge(EXPIRES_IN, &[("app", self.label.clone())]).set((expires_at - now()) as f64);
+        for channel in &self.channels {
+            self.metrics.gauge(EXPIRES_IN, &token_labels(channel, &self.label)).set((expires_at - now()) as f64);
+        }
     }
 
     /// Drops `stale` if it is still the current token (a concurrent caller may have

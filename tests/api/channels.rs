@@ -489,3 +489,154 @@ async fn a_kf_channel_of_another_corp_syncs_and_answers_with_its_own_secret() {
     assert_eq!(wecom.calls("kf/sync_msg")[0].query["access_token"], shop_token);
     app.wait_until_outbox_empty().await;
 }
+
+/// A third corp's app channel, beside `hr`: the second of two app channels.
+const OPS_CORP: &str = "wwops0123456789abc";
+const OPS_AGENT: i64 = 1_000_007;
+
+fn ops_table() -> String {
+    format!(
+        "[channels.ops]\nkind = \"app\"\ncorp_id = \"{OPS_CORP}\"\nagent_id = {OPS_AGENT}\nsecret = \"ops-secret-value\"\n\
+         token = \"opsToken9\"\nencoding_aes_key = \"{HR_KEY}\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_app_channels_count_their_wecom_calls_tokens_actions_sends_and_refusals_in_series_of_their_own() {
+    let wecom = FakeWeCom::start().await;
+    let (app, _dir) = spawn_with_file(
+        &format!("{}{}", hr_table(""), ops_table()),
+        &[("WECOM_API_BASE_URL", &wecom.base_url), ("SEND_TOKEN", SEND), ("DATA_MIN_FREE_PERCENT", "100")],
+    )
+    .await;
+    // Each channel's series are there from the first scrape.
+    let first = app.metrics().await;
+    for channel in ["hr", "ops"] {
+        for series in [
+            format!("wechat_api_wecom_api_requests_total{{channel=\"{channel}\",api=\"message/send\",errcode=\"0\"}} 0"),
+            format!("wechat_api_access_token_refreshes_total{{channel=\"{channel}\",app=\"{channel}\",outcome=\"error\"}} 0"),
+            format!("wechat_api_outbox_actions_total{{channel=\"{channel}\",kind=\"app_text\",outcome=\"paced\"}} 0"),
+            format!("wechat_api_send_api_refused_total{{channel=\"{channel}\",reason=\"queue_full\"}} 0"),
+            format!("wechat_api_messages_sent_total{{channel=\"{channel}\",outcome=\"sent\"}} 0"),
+        ] {
+            assert!(first.contains(&series), "{series} is not in the first scrape:\n{first}");
+        }
+    }
+
+    // Two help commands on hr, one on ops: each answered by its own app.
+    for msg_id in [21, 22] {
+        let help = text_to(HR_AGENT, msg_id, "帮助");
+        assert_eq!(post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &help).await.0, 200);
+    }
+    let help = text_to(OPS_AGENT, 23, "帮助");
+    assert_eq!(post(&app, "/api/v1/wecom/callback/ops", "opsToken9", HR_KEY, OPS_CORP, &help).await.0, 200);
+    // The send API on ops, refused by the data floor: ops's refusal, not hr's.
+    assert_eq!(send(&app, serde_json::json!({"channel": "ops", "to": "wangwu", "text": "x"})).await.0, 503);
+    wecom.wait_for_calls("message/send", 3).await;
+    app.wait_until_outbox_empty().await;
+
+    for (channel, sends, refused) in [("hr", 2.0, 0.0), ("ops", 1.0, 1.0)] {
+        let api = |api: &str| {
+            format!("wechat_api_wecom_api_requests_total{{channel=\"{channel}\",api=\"{api}\",errcode=\"0\"}}")
+        };
+        assert_eq!(app.metric(&api("message/send")).await, sends, "{channel}");
+        assert_eq!(app.metric(&api("gettoken")).await, 1.0, "{channel}");
+        let refreshed = format!(
+            "wechat_api_access_token_refreshes_total{{channel=\"{channel}\",app=\"{channel}\",outcome=\"ok\"}}"
+        );
+        assert_eq!(app.metric(&refreshed).await, 1.0, "{channel}");
+        let left = format!("wechat_api_access_token_expires_in_seconds{{channel=\"{channel}\",app=\"{channel}\"}}");
+        assert!(app.metric(&left).await > 7000.0, "{channel}");
+        let done = format!("wechat_api_outbox_actions_total{{channel=\"{channel}\",kind=\"app_text\",outcome=\"ok\"}}");
+        assert_eq!(app.metric(&done).await, sends, "{channel}");
+        let sent = format!("wechat_api_messages_sent_total{{channel=\"{channel}\",outcome=\"sent\"}}");
+        assert_eq!(app.metric(&sent).await, sends, "{channel}");
+        let disk = format!("wechat_api_send_api_refused_total{{channel=\"{channel}\",reason=\"disk_low\"}}");
+        assert_eq!(app.metric(&disk).await, refused, "{channel}");
+    }
+    // Nothing was counted for no channel.
+    let exposition = app.metrics().await;
+    assert!(!exposition.contains("channel=\"unknown\",api="), "{exposition}");
+}
+
+/// `GET /api/fetch-wecom-name/…` as the admin: the status and the answer.
+async fn fetch_name(app: &TestApp, path: &str) -> (u16, serde_json::Value) {
+    let response = app
+        .client
+        .get(app.url(&format!("/api/fetch-wecom-name/{path}")))
+        .bearer_auth(ADMIN)
+        .send()
+        .await
+        .expect("names");
+    (response.status().as_u16(), response.json().await.unwrap_or_default())
+}
+
+/// `POST /api/batch-fetch-wecom-names` for user id `id` on `channel`: the status.
+async fn batch_names(app: &TestApp, channel: &str, id: &str) -> u16 {
+    let body = serde_json::json!({"id_type": "user_id", "channel": channel, "ids": [id]});
+    let request = app.client.post(app.url("/api/batch-fetch-wecom-names")).bearer_auth(ADMIN).json(&body);
+    request.send().await.expect("batch").status().as_u16()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_name_is_looked_up_with_the_secret_of_the_channel_the_id_was_seen_on() {
+    let wecom = FakeWeCom::start().await;
+    let shop = format!(
+        "[channels.shop]\nkind = \"kf\"\ncorp_id = \"{OPS_CORP}\"\nsecret = \"shop-secret-value\"\ntoken = \"shopToken7\"\n\
+         encoding_aes_key = \"{HR_KEY}\"\n"
+    );
+    let (app, _dir) = spawn_with_file(
+        &format!("{}{shop}", hr_table("")),
+        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-value"), ("ADMIN_TOKEN", ADMIN)],
+    )
+    .await;
+    // An hr member, with hr's Secret in hr's corp.
+    let (status, answer) = fetch_name(&app, "user_id/lisi?channel=hr").await;
+    assert_eq!((status, &answer["result"]["source"]), (200, &"user/get".into()), "{answer}");
+    let asked = wecom.calls("user/get");
+    assert_eq!(asked[0].query["access_token"], token_of(&wecom, HR_CORP, "hr-secret-value"));
+    // A customer of the shop kf channel, with shop's kf Secret in its corp.
+    let (status, answer) = fetch_name(&app, "external_user_id/wmCUSTOMER?channel=shop").await;
+    assert_eq!((status, &answer["result"]["name"]), (200, &"微信用户甲".into()), "{answer}");
+    let asked = wecom.calls("kf/customer/batchget");
+    assert_eq!(asked[0].query["access_token"], token_of(&wecom, OPS_CORP, "shop-secret-value"));
+    // The batch, on hr.
+    assert_eq!(batch_names(&app, "hr", "wangwu").await, 200);
+    let asked = wecom.calls("user/get");
+    let wangwu = asked.iter().find(|c| c.query["userid"] == "wangwu").expect("wangwu looked up");
+    assert_eq!(wangwu.query["access_token"], token_of(&wecom, HR_CORP, "hr-secret-value"));
+    // Without a channel: the built-in app, as before channels had names.
+    assert_eq!(fetch_name(&app, "user_id/zhangsan").await.0, 200);
+    let asked = wecom.calls("user/get");
+    let zhangsan = asked.iter().find(|c| c.query["userid"] == "zhangsan").expect("zhangsan looked up");
+    assert_eq!(zhangsan.query["access_token"], token_of(&wecom, CORP_ID, "app-secret-value"));
+    // A channel that does not exist.
+    let (status, answer) = fetch_name(&app, "user_id/lisi2?channel=it").await;
+    assert_eq!(status, 404, "{answer}");
+    assert_eq!(batch_names(&app, "it", "lisi3").await, 404);
+    assert_eq!(wecom.calls("user/get").len(), 3, "nothing asked for an unknown channel");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_sharing_a_secret_share_one_token_whose_series_each_of_them_shows() {
+    let wecom = FakeWeCom::start().await;
+    // The built-in kf without WECOM_KF_SECRET uses the app's Secret: one token.
+    let app = spawn_app_with(&[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-value")]).await;
+    let refreshed = |channel: &str| {
+        format!("wechat_api_access_token_refreshes_total{{channel=\"{channel}\",app=\"app\",outcome=\"ok\"}}")
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while app.metric(&refreshed("app")).await < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "no token refresh: {}", app.metrics().await);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(wecom.calls("gettoken").len(), 1, "one token for both channels");
+    assert_eq!(app.metric(&refreshed("kf")).await, 1.0, "kf's token is the app's");
+    let left = app.metric("wechat_api_access_token_expires_in_seconds{channel=\"kf\",app=\"app\"}").await;
+    assert!(left > 7000.0, "{left}");
+    // The one gettoken call is counted once, for the channel whose Secret it is.
+    let gettoken = |channel: &str| {
+        format!("wechat_api_wecom_api_requests_total{{channel=\"{channel}\",api=\"gettoken\",errcode=\"0\"}}")
+    };
+    assert_eq!((app.metric(&gettoken("app")).await, app.metric(&gettoken("kf")).await), (1.0, 0.0));
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
+use wechat_api::testing::channels::ChannelName;
 use wechat_api::testing::config::Secret;
 use wechat_api::testing::dispatch::HELP_TEXT;
 use wechat_api::testing::store::Store;
@@ -140,16 +141,20 @@ async fn errcode_42001_on_a_send_refreshes_once_and_retries_once() {
     assert_eq!(sends[1].query["access_token"], "TOKEN-2");
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains("wechat_api_wecom_api_requests_total{api=\"message/send\",errcode=\"42001\"} 1"),
+        metrics
+            .contains("wechat_api_wecom_api_requests_total{channel=\"app\",api=\"message/send\",errcode=\"42001\"} 1"),
         "{metrics}"
     );
-    assert!(metrics.contains("wechat_api_access_token_refreshes_total{app=\"app\",outcome=\"ok\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("wechat_api_access_token_refreshes_total{channel=\"app\",app=\"app\",outcome=\"ok\"} 2"),
+        "{metrics}"
+    );
 }
 
 fn token_source(wecom: &FakeWeCom, store: &Store) -> TokenSource {
     let metrics = Arc::new(Metrics::new(&BuildInfo::sqlite("test")));
     let client = WeComClient::new(&wecom.base_url, Arc::clone(&metrics)).expect("client");
-    TokenSource::new("app", CORP_ID, Secret::new(SECRET), client, store.clone(), metrics)
+    TokenSource::new(ChannelName::app(), CORP_ID, Secret::new(SECRET), client, store.clone(), metrics)
 }
 
 async fn send_with(source: &TokenSource, client: &WeComClient) -> Result<(), wechat_api::testing::wecom::WeComError> {
@@ -193,7 +198,8 @@ async fn a_restart_with_a_fresh_stored_token_makes_no_gettoken() {
     assert_eq!(wecom.calls("gettoken").len(), 1, "the stored token was reused");
     // Another Secret of the same corp has a cache of its own.
     let metrics = Arc::new(Metrics::new(&BuildInfo::sqlite("t")));
-    let kf = TokenSource::new("kf", CORP_ID, Secret::new("kf-secret"), client.clone(), store.clone(), metrics);
+    let kf =
+        TokenSource::new(ChannelName::kf(), CORP_ID, Secret::new("kf-secret"), client.clone(), store.clone(), metrics);
     kf.token().await.expect("kf token");
     assert_eq!(wecom.calls("gettoken").len(), 2);
     assert_eq!(wecom.calls("gettoken")[1].query["corpsecret"], "kf-secret");
@@ -210,7 +216,7 @@ async fn system_busy_is_retried_and_a_wrong_secret_is_not() {
     assert_eq!(wecom.calls("gettoken").len(), 2);
 
     let other = TokenSource::new(
-        "kf",
+        ChannelName::kf(),
         CORP_ID,
         Secret::new("wrong"),
         WeComClient::new(&wecom.base_url, Arc::new(Metrics::new(&BuildInfo::sqlite("t")))).expect("client"),

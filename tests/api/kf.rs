@@ -95,7 +95,7 @@ async fn three_pages_are_handled_once_and_a_restart_resumes_from_the_stored_curs
     assert_eq!(record["raw"]["msgid"], "m1");
     let metrics = app.metrics().await;
     assert!(
-        metrics.contains("wechat_api_kf_messages_total{msgtype=\"text\"} 1"),
+        metrics.contains("wechat_api_kf_messages_total{channel=\"kf\",msgtype=\"text\"} 1"),
         "since the restart only m4 was handled: {metrics}"
     );
 }

@@ -128,7 +128,7 @@ async fn a_send_flood_is_answered_429_past_the_queue_cap_and_data_dir_stays_boun
     let reason = answer["error"].as_str().expect("a reason");
     assert!(reason.contains("5 sends are queued on channel app") && reason.contains("SEND_QUEUE_MAX is 5"), "{reason}");
     assert!(answers.iter().all(|(status, _, _)| [202, 429].contains(status)));
-    assert_eq!(app.metric("wechat_api_send_api_refused_total{reason=\"queue_full\"}").await, 95.0);
+    assert_eq!(app.metric("wechat_api_send_api_refused_total{channel=\"app\",reason=\"queue_full\"}").await, 95.0);
     // 100 accepted would have written ≥ 6 MB (the finding: 254 MB for 1,500); retries
     // of the 5 rewrite their rows, hence the margin.
     let grown = size_of(&data_dir).saturating_sub(before);
@@ -148,7 +148,7 @@ async fn below_the_data_floor_the_send_api_answers_503_while_callbacks_are_journ
     assert!(reason.starts_with("disk below floor: the DATA_DIR volume has"), "{reason}");
     assert!(reason.contains("DATA_MIN_FREE_PERCENT is 100 %") && reason.contains("kept for callbacks"), "{reason}");
     assert_eq!(app.store.queued_sends("app").await.expect("count"), 0, "nothing queued");
-    assert_eq!(app.metric("wechat_api_send_api_refused_total{reason=\"disk_low\"}").await, 1.0);
+    assert_eq!(app.metric("wechat_api_send_api_refused_total{channel=\"app\",reason=\"disk_low\"}").await, 1.0);
 
     // WeCom's callbacks keep the rest of the volume.
     assert_eq!(app.post_text("still journaled", 4_242).await, 200);
@@ -167,13 +167,20 @@ async fn texts_to_one_member_are_paced_at_30_a_minute_while_others_proceed() {
     }
     wecom.wait_for_calls("message/send", 30).await;
     // The 31st is put off (counted as paced, not as an error), not sent.
-    wait_for_metric(&app, "wechat_api_outbox_actions_total{kind=\"app_text\",outcome=\"paced\"}", 1.0).await;
+    wait_for_metric(&app, "wechat_api_outbox_actions_total{channel=\"app\",kind=\"app_text\",outcome=\"paced\"}", 1.0)
+        .await;
     let to_zhangsan =
         |wecom: &FakeWeCom| wecom.calls("message/send").iter().filter(|c| c.body["touser"] == "zhangsan").count();
     assert_eq!(to_zhangsan(&wecom), 30, "WeCom would drop the 31st within the minute");
     assert_eq!(app.store.queued_sends("app").await.expect("count"), 1, "still owed, not failed or dropped");
-    assert_eq!(app.metric("wechat_api_outbox_actions_total{kind=\"app_text\",outcome=\"retry\"}").await, 0.0);
-    assert_eq!(app.metric("wechat_api_outbox_actions_total{kind=\"app_text\",outcome=\"failed\"}").await, 0.0);
+    assert_eq!(
+        app.metric("wechat_api_outbox_actions_total{channel=\"app\",kind=\"app_text\",outcome=\"retry\"}").await,
+        0.0
+    );
+    assert_eq!(
+        app.metric("wechat_api_outbox_actions_total{channel=\"app\",kind=\"app_text\",outcome=\"failed\"}").await,
+        0.0
+    );
 
     // Another member is not held up by zhangsan's window.
     assert_eq!(post_send(&app, &app_text("lisi", "hello")).await.0, 202);
@@ -194,7 +201,8 @@ async fn outbox_backlog_warns_then_fires_while_wecom_fails_and_resolves_once_it_
     assert_eq!(fresh["output"], "nothing owed");
     wecom.fail_api("message/send", Some(json!({"errcode": 45009, "errmsg": "api freq out of limit"})));
     assert_eq!(post_send(&app, &app_text("zhangsan", "hello")).await.0, 202);
-    wait_for_metric(&app, "wechat_api_outbox_actions_total{kind=\"app_text\",outcome=\"retry\"}", 1.0).await;
+    wait_for_metric(&app, "wechat_api_outbox_actions_total{channel=\"app\",kind=\"app_text\",outcome=\"retry\"}", 1.0)
+        .await;
 
     app.clock.advance(61);
     let warn = wait_for_check(&app, "outbox:backlog", "warn").await;
