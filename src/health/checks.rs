@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::alerts::Alerter;
+use crate::channels::ChannelName;
+use crate::egress::Egress;
 use crate::health::{CheckName, CheckResult, Status};
 use crate::media::{Floor, FreeSpace};
 use crate::store::outbox::Owed;
@@ -97,6 +99,8 @@ pub(crate) struct Checks {
     /// Token invalidations seen at the previous run, per token cache.
     invalidations: Mutex<HashMap<String, u64>>,
     pressure: Pressure,
+    /// The egress IP of each channel (name, corp id), SPEC §14.
+    egress: Option<(Arc<Egress>, Vec<(ChannelName, String)>)>,
 }
 
 impl Checks {
@@ -126,6 +130,7 @@ impl Checks {
             secrets_identical,
             invalidations: Mutex::new(HashMap::new()),
             pressure: Pressure { clock: Arc::default(), forward: None, data_floor: None },
+            egress: None,
         }
     }
 
@@ -135,6 +140,32 @@ impl Checks {
             self.metrics.declare(family, &[]);
         }
         Self { pressure, ..self }
+    }
+
+    /// The same checks with `egress:<name>` for each of `channels` (name, corp id).
+    pub(crate) fn with_egress(self, egress: Arc<Egress>, channels: Vec<(ChannelName, String)>) -> Self {
+        Self { egress: Some((egress, channels)), ..self }
+    }
+
+    /// `egress:<name>` of every channel, after a probe where one is due (no
+    /// answer named the IP for `EGRESS_CHECK_SECS`); keeps the IPs in the store.
+    async fn egress(&self, results: &mut Vec<(CheckName, CheckResult)>) {
+        let Some((egress, channels)) = &self.egress else { return };
+        let now = self.pressure.clock.now();
+        for (channel, corp_id) in channels {
+            if egress.take_probe(channel, now) {
+                // The answer reaches `egress` through the channel's client.
+                match tokio::time::timeout(CHECK_TIMEOUT, self.wecom.probe_egress(channel, corp_id)).await {
+                    Ok(Ok(ip)) => tracing::debug!(channel = channel.as_str(), "egress probe: WeCom sees {ip}"),
+                    Ok(Err(error)) => tracing::warn!(channel = channel.as_str(), "egress probe: {error}"),
+                    Err(_) => tracing::warn!(channel = channel.as_str(), "egress probe: no answer within 10s"),
+                }
+            }
+            results.push((CheckName::Egress(channel.to_string()), crate::egress::egress_check(&egress.seen(channel))));
+        }
+        if let Err(error) = egress.keep().await {
+            tracing::warn!("cannot keep the egress IPs: {error}");
+        }
     }
 
     /// Runs every check once, each under a timeout.
@@ -190,6 +221,7 @@ impl Checks {
         }
         results.push((CheckName::ConfigSecrets, secrets_check(self.secrets_identical)));
         results.push((CheckName::AlertsEmail, self.email()));
+        self.egress(&mut results).await;
         results
     }
 

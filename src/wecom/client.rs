@@ -15,6 +15,9 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, WeComError};
 use super::models::*;
 use crate::backoff::Backoff;
+use crate::channels::ChannelName;
+use crate::config::ProxyUrl;
+use crate::egress::{Answer, Egress};
 use crate::telemetry::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -39,12 +42,21 @@ struct Status {
     errmsg: String,
 }
 
-/// A client of one WeCom API base URL.
+/// A client of one WeCom API base URL, through one proxy (or none).
 #[derive(Debug, Clone)]
 pub struct WeComClient {
     http: reqwest::Client,
     base_url: String,
     metrics: Arc<Metrics>,
+    /// The channel whose calls these are, told every answer's errcode and IP.
+    tap: Option<Tap>,
+}
+
+/// Where a channel's client tells what each answer said of the egress IP.
+#[derive(Debug, Clone)]
+struct Tap {
+    channel: ChannelName,
+    egress: Arc<Egress>,
 }
 
 /// Every API this client calls: the known values of the `api` label, whose
@@ -65,15 +77,51 @@ pub(crate) const APIS: &[&str] = &[
 ];
 
 impl WeComClient {
+    /// A client that calls WeCom directly.
     pub fn new(base_url: &str, metrics: Arc<Metrics>) -> Result<Self, WeComError> {
-        let http = crate::outbound::client(TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| WeComError::transport("client", e))?;
+        Self::with_proxy(base_url, metrics, None)
+    }
+
+    /// A client whose every call goes through `proxy` (SPEC §14), or directly.
+    /// Only this configuration counts: the environment's `HTTP_PROXY`,
+    /// `HTTPS_PROXY` and `ALL_PROXY`, which reqwest would read by itself, are not
+    /// used for WeCom.
+    pub(crate) fn with_proxy(
+        base_url: &str,
+        metrics: Arc<Metrics>,
+        proxy: Option<&ProxyUrl>,
+    ) -> Result<Self, WeComError> {
+        let builder = crate::outbound::client(TIMEOUT).connect_timeout(CONNECT_TIMEOUT);
+        let builder = match proxy {
+            None => builder.no_proxy(),
+            Some(proxy) => {
+                // reqwest's own error would show the URL, password included.
+                let proxy = reqwest::Proxy::all(proxy.expose()).map_err(|_| WeComError::Transport {
+                    api: "client",
+                    reason: format!("cannot use the proxy {}", proxy.shown()),
+                })?;
+                builder.proxy(proxy)
+            }
+        };
+        let http = builder.build().map_err(|e| WeComError::transport("client", e))?;
         for api in APIS {
             metrics.declare(REQUESTS_TOTAL, &[("api", (*api).to_owned()), ("errcode", "0".to_owned())]);
         }
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), metrics })
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').to_owned(), metrics, tap: None })
+    }
+
+    /// This client for `channel`'s calls: each answer tells `egress` the errcode
+    /// and the IP it named.
+    pub(crate) fn for_channel(&self, channel: ChannelName, egress: Arc<Egress>) -> Self {
+        Self { tap: Some(Tap { channel, egress }), ..self.clone() }
+    }
+
+    /// Tells the tap what WeCom answered to `api`.
+    fn observe(&self, api: &'static str, errcode: i64, errmsg: &str) {
+        if let Some(tap) = &self.tap {
+            let ip = ApiError::caller_ip_of(errmsg);
+            tap.egress.answered(&tap.channel, Answer { business: api != "gettoken", errcode, ip });
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -130,6 +178,7 @@ impl WeComClient {
             decode_error(e)
         })?;
         self.count(api, status.errcode.to_string());
+        self.observe(api, status.errcode, &status.errmsg);
         if status.errcode != 0 {
             return Err(WeComError::Api { api, error: ApiError { errcode: status.errcode, errmsg: status.errmsg } });
         }
@@ -180,6 +229,23 @@ impl WeComClient {
             .map(|d| d.as_secs() as i64);
         let bytes = read_limited(API, response, MAX_JSON_BYTES).await?;
         Ok((self.decode(API, &bytes)?, date))
+    }
+
+    /// `gettoken` with the corp id and no Secret: WeCom refuses it (41004),
+    /// naming the IP it sees (SPEC §14). The IP, or why none came.
+    pub(crate) async fn probe_egress(&self, corp_id: &str) -> Result<std::net::IpAddr, WeComError> {
+        const API: &str = "gettoken";
+        let url = self.url(API);
+        let result: Result<TokenResponse, WeComError> =
+            self.call(API, || self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", "")])).await;
+        match result {
+            Err(WeComError::Api { error, .. }) => match error.caller_ip() {
+                Some(ip) => Ok(ip),
+                None => Err(WeComError::Decode { api: API, reason: format!("the answer named no IP ({error})") }),
+            },
+            Err(other) => Err(other),
+            Ok(_) => Err(WeComError::Decode { api: API, reason: "a token without a Secret".into() }),
+        }
     }
 
     /// `message/send`: a text from the self-built app to a member.
@@ -320,6 +386,7 @@ impl WeComClient {
             return Err(too_large(API, max_bytes));
         }
         self.count(API, "0".into());
+        self.observe(API, 0, "");
         Ok(Media { response, content_type, filename, max_bytes, read: 0 })
     }
 }

@@ -20,6 +20,7 @@ pub use tokens::TokenSource;
 
 use crate::channels::{ChannelKind, ChannelName};
 use crate::config::Config;
+use crate::egress::Egress;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 pub(crate) use client::Media;
@@ -39,15 +40,40 @@ pub(crate) struct WeCom {
     by_channel: HashMap<ChannelName, Arc<TokenSource>>,
     /// The distinct caches, in configuration order.
     sources: Vec<Arc<TokenSource>>,
+    /// Every channel's client: through its proxy (`proxy_url`, else
+    /// `WECOM_PROXY_URL`), telling [`Egress`] what each answer said of its IP.
+    clients: HashMap<ChannelName, WeComClient>,
 }
 
 impl WeCom {
-    pub(crate) fn new(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Result<Self, WeComError> {
-        let client = WeComClient::new(&config.api_base_url, Arc::clone(metrics))?;
+    pub(crate) fn new(
+        config: &Config,
+        store: &Store,
+        metrics: &Arc<Metrics>,
+        egress: &Arc<Egress>,
+    ) -> Result<Self, WeComError> {
+        let client = WeComClient::with_proxy(&config.api_base_url, Arc::clone(metrics), config.proxy.as_ref())?;
         tokens::declare_metrics(metrics);
         let mut by_key: HashMap<String, Arc<TokenSource>> = HashMap::new();
         let mut by_channel = HashMap::new();
         let mut sources = Vec::new();
+        // One HTTP client per distinct proxy (a connection pool each).
+        let mut by_proxy: HashMap<Option<String>, WeComClient> = HashMap::new();
+        by_proxy.insert(config.proxy.as_ref().map(|p| p.expose().to_owned()), client.clone());
+        let mut clients = HashMap::new();
+        for channel in config.channels.iter() {
+            let proxy = config.proxy_for(channel);
+            let key = proxy.map(|p| p.expose().to_owned());
+            let base = match by_proxy.get(&key) {
+                Some(base) => base.clone(),
+                None => {
+                    let base = WeComClient::with_proxy(&config.api_base_url, Arc::clone(metrics), proxy)?;
+                    by_proxy.insert(key, base.clone());
+                    base
+                }
+            };
+            clients.insert(channel.name.clone(), base.for_channel(channel.name.clone(), Arc::clone(egress)));
+        }
         let app_secret = config.channels.builtin_app().and_then(|app| app.secret());
         for channel in config.channels.iter() {
             // The built-in kf without WECOM_KF_SECRET calls kf APIs with WECOM_SECRET, as always.
@@ -60,12 +86,16 @@ impl WeCom {
                 None => continue,
             };
             let corp_id = channel.corp_id.as_str();
-            let source = by_key.entry(tokens::cache_key(corp_id, secret)).or_insert_with(|| {
+            // Channels sharing a Secret share a cache (and the token in the store)
+            // only when they also share a route to WeCom.
+            let route = config.proxy_for(channel).map(|p| p.shown().to_owned()).unwrap_or_default();
+            let channel_client = clients.get(&channel.name).cloned().unwrap_or_else(|| client.clone());
+            let source = by_key.entry(format!("{}@{route}", tokens::cache_key(corp_id, secret))).or_insert_with(|| {
                 let source = Arc::new(TokenSource::new(
                     channel.name.as_str(),
                     corp_id,
                     secret.clone(),
-                    client.clone(),
+                    channel_client,
                     store.clone(),
                     Arc::clone(metrics),
                 ));
@@ -79,7 +109,23 @@ impl WeCom {
         };
         let app = builtin(config.channels.builtin_app());
         let kf = builtin(config.channels.builtin_kf());
-        Ok(Self { client, app, kf, by_channel, sources })
+        Ok(Self { client, app, kf, by_channel, sources, clients })
+    }
+
+    /// `channel`'s client (its proxy, its egress tap).
+    fn client(&self, channel: &ChannelName) -> &WeComClient {
+        self.clients.get(channel).unwrap_or(&self.client)
+    }
+
+    /// Asks WeCom which IP `channel`'s calls come from: `gettoken` with its corp id
+    /// and no Secret, which WeCom refuses naming the IP (SPEC §14). The answer
+    /// reaches [`Egress`] through the channel's client like any other.
+    pub(crate) async fn probe_egress(
+        &self,
+        channel: &ChannelName,
+        corp_id: &str,
+    ) -> Result<std::net::IpAddr, WeComError> {
+        self.client(channel).probe_egress(corp_id).await
     }
 
     /// The token cache for the built-in app channel, or why there is none.
@@ -115,7 +161,7 @@ impl WeCom {
         agent_id: i64,
         text: &str,
     ) -> Result<(), WeComError> {
-        let client = &self.client;
+        let client = self.client(channel);
         self.tokens(channel)?
             .call(|token| async move { client.send_app_text(&token, to, agent_id, text).await })
             .await?;
@@ -132,7 +178,7 @@ impl WeCom {
         msgid: &str,
         text: &str,
     ) -> Result<(), WeComError> {
-        let client = &self.client;
+        let client = self.client(channel);
         self.tokens(channel)?
             .call(|token| async move { client.send_kf_text(&token, to, open_kfid, msgid, text).await })
             .await?;
@@ -147,7 +193,7 @@ impl WeCom {
         msgid: &str,
         text: &str,
     ) -> Result<(), WeComError> {
-        let client = &self.client;
+        let client = self.client(channel);
         self.tokens(channel)?
             .call(|token| async move { client.send_kf_welcome(&token, code, msgid, text).await })
             .await?;
@@ -162,7 +208,7 @@ impl WeCom {
         external_userid: &str,
         servicer: Option<&str>,
     ) -> Result<(), WeComError> {
-        let client = &self.client;
+        let client = self.client(channel);
         self.tokens(channel)?
             .call(|token| async move {
                 client.kf_service_state_trans(&token, open_kfid, external_userid, servicer).await
@@ -178,7 +224,7 @@ impl WeCom {
         open_kfid: &str,
         external_userid: &str,
     ) -> Result<KfServiceState, WeComError> {
-        let client = &self.client;
+        let client = self.client(channel);
         self.tokens(channel)?
             .call(|token| async move { client.kf_service_state_get(&token, open_kfid, external_userid).await })
             .await
@@ -194,7 +240,7 @@ impl WeCom {
         token: Option<String>,
     ) -> Result<KfSyncPage, WeComError> {
         let request = KfSyncRequest { cursor, token, limit: KF_SYNC_PAGE_LIMIT, open_kfid: Some(open_kfid.to_owned()) };
-        let (client, request) = (&self.client, &request);
+        let (client, request) = (self.client(channel), &request);
         self.tokens(channel)?.call(|t| async move { client.kf_sync_msg(&t, request).await }).await
     }
 
@@ -205,7 +251,7 @@ impl WeCom {
         media_id: &str,
         max_bytes: usize,
     ) -> Result<Media, WeComError> {
-        let client = &self.client;
+        let client = self.client(channel);
         self.tokens(channel)?.call(|token| async move { client.media_get(&token, media_id, max_bytes).await }).await
     }
 }
