@@ -69,6 +69,7 @@ pub(crate) async fn run(sources: &Sources) -> Report {
             }
             findings.extend(wecom_findings(&config).await);
             findings.extend(channel_token_findings(&config).await);
+            findings.extend(egress_findings(&config).await);
             findings.extend(directory_findings(&config));
             if let Some(finding) = smtp_finding(&config).await {
                 findings.push(finding);
@@ -162,12 +163,12 @@ async fn local_verification(config: &Config) -> Finding {
 /// Each file channel's Secret gets a token for its corp (SPEC §12: diagnose per channel).
 async fn channel_token_findings(config: &Config) -> Vec<Finding> {
     let metrics = std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION)));
-    let client = match WeComClient::new(&config.api_base_url, metrics) {
-        Ok(client) => client,
-        Err(error) => return vec![wecom_failure("wecom client", &error)],
-    };
     let mut out = Vec::new();
     for channel in config.channels.iter().filter(|c| !c.builtin) {
+        let client = match WeComClient::with_proxy(&config.api_base_url, metrics.clone(), config.proxy_for(channel)) {
+            Ok(client) => client,
+            Err(error) => return vec![wecom_failure("wecom client", &error)],
+        };
         let check = format!("wecom gettoken channels.{}", channel.name);
         let Some(secret) = channel.secret() else {
             out.push(Finding::pass(&check, "no Secret: this channel only receives"));
@@ -240,10 +241,53 @@ fn wecom_failure(check: &str, error: &WeComError) -> Finding {
     Finding::fail(check, error.to_string(), fix)
 }
 
+/// Each channel's egress IP as WeCom sees it, through its proxy (SPEC §14): a
+/// `gettoken` without a Secret, which WeCom refuses naming the IP.
+async fn egress_findings(config: &Config) -> Vec<Finding> {
+    let metrics = std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION)));
+    let mut out = Vec::new();
+    for channel in config.channels.iter() {
+        let check = format!("egress {}", channel.name);
+        let proxy = config.proxy_for(channel);
+        let route = proxy.map_or_else(|| "direct, no proxy".to_owned(), |p| format!("through the proxy {}", p.shown()));
+        let client = match WeComClient::with_proxy(&config.api_base_url, metrics.clone(), proxy) {
+            Ok(client) => client,
+            Err(error) => {
+                out.push(wecom_failure(&check, &error));
+                continue;
+            }
+        };
+        out.push(match client.probe_egress(channel.corp_id.as_str()).await {
+            Ok(ip) => Finding::pass(
+                &check,
+                format!(
+                    "WeCom sees {ip} ({route}): it must be among the app's trusted IPs ({})",
+                    crate::egress::CONSOLE_PATH
+                ),
+            ),
+            Err(error) => {
+                let mut finding = wecom_failure(&check, &error);
+                finding.fix = Some(match proxy {
+                    Some(p) => format!(
+                        "check the proxy {} (WECOM_PROXY_URL / channels.{}.proxy_url) and that it reaches WeCom",
+                        p.shown(),
+                        channel.name
+                    ),
+                    None => "check DNS, the firewall and WECOM_API_BASE_URL; the VM must reach qyapi.weixin.qq.com:443"
+                        .to_owned(),
+                });
+                finding
+            }
+        });
+    }
+    out
+}
+
 async fn wecom_findings(config: &Config) -> Vec<Finding> {
-    let client = match WeComClient::new(
+    let client = match WeComClient::with_proxy(
         &config.api_base_url,
         std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION))),
+        config.proxy.as_ref(),
     ) {
         Ok(client) => client,
         Err(error) => return vec![wecom_failure("wecom client", &error)],

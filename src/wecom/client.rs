@@ -78,6 +78,7 @@ pub(crate) const APIS: &[&str] = &[
 
 impl WeComClient {
     /// A client that calls WeCom directly.
+    #[cfg(any(test, feature = "testing"))]
     pub fn new(base_url: &str, metrics: Arc<Metrics>) -> Result<Self, WeComError> {
         Self::with_proxy(base_url, metrics, None)
     }

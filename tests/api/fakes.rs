@@ -1,7 +1,7 @@
 //! Real local servers the service talks to: a fake WeCom API and a downstream
 //! forward receiver. Both are actix-web servers on 127.0.0.1:0.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -40,7 +40,18 @@ struct WeComState {
     /// `kf/send_msg` messages accepted, by our `msgid`, in order: a msgid seen
     /// again is refused as WeCom does, and not delivered twice.
     kf_delivered: Vec<(String, Value)>,
+    /// The IP every error answer names (`from ip: …`), as WeCom's do; `None`:
+    /// [`DEFAULT_CALLER_IP`].
+    caller_ip: Option<String>,
+    /// Secrets whose tokens' business calls are refused with 60020 (the IP is
+    /// not among that app's trusted IPs).
+    untrusted: HashSet<String>,
+    /// The Secret each issued token was issued for.
+    token_secrets: HashMap<String, String>,
 }
+
+/// The IP the fake names in its error answers unless told another.
+pub(crate) const DEFAULT_CALLER_IP: &str = "203.0.113.7";
 
 /// A fake WeCom API: issues tokens, checks them, records every call, and can be
 /// told to answer an errcode once or to be slow.
@@ -104,6 +115,33 @@ impl FakeWeCom {
         };
     }
 
+    /// Error answers name `ip` as the caller from now on (the egress IP changed).
+    pub(crate) fn set_caller_ip(&self, ip: &str) {
+        self.state.lock().expect("lock").caller_ip = Some(ip.to_owned());
+    }
+
+    /// Business calls with a token of `secret` answer 60020 (the caller's IP is
+    /// not among the app's trusted IPs) while `refused`.
+    pub(crate) fn distrust(&self, secret: &str, refused: bool) {
+        let mut s = self.state.lock().expect("lock");
+        if refused {
+            s.untrusted.insert(secret.to_owned());
+        } else {
+            s.untrusted.remove(secret);
+        }
+    }
+
+    /// The calls to `api` made with a token issued for `secret`.
+    pub(crate) fn calls_of(&self, api: &str, secret: &str) -> Vec<Call> {
+        let s = self.state.lock().expect("lock");
+        s.calls
+            .iter()
+            .filter(|c| c.api == api)
+            .filter(|c| c.query.get("access_token").and_then(|t| s.token_secrets.get(t)).is_some_and(|t| t == secret))
+            .cloned()
+            .collect()
+    }
+
     /// Every call to `api` waits `delay` before answering.
     pub(crate) fn delay(&self, api: &str, delay: Duration) {
         self.state.lock().expect("lock").delays.insert(api.to_owned(), delay);
@@ -157,7 +195,8 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
         flight.1 = flight.1.max(flight.0);
         let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front).or_else(|| s.failing.get(&api).cloned());
         let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query, &body_json));
-        (answer, delay)
+        let ip = s.caller_ip.clone().unwrap_or_else(|| DEFAULT_CALLER_IP.to_owned());
+        (answer.map(|answer| name_the_caller(answer, &ip)), delay)
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -175,6 +214,18 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
     }
 }
 
+/// An error answer as WeCom writes it: `…, from ip: A.B.C.D, more info at …`.
+fn name_the_caller(mut answer: Value, ip: &str) -> Value {
+    let errcode = answer["errcode"].as_i64().unwrap_or(0);
+    let errmsg = answer["errmsg"].as_str().unwrap_or_default().to_owned();
+    if errcode != 0 && !errmsg.contains("from ip:") {
+        answer["errmsg"] = Value::String(format!(
+            "{errmsg}, hint: [1765000000_12_fake], from ip: {ip}, more info at https://open.work.weixin.qq.com/devtool/query?e={errcode}"
+        ));
+    }
+    answer
+}
+
 /// The answer WeCom gives when all is well; `Err` carries a binary body.
 fn default_answer(
     s: &mut WeComState,
@@ -185,15 +236,23 @@ fn default_answer(
     if let Some(answer) = query.get("corpsecret").and_then(|secret| s.by_secret.get(secret)) {
         return Ok(answer.clone());
     }
+    if api == "gettoken" && query.get("corpsecret").is_none_or(String::is_empty) {
+        return Ok(json!({"errcode": 41004, "errmsg": "corpsecret missing"}));
+    }
     if api == "gettoken" {
         s.issued += 1;
         let token = format!("{}-{}", s.token_prefix.as_deref().unwrap_or("TOKEN"), s.issued);
         s.valid_tokens.push(token.clone());
+        let secret = query.get("corpsecret").cloned().unwrap_or_default();
+        s.token_secrets.insert(token.clone(), secret);
         return Ok(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200}));
     }
     let token = query.get("access_token").cloned().unwrap_or_default();
     if !s.valid_tokens.contains(&token) {
         return Ok(json!({"errcode": 42001, "errmsg": "access_token expired"}));
+    }
+    if s.token_secrets.get(&token).is_some_and(|secret| s.untrusted.contains(secret)) {
+        return Ok(json!({"errcode": 60020, "errmsg": "not allow to access from your ip"}));
     }
     Ok(match api {
         "media/get" => match query.get("media_id").and_then(|id| s.media.get(id)) {
