@@ -6,7 +6,8 @@
 //! and whether WeCom refuses it (60020: the outbox parks the channel).
 //!
 //! Owns: what a WeCom answer tells about the egress IP ([`Seen::observe`], pure,
-//! time passed in), the check `egress:<name>` ([`egress_check`]), when to probe
+//! time passed in), what the check `egress:<name>` reads (its verdict is
+//! `health::checks::egress_check`), when to probe
 //! ([`probe_due`]: `gettoken` without a Secret, which WeCom refuses naming the IP,
 //! only when no answer named it for `EGRESS_CHECK_SECS`), the metrics
 //! `wechat_api_egress_ip_info` and `wechat_api_egress_ip_changes_total`, the
@@ -27,7 +28,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::alerts::{Alerter, Mail};
 use crate::channels::ChannelName;
-use crate::health::{CheckResult, Status};
 use crate::store::egress::EgressRecord;
 use crate::store::{Store, StoreError};
 use crate::telemetry::{Metrics, EGRESS_IP_CHANGES_TOTAL, EGRESS_IP_INFO};
@@ -126,36 +126,6 @@ pub(crate) fn probe_due(seen: &Seen, started_at: i64, period: i64, now: i64) -> 
         .max()
         .unwrap_or(started_at);
     now - latest >= period
-}
-
-/// `egress:<name>`: `fail` while WeCom refuses the IP (60020), `warn` from a
-/// change until a call from the new IP succeeded, else `pass`; the IP is the
-/// observed value.
-pub(crate) fn egress_check(seen: &Seen) -> CheckResult {
-    let Some(ip) = seen.ip else {
-        return CheckResult::new(Status::Pass)
-            .output("no WeCom answer has named the egress IP yet (asked after EGRESS_CHECK_SECS)");
-    };
-    let since = crate::clock::rfc3339;
-    if let Some(at) = seen.refused_since {
-        return CheckResult::new(Status::Fail).observed(ip.to_string(), "ip").output(format!(
-            "WeCom refuses calls from {ip} (60020) since {}: add {ip} to the app's trusted IPs ({CONSOLE_PATH}); \
-             the channel's outbox is parked and tries one action a minute",
-            since(at)
-        ));
-    }
-    if let Some((before, at)) = seen.changed_from {
-        return CheckResult::new(Status::Warn).observed(ip.to_string(), "ip").output(format!(
-            "the egress IP changed from {before} to {ip} at {}: make sure {ip} is among the app's trusted IPs \
-             ({CONSOLE_PATH}); warn until a call from it succeeds",
-            since(at)
-        ));
-    }
-    CheckResult::new(Status::Pass).observed(ip.to_string(), "ip").output(format!(
-        "WeCom sees {ip} (since {}, last named {})",
-        since(seen.first_seen),
-        since(seen.last_seen)
-    ))
 }
 
 /// The email of a change: both IPs and where to add the new one.
@@ -350,31 +320,25 @@ mod tests {
         let mut seen = Seen::default();
         assert_eq!(seen.observe(answer(false, 41004, "203.0.113.7"), 100), None);
         assert_eq!((seen.ip, seen.first_seen, seen.last_seen), (ip("203.0.113.7"), 100, 100));
-        assert_eq!(egress_check(&seen).status, Status::Pass);
         assert_eq!(seen.observe(answer(true, 40014, "203.0.113.7"), 150), None);
         assert_eq!((seen.first_seen, seen.last_seen), (100, 150));
         let change = seen.observe(answer(true, 40014, "198.51.100.9"), 200).expect("a change");
         assert_eq!(
             (change.from, change.to, change.from_since),
-            (ip("203.0.113.7").unwrap(), ip("198.51.100.9").unwrap(), 100)
+            (ip("203.0.113.7").expect("ip"), ip("198.51.100.9").expect("ip"), 100)
         );
-        let check = egress_check(&seen);
-        assert_eq!(check.status, Status::Warn);
-        assert!(check.output.as_deref().unwrap_or_default().contains("from 203.0.113.7 to 198.51.100.9"), "{check:?}");
+        assert_eq!(seen.changed_from, Some(("203.0.113.7".parse().expect("ip"), 200)));
         assert_eq!(seen.observe(Answer { business: false, errcode: 0, ip: None }, 210), None);
-        assert_eq!(egress_check(&seen).status, Status::Warn, "a gettoken proves nothing about the trusted IPs");
+        assert!(seen.changed_from.is_some(), "a gettoken proves nothing about the trusted IPs");
         seen.observe(Answer { business: true, errcode: 0, ip: None }, 220);
-        assert_eq!(egress_check(&seen).status, Status::Pass);
+        assert_eq!(seen.changed_from, None);
     }
 
     #[test]
-    fn a_60020_fails_the_check_with_the_ip_to_add_until_a_business_api_answers_otherwise() {
+    fn a_60020_holds_until_a_business_api_answers_otherwise() {
         let mut seen = Seen::default();
         seen.observe(answer(true, 60020, "203.0.113.7"), 100);
-        let check = egress_check(&seen);
-        assert_eq!(check.status, Status::Fail);
-        let output = check.output.unwrap_or_default();
-        assert!(output.contains("add 203.0.113.7") && output.contains("企业可信IP"), "{output}");
+        assert_eq!(seen.refused_since, Some(100));
         seen.observe(answer(false, 41004, "203.0.113.7"), 110);
         assert_eq!(seen.refused_since, Some(100), "a probe's answer does not lift it");
         seen.observe(Answer { business: true, errcode: 0, ip: None }, 120);

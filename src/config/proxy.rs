@@ -31,7 +31,7 @@ impl ProxyUrl {
         let Some(host) = url.host_str().filter(|h| !h.is_empty()) else {
             return Err(format!("must name the proxy's host {FORM}"));
         };
-        if url.path().trim_matches('/') != "" || url.query().is_some() || url.fragment().is_some() {
+        if !url.path().trim_matches('/').is_empty() || url.query().is_some() || url.fragment().is_some() {
             return Err(format!("must be only scheme, credentials, host and port {FORM}"));
         }
         if url.password().is_some() && url.username().is_empty() {

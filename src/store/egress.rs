@@ -3,7 +3,7 @@
 //! put-off outbox actions once WeCom accepts its IP again.
 //!
 //! Deliberately not here: deciding what an IP means (a change, a 60020): that is
-//! `crate::egress`. The channel is kept as its name, read back by the caller.
+//! the `egress` module at the top. The channel is kept as its name, read back by the caller.
 
 use super::{backend, Store, StoreError};
 

@@ -32,6 +32,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The PostgreSQL schema version this build knows (tests compare with it
+/// instead of writing the number, which each migration moves).
+#[cfg(feature = "testing")]
+pub const POSTGRES_SCHEMA_VERSION: i64 = postgres::SCHEMA_VERSION;
+
 /// The file name inside `DATA_DIR`.
 pub const DATABASE_FILE: &str = "wechat-api.sqlite3";
 

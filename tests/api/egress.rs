@@ -10,14 +10,11 @@
 //! everything else runs for real.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
 
-use crate::fakes::{FakeWeCom, ForwardReceiver, DEFAULT_CALLER_IP};
+use crate::fakes::{FakeWeCom, ForwardProxy, ForwardReceiver, DEFAULT_CALLER_IP};
 use crate::helpers::*;
 use crate::smtp::SmtpSink;
 
@@ -306,117 +303,6 @@ async fn a_60020_parks_only_that_channel_one_trial_a_minute_and_it_resumes_by_it
     }
     health_until(&app, "egress:app passes again", |r| check(r, "egress:app").is_some_and(|c| c["status"] == "pass"))
         .await;
-}
-
-/// One request a forward proxy received.
-#[derive(Debug, Clone)]
-struct Proxied {
-    target: String,
-    authorized: bool,
-}
-
-/// A small HTTP forward proxy on 127.0.0.1 that checks Basic credentials
-/// (407 without them) and records every request.
-struct ForwardProxy {
-    port: u16,
-    seen: Arc<Mutex<Vec<Proxied>>>,
-}
-
-impl ForwardProxy {
-    async fn start(user: &str, password: &str) -> Self {
-        use base64::Engine as _;
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let port = listener.local_addr().expect("addr").port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let expected =
-            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
-        let shared = Arc::clone(&seen);
-        tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(proxy_connection(stream, expected.clone(), Arc::clone(&shared)));
-            }
-        });
-        Self { port, seen }
-    }
-
-    fn seen(&self) -> Vec<Proxied> {
-        self.seen.lock().expect("lock").clone()
-    }
-
-    fn url(&self, credentials: &str) -> String {
-        format!("http://{credentials}127.0.0.1:{}", self.port)
-    }
-}
-
-/// Serves one client connection: requests in absolute form, forwarded to their
-/// target one by one.
-async fn proxy_connection(stream: TcpStream, expected: String, seen: Arc<Mutex<Vec<Proxied>>>) {
-    let mut client = BufReader::new(stream);
-    loop {
-        let mut head = Vec::new();
-        loop {
-            let mut line = String::new();
-            match client.read_line(&mut line).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) if line == "\r\n" => break,
-                Ok(_) => head.push(line.trim_end().to_owned()),
-            }
-        }
-        let Some(request_line) = head.first().cloned() else { return };
-        let mut parts = request_line.split(' ');
-        let (method, target) =
-            (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
-        let header = |name: &str| {
-            head.iter().skip(1).find_map(|h| {
-                let (k, v) = h.split_once(':')?;
-                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
-            })
-        };
-        let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let mut body = vec![0; length];
-        if client.read_exact(&mut body).await.is_err() {
-            return;
-        }
-        let authorized = header("proxy-authorization").as_deref() == Some(expected.as_str());
-        seen.lock().expect("lock").push(Proxied { target: target.clone(), authorized });
-        if !authorized {
-            let refusal = "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n";
-            if client.get_mut().write_all(refusal.as_bytes()).await.is_err() {
-                return;
-            }
-            continue;
-        }
-        let Some(rest) = target.strip_prefix("http://") else { return };
-        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-        let Ok(mut upstream) = TcpStream::connect(authority).await else { return };
-        let mut request = format!("{method} {} HTTP/1.1\r\n", if path.is_empty() { "/" } else { path });
-        for h in head.iter().skip(1) {
-            let name = h.split(':').next().unwrap_or_default().trim().to_ascii_lowercase();
-            if !["proxy-authorization", "proxy-connection", "connection"].contains(&name.as_str()) {
-                request.push_str(h);
-                request.push_str("\r\n");
-            }
-        }
-        request.push_str("Via: 1.1 test-proxy\r\nConnection: close\r\n\r\n");
-        let mut answer = Vec::new();
-        if upstream.write_all(request.as_bytes()).await.is_err()
-            || upstream.write_all(&body).await.is_err()
-            || upstream.read_to_end(&mut answer).await.is_err()
-        {
-            return;
-        }
-        let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |at| at + 4);
-        let (head, body) = answer.split_at(split);
-        let head: String = String::from_utf8_lossy(head)
-            .split("\r\n")
-            .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
-            .collect::<Vec<_>>()
-            .join("\r\n");
-        let writer = client.get_mut();
-        if writer.write_all(head.as_bytes()).await.is_err() || writer.write_all(body).await.is_err() {
-            return;
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -161,6 +161,10 @@ const MIGRATIONS: &[&str] = &[
     );",
 ];
 
+/// The schema this build brings a database to (the number of [`MIGRATIONS`]).
+#[cfg(feature = "testing")]
+pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
+
 /// Whether `url` parses as a `DATABASE_URL`; what is wrong with it when not.
 pub(super) fn check_url(url: &str) -> Result<(), String> {
     match connection::Target::parse(url) {
