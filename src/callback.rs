@@ -425,6 +425,7 @@ mod tests {
             credentials,
             forward: None,
             welcome_text: None,
+            proxy: None,
             builtin: false,
         })
     }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::config::{self, ChannelSpec, Config, Sources};
+use crate::config::{self, ChannelSpec, Config, ProxyUrl, Sources};
 use crate::health::checks::{uploads_free, uploads_writable};
 use crate::health::Status;
 use crate::telemetry::Metrics;
@@ -69,6 +69,7 @@ pub(crate) async fn run(sources: &Sources) -> Report {
             }
             findings.extend(wecom_findings(&config).await);
             findings.extend(channel_token_findings(&config).await);
+            findings.extend(egress_findings(&config).await);
             findings.extend(directory_findings(&config));
             if let Some(finding) = smtp_finding(&config).await {
                 findings.push(finding);
@@ -161,12 +162,12 @@ async fn local_verification(config: &Config) -> Finding {
 
 /// Each file channel's Secret gets a token for its corp (SPEC §12: diagnose per channel).
 async fn channel_token_findings(config: &Config) -> Vec<Finding> {
-    let client = match wecom_client(config) {
-        Ok(client) => client,
-        Err(finding) => return vec![finding],
-    };
     let mut out = Vec::new();
     for channel in config.channels.iter().filter(|c| !c.builtin) {
+        let client = match wecom_client(config, config.proxy_for(channel)) {
+            Ok(client) => client,
+            Err(finding) => return vec![finding],
+        };
         let check = format!("wecom gettoken channels.{}", channel.name);
         let Some(secret) = channel.secret() else {
             out.push(Finding::pass(&check, "no Secret: this channel only receives"));
@@ -239,14 +240,56 @@ fn wecom_failure(check: &str, error: &WeComError) -> Finding {
     Finding::fail(check, error.to_string(), fix)
 }
 
-/// The WeCom client of `diagnose`, counting into metrics of its own that no one reads.
-fn wecom_client(config: &Config) -> Result<WeComClient, Finding> {
+/// The WeCom client of `diagnose`, through `proxy` (SPEC §14), counting into
+/// metrics of its own that no one reads.
+fn wecom_client(config: &Config, proxy: Option<&ProxyUrl>) -> Result<WeComClient, Finding> {
     let metrics = std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION)));
-    WeComClient::new(&config.api_base_url, metrics).map_err(|error| wecom_failure("wecom client", &error))
+    WeComClient::with_proxy(&config.api_base_url, metrics, proxy).map_err(|error| wecom_failure("wecom client", &error))
+}
+
+/// Each channel's egress IP as WeCom sees it, through its proxy (SPEC §14): a
+/// `gettoken` without a Secret, which WeCom refuses naming the IP.
+async fn egress_findings(config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for channel in config.channels.iter() {
+        let check = format!("egress {}", channel.name);
+        let proxy = config.proxy_for(channel);
+        let route = proxy.map_or_else(|| "direct, no proxy".to_owned(), |p| format!("through the proxy {}", p.shown()));
+        let client = match wecom_client(config, proxy) {
+            Ok(client) => client,
+            Err(finding) => {
+                out.push(finding);
+                continue;
+            }
+        };
+        out.push(match client.probe_egress(channel.corp_id.as_str()).await {
+            Ok(ip) => Finding::pass(
+                &check,
+                format!(
+                    "WeCom sees {ip} ({route}): it must be among the app's trusted IPs ({})",
+                    crate::egress::CONSOLE_PATH
+                ),
+            ),
+            Err(error) => {
+                let mut finding = wecom_failure(&check, &error);
+                finding.fix = Some(match proxy {
+                    Some(p) => format!(
+                        "check the proxy {} (WECOM_PROXY_URL / channels.{}.proxy_url) and that it reaches WeCom",
+                        p.shown(),
+                        channel.name
+                    ),
+                    None => "check DNS, the firewall and WECOM_API_BASE_URL; the VM must reach qyapi.weixin.qq.com:443"
+                        .to_owned(),
+                });
+                finding
+            }
+        });
+    }
+    out
 }
 
 async fn wecom_findings(config: &Config) -> Vec<Finding> {
-    let client = match wecom_client(config) {
+    let client = match wecom_client(config, config.proxy.as_ref()) {
         Ok(client) => client,
         Err(finding) => return vec![finding],
     };

@@ -37,7 +37,8 @@
 //! Watching itself
 //! - [`health`] (the checks and the board), [`supervisor`] (runs them, feeds the
 //!   alert state machines), [`alerts`] (the only mail), [`telemetry`] (logs and
-//!   metrics, standing on no domain module).
+//!   metrics, standing on no domain module), [`egress`] (the IP WeCom sees, per
+//!   channel: changes mailed, 60020 parks the channel's outbox).
 //!
 //! Small foundations: [`backoff`] (the one retry formula), [`clock`] (times as
 //! people read them), [`log_limit`] (rate-limited log lines).
@@ -69,6 +70,7 @@ pub(crate) mod crypto;
 pub(crate) mod demo;
 pub(crate) mod diagnose;
 pub(crate) mod dispatch;
+pub(crate) mod egress;
 pub(crate) mod health;
 pub(crate) mod housekeeping;
 pub(crate) mod kf_sync;

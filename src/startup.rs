@@ -37,6 +37,7 @@ use crate::dispatch::executor::Executor;
 use crate::dispatch::handlers::HandlerSettings;
 use crate::dispatch::sending::SendLimits;
 use crate::dispatch::{Dispatcher, Outbox};
+use crate::egress::Egress;
 use crate::health::checks::{self, CheckClock, Checks, Pressure};
 use crate::health::{CheckName, HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
@@ -125,13 +126,19 @@ impl Application {
             health.set(CheckName::Config(channel.name.to_string()), checks::channel_config_check(channel));
         }
         let certificates = load_certificates(&config, &health)?;
-        let wecom =
-            Arc::new(WeCom::new(&config, &store, &metrics).map_err(|e| StartupError::Component(e.to_string()))?);
+        let egress =
+            Arc::new(Egress::new(store.clone(), Arc::clone(&metrics), config.replica.clone(), config.egress_check));
+        let channel_names: Vec<ChannelName> = config.channels.iter().map(|c| c.name.clone()).collect();
+        egress.restore(&channel_names).await?;
+        let wecom = Arc::new(
+            WeCom::new(&config, &store, &metrics, &egress).map_err(|e| StartupError::Component(e.to_string()))?,
+        );
         // Silence longer than three periods (and a margin) means the supervisor is stuck.
         let liveness = Arc::new(Liveness::new(3 * config.supervisor_interval.as_secs() as i64 + 30));
         let journal_wake = Arc::new(Notify::new());
         let workers =
-            Workers::wire(&config, &store, &wecom, &metrics, &health, &liveness, &journal_wake, &certificates).await?;
+            Workers::wire(&config, &store, &wecom, &metrics, &health, &liveness, &journal_wake, &certificates, &egress)
+                .await?;
         // One throttle for both gates: wrong bearers count together per address.
         let bearer_throttle = routes::bearer::SharedThrottle::default();
         let state = web::Data::new(AppState {
@@ -152,6 +159,7 @@ impl Application {
             refusal_log: Default::default(),
             alerter: workers.alerter.clone(),
             version: VERSION,
+            egress,
         });
         let listeners = Listeners::bind(&config, state.clone(), certificates.as_ref())?;
         let shutdown = CancellationToken::new();
@@ -305,9 +313,11 @@ impl Workers {
         liveness: &Arc<Liveness>,
         journal_wake: &Arc<Notify>,
         certificates: &Option<Arc<CertificateStore>>,
+        egress: &Arc<Egress>,
     ) -> Result<Self, StartupError> {
         let (alerter, mailer) = Alerter::new(config.alert_email.as_ref(), Arc::clone(metrics))
             .map_err(|e| StartupError::Alerts(e.to_string()))?;
+        egress.mail_through(alerter.clone());
         let first_start = store.first_started_at().await?;
         tracing::debug!(first_start, "store open");
         let clock = Arc::new(CheckClock::default());
@@ -342,7 +352,8 @@ impl Workers {
             metrics: Arc::clone(metrics),
         };
         let forward_delivery = executor.forward_delivery();
-        let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(metrics), outbox_wake, &config.channels);
+        let outbox = Outbox::new(store.clone(), Arc::new(executor), Arc::clone(metrics), outbox_wake, &config.channels)
+            .with_parking(Arc::clone(egress), Arc::clone(&clock));
         let checks = Checks::new(
             config.upload_dir.clone(),
             certificates.clone(),
@@ -356,7 +367,11 @@ impl Workers {
             clock: Arc::clone(&clock),
             forward: forward_delivery,
             data_floor: send_limits.data_floor.clone(),
-        });
+        })
+        .with_egress(
+            Arc::clone(egress),
+            config.channels.iter().map(|c| (c.name.clone(), c.corp_id.as_str().to_owned())).collect(),
+        );
         let timing = Timing {
             interval: config.supervisor_interval,
             group_wait: config.alert_group_wait,

@@ -65,7 +65,7 @@ pub mod store {
     pub use crate::store::outbox::{DueAction, NewAction};
     pub use crate::store::sends::{NewSend, Queued, SendStatus, SendUpdate};
     pub use crate::store::tokens::StoredToken;
-    pub use crate::store::{now, Store, StoreError, DATABASE_FILE, DEFAULT_LEASE};
+    pub use crate::store::{now, Store, StoreError, DATABASE_FILE, DEFAULT_LEASE, POSTGRES_SCHEMA_VERSION};
 }
 
 pub mod telemetry {

@@ -56,6 +56,8 @@ pub struct ChannelSpec {
     pub forward: Option<Forward>,
     /// Its own welcome text (kf); `None`: `WELCOME_TEXT`.
     pub welcome_text: Option<String>,
+    /// Its own WeCom proxy (`proxy_url`, SPEC §14); `None`: `WECOM_PROXY_URL`.
+    pub proxy: Option<super::ProxyUrl>,
     /// Made from the variables (`app`, `kf`) rather than a `[channels.*]` table.
     pub builtin: bool,
 }
@@ -254,9 +256,10 @@ impl TableReader<'_> {
                 None => self.fail(&key, "is not a channel setting (see SPEC §12 for the keys)"),
             }
         }
-        if self.table.contains_key("proxy_url") {
-            self.fail("proxy_url", "is not yet supported by this version (SPEC §14)");
-        }
+        let proxy = self.string("proxy_url");
+        let proxy = self
+            .trimmed(proxy, "proxy_url")
+            .and_then(|url| super::ProxyUrl::parse(&url).map_err(|reason| self.fail("proxy_url", reason)).ok());
         let corp_id =
             self.required("corp_id").and_then(|id| CorpId::parse(&id).map_err(|e| self.fail("corp_id", e)).ok());
         let token = self.required("token");
@@ -305,6 +308,7 @@ impl TableReader<'_> {
             credentials,
             forward: forward_url.map(|url| Forward { url, secret: forward_secret }),
             welcome_text,
+            proxy,
             builtin: false,
         })
     }

@@ -18,6 +18,7 @@
 pub(crate) mod channels;
 pub(crate) mod layering;
 pub(crate) mod listen;
+pub(crate) mod proxy;
 pub(crate) mod secret;
 mod validation;
 pub(crate) mod variables;
@@ -31,6 +32,7 @@ use crate::networks::Networks;
 pub(crate) use channels::{ChannelSpec, Channels, CALLBACK_PATH};
 pub(crate) use layering::{Settings, Sources};
 pub(crate) use listen::{is_loopback, ListenConfig};
+pub(crate) use proxy::ProxyUrl;
 pub(crate) use secret::{generate_encoding_aes_key, Secret, Token};
 pub(crate) use variables::Var;
 
@@ -170,6 +172,20 @@ pub struct Config {
     pub send_queue_max: u32,
     /// `DATA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor. Only SQLite has a `DATA_DIR` volume.
     pub data_min_free_percent: u8,
+    /// `EGRESS_CHECK_SECS` (SPEC §14): a channel's egress IP is asked for after this
+    /// long without a WeCom answer naming it; at least 10 s.
+    pub egress_check: Duration,
+    /// `WECOM_PROXY_URL`: the proxy of every WeCom API call (a channel's
+    /// `proxy_url` overrides it); `None`: direct, whatever the environment says.
+    pub proxy: Option<ProxyUrl>,
+}
+
+impl Config {
+    /// The proxy `channel`'s WeCom calls go through: its own `proxy_url`, else
+    /// `WECOM_PROXY_URL`.
+    pub(crate) fn proxy_for<'a>(&'a self, channel: &'a ChannelSpec) -> Option<&'a ProxyUrl> {
+        channel.proxy.as_ref().or(self.proxy.as_ref())
+    }
 }
 
 /// Handing a kf conversation to a human (SPEC §10).

@@ -275,6 +275,16 @@ impl Config {
             v.fail(var::DATA_MIN_FREE_PERCENT, "must be a whole percentage, 0 to 100 (0 = no floor)");
         }
         let surface = surface(&mut v);
+        let egress_check = v.parse::<u64>(var::EGRESS_CHECK_SECS, "a whole number of seconds");
+        if egress_check.is_some_and(|secs| secs < MIN_EGRESS_CHECK_SECS) {
+            v.fail(
+                var::EGRESS_CHECK_SECS,
+                format!("must be at least {MIN_EGRESS_CHECK_SECS} (one probe per channel per period)"),
+            );
+        }
+        let proxy = v
+            .trimmed(var::WECOM_PROXY_URL)
+            .and_then(|url| super::ProxyUrl::parse(&url).map_err(|reason| v.fail(var::WECOM_PROXY_URL, reason)).ok());
         upper_bounds(&mut v);
         let built = (|| {
             Some(Config {
@@ -313,6 +323,8 @@ impl Config {
                 surface: surface?,
                 send_queue_max: send_queue_max?,
                 data_min_free_percent: data_min_free_percent?,
+                egress_check: Duration::from_secs(egress_check?),
+                proxy,
             })
         })();
         v.finish(built)
@@ -347,6 +359,7 @@ fn channels(v: &mut Validator<'_>) -> Option<Channels> {
                     credentials,
                     forward: None,
                     welcome_text: None,
+                    proxy: None,
                     builtin: true,
                 };
                 specs.push(builtin(ChannelName::app(), app_keys, Credentials::App { agent_id, secret }));
@@ -379,6 +392,7 @@ const UPPER_BOUNDS: &[(Var, u64, &str)] = &[
     (var::MEDIA_RETENTION_SECS, TEN_YEARS_SECS, "(10 years)"),
     (var::SEND_QUEUE_MAX, 1_000_000, "(sends queued per channel)"),
     (var::CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS_PER_ADDRESS as u64, "(connections one address may hold)"),
+    (var::EGRESS_CHECK_SECS, 86_400, "(a day)"),
 ];
 
 /// One line per variable of [`UPPER_BOUNDS`] set beyond its bound. A value that
@@ -414,6 +428,9 @@ fn replica_id_problem(id: &str) -> Option<String> {
         id.chars().enumerate().find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))?;
     Some(format!("{RULE}, got {} at character {}", bad.escape_default(), at + 1))
 }
+
+/// The shortest `EGRESS_CHECK_SECS` (SPEC §14).
+const MIN_EGRESS_CHECK_SECS: u64 = 10;
 
 /// The shortest replay window: WeCom's retries of one callback span minutes.
 const MIN_CALLBACK_MAX_AGE_SECS: u64 = 600;

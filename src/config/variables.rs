@@ -134,6 +134,9 @@ variables! {
     SEND_QUEUE_MAX,            None,                      Some("1000"),                          PUBLIC, "sends queued and not yet finished, per channel: the send API answers 429 with Retry-After beyond it";
     DATA_MIN_FREE_PERCENT,     None,                      Some("5"),                             PUBLIC, "free space (per cent) DATA_DIR's volume keeps for callbacks: below it the send API answers 503; 0 = no floor; not used with DATABASE_URL";
     CONNECTIONS_PER_ADDRESS,   None,                      Some("256"),                           PUBLIC, "open connections (TLS handshakes included) one client address may hold; beyond it a new connection is closed at once; TRUSTED_PROXIES and TRUSTED_NETWORKS are exempt";
+    // The egress IP WeCom sees (SPEC §14).
+    EGRESS_CHECK_SECS,         None,                      Some("900"),                           PUBLIC, "when no WeCom answer has named a channel's egress IP for this long (from start-up), one probe asks (gettoken without a Secret); at least 10";
+    WECOM_PROXY_URL,           None,                      None,                                  SECRET, "HTTP(S) or SOCKS5 proxy for every WeCom API call (not FORWARD_URL), http://user:pass@host:port; unset = direct (HTTP_PROXY/HTTPS_PROXY are ignored)";
 }
 
 #[cfg(test)]

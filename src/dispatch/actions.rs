@@ -339,6 +339,19 @@ impl Action {
         }
     }
 
+    /// The channel whose WeCom API this action calls; `None` for a forward,
+    /// which calls no WeCom API (a parked channel's forwards go on, SPEC §14).
+    pub(crate) fn wecom_channel(&self) -> Option<&ChannelName> {
+        match self {
+            Self::Forward { .. } => None,
+            Self::AppText { channel, .. }
+            | Self::KfText { channel, .. }
+            | Self::KfWelcome { channel, .. }
+            | Self::KfHandover { channel, .. } => Some(channel),
+            Self::DownloadMedia { record, .. } => Some(&record.channel),
+        }
+    }
+
     /// The outbox row for this action. Serialising an action cannot fail (its
     /// fields are strings, numbers and JSON values), but if it ever did the
     /// caller must hear of it: an empty payload would be an action lost.

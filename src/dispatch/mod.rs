@@ -14,6 +14,7 @@ pub(crate) mod actions;
 pub(crate) mod executor;
 pub(crate) mod handlers;
 pub(crate) mod pacing;
+pub(crate) mod parking;
 pub(crate) mod record;
 pub(crate) mod sending;
 
@@ -33,6 +34,8 @@ use record::Record;
 use crate::backoff::Backoff;
 use crate::channels::{ChannelKind, ChannelName};
 use crate::config::Channels;
+use crate::egress::Egress;
+use crate::health::checks::CheckClock;
 use crate::kf_sync::KfSyncHandle;
 use crate::messages::kf::{KfEvent, KfMessage};
 use crate::messages::{clip, AppEvent, AppMessage, LoggedId, Message};
@@ -303,6 +306,10 @@ pub(crate) struct Outbox {
     log: Arc<SharedLogLimiter>,
     /// This replica's windows of texts sent (held for no await).
     pacer: Arc<Mutex<pacing::Pacer>>,
+    /// Channels whose egress IP WeCom refuses (60020), parked (held for no await).
+    parking: Arc<Mutex<parking::Parking>>,
+    /// Whether WeCom refuses a channel's IP, and the clock parking counts in.
+    egress: Option<(Arc<Egress>, Arc<CheckClock>)>,
 }
 
 /// The kind of action [`Outbox::pace`] may put off on a channel of `kind`: its texts.
@@ -333,7 +340,54 @@ impl Outbox {
                 metrics.declare(ACTIONS_TOTAL, &labels);
             }
         }
-        Self { store, executor, metrics, wake, log: Arc::default(), pacer: Arc::default() }
+        Self {
+            store,
+            executor,
+            metrics,
+            wake,
+            log: Arc::default(),
+            pacer: Arc::default(),
+            parking: Arc::default(),
+            egress: None,
+        }
+    }
+
+    /// The same outbox, parking a channel while WeCom refuses its IP (SPEC §14).
+    pub(crate) fn with_parking(self, egress: Arc<Egress>, clock: Arc<CheckClock>) -> Self {
+        Self { egress: Some((egress, clock)), ..self }
+    }
+
+    /// Whether `action` may call WeCom now, for a parked channel (one trial a
+    /// minute) or any other.
+    fn park(&self, action: &Action, id: i64) -> Option<(ChannelName, parking::Decision)> {
+        let (egress, clock) = self.egress.as_ref()?;
+        let channel = action.wecom_channel()?;
+        let mut parking = self.parking.lock().unwrap_or_else(|e| e.into_inner());
+        Some((channel.clone(), parking.admit(channel, egress.refused(channel), id, clock.now())))
+    }
+
+    /// Releases what parked channels may send now: everything of a channel WeCom
+    /// accepts again, one action of each channel whose trial is due.
+    async fn release_parked(&self) {
+        let Some((egress, clock)) = self.egress.as_ref() else { return };
+        let ids = {
+            let mut parking = self.parking.lock().unwrap_or_else(|e| e.into_inner());
+            let mut ids = parking.lift(|channel| egress.refused(channel));
+            ids.extend(parking.due_trials(clock.now()));
+            ids
+        };
+        self.release(ids).await;
+    }
+
+    async fn release(&self, ids: Vec<i64>) {
+        if ids.is_empty() {
+            return;
+        }
+        match self.store.release_actions(ids).await {
+            Ok(()) => self.wake.notify_one(),
+            // They come back by their own due time.
+            Err(error) => tracing::warn!("cannot release a parked channel's actions: {error}"),
+        }
     }
 
     /// Whether `action` must wait for WeCom's frequency limits, and how long:
@@ -354,6 +408,7 @@ impl Outbox {
 
     /// Attempts every due action once; returns how many were attempted.
     pub(crate) async fn run_once(&self) -> Result<usize, StoreError> {
+        self.release_parked().await;
         let due = self.store.claim_actions(BATCH).await?;
         let attempted = due.len();
         futures_util::stream::iter(due).for_each_concurrent(CONCURRENT_ACTIONS, |item| self.attempt(item)).await;
@@ -372,6 +427,20 @@ impl Outbox {
             self.metrics.counter(ACTIONS_TOTAL, &label("paced")).increment(1);
             tracing::debug!(action = item.key.as_str(), after_secs = after, "paced: WeCom's frequency limit");
             if let Err(error) = self.store.action_deferred(&item, after).await {
+                tracing::error!(action = item.key.as_str(), "cannot put the action off: {error}");
+            }
+            return;
+        }
+        let parked = parsed.as_ref().ok().and_then(|action| self.park(action, item.id));
+        if let Some((channel, parking::Decision::Wait(after))) = &parked {
+            // WeCom refuses the channel's IP: no call until its trial gets through.
+            self.metrics.counter(ACTIONS_TOTAL, &label("parked")).increment(1);
+            tracing::debug!(
+                action = item.key.as_str(),
+                channel = channel.as_str(),
+                "parked: WeCom refuses the IP (60020)"
+            );
+            if let Err(error) = self.store.action_deferred(&item, after + parking::RETRY_EVERY_SECS).await {
                 tracing::error!(action = item.key.as_str(), "cannot put the action off: {error}");
             }
             return;
@@ -412,6 +481,20 @@ impl Outbox {
                 Recording::Abandoned(error.message)
             }
         };
+        if let (Some((channel, parking::Decision::Trial)), Some((egress, clock))) = (&parked, &self.egress) {
+            let released = {
+                let mut parking = self.parking.lock().unwrap_or_else(|e| e.into_inner());
+                parking.tried(channel, egress.refused(channel), clock.now())
+            };
+            if !released.is_empty() {
+                tracing::info!(
+                    channel = channel.as_str(),
+                    "WeCom accepts the egress IP again: {} parked actions go on",
+                    released.len()
+                );
+            }
+            self.release(released).await;
+        }
         let more = matches!(&recording, Recording::Succeeded(rows) if !rows.is_empty());
         match self.record(&item, &recording).await {
             Ok(()) if more => self.wake.notify_one(),

@@ -229,7 +229,10 @@ impl Sending {
         action: &Action,
         error: WeComError,
     ) -> Result<Vec<Action>, ActionError> {
-        let gave_up = now() - row.created_at > SEND_RETRY_WINDOW.as_secs() as i64;
+        // WeCom refusing the egress IP (60020) took nothing: no duplicate to fear,
+        // and the text waits for the operator however long it takes (SPEC §14).
+        let refused_ip = error.is(crate::wecom::ApiError::is_ip_not_trusted);
+        let gave_up = !refused_ip && now() - row.created_at > SEND_RETRY_WINDOW.as_secs() as i64;
         if !is_final(&error) && !gave_up {
             return Err(error.into());
         }

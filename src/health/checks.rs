@@ -12,6 +12,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::alerts::Alerter;
+use crate::channels::ChannelName;
+use crate::egress::{Egress, Seen};
 use crate::health::{CheckName, CheckResult, Status};
 use crate::media::{Floor, FreeSpace};
 use crate::store::outbox::Owed;
@@ -85,6 +87,9 @@ pub(crate) struct Pressure {
     pub data_floor: Option<(Floor, PathBuf)>,
 }
 
+/// A channel whose egress IP is checked: its name and corp id (the probe's `corpid`).
+pub(crate) type ProbedChannel = (ChannelName, String);
+
 /// Everything the checks look at.
 pub(crate) struct Checks {
     pub upload_dir: PathBuf,
@@ -97,6 +102,8 @@ pub(crate) struct Checks {
     /// Token invalidations seen at the previous run, per token cache.
     invalidations: Mutex<HashMap<String, u64>>,
     pressure: Pressure,
+    /// The egress IP of each channel, SPEC §14.
+    egress: Option<(Arc<Egress>, Vec<ProbedChannel>)>,
 }
 
 impl Checks {
@@ -126,6 +133,7 @@ impl Checks {
             secrets_identical,
             invalidations: Mutex::new(HashMap::new()),
             pressure: Pressure { clock: Arc::default(), forward: None, data_floor: None },
+            egress: None,
         }
     }
 
@@ -135,6 +143,32 @@ impl Checks {
             self.metrics.declare(family, &[]);
         }
         Self { pressure, ..self }
+    }
+
+    /// The same checks with `egress:<name>` for each of `channels` (name, corp id).
+    pub(crate) fn with_egress(self, egress: Arc<Egress>, channels: Vec<ProbedChannel>) -> Self {
+        Self { egress: Some((egress, channels)), ..self }
+    }
+
+    /// `egress:<name>` of every channel, after a probe where one is due (no
+    /// answer named the IP for `EGRESS_CHECK_SECS`); keeps the IPs in the store.
+    async fn egress(&self, results: &mut Vec<(CheckName, CheckResult)>) {
+        let Some((egress, channels)) = &self.egress else { return };
+        let now = self.pressure.clock.now();
+        for (channel, corp_id) in channels {
+            if egress.take_probe(channel, now) {
+                // The answer reaches `egress` through the channel's client.
+                match tokio::time::timeout(CHECK_TIMEOUT, self.wecom.probe_egress(channel, corp_id)).await {
+                    Ok(Ok(ip)) => tracing::debug!(channel = channel.as_str(), "egress probe: WeCom sees {ip}"),
+                    Ok(Err(error)) => tracing::warn!(channel = channel.as_str(), "egress probe: {error}"),
+                    Err(_) => tracing::warn!(channel = channel.as_str(), "egress probe: no answer within 10s"),
+                }
+            }
+            results.push((CheckName::Egress(channel.to_string()), egress_check(&egress.seen(channel))));
+        }
+        if let Err(error) = egress.keep().await {
+            tracing::warn!("cannot keep the egress IPs: {error}");
+        }
     }
 
     /// Runs every check once, each under a timeout.
@@ -190,6 +224,7 @@ impl Checks {
         }
         results.push((CheckName::ConfigSecrets, secrets_check(self.secrets_identical)));
         results.push((CheckName::AlertsEmail, self.email()));
+        self.egress(&mut results).await;
         results
     }
 
@@ -424,6 +459,38 @@ pub(crate) fn store_free_check(free: std::io::Result<Option<FreeSpace>>, floor: 
     }
 }
 
+/// `egress:<name>`: `fail` while WeCom refuses the IP (60020), `warn` from a
+/// change until a call from the new IP succeeded, else `pass`; the IP is the
+/// observed value.
+pub(crate) fn egress_check(seen: &Seen) -> CheckResult {
+    let Some(ip) = seen.ip else {
+        return CheckResult::new(Status::Pass)
+            .output("no WeCom answer has named the egress IP yet (asked after EGRESS_CHECK_SECS)");
+    };
+    let since = crate::clock::rfc3339;
+    if let Some(at) = seen.refused_since {
+        return CheckResult::new(Status::Fail).observed(ip.to_string(), "ip").output(format!(
+            "WeCom refuses calls from {ip} (60020) since {}: add {ip} to the app's trusted IPs ({}); \
+             the channel's outbox is parked and tries one action a minute",
+            since(at),
+            crate::egress::CONSOLE_PATH
+        ));
+    }
+    if let Some((before, at)) = seen.changed_from {
+        return CheckResult::new(Status::Warn).observed(ip.to_string(), "ip").output(format!(
+            "the egress IP changed from {before} to {ip} at {}: make sure {ip} is among the app's trusted IPs \
+             ({}); warn until a call from it succeeds",
+            since(at),
+            crate::egress::CONSOLE_PATH
+        ));
+    }
+    CheckResult::new(Status::Pass).observed(ip.to_string(), "ip").output(format!(
+        "WeCom sees {ip} (since {}, last named {})",
+        since(seen.first_seen),
+        since(seen.last_seen)
+    ))
+}
+
 /// `config:secrets`: identical app and kf Secrets are a warning.
 pub(crate) fn secrets_check(identical: bool) -> CheckResult {
     if identical {
@@ -535,6 +602,25 @@ mod tests {
         assert_eq!(store_free_check(free(9.9), Floor::data(5)).status, Status::Warn);
         assert_eq!(store_free_check(free(10.0), Floor::data(5)).status, Status::Pass);
         assert_eq!(store_free_check(free(0.5), Floor::data(0)).status, Status::Pass, "0 = no floor");
+    }
+
+    #[test]
+    fn the_egress_check_fails_with_the_ip_to_add_and_warns_after_a_change() {
+        use crate::egress::Answer;
+        let ip = |text: &str| Some(text.parse().expect("ip"));
+        let mut seen = Seen::default();
+        assert_eq!(egress_check(&seen).status, Status::Pass);
+        seen.observe(Answer { business: false, errcode: 41004, ip: ip("203.0.113.7") }, 100);
+        let check = egress_check(&seen);
+        assert_eq!((check.status, check.observed_value), (Status::Pass, Some("203.0.113.7".into())));
+        seen.observe(Answer { business: true, errcode: 60020, ip: ip("203.0.113.7") }, 110);
+        let output = egress_check(&seen).output.unwrap_or_default();
+        assert_eq!(egress_check(&seen).status, Status::Fail);
+        assert!(output.contains("add 203.0.113.7") && output.contains("企业可信IP"), "{output}");
+        seen.observe(Answer { business: true, errcode: 40014, ip: ip("198.51.100.9") }, 120);
+        let check = egress_check(&seen);
+        assert_eq!(check.status, Status::Warn);
+        assert!(check.output.unwrap_or_default().contains("from 203.0.113.7 to 198.51.100.9"));
     }
 
     #[test]

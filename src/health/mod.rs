@@ -84,6 +84,8 @@ pub(crate) enum CheckName {
     /// `config:<name>`: the configuration of one channel.
     Config(String),
     AlertsEmail,
+    /// `egress:<name>`: the IP WeCom sees one channel's calls come from (SPEC §14).
+    Egress(String),
 }
 
 impl CheckName {
@@ -92,6 +94,7 @@ impl CheckName {
         let fixed = match self {
             Self::Token(name) => return format!("token:{name}"),
             Self::Config(name) => return format!("config:{name}"),
+            Self::Egress(name) => return format!("egress:{name}"),
             Self::UploadsWritable => "uploads:writable",
             Self::UploadsFree => "uploads:free",
             Self::CallbackLatency => "callback:latency",
@@ -128,14 +131,16 @@ impl CheckName {
         match name.split_once(':') {
             Some(("token", rest)) if !rest.is_empty() => Some(Self::Token(rest.to_owned())),
             Some(("config", rest)) if !rest.is_empty() => Some(Self::Config(rest.to_owned())),
+            Some(("egress", rest)) if !rest.is_empty() => Some(Self::Egress(rest.to_owned())),
             _ => None,
         }
     }
 
     /// Whether every replica sees it alike (the access tokens, the
-    /// configuration): its transitions are paged once for the cluster.
+    /// configuration, WeCom refusing a channel's IP): its transitions are paged
+    /// once for the cluster.
     pub(crate) fn is_cluster_wide(&self) -> bool {
-        matches!(self, Self::Token(_) | Self::Config(_) | Self::ConfigSecrets)
+        matches!(self, Self::Token(_) | Self::Config(_) | Self::ConfigSecrets | Self::Egress(_))
     }
 }
 

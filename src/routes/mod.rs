@@ -83,6 +83,8 @@ pub(crate) struct AppState {
     pub refusal_log: crate::log_limit::SharedLogLimiter,
     pub alerter: Alerter,
     pub version: &'static str,
+    /// Each channel's egress IP (SPEC §14), for the status page.
+    pub egress: Arc<crate::egress::Egress>,
 }
 
 /// Registers every route.

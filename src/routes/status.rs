@@ -148,10 +148,13 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
     HttpResponse::Ok().content_type("text/html; charset=utf-8").insert_header(("Cache-Control", "no-store")).body(html)
 }
 
-/// A row per channel (SPEC §12): kind, corp, its own path, last callback, token age.
+/// A row per channel (SPEC §12): kind, corp, its own path, last callback, token
+/// age, and the egress IP WeCom sees (SPEC §14).
 fn channel_rows(html: &mut String, state: &AppState) {
     let now = crate::store::now();
-    html.push_str("<table><tr><th>channel</th><th>kind</th><th>last callback</th><th>token</th></tr>");
+    html.push_str(
+        "<table><tr><th>channel</th><th>kind</th><th>last callback</th><th>token</th><th>egress IP</th></tr>",
+    );
     for channel in state.credentials.channels().iter() {
         let last = state.last_callback.get(channel.name.as_str()).map_or(0, |at| at.load(Ordering::Relaxed));
         let last = if last > 0 { rfc3339(last) } else { "none since start".to_owned() };
@@ -162,15 +165,23 @@ fn channel_rows(html: &mut String, state: &AppState) {
             },
             Err(_) => "no Secret".to_owned(),
         };
+        let seen = state.egress.seen(&channel.name);
+        let egress = match (seen.ip, seen.refused_since, seen.changed_from) {
+            (None, _, _) => "not named yet".to_owned(),
+            (Some(ip), Some(_), _) => format!("{ip} — refused (60020): add it to 企业可信IP"),
+            (Some(ip), None, Some((before, _))) => format!("{ip} — changed from {before}"),
+            (Some(ip), None, None) => format!("{ip} (last named {})", rfc3339(seen.last_seen)),
+        };
         let _ = write!(
             html,
-            "<tr><td>{}<br><small>{}</small></td><td>{}<br><small>{}</small></td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}<br><small>{}</small></td><td>{}<br><small>{}</small></td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(channel.name.as_str()),
             escape(&channel.path()),
             channel.kind().as_str(),
             escape(channel.corp_id.as_str()),
             escape(&last),
             escape(&token),
+            escape(&egress),
         );
     }
     html.push_str("</table>");

@@ -4,7 +4,7 @@
 //!
 //! Owns: the operations (one file per concern: [`journal`], [`outbox`], [`kf`],
 //! [`sends`], [`conversations`], [`tokens`], [`leases`], [`alerts`], [`names`],
-//! [`meta`], [`retention`]), the types they
+//! [`meta`], [`retention`], [`egress`]), the types they
 //! take and give, [`StoreError`], and what is the same for every engine (the
 //! recent dedup keys in memory). Deliberately not here: SQL. Each engine is a
 //! backend module (`sqlite`: the embedded default, with group commit and two
@@ -13,6 +13,7 @@
 
 pub(crate) mod alerts;
 pub(crate) mod conversations;
+pub(crate) mod egress;
 pub(crate) mod journal;
 pub(crate) mod kf;
 pub(crate) mod leases;
@@ -30,6 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+
+/// The PostgreSQL schema version this build knows (tests compare with it
+/// instead of writing the number, which each migration moves).
+#[cfg(feature = "testing")]
+pub const POSTGRES_SCHEMA_VERSION: i64 = postgres::SCHEMA_VERSION;
 
 /// The file name inside `DATA_DIR`.
 pub const DATABASE_FILE: &str = "wechat-api.sqlite3";

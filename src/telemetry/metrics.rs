@@ -269,8 +269,26 @@ pub(crate) const STORE_STAGE_SECONDS: Family = Family {
     help: "Where the store's time goes on the durable path: queue (an operation waiting for its writer), execute (a group's statements), commit (its log write and fsync), checkpoint (copying SQLite's WAL into the database file, off the writer).",
 };
 
+/// `wechat_api_egress_ip_info{channel,ip}`: 1 for the IP WeCom last named.
+pub(crate) const EGRESS_IP_INFO: Family = Family {
+    name: "wechat_api_egress_ip_info",
+    kind: Kind::Gauge,
+    unit: None,
+    labels: &["channel", "ip"],
+    help: "Always 1: the egress IP WeCom last named (from ip: …) for each channel; the series of an earlier IP goes when it changes. It must be among the app's trusted IPs (企业可信IP).",
+};
+
+/// `wechat_api_egress_ip_changes_total{channel}`.
+pub(crate) const EGRESS_IP_CHANGES_TOTAL: Family = Family {
+    name: "wechat_api_egress_ip_changes_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["channel"],
+    help: "Changes of a channel's known egress IP seen by this replica (each is mailed at once: the new IP must be added to the app's trusted IPs).",
+};
+
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 23] = [
+pub(crate) const FAMILIES: [Family; 25] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -294,6 +312,8 @@ pub(crate) const FAMILIES: [Family; 23] = [
     FORWARD_FAILING_SECONDS,
     CONNECTIONS_REFUSED_TOTAL,
     STORE_STAGE_SECONDS,
+    EGRESS_IP_INFO,
+    EGRESS_IP_CHANGES_TOTAL,
 ];
 
 /// Upper bounds of the callback latency histogram: fine below 10 ms, where a
@@ -423,6 +443,9 @@ pub struct Metrics {
     latency: LatencyWindow,
     accepted: AtomicU64,
     refused: AtomicU64,
+    /// Series taken out of the exposition (`name{labels}` as rendered): an info
+    /// gauge whose value is no longer true (an egress IP that changed).
+    retired: std::sync::Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -465,6 +488,7 @@ impl Metrics {
             latency: LatencyWindow::default(),
             accepted: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            retired: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -538,6 +562,31 @@ impl Metrics {
         }
     }
 
+    /// Sets the info gauge `family` with `labels` to 1 and exports it; the
+    /// series of `replaces` (the same family's earlier labels, if any) leaves the
+    /// exposition: one series per owner, as an info metric must be.
+    pub(crate) fn info(
+        &self,
+        family: Family,
+        labels: &[(&'static str, String)],
+        replaces: Option<&[(&'static str, String)]>,
+    ) {
+        let rendered = |labels: &[(&'static str, String)]| {
+            let pairs: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{}{{{}}} ", family.name, pairs.join(","))
+        };
+        let current = rendered(labels);
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        retired.retain(|series| *series != current);
+        if let Some(old) = replaces.map(rendered).filter(|old| *old != current) {
+            self.gauge(family, replaces.unwrap_or_default()).set(0.0);
+            if !retired.contains(&old) {
+                retired.push(old);
+            }
+        }
+        self.gauge(family, labels).set(1.0);
+    }
+
     /// Folds recorded histogram samples into their buckets; call periodically so
     /// samples do not pile up between scrapes.
     pub(crate) fn run_upkeep(&self) {
@@ -547,7 +596,17 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub(crate) fn render(&self) -> String {
         self.handle.run_upkeep();
-        self.handle.render()
+        let text = self.handle.render();
+        let retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        if retired.is_empty() {
+            return text;
+        }
+        let mut kept = String::with_capacity(text.len());
+        for line in text.lines().filter(|line| !retired.iter().any(|series| line.starts_with(series.as_str()))) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+        kept
     }
 }
 
@@ -574,6 +633,20 @@ mod tests {
         assert!(text.contains("wechat_api_callback_duration_seconds_bucket{le=\"0.0025\"} 1"), "{text}");
         assert!(text.contains("wechat_api_callback_duration_seconds_count 1"), "{text}");
         assert!(text.contains("# TYPE wechat_api_callback_duration_seconds histogram"), "{text}");
+    }
+
+    #[test]
+    fn an_info_series_is_replaced_not_added_to() {
+        let metrics = Metrics::new(&build("1"));
+        let labels = |ip: &str| vec![("channel", "app".to_owned()), ("ip", ip.to_owned())];
+        metrics.info(EGRESS_IP_INFO, &labels("203.0.113.7"), None);
+        metrics.info(EGRESS_IP_INFO, &labels("198.51.100.9"), Some(&labels("203.0.113.7")));
+        let text = metrics.render();
+        assert!(text.contains("wechat_api_egress_ip_info{channel=\"app\",ip=\"198.51.100.9\"} 1"), "{text}");
+        assert!(!text.contains("203.0.113.7"), "{text}");
+        metrics.info(EGRESS_IP_INFO, &labels("203.0.113.7"), Some(&labels("198.51.100.9")));
+        let text = metrics.render();
+        assert!(text.contains("ip=\"203.0.113.7\"} 1") && !text.contains("198.51.100.9"), "{text}");
     }
 
     #[test]

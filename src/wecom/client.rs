@@ -18,6 +18,8 @@ use super::error::{ApiError, WeComError};
 use super::models::*;
 use crate::backoff::Backoff;
 use crate::channels::{ChannelKind, ChannelName};
+use crate::config::ProxyUrl;
+use crate::egress::{Answer, Egress};
 use crate::telemetry::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -42,7 +44,8 @@ struct Status {
     errmsg: String,
 }
 
-/// A client of one WeCom API base URL, counting its calls for one channel.
+/// A client of one WeCom API base URL, through one proxy (or none), counting its
+/// calls for one channel.
 #[derive(Debug, Clone)]
 pub struct WeComClient {
     http: reqwest::Client,
@@ -50,6 +53,9 @@ pub struct WeComClient {
     metrics: Arc<Metrics>,
     /// The `channel` label of its calls; `None` only before [`WeComClient::on`].
     channel: Option<ChannelName>,
+    /// Told every answer's errcode and IP (SPEC §14): a channel's client
+    /// ([`WeComClient::for_channel`]).
+    egress: Option<Arc<Egress>>,
 }
 
 /// The APIs an `app` channel's Secret calls: the known values of the `api`
@@ -74,19 +80,46 @@ const KF_APIS: &[&str] = &[
 const NO_CHANNEL: &str = "unknown";
 
 impl WeComClient {
-    /// The shared part: the HTTP client and the base URL. Calls are made by the
-    /// client of a channel, [`WeComClient::on`].
+    /// A client that calls WeCom directly.
     pub fn new(base_url: &str, metrics: Arc<Metrics>) -> Result<Self, WeComError> {
-        let http = crate::outbound::client(TIMEOUT)
-            .connect_timeout(CONNECT_TIMEOUT)
-            .build()
-            .map_err(|e| WeComError::transport("client", e))?;
-        Ok(Self { http, base_url: base_url.trim_end_matches('/').into(), metrics, channel: None })
+        Self::with_proxy(base_url, metrics, None)
+    }
+
+    /// The shared part: the HTTP client, through `proxy` (SPEC §14) or directly,
+    /// and the base URL. Calls are made by the client of a channel
+    /// ([`WeComClient::on`], [`WeComClient::for_channel`]). Only this
+    /// configuration counts: the environment's `HTTP_PROXY`, `HTTPS_PROXY` and
+    /// `ALL_PROXY`, which reqwest would read by itself, are not used for WeCom.
+    pub(crate) fn with_proxy(
+        base_url: &str,
+        metrics: Arc<Metrics>,
+        proxy: Option<&ProxyUrl>,
+    ) -> Result<Self, WeComError> {
+        let builder = crate::outbound::client(TIMEOUT).connect_timeout(CONNECT_TIMEOUT);
+        let builder = match proxy {
+            None => builder.no_proxy(),
+            Some(proxy) => {
+                // reqwest's own error would show the URL, password included.
+                let proxy = reqwest::Proxy::all(proxy.expose()).map_err(|_| WeComError::Transport {
+                    api: "client",
+                    reason: format!("cannot use the proxy {}", proxy.shown()),
+                })?;
+                builder.proxy(proxy)
+            }
+        };
+        let http = builder.build().map_err(|e| WeComError::transport("client", e))?;
+        Ok(Self { http, base_url: base_url.trim_end_matches('/').into(), metrics, channel: None, egress: None })
     }
 
     /// The same client (connections shared), counting its calls for `channel`.
     pub(crate) fn on(&self, channel: &ChannelName) -> Self {
         Self { channel: Some(channel.clone()), ..self.clone() }
+    }
+
+    /// This client for `channel`'s calls: counted under its name, and each
+    /// answer tells `egress` the errcode and the IP it named.
+    pub(crate) fn for_channel(&self, channel: &ChannelName, egress: Arc<Egress>) -> Self {
+        Self { channel: Some(channel.clone()), egress: Some(egress), ..self.clone() }
     }
 
     /// Makes the successes of the APIs a channel of `kind` calls exist at zero.
@@ -98,6 +131,14 @@ impl WeComClient {
         };
         for api in apis {
             self.metrics.declare(REQUESTS_TOTAL, &self.labels(api, "0".to_owned()));
+        }
+    }
+
+    /// Tells the channel's egress what WeCom answered to `api`.
+    fn observe(&self, api: &'static str, errcode: i64, errmsg: &str) {
+        if let (Some(channel), Some(egress)) = (&self.channel, &self.egress) {
+            let ip = ApiError::caller_ip_of(errmsg);
+            egress.answered(channel, Answer { business: api != "gettoken", errcode, ip });
         }
     }
 
@@ -170,6 +211,7 @@ impl WeComClient {
             decode_error(e)
         })?;
         self.count(api, status.errcode.to_string());
+        self.observe(api, status.errcode, &status.errmsg);
         if status.errcode != 0 {
             return Err(WeComError::Api { api, error: ApiError { errcode: status.errcode, errmsg: status.errmsg } });
         }
@@ -217,6 +259,23 @@ impl WeComClient {
             .map(|d| d.as_secs() as i64);
         let bytes = read_limited(API, response, MAX_JSON_BYTES).await?;
         Ok((self.decode(API, &bytes)?, date))
+    }
+
+    /// `gettoken` with the corp id and no Secret: WeCom refuses it (41004),
+    /// naming the IP it sees (SPEC §14). The IP, or why none came.
+    pub(crate) async fn probe_egress(&self, corp_id: &str) -> Result<std::net::IpAddr, WeComError> {
+        const API: &str = "gettoken";
+        let url = self.url(API);
+        let result: Result<TokenResponse, WeComError> =
+            self.call(API, || self.http.get(&url).query(&[("corpid", corp_id), ("corpsecret", "")])).await;
+        match result {
+            Err(WeComError::Api { error, .. }) => match error.caller_ip() {
+                Some(ip) => Ok(ip),
+                None => Err(WeComError::Decode { api: API, reason: format!("the answer named no IP ({error})") }),
+            },
+            Err(other) => Err(other),
+            Ok(_) => Err(WeComError::Decode { api: API, reason: "a token without a Secret".into() }),
+        }
     }
 
     /// `message/send`: a text from the self-built app to a member.
@@ -350,6 +409,7 @@ impl WeComClient {
             return Err(too_large(API, max_bytes));
         }
         self.count(API, "0".into());
+        self.observe(API, 0, "");
         Ok(Media { response, content_type, filename, max_bytes, read: 0 })
     }
 }

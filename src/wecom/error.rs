@@ -13,7 +13,13 @@ pub struct ApiError {
 impl ApiError {
     /// The IP WeCom saw, from "… from ip: 1.2.3.4 …" (60020 and friends).
     pub(crate) fn caller_ip(&self) -> Option<IpAddr> {
-        let rest = &self.errmsg[self.errmsg.find("from ip:")? + "from ip:".len()..];
+        Self::caller_ip_of(&self.errmsg)
+    }
+
+    /// The IP an `errmsg` names ("… from ip: 1.2.3.4, more info at …"): WeCom
+    /// writes it into every error answer.
+    pub(crate) fn caller_ip_of(errmsg: &str) -> Option<IpAddr> {
+        let rest = &errmsg[errmsg.find("from ip:")? + "from ip:".len()..];
         let candidate: String =
             rest.trim_start().chars().take_while(|c| c.is_ascii_hexdigit() || *c == '.' || *c == ':').collect();
         candidate.trim_end_matches(['.', ':']).parse().ok()
@@ -72,10 +78,12 @@ impl ApiError {
         self.errcode == 95018
     }
 
-    /// Worth trying again: WeCom busy, rate limits, an expired token. Any other
-    /// errcode is WeCom's answer to this request and will be the same next time.
+    /// Worth trying again: WeCom busy, rate limits, an expired token, and an IP
+    /// not yet trusted (60020: the operator adds it; the outbox parks the channel
+    /// meanwhile, SPEC §14). Any other errcode is WeCom's answer to this request
+    /// and will be the same next time.
     pub(crate) fn is_transient(&self) -> bool {
-        matches!(self.errcode, -1 | 45009 | 45033) || self.token_invalid()
+        matches!(self.errcode, -1 | 45009 | 45033) || self.token_invalid() || self.is_ip_not_trusted()
     }
 
     /// A kf send whose `msgid` WeCom has seen before: the message went out on an

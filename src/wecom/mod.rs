@@ -20,6 +20,7 @@ pub use tokens::TokenSource;
 
 use crate::channels::{ChannelKind, ChannelName};
 use crate::config::Config;
+use crate::egress::Egress;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 pub(crate) use client::Media;
@@ -53,17 +54,48 @@ pub(crate) struct WeCom {
     by_channel: HashMap<ChannelName, ChannelApi>,
     /// The distinct caches, in configuration order.
     sources: Vec<Arc<TokenSource>>,
+    /// Every channel's client: through its proxy (`proxy_url`, else
+    /// `WECOM_PROXY_URL`), telling [`Egress`] what each answer said of its IP.
+    clients: HashMap<ChannelName, WeComClient>,
+    /// The client of a name no channel has (`WECOM_PROXY_URL`, no tap).
+    fallback: WeComClient,
 }
 
 impl WeCom {
-    pub(crate) fn new(config: &Config, store: &Store, metrics: &Arc<Metrics>) -> Result<Self, WeComError> {
-        let client = WeComClient::new(&config.api_base_url, Arc::clone(metrics))?;
-        // Channels sharing a corp id and Secret share one cache, the first one's.
+    pub(crate) fn new(
+        config: &Config,
+        store: &Store,
+        metrics: &Arc<Metrics>,
+        egress: &Arc<Egress>,
+    ) -> Result<Self, WeComError> {
+        let fallback = WeComClient::with_proxy(&config.api_base_url, Arc::clone(metrics), config.proxy.as_ref())?;
+        // One HTTP client per distinct proxy (a connection pool each); every
+        // channel's client counts its calls under its name and tells `egress`
+        // what each answer said of the IP.
+        let mut by_proxy: HashMap<Option<String>, WeComClient> = HashMap::new();
+        by_proxy.insert(config.proxy.as_ref().map(|p| p.expose().to_owned()), fallback.clone());
+        let mut clients = HashMap::new();
+        for channel in config.channels.iter() {
+            let proxy = config.proxy_for(channel);
+            let key = proxy.map(|p| p.expose().to_owned());
+            let base = match by_proxy.get(&key) {
+                Some(base) => base.clone(),
+                None => {
+                    let base = WeComClient::with_proxy(&config.api_base_url, Arc::clone(metrics), proxy)?;
+                    by_proxy.insert(key, base.clone());
+                    base
+                }
+            };
+            clients.insert(channel.name.clone(), base.for_channel(&channel.name, Arc::clone(egress)));
+        }
+        let client_of = |name: &ChannelName| clients.get(name).cloned().unwrap_or_else(|| fallback.on(name));
+        // Channels sharing a corp id and Secret share one cache, the first one's
+        // (its client makes the refreshes).
         let mut caches: Vec<(String, TokenSource)> = Vec::new();
         let mut users: Vec<(ChannelName, usize)> = Vec::new();
         let app_secret = config.channels.builtin_app().and_then(|app| app.secret());
         for channel in config.channels.iter().filter(|c| c.kind() != ChannelKind::Aibot) {
-            client.on(&channel.name).declare(channel.kind());
+            client_of(&channel.name).declare(channel.kind());
             // The built-in kf without WECOM_KF_SECRET calls kf APIs with WECOM_SECRET, as always.
             let secret = match channel.secret() {
                 Some(secret) => secret,
@@ -88,7 +120,7 @@ impl WeCom {
                         channel.name.clone(),
                         corp_id,
                         secret.clone(),
-                        client.clone(),
+                        client_of(&channel.name),
                         store.clone(),
                         Arc::clone(metrics),
                     );
@@ -102,11 +134,27 @@ impl WeCom {
         let by_channel = users
             .into_iter()
             .map(|(name, index)| {
-                let api = ChannelApi { client: client.on(&name), tokens: Arc::clone(&sources[index]) };
+                let api = ChannelApi { client: client_of(&name), tokens: Arc::clone(&sources[index]) };
                 (name, api)
             })
             .collect();
-        Ok(Self { by_channel, sources })
+        Ok(Self { by_channel, sources, clients, fallback })
+    }
+
+    /// `channel`'s client (its proxy, its egress tap).
+    fn client(&self, channel: &ChannelName) -> &WeComClient {
+        self.clients.get(channel).unwrap_or(&self.fallback)
+    }
+
+    /// Asks WeCom which IP `channel`'s calls come from: `gettoken` with its corp id
+    /// and no Secret, which WeCom refuses naming the IP (SPEC §14). The answer
+    /// reaches [`Egress`] through the channel's client like any other.
+    pub(crate) async fn probe_egress(
+        &self,
+        channel: &ChannelName,
+        corp_id: &str,
+    ) -> Result<std::net::IpAddr, WeComError> {
+        self.client(channel).probe_egress(corp_id).await
     }
 
     /// What `channel` calls WeCom with, or why it cannot.

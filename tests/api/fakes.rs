@@ -1,12 +1,15 @@
 //! Real local servers the service talks to: a fake WeCom API and a downstream
-//! forward receiver. Both are actix-web servers on 127.0.0.1:0.
+//! forward receiver (both actix-web servers on 127.0.0.1:0), and an HTTP forward
+//! proxy with Basic credentials (`WECOM_PROXY_URL`).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
 use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 
 /// One call the fake WeCom API received.
 #[derive(Debug, Clone)]
@@ -40,7 +43,18 @@ struct WeComState {
     /// `kf/send_msg` messages accepted, by our `msgid`, in order: a msgid seen
     /// again is refused as WeCom does, and not delivered twice.
     kf_delivered: Vec<(String, Value)>,
+    /// The IP every error answer names (`from ip: …`), as WeCom's do; `None`:
+    /// [`DEFAULT_CALLER_IP`].
+    caller_ip: Option<String>,
+    /// Secrets whose tokens' business calls are refused with 60020 (the IP is
+    /// not among that app's trusted IPs).
+    untrusted: HashSet<String>,
+    /// The Secret each issued token was issued for.
+    token_secrets: HashMap<String, String>,
 }
+
+/// The IP the fake names in its error answers unless told another.
+pub(crate) const DEFAULT_CALLER_IP: &str = "203.0.113.7";
 
 /// A fake WeCom API: issues tokens, checks them, records every call, and can be
 /// told to answer an errcode once or to be slow.
@@ -104,6 +118,33 @@ impl FakeWeCom {
         };
     }
 
+    /// Error answers name `ip` as the caller from now on (the egress IP changed).
+    pub(crate) fn set_caller_ip(&self, ip: &str) {
+        self.state.lock().expect("lock").caller_ip = Some(ip.to_owned());
+    }
+
+    /// Business calls with a token of `secret` answer 60020 (the caller's IP is
+    /// not among the app's trusted IPs) while `refused`.
+    pub(crate) fn distrust(&self, secret: &str, refused: bool) {
+        let mut s = self.state.lock().expect("lock");
+        if refused {
+            s.untrusted.insert(secret.to_owned());
+        } else {
+            s.untrusted.remove(secret);
+        }
+    }
+
+    /// The calls to `api` made with a token issued for `secret`.
+    pub(crate) fn calls_of(&self, api: &str, secret: &str) -> Vec<Call> {
+        let s = self.state.lock().expect("lock");
+        s.calls
+            .iter()
+            .filter(|c| c.api == api)
+            .filter(|c| c.query.get("access_token").and_then(|t| s.token_secrets.get(t)).is_some_and(|t| t == secret))
+            .cloned()
+            .collect()
+    }
+
     /// Every call to `api` waits `delay` before answering.
     pub(crate) fn delay(&self, api: &str, delay: Duration) {
         self.state.lock().expect("lock").delays.insert(api.to_owned(), delay);
@@ -157,7 +198,8 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
         flight.1 = flight.1.max(flight.0);
         let scripted = s.scripted.get_mut(&api).and_then(VecDeque::pop_front).or_else(|| s.failing.get(&api).cloned());
         let answer = scripted.map(Ok).unwrap_or_else(|| default_answer(&mut s, &api, &query, &body_json));
-        (answer, delay)
+        let ip = s.caller_ip.clone().unwrap_or_else(|| DEFAULT_CALLER_IP.to_owned());
+        (answer.map(|answer| name_the_caller(answer, &ip)), delay)
     };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
@@ -175,6 +217,18 @@ async fn wecom_api(request: HttpRequest, body: web::Bytes, state: web::Data<Mute
     }
 }
 
+/// An error answer as WeCom writes it: `…, from ip: A.B.C.D, more info at …`.
+fn name_the_caller(mut answer: Value, ip: &str) -> Value {
+    let errcode = answer["errcode"].as_i64().unwrap_or(0);
+    let errmsg = answer["errmsg"].as_str().unwrap_or_default().to_owned();
+    if errcode != 0 && !errmsg.contains("from ip:") {
+        answer["errmsg"] = Value::String(format!(
+            "{errmsg}, hint: [1765000000_12_fake], from ip: {ip}, more info at https://open.work.weixin.qq.com/devtool/query?e={errcode}"
+        ));
+    }
+    answer
+}
+
 /// The answer WeCom gives when all is well; `Err` carries a binary body.
 fn default_answer(
     s: &mut WeComState,
@@ -185,15 +239,23 @@ fn default_answer(
     if let Some(answer) = query.get("corpsecret").and_then(|secret| s.by_secret.get(secret)) {
         return Ok(answer.clone());
     }
+    if api == "gettoken" && query.get("corpsecret").is_none_or(String::is_empty) {
+        return Ok(json!({"errcode": 41004, "errmsg": "corpsecret missing"}));
+    }
     if api == "gettoken" {
         s.issued += 1;
         let token = format!("{}-{}", s.token_prefix.as_deref().unwrap_or("TOKEN"), s.issued);
         s.valid_tokens.push(token.clone());
+        let secret = query.get("corpsecret").cloned().unwrap_or_default();
+        s.token_secrets.insert(token.clone(), secret);
         return Ok(json!({"errcode": 0, "errmsg": "ok", "access_token": token, "expires_in": 7200}));
     }
     let token = query.get("access_token").cloned().unwrap_or_default();
     if !s.valid_tokens.contains(&token) {
         return Ok(json!({"errcode": 42001, "errmsg": "access_token expired"}));
+    }
+    if s.token_secrets.get(&token).is_some_and(|secret| s.untrusted.contains(secret)) {
+        return Ok(json!({"errcode": 60020, "errmsg": "not allow to access from your ip"}));
     }
     Ok(match api {
         "media/get" => match query.get("media_id").and_then(|id| s.media.get(id)) {
@@ -352,5 +414,117 @@ async fn receive(
     match &s.answer {
         Some(answer) => HttpResponse::Ok().json(answer),
         None => HttpResponse::Ok().json(json!({"ok": true})),
+    }
+}
+
+/// One request a forward proxy received.
+#[derive(Debug, Clone)]
+pub(crate) struct Proxied {
+    pub target: String,
+    pub authorized: bool,
+}
+
+/// A small HTTP forward proxy on 127.0.0.1 that checks Basic credentials
+/// (407 without them) and records every request.
+pub(crate) struct ForwardProxy {
+    pub port: u16,
+    seen: Arc<Mutex<Vec<Proxied>>>,
+}
+
+impl ForwardProxy {
+    pub(crate) async fn start(user: &str, password: &str) -> Self {
+        use base64::Engine as _;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let expected =
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")));
+        let shared = Arc::clone(&seen);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(proxy_connection(stream, expected.clone(), Arc::clone(&shared)));
+            }
+        });
+        Self { port, seen }
+    }
+
+    pub(crate) fn seen(&self) -> Vec<Proxied> {
+        self.seen.lock().expect("lock").clone()
+    }
+
+    /// `http://<credentials>127.0.0.1:<port>` (`credentials`: `user:pass@` or empty).
+    pub(crate) fn url(&self, credentials: &str) -> String {
+        format!("http://{credentials}127.0.0.1:{}", self.port)
+    }
+}
+
+/// Serves one client connection: requests in absolute form, forwarded to their
+/// target one by one.
+async fn proxy_connection(stream: TcpStream, expected: String, seen: Arc<Mutex<Vec<Proxied>>>) {
+    let mut client = BufReader::new(stream);
+    loop {
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            match client.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => head.push(line.trim_end().to_owned()),
+            }
+        }
+        let Some(request_line) = head.first().cloned() else { return };
+        let mut parts = request_line.split(' ');
+        let (method, target) =
+            (parts.next().unwrap_or_default().to_owned(), parts.next().unwrap_or_default().to_owned());
+        let header = |name: &str| {
+            head.iter().skip(1).find_map(|h| {
+                let (k, v) = h.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let length: usize = header("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let mut body = vec![0; length];
+        if client.read_exact(&mut body).await.is_err() {
+            return;
+        }
+        let authorized = header("proxy-authorization").as_deref() == Some(expected.as_str());
+        seen.lock().expect("lock").push(Proxied { target: target.clone(), authorized });
+        if !authorized {
+            let refusal = "HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n";
+            if client.get_mut().write_all(refusal.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let Some(rest) = target.strip_prefix("http://") else { return };
+        let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+        let Ok(mut upstream) = TcpStream::connect(authority).await else { return };
+        let mut request = format!("{method} {} HTTP/1.1\r\n", if path.is_empty() { "/" } else { path });
+        for h in head.iter().skip(1) {
+            let name = h.split(':').next().unwrap_or_default().trim().to_ascii_lowercase();
+            if !["proxy-authorization", "proxy-connection", "connection"].contains(&name.as_str()) {
+                request.push_str(h);
+                request.push_str("\r\n");
+            }
+        }
+        request.push_str("Via: 1.1 test-proxy\r\nConnection: close\r\n\r\n");
+        let mut answer = Vec::new();
+        if upstream.write_all(request.as_bytes()).await.is_err()
+            || upstream.write_all(&body).await.is_err()
+            || upstream.read_to_end(&mut answer).await.is_err()
+        {
+            return;
+        }
+        let split = answer.windows(4).position(|w| w == b"\r\n\r\n").map_or(answer.len(), |at| at + 4);
+        let (head, body) = answer.split_at(split);
+        let head: String = String::from_utf8_lossy(head)
+            .split("\r\n")
+            .filter(|line| !line.to_ascii_lowercase().starts_with("connection:"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let writer = client.get_mut();
+        if writer.write_all(head.as_bytes()).await.is_err() || writer.write_all(body).await.is_err() {
+            return;
+        }
     }
 }

@@ -10,6 +10,7 @@ mod cli;
 mod connections;
 mod crash;
 mod deploy;
+mod egress;
 mod fakes;
 mod helpers;
 mod hostile;

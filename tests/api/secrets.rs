@@ -16,7 +16,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::fakes::{FakeWeCom, ForwardReceiver};
+use crate::fakes::{FakeWeCom, ForwardProxy, ForwardReceiver};
 use crate::helpers::*;
 use crate::smtp::SmtpSink;
 
@@ -34,6 +34,8 @@ const SMTP_PASS: &str = "sVrktBfSiBPFuSsVkus25HIQBMQy";
 /// cluster trusts every local connection, so any password opens it.)
 const DB_PASSWORD: &str = "pGw8Zr3Kq7Xm2Lv9Tn4Hb6Jd";
 const SEND: &str = "Sq4vKw9RtY2pLm7Nx3Bc8Hj5";
+/// The password inside `WECOM_PROXY_URL`: every WeCom call goes through a proxy.
+const PROXY_PASSWORD: &str = "Wv3nQ8xLp2Rk7Zt5Mc9Bj4Hs";
 const SMTP_USER: &str = "alerts@example.test";
 /// Every access token the fake WeCom API issues is this, `-`, a number.
 const ACCESS_TOKEN: &str = "5Cz25vBT6meUE4iFysYw732mtL";
@@ -70,6 +72,7 @@ const SECRET_VALUES: &[(&str, &str)] = &[
     ("SMTP_PASS", SMTP_PASS),
     ("DATABASE_URL", DB_PASSWORD),
     ("SEND_TOKEN", SEND),
+    ("WECOM_PROXY_URL", PROXY_PASSWORD),
 ];
 
 /// Every secret of the session, and the AES keys also as the bytes they decode to.
@@ -200,6 +203,8 @@ fn kf_notice(event_token: &str) -> String {
 
 struct Session {
     wecom: FakeWeCom,
+    /// Every WeCom call goes through it (`WECOM_PROXY_URL`, with a password).
+    _proxy: ForwardProxy,
     receiver: ForwardReceiver,
     sink: SmtpSink,
     env: HashMap<String, String>,
@@ -212,6 +217,8 @@ impl Session {
         wecom.issue_tokens_as(ACCESS_TOKEN);
         let receiver = ForwardReceiver::start_with_secret(FORWARD_SECRET).await;
         let sink = SmtpSink::start().await;
+        let proxy = ForwardProxy::start("egress", PROXY_PASSWORD).await;
+        let proxy_url = proxy.url(&format!("egress:{PROXY_PASSWORD}@"));
         let dir = tempfile::tempdir().expect("dir");
         write_certificate(dir.path(), 365);
         let smtp_port = sink.port.to_string();
@@ -226,6 +233,7 @@ impl Session {
                 ("WECOM_KF_TOKEN", KF_TOKEN),
                 ("WECOM_KF_ENCODING_AES_KEY", KF_KEY),
                 ("WECOM_API_BASE_URL", &wecom.base_url),
+                ("WECOM_PROXY_URL", &proxy_url),
                 ("ADMIN_TOKEN", ADMIN),
                 ("SEND_TOKEN", SEND),
                 ("FORWARD_URL", &receiver.url),
@@ -247,7 +255,7 @@ impl Session {
             let url = url.replacen("postgres@", &format!("postgres:{DB_PASSWORD}@"), 1);
             env.insert("DATABASE_URL".into(), url);
         }
-        Self { wecom, receiver, sink, env, dir }
+        Self { wecom, _proxy: proxy, receiver, sink, env, dir }
     }
 
     /// The binary with the session's configuration and `HTTPS_PORT=port`.
@@ -264,7 +272,8 @@ impl Session {
         for (i, mut call) in self.wecom.all_calls().into_iter().enumerate() {
             if let Some(secret) = call.query.remove("corpsecret") {
                 assert_eq!(call.api, "gettoken", "corpsecret goes to gettoken only");
-                assert!([APP_SECRET, KF_SECRET].contains(&secret.as_str()), "gettoken with an unknown Secret");
+                // An empty one is the egress probe (`diagnose`), which WeCom refuses naming the IP.
+                assert!([APP_SECRET, KF_SECRET, ""].contains(&secret.as_str()), "gettoken with an unknown Secret");
                 secrets_used.push(secret);
             }
             if let Some(token) = call.query.remove("access_token") {

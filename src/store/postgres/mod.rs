@@ -29,6 +29,7 @@
 mod alerts;
 mod connection;
 mod conversations;
+mod egress;
 mod journal;
 mod kf;
 mod leases;
@@ -151,7 +152,18 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX sends_queued ON sends (channel) WHERE status = 'queued';",
     // 4: the send API's request fingerprint, as SQLite's schema 6.
     "ALTER TABLE sends ADD COLUMN request_sha256 text;",
+    // 5 (or the next free number at merge): the egress IPs, as SQLite's.
+    "CREATE TABLE egress_ips (
+        channel text PRIMARY KEY,
+        ip text NOT NULL,
+        first_seen bigint NOT NULL,
+        last_seen bigint NOT NULL
+    );",
 ];
+
+/// The schema this build brings a database to (the number of [`MIGRATIONS`]).
+#[cfg(feature = "testing")]
+pub(super) const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
 
 /// Whether `url` parses as a `DATABASE_URL`; what is wrong with it when not.
 pub(super) fn check_url(url: &str) -> Result<(), String> {

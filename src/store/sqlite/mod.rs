@@ -23,6 +23,7 @@
 
 mod alerts;
 mod conversations;
+mod egress;
 mod journal;
 mod kf;
 mod leases;
@@ -170,6 +171,14 @@ const MIGRATIONS: &[&str] = &[
     // request), so the same idempotency key with another body is a 409 (SPEC
     // §15). Sends queued before it have none and count as the same request.
     "ALTER TABLE sends ADD COLUMN request_sha256 TEXT;",
+    // 7 (or the next free number at merge): the egress IP WeCom names per channel
+    // (SPEC §14), with when it was first and last seen.
+    "CREATE TABLE egress_ips (
+        channel TEXT PRIMARY KEY,
+        ip TEXT NOT NULL,
+        first_seen INTEGER NOT NULL,
+        last_seen INTEGER NOT NULL
+    );",
 ];
 
 /// At most this many operations share one transaction.
