@@ -13,6 +13,7 @@
 
 use super::alerts::FiringRecord;
 use super::journal::NewEntry;
+use super::kf::KfAccount;
 use super::names::CachedName;
 use super::{backend, Store, StoreError};
 
@@ -47,8 +48,8 @@ pub(crate) struct NamedId {
 pub(crate) struct Snapshot {
     /// Facts about the installation (`first_started_at`, alert bookkeeping).
     pub facts: Vec<(String, String)>,
-    /// `open_kfid` → stored `next_cursor`.
-    pub kf_cursors: Vec<(String, String)>,
+    /// A kf account (channel and `open_kfid`) → its stored `next_cursor`.
+    pub kf_cursors: Vec<(KfAccount, String)>,
     pub unhandled: Vec<UnhandledEntry>,
     pub owed: Vec<OwedAction>,
     pub firing: Vec<FiringRecord>,

@@ -151,6 +151,12 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX sends_queued ON sends (channel) WHERE status = 'queued';",
     // 4: the send API's request fingerprint, as SQLite's schema 6.
     "ALTER TABLE sends ADD COLUMN request_sha256 text;",
+    // 5: channels, as SQLite's schema 7: kf cursors keyed by channel name and
+    // `open_kfid`; the cursors of before belong to the built-in `kf`.
+    "ALTER TABLE kf_cursors ADD COLUMN channel text NOT NULL DEFAULT 'kf';
+    ALTER TABLE kf_cursors ALTER COLUMN channel DROP DEFAULT;
+    ALTER TABLE kf_cursors DROP CONSTRAINT kf_cursors_pkey;
+    ALTER TABLE kf_cursors ADD PRIMARY KEY (channel, open_kfid);",
 ];
 
 /// Whether `url` parses as a `DATABASE_URL`; what is wrong with it when not.

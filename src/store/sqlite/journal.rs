@@ -11,7 +11,7 @@ use crate::store::outbox::NewAction;
 use crate::store::{now, StoreError};
 
 /// A column that holds a name the store wrote: anything else is corruption.
-fn named<T>(column: usize, value: String, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+pub(super) fn named<T>(column: usize, value: String, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
     parse(&value).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
             column,

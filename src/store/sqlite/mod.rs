@@ -170,6 +170,23 @@ const MIGRATIONS: &[&str] = &[
     // request), so the same idempotency key with another body is a 409 (SPEC
     // §15). Sends queued before it have none and count as the same request.
     "ALTER TABLE sends ADD COLUMN request_sha256 TEXT;",
+    // 7: channels (SPEC §12). kf cursors are keyed by the channel's name and the
+    // `open_kfid`, so each kf channel resumes its own accounts; the cursors of
+    // before belong to the built-in `kf`. Nothing else is rewritten: the old
+    // journal's dedup keys, the sends' `channel` and the records in owed actions
+    // already say `app` or `kf`, the built-in channels' names, and tokens were
+    // cached per corp id and Secret already.
+    "CREATE TABLE kf_cursors_v7 (
+        channel TEXT NOT NULL,
+        open_kfid TEXT NOT NULL,
+        cursor TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (channel, open_kfid)
+    );
+    INSERT INTO kf_cursors_v7 (channel, open_kfid, cursor, updated_at)
+        SELECT 'kf', open_kfid, cursor, updated_at FROM kf_cursors;
+    DROP TABLE kf_cursors;
+    ALTER TABLE kf_cursors_v7 RENAME TO kf_cursors;",
 ];
 
 /// At most this many operations share one transaction.
