@@ -31,3 +31,4 @@ mod smtp;
 mod stall;
 mod store_conformance;
 mod surface;
+mod upgrade;

@@ -71,7 +71,12 @@ impl Sqlite {
                      ON CONFLICT(channel, open_kfid) DO UPDATE SET cursor = excluded.cursor,
                      updated_at = excluded.updated_at",
                 )?
-                .execute(params![claim.account.channel.as_str(), claim.account.open_kfid, page.next_cursor, now()])?;
+                .execute(params![
+                    claim.account.channel.as_str(),
+                    claim.account.open_kfid,
+                    page.next_cursor,
+                    now()
+                ])?;
             }
             Ok(Some(new))
         })
