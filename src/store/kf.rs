@@ -52,9 +52,8 @@ impl Store {
     /// Claims the account for a sync, with its stored cursor; `None` while another
     /// owner's lease holds it.
     pub async fn claim_kf_account(&self, account: KfAccount) -> Result<Option<KfClaim>, StoreError> {
-        let lease = self.lease_secs();
         let name = account.lease_name();
-        let claimed = backend!(self, b => b.claim_kf_account(name, account.clone(), lease).await)?;
+        let claimed = backend!(self, b => b.claim_kf_account(name, account.clone()).await)?;
         Ok(claimed.map(|(lease, cursor)| KfClaim { account, cursor, lease }))
     }
 
@@ -68,9 +67,8 @@ impl Store {
         entries: Vec<NewEntry>,
         next_cursor: String,
     ) -> Result<usize, StoreError> {
-        let lease = self.lease_secs();
         let page = KfPage { entries, next_cursor: next_cursor.clone() };
-        let new = backend!(self, b => b.kf_store_page(claim.clone(), page, lease).await)?;
+        let new = backend!(self, b => b.kf_store_page(claim.clone(), page).await)?;
         if !next_cursor.is_empty() {
             claim.cursor = Some(next_cursor);
         }

@@ -14,7 +14,7 @@
 use super::alerts::FiringRecord;
 use super::journal::NewEntry;
 use super::kf::KfAccount;
-use super::names::CachedName;
+use super::names::NamedId;
 use super::{backend, Store, StoreError};
 
 /// A journal entry not yet handled, with when it arrived.
@@ -33,14 +33,6 @@ pub(crate) struct OwedAction {
     pub attempts: i64,
     pub next_attempt_at: i64,
     pub created_at: i64,
-}
-
-/// A resolved name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NamedId {
-    pub id_type: String,
-    pub id: String,
-    pub name: CachedName,
 }
 
 /// Everything [`Store::export`] carries.

@@ -316,8 +316,8 @@ async fn count(url: &str, query: &str) -> i64 {
 
 /// The PostgreSQL schema this build writes: 1, 2 for replies (sends, kf
 /// conversations), 3 for the index of queued sends (SEND_QUEUE_MAX), 4 for the
-/// send API's request fingerprints.
-const SCHEMA_VERSION: i64 = 4;
+/// send API's request fingerprints, 5 for kf cursors keyed by channel.
+const SCHEMA_VERSION: i64 = 5;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_once() {

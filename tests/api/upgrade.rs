@@ -177,7 +177,7 @@ async fn the_old_mains_store_carries_on_where_it_stopped(engine: Engine) {
     assert_eq!((old_kf.channel.as_str(), old_kf.status), ("kf", SendStatus::Sent));
     assert_eq!(sends.iter().filter(|s| s.channel == "app").count(), 2, "the old app send and the new one");
     let account = KfAccount { channel: ChannelName::kf(), open_kfid: "wkOLD".into() };
-    assert_eq!(app.store.kf_accounts().await.expect("accounts"), [account.clone()]);
+    assert_eq!(app.store.kf_accounts().await.expect("accounts"), std::slice::from_ref(&account));
     let claim = app.store.claim_kf_account(account).await.expect("claim").expect("free");
     assert_eq!(claim.cursor.as_deref(), Some("CURSOR-NEW-2"));
     app.store.release_kf_account(claim).await.expect("release");

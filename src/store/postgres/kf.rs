@@ -41,11 +41,10 @@ impl Postgres {
         &self,
         name: String,
         account: KfAccount,
-        lease_secs: i64,
     ) -> Result<Option<(Lease, Option<String>)>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let Some(claim) = leases::claim(&tx, &name, lease_secs).await? else {
+        let Some(claim) = leases::claim(&tx, &name, self.lease_secs).await? else {
             tx.rollback().await?;
             return Ok(None);
         };
@@ -59,17 +58,12 @@ impl Postgres {
     /// `next_cursor` (unless empty), renewing the claim's lease, in one
     /// transaction; [`StoreError::LeaseLost`] and nothing written when the lease
     /// was taken over or the cursor moved.
-    pub(in crate::store) async fn kf_store_page(
-        &self,
-        claim: KfClaim,
-        page: KfPage,
-        lease_secs: i64,
-    ) -> Result<usize, StoreError> {
+    pub(in crate::store) async fn kf_store_page(&self, claim: KfClaim, page: KfPage) -> Result<usize, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // The lease row first: it stays locked to the end, so two stores of one
         // account queue here and the second sees the first's cursor.
-        let renewed = leases::renew(&tx, &claim.lease, lease_secs).await?;
+        let renewed = leases::renew(&tx, &claim.lease, self.lease_secs).await?;
         if !renewed || cursor(&tx, &claim.account, true).await? != claim.cursor {
             tx.rollback().await?;
             return Err(StoreError::LeaseLost);

@@ -221,6 +221,8 @@ pub(super) struct Postgres {
     stats: Arc<Stats>,
     /// The journal's group-commit writers.
     journal: journal::Writers,
+    /// How long a claim holds (`Store::with_lease`).
+    pub(super) lease_secs: i64,
 }
 
 impl Postgres {
@@ -230,7 +232,7 @@ impl Postgres {
         migrate(&pool).await?;
         let stats = Arc::new(Stats::default());
         let journal = journal::Writers::start(pool.clone(), Arc::clone(&stats), pool_size);
-        Ok(Self { pool, stats, journal })
+        Ok(Self { pool, stats, journal, lease_secs: 0 })
     }
 
     /// A connection of the pool.

@@ -6,7 +6,8 @@ use crate::store::alerts::FiringRecord;
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
-use crate::store::snapshot::{NamedId, OwedAction, Snapshot, UnhandledEntry};
+use crate::store::names::NamedId;
+use crate::store::snapshot::{OwedAction, Snapshot, UnhandledEntry};
 use crate::store::StoreError;
 
 impl Postgres {
@@ -145,12 +146,7 @@ impl Postgres {
             .await?;
         }
         for named in &snapshot.names {
-            tx.execute(
-                "INSERT INTO names (id_type, id, name, source, updated_at)
-                 VALUES ($1, $2, $3, $4, floor(extract(epoch from now()))::bigint)",
-                &[&named.id_type, &named.id, &named.name.name, &named.name.source],
-            )
-            .await?;
+            super::names::upsert(&tx, named).await?;
         }
         tx.commit().await?;
         Ok(())

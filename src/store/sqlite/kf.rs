@@ -37,8 +37,8 @@ impl Sqlite {
         &self,
         name: String,
         account: KfAccount,
-        lease_secs: i64,
     ) -> Result<Option<(Lease, Option<String>)>, StoreError> {
+        let lease_secs = self.lease_secs;
         self.run_relaxed(move |db| {
             let Some(claim) = leases::claim(db, &name, lease_secs)? else { return Ok(None) };
             Ok(Some((Lease { name, claim }, cursor(db, &account)?)))
@@ -49,12 +49,8 @@ impl Sqlite {
     /// Journals a page and moves the cursor from the claim's to the page's
     /// `next_cursor` (unless empty), fenced by the claim's lease; strict: the
     /// messages are journaled here.
-    pub(in crate::store) async fn kf_store_page(
-        &self,
-        claim: KfClaim,
-        page: KfPage,
-        lease_secs: i64,
-    ) -> Result<usize, StoreError> {
+    pub(in crate::store) async fn kf_store_page(&self, claim: KfClaim, page: KfPage) -> Result<usize, StoreError> {
+        let lease_secs = self.lease_secs;
         self.run(move |db| {
             if !leases::renew(db, &claim.lease, lease_secs)? || cursor(db, &claim.account)? != claim.cursor {
                 return Ok(None);

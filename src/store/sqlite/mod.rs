@@ -213,6 +213,8 @@ type Delivery = Box<dyn FnOnce(bool) + Send>;
 pub(super) struct Sqlite {
     sender: mpsc::Sender<Operation>,
     stats: Arc<Stats>,
+    /// How long a claim holds (`Store::with_lease`).
+    pub(super) lease_secs: i64,
 }
 
 /// `DATA_DIR` 0700 and the database 0600, whatever the umask: the store holds
@@ -266,7 +268,7 @@ impl Sqlite {
             .name("wechat-api-store".into())
             .spawn(move || writer_loop(connection, receiver, &thread_stats))
             .map_err(|e| open_error(format!("cannot start the store thread: {e}")))?;
-        Ok(Self { sender, stats })
+        Ok(Self { sender, stats, lease_secs: 0 })
     }
 
     /// Runs `operation` on the writer thread inside a transaction that is durably

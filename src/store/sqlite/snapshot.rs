@@ -9,7 +9,8 @@ use crate::store::alerts::FiringRecord;
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
-use crate::store::snapshot::{NamedId, OwedAction, Snapshot, UnhandledEntry};
+use crate::store::names::NamedId;
+use crate::store::snapshot::{OwedAction, Snapshot, UnhandledEntry};
 use crate::store::StoreError;
 
 /// Facts that are this engine's own bookkeeping, not the installation's.
@@ -139,10 +140,7 @@ fn import(db: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
         )?;
     }
     for named in &snapshot.names {
-        db.execute(
-            "INSERT INTO names (id_type, id, name, source, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![named.id_type, named.id, named.name.name, named.name.source, crate::store::now()],
-        )?;
+        super::names::upsert(db, named)?;
     }
     Ok(())
 }
