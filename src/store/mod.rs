@@ -6,7 +6,9 @@
 //! [`sends`], [`conversations`], [`tokens`], [`leases`], [`alerts`], [`names`],
 //! [`meta`], [`retention`]), the types they
 //! take and give, [`StoreError`], and what is the same for every engine (the
-//! recent dedup keys in memory). Deliberately not here: SQL. Each engine is a
+//! recent dedup keys in memory, and the decisions both engines apply within
+//! their transactions: `conversations::Change`, `outbox::Finish`). Deliberately
+//! not here: SQL. Each engine is a
 //! backend module (`sqlite`: the embedded default, with group commit and two
 //! durability classes) that implements every operation; [`Store`] hands each call
 //! to its backend.
