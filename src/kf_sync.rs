@@ -23,6 +23,7 @@ use crate::channels::ChannelName;
 use crate::messages::kf::KfMessage;
 use crate::messages::{dedup_key, Identity, LoggedId};
 use crate::store::journal::{EntryKind, NewEntry};
+use crate::store::kf::KfAccount;
 use crate::store::Store;
 use crate::wecom::{ApiError, WeCom};
 
@@ -36,14 +37,14 @@ const RETRY: Backoff = Backoff::new(Duration::from_secs(2), Duration::from_secs(
 /// Asks the syncer to pull one account.
 #[derive(Debug, Clone)]
 pub(crate) struct KfSyncHandle {
-    sender: mpsc::UnboundedSender<(Account, Option<String>)>,
+    sender: mpsc::UnboundedSender<(KfAccount, Option<String>)>,
 }
 
 impl KfSyncHandle {
     /// Schedules a sync of `open_kfid` with the notice's `token` (valid 10 min).
     pub(crate) fn request(&self, channel: ChannelName, open_kfid: String, token: Option<String>) {
         // The syncer only stops at shutdown; a request after that has nowhere to go.
-        let _ = self.sender.send(((channel, open_kfid), token));
+        let _ = self.sender.send((KfAccount { channel, open_kfid }, token));
     }
 }
 
@@ -52,38 +53,28 @@ pub(crate) struct KfSyncer {
     store: Store,
     wecom: Arc<WeCom>,
     journal_wake: Arc<Notify>,
-    requests: mpsc::UnboundedReceiver<(Account, Option<String>)>,
-    /// The kf channel of the accounts the store remembers from before a restart
-    /// (the store keeps cursors by `open_kfid` alone): the built-in `kf`.
-    resumed: ChannelName,
+    requests: mpsc::UnboundedReceiver<(KfAccount, Option<String>)>,
 }
 
-/// A kf account of a channel: the channel's name and the `open_kfid`.
-type Account = (ChannelName, String);
-
 impl KfSyncer {
-    pub(crate) fn new(
-        store: Store,
-        wecom: Arc<WeCom>,
-        journal_wake: Arc<Notify>,
-        resumed: ChannelName,
-    ) -> (Self, KfSyncHandle) {
+    pub(crate) fn new(store: Store, wecom: Arc<WeCom>, journal_wake: Arc<Notify>) -> (Self, KfSyncHandle) {
         let (sender, requests) = mpsc::unbounded_channel();
-        (Self { store, wecom, journal_wake, requests, resumed }, KfSyncHandle { sender })
+        (Self { store, wecom, journal_wake, requests }, KfSyncHandle { sender })
     }
 
     pub(crate) async fn run(mut self, shutdown: CancellationToken) {
         // Accounts synced before: pull once now, in case a notice was lost in a crash.
-        // No Token: allowed, under a stricter rate limit.
-        let mut pending: BTreeMap<Account, Option<String>> = match self.store.kf_accounts().await {
-            Ok(accounts) => accounts.into_iter().map(|a| ((self.resumed.clone(), a), None)).collect(),
+        // No Token: allowed, under a stricter rate limit. Each account is resumed on
+        // the channel whose cursor the store holds.
+        let mut pending: BTreeMap<KfAccount, Option<String>> = match self.store.kf_accounts().await {
+            Ok(accounts) => accounts.into_iter().map(|a| (a, None)).collect(),
             Err(error) => {
                 tracing::error!("kf sync: cannot read stored accounts: {error}");
                 BTreeMap::new()
             }
         };
         // Accounts another owner was syncing: asked again once its turn may be over.
-        let mut deferred: BTreeMap<Account, Option<String>> = BTreeMap::new();
+        let mut deferred: BTreeMap<KfAccount, Option<String>> = BTreeMap::new();
         let mut retry_at = None;
         loop {
             while let Ok((account, token)) = self.requests.try_recv() {
@@ -114,7 +105,7 @@ impl KfSyncer {
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
-                synced = self.sync_account(&account.0, &account.1, token.clone()) => if synced == Sync::Busy {
+                synced = self.sync_account(&account, token.clone()) => if synced == Sync::Busy {
                     // Its owner may already be past the page this notice is about: ask again.
                     coalesce(&mut deferred, account, token);
                     retry_at.get_or_insert_with(|| Instant::now() + BUSY_RETRY);
@@ -124,12 +115,13 @@ impl KfSyncer {
     }
 
     /// Pulls every page of one account, under its claim.
-    pub(crate) async fn sync_account(&self, channel: &ChannelName, open_kfid: &str, mut token: Option<String>) -> Sync {
+    pub(crate) async fn sync_account(&self, account: &KfAccount, mut token: Option<String>) -> Sync {
+        let (channel, open_kfid) = (&account.channel, account.open_kfid.as_str());
         if let Err(error) = self.wecom.tokens(channel) {
             tracing::error!(open_kfid = %LoggedId(open_kfid), "kf sync impossible: {error}");
             return Sync::Done;
         }
-        let mut claim = match self.store.claim_kf_account(open_kfid.to_owned()).await {
+        let mut claim = match self.store.claim_kf_account(account.clone()).await {
             Ok(Some(claim)) => claim,
             Ok(None) => {
                 tracing::debug!(open_kfid = %LoggedId(open_kfid), "kf sync: another owner is syncing this account");

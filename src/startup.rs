@@ -335,13 +335,7 @@ impl Workers {
             channels: config.channels.clone(),
         };
         let kf_channels: Vec<_> = config.channels.iter().filter(|c| c.kind() == ChannelKind::Kf).collect();
-        let resumed = config.channels.builtin_kf().or(kf_channels.first().copied()).map(|c| c.name.clone());
-        let (kf_syncer, kf_sync) = KfSyncer::new(
-            store.clone(),
-            Arc::clone(wecom),
-            Arc::clone(journal_wake),
-            resumed.unwrap_or_else(ChannelName::kf),
-        );
+        let (kf_syncer, kf_sync) = KfSyncer::new(store.clone(), Arc::clone(wecom), Arc::clone(journal_wake));
         let kf_enabled = kf_channels.iter().any(|c| wecom.tokens(&c.name).is_ok());
         let dispatcher = Dispatcher {
             store: store.clone(),

@@ -61,6 +61,7 @@ pub mod store {
     pub use crate::store::alerts::FiringRecord;
     pub use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
     pub use crate::store::journal::{EntryKind, NewEntry, Recorded};
+    pub use crate::store::kf::KfAccount;
     pub use crate::store::names::CachedName;
     pub use crate::store::outbox::{DueAction, NewAction};
     pub use crate::store::sends::{NewSend, Queued, SendStatus, SendUpdate};

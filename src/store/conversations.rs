@@ -119,13 +119,41 @@ impl Conversation {
     }
 }
 
+/// One change the engines make to a stored conversation, in a transaction with
+/// the row read (and on PostgreSQL locked): how both engines apply the rules.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Change {
+    Observe(Observation),
+    /// [`Conversation::reserve`] at `now`.
+    Reserve {
+        parts: i64,
+        now: i64,
+        handover: bool,
+    },
+}
+
+impl Change {
+    /// Applies the change to `conversation`: [`Verdict::Allowed`] (for an
+    /// observation always) means the row is to be written.
+    pub(super) fn apply(self, conversation: &mut Conversation) -> Verdict {
+        match self {
+            Self::Observe(observation) => {
+                conversation.observe(observation);
+                Verdict::Allowed
+            }
+            Self::Reserve { parts, now, handover } => conversation.reserve(parts, now, handover),
+        }
+    }
+}
+
 impl Store {
     /// Applies observations, in order.
     pub async fn observe_kf(&self, observations: Vec<(Customer, Observation)>) -> Result<(), StoreError> {
         if observations.is_empty() {
             return Ok(());
         }
-        backend!(self, b => b.observe_kf(observations).await)
+        let changes = observations.into_iter().map(|(customer, seen)| (customer, Change::Observe(seen))).collect();
+        backend!(self, b => b.change_kf_conversations(changes).await).map(drop)
     }
 
     /// Decides (and counts) `parts` messages to `customer` at `now`, in one
@@ -139,7 +167,8 @@ impl Store {
         now: i64,
         handover: bool,
     ) -> Result<Verdict, StoreError> {
-        backend!(self, b => b.reserve_kf_sends(customer, parts, now, handover).await)
+        let reservation = vec![(customer, Change::Reserve { parts, now, handover })];
+        backend!(self, b => b.change_kf_conversations(reservation).await)
     }
 
     pub async fn kf_conversation(&self, customer: Customer) -> Result<Option<Conversation>, StoreError> {
@@ -181,6 +210,18 @@ mod tests {
         assert_eq!(c.reserve(1, 12, true), Verdict::Allowed);
         c.observe(Observation::Ended);
         assert_eq!(c.reserve(1, 13, false), Verdict::Allowed);
+    }
+
+    #[test]
+    fn an_observation_is_always_written_and_a_reservation_only_when_allowed() {
+        let mut c = Conversation::default();
+        assert_eq!(
+            Change::Reserve { parts: 1, now: 5, handover: false }.apply(&mut c),
+            Verdict::Refused(Refusal::Window { last_customer_at: None })
+        );
+        assert_eq!(Change::Observe(Observation::Wrote { at: 5 }).apply(&mut c), Verdict::Allowed);
+        assert_eq!(Change::Reserve { parts: 2, now: 6, handover: false }.apply(&mut c), Verdict::Allowed);
+        assert_eq!(c.sent_since, 2);
     }
 
     #[test]

@@ -119,8 +119,7 @@ impl Store {
     /// Claims the oldest unhandled entries for handling, in arrival order. An
     /// entry claimed and never completed (its handler died) is claimed again.
     pub async fn claim_entries(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
-        let lease = self.lease_secs();
-        backend!(self, b => b.pending(limit, lease).await)
+        backend!(self, b => b.pending(limit).await)
     }
 
     /// Marks claimed entries handled and queues their actions, all in one

@@ -1,37 +1,60 @@
-//! kf sync state: the cursor of each kf account, moved only by the holder of
-//! the account's lease and stored with the messages of the page it follows, in
-//! one transaction that fails if the cursor moved under it.
+//! kf sync state: the cursor of each kf account of each kf channel, moved only by
+//! the holder of the account's lease and stored with the messages of the page it
+//! follows, in one transaction that fails if the cursor moved under it.
+//!
+//! A cursor is keyed by the channel's name and the `open_kfid` (schema 7 in
+//! SQLite, 5 in PostgreSQL): a file-configured kf channel resumes its own
+//! accounts after a restart, and the cursors the store held before channels
+//! had names belong to the built-in `kf`.
 
 use super::journal::NewEntry;
 use super::leases::Lease;
 use super::{backend, Store, StoreError};
+use crate::channels::ChannelName;
+
+/// One kf account of one kf channel.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct KfAccount {
+    pub channel: ChannelName,
+    pub open_kfid: String,
+}
+
+impl KfAccount {
+    /// The lease that fences the account's sync.
+    fn lease_name(&self) -> String {
+        format!("kf:{}:{}", self.channel, self.open_kfid)
+    }
+}
 
 /// The right to sync one kf account, and where its messages continue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KfClaim {
-    pub open_kfid: String,
+    pub account: KfAccount,
     /// The stored `next_cursor`; `None` before the account's first page.
     pub cursor: Option<String>,
-    lease: Lease,
+    pub(super) lease: Lease,
 }
 
-/// The lease name of a kf account.
-fn lease_name(open_kfid: &str) -> String {
-    format!("kf:{open_kfid}")
+/// A page of `kf/sync_msg` to store under a claim.
+#[derive(Debug)]
+pub(super) struct KfPage {
+    pub entries: Vec<NewEntry>,
+    /// Stored unless empty (WeCom's last page may carry none).
+    pub next_cursor: String,
 }
 
 impl Store {
-    /// Every kf account that has synced at least once.
-    pub async fn kf_accounts(&self) -> Result<Vec<String>, StoreError> {
+    /// Every kf account that has synced at least once, with its channel.
+    pub async fn kf_accounts(&self) -> Result<Vec<KfAccount>, StoreError> {
         backend!(self, b => b.kf_accounts().await)
     }
 
     /// Claims the account for a sync, with its stored cursor; `None` while another
     /// owner's lease holds it.
-    pub async fn claim_kf_account(&self, open_kfid: String) -> Result<Option<KfClaim>, StoreError> {
-        let lease = self.lease_secs();
-        let claimed = backend!(self, b => b.claim_kf_account(lease_name(&open_kfid), open_kfid.clone(), lease).await)?;
-        Ok(claimed.map(|(lease, cursor)| KfClaim { open_kfid, cursor, lease }))
+    pub async fn claim_kf_account(&self, account: KfAccount) -> Result<Option<KfClaim>, StoreError> {
+        let name = account.lease_name();
+        let claimed = backend!(self, b => b.claim_kf_account(name, account.clone()).await)?;
+        Ok(claimed.map(|(lease, cursor)| KfClaim { account, cursor, lease }))
     }
 
     /// Journals a page's messages (each once, by its dedup key) and stores the
@@ -44,10 +67,8 @@ impl Store {
         entries: Vec<NewEntry>,
         next_cursor: String,
     ) -> Result<usize, StoreError> {
-        let lease = self.lease_secs();
-        let (owner, open_kfid, expected) = (claim.lease.clone(), claim.open_kfid.clone(), claim.cursor.clone());
-        let next = next_cursor.clone();
-        let new = backend!(self, b => b.kf_store_page(owner, open_kfid, expected, entries, next, lease).await)?;
+        let page = KfPage { entries, next_cursor: next_cursor.clone() };
+        let new = backend!(self, b => b.kf_store_page(claim.clone(), page).await)?;
         if !next_cursor.is_empty() {
             claim.cursor = Some(next_cursor);
         }

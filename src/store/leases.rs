@@ -9,7 +9,7 @@
 
 use super::{backend, Store, StoreError};
 
-/// A lease this process holds until it releases it or [`Store::lease`] passes.
+/// A lease this process holds until it releases it or the store's lease ([`Store::with_lease`]) passes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
     pub name: String,
@@ -20,8 +20,7 @@ pub struct Lease {
 impl Store {
     /// Takes the lease `name` unless another owner holds it and its time has not run out.
     pub async fn claim_lease(&self, name: String) -> Result<Option<Lease>, StoreError> {
-        let lease = self.lease_secs();
-        backend!(self, b => b.claim_lease(name, lease).await)
+        backend!(self, b => b.claim_lease(name).await)
     }
 
     /// Gives the lease up at once, so another owner need not wait for it to run out.

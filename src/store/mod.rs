@@ -6,7 +6,9 @@
 //! [`sends`], [`conversations`], [`tokens`], [`leases`], [`alerts`], [`names`],
 //! [`meta`], [`retention`], [`egress`]), the types they
 //! take and give, [`StoreError`], and what is the same for every engine (the
-//! recent dedup keys in memory). Deliberately not here: SQL. Each engine is a
+//! recent dedup keys in memory, and the decisions both engines apply within
+//! their transactions: `conversations::Change`, `outbox::Finish`). Deliberately
+//! not here: SQL. Each engine is a
 //! backend module (`sqlite`: the embedded default, with group commit and two
 //! durability classes) that implements every operation; [`Store`] hands each call
 //! to its backend.
@@ -113,8 +115,6 @@ use backend;
 #[derive(Clone)]
 pub struct Store {
     backend: Backend,
-    /// How long a claim holds before another owner may take it over.
-    lease: Duration,
     /// Dedup keys known to be committed, so a retry is answered without a store trip.
     recent: Arc<journal::RecentKeys>,
 }
@@ -200,7 +200,8 @@ impl StoreStage {
 impl Store {
     /// Opens (creating if needed) the SQLite database in `dir` and migrates it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
-        Ok(Self { backend: Backend::Sqlite(sqlite::Sqlite::open(dir)?), lease: DEFAULT_LEASE, recent: Arc::default() })
+        let store = Self { backend: Backend::Sqlite(sqlite::Sqlite::open(dir)?), recent: Arc::default() };
+        Ok(store.with_lease(DEFAULT_LEASE))
     }
 
     /// Connects to the PostgreSQL database of `url` (`DATABASE_URL`, with its
@@ -208,16 +209,19 @@ impl Store {
     /// hold for `lease` (`LEASE_SECS`). Errors never show the password.
     pub async fn connect(url: &str, pool_size: usize, lease: Duration) -> Result<Self, StoreError> {
         let postgres = postgres::Postgres::connect(url, pool_size).await?;
-        Ok(Self { backend: Backend::Postgres(postgres), lease, recent: Arc::default() })
+        Ok(Self { backend: Backend::Postgres(postgres), recent: Arc::default() }.with_lease(lease))
     }
 
-    /// The same store with claims that hold for `lease` (`LEASE_SECS`).
-    pub fn with_lease(self, lease: Duration) -> Self {
-        Self { lease, ..self }
-    }
-
-    fn lease_secs(&self) -> i64 {
-        i64::try_from(self.lease.as_secs()).unwrap_or(i64::MAX)
+    /// The same store with claims that hold for `lease` (`LEASE_SECS`): the
+    /// engine takes every claim (outbox actions, journal entries, kf accounts,
+    /// named leases) for that long.
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        let secs = i64::try_from(lease.as_secs()).unwrap_or(i64::MAX);
+        match &mut self.backend {
+            Backend::Sqlite(b) => b.lease_secs = secs,
+            Backend::Postgres(b) => b.lease_secs = secs,
+        }
+        self
     }
 
     /// The engine's name: `sqlite` or `postgres` (`wechat_api_build_info{backend}`).

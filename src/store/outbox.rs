@@ -16,7 +16,7 @@ pub struct NewAction {
     pub payload: String,
 }
 
-/// An action whose time has come, claimed for [`Store::lease`]: no one else
+/// An action whose time has come, claimed for the store's lease ([`Store::with_lease`]): no one else
 /// attempts it until the lease runs out, and only this claim may finish it.
 #[derive(Debug, Clone)]
 pub struct DueAction {
@@ -27,6 +27,20 @@ pub struct DueAction {
     pub attempts: i64,
     /// Fences the finish: a claim taken over after its lease ran out is refused.
     pub claim: i64,
+}
+
+/// How an attempt of a claimed action ends: what the engines write in one
+/// update fenced by the claim (one path per engine for all four).
+#[derive(Debug)]
+pub(super) enum Finish {
+    /// Done; the follow-ups are queued in the same transaction.
+    Succeeded(Vec<NewAction>),
+    /// Given up: done, with the error kept for diagnosis.
+    Abandoned(String),
+    /// An attempt failed: counted, its error kept, due again in `retry_in_secs`.
+    Failed { retry_in_secs: i64, error: String },
+    /// Put off for `after_secs`: no attempt counted, no error kept.
+    Deferred { after_secs: i64 },
 }
 
 /// What the outbox still owes (`outbox:backlog`).
@@ -43,30 +57,34 @@ impl Store {
     /// Claims up to `limit` unfinished actions that are due and not claimed by a
     /// live lease, oldest first.
     pub async fn claim_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
-        let lease = self.lease_secs();
-        backend!(self, b => b.claim_actions(limit, lease).await)
+        backend!(self, b => b.claim_actions(limit).await)
     }
 
     /// Marks a claimed action done and queues what it led to, in one transaction;
     /// [`StoreError::LeaseLost`] (and nothing written) if the claim was taken over.
     pub async fn action_succeeded(&self, action: &DueAction, follow_ups: Vec<NewAction>) -> Result<(), StoreError> {
-        backend!(self, b => b.action_succeeded(action.id, action.claim, follow_ups).await)
+        self.finish(action, Finish::Succeeded(follow_ups)).await
     }
 
     /// Gives up on an action that cannot succeed; it stays, with its error, for diagnosis.
     pub async fn action_abandoned(&self, action: &DueAction, error: String) -> Result<(), StoreError> {
-        backend!(self, b => b.action_abandoned(action.id, action.claim, error).await)
+        self.finish(action, Finish::Abandoned(error)).await
     }
 
     /// Records a failed attempt and when to try again; releases the claim.
     pub async fn action_failed(&self, action: &DueAction, retry_in_secs: i64, error: String) -> Result<(), StoreError> {
-        backend!(self, b => b.action_failed(action.id, action.claim, retry_in_secs, error).await)
+        self.finish(action, Finish::Failed { retry_in_secs, error }).await
     }
 
     /// Puts a claimed action off for `after_secs` without counting an attempt or
     /// an error (pacing: WeCom's frequency limit, not a failure); releases the claim.
     pub async fn action_deferred(&self, action: &DueAction, after_secs: i64) -> Result<(), StoreError> {
-        backend!(self, b => b.action_deferred(action.id, action.claim, after_secs).await)
+        self.finish(action, Finish::Deferred { after_secs }).await
+    }
+
+    /// Ends the attempt of a claimed action, fenced by its claim.
+    async fn finish(&self, action: &DueAction, finish: Finish) -> Result<(), StoreError> {
+        backend!(self, b => b.finish_action(action.id, action.claim, finish).await)
     }
 
     /// How many actions are owed and since when the oldest is.

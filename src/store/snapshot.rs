@@ -13,7 +13,8 @@
 
 use super::alerts::FiringRecord;
 use super::journal::NewEntry;
-use super::names::CachedName;
+use super::kf::KfAccount;
+use super::names::NamedId;
 use super::{backend, Store, StoreError};
 
 /// A journal entry not yet handled, with when it arrived.
@@ -34,21 +35,13 @@ pub(crate) struct OwedAction {
     pub created_at: i64,
 }
 
-/// A resolved name.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct NamedId {
-    pub id_type: String,
-    pub id: String,
-    pub name: CachedName,
-}
-
 /// Everything [`Store::export`] carries.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Snapshot {
     /// Facts about the installation (`first_started_at`, alert bookkeeping).
     pub facts: Vec<(String, String)>,
-    /// `open_kfid` → stored `next_cursor`.
-    pub kf_cursors: Vec<(String, String)>,
+    /// A kf account (channel and `open_kfid`) → its stored `next_cursor`.
+    pub kf_cursors: Vec<(KfAccount, String)>,
     pub unhandled: Vec<UnhandledEntry>,
     pub owed: Vec<OwedAction>,
     pub firing: Vec<FiringRecord>,

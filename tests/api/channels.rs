@@ -640,3 +640,60 @@ async fn channels_sharing_a_secret_share_one_token_whose_series_each_of_them_sho
     };
     assert_eq!((app.metric(&gettoken("app")).await, app.metric(&gettoken("kf")).await), (1.0, 0.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_kf_channels_each_resume_their_own_cursor_after_a_restart() {
+    use crate::kf::{page, text_msg, KF_KEY, KF_TOKEN};
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    // The same open_kfid in both: only the channel tells their cursors apart.
+    wecom.answer_once("kf/sync_msg", page(vec![text_msg("k1", "一", now + 5)], "KF-C1", 0));
+    wecom.answer_once("kf/sync_msg", page(vec![text_msg("s1", "二", now + 5)], "SHOP-C1", 0));
+    let shop = format!(
+        "[channels.shop]\nkind = \"kf\"\ncorp_id = \"{HR_CORP}\"\nsecret = \"shop-secret-value\"\ntoken = \"shopToken7\"\n\
+         encoding_aes_key = \"{HR_KEY}\"\n"
+    );
+    let (app, _dir) = spawn_with_file(
+        &shop,
+        &[
+            ("WECOM_API_BASE_URL", &wecom.base_url),
+            ("WECOM_KF_SECRET", "kf-secret"),
+            ("WECOM_KF_TOKEN", KF_TOKEN),
+            ("WECOM_KF_ENCODING_AES_KEY", KF_KEY),
+            ("FORWARD_URL", &receiver.url),
+            ("FORWARD_SECRET", &receiver.secret),
+        ],
+    )
+    .await;
+    let notice = |corp: &str| {
+        format!(
+            "<xml><ToUserName><![CDATA[{corp}]]></ToUserName><CreateTime>1409659813</CreateTime>\
+             <MsgType><![CDATA[event]]></MsgType><Event><![CDATA[kf_msg_or_event]]></Event>\
+             <Token><![CDATA[EVT]]></Token><OpenKfId><![CDATA[wkA]]></OpenKfId></xml>"
+        )
+    };
+    let kf = post(&app, "/api/v1/wecom/callback/kf", KF_TOKEN, KF_KEY, CORP_ID, &notice(CORP_ID)).await;
+    assert_eq!(kf, (200, "success".to_owned()));
+    receiver.wait_for(1, std::time::Duration::from_secs(15)).await;
+    let shop_notice = post(&app, "/api/v1/wecom/callback/shop", "shopToken7", HR_KEY, HR_CORP, &notice(HR_CORP)).await;
+    assert_eq!(shop_notice, (200, "success".to_owned()));
+    receiver.wait_for(2, std::time::Duration::from_secs(15)).await;
+    let first = wecom.calls("kf/sync_msg");
+    assert!(first.iter().all(|call| call.body.get("cursor").is_none()), "each channel's first sync has no cursor");
+
+    // After a restart each account is pulled again from its own channel's
+    // cursor, with that channel's Secret.
+    let app = app.restart().await;
+    let calls = wecom.wait_for_calls("kf/sync_msg", 4).await;
+    let (kf_token, shop_token) =
+        (token_of(&wecom, CORP_ID, "kf-secret"), token_of(&wecom, HR_CORP, "shop-secret-value"));
+    let mut resumed: Vec<(String, String)> = calls[2..]
+        .iter()
+        .map(|call| (call.query["access_token"].clone(), call.body["cursor"].as_str().unwrap_or("none").to_owned()))
+        .collect();
+    resumed.sort();
+    let mut expected = vec![(kf_token, "KF-C1".to_owned()), (shop_token, "SHOP-C1".to_owned())];
+    expected.sort();
+    assert_eq!(resumed, expected);
+    app.wait_until_outbox_empty().await;
+}

@@ -100,6 +100,11 @@ impl FakeWeCom {
         self.state.lock().expect("lock").token_prefix = Some(prefix.to_owned());
     }
 
+    /// Accepts `token` as if this fake had issued it (a token an earlier run cached).
+    pub(crate) fn accept_token(&self, token: &str) {
+        self.state.lock().expect("lock").valid_tokens.push(token.to_owned());
+    }
+
     /// Every `gettoken` with `secret` answers `answer` (e.g. 60020) until cleared.
     pub(crate) fn refuse_secret(&self, secret: &str, answer: Option<Value>) {
         let mut s = self.state.lock().expect("lock");

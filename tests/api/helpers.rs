@@ -88,6 +88,13 @@ pub(crate) async fn spawn_app_with_certificate(days: i64, overrides: &[(&str, &s
     start_in(dir, overrides).await
 }
 
+/// Like [`spawn_app_with`], on the data the test put in `dir` (`dir/data` is `DATA_DIR`).
+pub(crate) async fn spawn_app_in(dir: tempfile::TempDir, overrides: &[(&str, &str)]) -> TestApp {
+    write_certificate(dir.path(), 365);
+    let overrides = overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    start_in(dir, overrides).await
+}
+
 /// Starts the application on the certificate and data already in `dir`.
 async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> TestApp {
     let pairs: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();

@@ -32,3 +32,4 @@ mod smtp;
 mod stall;
 mod store_conformance;
 mod surface;
+mod upgrade;

@@ -7,6 +7,7 @@ use wechat_api::testing::store::{EntryKind, NewEntry};
 
 use crate::helpers::*;
 use crate::postgres::fresh_database;
+use crate::store_conformance::kf_account;
 
 fn kf_entry(key: &str) -> NewEntry {
     NewEntry {
@@ -27,7 +28,7 @@ async fn migrate_store_moves_what_is_owed_and_refuses_a_database_with_data() {
         let sqlite = Store::open(&dir.path().join("data")).expect("sqlite");
         sqlite.first_started_at().await.expect("first start");
         sqlite.journal(kf_entry("kf:msg:owed")).await.expect("journal");
-        let mut claim = sqlite.claim_kf_account("wkA".into()).await.expect("claim").expect("free");
+        let mut claim = sqlite.claim_kf_account(kf_account("wkA")).await.expect("claim").expect("free");
         sqlite.kf_store_page(&mut claim, Vec::new(), "CURSOR-9".into()).await.expect("page");
     }
 
@@ -38,7 +39,7 @@ async fn migrate_store_moves_what_is_owed_and_refuses_a_database_with_data() {
 
     let postgres = Store::connect(&url, 2, std::time::Duration::from_secs(60)).await.expect("postgres");
     assert_eq!(postgres.unhandled().await.expect("count"), 1, "the unhandled message moved");
-    let claim = postgres.claim_kf_account("wkA".into()).await.expect("claim").expect("free");
+    let claim = postgres.claim_kf_account(kf_account("wkA")).await.expect("claim").expect("free");
     assert_eq!(claim.cursor.as_deref(), Some("CURSOR-9"), "the kf cursor moved");
     postgres.release_kf_account(claim).await.expect("release");
 

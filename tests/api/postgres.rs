@@ -316,8 +316,8 @@ async fn count(url: &str, query: &str) -> i64 {
 
 /// The PostgreSQL schema this build writes: 1, 2 for replies (sends, kf
 /// conversations), 3 for the index of queued sends (SEND_QUEUE_MAX), 4 for the
-/// send API's request fingerprints.
-/// What this build migrates to (each migration moves it).
+/// send API's request fingerprints, 5 for kf cursors keyed by channel, 6 for the
+/// egress IPs: what this build migrates to (each migration moves it).
 const SCHEMA_VERSION: i64 = wechat_api::testing::store::POSTGRES_SCHEMA_VERSION;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

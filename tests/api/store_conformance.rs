@@ -13,7 +13,7 @@ use wechat_api::testing::store::NewAction;
 use wechat_api::testing::store::StoredToken;
 use wechat_api::testing::store::{now, Store, StoreError};
 use wechat_api::testing::store::{Customer, Observation, Refusal, Verdict};
-use wechat_api::testing::store::{EntryKind, NewEntry, Recorded};
+use wechat_api::testing::store::{EntryKind, KfAccount, NewEntry, Recorded};
 use wechat_api::testing::store::{NewSend, Queued, SendStatus, SendUpdate};
 
 /// Which engine a scenario runs on.
@@ -75,6 +75,11 @@ fn entry(key: &str) -> NewEntry {
         sender: None,
         payload: format!("<xml>{key}</xml>"),
     }
+}
+
+/// Account `open_kfid` of the built-in kf channel.
+pub(crate) fn kf_account(open_kfid: &str) -> KfAccount {
+    KfAccount { channel: ChannelName::kf(), open_kfid: open_kfid.to_owned() }
 }
 
 fn action(key: &str) -> NewAction {
@@ -253,11 +258,11 @@ async fn a_failed_action_is_due_again_after_its_back_off(engine: Engine) {
 async fn a_stale_kf_claim_stores_no_page(engine: Engine) {
     let Some(subject) = Subject::open(engine, Duration::from_secs(1)).await else { return };
     let owners = subject.owners(2).await;
-    let mut stale = owners[0].claim_kf_account("wk1".into()).await.expect("claim").expect("free");
+    let mut stale = owners[0].claim_kf_account(kf_account("wk1")).await.expect("claim").expect("free");
     assert_eq!(stale.cursor, None);
-    assert!(owners[1].claim_kf_account("wk1".into()).await.expect("claim").is_none(), "two claims never hold");
+    assert!(owners[1].claim_kf_account(kf_account("wk1")).await.expect("claim").is_none(), "two claims never hold");
     let mut live = eventually(Duration::from_secs(10), "the account is taken over", || async {
-        owners[1].claim_kf_account("wk1".into()).await.expect("claim")
+        owners[1].claim_kf_account(kf_account("wk1")).await.expect("claim")
     })
     .await;
     let new = owners[1].kf_store_page(&mut live, vec![entry("kf-1")], "c1".into()).await.expect("stored");
@@ -268,15 +273,15 @@ async fn a_stale_kf_claim_stores_no_page(engine: Engine) {
     assert!(!owners[0].contains("kf-stale".into()).await.expect("query"), "the loser journaled nothing");
 
     owners[1].release_kf_account(live).await.expect("release");
-    let next = owners[0].claim_kf_account("wk1".into()).await.expect("claim").expect("released");
+    let next = owners[0].claim_kf_account(kf_account("wk1")).await.expect("claim").expect("released");
     assert_eq!(next.cursor.as_deref(), Some("c1"), "the cursor is the winner's");
-    assert_eq!(owners[0].kf_accounts().await.expect("accounts"), ["wk1"]);
+    assert_eq!(owners[0].kf_accounts().await.expect("accounts"), [kf_account("wk1")]);
 }
 
 async fn a_kf_page_whose_cursor_moved_is_refused(engine: Engine) {
     let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
     let store = &subject.store;
-    let mut claim = store.claim_kf_account("wk2".into()).await.expect("claim").expect("free");
+    let mut claim = store.claim_kf_account(kf_account("wk2")).await.expect("claim").expect("free");
     let mut copy = claim.clone();
     assert_eq!(store.kf_store_page(&mut claim, vec![entry("p1"), entry("p1b")], "c1".into()).await.expect("first"), 2);
     // The same claim with an old cursor (a page stored twice): compare-and-set fails.
@@ -287,8 +292,26 @@ async fn a_kf_page_whose_cursor_moved_is_refused(engine: Engine) {
     assert_eq!(store.kf_store_page(&mut claim, vec![entry("p1"), entry("p3")], String::new()).await.expect("next"), 1);
     assert_eq!(claim.cursor.as_deref(), Some("c1"));
     store.release_kf_account(claim).await.expect("release");
-    let again = store.claim_kf_account("wk2".into()).await.expect("claim").expect("free");
+    let again = store.claim_kf_account(kf_account("wk2")).await.expect("claim").expect("free");
     assert_eq!(again.cursor.as_deref(), Some("c1"));
+}
+
+async fn each_kf_channel_keeps_its_own_cursor_of_an_account(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let store = &subject.store;
+    let other = KfAccount { channel: ChannelName::parse("support").expect("a name"), open_kfid: "wk3".into() };
+    let mut builtin = store.claim_kf_account(kf_account("wk3")).await.expect("claim").expect("free");
+    let mut file = store.claim_kf_account(other.clone()).await.expect("claim").expect("its own lease");
+    store.kf_store_page(&mut builtin, vec![entry("kf-b")], "builtin-c1".into()).await.expect("stored");
+    store.kf_store_page(&mut file, vec![entry("kf-f")], "support-c1".into()).await.expect("stored apart");
+    store.release_kf_account(builtin).await.expect("release");
+    store.release_kf_account(file).await.expect("release");
+    let accounts = store.kf_accounts().await.expect("accounts");
+    assert_eq!(accounts, [kf_account("wk3"), other.clone()], "ordered by channel, then open_kfid");
+    let again = store.claim_kf_account(other).await.expect("claim").expect("free");
+    assert_eq!(again.cursor.as_deref(), Some("support-c1"));
+    let again = store.claim_kf_account(kf_account("wk3")).await.expect("claim").expect("free");
+    assert_eq!(again.cursor.as_deref(), Some("builtin-c1"));
 }
 
 async fn a_live_lease_has_one_holder_until_released(engine: Engine) {
@@ -600,6 +623,7 @@ conformance!(
     a_failed_action_is_due_again_after_its_back_off,
     a_stale_kf_claim_stores_no_page,
     a_kf_page_whose_cursor_moved_is_refused,
+    each_kf_channel_keeps_its_own_cursor_of_an_account,
     a_live_lease_has_one_holder_until_released,
     a_rejected_token_is_dropped_only_if_still_current,
     bookkeeping_round_trips,

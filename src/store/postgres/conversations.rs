@@ -4,7 +4,7 @@
 use deadpool_postgres::GenericClient;
 
 use super::{Postgres, EPOCH};
-use crate::store::conversations::{Conversation, Customer, Observation, Verdict};
+use crate::store::conversations::{Change, Conversation, Customer, Verdict};
 use crate::store::StoreError;
 
 async fn select(
@@ -41,37 +41,23 @@ async fn upsert(client: &impl GenericClient, customer: &Customer, c: &Conversati
 }
 
 impl Postgres {
-    pub(in crate::store) async fn observe_kf(
+    /// Applies `changes` in order, each to its row read and locked, in one
+    /// transaction; the last one's verdict.
+    pub(in crate::store) async fn change_kf_conversations(
         &self,
-        observations: Vec<(Customer, Observation)>,
-    ) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        for (customer, observation) in &observations {
-            // A row that does not exist yet cannot be locked: two replicas may both
-            // insert it; the upsert keeps one, and the next observation corrects it.
-            let mut conversation = select(&tx, customer, true).await?.unwrap_or_default();
-            conversation.observe(*observation);
-            upsert(&tx, customer, &conversation).await?;
-        }
-        tx.commit().await?;
-        self.committed(1);
-        Ok(())
-    }
-
-    pub(in crate::store) async fn reserve_kf_sends(
-        &self,
-        customer: Customer,
-        parts: i64,
-        at: i64,
-        handover: bool,
+        changes: Vec<(Customer, Change)>,
     ) -> Result<Verdict, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let mut conversation = select(&tx, &customer, true).await?.unwrap_or_default();
-        let verdict = conversation.reserve(parts, at, handover);
-        if verdict == Verdict::Allowed {
-            upsert(&tx, &customer, &conversation).await?;
+        let mut verdict = Verdict::Allowed;
+        for (customer, change) in &changes {
+            // A row that does not exist yet cannot be locked: two replicas may both
+            // insert it; the upsert keeps one, and the next observation corrects it.
+            let mut conversation = select(&tx, customer, true).await?.unwrap_or_default();
+            verdict = change.apply(&mut conversation);
+            if verdict == Verdict::Allowed {
+                upsert(&tx, customer, &conversation).await?;
+            }
         }
         tx.commit().await?;
         self.committed(1);

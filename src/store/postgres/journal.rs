@@ -222,13 +222,9 @@ impl Postgres {
         answer.await.unwrap_or_else(|_| Err(closed()))
     }
 
-    /// Claims the oldest unhandled entries not claimed by a live lease, for
-    /// `lease_secs`: no other replica gets them until it runs out.
-    pub(in crate::store) async fn pending(
-        &self,
-        limit: usize,
-        lease_secs: i64,
-    ) -> Result<Vec<PendingEntry>, StoreError> {
+    /// Claims the oldest unhandled entries not claimed by a live lease, for the
+    /// store's lease: no other replica gets them until it runs out.
+    pub(in crate::store) async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
@@ -239,7 +235,7 @@ impl Postgres {
                  RETURNING id, dedup_key, channel, kind, received_at, payload",
             )
             .await?;
-        let rows = client.query(&statement, &[&super::bigint(limit), &lease_secs]).await?;
+        let rows = client.query(&statement, &[&super::bigint(limit), &self.lease_secs]).await?;
         self.committed(1);
         let mut entries = rows.iter().map(read_entry).collect::<Result<Vec<_>, StoreError>>()?;
         // RETURNING keeps no order: arrival order, as claimed.

@@ -33,14 +33,10 @@ pub(super) async fn renew(tx: &Transaction<'_>, lease: &Lease, lease_secs: i64) 
 }
 
 impl Postgres {
-    pub(in crate::store) async fn claim_lease(
-        &self,
-        name: String,
-        lease_secs: i64,
-    ) -> Result<Option<Lease>, StoreError> {
+    pub(in crate::store) async fn claim_lease(&self, name: String) -> Result<Option<Lease>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let claimed = claim(&tx, &name, lease_secs).await?;
+        let claimed = claim(&tx, &name, self.lease_secs).await?;
         tx.commit().await?;
         self.committed(1);
         Ok(claimed.map(|claim| Lease { name, claim }))

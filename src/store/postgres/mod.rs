@@ -152,7 +152,13 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX sends_queued ON sends (channel) WHERE status = 'queued';",
     // 4: the send API's request fingerprint, as SQLite's schema 6.
     "ALTER TABLE sends ADD COLUMN request_sha256 text;",
-    // 5 (or the next free number at merge): the egress IPs, as SQLite's.
+    // 5: channels, as SQLite's schema 7: kf cursors keyed by channel name and
+    // `open_kfid`; the cursors of before belong to the built-in `kf`.
+    "ALTER TABLE kf_cursors ADD COLUMN channel text NOT NULL DEFAULT 'kf';
+    ALTER TABLE kf_cursors ALTER COLUMN channel DROP DEFAULT;
+    ALTER TABLE kf_cursors DROP CONSTRAINT kf_cursors_pkey;
+    ALTER TABLE kf_cursors ADD PRIMARY KEY (channel, open_kfid);",
+    // 6: the egress IPs, as SQLite's schema 8.
     "CREATE TABLE egress_ips (
         channel text PRIMARY KEY,
         ip text NOT NULL,
@@ -227,6 +233,8 @@ pub(super) struct Postgres {
     stats: Arc<Stats>,
     /// The journal's group-commit writers.
     journal: journal::Writers,
+    /// How long a claim holds (`Store::with_lease`).
+    pub(super) lease_secs: i64,
 }
 
 impl Postgres {
@@ -236,7 +244,7 @@ impl Postgres {
         migrate(&pool).await?;
         let stats = Arc::new(Stats::default());
         let journal = journal::Writers::start(pool.clone(), Arc::clone(&stats), pool_size);
-        Ok(Self { pool, stats, journal })
+        Ok(Self { pool, stats, journal, lease_secs: 0 })
     }
 
     /// A connection of the pool.

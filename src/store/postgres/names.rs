@@ -1,8 +1,23 @@
 //! Cached display names in PostgreSQL.
 
+use deadpool_postgres::GenericClient;
+
 use super::{bigint, Postgres, EPOCH};
-use crate::store::names::CachedName;
+use crate::store::names::{CachedName, NamedId, SeenSenders};
 use crate::store::StoreError;
+
+/// Stores `named`, replacing what was cached for its id.
+pub(super) async fn upsert(client: &impl GenericClient, named: &NamedId) -> Result<(), StoreError> {
+    let statement = client
+        .prepare_cached(&format!(
+            "INSERT INTO names (id_type, id, name, source, updated_at) VALUES ($1, $2, $3, $4, {EPOCH})
+             ON CONFLICT (id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
+             updated_at = excluded.updated_at"
+        ))
+        .await?;
+    client.execute(&statement, &[&named.id_type, &named.id, &named.name.name, &named.name.source]).await?;
+    Ok(())
+}
 
 impl Postgres {
     pub(in crate::store) async fn cached_name(
@@ -16,33 +31,14 @@ impl Postgres {
         Ok(row.map(|row| CachedName { name: row.get(0), source: row.get(1) }))
     }
 
-    pub(in crate::store) async fn cache_name(
-        &self,
-        id_type: &'static str,
-        id: String,
-        name: CachedName,
-    ) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(&format!(
-                "INSERT INTO names (id_type, id, name, source, updated_at) VALUES ($1, $2, $3, $4, {EPOCH})
-                 ON CONFLICT (id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
-                 updated_at = excluded.updated_at"
-            ))
-            .await?;
-        client.execute(&statement, &[&id_type, &id, &name.name, &name.source]).await?;
+    pub(in crate::store) async fn cache_name(&self, named: NamedId) -> Result<(), StoreError> {
+        upsert(&self.client().await?, &named).await?;
         self.committed(1);
         Ok(())
     }
 
-    /// Senders seen on `channel`, optionally only those without a cached name.
-    pub(in crate::store) async fn seen_senders(
-        &self,
-        channel: &'static str,
-        id_type: &'static str,
-        only_unmapped: bool,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    /// Senders seen on a channel, optionally only those without a cached name.
+    pub(in crate::store) async fn seen_senders(&self, query: SeenSenders) -> Result<Vec<String>, StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
@@ -51,6 +47,7 @@ impl Postgres {
                  ORDER BY sender LIMIT $4",
             )
             .await?;
+        let SeenSenders { channel, id_type, only_unmapped, limit } = query;
         let rows = client.query(&statement, &[&channel, &only_unmapped, &id_type, &bigint(limit)]).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }

@@ -8,7 +8,7 @@ use deadpool_postgres::Transaction;
 use tokio_postgres::types::ToSql;
 
 use super::{bigint, Postgres, EPOCH};
-use crate::store::outbox::{DueAction, NewAction, Owed};
+use crate::store::outbox::{DueAction, Finish, NewAction, Owed};
 use crate::store::StoreError;
 
 /// Queues `actions` unless their idempotency keys are queued already (sorted by
@@ -35,12 +35,8 @@ pub(super) async fn insert_actions(tx: &Transaction<'_>, actions: &[&NewAction])
 
 impl Postgres {
     /// Claims due, undone actions not held by a live claim: their `claim` goes up
-    /// by one and no one else gets them for `lease_secs`.
-    pub(in crate::store) async fn claim_actions(
-        &self,
-        limit: usize,
-        lease_secs: i64,
-    ) -> Result<Vec<DueAction>, StoreError> {
+    /// by one and no one else gets them for the store's lease.
+    pub(in crate::store) async fn claim_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
@@ -52,7 +48,7 @@ impl Postgres {
                  RETURNING id, action_key, kind, payload, attempts, claim, next_attempt_at",
             )
             .await?;
-        let rows = client.query(&statement, &[&bigint(limit), &lease_secs]).await?;
+        let rows = client.query(&statement, &[&bigint(limit), &self.lease_secs]).await?;
         self.committed(1);
         let mut due: Vec<(SystemTime, DueAction)> = rows
             .iter()
@@ -75,26 +71,38 @@ impl Postgres {
         Ok(due.into_iter().map(|(_, action)| action).collect())
     }
 
-    /// Marks an action done and queues its follow-ups, in one transaction fenced
-    /// by the claim.
-    pub(in crate::store) async fn action_succeeded(
-        &self,
-        id: i64,
-        claim: i64,
-        follow_ups: Vec<NewAction>,
-    ) -> Result<(), StoreError> {
-        let done = format!(
-            "UPDATE outbox SET done_at = {EPOCH}, last_error = NULL, claimed_until = NULL
-             WHERE id = $1 AND claim = $2"
-        );
-        if follow_ups.is_empty() {
+    /// Ends an attempt (see [`Finish`]): one update fenced by the claim, in a
+    /// transaction with a success's follow-ups when there are any; releases the claim.
+    pub(in crate::store) async fn finish_action(&self, id: i64, claim: i64, finish: Finish) -> Result<(), StoreError> {
+        let abandoned;
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&id, &claim];
+        let set = match &finish {
+            Finish::Succeeded(_) => format!("done_at = {EPOCH}, last_error = NULL"),
+            Finish::Abandoned(error) => {
+                abandoned = format!("abandoned: {error}");
+                params.push(&abandoned);
+                format!("done_at = {EPOCH}, attempts = attempts + 1, last_error = $3")
+            }
+            Finish::Failed { retry_in_secs, error } => {
+                params.extend([error as &(dyn ToSql + Sync), retry_in_secs]);
+                "attempts = attempts + 1, last_error = $3, next_attempt_at = now() + make_interval(secs => $4::bigint)"
+                    .to_owned()
+            }
+            Finish::Deferred { after_secs } => {
+                params.push(after_secs);
+                "next_attempt_at = now() + make_interval(secs => $3::bigint)".to_owned()
+            }
+        };
+        let sql = format!("UPDATE outbox SET {set}, claimed_until = NULL WHERE id = $1 AND claim = $2");
+        let follow_ups = match &finish {
+            Finish::Succeeded(follow_ups) if !follow_ups.is_empty() => follow_ups,
             // One statement is its own transaction: no BEGIN and COMMIT round trips.
-            return self.fenced(&done, &[&id, &claim]).await;
-        }
+            _ => return self.fenced(&sql, &params).await,
+        };
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
-        let statement = tx.prepare_cached(&done).await?;
-        if tx.execute(&statement, &[&id, &claim]).await? != 1 {
+        let statement = tx.prepare_cached(&sql).await?;
+        if tx.execute(&statement, &params).await? != 1 {
             tx.rollback().await?;
             return Err(StoreError::LeaseLost);
         }
@@ -102,34 +110,6 @@ impl Postgres {
         tx.commit().await?;
         self.committed(1);
         Ok(())
-    }
-
-    /// Gives up on an action; it stays, with its error, for diagnosis.
-    pub(in crate::store) async fn action_abandoned(
-        &self,
-        id: i64,
-        claim: i64,
-        error: String,
-    ) -> Result<(), StoreError> {
-        let sql = format!(
-            "UPDATE outbox SET done_at = {EPOCH}, attempts = attempts + 1, last_error = $3, claimed_until = NULL
-             WHERE id = $1 AND claim = $2"
-        );
-        self.fenced(&sql, &[&id, &claim, &format!("abandoned: {error}")]).await
-    }
-
-    /// Records a failed attempt and when to try again; releases the claim.
-    pub(in crate::store) async fn action_failed(
-        &self,
-        id: i64,
-        claim: i64,
-        retry_in_secs: i64,
-        error: String,
-    ) -> Result<(), StoreError> {
-        let sql = "UPDATE outbox SET attempts = attempts + 1, last_error = $3, claimed_until = NULL,
-                   next_attempt_at = now() + make_interval(secs => $4::bigint)
-                   WHERE id = $1 AND claim = $2";
-        self.fenced(sql, &[&id, &claim, &error, &retry_in_secs]).await
     }
 
     /// Runs one update of one action (`$1`) that changes it only under its claim
@@ -142,19 +122,6 @@ impl Postgres {
         }
         self.committed(1);
         Ok(())
-    }
-
-    /// Puts an action off for `after_secs`: no attempt counted, no error kept;
-    /// releases the claim.
-    pub(in crate::store) async fn action_deferred(
-        &self,
-        id: i64,
-        claim: i64,
-        after_secs: i64,
-    ) -> Result<(), StoreError> {
-        let sql = "UPDATE outbox SET claimed_until = NULL, next_attempt_at = now() + make_interval(secs => $3::bigint)
-                   WHERE id = $1 AND claim = $2";
-        self.fenced(sql, &[&id, &claim, &after_secs]).await
     }
 
     /// Owed actions and the oldest one's queueing time, through the partial

@@ -4,8 +4,10 @@ use super::{named, Postgres};
 use crate::channels::ChannelName;
 use crate::store::alerts::FiringRecord;
 use crate::store::journal::{EntryKind, NewEntry};
+use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
-use crate::store::snapshot::{NamedId, OwedAction, Snapshot, UnhandledEntry};
+use crate::store::names::NamedId;
+use crate::store::snapshot::{OwedAction, Snapshot, UnhandledEntry};
 use crate::store::StoreError;
 
 impl Postgres {
@@ -18,12 +20,11 @@ impl Postgres {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        let kf_cursors = tx
-            .query("SELECT open_kfid, cursor FROM kf_cursors ORDER BY open_kfid", &[])
-            .await?
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect();
+        let mut kf_cursors = Vec::new();
+        for r in tx.query("SELECT channel, open_kfid, cursor FROM kf_cursors ORDER BY channel, open_kfid", &[]).await? {
+            let channel = named(r.get(0), |name| ChannelName::parse(name).ok())?;
+            kf_cursors.push((KfAccount { channel, open_kfid: r.get(1) }, r.get(2)));
+        }
         let mut unhandled = Vec::new();
         for r in tx
             .query(
@@ -99,11 +100,11 @@ impl Postgres {
         for (key, value) in &snapshot.facts {
             tx.execute("INSERT INTO meta (key, value) VALUES ($1, $2)", &[key, value]).await?;
         }
-        for (open_kfid, cursor) in &snapshot.kf_cursors {
+        for (account, cursor) in &snapshot.kf_cursors {
             tx.execute(
-                "INSERT INTO kf_cursors (open_kfid, cursor, updated_at)
-                 VALUES ($1, $2, floor(extract(epoch from now()))::bigint)",
-                &[open_kfid, cursor],
+                "INSERT INTO kf_cursors (channel, open_kfid, cursor, updated_at)
+                 VALUES ($1, $2, $3, floor(extract(epoch from now()))::bigint)",
+                &[&account.channel.as_str(), &account.open_kfid, cursor],
             )
             .await?;
         }
@@ -145,12 +146,7 @@ impl Postgres {
             .await?;
         }
         for named in &snapshot.names {
-            tx.execute(
-                "INSERT INTO names (id_type, id, name, source, updated_at)
-                 VALUES ($1, $2, $3, $4, floor(extract(epoch from now()))::bigint)",
-                &[&named.id_type, &named.id, &named.name.name, &named.name.source],
-            )
-            .await?;
+            super::names::upsert(&tx, named).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -3,7 +3,7 @@
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Sqlite;
-use crate::store::conversations::{Conversation, Customer, Observation, Verdict};
+use crate::store::conversations::{Change, Conversation, Customer, Verdict};
 use crate::store::{now, StoreError};
 
 fn select(db: &Connection, customer: &Customer) -> rusqlite::Result<Option<Conversation>> {
@@ -36,33 +36,19 @@ fn upsert(db: &Connection, customer: &Customer, c: &Conversation) -> rusqlite::R
 }
 
 impl Sqlite {
-    pub(in crate::store) async fn observe_kf(
+    /// Applies `changes` in order, each to its row as read; the last one's verdict.
+    pub(in crate::store) async fn change_kf_conversations(
         &self,
-        observations: Vec<(Customer, Observation)>,
-    ) -> Result<(), StoreError> {
-        self.run_relaxed(move |db| {
-            for (customer, observation) in &observations {
-                let mut conversation = select(db, customer)?.unwrap_or_default();
-                conversation.observe(*observation);
-                upsert(db, customer, &conversation)?;
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    pub(in crate::store) async fn reserve_kf_sends(
-        &self,
-        customer: Customer,
-        parts: i64,
-        at: i64,
-        handover: bool,
+        changes: Vec<(Customer, Change)>,
     ) -> Result<Verdict, StoreError> {
         self.run_relaxed(move |db| {
-            let mut conversation = select(db, &customer)?.unwrap_or_default();
-            let verdict = conversation.reserve(parts, at, handover);
-            if verdict == Verdict::Allowed {
-                upsert(db, &customer, &conversation)?;
+            let mut verdict = Verdict::Allowed;
+            for (customer, change) in &changes {
+                let mut conversation = select(db, customer)?.unwrap_or_default();
+                verdict = change.apply(&mut conversation);
+                if verdict == Verdict::Allowed {
+                    upsert(db, customer, &conversation)?;
+                }
             }
             Ok(verdict)
         })

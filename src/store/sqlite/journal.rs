@@ -11,7 +11,7 @@ use crate::store::outbox::NewAction;
 use crate::store::{now, StoreError};
 
 /// A column that holds a name the store wrote: anything else is corruption.
-fn named<T>(column: usize, value: String, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
+pub(super) fn named<T>(column: usize, value: String, parse: impl Fn(&str) -> Option<T>) -> rusqlite::Result<T> {
     parse(&value).ok_or_else(|| {
         rusqlite::Error::FromSqlConversionFailure(
             column,
@@ -60,11 +60,7 @@ impl Sqlite {
     /// The oldest unhandled entries, in arrival order.
     /// One dispatcher per database: reading above the watermark is the claim, and
     /// needs no lease.
-    pub(in crate::store) async fn pending(
-        &self,
-        limit: usize,
-        _lease_secs: i64,
-    ) -> Result<Vec<PendingEntry>, StoreError> {
+    pub(in crate::store) async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
         self.run_relaxed(move |db| {
             let mut statement = db.prepare_cached(
                 "SELECT id, dedup_key, channel, kind, received_at, payload FROM journal

@@ -1,19 +1,32 @@
-//! kf cursors in SQLite.
+//! kf cursors in SQLite, keyed by channel and `open_kfid`.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
-use super::journal::insert;
+use super::journal::{insert, named};
 use super::{leases, Sqlite};
-use crate::store::journal::{NewEntry, Recorded};
+use crate::channels::ChannelName;
+use crate::store::journal::Recorded;
+use crate::store::kf::{KfAccount, KfClaim, KfPage};
 use crate::store::leases::Lease;
 use crate::store::{now, StoreError};
 
+/// The account's stored cursor.
+fn cursor(db: &Connection, account: &KfAccount) -> rusqlite::Result<Option<String>> {
+    db.prepare_cached("SELECT cursor FROM kf_cursors WHERE channel = ?1 AND open_kfid = ?2")?
+        .query_row(params![account.channel.as_str(), account.open_kfid], |row| row.get(0))
+        .optional()
+}
+
 impl Sqlite {
     /// Every kf account that has synced at least once.
-    pub(in crate::store) async fn kf_accounts(&self) -> Result<Vec<String>, StoreError> {
+    pub(in crate::store) async fn kf_accounts(&self) -> Result<Vec<KfAccount>, StoreError> {
         self.run_relaxed(|db| {
-            let mut statement = db.prepare_cached("SELECT open_kfid FROM kf_cursors ORDER BY open_kfid")?;
-            let rows = statement.query_map([], |row| row.get(0))?;
+            let mut statement =
+                db.prepare_cached("SELECT channel, open_kfid FROM kf_cursors ORDER BY channel, open_kfid")?;
+            let rows = statement.query_map([], |row| {
+                let channel = named(0, row.get(0)?, |name| ChannelName::parse(name).ok())?;
+                Ok(KfAccount { channel, open_kfid: row.get(1)? })
+            })?;
             rows.collect()
         })
         .await
@@ -23,49 +36,43 @@ impl Sqlite {
     pub(in crate::store) async fn claim_kf_account(
         &self,
         name: String,
-        open_kfid: String,
-        lease_secs: i64,
+        account: KfAccount,
     ) -> Result<Option<(Lease, Option<String>)>, StoreError> {
+        let lease_secs = self.lease_secs;
         self.run_relaxed(move |db| {
             let Some(claim) = leases::claim(db, &name, lease_secs)? else { return Ok(None) };
-            let cursor = db
-                .query_row("SELECT cursor FROM kf_cursors WHERE open_kfid = ?1", [&open_kfid], |row| row.get(0))
-                .optional()?;
-            Ok(Some((Lease { name, claim }, cursor)))
+            Ok(Some((Lease { name, claim }, cursor(db, &account)?)))
         })
         .await
     }
 
-    /// Journals a page and moves the cursor from `expected` to `next_cursor`
-    /// (unless empty), fenced by `lease`; strict: the messages are journaled here.
-    pub(in crate::store) async fn kf_store_page(
-        &self,
-        lease: Lease,
-        open_kfid: String,
-        expected: Option<String>,
-        entries: Vec<NewEntry>,
-        next_cursor: String,
-        lease_secs: i64,
-    ) -> Result<usize, StoreError> {
+    /// Journals a page and moves the cursor from the claim's to the page's
+    /// `next_cursor` (unless empty), fenced by the claim's lease; strict: the
+    /// messages are journaled here.
+    pub(in crate::store) async fn kf_store_page(&self, claim: KfClaim, page: KfPage) -> Result<usize, StoreError> {
+        let lease_secs = self.lease_secs;
         self.run(move |db| {
-            let stored: Option<String> = db
-                .query_row("SELECT cursor FROM kf_cursors WHERE open_kfid = ?1", [&open_kfid], |row| row.get(0))
-                .optional()?;
-            if !leases::renew(db, &lease, lease_secs)? || stored != expected {
+            if !leases::renew(db, &claim.lease, lease_secs)? || cursor(db, &claim.account)? != claim.cursor {
                 return Ok(None);
             }
             let mut new = 0;
-            for entry in &entries {
+            for entry in &page.entries {
                 if let Recorded::New(_) = insert(db, entry)? {
                     new += 1;
                 }
             }
-            if !next_cursor.is_empty() {
-                db.execute(
-                    "INSERT INTO kf_cursors (open_kfid, cursor, updated_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT(open_kfid) DO UPDATE SET cursor = excluded.cursor, updated_at = excluded.updated_at",
-                    params![open_kfid, next_cursor, now()],
-                )?;
+            if !page.next_cursor.is_empty() {
+                db.prepare_cached(
+                    "INSERT INTO kf_cursors (channel, open_kfid, cursor, updated_at) VALUES (?1, ?2, ?3, ?4)
+                     ON CONFLICT(channel, open_kfid) DO UPDATE SET cursor = excluded.cursor,
+                     updated_at = excluded.updated_at",
+                )?
+                .execute(params![
+                    claim.account.channel.as_str(),
+                    claim.account.open_kfid,
+                    page.next_cursor,
+                    now()
+                ])?;
             }
             Ok(Some(new))
         })

@@ -26,11 +26,8 @@ pub(super) fn renew(db: &Connection, lease: &Lease, lease_secs: i64) -> rusqlite
 }
 
 impl Sqlite {
-    pub(in crate::store) async fn claim_lease(
-        &self,
-        name: String,
-        lease_secs: i64,
-    ) -> Result<Option<Lease>, StoreError> {
+    pub(in crate::store) async fn claim_lease(&self, name: String) -> Result<Option<Lease>, StoreError> {
+        let lease_secs = self.lease_secs;
         self.run_relaxed(move |db| Ok(claim(db, &name, lease_secs)?.map(|claim| Lease { name, claim }))).await
     }
 

@@ -171,7 +171,24 @@ const MIGRATIONS: &[&str] = &[
     // request), so the same idempotency key with another body is a 409 (SPEC
     // §15). Sends queued before it have none and count as the same request.
     "ALTER TABLE sends ADD COLUMN request_sha256 TEXT;",
-    // 7 (or the next free number at merge): the egress IP WeCom names per channel
+    // 7: channels (SPEC §12). kf cursors are keyed by the channel's name and the
+    // `open_kfid`, so each kf channel resumes its own accounts; the cursors of
+    // before belong to the built-in `kf`. Nothing else is rewritten: the old
+    // journal's dedup keys, the sends' `channel` and the records in owed actions
+    // already say `app` or `kf`, the built-in channels' names, and tokens were
+    // cached per corp id and Secret already.
+    "CREATE TABLE kf_cursors_v7 (
+        channel TEXT NOT NULL,
+        open_kfid TEXT NOT NULL,
+        cursor TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (channel, open_kfid)
+    );
+    INSERT INTO kf_cursors_v7 (channel, open_kfid, cursor, updated_at)
+        SELECT 'kf', open_kfid, cursor, updated_at FROM kf_cursors;
+    DROP TABLE kf_cursors;
+    ALTER TABLE kf_cursors_v7 RENAME TO kf_cursors;",
+    // 8: the egress IP WeCom names per channel
     // (SPEC §14), with when it was first and last seen.
     "CREATE TABLE egress_ips (
         channel TEXT PRIMARY KEY,
@@ -207,6 +224,8 @@ type Delivery = Box<dyn FnOnce(bool) + Send>;
 pub(super) struct Sqlite {
     sender: mpsc::Sender<Operation>,
     stats: Arc<Stats>,
+    /// How long a claim holds (`Store::with_lease`).
+    pub(super) lease_secs: i64,
 }
 
 /// `DATA_DIR` 0700 and the database 0600, whatever the umask: the store holds
@@ -268,7 +287,7 @@ impl Sqlite {
             .name("wechat-api-store".into())
             .spawn(move || writer_loop(connection, receiver, &thread_stats, &checkpoints))
             .map_err(|e| open_error(format!("cannot start the store thread: {e}")))?;
-        Ok(Self { sender, stats })
+        Ok(Self { sender, stats, lease_secs: 0 })
     }
 
     /// Runs `operation` on the writer thread inside a transaction that is durably

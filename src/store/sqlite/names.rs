@@ -1,10 +1,21 @@
 //! names in SQLite.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Sqlite;
-use crate::store::names::CachedName;
+use crate::store::names::{CachedName, NamedId, SeenSenders};
 use crate::store::{now, StoreError};
+
+/// Stores `named`, replacing what was cached for its id.
+pub(super) fn upsert(db: &Connection, named: &NamedId) -> rusqlite::Result<()> {
+    db.prepare_cached(
+        "INSERT INTO names (id_type, id, name, source, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT(id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
+         updated_at = excluded.updated_at",
+    )?
+    .execute(params![named.id_type, named.id, named.name.name, named.name.source, now()])
+    .map(drop)
+}
 
 impl Sqlite {
     pub(in crate::store) async fn cached_name(
@@ -21,38 +32,19 @@ impl Sqlite {
         .await
     }
 
-    pub(in crate::store) async fn cache_name(
-        &self,
-        id_type: &'static str,
-        id: String,
-        name: CachedName,
-    ) -> Result<(), StoreError> {
-        self.run(move |db| {
-            db.execute(
-                "INSERT INTO names (id_type, id, name, source, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
-                 updated_at = excluded.updated_at",
-                params![id_type, id, name.name, name.source, now()],
-            )
-            .map(drop)
-        })
-        .await
+    pub(in crate::store) async fn cache_name(&self, named: NamedId) -> Result<(), StoreError> {
+        self.run(move |db| upsert(db, &named)).await
     }
 
-    /// Senders seen on `channel`, optionally only those without a cached name.
-    pub(in crate::store) async fn seen_senders(
-        &self,
-        channel: &'static str,
-        id_type: &'static str,
-        only_unmapped: bool,
-        limit: usize,
-    ) -> Result<Vec<String>, StoreError> {
+    /// Senders seen on a channel, optionally only those without a cached name.
+    pub(in crate::store) async fn seen_senders(&self, query: SeenSenders) -> Result<Vec<String>, StoreError> {
         self.run(move |db| {
             let mut statement = db.prepare_cached(
                 "SELECT DISTINCT sender FROM journal WHERE channel = ?1 AND sender IS NOT NULL
                  AND (?2 = 0 OR sender NOT IN (SELECT id FROM names WHERE id_type = ?3))
                  ORDER BY sender LIMIT ?4",
             )?;
+            let SeenSenders { channel, id_type, only_unmapped, limit } = query;
             let rows = statement.query_map(params![channel, only_unmapped, id_type, limit as i64], |row| row.get(0))?;
             rows.collect()
         })

@@ -3,7 +3,7 @@
 use rusqlite::{params, Connection};
 
 use super::Sqlite;
-use crate::store::outbox::{DueAction, NewAction, Owed};
+use crate::store::outbox::{DueAction, Finish, NewAction, Owed};
 use crate::store::{now, StoreError};
 
 /// Queues `action` unless its idempotency key is queued already.
@@ -36,12 +36,9 @@ fn lease_lost(error: StoreError) -> StoreError {
 
 impl Sqlite {
     /// Claims due, unclaimed actions: their `claim` goes up by one and they are
-    /// not due to anyone else for `lease_secs`.
-    pub(in crate::store) async fn claim_actions(
-        &self,
-        limit: usize,
-        lease_secs: i64,
-    ) -> Result<Vec<DueAction>, StoreError> {
+    /// not due to anyone else for the store's lease.
+    pub(in crate::store) async fn claim_actions(&self, limit: usize) -> Result<Vec<DueAction>, StoreError> {
+        let lease_secs = self.lease_secs;
         self.run_relaxed(move |db| {
             let at = now();
             let mut statement = db.prepare_cached(
@@ -73,74 +70,36 @@ impl Sqlite {
         .await
     }
 
-    /// Marks an action done and queues what it led to, in one transaction.
-    pub(in crate::store) async fn action_succeeded(
-        &self,
-        id: i64,
-        claim: i64,
-        follow_ups: Vec<NewAction>,
-    ) -> Result<(), StoreError> {
+    /// Ends an attempt (see [`Finish`]): one update, fenced by the claim, and a
+    /// success's follow-ups in the same transaction.
+    pub(in crate::store) async fn finish_action(&self, id: i64, claim: i64, finish: Finish) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
-            let changed = db.execute(
-                "UPDATE outbox SET done_at = ?1, last_error = NULL, claimed_until = NULL WHERE id = ?2 AND claim = ?3",
-                params![now(), id, claim],
-            )?;
+            let at = now();
+            let changed = match &finish {
+                Finish::Succeeded(_) => db.execute(
+                    "UPDATE outbox SET done_at = ?3, last_error = NULL, claimed_until = NULL WHERE id = ?1 AND claim = ?2",
+                    params![id, claim, at],
+                ),
+                Finish::Abandoned(error) => db.execute(
+                    "UPDATE outbox SET done_at = ?3, attempts = attempts + 1, last_error = ?4, claimed_until = NULL
+                     WHERE id = ?1 AND claim = ?2",
+                    params![id, claim, at, format!("abandoned: {error}")],
+                ),
+                Finish::Failed { retry_in_secs, error } => db.execute(
+                    "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?3, last_error = ?4, claimed_until = NULL
+                     WHERE id = ?1 AND claim = ?2",
+                    params![id, claim, at + retry_in_secs, error],
+                ),
+                Finish::Deferred { after_secs } => db.execute(
+                    "UPDATE outbox SET next_attempt_at = ?3, claimed_until = NULL WHERE id = ?1 AND claim = ?2",
+                    params![id, claim, at + after_secs],
+                ),
+            }?;
             fenced(changed)?;
-            follow_ups.iter().try_for_each(|action| insert_action(db, action))
-        })
-        .await
-        .map_err(lease_lost)
-    }
-
-    /// Gives up on an action that cannot succeed; it stays, with its error, for diagnosis.
-    pub(in crate::store) async fn action_abandoned(
-        &self,
-        id: i64,
-        claim: i64,
-        error: String,
-    ) -> Result<(), StoreError> {
-        self.run_relaxed(move |db| {
-            fenced(db.execute(
-                "UPDATE outbox SET done_at = ?1, attempts = attempts + 1, last_error = ?2, claimed_until = NULL
-                 WHERE id = ?3 AND claim = ?4",
-                params![now(), format!("abandoned: {error}"), id, claim],
-            )?)
-        })
-        .await
-        .map_err(lease_lost)
-    }
-
-    /// Records a failed attempt and when to try again.
-    pub(in crate::store) async fn action_failed(
-        &self,
-        id: i64,
-        claim: i64,
-        retry_in_secs: i64,
-        error: String,
-    ) -> Result<(), StoreError> {
-        self.run_relaxed(move |db| {
-            fenced(db.execute(
-                "UPDATE outbox SET attempts = attempts + 1, next_attempt_at = ?1, last_error = ?2, claimed_until = NULL
-                 WHERE id = ?3 AND claim = ?4",
-                params![now() + retry_in_secs, error, id, claim],
-            )?)
-        })
-        .await
-        .map_err(lease_lost)
-    }
-
-    /// Puts an action off for `after_secs`: no attempt counted, no error kept.
-    pub(in crate::store) async fn action_deferred(
-        &self,
-        id: i64,
-        claim: i64,
-        after_secs: i64,
-    ) -> Result<(), StoreError> {
-        self.run_relaxed(move |db| {
-            fenced(db.execute(
-                "UPDATE outbox SET next_attempt_at = ?1, claimed_until = NULL WHERE id = ?2 AND claim = ?3",
-                params![now() + after_secs, id, claim],
-            )?)
+            match &finish {
+                Finish::Succeeded(follow_ups) => follow_ups.iter().try_for_each(|action| insert_action(db, action)),
+                _ => Ok(()),
+            }
         })
         .await
         .map_err(lease_lost)

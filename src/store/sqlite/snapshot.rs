@@ -2,13 +2,15 @@
 
 use rusqlite::{params, Connection};
 
-use super::journal::insert;
+use super::journal::{insert, named};
 use super::Sqlite;
 use crate::channels::ChannelName;
 use crate::store::alerts::FiringRecord;
 use crate::store::journal::{EntryKind, NewEntry};
+use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
-use crate::store::snapshot::{NamedId, OwedAction, Snapshot, UnhandledEntry};
+use crate::store::names::NamedId;
+use crate::store::snapshot::{OwedAction, Snapshot, UnhandledEntry};
 use crate::store::StoreError;
 
 /// Facts that are this engine's own bookkeeping, not the installation's.
@@ -29,8 +31,10 @@ fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
         .into_iter()
         .filter(|(key, _): &(String, String)| !ENGINE_FACTS.contains(&key.as_str()))
         .collect();
-    let kf_cursors =
-        rows(db, "SELECT open_kfid, cursor FROM kf_cursors ORDER BY open_kfid", |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let kf_cursors = rows(db, "SELECT channel, open_kfid, cursor FROM kf_cursors ORDER BY channel, open_kfid", |r| {
+        let channel = named(0, r.get(0)?, |name| ChannelName::parse(name).ok())?;
+        Ok((KfAccount { channel, open_kfid: r.get(1)? }, r.get(2)?))
+    })?;
     let unhandled = rows(
         db,
         "SELECT dedup_key, channel, kind, sender, payload, received_at FROM journal
@@ -102,10 +106,10 @@ fn import(db: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
     for (key, value) in &snapshot.facts {
         db.execute("INSERT INTO meta (key, value) VALUES (?1, ?2)", params![key, value])?;
     }
-    for (open_kfid, cursor) in &snapshot.kf_cursors {
+    for (account, cursor) in &snapshot.kf_cursors {
         db.execute(
-            "INSERT INTO kf_cursors (open_kfid, cursor, updated_at) VALUES (?1, ?2, ?3)",
-            params![open_kfid, cursor, crate::store::now()],
+            "INSERT INTO kf_cursors (channel, open_kfid, cursor, updated_at) VALUES (?1, ?2, ?3, ?4)",
+            params![account.channel.as_str(), account.open_kfid, cursor, crate::store::now()],
         )?;
     }
     for unhandled in &snapshot.unhandled {
@@ -136,10 +140,7 @@ fn import(db: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
         )?;
     }
     for named in &snapshot.names {
-        db.execute(
-            "INSERT INTO names (id_type, id, name, source, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![named.id_type, named.id, named.name.name, named.name.source, crate::store::now()],
-        )?;
+        super::names::upsert(db, named)?;
     }
     Ok(())
 }
@@ -162,8 +163,13 @@ impl Sqlite {
 mod tests {
     use crate::channels::ChannelName;
     use crate::store::journal::{EntryKind, NewEntry, Recorded};
+    use crate::store::kf::KfAccount;
     use crate::store::outbox::NewAction;
     use crate::store::{Store, StoreError};
+
+    fn account(open_kfid: &str) -> KfAccount {
+        KfAccount { channel: ChannelName::kf(), open_kfid: open_kfid.into() }
+    }
 
     fn entry(key: &str) -> NewEntry {
         NewEntry {
@@ -186,20 +192,20 @@ mod tests {
         let owed = NewAction { key: "forward:kf:msg:handled".into(), kind: "forward".into(), payload: "{}".into() };
         from.complete_entries(vec![(handled, vec![owed])]).await.expect("complete");
         from.journal(entry("kf:msg:unhandled")).await.expect("journal");
-        let mut claim = from.claim_kf_account("wkA".into()).await.expect("claim").expect("free");
+        let mut claim = from.claim_kf_account(account("wkA")).await.expect("claim").expect("free");
         from.kf_store_page(&mut claim, Vec::new(), "CURSOR-1".into()).await.expect("page");
 
         let snapshot = from.export().await.expect("export");
         assert_eq!(snapshot.unhandled.len(), 1, "only the unhandled entry: {}", snapshot.summary());
         assert_eq!(snapshot.owed.len(), 1);
-        assert_eq!(snapshot.kf_cursors, vec![("wkA".to_owned(), "CURSOR-1".to_owned())]);
+        assert_eq!(snapshot.kf_cursors, vec![(account("wkA"), "CURSOR-1".to_owned())]);
 
         let to = Store::open(to_dir.path()).expect("opens");
         to.import(snapshot.clone()).await.expect("import");
         assert_eq!(to.first_started_at().await.expect("first start"), first_start, "the first start moved");
         assert_eq!(to.unhandled().await.expect("count"), 1);
         assert_eq!(to.outbox_backlog().await.expect("backlog"), 1);
-        let claim = to.claim_kf_account("wkA".into()).await.expect("claim").expect("free");
+        let claim = to.claim_kf_account(account("wkA")).await.expect("claim").expect("free");
         assert_eq!(claim.cursor.as_deref(), Some("CURSOR-1"));
         assert!(matches!(to.import(snapshot).await, Err(StoreError::NotEmpty)), "a second import is refused");
     }
