@@ -118,7 +118,7 @@ impl Application {
             replica: config.replica.clone(),
         }));
         metrics.declare_callbacks();
-        Dispatcher::declare(&metrics);
+        Dispatcher::declare(&metrics, &config.channels);
         let health = Arc::new(HealthBoard::new(config.replica.clone()));
         health.set(CheckName::ConfigSecrets, checks::secrets_check(config.secrets_identical()));
         for channel in config.channels.iter().filter(|c| !c.builtin) {
@@ -151,6 +151,7 @@ impl Application {
             liveness,
             refusal_log: Default::default(),
             alerter: workers.alerter.clone(),
+            aibot: config.aibot.clone(),
             version: VERSION,
         });
         let listeners = Listeners::bind(&config, state.clone(), certificates.as_ref())?;

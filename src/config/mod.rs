@@ -170,6 +170,23 @@ pub struct Config {
     pub send_queue_max: u32,
     /// `DATA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor. Only SQLite has a `DATA_DIR` volume.
     pub data_min_free_percent: u8,
+    /// `AIBOT_STREAM_DEADLINE_SECS` and `AIBOT_LATE_TEXT` (SPEC §13).
+    pub aibot: AibotSettings,
+}
+
+/// How every AI bot's streams end (SPEC §13).
+#[derive(Debug, Clone)]
+pub struct AibotSettings {
+    /// `AIBOT_STREAM_DEADLINE_SECS`: an unfinished stream is closed this long after the user's message.
+    pub deadline: Duration,
+    /// `AIBOT_LATE_TEXT`: appended to a stream closed at the deadline.
+    pub late_text: String,
+}
+
+impl Default for AibotSettings {
+    fn default() -> Self {
+        Self { deadline: Duration::from_secs(330), late_text: "（回答较长，完成后将另行发送）".to_owned() }
+    }
 }
 
 /// Handing a kf conversation to a human (SPEC §10).

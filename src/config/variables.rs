@@ -134,6 +134,15 @@ variables! {
     SEND_QUEUE_MAX,            None,                      Some("1000"),                          PUBLIC, "sends queued and not yet finished, per channel: the send API answers 429 with Retry-After beyond it";
     DATA_MIN_FREE_PERCENT,     None,                      Some("5"),                             PUBLIC, "free space (per cent) DATA_DIR's volume keeps for callbacks: below it the send API answers 503; 0 = no floor; not used with DATABASE_URL";
     CONNECTIONS_PER_ADDRESS,   None,                      Some("256"),                           PUBLIC, "open connections (TLS handshakes included) one client address may hold; beyond it a new connection is closed at once; TRUSTED_PROXIES and TRUSTED_NETWORKS are exempt";
+    // The AI bot (SPEC §13): the built-in channel `aibot`.
+    AIBOT_TOKEN,               None,                      None,                                  SECRET, "the AI bot's callback Token (API mode, URL callbacks): channel aibot";
+    AIBOT_ENCODING_AES_KEY,    None,                      None,                                  SECRET, "the AI bot's callback EncodingAESKey, 43 characters";
+    AIBOT_ID,                  None,                      None,                                  PUBLIC, "the bot id (aibotid): callbacks for another aibotid are refused (400)";
+    AIBOT_SECRET,              None,                      None,                                  SECRET, "the long-connection Secret (with AIBOT_ID: the long connection instead of callbacks; not in this version)";
+    AIBOT_WS_URL,              None,                      Some("wss://openws.work.weixin.qq.com"), PUBLIC, "the long-connection endpoint";
+    AIBOT_WELCOME_TEXT,        None,                      None,                                  PUBLIC, "answer to enter_chat";
+    AIBOT_STREAM_DEADLINE_SECS, None,                     Some("330"),                           PUBLIC, "when an unfinished stream is closed, after the user's message; 5 to 350";
+    AIBOT_LATE_TEXT,           None,                      Some("（回答较长，完成后将另行发送）"), PUBLIC, "appended to a stream closed at the deadline";
 }
 
 #[cfg(test)]

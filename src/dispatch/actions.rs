@@ -70,6 +70,10 @@ pub(crate) enum Action {
     },
     /// `media/get` into `UPLOAD_DIR`, then forward the record with `media_path`.
     DownloadMedia { record: Record, forward: bool },
+    /// An AI bot's answer that its stream could not show (past 20,480 bytes,
+    /// or after a late close), through the message's `response_url`, once.
+    /// What to send is read from the stream when it is performed.
+    AibotRest { record_id: String, channel: ChannelName, stream_id: String },
 }
 
 /// Why an action exists: one action of each purpose per message, so its
@@ -86,6 +90,8 @@ pub(crate) enum Purpose {
     Media,
     /// A handover's announcement and the handover itself.
     Handover,
+    /// An AI bot answer's rest, through `response_url`.
+    Rest,
 }
 
 impl Purpose {
@@ -99,6 +105,7 @@ impl Purpose {
             Self::Forward => "forward",
             Self::Media => "media",
             Self::Handover => "handover",
+            Self::Rest => "rest",
         };
         format!("{purpose}:{record_id}")
     }
@@ -309,6 +316,7 @@ impl Action {
         match self {
             Self::Forward { record } => Purpose::Forward.key(&record.id),
             Self::DownloadMedia { record, .. } => Purpose::Media.key(&record.id),
+            Self::AibotRest { record_id, .. } => Purpose::Rest.key(record_id),
             Self::AppText { key, .. }
             | Self::KfText { key, .. }
             | Self::KfWelcome { key, .. }
@@ -324,6 +332,7 @@ impl Action {
             Self::KfWelcome { .. } => "kf_welcome",
             Self::KfHandover { .. } => "kf_handover",
             Self::DownloadMedia { .. } => "download_media",
+            Self::AibotRest { .. } => "aibot_rest",
         }
     }
 

@@ -23,7 +23,10 @@ use crate::messages::LoggedId;
 use crate::store::conversations::{Customer, Observation};
 use crate::store::Store;
 use crate::telemetry::Metrics;
-use crate::wecom::{WeCom, WeComError};
+use crate::store::aibot::Settled;
+use crate::streams::Update;
+use crate::telemetry::AIBOT_STREAMS_TOTAL;
+use crate::wecom::{aibot, WeCom, WeComError};
 
 /// Longest forward answer we read (it may carry a reply).
 const MAX_FORWARD_ANSWER: usize = 64 * 1024;
@@ -88,6 +91,9 @@ pub(crate) struct Executor {
     floor: crate::media::Floor,
     /// Each forward's outcome, for `forward:delivery`; present with `FORWARD_URL`.
     delivery: Option<Arc<ForwardDelivery>>,
+    /// `WECOM_API_BASE_URL`: the only origin a `response_url` may have.
+    api_base_url: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Executor {
@@ -115,6 +121,8 @@ impl Executor {
             handoff: config.handoff.clone(),
             floor: crate::media::Floor::media(config.media_min_free_percent),
             delivery: config.forward.as_ref().map(|_| Arc::default()),
+            api_base_url: config.api_base_url.clone(),
+            metrics: Arc::clone(&metrics),
             sending: Sending::new(store, wecom, metrics),
         })
     }
@@ -148,7 +156,68 @@ impl Executor {
             Action::KfHandover { channel, touser, open_kfid, servicer, .. } => {
                 self.sending.hand_over(channel, touser, open_kfid, servicer.as_deref()).await
             }
+            Action::AibotRest { channel, stream_id, .. } => self.aibot_rest(channel, stream_id).await,
         }
+    }
+
+    /// What an AI bot's stream could not show, through the message's
+    /// `response_url`: at most once (the use is taken before the call, so an
+    /// attempt after a crash never calls it again), within its hour, and only
+    /// on `WECOM_API_BASE_URL`'s origin. An answer that can no longer go is
+    /// `failed` (`expired`).
+    async fn aibot_rest(&self, channel: &ChannelName, stream_id: &str) -> Result<Vec<Action>, ActionError> {
+        let store = &self.sending.store;
+        let Some(row) = store.aibot_stream(stream_id.to_owned()).await? else { return Ok(Vec::new()) };
+        let Some(rest) = crate::streams::rest(&row) else { return Ok(Vec::new()) };
+        if row.rest_sent || row.failed.is_some() {
+            return Ok(Vec::new());
+        }
+        let failed = |reason: &str| Settled::Failed(reason.to_owned());
+        let refusal = match (crate::streams::response_refused(&row, crate::store::now()), &row.response_url) {
+            (Some(reason), _) => Some(failed(reason)),
+            (None, None) => Some(failed("the message had no response_url")),
+            (None, Some(url)) if !aibot::response_url_allowed(url, &self.api_base_url) => {
+                Some(failed("its response_url is not on WECOM_API_BASE_URL's scheme, host and port"))
+            }
+            (None, Some(_)) => None,
+        };
+        if let Some(refused) = refusal {
+            if row.response_used {
+                // An earlier attempt took the one use; how it ended is recorded, or unknown.
+                return Ok(Vec::new());
+            }
+            tracing::warn!(channel = channel.as_str(), stream = %LoggedId(stream_id), "AI bot answer not delivered: {refused:?}");
+            self.count_stream(channel, "expired");
+            store.aibot_settle(stream_id.to_owned(), refused).await?;
+            return Ok(Vec::new());
+        }
+        if !store.aibot_take_response(stream_id.to_owned()).await? {
+            return Ok(Vec::new());
+        }
+        let url = row.response_url.unwrap_or_default();
+        let settled = match self.http.post(&url).json(&aibot::response_body(&rest)).send().await {
+            Ok(response) if response.status().is_success() => {
+                match response.json::<serde_json::Value>().await.ok().and_then(|v| v.get("errcode")?.as_i64()) {
+                    Some(0) | None => Settled::Sent,
+                    Some(errcode) => Settled::Failed(format!("response_url answered errcode {errcode}")),
+                }
+            }
+            Ok(response) => Settled::Failed(format!("response_url answered HTTP {}", response.status())),
+            // The URL is a credential: the error is told without it.
+            Err(error) => Settled::Failed(format!("response_url: {}", error.without_url())),
+        };
+        if let Settled::Failed(reason) = &settled {
+            tracing::warn!(channel = channel.as_str(), stream = %LoggedId(stream_id), "AI bot answer's rest not delivered: {reason}");
+            self.count_stream(channel, "expired");
+        }
+        store.aibot_settle(stream_id.to_owned(), settled).await?;
+        Ok(Vec::new())
+    }
+
+    fn count_stream(&self, channel: &ChannelName, outcome: &str) {
+        self.metrics
+            .counter(AIBOT_STREAMS_TOTAL, &[("channel", channel.to_string()), ("outcome", outcome.to_owned())])
+            .increment(1);
     }
 
     async fn download(&self, record: &Record, forward: bool, attempts: i64) -> Result<Vec<Action>, ActionError> {
@@ -266,6 +335,23 @@ impl Executor {
         }
         let Ok(answer) = serde_json::from_slice::<ForwardAnswer>(&answer) else { return Ok(Vec::new()) };
         let reply = answer.reply.and_then(|r| r.text).filter(|t| !t.trim().is_empty());
+        if let (ChannelKind::Aibot, Some(stream_id)) = (record.kind(), &record.stream_id) {
+            if let Some(text) = reply {
+                // The whole answer, in the message's stream.
+                let update = Update { text, append: false, finish: true };
+                match super::sending::update_stream(&self.sending.store, &record.id, &record.channel, stream_id, update)
+                    .await
+                {
+                    Ok(Some(Ok(_))) | Ok(None) => {}
+                    Ok(Some(Err(refused))) => {
+                        tracing::warn!(id = %LoggedId(&record.id), "forward reply not taken into the stream: {refused}")
+                    }
+                    Err(super::sending::QueueError::Store(error)) => return Err(error.into()),
+                    Err(other) => tracing::error!(id = %LoggedId(&record.id), "forward reply: {other}"),
+                }
+            }
+            return Ok(Vec::new());
+        }
         if answer.handoff && record.kind() == ChannelKind::Kf && record.answerable() {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {

@@ -26,6 +26,7 @@
 //! pgbouncer), and one durability class only (PostgreSQL has no cheap relaxed
 //! commit worth the complexity here).
 
+mod aibot;
 mod alerts;
 mod connection;
 mod conversations;
@@ -151,6 +152,27 @@ const MIGRATIONS: &[&str] = &[
     "CREATE INDEX sends_queued ON sends (channel) WHERE status = 'queued';",
     // 4: the send API's request fingerprint, as SQLite's schema 6.
     "ALTER TABLE sends ADD COLUMN request_sha256 text;",
+    // 5: AI bot streams, as SQLite's schema 7 (renumber after the entries merged before it).
+    "CREATE TABLE aibot_streams (
+        stream_id text PRIMARY KEY,
+        record_id text NOT NULL,
+        channel text NOT NULL,
+        userid text NOT NULL DEFAULT '',
+        chatid text,
+        response_url text,
+        created_at bigint NOT NULL,
+        content text NOT NULL DEFAULT '',
+        finished boolean NOT NULL DEFAULT false,
+        shown text,
+        refreshes bigint NOT NULL DEFAULT 0,
+        late_refresh bigint,
+        delivered_refresh bigint,
+        response_used_at bigint,
+        rest_sent_at bigint,
+        failed_reason text,
+        updated_at bigint NOT NULL
+    );
+    CREATE INDEX aibot_streams_created ON aibot_streams (created_at);",
 ];
 
 /// Whether `url` parses as a `DATABASE_URL`; what is wrong with it when not.

@@ -21,6 +21,7 @@
 //! Deliberately not here: what the operations mean to the service (the boundary
 //! in `store/`, whose files name them) — each file below is the SQL of one.
 
+mod aibot;
 mod alerts;
 mod conversations;
 mod journal;
@@ -170,6 +171,32 @@ const MIGRATIONS: &[&str] = &[
     // request), so the same idempotency key with another body is a 409 (SPEC
     // §15). Sends queued before it have none and count as the same request.
     "ALTER TABLE sends ADD COLUMN request_sha256 TEXT;",
+    // 7: AI bot streams (SPEC §13), one row per user message that opens one, so
+    // any replica answers a refresh. `late_refresh` / `delivered_refresh`: the
+    // number of the refresh that closed it late / showed `finish: true` first
+    // (a refresh writes nothing but counters). `shown`: the snapshot of a late
+    // close. The index serves the check's last hour and retention.
+    // (Written as entry 7 on this branch: renumber after the entries merged before it.)
+    "CREATE TABLE aibot_streams (
+        stream_id TEXT PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        userid TEXT NOT NULL DEFAULT '',
+        chatid TEXT,
+        response_url TEXT,
+        created_at INTEGER NOT NULL,
+        content TEXT NOT NULL DEFAULT '',
+        finished INTEGER NOT NULL DEFAULT 0,
+        shown TEXT,
+        refreshes INTEGER NOT NULL DEFAULT 0,
+        late_refresh INTEGER,
+        delivered_refresh INTEGER,
+        response_used_at INTEGER,
+        rest_sent_at INTEGER,
+        failed_reason TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX aibot_streams_created ON aibot_streams(created_at);",
 ];
 
 /// At most this many operations share one transaction.
