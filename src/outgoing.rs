@@ -139,7 +139,9 @@ impl SendRequest {
         let flag = |name: &str| match object.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Bool(flag)) => Ok(Some(*flag)),
-            Some(other) => Err(invalid(&format!("$.{name}"), format!("must be true or false, got {}", json_type(other)))),
+            Some(other) => {
+                Err(invalid(&format!("$.{name}"), format!("must be true or false, got {}", json_type(other))))
+            }
         };
         let (finish, append) = (flag("finish")?, flag("append")?);
         Ok(Self { target, text, idempotency_key, finish, append })

@@ -26,7 +26,7 @@ pub(crate) const RESPONSE_URL_SECS: i64 = 3_600;
 /// The stream id of message `msgid` on `channel`: the same for every delivery of
 /// that message, on any replica, with no coordination (32 hex digits of
 /// SHA-256 over both).
-pub(crate) fn stream_id(channel: &str, msgid: &str) -> String {
+pub fn stream_id(channel: &str, msgid: &str) -> String {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{channel}\n{msgid}").as_bytes());
     crate::crypto::hex(&digest[..16])
 }
@@ -93,7 +93,7 @@ pub enum UpdateError {
 
 /// What an update makes of a stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Applied {
+pub(crate) struct Applied {
     pub content: String,
     pub finished: bool,
     /// What the stream cannot show must go through `response_url`.
@@ -116,7 +116,7 @@ pub(crate) fn apply(row: &StreamRow, update: &Update) -> Result<Applied, UpdateE
 /// What a refresh shows: the answer so far (at most [`SHOWN_MAX_BYTES`]) and
 /// whether it is the last refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Shown {
+pub(crate) struct Shown {
     pub content: String,
     pub finish: bool,
 }
@@ -162,7 +162,7 @@ pub(crate) fn rest(row: &StreamRow) -> Option<String> {
 
 /// Where an answer stands (`GET /api/v1/messages/<id>`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StreamStatus {
+pub(crate) enum StreamStatus {
     /// Not yet shown whole.
     Streaming,
     /// A refresh showed the finished stream, and `response_url` took what it could not show.

@@ -26,7 +26,9 @@ pub mod config {
 }
 
 pub mod crypto {
-    pub use crate::crypto::{decrypt, encrypt, encrypt_with_random, sign, AesKey, DecryptError};
+    pub use crate::crypto::{
+        decrypt, decrypt_media, encrypt, encrypt_media, encrypt_with_random, sign, AesKey, DecryptError,
+    };
 }
 
 pub mod dispatch {
@@ -53,11 +55,16 @@ pub mod shaping {
     pub use crate::shaping::{flatten_markdown, shape, split, MAX_PART_BYTES};
 }
 
+pub mod streams {
+    pub use crate::streams::stream_id;
+}
+
 pub mod startup {
     pub use crate::startup::Application;
 }
 
 pub mod store {
+    pub use crate::store::aibot::StreamOpen;
     pub use crate::store::alerts::FiringRecord;
     pub use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
     pub use crate::store::journal::{EntryKind, NewEntry, Recorded};

@@ -185,7 +185,9 @@ pub struct AibotSettings {
 
 impl Default for AibotSettings {
     fn default() -> Self {
-        Self { deadline: Duration::from_secs(330), late_text: "（回答较长，完成后将另行发送）".to_owned() }
+        Self {
+            deadline: Duration::from_secs(330), late_text: "（回答较长，完成后将另行发送）".to_owned()
+        }
     }
 }
 

@@ -435,6 +435,10 @@ mod tests {
             origin: None,
             history: false,
             handoff: false,
+            chattype: None,
+            chatid: None,
+            quote: None,
+            stream_id: None,
             raw: serde_json::Value::Null,
         };
         let text = "一句话。".repeat(600);

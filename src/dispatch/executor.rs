@@ -20,11 +20,11 @@ use crate::channels::{ChannelKind, ChannelName};
 use crate::config::{Config, Forward, Handoff};
 use crate::health::checks::ForwardDelivery;
 use crate::messages::LoggedId;
+use crate::store::aibot::Settled;
 use crate::store::conversations::{Customer, Observation};
 use crate::store::Store;
-use crate::telemetry::Metrics;
-use crate::store::aibot::Settled;
 use crate::streams::Update;
+use crate::telemetry::Metrics;
 use crate::telemetry::AIBOT_STREAMS_TOTAL;
 use crate::wecom::{aibot, WeCom, WeComError};
 

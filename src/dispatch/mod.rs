@@ -56,11 +56,11 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(600));
 
 use crate::log_limit::SharedLogLimiter;
+use crate::telemetry::OUTBOX_ACTIONS_TOTAL as ACTIONS_TOTAL;
 use crate::telemetry::{
     AIBOT_CONNECTED, AIBOT_FEEDBACK_TOTAL, AIBOT_REFRESHES_TOTAL, AIBOT_STREAMS_TOTAL, KF_MESSAGES_TOTAL,
 };
 use crate::wecom::aibot::{AibotEvent, AibotMessage, Feedback};
-use crate::telemetry::OUTBOX_ACTIONS_TOTAL as ACTIONS_TOTAL;
 
 /// The back-off before attempt `attempts + 1` (after `attempts` failures): 1, 2, 4 … seconds, capped.
 fn backoff_secs(attempts: i64) -> i64 {
@@ -273,7 +273,10 @@ impl Dispatcher {
                 if let Some(AibotEvent::Feedback { verdict }) = aibot.event() {
                     // Counted here, once per event: WeCom's retries are journaled once.
                     self.metrics
-                        .counter(AIBOT_FEEDBACK_TOTAL, &[("channel", channel.to_string()), ("type", verdict.as_str().to_owned())])
+                        .counter(
+                            AIBOT_FEEDBACK_TOTAL,
+                            &[("channel", channel.to_string()), ("type", verdict.as_str().to_owned())],
+                        )
                         .increment(1);
                 }
                 false

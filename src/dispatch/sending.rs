@@ -28,13 +28,13 @@ use crate::config::{ChannelSpec, Channels};
 use crate::media::Floor;
 use crate::messages::kf::fail_type_meaning;
 use crate::messages::LoggedId;
+use crate::messages::Message;
 use crate::outgoing::{SendRequest, Target};
 use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
-use crate::messages::Message;
 use crate::store::journal::{EntryKind, PendingEntry};
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
-use crate::streams::{StreamRow, Update, UpdateError};
 use crate::store::{now, Store, StoreError};
+use crate::streams::{StreamRow, Update, UpdateError};
 use crate::telemetry::{Metrics, MESSAGES_SENT_TOTAL, SEND_API_REFUSED_TOTAL};
 use crate::wecom::models::ServiceState;
 use crate::wecom::{kf_msgid, WeCom, WeComError, APP_DUPLICATE_CHECK};
@@ -425,9 +425,12 @@ async fn answer_in_stream(store: &Store, entry: &PendingEntry, request: SendRequ
         Err(reason) => return Err(QueueError::Unsendable { path: "$.in_reply_to", reason }),
     };
     let stream_id = crate::streams::stream_id(entry.channel.as_str(), &message.msgid);
-    let update = Update { text: request.text, append: request.append.unwrap_or(false), finish: request.finish.unwrap_or(true) };
+    let update =
+        Update { text: request.text, append: request.append.unwrap_or(false), finish: request.finish.unwrap_or(true) };
     match update_stream(store, &entry.dedup_key, &entry.channel, &stream_id, update).await? {
-        Some(Ok(row)) => Ok(Accepted { id: answer_id(&stream_id), status: crate::streams::status(&row).as_str(), parts: 1 }),
+        Some(Ok(row)) => {
+            Ok(Accepted { id: answer_id(&stream_id), status: crate::streams::status(&row).as_str(), parts: 1 })
+        }
         Some(Err(finished @ UpdateError::Finished)) => Err(QueueError::Finished(finished)),
         Some(Err(too_large @ UpdateError::TooLarge { .. })) => Err(QueueError::TooLong(too_large.to_string())),
         None => Err(QueueError::UnknownRecord(entry.dedup_key.clone())),

@@ -203,13 +203,8 @@ async fn receive_aibot(
     };
     if let AibotKind::Refresh { id } = &opened.message.kind {
         let deadline = i64::try_from(state.aibot.deadline.as_secs()).unwrap_or(i64::MAX);
-        let refreshed = store::bounded(state.store.aibot_refresh(
-            id.clone(),
-            opened.message.userid.clone(),
-            now,
-            deadline,
-        ))
-        .await;
+        let refreshed =
+            store::bounded(state.store.aibot_refresh(id.clone(), opened.message.userid.clone(), now, deadline)).await;
         let shown = match refreshed {
             Ok(Some(refreshed)) => {
                 count_closed(state, name, &refreshed);
@@ -284,7 +279,9 @@ fn count_closed(state: &AppState, channel: &ChannelName, refreshed: &Refreshed) 
 fn store_failed(state: &AppState, channel: &ChannelName, error: &StoreError, started: Instant) -> HttpResponse {
     log_store_failure(state, channel, error);
     state.metrics.record_callback(Some(channel), Outcome::Internal, Some(started.elapsed()));
-    HttpResponse::ServiceUnavailable().content_type("text/plain; charset=utf-8").body("cannot store the message; retry later\n")
+    HttpResponse::ServiceUnavailable()
+        .content_type("text/plain; charset=utf-8")
+        .body("cannot store the message; retry later\n")
 }
 
 /// Notes that `channel` had a callback accepted now (the status page's "last callback").

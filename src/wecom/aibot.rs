@@ -126,13 +126,22 @@ impl Feedback {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AibotKind {
     /// `text`, and `voice` (WeCom has turned the speech into text already).
-    Text { content: String },
+    Text {
+        content: String,
+    },
     /// `mixed`: text and image items, in order.
-    Mixed { texts: Vec<String>, image_urls: Vec<String> },
+    Mixed {
+        texts: Vec<String>,
+        image_urls: Vec<String>,
+    },
     /// `image`, `file`, `video`: a URL valid for 5 minutes, bytes encrypted with the callback key.
-    Media { url: String },
+    Media {
+        url: String,
+    },
     /// A refresh of stream `id`: WeCom asks for the answer so far.
-    Refresh { id: String },
+    Refresh {
+        id: String,
+    },
     Event(AibotEvent),
     /// A `msgtype` this build does not know: kept raw and forwarded.
     Unknown,
@@ -388,7 +397,10 @@ mod tests {
 
     #[test]
     fn bad_messages_are_refused_with_a_reason() {
-        assert_eq!(AibotMessage::parse("[1]").err().map(|e| e.to_string()).as_deref(), Some("decrypted AI bot message is not a JSON object: it is an array"));
+        assert_eq!(
+            AibotMessage::parse("[1]").err().map(|e| e.to_string()).as_deref(),
+            Some("decrypted AI bot message is not a JSON object: it is an array")
+        );
         assert_eq!(AibotMessage::parse(r#"{"msgtype":"text"}"#).err(), Some(AibotError::MissingMsgid));
         assert_eq!(AibotMessage::parse(r#"{"msgtype":"stream"}"#).err(), Some(AibotError::MissingStreamId));
         assert!(envelope(b"<xml/>").is_err());

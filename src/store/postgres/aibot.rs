@@ -35,10 +35,8 @@ fn read(row: &Row) -> StreamRow {
 }
 
 async fn select(client: &impl GenericClient, stream_id: &str, lock: bool) -> Result<Option<StreamRow>, StoreError> {
-    let sql = format!(
-        "SELECT {COLUMNS} FROM aibot_streams WHERE stream_id = $1{}",
-        if lock { " FOR UPDATE" } else { "" }
-    );
+    let sql =
+        format!("SELECT {COLUMNS} FROM aibot_streams WHERE stream_id = $1{}", if lock { " FOR UPDATE" } else { "" });
     let statement = client.prepare_cached(&sql).await?;
     Ok(client.query_opt(&statement, &[&stream_id]).await?.as_ref().map(read))
 }
@@ -156,18 +154,20 @@ impl Postgres {
     pub(in crate::store) async fn aibot_settle(&self, stream_id: String, settled: Settled) -> Result<(), StoreError> {
         let client = self.client().await?;
         match settled {
-            Settled::Sent => {
-                client
-                    .execute(
-                        &format!("UPDATE aibot_streams SET rest_sent_at = {EPOCH}, updated_at = {EPOCH} WHERE stream_id = $1"),
-                        &[&stream_id],
-                    )
-                    .await?
-            }
+            Settled::Sent => client
+                .execute(
+                    &format!(
+                        "UPDATE aibot_streams SET rest_sent_at = {EPOCH}, updated_at = {EPOCH} WHERE stream_id = $1"
+                    ),
+                    &[&stream_id],
+                )
+                .await?,
             Settled::Failed(reason) => {
                 client
                     .execute(
-                        &format!("UPDATE aibot_streams SET failed_reason = $2, updated_at = {EPOCH} WHERE stream_id = $1"),
+                        &format!(
+                            "UPDATE aibot_streams SET failed_reason = $2, updated_at = {EPOCH} WHERE stream_id = $1"
+                        ),
                         &[&stream_id, &reason],
                     )
                     .await?
@@ -177,7 +177,11 @@ impl Postgres {
         Ok(())
     }
 
-    pub(in crate::store) async fn aibot_incidents(&self, channel: String, since: i64) -> Result<(i64, i64), StoreError> {
+    pub(in crate::store) async fn aibot_incidents(
+        &self,
+        channel: String,
+        since: i64,
+    ) -> Result<(i64, i64), StoreError> {
         let client = self.client().await?;
         let row = client
             .query_one(

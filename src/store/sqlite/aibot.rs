@@ -151,7 +151,11 @@ impl Sqlite {
         .await
     }
 
-    pub(in crate::store) async fn aibot_incidents(&self, channel: String, since: i64) -> Result<(i64, i64), StoreError> {
+    pub(in crate::store) async fn aibot_incidents(
+        &self,
+        channel: String,
+        since: i64,
+    ) -> Result<(i64, i64), StoreError> {
         self.run_relaxed(move |db| {
             db.prepare_cached(
                 "SELECT COUNT(shown), COUNT(failed_reason) FROM aibot_streams WHERE channel = ?1 AND created_at >= ?2",
