@@ -285,7 +285,7 @@ pub fn encrypt_with_random(key: &AesKey, random: [u8; 16], message: &[u8], recei
 /// An AI bot's media file (SPEC §13): the raw bytes, AES-256-CBC with the
 /// callback key, IV = key[..16], 32-byte PKCS#7, no header and no receive id.
 pub fn decrypt_media(key: &AesKey, mut buffer: Vec<u8>) -> Result<Vec<u8>, DecryptError> {
-    if buffer.is_empty() || buffer.len() % 16 != 0 {
+    if buffer.is_empty() || !buffer.len().is_multiple_of(16) {
         return Err(DecryptError::BlockLength(buffer.len()));
     }
     let decryptor = Aes256CbcDec::new_from_slices(&key.0, key.iv()).map_err(|_| DecryptError::Padding)?;

@@ -357,7 +357,10 @@ impl Workers {
             clock: Arc::clone(&clock),
             forward: forward_delivery,
             data_floor: send_limits.data_floor.clone(),
-        });
+        })
+        .with_aibots(
+            config.channels.iter().filter(|c| c.kind() == ChannelKind::Aibot).map(|c| c.name.to_string()).collect(),
+        );
         let timing = Timing {
             interval: config.supervisor_interval,
             group_wait: config.alert_group_wait,

@@ -70,6 +70,10 @@ pub(crate) enum Action {
     },
     /// `media/get` into `UPLOAD_DIR`, then forward the record with `media_path`.
     DownloadMedia { record: Record, forward: bool },
+    /// An AI bot message's media (an image, file or video, a mixed message's
+    /// images): each URL fetched at once (it lives 5 minutes), decrypted with the
+    /// channel's key and saved; then the record is forwarded with `media_path`.
+    DownloadAibotMedia { record: Record, urls: Vec<String>, forward: bool },
     /// An AI bot's answer that its stream could not show (past 20,480 bytes,
     /// or after a late close), through the message's `response_url`, once.
     /// What to send is read from the stream when it is performed.
@@ -315,7 +319,9 @@ impl Action {
     pub(crate) fn key(&self) -> String {
         match self {
             Self::Forward { record } => Purpose::Forward.key(&record.id),
-            Self::DownloadMedia { record, .. } => Purpose::Media.key(&record.id),
+            Self::DownloadMedia { record, .. } | Self::DownloadAibotMedia { record, .. } => {
+                Purpose::Media.key(&record.id)
+            }
             Self::AibotRest { record_id, .. } => Purpose::Rest.key(record_id),
             Self::AppText { key, .. }
             | Self::KfText { key, .. }
@@ -333,6 +339,7 @@ impl Action {
             Self::KfHandover { .. } => "kf_handover",
             Self::DownloadMedia { .. } => "download_media",
             Self::AibotRest { .. } => "aibot_rest",
+            Self::DownloadAibotMedia { .. } => "download_aibot_media",
         }
     }
 

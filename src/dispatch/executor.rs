@@ -157,7 +157,102 @@ impl Executor {
                 self.sending.hand_over(channel, touser, open_kfid, servicer.as_deref()).await
             }
             Action::AibotRest { channel, stream_id, .. } => self.aibot_rest(channel, stream_id).await,
+            Action::DownloadAibotMedia { record, urls, forward } => {
+                self.download_aibot(record, urls, *forward, attempts).await
+            }
         }
+    }
+
+    /// An AI bot message's media: each URL fetched (no redirects, at most
+    /// `MAX_MEDIA_BYTES`), decrypted with the channel's key (AES-256-CBC, IV =
+    /// key[..16], 32-byte PKCS#7) and saved like other media; the record then
+    /// goes on with `media_path` (the first file) or `media_skipped`.
+    async fn download_aibot(
+        &self,
+        record: &Record,
+        urls: &[String],
+        forward: bool,
+        attempts: i64,
+    ) -> Result<Vec<Action>, ActionError> {
+        let forward_with = |path: Option<String>, skipped: Option<String>| {
+            let record = Record { media_path: path, media_skipped: skipped, ..record.clone() };
+            if forward {
+                vec![Action::Forward { record }]
+            } else {
+                Vec::new()
+            }
+        };
+        let Some(channel) = self.channels.get(record.channel.as_str()).cloned() else {
+            return Ok(forward_with(None, Some("the channel is no longer configured".into())));
+        };
+        let (floor, upload_dir) = (self.floor, self.upload_dir.clone());
+        let refused = tokio::task::spawn_blocking(move || floor.check(&upload_dir)).await.unwrap_or(None);
+        if let Some(reason) = refused {
+            tracing::warn!(id = %LoggedId(&record.id), "AI bot media not downloaded: {reason}");
+            return Ok(forward_with(None, Some(reason)));
+        }
+        let mut first = None;
+        for url in urls {
+            let bytes = match self.fetch_aibot(url).await {
+                Ok(bytes) => bytes,
+                Err(error) if attempts + 1 < MEDIA_ATTEMPTS && error.retry => return Err(error),
+                Err(error) => {
+                    tracing::error!(id = %LoggedId(&record.id), "AI bot media not downloaded, forwarding without it: {error}");
+                    return Ok(forward_with(first, Some(format!("download failed: {error}"))));
+                }
+            };
+            let plain = match crate::crypto::decrypt_media(&channel.keys.aes_key, bytes) {
+                Ok(plain) => plain,
+                Err(error) => {
+                    tracing::error!(id = %LoggedId(&record.id), "AI bot media cannot be decrypted: {error}");
+                    return Ok(forward_with(first, Some(format!("cannot decrypt: {error}"))));
+                }
+            };
+            let (dir, id, msgtype) = (self.upload_dir.clone(), record.id.clone(), record.msgtype.clone());
+            let saved = blocking(move || {
+                let mut part =
+                    crate::media::Part::create(&dir, &id, &msgtype, None, None, time::OffsetDateTime::now_utc())?;
+                part.write(&plain)?;
+                part.finish()
+            })
+            .await;
+            match saved {
+                Ok(path) => {
+                    tracing::info!(id = %LoggedId(&record.id), path = %path.display(), "AI bot media saved");
+                    first = first.or(Some(path.display().to_string()));
+                }
+                Err(MediaFailure::Save(error)) => {
+                    tracing::error!(id = %LoggedId(&record.id), "{error}");
+                    return Ok(forward_with(first, Some(format!("not saved: {error}"))));
+                }
+                Err(MediaFailure::Download(error)) => return Err(error.into()),
+            }
+        }
+        Ok(forward_with(first, None))
+    }
+
+    /// The encrypted bytes at an AI bot media `url`, at most `MAX_MEDIA_BYTES`.
+    async fn fetch_aibot(&self, url: &str) -> Result<Vec<u8>, ActionError> {
+        let limit = crate::media::MAX_MEDIA_BYTES;
+        // The URL is a short-lived credential: errors are told without it.
+        let mut response =
+            self.http.get(url).send().await.map_err(|e| ActionError::retry(format!("media: {}", e.without_url())))?;
+        if let Some(reason) = crate::outbound::refused_redirect(&response) {
+            return Err(ActionError { retry: false, message: format!("media: {reason}") });
+        }
+        if !response.status().is_success() {
+            return Err(ActionError::retry(format!("media: HTTP {}", response.status())));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) =
+            response.chunk().await.map_err(|e| ActionError::retry(format!("media: {}", e.without_url())))?
+        {
+            if bytes.len() + chunk.len() > limit + 32 {
+                return Err(ActionError { retry: false, message: format!("media: larger than {limit} bytes") });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
     }
 
     /// What an AI bot's stream could not show, through the message's

@@ -84,6 +84,8 @@ pub(crate) enum CheckName {
     /// `config:<name>`: the configuration of one channel.
     Config(String),
     AlertsEmail,
+    /// `aibot:<name>`: one AI bot's answers (SPEC §13).
+    Aibot(String),
 }
 
 impl CheckName {
@@ -92,6 +94,7 @@ impl CheckName {
         let fixed = match self {
             Self::Token(name) => return format!("token:{name}"),
             Self::Config(name) => return format!("config:{name}"),
+            Self::Aibot(name) => return format!("aibot:{name}"),
             Self::UploadsWritable => "uploads:writable",
             Self::UploadsFree => "uploads:free",
             Self::CallbackLatency => "callback:latency",
@@ -128,6 +131,7 @@ impl CheckName {
         match name.split_once(':') {
             Some(("token", rest)) if !rest.is_empty() => Some(Self::Token(rest.to_owned())),
             Some(("config", rest)) if !rest.is_empty() => Some(Self::Config(rest.to_owned())),
+            Some(("aibot", rest)) if !rest.is_empty() => Some(Self::Aibot(rest.to_owned())),
             _ => None,
         }
     }
@@ -135,7 +139,8 @@ impl CheckName {
     /// Whether every replica sees it alike (the access tokens, the
     /// configuration): its transitions are paged once for the cluster.
     pub(crate) fn is_cluster_wide(&self) -> bool {
-        matches!(self, Self::Token(_) | Self::Config(_) | Self::ConfigSecrets)
+        // An AI bot's streams are rows every replica reads alike.
+        matches!(self, Self::Token(_) | Self::Config(_) | Self::ConfigSecrets | Self::Aibot(_))
     }
 }
 

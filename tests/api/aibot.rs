@@ -83,6 +83,21 @@ async fn status_becomes(app: &TestApp, id: &str, want: &str) -> Value {
     }
 }
 
+/// Polls `/api/health` until check `name` has `status`, or fails after 15 s.
+async fn check_becomes(app: &TestApp, name: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let health: Value =
+            app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("json");
+        let check = health["checks"][name][0].clone();
+        if check["status"] == status {
+            return check;
+        }
+        assert!(Instant::now() < deadline, "{name} is {check}, expected {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The fake's `response_url` bodies, waited for until there are `count`.
 async fn responses(wecom: &FakeWeCom, count: usize) -> Vec<(String, Value)> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -239,9 +254,12 @@ async fn a_forward_reply_is_the_whole_answer_and_a_long_one_is_cut_with_the_rest
 async fn an_unfinished_stream_closes_at_the_deadline_with_the_late_text_and_the_finished_answer_follows_by_response_url(
 ) {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
-    let app =
-        spawn_aibot(&wecom, &receiver, &[("AIBOT_STREAM_DEADLINE_SECS", "5"), ("AIBOT_LATE_TEXT", "（稍后发送）")])
-            .await;
+    let app = spawn_aibot(
+        &wecom,
+        &receiver,
+        &[("AIBOT_STREAM_DEADLINE_SECS", "5"), ("AIBOT_LATE_TEXT", "（稍后发送）"), ("SUPERVISOR_INTERVAL_SECS", "1")],
+    )
+    .await;
     let stream = open_stream(&app, &text(&wecom, "D1", "zhangsan", "慢问题")).await;
     let (status, _) =
         post_send(&app, &json!({"in_reply_to": "aibot:msg:D1", "text": "正在查资料", "finish": false})).await;
@@ -253,6 +271,8 @@ async fn an_unfinished_stream_closes_at_the_deadline_with_the_late_text_and_the_
     assert!(seen.len() > 1 && seen[0]["finish"] == false, "unfinished until the deadline");
     assert_eq!(message_status(&app, &format!("stream_{stream}")).await["status"], "streaming");
     assert_eq!(app.metric("wechat_api_aibot_streams_total{channel=\"aibot\",outcome=\"late\"}").await, 1.0);
+    let check = check_becomes(&app, "aibot:aibot", "warn").await;
+    assert!(check["output"].as_str().expect("output").contains("AIBOT_STREAM_DEADLINE_SECS"), "{check}");
 
     // The bot goes on; what the stream did not show goes through response_url.
     let (status, _) =
@@ -373,5 +393,23 @@ async fn a_response_url_off_the_api_base_origin_is_never_called_and_the_answer_i
     let failed = status_becomes(&app, &format!("stream_{stream}"), "failed").await;
     assert!(failed["reason"].as_str().expect("reason").contains("WECOM_API_BASE_URL"), "{failed}");
     assert!(elsewhere.responses().is_empty() && wecom.responses().is_empty());
+    assert_eq!(app.metric("wechat_api_aibot_streams_total{channel=\"aibot\",outcome=\"expired\"}").await, 1.0);
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn an_image_is_downloaded_at_once_decrypted_with_the_bots_key_and_forwarded_with_its_path() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_aibot(&wecom, &receiver, &[]).await;
+    let png: Vec<u8> = (0..5_000u32).map(|i| (i % 253) as u8).collect();
+    let url = wecom.serve_aibot_media("img1", &png, BOT_KEY);
+    let image = json!({"msgid": "I1", "aibotid": "BOT", "chattype": "single", "from": {"userid": "zhangsan"},
+        "response_url": wecom.response_url("I1"), "msgtype": "image", "image": {"url": url}});
+    open_stream(&app, &image).await;
+    let delivered = receiver.wait_for(1, Duration::from_secs(15)).await;
+    let record = &delivered[0].record;
+    let path = record["media_path"].as_str().unwrap_or_else(|| panic!("a media_path: {record}"));
+    assert_eq!(std::fs::read(path).expect("the saved file"), png, "decrypted");
+    assert!(path.starts_with(&app.dir.path().join("uploads").display().to_string()));
     app.stop().await.expect("stop");
 }

@@ -154,14 +154,16 @@ impl Postgres {
     pub(in crate::store) async fn aibot_settle(&self, stream_id: String, settled: Settled) -> Result<(), StoreError> {
         let client = self.client().await?;
         match settled {
-            Settled::Sent => client
-                .execute(
-                    &format!(
+            Settled::Sent => {
+                client
+                    .execute(
+                        &format!(
                         "UPDATE aibot_streams SET rest_sent_at = {EPOCH}, updated_at = {EPOCH} WHERE stream_id = $1"
                     ),
-                    &[&stream_id],
-                )
-                .await?,
+                        &[&stream_id],
+                    )
+                    .await?
+            }
             Settled::Failed(reason) => {
                 client
                     .execute(
