@@ -439,6 +439,7 @@ const UPPER_BOUNDS: &[(Var, u64, &str)] = &[
     (var::LEASE_SECS, 86_400, "(a day: a dead replica's claims wait this long)"),
     (var::MEDIA_RETENTION_SECS, TEN_YEARS_SECS, "(10 years)"),
     (var::SEND_QUEUE_MAX, 1_000_000, "(sends queued per channel)"),
+    (var::AIBOT_STREAM_DEADLINE_SECS, 350, "(WeCom stops asking for a stream 6 minutes after the message)"),
     (var::CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS_PER_ADDRESS as u64, "(connections one address may hold)"),
 ];
 
