@@ -116,7 +116,7 @@ pub(crate) fn apply(row: &StreamRow, update: &Update) -> Result<Applied, UpdateE
 /// What a refresh shows: the answer so far (at most [`SHOWN_MAX_BYTES`]) and
 /// whether it is the last refresh.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Shown {
+pub struct Shown {
     pub content: String,
     pub finish: bool,
 }
@@ -133,7 +133,7 @@ pub(crate) fn cut(text: &str, max: usize) -> (&str, &str) {
 
 /// What a refresh of `row` shows: closed (`finish`) once the bot finished, or
 /// late (the snapshot of the late close plus `late_text`).
-pub(crate) fn shown(row: &StreamRow, late_text: &str) -> Shown {
+pub fn shown(row: &StreamRow, late_text: &str) -> Shown {
     if let Some(snapshot) = &row.shown {
         let room = SHOWN_MAX_BYTES.saturating_sub(late_text.len());
         let (first, _) = cut(snapshot, room);

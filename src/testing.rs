@@ -11,7 +11,7 @@
 //! re-export here, and the item it names becomes `pub`.
 
 pub mod callback {
-    pub use crate::callback::{CallbackCredentials, CallbackError, CallbackQuery};
+    pub use crate::callback::{CallbackCredentials, CallbackError, CallbackQuery, OpenedAibot};
 }
 
 pub mod channels {
@@ -56,7 +56,7 @@ pub mod shaping {
 }
 
 pub mod streams {
-    pub use crate::streams::stream_id;
+    pub use crate::streams::{shown, stream_id, StreamRow, Update};
 }
 
 pub mod startup {
@@ -84,6 +84,7 @@ pub mod tls {
 }
 
 pub mod wecom {
+    pub use crate::wecom::aibot::{encrypted_answer, stream_answer, AibotKind};
     pub use crate::wecom::error::WeComError;
     pub use crate::wecom::models::KfSyncPage;
     pub use crate::wecom::{TokenSource, WeComClient};

@@ -314,7 +314,7 @@ impl AibotMessage {
 }
 
 /// The plain answer (before encryption) that shows a stream snapshot.
-pub(crate) fn stream_answer(id: &str, content: &str, finish: bool) -> String {
+pub fn stream_answer(id: &str, content: &str, finish: bool) -> String {
     json!({"msgtype": "stream", "stream": {"id": id, "finish": finish, "content": content}}).to_string()
 }
 
@@ -325,7 +325,7 @@ pub(crate) fn welcome_answer(text: &str) -> String {
 
 /// `plain` encrypted for an answer: `{"encrypt","msgsignature","timestamp","nonce"}`,
 /// with the request's `nonce` and an empty receive id.
-pub(crate) fn encrypted_answer(token: &str, key: &AesKey, plain: &str, nonce: &str, now: i64) -> String {
+pub fn encrypted_answer(token: &str, key: &AesKey, plain: &str, nonce: &str, now: i64) -> String {
     let encrypt = crypto::encrypt(key, plain.as_bytes(), b"");
     let timestamp = now.to_string();
     let signature = crypto::sign(token, &timestamp, nonce, &encrypt);
