@@ -57,8 +57,6 @@ pub struct StreamRow {
     pub rest_sent: bool,
     /// Why the answer is lost (`expired`, WeCom's refusal).
     pub failed: Option<String>,
-    /// Refreshes answered.
-    pub refreshes: i64,
     /// The message's `response_url`: a credential (never logged, never shown).
     pub response_url: Option<String>,
 }
@@ -111,6 +109,13 @@ pub(crate) fn apply(row: &StreamRow, update: &Update) -> Result<Applied, UpdateE
     }
     let after = StreamRow { content: content.clone(), finished: update.finish, ..row.clone() };
     Ok(Applied { rest_owed: rest(&after).is_some(), content, finished: update.finish })
+}
+
+/// Whether a refresh at `now` closes `row` (shows `finish: true` for the first
+/// time): the bot finished, or it has not and the deadline (`deadline_secs`
+/// after the message) has passed: a late close.
+pub(crate) fn closes(row: &StreamRow, now: i64, deadline_secs: i64) -> bool {
+    !row.delivered && (row.finished || (!row.late() && row.created_at.saturating_add(deadline_secs) <= now))
 }
 
 /// What a refresh shows: the answer so far (at most [`SHOWN_MAX_BYTES`]) and
@@ -265,6 +270,15 @@ mod tests {
         assert_eq!(rest(&finished).as_deref(), Some("……答案是 42"));
         let replaced = StreamRow { content: "答案是 42".into(), finished: true, ..late };
         assert_eq!(rest(&replaced).as_deref(), Some("答案是 42"));
+    }
+
+    #[test]
+    fn a_refresh_closes_a_finished_stream_or_one_past_its_deadline_once() {
+        let open = StreamRow { created_at: 100, ..StreamRow::default() };
+        assert!(!closes(&open, 429, 330));
+        assert!(closes(&open, 430, 330), "late");
+        assert!(closes(&StreamRow { finished: true, ..open.clone() }, 101, 330));
+        assert!(!closes(&StreamRow { finished: true, delivered: true, ..open }, 500, 330), "closed already");
     }
 
     #[test]

@@ -123,7 +123,6 @@ async fn answer_status(state: &AppState, id: &str, stream_id: &str) -> HttpRespo
                 "finished": stream.finished,
                 "late": stream.late(),
                 "bytes": stream.content.len(),
-                "refreshes": stream.refreshes,
             }))
         }
         Ok(None) => error(StatusCode::NOT_FOUND, "no message with that id"),

@@ -3,10 +3,9 @@
 //! the bot calls takes its update. What the row's fields mean, and the
 //! decisions taken on them, are `crate::streams`'; here is how they are kept.
 //!
-//! A refresh is one single-row statement that reads the row and moves a
-//! counter (the refresh count, and the number of the refresh that closed it);
-//! the snapshot a late close showed is written by the one refresh that closes
-//! it. An update is one transaction: the row read and locked, the pure
+//! A refresh is a read of one row; only the one refresh that closes the
+//! stream (finished, or late) writes, guarded so that racing replicas close it
+//! once, keeping the snapshot a late close showed. An update is one transaction: the row read and locked, the pure
 //! `streams::apply`, the row written and, when the stream cannot show all of
 //! the answer, the `response_url` action queued with it.
 
@@ -52,9 +51,9 @@ impl Store {
         backend!(self, b => b.aibot_open(open).await)
     }
 
-    /// A refresh of `stream_id` by `userid` at `now`: the row, with its refresh
-    /// counted and, once finished or past `deadline_secs` after the message,
-    /// closed. `None`: no such stream (or another user's).
+    /// A refresh of `stream_id` by `userid` at `now`: the row, closed once it is
+    /// finished or past `deadline_secs` after the message. `None`: no such
+    /// stream (or another user's).
     pub async fn aibot_refresh(
         &self,
         stream_id: String,

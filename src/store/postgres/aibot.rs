@@ -13,7 +13,7 @@ use crate::streams::{self, StreamRow, Update, UpdateError};
 
 const COLUMNS: &str = "stream_id, record_id, channel, userid, created_at, content, finished, shown,
     delivered_refresh IS NOT NULL, response_used_at IS NOT NULL, rest_sent_at IS NOT NULL, failed_reason,
-    refreshes, response_url";
+    response_url";
 
 fn read(row: &Row) -> StreamRow {
     StreamRow {
@@ -29,8 +29,7 @@ fn read(row: &Row) -> StreamRow {
         response_used: row.get(9),
         rest_sent: row.get(10),
         failed: row.get(11),
-        refreshes: row.get(12),
-        response_url: row.get(13),
+        response_url: row.get(12),
     }
 }
 
@@ -75,26 +74,35 @@ impl Postgres {
         now: i64,
         deadline_secs: i64,
     ) -> Result<Option<Refreshed>, StoreError> {
+        // A read of one row; only the refresh that closes the stream writes, once:
+        // the guarded UPDATE decides between replicas racing to close it.
         let client = self.client().await?;
-        let due = "NOT finished AND shown IS NULL AND created_at + $3 <= $2";
         let statement = client
             .prepare_cached(&format!(
-                "UPDATE aibot_streams SET refreshes = refreshes + 1,
-                    shown = CASE WHEN {due} THEN content ELSE shown END,
-                    late_refresh = CASE WHEN {due} THEN refreshes + 1 ELSE late_refresh END,
-                    delivered_refresh = CASE WHEN delivered_refresh IS NULL AND (finished OR shown IS NOT NULL OR ({due}))
-                        THEN refreshes + 1 ELSE delivered_refresh END
-                 WHERE stream_id = $1 AND ($4::text IS NULL OR userid = '' OR userid = $4)
-                 RETURNING {COLUMNS}, late_refresh, delivered_refresh"
+                "SELECT {COLUMNS} FROM aibot_streams WHERE stream_id = $1 AND ($2::text IS NULL OR userid = '' OR userid = $2)"
             ))
             .await?;
-        let found = client.query_opt(&statement, &[&stream_id, &now, &deadline_secs, &userid]).await?;
+        let Some(row) = client.query_opt(&statement, &[&stream_id, &userid]).await?.as_ref().map(read) else {
+            return Ok(None);
+        };
+        if !streams::closes(&row, now, deadline_secs) {
+            return Ok(Some(Refreshed { row, closed_now: false, late_now: false }));
+        }
+        let statement = client
+            .prepare_cached(&format!(
+                "UPDATE aibot_streams SET
+                    late_refresh = CASE WHEN NOT finished AND shown IS NULL THEN 1 ELSE late_refresh END,
+                    shown = CASE WHEN NOT finished AND shown IS NULL THEN content ELSE shown END,
+                    delivered_refresh = 1
+                 WHERE stream_id = $1 AND delivered_refresh IS NULL AND (finished OR created_at + $3 <= $2)
+                 RETURNING {COLUMNS}, late_refresh"
+            ))
+            .await?;
+        let closed = client.query_opt(&statement, &[&stream_id, &now, &deadline_secs]).await?;
         self.committed(1);
-        Ok(found.map(|r| {
-            let row = read(&r);
-            let late: Option<i64> = r.get(14);
-            let delivered: Option<i64> = r.get(15);
-            Refreshed { closed_now: delivered == Some(row.refreshes), late_now: late == Some(row.refreshes), row }
+        Ok(Some(match closed {
+            Some(r) => Refreshed { row: read(&r), closed_now: true, late_now: r.get::<_, Option<i64>>(13).is_some() },
+            None => Refreshed { row, closed_now: false, late_now: false },
         }))
     }
 

@@ -164,7 +164,6 @@ const MIGRATIONS: &[&str] = &[
         content text NOT NULL DEFAULT '',
         finished boolean NOT NULL DEFAULT false,
         shown text,
-        refreshes bigint NOT NULL DEFAULT 0,
         late_refresh bigint,
         delivered_refresh bigint,
         response_used_at bigint,

@@ -11,7 +11,7 @@ use crate::streams::{self, StreamRow, Update, UpdateError};
 
 const COLUMNS: &str = "stream_id, record_id, channel, userid, created_at, content, finished, shown,
     delivered_refresh IS NOT NULL, response_used_at IS NOT NULL, rest_sent_at IS NOT NULL, failed_reason,
-    refreshes, response_url";
+    response_url";
 
 fn read(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     Ok(StreamRow {
@@ -27,8 +27,7 @@ fn read(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
         response_used: row.get(9)?,
         rest_sent: row.get(10)?,
         failed: row.get(11)?,
-        refreshes: row.get(12)?,
-        response_url: row.get(13)?,
+        response_url: row.get(12)?,
     })
 }
 
@@ -66,29 +65,32 @@ impl Sqlite {
         now: i64,
         deadline_secs: i64,
     ) -> Result<Option<Refreshed>, StoreError> {
-        // One statement: the row read, the counter moved; SET sees the row as it was.
+        // A read of one row; only the refresh that closes the stream writes (once).
         self.run_relaxed(move |db| {
-            let due = "finished = 0 AND shown IS NULL AND created_at + ?3 <= ?2";
-            db.prepare_cached(&format!(
-                "UPDATE aibot_streams SET refreshes = refreshes + 1,
-                    shown = CASE WHEN {due} THEN content ELSE shown END,
-                    late_refresh = CASE WHEN {due} THEN refreshes + 1 ELSE late_refresh END,
-                    delivered_refresh = CASE WHEN delivered_refresh IS NULL AND (finished = 1 OR shown IS NOT NULL OR ({due}))
-                        THEN refreshes + 1 ELSE delivered_refresh END
-                 WHERE stream_id = ?1 AND (?4 IS NULL OR userid = '' OR userid = ?4)
-                 RETURNING {COLUMNS}, late_refresh, delivered_refresh"
-            ))?
-            .query_row(params![stream_id, now, deadline_secs, userid], |r| {
-                let row = read(r)?;
-                let late: Option<i64> = r.get(14)?;
-                let delivered: Option<i64> = r.get(15)?;
-                Ok(Refreshed {
-                    closed_now: delivered == Some(row.refreshes),
-                    late_now: late == Some(row.refreshes),
-                    row,
+            let found = db
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM aibot_streams WHERE stream_id = ?1 AND (?2 IS NULL OR userid = '' OR userid = ?2)"
+                ))?
+                .query_row(params![stream_id, userid], read)
+                .optional()?;
+            let Some(row) = found else { return Ok(None) };
+            if !streams::closes(&row, now, deadline_secs) {
+                return Ok(Some(Refreshed { row, closed_now: false, late_now: false }));
+            }
+            let closed = db
+                .prepare_cached(&format!(
+                    "UPDATE aibot_streams SET
+                        late_refresh = CASE WHEN finished = 0 AND shown IS NULL THEN 1 ELSE late_refresh END,
+                        shown = CASE WHEN finished = 0 AND shown IS NULL THEN content ELSE shown END,
+                        delivered_refresh = 1
+                     WHERE stream_id = ?1 AND delivered_refresh IS NULL AND (finished = 1 OR created_at + ?3 <= ?2)
+                     RETURNING {COLUMNS}, late_refresh"
+                ))?
+                .query_row(params![stream_id, now, deadline_secs], |r| {
+                    Ok(Refreshed { row: read(r)?, closed_now: true, late_now: r.get::<_, Option<i64>>(13)?.is_some() })
                 })
-            })
-            .optional()
+                .optional()?;
+            Ok(Some(closed.unwrap_or(Refreshed { row, closed_now: false, late_now: false })))
         })
         .await
     }

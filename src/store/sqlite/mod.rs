@@ -172,10 +172,9 @@ const MIGRATIONS: &[&str] = &[
     // §15). Sends queued before it have none and count as the same request.
     "ALTER TABLE sends ADD COLUMN request_sha256 TEXT;",
     // 7: AI bot streams (SPEC §13), one row per user message that opens one, so
-    // any replica answers a refresh. `late_refresh` / `delivered_refresh`: the
-    // number of the refresh that closed it late / showed `finish: true` first
-    // (a refresh writes nothing but counters). `shown`: the snapshot of a late
-    // close. The index serves the check's last hour and retention.
+    // any replica answers a refresh. A refresh reads the row; the one that closes
+    // it sets `delivered_refresh` (and, closing it unfinished at the deadline,
+    // `late_refresh` and `shown`, the snapshot it showed). The index serves the check's last hour and retention.
     // (Written as entry 7 on this branch: renumber after the entries merged before it.)
     "CREATE TABLE aibot_streams (
         stream_id TEXT PRIMARY KEY,
@@ -188,7 +187,6 @@ const MIGRATIONS: &[&str] = &[
         content TEXT NOT NULL DEFAULT '',
         finished INTEGER NOT NULL DEFAULT 0,
         shown TEXT,
-        refreshes INTEGER NOT NULL DEFAULT 0,
         late_refresh INTEGER,
         delivered_refresh INTEGER,
         response_used_at INTEGER,
