@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fakes::{FakeAibot, FakeWeCom, ForwardReceiver};
+use crate::fakes::{FakeAibot, FakeWeCom, ForwardReceiver, Reach, Replica};
 use crate::helpers::*;
 
 const BOT_TOKEN: &str = "BotToken0123";
@@ -48,7 +48,7 @@ fn event(msgid: &str, eventtype: &str, body: Value) -> Value {
 }
 
 /// Delivers a message; the stream id of the stream just begun.
-async fn open_stream(app: &TestApp, message: &Value) -> String {
+async fn open_stream(app: &impl Reach, message: &Value) -> String {
     let (status, answer) = bot().post(app, message).await;
     assert_eq!(status, 200);
     let answer = answer.expect("a stream answer");
@@ -58,9 +58,9 @@ async fn open_stream(app: &TestApp, message: &Value) -> String {
 }
 
 /// `POST /api/v1/messages`: the status and the answer.
-async fn post_send(app: &TestApp, body: &Value) -> (u16, Value) {
+async fn post_send(app: &impl Reach, body: &Value) -> (u16, Value) {
     let response =
-        app.client.post(app.url("/api/v1/messages")).bearer_auth(SEND).json(body).send().await.expect("send API");
+        app.client().post(app.url("/api/v1/messages")).bearer_auth(SEND).json(body).send().await.expect("send API");
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
@@ -412,4 +412,56 @@ async fn an_image_is_downloaded_at_once_decrypted_with_the_bots_key_and_forwarde
     assert_eq!(std::fs::read(path).expect("the saved file"), png, "decrypted");
     assert!(path.starts_with(&app.dir.path().join("uploads").display().to_string()));
     app.stop().await.expect("stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_survives_the_kill_9_of_the_replica_that_took_the_message() {
+    let Some(url) = crate::postgres::fresh_database().await else { return };
+    wechat_api::testing::tls::install_crypto_provider();
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let dir = tempfile::tempdir().expect("dir");
+    let (_, _, cert_pem) = write_certificate(dir.path(), 30);
+    let env = test_env(
+        dir.path(),
+        &[
+            ("DATABASE_URL", &url),
+            ("DATABASE_POOL_SIZE", "2"),
+            ("AIBOT_TOKEN", BOT_TOKEN),
+            ("AIBOT_ENCODING_AES_KEY", BOT_KEY),
+            ("WECOM_API_BASE_URL", &wecom.base_url),
+            ("FORWARD_URL", &receiver.url),
+            ("FORWARD_SECRET", &receiver.secret),
+            ("SEND_TOKEN", SEND),
+        ],
+    );
+    let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(5));
+    let (mut processes, mut replicas) = (Vec::new(), Vec::new());
+    for index in 0..3 {
+        let mut command = wechat_api(dir.path());
+        command.arg("serve").envs(&env).env("REPLICA_ID", format!("replica-{index}"));
+        let process = tokio::task::block_in_place(|| Running::start(command));
+        let port = tokio::task::block_in_place(|| process.port());
+        processes.push(process);
+        replicas.push(Replica { port, client: client.clone() });
+    }
+    // Replica 0 takes the message and the bot's first words; then it dies.
+    let stream = open_stream(&replicas[0], &text(&wecom, "K1", "zhangsan", "问个问题")).await;
+    let (status, first) =
+        post_send(&replicas[0], &json!({"in_reply_to": "aibot:msg:K1", "text": "一半的答案", "finish": false})).await;
+    assert_eq!(status, 202, "{first}");
+    processes[0].kill_9();
+    // WeCom's next refresh lands on another replica: the snapshot is there.
+    let refresh = bot().refresh(&replicas[1], &stream, "zhangsan").await;
+    assert_eq!((&refresh["content"], &refresh["finish"]), (&json!("一半的答案"), &json!(false)));
+    // The bot's next call reaches a third replica and updates the same stream.
+    let (status, last) =
+        post_send(&replicas[2], &json!({"in_reply_to": "aibot:msg:K1", "text": "，另一半。", "append": true})).await;
+    assert_eq!((status, &last["id"]), (202, &first["id"]), "{last}");
+    let refresh = bot().refresh(&replicas[1], &stream, "zhangsan").await;
+    assert_eq!((&refresh["content"], &refresh["finish"]), (&json!("一半的答案，另一半。"), &json!(true)));
+    // A retry of the message on a living replica gets the same stream, and nothing is forwarded twice.
+    assert_eq!(open_stream(&replicas[2], &text(&wecom, "K1", "zhangsan", "问个问题")).await, stream);
+    let delivered = receiver.wait_for(1, Duration::from_secs(90)).await;
+    assert_eq!(delivered[0].record["stream_id"], stream.as_str());
+    assert_eq!(receiver.delivered().len(), 1);
 }

@@ -393,6 +393,36 @@ async fn receive(
     }
 }
 
+/// Where the fake bot sends its callbacks: a test application, or a replica.
+pub(crate) trait Reach {
+    fn url(&self, path: &str) -> String;
+    fn client(&self) -> &reqwest::Client;
+}
+
+impl Reach for crate::helpers::TestApp {
+    fn url(&self, path: &str) -> String {
+        crate::helpers::TestApp::url(self, path)
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+/// A replica (a `serve` process) on `port`, reached with `client`.
+pub(crate) struct Replica {
+    pub port: u16,
+    pub client: reqwest::Client,
+}
+
+impl Reach for Replica {
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
 /// The AI bot (智能机器人) side of WeCom (SPEC §13): it signs and encrypts JSON
 /// callbacks with an empty receive id for the bot's own path, opens the
 /// encrypted JSON answers (checking `msgsignature` and that the nonce is the
@@ -428,15 +458,15 @@ impl FakeAibot {
     }
 
     /// POSTs `body` signed like `json` would be (a raw, possibly broken body).
-    pub(crate) async fn post_raw(&self, app: &crate::helpers::TestApp, query: &str, body: String) -> (u16, String) {
+    pub(crate) async fn post_raw(&self, app: &impl Reach, query: &str, body: String) -> (u16, String) {
         let url = app.url(&format!("{}?{query}", self.path));
-        let response = app.client.post(url).body(body).send().await.expect("aibot callback");
+        let response = app.client().post(url).body(body).send().await.expect("aibot callback");
         let status = response.status().as_u16();
         (status, response.text().await.expect("body"))
     }
 
     /// Delivers `json`; the status and the decrypted answer (`None`: an empty answer).
-    pub(crate) async fn post(&self, app: &crate::helpers::TestApp, json: &Value) -> (u16, Option<Value>) {
+    pub(crate) async fn post(&self, app: &impl Reach, json: &Value) -> (u16, Option<Value>) {
         let (query, nonce, body) = self.signed_for(json, "");
         let (status, text) = self.post_raw(app, &query, body).await;
         if status != 200 || text.is_empty() {
@@ -461,7 +491,7 @@ impl FakeAibot {
     }
 
     /// One refresh of stream `id` by `userid`: the `stream` object answered.
-    pub(crate) async fn refresh(&self, app: &crate::helpers::TestApp, id: &str, userid: &str) -> Value {
+    pub(crate) async fn refresh(&self, app: &impl Reach, id: &str, userid: &str) -> Value {
         let json = json!({"msgid": format!("r{}", rand::random::<u64>()), "aibotid": "BOT", "chattype": "single",
                           "from": {"userid": userid}, "msgtype": "stream", "stream": {"id": id}});
         let (status, answer) = self.post(app, &json).await;
@@ -475,7 +505,7 @@ impl FakeAibot {
     /// ends; every snapshot seen, in order.
     pub(crate) async fn play_refreshes(
         &self,
-        app: &crate::helpers::TestApp,
+        app: &impl Reach,
         id: &str,
         userid: &str,
         period: Duration,
