@@ -314,10 +314,13 @@ async fn count(url: &str, query: &str) -> i64 {
     value
 }
 
-/// The PostgreSQL schema this build writes: 1, 2 for replies (sends, kf
-/// conversations), 3 for the index of queued sends (SEND_QUEUE_MAX), 4 for the
-/// send API's request fingerprints.
-const SCHEMA_VERSION: i64 = 4;
+/// The PostgreSQL schema this build writes, as a fresh database migrated by it
+/// says (not a number written here: every new migration would have to edit it).
+async fn schema_version() -> i64 {
+    let url = fresh_database().await.expect("a database");
+    drop(connect(&url).await);
+    count(&url, "SELECT max(version) FROM schema_version").await
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_starting_together_migrate_once() {
@@ -330,7 +333,7 @@ async fn replicas_starting_together_migrate_once() {
         start.expect("task").expect("every replica starts");
     }
     assert_eq!(count(&url, "SELECT count(*) FROM schema_version").await, 1);
-    assert_eq!(count(&url, "SELECT max(version) FROM schema_version").await, SCHEMA_VERSION);
+    assert_eq!(count(&url, "SELECT max(version) FROM schema_version").await, schema_version().await);
 }
 
 #[tokio::test]
@@ -339,7 +342,8 @@ async fn a_replica_refuses_a_newer_schema() {
     drop(connect(&url).await);
     sql(&url, "UPDATE schema_version SET version = 99").await;
     let refused = Store::connect(&url, 2, DEFAULT_LEASE).await;
-    assert!(matches!(refused, Err(StoreError::TooNew { found: 99, known: SCHEMA_VERSION })), "{refused:?}");
+    let known = schema_version().await;
+    assert!(matches!(refused, Err(StoreError::TooNew { found: 99, known: k }) if k == known && k > 1), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
