@@ -17,6 +17,7 @@ use crate::channels::ChannelKind;
 use crate::config::{ChannelSpec, Channels, Config};
 use crate::crypto::{self, DecryptError, Plaintext};
 use crate::messages::{dedup_key, AppEvent, AppMessage, CallbackEnvelope, Identity, ParseError};
+use crate::wecom::aibot::{self, AibotError, AibotMessage};
 
 /// How a callback ended, as counted in `wechat_api_callbacks_total{outcome}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -42,11 +43,13 @@ pub(crate) enum Outcome {
     AmbiguousChannel,
     /// `/api/v1/wecom/callback/<name>` with no channel of that name (404).
     UnknownChannel,
+    /// An AI bot callback for another `aibotid` than the channel's (SPEC §13).
+    WrongBot,
     Internal,
 }
 
 impl Outcome {
-    pub(crate) const ALL: [Outcome; 16] = [
+    pub(crate) const ALL: [Outcome; 17] = [
         Outcome::Ok,
         Outcome::Duplicate,
         Outcome::MissingParameter,
@@ -62,6 +65,7 @@ impl Outcome {
         Outcome::StaleTimestamp,
         Outcome::AmbiguousChannel,
         Outcome::UnknownChannel,
+        Outcome::WrongBot,
         Outcome::Internal,
     ];
 
@@ -82,6 +86,7 @@ impl Outcome {
             Outcome::StaleTimestamp => "stale_timestamp",
             Outcome::AmbiguousChannel => "ambiguous_channel",
             Outcome::UnknownChannel => "unknown_channel",
+            Outcome::WrongBot => "wrong_aibotid",
             Outcome::Internal => "internal_error",
         }
     }
@@ -100,7 +105,7 @@ pub enum CallbackError {
     BadEnvelope(ParseError),
     #[error("cannot decrypt: {0}")]
     BadCiphertext(DecryptError),
-    #[error("receive id does not match WECOM_CORP_ID or the channel's corp_id (a callback for another corp?)")]
+    #[error("receive id does not match WECOM_CORP_ID or the channel's corp_id, or is not empty on an AI bot's path (a callback for another corp?)")]
     WrongReceiveId,
     #[error("{0}")]
     BadMessage(ParseError),
@@ -112,6 +117,14 @@ pub enum CallbackError {
     StaleTimestamp(Skew),
     #[error("several channels verify and decrypt this callback alike; give each its own URL: {}", .0.join(", "))]
     AmbiguousChannel(Vec<String>),
+    /// An AI bot's body is not `{"encrypt": …}`.
+    #[error("{0}")]
+    AibotEnvelope(AibotError),
+    /// An AI bot's decrypted message is not one (not an object, no msgid).
+    #[error("{0}")]
+    AibotMessage(AibotError),
+    #[error("aibotid {0:?} is not this channel's bot (AIBOT_ID or channels.<name>.bot_id)")]
+    WrongBot(String),
 }
 
 /// How far a callback's timestamp is from now.
@@ -148,6 +161,9 @@ impl CallbackError {
             CallbackError::BadTimestamp => Outcome::BadTimestamp,
             CallbackError::StaleTimestamp(_) => Outcome::StaleTimestamp,
             CallbackError::AmbiguousChannel(_) => Outcome::AmbiguousChannel,
+            CallbackError::AibotEnvelope(_) => Outcome::BadEnvelope,
+            CallbackError::AibotMessage(_) => Outcome::BadMessage,
+            CallbackError::WrongBot(_) => Outcome::WrongBot,
         }
     }
 }
@@ -208,6 +224,22 @@ impl OpenedCallback {
             None => Identity::Event(self.xml.as_bytes()),
         };
         dedup_key(&self.channel.name, identity)
+    }
+}
+
+/// A verified and decrypted AI bot callback (SPEC §13).
+#[derive(Debug, Clone)]
+pub struct OpenedAibot {
+    pub channel: Arc<ChannelSpec>,
+    /// The decrypted JSON exactly as WeCom sent it.
+    pub json: String,
+    pub message: AibotMessage,
+}
+
+impl OpenedAibot {
+    /// The dedup key of its `msgid` on its channel.
+    pub(crate) fn dedup_key(&self) -> String {
+        dedup_key(&self.channel.name, Identity::MsgId(&self.message.msgid))
     }
 }
 
@@ -365,6 +397,35 @@ impl CallbackCredentials {
         let xml = opened.swap_remove(0).1.into_message();
         let message = AppMessage::parse(&xml).map_err(CallbackError::BadMessage)?;
         Ok(OpenedCallback { channel: Arc::clone(channel), xml, message })
+    }
+}
+
+impl CallbackCredentials {
+    /// An AI bot callback `POST` on `channel`'s own path: the JSON envelope,
+    /// the signature, the timestamp, the cipher and an empty receive id, as for
+    /// app callbacks; then the JSON, and the `aibotid` when the channel names its bot.
+    pub fn open_aibot(
+        &self,
+        channel: &Arc<ChannelSpec>,
+        query: &CallbackQuery,
+        body: &[u8],
+        now: i64,
+    ) -> Result<OpenedAibot, CallbackError> {
+        for (value, name) in
+            [(&query.msg_signature, "msg_signature"), (&query.timestamp, "timestamp"), (&query.nonce, "nonce")]
+        {
+            CallbackQuery::require(value, name)?;
+        }
+        let encrypted = aibot::envelope(body).map_err(CallbackError::AibotEnvelope)?;
+        let mut opened = self.open_ciphertext([channel], query, &encrypted, now)?;
+        let json = opened.swap_remove(0).1.into_message();
+        let message = AibotMessage::parse(&json).map_err(CallbackError::AibotMessage)?;
+        if let (Some(expected), Some(got)) = (channel.bot_id(), message.aibotid.as_deref()) {
+            if expected != got {
+                return Err(CallbackError::WrongBot(crate::messages::clip(got, 64).into_owned()));
+            }
+        }
+        Ok(OpenedAibot { channel: Arc::clone(channel), json, message })
     }
 }
 

@@ -24,6 +24,8 @@ impl ChannelName {
     pub const APP: &'static str = "app";
     /// The built-in kf channel (`WECOM_KF_*`).
     pub const KF: &'static str = "kf";
+    /// The built-in AI bot channel (`AIBOT_*`).
+    pub const AIBOT: &'static str = "aibot";
 
     /// Checks the alphabet and the length; the error says what a name must be.
     pub fn parse(value: &str) -> Result<Self, String> {
@@ -44,6 +46,11 @@ impl ChannelName {
     /// The built-in kf channel's name.
     pub fn kf() -> Self {
         Self(Self::KF.into())
+    }
+
+    /// The built-in AI bot channel's name.
+    pub fn aibot() -> Self {
+        Self(Self::AIBOT.into())
     }
 
     /// The name as written.
@@ -91,7 +98,7 @@ pub enum ChannelKind {
     App,
     /// WeChat Customer Service (微信客服): `kf_msg_or_event` notices, `kf/sync_msg`.
     Kf,
-    /// An AI bot (智能机器人, SPEC §13): recognised in the configuration, not yet served.
+    /// An AI bot (智能机器人, SPEC §13) in callback mode: JSON callbacks, answers that stream.
     Aibot,
 }
 

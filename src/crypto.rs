@@ -282,6 +282,42 @@ pub fn encrypt_with_random(key: &AesKey, random: [u8; 16], message: &[u8], recei
     STANDARD.encode(&buffer)
 }
 
+/// An AI bot's media file (SPEC §13): the raw bytes, AES-256-CBC with the
+/// callback key, IV = key[..16], 32-byte PKCS#7, no header and no receive id.
+pub fn decrypt_media(key: &AesKey, mut buffer: Vec<u8>) -> Result<Vec<u8>, DecryptError> {
+    if buffer.is_empty() || !buffer.len().is_multiple_of(16) {
+        return Err(DecryptError::BlockLength(buffer.len()));
+    }
+    let decryptor = Aes256CbcDec::new_from_slices(&key.0, key.iv()).map_err(|_| DecryptError::Padding)?;
+    let cipher_len = buffer.len();
+    let plain_len = decryptor
+        .decrypt_padded_mut::<NoPadding>(&mut buffer)
+        .map_err(|_| DecryptError::BlockLength(cipher_len))?
+        .len();
+    let pad = usize::from(buffer[plain_len - 1]);
+    if !(1..=PAD_BLOCK).contains(&pad)
+        || pad > plain_len
+        || buffer[plain_len - pad..plain_len].iter().any(|&b| usize::from(b) != pad)
+    {
+        return Err(DecryptError::Padding);
+    }
+    buffer.truncate(plain_len - pad);
+    Ok(buffer)
+}
+
+/// `bytes` encrypted as WeCom encrypts an AI bot's media (the inverse of [`decrypt_media`]).
+#[cfg(any(test, feature = "testing"))]
+pub fn encrypt_media(key: &AesKey, bytes: &[u8]) -> Vec<u8> {
+    let pad = PAD_BLOCK - bytes.len() % PAD_BLOCK;
+    let mut buffer = bytes.to_vec();
+    buffer.resize(bytes.len() + pad, pad as u8);
+    let len = buffer.len();
+    if let Ok(encryptor) = Aes256CbcEnc::new_from_slices(&key.0, key.iv()) {
+        let _ = encryptor.encrypt_padded_mut::<NoPadding>(&mut buffer, len);
+    }
+    buffer
+}
+
 /// Encrypts `message` for `receive_id` with fresh random bytes.
 pub fn encrypt(key: &AesKey, message: &[u8], receive_id: &[u8]) -> String {
     encrypt_with_random(key, rand::random(), message, receive_id)
@@ -292,6 +328,20 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde::Deserialize;
+
+    #[test]
+    fn ai_bot_media_round_trips_and_a_wrong_key_is_refused() {
+        let key = AesKey::parse("jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C").expect("key");
+        for len in [0, 1, 31, 32, 33, 1000] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let sealed = encrypt_media(&key, &bytes);
+            assert_eq!(sealed.len() % 32, 0);
+            assert_eq!(decrypt_media(&key, sealed).expect("opens"), bytes);
+        }
+        let other = AesKey::parse("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").expect("key");
+        assert!(decrypt_media(&other, encrypt_media(&key, b"secret image")).is_err());
+        assert_eq!(decrypt_media(&key, vec![1; 17]), Err(DecryptError::BlockLength(17)));
+    }
 
     #[derive(Deserialize)]
     struct Vectors {

@@ -28,7 +28,8 @@
 //! Acting
 //! - [`dispatch`]: journal → handlers → outbox → the world (forward, replies,
 //!   sends); [`outgoing`] is the send API's request, [`shaping`] makes every text
-//!   fit WeChat, [`media`] keeps downloaded files, [`names`] resolves display names.
+//!   fit WeChat, [`media`] keeps downloaded files, [`names`] resolves display names;
+//!   [`streams`] is an AI bot's answer as a stream (its life, in pure decisions).
 //! - [`kf_sync`]: pulls WeChat Customer Service messages into the journal.
 //! - [`wecom`]: the WeCom API client, its wire format, errors and tokens;
 //!   [`outbound`] builds every outbound HTTP client.
@@ -85,6 +86,7 @@ pub(crate) mod routes;
 pub(crate) mod shaping;
 pub(crate) mod startup;
 pub(crate) mod store;
+pub(crate) mod streams;
 pub(crate) mod supervisor;
 pub(crate) mod telemetry;
 pub(crate) mod tls;

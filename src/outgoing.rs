@@ -13,7 +13,7 @@ const MAX_KEY_CHARS: usize = 128;
 /// Longest id (`to`, `open_kfid`, `in_reply_to`) accepted.
 const MAX_ID_CHARS: usize = 256;
 /// The fields a request may have.
-const FIELDS: [&str; 6] = ["in_reply_to", "channel", "to", "open_kfid", "text", "idempotency_key"];
+const FIELDS: [&str; 8] = ["in_reply_to", "channel", "to", "open_kfid", "text", "idempotency_key", "finish", "append"];
 
 /// Who the text goes to, as the request says it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +32,10 @@ pub(crate) struct SendRequest {
     pub target: Target,
     pub text: String,
     pub idempotency_key: Option<String>,
+    /// AI bot answers (SPEC §13): whether the answer is complete (default true).
+    pub finish: Option<bool>,
+    /// AI bot answers: add the text to the answer so far instead of replacing it.
+    pub append: Option<bool>,
 }
 
 /// Why a request is refused.
@@ -40,7 +44,8 @@ pub(crate) enum RequestError {
     /// 400: the value at `path` is wrong.
     #[error("{path}: {reason}")]
     Invalid { path: String, reason: String },
-    /// 413: the text is longer than [`MAX_TEXT_CHARS`].
+    /// 413: the text is longer than any channel takes: [`MAX_TEXT_CHARS`]
+    /// characters, or an AI bot's [`crate::streams::ANSWER_MAX_BYTES`] bytes.
     #[error("$.text: {chars} characters, more than the {MAX_TEXT_CHARS} allowed")]
     TextTooLong { chars: usize },
 }
@@ -97,7 +102,8 @@ impl SendRequest {
             Some(other) => return Err(invalid("$.text", format!("must be a string, got {}", json_type(other)))),
         };
         let chars = text.chars().count();
-        if chars > MAX_TEXT_CHARS {
+        // The channel decides which limit holds (`sending::queue`); past both, no channel takes it.
+        if chars > MAX_TEXT_CHARS && text.len() > crate::streams::ANSWER_MAX_BYTES {
             return Err(RequestError::TextTooLong { chars });
         }
         if text.trim().is_empty() {
@@ -130,7 +136,15 @@ impl SendRequest {
                 open_kfid,
             },
         };
-        Ok(Self { target, text, idempotency_key })
+        let flag = |name: &str| match object.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Bool(flag)) => Ok(Some(*flag)),
+            Some(other) => {
+                Err(invalid(&format!("$.{name}"), format!("must be true or false, got {}", json_type(other))))
+            }
+        };
+        let (finish, append) = (flag("finish")?, flag("append")?);
+        Ok(Self { target, text, idempotency_key, finish, append })
     }
 }
 
@@ -181,7 +195,9 @@ mod tests {
             SendRequest {
                 target: Target::InReplyTo("kf:msg:1".into()),
                 text: "hi".into(),
-                idempotency_key: Some("k1".into())
+                idempotency_key: Some("k1".into()),
+                finish: None,
+                append: None,
             }
         );
         assert_eq!(
@@ -217,6 +233,7 @@ mod tests {
             "$.idempotency_key"
         );
         assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","txet":"typo"}"#), "$.txet");
+        assert_eq!(path_of(r#"{"in_reply_to":"x","text":"hi","finish":"yes"}"#), "$.finish");
         assert_eq!(path_of(r#"{"channel":"app","to":"u\u0000","text":"hi"}"#), "$.to");
         assert_eq!(path_of(r#"{"channel":"kf","to":"u","open_kfid":"wk\n","text":"hi"}"#), "$.open_kfid");
         assert_eq!(path_of(r#"{"in_reply_to":"x\u001b[2J","text":"hi"}"#), "$.in_reply_to");

@@ -158,6 +158,7 @@ impl Application {
             liveness,
             refusal_log: Default::default(),
             alerter: workers.alerter.clone(),
+            aibot: config.aibot.clone(),
             version: VERSION,
             egress,
         });
@@ -364,7 +365,16 @@ impl Workers {
         })
         .with_egress(
             Arc::clone(egress),
-            config.channels.iter().map(|c| (c.name.clone(), c.corp_id.as_str().to_owned())).collect(),
+            // An AI bot calls no API with a corp id: nothing to probe.
+            config
+                .channels
+                .iter()
+                .filter(|c| c.kind() != ChannelKind::Aibot)
+                .map(|c| (c.name.clone(), c.corp_id.as_str().to_owned()))
+                .collect(),
+        )
+        .with_aibots(
+            config.channels.iter().filter(|c| c.kind() == ChannelKind::Aibot).map(|c| c.name.to_string()).collect(),
         );
         let timing = Timing {
             interval: config.supervisor_interval,

@@ -11,7 +11,7 @@
 //! re-export here, and the item it names becomes `pub`.
 
 pub mod callback {
-    pub use crate::callback::{CallbackCredentials, CallbackError, CallbackQuery};
+    pub use crate::callback::{CallbackCredentials, CallbackError, CallbackQuery, OpenedAibot};
 }
 
 pub mod channels {
@@ -26,7 +26,9 @@ pub mod config {
 }
 
 pub mod crypto {
-    pub use crate::crypto::{decrypt, encrypt, encrypt_with_random, sign, AesKey, DecryptError};
+    pub use crate::crypto::{
+        decrypt, decrypt_media, encrypt, encrypt_media, encrypt_with_random, sign, AesKey, DecryptError,
+    };
 }
 
 pub mod dispatch {
@@ -53,11 +55,16 @@ pub mod shaping {
     pub use crate::shaping::{flatten_markdown, shape, split, MAX_PART_BYTES};
 }
 
+pub mod streams {
+    pub use crate::streams::{shown, stream_id, StreamRow, Update};
+}
+
 pub mod startup {
     pub use crate::startup::Application;
 }
 
 pub mod store {
+    pub use crate::store::aibot::StreamOpen;
     pub use crate::store::alerts::FiringRecord;
     pub use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
     pub use crate::store::journal::{EntryKind, NewEntry, Recorded};
@@ -78,6 +85,7 @@ pub mod tls {
 }
 
 pub mod wecom {
+    pub use crate::wecom::aibot::{encrypted_answer, stream_answer, AibotKind};
     pub use crate::wecom::error::WeComError;
     pub use crate::wecom::models::KfSyncPage;
     pub use crate::wecom::{TokenSource, WeComClient};

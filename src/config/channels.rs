@@ -39,6 +39,12 @@ pub enum Credentials {
         /// uses `WECOM_SECRET`, as it always has.
         secret: Option<Secret>,
     },
+    /// An AI bot in callback mode (SPEC §13): no API Secret; its answers go back
+    /// in the callbacks' answers and through `response_url`.
+    Aibot {
+        /// `AIBOT_ID` / `bot_id`: callbacks for another `aibotid` are refused.
+        bot_id: Option<String>,
+    },
 }
 
 /// One configured channel.
@@ -68,6 +74,15 @@ impl ChannelSpec {
         match self.credentials {
             Credentials::App { .. } => ChannelKind::App,
             Credentials::Kf { .. } => ChannelKind::Kf,
+            Credentials::Aibot { .. } => ChannelKind::Aibot,
+        }
+    }
+
+    /// The bot id of an AI bot channel, when configured.
+    pub fn bot_id(&self) -> Option<&str> {
+        match &self.credentials {
+            Credentials::Aibot { bot_id } => bot_id.as_deref(),
+            Credentials::App { .. } | Credentials::Kf { .. } => None,
         }
     }
 
@@ -75,6 +90,7 @@ impl ChannelSpec {
     pub fn secret(&self) -> Option<&Secret> {
         match &self.credentials {
             Credentials::App { secret, .. } | Credentials::Kf { secret } => secret.as_ref(),
+            Credentials::Aibot { .. } => None,
         }
     }
 
@@ -82,7 +98,7 @@ impl ChannelSpec {
     pub fn agent_id(&self) -> Option<i64> {
         match self.credentials {
             Credentials::App { agent_id, .. } => agent_id,
-            Credentials::Kf { .. } => None,
+            Credentials::Kf { .. } | Credentials::Aibot { .. } => None,
         }
     }
 
@@ -133,6 +149,12 @@ impl Channels {
     /// The built-in app channel (`WECOM_*`), when the variables define it.
     pub fn builtin_app(&self) -> Option<&Arc<ChannelSpec>> {
         self.get(ChannelName::APP).filter(|c| c.builtin)
+    }
+
+    /// The built-in AI bot channel (`AIBOT_*`), when the variables define it.
+    #[cfg(any(test, feature = "testing"))]
+    pub fn builtin_aibot(&self) -> Option<&Arc<ChannelSpec>> {
+        self.get(ChannelName::AIBOT).filter(|c| c.builtin)
     }
 
     /// The built-in kf channel (`WECOM_KF_*`), when the variables define it.
@@ -239,11 +261,6 @@ impl TableReader<'_> {
             self.fail("kind", format!("must be app, kf or aibot, got {kind_word:?}"));
             return None;
         };
-        // The rest of an aibot table is not checked: the kind alone stops it.
-        if kind == ChannelKind::Aibot {
-            self.fail("kind", "aibot is not yet supported by this version (SPEC §13): serve it on its own appliance");
-            return None;
-        }
         let unknown: Vec<String> = self
             .table
             .keys()
@@ -260,8 +277,13 @@ impl TableReader<'_> {
         let proxy = self
             .trimmed(proxy, "proxy_url")
             .and_then(|url| super::ProxyUrl::parse(&url).map_err(|reason| self.fail("proxy_url", reason)).ok());
-        let corp_id =
-            self.required("corp_id").and_then(|id| CorpId::parse(&id).map_err(|e| self.fail("corp_id", e)).ok());
+        let corp_id = match kind {
+            // An enterprise's own bot: its callbacks carry an empty receive id.
+            ChannelKind::Aibot => Some(CorpId::none()),
+            ChannelKind::App | ChannelKind::Kf => {
+                self.required("corp_id").and_then(|id| CorpId::parse(&id).map_err(|e| self.fail("corp_id", e)).ok())
+            }
+        };
         let token = self.required("token");
         let token = self.trimmed(token, "token").and_then(|t| Token::parse(&t).map_err(|e| self.fail("token", e)).ok());
         let key = self.required("encoding_aes_key");
@@ -270,7 +292,10 @@ impl TableReader<'_> {
                 .map_err(|e| self.fail("encoding_aes_key", format!("{e} (copy it again from the callback settings)")))
                 .ok()
         });
-        let secret = self.secret();
+        let secret = match kind {
+            ChannelKind::Aibot => Some(None),
+            ChannelKind::App | ChannelKind::Kf => self.secret(),
+        };
         let forward_url = self.string("forward_url");
         let forward_url = self.trimmed(forward_url, "forward_url").and_then(|url| match reqwest::Url::parse(&url) {
             Ok(parsed) if matches!(parsed.scheme(), "http" | "https") && parsed.host().is_some() => {
@@ -299,7 +324,15 @@ impl TableReader<'_> {
                 };
                 Credentials::Kf { secret: Some(secret) }
             }
-            ChannelKind::Aibot => return None,
+            ChannelKind::Aibot => {
+                for key in ["bot_secret", "bot_secret_file"] {
+                    if self.table.contains_key(key) {
+                        self.fail(key, "is the long connection's, not yet supported by this version: use token and encoding_aes_key (callback mode)");
+                    }
+                }
+                let bot_id = self.string("bot_id");
+                Credentials::Aibot { bot_id: self.trimmed(bot_id, "bot_id") }
+            }
         };
         Some(ChannelSpec {
             name: self.name.clone(),
@@ -427,10 +460,18 @@ mod tests {
     }
 
     #[test]
-    fn an_aibot_channel_is_refused_as_not_yet_supported() {
-        let errors = errors_of("[channels.bot]\nkind = \"aibot\"\nbot_id = \"b\"\n");
-        assert_eq!(errors.len(), 1, "{errors:?}");
-        assert!(errors[0].starts_with("channels.bot.kind aibot is not yet supported"), "{errors:?}");
+    fn an_aibot_table_becomes_a_channel_with_an_empty_receive_id() {
+        let text = format!("[channels.bot]\nkind = \"aibot\"\nbot_id = \"aib1\"\ntoken = \"T\"\nencoding_aes_key = \"{KEY}\"\nwelcome_text = \"hi\"\n");
+        let mut errors = Vec::new();
+        let specs = from_tables(&tables(&text), &[], &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        let bot = &specs[0];
+        assert_eq!((bot.kind(), bot.corp_id.as_str(), bot.bot_id()), (ChannelKind::Aibot, "", Some("aib1")));
+        assert!(bot.secret().is_none() && bot.agent_id().is_none());
+        let errors = errors_of(&format!("{text}corp_id = \"ww1\"\nbot_secret = \"s\"\n"));
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors.iter().any(|e| e.starts_with("channels.bot.corp_id is not a setting of aibot channels")));
+        assert!(errors.iter().any(|e| e.starts_with("channels.bot.bot_secret is the long connection's")));
     }
 
     #[test]

@@ -178,6 +178,8 @@ pub struct Config {
     /// `WECOM_PROXY_URL`: the proxy of every WeCom API call (a channel's
     /// `proxy_url` overrides it); `None`: direct, whatever the environment says.
     pub proxy: Option<ProxyUrl>,
+    /// `AIBOT_STREAM_DEADLINE_SECS` and `AIBOT_LATE_TEXT` (SPEC §13).
+    pub aibot: AibotSettings,
 }
 
 impl Config {
@@ -185,6 +187,23 @@ impl Config {
     /// `WECOM_PROXY_URL`.
     pub(crate) fn proxy_for<'a>(&'a self, channel: &'a ChannelSpec) -> Option<&'a ProxyUrl> {
         channel.proxy.as_ref().or(self.proxy.as_ref())
+    }
+}
+
+/// How every AI bot's streams end (SPEC §13).
+#[derive(Debug, Clone)]
+pub struct AibotSettings {
+    /// `AIBOT_STREAM_DEADLINE_SECS`: an unfinished stream is closed this long after the user's message.
+    pub deadline: Duration,
+    /// `AIBOT_LATE_TEXT`: appended to a stream closed at the deadline.
+    pub late_text: String,
+}
+
+impl Default for AibotSettings {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(330), late_text: "（回答较长，完成后将另行发送）".to_owned()
+        }
     }
 }
 

@@ -104,6 +104,12 @@ impl CorpId {
         Ok(Self(value.to_owned()))
     }
 
+    /// The empty receive id of an enterprise's own AI bot (SPEC §12): its
+    /// callbacks are opened for no corp.
+    pub(crate) fn none() -> Self {
+        Self(String::new())
+    }
+
     /// The corp id as WeCom spells it.
     pub fn as_str(&self) -> &str {
         &self.0

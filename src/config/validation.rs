@@ -285,6 +285,7 @@ impl Config {
         let proxy = v
             .trimmed(var::WECOM_PROXY_URL)
             .and_then(|url| super::ProxyUrl::parse(&url).map_err(|reason| v.fail(var::WECOM_PROXY_URL, reason)).ok());
+        let aibot = aibot_settings(&mut v);
         upper_bounds(&mut v);
         let built = (|| {
             Some(Config {
@@ -325,6 +326,7 @@ impl Config {
                 data_min_free_percent: data_min_free_percent?,
                 egress_check: Duration::from_secs(egress_check?),
                 proxy,
+                aibot: aibot?,
             })
         })();
         v.finish(built)
@@ -336,9 +338,11 @@ impl Config {
 /// only when the file defines no channel; once one of them is set, all are.
 fn channels(v: &mut Validator<'_>) -> Option<Channels> {
     let builtin_vars = [var::WECOM_CORP_ID, var::WECOM_TOKEN, var::WECOM_ENCODING_AES_KEY];
-    let builtin = v.settings.channel_tables.is_empty() || builtin_vars.iter().any(|var| v.settings.get(*var).is_some());
     let mut specs = Vec::new();
     let mut complete = true;
+    let aibot = builtin_aibot(v, &mut complete);
+    let builtin = (v.settings.channel_tables.is_empty() && aibot.is_none())
+        || builtin_vars.iter().any(|var| v.settings.get(*var).is_some());
     if builtin {
         let corp_id = v
             .required(var::WECOM_CORP_ID)
@@ -368,10 +372,68 @@ fn channels(v: &mut Validator<'_>) -> Option<Channels> {
             _ => complete = false,
         }
     }
-    let taken: &[&str] = if builtin { &[ChannelName::APP, ChannelName::KF] } else { &[] };
+    let mut taken: Vec<&str> = if builtin { vec![ChannelName::APP, ChannelName::KF] } else { Vec::new() };
+    if let Some(aibot) = aibot {
+        taken.push(ChannelName::AIBOT);
+        specs.push(aibot);
+    }
+    let taken = taken.as_slice();
     let before = v.errors.len();
     specs.extend(super::channels::from_tables(&v.settings.channel_tables, taken, &mut v.errors));
     (complete && v.errors.len() == before).then(|| Channels::new(specs))
+}
+
+/// The built-in AI bot channel `aibot` (SPEC §13) from `AIBOT_TOKEN` and
+/// `AIBOT_ENCODING_AES_KEY` (both or neither); `AIBOT_SECRET` asks for the long
+/// connection, which this version does not serve.
+fn builtin_aibot(v: &mut Validator<'_>, complete: &mut bool) -> Option<ChannelSpec> {
+    if v.settings.get(var::AIBOT_SECRET).is_some() {
+        v.fail(
+            var::AIBOT_SECRET,
+            "asks for the long connection, which this version does not serve yet: unset it and use AIBOT_TOKEN and AIBOT_ENCODING_AES_KEY (callback mode)",
+        );
+    }
+    let set = [var::AIBOT_TOKEN, var::AIBOT_ENCODING_AES_KEY].iter().any(|var| v.settings.get(*var).is_some());
+    if !set {
+        for var in [var::AIBOT_ID, var::AIBOT_WELCOME_TEXT] {
+            if v.settings.get(var).is_some() {
+                v.fail(var, "needs AIBOT_TOKEN and AIBOT_ENCODING_AES_KEY (the bot's callback settings)");
+            }
+        }
+        return None;
+    }
+    let token = v.token(var::AIBOT_TOKEN);
+    let aes_key = v.aes_key(var::AIBOT_ENCODING_AES_KEY);
+    let bot_id = v.trimmed(var::AIBOT_ID).filter(|id| !id.is_empty());
+    let Some((token, aes_key)) = token.zip(aes_key) else {
+        *complete = false;
+        return None;
+    };
+    Some(ChannelSpec {
+        name: ChannelName::aibot(),
+        corp_id: CorpId::none(),
+        keys: CallbackKeys { token, aes_key },
+        credentials: Credentials::Aibot { bot_id },
+        forward: None,
+        welcome_text: v.settings.get(var::AIBOT_WELCOME_TEXT).map(str::to_owned),
+        builtin: true,
+        proxy: None,
+    })
+}
+
+/// `AIBOT_STREAM_DEADLINE_SECS` (5 to 350: WeCom stops asking 360 s after the
+/// user's message) and `AIBOT_LATE_TEXT`.
+fn aibot_settings(v: &mut Validator<'_>) -> Option<crate::config::AibotSettings> {
+    let deadline = v.parse::<u64>(var::AIBOT_STREAM_DEADLINE_SECS, "a whole number of seconds, 5 to 350");
+    if deadline.is_some_and(|secs| !(5..=350).contains(&secs)) {
+        v.fail(
+            var::AIBOT_STREAM_DEADLINE_SECS,
+            "must be 5 to 350 seconds (WeCom stops asking for the stream 6 minutes after the user's message)",
+        );
+        return None;
+    }
+    let late_text = v.settings.get(var::AIBOT_LATE_TEXT).unwrap_or_default().to_owned();
+    Some(crate::config::AibotSettings { deadline: Duration::from_secs(deadline?), late_text })
 }
 
 /// Ten years, the longest duration any variable takes: beyond it a value is a
@@ -391,6 +453,7 @@ const UPPER_BOUNDS: &[(Var, u64, &str)] = &[
     (var::LEASE_SECS, 86_400, "(a day: a dead replica's claims wait this long)"),
     (var::MEDIA_RETENTION_SECS, TEN_YEARS_SECS, "(10 years)"),
     (var::SEND_QUEUE_MAX, 1_000_000, "(sends queued per channel)"),
+    (var::AIBOT_STREAM_DEADLINE_SECS, 350, "(WeCom stops asking for a stream 6 minutes after the message)"),
     (var::CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS_PER_ADDRESS as u64, "(connections one address may hold)"),
     (var::EGRESS_CHECK_SECS, 86_400, "(a day)"),
 ];

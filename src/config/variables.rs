@@ -137,6 +137,15 @@ variables! {
     // The egress IP WeCom sees (SPEC §14).
     EGRESS_CHECK_SECS,         None,                      Some("900"),                           PUBLIC, "when no WeCom answer has named a channel's egress IP for this long (from start-up), one probe asks (gettoken without a Secret); at least 10";
     WECOM_PROXY_URL,           None,                      None,                                  SECRET, "HTTP(S) or SOCKS5 proxy for every WeCom API call (not FORWARD_URL), http://user:pass@host:port; unset = direct (HTTP_PROXY/HTTPS_PROXY are ignored)";
+    // The AI bot (SPEC §13): the built-in channel `aibot`.
+    AIBOT_TOKEN,               None,                      None,                                  SECRET, "the AI bot's callback Token (API mode, URL callbacks): channel aibot";
+    AIBOT_ENCODING_AES_KEY,    None,                      None,                                  SECRET, "the AI bot's callback EncodingAESKey, 43 characters";
+    AIBOT_ID,                  None,                      None,                                  PUBLIC, "the bot id (aibotid): callbacks for another aibotid are refused (400)";
+    AIBOT_SECRET,              None,                      None,                                  SECRET, "the long-connection Secret (with AIBOT_ID: the long connection instead of callbacks; not in this version)";
+    AIBOT_WS_URL,              None,                      Some("wss://openws.work.weixin.qq.com"), PUBLIC, "the long-connection endpoint";
+    AIBOT_WELCOME_TEXT,        None,                      None,                                  PUBLIC, "answer to enter_chat";
+    AIBOT_STREAM_DEADLINE_SECS, None,                     Some("330"),                           PUBLIC, "when an unfinished stream is closed, after the user's message; 5 to 350";
+    AIBOT_LATE_TEXT,           None,                      Some("（回答较长，完成后将另行发送）"), PUBLIC, "appended to a stream closed at the deadline";
 }
 
 #[cfg(test)]

@@ -70,6 +70,14 @@ pub(crate) enum Action {
     },
     /// `media/get` into `UPLOAD_DIR`, then forward the record with `media_path`.
     DownloadMedia { record: Record, forward: bool },
+    /// An AI bot message's media (an image, file or video, a mixed message's
+    /// images): each URL fetched at once (it lives 5 minutes), decrypted with the
+    /// channel's key and saved; then the record is forwarded with `media_path`.
+    DownloadAibotMedia { record: Record, urls: Vec<String>, forward: bool },
+    /// An AI bot's answer that its stream could not show (past 20,480 bytes,
+    /// or after a late close), through the message's `response_url`, once.
+    /// What to send is read from the stream when it is performed.
+    AibotRest { record_id: String, channel: ChannelName, stream_id: String },
 }
 
 /// Why an action exists: one action of each purpose per message, so its
@@ -86,6 +94,8 @@ pub(crate) enum Purpose {
     Media,
     /// A handover's announcement and the handover itself.
     Handover,
+    /// An AI bot answer's rest, through `response_url`.
+    Rest,
 }
 
 impl Purpose {
@@ -99,6 +109,7 @@ impl Purpose {
             Self::Forward => "forward",
             Self::Media => "media",
             Self::Handover => "handover",
+            Self::Rest => "rest",
         };
         format!("{purpose}:{record_id}")
     }
@@ -308,7 +319,10 @@ impl Action {
     pub(crate) fn key(&self) -> String {
         match self {
             Self::Forward { record } => Purpose::Forward.key(&record.id),
-            Self::DownloadMedia { record, .. } => Purpose::Media.key(&record.id),
+            Self::DownloadMedia { record, .. } | Self::DownloadAibotMedia { record, .. } => {
+                Purpose::Media.key(&record.id)
+            }
+            Self::AibotRest { record_id, .. } => Purpose::Rest.key(record_id),
             Self::AppText { key, .. }
             | Self::KfText { key, .. }
             | Self::KfWelcome { key, .. }
@@ -320,11 +334,14 @@ impl Action {
     /// forward carries (the `channel` label of its counts).
     pub(crate) fn channel(&self) -> &ChannelName {
         match self {
-            Self::Forward { record } | Self::DownloadMedia { record, .. } => &record.channel,
+            Self::Forward { record } | Self::DownloadMedia { record, .. } | Self::DownloadAibotMedia { record, .. } => {
+                &record.channel
+            }
             Self::AppText { channel, .. }
             | Self::KfText { channel, .. }
             | Self::KfWelcome { channel, .. }
-            | Self::KfHandover { channel, .. } => channel,
+            | Self::KfHandover { channel, .. }
+            | Self::AibotRest { channel, .. } => channel,
         }
     }
 
@@ -336,14 +353,18 @@ impl Action {
             Self::KfWelcome { .. } => "kf_welcome",
             Self::KfHandover { .. } => "kf_handover",
             Self::DownloadMedia { .. } => "download_media",
+            Self::AibotRest { .. } => "aibot_rest",
+            Self::DownloadAibotMedia { .. } => "download_aibot_media",
         }
     }
 
     /// The channel whose WeCom API this action calls; `None` for a forward,
-    /// which calls no WeCom API (a parked channel's forwards go on, SPEC §14).
+    /// which calls no WeCom API (a parked channel's forwards go on, SPEC §14),
+    /// and for an AI bot's media and `response_url`, which carry their own
+    /// credential in the URL and are not bound to an app's trusted IPs.
     pub(crate) fn wecom_channel(&self) -> Option<&ChannelName> {
         match self {
-            Self::Forward { .. } => None,
+            Self::Forward { .. } | Self::DownloadAibotMedia { .. } | Self::AibotRest { .. } => None,
             Self::AppText { channel, .. }
             | Self::KfText { channel, .. }
             | Self::KfWelcome { channel, .. }
@@ -451,6 +472,10 @@ mod tests {
             origin: None,
             history: false,
             handoff: false,
+            chattype: None,
+            chatid: None,
+            quote: None,
+            stream_id: None,
             raw: serde_json::Value::Null,
         };
         let text = "一句话。".repeat(600);

@@ -20,10 +20,13 @@ use crate::channels::{ChannelKind, ChannelName};
 use crate::config::{Config, Forward, Handoff};
 use crate::health::checks::ForwardDelivery;
 use crate::messages::LoggedId;
+use crate::store::aibot::Settled;
 use crate::store::conversations::{Customer, Observation};
 use crate::store::Store;
+use crate::streams::Update;
 use crate::telemetry::Metrics;
-use crate::wecom::{WeCom, WeComError};
+use crate::telemetry::AIBOT_STREAMS_TOTAL;
+use crate::wecom::{aibot, WeCom, WeComError};
 
 /// Longest forward answer we read (it may carry a reply).
 const MAX_FORWARD_ANSWER: usize = 64 * 1024;
@@ -88,6 +91,9 @@ pub(crate) struct Executor {
     floor: crate::media::Floor,
     /// Each forward's outcome, for `forward:delivery`; present with `FORWARD_URL`.
     delivery: Option<Arc<ForwardDelivery>>,
+    /// `WECOM_API_BASE_URL`: the only origin a `response_url` may have.
+    api_base_url: String,
+    metrics: Arc<Metrics>,
 }
 
 impl Executor {
@@ -115,6 +121,8 @@ impl Executor {
             handoff: config.handoff.clone(),
             floor: crate::media::Floor::media(config.media_min_free_percent),
             delivery: config.forward.as_ref().map(|_| Arc::default()),
+            api_base_url: config.api_base_url.clone(),
+            metrics: Arc::clone(&metrics),
             sending: Sending::new(store, wecom, metrics, &config.channels),
         })
     }
@@ -148,7 +156,163 @@ impl Executor {
             Action::KfHandover { channel, touser, open_kfid, servicer, .. } => {
                 self.sending.hand_over(channel, touser, open_kfid, servicer.as_deref()).await
             }
+            Action::AibotRest { channel, stream_id, .. } => self.aibot_rest(channel, stream_id).await,
+            Action::DownloadAibotMedia { record, urls, forward } => {
+                self.download_aibot(record, urls, *forward, attempts).await
+            }
         }
+    }
+
+    /// An AI bot message's media: each URL fetched (no redirects, at most
+    /// `MAX_MEDIA_BYTES`), decrypted with the channel's key (AES-256-CBC, IV =
+    /// key[..16], 32-byte PKCS#7) and saved like other media; the record then
+    /// goes on with `media_path` (the first file) or `media_skipped`.
+    async fn download_aibot(
+        &self,
+        record: &Record,
+        urls: &[String],
+        forward: bool,
+        attempts: i64,
+    ) -> Result<Vec<Action>, ActionError> {
+        let forward_with = |path: Option<String>, skipped: Option<String>| {
+            let record = Record { media_path: path, media_skipped: skipped, ..record.clone() };
+            if forward {
+                vec![Action::Forward { record }]
+            } else {
+                Vec::new()
+            }
+        };
+        let Some(channel) = self.channels.get(record.channel.as_str()).cloned() else {
+            return Ok(forward_with(None, Some("the channel is no longer configured".into())));
+        };
+        let (floor, upload_dir) = (self.floor, self.upload_dir.clone());
+        let refused = tokio::task::spawn_blocking(move || floor.check(&upload_dir)).await.unwrap_or(None);
+        if let Some(reason) = refused {
+            tracing::warn!(id = %LoggedId(&record.id), "AI bot media not downloaded: {reason}");
+            return Ok(forward_with(None, Some(reason)));
+        }
+        let mut first = None;
+        for url in urls {
+            let bytes = match self.fetch_aibot(url).await {
+                Ok(bytes) => bytes,
+                Err(error) if attempts + 1 < MEDIA_ATTEMPTS && error.retry => return Err(error),
+                Err(error) => {
+                    tracing::error!(id = %LoggedId(&record.id), "AI bot media not downloaded, forwarding without it: {error}");
+                    return Ok(forward_with(first, Some(format!("download failed: {error}"))));
+                }
+            };
+            let plain = match crate::crypto::decrypt_media(&channel.keys.aes_key, bytes) {
+                Ok(plain) => plain,
+                Err(error) => {
+                    tracing::error!(id = %LoggedId(&record.id), "AI bot media cannot be decrypted: {error}");
+                    return Ok(forward_with(first, Some(format!("cannot decrypt: {error}"))));
+                }
+            };
+            let (dir, id, msgtype) = (self.upload_dir.clone(), record.id.clone(), record.msgtype.clone());
+            let saved = blocking(move || {
+                let mut part =
+                    crate::media::Part::create(&dir, &id, &msgtype, None, None, time::OffsetDateTime::now_utc())?;
+                part.write(&plain)?;
+                part.finish()
+            })
+            .await;
+            match saved {
+                Ok(path) => {
+                    tracing::info!(id = %LoggedId(&record.id), path = %path.display(), "AI bot media saved");
+                    first = first.or(Some(path.display().to_string()));
+                }
+                Err(MediaFailure::Save(error)) => {
+                    tracing::error!(id = %LoggedId(&record.id), "{error}");
+                    return Ok(forward_with(first, Some(format!("not saved: {error}"))));
+                }
+                Err(MediaFailure::Download(error)) => return Err(error.into()),
+            }
+        }
+        Ok(forward_with(first, None))
+    }
+
+    /// The encrypted bytes at an AI bot media `url`, at most `MAX_MEDIA_BYTES`.
+    async fn fetch_aibot(&self, url: &str) -> Result<Vec<u8>, ActionError> {
+        let limit = crate::media::MAX_MEDIA_BYTES;
+        // The URL is a short-lived credential: errors are told without it.
+        let mut response =
+            self.http.get(url).send().await.map_err(|e| ActionError::retry(format!("media: {}", e.without_url())))?;
+        if let Some(reason) = crate::outbound::refused_redirect(&response) {
+            return Err(ActionError { retry: false, message: format!("media: {reason}") });
+        }
+        if !response.status().is_success() {
+            return Err(ActionError::retry(format!("media: HTTP {}", response.status())));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) =
+            response.chunk().await.map_err(|e| ActionError::retry(format!("media: {}", e.without_url())))?
+        {
+            if bytes.len() + chunk.len() > limit + 32 {
+                return Err(ActionError { retry: false, message: format!("media: larger than {limit} bytes") });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    }
+
+    /// What an AI bot's stream could not show, through the message's
+    /// `response_url`: at most once (the use is taken before the call, so an
+    /// attempt after a crash never calls it again), within its hour, and only
+    /// on `WECOM_API_BASE_URL`'s origin. An answer that can no longer go is
+    /// `failed` (`expired`).
+    async fn aibot_rest(&self, channel: &ChannelName, stream_id: &str) -> Result<Vec<Action>, ActionError> {
+        let store = &self.sending.store;
+        let Some(row) = store.aibot_stream(stream_id.to_owned()).await? else { return Ok(Vec::new()) };
+        let Some(rest) = crate::streams::rest(&row) else { return Ok(Vec::new()) };
+        if row.rest_sent || row.failed.is_some() {
+            return Ok(Vec::new());
+        }
+        let failed = |reason: &str| Settled::Failed(reason.to_owned());
+        let refusal = match (crate::streams::response_refused(&row, crate::store::now()), &row.response_url) {
+            (Some(reason), _) => Some(failed(reason)),
+            (None, None) => Some(failed("the message had no response_url")),
+            (None, Some(url)) if !aibot::response_url_allowed(url, &self.api_base_url) => {
+                Some(failed("its response_url is not on WECOM_API_BASE_URL's scheme, host and port"))
+            }
+            (None, Some(_)) => None,
+        };
+        if let Some(refused) = refusal {
+            if row.response_used {
+                // An earlier attempt took the one use; how it ended is recorded, or unknown.
+                return Ok(Vec::new());
+            }
+            tracing::warn!(channel = channel.as_str(), stream = %LoggedId(stream_id), "AI bot answer not delivered: {refused:?}");
+            self.count_stream(channel, "expired");
+            store.aibot_settle(stream_id.to_owned(), refused).await?;
+            return Ok(Vec::new());
+        }
+        if !store.aibot_take_response(stream_id.to_owned()).await? {
+            return Ok(Vec::new());
+        }
+        let url = row.response_url.unwrap_or_default();
+        let settled = match self.http.post(&url).json(&aibot::response_body(&rest)).send().await {
+            Ok(response) if response.status().is_success() => {
+                match response.json::<serde_json::Value>().await.ok().and_then(|v| v.get("errcode")?.as_i64()) {
+                    Some(0) | None => Settled::Sent,
+                    Some(errcode) => Settled::Failed(format!("response_url answered errcode {errcode}")),
+                }
+            }
+            Ok(response) => Settled::Failed(format!("response_url answered HTTP {}", response.status())),
+            // The URL is a credential: the error is told without it.
+            Err(error) => Settled::Failed(format!("response_url: {}", error.without_url())),
+        };
+        if let Settled::Failed(reason) = &settled {
+            tracing::warn!(channel = channel.as_str(), stream = %LoggedId(stream_id), "AI bot answer's rest not delivered: {reason}");
+            self.count_stream(channel, "expired");
+        }
+        store.aibot_settle(stream_id.to_owned(), settled).await?;
+        Ok(Vec::new())
+    }
+
+    fn count_stream(&self, channel: &ChannelName, outcome: &str) {
+        self.metrics
+            .counter(AIBOT_STREAMS_TOTAL, &[("channel", channel.to_string()), ("outcome", outcome.to_owned())])
+            .increment(1);
     }
 
     async fn download(&self, record: &Record, forward: bool, attempts: i64) -> Result<Vec<Action>, ActionError> {
@@ -266,6 +430,23 @@ impl Executor {
         }
         let Ok(answer) = serde_json::from_slice::<ForwardAnswer>(&answer) else { return Ok(Vec::new()) };
         let reply = answer.reply.and_then(|r| r.text).filter(|t| !t.trim().is_empty());
+        if let (ChannelKind::Aibot, Some(stream_id)) = (record.kind(), &record.stream_id) {
+            if let Some(text) = reply {
+                // The whole answer, in the message's stream.
+                let update = Update { text, append: false, finish: true };
+                match super::sending::update_stream(&self.sending.store, &record.id, &record.channel, stream_id, update)
+                    .await
+                {
+                    Ok(Some(Ok(_))) | Ok(None) => {}
+                    Ok(Some(Err(refused))) => {
+                        tracing::warn!(id = %LoggedId(&record.id), "forward reply not taken into the stream: {refused}")
+                    }
+                    Err(super::sending::QueueError::Store(error)) => return Err(error.into()),
+                    Err(other) => tracing::error!(id = %LoggedId(&record.id), "forward reply: {other}"),
+                }
+            }
+            return Ok(Vec::new());
+        }
         if answer.handoff && record.kind() == ChannelKind::Kf && record.answerable() {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {

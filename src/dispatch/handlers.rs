@@ -140,6 +140,18 @@ pub(crate) fn plan(
     if let (true, Some(code), Some(text)) = (answerable, message.welcome_code(), settings.welcome_text_of(record)) {
         actions.extend(Action::welcome(record, code, text));
     }
+    if let Message::Aibot { message: bot, .. } = message {
+        let urls = bot.media_urls();
+        if !urls.is_empty() {
+            // Fetched at once after journaling: the URLs live 5 minutes.
+            actions.push(Action::DownloadAibotMedia {
+                record: record.clone(),
+                urls,
+                forward: settings.forwards(record),
+            });
+            return actions;
+        }
+    }
     if record.media_id.is_some() {
         // The download forwards the record (with `media_path`) when it is done.
         actions.push(Action::DownloadMedia { record: record.clone(), forward: settings.forwards(record) });

@@ -60,8 +60,11 @@ const ACTION_TIMEOUT: Duration = Duration::from_secs(30);
 const RETRY: Backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(600));
 
 use crate::log_limit::SharedLogLimiter;
-use crate::telemetry::KF_MESSAGES_TOTAL;
 use crate::telemetry::OUTBOX_ACTIONS_TOTAL as ACTIONS_TOTAL;
+use crate::telemetry::{
+    AIBOT_CONNECTED, AIBOT_FEEDBACK_TOTAL, AIBOT_REFRESHES_TOTAL, AIBOT_STREAMS_TOTAL, KF_MESSAGES_TOTAL,
+};
+use crate::wecom::aibot::{AibotEvent, AibotMessage, Feedback};
 
 /// The back-off before attempt `attempts + 1` (after `attempts` failures): 1, 2, 4 … seconds, capped.
 fn backoff_secs(attempts: i64) -> i64 {
@@ -122,6 +125,9 @@ pub(crate) fn parse_entry(entry: &PendingEntry) -> Result<Message, String> {
             .map(Message::Kf),
         EntryKind::Callback => AppMessage::parse(&entry.payload)
             .map(|message| Message::App { channel: entry.channel.clone(), message })
+            .map_err(|e| e.to_string()),
+        EntryKind::Aibot => AibotMessage::parse(&entry.payload)
+            .map(|message| Message::Aibot { channel: entry.channel.clone(), message })
             .map_err(|e| e.to_string()),
     }
 }
@@ -194,6 +200,19 @@ impl Dispatcher {
                 );
             }
         }
+        // Every AI bot's series (SPEC §13), from the first scrape.
+        for bot in channels.iter().filter(|c| c.kind() == crate::channels::ChannelKind::Aibot) {
+            let channel = || ("channel", bot.name.to_string());
+            for outcome in ["finished", "late", "expired"] {
+                metrics.declare(AIBOT_STREAMS_TOTAL, &[channel(), ("outcome", outcome.to_owned())]);
+            }
+            metrics.declare(AIBOT_REFRESHES_TOTAL, &[channel()]);
+            for verdict in Feedback::ALL {
+                metrics.declare(AIBOT_FEEDBACK_TOTAL, &[channel(), ("type", verdict.as_str().to_owned())]);
+            }
+            // Callback mode: there is no long connection to be up.
+            metrics.gauge(AIBOT_CONNECTED, &[channel()]).set(0.0);
+        }
     }
 
     pub(crate) async fn run(self, shutdown: CancellationToken) {
@@ -257,6 +276,19 @@ impl Dispatcher {
                 }
                 false
             }
+            Message::Aibot { channel, message: aibot } => {
+                tracing::info!(channel = channel.as_str(), id = %LoggedId(id), "{}", aibot.summary());
+                if let Some(AibotEvent::Feedback { verdict }) = aibot.event() {
+                    // Counted here, once per event: WeCom's retries are journaled once.
+                    self.metrics
+                        .counter(
+                            AIBOT_FEEDBACK_TOTAL,
+                            &[("channel", channel.to_string()), ("type", verdict.as_str().to_owned())],
+                        )
+                        .increment(1);
+                }
+                false
+            }
         };
         let source = record::source_of(&self.settings.channels, entry);
         let record = Record::new(entry.dedup_key.clone(), source, &message, &entry.payload, entry.received_at, history);
@@ -269,7 +301,7 @@ impl Dispatcher {
                 }),
                 _ => None,
             },
-            Message::App { .. } => None,
+            Message::App { .. } | Message::Aibot { .. } => None,
         };
         let human_has_session = match handlers::customer_of(&message, &record) {
             Some(customer) if handlers::asks_for_human(&message, &record, &self.settings) => {

@@ -12,6 +12,7 @@ use crate::config::Channels;
 use crate::messages::kf::{KfKind, KfMessage, Origin};
 use crate::messages::{AppEvent, AppMessage, AppMessageKind, Message};
 use crate::store::journal::{EntryKind, PendingEntry};
+use crate::wecom::aibot::AibotMessage;
 
 /// The channel a record comes from, as the registry knows it.
 #[derive(Debug, Clone)]
@@ -60,8 +61,22 @@ pub(crate) struct Record {
     /// the appliance hands the session over and the bot stays silent until it ends.
     #[serde(default)]
     pub handoff: bool,
+    /// AI bot: `single` or `group`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chattype: Option<String>,
+    /// AI bot: the group chat's id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chatid: Option<String>,
+    /// AI bot: the quoted message, as WeCom sends it (`msgtype` and its content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quote: Option<serde_json::Value>,
+    /// AI bot: the stream the answer goes into (SPEC §13); the send API's
+    /// `in_reply_to` is this record's `id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<String>,
     /// The decrypted message as received: XML text for app callbacks, the JSON
-    /// object for kf messages.
+    /// object for kf messages and AI bot callbacks (an AI bot's without its
+    /// `response_url`, which the appliance alone uses, once).
     pub raw: serde_json::Value,
 }
 
@@ -75,7 +90,11 @@ pub(crate) fn source_of(channels: &Channels, entry: &PendingEntry) -> Source {
         }
         None => {
             let kf = entry.kind == EntryKind::KfMessage || entry.channel.as_str() == ChannelName::KF;
-            let kind = if kf { ChannelKind::Kf } else { ChannelKind::App };
+            let kind = match entry.kind {
+                EntryKind::Aibot => ChannelKind::Aibot,
+                _ if kf => ChannelKind::Kf,
+                _ => ChannelKind::App,
+            };
             Source { name: entry.channel.clone(), kind, corp_id: String::new() }
         }
     }
@@ -95,6 +114,7 @@ impl Record {
         let mut record = match message {
             Message::App { message, .. } => Self::from_app(id, channel.name, message, raw_xml, received_at),
             Message::Kf(message) => Self::from_kf(id, channel.name, message, history),
+            Message::Aibot { message, .. } => Self::from_aibot(id, channel.name, message, received_at),
         };
         record.kind = Some(channel.kind);
         record.corp_id = channel.corp_id;
@@ -140,6 +160,10 @@ impl Record {
             origin: None,
             history: false,
             handoff: false,
+            chattype: None,
+            chatid: None,
+            quote: None,
+            stream_id: None,
             raw: serde_json::Value::String(raw_xml.to_owned()),
         }
     }
@@ -168,7 +192,42 @@ impl Record {
             origin: Some(message.origin),
             history,
             handoff: false,
+            chattype: None,
+            chatid: None,
+            quote: None,
+            stream_id: None,
             raw: message.raw.clone(),
+        }
+    }
+
+    /// The record of an AI bot message or event. A `mixed` message's text is
+    /// its text items, one per line; its images, like an image's, file's or
+    /// video's, are downloaded (`media_path`, the first of them).
+    fn from_aibot(id: String, channel: ChannelName, message: &AibotMessage, received_at: i64) -> Self {
+        let stream_id = message.opens_stream().then(|| crate::streams::stream_id(channel.as_str(), &message.msgid));
+        Self {
+            id,
+            kind: None,
+            corp_id: String::new(),
+            msgtype: message.msgtype.clone(),
+            event: message.event().map(|e| e.name().to_owned()),
+            from: message.userid.clone(),
+            open_kfid: None,
+            agent_id: None,
+            time: message.create_time.unwrap_or(received_at),
+            text: message.text(),
+            media_id: None,
+            media_path: None,
+            media_skipped: None,
+            origin: None,
+            history: false,
+            handoff: false,
+            chattype: message.chattype.map(|c| c.as_str().to_owned()),
+            chatid: message.chatid.clone(),
+            quote: message.quote.clone(),
+            stream_id,
+            raw: message.raw_without_credentials(),
+            channel,
         }
     }
 

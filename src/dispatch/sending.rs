@@ -28,10 +28,13 @@ use crate::config::{ChannelSpec, Channels};
 use crate::media::Floor;
 use crate::messages::kf::fail_type_meaning;
 use crate::messages::LoggedId;
+use crate::messages::Message;
 use crate::outgoing::{SendRequest, Target};
 use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
+use crate::store::journal::{EntryKind, PendingEntry};
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::{now, Store, StoreError};
+use crate::streams::{StreamRow, Update, UpdateError};
 use crate::telemetry::{Metrics, MESSAGES_SENT_TOTAL, SEND_API_REFUSED_TOTAL};
 use crate::wecom::models::ServiceState;
 use crate::wecom::{kf_msgid, WeCom, WeComError, APP_DUPLICATE_CHECK};
@@ -337,6 +340,12 @@ pub(crate) enum QueueError {
     /// callbacks'. `channel`: the request's.
     #[error("{reason}: the rest is kept for callbacks; nothing was queued")]
     LowDisk { channel: ChannelName, reason: String },
+    /// 413: too long for the channel (a text: characters; an AI bot's answer: bytes).
+    #[error("$.text: {0}")]
+    TooLong(String),
+    /// 409: the AI bot's answer was finished already.
+    #[error("$.in_reply_to: {0}")]
+    Finished(UpdateError),
 }
 
 impl QueueError {
@@ -405,8 +414,59 @@ impl SendLimits {
 #[derive(Debug, Clone)]
 pub(crate) struct Accepted {
     pub id: String,
-    pub status: SendStatus,
+    /// `queued`, `sent` …; for an AI bot's answer `streaming`, `sent` or `failed`.
+    pub status: &'static str,
     pub parts: i64,
+}
+
+/// The send API's message id of an AI bot's answer: the same for every update of one stream.
+pub(crate) fn answer_id(stream_id: &str) -> String {
+    format!("stream_{stream_id}")
+}
+
+/// The stream of an AI bot answer's message id ([`answer_id`]).
+pub(crate) fn stream_of_answer(id: &str) -> Option<&str> {
+    id.strip_prefix("stream_")
+}
+
+/// Applies `update` to the stream of record `record_id` (AI bot channel
+/// `channel`), queueing the `response_url` action with it when the stream
+/// cannot show the whole answer. `None`: the stream is unknown.
+pub(crate) async fn update_stream(
+    store: &Store,
+    record_id: &str,
+    channel: &ChannelName,
+    stream_id: &str,
+    update: Update,
+) -> Result<Option<Result<StreamRow, UpdateError>>, QueueError> {
+    let rest = Action::AibotRest {
+        record_id: record_id.to_owned(),
+        channel: channel.clone(),
+        stream_id: stream_id.to_owned(),
+    };
+    let rest = rest.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
+    Ok(store.aibot_update(stream_id.to_owned(), update, rest).await?)
+}
+
+/// The send API on an AI bot's record: the text updates the message's stream.
+async fn answer_in_stream(store: &Store, entry: &PendingEntry, request: SendRequest) -> Result<Accepted, QueueError> {
+    let unsendable = |reason: &str| QueueError::Unsendable { path: "$.in_reply_to", reason: reason.to_owned() };
+    let message = match super::parse_entry(entry) {
+        Ok(Message::Aibot { message, .. }) if message.opens_stream() => message,
+        Ok(_) => return Err(unsendable("that record is an AI bot event or of an unknown type: no stream answers it")),
+        Err(reason) => return Err(QueueError::Unsendable { path: "$.in_reply_to", reason }),
+    };
+    let stream_id = crate::streams::stream_id(entry.channel.as_str(), &message.msgid);
+    let update =
+        Update { text: request.text, append: request.append.unwrap_or(false), finish: request.finish.unwrap_or(true) };
+    match update_stream(store, &entry.dedup_key, &entry.channel, &stream_id, update).await? {
+        Some(Ok(row)) => {
+            Ok(Accepted { id: answer_id(&stream_id), status: crate::streams::status(&row).as_str(), parts: 1 })
+        }
+        Some(Err(finished @ UpdateError::Finished)) => Err(QueueError::Finished(finished)),
+        Some(Err(too_large @ UpdateError::TooLarge { .. })) => Err(QueueError::TooLong(too_large.to_string())),
+        None => Err(QueueError::UnknownRecord(entry.dedup_key.clone())),
+    }
 }
 
 /// Turns a send API request into a durable send and its first action; the same
@@ -420,6 +480,26 @@ pub(crate) async fn queue(
     request: SendRequest,
 ) -> Result<Accepted, QueueError> {
     let fingerprint = request.fingerprint();
+    let stream_fields = request.finish.is_some() || request.append.is_some();
+    if let Target::InReplyTo(record_id) = &request.target {
+        let Some(entry) = store.find_entry(record_id.clone()).await? else {
+            return Err(QueueError::UnknownRecord(record_id.clone()));
+        };
+        if entry.kind == EntryKind::Aibot {
+            return answer_in_stream(store, &entry, request).await;
+        }
+    }
+    if stream_fields {
+        let path = if request.finish.is_some() { "$.finish" } else { "$.append" };
+        return Err(QueueError::Unsendable { path, reason: "only for answers to AI bot records (in_reply_to)".into() });
+    }
+    let chars = request.text.chars().count();
+    if chars > crate::outgoing::MAX_TEXT_CHARS {
+        return Err(QueueError::TooLong(format!(
+            "{chars} characters, more than the {} allowed",
+            crate::outgoing::MAX_TEXT_CHARS
+        )));
+    }
     let recipient = match request.target {
         Target::InReplyTo(record_id) => {
             let Some(entry) = store.find_entry(record_id.clone()).await? else {
@@ -477,13 +557,13 @@ pub(crate) async fn queue(
     };
     match store.queue_send(send, row, i64::from(limits.queue_max)).await? {
         Queued::Full { queued } => Err(QueueError::Full { channel, queued, max: limits.queue_max }),
-        Queued::New(id) => Ok(Accepted { id, status: SendStatus::Queued, parts }),
+        Queued::New(id) => Ok(Accepted { id, status: SendStatus::Queued.as_str(), parts }),
         Queued::Conflict(id) => Err(QueueError::KeyReused(id)),
         Queued::Existing(id) => {
             let first = store.send(id.clone()).await?;
             Ok(Accepted {
                 id,
-                status: first.as_ref().map_or(SendStatus::Queued, |row| row.status),
+                status: first.as_ref().map_or(SendStatus::Queued, |row| row.status).as_str(),
                 parts: first.map_or(parts, |row| row.parts),
             })
         }

@@ -104,6 +104,8 @@ pub(crate) struct Checks {
     pressure: Pressure,
     /// The egress IP of each channel, SPEC §14.
     egress: Option<(Arc<Egress>, Vec<ProbedChannel>)>,
+    /// The AI bot channels, each checked as `aibot:<name>`.
+    aibots: Vec<String>,
 }
 
 impl Checks {
@@ -134,7 +136,13 @@ impl Checks {
             invalidations: Mutex::new(HashMap::new()),
             pressure: Pressure { clock: Arc::default(), forward: None, data_floor: None },
             egress: None,
+            aibots: Vec::new(),
         }
+    }
+
+    /// The same checks with `aibot:<name>` for each AI bot channel of `names`.
+    pub(crate) fn with_aibots(self, names: Vec<String>) -> Self {
+        Self { aibots: names, ..self }
     }
 
     /// The same checks with those of SPEC §15; their gauges exist from the first scrape.
@@ -221,6 +229,16 @@ impl Checks {
             self.metrics.gauge(FORWARD_FAILING_SECONDS, &[]).set(secs as f64);
             let failing = failing.as_ref().map(|(since, reason)| (*since, reason.as_str()));
             results.push((CheckName::ForwardDelivery, forward_check(failing, now)));
+        }
+        for bot in &self.aibots {
+            let since = self.pressure.clock.now() - AIBOT_WINDOW_SECS;
+            let result = match tokio::time::timeout(CHECK_TIMEOUT, self.store.aibot_incidents(bot.clone(), since)).await
+            {
+                Ok(Ok((late, lost))) => aibot_check(late, lost),
+                Ok(Err(error)) => CheckResult::new(Status::Warn).output(format!("cannot read the streams: {error}")),
+                Err(_) => CheckResult::new(Status::Warn).output("the streams could not be read within 10s"),
+            };
+            results.push((CheckName::Aibot(bot.clone()), result));
         }
         results.push((CheckName::ConfigSecrets, secrets_check(self.secrets_identical)));
         results.push((CheckName::AlertsEmail, self.email()));
@@ -417,6 +435,29 @@ pub(crate) fn backlog_check(owed: Owed, now: i64) -> CheckResult {
     }
 }
 
+/// How far back `aibot:<name>` looks: the last hour.
+const AIBOT_WINDOW_SECS: i64 = 3_600;
+
+/// `aibot:<name>` (SPEC §13), over the streams of the last hour: fails when an
+/// answer was lost (`late`: closed at the deadline; `lost`: could not be
+/// delivered any more), warns when one went late.
+pub(crate) fn aibot_check(late: i64, lost: i64) -> CheckResult {
+    let result = CheckResult::new(match (late, lost) {
+        (_, lost) if lost > 0 => Status::Fail,
+        (late, _) if late > 0 => Status::Warn,
+        _ => Status::Pass,
+    });
+    match (late, lost) {
+        (_, lost) if lost > 0 => result.observed(lost, "answers").output(format!(
+            "{lost} answer(s) lost in the last hour (response_url expired, used or refused; see GET /api/v1/messages/stream_<id>)"
+        )),
+        (late, _) if late > 0 => result.observed(late, "streams").output(format!(
+            "{late} stream(s) closed at AIBOT_STREAM_DEADLINE_SECS in the last hour: the bot answers slowly; the rest went through response_url"
+        )),
+        _ => result.observed(0, "streams").output("no stream late or lost in the last hour"),
+    }
+}
+
 /// `forward:delivery` (SPEC §15): `failing` is since when every POST to
 /// `FORWARD_URL` failed, and the last reason; fails past [`FORWARD_FAIL_SECS`],
 /// warns before, passes once a POST succeeds.
@@ -541,6 +582,16 @@ pub(crate) fn certificate_check(not_after: i64) -> CheckResult {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn an_ai_bot_warns_on_a_late_stream_and_fails_on_a_lost_answer() {
+        assert_eq!(aibot_check(0, 0).status, Status::Pass);
+        assert_eq!(aibot_check(2, 0).status, Status::Warn);
+        assert_eq!(aibot_check(2, 1).status, Status::Fail);
+        assert_eq!(CheckName::parse("aibot:bot2"), Some(CheckName::Aibot("bot2".into())));
+        assert!(CheckName::Aibot("bot2".into()).is_cluster_wide());
+    }
+
     use super::*;
 
     #[test]

@@ -86,6 +86,8 @@ pub(crate) enum CheckName {
     AlertsEmail,
     /// `egress:<name>`: the IP WeCom sees one channel's calls come from (SPEC §14).
     Egress(String),
+    /// `aibot:<name>`: one AI bot's answers (SPEC §13).
+    Aibot(String),
 }
 
 impl CheckName {
@@ -95,6 +97,7 @@ impl CheckName {
             Self::Token(name) => return format!("token:{name}"),
             Self::Config(name) => return format!("config:{name}"),
             Self::Egress(name) => return format!("egress:{name}"),
+            Self::Aibot(name) => return format!("aibot:{name}"),
             Self::UploadsWritable => "uploads:writable",
             Self::UploadsFree => "uploads:free",
             Self::CallbackLatency => "callback:latency",
@@ -132,6 +135,7 @@ impl CheckName {
             Some(("token", rest)) if !rest.is_empty() => Some(Self::Token(rest.to_owned())),
             Some(("config", rest)) if !rest.is_empty() => Some(Self::Config(rest.to_owned())),
             Some(("egress", rest)) if !rest.is_empty() => Some(Self::Egress(rest.to_owned())),
+            Some(("aibot", rest)) if !rest.is_empty() => Some(Self::Aibot(rest.to_owned())),
             _ => None,
         }
     }
@@ -140,7 +144,8 @@ impl CheckName {
     /// configuration, WeCom refusing a channel's IP): its transitions are paged
     /// once for the cluster.
     pub(crate) fn is_cluster_wide(&self) -> bool {
-        matches!(self, Self::Token(_) | Self::Config(_) | Self::ConfigSecrets | Self::Egress(_))
+        // An AI bot's streams are rows every replica reads alike.
+        matches!(self, Self::Token(_) | Self::Config(_) | Self::ConfigSecrets | Self::Egress(_) | Self::Aibot(_))
     }
 }
 

@@ -1,7 +1,8 @@
 //! The typed messages WeCom sends, parsed once and classified.
 //!
 //! Owns: the outer callback envelope ([`envelope`]) and the decrypted app XML
-//! ([`app`]). Unknown message or event types are kept, never a parse failure:
+//! ([`app`]), and [`Message`], what the handlers decide on (an AI bot's JSON is
+//! parsed with the rest of its protocol in `wecom::aibot`). Unknown message or event types are kept, never a parse failure:
 //! WeCom adds types faster than any client learns them.
 //!
 //! Deliberately not here: decryption (see `crypto`), I/O, and what to do with a
@@ -18,6 +19,7 @@ pub use envelope::CallbackEnvelope;
 use kf::{KfEvent, KfKind, KfMessage};
 
 use crate::channels::ChannelName;
+use crate::wecom::aibot::AibotMessage;
 
 /// What makes a delivery the same message as an earlier one.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +53,8 @@ pub(crate) enum Message {
     App { channel: ChannelName, message: AppMessage },
     /// One message of a `kf/sync_msg` page.
     Kf(KfMessage),
+    /// An AI bot's message or event (SPEC §13), on its channel.
+    Aibot { channel: ChannelName, message: AibotMessage },
 }
 
 impl Message {
@@ -76,7 +80,7 @@ impl Message {
                 Some(KfEvent::EnterSession { welcome_code: Some(code), .. }) if !code.is_empty() => Some(code),
                 _ => None,
             },
-            Self::App { .. } => None,
+            Self::App { .. } | Self::Aibot { .. } => None,
         }
     }
 }

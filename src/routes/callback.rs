@@ -11,8 +11,12 @@ use crate::callback::{CallbackError, CallbackQuery, OpenedCallback, Outcome};
 use crate::channels::{ChannelKind, ChannelName};
 use crate::config::ChannelSpec;
 use crate::routes::AppState;
+use crate::store::aibot::{Refreshed, StreamOpen};
 use crate::store::journal::{EntryKind, NewEntry, Recorded};
 use crate::store::{self, StoreError};
+use crate::streams;
+use crate::telemetry::{AIBOT_REFRESHES_TOTAL, AIBOT_STREAMS_TOTAL};
+use crate::wecom::aibot::{self, AibotEvent, AibotKind};
 
 /// Real callback bodies are a few KiB; anything near this is not from WeCom.
 pub const MAX_BODY_BYTES: usize = 128 * 1024;
@@ -128,6 +132,9 @@ async fn receive_at(
     };
     let started = Instant::now();
     let now = crate::store::now();
+    if let Some(bot) = own.as_ref().filter(|c| c.kind() == ChannelKind::Aibot) {
+        return receive_aibot(&request, &state, bot, &query, &body, now, started).await;
+    }
     let opened: Result<OpenedCallback, CallbackError> = match &own {
         Some(channel) => state.credentials.open_on(channel, &query, &body, now),
         None => state.credentials.open(&query, &body, now),
@@ -171,6 +178,112 @@ async fn receive_at(
     HttpResponse::Ok().content_type("text/plain; charset=utf-8").body(body)
 }
 
+/// An AI bot callback (SPEC §13) on its own path: a refresh is answered from
+/// the store; a message opens its stream and is journaled, then answered with
+/// the stream just begun; `enter_chat` gets the welcome text; other events and
+/// unknown types are journaled and answered empty.
+async fn receive_aibot(
+    request: &HttpRequest,
+    state: &AppState,
+    channel: &Arc<ChannelSpec>,
+    query: &CallbackQuery,
+    body: &[u8],
+    now: i64,
+    started: Instant,
+) -> HttpResponse {
+    let opened = match state.credentials.open_aibot(channel, query, body, now) {
+        Ok(opened) => opened,
+        Err(error) => return reject(state, request, &error),
+    };
+    let name = &channel.name;
+    let nonce = query.nonce.as_deref().unwrap_or_default();
+    let encrypted = |plain: &str| {
+        let answer = aibot::encrypted_answer(channel.keys.token.expose(), &channel.keys.aes_key, plain, nonce, now);
+        HttpResponse::Ok().content_type("application/json").body(answer)
+    };
+    if let AibotKind::Refresh { id } = &opened.message.kind {
+        let deadline = i64::try_from(state.aibot.deadline.as_secs()).unwrap_or(i64::MAX);
+        let refreshed =
+            store::bounded(state.store.aibot_refresh(id.clone(), opened.message.userid.clone(), now, deadline)).await;
+        let shown = match refreshed {
+            Ok(Some(refreshed)) => {
+                count_closed(state, name, &refreshed);
+                streams::shown(&refreshed.row, &state.aibot.late_text)
+            }
+            // Not ours (or another user's): finished empty, so WeCom stops asking.
+            Ok(None) => streams::Shown { content: String::new(), finish: true },
+            Err(error) => return store_failed(state, name, &error, started),
+        };
+        state.metrics.counter(AIBOT_REFRESHES_TOTAL, &[("channel", name.to_string())]).increment(1);
+        state.metrics.record_callback(Some(name), Outcome::Ok, Some(started.elapsed()));
+        seen(state, name);
+        return encrypted(&aibot::stream_answer(id, &shown.content, shown.finish));
+    }
+    let record_id = opened.dedup_key();
+    let stream_id = opened.message.opens_stream().then(|| streams::stream_id(name.as_str(), &opened.message.msgid));
+    if let Some(stream_id) = &stream_id {
+        // Open before journaling: once the message may be handled (and answered
+        // by the bot), its stream exists; a retry opens nothing twice.
+        let open = StreamOpen {
+            stream_id: stream_id.clone(),
+            record_id: record_id.clone(),
+            channel: name.to_string(),
+            userid: opened.message.userid.clone().unwrap_or_default(),
+            chatid: opened.message.chatid.clone(),
+            response_url: opened.message.response_url.clone(),
+            created_at: now,
+        };
+        if let Err(error) = store::bounded(state.store.aibot_open(open)).await {
+            return store_failed(state, name, &error, started);
+        }
+    }
+    let entry = NewEntry {
+        dedup_key: record_id,
+        channel: name.clone(),
+        kind: EntryKind::Aibot,
+        sender: opened.message.userid.clone(),
+        payload: opened.json.clone(),
+    };
+    let outcome = match store::bounded(state.store.journal(entry)).await {
+        Ok(Recorded::New(_)) => {
+            state.journal_wake.notify_one();
+            Outcome::Ok
+        }
+        Ok(Recorded::Duplicate) => Outcome::Duplicate,
+        Err(error) => return store_failed(state, name, &error, started),
+    };
+    state.metrics.record_callback(Some(name), outcome, Some(started.elapsed()));
+    seen(state, name);
+    match (&stream_id, opened.message.event(), channel.welcome_text.as_deref()) {
+        (Some(stream_id), _, _) => encrypted(&aibot::stream_answer(stream_id, "", false)),
+        (None, Some(AibotEvent::EnterChat), Some(welcome)) => encrypted(&aibot::welcome_answer(welcome)),
+        // Other events (feedback allows nothing else), unknown types: an empty answer.
+        _ => HttpResponse::Ok().finish(),
+    }
+}
+
+/// Counts a stream a refresh has just closed: `finished`, or `late`.
+fn count_closed(state: &AppState, channel: &ChannelName, refreshed: &Refreshed) {
+    let outcome = match (refreshed.closed_now, refreshed.late_now) {
+        (true, true) => "late",
+        (true, false) => "finished",
+        _ => return,
+    };
+    state
+        .metrics
+        .counter(AIBOT_STREAMS_TOTAL, &[("channel", channel.to_string()), ("outcome", outcome.to_owned())])
+        .increment(1);
+}
+
+/// A callback whose store call failed: 503, so WeCom retries.
+fn store_failed(state: &AppState, channel: &ChannelName, error: &StoreError, started: Instant) -> HttpResponse {
+    log_store_failure(state, channel, error);
+    state.metrics.record_callback(Some(channel), Outcome::Internal, Some(started.elapsed()));
+    HttpResponse::ServiceUnavailable()
+        .content_type("text/plain; charset=utf-8")
+        .body("cannot store the message; retry later\n")
+}
+
 /// Notes that `channel` had a callback accepted now (the status page's "last callback").
 fn seen(state: &AppState, channel: &ChannelName) {
     if let Some(at) = state.last_callback.get(channel.as_str()) {
@@ -189,6 +302,9 @@ fn status_of(error: &CallbackError) -> StatusCode {
         | CallbackError::WrongReceiveId
         | CallbackError::BadTimestamp
         | CallbackError::AmbiguousChannel(_)
+        | CallbackError::AibotEnvelope(_)
+        | CallbackError::AibotMessage(_)
+        | CallbackError::WrongBot(_)
         | CallbackError::BadMessage(_) => StatusCode::BAD_REQUEST,
     }
 }

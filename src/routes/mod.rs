@@ -82,6 +82,8 @@ pub(crate) struct AppState {
     /// rate-limited per reason.
     pub refusal_log: crate::log_limit::SharedLogLimiter,
     pub alerter: Alerter,
+    /// `AIBOT_STREAM_DEADLINE_SECS` and `AIBOT_LATE_TEXT`: how refreshes close streams.
+    pub aibot: crate::config::AibotSettings,
     pub version: &'static str,
     /// Each channel's egress IP (SPEC §14), for the status page.
     pub egress: Arc<crate::egress::Egress>,

@@ -35,13 +35,14 @@ pub(crate) async fn create(body: web::Bytes, state: web::Data<AppState>) -> Http
             state.outbox_wake.notify_one();
             HttpResponse::Accepted().json(json!({
                 "id": accepted.id,
-                "status": accepted.status.as_str(),
+                "status": accepted.status,
                 "parts": accepted.parts,
             }))
         }
         Err(e @ QueueError::UnknownRecord(_)) => error(StatusCode::NOT_FOUND, e.to_string()),
         Err(e @ QueueError::Unsendable { .. }) => error(StatusCode::BAD_REQUEST, e.to_string()),
-        Err(e @ QueueError::KeyReused(_)) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ (QueueError::KeyReused(_) | QueueError::Finished(_))) => error(StatusCode::CONFLICT, e.to_string()),
+        Err(e @ QueueError::TooLong(_)) => error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string()),
         Err(e @ QueueError::Full { .. }) => {
             sending::count_refusal(&state.metrics, &e);
             super::too_many(sending::FULL_RETRY_AFTER, |_| e.to_string())
@@ -74,7 +75,11 @@ fn log_store_failure(state: &AppState, error: &StoreError) {
 
 /// `GET /api/v1/messages/{id}`
 pub(crate) async fn status(id: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
-    match store::bounded(state.store.send(id.into_inner())).await {
+    let id = id.into_inner();
+    if let Some(stream_id) = sending::stream_of_answer(&id) {
+        return answer_status(&state, &id, stream_id).await;
+    }
+    match store::bounded(state.store.send(id)).await {
         Ok(Some(send)) => HttpResponse::Ok().json(json!({
             "id": send.id,
             "status": send.status.as_str(),
@@ -91,6 +96,37 @@ pub(crate) async fn status(id: web::Path<String>, state: web::Data<AppState>) ->
         Ok(None) => error(StatusCode::NOT_FOUND, "no message with that id"),
         Err(e) => {
             log_store_failure(&state, &e);
+            error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; retry")
+        }
+    }
+}
+
+/// `GET /api/v1/messages/stream_<id>`: an AI bot's answer, `streaming`, `sent` or `failed`.
+async fn answer_status(state: &AppState, id: &str, stream_id: &str) -> HttpResponse {
+    match store::bounded(state.store.aibot_stream(stream_id.to_owned())).await {
+        Ok(Some(stream)) => {
+            let status = crate::streams::status(&stream);
+            let reason = match &status {
+                crate::streams::StreamStatus::Failed(reason) => Some(reason.clone()),
+                _ => None,
+            };
+            HttpResponse::Ok().json(json!({
+                "id": id,
+                "status": status.as_str(),
+                "parts": 1,
+                "errcode": null,
+                "reason": reason,
+                "channel": stream.channel,
+                "to": stream.userid,
+                "in_reply_to": stream.record_id,
+                "finished": stream.finished,
+                "late": stream.late(),
+                "bytes": stream.content.len(),
+            }))
+        }
+        Ok(None) => error(StatusCode::NOT_FOUND, "no message with that id"),
+        Err(e) => {
+            log_store_failure(state, &e);
             error(StatusCode::SERVICE_UNAVAILABLE, "the store is unavailable; retry")
         }
     }

@@ -15,6 +15,8 @@ pub enum EntryKind {
     Callback,
     /// One message of a `kf/sync_msg` page, as JSON.
     KfMessage,
+    /// An AI bot callback's decrypted JSON (SPEC §13).
+    Aibot,
 }
 
 impl EntryKind {
@@ -23,12 +25,13 @@ impl EntryKind {
         match self {
             Self::Callback => "callback",
             Self::KfMessage => "kf_message",
+            Self::Aibot => "aibot",
         }
     }
 
     /// The kind named by [`EntryKind::as_str`].
     pub(crate) fn parse(name: &str) -> Option<Self> {
-        [Self::Callback, Self::KfMessage].into_iter().find(|k| k.as_str() == name)
+        [Self::Callback, Self::KfMessage, Self::Aibot].into_iter().find(|k| k.as_str() == name)
     }
 }
 

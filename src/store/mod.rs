@@ -2,7 +2,7 @@
 //! access tokens, kf cursors, alert state, names, facts about the installation —
 //! as operations named by what the service needs, whichever engine holds them.
 //!
-//! Owns: the operations (one file per concern: [`journal`], [`outbox`], [`kf`],
+//! Owns: the operations (one file per concern: [`journal`], [`outbox`], [`kf`], [`aibot`],
 //! [`sends`], [`conversations`], [`tokens`], [`leases`], [`alerts`], [`names`],
 //! [`meta`], [`retention`], [`egress`]), the types they
 //! take and give, [`StoreError`], and what is the same for every engine (the
@@ -13,6 +13,7 @@
 //! durability classes) that implements every operation; [`Store`] hands each call
 //! to its backend.
 
+pub(crate) mod aibot;
 pub(crate) mod alerts;
 pub(crate) mod conversations;
 pub(crate) mod egress;

@@ -28,7 +28,8 @@ pub struct Pruned {
 impl Store {
     /// Deletes finished sends (with their msgids) and kf conversations that have
     /// not changed since `cutoff`: their 48 hours are long past, and a customer
-    /// who writes again starts a new one. Small tables: one statement each.
+    /// who writes again starts a new one; and AI bot streams opened before it
+    /// (their `response_url` died an hour after). Small tables: one statement each.
     pub async fn prune_replies(&self, cutoff: i64) -> Result<u64, StoreError> {
         backend!(self, b => b.prune_replies(cutoff).await)
     }

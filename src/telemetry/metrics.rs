@@ -160,6 +160,42 @@ pub(crate) const MESSAGES_SENT_TOTAL: Family = Family {
     help: "Texts sent to users (help, welcome, replies, the send API), by channel and outcome: sent, failed (WeCom refused it or reported msg_send_fail), refused (a kf rule stopped it before any call).",
 };
 
+/// `wechat_api_aibot_streams_total{channel,outcome}` (SPEC §13).
+pub(crate) const AIBOT_STREAMS_TOTAL: Family = Family {
+    name: "wechat_api_aibot_streams_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["channel", "outcome"],
+    help: "AI bot answers by how their stream ended: finished (a refresh showed the finished answer), late (closed unfinished at AIBOT_STREAM_DEADLINE_SECS), expired (the answer could not be delivered any more).",
+};
+
+/// `wechat_api_aibot_refreshes_total{channel}` (SPEC §13).
+pub(crate) const AIBOT_REFRESHES_TOTAL: Family = Family {
+    name: "wechat_api_aibot_refreshes_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["channel"],
+    help: "AI bot stream refresh callbacks answered from the store, by channel.",
+};
+
+/// `wechat_api_aibot_feedback_total{channel,type}` (SPEC §13).
+pub(crate) const AIBOT_FEEDBACK_TOTAL: Family = Family {
+    name: "wechat_api_aibot_feedback_total",
+    kind: Kind::Counter,
+    unit: None,
+    labels: &["channel", "type"],
+    help: "AI bot feedback events by the user's verdict: accurate, inaccurate, cancelled, other.",
+};
+
+/// `wechat_api_aibot_connected{channel}` (SPEC §13).
+pub(crate) const AIBOT_CONNECTED: Family = Family {
+    name: "wechat_api_aibot_connected",
+    kind: Kind::Gauge,
+    unit: None,
+    labels: &["channel"],
+    help: "Whether the AI bot's long connection is up (1) or not (0); 0 for a bot served by callbacks.",
+};
+
 /// `wechat_api_outbox_actions_total{channel,kind,outcome}`.
 pub(crate) const OUTBOX_ACTIONS_TOTAL: Family = Family {
     name: "wechat_api_outbox_actions_total",
@@ -288,7 +324,7 @@ pub(crate) const EGRESS_IP_CHANGES_TOTAL: Family = Family {
 };
 
 /// Every family the service exports: [`Metrics::new`] describes each of them.
-pub(crate) const FAMILIES: [Family; 25] = [
+pub(crate) const FAMILIES: [Family; 29] = [
     BUILD_INFO,
     CALLBACKS_TOTAL,
     CALLBACK_DURATION_SECONDS,
@@ -300,6 +336,10 @@ pub(crate) const FAMILIES: [Family; 25] = [
     ALERTS_TOTAL,
     KF_MESSAGES_TOTAL,
     MESSAGES_SENT_TOTAL,
+    AIBOT_STREAMS_TOTAL,
+    AIBOT_REFRESHES_TOTAL,
+    AIBOT_FEEDBACK_TOTAL,
+    AIBOT_CONNECTED,
     OUTBOX_ACTIONS_TOTAL,
     STORE_PRUNED_TOTAL,
     MEDIA_PRUNED_TOTAL,

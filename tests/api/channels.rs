@@ -61,7 +61,10 @@ fn every_channel_configuration_problem_exits_64_with_one_line_naming_the_channel
             hr_table("").replace(HR_KEY, &HR_KEY[..42]),
             "channels.hr.encoding_aes_key must be 43 characters of base64, got 42",
         ),
-        (hr_table("").replace("\"app\"", "\"aibot\""), "channels.hr.kind aibot is not yet supported"),
+        (
+            format!("[channels.bot]\nkind = \"aibot\"\ntoken = \"T\"\nencoding_aes_key = \"{HR_KEY}\"\nbot_secret = \"s\"\n"),
+            "channels.bot.bot_secret is the long connection's, not yet supported",
+        ),
     ];
     for (text, expected) in cases {
         let (code, lines, stderr) = serve_with_file(&text);

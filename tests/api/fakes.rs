@@ -51,6 +51,10 @@ struct WeComState {
     untrusted: HashSet<String>,
     /// The Secret each issued token was issued for.
     token_secrets: HashMap<String, String>,
+    /// AI bot `response_url` bodies accepted, by `response_code`: each code once.
+    responses: Vec<(String, Value)>,
+    /// AI bot media served at `/aibot/media/<name>`, already encrypted.
+    aibot_media: HashMap<String, Vec<u8>>,
 }
 
 /// The IP the fake names in its error answers unless told another.
@@ -175,6 +179,25 @@ impl FakeWeCom {
         self.state.lock().expect("lock").kf_delivered.iter().map(|(_, body)| body.clone()).collect()
     }
 
+    /// A `response_url` of the AI bot, one use, valid here.
+    pub(crate) fn response_url(&self, code: &str) -> String {
+        format!("{}/cgi-bin/aibot/response?response_code={code}", self.base_url)
+    }
+
+    /// What `response_url`s accepted, in order (`response_code`, body).
+    pub(crate) fn responses(&self) -> Vec<(String, Value)> {
+        self.state.lock().expect("lock").responses.clone()
+    }
+
+    /// Serves `bytes` encrypted as WeCom encrypts AI bot media (AES-256-CBC with
+    /// the callback `key`, IV = key[..16], PKCS#7 to 32); the URL to fetch it.
+    pub(crate) fn serve_aibot_media(&self, name: &str, bytes: &[u8], key: &str) -> String {
+        let key = wechat_api::testing::crypto::AesKey::parse(key).expect("key");
+        let encrypted = wechat_api::testing::crypto::encrypt_media(&key, bytes);
+        self.state.lock().expect("lock").aibot_media.insert(name.to_owned(), encrypted);
+        format!("{}/aibot/media/{name}", self.base_url)
+    }
+
     /// Polls until `api` was called `count` times, or fails after 15 s.
     pub(crate) async fn wait_for_calls(&self, api: &str, count: usize) -> Vec<Call> {
         let deadline = Instant::now() + Duration::from_secs(15);
@@ -246,6 +269,21 @@ fn default_answer(
     }
     if api == "gettoken" && query.get("corpsecret").is_none_or(String::is_empty) {
         return Ok(json!({"errcode": 41004, "errmsg": "corpsecret missing"}));
+    }
+    if api == "aibot/response" {
+        // The URL is the credential: no access token; each code answers once.
+        let code = query.get("response_code").cloned().unwrap_or_default();
+        if code.is_empty() || s.responses.iter().any(|(seen, _)| *seen == code) {
+            return Ok(json!({"errcode": 40001, "errmsg": "invalid response_code (used or expired)"}));
+        }
+        s.responses.push((code, body.clone()));
+        return Ok(json!({"errcode": 0, "errmsg": "ok"}));
+    }
+    if let Some(name) = api.strip_prefix("/aibot/media/") {
+        return match s.aibot_media.get(name) {
+            Some(bytes) => Err(bytes.clone()),
+            None => Ok(json!({"errcode": 40007, "errmsg": "no such media"})),
+        };
     }
     if api == "gettoken" {
         s.issued += 1;
@@ -530,6 +568,138 @@ async fn proxy_connection(stream: TcpStream, expected: String, seen: Arc<Mutex<V
         let writer = client.get_mut();
         if writer.write_all(head.as_bytes()).await.is_err() || writer.write_all(body).await.is_err() {
             return;
+        }
+    }
+}
+
+/// Where the fake bot sends its callbacks: a test application, or a replica.
+pub(crate) trait Reach {
+    fn url(&self, path: &str) -> String;
+    fn client(&self) -> &reqwest::Client;
+}
+
+impl Reach for crate::helpers::TestApp {
+    fn url(&self, path: &str) -> String {
+        crate::helpers::TestApp::url(self, path)
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+/// A replica (a `serve` process) on `port`, reached with `client`.
+pub(crate) struct Replica {
+    pub port: u16,
+    pub client: reqwest::Client,
+}
+
+impl Reach for Replica {
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+    fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+}
+
+/// The AI bot (智能机器人) side of WeCom (SPEC §13): it signs and encrypts JSON
+/// callbacks with an empty receive id for the bot's own path, opens the
+/// encrypted JSON answers (checking `msgsignature` and that the nonce is the
+/// request's), and plays refreshes of a stream about once a `period` until it
+/// sees `finish: true` or its window (6 minutes at WeCom, shortened in tests) ends.
+#[derive(Clone)]
+pub(crate) struct FakeAibot {
+    pub token: String,
+    pub key: String,
+    /// The bot's callback path on the appliance.
+    pub path: String,
+}
+
+impl FakeAibot {
+    pub(crate) fn new(token: &str, key: &str, channel: &str) -> Self {
+        Self { token: token.into(), key: key.into(), path: format!("/api/v1/wecom/callback/{channel}") }
+    }
+
+    fn aes(&self) -> wechat_api::testing::crypto::AesKey {
+        wechat_api::testing::crypto::AesKey::parse(&self.key).expect("key")
+    }
+
+    /// `json` as WeCom sends it for receive id `receive_id` (empty: the corp's own bot):
+    /// the query string, the nonce, and the body `{"encrypt": …}`.
+    pub(crate) fn signed_for(&self, json: &Value, receive_id: &str) -> (String, String, String) {
+        use wechat_api::testing::crypto;
+        let encrypted = crypto::encrypt(&self.aes(), json.to_string().as_bytes(), receive_id.as_bytes());
+        let timestamp = time::OffsetDateTime::now_utc().unix_timestamp().to_string();
+        let nonce = format!("n{}", rand::random::<u32>());
+        let signature = crypto::sign(&self.token, &timestamp, &nonce, &encrypted);
+        let query = crate::helpers::query(signature.as_str(), &timestamp, &nonce, None);
+        (query, nonce, json!({"encrypt": encrypted}).to_string())
+    }
+
+    /// POSTs `body` signed like `json` would be (a raw, possibly broken body).
+    pub(crate) async fn post_raw(&self, app: &impl Reach, query: &str, body: String) -> (u16, String) {
+        let url = app.url(&format!("{}?{query}", self.path));
+        let response = app.client().post(url).body(body).send().await.expect("aibot callback");
+        let status = response.status().as_u16();
+        (status, response.text().await.expect("body"))
+    }
+
+    /// Delivers `json`; the status and the decrypted answer (`None`: an empty answer).
+    pub(crate) async fn post(&self, app: &impl Reach, json: &Value) -> (u16, Option<Value>) {
+        let (query, nonce, body) = self.signed_for(json, "");
+        let (status, text) = self.post_raw(app, &query, body).await;
+        if status != 200 || text.is_empty() {
+            return (status, None);
+        }
+        (status, Some(self.open_answer(&text, &nonce)))
+    }
+
+    /// An encrypted answer opened as WeCom opens it: signed over its own
+    /// ciphertext with the request's nonce, an empty receive id.
+    pub(crate) fn open_answer(&self, text: &str, nonce: &str) -> Value {
+        use wechat_api::testing::crypto;
+        let answer: Value = serde_json::from_str(text).expect("a JSON answer");
+        assert_eq!(answer["nonce"], nonce, "the answer carries the request's nonce");
+        let encrypt = answer["encrypt"].as_str().expect("encrypt");
+        let timestamp = answer["timestamp"].as_str().expect("timestamp");
+        let signature = crypto::sign(&self.token, timestamp, nonce, encrypt);
+        assert!(signature.matches(answer["msgsignature"].as_str().expect("msgsignature")), "signed: {answer}");
+        let plain = crypto::decrypt(&self.aes(), encrypt).expect("decrypts");
+        assert_eq!(plain.receive_id(), "", "an answer to the corp's own bot has an empty receive id");
+        serde_json::from_str(plain.message()).expect("the plain answer is JSON")
+    }
+
+    /// One refresh of stream `id` by `userid`: the `stream` object answered.
+    pub(crate) async fn refresh(&self, app: &impl Reach, id: &str, userid: &str) -> Value {
+        let json = json!({"msgid": format!("r{}", rand::random::<u64>()), "aibotid": "BOT", "chattype": "single",
+                          "from": {"userid": userid}, "msgtype": "stream", "stream": {"id": id}});
+        let (status, answer) = self.post(app, &json).await;
+        assert_eq!(status, 200, "a refresh is answered");
+        let answer = answer.expect("a refresh has an answer");
+        assert_eq!(answer["msgtype"], "stream", "{answer}");
+        answer["stream"].clone()
+    }
+
+    /// Refreshes stream `id` every `period` until `finish: true` or `window`
+    /// ends; every snapshot seen, in order.
+    pub(crate) async fn play_refreshes(
+        &self,
+        app: &impl Reach,
+        id: &str,
+        userid: &str,
+        period: Duration,
+        window: Duration,
+    ) -> Vec<Value> {
+        let end = Instant::now() + window;
+        let mut seen = Vec::new();
+        loop {
+            let stream = self.refresh(app, id, userid).await;
+            let finished = stream["finish"] == json!(true);
+            seen.push(stream);
+            if finished || Instant::now() >= end {
+                return seen;
+            }
+            tokio::time::sleep(period).await;
         }
     }
 }

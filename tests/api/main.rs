@@ -2,6 +2,7 @@
 //! real HTTPS client, and the real binary driven as a process.
 
 mod admin;
+mod aibot;
 mod attacks;
 mod bot;
 mod callback;

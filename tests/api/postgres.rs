@@ -340,7 +340,8 @@ async fn a_replica_refuses_a_newer_schema() {
     drop(connect(&url).await);
     sql(&url, "UPDATE schema_version SET version = 99").await;
     let refused = Store::connect(&url, 2, DEFAULT_LEASE).await;
-    assert!(matches!(refused, Err(StoreError::TooNew { found: 99, known: SCHEMA_VERSION })), "{refused:?}");
+    let known = SCHEMA_VERSION;
+    assert!(matches!(refused, Err(StoreError::TooNew { found: 99, known: k }) if k == known && k > 1), "{refused:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

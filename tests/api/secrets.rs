@@ -36,6 +36,9 @@ const DB_PASSWORD: &str = "pGw8Zr3Kq7Xm2Lv9Tn4Hb6Jd";
 const SEND: &str = "Sq4vKw9RtY2pLm7Nx3Bc8Hj5";
 /// The password inside `WECOM_PROXY_URL`: every WeCom call goes through a proxy.
 const PROXY_PASSWORD: &str = "Wv3nQ8xLp2Rk7Zt5Mc9Bj4Hs";
+const BOT_TOKEN: &str = "Vh3mQx8ZkT2pWn7Rb5Lc9Yd4";
+const BOT_KEY: &str = "d2VjaGF0LWFwaSBhaWJvdCBzZWNyZXRzIHRlc3QhISE";
+const BOT_SECRET: &str = "Kc7Xw3Rm9Tq5Zp2Nl8Hb4Vj6";
 const SMTP_USER: &str = "alerts@example.test";
 /// Every access token the fake WeCom API issues is this, `-`, a number.
 const ACCESS_TOKEN: &str = "5Cz25vBT6meUE4iFysYw732mtL";
@@ -73,6 +76,9 @@ const SECRET_VALUES: &[(&str, &str)] = &[
     ("DATABASE_URL", DB_PASSWORD),
     ("SEND_TOKEN", SEND),
     ("WECOM_PROXY_URL", PROXY_PASSWORD),
+    ("AIBOT_TOKEN", BOT_TOKEN),
+    ("AIBOT_ENCODING_AES_KEY", BOT_KEY),
+    ("AIBOT_SECRET", BOT_SECRET),
 ];
 
 /// Every secret of the session, and the AES keys also as the bytes they decode to.
@@ -91,7 +97,11 @@ fn session_secrets() -> Vec<Needle> {
         })
         .collect();
     needles.push(needle("the access token", ACCESS_TOKEN));
-    for (name, key) in [("WECOM_ENCODING_AES_KEY", APP_KEY), ("WECOM_KF_ENCODING_AES_KEY", KF_KEY)] {
+    for (name, key) in [
+        ("WECOM_ENCODING_AES_KEY", APP_KEY),
+        ("WECOM_KF_ENCODING_AES_KEY", KF_KEY),
+        ("AIBOT_ENCODING_AES_KEY", BOT_KEY),
+    ] {
         let bytes = base64::engine::general_purpose::STANDARD.decode(format!("{key}=")).expect("a canonical key");
         let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         needles.push(Needle { name: format!("{name} as hex bytes"), value: hex, partial: false });
@@ -236,6 +246,8 @@ impl Session {
                 ("WECOM_PROXY_URL", &proxy_url),
                 ("ADMIN_TOKEN", ADMIN),
                 ("SEND_TOKEN", SEND),
+                ("AIBOT_TOKEN", BOT_TOKEN),
+                ("AIBOT_ENCODING_AES_KEY", BOT_KEY),
                 ("FORWARD_URL", &receiver.url),
                 ("FORWARD_SECRET", FORWARD_SECRET),
                 ("ALERT_EMAIL_ENABLED", "true"),
@@ -527,6 +539,8 @@ async fn invalid_configuration_never_echoes_a_secret() {
         ("SMTP_PASS", " Ke2Wq7Zp4Lx9Rm3Tv8Hn5Bd1Jc6Gs"),
         ("FORWARD_SECRET", "Lp6Wz2Qk9Xm4Rv8Tn3Hb7Jd1Gc5Fs"),
         ("DATABASE_URL", "mysql://root:Mq3Zx8Kw2Lp7Rv5Tn6Hb@q9db7/w8x"),
+        ("AIBOT_ENCODING_AES_KEY", "Ns5Kq8Wz3Lm7Xp2Rv9Tb4Hj6Gd1Fc0Ya8Ue3Io7!wQ"),
+        ("AIBOT_SECRET", BOT_SECRET),
     ];
     let mut env = session.env.clone();
     for (name, value) in malformed {

@@ -11,10 +11,12 @@ use tempfile::TempDir;
 use wechat_api::testing::channels::ChannelName;
 use wechat_api::testing::store::NewAction;
 use wechat_api::testing::store::StoredToken;
+use wechat_api::testing::store::StreamOpen;
 use wechat_api::testing::store::{now, Store, StoreError};
 use wechat_api::testing::store::{Customer, Observation, Refusal, Verdict};
 use wechat_api::testing::store::{EntryKind, KfAccount, NewEntry, Recorded};
 use wechat_api::testing::store::{NewSend, Queued, SendStatus, SendUpdate};
+use wechat_api::testing::streams::Update;
 
 /// Which engine a scenario runs on.
 #[derive(Debug, Clone, Copy)]
@@ -591,6 +593,63 @@ async fn the_oldest_owed_action_gives_the_backlog_its_age_and_a_deferred_one_sta
     assert!(owed.oldest_since.is_some_and(|at| at >= since));
 }
 
+/// An AI bot's stream (SPEC §13): opened once, updated by any owner, refreshed
+/// by any owner, closed by exactly one of the refreshes racing to close it, the
+/// one use of its `response_url` taken once, and pruned with the replies.
+async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_url_taken_once(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let store = &subject.store;
+    let at = now();
+    let open = |id: &str| StreamOpen {
+        stream_id: id.to_owned(),
+        record_id: format!("aibot:msg:{id}"),
+        channel: "aibot".into(),
+        userid: "zhangsan".into(),
+        chatid: None,
+        response_url: Some("https://qyapi.weixin.qq.com/cgi-bin/aibot/response?response_code=x".into()),
+        created_at: at,
+    };
+    store.aibot_open(open("s1")).await.expect("open");
+    store.aibot_open(open("s1")).await.expect("a retry opens nothing twice");
+    let rest = |id: &str| NewAction { key: format!("rest:{id}"), kind: "aibot_rest".into(), payload: "{}".into() };
+    let replica = subject.replica().await;
+    let update = |text: &str, append, finish| Update { text: text.into(), append, finish };
+    let first = replica.aibot_update("s1".into(), update("半", false, false), rest("s1")).await.expect("store");
+    assert_eq!(first.expect("known").expect("taken").content, "半");
+    let refreshed = store.aibot_refresh("s1".into(), Some("zhangsan".into()), at, 330).await.expect("store");
+    let refreshed = refreshed.expect("known");
+    assert_eq!((refreshed.row.content.as_str(), refreshed.closed_now), ("半", false));
+    assert!(store.aibot_refresh("s1".into(), Some("lisi".into()), at, 330).await.expect("store").is_none());
+    let done = store.aibot_update("s1".into(), update("全", true, true), rest("s1")).await.expect("store");
+    assert!(done.expect("known").expect("taken").finished);
+    assert!(store
+        .aibot_update("s1".into(), update("x", true, true), rest("s1"))
+        .await
+        .expect("store")
+        .expect("known")
+        .is_err());
+    let owners = subject.owners(4).await;
+    let refreshes = owners.iter().map(|owner| owner.aibot_refresh("s1".into(), None, at, 330));
+    let closes: Vec<bool> = futures_util::future::join_all(refreshes)
+        .await
+        .into_iter()
+        .map(|r| r.expect("store").expect("known").closed_now)
+        .collect();
+    assert_eq!(closes.iter().filter(|c| **c).count(), 1, "closed once: {closes:?}");
+    // Past the deadline, an unfinished stream is closed late, keeping what it showed.
+    store.aibot_open(open("s2")).await.expect("open");
+    replica.aibot_update("s2".into(), update("慢", false, false), rest("s2")).await.expect("store");
+    let late = store.aibot_refresh("s2".into(), None, at + 331, 330).await.expect("store").expect("known");
+    assert!(late.closed_now && late.late_now);
+    assert_eq!(late.row.shown.as_deref(), Some("慢"));
+    let takes = owners.iter().map(|owner| owner.aibot_take_response("s2".into()));
+    let taken: Vec<bool> = futures_util::future::join_all(takes).await.into_iter().map(|t| t.expect("store")).collect();
+    assert_eq!(taken.iter().filter(|t| **t).count(), 1, "one use: {taken:?}");
+    assert_eq!(store.aibot_incidents("aibot".into(), at - 1).await.expect("store"), (1, 0));
+    store.prune_replies(at + 1).await.expect("prune");
+    assert!(store.aibot_stream("s1".into()).await.expect("store").is_none(), "pruned with the replies");
+}
+
 /// Each scenario as a test per engine.
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
@@ -632,4 +691,5 @@ conformance!(
     racing_replicas_never_send_more_than_the_kf_rules_allow,
     racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel,
     the_oldest_owed_action_gives_the_backlog_its_age_and_a_deferred_one_stays_owed,
+    an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_url_taken_once,
 );

@@ -26,6 +26,7 @@
 //! pgbouncer), and one durability class only (PostgreSQL has no cheap relaxed
 //! commit worth the complexity here).
 
+mod aibot;
 mod alerts;
 mod connection;
 mod conversations;
@@ -165,6 +166,26 @@ const MIGRATIONS: &[&str] = &[
         first_seen bigint NOT NULL,
         last_seen bigint NOT NULL
     );",
+    // 7: AI bot streams, as SQLite's schema 9.
+    "CREATE TABLE aibot_streams (
+        stream_id text PRIMARY KEY,
+        record_id text NOT NULL,
+        channel text NOT NULL,
+        userid text NOT NULL DEFAULT '',
+        chatid text,
+        response_url text,
+        created_at bigint NOT NULL,
+        content text NOT NULL DEFAULT '',
+        finished boolean NOT NULL DEFAULT false,
+        shown text,
+        late_refresh bigint,
+        delivered_refresh bigint,
+        response_used_at bigint,
+        rest_sent_at bigint,
+        failed_reason text,
+        updated_at bigint NOT NULL
+    );
+    CREATE INDEX aibot_streams_created ON aibot_streams (created_at);",
 ];
 
 /// The schema this build brings a database to (the number of [`MIGRATIONS`]).

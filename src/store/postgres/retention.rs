@@ -27,6 +27,8 @@ impl Postgres {
             "DELETE FROM sends WHERE updated_at < $1 AND status <> 'queued'",
             "DELETE FROM send_msgids WHERE created_at < $1",
             "DELETE FROM kf_conversations WHERE updated_at < $1",
+            // An AI bot's streams, as SQLite's (`prune_replies` there).
+            "DELETE FROM aibot_streams WHERE created_at < $1",
         ] {
             deleted += client.execute(sql, &[&cutoff]).await?;
             self.committed(1);

@@ -21,6 +21,7 @@
 //! Deliberately not here: what the operations mean to the service (the boundary
 //! in `store/`, whose files name them) — each file below is the SQL of one.
 
+mod aibot;
 mod alerts;
 mod conversations;
 mod egress;
@@ -196,6 +197,29 @@ const MIGRATIONS: &[&str] = &[
         first_seen INTEGER NOT NULL,
         last_seen INTEGER NOT NULL
     );",
+    // 9: AI bot streams (SPEC §13), one row per user message that opens one, so
+    // any replica answers a refresh. A refresh reads the row; the one that closes
+    // it sets `delivered_refresh` (and, closing it unfinished at the deadline,
+    // `late_refresh` and `shown`, the snapshot it showed). The index serves the check's last hour and retention.
+    "CREATE TABLE aibot_streams (
+        stream_id TEXT PRIMARY KEY,
+        record_id TEXT NOT NULL,
+        channel TEXT NOT NULL,
+        userid TEXT NOT NULL DEFAULT '',
+        chatid TEXT,
+        response_url TEXT,
+        created_at INTEGER NOT NULL,
+        content TEXT NOT NULL DEFAULT '',
+        finished INTEGER NOT NULL DEFAULT 0,
+        shown TEXT,
+        late_refresh INTEGER,
+        delivered_refresh INTEGER,
+        response_used_at INTEGER,
+        rest_sent_at INTEGER,
+        failed_reason TEXT,
+        updated_at INTEGER NOT NULL
+    );
+    CREATE INDEX aibot_streams_created ON aibot_streams(created_at);",
 ];
 
 /// At most this many operations share one transaction.

@@ -1,0 +1,98 @@
+//! AI bot streams (SPEC §13): one row per user message that opens a stream,
+//! so whichever replica WeCom reaches answers a refresh, and whichever replica
+//! the bot calls takes its update. What the row's fields mean, and the
+//! decisions taken on them, are `crate::streams`'; here is how they are kept.
+//!
+//! A refresh is a read of one row; only the one refresh that closes the
+//! stream (finished, or late) writes, guarded so that racing replicas close it
+//! once, keeping the snapshot a late close showed. An update is one transaction: the row read and locked, the pure
+//! `streams::apply`, the row written and, when the stream cannot show all of
+//! the answer, the `response_url` action queued with it.
+
+use super::outbox::NewAction;
+use super::{backend, Store, StoreError};
+use crate::streams::{StreamRow, Update, UpdateError};
+
+/// A stream opened by a user's message.
+#[derive(Debug, Clone)]
+pub struct StreamOpen {
+    pub stream_id: String,
+    pub record_id: String,
+    pub channel: String,
+    pub userid: String,
+    pub chatid: Option<String>,
+    /// The message's `response_url`: a credential, kept for one use.
+    pub response_url: Option<String>,
+    pub created_at: i64,
+}
+
+/// What a refresh found.
+#[derive(Debug, Clone)]
+pub struct Refreshed {
+    pub row: StreamRow,
+    /// This refresh is the one that showed `finish: true` first.
+    pub closed_now: bool,
+    /// This refresh closed it at the deadline, unfinished.
+    pub late_now: bool,
+}
+
+/// How a `response_url` call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settled {
+    /// WeCom took the rest.
+    Sent,
+    /// The rest is lost, with the reason.
+    Failed(String),
+}
+
+impl Store {
+    /// Opens a stream unless it is open already (a retry of the message): durable when this returns.
+    pub async fn aibot_open(&self, open: StreamOpen) -> Result<(), StoreError> {
+        backend!(self, b => b.aibot_open(open).await)
+    }
+
+    /// A refresh of `stream_id` by `userid` at `now`: the row, closed once it is
+    /// finished or past `deadline_secs` after the message. `None`: no such
+    /// stream (or another user's).
+    pub async fn aibot_refresh(
+        &self,
+        stream_id: String,
+        userid: Option<String>,
+        now: i64,
+        deadline_secs: i64,
+    ) -> Result<Option<Refreshed>, StoreError> {
+        backend!(self, b => b.aibot_refresh(stream_id, userid, now, deadline_secs).await)
+    }
+
+    /// Applies the bot's `update`; queues `rest` (the `response_url` action)
+    /// with it when the stream cannot show the whole answer. `None`: no such stream.
+    pub async fn aibot_update(
+        &self,
+        stream_id: String,
+        update: Update,
+        rest: NewAction,
+    ) -> Result<Option<Result<StreamRow, UpdateError>>, StoreError> {
+        backend!(self, b => b.aibot_update(stream_id, update, rest).await)
+    }
+
+    /// The stream `stream_id`.
+    pub async fn aibot_stream(&self, stream_id: String) -> Result<Option<StreamRow>, StoreError> {
+        backend!(self, b => b.aibot_stream(stream_id).await)
+    }
+
+    /// Takes the one use of `stream_id`'s `response_url`: `true` for the one caller that may call it.
+    pub async fn aibot_take_response(&self, stream_id: String) -> Result<bool, StoreError> {
+        backend!(self, b => b.aibot_take_response(stream_id).await)
+    }
+
+    /// Records how `stream_id`'s `response_url` call (or its absence) ended.
+    pub async fn aibot_settle(&self, stream_id: String, settled: Settled) -> Result<(), StoreError> {
+        backend!(self, b => b.aibot_settle(stream_id, settled).await)
+    }
+
+    /// Of `channel`'s streams opened since `since`: how many went late, and how
+    /// many answers were lost (`failed`), for the check `aibot:<name>`.
+    pub async fn aibot_incidents(&self, channel: String, since: i64) -> Result<(i64, i64), StoreError> {
+        backend!(self, b => b.aibot_incidents(channel, since).await)
+    }
+}

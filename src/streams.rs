@@ -1,0 +1,300 @@
+//! An AI bot's answer as a stream (SPEC §13), in pure decisions: the stream's
+//! id, what an update from the bot makes of it, what a refresh shows, what goes
+//! through `response_url`, and where the answer stands.
+//!
+//! A stream is one row in the store ([`StreamRow`]), so any replica answers a
+//! refresh and any replica takes the bot's next update. Its life: **opened** by
+//! the callback that journals the user's message (empty, not finished); **updated**
+//! by the bot (the forward's reply, or the send API: replace or append, `finish`);
+//! **shown** by each refresh (a read of the row and a counter), which closes it
+//! when it is finished, or when it is still unfinished past the deadline (then
+//! with the late text: it is *late*); the answer the stream could not show (past
+//! 20,480 bytes, or after a late close) goes through `response_url` once.
+//!
+//! Deliberately not here: SQL (`store/aibot.rs` applies these decisions in one
+//! statement or transaction), WeCom's JSON (`wecom/aibot.rs`), HTTP.
+
+/// The most a stream shows, in UTF-8 bytes (WeCom's limit on `stream.content`
+/// and on a `response_url` markdown).
+pub(crate) const SHOWN_MAX_BYTES: usize = 20_480;
+/// The most a whole answer may be (the send API answers 413 beyond it): what the
+/// stream shows and what `response_url` carries.
+pub(crate) const ANSWER_MAX_BYTES: usize = 40_960;
+/// How long a message's `response_url` may be used.
+pub(crate) const RESPONSE_URL_SECS: i64 = 3_600;
+
+/// The stream id of message `msgid` on `channel`: the same for every delivery of
+/// that message, on any replica, with no coordination (32 hex digits of
+/// SHA-256 over both).
+pub fn stream_id(channel: &str, msgid: &str) -> String {
+    let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{channel}\n{msgid}").as_bytes());
+    crate::crypto::hex(&digest[..16])
+}
+
+/// A stream as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StreamRow {
+    pub stream_id: String,
+    /// The journaled message's id (its dedup key): the send API's `in_reply_to`.
+    pub record_id: String,
+    pub channel: String,
+    /// `from.userid` of the message.
+    pub userid: String,
+    /// When the user's message arrived (Unix seconds): the deadline and
+    /// `response_url`'s hour count from here.
+    pub created_at: i64,
+    /// The answer so far, as the bot gave it (up to [`ANSWER_MAX_BYTES`]).
+    pub content: String,
+    /// The bot said `finish`.
+    pub finished: bool,
+    /// What the stream showed when it was closed at the deadline (late).
+    pub shown: Option<String>,
+    /// A refresh showed `finish: true` (the finished answer, or the late close).
+    pub delivered: bool,
+    /// `response_url` has been called (it may be called once).
+    pub response_used: bool,
+    /// `response_url` accepted what the stream could not show.
+    pub rest_sent: bool,
+    /// Why the answer is lost (`expired`, WeCom's refusal).
+    pub failed: Option<String>,
+    /// The message's `response_url`: a credential (never logged, never shown).
+    pub response_url: Option<String>,
+}
+
+impl StreamRow {
+    /// Closed at the deadline before the bot finished.
+    pub(crate) fn late(&self) -> bool {
+        self.shown.is_some()
+    }
+}
+
+/// An update from the bot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Update {
+    pub text: String,
+    /// Add `text` to the answer so far instead of replacing it.
+    pub append: bool,
+    /// The answer is complete.
+    pub finish: bool,
+}
+
+/// Why an update was not taken.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpdateError {
+    /// 409: the bot finished this answer already.
+    #[error("this answer was finished already (finish: true); a new answer needs a new message")]
+    Finished,
+    /// 413: the whole answer would be longer than [`ANSWER_MAX_BYTES`].
+    #[error("the whole answer would be {bytes} bytes, more than the {ANSWER_MAX_BYTES} allowed")]
+    TooLarge { bytes: usize },
+}
+
+/// What an update makes of a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Applied {
+    pub content: String,
+    pub finished: bool,
+    /// What the stream cannot show must go through `response_url`.
+    pub rest_owed: bool,
+}
+
+/// `update` applied to `row`.
+pub(crate) fn apply(row: &StreamRow, update: &Update) -> Result<Applied, UpdateError> {
+    if row.finished {
+        return Err(UpdateError::Finished);
+    }
+    let content = if update.append { format!("{}{}", row.content, update.text) } else { update.text.clone() };
+    if content.len() > ANSWER_MAX_BYTES {
+        return Err(UpdateError::TooLarge { bytes: content.len() });
+    }
+    let after = StreamRow { content: content.clone(), finished: update.finish, ..row.clone() };
+    Ok(Applied { rest_owed: rest(&after).is_some(), content, finished: update.finish })
+}
+
+/// Whether a refresh at `now` closes `row` (shows `finish: true` for the first
+/// time): the bot finished, or it has not and the deadline (`deadline_secs`
+/// after the message) has passed: a late close.
+pub(crate) fn closes(row: &StreamRow, now: i64, deadline_secs: i64) -> bool {
+    !row.delivered && (row.finished || (!row.late() && row.created_at.saturating_add(deadline_secs) <= now))
+}
+
+/// What a refresh shows: the answer so far (at most [`SHOWN_MAX_BYTES`]) and
+/// whether it is the last refresh.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    pub content: String,
+    pub finish: bool,
+}
+
+/// The first part of `text` that fits in `max` bytes, cut at a paragraph, line,
+/// sentence or at least character boundary, and the rest.
+pub(crate) fn cut(text: &str, max: usize) -> (&str, &str) {
+    if text.len() <= max {
+        return (text, "");
+    }
+    let first = crate::shaping::split(text, max).first().copied().unwrap_or_default();
+    (first.trim_end(), text[first.len()..].trim_start())
+}
+
+/// What a refresh of `row` shows: closed (`finish`) once the bot finished, or
+/// late (the snapshot of the late close plus `late_text`).
+pub fn shown(row: &StreamRow, late_text: &str) -> Shown {
+    if let Some(snapshot) = &row.shown {
+        let room = SHOWN_MAX_BYTES.saturating_sub(late_text.len());
+        let (first, _) = cut(snapshot, room);
+        return Shown { content: format!("{first}{late_text}"), finish: true };
+    }
+    Shown { content: cut(&row.content, SHOWN_MAX_BYTES).0.to_owned(), finish: row.finished }
+}
+
+/// What `response_url` must carry for `row`: of a finished answer, what the
+/// stream did not show (past its cut, or after a late close: what follows the
+/// snapshot shown, or the whole answer when the bot replaced it), at most
+/// [`SHOWN_MAX_BYTES`]. `None`: nothing is owed.
+pub(crate) fn rest(row: &StreamRow) -> Option<String> {
+    if !row.finished {
+        return None;
+    }
+    let unshown = match &row.shown {
+        Some(snapshot) => match row.content.strip_prefix(snapshot.as_str()) {
+            Some(tail) => tail.trim_start(),
+            None => row.content.as_str(),
+        },
+        None => cut(&row.content, SHOWN_MAX_BYTES).1,
+    };
+    Some(cut(unshown, SHOWN_MAX_BYTES).0.to_owned()).filter(|text| !text.is_empty())
+}
+
+/// Where an answer stands (`GET /api/v1/messages/<id>`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum StreamStatus {
+    /// Not yet shown whole.
+    Streaming,
+    /// A refresh showed the finished stream, and `response_url` took what it could not show.
+    Sent,
+    /// Lost, with the reason.
+    Failed(String),
+}
+
+impl StreamStatus {
+    pub(crate) fn as_str(&self) -> &'static str {
+        match self {
+            Self::Streaming => "streaming",
+            Self::Sent => "sent",
+            Self::Failed(_) => "failed",
+        }
+    }
+}
+
+/// Where `row`'s answer stands.
+pub(crate) fn status(row: &StreamRow) -> StreamStatus {
+    if let Some(reason) = &row.failed {
+        return StreamStatus::Failed(reason.clone());
+    }
+    let done = match rest(row) {
+        Some(_) => row.rest_sent,
+        None => row.delivered && (row.finished || row.late() && row.content.is_empty()),
+    };
+    if done {
+        StreamStatus::Sent
+    } else {
+        StreamStatus::Streaming
+    }
+}
+
+/// Why `response_url` may not be called for a message received at `created_at`,
+/// at `now`: it was used, or its hour is over (`expired`).
+pub(crate) fn response_refused(row: &StreamRow, now: i64) -> Option<&'static str> {
+    if row.response_used {
+        Some("response_url was used already (it may be used once)")
+    } else if now - row.created_at > RESPONSE_URL_SECS {
+        Some("expired")
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(content: &str, finished: bool) -> StreamRow {
+        StreamRow { content: content.into(), finished, ..StreamRow::default() }
+    }
+
+    fn update(text: &str, append: bool, finish: bool) -> Update {
+        Update { text: text.into(), append, finish }
+    }
+
+    #[test]
+    fn the_stream_id_is_the_same_for_a_retry_and_differs_by_channel_and_message() {
+        assert_eq!(stream_id("aibot", "m1"), stream_id("aibot", "m1"));
+        assert_ne!(stream_id("aibot", "m1"), stream_id("aibot", "m2"));
+        assert_ne!(stream_id("aibot", "m1"), stream_id("bot2", "m1"));
+        assert_eq!(stream_id("aibot", "m1").len(), 32);
+    }
+
+    #[test]
+    fn an_update_replaces_or_appends_and_nothing_follows_a_finish() {
+        let applied = apply(&row("你好", false), &update("，世界", true, false)).expect("taken");
+        assert_eq!((applied.content.as_str(), applied.finished), ("你好，世界", false));
+        let applied = apply(&row("草稿", false), &update("定稿", false, true)).expect("taken");
+        assert_eq!((applied.content.as_str(), applied.finished, applied.rest_owed), ("定稿", true, false));
+        assert_eq!(apply(&row("x", true), &update("y", true, true)), Err(UpdateError::Finished));
+        let big = "a".repeat(ANSWER_MAX_BYTES);
+        assert_eq!(apply(&row("b", false), &update(&big, true, false)), Err(UpdateError::TooLarge { bytes: 40_961 }));
+        assert!(apply(&row("", false), &update(&big, false, true)).expect("taken").rest_owed);
+    }
+
+    #[test]
+    fn a_long_answer_is_cut_at_a_paragraph_and_the_rest_goes_through_response_url() {
+        let first = "第一段。".repeat(1_000); // 12,000 bytes
+        let second = "第二段。".repeat(1_000);
+        let answer = format!("{first}\n\n{second}");
+        let finished = row(&answer, true);
+        let shown = shown(&finished, "");
+        assert_eq!((shown.content.as_str(), shown.finish), (first.as_str(), true));
+        assert_eq!(rest(&finished).as_deref(), Some(second.as_str()));
+        let unbroken = "字".repeat(10_000); // 30,000 bytes, no break at all
+        let (head, tail) = cut(&unbroken, SHOWN_MAX_BYTES);
+        assert!(head.len() <= SHOWN_MAX_BYTES && head.len() > SHOWN_MAX_BYTES - 3);
+        assert_eq!(format!("{head}{tail}"), unbroken);
+    }
+
+    #[test]
+    fn a_late_stream_shows_its_snapshot_with_the_late_text_and_owes_what_followed() {
+        let late = StreamRow { shown: Some("思考中".into()), content: "思考中".into(), ..StreamRow::default() };
+        assert_eq!(shown(&late, "（稍后发送）"), Shown { content: "思考中（稍后发送）".into(), finish: true });
+        assert_eq!(rest(&late), None, "not finished: nothing to send yet");
+        let finished = StreamRow { content: "思考中……答案是 42".into(), finished: true, ..late.clone() };
+        assert_eq!(rest(&finished).as_deref(), Some("……答案是 42"));
+        let replaced = StreamRow { content: "答案是 42".into(), finished: true, ..late };
+        assert_eq!(rest(&replaced).as_deref(), Some("答案是 42"));
+    }
+
+    #[test]
+    fn a_refresh_closes_a_finished_stream_or_one_past_its_deadline_once() {
+        let open = StreamRow { created_at: 100, ..StreamRow::default() };
+        assert!(!closes(&open, 429, 330));
+        assert!(closes(&open, 430, 330), "late");
+        assert!(closes(&StreamRow { finished: true, ..open.clone() }, 101, 330));
+        assert!(!closes(&StreamRow { finished: true, delivered: true, ..open }, 500, 330), "closed already");
+    }
+
+    #[test]
+    fn an_answer_is_sent_once_shown_whole_and_failed_when_lost() {
+        let mut answer = row("hi", true);
+        assert_eq!(status(&answer), StreamStatus::Streaming);
+        answer.delivered = true;
+        assert_eq!(status(&answer), StreamStatus::Sent);
+        let mut long = row(&format!("{}\n{}", "a".repeat(20_000), "b".repeat(1_000)), true);
+        long.delivered = true;
+        assert_eq!(status(&long), StreamStatus::Streaming, "the rest is still owed");
+        long.rest_sent = true;
+        assert_eq!(status(&long), StreamStatus::Sent);
+        long.failed = Some("expired".into());
+        assert_eq!(status(&long), StreamStatus::Failed("expired".into()));
+        assert_eq!(response_refused(&row("", true), RESPONSE_URL_SECS + 1), Some("expired"));
+        assert_eq!(response_refused(&row("", true), RESPONSE_URL_SECS), None);
+    }
+}
