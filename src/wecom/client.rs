@@ -80,7 +80,9 @@ const KF_APIS: &[&str] = &[
 const NO_CHANNEL: &str = "unknown";
 
 impl WeComClient {
-    /// A client that calls WeCom directly.
+    /// A client that calls WeCom directly (tests; the service builds its clients
+    /// with [`WeComClient::with_proxy`]).
+    #[cfg(any(test, feature = "testing"))]
     pub fn new(base_url: &str, metrics: Arc<Metrics>) -> Result<Self, WeComError> {
         Self::with_proxy(base_url, metrics, None)
     }
