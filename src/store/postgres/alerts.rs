@@ -6,14 +6,10 @@ use crate::store::StoreError;
 
 impl Postgres {
     pub(in crate::store) async fn firing_checks(&self) -> Result<Vec<FiringRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement =
-            client.prepare_cached("SELECT check_name, firing_since, last_notified_at FROM alert_state").await?;
-        let rows = client.query(&statement, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| FiringRecord { check: row.get(0), since: row.get(1), last_notified_at: row.get(2) })
-            .collect())
+        self.read_all("SELECT check_name, firing_since, last_notified_at FROM alert_state", |row| {
+            Ok(FiringRecord { check: row.get(0), since: row.get(1), last_notified_at: row.get(2) })
+        })
+        .await
     }
 
     pub(in crate::store) async fn set_firing(&self, record: FiringRecord) -> Result<(), StoreError> {

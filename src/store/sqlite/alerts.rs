@@ -8,13 +8,8 @@ use crate::store::{now, StoreError};
 
 impl Sqlite {
     pub(in crate::store) async fn firing_checks(&self) -> Result<Vec<FiringRecord>, StoreError> {
-        self.run(|db| {
-            let mut statement =
-                db.prepare_cached("SELECT check_name, firing_since, last_notified_at FROM alert_state")?;
-            let rows = statement.query_map([], |row| {
-                Ok(FiringRecord { check: row.get(0)?, since: row.get(1)?, last_notified_at: row.get(2)? })
-            })?;
-            rows.collect()
+        self.read_all("SELECT check_name, firing_since, last_notified_at FROM alert_state", |row| {
+            Ok(FiringRecord { check: row.get(0)?, since: row.get(1)?, last_notified_at: row.get(2)? })
         })
         .await
     }
