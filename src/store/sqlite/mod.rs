@@ -278,6 +278,11 @@ fn owner_only(dir: &Path, database: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Every row `sql` selects on `db`, each through `read`.
+fn rows<T>(db: &Connection, sql: &str, read: impl FnMut(&Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<Vec<T>> {
+    db.prepare_cached(sql)?.query_map([], read)?.collect()
+}
+
 impl Sqlite {
     /// Opens (creating if needed) the database in `dir`, migrates it, and starts
     /// the writer thread.
@@ -342,7 +347,7 @@ impl Sqlite {
         sql: &'static str,
         read: fn(&Row<'_>) -> rusqlite::Result<T>,
     ) -> Result<Vec<T>, StoreError> {
-        self.run_relaxed(move |db| db.prepare_cached(sql)?.query_map([], read)?.collect()).await
+        self.run_relaxed(move |db| rows(db, sql, read)).await
     }
 
     /// Like [`Store::run`] for an operation that executes exactly one statement,
