@@ -187,6 +187,17 @@ impl CallbackQuery {
         value.as_deref().filter(|v| !v.is_empty()).ok_or(CallbackError::MissingParameter(name))
     }
 
+    /// The signed parameters are all there: checked before the body is read, so
+    /// a request without them is a client error, not a bad body.
+    fn require_signed(&self) -> Result<(), CallbackError> {
+        for (value, name) in
+            [(&self.msg_signature, "msg_signature"), (&self.timestamp, "timestamp"), (&self.nonce, "nonce")]
+        {
+            Self::require(value, name)?;
+        }
+        Ok(())
+    }
+
     /// `echostr` as base64. A `+` that reached us unescaped was decoded to a space
     /// by form-decoding; base64 has no spaces, so turn them back (a classic cause
     /// of "回调地址请求不通过" behind hand-written proxies and curl tests).
@@ -354,19 +365,24 @@ impl CallbackCredentials {
         query: &CallbackQuery,
         now: i64,
     ) -> Result<String, CallbackError> {
-        let echostr = query.echostr()?;
-        let mut opened = self.open_ciphertext([channel], query, &echostr, now)?;
+        self.open_on_own_path(channel, query, &query.echostr()?, now)
+    }
+
+    /// `encrypted` opened by `channel` alone, on its own path: the message.
+    fn open_on_own_path(
+        &self,
+        channel: &Arc<ChannelSpec>,
+        query: &CallbackQuery,
+        encrypted: &str,
+        now: i64,
+    ) -> Result<String, CallbackError> {
+        let mut opened = self.open_ciphertext([channel], query, encrypted, now)?;
         Ok(opened.swap_remove(0).1.into_message())
     }
 
-    /// The envelope of a callback `POST`, parameters checked first: a request
-    /// without them is a client error, not bad XML.
+    /// The envelope of a callback `POST`, parameters checked first.
     fn envelope(query: &CallbackQuery, body: &[u8]) -> Result<CallbackEnvelope, CallbackError> {
-        for (value, name) in
-            [(&query.msg_signature, "msg_signature"), (&query.timestamp, "timestamp"), (&query.nonce, "nonce")]
-        {
-            CallbackQuery::require(value, name)?;
-        }
+        query.require_signed()?;
         CallbackEnvelope::parse_bytes(body).map_err(CallbackError::BadEnvelope)
     }
 
@@ -393,8 +409,7 @@ impl CallbackCredentials {
         now: i64,
     ) -> Result<OpenedCallback, CallbackError> {
         let envelope = Self::envelope(query, body)?;
-        let mut opened = self.open_ciphertext([channel], query, &envelope.encrypt, now)?;
-        let xml = opened.swap_remove(0).1.into_message();
+        let xml = self.open_on_own_path(channel, query, &envelope.encrypt, now)?;
         let message = AppMessage::parse(&xml).map_err(CallbackError::BadMessage)?;
         Ok(OpenedCallback { channel: Arc::clone(channel), xml, message })
     }
@@ -411,14 +426,9 @@ impl CallbackCredentials {
         body: &[u8],
         now: i64,
     ) -> Result<OpenedAibot, CallbackError> {
-        for (value, name) in
-            [(&query.msg_signature, "msg_signature"), (&query.timestamp, "timestamp"), (&query.nonce, "nonce")]
-        {
-            CallbackQuery::require(value, name)?;
-        }
+        query.require_signed()?;
         let encrypted = aibot::envelope(body).map_err(CallbackError::AibotEnvelope)?;
-        let mut opened = self.open_ciphertext([channel], query, &encrypted, now)?;
-        let json = opened.swap_remove(0).1.into_message();
+        let json = self.open_on_own_path(channel, query, &encrypted, now)?;
         let message = AibotMessage::parse(&json).map_err(CallbackError::AibotMessage)?;
         if let (Some(expected), Some(got)) = (channel.bot_id(), message.aibotid.as_deref()) {
             if expected != got {

@@ -217,23 +217,7 @@ impl Plaintext {
 /// Decrypts the base64 `Encrypt` field (or `echostr`) with `key`.
 pub fn decrypt(key: &AesKey, encrypted: &str) -> Result<Plaintext, DecryptError> {
     let mut buffer = STANDARD.decode(encrypted.as_bytes()).map_err(|_| DecryptError::Base64)?;
-    if buffer.is_empty() || buffer.len() % 16 != 0 {
-        return Err(DecryptError::BlockLength(buffer.len()));
-    }
-    let decryptor = Aes256CbcDec::new_from_slices(&key.0, key.iv()).map_err(|_| DecryptError::Padding)?;
-    let cipher_len = buffer.len();
-    let plain_len = decryptor
-        .decrypt_padded_mut::<NoPadding>(&mut buffer)
-        .map_err(|_| DecryptError::BlockLength(cipher_len))?
-        .len();
-    let pad = usize::from(buffer[plain_len - 1]);
-    if !(1..=PAD_BLOCK).contains(&pad) || pad > plain_len {
-        return Err(DecryptError::Padding);
-    }
-    let unpadded = plain_len - pad;
-    if buffer[unpadded..plain_len].iter().any(|&b| usize::from(b) != pad) {
-        return Err(DecryptError::Padding);
-    }
+    let unpadded = decrypt_in_place(key, &mut buffer)?;
     if unpadded < HEADER_LEN {
         return Err(DecryptError::LengthField { declared: 0, available: unpadded });
     }
@@ -265,35 +249,38 @@ pub fn decrypt(key: &AesKey, encrypted: &str) -> Result<Plaintext, DecryptError>
 /// official deterministic vectors be reproduced; use [`encrypt`] normally.
 pub fn encrypt_with_random(key: &AesKey, random: [u8; 16], message: &[u8], receive_id: &[u8]) -> String {
     let content_len = HEADER_LEN + message.len() + receive_id.len();
-    let pad = PAD_BLOCK - content_len % PAD_BLOCK;
-    let mut buffer = Vec::with_capacity(content_len + pad);
+    let mut buffer = Vec::with_capacity(content_len + PAD_BLOCK);
     buffer.extend_from_slice(&random);
     // Messages over 4 GiB cannot arrive: callers hold them in memory under a body limit.
     buffer.extend_from_slice(&u32::try_from(message.len()).unwrap_or(u32::MAX).to_be_bytes());
     buffer.extend_from_slice(message);
     buffer.extend_from_slice(receive_id);
-    buffer.resize(content_len + pad, pad as u8);
-    let len = buffer.len();
-    let encryptor = Aes256CbcEnc::new_from_slices(&key.0, key.iv());
-    if let Ok(encryptor) = encryptor {
-        // The buffer is a whole number of blocks, so NoPadding cannot fail.
-        let _ = encryptor.encrypt_padded_mut::<NoPadding>(&mut buffer, len);
-    }
+    encrypt_in_place(key, &mut buffer);
     STANDARD.encode(&buffer)
 }
 
-/// An AI bot's media file (SPEC §13): the raw bytes, AES-256-CBC with the
-/// callback key, IV = key[..16], 32-byte PKCS#7, no header and no receive id.
-pub fn decrypt_media(key: &AesKey, mut buffer: Vec<u8>) -> Result<Vec<u8>, DecryptError> {
+/// Pads `buffer` with WeCom's 32-byte PKCS#7 and encrypts it in place:
+/// AES-256-CBC with the callback key, IV = key[..16].
+fn encrypt_in_place(key: &AesKey, buffer: &mut Vec<u8>) {
+    let pad = PAD_BLOCK - buffer.len() % PAD_BLOCK;
+    buffer.resize(buffer.len() + pad, pad as u8);
+    let len = buffer.len();
+    if let Ok(encryptor) = Aes256CbcEnc::new_from_slices(&key.0, key.iv()) {
+        // The buffer is a whole number of blocks, so NoPadding cannot fail.
+        let _ = encryptor.encrypt_padded_mut::<NoPadding>(buffer, len);
+    }
+}
+
+/// Decrypts `buffer` in place (the inverse of [`encrypt_in_place`]) and checks
+/// its padding: the length of what it held before it was padded.
+fn decrypt_in_place(key: &AesKey, buffer: &mut [u8]) -> Result<usize, DecryptError> {
     if buffer.is_empty() || !buffer.len().is_multiple_of(16) {
         return Err(DecryptError::BlockLength(buffer.len()));
     }
     let decryptor = Aes256CbcDec::new_from_slices(&key.0, key.iv()).map_err(|_| DecryptError::Padding)?;
     let cipher_len = buffer.len();
-    let plain_len = decryptor
-        .decrypt_padded_mut::<NoPadding>(&mut buffer)
-        .map_err(|_| DecryptError::BlockLength(cipher_len))?
-        .len();
+    let plain_len =
+        decryptor.decrypt_padded_mut::<NoPadding>(buffer).map_err(|_| DecryptError::BlockLength(cipher_len))?.len();
     let pad = usize::from(buffer[plain_len - 1]);
     if !(1..=PAD_BLOCK).contains(&pad)
         || pad > plain_len
@@ -301,20 +288,22 @@ pub fn decrypt_media(key: &AesKey, mut buffer: Vec<u8>) -> Result<Vec<u8>, Decry
     {
         return Err(DecryptError::Padding);
     }
-    buffer.truncate(plain_len - pad);
+    Ok(plain_len - pad)
+}
+
+/// An AI bot's media file (SPEC §13): the raw bytes, AES-256-CBC with the
+/// callback key, IV = key[..16], 32-byte PKCS#7, no header and no receive id.
+pub fn decrypt_media(key: &AesKey, mut buffer: Vec<u8>) -> Result<Vec<u8>, DecryptError> {
+    let unpadded = decrypt_in_place(key, &mut buffer)?;
+    buffer.truncate(unpadded);
     Ok(buffer)
 }
 
 /// `bytes` encrypted as WeCom encrypts an AI bot's media (the inverse of [`decrypt_media`]).
 #[cfg(any(test, feature = "testing"))]
 pub fn encrypt_media(key: &AesKey, bytes: &[u8]) -> Vec<u8> {
-    let pad = PAD_BLOCK - bytes.len() % PAD_BLOCK;
     let mut buffer = bytes.to_vec();
-    buffer.resize(bytes.len() + pad, pad as u8);
-    let len = buffer.len();
-    if let Ok(encryptor) = Aes256CbcEnc::new_from_slices(&key.0, key.iv()) {
-        let _ = encryptor.encrypt_padded_mut::<NoPadding>(&mut buffer, len);
-    }
+    encrypt_in_place(key, &mut buffer);
     buffer
 }
 

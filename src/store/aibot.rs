@@ -26,6 +26,23 @@ pub struct StreamOpen {
     pub created_at: i64,
 }
 
+/// A refresh of `stream_id` by `userid` (anyone's when `None`) at `now`, which
+/// closes the stream once it is finished or `deadline_secs` after the message.
+#[derive(Debug, Clone)]
+pub(in crate::store) struct Refresh {
+    pub(in crate::store) stream_id: String,
+    pub(in crate::store) userid: Option<String>,
+    pub(in crate::store) now: i64,
+    pub(in crate::store) deadline_secs: i64,
+}
+
+impl Refresh {
+    /// Whether this refresh closes `row` (if no other closed it first).
+    pub(in crate::store) fn closes(&self, row: &StreamRow) -> bool {
+        crate::streams::closes(row, self.now, self.deadline_secs)
+    }
+}
+
 /// What a refresh found.
 #[derive(Debug, Clone)]
 pub struct Refreshed {
@@ -34,6 +51,13 @@ pub struct Refreshed {
     pub closed_now: bool,
     /// This refresh closed it at the deadline, unfinished.
     pub late_now: bool,
+}
+
+impl Refreshed {
+    /// `row` as found, left open by this refresh (not yet due, or closed by another).
+    pub(in crate::store) fn unclosed(row: StreamRow) -> Self {
+        Self { row, closed_now: false, late_now: false }
+    }
 }
 
 /// How a `response_url` call ended.
@@ -61,7 +85,8 @@ impl Store {
         now: i64,
         deadline_secs: i64,
     ) -> Result<Option<Refreshed>, StoreError> {
-        backend!(self, b => b.aibot_refresh(stream_id, userid, now, deadline_secs).await)
+        let refresh = Refresh { stream_id, userid, now, deadline_secs };
+        backend!(self, b => b.aibot_refresh(refresh).await)
     }
 
     /// Applies the bot's `update`; queues `rest` (the `response_url` action)

@@ -6,7 +6,7 @@ use tokio_postgres::Row;
 
 use super::outbox::insert_actions;
 use super::{Postgres, EPOCH};
-use crate::store::aibot::{Refreshed, Settled, StreamOpen};
+use crate::store::aibot::{Refresh, Refreshed, Settled, StreamOpen};
 use crate::store::outbox::NewAction;
 use crate::store::StoreError;
 use crate::streams::{self, StreamRow, Update, UpdateError};
@@ -67,13 +67,7 @@ impl Postgres {
         Ok(())
     }
 
-    pub(in crate::store) async fn aibot_refresh(
-        &self,
-        stream_id: String,
-        userid: Option<String>,
-        now: i64,
-        deadline_secs: i64,
-    ) -> Result<Option<Refreshed>, StoreError> {
+    pub(in crate::store) async fn aibot_refresh(&self, refresh: Refresh) -> Result<Option<Refreshed>, StoreError> {
         // A read of one row; only the refresh that closes the stream writes, once:
         // the guarded UPDATE decides between replicas racing to close it.
         let client = self.client().await?;
@@ -82,11 +76,12 @@ impl Postgres {
                 "SELECT {COLUMNS} FROM aibot_streams WHERE stream_id = $1 AND ($2::text IS NULL OR userid = '' OR userid = $2)"
             ))
             .await?;
-        let Some(row) = client.query_opt(&statement, &[&stream_id, &userid]).await?.as_ref().map(read) else {
+        let Some(row) = client.query_opt(&statement, &[&refresh.stream_id, &refresh.userid]).await?.as_ref().map(read)
+        else {
             return Ok(None);
         };
-        if !streams::closes(&row, now, deadline_secs) {
-            return Ok(Some(Refreshed { row, closed_now: false, late_now: false }));
+        if !refresh.closes(&row) {
+            return Ok(Some(Refreshed::unclosed(row)));
         }
         let statement = client
             .prepare_cached(&format!(
@@ -98,11 +93,11 @@ impl Postgres {
                  RETURNING {COLUMNS}, late_refresh"
             ))
             .await?;
-        let closed = client.query_opt(&statement, &[&stream_id, &now, &deadline_secs]).await?;
+        let closed = client.query_opt(&statement, &[&refresh.stream_id, &refresh.now, &refresh.deadline_secs]).await?;
         self.committed(1);
         Ok(Some(match closed {
             Some(r) => Refreshed { row: read(&r), closed_now: true, late_now: r.get::<_, Option<i64>>(13).is_some() },
-            None => Refreshed { row, closed_now: false, late_now: false },
+            None => Refreshed::unclosed(row),
         }))
     }
 

@@ -1,19 +1,21 @@
 //! Alert state, `meta` values and the write probe in PostgreSQL.
 
+use tokio_postgres::Row;
+
 use super::{Postgres, EPOCH};
 use crate::store::alerts::FiringRecord;
 use crate::store::StoreError;
 
+/// Every firing check, read by [`read_firing`] (also by the snapshot's export).
+pub(super) const FIRING: &str = "SELECT check_name, firing_since, last_notified_at FROM alert_state";
+
+pub(super) fn read_firing(row: &Row) -> FiringRecord {
+    FiringRecord { check: row.get(0), since: row.get(1), last_notified_at: row.get(2) }
+}
+
 impl Postgres {
     pub(in crate::store) async fn firing_checks(&self) -> Result<Vec<FiringRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement =
-            client.prepare_cached("SELECT check_name, firing_since, last_notified_at FROM alert_state").await?;
-        let rows = client.query(&statement, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| FiringRecord { check: row.get(0), since: row.get(1), last_notified_at: row.get(2) })
-            .collect())
+        self.read_all(FIRING, |row| Ok(read_firing(row))).await
     }
 
     pub(in crate::store) async fn set_firing(&self, record: FiringRecord) -> Result<(), StoreError> {

@@ -6,19 +6,10 @@ use crate::store::StoreError;
 
 impl Postgres {
     pub(in crate::store) async fn egress_ips(&self) -> Result<Vec<EgressRecord>, StoreError> {
-        let client = self.client().await?;
-        let statement =
-            client.prepare_cached("SELECT channel, ip, first_seen, last_seen FROM egress_ips ORDER BY channel").await?;
-        let rows = client.query(&statement, &[]).await?;
-        Ok(rows
-            .iter()
-            .map(|row| EgressRecord {
-                channel: row.get(0),
-                ip: row.get(1),
-                first_seen: row.get(2),
-                last_seen: row.get(3),
-            })
-            .collect())
+        self.read_all("SELECT channel, ip, first_seen, last_seen FROM egress_ips ORDER BY channel", |row| {
+            Ok(EgressRecord { channel: row.get(0), ip: row.get(1), first_seen: row.get(2), last_seen: row.get(3) })
+        })
+        .await
     }
 
     pub(in crate::store) async fn set_egress_ip(&self, record: EgressRecord) -> Result<(), StoreError> {

@@ -24,16 +24,11 @@ async fn cursor(client: &impl GenericClient, account: &KfAccount, lock: bool) ->
 impl Postgres {
     /// Every kf account that has synced at least once.
     pub(in crate::store) async fn kf_accounts(&self) -> Result<Vec<KfAccount>, StoreError> {
-        let client = self.client().await?;
-        let statement =
-            client.prepare_cached("SELECT channel, open_kfid FROM kf_cursors ORDER BY channel, open_kfid").await?;
-        let rows = client.query(&statement, &[]).await?;
-        rows.iter()
-            .map(|row| {
-                let channel = named(row.get(0), |name| ChannelName::parse(name).ok())?;
-                Ok(KfAccount { channel, open_kfid: row.get(1) })
-            })
-            .collect()
+        self.read_all("SELECT channel, open_kfid FROM kf_cursors ORDER BY channel, open_kfid", |row| {
+            let channel = named(row.get(0), |name| ChannelName::parse(name).ok())?;
+            Ok(KfAccount { channel, open_kfid: row.get(1) })
+        })
+        .await
     }
 
     /// Takes lease `name` and reads the account's cursor, in one transaction.

@@ -46,6 +46,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use deadpool_postgres::{Object, Pool, PoolError};
+use tokio_postgres::Row;
 
 use super::{Stats, StoreError};
 
@@ -271,6 +272,14 @@ impl Postgres {
     /// A connection of the pool.
     async fn client(&self) -> Result<Object, StoreError> {
         Ok(self.pool.get().await?)
+    }
+
+    /// Every row `sql` selects, each through `read`: a small table read whole
+    /// (alert state, egress IPs, kf accounts).
+    async fn read_all<T>(&self, sql: &str, read: fn(&Row) -> Result<T, StoreError>) -> Result<Vec<T>, StoreError> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await?;
+        client.query(&statement, &[]).await?.iter().map(read).collect()
     }
 
     /// Counts one committed transaction of `operations` operations.

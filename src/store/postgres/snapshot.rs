@@ -1,8 +1,8 @@
 //! Export and import of a [`Snapshot`] in PostgreSQL: `migrate-store`'s target.
 
+use super::alerts::{read_firing, FIRING};
 use super::{named, Postgres};
 use crate::channels::ChannelName;
-use crate::store::alerts::FiringRecord;
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
@@ -64,12 +64,7 @@ impl Postgres {
                 created_at: r.get(5),
             })
             .collect();
-        let firing = tx
-            .query("SELECT check_name, firing_since, last_notified_at FROM alert_state", &[])
-            .await?
-            .iter()
-            .map(|r| FiringRecord { check: r.get(0), since: r.get(1), last_notified_at: r.get(2) })
-            .collect();
+        let firing = tx.query(FIRING, &[]).await?.iter().map(read_firing).collect();
         let names = tx
             .query("SELECT id_type, id, name, source FROM names ORDER BY id_type, id", &[])
             .await?

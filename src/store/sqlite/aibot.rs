@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::outbox::insert_action;
 use super::Sqlite;
-use crate::store::aibot::{Refreshed, Settled, StreamOpen};
+use crate::store::aibot::{Refresh, Refreshed, Settled, StreamOpen};
 use crate::store::outbox::NewAction;
 use crate::store::{now, StoreError};
 use crate::streams::{self, StreamRow, Update, UpdateError};
@@ -58,24 +58,18 @@ impl Sqlite {
         .await
     }
 
-    pub(in crate::store) async fn aibot_refresh(
-        &self,
-        stream_id: String,
-        userid: Option<String>,
-        now: i64,
-        deadline_secs: i64,
-    ) -> Result<Option<Refreshed>, StoreError> {
+    pub(in crate::store) async fn aibot_refresh(&self, refresh: Refresh) -> Result<Option<Refreshed>, StoreError> {
         // A read of one row; only the refresh that closes the stream writes (once).
         self.run_relaxed(move |db| {
             let found = db
                 .prepare_cached(&format!(
                     "SELECT {COLUMNS} FROM aibot_streams WHERE stream_id = ?1 AND (?2 IS NULL OR userid = '' OR userid = ?2)"
                 ))?
-                .query_row(params![stream_id, userid], read)
+                .query_row(params![refresh.stream_id, refresh.userid], read)
                 .optional()?;
             let Some(row) = found else { return Ok(None) };
-            if !streams::closes(&row, now, deadline_secs) {
-                return Ok(Some(Refreshed { row, closed_now: false, late_now: false }));
+            if !refresh.closes(&row) {
+                return Ok(Some(Refreshed::unclosed(row)));
             }
             let closed = db
                 .prepare_cached(&format!(
@@ -86,11 +80,11 @@ impl Sqlite {
                      WHERE stream_id = ?1 AND delivered_refresh IS NULL AND (finished = 1 OR created_at + ?3 <= ?2)
                      RETURNING {COLUMNS}, late_refresh"
                 ))?
-                .query_row(params![stream_id, now, deadline_secs], |r| {
+                .query_row(params![refresh.stream_id, refresh.now, refresh.deadline_secs], |r| {
                     Ok(Refreshed { row: read(r)?, closed_now: true, late_now: r.get::<_, Option<i64>>(13)?.is_some() })
                 })
                 .optional()?;
-            Ok(Some(closed.unwrap_or(Refreshed { row, closed_now: false, late_now: false })))
+            Ok(Some(closed.unwrap_or_else(|| Refreshed::unclosed(row))))
         })
         .await
     }

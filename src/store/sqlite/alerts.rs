@@ -1,22 +1,21 @@
 //! alerts in SQLite.
 
-use rusqlite::{params, OptionalExtension};
+use rusqlite::{params, OptionalExtension, Row};
 
 use super::Sqlite;
 use crate::store::alerts::FiringRecord;
 use crate::store::{now, StoreError};
 
+/// Every firing check, read by [`read_firing`] (also by the snapshot's export).
+pub(super) const FIRING: &str = "SELECT check_name, firing_since, last_notified_at FROM alert_state";
+
+pub(super) fn read_firing(row: &Row<'_>) -> rusqlite::Result<FiringRecord> {
+    Ok(FiringRecord { check: row.get(0)?, since: row.get(1)?, last_notified_at: row.get(2)? })
+}
+
 impl Sqlite {
     pub(in crate::store) async fn firing_checks(&self) -> Result<Vec<FiringRecord>, StoreError> {
-        self.run(|db| {
-            let mut statement =
-                db.prepare_cached("SELECT check_name, firing_since, last_notified_at FROM alert_state")?;
-            let rows = statement.query_map([], |row| {
-                Ok(FiringRecord { check: row.get(0)?, since: row.get(1)?, last_notified_at: row.get(2)? })
-            })?;
-            rows.collect()
-        })
-        .await
+        self.read_all(FIRING, read_firing).await
     }
 
     pub(in crate::store) async fn set_firing(&self, record: FiringRecord) -> Result<(), StoreError> {

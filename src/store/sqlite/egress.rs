@@ -8,18 +8,8 @@ use crate::store::{now, StoreError};
 
 impl Sqlite {
     pub(in crate::store) async fn egress_ips(&self) -> Result<Vec<EgressRecord>, StoreError> {
-        self.run_relaxed(|db| {
-            let mut statement =
-                db.prepare_cached("SELECT channel, ip, first_seen, last_seen FROM egress_ips ORDER BY channel")?;
-            let rows = statement.query_map([], |row| {
-                Ok(EgressRecord {
-                    channel: row.get(0)?,
-                    ip: row.get(1)?,
-                    first_seen: row.get(2)?,
-                    last_seen: row.get(3)?,
-                })
-            })?;
-            rows.collect()
+        self.read_all("SELECT channel, ip, first_seen, last_seen FROM egress_ips ORDER BY channel", |row| {
+            Ok(EgressRecord { channel: row.get(0)?, ip: row.get(1)?, first_seen: row.get(2)?, last_seen: row.get(3)? })
         })
         .await
     }

@@ -20,14 +20,9 @@ fn cursor(db: &Connection, account: &KfAccount) -> rusqlite::Result<Option<Strin
 impl Sqlite {
     /// Every kf account that has synced at least once.
     pub(in crate::store) async fn kf_accounts(&self) -> Result<Vec<KfAccount>, StoreError> {
-        self.run_relaxed(|db| {
-            let mut statement =
-                db.prepare_cached("SELECT channel, open_kfid FROM kf_cursors ORDER BY channel, open_kfid")?;
-            let rows = statement.query_map([], |row| {
-                let channel = named(0, row.get(0)?, |name| ChannelName::parse(name).ok())?;
-                Ok(KfAccount { channel, open_kfid: row.get(1)? })
-            })?;
-            rows.collect()
+        self.read_all("SELECT channel, open_kfid FROM kf_cursors ORDER BY channel, open_kfid", |row| {
+            let channel = named(0, row.get(0)?, |name| ChannelName::parse(name).ok())?;
+            Ok(KfAccount { channel, open_kfid: row.get(1)? })
         })
         .await
     }

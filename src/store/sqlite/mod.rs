@@ -41,7 +41,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{Connection, Row};
 use tokio::sync::oneshot;
 
 use super::{Stats, StoreError, StoreStage, DATABASE_FILE};
@@ -278,6 +278,11 @@ fn owner_only(dir: &Path, database: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Every row `sql` selects on `db`, each through `read`.
+fn rows<T>(db: &Connection, sql: &str, read: impl FnMut(&Row<'_>) -> rusqlite::Result<T>) -> rusqlite::Result<Vec<T>> {
+    db.prepare_cached(sql)?.query_map([], read)?.collect()
+}
+
 impl Sqlite {
     /// Opens (creating if needed) the database in `dir`, migrates it, and starts
     /// the writer thread.
@@ -333,6 +338,16 @@ impl Sqlite {
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
         self.submit(true, true, operation).await
+    }
+
+    /// Every row `sql` selects, each through `read`: a small table read whole
+    /// (alert state, egress IPs, kf accounts), relaxed as a read needs no more.
+    pub(super) async fn read_all<T: Send + 'static>(
+        &self,
+        sql: &'static str,
+        read: fn(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<T>, StoreError> {
+        self.run_relaxed(move |db| rows(db, sql, read)).await
     }
 
     /// Like [`Store::run`] for an operation that executes exactly one statement,

@@ -2,10 +2,10 @@
 
 use rusqlite::{params, Connection};
 
+use super::alerts::{read_firing, FIRING};
 use super::journal::{insert, named};
-use super::Sqlite;
+use super::{rows, Sqlite};
 use crate::channels::ChannelName;
-use crate::store::alerts::FiringRecord;
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
@@ -15,16 +15,6 @@ use crate::store::StoreError;
 
 /// Facts that are this engine's own bookkeeping, not the installation's.
 const ENGINE_FACTS: [&str; 2] = ["journal_handled_through", "probe"];
-
-fn rows<T>(
-    db: &Connection,
-    sql: &str,
-    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<Vec<T>> {
-    let mut statement = db.prepare(sql)?;
-    let rows = statement.query_map([], row)?;
-    rows.collect()
-}
 
 fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
     let facts = rows(db, "SELECT key, value FROM meta ORDER BY key", |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -82,9 +72,7 @@ fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
             })
         },
     )?;
-    let firing = rows(db, "SELECT check_name, firing_since, last_notified_at FROM alert_state", |r| {
-        Ok(FiringRecord { check: r.get(0)?, since: r.get(1)?, last_notified_at: r.get(2)? })
-    })?;
+    let firing = rows(db, FIRING, read_firing)?;
     let names = rows(db, "SELECT id_type, id, name, source FROM names ORDER BY id_type, id", |r| {
         Ok(NamedId { id_type: r.get(0)?, id: r.get(1)?, name: CachedName { name: r.get(2)?, source: r.get(3)? } })
     })?;
