@@ -57,6 +57,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub(crate) mod access;
+pub(crate) mod aibot_ws;
 pub(crate) mod alerts;
 pub(crate) mod backoff;
 pub(crate) mod callback;
