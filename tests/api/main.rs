@@ -3,6 +3,7 @@
 
 mod admin;
 mod aibot;
+mod aibot_ws;
 mod attacks;
 mod bot;
 mod callback;
@@ -13,6 +14,7 @@ mod crash;
 mod deploy;
 mod egress;
 mod fakes;
+mod fake_ws;
 mod helpers;
 mod hostile;
 mod ingest;

@@ -1,0 +1,269 @@
+//! The AI bot (智能机器人, SPEC §13) over the long connection, against a fake
+//! long-connection server (a real WebSocket server on 127.0.0.1): the
+//! subscribe, messages journaled once and forwarded, answers pushed as stream
+//! frames under the first delivery's `req_id` at most once a second, the
+//! welcome, a silent server, a kick by another client, and 846609.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::fake_ws::{FakeLongConnection, Received};
+use crate::fakes::ForwardReceiver;
+use crate::helpers::*;
+use crate::smtp::SmtpSink;
+
+const BOT_ID: &str = "aibLongConn01";
+const BOT_SECRET: &str = "long-connection-secret-0123";
+const SEND: &str = "send-token-0123456789abcdef";
+const WELCOME: &str = "你好，我是机器人";
+
+/// Periods short enough for tests: ping every 200 ms, reconnect after 100 ms.
+fn quick(config: &mut wechat_api::testing::config::Config) {
+    config.aibot.ws.ping = Duration::from_millis(200);
+    config.aibot.ws.backoff_first = Duration::from_millis(100);
+    config.aibot.ws.backoff_cap = Duration::from_millis(400);
+    config.aibot.ws.answer_timeout = Duration::from_secs(1);
+}
+
+/// An appliance serving the built-in `aibot` over `fake`, forwarding to `receiver`.
+async fn spawn_bot(fake: &FakeLongConnection, receiver: &ForwardReceiver, extra: &[(&str, &str)]) -> TestApp {
+    let mut settings = vec![
+        ("AIBOT_ID", BOT_ID),
+        ("AIBOT_SECRET", BOT_SECRET),
+        ("AIBOT_WS_URL", fake.url.as_str()),
+        ("AIBOT_WELCOME_TEXT", WELCOME),
+        ("FORWARD_URL", receiver.url.as_str()),
+        ("FORWARD_SECRET", receiver.secret.as_str()),
+        ("SEND_TOKEN", SEND),
+    ];
+    settings.extend_from_slice(extra);
+    spawn_app_tweaked(&settings, quick).await
+}
+
+fn text(msgid: &str, content: &str) -> Value {
+    json!({"msgid": msgid, "aibotid": BOT_ID, "chattype": "single", "from": {"userid": "zhangsan"},
+           "msgtype": "text", "text": {"content": content}})
+}
+
+async fn post_send(app: &TestApp, body: &Value) -> (u16, Value) {
+    let response =
+        app.client.post(app.url("/api/v1/messages")).bearer_auth(SEND).json(body).send().await.expect("send API");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// The stream frames answering `req_id`.
+fn stream_frames(frames: &[Received], req_id: &str) -> Vec<Received> {
+    frames.iter().filter(|f| f.cmd() == "aibot_respond_msg" && f.req_id() == req_id).cloned().collect()
+}
+
+fn finished(frames: &[Received], req_id: &str) -> bool {
+    stream_frames(frames, req_id).iter().any(|f| f.frame["body"]["stream"]["finish"] == true)
+}
+
+/// Polls `/api/health` until check `name` has `status`, or fails after 15 s.
+async fn check_becomes(app: &TestApp, name: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let health: Value =
+            app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("json");
+        let check = health["checks"][name][0].clone();
+        if check["status"] == status {
+            return check;
+        }
+        assert!(Instant::now() < deadline, "{name} is {check}, expected {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn metric_becomes(app: &TestApp, line: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !app.metrics().await.contains(line) {
+        assert!(Instant::now() < deadline, "no {line:?} in /metrics");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_long_connection_bot_subscribes_with_its_id_and_secret_and_says_it_is_connected() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let app = spawn_bot(&fake, &receiver, &[]).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    let subscribe = &fake.frames_of("aibot_subscribe")[0];
+    assert_eq!(subscribe.frame["body"], json!({"bot_id": BOT_ID, "secret": BOT_SECRET}));
+    assert!(!subscribe.req_id().is_empty());
+    metric_becomes(&app, "wechat_api_aibot_connected{channel=\"aibot\"} 1").await;
+    // Pings every period, each answered: the connection stays up.
+    fake.wait_until("three pings", Duration::from_secs(5), |f| f.iter().filter(|f| f.cmd() == "ping").count() >= 3)
+        .await;
+    assert_eq!(fake.subscribes(), 1, "an answered connection is kept");
+    assert_eq!(check_becomes(&app, "aibot:aibot", "pass").await["status"], "pass");
+}
+
+#[tokio::test]
+async fn a_message_pushed_twice_is_forwarded_once_and_answered_under_the_first_req_id() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let app = spawn_bot(&fake, &receiver, &[]).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    assert!(fake.push_message("REQ-FIRST", text("M1", "你好")));
+    assert!(fake.push_message("REQ-AGAIN", text("M1", "你好")));
+    let delivered = receiver.wait_for(1, Duration::from_secs(15)).await;
+    app.wait_until_outbox_empty().await;
+    assert_eq!(receiver.delivered().len(), 1, "forwarded once");
+    let record = &delivered[0].record;
+    assert_eq!((record["id"].as_str(), record["kind"].as_str()), (Some("aibot:msg:M1"), Some("aibot")));
+    assert_eq!(record["text"], "你好");
+    let (status, _) = post_send(&app, &json!({"in_reply_to": "aibot:msg:M1", "text": "答"})).await;
+    assert_eq!(status, 202);
+    let frames = fake.wait_until("the finished answer", Duration::from_secs(10), |f| finished(f, "REQ-FIRST")).await;
+    assert!(stream_frames(&frames, "REQ-AGAIN").is_empty(), "the first delivery's req_id answers");
+    let last = stream_frames(&frames, "REQ-FIRST").pop().expect("a frame");
+    assert_eq!(
+        last.frame["body"],
+        json!({"msgtype": "stream", "stream": {"id": wechat_api::testing::streams::stream_id("aibot", "M1"), "finish": true, "content": "答"}})
+    );
+}
+
+#[tokio::test]
+async fn a_streamed_answer_goes_out_as_frames_with_the_callbacks_req_id_at_most_one_a_second_the_last_finished() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let app = spawn_bot(&fake, &receiver, &[]).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    assert!(fake.push_message("REQ-S", text("S1", "讲个故事")));
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+    let update = |text: &str, finish: bool| json!({"in_reply_to": "aibot:msg:S1", "text": text, "append": true, "finish": finish});
+    for (part, finish) in [("从前", false), ("有座山，", false), ("山里有座庙。", true)] {
+        let (status, _) = post_send(&app, &update(part, finish)).await;
+        assert_eq!(status, 202);
+        // The bot streams as it thinks: a new part every 300 ms.
+        fake.wait_until("a frame", Duration::from_secs(5), |f| !stream_frames(f, "REQ-S").is_empty()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let frames = fake.wait_until("the finished answer", Duration::from_secs(10), |f| finished(f, "REQ-S")).await;
+    let frames = stream_frames(&frames, "REQ-S");
+    assert!(frames.len() >= 2, "the answer streams in: {frames:?}");
+    for pair in frames.windows(2) {
+        // A frame a second at most (a little less between arrivals for the socket's jitter).
+        let gap = pair[1].at - pair[0].at;
+        assert!(gap >= Duration::from_millis(900), "frames {gap:?} apart: {frames:?}");
+    }
+    let (last, before) = frames.split_last().expect("frames");
+    assert_eq!(last.frame["body"]["stream"]["content"], "从前有座山，山里有座庙。");
+    assert_eq!(last.frame["body"]["stream"]["finish"], true);
+    assert!(before.iter().all(|f| f.frame["body"]["stream"]["finish"] == false), "only the last is finished");
+    // Nothing after the finished frame.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(stream_frames(&fake.frames(), "REQ-S").len(), frames.len());
+}
+
+#[tokio::test]
+async fn enter_chat_is_welcomed_within_five_seconds() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let _app = spawn_bot(&fake, &receiver, &[]).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    let event = json!({"msgid": "E1", "create_time": 1_700_000_000, "aibotid": BOT_ID, "chattype": "single",
+                       "from": {"userid": "zhangsan"}, "msgtype": "event", "event": {"eventtype": "enter_chat"}});
+    let pushed = Instant::now();
+    assert!(fake.push_event("REQ-W", event));
+    let frames = fake
+        .wait_until("the welcome", Duration::from_secs(5), |f| {
+            f.iter().any(|f| f.cmd() == "aibot_respond_welcome_msg" && f.req_id() == "REQ-W")
+        })
+        .await;
+    assert!(pushed.elapsed() < Duration::from_secs(5));
+    let welcome = frames.iter().find(|f| f.cmd() == "aibot_respond_welcome_msg").expect("welcome");
+    assert_eq!(welcome.frame["body"], json!({"msgtype": "text", "text": {"content": WELCOME}}));
+}
+
+#[tokio::test]
+async fn a_silent_server_is_detected_by_unanswered_pings_and_reconnected() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let app = spawn_bot(&fake, &receiver, &[]).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    fake.set_silent(true);
+    // Pings go unanswered; the appliance gives the connection up and connects again.
+    fake.wait_until("a new connection", Duration::from_secs(10), |f| f.iter().any(|f| f.connection >= 2)).await;
+    metric_becomes(&app, "wechat_api_aibot_connected{channel=\"aibot\"} 0").await;
+    fake.set_silent(false);
+    fake.wait_live(2, Duration::from_secs(10)).await;
+    metric_becomes(&app, "wechat_api_aibot_connected{channel=\"aibot\"} 1").await;
+    // And the new connection works: a message gets through.
+    assert!(fake.push_message("REQ-AFTER", text("A1", "还在吗")));
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn a_closed_socket_is_reconnected_with_backoff_never_giving_up() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let _app = spawn_bot(&fake, &receiver, &[]).await;
+    for round in 1..=4 {
+        fake.wait_live(round, Duration::from_secs(10)).await;
+        assert!(fake.close());
+    }
+    fake.wait_live(5, Duration::from_secs(10)).await;
+}
+
+#[tokio::test]
+async fn a_kick_by_another_client_fails_the_check_alerts_and_does_not_storm_reconnects() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let sink = SmtpSink::start().await;
+    let port = sink.port.to_string();
+    let app = spawn_bot(
+        &fake,
+        &receiver,
+        &[
+            ("SUPERVISOR_INTERVAL_SECS", "1"),
+            ("ALERT_GROUP_WAIT_SECS", "0"),
+            ("ALERT_EMAIL_ENABLED", "true"),
+            ("SMTP_SERVER", "127.0.0.1"),
+            ("SMTP_PORT", &port),
+            ("SMTP_TLS", "none"),
+            ("ALERT_EMAIL_FROM", "wechat-api@example.test"),
+            ("ALERT_EMAIL_TO", "oncall@example.test"),
+        ],
+    )
+    .await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    assert!(fake.kick());
+    let kicked = Instant::now();
+    let check = check_becomes(&app, "aibot:aibot", "fail").await;
+    assert!(check["output"].as_str().unwrap_or_default().contains("another client"), "{check}");
+    let mail = sink.wait_for("aibot:aibot", Duration::from_secs(20)).await;
+    assert!(mail.text().contains("another client"), "{}", mail.text());
+    metric_becomes(&app, "wechat_api_aibot_connected{channel=\"aibot\"} 0").await;
+    // A closed socket is reconnected in 100 ms here; a kick is not, for 60 s.
+    while kicked.elapsed() < Duration::from_secs(3) {
+        assert_eq!(fake.subscribes(), 1, "no subscribe within 60 s of a kick");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_frame_refused_as_not_subscribed_resubscribes_and_is_sent_again() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let app = spawn_bot(&fake, &receiver, &[]).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    assert!(fake.push_message("REQ-N", text("N1", "问")));
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+    fake.refuse_next_as_not_subscribed(1);
+    let (status, _) = post_send(&app, &json!({"in_reply_to": "aibot:msg:N1", "text": "答"})).await;
+    assert_eq!(status, 202);
+    let frames = fake
+        .wait_until("the frame sent again", Duration::from_secs(10), |f| stream_frames(f, "REQ-N").len() >= 2)
+        .await;
+    let sent = stream_frames(&frames, "REQ-N");
+    assert_eq!(sent[0].frame, sent[1].frame, "the same frame again");
+    assert_eq!(sent[1].frame["body"]["stream"]["finish"], true);
+    let refused = sent[0].at;
+    let resubscribed = frames.iter().any(|f| f.cmd() == "aibot_subscribe" && f.at > refused && f.at < sent[1].at);
+    assert!(resubscribed, "subscribed again before resending: {frames:?}");
+}
