@@ -267,3 +267,68 @@ async fn a_frame_refused_as_not_subscribed_resubscribes_and_is_sent_again() {
     let resubscribed = frames.iter().any(|f| f.cmd() == "aibot_subscribe" && f.at > refused && f.at < sent[1].at);
     assert!(resubscribed, "subscribed again before resending: {frames:?}");
 }
+
+/// The `aibot` connection gauge a replica on `port` reports.
+async fn connected_on(client: &reqwest::Client, port: u16) -> Option<bool> {
+    let url = format!("https://127.0.0.1:{port}/metrics");
+    let text = client.get(url).send().await.ok()?.text().await.ok()?;
+    let line = text.lines().find(|l| l.starts_with("wechat_api_aibot_connected{channel=\"aibot\"}"))?;
+    Some(line.ends_with(" 1"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lease_when_the_holder_is_killed() {
+    let Some(url) = crate::postgres::fresh_database().await else { return };
+    wechat_api::testing::tls::install_crypto_provider();
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (_, _, cert_pem) = write_certificate(dir.path(), 30);
+    let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(5));
+    let pairs = [
+        ("DATABASE_URL", url.as_str()),
+        ("LEASE_SECS", "35"),
+        ("DATABASE_POOL_SIZE", "4"),
+        ("AIBOT_ID", BOT_ID),
+        ("AIBOT_SECRET", BOT_SECRET),
+        ("AIBOT_WS_URL", fake.url.as_str()),
+    ];
+    let env = test_env(dir.path(), &pairs);
+    let launch = |index: usize| {
+        let mut command = wechat_api(dir.path());
+        command.arg("serve").envs(&env).env("REPLICA_ID", format!("replica-{index}"));
+        let replica = Running::start(command);
+        let port = replica.port();
+        (replica, port)
+    };
+    let mut replicas: Vec<(Running, u16)> = tokio::task::block_in_place(|| (0..2).map(launch).collect());
+    fake.wait_live(1, Duration::from_secs(20)).await;
+    // Exactly one replica holds it, and keeps it: no second subscribe, one socket.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let holder = loop {
+        let states = [connected_on(&client, replicas[0].1).await, connected_on(&client, replicas[1].1).await];
+        match states {
+            [Some(true), Some(false)] => break 0,
+            [Some(false), Some(true)] => break 1,
+            _ => assert!(Instant::now() < deadline, "no single holder: {states:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(6) {
+        assert_eq!((fake.subscribes(), fake.most_open()), (1, 1), "one connection in the cluster");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let killed = Instant::now();
+    replicas[holder].0.kill_9();
+    // The other takes over once the dead holder's lease (35 s) has run out.
+    fake.wait_live(2, Duration::from_secs(60)).await;
+    let took = killed.elapsed();
+    assert!(took >= Duration::from_secs(20), "took over after {took:?}, before the lease ran out");
+    assert_eq!(fake.most_open(), 1, "never two connections at once");
+    let other = 1 - holder;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connected_on(&client, replicas[other].1).await != Some(true) {
+        assert!(Instant::now() < deadline, "the survivor does not say it is connected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
