@@ -32,7 +32,7 @@ use crate::backoff::Backoff;
 use crate::callback::OpenedAibot;
 use crate::config::channels::ChannelSpec;
 use crate::config::{AibotSettings, WsTiming};
-use crate::store::aibot::StreamOpen;
+use crate::store::aibot::{Settled, StreamOpen};
 use crate::store::journal::{EntryKind, NewEntry, Recorded};
 use crate::store::leases::Lease;
 use crate::store::{self, Store};
@@ -110,7 +110,11 @@ enum Ended {
 struct Tracked {
     req_id: String,
     userid: String,
+    /// Where `aibot_send_msg` goes: the group, else the user.
+    chatid: String,
     last: Option<Shown>,
+    /// The stream showed `finish: true`; what it could not show may still be owed.
+    closed: bool,
 }
 
 /// One long-connection bot's worker.
@@ -403,7 +407,8 @@ impl BotLink {
         }
         if let Some(stream_id) = stream_id {
             // The first delivery's req_id answers it; a redelivery changes nothing.
-            streams.entry(stream_id).or_insert(Tracked { req_id: req_id.to_owned(), userid, last: None });
+            let chatid = opened.message.chatid.clone().unwrap_or_else(|| userid.clone());
+            streams.entry(stream_id).or_insert(Tracked { req_id: req_id.to_owned(), userid, chatid, last: None, closed: false });
         }
         match (opened.message.event(), self.channel.welcome_text.as_deref()) {
             (Some(AibotEvent::EnterChat), Some(welcome)) => Some(frames::respond_welcome(req_id, welcome)),
@@ -418,6 +423,17 @@ impl BotLink {
         let mut owed = Vec::new();
         let mut done = Vec::new();
         for (stream_id, tracked) in streams.iter_mut() {
+            if tracked.closed {
+                match self.rest(stream_id, tracked).await {
+                    Rest::Wait => {}
+                    Rest::Done => done.push(stream_id.clone()),
+                    Rest::Send(frame) => {
+                        owed.push((format!("aibot_send_msg_{stream_id}"), frame));
+                        done.push(stream_id.clone());
+                    }
+                }
+                continue;
+            }
             let refreshed =
                 self.store.aibot_refresh(stream_id.clone(), Some(tracked.userid.clone()), store::now(), deadline).await;
             let refreshed = match refreshed {
@@ -444,15 +460,75 @@ impl BotLink {
             if must_push(tracked.last.as_ref(), &shown) {
                 owed.push((tracked.req_id.clone(), frames::respond_stream(&tracked.req_id, stream_id, &shown.content, shown.finish)));
             }
-            if shown.finish {
-                done.push(stream_id.clone());
-            }
+            // Closed: finished (maybe cut), or late; the rest, if any, goes as aibot_send_msg.
+            tracked.closed = shown.finish;
             tracked.last = Some(shown);
         }
         for stream_id in done {
             streams.remove(&stream_id);
         }
         owed
+    }
+}
+
+/// What a closed stream still owes.
+enum Rest {
+    /// The bot has not finished (a late stream): look again later.
+    Wait,
+    /// Nothing (more) is owed.
+    Done,
+    /// This `aibot_send_msg` frame, whose one use is taken.
+    Send(String),
+}
+
+impl BotLink {
+    /// What the stream could not show (past its cut, or after a late close),
+    /// pushed to the chat as markdown once, within 24 h of the message.
+    async fn rest(&self, stream_id: &str, tracked: &Tracked) -> Rest {
+        let row = match self.store.aibot_stream(stream_id.to_owned()).await {
+            Ok(Some(row)) => row,
+            Ok(None) => return Rest::Done,
+            Err(error) => {
+                tracing::warn!(channel = %self.channel.name, "aibot long connection: cannot read a stream: {error}");
+                return Rest::Wait;
+            }
+        };
+        if row.rest_sent || row.failed.is_some() {
+            return Rest::Done;
+        }
+        let now = store::now();
+        let refused = streams::send_refused(&row, now);
+        let Some(rest) = streams::rest(&row) else {
+            return match (row.finished, refused) {
+                (false, Some("expired")) => self.lost(stream_id, "expired").await,
+                (false, _) => Rest::Wait,
+                (true, _) => Rest::Done,
+            };
+        };
+        if let Some(reason) = refused {
+            return self.lost(stream_id, reason).await;
+        }
+        match self.store.aibot_take_response(stream_id.to_owned()).await {
+            Ok(true) => {}
+            Ok(false) => return Rest::Done,
+            Err(_) => return Rest::Wait,
+        }
+        if let Err(error) = self.store.aibot_settle(stream_id.to_owned(), Settled::Sent).await {
+            tracing::warn!(channel = %self.channel.name, "aibot long connection: cannot record the rest as sent: {error}");
+        }
+        Rest::Send(frames::send_markdown(&format!("aibot_send_msg_{stream_id}"), &tracked.chatid, &rest))
+    }
+
+    /// Records the answer of `stream_id` as lost (`expired`).
+    async fn lost(&self, stream_id: &str, reason: &str) -> Rest {
+        tracing::warn!(channel = %self.channel.name, "aibot long connection: an answer's rest is not delivered: {reason}");
+        self.metrics
+            .counter(AIBOT_STREAMS_TOTAL, &[("channel", self.channel.name.to_string()), ("outcome", "expired".to_owned())])
+            .increment(1);
+        match self.store.aibot_settle(stream_id.to_owned(), Settled::Failed(reason.to_owned())).await {
+            Ok(()) => Rest::Done,
+            Err(_) => Rest::Wait,
+        }
     }
 }
 

@@ -1,7 +1,7 @@
 //! The AI bot's long connection, its frames (SPEC §13): JSON text messages
 //! `{"cmd","headers":{"req_id"},"body"}` both ways. Outbound: `aibot_subscribe`
 //! (`bot_id`, `secret`), `ping`, `aibot_respond_msg` (a stream snapshot),
-//! `aibot_respond_welcome_msg`. Inbound:
+//! `aibot_respond_welcome_msg`, `aibot_send_msg` (markdown to a chat). Inbound:
 //! `aibot_msg_callback` / `aibot_event_callback` (the callback mode's message
 //! JSON as `body`), and the answers to our frames, which carry our `req_id`
 //! and an `errcode` (846609: not subscribed).
@@ -24,6 +24,8 @@ pub(crate) const EVENT_CALLBACK: &str = "aibot_event_callback";
 pub(crate) const RESPOND_MSG: &str = "aibot_respond_msg";
 /// The welcome answering `enter_chat`.
 pub(crate) const RESPOND_WELCOME: &str = "aibot_respond_welcome_msg";
+/// A message pushed to a chat (after the stream's window).
+pub(crate) const SEND_MSG: &str = "aibot_send_msg";
 /// The event saying another client subscribed with this bot's Secret.
 pub(crate) const DISCONNECTED_EVENT: &str = "disconnected_event";
 /// Errcode of a frame sent while not subscribed.
@@ -108,6 +110,12 @@ pub(crate) fn respond_welcome(req_id: &str, text: &str) -> String {
     frame(RESPOND_WELCOME, req_id, Some(json!({ "msgtype": "text", "text": { "content": text } })))
 }
 
+/// Markdown pushed to the chat `chatid` (a userid for a single chat).
+pub(crate) fn send_markdown(req_id: &str, chatid: &str, content: &str) -> String {
+    let body = json!({ "chatid": chatid, "msgtype": "markdown", "markdown": { "content": content } });
+    frame(SEND_MSG, req_id, Some(body))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -128,6 +136,9 @@ mod tests {
         assert_eq!(frame["body"], json!({"msgtype":"stream","stream":{"id":"sid","finish":true,"content":"hi"}}));
         let welcome: Value = serde_json::from_str(&respond_welcome("req", "hello")).expect("json");
         assert_eq!(welcome["body"], json!({"msgtype":"text","text":{"content":"hello"}}));
+        let send: Value = serde_json::from_str(&send_markdown("r", "c1", "**x**")).expect("json");
+        assert_eq!(send["cmd"], SEND_MSG);
+        assert_eq!(send["body"], json!({"chatid":"c1","msgtype":"markdown","markdown":{"content":"**x**"}}));
     }
 
     #[test]
