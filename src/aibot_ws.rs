@@ -253,7 +253,9 @@ impl BotLink {
         .await;
         match answer {
             Ok(Some((0, _))) => {}
-            Ok(Some((errcode, errmsg))) => return Ended::Lost(format!("subscribe refused: errcode {errcode} {errmsg}")),
+            Ok(Some((errcode, errmsg))) => {
+                return Ended::Lost(format!("subscribe refused: errcode {errcode} {errmsg}"))
+            }
             Ok(None) => return Ended::Lost("closed before the subscribe was answered".into()),
             Err(_) => return Ended::Lost("the subscribe was not answered in time".into()),
         }
@@ -361,7 +363,12 @@ impl BotLink {
     /// A pushed message or event: journaled (dedup by `msgid`) for the
     /// dispatcher, its stream opened and tracked under the first delivery's
     /// `req_id`. Returns the welcome frame to send for `enter_chat`.
-    async fn received(&self, req_id: &str, body: serde_json::Value, streams: &mut HashMap<String, Tracked>) -> Option<String> {
+    async fn received(
+        &self,
+        req_id: &str,
+        body: serde_json::Value,
+        streams: &mut HashMap<String, Tracked>,
+    ) -> Option<String> {
         let name = &self.channel.name;
         let json = body.to_string();
         let message = match AibotMessage::parse(&json) {
@@ -408,7 +415,13 @@ impl BotLink {
         if let Some(stream_id) = stream_id {
             // The first delivery's req_id answers it; a redelivery changes nothing.
             let chatid = opened.message.chatid.clone().unwrap_or_else(|| userid.clone());
-            streams.entry(stream_id).or_insert(Tracked { req_id: req_id.to_owned(), userid, chatid, last: None, closed: false });
+            streams.entry(stream_id).or_insert(Tracked {
+                req_id: req_id.to_owned(),
+                userid,
+                chatid,
+                last: None,
+                closed: false,
+            });
         }
         match (opened.message.event(), self.channel.welcome_text.as_deref()) {
             (Some(AibotEvent::EnterChat), Some(welcome)) => Some(frames::respond_welcome(req_id, welcome)),
@@ -458,7 +471,10 @@ impl BotLink {
             }
             let shown = streams::shown(&refreshed.row, &self.settings.late_text);
             if must_push(tracked.last.as_ref(), &shown) {
-                owed.push((tracked.req_id.clone(), frames::respond_stream(&tracked.req_id, stream_id, &shown.content, shown.finish)));
+                owed.push((
+                    tracked.req_id.clone(),
+                    frames::respond_stream(&tracked.req_id, stream_id, &shown.content, shown.finish),
+                ));
             }
             // Closed: finished (maybe cut), or late; the rest, if any, goes as aibot_send_msg.
             tracked.closed = shown.finish;
@@ -523,7 +539,10 @@ impl BotLink {
     async fn lost(&self, stream_id: &str, reason: &str) -> Rest {
         tracing::warn!(channel = %self.channel.name, "aibot long connection: an answer's rest is not delivered: {reason}");
         self.metrics
-            .counter(AIBOT_STREAMS_TOTAL, &[("channel", self.channel.name.to_string()), ("outcome", "expired".to_owned())])
+            .counter(
+                AIBOT_STREAMS_TOTAL,
+                &[("channel", self.channel.name.to_string()), ("outcome", "expired".to_owned())],
+            )
             .increment(1);
         match self.store.aibot_settle(stream_id.to_owned(), Settled::Failed(reason.to_owned())).await {
             Ok(()) => Rest::Done,

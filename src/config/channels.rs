@@ -311,7 +311,9 @@ impl TableReader<'_> {
             let key = self.required("encoding_aes_key");
             let aes_key = self.trimmed(key, "encoding_aes_key").and_then(|k| {
                 AesKey::parse(&k)
-                    .map_err(|e| self.fail("encoding_aes_key", format!("{e} (copy it again from the callback settings)")))
+                    .map_err(|e| {
+                        self.fail("encoding_aes_key", format!("{e} (copy it again from the callback settings)"))
+                    })
                     .ok()
             });
             (token, aes_key)

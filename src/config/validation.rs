@@ -398,7 +398,10 @@ fn builtin_aibot(v: &mut Validator<'_>, complete: &mut bool) -> Option<ChannelSp
                 token: Token::generate(),
                 aes_key: AesKey::parse(crate::config::generate_encoding_aes_key().expose()).ok()?,
             }),
-            _ => v.token(var::AIBOT_TOKEN).zip(v.aes_key(var::AIBOT_ENCODING_AES_KEY)).map(|(token, aes_key)| CallbackKeys { token, aes_key }),
+            _ => v
+                .token(var::AIBOT_TOKEN)
+                .zip(v.aes_key(var::AIBOT_ENCODING_AES_KEY))
+                .map(|(token, aes_key)| CallbackKeys { token, aes_key }),
         };
         let Some(keys) = keys else {
             *complete = false;

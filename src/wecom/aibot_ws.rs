@@ -72,8 +72,9 @@ impl Frame {
     pub(crate) fn inbound(self) -> Inbound {
         match self.cmd.as_str() {
             MSG_CALLBACK | EVENT_CALLBACK => {
-                let event = (self.cmd == EVENT_CALLBACK)
-                    .then(|| self.body.pointer("/event/eventtype").and_then(Value::as_str).unwrap_or_default().to_owned());
+                let event = (self.cmd == EVENT_CALLBACK).then(|| {
+                    self.body.pointer("/event/eventtype").and_then(Value::as_str).unwrap_or_default().to_owned()
+                });
                 Inbound::Callback { req_id: self.req_id, body: self.body, event }
             }
             _ => Inbound::Answer { req_id: self.req_id, errcode: self.errcode.unwrap_or(0), errmsg: self.errmsg },
@@ -123,7 +124,10 @@ mod tests {
     #[test]
     fn a_subscribe_carries_the_bot_id_and_secret_under_its_req_id() {
         let frame: Value = serde_json::from_str(&subscribe("r1", "aib", "s")).expect("json");
-        assert_eq!(frame, json!({"cmd":"aibot_subscribe","headers":{"req_id":"r1"},"body":{"bot_id":"aib","secret":"s"}}));
+        assert_eq!(
+            frame,
+            json!({"cmd":"aibot_subscribe","headers":{"req_id":"r1"},"body":{"bot_id":"aib","secret":"s"}})
+        );
         let frame: Value = serde_json::from_str(&ping("p1")).expect("json");
         assert_eq!(frame, json!({"cmd":"ping","headers":{"req_id":"p1"}}));
     }

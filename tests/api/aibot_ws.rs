@@ -337,7 +337,8 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lea
 async fn an_answer_finished_after_the_stream_window_goes_to_the_chat_as_markdown() {
     let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
     let receiver = ForwardReceiver::start().await;
-    let app = spawn_bot(&fake, &receiver, &[("AIBOT_STREAM_DEADLINE_SECS", "5"), ("AIBOT_LATE_TEXT", "（稍后发送）")]).await;
+    let app =
+        spawn_bot(&fake, &receiver, &[("AIBOT_STREAM_DEADLINE_SECS", "5"), ("AIBOT_LATE_TEXT", "（稍后发送）")]).await;
     fake.wait_live(1, Duration::from_secs(10)).await;
     assert!(fake.push_message("REQ-L", text("L1", "写一篇长文")));
     receiver.wait_for(1, Duration::from_secs(15)).await;
@@ -349,22 +350,24 @@ async fn an_answer_finished_after_the_stream_window_goes_to_the_chat_as_markdown
     let closed = stream_frames(&frames, "REQ-L").pop().expect("a frame");
     assert_eq!(closed.frame["body"]["stream"]["content"], "第一段。（稍后发送）");
     // The bot goes on; the rest goes to the chat.
-    let (status, _) = post_send(
-        &app,
-        &json!({"in_reply_to": "aibot:msg:L1", "text": "第二段。", "append": true, "finish": true}),
-    )
-    .await;
+    let (status, _) =
+        post_send(&app, &json!({"in_reply_to": "aibot:msg:L1", "text": "第二段。", "append": true, "finish": true}))
+            .await;
     assert_eq!(status, 202);
     let frames = fake
         .wait_until("aibot_send_msg", Duration::from_secs(10), |f| f.iter().any(|f| f.cmd() == "aibot_send_msg"))
         .await;
     let sent: Vec<&Received> = frames.iter().filter(|f| f.cmd() == "aibot_send_msg").collect();
-    assert_eq!(sent[0].frame["body"], json!({"chatid": "zhangsan", "msgtype": "markdown", "markdown": {"content": "第二段。"}}));
+    assert_eq!(
+        sent[0].frame["body"],
+        json!({"chatid": "zhangsan", "msgtype": "markdown", "markdown": {"content": "第二段。"}})
+    );
     let id = first["id"].as_str().expect("id");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let url = app.url(&format!("/api/v1/messages/{id}"));
-        let status: Value = app.client.get(url).bearer_auth(SEND).send().await.expect("status").json().await.expect("json");
+        let status: Value =
+            app.client.get(url).bearer_auth(SEND).send().await.expect("status").json().await.expect("json");
         if status["status"] == "sent" {
             break;
         }

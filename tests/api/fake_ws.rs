@@ -59,8 +59,7 @@ impl FakeLongConnection {
     pub(crate) async fn start(bot_id: &str, secret: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the fake long connection");
         let url = format!("ws://127.0.0.1:{}", listener.local_addr().expect("address").port());
-        let fake =
-            Self { url, bot_id: bot_id.to_owned(), secret: secret.to_owned(), state: Arc::default() };
+        let fake = Self { url, bot_id: bot_id.to_owned(), secret: secret.to_owned(), state: Arc::default() };
         let server = fake.clone();
         tokio::spawn(async move {
             while let Ok((stream, _)) = listener.accept().await {
@@ -211,7 +210,12 @@ impl FakeLongConnection {
     }
 
     /// Waits until `ready` holds of the recorded frames, or fails after `within`.
-    pub(crate) async fn wait_until(&self, what: &str, within: Duration, ready: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+    pub(crate) async fn wait_until(
+        &self,
+        what: &str,
+        within: Duration,
+        ready: impl Fn(&[Received]) -> bool,
+    ) -> Vec<Received> {
         let deadline = Instant::now() + within;
         loop {
             let frames = self.frames();
@@ -227,7 +231,11 @@ impl FakeLongConnection {
     pub(crate) async fn wait_live(&self, subscribes: usize, within: Duration) {
         let deadline = Instant::now() + within;
         while !(self.is_live() && self.subscribes() >= subscribes) {
-            assert!(Instant::now() < deadline, "no live subscribed connection within {within:?} ({} subscribes)", self.subscribes());
+            assert!(
+                Instant::now() < deadline,
+                "no live subscribed connection within {within:?} ({} subscribes)",
+                self.subscribes()
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
