@@ -9,7 +9,7 @@
 //! delivery, at most once a second, the last with `finish: true`. Two
 //! unanswered pings or a closed socket: reconnect with jittered back-off
 //! (1 s doubling to 60 s, for ever). `disconnected_event`: the connection was
-//! taken by another client; [`Links`] says so to the check `aibot:<name>`, and
+//! taken by another client; `health::links` says so to the check `aibot:<name>`, and
 //! the holder waits 60 s before it subscribes again. Errcode 846609 on a frame:
 //! subscribe again and resend it.
 //!
@@ -19,7 +19,6 @@
 //! (`wecom::aibot`), the stream's life (`streams`, `store::aibot`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +31,7 @@ use crate::backoff::Backoff;
 use crate::callback::OpenedAibot;
 use crate::config::channels::ChannelSpec;
 use crate::config::{AibotSettings, WsTiming};
+use crate::health::links::{Link, Links};
 use crate::store::aibot::{Settled, StreamOpen};
 use crate::store::journal::{EntryKind, NewEntry, Recorded};
 use crate::store::leases::Lease;
@@ -47,38 +47,6 @@ const LEASE_POLL: Duration = Duration::from_secs(5);
 const LEASE_RENEW: Duration = Duration::from_secs(10);
 /// How often open streams are looked at: at most one frame a second per stream.
 const PUSH_EVERY: Duration = Duration::from_secs(1);
-
-/// What this replica knows of each long-connection bot, for the check and the status.
-#[derive(Debug, Default)]
-pub(crate) struct Links {
-    by_channel: HashMap<String, Arc<Link>>,
-}
-
-/// One bot's connection, as this replica sees it.
-#[derive(Debug, Default)]
-pub(crate) struct Link {
-    /// Subscribed right now (on this replica).
-    connected: AtomicBool,
-    /// When `disconnected_event` took the connection away (unix seconds), 0 = not taken.
-    taken_at: AtomicI64,
-}
-
-impl Links {
-    /// A link for each channel of `names`.
-    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        Self { by_channel: names.into_iter().map(|n| (n.to_owned(), Arc::default())).collect() }
-    }
-
-    /// When the connection of `channel` was taken by another client and not yet won back.
-    pub(crate) fn taken_at(&self, channel: &str) -> Option<i64> {
-        let at = self.by_channel.get(channel)?.taken_at.load(Ordering::Relaxed);
-        (at > 0).then_some(at)
-    }
-
-    fn link(&self, channel: &str) -> Arc<Link> {
-        self.by_channel.get(channel).cloned().unwrap_or_default()
-    }
-}
 
 /// The delay before reconnect attempt `failures` (1, 2, …): the back-off's
 /// delay scaled by `jitter` in `0.0..1.0` to between half and all of it, so
@@ -159,7 +127,7 @@ impl BotLink {
             // Holding the lease: connect, and reconnect for as long as it holds.
             loop {
                 let ended = self.session(&lease, &link, &mut streams, &mut subscribes, &shutdown).await;
-                link.connected.store(false, Ordering::Relaxed);
+                link.lost();
                 self.metrics.gauge(AIBOT_CONNECTED, &[("channel", name.clone())]).set(0.0);
                 let wait = match &ended {
                     Ended::Shutdown => {
@@ -260,8 +228,7 @@ impl BotLink {
             Err(_) => return Ended::Lost("the subscribe was not answered in time".into()),
         }
         tracing::info!(channel = %name, "aibot long connection: subscribed");
-        link.connected.store(true, Ordering::Relaxed);
-        link.taken_at.store(0, Ordering::Relaxed);
+        link.subscribed();
         self.metrics.gauge(AIBOT_CONNECTED, &[("channel", name.clone())]).set(1.0);
 
         let mut ping = tokio::time::interval(timing.ping);
@@ -313,7 +280,7 @@ impl BotLink {
                             }
                         }
                         Inbound::Callback { event: Some(event), .. } if event == frames::DISCONNECTED_EVENT => {
-                            link.taken_at.store(store::now(), Ordering::Relaxed);
+                            link.taken(store::now());
                             let _ = socket.close(None).await;
                             return Ended::Taken;
                         }
@@ -581,14 +548,5 @@ mod tests {
         assert!(must_push(None, &shown));
         assert!(!must_push(Some(&shown), &shown));
         assert!(must_push(Some(&shown), &Shown { content: "a".into(), finish: true }));
-    }
-
-    #[test]
-    fn a_taken_connection_is_reported_until_won_back() {
-        let links = Links::new(["bot"]);
-        assert_eq!(links.taken_at("bot"), None);
-        links.link("bot").taken_at.store(42, Ordering::Relaxed);
-        assert_eq!(links.taken_at("bot"), Some(42));
-        assert_eq!(links.taken_at("other"), None);
     }
 }

@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use futures_util::FutureExt;
 use tokio::sync::Notify;
 
-use crate::aibot_ws::{BotLink, Links};
+use crate::aibot_ws::BotLink;
 use crate::alerts::{Alerter, Mailer};
 use crate::callback::CallbackCredentials;
 use crate::channels::{ChannelKind, ChannelName};
@@ -40,6 +40,7 @@ use crate::dispatch::sending::SendLimits;
 use crate::dispatch::{Dispatcher, Outbox};
 use crate::egress::Egress;
 use crate::health::checks::{self, CheckClock, Checks, Pressure};
+use crate::health::links::Links;
 use crate::health::{CheckName, HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::log_limit::SharedLogLimiter;

@@ -107,7 +107,7 @@ pub(crate) struct Checks {
     /// The AI bot channels, each checked as `aibot:<name>`.
     aibots: Vec<String>,
     /// The long connections of the AI bots served that way.
-    links: Arc<crate::aibot_ws::Links>,
+    links: Arc<super::links::Links>,
 }
 
 impl Checks {
@@ -144,7 +144,7 @@ impl Checks {
     }
 
     /// The same checks with `aibot:<name>` for each AI bot channel of `names`.
-    pub(crate) fn with_aibots(self, names: Vec<String>, links: Arc<crate::aibot_ws::Links>) -> Self {
+    pub(crate) fn with_aibots(self, names: Vec<String>, links: Arc<super::links::Links>) -> Self {
         Self { aibots: names, links, ..self }
     }
 

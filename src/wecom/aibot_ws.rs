@@ -7,8 +7,8 @@
 //! and an `errcode` (846609: not subscribed).
 //!
 //! Pure: no I/O, nothing panics on any input. Deliberately not here: the
-//! socket, the lease, reconnecting and what a message means (`crate::aibot_ws`
-//! and `wecom::aibot`).
+//! socket, the lease, reconnecting (the worker, `aibot_ws` at the top) and
+//! what a message means (`wecom::aibot`).
 
 use serde_json::{json, Value};
 
