@@ -377,3 +377,75 @@ async fn an_answer_finished_after_the_stream_window_goes_to_the_chat_as_markdown
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     assert_eq!(fake.frames_of("aibot_send_msg").len(), 1, "sent once");
 }
+
+/// Resident memory of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or_default();
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or_default()
+}
+
+/// The soak (issue 23): the real binary on the long connection for
+/// `AIBOT_SOAK_SECS` (default 600) with its pings and a message a second, each
+/// answered through the send API; RSS printed at the start (after a warm-up
+/// minute's worth of messages) and at the end. Run by hand:
+/// `AIBOT_SOAK_SECS=600 cargo test --test api soak -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a 10-minute soak, run by hand"]
+async fn soak_the_long_connection_memory_stays_flat() {
+    let secs: u64 = std::env::var("AIBOT_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    wechat_api::testing::tls::install_crypto_provider();
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let (_, _, cert_pem) = write_certificate(dir.path(), 30);
+    let client = client_trusting(cert_pem.as_bytes(), Duration::from_secs(5));
+    let env = test_env(
+        dir.path(),
+        &[
+            ("AIBOT_ID", BOT_ID),
+            ("AIBOT_SECRET", BOT_SECRET),
+            ("AIBOT_WS_URL", fake.url.as_str()),
+            ("FORWARD_URL", receiver.url.as_str()),
+            ("FORWARD_SECRET", receiver.secret.as_str()),
+            ("SEND_TOKEN", SEND),
+        ],
+    );
+    let mut command = wechat_api(dir.path());
+    command.arg("serve").envs(&env);
+    let replica = Running::start(command);
+    let port = tokio::task::block_in_place(|| replica.port());
+    fake.wait_live(1, Duration::from_secs(20)).await;
+    let started = Instant::now();
+    let mut before = None;
+    let mut n = 0u64;
+    while started.elapsed() < Duration::from_secs(secs) {
+        n += 1;
+        let msgid = format!("SOAK{n}");
+        assert!(fake.push_message(&format!("REQ{n}"), text(&msgid, "soak")));
+        let send = format!("https://127.0.0.1:{port}/api/v1/messages");
+        let body = json!({"in_reply_to": format!("aibot:msg:{msgid}"), "text": "ok"});
+        // The record may not be journaled yet: retry the answer briefly.
+        for _ in 0..50 {
+            let response = client.post(&send).bearer_auth(SEND).json(&body).send().await.expect("send API");
+            if response.status().as_u16() == 202 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if n == 60 {
+            before = Some(rss_kib(replica.pid()));
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let after = rss_kib(replica.pid());
+    let frames = fake.frames();
+    let answered = frames.iter().filter(|f| f.cmd() == "aibot_respond_msg").count();
+    let pings = frames.iter().filter(|f| f.cmd() == "ping").count();
+    println!(
+        "soak: {secs} s, {n} messages, {answered} answer frames, {pings} pings, {} subscribes; RSS after 60 messages {} KiB, at the end {after} KiB",
+        fake.subscribes(),
+        before.unwrap_or_default()
+    );
+    assert_eq!(fake.subscribes(), 1);
+}

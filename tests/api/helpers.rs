@@ -312,6 +312,11 @@ impl Running {
         panic!("timed out; output so far:\n{}", seen.join("\n"));
     }
 
+    /// The process id (to read its memory from /proc).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub(crate) fn port(&self) -> u16 {
         let lines = self.read_until(|l| l.contains("wechat-api listening"));
         listening_port(lines.last().expect("a line"))
