@@ -207,13 +207,16 @@ impl BotLink {
             return Ended::Lost(format!("cannot subscribe: {error}"));
         }
         // The subscribe's answer; a callback pushed before it is served after.
+        let mut early: Vec<Inbound> = Vec::new();
         let answer = tokio::time::timeout(timing.answer_timeout, async {
             while let Some(message) = socket.next().await {
                 let Ok(WsMessage::Text(text)) = message else { continue };
-                if let Some(Inbound::Answer { req_id, errcode, errmsg }) = Frame::parse(&text).map(Frame::inbound) {
-                    if req_id == subscribe_id {
+                match Frame::parse(&text).map(Frame::inbound) {
+                    Some(Inbound::Answer { req_id, errcode, errmsg }) if req_id == subscribe_id => {
                         return Some((errcode, errmsg));
                     }
+                    Some(callback @ Inbound::Callback { .. }) => early.push(callback),
+                    _ => {}
                 }
             }
             None
@@ -242,6 +245,22 @@ impl BotLink {
         let mut pings: u64 = 0;
         // The last frame sent under each req_id, until WeCom accepts it: resent after 846609.
         let mut unacknowledged: HashMap<String, String> = HashMap::new();
+        for callback in early {
+            if let Inbound::Callback { event: Some(event), .. } = &callback {
+                if event == frames::DISCONNECTED_EVENT {
+                    link.taken(store::now());
+                    return Ended::Taken;
+                }
+            }
+            if let Inbound::Callback { req_id, body, .. } = callback {
+                if let Some(welcome) = self.received(&req_id, body, streams).await {
+                    unacknowledged.insert(req_id, welcome.clone());
+                    if let Err(error) = socket.send(WsMessage::text(welcome)).await {
+                        return Ended::Lost(format!("cannot send the welcome: {error}"));
+                    }
+                }
+            }
+        }
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {

@@ -449,3 +449,23 @@ async fn soak_the_long_connection_memory_stays_flat() {
     );
     assert_eq!(fake.subscribes(), 1);
 }
+
+#[test]
+fn a_long_connection_secret_without_a_bot_id_or_a_bad_endpoint_exits_64_naming_the_variable() {
+    for (extra, expected) in [
+        (vec![("AIBOT_SECRET", BOT_SECRET)], "AIBOT_ID is required with AIBOT_SECRET"),
+        (
+            vec![("AIBOT_SECRET", BOT_SECRET), ("AIBOT_ID", BOT_ID), ("AIBOT_WS_URL", "https://openws.example")],
+            "AIBOT_WS_URL must be a wss://",
+        ),
+    ] {
+        let dir = tempfile::tempdir().expect("dir");
+        write_certificate(dir.path(), 30);
+        let env = test_env(dir.path(), &extra);
+        let output = wechat_api(dir.path()).arg("serve").envs(&env).output().expect("runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains(BOT_SECRET), "the Secret is never shown: {stderr}");
+    }
+}
