@@ -30,7 +30,8 @@
 //!   sends); [`outgoing`] is the send API's request, [`shaping`] makes every text
 //!   fit WeChat, [`media`] keeps downloaded files, [`names`] resolves display names;
 //!   [`streams`] is an AI bot's answer as a stream (its life, in pure decisions).
-//! - [`kf_sync`]: pulls WeChat Customer Service messages into the journal.
+//! - [`kf_sync`]: pulls WeChat Customer Service messages into the journal;
+//!   [`aibot_ws`] holds an AI bot's long connection (one per bot in the cluster).
 //! - [`wecom`]: the WeCom API client, its wire format, errors and tokens;
 //!   [`outbound`] builds every outbound HTTP client.
 //! - [`housekeeping`]: pruning under the cluster's lease.
@@ -57,6 +58,7 @@
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub(crate) mod access;
+pub(crate) mod aibot_ws;
 pub(crate) mod alerts;
 pub(crate) mod backoff;
 pub(crate) mod callback;

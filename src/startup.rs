@@ -28,6 +28,7 @@ use tokio_util::task::TaskTracker;
 use futures_util::FutureExt;
 use tokio::sync::Notify;
 
+use crate::aibot_ws::BotLink;
 use crate::alerts::{Alerter, Mailer};
 use crate::callback::CallbackCredentials;
 use crate::channels::{ChannelKind, ChannelName};
@@ -39,6 +40,7 @@ use crate::dispatch::sending::SendLimits;
 use crate::dispatch::{Dispatcher, Outbox};
 use crate::egress::Egress;
 use crate::health::checks::{self, CheckClock, Checks, Pressure};
+use crate::health::links::Links;
 use crate::health::{CheckName, HealthBoard, Liveness};
 use crate::kf_sync::KfSyncer;
 use crate::log_limit::SharedLogLimiter;
@@ -291,6 +293,8 @@ struct Workers {
     outbox: Outbox,
     /// Present when a Secret may call kf APIs.
     kf_syncer: Option<KfSyncer>,
+    /// The AI bots served over the long connection (SPEC §13).
+    bot_links: Vec<BotLink>,
     supervisor: Supervisor,
     /// Present when alert email is on.
     mailer: Option<Mailer>,
@@ -322,6 +326,9 @@ impl Workers {
         let first_start = store.first_started_at().await?;
         tracing::debug!(first_start, "store open");
         let clock = Arc::new(CheckClock::default());
+        let links = Arc::new(Links::new(
+            config.channels.iter().filter(|c| c.long_connection().is_some()).map(|c| c.name.as_str()),
+        ));
         let send_limits = SendLimits::from_config(config, metrics);
         let executor = Executor::new(config, Arc::clone(wecom), store.clone(), Arc::clone(metrics))
             .map_err(|e| StartupError::Component(e.to_string()))?;
@@ -375,7 +382,21 @@ impl Workers {
         )
         .with_aibots(
             config.channels.iter().filter(|c| c.kind() == ChannelKind::Aibot).map(|c| c.name.to_string()).collect(),
+            Arc::clone(&links),
         );
+        let bot_links: Vec<BotLink> = config
+            .channels
+            .iter()
+            .filter(|c| c.long_connection().is_some())
+            .map(|channel| BotLink {
+                channel: Arc::clone(channel),
+                store: store.clone(),
+                metrics: Arc::clone(metrics),
+                journal_wake: Arc::clone(journal_wake),
+                settings: config.aibot.clone(),
+                links: Arc::clone(&links),
+            })
+            .collect();
         let timing = Timing {
             interval: config.supervisor_interval,
             group_wait: config.alert_group_wait,
@@ -395,6 +416,7 @@ impl Workers {
             dispatcher,
             outbox,
             kf_syncer: kf_enabled.then_some(kf_syncer),
+            bot_links,
             supervisor,
             mailer,
             alerter,
@@ -406,7 +428,7 @@ impl Workers {
 
     /// Starts every worker under `shutdown`; each one liveness must watch is watched.
     fn spawn(self, config: &Config, state: &AppState, shutdown: &CancellationToken) -> TaskTracker {
-        let Self { dispatcher, outbox, kf_syncer, supervisor, mailer, .. } = self;
+        let Self { dispatcher, outbox, kf_syncer, bot_links, supervisor, mailer, .. } = self;
         let (tasks, liveness) = (TaskTracker::new(), &state.liveness);
         let watch = |name, task| liveness.watch(name, tasks.spawn(task).abort_handle());
         tasks.spawn(metrics_upkeep(Arc::clone(&state.metrics), state.store.clone(), shutdown.clone()));
@@ -422,6 +444,12 @@ impl Workers {
         );
         if let Some(kf_syncer) = kf_syncer {
             watch("kf-sync", kf_syncer.run(shutdown.clone()).boxed());
+        }
+        if !bot_links.is_empty() {
+            // One task for all of them: a bot costs no task of its own.
+            let shutdown = shutdown.clone();
+            let links = futures_util::future::join_all(bot_links.into_iter().map(move |bot| bot.run(shutdown.clone())));
+            watch("aibot-ws", async move { drop(links.await) }.boxed());
         }
         watch("supervisor", supervisor.run(shutdown.clone()).boxed());
         if let Some(mailer) = mailer {

@@ -214,9 +214,34 @@ pub(crate) fn response_refused(row: &StreamRow, now: i64) -> Option<&'static str
     }
 }
 
+/// How long after the user's message the long connection may still push to
+/// the chat (`aibot_send_msg`): WeCom allows replies for 24 hours.
+pub(crate) const SEND_MSG_SECS: i64 = 86_400;
+
+/// Why what the stream of `row` could not show can no longer go out over the
+/// long connection (`aibot_send_msg`) at `now`; `None`: it may go (once).
+pub(crate) fn send_refused(row: &StreamRow, now: i64) -> Option<&'static str> {
+    if row.response_used {
+        Some("the rest was sent already (it is sent once)")
+    } else if now - row.created_at > SEND_MSG_SECS {
+        Some("expired")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_long_connection_pushes_the_rest_once_within_a_day() {
+        let row = StreamRow { created_at: 0, ..StreamRow::default() };
+        assert_eq!(send_refused(&row, SEND_MSG_SECS), None);
+        assert_eq!(send_refused(&row, SEND_MSG_SECS + 1), Some("expired"));
+        let used = StreamRow { response_used: true, ..row };
+        assert!(send_refused(&used, 1).is_some());
+    }
 
     fn row(content: &str, finished: bool) -> StreamRow {
         StreamRow { content: content.into(), finished, ..StreamRow::default() }

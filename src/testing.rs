@@ -22,7 +22,7 @@ pub mod config {
     pub use crate::config::layering::{Sources, CONFIG_FILE_VARIABLE};
     pub use crate::config::secret::{Secret, Token};
     pub use crate::config::variables::{Var, VARIABLES};
-    pub use crate::config::{load, CallbackKeys};
+    pub use crate::config::{load, CallbackKeys, Config};
 }
 
 pub mod crypto {

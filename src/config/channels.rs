@@ -39,11 +39,15 @@ pub enum Credentials {
         /// uses `WECOM_SECRET`, as it always has.
         secret: Option<Secret>,
     },
-    /// An AI bot in callback mode (SPEC §13): no API Secret; its answers go back
-    /// in the callbacks' answers and through `response_url`.
+    /// An AI bot (SPEC §13): no API Secret. In callback mode its answers go
+    /// back in the callbacks' answers and through `response_url`; with
+    /// `bot_secret` it is served over the long connection instead.
     Aibot {
-        /// `AIBOT_ID` / `bot_id`: callbacks for another `aibotid` are refused.
+        /// `AIBOT_ID` / `bot_id`: callbacks for another `aibotid` are refused;
+        /// the long connection subscribes with it.
         bot_id: Option<String>,
+        /// `AIBOT_SECRET` / `bot_secret(_file)`: the long connection's Secret.
+        bot_secret: Option<Secret>,
     },
 }
 
@@ -81,8 +85,17 @@ impl ChannelSpec {
     /// The bot id of an AI bot channel, when configured.
     pub fn bot_id(&self) -> Option<&str> {
         match &self.credentials {
-            Credentials::Aibot { bot_id } => bot_id.as_deref(),
+            Credentials::Aibot { bot_id, .. } => bot_id.as_deref(),
             Credentials::App { .. } | Credentials::Kf { .. } => None,
+        }
+    }
+
+    /// The bot id and long-connection Secret of an AI bot served over the
+    /// long connection (SPEC §13); `None`: callbacks.
+    pub fn long_connection(&self) -> Option<(&str, &Secret)> {
+        match &self.credentials {
+            Credentials::Aibot { bot_id: Some(bot_id), bot_secret: Some(secret) } => Some((bot_id, secret)),
+            _ => None,
         }
     }
 
@@ -284,17 +297,30 @@ impl TableReader<'_> {
                 self.required("corp_id").and_then(|id| CorpId::parse(&id).map_err(|e| self.fail("corp_id", e)).ok())
             }
         };
-        let token = self.required("token");
-        let token = self.trimmed(token, "token").and_then(|t| Token::parse(&t).map_err(|e| self.fail("token", e)).ok());
-        let key = self.required("encoding_aes_key");
-        let aes_key = self.trimmed(key, "encoding_aes_key").and_then(|k| {
-            AesKey::parse(&k)
-                .map_err(|e| self.fail("encoding_aes_key", format!("{e} (copy it again from the callback settings)")))
-                .ok()
-        });
+        // A bot on the long connection needs no callback keys: without them it
+        // gets random ones nobody knows, so its callback path verifies nothing.
+        let long_connection = kind == ChannelKind::Aibot
+            && ["bot_secret", "bot_secret_file"].iter().any(|key| self.table.contains_key(*key))
+            && !["token", "encoding_aes_key"].iter().any(|key| self.table.contains_key(*key));
+        let (token, aes_key) = if long_connection {
+            (Some(Token::generate()), AesKey::parse(super::secret::generate_encoding_aes_key().expose()).ok())
+        } else {
+            let token = self.required("token");
+            let token =
+                self.trimmed(token, "token").and_then(|t| Token::parse(&t).map_err(|e| self.fail("token", e)).ok());
+            let key = self.required("encoding_aes_key");
+            let aes_key = self.trimmed(key, "encoding_aes_key").and_then(|k| {
+                AesKey::parse(&k)
+                    .map_err(|e| {
+                        self.fail("encoding_aes_key", format!("{e} (copy it again from the callback settings)"))
+                    })
+                    .ok()
+            });
+            (token, aes_key)
+        };
         let secret = match kind {
             ChannelKind::Aibot => Some(None),
-            ChannelKind::App | ChannelKind::Kf => self.secret(),
+            ChannelKind::App | ChannelKind::Kf => self.secret("secret", "secret_file"),
         };
         let forward_url = self.string("forward_url");
         let forward_url = self.trimmed(forward_url, "forward_url").and_then(|url| match reqwest::Url::parse(&url) {
@@ -325,13 +351,13 @@ impl TableReader<'_> {
                 Credentials::Kf { secret: Some(secret) }
             }
             ChannelKind::Aibot => {
-                for key in ["bot_secret", "bot_secret_file"] {
-                    if self.table.contains_key(key) {
-                        self.fail(key, "is the long connection's, not yet supported by this version: use token and encoding_aes_key (callback mode)");
-                    }
-                }
+                let bot_secret = self.secret("bot_secret", "bot_secret_file")?;
                 let bot_id = self.string("bot_id");
-                Credentials::Aibot { bot_id: self.trimmed(bot_id, "bot_id") }
+                let bot_id = self.trimmed(bot_id, "bot_id");
+                if bot_secret.is_some() && bot_id.is_none() && !self.table.contains_key("bot_id") {
+                    self.fail("bot_id", "is required with bot_secret: the long connection subscribes with both");
+                }
+                Credentials::Aibot { bot_id, bot_secret }
             }
         };
         Some(ChannelSpec {
@@ -368,23 +394,24 @@ impl TableReader<'_> {
 
     /// `secret` or `secret_file` (never both): `Some(None)` when neither is set,
     /// `None` after a problem.
-    fn secret(&mut self) -> Option<Option<Secret>> {
-        let inline = self.string("secret");
-        let file = self.string("secret_file");
+    /// A Secret given inline (`inline_key`) or in a file (`file_key`), never both.
+    fn secret(&mut self, inline_key: &str, file_key: &str) -> Option<Option<Secret>> {
+        let inline = self.string(inline_key);
+        let file = self.string(file_key);
         match (inline, file) {
             (Some(_), Some(_)) => {
-                self.fail("secret_file", "and secret are both set: keep one");
+                self.fail(file_key, format!("and {inline_key} are both set: keep one"));
                 None
             }
-            (Some(value), None) => self.trimmed(Some(value), "secret").map(|s| Some(Secret::new(s))),
+            (Some(value), None) => self.trimmed(Some(value), inline_key).map(|s| Some(Secret::new(s))),
             (None, Some(path)) => match read_secret_file(Path::new(&path)) {
                 Ok(value) if value.is_empty() => {
-                    self.fail("secret_file", format!("{path} is empty"));
+                    self.fail(file_key, format!("{path} is empty"));
                     None
                 }
-                Ok(value) => self.trimmed(Some(value), "secret_file").map(|s| Some(Secret::new(s))),
+                Ok(value) => self.trimmed(Some(value), file_key).map(|s| Some(Secret::new(s))),
                 Err(error) => {
-                    self.fail("secret_file", format!("cannot be read: {path}: {error}"));
+                    self.fail(file_key, format!("cannot be read: {path}: {error}"));
                     None
                 }
             },
@@ -468,10 +495,22 @@ mod tests {
         let bot = &specs[0];
         assert_eq!((bot.kind(), bot.corp_id.as_str(), bot.bot_id()), (ChannelKind::Aibot, "", Some("aib1")));
         assert!(bot.secret().is_none() && bot.agent_id().is_none());
-        let errors = errors_of(&format!("{text}corp_id = \"ww1\"\nbot_secret = \"s\"\n"));
-        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(bot.long_connection().is_none());
+        let errors = errors_of(&format!("{text}corp_id = \"ww1\"\n"));
+        assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors.iter().any(|e| e.starts_with("channels.bot.corp_id is not a setting of aibot channels")));
-        assert!(errors.iter().any(|e| e.starts_with("channels.bot.bot_secret is the long connection's")));
+    }
+
+    #[test]
+    fn an_aibot_table_with_a_bot_secret_is_served_over_the_long_connection_without_callback_keys() {
+        let text = "[channels.ws]\nkind = \"aibot\"\nbot_id = \"aib1\"\nbot_secret = \"s3cret\"\n";
+        let mut errors = Vec::new();
+        let specs = from_tables(&tables(text), &[], &mut errors);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(specs[0].long_connection().map(|(id, secret)| (id, secret.expose())), Some(("aib1", "s3cret")));
+        let errors = errors_of("[channels.ws]\nkind = \"aibot\"\nbot_secret = \"s3cret\"\n");
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("channels.ws.bot_id is required with bot_secret"), "{errors:?}");
     }
 
     #[test]

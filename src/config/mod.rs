@@ -197,12 +197,47 @@ pub struct AibotSettings {
     pub deadline: Duration,
     /// `AIBOT_LATE_TEXT`: appended to a stream closed at the deadline.
     pub late_text: String,
+    /// `AIBOT_WS_URL`: the long connection's endpoint (`wss://`, or `ws://` in tests).
+    pub ws_url: String,
+    /// The long connection's periods: SPEC's values; only tests shorten them.
+    pub ws: WsTiming,
 }
 
 impl Default for AibotSettings {
     fn default() -> Self {
         Self {
-            deadline: Duration::from_secs(330), late_text: "（回答较长，完成后将另行发送）".to_owned()
+            deadline: Duration::from_secs(330),
+            late_text: "（回答较长，完成后将另行发送）".to_owned(),
+            ws_url: "wss://openws.work.weixin.qq.com".to_owned(),
+            ws: WsTiming::default(),
+        }
+    }
+}
+
+/// The long connection's periods (SPEC §13). Not variables: SPEC fixes them;
+/// tests shorten them on the `Config` they build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsTiming {
+    /// Between pings (30 s); two unanswered ones mean the connection is dead.
+    pub ping: Duration,
+    /// The first reconnect delay (1 s), doubling with jitter up to `backoff_cap`.
+    pub backoff_first: Duration,
+    /// The longest reconnect delay (60 s).
+    pub backoff_cap: Duration,
+    /// After `disconnected_event`: no subscribe for this long (60 s).
+    pub kicked_wait: Duration,
+    /// How long to wait for the subscribe's answer (10 s).
+    pub answer_timeout: Duration,
+}
+
+impl Default for WsTiming {
+    fn default() -> Self {
+        Self {
+            ping: Duration::from_secs(30),
+            backoff_first: Duration::from_secs(1),
+            backoff_cap: Duration::from_secs(60),
+            kicked_wait: Duration::from_secs(60),
+            answer_timeout: Duration::from_secs(10),
         }
     }
 }

@@ -384,14 +384,39 @@ fn channels(v: &mut Validator<'_>) -> Option<Channels> {
 }
 
 /// The built-in AI bot channel `aibot` (SPEC §13) from `AIBOT_TOKEN` and
-/// `AIBOT_ENCODING_AES_KEY` (both or neither); `AIBOT_SECRET` asks for the long
-/// connection, which this version does not serve.
+/// `AIBOT_ENCODING_AES_KEY` (both or neither), or from `AIBOT_ID` and
+/// `AIBOT_SECRET`: the long connection, which needs no callback keys.
 fn builtin_aibot(v: &mut Validator<'_>, complete: &mut bool) -> Option<ChannelSpec> {
-    if v.settings.get(var::AIBOT_SECRET).is_some() {
-        v.fail(
-            var::AIBOT_SECRET,
-            "asks for the long connection, which this version does not serve yet: unset it and use AIBOT_TOKEN and AIBOT_ENCODING_AES_KEY (callback mode)",
-        );
+    if let Some(secret) = v.trimmed(var::AIBOT_SECRET).filter(|s| !s.is_empty()) {
+        let Some(bot_id) = v.trimmed(var::AIBOT_ID).filter(|id| !id.is_empty()) else {
+            v.fail(var::AIBOT_ID, "is required with AIBOT_SECRET: the long connection subscribes with both");
+            *complete = false;
+            return None;
+        };
+        let keys = match (v.settings.get(var::AIBOT_TOKEN), v.settings.get(var::AIBOT_ENCODING_AES_KEY)) {
+            (None, None) => Some(CallbackKeys {
+                token: Token::generate(),
+                aes_key: AesKey::parse(crate::config::generate_encoding_aes_key().expose()).ok()?,
+            }),
+            _ => v
+                .token(var::AIBOT_TOKEN)
+                .zip(v.aes_key(var::AIBOT_ENCODING_AES_KEY))
+                .map(|(token, aes_key)| CallbackKeys { token, aes_key }),
+        };
+        let Some(keys) = keys else {
+            *complete = false;
+            return None;
+        };
+        return Some(ChannelSpec {
+            name: ChannelName::aibot(),
+            corp_id: CorpId::none(),
+            keys,
+            credentials: Credentials::Aibot { bot_id: Some(bot_id), bot_secret: Some(Secret::new(secret)) },
+            forward: None,
+            welcome_text: v.settings.get(var::AIBOT_WELCOME_TEXT).map(str::to_owned),
+            builtin: true,
+            proxy: None,
+        });
     }
     let set = [var::AIBOT_TOKEN, var::AIBOT_ENCODING_AES_KEY].iter().any(|var| v.settings.get(*var).is_some());
     if !set {
@@ -413,7 +438,7 @@ fn builtin_aibot(v: &mut Validator<'_>, complete: &mut bool) -> Option<ChannelSp
         name: ChannelName::aibot(),
         corp_id: CorpId::none(),
         keys: CallbackKeys { token, aes_key },
-        credentials: Credentials::Aibot { bot_id },
+        credentials: Credentials::Aibot { bot_id, bot_secret: None },
         forward: None,
         welcome_text: v.settings.get(var::AIBOT_WELCOME_TEXT).map(str::to_owned),
         builtin: true,
@@ -433,7 +458,18 @@ fn aibot_settings(v: &mut Validator<'_>) -> Option<crate::config::AibotSettings>
         return None;
     }
     let late_text = v.settings.get(var::AIBOT_LATE_TEXT).unwrap_or_default().to_owned();
-    Some(crate::config::AibotSettings { deadline: Duration::from_secs(deadline?), late_text })
+    let ws_url = v.trimmed(var::AIBOT_WS_URL).unwrap_or_default();
+    let parsed = reqwest::Url::parse(&ws_url).ok();
+    if !parsed.is_some_and(|url| matches!(url.scheme(), "ws" | "wss") && url.host().is_some()) {
+        v.fail(var::AIBOT_WS_URL, "must be a wss:// (or ws://) URL, e.g. wss://openws.work.weixin.qq.com");
+        return None;
+    }
+    Some(crate::config::AibotSettings {
+        deadline: Duration::from_secs(deadline?),
+        late_text,
+        ws_url,
+        ws: crate::config::WsTiming::default(),
+    })
 }
 
 /// Ten years, the longest duration any variable takes: beyond it a value is a

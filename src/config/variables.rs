@@ -141,7 +141,7 @@ variables! {
     AIBOT_TOKEN,               None,                      None,                                  SECRET, "the AI bot's callback Token (API mode, URL callbacks): channel aibot";
     AIBOT_ENCODING_AES_KEY,    None,                      None,                                  SECRET, "the AI bot's callback EncodingAESKey, 43 characters";
     AIBOT_ID,                  None,                      None,                                  PUBLIC, "the bot id (aibotid): callbacks for another aibotid are refused (400)";
-    AIBOT_SECRET,              None,                      None,                                  SECRET, "the long-connection Secret (with AIBOT_ID: the long connection instead of callbacks; not in this version)";
+    AIBOT_SECRET,              None,                      None,                                  SECRET, "the long-connection Secret (with AIBOT_ID: the long connection instead of callbacks)";
     AIBOT_WS_URL,              None,                      Some("wss://openws.work.weixin.qq.com"), PUBLIC, "the long-connection endpoint";
     AIBOT_WELCOME_TEXT,        None,                      None,                                  PUBLIC, "answer to enter_chat";
     AIBOT_STREAM_DEADLINE_SECS, None,                     Some("330"),                           PUBLIC, "when an unfinished stream is closed, after the user's message; 5 to 350";

@@ -261,6 +261,10 @@ impl Executor {
     /// on `WECOM_API_BASE_URL`'s origin. An answer that can no longer go is
     /// `failed` (`expired`).
     async fn aibot_rest(&self, channel: &ChannelName, stream_id: &str) -> Result<Vec<Action>, ActionError> {
+        if self.channels.get(channel.as_str()).is_some_and(|c| c.long_connection().is_some()) {
+            // No response_url on the long connection: its holder pushes the rest (aibot_send_msg).
+            return Ok(Vec::new());
+        }
         let store = &self.sending.store;
         let Some(row) = store.aibot_stream(stream_id.to_owned()).await? else { return Ok(Vec::new()) };
         let Some(rest) = crate::streams::rest(&row) else { return Ok(Vec::new()) };

@@ -210,7 +210,7 @@ impl Dispatcher {
             for verdict in Feedback::ALL {
                 metrics.declare(AIBOT_FEEDBACK_TOTAL, &[channel(), ("type", verdict.as_str().to_owned())]);
             }
-            // Callback mode: there is no long connection to be up.
+            // Down until a long connection subscribes (`aibot_ws` sets it); always 0 in callback mode.
             metrics.gauge(AIBOT_CONNECTED, &[channel()]).set(0.0);
         }
     }

@@ -106,6 +106,8 @@ pub(crate) struct Checks {
     egress: Option<(Arc<Egress>, Vec<ProbedChannel>)>,
     /// The AI bot channels, each checked as `aibot:<name>`.
     aibots: Vec<String>,
+    /// The long connections of the AI bots served that way.
+    links: Arc<super::links::Links>,
 }
 
 impl Checks {
@@ -137,12 +139,13 @@ impl Checks {
             pressure: Pressure { clock: Arc::default(), forward: None, data_floor: None },
             egress: None,
             aibots: Vec::new(),
+            links: Arc::default(),
         }
     }
 
     /// The same checks with `aibot:<name>` for each AI bot channel of `names`.
-    pub(crate) fn with_aibots(self, names: Vec<String>) -> Self {
-        Self { aibots: names, ..self }
+    pub(crate) fn with_aibots(self, names: Vec<String>, links: Arc<super::links::Links>) -> Self {
+        Self { aibots: names, links, ..self }
     }
 
     /// The same checks with those of SPEC §15; their gauges exist from the first scrape.
@@ -237,6 +240,10 @@ impl Checks {
                 Ok(Ok((late, lost))) => aibot_check(late, lost),
                 Ok(Err(error)) => CheckResult::new(Status::Warn).output(format!("cannot read the streams: {error}")),
                 Err(_) => CheckResult::new(Status::Warn).output("the streams could not be read within 10s"),
+            };
+            let result = match self.links.taken_at(bot) {
+                Some(at) => taken_check(at),
+                None => result,
             };
             results.push((CheckName::Aibot(bot.clone()), result));
         }
@@ -456,6 +463,14 @@ pub(crate) fn aibot_check(late: i64, lost: i64) -> CheckResult {
         )),
         _ => result.observed(0, "streams").output("no stream late or lost in the last hour"),
     }
+}
+
+/// `aibot:<name>` while another client holds the bot's long connection
+/// (`disconnected_event` at `at`): fails until this appliance subscribes again.
+pub(crate) fn taken_check(at: i64) -> CheckResult {
+    CheckResult::new(Status::Fail).output(format!(
+        "another client subscribed with this bot's Secret and took the long connection (disconnected_event at unix {at}): find the other program using AIBOT_SECRET; subscribing again 60 s after the kick"
+    ))
 }
 
 /// `forward:delivery` (SPEC §15): `failing` is since when every POST to

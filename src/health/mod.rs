@@ -9,6 +9,7 @@
 //! outbound call.
 
 pub(crate) mod checks;
+pub(crate) mod links;
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;

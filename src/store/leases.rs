@@ -23,6 +23,12 @@ impl Store {
         backend!(self, b => b.claim_lease(name).await)
     }
 
+    /// Extends a lease this process holds by another `LEASE_SECS`; `false`
+    /// when another owner has taken it over (the holder must stop).
+    pub async fn renew_lease(&self, lease: Lease) -> Result<bool, StoreError> {
+        backend!(self, b => b.renew_lease(lease).await)
+    }
+
     /// Gives the lease up at once, so another owner need not wait for it to run out.
     pub async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
         backend!(self, b => b.release_lease(lease).await)

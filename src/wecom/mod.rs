@@ -5,6 +5,7 @@
 //! Architecture invariant: only `wecom/` knows WeCom's JSON.
 
 pub(crate) mod aibot;
+pub(crate) mod aibot_ws;
 pub(crate) mod client;
 pub(crate) mod connection;
 pub(crate) mod error;

@@ -63,7 +63,7 @@ fn every_channel_configuration_problem_exits_64_with_one_line_naming_the_channel
         ),
         (
             format!("[channels.bot]\nkind = \"aibot\"\ntoken = \"T\"\nencoding_aes_key = \"{HR_KEY}\"\nbot_secret = \"s\"\n"),
-            "channels.bot.bot_secret is the long connection's, not yet supported",
+            "channels.bot.bot_id is required with bot_secret",
         ),
     ];
     for (text, expected) in cases {

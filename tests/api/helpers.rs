@@ -95,14 +95,32 @@ pub(crate) async fn spawn_app_in(dir: tempfile::TempDir, overrides: &[(&str, &st
     start_in(dir, overrides).await
 }
 
+/// Like [`spawn_app_with`], with `tweak` applied to the loaded configuration
+/// (the periods SPEC fixes and only tests shorten, e.g. the long connection's).
+pub(crate) async fn spawn_app_tweaked(overrides: &[(&str, &str)], tweak: impl FnOnce(&mut config::Config)) -> TestApp {
+    let dir = tempfile::tempdir().expect("temp dir");
+    write_certificate(dir.path(), 365);
+    let overrides = overrides.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    start_tweaked(dir, overrides, tweak).await
+}
+
 /// Starts the application on the certificate and data already in `dir`.
 async fn start_in(dir: tempfile::TempDir, overrides: Vec<(String, String)>) -> TestApp {
+    start_tweaked(dir, overrides, |_| {}).await
+}
+
+async fn start_tweaked(
+    dir: tempfile::TempDir,
+    overrides: Vec<(String, String)>,
+    tweak: impl FnOnce(&mut config::Config),
+) -> TestApp {
     let pairs: Vec<(&str, &str)> = overrides.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let env = test_env(dir.path(), &pairs);
     // As `Sources::from_process` does: the TOML file named by WECHAT_API_CONFIG.
     let file = env.get(config::CONFIG_FILE_VARIABLE).filter(|p| !p.is_empty()).map(PathBuf::from);
     let sources = Sources { env, file, ..Sources::default() };
-    let (config, _) = config::load(&sources).expect("test configuration is valid");
+    let (mut config, _) = config::load(&sources).expect("test configuration is valid");
+    tweak(&mut config);
     let app = Application::build(config).await.expect("application starts");
     let port = app.port();
     let http_port = app.http_port();
@@ -292,6 +310,11 @@ impl Running {
             }
         }
         panic!("timed out; output so far:\n{}", seen.join("\n"));
+    }
+
+    /// The process id (to read its memory from /proc).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn port(&self) -> u16 {

@@ -3,6 +3,7 @@
 
 mod admin;
 mod aibot;
+mod aibot_ws;
 mod attacks;
 mod bot;
 mod callback;
@@ -12,6 +13,7 @@ mod connections;
 mod crash;
 mod deploy;
 mod egress;
+mod fake_ws;
 mod fakes;
 mod helpers;
 mod hostile;

@@ -335,7 +335,9 @@ async fn a_live_lease_has_one_holder_until_released(engine: Engine) {
     owners[0].release_lease(lease.clone()).await.expect("release");
     let next = owners[2].claim_lease("token:corp:secret".into()).await.expect("claim").expect("released");
     assert!(next.claim > lease.claim, "claims only go up");
-    // Releasing a lease already taken over changes nothing.
+    // Releasing a lease already taken over changes nothing; nor can its old holder renew it.
+    assert!(!owners[0].renew_lease(lease.clone()).await.expect("renew"), "a lease taken over is not renewed");
+    assert!(owners[2].renew_lease(next.clone()).await.expect("renew"), "the holder renews its lease");
     owners[0].release_lease(lease).await.expect("release");
     assert!(owners[1].claim_lease("token:corp:secret".into()).await.expect("claim").is_none());
 }

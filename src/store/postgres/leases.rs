@@ -42,6 +42,15 @@ impl Postgres {
         Ok(claimed.map(|claim| Lease { name, claim }))
     }
 
+    pub(in crate::store) async fn renew_lease(&self, lease: Lease) -> Result<bool, StoreError> {
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        let renewed = renew(&tx, &lease, self.lease_secs).await?;
+        tx.commit().await?;
+        self.committed(1);
+        Ok(renewed)
+    }
+
     pub(in crate::store) async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
         let client = self.client().await?;
         let statement =

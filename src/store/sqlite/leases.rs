@@ -31,6 +31,11 @@ impl Sqlite {
         self.run_relaxed(move |db| Ok(claim(db, &name, lease_secs)?.map(|claim| Lease { name, claim }))).await
     }
 
+    pub(in crate::store) async fn renew_lease(&self, lease: Lease) -> Result<bool, StoreError> {
+        let lease_secs = self.lease_secs;
+        self.run_relaxed(move |db| renew(db, &lease, lease_secs)).await
+    }
+
     pub(in crate::store) async fn release_lease(&self, lease: Lease) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
             db.execute("UPDATE leases SET until = 0 WHERE name = ?1 AND claim = ?2", params![lease.name, lease.claim])
