@@ -386,14 +386,14 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The soak (issue 23): the real binary on the long connection for
-/// `AIBOT_SOAK_SECS` (default 600) with its pings and a message a second, each
-/// answered through the send API; RSS printed at the start (after a warm-up
-/// minute's worth of messages) and at the end. Run by hand:
-/// `AIBOT_SOAK_SECS=600 cargo test --test api soak -- --ignored --nocapture`.
+/// `AIBOT_SOAK_SECS` with its pings and a message a second, each answered
+/// through the send API, on one subscribe; RSS printed after a tenth of the run
+/// (warm-up) and at the end. In the suite it runs 15 s; the 10-minute soak of
+/// BENCHMARKS.md: `AIBOT_SOAK_SECS=600 cargo test --test api soak -- --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "a 10-minute soak, run by hand"]
 async fn soak_the_long_connection_memory_stays_flat() {
-    let secs: u64 = std::env::var("AIBOT_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(600);
+    let secs: u64 = std::env::var("AIBOT_SOAK_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(15);
+    let warm_up = (secs / 10).max(5);
     wechat_api::testing::tls::install_crypto_provider();
     let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
     let receiver = ForwardReceiver::start().await;
@@ -433,7 +433,7 @@ async fn soak_the_long_connection_memory_stays_flat() {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if n == 60 {
+        if n == warm_up {
             before = Some(rss_kib(replica.pid()));
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -443,7 +443,7 @@ async fn soak_the_long_connection_memory_stays_flat() {
     let answered = frames.iter().filter(|f| f.cmd() == "aibot_respond_msg").count();
     let pings = frames.iter().filter(|f| f.cmd() == "ping").count();
     println!(
-        "soak: {secs} s, {n} messages, {answered} answer frames, {pings} pings, {} subscribes; RSS after 60 messages {} KiB, at the end {after} KiB",
+        "soak: {secs} s, {n} messages, {answered} answer frames, {pings} pings, {} subscribes; RSS after {warm_up} messages {} KiB, at the end {after} KiB",
         fake.subscribes(),
         before.unwrap_or_default()
     );
