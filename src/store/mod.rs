@@ -179,13 +179,10 @@ pub(crate) enum StoreStage {
     /// A group's commit: the log write and its fsync (on PostgreSQL, the one
     /// statement of a journal group, which is its own transaction).
     Commit,
-    /// Copying the WAL into the database file (SQLite), on a thread of its own so
-    /// that no commit waits for it.
-    Checkpoint,
 }
 
 impl StoreStage {
-    pub(crate) const ALL: [Self; 4] = [Self::Queue, Self::Execute, Self::Commit, Self::Checkpoint];
+    pub(crate) const ALL: [Self; 3] = [Self::Queue, Self::Execute, Self::Commit];
 
     /// The `stage` label's value.
     pub(crate) fn as_str(self) -> &'static str {
@@ -193,7 +190,6 @@ impl StoreStage {
             Self::Queue => "queue",
             Self::Execute => "execute",
             Self::Commit => "commit",
-            Self::Checkpoint => "checkpoint",
         }
     }
 }

@@ -302,7 +302,7 @@ pub(crate) const STORE_STAGE_SECONDS: Family = Family {
     kind: Kind::Histogram { buckets: STAGE_BUCKETS },
     unit: Some(Unit::Seconds),
     labels: &["stage"],
-    help: "Where the store's time goes on the durable path: queue (an operation waiting for its writer), execute (a group's statements), commit (its log write and fsync), checkpoint (copying SQLite's WAL into the database file, off the writer).",
+    help: "Where the store's time goes on the durable path: queue (an operation waiting for its writer), execute (a group's statements), commit (its log write and fsync, and on SQLite the WAL checkpoint when a commit crosses its threshold).",
 };
 
 /// `wechat_api_egress_ip_info{channel,ip}`: 1 for the IP WeCom last named.

@@ -408,14 +408,13 @@ async fn a_body_timeout_and_a_client_gone_mid_body_are_counted_apart_from_bad_en
 }
 
 /// Where a callback's durable time goes is in the metrics (issue 25): waiting for
-/// the writer, the group's statements, its commit, and the WAL checkpoint that no
-/// commit waits for.
+/// the writer, the group's statements, its commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callbacks_store_stages_are_timed_in_the_metrics() {
     let app = spawn_app().await;
     assert_eq!(app.post_text("timed", 1).await, 200);
     let deadline = Instant::now() + Duration::from_secs(30);
-    for stage in ["queue", "execute", "commit", "checkpoint"] {
+    for stage in ["queue", "execute", "commit"] {
         let series = format!("wechat_api_store_stage_seconds_count{{stage=\"{stage}\"}}");
         while app.metric(&series).await < 1.0 {
             assert!(Instant::now() < deadline, "{series} never counted:\n{}", app.metrics().await);
