@@ -32,7 +32,7 @@ use crate::callback::OpenedAibot;
 use crate::config::channels::ChannelSpec;
 use crate::config::{AibotSettings, WsTiming};
 use crate::health::links::{Link, Links};
-use crate::store::aibot::{Settled, StreamOpen};
+use crate::store::aibot::Settled;
 use crate::store::journal::{EntryKind, NewEntry, Recorded};
 use crate::store::leases::Lease;
 use crate::store::{self, Store};
@@ -367,17 +367,9 @@ impl BotLink {
         let opened = OpenedAibot { channel: Arc::clone(&self.channel), json, message };
         let record_id = opened.dedup_key();
         let userid = opened.message.userid.clone().unwrap_or_default();
-        let stream_id = opened.message.opens_stream().then(|| streams::stream_id(name.as_str(), &opened.message.msgid));
-        if let Some(stream_id) = &stream_id {
-            let open = StreamOpen {
-                stream_id: stream_id.clone(),
-                record_id: record_id.clone(),
-                channel: name.to_string(),
-                userid: userid.clone(),
-                chatid: opened.message.chatid.clone(),
-                response_url: None,
-                created_at: store::now(),
-            };
+        let open = opened.stream_open(None, store::now());
+        let stream_id = open.as_ref().map(|open| open.stream_id.clone());
+        if let Some(open) = open {
             if let Err(error) = self.store.aibot_open(open).await {
                 tracing::error!(channel = %name, "aibot long connection: cannot open a stream: {error}");
                 return None;

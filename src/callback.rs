@@ -17,6 +17,7 @@ use crate::channels::ChannelKind;
 use crate::config::{ChannelSpec, Channels, Config};
 use crate::crypto::{self, DecryptError, Plaintext};
 use crate::messages::{dedup_key, AppEvent, AppMessage, CallbackEnvelope, Identity, ParseError};
+use crate::store::aibot::StreamOpen;
 use crate::wecom::aibot::{self, AibotError, AibotMessage};
 
 /// How a callback ended, as counted in `wechat_api_callbacks_total{outcome}`.
@@ -251,6 +252,22 @@ impl OpenedAibot {
     /// The dedup key of its `msgid` on its channel.
     pub(crate) fn dedup_key(&self) -> String {
         dedup_key(&self.channel.name, Identity::MsgId(&self.message.msgid))
+    }
+
+    /// The stream this message opens, if it opens one: its id is derived from
+    /// the channel and `msgid`, so a retry on any replica names the same stream.
+    /// `response_url`: the callback's (the long connection has none).
+    pub(crate) fn stream_open(&self, response_url: Option<String>, now: i64) -> Option<StreamOpen> {
+        let name = self.channel.name.as_str();
+        self.message.opens_stream().then(|| StreamOpen {
+            stream_id: crate::streams::stream_id(name, &self.message.msgid),
+            record_id: self.dedup_key(),
+            channel: name.to_owned(),
+            userid: self.message.userid.clone().unwrap_or_default(),
+            chatid: self.message.chatid.clone(),
+            response_url,
+            created_at: now,
+        })
     }
 }
 

@@ -174,14 +174,7 @@ impl Executor {
         forward: bool,
         attempts: i64,
     ) -> Result<Vec<Action>, ActionError> {
-        let forward_with = |path: Option<String>, skipped: Option<String>| {
-            let record = Record { media_path: path, media_skipped: skipped, ..record.clone() };
-            if forward {
-                vec![Action::Forward { record }]
-            } else {
-                Vec::new()
-            }
-        };
+        let forward_with = |path, skipped| forwarded(record, path, skipped, forward);
         let Some(channel) = self.channels.get(record.channel.as_str()).cloned() else {
             return Ok(forward_with(None, Some("the channel is no longer configured".into())));
         };
@@ -320,14 +313,7 @@ impl Executor {
     }
 
     async fn download(&self, record: &Record, forward: bool, attempts: i64) -> Result<Vec<Action>, ActionError> {
-        let forward_with = |path: Option<String>, skipped: Option<String>| {
-            let record = Record { media_path: path, media_skipped: skipped, ..record.clone() };
-            if forward {
-                vec![Action::Forward { record }]
-            } else {
-                Vec::new()
-            }
-        };
+        let forward_with = |path, skipped| forwarded(record, path, skipped, forward);
         let Some(media_id) = record.media_id.as_deref() else {
             // Handlers download only what has a media id; forward it all the same.
             return Ok(forward_with(None, None));
@@ -487,6 +473,16 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
         <Hmac<Sha256> as Mac>::new_from_slice(secret).unwrap_or_else(|_| unreachable!("HMAC accepts any key length"));
     mac.update(body);
     format!("sha256={}", crate::crypto::hex(&mac.finalize().into_bytes()))
+}
+
+/// What follows a media download: the record forwarded with where its media went
+/// (or why not), when it is to be forwarded at all.
+fn forwarded(record: &Record, path: Option<String>, skipped: Option<String>, forward: bool) -> Vec<Action> {
+    if forward {
+        vec![Action::Forward { record: Record { media_path: path, media_skipped: skipped, ..record.clone() } }]
+    } else {
+        Vec::new()
+    }
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use crate::callback::{CallbackError, CallbackQuery, OpenedCallback, Outcome};
 use crate::channels::{ChannelKind, ChannelName};
 use crate::config::ChannelSpec;
 use crate::routes::AppState;
-use crate::store::aibot::{Refreshed, StreamOpen};
+use crate::store::aibot::Refreshed;
 use crate::store::journal::{EntryKind, NewEntry, Recorded};
 use crate::store::{self, StoreError};
 use crate::streams;
@@ -220,19 +220,11 @@ async fn receive_aibot(
         return encrypted(&aibot::stream_answer(id, &shown.content, shown.finish));
     }
     let record_id = opened.dedup_key();
-    let stream_id = opened.message.opens_stream().then(|| streams::stream_id(name.as_str(), &opened.message.msgid));
-    if let Some(stream_id) = &stream_id {
-        // Open before journaling: once the message may be handled (and answered
-        // by the bot), its stream exists; a retry opens nothing twice.
-        let open = StreamOpen {
-            stream_id: stream_id.clone(),
-            record_id: record_id.clone(),
-            channel: name.to_string(),
-            userid: opened.message.userid.clone().unwrap_or_default(),
-            chatid: opened.message.chatid.clone(),
-            response_url: opened.message.response_url.clone(),
-            created_at: now,
-        };
+    // Open before journaling: once the message may be handled (and answered by
+    // the bot), its stream exists; a retry opens nothing twice.
+    let open = opened.stream_open(opened.message.response_url.clone(), now);
+    let stream_id = open.as_ref().map(|open| open.stream_id.clone());
+    if let Some(open) = open {
         if let Err(error) = store::bounded(state.store.aibot_open(open)).await {
             return store_failed(state, name, &error, started);
         }
