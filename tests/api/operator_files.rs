@@ -4,6 +4,8 @@
 //!   interpolate from `.env` is named there, set or commented out (issue 20:
 //!   `SEND_TOKEN`, `HANDOFF_*`, `CALLBACK_MAX_AGE_SECS` and the compose-only
 //!   variables were missing);
+//! - README.md's variables table: a row for every variable of that table, and no
+//!   row for a name the service does not read;
 //! - `scripts/certbot-deploy-hook.sh`: a renewed Let's Encrypt pair reaches the
 //!   running service without a restart.
 //!
@@ -90,6 +92,37 @@ fn env_example_names_every_variable_of_the_service() {
         missing.is_empty(),
         ".env.example lacks {missing:?} (set or commented out, with a line saying what it does)"
     );
+}
+
+/// The names in the first column of README.md's variables table
+/// (`| variable | meaning | default |`), aliases included.
+fn named_in_readme_table() -> BTreeSet<String> {
+    let text = std::fs::read_to_string(repository().join("README.md")).expect("README.md is readable");
+    let (_, table) = text.split_once("| variable | meaning | default |").expect("README.md has the variables table");
+    table
+        .lines()
+        .skip(2)
+        .take_while(|line| line.starts_with('|'))
+        .filter_map(|line| line.split('|').nth(1))
+        .flat_map(|cell| cell.split('`').skip(1).step_by(2).map(str::to_owned).collect::<Vec<_>>())
+        .collect()
+}
+
+#[test]
+fn the_readme_variables_table_names_every_variable_of_the_service() {
+    let named = named_in_readme_table();
+    let known: BTreeSet<&str> = wechat_api::testing::config::VARIABLES
+        .iter()
+        .flat_map(|var| std::iter::once(var.name).chain(var.alias))
+        .collect();
+    let missing: Vec<&str> = wechat_api::testing::config::VARIABLES
+        .iter()
+        .map(|var| var.name)
+        .filter(|name| !named.contains(*name))
+        .collect();
+    let unknown: Vec<&String> = named.iter().filter(|name| !known.contains(name.as_str())).collect();
+    assert!(missing.is_empty(), "README.md's variables table lacks {missing:?}");
+    assert!(unknown.is_empty(), "README.md's variables table names {unknown:?}, which the service does not read");
 }
 
 #[test]
