@@ -21,9 +21,9 @@
 # Runtime base: distroless/cc (glibc, libgcc, CA roots not needed — the binary carries
 # its own — no shell, no package manager). The binary needs nothing else: TLS is
 # rustls, SQLite is bundled, the health check is the binary. Image size, measured
-# with `docker images` (tests/container/run.sh prints it): 17.1 MB on a base of
-# glibc alone (3.2 MB, the one CI makes from its host), 13.9 MB of it the binary;
-# on distroless/cc, the binary's 13.9 MB plus that image's size (not measured here:
+# with `docker images` (tests/container/run.sh prints it): 18.1 MB on a base of
+# glibc alone (3.2 MB, the one CI makes from its host), 14.9 MB of it the binary;
+# on distroless/cc, the binary's 14.9 MB plus that image's size (not measured here:
 # the test runs offline).
 # RUNTIME_BASE can point at any image with glibc (CI uses one made from the host).
 #
