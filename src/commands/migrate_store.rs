@@ -8,13 +8,18 @@
 use anyhow::Context;
 
 use super::{runtime, CommandError, Threads};
-use crate::config::{self, Sources};
+use crate::config::{self, ConfigErrors, Sources};
 use crate::store::{Store, DEFAULT_LEASE};
 
 /// Connections the migration needs.
 const POOL_SIZE: usize = 2;
 
 pub(crate) fn run(sources: &Sources, to: &str) -> Result<(), CommandError> {
+    // A target that is no PostgreSQL URL is a usage error (exit 64), said without the URL.
+    if let Err(reason) = crate::store::check_database_url(to) {
+        let hint = "postgres://user:password@host:port/dbname?sslmode=disable|prefer|require|verify-full";
+        return Err(ConfigErrors(vec![format!("--to: {reason} ({hint})")]).into());
+    }
     let (config, _) = config::load(sources)?;
     let runtime = runtime(Threads::One).context("cannot start the async runtime")?;
     runtime.block_on(async {

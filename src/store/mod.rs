@@ -65,8 +65,9 @@ pub enum StoreError {
     NotEmpty,
     /// PostgreSQL could not be reached, refused an operation, or a commit's outcome
     /// is unknown; never carries the password of `DATABASE_URL`.
+    /// (Not the error's `source`: its text is in this one's, and a chain would say it twice.)
     #[error("store: PostgreSQL: {0}")]
-    Postgres(#[from] postgres::PostgresError),
+    Postgres(postgres::PostgresError),
     /// A call on a request path got no answer within [`REQUEST_DEADLINE`]
     /// (a stalled database or disk): its outcome is unknown, so it is never
     /// acknowledged, and WeCom's retry is deduped if it did commit after all.

@@ -50,3 +50,35 @@ async fn migrate_store_moves_what_is_owed_and_refuses_a_database_with_data() {
     let password_free = !stderr.contains("postgres://");
     assert!(password_free, "the URL is never echoed: {stderr}");
 }
+
+#[test]
+fn a_target_that_is_not_a_postgres_url_is_one_line_naming_to_exit_64_without_its_password() {
+    let dir = tempfile::tempdir().expect("dir");
+    let env = test_env(dir.path(), &[]);
+    let out = wechat_api(dir.path())
+        .args(["migrate-store", "--to", "mysql://user:Pw9Secret@db.internal/wechat"])
+        .envs(&env)
+        .output()
+        .expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one line: {stderr}");
+    assert!(lines[0].contains("--to") && lines[0].contains("postgres://"), "{stderr}");
+    assert!(!stderr.contains("Pw9Secret"), "no password: {stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_target_is_said_once() {
+    let dir = tempfile::tempdir().expect("dir");
+    let env = test_env(dir.path(), &[]);
+    // A port nothing listens on: bound, then released.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let url = format!("postgres://user:Pw9Secret@127.0.0.1:{port}/wechat?sslmode=disable");
+    let out = wechat_api(dir.path()).args(["migrate-store", "--to", &url]).envs(&env).output().expect("runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let reason = stderr.trim().rsplit(": ").next().expect("a reason");
+    assert_eq!(stderr.matches(reason).count(), 1, "the reason is said once: {stderr}");
+    assert!(!stderr.contains("Pw9Secret"), "no password: {stderr}");
+}

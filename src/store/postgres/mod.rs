@@ -232,6 +232,12 @@ pub enum PostgresError {
     Corrupt(String),
 }
 
+impl From<PostgresError> for StoreError {
+    fn from(error: PostgresError) -> Self {
+        Self::Postgres(error)
+    }
+}
+
 impl From<tokio_postgres::Error> for StoreError {
     fn from(error: tokio_postgres::Error) -> Self {
         Self::Postgres(PostgresError::Database(error))
