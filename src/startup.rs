@@ -47,7 +47,7 @@ use crate::log_limit::SharedLogLimiter;
 use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{Store, StoreError, StoreStage};
-use crate::supervisor::{Parts, Supervisor, Timing};
+use crate::supervisor::{Parts, Supervisor};
 use crate::telemetry::{self, BuildInfo, Metrics};
 use crate::tls::{self, CertificateStore, TlsError};
 use crate::wecom::WeCom;
@@ -136,7 +136,7 @@ impl Application {
             WeCom::new(&config, &store, &metrics, &egress).map_err(|e| StartupError::Component(e.to_string()))?,
         );
         // Silence longer than three periods (and a margin) means the supervisor is stuck.
-        let liveness = Arc::new(Liveness::new(3 * config.supervisor_interval.as_secs() as i64 + 30));
+        let liveness = Arc::new(Liveness::new(3 * config.supervisor.interval.as_secs() as i64 + 30));
         let journal_wake = Arc::new(Notify::new());
         let workers =
             Workers::wire(&config, &store, &wecom, &metrics, &health, &liveness, &journal_wake, &certificates, &egress)
@@ -397,11 +397,6 @@ impl Workers {
                 links: Arc::clone(&links),
             })
             .collect();
-        let timing = Timing {
-            interval: config.supervisor_interval,
-            group_wait: config.alert_group_wait,
-            repeat: config.alert_repeat,
-        };
         let supervisor = Supervisor::new(Parts {
             checks,
             board: Arc::clone(health),
@@ -409,7 +404,7 @@ impl Workers {
             alerter: alerter.clone(),
             store: store.clone(),
             metrics: Arc::clone(metrics),
-            timing,
+            timing: config.supervisor,
             replica: config.replica.clone(),
         });
         Ok(Self {
@@ -436,11 +431,13 @@ impl Workers {
         watch("outbox", outbox.run(shutdown.clone()).boxed());
         let metrics = Arc::clone(&state.metrics);
         let media = config
-            .media_retention
+            .retention
+            .media
             .map(|keep| crate::housekeeping::MediaRetention { upload_dir: config.upload_dir.clone(), keep });
         watch(
             "retention",
-            crate::housekeeping::run(state.store.clone(), config.retention, media, metrics, shutdown.clone()).boxed(),
+            crate::housekeeping::run(state.store.clone(), config.retention.records, media, metrics, shutdown.clone())
+                .boxed(),
         );
         if let Some(kf_syncer) = kf_syncer {
             watch("kf-sync", kf_syncer.run(shutdown.clone()).boxed());
@@ -528,7 +525,7 @@ impl Gate {
             .map(|r| (*r, metrics.counter(telemetry::CONNECTIONS_REFUSED_TOTAL, &[("reason", r.as_str().to_owned())])))
             .collect();
         Self {
-            table: ConnectionTable::new(config.connections_per_address, exempt),
+            table: ConnectionTable::new(config.limits.connections_per_address, exempt),
             refused,
             log: SharedLogLimiter::default(),
         }

@@ -119,8 +119,8 @@ pub struct Config {
     pub api_base_url: String,
     /// Where and how the service listens.
     pub listen: ListenConfig,
-    /// `CONNECTIONS_PER_ADDRESS`, 1..=[`MAX_CONNECTIONS_PER_ADDRESS`].
-    pub connections_per_address: u32,
+    /// `CONNECTIONS_PER_ADDRESS` and `SEND_QUEUE_MAX`.
+    pub limits: Limits,
     /// `UPLOAD_DIR`.
     pub upload_dir: PathBuf,
     /// `DATA_DIR`.
@@ -137,21 +137,15 @@ pub struct Config {
     pub kf_replay_history: bool,
     /// `HEARTBEAT_URL`.
     pub heartbeat_url: Option<String>,
-    /// `SUPERVISOR_INTERVAL_SECS`.
-    pub supervisor_interval: Duration,
-    /// `ALERT_GROUP_WAIT_SECS`.
-    pub alert_group_wait: Duration,
-    /// `None` when reminders are off (`ALERT_REPEAT_HOURS=0`).
-    pub alert_repeat: Option<Duration>,
-    /// How long handled journal entries (and so their dedup keys) and finished
-    /// outbox actions are kept (`RETENTION_SECS`).
-    pub retention: Duration,
+    /// `SUPERVISOR_INTERVAL_SECS`, `ALERT_GROUP_WAIT_SECS` and `ALERT_REPEAT_HOURS`.
+    pub supervisor: SupervisorTiming,
+    /// `RETENTION_SECS`, `MEDIA_RETENTION_SECS`, `MEDIA_MIN_FREE_PERCENT` and
+    /// `DATA_MIN_FREE_PERCENT`.
+    pub retention: Retention,
     /// `CALLBACK_MAX_AGE_SECS`; `None` (`0`): timestamps are not checked for age.
     pub callback_max_age: Option<Duration>,
-    /// `LOG_FORMAT`.
-    pub log_format: LogFormat,
-    /// `RUST_LOG`, a valid `tracing` filter; `None`: the built-in default.
-    pub log_filter: Option<String>,
+    /// `LOG_FORMAT` and `RUST_LOG`.
+    pub logging: Logging,
     /// `DATABASE_URL` and `DATABASE_POOL_SIZE`; `None`: SQLite in `DATA_DIR`.
     pub database: Option<Database>,
     /// `REPLICA_ID`, else the host name.
@@ -162,16 +156,8 @@ pub struct Config {
     pub send_token: Option<Secret>,
     /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
     pub handoff: Handoff,
-    /// `MEDIA_RETENTION_SECS`; `None` keeps media forever (`0`).
-    pub media_retention: Option<Duration>,
-    /// `MEDIA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor.
-    pub media_min_free_percent: u8,
     /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees more than WeCom needs.
     pub(crate) surface: Surface,
-    /// `SEND_QUEUE_MAX`: sends queued and not yet finished per channel, at least 1.
-    pub send_queue_max: u32,
-    /// `DATA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor. Only SQLite has a `DATA_DIR` volume.
-    pub data_min_free_percent: u8,
     /// `EGRESS_CHECK_SECS` (SPEC §14): a channel's egress IP is asked for after this
     /// long without a WeCom answer naming it; at least 10 s.
     pub egress_check: Duration,
@@ -188,6 +174,52 @@ impl Config {
     pub(crate) fn proxy_for<'a>(&'a self, channel: &'a ChannelSpec) -> Option<&'a ProxyUrl> {
         channel.proxy.as_ref().or(self.proxy.as_ref())
     }
+}
+
+/// How much one client address and one channel may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `CONNECTIONS_PER_ADDRESS`, 1..=[`MAX_CONNECTIONS_PER_ADDRESS`].
+    pub connections_per_address: u32,
+    /// `SEND_QUEUE_MAX`: sends queued and not yet finished per channel, at least 1.
+    pub send_queue_max: u32,
+}
+
+/// The supervisor's rhythm: how often it checks, and when it mails.
+#[derive(Clone, Copy, Debug)]
+pub struct SupervisorTiming {
+    /// `SUPERVISOR_INTERVAL_SECS`: between two rounds of checks.
+    pub interval: Duration,
+    /// `ALERT_GROUP_WAIT_SECS`: transitions this close together go out as one email.
+    pub group_wait: Duration,
+    /// `ALERT_REPEAT_HOURS`: between reminders of a firing check; `None` when
+    /// reminders are off (`0`).
+    pub repeat: Option<Duration>,
+}
+
+/// What the appliance keeps, for how long, and the free space it leaves on
+/// each volume.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// `RETENTION_SECS`: how long handled journal entries (and so their dedup
+    /// keys) and finished outbox actions are kept.
+    pub records: Duration,
+    /// `MEDIA_RETENTION_SECS`: how long downloaded media are kept; `None`: forever (`0`).
+    pub media: Option<Duration>,
+    /// `MEDIA_MIN_FREE_PERCENT`, 0..=100: no download below it; 0 = no floor.
+    pub media_min_free_percent: u8,
+    /// `DATA_MIN_FREE_PERCENT`, 0..=100: no send queued below it; 0 = no floor.
+    /// Only SQLite has a `DATA_DIR` volume.
+    pub data_min_free_percent: u8,
+}
+
+/// `LOG_FORMAT` and `RUST_LOG`.
+#[derive(Clone, Debug)]
+pub struct Logging {
+    /// `LOG_FORMAT`.
+    pub format: LogFormat,
+    /// `RUST_LOG`, a valid `tracing` filter; `None`: the built-in default.
+    pub filter: Option<String>,
 }
 
 /// How every AI bot's streams end (SPEC §13).
@@ -382,9 +414,9 @@ mod tests {
         assert_eq!(config.upload_dir, PathBuf::from("/app/wwwroot/uploadall"));
         assert_eq!(config.data_dir, PathBuf::from("/app/data"));
         assert_eq!(config.api_base_url, "https://qyapi.weixin.qq.com");
-        assert_eq!(config.supervisor_interval, Duration::from_secs(30));
-        assert_eq!(config.alert_repeat, Some(Duration::from_secs(4 * 3600)));
-        assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
+        assert_eq!(config.supervisor.interval, Duration::from_secs(30));
+        assert_eq!(config.supervisor.repeat, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(config.retention.records, Duration::from_secs(7 * 24 * 3600));
         assert!(config.alert_email.is_none());
         assert_eq!(
             config.channels.builtin_kf().expect("kf").keys.token.expose(),
@@ -427,7 +459,7 @@ mod tests {
         assert_eq!(errors_of(&pairs), vec!["RETENTION_SECS must be at least 60 (WeCom retries within a minute)"]);
         pairs.pop();
         pairs.push(("RETENTION_SECS", "3600"));
-        assert_eq!(load(&env(&pairs)).expect("valid").0.retention, Duration::from_secs(3600));
+        assert_eq!(load(&env(&pairs)).expect("valid").0.retention.records, Duration::from_secs(3600));
     }
 
     #[test]
@@ -606,7 +638,7 @@ mod tests {
 
     #[test]
     fn connections_per_address_defaults_to_256_and_is_bounded() {
-        assert_eq!(load(&env(&minimal())).expect("valid").0.connections_per_address, 256);
+        assert_eq!(load(&env(&minimal())).expect("valid").0.limits.connections_per_address, 256);
         for bad in ["0", "-1", "10001", "many", "18446744073709551615"] {
             let mut pairs = minimal();
             pairs.push(("CONNECTIONS_PER_ADDRESS", bad));
@@ -616,7 +648,7 @@ mod tests {
         }
         let mut pairs = minimal();
         pairs.push(("CONNECTIONS_PER_ADDRESS", "20"));
-        assert_eq!(load(&env(&pairs)).expect("valid").0.connections_per_address, 20);
+        assert_eq!(load(&env(&pairs)).expect("valid").0.limits.connections_per_address, 20);
     }
 
     fn channel_file(dir: &std::path::Path, text: &str) -> Sources {

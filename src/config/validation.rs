@@ -17,8 +17,9 @@ use super::listen::ListenConfig;
 use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
-    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, Surface,
-    MAX_CONNECTIONS_PER_ADDRESS, MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
+    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, Limits, LogFormat, Logging, Retention,
+    SmtpTls, SupervisorTiming, Surface, MAX_CONNECTIONS_PER_ADDRESS, MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS,
+    MIN_RETENTION_SECS,
 };
 use crate::channels::ChannelName;
 use crate::crypto::{AesKey, KeyError};
@@ -292,7 +293,7 @@ impl Config {
                 channels: channels?,
                 api_base_url: api_base_url?,
                 listen: listen?,
-                connections_per_address: connections_per_address?,
+                limits: Limits { connections_per_address: connections_per_address?, send_queue_max: send_queue_max? },
                 upload_dir: upload_dir?,
                 data_dir: data_dir?,
                 admin_token,
@@ -301,16 +302,22 @@ impl Config {
                 welcome_text,
                 kf_replay_history,
                 heartbeat_url,
-                supervisor_interval: Duration::from_secs(supervisor_interval?.max(1)),
-                alert_group_wait: Duration::from_secs(alert_group_wait?),
-                alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
-                retention: Duration::from_secs(retention?),
+                supervisor: SupervisorTiming {
+                    interval: Duration::from_secs(supervisor_interval?.max(1)),
+                    group_wait: Duration::from_secs(alert_group_wait?),
+                    repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
+                },
+                retention: Retention {
+                    records: Duration::from_secs(retention?),
+                    media: Some(media_retention?).filter(|secs| *secs > 0).map(Duration::from_secs),
+                    media_min_free_percent: media_min_free_percent?,
+                    data_min_free_percent: data_min_free_percent?,
+                },
                 // Never longer than the dedup window: an older replay would be handled again.
                 callback_max_age: Some(callback_max_age?)
                     .filter(|secs| *secs > 0)
                     .map(|secs| Duration::from_secs(secs.min(retention.unwrap_or(secs)))),
-                log_format: log_format?,
-                log_filter,
+                logging: Logging { format: log_format?, filter: log_filter },
                 database: match database {
                     Some(url) => Some(Database { url, pool_size: pool_size? }),
                     None => None,
@@ -319,11 +326,7 @@ impl Config {
                 lease: Duration::from_secs(lease?),
                 send_token,
                 handoff: handoff?,
-                media_retention: Some(media_retention?).filter(|secs| *secs > 0).map(Duration::from_secs),
-                media_min_free_percent: media_min_free_percent?,
                 surface: surface?,
-                send_queue_max: send_queue_max?,
-                data_min_free_percent: data_min_free_percent?,
                 egress_check: Duration::from_secs(egress_check?),
                 proxy,
                 aibot: aibot?,

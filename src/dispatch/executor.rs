@@ -119,7 +119,7 @@ impl Executor {
             channels: config.channels.clone(),
             upload_dir: config.upload_dir.clone(),
             handoff: config.handoff.clone(),
-            floor: crate::media::Floor::media(config.media_min_free_percent),
+            floor: crate::media::Floor::media(config.retention.media_min_free_percent),
             delivery: config.forward.as_ref().map(|_| Arc::default()),
             api_base_url: config.api_base_url.clone(),
             metrics: Arc::clone(&metrics),
