@@ -128,8 +128,12 @@ impl Application {
             health.set(CheckName::Config(channel.name.to_string()), checks::channel_config_check(channel));
         }
         let certificates = load_certificates(&config, &health)?;
-        let egress =
-            Arc::new(Egress::new(store.clone(), Arc::clone(&metrics), config.replica.clone(), config.egress_check));
+        let egress = Arc::new(Egress::new(
+            store.clone(),
+            Arc::clone(&metrics),
+            config.replica.clone(),
+            config.wecom.egress_check,
+        ));
         let channel_names: Vec<ChannelName> = config.channels.iter().map(|c| c.name.clone()).collect();
         egress.restore(&channel_names).await?;
         let wecom = Arc::new(
@@ -266,12 +270,12 @@ impl Application {
 
 /// The store: PostgreSQL when `DATABASE_URL` is set (replicas), else SQLite in `DATA_DIR`.
 async fn open_store(config: &Config) -> Result<Store, StoreError> {
-    let store = match &config.database {
+    let store = match &config.store.database {
         Some(database) => {
             tracing::info!(replica = config.replica.as_str(), "store: PostgreSQL at {}", database.shown());
             Store::connect(database.url.expose(), database.pool_size, config.lease).await?
         }
-        None => Store::open(&config.data_dir)?.with_lease(config.lease),
+        None => Store::open(&config.store.data_dir)?.with_lease(config.lease),
     };
     Ok(store)
 }
@@ -336,10 +340,10 @@ impl Workers {
         let settings = HandlerSettings {
             forward: config.forward.is_some(),
             agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
-            welcome_text: config.welcome_text.clone(),
+            welcome_text: config.kf.welcome_text.clone(),
             first_started_at: first_start,
-            replay_history: config.kf_replay_history,
-            handoff: config.handoff.clone(),
+            replay_history: config.kf.replay_history,
+            handoff: config.kf.handoff.clone(),
             channels: config.channels.clone(),
         };
         let kf_channels: Vec<_> = config.channels.iter().filter(|c| c.kind() == ChannelKind::Kf).collect();

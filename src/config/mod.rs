@@ -115,26 +115,24 @@ pub struct Config {
     /// Token and key falling back to the app's) when the variables define them,
     /// then the `[channels.<name>]` tables of the TOML file.
     pub channels: Channels,
-    /// `WECOM_API_BASE_URL`, without a trailing slash.
-    pub api_base_url: String,
+    /// `WECOM_API_BASE_URL`, `WECOM_PROXY_URL` and `EGRESS_CHECK_SECS`.
+    pub wecom: WeComApi,
     /// Where and how the service listens.
     pub listen: ListenConfig,
     /// `CONNECTIONS_PER_ADDRESS` and `SEND_QUEUE_MAX`.
     pub limits: Limits,
     /// `UPLOAD_DIR`.
     pub upload_dir: PathBuf,
-    /// `DATA_DIR`.
-    pub data_dir: PathBuf,
+    /// `DATA_DIR`, `DATABASE_URL` and `DATABASE_POOL_SIZE`.
+    pub store: StoreSettings,
     /// `ADMIN_TOKEN`; `None` disables the admin endpoints.
     pub admin_token: Option<Secret>,
     /// `FORWARD_URL` and `FORWARD_SECRET`.
     pub forward: Option<Forward>,
     /// Present only when `ALERT_EMAIL_ENABLED`.
     pub alert_email: Option<AlertEmail>,
-    /// `WELCOME_TEXT`.
-    pub welcome_text: Option<String>,
-    /// `KF_REPLAY_HISTORY`.
-    pub kf_replay_history: bool,
+    /// `WELCOME_TEXT`, `KF_REPLAY_HISTORY` and the handover (`HANDOFF_*`).
+    pub kf: KfSettings,
     /// `HEARTBEAT_URL`.
     pub heartbeat_url: Option<String>,
     /// `SUPERVISOR_INTERVAL_SECS`, `ALERT_GROUP_WAIT_SECS` and `ALERT_REPEAT_HOURS`.
@@ -146,24 +144,14 @@ pub struct Config {
     pub callback_max_age: Option<Duration>,
     /// `LOG_FORMAT` and `RUST_LOG`.
     pub logging: Logging,
-    /// `DATABASE_URL` and `DATABASE_POOL_SIZE`; `None`: SQLite in `DATA_DIR`.
-    pub database: Option<Database>,
     /// `REPLICA_ID`, else the host name.
     pub replica: String,
     /// `LEASE_SECS`.
     pub lease: Duration,
     /// `SEND_TOKEN`; `None` turns the send API off.
     pub send_token: Option<Secret>,
-    /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
-    pub handoff: Handoff,
     /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees more than WeCom needs.
     pub(crate) surface: Surface,
-    /// `EGRESS_CHECK_SECS` (SPEC §14): a channel's egress IP is asked for after this
-    /// long without a WeCom answer naming it; at least 10 s.
-    pub egress_check: Duration,
-    /// `WECOM_PROXY_URL`: the proxy of every WeCom API call (a channel's
-    /// `proxy_url` overrides it); `None`: direct, whatever the environment says.
-    pub proxy: Option<ProxyUrl>,
     /// `AIBOT_STREAM_DEADLINE_SECS` and `AIBOT_LATE_TEXT` (SPEC §13).
     pub aibot: AibotSettings,
 }
@@ -172,8 +160,41 @@ impl Config {
     /// The proxy `channel`'s WeCom calls go through: its own `proxy_url`, else
     /// `WECOM_PROXY_URL`.
     pub(crate) fn proxy_for<'a>(&'a self, channel: &'a ChannelSpec) -> Option<&'a ProxyUrl> {
-        channel.proxy.as_ref().or(self.proxy.as_ref())
+        channel.proxy.as_ref().or(self.wecom.proxy.as_ref())
     }
+}
+
+/// How the appliance calls WeCom's API.
+#[derive(Clone, Debug)]
+pub struct WeComApi {
+    /// `WECOM_API_BASE_URL`, without a trailing slash.
+    pub base_url: String,
+    /// `WECOM_PROXY_URL`: the proxy of every WeCom API call (a channel's
+    /// `proxy_url` overrides it); `None`: direct, whatever the environment says.
+    pub proxy: Option<ProxyUrl>,
+    /// `EGRESS_CHECK_SECS` (SPEC §14): a channel's egress IP is asked for after this
+    /// long without a WeCom answer naming it; at least 10 s.
+    pub egress_check: Duration,
+}
+
+/// Where the state lives.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// `DATA_DIR`: SQLite's directory (and volume).
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL` and `DATABASE_POOL_SIZE`; `None`: SQLite in `data_dir`.
+    pub database: Option<Database>,
+}
+
+/// How the kf channels answer customers (SPEC §10).
+#[derive(Clone, Debug)]
+pub struct KfSettings {
+    /// `WELCOME_TEXT`: sent on `enter_session` (a channel's own `welcome_text` overrides it).
+    pub welcome_text: Option<String>,
+    /// `KF_REPLAY_HISTORY`: answer messages older than the first start.
+    pub replay_history: bool,
+    /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
+    pub handoff: Handoff,
 }
 
 /// How much one client address and one channel may hold.
@@ -412,8 +433,8 @@ mod tests {
         assert!(config.listen.tls_enabled);
         assert_eq!(config.listen.cert_path, PathBuf::from("certs/server.crt"));
         assert_eq!(config.upload_dir, PathBuf::from("/app/wwwroot/uploadall"));
-        assert_eq!(config.data_dir, PathBuf::from("/app/data"));
-        assert_eq!(config.api_base_url, "https://qyapi.weixin.qq.com");
+        assert_eq!(config.store.data_dir, PathBuf::from("/app/data"));
+        assert_eq!(config.wecom.base_url, "https://qyapi.weixin.qq.com");
         assert_eq!(config.supervisor.interval, Duration::from_secs(30));
         assert_eq!(config.supervisor.repeat, Some(Duration::from_secs(4 * 3600)));
         assert_eq!(config.retention.records, Duration::from_secs(7 * 24 * 3600));
@@ -465,7 +486,7 @@ mod tests {
     #[test]
     fn replicas_need_a_postgres_url_a_long_enough_lease_and_get_a_name() {
         let (config, _) = load(&env(&minimal())).expect("valid");
-        assert!(config.database.is_none(), "SQLite by default");
+        assert!(config.store.database.is_none(), "SQLite by default");
         assert_eq!(config.lease, Duration::from_secs(60));
         assert!(!config.replica.is_empty(), "the host name by default");
 
@@ -490,7 +511,7 @@ mod tests {
             ("LEASE_SECS", "45"),
         ]);
         let (config, _) = load(&env(&pairs)).expect("valid");
-        let database = config.database.expect("PostgreSQL");
+        let database = config.store.database.expect("PostgreSQL");
         assert_eq!(database.pool_size, 4);
         assert_eq!(database.shown(), "postgresql://wechat:***@db.internal:5433/wechat");
         assert_eq!((config.replica.as_str(), config.lease), ("wechat-api-2", Duration::from_secs(45)));

@@ -17,9 +17,9 @@ use super::listen::ListenConfig;
 use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
-    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, Limits, LogFormat, Logging, Retention,
-    SmtpTls, SupervisorTiming, Surface, MAX_CONNECTIONS_PER_ADDRESS, MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS,
-    MIN_RETENTION_SECS,
+    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, KfSettings, Limits, LogFormat, Logging,
+    Retention, SmtpTls, StoreSettings, SupervisorTiming, Surface, WeComApi, MAX_CONNECTIONS_PER_ADDRESS,
+    MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::channels::ChannelName;
 use crate::crypto::{AesKey, KeyError};
@@ -291,16 +291,21 @@ impl Config {
         let built = (|| {
             Some(Config {
                 channels: channels?,
-                api_base_url: api_base_url?,
+                wecom: WeComApi { base_url: api_base_url?, proxy, egress_check: Duration::from_secs(egress_check?) },
                 listen: listen?,
                 limits: Limits { connections_per_address: connections_per_address?, send_queue_max: send_queue_max? },
                 upload_dir: upload_dir?,
-                data_dir: data_dir?,
+                store: StoreSettings {
+                    data_dir: data_dir?,
+                    database: match database {
+                        Some(url) => Some(Database { url, pool_size: pool_size? }),
+                        None => None,
+                    },
+                },
                 admin_token,
                 forward,
                 alert_email,
-                welcome_text,
-                kf_replay_history,
+                kf: KfSettings { welcome_text, replay_history: kf_replay_history, handoff: handoff? },
                 heartbeat_url,
                 supervisor: SupervisorTiming {
                     interval: Duration::from_secs(supervisor_interval?.max(1)),
@@ -318,17 +323,10 @@ impl Config {
                     .filter(|secs| *secs > 0)
                     .map(|secs| Duration::from_secs(secs.min(retention.unwrap_or(secs)))),
                 logging: Logging { format: log_format?, filter: log_filter },
-                database: match database {
-                    Some(url) => Some(Database { url, pool_size: pool_size? }),
-                    None => None,
-                },
                 replica,
                 lease: Duration::from_secs(lease?),
                 send_token,
-                handoff: handoff?,
                 surface: surface?,
-                egress_check: Duration::from_secs(egress_check?),
-                proxy,
                 aibot: aibot?,
             })
         })();
