@@ -71,19 +71,26 @@ pub enum SmtpTls {
     None,
 }
 
+/// The SMTP relay alert email goes through.
+#[derive(Clone, Debug)]
+pub struct Smtp {
+    /// `SMTP_SERVER`.
+    pub server: String,
+    /// `SMTP_PORT`.
+    pub port: u16,
+    /// `SMTP_USER`.
+    pub user: Option<String>,
+    /// `SMTP_PASS`.
+    pub pass: Option<Secret>,
+    /// `SMTP_TLS`.
+    pub tls: SmtpTls,
+}
+
 /// Alert email settings; present only when `ALERT_EMAIL_ENABLED=true`.
 #[derive(Clone, Debug)]
 pub struct AlertEmail {
-    /// `SMTP_SERVER`.
-    pub smtp_server: String,
-    /// `SMTP_PORT`.
-    pub smtp_port: u16,
-    /// `SMTP_USER`.
-    pub smtp_user: Option<String>,
-    /// `SMTP_PASS`.
-    pub smtp_pass: Option<Secret>,
-    /// `SMTP_TLS`.
-    pub smtp_tls: SmtpTls,
+    /// The relay the mail goes through.
+    pub smtp: Smtp,
     /// `ALERT_EMAIL_FROM`, else `SMTP_USER`.
     pub from: String,
     /// `ALERT_EMAIL_TO`, split at commas.
@@ -625,7 +632,7 @@ mod tests {
         let email = config.alert_email.expect("enabled");
         assert_eq!(email.to, vec!["a@example.com", "b@example.com"]);
         assert_eq!(email.from, "ops@example.com");
-        assert_eq!(email.smtp_tls, SmtpTls::Tls);
+        assert_eq!(email.smtp.tls, SmtpTls::Tls);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
     AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, KfSettings, Limits, LogFormat, Logging,
-    Retention, SmtpTls, StoreSettings, SupervisorTiming, Surface, WeComApi, MAX_CONNECTIONS_PER_ADDRESS,
+    Retention, Smtp, SmtpTls, StoreSettings, SupervisorTiming, Surface, WeComApi, MAX_CONNECTIONS_PER_ADDRESS,
     MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::channels::ChannelName;
@@ -590,15 +590,8 @@ fn alert_email(v: &mut Validator<'_>) -> Option<AlertEmail> {
             v.fail(var, format!("{address:?} is not an email address"));
         }
     }
-    Some(AlertEmail {
-        smtp_server: smtp_server?,
-        smtp_port: smtp_port?,
-        smtp_user,
-        smtp_pass,
-        smtp_tls,
-        from: from?,
-        to,
-    })
+    let smtp = Smtp { server: smtp_server?, port: smtp_port?, user: smtp_user, pass: smtp_pass, tls: smtp_tls };
+    Some(AlertEmail { smtp, from: from?, to })
 }
 
 /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: each a comma-separated list of
