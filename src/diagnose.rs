@@ -371,7 +371,7 @@ fn from_check(name: &str, result: crate::health::CheckResult) -> Finding {
 }
 
 async fn smtp_finding(config: &Config) -> Option<Finding> {
-    let email = config.alert_email.as_ref()?;
+    let email = config.monitoring.alert_email.as_ref()?;
     let check = format!("smtp {}:{}", email.smtp.server, email.smtp.port);
     Some(match crate::alerts::test_login(email).await {
         Ok(()) => Finding::pass(check, "connected and logged in"),

@@ -140,7 +140,7 @@ impl Application {
             WeCom::new(&config, &store, &metrics, &egress).map_err(|e| StartupError::Component(e.to_string()))?,
         );
         // Silence longer than three periods (and a margin) means the supervisor is stuck.
-        let liveness = Arc::new(Liveness::new(3 * config.supervisor.interval.as_secs() as i64 + 30));
+        let liveness = Arc::new(Liveness::new(3 * config.monitoring.timing.interval.as_secs() as i64 + 30));
         let journal_wake = Arc::new(Notify::new());
         let workers =
             Workers::wire(&config, &store, &wecom, &metrics, &health, &liveness, &journal_wake, &certificates, &egress)
@@ -324,7 +324,7 @@ impl Workers {
         certificates: &Option<Arc<CertificateStore>>,
         egress: &Arc<Egress>,
     ) -> Result<Self, StartupError> {
-        let (alerter, mailer) = Alerter::new(config.alert_email.as_ref(), Arc::clone(metrics))
+        let (alerter, mailer) = Alerter::new(config.monitoring.alert_email.as_ref(), Arc::clone(metrics))
             .map_err(|e| StartupError::Alerts(e.to_string()))?;
         egress.mail_through(alerter.clone());
         let first_start = store.first_started_at().await?;
@@ -408,7 +408,7 @@ impl Workers {
             alerter: alerter.clone(),
             store: store.clone(),
             metrics: Arc::clone(metrics),
-            timing: config.supervisor,
+            timing: config.monitoring.timing,
             replica: config.replica.clone(),
         });
         Ok(Self {
@@ -456,7 +456,7 @@ impl Workers {
         if let Some(mailer) = mailer {
             watch("mailer", mailer.run(shutdown.clone()).boxed());
         }
-        if let Some(url) = config.heartbeat_url.clone() {
+        if let Some(url) = config.monitoring.heartbeat_url.clone() {
             tasks.spawn(heartbeat(url, shutdown.clone()));
         }
         tasks

@@ -136,14 +136,10 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// `FORWARD_URL` and `FORWARD_SECRET`.
     pub forward: Option<Forward>,
-    /// Present only when `ALERT_EMAIL_ENABLED`.
-    pub alert_email: Option<AlertEmail>,
     /// `WELCOME_TEXT`, `KF_REPLAY_HISTORY` and the handover (`HANDOFF_*`).
     pub kf: KfSettings,
-    /// `HEARTBEAT_URL`.
-    pub heartbeat_url: Option<String>,
-    /// `SUPERVISOR_INTERVAL_SECS`, `ALERT_GROUP_WAIT_SECS` and `ALERT_REPEAT_HOURS`.
-    pub supervisor: SupervisorTiming,
+    /// The supervisor's timing, alert email and `HEARTBEAT_URL` (SPEC §6).
+    pub monitoring: Monitoring,
     /// `RETENTION_SECS`, `MEDIA_RETENTION_SECS`, `MEDIA_MIN_FREE_PERCENT` and
     /// `DATA_MIN_FREE_PERCENT`.
     pub retention: Retention,
@@ -211,6 +207,18 @@ pub struct Limits {
     pub connections_per_address: u32,
     /// `SEND_QUEUE_MAX`: sends queued and not yet finished per channel, at least 1.
     pub send_queue_max: u32,
+}
+
+/// Self-monitoring (SPEC §6): how the supervisor runs, whom it mails, and the
+/// outside monitor it pings.
+#[derive(Clone, Debug)]
+pub struct Monitoring {
+    /// `SUPERVISOR_INTERVAL_SECS`, `ALERT_GROUP_WAIT_SECS` and `ALERT_REPEAT_HOURS`.
+    pub timing: SupervisorTiming,
+    /// Present only when `ALERT_EMAIL_ENABLED`.
+    pub alert_email: Option<AlertEmail>,
+    /// `HEARTBEAT_URL`: fetched every minute (a dead-man's switch).
+    pub heartbeat_url: Option<String>,
 }
 
 /// The supervisor's rhythm: how often it checks, and when it mails.
@@ -442,10 +450,10 @@ mod tests {
         assert_eq!(config.upload_dir, PathBuf::from("/app/wwwroot/uploadall"));
         assert_eq!(config.store.data_dir, PathBuf::from("/app/data"));
         assert_eq!(config.wecom.base_url, "https://qyapi.weixin.qq.com");
-        assert_eq!(config.supervisor.interval, Duration::from_secs(30));
-        assert_eq!(config.supervisor.repeat, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(config.monitoring.timing.interval, Duration::from_secs(30));
+        assert_eq!(config.monitoring.timing.repeat, Some(Duration::from_secs(4 * 3600)));
         assert_eq!(config.retention.records, Duration::from_secs(7 * 24 * 3600));
-        assert!(config.alert_email.is_none());
+        assert!(config.monitoring.alert_email.is_none());
         assert_eq!(
             config.channels.builtin_kf().expect("kf").keys.token.expose(),
             "QDG6eK",
@@ -629,7 +637,7 @@ mod tests {
             ("SMTP_PORT", "465"),
         ]);
         let (config, _) = load(&env(&pairs)).expect("valid");
-        let email = config.alert_email.expect("enabled");
+        let email = config.monitoring.alert_email.expect("enabled");
         assert_eq!(email.to, vec!["a@example.com", "b@example.com"]);
         assert_eq!(email.from, "ops@example.com");
         assert_eq!(email.smtp.tls, SmtpTls::Tls);

@@ -18,8 +18,8 @@ use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
     AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, KfSettings, Limits, LogFormat, Logging,
-    Retention, Smtp, SmtpTls, StoreSettings, SupervisorTiming, Surface, WeComApi, MAX_CONNECTIONS_PER_ADDRESS,
-    MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
+    Monitoring, Retention, Smtp, SmtpTls, StoreSettings, SupervisorTiming, Surface, WeComApi,
+    MAX_CONNECTIONS_PER_ADDRESS, MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::channels::ChannelName;
 use crate::crypto::{AesKey, KeyError};
@@ -304,13 +304,15 @@ impl Config {
                 },
                 admin_token,
                 forward,
-                alert_email,
                 kf: KfSettings { welcome_text, replay_history: kf_replay_history, handoff: handoff? },
-                heartbeat_url,
-                supervisor: SupervisorTiming {
-                    interval: Duration::from_secs(supervisor_interval?.max(1)),
-                    group_wait: Duration::from_secs(alert_group_wait?),
-                    repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
+                monitoring: Monitoring {
+                    timing: SupervisorTiming {
+                        interval: Duration::from_secs(supervisor_interval?.max(1)),
+                        group_wait: Duration::from_secs(alert_group_wait?),
+                        repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
+                    },
+                    alert_email,
+                    heartbeat_url,
                 },
                 retention: Retention {
                     records: Duration::from_secs(retention?),
