@@ -340,10 +340,8 @@ impl Workers {
         let settings = HandlerSettings {
             forward: config.forward.is_some(),
             agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
-            welcome_text: config.kf.welcome_text.clone(),
             first_started_at: first_start,
-            replay_history: config.kf.replay_history,
-            handoff: config.kf.handoff.clone(),
+            kf: config.kf.clone(),
             channels: config.channels.clone(),
         };
         let kf_channels: Vec<_> = config.channels.iter().filter(|c| c.kind() == ChannelKind::Kf).collect();

@@ -190,7 +190,7 @@ pub struct StoreSettings {
 }
 
 /// How the kf channels answer customers (SPEC §10).
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct KfSettings {
     /// `WELCOME_TEXT`: sent on `enter_session` (a channel's own `welcome_text` overrides it).
     pub welcome_text: Option<String>,
