@@ -33,7 +33,7 @@ use crate::config::channels::ChannelSpec;
 use crate::config::{AibotSettings, WsTiming};
 use crate::health::links::{Link, Links};
 use crate::store::aibot::Settled;
-use crate::store::journal::{EntryKind, NewEntry, Recorded};
+use crate::store::journal::Recorded;
 use crate::store::leases::Lease;
 use crate::store::{self, Store};
 use crate::streams::{self, Shown};
@@ -365,7 +365,6 @@ impl BotLink {
             }
         };
         let opened = OpenedAibot { channel: Arc::clone(&self.channel), json, message };
-        let record_id = opened.dedup_key();
         let userid = opened.message.userid.clone().unwrap_or_default();
         let open = opened.stream_open(None, store::now());
         let stream_id = open.as_ref().map(|open| open.stream_id.clone());
@@ -375,14 +374,7 @@ impl BotLink {
                 return None;
             }
         }
-        let entry = NewEntry {
-            dedup_key: record_id,
-            channel: name.clone(),
-            kind: EntryKind::Aibot,
-            sender: opened.message.userid.clone(),
-            payload: opened.json.clone(),
-        };
-        match self.store.journal(entry).await {
+        match self.store.journal(opened.journal_entry()).await {
             Ok(Recorded::New(_)) => self.journal_wake.notify_one(),
             Ok(Recorded::Duplicate) => {}
             Err(error) => {

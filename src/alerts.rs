@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
-use crate::config::{AlertEmail, SmtpTls};
+use crate::config::{AlertEmail, Smtp, SmtpTls};
 use crate::telemetry::Metrics;
 
 const QUEUE: usize = 64;
@@ -126,22 +126,20 @@ fn mailbox(variable: &'static str, value: &str) -> Result<Mailbox, AlertSetupErr
     })
 }
 
-fn transport(email: &AlertEmail) -> Result<AsyncSmtpTransport<Tokio1Executor>, AlertSetupError> {
-    let tls =
-        |server: &str| TlsParameters::new(server.to_owned()).map_err(|e| AlertSetupError::Transport(e.to_string()));
-    let server = email.smtp_server.as_str();
-    let builder = match email.smtp_tls {
-        SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server).tls(Tls::Wrapper(tls(server)?)),
-        SmtpTls::StartTls => {
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server).tls(Tls::Required(tls(server)?))
-        }
-        SmtpTls::Opportunistic => {
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server).tls(Tls::Opportunistic(tls(server)?))
-        }
-        SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server).tls(Tls::None),
+fn transport(smtp: &Smtp) -> Result<AsyncSmtpTransport<Tokio1Executor>, AlertSetupError> {
+    let server = smtp.server.as_str();
+    let parameters = || TlsParameters::new(server.to_owned()).map_err(|e| AlertSetupError::Transport(e.to_string()));
+    let tls = match smtp.tls {
+        SmtpTls::Tls => Tls::Wrapper(parameters()?),
+        SmtpTls::StartTls => Tls::Required(parameters()?),
+        SmtpTls::Opportunistic => Tls::Opportunistic(parameters()?),
+        SmtpTls::None => Tls::None,
     };
-    let builder = builder.port(email.smtp_port).timeout(Some(SEND_TIMEOUT));
-    let builder = match (&email.smtp_user, &email.smtp_pass) {
+    let builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(server)
+        .tls(tls)
+        .port(smtp.port)
+        .timeout(Some(SEND_TIMEOUT));
+    let builder = match (&smtp.user, &smtp.pass) {
         (Some(user), Some(pass)) => builder.credentials(Credentials::new(user.clone(), pass.expose().to_owned())),
         _ => builder,
     };
@@ -166,7 +164,7 @@ impl Alerter {
         let (sender, queue) = mpsc::channel(QUEUE);
         shared.update(|s| s.enabled = true);
         let mailer = Mailer {
-            transport: transport(email)?,
+            transport: transport(&email.smtp)?,
             from,
             to,
             queue,
@@ -284,7 +282,7 @@ impl Mailer {
 
 /// Connects to the SMTP server and logs in, without sending: for `diagnose`.
 pub(crate) async fn test_login(email: &AlertEmail) -> Result<(), String> {
-    let transport = transport(email).map_err(|e| e.to_string())?;
+    let transport = transport(&email.smtp).map_err(|e| e.to_string())?;
     match tokio::time::timeout(SEND_TIMEOUT, transport.test_connection()).await {
         Ok(Ok(true)) => Ok(()),
         Ok(Ok(false)) => Err("the server did not accept the connection".to_owned()),

@@ -18,6 +18,7 @@ use crate::config::{ChannelSpec, Channels, Config};
 use crate::crypto::{self, DecryptError, Plaintext};
 use crate::messages::{dedup_key, AppEvent, AppMessage, CallbackEnvelope, Identity, ParseError};
 use crate::store::aibot::StreamOpen;
+use crate::store::journal::{EntryKind, NewEntry};
 use crate::wecom::aibot::{self, AibotError, AibotMessage};
 
 /// How a callback ended, as counted in `wechat_api_callbacks_total{outcome}`.
@@ -268,6 +269,17 @@ impl OpenedAibot {
             response_url,
             created_at: now,
         })
+    }
+
+    /// Its journal entry: the JSON as received, under its dedup key.
+    pub(crate) fn journal_entry(&self) -> NewEntry {
+        NewEntry {
+            dedup_key: self.dedup_key(),
+            channel: self.channel.name.clone(),
+            kind: EntryKind::Aibot,
+            sender: self.message.userid.clone(),
+            payload: self.json.clone(),
+        }
     }
 }
 

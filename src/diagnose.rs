@@ -244,7 +244,8 @@ fn wecom_failure(check: &str, error: &WeComError) -> Finding {
 /// metrics of its own that no one reads.
 fn wecom_client(config: &Config, proxy: Option<&ProxyUrl>) -> Result<WeComClient, Finding> {
     let metrics = std::sync::Arc::new(Metrics::new(&crate::telemetry::BuildInfo::sqlite(crate::VERSION)));
-    WeComClient::with_proxy(&config.api_base_url, metrics, proxy).map_err(|error| wecom_failure("wecom client", &error))
+    WeComClient::with_proxy(&config.wecom.base_url, metrics, proxy)
+        .map_err(|error| wecom_failure("wecom client", &error))
 }
 
 /// Each channel's egress IP as WeCom sees it, through its proxy (SPEC §14): a
@@ -289,7 +290,7 @@ async fn egress_findings(config: &Config) -> Vec<Finding> {
 }
 
 async fn wecom_findings(config: &Config) -> Vec<Finding> {
-    let client = match wecom_client(config, config.proxy.as_ref()) {
+    let client = match wecom_client(config, config.wecom.proxy.as_ref()) {
         Ok(client) => client,
         Err(finding) => return vec![finding],
     };
@@ -354,7 +355,7 @@ async fn wecom_findings(config: &Config) -> Vec<Finding> {
 
 fn directory_findings(config: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
-    for (variable, dir) in [("UPLOAD_DIR", &config.upload_dir), ("DATA_DIR", &config.data_dir)] {
+    for (variable, dir) in [("UPLOAD_DIR", &config.upload_dir), ("DATA_DIR", &config.store.data_dir)] {
         out.push(from_check(&format!("{variable} writable"), uploads_writable(dir)));
     }
     out.push(from_check("UPLOAD_DIR free space", uploads_free(Path::new(&config.upload_dir))));
@@ -370,8 +371,8 @@ fn from_check(name: &str, result: crate::health::CheckResult) -> Finding {
 }
 
 async fn smtp_finding(config: &Config) -> Option<Finding> {
-    let email = config.alert_email.as_ref()?;
-    let check = format!("smtp {}:{}", email.smtp_server, email.smtp_port);
+    let email = config.monitoring.alert_email.as_ref()?;
+    let check = format!("smtp {}:{}", email.smtp.server, email.smtp.port);
     Some(match crate::alerts::test_login(email).await {
         Ok(()) => Finding::pass(check, "connected and logged in"),
         Err(error) => Finding::fail(

@@ -47,7 +47,7 @@ use crate::log_limit::SharedLogLimiter;
 use crate::names::Names;
 use crate::routes::{self, AppState};
 use crate::store::{Store, StoreError, StoreStage};
-use crate::supervisor::{Parts, Supervisor, Timing};
+use crate::supervisor::{Parts, Supervisor};
 use crate::telemetry::{self, BuildInfo, Metrics};
 use crate::tls::{self, CertificateStore, TlsError};
 use crate::wecom::WeCom;
@@ -128,15 +128,19 @@ impl Application {
             health.set(CheckName::Config(channel.name.to_string()), checks::channel_config_check(channel));
         }
         let certificates = load_certificates(&config, &health)?;
-        let egress =
-            Arc::new(Egress::new(store.clone(), Arc::clone(&metrics), config.replica.clone(), config.egress_check));
+        let egress = Arc::new(Egress::new(
+            store.clone(),
+            Arc::clone(&metrics),
+            config.replica.clone(),
+            config.wecom.egress_check,
+        ));
         let channel_names: Vec<ChannelName> = config.channels.iter().map(|c| c.name.clone()).collect();
         egress.restore(&channel_names).await?;
         let wecom = Arc::new(
             WeCom::new(&config, &store, &metrics, &egress).map_err(|e| StartupError::Component(e.to_string()))?,
         );
         // Silence longer than three periods (and a margin) means the supervisor is stuck.
-        let liveness = Arc::new(Liveness::new(3 * config.supervisor_interval.as_secs() as i64 + 30));
+        let liveness = Arc::new(Liveness::new(3 * config.monitoring.timing.interval.as_secs() as i64 + 30));
         let journal_wake = Arc::new(Notify::new());
         let workers =
             Workers::wire(&config, &store, &wecom, &metrics, &health, &liveness, &journal_wake, &certificates, &egress)
@@ -266,12 +270,12 @@ impl Application {
 
 /// The store: PostgreSQL when `DATABASE_URL` is set (replicas), else SQLite in `DATA_DIR`.
 async fn open_store(config: &Config) -> Result<Store, StoreError> {
-    let store = match &config.database {
+    let store = match &config.store.database {
         Some(database) => {
             tracing::info!(replica = config.replica.as_str(), "store: PostgreSQL at {}", database.shown());
             Store::connect(database.url.expose(), database.pool_size, config.lease).await?
         }
-        None => Store::open(&config.data_dir)?.with_lease(config.lease),
+        None => Store::open(&config.store.data_dir)?.with_lease(config.lease),
     };
     Ok(store)
 }
@@ -320,7 +324,7 @@ impl Workers {
         certificates: &Option<Arc<CertificateStore>>,
         egress: &Arc<Egress>,
     ) -> Result<Self, StartupError> {
-        let (alerter, mailer) = Alerter::new(config.alert_email.as_ref(), Arc::clone(metrics))
+        let (alerter, mailer) = Alerter::new(config.monitoring.alert_email.as_ref(), Arc::clone(metrics))
             .map_err(|e| StartupError::Alerts(e.to_string()))?;
         egress.mail_through(alerter.clone());
         let first_start = store.first_started_at().await?;
@@ -336,10 +340,8 @@ impl Workers {
         let settings = HandlerSettings {
             forward: config.forward.is_some(),
             agent_id: config.channels.builtin_app().and_then(|app| app.agent_id()),
-            welcome_text: config.welcome_text.clone(),
             first_started_at: first_start,
-            replay_history: config.kf_replay_history,
-            handoff: config.handoff.clone(),
+            kf: config.kf.clone(),
             channels: config.channels.clone(),
         };
         let kf_channels: Vec<_> = config.channels.iter().filter(|c| c.kind() == ChannelKind::Kf).collect();
@@ -397,11 +399,6 @@ impl Workers {
                 links: Arc::clone(&links),
             })
             .collect();
-        let timing = Timing {
-            interval: config.supervisor_interval,
-            group_wait: config.alert_group_wait,
-            repeat: config.alert_repeat,
-        };
         let supervisor = Supervisor::new(Parts {
             checks,
             board: Arc::clone(health),
@@ -409,7 +406,7 @@ impl Workers {
             alerter: alerter.clone(),
             store: store.clone(),
             metrics: Arc::clone(metrics),
-            timing,
+            timing: config.monitoring.timing,
             replica: config.replica.clone(),
         });
         Ok(Self {
@@ -436,11 +433,13 @@ impl Workers {
         watch("outbox", outbox.run(shutdown.clone()).boxed());
         let metrics = Arc::clone(&state.metrics);
         let media = config
-            .media_retention
+            .retention
+            .media
             .map(|keep| crate::housekeeping::MediaRetention { upload_dir: config.upload_dir.clone(), keep });
         watch(
             "retention",
-            crate::housekeeping::run(state.store.clone(), config.retention, media, metrics, shutdown.clone()).boxed(),
+            crate::housekeeping::run(state.store.clone(), config.retention.records, media, metrics, shutdown.clone())
+                .boxed(),
         );
         if let Some(kf_syncer) = kf_syncer {
             watch("kf-sync", kf_syncer.run(shutdown.clone()).boxed());
@@ -455,7 +454,7 @@ impl Workers {
         if let Some(mailer) = mailer {
             watch("mailer", mailer.run(shutdown.clone()).boxed());
         }
-        if let Some(url) = config.heartbeat_url.clone() {
+        if let Some(url) = config.monitoring.heartbeat_url.clone() {
             tasks.spawn(heartbeat(url, shutdown.clone()));
         }
         tasks
@@ -528,7 +527,7 @@ impl Gate {
             .map(|r| (*r, metrics.counter(telemetry::CONNECTIONS_REFUSED_TOTAL, &[("reason", r.as_str().to_owned())])))
             .collect();
         Self {
-            table: ConnectionTable::new(config.connections_per_address, exempt),
+            table: ConnectionTable::new(config.limits.connections_per_address, exempt),
             refused,
             log: SharedLogLimiter::default(),
         }

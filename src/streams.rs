@@ -205,13 +205,7 @@ pub(crate) fn status(row: &StreamRow) -> StreamStatus {
 /// Why `response_url` may not be called for a message received at `created_at`,
 /// at `now`: it was used, or its hour is over (`expired`).
 pub(crate) fn response_refused(row: &StreamRow, now: i64) -> Option<&'static str> {
-    if row.response_used {
-        Some("response_url was used already (it may be used once)")
-    } else if now - row.created_at > RESPONSE_URL_SECS {
-        Some("expired")
-    } else {
-        None
-    }
+    rest_refused(row, now, RESPONSE_URL_SECS, "response_url was used already (it may be used once)")
 }
 
 /// How long after the user's message the long connection may still push to
@@ -221,9 +215,16 @@ pub(crate) const SEND_MSG_SECS: i64 = 86_400;
 /// Why what the stream of `row` could not show can no longer go out over the
 /// long connection (`aibot_send_msg`) at `now`; `None`: it may go (once).
 pub(crate) fn send_refused(row: &StreamRow, now: i64) -> Option<&'static str> {
+    rest_refused(row, now, SEND_MSG_SECS, "the rest was sent already (it is sent once)")
+}
+
+/// The rule of both ways out for the rest (`response_url`, `aibot_send_msg`):
+/// once (`row.response_used` then says `used`), within `window_secs` of the
+/// user's message (`expired` after).
+fn rest_refused(row: &StreamRow, now: i64, window_secs: i64, used: &'static str) -> Option<&'static str> {
     if row.response_used {
-        Some("the rest was sent already (it is sent once)")
-    } else if now - row.created_at > SEND_MSG_SECS {
+        Some(used)
+    } else if now - row.created_at > window_secs {
         Some("expired")
     } else {
         None

@@ -23,14 +23,14 @@ pub(crate) fn run(sources: &Sources, to: &str) -> Result<(), CommandError> {
     let (config, _) = config::load(sources)?;
     let runtime = runtime(Threads::One).context("cannot start the async runtime")?;
     runtime.block_on(async {
-        let from = Store::open(&config.data_dir)
-            .with_context(|| format!("cannot open the SQLite store in {}", config.data_dir.display()))?;
+        let from = Store::open(&config.store.data_dir)
+            .with_context(|| format!("cannot open the SQLite store in {}", config.store.data_dir.display()))?;
         // The URL is never echoed: it carries the password.
         let target = Store::connect(to, POOL_SIZE, DEFAULT_LEASE).await.context("cannot use the target database")?;
         let snapshot = from.export().await.context("cannot read the SQLite store")?;
         let summary = snapshot.summary();
         target.import(snapshot).await.context("cannot write the target database")?;
-        println!("migrated {summary} from {} into PostgreSQL", config.data_dir.display());
+        println!("migrated {summary} from {} into PostgreSQL", config.store.data_dir.display());
         println!("next: set DATABASE_URL on every replica (see README, \"Replicas\")");
         Ok(())
     })

@@ -31,7 +31,7 @@ pub(crate) fn run(mut sources: Sources, demo: bool) -> Result<(), CommandError> 
         None
     };
     let (config, warnings) = config::validate(&settings)?;
-    let _log = telemetry::init_tracing(config.log_format, config.log_filter.as_deref());
+    let _log = telemetry::init_tracing(config.logging.format, config.logging.filter.as_deref());
     for warning in &warnings {
         tracing::warn!("{warning}");
     }

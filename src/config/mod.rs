@@ -71,19 +71,26 @@ pub enum SmtpTls {
     None,
 }
 
+/// The SMTP relay alert email goes through.
+#[derive(Clone, Debug)]
+pub struct Smtp {
+    /// `SMTP_SERVER`.
+    pub server: String,
+    /// `SMTP_PORT`.
+    pub port: u16,
+    /// `SMTP_USER`.
+    pub user: Option<String>,
+    /// `SMTP_PASS`.
+    pub pass: Option<Secret>,
+    /// `SMTP_TLS`.
+    pub tls: SmtpTls,
+}
+
 /// Alert email settings; present only when `ALERT_EMAIL_ENABLED=true`.
 #[derive(Clone, Debug)]
 pub struct AlertEmail {
-    /// `SMTP_SERVER`.
-    pub smtp_server: String,
-    /// `SMTP_PORT`.
-    pub smtp_port: u16,
-    /// `SMTP_USER`.
-    pub smtp_user: Option<String>,
-    /// `SMTP_PASS`.
-    pub smtp_pass: Option<Secret>,
-    /// `SMTP_TLS`.
-    pub smtp_tls: SmtpTls,
+    /// The relay the mail goes through.
+    pub smtp: Smtp,
     /// `ALERT_EMAIL_FROM`, else `SMTP_USER`.
     pub from: String,
     /// `ALERT_EMAIL_TO`, split at commas.
@@ -115,69 +122,39 @@ pub struct Config {
     /// Token and key falling back to the app's) when the variables define them,
     /// then the `[channels.<name>]` tables of the TOML file.
     pub channels: Channels,
-    /// `WECOM_API_BASE_URL`, without a trailing slash.
-    pub api_base_url: String,
+    /// `WECOM_API_BASE_URL`, `WECOM_PROXY_URL` and `EGRESS_CHECK_SECS`.
+    pub wecom: WeComApi,
     /// Where and how the service listens.
     pub listen: ListenConfig,
-    /// `CONNECTIONS_PER_ADDRESS`, 1..=[`MAX_CONNECTIONS_PER_ADDRESS`].
-    pub connections_per_address: u32,
+    /// `CONNECTIONS_PER_ADDRESS` and `SEND_QUEUE_MAX`.
+    pub limits: Limits,
     /// `UPLOAD_DIR`.
     pub upload_dir: PathBuf,
-    /// `DATA_DIR`.
-    pub data_dir: PathBuf,
+    /// `DATA_DIR`, `DATABASE_URL` and `DATABASE_POOL_SIZE`.
+    pub store: StoreSettings,
     /// `ADMIN_TOKEN`; `None` disables the admin endpoints.
     pub admin_token: Option<Secret>,
     /// `FORWARD_URL` and `FORWARD_SECRET`.
     pub forward: Option<Forward>,
-    /// Present only when `ALERT_EMAIL_ENABLED`.
-    pub alert_email: Option<AlertEmail>,
-    /// `WELCOME_TEXT`.
-    pub welcome_text: Option<String>,
-    /// `KF_REPLAY_HISTORY`.
-    pub kf_replay_history: bool,
-    /// `HEARTBEAT_URL`.
-    pub heartbeat_url: Option<String>,
-    /// `SUPERVISOR_INTERVAL_SECS`.
-    pub supervisor_interval: Duration,
-    /// `ALERT_GROUP_WAIT_SECS`.
-    pub alert_group_wait: Duration,
-    /// `None` when reminders are off (`ALERT_REPEAT_HOURS=0`).
-    pub alert_repeat: Option<Duration>,
-    /// How long handled journal entries (and so their dedup keys) and finished
-    /// outbox actions are kept (`RETENTION_SECS`).
-    pub retention: Duration,
+    /// `WELCOME_TEXT`, `KF_REPLAY_HISTORY` and the handover (`HANDOFF_*`).
+    pub kf: KfSettings,
+    /// The supervisor's timing, alert email and `HEARTBEAT_URL` (SPEC §6).
+    pub monitoring: Monitoring,
+    /// `RETENTION_SECS`, `MEDIA_RETENTION_SECS`, `MEDIA_MIN_FREE_PERCENT` and
+    /// `DATA_MIN_FREE_PERCENT`.
+    pub retention: Retention,
     /// `CALLBACK_MAX_AGE_SECS`; `None` (`0`): timestamps are not checked for age.
     pub callback_max_age: Option<Duration>,
-    /// `LOG_FORMAT`.
-    pub log_format: LogFormat,
-    /// `RUST_LOG`, a valid `tracing` filter; `None`: the built-in default.
-    pub log_filter: Option<String>,
-    /// `DATABASE_URL` and `DATABASE_POOL_SIZE`; `None`: SQLite in `DATA_DIR`.
-    pub database: Option<Database>,
+    /// `LOG_FORMAT` and `RUST_LOG`.
+    pub logging: Logging,
     /// `REPLICA_ID`, else the host name.
     pub replica: String,
     /// `LEASE_SECS`.
     pub lease: Duration,
     /// `SEND_TOKEN`; `None` turns the send API off.
     pub send_token: Option<Secret>,
-    /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
-    pub handoff: Handoff,
-    /// `MEDIA_RETENTION_SECS`; `None` keeps media forever (`0`).
-    pub media_retention: Option<Duration>,
-    /// `MEDIA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor.
-    pub media_min_free_percent: u8,
     /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: who sees more than WeCom needs.
     pub(crate) surface: Surface,
-    /// `SEND_QUEUE_MAX`: sends queued and not yet finished per channel, at least 1.
-    pub send_queue_max: u32,
-    /// `DATA_MIN_FREE_PERCENT`, 0..=100; 0 = no floor. Only SQLite has a `DATA_DIR` volume.
-    pub data_min_free_percent: u8,
-    /// `EGRESS_CHECK_SECS` (SPEC §14): a channel's egress IP is asked for after this
-    /// long without a WeCom answer naming it; at least 10 s.
-    pub egress_check: Duration,
-    /// `WECOM_PROXY_URL`: the proxy of every WeCom API call (a channel's
-    /// `proxy_url` overrides it); `None`: direct, whatever the environment says.
-    pub proxy: Option<ProxyUrl>,
     /// `AIBOT_STREAM_DEADLINE_SECS` and `AIBOT_LATE_TEXT` (SPEC §13).
     pub aibot: AibotSettings,
 }
@@ -186,8 +163,99 @@ impl Config {
     /// The proxy `channel`'s WeCom calls go through: its own `proxy_url`, else
     /// `WECOM_PROXY_URL`.
     pub(crate) fn proxy_for<'a>(&'a self, channel: &'a ChannelSpec) -> Option<&'a ProxyUrl> {
-        channel.proxy.as_ref().or(self.proxy.as_ref())
+        channel.proxy.as_ref().or(self.wecom.proxy.as_ref())
     }
+}
+
+/// How the appliance calls WeCom's API.
+#[derive(Clone, Debug)]
+pub struct WeComApi {
+    /// `WECOM_API_BASE_URL`, without a trailing slash.
+    pub base_url: String,
+    /// `WECOM_PROXY_URL`: the proxy of every WeCom API call (a channel's
+    /// `proxy_url` overrides it); `None`: direct, whatever the environment says.
+    pub proxy: Option<ProxyUrl>,
+    /// `EGRESS_CHECK_SECS` (SPEC §14): a channel's egress IP is asked for after this
+    /// long without a WeCom answer naming it; at least 10 s.
+    pub egress_check: Duration,
+}
+
+/// Where the state lives.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    /// `DATA_DIR`: SQLite's directory (and volume).
+    pub data_dir: PathBuf,
+    /// `DATABASE_URL` and `DATABASE_POOL_SIZE`; `None`: SQLite in `data_dir`.
+    pub database: Option<Database>,
+}
+
+/// How the kf channels answer customers (SPEC §10).
+#[derive(Clone, Debug, Default)]
+pub struct KfSettings {
+    /// `WELCOME_TEXT`: sent on `enter_session` (a channel's own `welcome_text` overrides it).
+    pub welcome_text: Option<String>,
+    /// `KF_REPLAY_HISTORY`: answer messages older than the first start.
+    pub replay_history: bool,
+    /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
+    pub handoff: Handoff,
+}
+
+/// How much one client address and one channel may hold.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// `CONNECTIONS_PER_ADDRESS`, 1..=[`MAX_CONNECTIONS_PER_ADDRESS`].
+    pub connections_per_address: u32,
+    /// `SEND_QUEUE_MAX`: sends queued and not yet finished per channel, at least 1.
+    pub send_queue_max: u32,
+}
+
+/// Self-monitoring (SPEC §6): how the supervisor runs, whom it mails, and the
+/// outside monitor it pings.
+#[derive(Clone, Debug)]
+pub struct Monitoring {
+    /// `SUPERVISOR_INTERVAL_SECS`, `ALERT_GROUP_WAIT_SECS` and `ALERT_REPEAT_HOURS`.
+    pub timing: SupervisorTiming,
+    /// Present only when `ALERT_EMAIL_ENABLED`.
+    pub alert_email: Option<AlertEmail>,
+    /// `HEARTBEAT_URL`: fetched every minute (a dead-man's switch).
+    pub heartbeat_url: Option<String>,
+}
+
+/// The supervisor's rhythm: how often it checks, and when it mails.
+#[derive(Clone, Copy, Debug)]
+pub struct SupervisorTiming {
+    /// `SUPERVISOR_INTERVAL_SECS`: between two rounds of checks.
+    pub interval: Duration,
+    /// `ALERT_GROUP_WAIT_SECS`: transitions this close together go out as one email.
+    pub group_wait: Duration,
+    /// `ALERT_REPEAT_HOURS`: between reminders of a firing check; `None` when
+    /// reminders are off (`0`).
+    pub repeat: Option<Duration>,
+}
+
+/// What the appliance keeps, for how long, and the free space it leaves on
+/// each volume.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    /// `RETENTION_SECS`: how long handled journal entries (and so their dedup
+    /// keys) and finished outbox actions are kept.
+    pub records: Duration,
+    /// `MEDIA_RETENTION_SECS`: how long downloaded media are kept; `None`: forever (`0`).
+    pub media: Option<Duration>,
+    /// `MEDIA_MIN_FREE_PERCENT`, 0..=100: no download below it; 0 = no floor.
+    pub media_min_free_percent: u8,
+    /// `DATA_MIN_FREE_PERCENT`, 0..=100: no send queued below it; 0 = no floor.
+    /// Only SQLite has a `DATA_DIR` volume.
+    pub data_min_free_percent: u8,
+}
+
+/// `LOG_FORMAT` and `RUST_LOG`.
+#[derive(Clone, Debug)]
+pub struct Logging {
+    /// `LOG_FORMAT`.
+    pub format: LogFormat,
+    /// `RUST_LOG`, a valid `tracing` filter; `None`: the built-in default.
+    pub filter: Option<String>,
 }
 
 /// How every AI bot's streams end (SPEC §13).
@@ -380,12 +448,12 @@ mod tests {
         assert!(config.listen.tls_enabled);
         assert_eq!(config.listen.cert_path, PathBuf::from("certs/server.crt"));
         assert_eq!(config.upload_dir, PathBuf::from("/app/wwwroot/uploadall"));
-        assert_eq!(config.data_dir, PathBuf::from("/app/data"));
-        assert_eq!(config.api_base_url, "https://qyapi.weixin.qq.com");
-        assert_eq!(config.supervisor_interval, Duration::from_secs(30));
-        assert_eq!(config.alert_repeat, Some(Duration::from_secs(4 * 3600)));
-        assert_eq!(config.retention, Duration::from_secs(7 * 24 * 3600));
-        assert!(config.alert_email.is_none());
+        assert_eq!(config.store.data_dir, PathBuf::from("/app/data"));
+        assert_eq!(config.wecom.base_url, "https://qyapi.weixin.qq.com");
+        assert_eq!(config.monitoring.timing.interval, Duration::from_secs(30));
+        assert_eq!(config.monitoring.timing.repeat, Some(Duration::from_secs(4 * 3600)));
+        assert_eq!(config.retention.records, Duration::from_secs(7 * 24 * 3600));
+        assert!(config.monitoring.alert_email.is_none());
         assert_eq!(
             config.channels.builtin_kf().expect("kf").keys.token.expose(),
             "QDG6eK",
@@ -427,13 +495,13 @@ mod tests {
         assert_eq!(errors_of(&pairs), vec!["RETENTION_SECS must be at least 60 (WeCom retries within a minute)"]);
         pairs.pop();
         pairs.push(("RETENTION_SECS", "3600"));
-        assert_eq!(load(&env(&pairs)).expect("valid").0.retention, Duration::from_secs(3600));
+        assert_eq!(load(&env(&pairs)).expect("valid").0.retention.records, Duration::from_secs(3600));
     }
 
     #[test]
     fn replicas_need_a_postgres_url_a_long_enough_lease_and_get_a_name() {
         let (config, _) = load(&env(&minimal())).expect("valid");
-        assert!(config.database.is_none(), "SQLite by default");
+        assert!(config.store.database.is_none(), "SQLite by default");
         assert_eq!(config.lease, Duration::from_secs(60));
         assert!(!config.replica.is_empty(), "the host name by default");
 
@@ -458,7 +526,7 @@ mod tests {
             ("LEASE_SECS", "45"),
         ]);
         let (config, _) = load(&env(&pairs)).expect("valid");
-        let database = config.database.expect("PostgreSQL");
+        let database = config.store.database.expect("PostgreSQL");
         assert_eq!(database.pool_size, 4);
         assert_eq!(database.shown(), "postgresql://wechat:***@db.internal:5433/wechat");
         assert_eq!((config.replica.as_str(), config.lease), ("wechat-api-2", Duration::from_secs(45)));
@@ -569,10 +637,10 @@ mod tests {
             ("SMTP_PORT", "465"),
         ]);
         let (config, _) = load(&env(&pairs)).expect("valid");
-        let email = config.alert_email.expect("enabled");
+        let email = config.monitoring.alert_email.expect("enabled");
         assert_eq!(email.to, vec!["a@example.com", "b@example.com"]);
         assert_eq!(email.from, "ops@example.com");
-        assert_eq!(email.smtp_tls, SmtpTls::Tls);
+        assert_eq!(email.smtp.tls, SmtpTls::Tls);
     }
 
     #[test]
@@ -606,7 +674,7 @@ mod tests {
 
     #[test]
     fn connections_per_address_defaults_to_256_and_is_bounded() {
-        assert_eq!(load(&env(&minimal())).expect("valid").0.connections_per_address, 256);
+        assert_eq!(load(&env(&minimal())).expect("valid").0.limits.connections_per_address, 256);
         for bad in ["0", "-1", "10001", "many", "18446744073709551615"] {
             let mut pairs = minimal();
             pairs.push(("CONNECTIONS_PER_ADDRESS", bad));
@@ -616,7 +684,7 @@ mod tests {
         }
         let mut pairs = minimal();
         pairs.push(("CONNECTIONS_PER_ADDRESS", "20"));
-        assert_eq!(load(&env(&pairs)).expect("valid").0.connections_per_address, 20);
+        assert_eq!(load(&env(&pairs)).expect("valid").0.limits.connections_per_address, 20);
     }
 
     fn channel_file(dir: &std::path::Path, text: &str) -> Sources {

@@ -17,7 +17,8 @@ use super::listen::ListenConfig;
 use super::secret::{CorpId, Secret, Token};
 use super::variables::{self as var, Var};
 use super::{
-    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, LogFormat, SmtpTls, Surface,
+    AlertEmail, CallbackKeys, Config, ConfigErrors, Database, Forward, Handoff, KfSettings, Limits, LogFormat, Logging,
+    Monitoring, Retention, Smtp, SmtpTls, StoreSettings, SupervisorTiming, Surface, WeComApi,
     MAX_CONNECTIONS_PER_ADDRESS, MIN_LEASE_SECS, MIN_MEDIA_RETENTION_SECS, MIN_RETENTION_SECS,
 };
 use crate::channels::ChannelName;
@@ -290,42 +291,44 @@ impl Config {
         let built = (|| {
             Some(Config {
                 channels: channels?,
-                api_base_url: api_base_url?,
+                wecom: WeComApi { base_url: api_base_url?, proxy, egress_check: Duration::from_secs(egress_check?) },
                 listen: listen?,
-                connections_per_address: connections_per_address?,
+                limits: Limits { connections_per_address: connections_per_address?, send_queue_max: send_queue_max? },
                 upload_dir: upload_dir?,
-                data_dir: data_dir?,
+                store: StoreSettings {
+                    data_dir: data_dir?,
+                    database: match database {
+                        Some(url) => Some(Database { url, pool_size: pool_size? }),
+                        None => None,
+                    },
+                },
                 admin_token,
                 forward,
-                alert_email,
-                welcome_text,
-                kf_replay_history,
-                heartbeat_url,
-                supervisor_interval: Duration::from_secs(supervisor_interval?.max(1)),
-                alert_group_wait: Duration::from_secs(alert_group_wait?),
-                alert_repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
-                retention: Duration::from_secs(retention?),
+                kf: KfSettings { welcome_text, replay_history: kf_replay_history, handoff: handoff? },
+                monitoring: Monitoring {
+                    timing: SupervisorTiming {
+                        interval: Duration::from_secs(supervisor_interval?.max(1)),
+                        group_wait: Duration::from_secs(alert_group_wait?),
+                        repeat: alert_repeat.filter(|h| *h > 0).map(|h| Duration::from_secs(h.saturating_mul(3600))),
+                    },
+                    alert_email,
+                    heartbeat_url,
+                },
+                retention: Retention {
+                    records: Duration::from_secs(retention?),
+                    media: Some(media_retention?).filter(|secs| *secs > 0).map(Duration::from_secs),
+                    media_min_free_percent: media_min_free_percent?,
+                    data_min_free_percent: data_min_free_percent?,
+                },
                 // Never longer than the dedup window: an older replay would be handled again.
                 callback_max_age: Some(callback_max_age?)
                     .filter(|secs| *secs > 0)
                     .map(|secs| Duration::from_secs(secs.min(retention.unwrap_or(secs)))),
-                log_format: log_format?,
-                log_filter,
-                database: match database {
-                    Some(url) => Some(Database { url, pool_size: pool_size? }),
-                    None => None,
-                },
+                logging: Logging { format: log_format?, filter: log_filter },
                 replica,
                 lease: Duration::from_secs(lease?),
                 send_token,
-                handoff: handoff?,
-                media_retention: Some(media_retention?).filter(|secs| *secs > 0).map(Duration::from_secs),
-                media_min_free_percent: media_min_free_percent?,
                 surface: surface?,
-                send_queue_max: send_queue_max?,
-                data_min_free_percent: data_min_free_percent?,
-                egress_check: Duration::from_secs(egress_check?),
-                proxy,
                 aibot: aibot?,
             })
         })();
@@ -589,15 +592,8 @@ fn alert_email(v: &mut Validator<'_>) -> Option<AlertEmail> {
             v.fail(var, format!("{address:?} is not an email address"));
         }
     }
-    Some(AlertEmail {
-        smtp_server: smtp_server?,
-        smtp_port: smtp_port?,
-        smtp_user,
-        smtp_pass,
-        smtp_tls,
-        from: from?,
-        to,
-    })
+    let smtp = Smtp { server: smtp_server?, port: smtp_port?, user: smtp_user, pass: smtp_pass, tls: smtp_tls };
+    Some(AlertEmail { smtp, from: from?, to })
 }
 
 /// `TRUSTED_NETWORKS` and `TRUSTED_PROXIES`: each a comma-separated list of

@@ -145,7 +145,7 @@ pub(crate) fn banner(config: &Config, port: u16, file: &Path, dotenv_ignored: bo
          More at any time: wechat-api sign --demo\n\
          =========================================================================\n",
         file = file.display(),
-        api = config.api_base_url,
+        api = config.wecom.base_url,
         commands = curl::commands(config, &url, "帮助"),
     )
 }

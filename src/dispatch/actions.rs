@@ -406,6 +406,7 @@ impl From<WeComError> for ActionError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dispatch::record::Source;
 
     /// Regression guard for the upgrade: outbox rows written before channels had
     /// names carry no `channel` (texts) and records no `kind` or `corp_id`; they
@@ -454,29 +455,11 @@ mod tests {
 
     #[test]
     fn a_long_reply_is_sent_part_by_part_each_with_its_own_key() {
+        let source = Source { name: ChannelName::app(), kind: ChannelKind::App, corp_id: "ww1".into() };
         let record = Record {
-            id: "app:msg:9".into(),
-            channel: crate::channels::ChannelName::app(),
-            kind: Some(ChannelKind::App),
-            corp_id: "ww1".into(),
-            msgtype: "text".into(),
-            event: None,
             from: Some("zhangsan".into()),
-            open_kfid: None,
             agent_id: Some(7),
-            time: 1,
-            text: None,
-            media_id: None,
-            media_path: None,
-            media_skipped: None,
-            origin: None,
-            history: false,
-            handoff: false,
-            chattype: None,
-            chatid: None,
-            quote: None,
-            stream_id: None,
-            raw: serde_json::Value::Null,
+            ..Record::bare("app:msg:9".into(), source, "text".into(), 1, serde_json::Value::Null)
         };
         let text = "一句话。".repeat(600);
         let mut action = Action::reply_to(&record, &text, Purpose::Reply, None).expect("a reply");

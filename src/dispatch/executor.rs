@@ -118,10 +118,10 @@ impl Executor {
             wecom: Arc::clone(&wecom),
             channels: config.channels.clone(),
             upload_dir: config.upload_dir.clone(),
-            handoff: config.handoff.clone(),
-            floor: crate::media::Floor::media(config.media_min_free_percent),
+            handoff: config.kf.handoff.clone(),
+            floor: crate::media::Floor::media(config.retention.media_min_free_percent),
             delivery: config.forward.as_ref().map(|_| Arc::default()),
-            api_base_url: config.api_base_url.clone(),
+            api_base_url: config.wecom.base_url.clone(),
             metrics: Arc::clone(&metrics),
             sending: Sending::new(store, wecom, metrics, &config.channels),
         })

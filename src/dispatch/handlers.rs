@@ -6,7 +6,7 @@
 
 use super::actions::{Action, Purpose};
 use super::record::Record;
-use crate::config::{Channels, Handoff};
+use crate::config::{Channels, KfSettings};
 use crate::messages::kf::{KfEvent, Origin};
 use crate::messages::Message;
 use crate::store::conversations::{Customer, Observation};
@@ -20,15 +20,11 @@ pub(crate) struct HandlerSettings {
     pub forward: bool,
     /// `WECOM_AGENT_ID`, for `message/send` replies.
     pub agent_id: Option<i64>,
-    /// `WELCOME_TEXT`, sent on kf `enter_session`.
-    pub welcome_text: Option<String>,
     /// Unix seconds of this installation's first start: kf messages older than
     /// this are history.
     pub first_started_at: i64,
-    /// `KF_REPLAY_HISTORY`.
-    pub replay_history: bool,
-    /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT`, `HANDOFF_SERVICER`.
-    pub handoff: Handoff,
+    /// `WELCOME_TEXT`, `KF_REPLAY_HISTORY` and the handover (`HANDOFF_*`).
+    pub kf: KfSettings,
     /// Every channel: a file channel's own agent id, forward target and welcome text.
     pub channels: Channels,
 }
@@ -36,7 +32,7 @@ pub(crate) struct HandlerSettings {
 impl HandlerSettings {
     /// Whether a kf message sent at `send_time` is history that must not be answered.
     pub(crate) fn is_history(&self, send_time: i64) -> bool {
-        !self.replay_history && send_time < self.first_started_at
+        !self.kf.replay_history && send_time < self.first_started_at
     }
 
     /// The agent id replies to `record` are sent with: a file channel's own,
@@ -56,7 +52,7 @@ impl HandlerSettings {
     /// The welcome text of `record`'s channel, else `WELCOME_TEXT`.
     fn welcome_text_of(&self, record: &Record) -> Option<&String> {
         let own = self.channels.get(record.channel.as_str()).and_then(|c| c.welcome_text.as_ref());
-        own.or(self.welcome_text.as_ref())
+        own.or(self.kf.welcome_text.as_ref())
     }
 }
 
@@ -70,7 +66,7 @@ pub(crate) fn is_help(text: &str) -> bool {
 pub(crate) fn asks_for_human(message: &Message, record: &Record, settings: &HandlerSettings) -> bool {
     matches!(message, Message::Kf(_))
         && record.answerable()
-        && message.text().is_some_and(|text| settings.handoff.keywords.iter().any(|k| k == text.trim()))
+        && message.text().is_some_and(|text| settings.kf.handoff.keywords.iter().any(|k| k == text.trim()))
 }
 
 /// The kf conversation a message belongs to: its account and customer.
@@ -123,8 +119,8 @@ pub(crate) fn plan(
         if !human_has_session {
             actions.extend(Action::announce_handover(
                 record,
-                &settings.handoff.text,
-                settings.handoff.servicer.clone(),
+                &settings.kf.handoff.text,
+                settings.kf.handoff.servicer.clone(),
             ));
         }
         handing_over = Record { handoff: true, ..record.clone() };
@@ -166,6 +162,7 @@ mod tests {
     use super::super::record::Source;
     use super::*;
     use crate::channels::{ChannelKind, ChannelName};
+    use crate::config::Handoff;
     use crate::messages::kf::{KfMessage, Origin};
     use crate::messages::AppMessage;
 
@@ -237,10 +234,13 @@ mod tests {
         );
     }
 
+    fn welcome(text: &str) -> KfSettings {
+        KfSettings { welcome_text: Some(text.into()), ..KfSettings::default() }
+    }
+
     #[test]
     fn history_and_servicer_messages_are_forwarded_but_never_answered() {
-        let settings =
-            HandlerSettings { forward: true, welcome_text: Some("欢迎".into()), ..HandlerSettings::default() };
+        let settings = HandlerSettings { forward: true, kf: welcome("欢迎"), ..HandlerSettings::default() };
         let (message, record) = kf_text("帮助", 3, true);
         assert!(matches!(plan(&message, &record, &settings, false)[..], [Action::Forward { .. }]));
         let (message, record) = kf_text("帮助", 5, false);
@@ -255,8 +255,7 @@ mod tests {
 
     #[test]
     fn enter_session_with_a_code_gets_the_welcome_text_and_media_is_downloaded_first() {
-        let settings =
-            HandlerSettings { forward: true, welcome_text: Some("欢迎光临".into()), ..HandlerSettings::default() };
+        let settings = HandlerSettings { forward: true, kf: welcome("欢迎光临"), ..HandlerSettings::default() };
         let (message, record) = kf_message(
             serde_json::json!({"msgid": "1", "origin": 4, "msgtype": "event",
                                "event": {"event_type": "enter_session", "open_kfid": "wk", "external_userid": "wm", "welcome_code": "CODE"}}),
@@ -276,7 +275,8 @@ mod tests {
     #[test]
     fn a_handover_keyword_while_a_human_has_the_session_is_only_forwarded_marked_handoff() {
         let handoff = Handoff { keywords: vec!["转人工".into()], text: "转接中".into(), servicer: None };
-        let settings = HandlerSettings { forward: true, handoff, ..HandlerSettings::default() };
+        let kf = KfSettings { handoff, ..KfSettings::default() };
+        let settings = HandlerSettings { forward: true, kf, ..HandlerSettings::default() };
         let (message, record) = kf_text(" 转人工 ", 3, false);
         let with_bot = plan(&message, &record, &settings, false);
         assert!(

@@ -111,14 +111,39 @@ impl Record {
         received_at: i64,
         history: bool,
     ) -> Self {
-        let mut record = match message {
-            Message::App { message, .. } => Self::from_app(id, channel.name, message, raw_xml, received_at),
-            Message::Kf(message) => Self::from_kf(id, channel.name, message, history),
-            Message::Aibot { message, .. } => Self::from_aibot(id, channel.name, message, received_at),
-        };
-        record.kind = Some(channel.kind);
-        record.corp_id = channel.corp_id;
-        record
+        match message {
+            Message::App { message, .. } => Self::from_app(id, channel, message, raw_xml, received_at),
+            Message::Kf(message) => Self::from_kf(id, channel, message, history),
+            Message::Aibot { message, .. } => Self::from_aibot(id, channel, message, received_at),
+        }
+    }
+
+    /// What every record has; the kinds' constructors fill in the rest.
+    pub(super) fn bare(id: String, channel: Source, msgtype: String, time: i64, raw: serde_json::Value) -> Self {
+        Self {
+            id,
+            channel: channel.name,
+            kind: Some(channel.kind),
+            corp_id: channel.corp_id,
+            msgtype,
+            event: None,
+            from: None,
+            open_kfid: None,
+            agent_id: None,
+            time,
+            text: None,
+            media_id: None,
+            media_path: None,
+            media_skipped: None,
+            origin: None,
+            history: false,
+            handoff: false,
+            chattype: None,
+            chatid: None,
+            quote: None,
+            stream_id: None,
+            raw,
+        }
     }
 
     /// The channel's kind; for a record queued before channels had kinds, the
@@ -128,7 +153,7 @@ impl Record {
     }
 
     /// The record of an app callback.
-    fn from_app(id: String, channel: ChannelName, message: &AppMessage, raw_xml: &str, received_at: i64) -> Self {
+    fn from_app(id: String, channel: Source, message: &AppMessage, raw_xml: &str, received_at: i64) -> Self {
         let (text, media_id) = match &message.kind {
             AppMessageKind::Text { content } => (Some(content.clone()), None),
             AppMessageKind::Image { media_id, .. }
@@ -142,92 +167,53 @@ impl Record {
             Some(event) => (Some(event.name().to_owned()), None),
             None => (None, None),
         };
+        let time = message.create_time.unwrap_or(received_at);
+        let raw = serde_json::Value::String(raw_xml.to_owned());
         Self {
-            id,
-            channel,
-            kind: None,
-            corp_id: String::new(),
-            msgtype: message.msg_type.clone(),
             event,
             from: message.from_user_name.clone(),
             open_kfid,
             agent_id: message.agent_id,
-            time: message.create_time.unwrap_or(received_at),
             text,
             media_id,
-            media_path: None,
-            media_skipped: None,
-            origin: None,
-            history: false,
-            handoff: false,
-            chattype: None,
-            chatid: None,
-            quote: None,
-            stream_id: None,
-            raw: serde_json::Value::String(raw_xml.to_owned()),
+            ..Self::bare(id, channel, message.msg_type.clone(), time, raw)
         }
     }
 
     /// The record of a kf message.
-    fn from_kf(id: String, channel: ChannelName, message: &KfMessage, history: bool) -> Self {
+    fn from_kf(id: String, channel: Source, message: &KfMessage, history: bool) -> Self {
         let text = match &message.kind {
             KfKind::Text { content, .. } => Some(content.clone()),
             _ => None,
         };
         Self {
-            id,
-            channel,
-            kind: None,
-            corp_id: String::new(),
-            msgtype: message.msgtype.clone(),
             event: message.event().map(|e| e.name().to_owned()),
             from: message.external_userid.clone(),
             open_kfid: Some(message.open_kfid.clone()).filter(|k| !k.is_empty()),
-            agent_id: None,
-            time: message.send_time,
             text,
             media_id: message.media_id().map(str::to_owned),
-            media_path: None,
-            media_skipped: None,
             origin: Some(message.origin),
             history,
-            handoff: false,
-            chattype: None,
-            chatid: None,
-            quote: None,
-            stream_id: None,
-            raw: message.raw.clone(),
+            ..Self::bare(id, channel, message.msgtype.clone(), message.send_time, message.raw.clone())
         }
     }
 
     /// The record of an AI bot message or event. A `mixed` message's text is
     /// its text items, one per line; its images, like an image's, file's or
     /// video's, are downloaded (`media_path`, the first of them).
-    fn from_aibot(id: String, channel: ChannelName, message: &AibotMessage, received_at: i64) -> Self {
-        let stream_id = message.opens_stream().then(|| crate::streams::stream_id(channel.as_str(), &message.msgid));
+    fn from_aibot(id: String, channel: Source, message: &AibotMessage, received_at: i64) -> Self {
+        let stream_id =
+            message.opens_stream().then(|| crate::streams::stream_id(channel.name.as_str(), &message.msgid));
+        let time = message.create_time.unwrap_or(received_at);
         Self {
-            id,
-            kind: None,
-            corp_id: String::new(),
-            msgtype: message.msgtype.clone(),
             event: message.event().map(|e| e.name().to_owned()),
             from: message.userid.clone(),
-            open_kfid: None,
-            agent_id: None,
-            time: message.create_time.unwrap_or(received_at),
             text: message.text(),
-            media_id: None,
-            media_path: None,
-            media_skipped: None,
-            origin: None,
-            history: false,
-            handoff: false,
             chattype: message.chattype.map(|c| c.as_str().to_owned()),
             chatid: message.chatid.clone(),
             quote: message.quote.clone(),
             stream_id,
-            raw: message.raw_without_credentials(),
-            channel,
+            ..Self::bare(id, channel, message.msgtype.clone(), time, message.raw_without_credentials())
         }
     }
 

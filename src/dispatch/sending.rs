@@ -395,11 +395,11 @@ impl SendLimits {
                 );
             }
         }
-        let data_floor = match &config.database {
+        let data_floor = match &config.store.database {
             Some(_) => None,
-            None => Some((Floor::data(config.data_min_free_percent), config.data_dir.clone())),
+            None => Some((Floor::data(config.retention.data_min_free_percent), config.store.data_dir.clone())),
         };
-        Self { queue_max: config.send_queue_max, data_floor }
+        Self { queue_max: config.limits.send_queue_max, data_floor }
     }
 
     /// Why the store's volume takes no send now, if it does not.

@@ -219,7 +219,6 @@ async fn receive_aibot(
         seen(state, name);
         return encrypted(&aibot::stream_answer(id, &shown.content, shown.finish));
     }
-    let record_id = opened.dedup_key();
     // Open before journaling: once the message may be handled (and answered by
     // the bot), its stream exists; a retry opens nothing twice.
     let open = opened.stream_open(opened.message.response_url.clone(), now);
@@ -229,14 +228,7 @@ async fn receive_aibot(
             return store_failed(state, name, &error, started);
         }
     }
-    let entry = NewEntry {
-        dedup_key: record_id,
-        channel: name.clone(),
-        kind: EntryKind::Aibot,
-        sender: opened.message.userid.clone(),
-        payload: opened.json.clone(),
-    };
-    let outcome = match store::bounded(state.store.journal(entry)).await {
+    let outcome = match store::bounded(state.store.journal(opened.journal_entry())).await {
         Ok(Recorded::New(_)) => {
             state.journal_wake.notify_one();
             Outcome::Ok

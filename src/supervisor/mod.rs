@@ -15,11 +15,12 @@ pub(crate) mod machine;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_util::sync::CancellationToken;
 
 use crate::alerts::{Alerter, Mail};
+use crate::config::SupervisorTiming;
 use crate::health::checks::Checks;
 use crate::health::{CheckName, CheckResult, HealthBoard, Liveness, Status};
 use crate::store::alerts::FiringRecord;
@@ -29,14 +30,6 @@ use machine::{AlertState, Transition};
 
 /// A restart is announced at most this often.
 const RESTART_NOTE_EVERY_SECS: i64 = 3600;
-
-/// Timing of the supervisor.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Timing {
-    pub interval: Duration,
-    pub group_wait: Duration,
-    pub repeat: Option<Duration>,
-}
 
 /// What an alert email says happened to a check (its subject's word).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,7 +78,7 @@ pub(crate) struct Parts {
     /// Keeps firing checks across restarts.
     pub store: Store,
     pub metrics: Arc<Metrics>,
-    pub timing: Timing,
+    pub timing: SupervisorTiming,
     /// This replica's name (`REPLICA_ID`): in emails, and the owner of its own checks.
     pub replica: String,
 }

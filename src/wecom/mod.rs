@@ -70,12 +70,13 @@ impl WeCom {
         metrics: &Arc<Metrics>,
         egress: &Arc<Egress>,
     ) -> Result<Self, WeComError> {
-        let fallback = WeComClient::with_proxy(&config.api_base_url, Arc::clone(metrics), config.proxy.as_ref())?;
+        let fallback =
+            WeComClient::with_proxy(&config.wecom.base_url, Arc::clone(metrics), config.wecom.proxy.as_ref())?;
         // One HTTP client per distinct proxy (a connection pool each); every
         // channel's client counts its calls under its name and tells `egress`
         // what each answer said of the IP.
         let mut by_proxy: HashMap<Option<String>, WeComClient> = HashMap::new();
-        by_proxy.insert(config.proxy.as_ref().map(|p| p.expose().to_owned()), fallback.clone());
+        by_proxy.insert(config.wecom.proxy.as_ref().map(|p| p.expose().to_owned()), fallback.clone());
         let mut clients = HashMap::new();
         for channel in config.channels.iter() {
             let proxy = config.proxy_for(channel);
@@ -83,7 +84,7 @@ impl WeCom {
             let base = match by_proxy.get(&key) {
                 Some(base) => base.clone(),
                 None => {
-                    let base = WeComClient::with_proxy(&config.api_base_url, Arc::clone(metrics), proxy)?;
+                    let base = WeComClient::with_proxy(&config.wecom.base_url, Arc::clone(metrics), proxy)?;
                     by_proxy.insert(key, base.clone());
                     base
                 }
