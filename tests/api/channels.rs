@@ -385,16 +385,11 @@ async fn each_channel_has_its_token_check_a_status_row_and_its_own_connection_te
         200
     );
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let health = loop {
-        let health: serde_json::Value =
-            app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("JSON");
-        if health["checks"]["token:hr"][0]["status"] == "pass" && health["checks"]["token:app"][0]["status"] == "pass" {
-            break health;
-        }
-        assert!(std::time::Instant::now() < deadline, "no passing token:hr and token:app: {health}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let health = app
+        .health_until("passing token:hr and token:app", |h| {
+            h["checks"]["token:hr"][0]["status"] == "pass" && h["checks"]["token:app"][0]["status"] == "pass"
+        })
+        .await;
     assert!(!health.to_string().contains("hr-secret-value"), "{health}");
     assert_eq!(health["checks"]["config:hr"][0]["status"], "pass", "{health}");
 
@@ -642,6 +637,10 @@ async fn channels_sharing_a_secret_share_one_token_whose_series_each_of_them_sho
         format!("wechat_api_wecom_api_requests_total{{channel=\"{channel}\",api=\"gettoken\",errcode=\"0\"}}")
     };
     assert_eq!((app.metric(&gettoken("app")).await, app.metric(&gettoken("kf")).await), (1.0, 0.0));
+    // Each channel is checked under its own name, the shared token for both.
+    let passing = |h: &serde_json::Value, name: &str| h["checks"][name][0]["status"] == "pass";
+    app.health_until("token:app and token:kf", |h| passing(h, "token:app") && passing(h, "token:kf")).await;
+    assert_eq!(wecom.calls("gettoken").len(), 1, "the checks asked for no second token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
