@@ -96,7 +96,8 @@ impl Sending {
             // Finished on an earlier attempt whose bookkeeping was lost.
             return Ok(Vec::new());
         }
-        let customer = Customer { open_kfid: open_kfid.clone(), external_userid: touser.clone() };
+        let customer =
+            Customer { channel: channel.clone(), open_kfid: open_kfid.clone(), external_userid: touser.clone() };
         let verdict = if parts.number() == 1 {
             self.store.reserve_kf_sends(customer.clone(), parts.total(), now(), handover.is_some()).await?
         } else {
@@ -118,7 +119,7 @@ impl Sending {
             return Ok(action.handover_after().into_iter().collect());
         }
         let msgid = kf_msgid(key);
-        self.store.note_msgid(msgid.clone(), send.clone()).await?;
+        self.store.note_msgid(channel.clone(), msgid.clone(), send.clone()).await?;
         match self.wecom.send_kf_text(channel, touser, open_kfid, &msgid, content).await {
             Ok(()) => {}
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {
@@ -177,7 +178,8 @@ impl Sending {
         open_kfid: &str,
         servicer: Option<&str>,
     ) -> Result<Vec<Action>, ActionError> {
-        let customer = Customer { open_kfid: open_kfid.to_owned(), external_userid: touser.to_owned() };
+        let customer =
+            Customer { channel: channel.clone(), open_kfid: open_kfid.to_owned(), external_userid: touser.to_owned() };
         match self.wecom.kf_hand_over(channel, open_kfid, touser, servicer).await {
             Ok(()) => {
                 tracing::info!(open_kfid = %LoggedId(open_kfid), servicer, "kf session handed over to a human");
@@ -261,8 +263,11 @@ impl Sending {
         match self.wecom.kf_service_state(channel, open_kfid, external_userid).await {
             Ok(state) => {
                 if matches!(state.state, ServiceState::Queued | ServiceState::Human) {
-                    let customer =
-                        Customer { open_kfid: open_kfid.to_owned(), external_userid: external_userid.to_owned() };
+                    let customer = Customer {
+                        channel: channel.clone(),
+                        open_kfid: open_kfid.to_owned(),
+                        external_userid: external_userid.to_owned(),
+                    };
                     let observed = self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await;
                     if let Err(error) = observed {
                         tracing::warn!(open_kfid = %LoggedId(open_kfid), "cannot record the session state: {error}");
@@ -616,11 +621,12 @@ pub(crate) struct Undelivered {
 }
 
 /// Whether a `msg_send_fail` about `customer` may settle `send`: only when it
-/// names the account and the customer the send went to, so an event about
-/// someone else's message (a msgid reused or guessed) changes nothing.
-fn is_about(send: &SendRow, customer: Option<&Customer>) -> bool {
-    customer
-        .is_some_and(|c| send.recipient == c.external_userid && send.open_kfid.as_deref() == Some(c.open_kfid.as_str()))
+/// names the channel, the account and the customer the send went to, so an
+/// event about someone else's message (a msgid reused or guessed) changes nothing.
+fn is_about(send: &SendRow, customer: &Customer) -> bool {
+    send.channel == customer.channel.as_str()
+        && send.recipient == customer.external_userid
+        && send.open_kfid.as_deref() == Some(customer.open_kfid.as_str())
 }
 
 /// A `msg_send_fail` event: the message WeCom accepted was not delivered. The
@@ -632,11 +638,14 @@ pub(crate) async fn delivery_failed(
     undelivered: Undelivered,
 ) -> Result<(), StoreError> {
     let Undelivered { msgid, fail_type, customer } = undelivered;
-    let send = match store.send_of_msgid(msgid.clone()).await? {
-        Some(id) => store.send(id).await?,
+    let send = match &customer {
+        Some(customer) => match store.send_of_msgid(customer.channel.clone(), msgid.clone()).await? {
+            Some(id) => store.send(id).await?.filter(|send| is_about(send, customer)),
+            None => None,
+        },
         None => None,
     };
-    let Some(send) = send.filter(|send| is_about(send, customer.as_ref())) else {
+    let Some(send) = send else {
         tracing::info!(
             msgid = %LoggedId(&msgid),
             "msg_send_fail for a message this appliance did not send to that customer of that account"
@@ -677,15 +686,16 @@ mod tests {
 
     #[test]
     fn a_msg_send_fail_settles_only_a_send_to_its_account_and_customer() {
-        let customer = |open_kfid: &str, external_userid: &str| Customer {
+        let customer = |channel: &str, open_kfid: &str, external_userid: &str| Customer {
+            channel: ChannelName::parse(channel).expect("a name"),
             open_kfid: open_kfid.into(),
             external_userid: external_userid.into(),
         };
         let send = sent_to("wm1", Some("wkA"));
-        assert!(is_about(&send, Some(&customer("wkA", "wm1"))));
-        assert!(!is_about(&send, Some(&customer("wkA", "wm2"))), "another customer");
-        assert!(!is_about(&send, Some(&customer("wkB", "wm1"))), "another account");
-        assert!(!is_about(&send, None), "an event that names nobody");
-        assert!(!is_about(&sent_to("wm1", None), Some(&customer("wkA", "wm1"))), "an app send");
+        assert!(is_about(&send, &customer("kf", "wkA", "wm1")));
+        assert!(!is_about(&send, &customer("kf", "wkA", "wm2")), "another customer");
+        assert!(!is_about(&send, &customer("kf", "wkB", "wm1")), "another account");
+        assert!(!is_about(&send, &customer("shop", "wkA", "wm1")), "another channel");
+        assert!(!is_about(&sent_to("wm1", None), &customer("kf", "wkA", "wm1")), "an app send");
     }
 }

@@ -6,6 +6,7 @@
 
 use super::outbox::NewAction;
 use super::{backend, Store, StoreError};
+use crate::channels::ChannelName;
 
 /// Where a send stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,14 +144,14 @@ impl Store {
         backend!(self, b => b.update_send(id, update).await)
     }
 
-    /// Remembers that kf `msgid` is a part of send `id`.
-    pub async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
-        backend!(self, b => b.note_msgid(msgid, id).await)
+    /// Remembers that kf `msgid` of `channel` is a part of send `id`.
+    pub async fn note_msgid(&self, channel: ChannelName, msgid: String, id: String) -> Result<(), StoreError> {
+        backend!(self, b => b.note_msgid(channel, msgid, id).await)
     }
 
-    /// The send whose part carried kf `msgid`.
-    pub async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
-        backend!(self, b => b.send_of_msgid(msgid).await)
+    /// The send whose part carried kf `msgid` on `channel`.
+    pub async fn send_of_msgid(&self, channel: ChannelName, msgid: String) -> Result<Option<String>, StoreError> {
+        backend!(self, b => b.send_of_msgid(channel, msgid).await)
     }
 
     /// The most recently changed sends, newest first.

@@ -379,12 +379,17 @@ async fn bookkeeping_round_trips(engine: Engine) {
     let mut sender = entry("from-lisi");
     sender.sender = Some("lisi".into());
     owners[0].journal(sender).await.expect("journal");
-    assert_eq!(owners[0].seen_senders("app", "userid", true, 10).await.expect("senders"), ["lisi"]);
+    let (app, hr) = (ChannelName::app(), ChannelName::parse("hr").expect("a name"));
+    let unmapped_on = |channel: &ChannelName| Some(vec![channel.clone()]);
+    assert_eq!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&app), 10).await.expect("senders"), ["lisi"]);
     let name = wechat_api::testing::store::CachedName { name: "李四".into(), source: "user/get".into() };
-    owners[1].cache_name("userid", "lisi".into(), name.clone()).await.expect("cache");
-    assert_eq!(owners[0].cached_name("userid", "lisi".into()).await.expect("name"), Some(name));
-    assert!(owners[0].seen_senders("app", "userid", true, 10).await.expect("senders").is_empty());
-    assert_eq!(owners[0].seen_senders("app", "userid", false, 10).await.expect("senders"), ["lisi"]);
+    owners[1].cache_name(app.clone(), "userid", "lisi".into(), name.clone()).await.expect("cache");
+    assert_eq!(owners[0].cached_name(app.clone(), "userid", "lisi".into()).await.expect("name"), Some(name));
+    assert_eq!(owners[0].cached_name(hr.clone(), "userid", "lisi".into()).await.expect("name"), None, "hr's lisi");
+    assert!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&app), 10).await.expect("senders").is_empty());
+    assert_eq!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&hr), 10).await.expect("senders"), ["lisi"]);
+    assert_eq!(owners[0].seen_senders(app, "userid", None, 10).await.expect("senders"), ["lisi"]);
+    assert!(owners[0].seen_senders(hr, "userid", None, 10).await.expect("senders").is_empty(), "seen on app only");
 }
 
 async fn pruning_keeps_unhandled_entries_and_owed_actions(engine: Engine) {
@@ -455,9 +460,11 @@ async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuse
         None,
         "only queued is refused"
     );
-    store.note_msgid("MSGID1".into(), id.clone()).await.expect("msgid");
-    assert_eq!(store.send_of_msgid("MSGID1".into()).await.expect("lookup"), Some(id.clone()));
-    assert_eq!(store.send_of_msgid("other".into()).await.expect("lookup"), None);
+    let (kf, shop) = (ChannelName::kf(), ChannelName::parse("shop").expect("a name"));
+    store.note_msgid(kf.clone(), "MSGID1".into(), id.clone()).await.expect("msgid");
+    assert_eq!(store.send_of_msgid(kf.clone(), "MSGID1".into()).await.expect("lookup"), Some(id.clone()));
+    assert_eq!(store.send_of_msgid(shop, "MSGID1".into()).await.expect("lookup"), None, "another channel's msgid");
+    assert_eq!(store.send_of_msgid(kf, "other".into()).await.expect("lookup"), None);
     let failed = update(SendUpdate::Failed { errcode: None, reason: "msg_send_fail".into() }).await.expect("update");
     assert_eq!(failed, Some(SendStatus::Failed), "a sent message may still fail");
     let row = store.send(id.clone()).await.expect("read").expect("found");
@@ -483,7 +490,7 @@ async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuse
 
 async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine) {
     let Some(subject) = Subject::open(engine, Duration::from_secs(30)).await else { return };
-    let customer = Customer { open_kfid: "wkA".into(), external_userid: "wm1".into() };
+    let customer = Customer { channel: ChannelName::kf(), open_kfid: "wkA".into(), external_userid: "wm1".into() };
     let at = now();
     // Never heard from: refused like a closed window, also for the handover text (SPEC §15).
     let never_heard_from = Verdict::Refused(Refusal::Window { last_customer_at: None });
@@ -497,6 +504,12 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
         subject.store.reserve_kf_sends(elsewhere, 1, at, false).await.expect("reserve"),
         never_heard_from,
         "known on wkA is not known on wkB"
+    );
+    let other_channel = Customer { channel: ChannelName::parse("shop").expect("a name"), ..customer.clone() };
+    assert_eq!(
+        subject.store.reserve_kf_sends(other_channel, 1, at, false).await.expect("reserve"),
+        never_heard_from,
+        "known on kf is not known on shop"
     );
     let owners = subject.owners(4).await;
     let racing = owners.iter().flat_map(|store| std::iter::repeat_n(store.clone(), 3)).map(|store| {

@@ -5,6 +5,7 @@ use tokio_postgres::Row;
 
 use super::outbox::insert_actions;
 use super::{bigint, Postgres, EPOCH};
+use crate::channels::ChannelName;
 use crate::store::outbox::NewAction;
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::StoreError;
@@ -168,22 +169,33 @@ impl Postgres {
             .and_then(|(after, before)| (after != before).then_some(after)))
     }
 
-    pub(in crate::store) async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
+    pub(in crate::store) async fn note_msgid(
+        &self,
+        channel: ChannelName,
+        msgid: String,
+        id: String,
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&format!(
-                "INSERT INTO send_msgids (msgid, send_id, created_at) VALUES ($1, $2, {EPOCH}) ON CONFLICT DO NOTHING"
+                "INSERT INTO send_msgids (channel, msgid, send_id, created_at) VALUES ($1, $2, $3, {EPOCH})
+                 ON CONFLICT DO NOTHING"
             ))
             .await?;
-        client.execute(&statement, &[&msgid, &id]).await?;
+        client.execute(&statement, &[&channel.as_str(), &msgid, &id]).await?;
         self.committed(1);
         Ok(())
     }
 
-    pub(in crate::store) async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
+    pub(in crate::store) async fn send_of_msgid(
+        &self,
+        channel: ChannelName,
+        msgid: String,
+    ) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached("SELECT send_id FROM send_msgids WHERE msgid = $1").await?;
-        Ok(client.query_opt(&statement, &[&msgid]).await?.map(|row| row.get(0)))
+        let statement =
+            client.prepare_cached("SELECT send_id FROM send_msgids WHERE channel = $1 AND msgid = $2").await?;
+        Ok(client.query_opt(&statement, &[&channel.as_str(), &msgid]).await?.map(|row| row.get(0)))
     }
 
     pub(in crate::store) async fn recent_sends(&self, limit: usize) -> Result<Vec<SendRow>, StoreError> {

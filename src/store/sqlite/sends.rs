@@ -4,6 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::outbox::insert_action;
 use super::Sqlite;
+use crate::channels::ChannelName;
 use crate::store::outbox::NewAction;
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::{now, StoreError};
@@ -149,20 +150,35 @@ impl Sqlite {
         .await
     }
 
-    pub(in crate::store) async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
+    pub(in crate::store) async fn note_msgid(
+        &self,
+        channel: ChannelName,
+        msgid: String,
+        id: String,
+    ) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
             db.prepare_cached(
-                "INSERT INTO send_msgids (msgid, send_id, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                "INSERT INTO send_msgids (channel, msgid, send_id, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
             )?
-            .execute(params![msgid, id, now()])
+            .execute(params![channel.as_str(), msgid, id, now()])
             .map(drop)
         })
         .await
     }
 
-    pub(in crate::store) async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
+    pub(in crate::store) async fn send_of_msgid(
+        &self,
+        channel: ChannelName,
+        msgid: String,
+    ) -> Result<Option<String>, StoreError> {
         self.run_relaxed(move |db| {
-            db.query_row("SELECT send_id FROM send_msgids WHERE msgid = ?1", [msgid], |row| row.get(0)).optional()
+            db.query_row(
+                "SELECT send_id FROM send_msgids WHERE channel = ?1 AND msgid = ?2",
+                params![channel.as_str(), msgid],
+                |row| row.get(0),
+            )
+            .optional()
         })
         .await
     }
