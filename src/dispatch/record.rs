@@ -204,7 +204,7 @@ impl Record {
     /// its text items, one per line; its images, like an image's, file's or
     /// video's, are downloaded (`media_path`, the first of them).
     fn from_aibot(id: String, channel: ChannelName, message: &AibotMessage, received_at: i64) -> Self {
-        let stream_id = message.opens_stream().then(|| crate::streams::stream_id(channel.as_str(), &message.msgid));
+        let stream_id = message.opens_stream().then(|| crate::streams::stream_id(&channel, &message.msgid));
         Self {
             id,
             kind: None,

@@ -66,9 +66,9 @@ fn sending_channels(channels: &Channels) -> impl Iterator<Item = &ChannelName> {
 }
 
 /// Counts a send whose status became `status` on `channel` (the store's name of it).
-fn count_sent(metrics: &Metrics, channel: &str, status: SendStatus) {
+fn count_sent(metrics: &Metrics, channel: &ChannelName, status: SendStatus) {
     if status != SendStatus::Queued {
-        let labels = [("channel", channel.to_owned()), ("outcome", status.as_str().to_owned())];
+        let labels = [("channel", channel.to_string()), ("outcome", status.as_str().to_owned())];
         metrics.counter(MESSAGES_SENT_TOTAL, &labels).increment(1);
     }
 }
@@ -114,7 +114,7 @@ impl Sending {
                 1 => refusal.to_string(),
                 n => format!("{refusal} (after {} of {} parts)", n - 1, parts.total()),
             };
-            self.finish(&send, channel.as_str(), SendUpdate::Refused { reason: reason.clone() }).await?;
+            self.finish(&send, channel, SendUpdate::Refused { reason: reason.clone() }).await?;
             tracing::info!(send = %LoggedId(&send), open_kfid = %LoggedId(open_kfid), "kf text refused: {reason}");
             return Ok(action.handover_after().into_iter().collect());
         }
@@ -127,7 +127,7 @@ impl Sending {
             }
             Err(error) => return self.failed_attempt(&row, action, error).await,
         }
-        self.part_sent(&send, channel.as_str(), parts.number()).await?;
+        self.part_sent(&send, channel, parts.number()).await?;
         Ok(action.next_part().or_else(|| action.handover_after()).into_iter().collect())
     }
 
@@ -144,7 +144,7 @@ impl Sending {
         if let Err(error) = self.wecom.send_app_text(channel, touser, *agentid, content).await {
             return self.failed_attempt(&row, action, error).await;
         }
-        self.part_sent(&send, channel.as_str(), parts.number()).await?;
+        self.part_sent(&send, channel, parts.number()).await?;
         Ok(action.next_part().into_iter().collect())
     }
 
@@ -158,10 +158,10 @@ impl Sending {
         content: &str,
     ) -> Result<Vec<Action>, ActionError> {
         match self.wecom.send_kf_welcome(channel, code, &kf_msgid(key), content).await {
-            Ok(()) => count_sent(&self.metrics, channel.as_str(), SendStatus::Sent),
+            Ok(()) => count_sent(&self.metrics, channel, SendStatus::Sent),
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {}
             Err(error) if is_final(&error) => {
-                count_sent(&self.metrics, channel.as_str(), SendStatus::Failed);
+                count_sent(&self.metrics, channel, SendStatus::Failed);
                 return Err(ActionError { retry: false, message: error.to_string() });
             }
             Err(error) => return Err(error.into()),
@@ -295,7 +295,7 @@ impl Sending {
     ) -> Result<SendRow, StoreError> {
         let send = NewSend {
             id: id.to_owned(),
-            channel: channel.to_string(),
+            channel: channel.clone(),
             recipient: recipient.to_owned(),
             open_kfid: open_kfid.cloned(),
             parts,
@@ -305,12 +305,12 @@ impl Sending {
         self.store.record_send(send).await
     }
 
-    async fn part_sent(&self, send: &str, channel: &str, number: i64) -> Result<(), StoreError> {
+    async fn part_sent(&self, send: &str, channel: &ChannelName, number: i64) -> Result<(), StoreError> {
         self.finish(send, channel, SendUpdate::PartSent { number }).await
     }
 
     /// Applies `update` and counts the send once its status changes.
-    async fn finish(&self, send: &str, channel: &str, update: SendUpdate) -> Result<(), StoreError> {
+    async fn finish(&self, send: &str, channel: &ChannelName, update: SendUpdate) -> Result<(), StoreError> {
         if let Some(status) = self.store.update_send(send.to_owned(), update).await? {
             count_sent(&self.metrics, channel, status);
         }
@@ -461,7 +461,7 @@ async fn answer_in_stream(store: &Store, entry: &PendingEntry, request: SendRequ
         Ok(_) => return Err(unsendable("that record is an AI bot event or of an unknown type: no stream answers it")),
         Err(reason) => return Err(QueueError::Unsendable { path: "$.in_reply_to", reason }),
     };
-    let stream_id = crate::streams::stream_id(entry.channel.as_str(), &message.msgid);
+    let stream_id = crate::streams::stream_id(&entry.channel, &message.msgid);
     let update =
         Update { text: request.text, append: request.append.unwrap_or(false), finish: request.finish.unwrap_or(true) };
     match update_stream(store, &entry.dedup_key, &entry.channel, &stream_id, update).await? {
@@ -553,7 +553,7 @@ pub(crate) async fn queue(
     let row = action.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
     let send = NewSend {
         id,
-        channel: channel.to_string(),
+        channel: channel.clone(),
         recipient: touser,
         open_kfid,
         parts,
@@ -624,7 +624,7 @@ pub(crate) struct Undelivered {
 /// names the channel, the account and the customer the send went to, so an
 /// event about someone else's message (a msgid reused or guessed) changes nothing.
 fn is_about(send: &SendRow, customer: &Customer) -> bool {
-    send.channel == customer.channel.as_str()
+    send.channel == customer.channel
         && send.recipient == customer.external_userid
         && send.open_kfid.as_deref() == Some(customer.open_kfid.as_str())
 }
@@ -671,7 +671,7 @@ mod tests {
     fn sent_to(recipient: &str, open_kfid: Option<&str>) -> SendRow {
         SendRow {
             id: "msg_1".into(),
-            channel: "kf".into(),
+            channel: ChannelName::kf(),
             recipient: recipient.into(),
             open_kfid: open_kfid.map(str::to_owned),
             status: SendStatus::Sent,

@@ -105,7 +105,7 @@ pub(crate) struct Checks {
     /// The egress IP of each channel, SPEC §14.
     egress: Option<(Arc<Egress>, Vec<ProbedChannel>)>,
     /// The AI bot channels, each checked as `aibot:<name>`.
-    aibots: Vec<String>,
+    aibots: Vec<ChannelName>,
     /// The long connections of the AI bots served that way.
     links: Arc<super::links::Links>,
 }
@@ -144,7 +144,7 @@ impl Checks {
     }
 
     /// The same checks with `aibot:<name>` for each AI bot channel of `names`.
-    pub(crate) fn with_aibots(self, names: Vec<String>, links: Arc<super::links::Links>) -> Self {
+    pub(crate) fn with_aibots(self, names: Vec<ChannelName>, links: Arc<super::links::Links>) -> Self {
         Self { aibots: names, links, ..self }
     }
 
@@ -245,7 +245,7 @@ impl Checks {
                 Some(at) => taken_check(at),
                 None => result,
             };
-            results.push((CheckName::Aibot(bot.clone()), result));
+            results.push((CheckName::Aibot(bot.to_string()), result));
         }
         results.push((CheckName::ConfigSecrets, secrets_check(self.secrets_identical)));
         results.push((CheckName::AlertsEmail, self.email()));

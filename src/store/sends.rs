@@ -38,8 +38,8 @@ impl SendStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSend {
     pub id: String,
-    /// `app` or `kf`.
-    pub channel: String,
+    /// The channel it goes out on (an app or a kf channel).
+    pub channel: ChannelName,
     /// userid (app) or external_userid (kf).
     pub recipient: String,
     pub open_kfid: Option<String>,
@@ -56,7 +56,7 @@ pub struct NewSend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRow {
     pub id: String,
-    pub channel: String,
+    pub channel: ChannelName,
     pub recipient: String,
     pub open_kfid: Option<String>,
     pub status: SendStatus,
@@ -125,7 +125,7 @@ impl Store {
 
     /// Sends of `channel` queued and not yet finished (`SEND_QUEUE_MAX` counts these).
     #[cfg(any(test, feature = "testing"))]
-    pub async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
+    pub async fn queued_sends(&self, channel: ChannelName) -> Result<i64, StoreError> {
         backend!(self, b => b.queued_sends(channel).await)
     }
 

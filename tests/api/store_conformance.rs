@@ -414,7 +414,7 @@ async fn pruning_keeps_unhandled_entries_and_owed_actions(engine: Engine) {
 fn new_send(id: &str, key: Option<&str>) -> NewSend {
     NewSend {
         id: id.into(),
-        channel: "kf".into(),
+        channel: ChannelName::kf(),
         recipient: "wm1".into(),
         open_kfid: Some("wkA".into()),
         parts: 2,
@@ -538,7 +538,7 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
 }
 
 fn app_send(id: &str, key: Option<&str>) -> NewSend {
-    NewSend { channel: "app".into(), recipient: "zhangsan".into(), open_kfid: None, ..new_send(id, key) }
+    NewSend { channel: ChannelName::app(), recipient: "zhangsan".into(), open_kfid: None, ..new_send(id, key) }
 }
 
 async fn racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel(engine: Engine) {
@@ -554,11 +554,11 @@ async fn racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel(en
     assert_eq!(new, 5, "exactly SEND_QUEUE_MAX: {results:?}");
     assert!(results.iter().all(|q| matches!(q, Queued::New(_) | Queued::Full { queued: 5 })), "{results:?}");
     let store = &subject.store;
-    assert_eq!(store.queued_sends("kf").await.expect("count"), 5);
+    assert_eq!(store.queued_sends(ChannelName::kf()).await.expect("count"), 5);
     assert_eq!(store.outbox_backlog().await.expect("backlog"), 5, "nothing written for a refused send");
 
     // Per channel: app has room.
-    assert_eq!(store.queued_sends("app").await.expect("count"), 0);
+    assert_eq!(store.queued_sends(ChannelName::app()).await.expect("count"), 0);
     let app = store.queue_send(app_send("app_1", Some("app-key")), action("send:app_1"), 5).await.expect("queued");
     assert_eq!(app, Queued::New("app_1".into()));
     // A known idempotency key is the first send again, full or not.
@@ -571,7 +571,7 @@ async fn racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel(en
     let first = results.iter().find_map(|q| if let Queued::New(id) = q { Some(id.clone()) } else { None });
     let first = first.expect("a new send");
     store.update_send(first, SendUpdate::Refused { reason: "rule".into() }).await.expect("update");
-    assert_eq!(store.queued_sends("kf").await.expect("count"), 4);
+    assert_eq!(store.queued_sends(ChannelName::kf()).await.expect("count"), 4);
     let room = store.queue_send(new_send("kf_late", None), action("send:kf_late"), 5).await.expect("queued");
     assert_eq!(room, Queued::New("kf_late".into()));
 }
@@ -618,7 +618,7 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
     let open = |id: &str| StreamOpen {
         stream_id: id.to_owned(),
         record_id: format!("aibot:msg:{id}"),
-        channel: "aibot".into(),
+        channel: ChannelName::aibot(),
         userid: "zhangsan".into(),
         chatid: None,
         response_url: Some("https://qyapi.weixin.qq.com/cgi-bin/aibot/response?response_code=x".into()),
@@ -660,7 +660,7 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
     let takes = owners.iter().map(|owner| owner.aibot_take_response("s2".into()));
     let taken: Vec<bool> = futures_util::future::join_all(takes).await.into_iter().map(|t| t.expect("store")).collect();
     assert_eq!(taken.iter().filter(|t| **t).count(), 1, "one use: {taken:?}");
-    assert_eq!(store.aibot_incidents("aibot".into(), at - 1).await.expect("store"), (1, 0));
+    assert_eq!(store.aibot_incidents(ChannelName::aibot(), at - 1).await.expect("store"), (1, 0));
     store.prune_replies(at + 1).await.expect("prune");
     assert!(store.aibot_stream("s1".into()).await.expect("store").is_none(), "pruned with the replies");
 }

@@ -189,7 +189,7 @@ async fn the_old_mains_store_carries_on_where_it_stopped(engine: Engine) {
     let sends = app.store.recent_sends(10).await.expect("sends");
     let old_kf = sends.iter().find(|s| s.recipient == "wmOLD").expect("the old kf send");
     assert_eq!((old_kf.channel.as_str(), old_kf.status), ("kf", SendStatus::Sent));
-    assert_eq!(sends.iter().filter(|s| s.channel == "app").count(), 2, "the old app send and the new one");
+    assert_eq!(sends.iter().filter(|s| s.channel == ChannelName::app()).count(), 2, "the old app send and the new one");
     let account = KfAccount { channel: ChannelName::kf(), open_kfid: "wkOLD".into() };
     assert_eq!(app.store.kf_accounts().await.expect("accounts"), std::slice::from_ref(&account));
     let claim = app.store.claim_kf_account(account).await.expect("claim").expect("free");

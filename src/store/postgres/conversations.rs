@@ -18,9 +18,8 @@ async fn select(
         if lock { " FOR UPDATE" } else { "" }
     );
     let statement = client.prepare_cached(&sql).await?;
-    let row = client
-        .query_opt(&statement, &[&customer.channel.as_str(), &customer.open_kfid, &customer.external_userid])
-        .await?;
+    let row =
+        client.query_opt(&statement, &[&customer.channel, &customer.open_kfid, &customer.external_userid]).await?;
     Ok(row.map(|row| Conversation { last_customer_at: row.get(0), sent_since: row.get(1), human_since: row.get(2) }))
 }
 
@@ -38,7 +37,7 @@ async fn upsert(client: &impl GenericClient, customer: &Customer, c: &Conversati
         .execute(
             &statement,
             &[
-                &customer.channel.as_str(),
+                &customer.channel,
                 &customer.open_kfid,
                 &customer.external_userid,
                 &c.last_customer_at,

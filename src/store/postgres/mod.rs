@@ -41,6 +41,7 @@ mod retention;
 mod sends;
 mod snapshot;
 mod tokens;
+mod types;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;

@@ -17,7 +17,7 @@ pub(super) async fn upsert(client: &impl GenericClient, named: &NamedId) -> Resu
         ))
         .await?;
     let (named, name) = (named, &named.name);
-    client.execute(&statement, &[&named.channel.as_str(), &named.id_type, &named.id, &name.name, &name.source]).await?;
+    client.execute(&statement, &[&named.channel, &named.id_type, &named.id, &name.name, &name.source]).await?;
     Ok(())
 }
 
@@ -32,7 +32,7 @@ impl Postgres {
         let statement = client
             .prepare_cached("SELECT name, source FROM names WHERE channel = $1 AND id_type = $2 AND id = $3")
             .await?;
-        let row = client.query_opt(&statement, &[&channel.as_str(), &id_type, &id]).await?;
+        let row = client.query_opt(&statement, &[&channel, &id_type, &id]).await?;
         Ok(row.map(|row| CachedName { name: row.get(0), source: row.get(1) }))
     }
 
@@ -56,7 +56,7 @@ impl Postgres {
         let SeenSenders { channel, id_type, only_unmapped, limit } = query;
         let named_on: Option<Vec<&str>> =
             only_unmapped.as_ref().map(|channels| channels.iter().map(ChannelName::as_str).collect());
-        let rows = client.query(&statement, &[&channel.as_str(), &named_on, &id_type, &bigint(limit)]).await?;
+        let rows = client.query(&statement, &[&channel, &named_on, &id_type, &bigint(limit)]).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 }

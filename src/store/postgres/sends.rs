@@ -56,7 +56,7 @@ async fn insert(client: &impl GenericClient, send: &NewSend) -> Result<bool, Sto
 }
 
 /// Sends of `channel` still `queued` (the partial index `sends_queued` holds only those).
-async fn queued(client: &impl GenericClient, channel: &str) -> Result<i64, StoreError> {
+async fn queued(client: &impl GenericClient, channel: &ChannelName) -> Result<i64, StoreError> {
     let statement =
         client.prepare_cached("SELECT count(*) FROM sends WHERE status = 'queued' AND channel = $1").await?;
     Ok(client.query_one(&statement, &[&channel]).await?.get(0))
@@ -116,9 +116,9 @@ impl Postgres {
     }
 
     #[cfg(any(test, feature = "testing"))]
-    pub(in crate::store) async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
+    pub(in crate::store) async fn queued_sends(&self, channel: ChannelName) -> Result<i64, StoreError> {
         let client = self.client().await?;
-        queued(&client, channel).await
+        queued(&client, &channel).await
     }
 
     pub(in crate::store) async fn record_send(&self, send: NewSend) -> Result<SendRow, StoreError> {
@@ -182,7 +182,7 @@ impl Postgres {
                  ON CONFLICT DO NOTHING"
             ))
             .await?;
-        client.execute(&statement, &[&channel.as_str(), &msgid, &id]).await?;
+        client.execute(&statement, &[&channel, &msgid, &id]).await?;
         self.committed(1);
         Ok(())
     }
@@ -195,7 +195,7 @@ impl Postgres {
         let client = self.client().await?;
         let statement =
             client.prepare_cached("SELECT send_id FROM send_msgids WHERE channel = $1 AND msgid = $2").await?;
-        Ok(client.query_opt(&statement, &[&channel.as_str(), &msgid]).await?.map(|row| row.get(0)))
+        Ok(client.query_opt(&statement, &[&channel, &msgid]).await?.map(|row| row.get(0)))
     }
 
     pub(in crate::store) async fn recent_sends(&self, limit: usize) -> Result<Vec<SendRow>, StoreError> {

@@ -11,7 +11,7 @@ fn select(db: &Connection, customer: &Customer) -> rusqlite::Result<Option<Conve
         "SELECT last_customer_at, sent_since, human_since FROM kf_conversations
          WHERE channel = ?1 AND open_kfid = ?2 AND external_userid = ?3",
     )?
-    .query_row(params![customer.channel.as_str(), customer.open_kfid, customer.external_userid], |row| {
+    .query_row(params![customer.channel, customer.open_kfid, customer.external_userid], |row| {
         Ok(Conversation { last_customer_at: row.get(0)?, sent_since: row.get(1)?, human_since: row.get(2)? })
     })
     .optional()
@@ -26,7 +26,7 @@ fn upsert(db: &Connection, customer: &Customer, c: &Conversation) -> rusqlite::R
          sent_since = excluded.sent_since, human_since = excluded.human_since, updated_at = excluded.updated_at",
     )?
     .execute(params![
-        customer.channel.as_str(),
+        customer.channel,
         customer.open_kfid,
         customer.external_userid,
         c.last_customer_at,

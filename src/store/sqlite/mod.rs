@@ -35,6 +35,7 @@ pub(super) mod retention;
 mod sends;
 mod snapshot;
 mod tokens;
+mod types;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;

@@ -14,7 +14,7 @@ pub(super) fn upsert(db: &Connection, named: &NamedId) -> rusqlite::Result<()> {
          ON CONFLICT(channel, id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
          updated_at = excluded.updated_at",
     )?
-    .execute(params![named.channel.as_str(), named.id_type, named.id, named.name.name, named.name.source, now()])
+    .execute(params![named.channel, named.id_type, named.id, named.name.name, named.name.source, now()])
     .map(drop)
 }
 
@@ -28,7 +28,7 @@ impl Sqlite {
         self.run(move |db| {
             db.query_row(
                 "SELECT name, source FROM names WHERE channel = ?1 AND id_type = ?2 AND id = ?3",
-                params![channel.as_str(), id_type, id],
+                params![channel, id_type, id],
                 |row| Ok(CachedName { name: row.get(0)?, source: row.get(1)? }),
             )
             .optional()
@@ -53,8 +53,7 @@ impl Sqlite {
             let named_on = only_unmapped.map(|channels| {
                 serde_json::Value::from(channels.iter().map(ChannelName::as_str).collect::<Vec<_>>()).to_string()
             });
-            let rows =
-                statement.query_map(params![channel.as_str(), named_on, id_type, limit as i64], |row| row.get(0))?;
+            let rows = statement.query_map(params![channel, named_on, id_type, limit as i64], |row| row.get(0))?;
             rows.collect()
         })
         .await

@@ -51,7 +51,7 @@ fn insert(db: &Connection, send: &NewSend) -> rusqlite::Result<bool> {
 }
 
 /// Sends of `channel` still `queued` (the partial index `sends_queued` holds only those).
-fn queued(db: &Connection, channel: &str) -> rusqlite::Result<i64> {
+fn queued(db: &Connection, channel: &ChannelName) -> rusqlite::Result<i64> {
     db.prepare_cached("SELECT COUNT(*) FROM sends WHERE status = 'queued' AND channel = ?1")?
         .query_row([channel], |row| row.get(0))
 }
@@ -101,8 +101,7 @@ impl Sqlite {
     }
 
     #[cfg(any(test, feature = "testing"))]
-    pub(in crate::store) async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
-        let channel = channel.to_owned();
+    pub(in crate::store) async fn queued_sends(&self, channel: ChannelName) -> Result<i64, StoreError> {
         self.run_relaxed(move |db| queued(db, &channel)).await
     }
 
@@ -161,7 +160,7 @@ impl Sqlite {
                 "INSERT INTO send_msgids (channel, msgid, send_id, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO NOTHING",
             )?
-            .execute(params![channel.as_str(), msgid, id, now()])
+            .execute(params![channel, msgid, id, now()])
             .map(drop)
         })
         .await
@@ -175,7 +174,7 @@ impl Sqlite {
         self.run_relaxed(move |db| {
             db.query_row(
                 "SELECT send_id FROM send_msgids WHERE channel = ?1 AND msgid = ?2",
-                params![channel.as_str(), msgid],
+                params![channel, msgid],
                 |row| row.get(0),
             )
             .optional()
