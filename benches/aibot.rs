@@ -43,13 +43,14 @@ fn main() {
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
         // Streams with a 2 KB answer so far, as an LLM's half-written answer.
         let answer = "这是一个正在生成的回答。".repeat(60);
+        let bot = wechat_api::testing::channels::ChannelName::aibot();
         for i in 0..STREAMS {
             let msgid = format!("m{i}");
             store
                 .aibot_open(StreamOpen {
-                    stream_id: stream_id("aibot", &msgid),
+                    stream_id: stream_id(&bot, &msgid),
                     record_id: format!("aibot:msg:{msgid}"),
-                    channel: "aibot".into(),
+                    channel: bot.clone(),
                     userid: "zhangsan".into(),
                     chatid: None,
                     response_url: None,
@@ -59,13 +60,13 @@ fn main() {
                 .expect("open");
             let update = Update { text: answer.clone(), append: false, finish: false };
             let rest = NewAction { key: format!("rest:{msgid}"), kind: "aibot_rest".into(), payload: "{}".into() };
-            store.aibot_update(stream_id("aibot", &msgid), update, rest).await.expect("update").expect("known").expect("taken");
+            store.aibot_update(stream_id(&bot, &msgid), update, rest).await.expect("update").expect("known").expect("taken");
         }
         let key = AesKey::parse(KEY).expect("key");
         // The refresh callbacks, signed and encrypted as WeCom sends them.
         let requests: Vec<(String, String)> = (0..STREAMS)
             .map(|i| {
-                let id = stream_id("aibot", &format!("m{i}"));
+                let id = stream_id(&bot, &format!("m{i}"));
                 let json = format!(
                     r#"{{"msgid":"r{i}","aibotid":"BOT","chattype":"single","from":{{"userid":"zhangsan"}},"msgtype":"stream","stream":{{"id":"{id}"}}}}"#
                 );

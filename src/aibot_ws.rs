@@ -100,7 +100,7 @@ type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStre
 impl BotLink {
     /// Holds the bot's connection whenever this replica holds its lease, until `shutdown`.
     pub(crate) async fn run(self, shutdown: CancellationToken) {
-        let name = self.channel.name.to_string();
+        let name = self.channel.name.clone();
         let link = self.links.link(&name);
         let timing = self.settings.ws;
         let mut failures: u32 = 0;
@@ -128,7 +128,7 @@ impl BotLink {
             loop {
                 let ended = self.session(&lease, &link, &mut streams, &mut subscribes, &shutdown).await;
                 link.lost();
-                self.metrics.gauge(AIBOT_CONNECTED, &[("channel", name.clone())]).set(0.0);
+                self.metrics.gauge(AIBOT_CONNECTED, &[("channel", name.to_string())]).set(0.0);
                 let wait = match &ended {
                     Ended::Shutdown => {
                         let _ = self.store.release_lease(lease).await;

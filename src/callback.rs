@@ -259,11 +259,11 @@ impl OpenedAibot {
     /// the channel and `msgid`, so a retry on any replica names the same stream.
     /// `response_url`: the callback's (the long connection has none).
     pub(crate) fn stream_open(&self, response_url: Option<String>, now: i64) -> Option<StreamOpen> {
-        let name = self.channel.name.as_str();
+        let name = &self.channel.name;
         self.message.opens_stream().then(|| StreamOpen {
             stream_id: crate::streams::stream_id(name, &self.message.msgid),
             record_id: self.dedup_key(),
-            channel: name.to_owned(),
+            channel: name.clone(),
             userid: self.message.userid.clone().unwrap_or_default(),
             chatid: self.message.chatid.clone(),
             response_url,

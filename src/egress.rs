@@ -198,7 +198,7 @@ impl Egress {
         let mut seen = self.lock();
         for record in records {
             let (Some(channel), Ok(ip)) =
-                (channels.iter().find(|c| c.as_str() == record.channel), record.ip.parse::<IpAddr>())
+                (channels.iter().find(|c| **c == record.channel), record.ip.parse::<IpAddr>())
             else {
                 continue;
             };
@@ -277,7 +277,7 @@ impl Egress {
                 .filter_map(|(channel, s)| {
                     s.dirty = false;
                     Some(EgressRecord {
-                        channel: channel.to_string(),
+                        channel: channel.clone(),
                         ip: s.ip?.to_string(),
                         first_seen: s.first_seen,
                         last_seen: s.last_seen,
@@ -289,7 +289,7 @@ impl Egress {
             let channel = record.channel.clone();
             if let Err(error) = self.store.set_egress_ip(record).await {
                 // Kept next round.
-                if let Some(seen) = self.lock().iter_mut().find(|(c, _)| c.as_str() == channel) {
+                if let Some(seen) = self.lock().iter_mut().find(|(c, _)| **c == channel) {
                     seen.1.dirty = true;
                 }
                 return Err(error);

@@ -1,7 +1,8 @@
 //! Display names for user ids (`user/get`) and external user ids
 //! (`externalcontact/get` on an app channel, `kf/customer/batchget` on a kf
 //! channel), looked up with the Secret of the channel the id was seen on and
-//! cached in the store with the API that answered.
+//! cached in the store under that channel (an id is unique only within its
+//! corp) with the API that answered.
 //!
 //! Deliberately not here: which channel an id belongs to when nobody says. The
 //! admin API names it (`?channel=`, `"channel"`); without one, the built-in
@@ -82,9 +83,6 @@ pub(crate) enum NameError {
     /// The channel's API answered, without that id.
     #[error("channel {channel} knows no {id_type} {id:?}")]
     NotFound { channel: ChannelName, id_type: &'static str, id: String },
-    /// What the store cannot list yet (senders of a channel of the config file).
-    #[error("{0}")]
-    Unsupported(String),
 }
 
 /// Resolves and caches names.
@@ -138,15 +136,17 @@ impl Names {
             source,
             cached,
         };
-        if let Some(cached) = self.store.cached_name(id_type.as_str(), id.to_owned()).await? {
-            return Ok(resolved(cached.name, cached.source, true));
+        for channel in &channels {
+            if let Some(cached) = self.store.cached_name(channel.clone(), id_type.as_str(), id.to_owned()).await? {
+                return Ok(resolved(cached.name, cached.source, true));
+            }
         }
         let mut first_error = None;
         for channel in &channels {
             match self.look_up(channel, id_type, id).await {
                 Ok((name, source)) => {
                     let cached = CachedName { name: name.clone(), source: source.to_owned() };
-                    self.store.cache_name(id_type.as_str(), id.to_owned(), cached).await?;
+                    self.store.cache_name(channel.clone(), id_type.as_str(), id.to_owned(), cached).await?;
                     return Ok(resolved(name, source.to_owned(), false));
                 }
                 Err(error) => {
@@ -191,7 +191,8 @@ impl Names {
     }
 
     /// Ids seen on `channel` (`None`: the built-in channel of `id_type`'s ids),
-    /// optionally only those without a cached name.
+    /// optionally only those without a name cached by a channel that would be
+    /// asked for them.
     pub(crate) async fn seen(
         &self,
         channel: Option<&str>,
@@ -199,17 +200,13 @@ impl Names {
         only_unmapped: bool,
         limit: usize,
     ) -> Result<Vec<String>, NameError> {
-        let channel = match channel {
-            None => id_type.seen_on(),
-            Some(ChannelName::APP) => ChannelName::APP,
-            Some(ChannelName::KF) => ChannelName::KF,
-            Some(other) => {
-                self.channels_for(id_type, Some(other))?;
-                return Err(NameError::Unsupported(format!(
-                    "listing the senders of channel {other} is not supported yet: give its ids"
-                )));
-            }
+        let asked = self.channels_for(id_type, channel)?;
+        let seen_on = match channel {
+            Some(_) => asked.first().cloned(),
+            None => self.channels.get(id_type.seen_on()).map(|spec| spec.name.clone()),
         };
-        Ok(self.store.seen_senders(channel, id_type.as_str(), only_unmapped, limit).await?)
+        let Some(seen_on) = seen_on else { return Ok(Vec::new()) };
+        let only_unmapped = only_unmapped.then_some(asked);
+        Ok(self.store.seen_senders(seen_on, id_type.as_str(), only_unmapped, limit).await?)
     }
 }

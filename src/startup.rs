@@ -331,7 +331,7 @@ impl Workers {
         tracing::debug!(first_start, "store open");
         let clock = Arc::new(CheckClock::default());
         let links = Arc::new(Links::new(
-            config.channels.iter().filter(|c| c.long_connection().is_some()).map(|c| c.name.as_str()),
+            config.channels.iter().filter(|c| c.long_connection().is_some()).map(|c| c.name.clone()),
         ));
         let send_limits = SendLimits::from_config(config, metrics);
         let executor = Executor::new(config, Arc::clone(wecom), store.clone(), Arc::clone(metrics))
@@ -383,7 +383,7 @@ impl Workers {
                 .collect(),
         )
         .with_aibots(
-            config.channels.iter().filter(|c| c.kind() == ChannelKind::Aibot).map(|c| c.name.to_string()).collect(),
+            config.channels.iter().filter(|c| c.kind() == ChannelKind::Aibot).map(|c| c.name.clone()).collect(),
             Arc::clone(&links),
         );
         let bot_links: Vec<BotLink> = config

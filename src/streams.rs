@@ -14,6 +14,8 @@
 //! Deliberately not here: SQL (`store/aibot.rs` applies these decisions in one
 //! statement or transaction), WeCom's JSON (`wecom/aibot.rs`), HTTP.
 
+use crate::channels::ChannelName;
+
 /// The most a stream shows, in UTF-8 bytes (WeCom's limit on `stream.content`
 /// and on a `response_url` markdown).
 pub(crate) const SHOWN_MAX_BYTES: usize = 20_480;
@@ -26,18 +28,18 @@ pub(crate) const RESPONSE_URL_SECS: i64 = 3_600;
 /// The stream id of message `msgid` on `channel`: the same for every delivery of
 /// that message, on any replica, with no coordination (32 hex digits of
 /// SHA-256 over both).
-pub fn stream_id(channel: &str, msgid: &str) -> String {
+pub fn stream_id(channel: &ChannelName, msgid: &str) -> String {
     let digest = <sha2::Sha256 as sha2::Digest>::digest(format!("{channel}\n{msgid}").as_bytes());
     crate::crypto::hex(&digest[..16])
 }
 
 /// A stream as the store keeps it.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamRow {
     pub stream_id: String,
     /// The journaled message's id (its dedup key): the send API's `in_reply_to`.
     pub record_id: String,
-    pub channel: String,
+    pub channel: ChannelName,
     /// `from.userid` of the message.
     pub userid: String,
     /// When the user's message arrived (Unix seconds): the deadline and
@@ -237,7 +239,7 @@ mod tests {
 
     #[test]
     fn the_long_connection_pushes_the_rest_once_within_a_day() {
-        let row = StreamRow { created_at: 0, ..StreamRow::default() };
+        let row = StreamRow { created_at: 0, ..row("", false) };
         assert_eq!(send_refused(&row, SEND_MSG_SECS), None);
         assert_eq!(send_refused(&row, SEND_MSG_SECS + 1), Some("expired"));
         let used = StreamRow { response_used: true, ..row };
@@ -245,7 +247,21 @@ mod tests {
     }
 
     fn row(content: &str, finished: bool) -> StreamRow {
-        StreamRow { content: content.into(), finished, ..StreamRow::default() }
+        StreamRow {
+            stream_id: stream_id(&ChannelName::aibot(), "m1"),
+            record_id: "aibot:msg:m1".into(),
+            channel: ChannelName::aibot(),
+            userid: "zhangsan".into(),
+            created_at: 0,
+            content: content.into(),
+            finished,
+            shown: None,
+            delivered: false,
+            response_used: false,
+            rest_sent: false,
+            failed: None,
+            response_url: None,
+        }
     }
 
     fn update(text: &str, append: bool, finish: bool) -> Update {
@@ -254,10 +270,11 @@ mod tests {
 
     #[test]
     fn the_stream_id_is_the_same_for_a_retry_and_differs_by_channel_and_message() {
-        assert_eq!(stream_id("aibot", "m1"), stream_id("aibot", "m1"));
-        assert_ne!(stream_id("aibot", "m1"), stream_id("aibot", "m2"));
-        assert_ne!(stream_id("aibot", "m1"), stream_id("bot2", "m1"));
-        assert_eq!(stream_id("aibot", "m1").len(), 32);
+        let (aibot, bot2) = (ChannelName::aibot(), ChannelName::parse("bot2").expect("a name"));
+        assert_eq!(stream_id(&aibot, "m1"), stream_id(&aibot, "m1"));
+        assert_ne!(stream_id(&aibot, "m1"), stream_id(&aibot, "m2"));
+        assert_ne!(stream_id(&aibot, "m1"), stream_id(&bot2, "m1"));
+        assert_eq!(stream_id(&aibot, "m1").len(), 32);
     }
 
     #[test]
@@ -289,7 +306,7 @@ mod tests {
 
     #[test]
     fn a_late_stream_shows_its_snapshot_with_the_late_text_and_owes_what_followed() {
-        let late = StreamRow { shown: Some("思考中".into()), content: "思考中".into(), ..StreamRow::default() };
+        let late = StreamRow { shown: Some("思考中".into()), content: "思考中".into(), ..row("", false) };
         assert_eq!(shown(&late, "（稍后发送）"), Shown { content: "思考中（稍后发送）".into(), finish: true });
         assert_eq!(rest(&late), None, "not finished: nothing to send yet");
         let finished = StreamRow { content: "思考中……答案是 42".into(), finished: true, ..late.clone() };
@@ -300,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_refresh_closes_a_finished_stream_or_one_past_its_deadline_once() {
-        let open = StreamRow { created_at: 100, ..StreamRow::default() };
+        let open = StreamRow { created_at: 100, ..row("", false) };
         assert!(!closes(&open, 429, 330));
         assert!(closes(&open, 430, 330), "late");
         assert!(closes(&StreamRow { finished: true, ..open.clone() }, 101, 330));

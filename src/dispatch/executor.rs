@@ -440,7 +440,11 @@ impl Executor {
         if answer.handoff && record.kind() == ChannelKind::Kf && record.answerable() {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {
-                let customer = Customer { open_kfid: open_kfid.clone(), external_userid: from.clone() };
+                let customer = Customer {
+                    channel: record.channel.clone(),
+                    open_kfid: open_kfid.clone(),
+                    external_userid: from.clone(),
+                };
                 let conversation = self.sending.store.kf_conversation(customer.clone()).await?;
                 if conversation.is_some_and(|c| c.human_since.is_some()) {
                     // A human has the session already: nothing to announce or hand over (SPEC §15).

@@ -72,7 +72,11 @@ pub(crate) fn asks_for_human(message: &Message, record: &Record, settings: &Hand
 /// The kf conversation a message belongs to: its account and customer.
 pub(crate) fn customer_of(message: &Message, record: &Record) -> Option<Customer> {
     let Message::Kf(kf) = message else { return None };
-    Some(Customer { open_kfid: record.open_kfid.clone()?, external_userid: kf.external_userid.clone()? })
+    Some(Customer {
+        channel: record.channel.clone(),
+        open_kfid: record.open_kfid.clone()?,
+        external_userid: kf.external_userid.clone()?,
+    })
 }
 
 /// What a kf message tells about its conversation, for the kf rules: the

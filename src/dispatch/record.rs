@@ -202,8 +202,7 @@ impl Record {
     /// its text items, one per line; its images, like an image's, file's or
     /// video's, are downloaded (`media_path`, the first of them).
     fn from_aibot(id: String, channel: Source, message: &AibotMessage, received_at: i64) -> Self {
-        let stream_id =
-            message.opens_stream().then(|| crate::streams::stream_id(channel.name.as_str(), &message.msgid));
+        let stream_id = message.opens_stream().then(|| crate::streams::stream_id(&channel.name, &message.msgid));
         let time = message.create_time.unwrap_or(received_at);
         Self {
             event: message.event().map(|e| e.name().to_owned()),

@@ -66,9 +66,9 @@ fn sending_channels(channels: &Channels) -> impl Iterator<Item = &ChannelName> {
 }
 
 /// Counts a send whose status became `status` on `channel` (the store's name of it).
-fn count_sent(metrics: &Metrics, channel: &str, status: SendStatus) {
+fn count_sent(metrics: &Metrics, channel: &ChannelName, status: SendStatus) {
     if status != SendStatus::Queued {
-        let labels = [("channel", channel.to_owned()), ("outcome", status.as_str().to_owned())];
+        let labels = [("channel", channel.to_string()), ("outcome", status.as_str().to_owned())];
         metrics.counter(MESSAGES_SENT_TOTAL, &labels).increment(1);
     }
 }
@@ -96,7 +96,8 @@ impl Sending {
             // Finished on an earlier attempt whose bookkeeping was lost.
             return Ok(Vec::new());
         }
-        let customer = Customer { open_kfid: open_kfid.clone(), external_userid: touser.clone() };
+        let customer =
+            Customer { channel: channel.clone(), open_kfid: open_kfid.clone(), external_userid: touser.clone() };
         let verdict = if parts.number() == 1 {
             self.store.reserve_kf_sends(customer.clone(), parts.total(), now(), handover.is_some()).await?
         } else {
@@ -113,12 +114,12 @@ impl Sending {
                 1 => refusal.to_string(),
                 n => format!("{refusal} (after {} of {} parts)", n - 1, parts.total()),
             };
-            self.finish(&send, channel.as_str(), SendUpdate::Refused { reason: reason.clone() }).await?;
+            self.finish(&send, channel, SendUpdate::Refused { reason: reason.clone() }).await?;
             tracing::info!(send = %LoggedId(&send), open_kfid = %LoggedId(open_kfid), "kf text refused: {reason}");
             return Ok(action.handover_after().into_iter().collect());
         }
         let msgid = kf_msgid(key);
-        self.store.note_msgid(msgid.clone(), send.clone()).await?;
+        self.store.note_msgid(channel.clone(), msgid.clone(), send.clone()).await?;
         match self.wecom.send_kf_text(channel, touser, open_kfid, &msgid, content).await {
             Ok(()) => {}
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {
@@ -126,7 +127,7 @@ impl Sending {
             }
             Err(error) => return self.failed_attempt(&row, action, error).await,
         }
-        self.part_sent(&send, channel.as_str(), parts.number()).await?;
+        self.part_sent(&send, channel, parts.number()).await?;
         Ok(action.next_part().or_else(|| action.handover_after()).into_iter().collect())
     }
 
@@ -143,7 +144,7 @@ impl Sending {
         if let Err(error) = self.wecom.send_app_text(channel, touser, *agentid, content).await {
             return self.failed_attempt(&row, action, error).await;
         }
-        self.part_sent(&send, channel.as_str(), parts.number()).await?;
+        self.part_sent(&send, channel, parts.number()).await?;
         Ok(action.next_part().into_iter().collect())
     }
 
@@ -157,10 +158,10 @@ impl Sending {
         content: &str,
     ) -> Result<Vec<Action>, ActionError> {
         match self.wecom.send_kf_welcome(channel, code, &kf_msgid(key), content).await {
-            Ok(()) => count_sent(&self.metrics, channel.as_str(), SendStatus::Sent),
+            Ok(()) => count_sent(&self.metrics, channel, SendStatus::Sent),
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {}
             Err(error) if is_final(&error) => {
-                count_sent(&self.metrics, channel.as_str(), SendStatus::Failed);
+                count_sent(&self.metrics, channel, SendStatus::Failed);
                 return Err(ActionError { retry: false, message: error.to_string() });
             }
             Err(error) => return Err(error.into()),
@@ -177,7 +178,8 @@ impl Sending {
         open_kfid: &str,
         servicer: Option<&str>,
     ) -> Result<Vec<Action>, ActionError> {
-        let customer = Customer { open_kfid: open_kfid.to_owned(), external_userid: touser.to_owned() };
+        let customer =
+            Customer { channel: channel.clone(), open_kfid: open_kfid.to_owned(), external_userid: touser.to_owned() };
         match self.wecom.kf_hand_over(channel, open_kfid, touser, servicer).await {
             Ok(()) => {
                 tracing::info!(open_kfid = %LoggedId(open_kfid), servicer, "kf session handed over to a human");
@@ -261,8 +263,11 @@ impl Sending {
         match self.wecom.kf_service_state(channel, open_kfid, external_userid).await {
             Ok(state) => {
                 if matches!(state.state, ServiceState::Queued | ServiceState::Human) {
-                    let customer =
-                        Customer { open_kfid: open_kfid.to_owned(), external_userid: external_userid.to_owned() };
+                    let customer = Customer {
+                        channel: channel.clone(),
+                        open_kfid: open_kfid.to_owned(),
+                        external_userid: external_userid.to_owned(),
+                    };
                     let observed = self.store.observe_kf(vec![(customer, Observation::Human { at: now() })]).await;
                     if let Err(error) = observed {
                         tracing::warn!(open_kfid = %LoggedId(open_kfid), "cannot record the session state: {error}");
@@ -290,7 +295,7 @@ impl Sending {
     ) -> Result<SendRow, StoreError> {
         let send = NewSend {
             id: id.to_owned(),
-            channel: channel.to_string(),
+            channel: channel.clone(),
             recipient: recipient.to_owned(),
             open_kfid: open_kfid.cloned(),
             parts,
@@ -300,12 +305,12 @@ impl Sending {
         self.store.record_send(send).await
     }
 
-    async fn part_sent(&self, send: &str, channel: &str, number: i64) -> Result<(), StoreError> {
+    async fn part_sent(&self, send: &str, channel: &ChannelName, number: i64) -> Result<(), StoreError> {
         self.finish(send, channel, SendUpdate::PartSent { number }).await
     }
 
     /// Applies `update` and counts the send once its status changes.
-    async fn finish(&self, send: &str, channel: &str, update: SendUpdate) -> Result<(), StoreError> {
+    async fn finish(&self, send: &str, channel: &ChannelName, update: SendUpdate) -> Result<(), StoreError> {
         if let Some(status) = self.store.update_send(send.to_owned(), update).await? {
             count_sent(&self.metrics, channel, status);
         }
@@ -456,7 +461,7 @@ async fn answer_in_stream(store: &Store, entry: &PendingEntry, request: SendRequ
         Ok(_) => return Err(unsendable("that record is an AI bot event or of an unknown type: no stream answers it")),
         Err(reason) => return Err(QueueError::Unsendable { path: "$.in_reply_to", reason }),
     };
-    let stream_id = crate::streams::stream_id(entry.channel.as_str(), &message.msgid);
+    let stream_id = crate::streams::stream_id(&entry.channel, &message.msgid);
     let update =
         Update { text: request.text, append: request.append.unwrap_or(false), finish: request.finish.unwrap_or(true) };
     match update_stream(store, &entry.dedup_key, &entry.channel, &stream_id, update).await? {
@@ -548,7 +553,7 @@ pub(crate) async fn queue(
     let row = action.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
     let send = NewSend {
         id,
-        channel: channel.to_string(),
+        channel: channel.clone(),
         recipient: touser,
         open_kfid,
         parts,
@@ -616,11 +621,12 @@ pub(crate) struct Undelivered {
 }
 
 /// Whether a `msg_send_fail` about `customer` may settle `send`: only when it
-/// names the account and the customer the send went to, so an event about
-/// someone else's message (a msgid reused or guessed) changes nothing.
-fn is_about(send: &SendRow, customer: Option<&Customer>) -> bool {
-    customer
-        .is_some_and(|c| send.recipient == c.external_userid && send.open_kfid.as_deref() == Some(c.open_kfid.as_str()))
+/// names the channel, the account and the customer the send went to, so an
+/// event about someone else's message (a msgid reused or guessed) changes nothing.
+fn is_about(send: &SendRow, customer: &Customer) -> bool {
+    send.channel == customer.channel
+        && send.recipient == customer.external_userid
+        && send.open_kfid.as_deref() == Some(customer.open_kfid.as_str())
 }
 
 /// A `msg_send_fail` event: the message WeCom accepted was not delivered. The
@@ -632,11 +638,14 @@ pub(crate) async fn delivery_failed(
     undelivered: Undelivered,
 ) -> Result<(), StoreError> {
     let Undelivered { msgid, fail_type, customer } = undelivered;
-    let send = match store.send_of_msgid(msgid.clone()).await? {
-        Some(id) => store.send(id).await?,
+    let send = match &customer {
+        Some(customer) => match store.send_of_msgid(customer.channel.clone(), msgid.clone()).await? {
+            Some(id) => store.send(id).await?.filter(|send| is_about(send, customer)),
+            None => None,
+        },
         None => None,
     };
-    let Some(send) = send.filter(|send| is_about(send, customer.as_ref())) else {
+    let Some(send) = send else {
         tracing::info!(
             msgid = %LoggedId(&msgid),
             "msg_send_fail for a message this appliance did not send to that customer of that account"
@@ -662,7 +671,7 @@ mod tests {
     fn sent_to(recipient: &str, open_kfid: Option<&str>) -> SendRow {
         SendRow {
             id: "msg_1".into(),
-            channel: "kf".into(),
+            channel: ChannelName::kf(),
             recipient: recipient.into(),
             open_kfid: open_kfid.map(str::to_owned),
             status: SendStatus::Sent,
@@ -677,15 +686,16 @@ mod tests {
 
     #[test]
     fn a_msg_send_fail_settles_only_a_send_to_its_account_and_customer() {
-        let customer = |open_kfid: &str, external_userid: &str| Customer {
+        let customer = |channel: &str, open_kfid: &str, external_userid: &str| Customer {
+            channel: ChannelName::parse(channel).expect("a name"),
             open_kfid: open_kfid.into(),
             external_userid: external_userid.into(),
         };
         let send = sent_to("wm1", Some("wkA"));
-        assert!(is_about(&send, Some(&customer("wkA", "wm1"))));
-        assert!(!is_about(&send, Some(&customer("wkA", "wm2"))), "another customer");
-        assert!(!is_about(&send, Some(&customer("wkB", "wm1"))), "another account");
-        assert!(!is_about(&send, None), "an event that names nobody");
-        assert!(!is_about(&sent_to("wm1", None), Some(&customer("wkA", "wm1"))), "an app send");
+        assert!(is_about(&send, &customer("kf", "wkA", "wm1")));
+        assert!(!is_about(&send, &customer("kf", "wkA", "wm2")), "another customer");
+        assert!(!is_about(&send, &customer("kf", "wkB", "wm1")), "another account");
+        assert!(!is_about(&send, &customer("shop", "wkA", "wm1")), "another channel");
+        assert!(!is_about(&sent_to("wm1", None), &customer("kf", "wkA", "wm1")), "an app send");
     }
 }

@@ -99,13 +99,13 @@ pub(crate) struct Checks {
     pub metrics: Arc<Metrics>,
     pub alerter: Alerter,
     pub secrets_identical: bool,
-    /// Token invalidations seen at the previous run, per token cache.
+    /// Token invalidations seen at the previous run, per channel.
     invalidations: Mutex<HashMap<String, u64>>,
     pressure: Pressure,
     /// The egress IP of each channel, SPEC §14.
     egress: Option<(Arc<Egress>, Vec<ProbedChannel>)>,
     /// The AI bot channels, each checked as `aibot:<name>`.
-    aibots: Vec<String>,
+    aibots: Vec<ChannelName>,
     /// The long connections of the AI bots served that way.
     links: Arc<super::links::Links>,
 }
@@ -144,7 +144,7 @@ impl Checks {
     }
 
     /// The same checks with `aibot:<name>` for each AI bot channel of `names`.
-    pub(crate) fn with_aibots(self, names: Vec<String>, links: Arc<super::links::Links>) -> Self {
+    pub(crate) fn with_aibots(self, names: Vec<ChannelName>, links: Arc<super::links::Links>) -> Self {
         Self { aibots: names, links, ..self }
     }
 
@@ -199,9 +199,9 @@ impl Checks {
         let dir = self.upload_dir.clone();
         let free = tokio::time::timeout(CHECK_TIMEOUT, tokio::task::spawn_blocking(move || uploads_free(&dir))).await;
         results.push((CheckName::UploadsFree, timed(CheckName::UploadsFree, free.map(|r| r.unwrap_or_else(panicked)))));
-        for source in self.token_sources() {
-            let name = CheckName::Token(source.label().to_owned());
-            let result = tokio::time::timeout(CHECK_TIMEOUT, self.token(&source)).await;
+        for (channel, source) in self.wecom.channel_tokens() {
+            let name = CheckName::Token(channel.as_str().to_owned());
+            let result = tokio::time::timeout(CHECK_TIMEOUT, self.token(channel, source)).await;
             results.push((name.clone(), timed(name, result)));
         }
         results.push((CheckName::CallbackLatency, self.callback_latency()));
@@ -245,7 +245,7 @@ impl Checks {
                 Some(at) => taken_check(at),
                 None => result,
             };
-            results.push((CheckName::Aibot(bot.clone()), result));
+            results.push((CheckName::Aibot(bot.to_string()), result));
         }
         results.push((CheckName::ConfigSecrets, secrets_check(self.secrets_identical)));
         results.push((CheckName::AlertsEmail, self.email()));
@@ -269,12 +269,10 @@ impl Checks {
         }
     }
 
-    fn token_sources(&self) -> Vec<Arc<TokenSource>> {
-        self.wecom.token_sources().to_vec()
-    }
-
-    /// `token:<app>`: a token can be had (this also refreshes it ahead of expiry).
-    async fn token(&self, source: &TokenSource) -> CheckResult {
+    /// `token:<channel>`: a token can be had with the channel's Secret (this also
+    /// refreshes it ahead of expiry). Channels sharing a corp id and Secret share
+    /// the cache, so they pass or fail together, each under its own name.
+    async fn token(&self, channel: &ChannelName, source: &TokenSource) -> CheckResult {
         match source.token().await {
             Ok(_) => {
                 let status = source.status();
@@ -283,7 +281,7 @@ impl Checks {
                     .invalidations
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .insert(source.label().to_owned(), status.invalidations)
+                    .insert(channel.as_str().to_owned(), status.invalidations)
                     .unwrap_or(status.invalidations);
                 let result = if status.invalidations > previous {
                     CheckResult::new(Status::Warn).output(format!(

@@ -10,10 +10,12 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 
+use crate::channels::ChannelName;
+
 /// Every long-connection bot's [`Link`], by channel name.
 #[derive(Debug, Default)]
 pub(crate) struct Links {
-    by_channel: HashMap<String, Arc<Link>>,
+    by_channel: HashMap<ChannelName, Arc<Link>>,
 }
 
 /// One bot's connection, as this replica sees it.
@@ -27,18 +29,18 @@ pub(crate) struct Link {
 
 impl Links {
     /// A link for each channel of `names`.
-    pub(crate) fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
-        Self { by_channel: names.into_iter().map(|n| (n.to_owned(), Arc::default())).collect() }
+    pub(crate) fn new(names: impl IntoIterator<Item = ChannelName>) -> Self {
+        Self { by_channel: names.into_iter().map(|name| (name, Arc::default())).collect() }
     }
 
     /// When the connection of `channel` was taken by another client and not yet won back.
-    pub(crate) fn taken_at(&self, channel: &str) -> Option<i64> {
+    pub(crate) fn taken_at(&self, channel: &ChannelName) -> Option<i64> {
         let at = self.by_channel.get(channel)?.taken_at.load(Ordering::Relaxed);
         (at > 0).then_some(at)
     }
 
     /// The link of `channel` (a detached one for a channel not listed).
-    pub(crate) fn link(&self, channel: &str) -> Arc<Link> {
+    pub(crate) fn link(&self, channel: &ChannelName) -> Arc<Link> {
         self.by_channel.get(channel).cloned().unwrap_or_default()
     }
 }
@@ -68,12 +70,14 @@ mod tests {
 
     #[test]
     fn a_taken_connection_is_reported_until_won_back() {
-        let links = Links::new(["bot"]);
-        assert_eq!(links.taken_at("bot"), None);
-        links.link("bot").taken(42);
-        assert_eq!(links.taken_at("bot"), Some(42));
-        assert_eq!(links.taken_at("other"), None);
-        links.link("bot").subscribed();
-        assert_eq!(links.taken_at("bot"), None);
+        let name = |text: &str| ChannelName::parse(text).expect("a name");
+        let (bot, other) = (name("bot"), name("other"));
+        let links = Links::new([bot.clone()]);
+        assert_eq!(links.taken_at(&bot), None);
+        links.link(&bot).taken(42);
+        assert_eq!(links.taken_at(&bot), Some(42));
+        assert_eq!(links.taken_at(&other), None);
+        links.link(&bot).subscribed();
+        assert_eq!(links.taken_at(&bot), None);
     }
 }

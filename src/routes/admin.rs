@@ -35,7 +35,7 @@ fn name_error(error: &NameError) -> serde_json::Value {
             "errcode": e.errcode(),
             "hint": e.api().and_then(|a| a.hint()),
         }),
-        NameError::Store(_) | NameError::UnknownChannel(_) | NameError::NotFound { .. } | NameError::Unsupported(_) => {
+        NameError::Store(_) | NameError::UnknownChannel(_) | NameError::NotFound { .. } => {
             error_body(error.to_string())
         }
     }
@@ -47,7 +47,6 @@ fn name_status(error: &NameError) -> StatusCode {
         NameError::WeCom(_) | NameError::NotFound { .. } => StatusCode::BAD_GATEWAY,
         NameError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
         NameError::UnknownChannel(_) => StatusCode::NOT_FOUND,
-        NameError::Unsupported(_) => StatusCode::BAD_REQUEST,
     }
 }
 

@@ -130,7 +130,7 @@ td.out{{color:#445;font-size:13px;word-break:break-word}} small{{color:#889}}
                     r#"<tr><td>{}<br><small>{}</small></td><td>{} {}</td><td>{}/{}</td><td><span class="badge {class}">{}</span> <span class="out">{}</span></td></tr>"#,
                     escape(&send.id),
                     escape(&crate::clock::rfc3339(send.updated_at)),
-                    escape(&send.channel),
+                    escape(send.channel.as_str()),
                     escape(&send.recipient),
                     send.parts_sent,
                     send.parts,

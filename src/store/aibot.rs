@@ -11,6 +11,7 @@
 
 use super::outbox::NewAction;
 use super::{backend, Store, StoreError};
+use crate::channels::ChannelName;
 use crate::streams::{StreamRow, Update, UpdateError};
 
 /// A stream opened by a user's message.
@@ -18,7 +19,7 @@ use crate::streams::{StreamRow, Update, UpdateError};
 pub struct StreamOpen {
     pub stream_id: String,
     pub record_id: String,
-    pub channel: String,
+    pub channel: ChannelName,
     pub userid: String,
     pub chatid: Option<String>,
     /// The message's `response_url`: a credential, kept for one use.
@@ -117,7 +118,7 @@ impl Store {
 
     /// Of `channel`'s streams opened since `since`: how many went late, and how
     /// many answers were lost (`failed`), for the check `aibot:<name>`.
-    pub async fn aibot_incidents(&self, channel: String, since: i64) -> Result<(i64, i64), StoreError> {
+    pub async fn aibot_incidents(&self, channel: ChannelName, since: i64) -> Result<(i64, i64), StoreError> {
         backend!(self, b => b.aibot_incidents(channel, since).await)
     }
 }

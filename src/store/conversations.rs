@@ -6,15 +6,17 @@
 //! message allowed.
 
 use super::{backend, Store, StoreError};
+use crate::channels::ChannelName;
 
 /// The 48-hour window after a customer's last message.
 pub(crate) const WINDOW_SECS: i64 = 48 * 3600;
 /// Messages allowed per customer message.
 pub(crate) const QUOTA: i64 = 5;
 
-/// A kf conversation: the account and the customer.
+/// A kf conversation: the channel, the account and the customer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Customer {
+    pub channel: ChannelName,
     pub open_kfid: String,
     pub external_userid: String,
 }

@@ -3,15 +3,15 @@
 //! put-off outbox actions once WeCom accepts its IP again.
 //!
 //! Deliberately not here: deciding what an IP means (a change, a 60020): that is
-//! the `egress` module at the top. The channel is kept as its name, read back by the caller.
+//! the `egress` module at the top.
 
 use super::{backend, Store, StoreError};
+use crate::channels::ChannelName;
 
 /// One channel's egress IP as kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EgressRecord {
-    /// The channel's name.
-    pub channel: String,
+    pub channel: ChannelName,
     /// The IP as WeCom wrote it (`from ip: …`).
     pub ip: String,
     /// Unix seconds when this IP was first named for the channel.

@@ -6,6 +6,7 @@
 
 use super::outbox::NewAction;
 use super::{backend, Store, StoreError};
+use crate::channels::ChannelName;
 
 /// Where a send stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,8 +38,8 @@ impl SendStatus {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewSend {
     pub id: String,
-    /// `app` or `kf`.
-    pub channel: String,
+    /// The channel it goes out on (an app or a kf channel).
+    pub channel: ChannelName,
     /// userid (app) or external_userid (kf).
     pub recipient: String,
     pub open_kfid: Option<String>,
@@ -55,7 +56,7 @@ pub struct NewSend {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRow {
     pub id: String,
-    pub channel: String,
+    pub channel: ChannelName,
     pub recipient: String,
     pub open_kfid: Option<String>,
     pub status: SendStatus,
@@ -124,7 +125,7 @@ impl Store {
 
     /// Sends of `channel` queued and not yet finished (`SEND_QUEUE_MAX` counts these).
     #[cfg(any(test, feature = "testing"))]
-    pub async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
+    pub async fn queued_sends(&self, channel: ChannelName) -> Result<i64, StoreError> {
         backend!(self, b => b.queued_sends(channel).await)
     }
 
@@ -143,14 +144,14 @@ impl Store {
         backend!(self, b => b.update_send(id, update).await)
     }
 
-    /// Remembers that kf `msgid` is a part of send `id`.
-    pub async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
-        backend!(self, b => b.note_msgid(msgid, id).await)
+    /// Remembers that kf `msgid` of `channel` is a part of send `id`.
+    pub async fn note_msgid(&self, channel: ChannelName, msgid: String, id: String) -> Result<(), StoreError> {
+        backend!(self, b => b.note_msgid(channel, msgid, id).await)
     }
 
-    /// The send whose part carried kf `msgid`.
-    pub async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
-        backend!(self, b => b.send_of_msgid(msgid).await)
+    /// The send whose part carried kf `msgid` on `channel`.
+    pub async fn send_of_msgid(&self, channel: ChannelName, msgid: String) -> Result<Option<String>, StoreError> {
+        backend!(self, b => b.send_of_msgid(channel, msgid).await)
     }
 
     /// The most recently changed sends, newest first.

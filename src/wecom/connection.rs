@@ -69,8 +69,8 @@ pub(crate) struct ConnectionReport {
 #[derive(Debug, Clone, Serialize)]
 pub(crate) struct ChannelReport {
     pub status: &'static str,
-    pub channel: String,
-    pub kind: &'static str,
+    pub channel: ChannelName,
+    pub kind: ChannelKind,
     pub corp_id: String,
     pub secrets: Vec<SecretReport>,
 }
@@ -90,8 +90,8 @@ pub(crate) async fn test_channel(wecom: &WeCom, channel: &ChannelSpec) -> Channe
     };
     ChannelReport {
         status,
-        channel: channel.name.to_string(),
-        kind: channel.kind().as_str(),
+        channel: channel.name.clone(),
+        kind: channel.kind(),
         corp_id: channel.corp_id.as_str().to_owned(),
         secrets,
     }

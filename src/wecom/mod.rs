@@ -54,8 +54,9 @@ pub(crate) struct WeCom {
     /// Every channel with a Secret, by name (the built-in kf without
     /// `WECOM_KF_SECRET` with `WECOM_SECRET`, as always).
     by_channel: HashMap<ChannelName, ChannelApi>,
-    /// The distinct caches, in configuration order.
-    sources: Vec<Arc<TokenSource>>,
+    /// Every channel with a Secret and its token cache, in configuration order
+    /// (channels of one corp id and Secret share a cache).
+    tokens_in_order: Vec<(ChannelName, Arc<TokenSource>)>,
     /// Every channel's client: through its proxy (`proxy_url`, else
     /// `WECOM_PROXY_URL`), telling [`Egress`] what each answer said of its IP.
     clients: HashMap<ChannelName, WeComClient>,
@@ -134,14 +135,13 @@ impl WeCom {
             users.push((channel.name.clone(), index));
         }
         let sources: Vec<Arc<TokenSource>> = caches.into_iter().map(|(_, source)| Arc::new(source)).collect();
-        let by_channel = users
-            .into_iter()
-            .map(|(name, index)| {
-                let api = ChannelApi { client: client_of(&name), tokens: Arc::clone(&sources[index]) };
-                (name, api)
-            })
+        let tokens_in_order: Vec<_> =
+            users.into_iter().map(|(name, index)| (name, Arc::clone(&sources[index]))).collect();
+        let by_channel = tokens_in_order
+            .iter()
+            .map(|(name, tokens)| (name.clone(), ChannelApi { client: client_of(name), tokens: Arc::clone(tokens) }))
             .collect();
-        Ok(Self { by_channel, sources, clients, fallback })
+        Ok(Self { by_channel, tokens_in_order, clients, fallback })
     }
 
     /// `channel`'s client (its proxy, its egress tap).
@@ -174,9 +174,10 @@ impl WeCom {
         self.api(channel).map(|api| &api.tokens)
     }
 
-    /// Every distinct token cache, in configuration order.
-    pub(crate) fn token_sources(&self) -> &[Arc<TokenSource>] {
-        &self.sources
+    /// Every channel with a Secret and its token cache, in configuration order:
+    /// each is checked as `token:<name>`, a shared cache once per channel.
+    pub(crate) fn channel_tokens(&self) -> &[(ChannelName, Arc<TokenSource>)] {
+        &self.tokens_in_order
     }
 
     /// Sends a text from app channel `channel` (its agent `agent_id`) to member `to`.

@@ -128,10 +128,6 @@ impl TokenSource {
         self.channels.push(channel);
     }
 
-    pub(crate) fn label(&self) -> &str {
-        self.label.as_str()
-    }
-
     /// The Secret, for the connection test's own `gettoken`.
     pub(crate) fn secret(&self) -> &Secret {
         &self.secret

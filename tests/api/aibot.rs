@@ -144,7 +144,10 @@ async fn a_message_is_journaled_forwarded_once_and_answered_with_the_same_stream
     let first = open_stream(&app, &message).await;
     let again = open_stream(&app, &message).await;
     assert_eq!(first, again, "a retry gets the same stream");
-    assert_eq!(first, wechat_api::testing::streams::stream_id("aibot", "M1"));
+    assert_eq!(
+        first,
+        wechat_api::testing::streams::stream_id(&wechat_api::testing::channels::ChannelName::aibot(), "M1")
+    );
     message["msgid"] = json!("M2");
     assert_ne!(open_stream(&app, &message).await, first, "another message, another stream");
     let delivered = receiver.wait_for(2, Duration::from_secs(15)).await;

@@ -123,7 +123,7 @@ async fn a_message_pushed_twice_is_forwarded_once_and_answered_under_the_first_r
     let last = stream_frames(&frames, "REQ-FIRST").pop().expect("a frame");
     assert_eq!(
         last.frame["body"],
-        json!({"msgtype": "stream", "stream": {"id": wechat_api::testing::streams::stream_id("aibot", "M1"), "finish": true, "content": "答"}})
+        json!({"msgtype": "stream", "stream": {"id": wechat_api::testing::streams::stream_id(&wechat_api::testing::channels::ChannelName::aibot(), "M1"), "finish": true, "content": "答"}})
     );
 }
 

@@ -385,16 +385,11 @@ async fn each_channel_has_its_token_check_a_status_row_and_its_own_connection_te
         200
     );
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let health = loop {
-        let health: serde_json::Value =
-            app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("JSON");
-        if health["checks"]["token:hr"][0]["status"] == "pass" && health["checks"]["token:app"][0]["status"] == "pass" {
-            break health;
-        }
-        assert!(std::time::Instant::now() < deadline, "no passing token:hr and token:app: {health}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let health = app
+        .health_until("passing token:hr and token:app", |h| {
+            h["checks"]["token:hr"][0]["status"] == "pass" && h["checks"]["token:app"][0]["status"] == "pass"
+        })
+        .await;
     assert!(!health.to_string().contains("hr-secret-value"), "{health}");
     assert_eq!(health["checks"]["config:hr"][0]["status"], "pass", "{health}");
 
@@ -621,6 +616,42 @@ async fn a_name_is_looked_up_with_the_secret_of_the_channel_the_id_was_seen_on()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_user_id_in_two_corps_is_two_names_and_a_file_channels_senders_are_listed() {
+    let wecom = FakeWeCom::start().await;
+    let (app, _dir) = spawn_with_file(
+        &hr_table(""),
+        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-value"), ("ADMIN_TOKEN", ADMIN)],
+    )
+    .await;
+    // lisi writes to hr.
+    let hr_text = text_to(HR_AGENT, 11, "hi");
+    assert_eq!(post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &hr_text).await.0, 200);
+    assert!(journaled(&app, "hr:msg:11").await);
+    // hr's senders without a name, named with hr's Secret.
+    let unmapped = serde_json::json!({"id_type": "user_id", "channel": "hr", "limit": 10, "only_unmapped": true});
+    let batch = |body: &serde_json::Value| {
+        app.client.post(app.url("/api/batch-fetch-wecom-names")).bearer_auth(ADMIN).json(body).send()
+    };
+    let answer: serde_json::Value = batch(&unmapped).await.expect("batch").json().await.expect("JSON");
+    assert_eq!(answer["results"][0]["id"], "lisi", "{answer}");
+    assert_eq!(answer["results"][0]["cached"], false, "{answer}");
+    let asked = wecom.calls("user/get");
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].query["access_token"], token_of(&wecom, HR_CORP, "hr-secret-value"));
+    let answer: serde_json::Value = batch(&unmapped).await.expect("batch").json().await.expect("JSON");
+    assert_eq!(answer["results"], serde_json::json!([]), "hr's lisi has a name now: {answer}");
+    // The app's corp has a lisi of its own: asked for with the app's Secret, not
+    // answered with hr's.
+    let (status, answer) = fetch_name(&app, "user_id/lisi").await;
+    assert_eq!((status, &answer["result"]["cached"]), (200, &false.into()), "{answer}");
+    let asked = wecom.calls("user/get");
+    assert_eq!(asked.len(), 2);
+    assert_eq!(asked[1].query["access_token"], token_of(&wecom, CORP_ID, "app-secret-value"));
+    let (status, answer) = fetch_name(&app, "user_id/lisi?channel=hr").await;
+    assert_eq!((status, &answer["result"]["cached"]), (200, &true.into()), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channels_sharing_a_secret_share_one_token_whose_series_each_of_them_shows() {
     let wecom = FakeWeCom::start().await;
     // The built-in kf without WECOM_KF_SECRET uses the app's Secret: one token.
@@ -642,6 +673,10 @@ async fn channels_sharing_a_secret_share_one_token_whose_series_each_of_them_sho
         format!("wechat_api_wecom_api_requests_total{{channel=\"{channel}\",api=\"gettoken\",errcode=\"0\"}}")
     };
     assert_eq!((app.metric(&gettoken("app")).await, app.metric(&gettoken("kf")).await), (1.0, 0.0));
+    // Each channel is checked under its own name, the shared token for both.
+    let passing = |h: &serde_json::Value, name: &str| h["checks"][name][0]["status"] == "pass";
+    app.health_until("token:app and token:kf", |h| passing(h, "token:app") && passing(h, "token:kf")).await;
+    assert_eq!(wecom.calls("gettoken").len(), 1, "the checks asked for no second token");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

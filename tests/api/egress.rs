@@ -24,27 +24,9 @@ const HR_TOKEN: &str = "hrToken42";
 const HR_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 const PROXY_PASSWORD: &str = "Pr0xyPassw0rdXYZ";
 
-/// The full health report (the test client is on loopback, a trusted network).
-async fn health(app: &TestApp) -> Value {
-    app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("JSON")
-}
-
 /// The first result of check `name` in `report`, if any.
 fn check<'a>(report: &'a Value, name: &str) -> Option<&'a Value> {
     report["checks"][name].get(0)
-}
-
-/// Polls the health report until `done` holds for it, or fails after 20 s.
-async fn health_until(app: &TestApp, what: &str, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let report = health(app).await;
-        if done(&report) {
-            return report;
-        }
-        assert!(Instant::now() < deadline, "{what}: {report:#}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn egress_ip(report: &Value, channel: &str) -> Option<String> {
@@ -82,12 +64,12 @@ async fn the_egress_ip_is_learned_by_one_probe_when_no_answer_names_it() {
     let wecom = FakeWeCom::start().await;
     let app = spawn_app_with(&[("WECOM_API_BASE_URL", &wecom.base_url), ("SUPERVISOR_INTERVAL_SECS", "1")]).await;
     // A first round ran: no probe before EGRESS_CHECK_SECS (900) from start-up.
-    let report = health_until(&app, "the egress check", |r| check(r, "egress:app").is_some()).await;
+    let report = app.health_until("the egress check", |r| check(r, "egress:app").is_some()).await;
     assert_eq!(egress_ip(&report, "app"), None, "{report:#}");
     assert_eq!(probes(&wecom), 0);
 
     app.clock.advance(900);
-    let report = health_until(&app, "the probed IP", |r| egress_ip(r, "app").is_some()).await;
+    let report = app.health_until("the probed IP", |r| egress_ip(r, "app").is_some()).await;
     assert_eq!(egress_ip(&report, "app").as_deref(), Some(DEFAULT_CALLER_IP));
     assert_eq!(check(&report, "egress:app").expect("check")["status"], "pass");
     let probe = &wecom.calls("gettoken")[0];
@@ -101,8 +83,8 @@ async fn the_egress_ip_is_learned_by_one_probe_when_no_answer_names_it() {
     // One probe per channel per period, however many rounds: two more go by.
     let at = |r: &Value| check(r, "egress:app").map(|c| c["time"].clone());
     let first = at(&report);
-    let later = health_until(&app, "a later round", |r| at(r) != first).await;
-    health_until(&app, "one more round", |r| at(r) != at(&later)).await;
+    let later = app.health_until("a later round", |r| at(r) != first).await;
+    app.health_until("one more round", |r| at(r) != at(&later)).await;
     let page = app.client.get(app.url("/")).send().await.expect("status page").text().await.expect("HTML");
     assert!(page.contains(DEFAULT_CALLER_IP), "the status page shows the IP");
     assert_eq!(probes(&wecom), 2, "app and kf each once");
@@ -120,7 +102,7 @@ async fn an_ordinary_error_names_the_egress_ip_and_no_probe_is_made() {
     ])
     .await;
     // The token check's gettoken is refused, naming the IP.
-    let report = health_until(&app, "the IP of the refusal", |r| egress_ip(r, "app").is_some()).await;
+    let report = app.health_until("the IP of the refusal", |r| egress_ip(r, "app").is_some()).await;
     assert_eq!(egress_ip(&report, "app").as_deref(), Some("198.51.100.23"));
     assert_eq!(probes(&wecom), 0, "no probe: an answer named it");
 }
@@ -240,10 +222,9 @@ async fn a_60020_parks_only_that_channel_one_trial_a_minute_and_it_resumes_by_it
         );
     }
     let hr = post_send(&app, json!({"channel": "hr", "to": "lisi", "text": "hr goes on"})).await;
-    let report = health_until(&app, "egress:app fails with the IP", |r| {
-        check(r, "egress:app").is_some_and(|c| c["status"] == "fail")
-    })
-    .await;
+    let report = app
+        .health_until("egress:app fails with the IP", |r| check(r, "egress:app").is_some_and(|c| c["status"] == "fail"))
+        .await;
     let output = check(&report, "egress:app").expect("check")["output"].as_str().unwrap_or_default().to_owned();
     assert!(output.contains(&format!("add {DEFAULT_CALLER_IP}")) && output.contains("企业可信IP"), "{output}");
     assert_eq!(check(&report, "egress:hr").expect("hr")["status"], "pass");
@@ -301,7 +282,7 @@ async fn a_60020_parks_only_that_channel_one_trial_a_minute_and_it_resumes_by_it
     for text in ["first", "second", "third"] {
         assert!(texts.iter().any(|t| t == text), "{text} in {texts:?}");
     }
-    health_until(&app, "egress:app passes again", |r| check(r, "egress:app").is_some_and(|c| c["status"] == "pass"))
+    app.health_until("egress:app passes again", |r| check(r, "egress:app").is_some_and(|c| c["status"] == "pass"))
         .await;
 }
 
@@ -326,7 +307,7 @@ async fn every_wecom_call_goes_through_the_proxy_with_its_credentials_and_the_fo
     wecom.wait_for_calls("message/send", 1).await;
     receiver.wait_for(1, Duration::from_secs(15)).await;
     app.clock.advance(900);
-    health_until(&app, "the probe", |r| egress_ip(r, "app").is_some()).await;
+    app.health_until("the probe", |r| egress_ip(r, "app").is_some()).await;
 
     let seen = proxy.seen();
     let calls = wecom.all_calls();
@@ -361,9 +342,9 @@ async fn a_proxy_refusing_the_credentials_is_an_error_that_does_not_show_the_pas
         ("SUPERVISOR_INTERVAL_SECS", "1"),
     ])
     .await;
-    let report =
-        health_until(&app, "the token check fails", |r| check(r, "token:app").is_some_and(|c| c["status"] == "fail"))
-            .await;
+    let report = app
+        .health_until("the token check fails", |r| check(r, "token:app").is_some_and(|c| c["status"] == "fail"))
+        .await;
     assert!(!proxy.seen().is_empty() && wecom.all_calls().is_empty(), "refused at the proxy");
     assert!(!report.to_string().contains(PROXY_PASSWORD), "{report:#}");
 }

@@ -191,6 +191,29 @@ impl TestApp {
         }
     }
 
+    /// The full health report (the test client is on loopback, a trusted network).
+    pub(crate) async fn health(&self) -> serde_json::Value {
+        self.client.get(self.url("/api/health")).send().await.expect("health").json().await.expect("JSON")
+    }
+
+    /// Polls the health report until `done` holds for it, or fails after 20 s
+    /// saying `what` was awaited.
+    pub(crate) async fn health_until(
+        &self,
+        what: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let report = self.health().await;
+            if done(&report) {
+                return report;
+            }
+            assert!(std::time::Instant::now() < deadline, "{what}: {report:#}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub(crate) async fn metrics(&self) -> String {
         self.client.get(self.url("/metrics")).send().await.expect("metrics").text().await.expect("body")
     }

@@ -423,3 +423,50 @@ fn the_table_of_contents_names_every_module() {
         .collect();
     assert!(missing.is_empty(), "modules lib.rs's overview does not name: {missing:?}");
 }
+
+/// Where a channel name may still be a string: the edges where it is raw input,
+/// before it is looked up (the configuration file's tables, a query or JSON
+/// field of an admin request, the names API that checks it), and the store's
+/// reading of a snapshot, which parses it.
+const CHANNEL_AS_TEXT_ALLOWED: &[&str] = &["config/", "routes/admin.rs", "names.rs", "store/sqlite/snapshot.rs"];
+
+/// Typed declarations of a channel as a string in `code`: `channel: String`,
+/// `channel: &str`, `channel: Option<&str>` and the like (fields and parameters).
+fn channels_as_text(code: &str) -> Vec<String> {
+    let code = code_only(code);
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("channel: ") {
+        let before = code[..at].chars().next_back();
+        if before.is_some_and(|c| c.is_alphanumeric() || c == '_') {
+            continue; // `kf_channel: …`, a name of its own
+        }
+        let ty: String = code[at + "channel: ".len()..].chars().take_while(|c| !",){=;\n".contains(*c)).collect();
+        let ty = ty.trim();
+        let text = ["String", "&str", "&'static str", "Option<String>", "Option<&str>", "Vec<String>"];
+        if text.contains(&ty) {
+            found.push(format!("channel: {ty}"));
+        }
+    }
+    found
+}
+
+/// A channel is a `ChannelName` from the configuration to the outbox (SPEC §12):
+/// no file past the edges holds one as a string.
+#[test]
+fn a_channel_is_never_a_string_past_the_edges() {
+    let strays: Vec<String> = src_files()
+        .iter()
+        .filter(|(file, _)| !CHANNEL_AS_TEXT_ALLOWED.iter().any(|allowed| file.starts_with(allowed)))
+        .flat_map(|(file, code)| channels_as_text(code).into_iter().map(move |decl| format!("{file}: {decl}")))
+        .collect();
+    assert!(strays.is_empty(), "a channel as a string (use ChannelName): {strays:?}");
+}
+
+/// The guard above would pass if it saw nothing: it sees fields and parameters.
+#[test]
+fn the_channel_guard_sees_fields_and_parameters_but_not_other_names() {
+    let code = "struct A { pub channel: String, kf_channel: String }\n\
+                fn f(channel: &str, other: u8) {}\nfn g(channel: Option<&str>) {}\n\
+                // channel: String in a comment\nfn h(channel: &ChannelName) {}";
+    assert_eq!(channels_as_text(code), ["channel: String", "channel: &str", "channel: Option<&str>"]);
+}

@@ -147,7 +147,11 @@ async fn below_the_data_floor_the_send_api_answers_503_while_callbacks_are_journ
     let reason = answer["error"].as_str().expect("a reason");
     assert!(reason.starts_with("disk below floor: the DATA_DIR volume has"), "{reason}");
     assert!(reason.contains("DATA_MIN_FREE_PERCENT is 100 %") && reason.contains("kept for callbacks"), "{reason}");
-    assert_eq!(app.store.queued_sends("app").await.expect("count"), 0, "nothing queued");
+    assert_eq!(
+        app.store.queued_sends(wechat_api::testing::channels::ChannelName::app()).await.expect("count"),
+        0,
+        "nothing queued"
+    );
     assert_eq!(app.metric("wechat_api_send_api_refused_total{channel=\"app\",reason=\"disk_low\"}").await, 1.0);
 
     // WeCom's callbacks keep the rest of the volume.
@@ -172,7 +176,11 @@ async fn texts_to_one_member_are_paced_at_30_a_minute_while_others_proceed() {
     let to_zhangsan =
         |wecom: &FakeWeCom| wecom.calls("message/send").iter().filter(|c| c.body["touser"] == "zhangsan").count();
     assert_eq!(to_zhangsan(&wecom), 30, "WeCom would drop the 31st within the minute");
-    assert_eq!(app.store.queued_sends("app").await.expect("count"), 1, "still owed, not failed or dropped");
+    assert_eq!(
+        app.store.queued_sends(wechat_api::testing::channels::ChannelName::app()).await.expect("count"),
+        1,
+        "still owed, not failed or dropped"
+    );
     assert_eq!(
         app.metric("wechat_api_outbox_actions_total{channel=\"app\",kind=\"app_text\",outcome=\"retry\"}").await,
         0.0
@@ -190,7 +198,7 @@ async fn texts_to_one_member_are_paced_at_30_a_minute_while_others_proceed() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(to_zhangsan(&wecom), 30);
-    assert_eq!(app.store.queued_sends("app").await.expect("count"), 1);
+    assert_eq!(app.store.queued_sends(wechat_api::testing::channels::ChannelName::app()).await.expect("count"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -379,12 +379,17 @@ async fn bookkeeping_round_trips(engine: Engine) {
     let mut sender = entry("from-lisi");
     sender.sender = Some("lisi".into());
     owners[0].journal(sender).await.expect("journal");
-    assert_eq!(owners[0].seen_senders("app", "userid", true, 10).await.expect("senders"), ["lisi"]);
+    let (app, hr) = (ChannelName::app(), ChannelName::parse("hr").expect("a name"));
+    let unmapped_on = |channel: &ChannelName| Some(vec![channel.clone()]);
+    assert_eq!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&app), 10).await.expect("senders"), ["lisi"]);
     let name = wechat_api::testing::store::CachedName { name: "李四".into(), source: "user/get".into() };
-    owners[1].cache_name("userid", "lisi".into(), name.clone()).await.expect("cache");
-    assert_eq!(owners[0].cached_name("userid", "lisi".into()).await.expect("name"), Some(name));
-    assert!(owners[0].seen_senders("app", "userid", true, 10).await.expect("senders").is_empty());
-    assert_eq!(owners[0].seen_senders("app", "userid", false, 10).await.expect("senders"), ["lisi"]);
+    owners[1].cache_name(app.clone(), "userid", "lisi".into(), name.clone()).await.expect("cache");
+    assert_eq!(owners[0].cached_name(app.clone(), "userid", "lisi".into()).await.expect("name"), Some(name));
+    assert_eq!(owners[0].cached_name(hr.clone(), "userid", "lisi".into()).await.expect("name"), None, "hr's lisi");
+    assert!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&app), 10).await.expect("senders").is_empty());
+    assert_eq!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&hr), 10).await.expect("senders"), ["lisi"]);
+    assert_eq!(owners[0].seen_senders(app, "userid", None, 10).await.expect("senders"), ["lisi"]);
+    assert!(owners[0].seen_senders(hr, "userid", None, 10).await.expect("senders").is_empty(), "seen on app only");
 }
 
 async fn pruning_keeps_unhandled_entries_and_owed_actions(engine: Engine) {
@@ -409,7 +414,7 @@ async fn pruning_keeps_unhandled_entries_and_owed_actions(engine: Engine) {
 fn new_send(id: &str, key: Option<&str>) -> NewSend {
     NewSend {
         id: id.into(),
-        channel: "kf".into(),
+        channel: ChannelName::kf(),
         recipient: "wm1".into(),
         open_kfid: Some("wkA".into()),
         parts: 2,
@@ -455,9 +460,11 @@ async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuse
         None,
         "only queued is refused"
     );
-    store.note_msgid("MSGID1".into(), id.clone()).await.expect("msgid");
-    assert_eq!(store.send_of_msgid("MSGID1".into()).await.expect("lookup"), Some(id.clone()));
-    assert_eq!(store.send_of_msgid("other".into()).await.expect("lookup"), None);
+    let (kf, shop) = (ChannelName::kf(), ChannelName::parse("shop").expect("a name"));
+    store.note_msgid(kf.clone(), "MSGID1".into(), id.clone()).await.expect("msgid");
+    assert_eq!(store.send_of_msgid(kf.clone(), "MSGID1".into()).await.expect("lookup"), Some(id.clone()));
+    assert_eq!(store.send_of_msgid(shop, "MSGID1".into()).await.expect("lookup"), None, "another channel's msgid");
+    assert_eq!(store.send_of_msgid(kf, "other".into()).await.expect("lookup"), None);
     let failed = update(SendUpdate::Failed { errcode: None, reason: "msg_send_fail".into() }).await.expect("update");
     assert_eq!(failed, Some(SendStatus::Failed), "a sent message may still fail");
     let row = store.send(id.clone()).await.expect("read").expect("found");
@@ -483,7 +490,7 @@ async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuse
 
 async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine) {
     let Some(subject) = Subject::open(engine, Duration::from_secs(30)).await else { return };
-    let customer = Customer { open_kfid: "wkA".into(), external_userid: "wm1".into() };
+    let customer = Customer { channel: ChannelName::kf(), open_kfid: "wkA".into(), external_userid: "wm1".into() };
     let at = now();
     // Never heard from: refused like a closed window, also for the handover text (SPEC §15).
     let never_heard_from = Verdict::Refused(Refusal::Window { last_customer_at: None });
@@ -497,6 +504,12 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
         subject.store.reserve_kf_sends(elsewhere, 1, at, false).await.expect("reserve"),
         never_heard_from,
         "known on wkA is not known on wkB"
+    );
+    let other_channel = Customer { channel: ChannelName::parse("shop").expect("a name"), ..customer.clone() };
+    assert_eq!(
+        subject.store.reserve_kf_sends(other_channel, 1, at, false).await.expect("reserve"),
+        never_heard_from,
+        "known on kf is not known on shop"
     );
     let owners = subject.owners(4).await;
     let racing = owners.iter().flat_map(|store| std::iter::repeat_n(store.clone(), 3)).map(|store| {
@@ -525,7 +538,7 @@ async fn racing_replicas_never_send_more_than_the_kf_rules_allow(engine: Engine)
 }
 
 fn app_send(id: &str, key: Option<&str>) -> NewSend {
-    NewSend { channel: "app".into(), recipient: "zhangsan".into(), open_kfid: None, ..new_send(id, key) }
+    NewSend { channel: ChannelName::app(), recipient: "zhangsan".into(), open_kfid: None, ..new_send(id, key) }
 }
 
 async fn racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel(engine: Engine) {
@@ -541,11 +554,11 @@ async fn racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel(en
     assert_eq!(new, 5, "exactly SEND_QUEUE_MAX: {results:?}");
     assert!(results.iter().all(|q| matches!(q, Queued::New(_) | Queued::Full { queued: 5 })), "{results:?}");
     let store = &subject.store;
-    assert_eq!(store.queued_sends("kf").await.expect("count"), 5);
+    assert_eq!(store.queued_sends(ChannelName::kf()).await.expect("count"), 5);
     assert_eq!(store.outbox_backlog().await.expect("backlog"), 5, "nothing written for a refused send");
 
     // Per channel: app has room.
-    assert_eq!(store.queued_sends("app").await.expect("count"), 0);
+    assert_eq!(store.queued_sends(ChannelName::app()).await.expect("count"), 0);
     let app = store.queue_send(app_send("app_1", Some("app-key")), action("send:app_1"), 5).await.expect("queued");
     assert_eq!(app, Queued::New("app_1".into()));
     // A known idempotency key is the first send again, full or not.
@@ -558,7 +571,7 @@ async fn racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel(en
     let first = results.iter().find_map(|q| if let Queued::New(id) = q { Some(id.clone()) } else { None });
     let first = first.expect("a new send");
     store.update_send(first, SendUpdate::Refused { reason: "rule".into() }).await.expect("update");
-    assert_eq!(store.queued_sends("kf").await.expect("count"), 4);
+    assert_eq!(store.queued_sends(ChannelName::kf()).await.expect("count"), 4);
     let room = store.queue_send(new_send("kf_late", None), action("send:kf_late"), 5).await.expect("queued");
     assert_eq!(room, Queued::New("kf_late".into()));
 }
@@ -605,7 +618,7 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
     let open = |id: &str| StreamOpen {
         stream_id: id.to_owned(),
         record_id: format!("aibot:msg:{id}"),
-        channel: "aibot".into(),
+        channel: ChannelName::aibot(),
         userid: "zhangsan".into(),
         chatid: None,
         response_url: Some("https://qyapi.weixin.qq.com/cgi-bin/aibot/response?response_code=x".into()),
@@ -647,7 +660,7 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
     let takes = owners.iter().map(|owner| owner.aibot_take_response("s2".into()));
     let taken: Vec<bool> = futures_util::future::join_all(takes).await.into_iter().map(|t| t.expect("store")).collect();
     assert_eq!(taken.iter().filter(|t| **t).count(), 1, "one use: {taken:?}");
-    assert_eq!(store.aibot_incidents("aibot".into(), at - 1).await.expect("store"), (1, 0));
+    assert_eq!(store.aibot_incidents(ChannelName::aibot(), at - 1).await.expect("store"), (1, 0));
     store.prune_replies(at + 1).await.expect("prune");
     assert!(store.aibot_stream("s1".into()).await.expect("store").is_none(), "pruned with the replies");
 }

@@ -54,6 +54,17 @@ fn settings(wecom: &FakeWeCom, receiver: &ForwardReceiver) -> Vec<(String, Strin
     .collect()
 }
 
+/// Names the old main cached (its fixture has none): a member through the app's
+/// Secret and a kf customer through the kf Secret.
+/// `table`: `names`, or `public.names` after a pg_dump emptied the search path.
+fn old_names(table: &str) -> String {
+    format!(
+        "INSERT INTO {table} (id_type, id, name, source, updated_at) VALUES
+         ('user_id', 'zhangsan', '张三', 'user/get', 1796540460),
+         ('external_user_id', 'wmOLD', '老客户', 'kf/customer/batchget', 1796540460);"
+    )
+}
+
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(Path::new(FIXTURES).join(name)).expect("the fixture")
 }
@@ -85,7 +96,7 @@ async fn spawn_on_old_store(engine: Engine, overrides: &[(String, String)]) -> O
             std::fs::create_dir_all(&data).expect("DATA_DIR");
             rusqlite::Connection::open(data.join(DATABASE_FILE))
                 .expect("a database file")
-                .execute_batch(&fixture("sqlite.sql"))
+                .execute_batch(&(fixture("sqlite.sql") + &old_names("names")))
                 .expect("the old main's store loads");
             assert_eq!(sqlite_version(&data), 6, "the old main's schema");
             let app = spawn_app_in(dir, &pairs).await;
@@ -98,7 +109,10 @@ async fn spawn_on_old_store(engine: Engine, overrides: &[(String, String)]) -> O
             let (old, fresh) = (crate::postgres::fresh_database().await?, crate::postgres::fresh_database().await?);
             let (client, connection) = tokio_postgres::connect(&old, tokio_postgres::NoTls).await.expect("connects");
             let connection = tokio::spawn(connection);
-            client.batch_execute(&fixture("postgres.sql")).await.expect("the old main's store loads");
+            client
+                .batch_execute(&(fixture("postgres.sql") + &old_names("public.names")))
+                .await
+                .expect("the old main's store loads");
             drop(client);
             let _ = connection.await;
             assert_eq!(postgres_version(&old).await, 4, "the old main's schema");
@@ -175,12 +189,29 @@ async fn the_old_mains_store_carries_on_where_it_stopped(engine: Engine) {
     let sends = app.store.recent_sends(10).await.expect("sends");
     let old_kf = sends.iter().find(|s| s.recipient == "wmOLD").expect("the old kf send");
     assert_eq!((old_kf.channel.as_str(), old_kf.status), ("kf", SendStatus::Sent));
-    assert_eq!(sends.iter().filter(|s| s.channel == "app").count(), 2, "the old app send and the new one");
+    assert_eq!(sends.iter().filter(|s| s.channel == ChannelName::app()).count(), 2, "the old app send and the new one");
     let account = KfAccount { channel: ChannelName::kf(), open_kfid: "wkOLD".into() };
     assert_eq!(app.store.kf_accounts().await.expect("accounts"), std::slice::from_ref(&account));
     let claim = app.store.claim_kf_account(account).await.expect("claim").expect("free");
     assert_eq!(claim.cursor.as_deref(), Some("CURSOR-NEW-2"));
     app.store.release_kf_account(claim).await.expect("release");
+
+    // Cached names belong to the channel whose API answered; kf msgids to their send's channel.
+    let name = |channel: ChannelName, id_type: &'static str, id: &str| {
+        let store = app.store.clone();
+        let id = id.to_owned();
+        async move { store.cached_name(channel, id_type, id).await.expect("name").map(|n| n.name) }
+    };
+    assert_eq!(name(ChannelName::app(), "user_id", "zhangsan").await.as_deref(), Some("张三"));
+    assert_eq!(name(ChannelName::kf(), "external_user_id", "wmOLD").await.as_deref(), Some("老客户"));
+    assert_eq!(name(ChannelName::app(), "external_user_id", "wmOLD").await, None, "the kf Secret's answer");
+    let old_msgid = match engine {
+        Engine::Sqlite => "CCozbgF0ACUyMWI8-3xQVHtE0X1vN2sg",
+        Engine::Postgres => "3IshBhaSiScBXBvfRUkjgRcuFzyvAIv5",
+    };
+    let old_msgid = old_msgid.to_owned();
+    let send = app.store.send_of_msgid(ChannelName::kf(), old_msgid).await.expect("lookup");
+    assert_eq!(send.as_deref(), Some(old_kf.id.as_str()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,6 +6,7 @@ use tokio_postgres::Row;
 
 use super::outbox::insert_actions;
 use super::{Postgres, EPOCH};
+use crate::channels::ChannelName;
 use crate::store::aibot::{Refresh, Refreshed, Settled, StreamOpen};
 use crate::store::outbox::NewAction;
 use crate::store::StoreError;
@@ -184,7 +185,7 @@ impl Postgres {
 
     pub(in crate::store) async fn aibot_incidents(
         &self,
-        channel: String,
+        channel: ChannelName,
         since: i64,
     ) -> Result<(i64, i64), StoreError> {
         let client = self.client().await?;

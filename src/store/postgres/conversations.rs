@@ -14,27 +14,36 @@ async fn select(
 ) -> Result<Option<Conversation>, StoreError> {
     let sql = format!(
         "SELECT last_customer_at, sent_since, human_since FROM kf_conversations
-         WHERE open_kfid = $1 AND external_userid = $2{}",
+         WHERE channel = $1 AND open_kfid = $2 AND external_userid = $3{}",
         if lock { " FOR UPDATE" } else { "" }
     );
     let statement = client.prepare_cached(&sql).await?;
-    let row = client.query_opt(&statement, &[&customer.open_kfid, &customer.external_userid]).await?;
+    let row =
+        client.query_opt(&statement, &[&customer.channel, &customer.open_kfid, &customer.external_userid]).await?;
     Ok(row.map(|row| Conversation { last_customer_at: row.get(0), sent_since: row.get(1), human_since: row.get(2) }))
 }
 
 async fn upsert(client: &impl GenericClient, customer: &Customer, c: &Conversation) -> Result<(), StoreError> {
     let statement = client
         .prepare_cached(&format!(
-            "INSERT INTO kf_conversations (open_kfid, external_userid, last_customer_at, sent_since, human_since, updated_at)
-             VALUES ($1, $2, $3, $4, $5, {EPOCH})
-             ON CONFLICT (open_kfid, external_userid) DO UPDATE SET last_customer_at = excluded.last_customer_at,
+            "INSERT INTO kf_conversations
+             (channel, open_kfid, external_userid, last_customer_at, sent_since, human_since, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, {EPOCH})
+             ON CONFLICT (channel, open_kfid, external_userid) DO UPDATE SET last_customer_at = excluded.last_customer_at,
              sent_since = excluded.sent_since, human_since = excluded.human_since, updated_at = excluded.updated_at"
         ))
         .await?;
     client
         .execute(
             &statement,
-            &[&customer.open_kfid, &customer.external_userid, &c.last_customer_at, &c.sent_since, &c.human_since],
+            &[
+                &customer.channel,
+                &customer.open_kfid,
+                &customer.external_userid,
+                &c.last_customer_at,
+                &c.sent_since,
+                &c.human_since,
+            ],
         )
         .await?;
     Ok(())

@@ -41,6 +41,7 @@ mod retention;
 mod sends;
 mod snapshot;
 mod tokens;
+mod types;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -187,6 +188,24 @@ const MIGRATIONS: &[&str] = &[
         updated_at bigint NOT NULL
     );
     CREATE INDEX aibot_streams_created ON aibot_streams (created_at);",
+    // 8: the channel's name in cached names, kf conversations and kf msgids, as
+    // SQLite's schema 10, the rows of before attributed the same way.
+    "ALTER TABLE names ADD COLUMN channel text;
+    UPDATE names SET channel = CASE source WHEN 'kf/customer/batchget' THEN 'kf' ELSE 'app' END;
+    ALTER TABLE names ALTER COLUMN channel SET NOT NULL;
+    ALTER TABLE names DROP CONSTRAINT names_pkey;
+    ALTER TABLE names ADD PRIMARY KEY (channel, id_type, id);
+    ALTER TABLE kf_conversations ADD COLUMN channel text;
+    UPDATE kf_conversations k SET channel =
+        COALESCE((SELECT MIN(c.channel) FROM kf_cursors c WHERE c.open_kfid = k.open_kfid), 'kf');
+    ALTER TABLE kf_conversations ALTER COLUMN channel SET NOT NULL;
+    ALTER TABLE kf_conversations DROP CONSTRAINT kf_conversations_pkey;
+    ALTER TABLE kf_conversations ADD PRIMARY KEY (channel, open_kfid, external_userid);
+    ALTER TABLE send_msgids ADD COLUMN channel text;
+    UPDATE send_msgids m SET channel = COALESCE((SELECT s.channel FROM sends s WHERE s.id = m.send_id), 'kf');
+    ALTER TABLE send_msgids ALTER COLUMN channel SET NOT NULL;
+    ALTER TABLE send_msgids DROP CONSTRAINT send_msgids_pkey;
+    ALTER TABLE send_msgids ADD PRIMARY KEY (channel, msgid);",
 ];
 
 /// The schema this build brings a database to (the number of [`MIGRATIONS`]).

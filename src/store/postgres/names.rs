@@ -3,6 +3,7 @@
 use deadpool_postgres::GenericClient;
 
 use super::{bigint, Postgres, EPOCH};
+use crate::channels::ChannelName;
 use crate::store::names::{CachedName, NamedId, SeenSenders};
 use crate::store::StoreError;
 
@@ -10,24 +11,28 @@ use crate::store::StoreError;
 pub(super) async fn upsert(client: &impl GenericClient, named: &NamedId) -> Result<(), StoreError> {
     let statement = client
         .prepare_cached(&format!(
-            "INSERT INTO names (id_type, id, name, source, updated_at) VALUES ($1, $2, $3, $4, {EPOCH})
-             ON CONFLICT (id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
+            "INSERT INTO names (channel, id_type, id, name, source, updated_at) VALUES ($1, $2, $3, $4, $5, {EPOCH})
+             ON CONFLICT (channel, id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
              updated_at = excluded.updated_at"
         ))
         .await?;
-    client.execute(&statement, &[&named.id_type, &named.id, &named.name.name, &named.name.source]).await?;
+    let (named, name) = (named, &named.name);
+    client.execute(&statement, &[&named.channel, &named.id_type, &named.id, &name.name, &name.source]).await?;
     Ok(())
 }
 
 impl Postgres {
     pub(in crate::store) async fn cached_name(
         &self,
+        channel: ChannelName,
         id_type: &'static str,
         id: String,
     ) -> Result<Option<CachedName>, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached("SELECT name, source FROM names WHERE id_type = $1 AND id = $2").await?;
-        let row = client.query_opt(&statement, &[&id_type, &id]).await?;
+        let statement = client
+            .prepare_cached("SELECT name, source FROM names WHERE channel = $1 AND id_type = $2 AND id = $3")
+            .await?;
+        let row = client.query_opt(&statement, &[&channel, &id_type, &id]).await?;
         Ok(row.map(|row| CachedName { name: row.get(0), source: row.get(1) }))
     }
 
@@ -43,12 +48,15 @@ impl Postgres {
         let statement = client
             .prepare_cached(
                 "SELECT DISTINCT sender FROM journal WHERE channel = $1 AND sender IS NOT NULL
-                 AND (NOT $2 OR sender NOT IN (SELECT id FROM names WHERE id_type = $3))
+                 AND ($2::text[] IS NULL OR sender NOT IN (SELECT id FROM names WHERE id_type = $3
+                      AND channel = ANY($2::text[])))
                  ORDER BY sender LIMIT $4",
             )
             .await?;
         let SeenSenders { channel, id_type, only_unmapped, limit } = query;
-        let rows = client.query(&statement, &[&channel, &only_unmapped, &id_type, &bigint(limit)]).await?;
+        let named_on: Option<Vec<&str>> =
+            only_unmapped.as_ref().map(|channels| channels.iter().map(ChannelName::as_str).collect());
+        let rows = client.query(&statement, &[&channel, &named_on, &id_type, &bigint(limit)]).await?;
         Ok(rows.iter().map(|row| row.get(0)).collect())
     }
 }

@@ -5,6 +5,7 @@ use tokio_postgres::Row;
 
 use super::outbox::insert_actions;
 use super::{bigint, Postgres, EPOCH};
+use crate::channels::ChannelName;
 use crate::store::outbox::NewAction;
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::StoreError;
@@ -55,7 +56,7 @@ async fn insert(client: &impl GenericClient, send: &NewSend) -> Result<bool, Sto
 }
 
 /// Sends of `channel` still `queued` (the partial index `sends_queued` holds only those).
-async fn queued(client: &impl GenericClient, channel: &str) -> Result<i64, StoreError> {
+async fn queued(client: &impl GenericClient, channel: &ChannelName) -> Result<i64, StoreError> {
     let statement =
         client.prepare_cached("SELECT count(*) FROM sends WHERE status = 'queued' AND channel = $1").await?;
     Ok(client.query_one(&statement, &[&channel]).await?.get(0))
@@ -115,9 +116,9 @@ impl Postgres {
     }
 
     #[cfg(any(test, feature = "testing"))]
-    pub(in crate::store) async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
+    pub(in crate::store) async fn queued_sends(&self, channel: ChannelName) -> Result<i64, StoreError> {
         let client = self.client().await?;
-        queued(&client, channel).await
+        queued(&client, &channel).await
     }
 
     pub(in crate::store) async fn record_send(&self, send: NewSend) -> Result<SendRow, StoreError> {
@@ -168,22 +169,33 @@ impl Postgres {
             .and_then(|(after, before)| (after != before).then_some(after)))
     }
 
-    pub(in crate::store) async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
+    pub(in crate::store) async fn note_msgid(
+        &self,
+        channel: ChannelName,
+        msgid: String,
+        id: String,
+    ) -> Result<(), StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&format!(
-                "INSERT INTO send_msgids (msgid, send_id, created_at) VALUES ($1, $2, {EPOCH}) ON CONFLICT DO NOTHING"
+                "INSERT INTO send_msgids (channel, msgid, send_id, created_at) VALUES ($1, $2, $3, {EPOCH})
+                 ON CONFLICT DO NOTHING"
             ))
             .await?;
-        client.execute(&statement, &[&msgid, &id]).await?;
+        client.execute(&statement, &[&channel, &msgid, &id]).await?;
         self.committed(1);
         Ok(())
     }
 
-    pub(in crate::store) async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
+    pub(in crate::store) async fn send_of_msgid(
+        &self,
+        channel: ChannelName,
+        msgid: String,
+    ) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached("SELECT send_id FROM send_msgids WHERE msgid = $1").await?;
-        Ok(client.query_opt(&statement, &[&msgid]).await?.map(|row| row.get(0)))
+        let statement =
+            client.prepare_cached("SELECT send_id FROM send_msgids WHERE channel = $1 AND msgid = $2").await?;
+        Ok(client.query_opt(&statement, &[&channel, &msgid]).await?.map(|row| row.get(0)))
     }
 
     pub(in crate::store) async fn recent_sends(&self, limit: usize) -> Result<Vec<SendRow>, StoreError> {

@@ -65,12 +65,17 @@ impl Postgres {
             })
             .collect();
         let firing = tx.query(FIRING, &[]).await?.iter().map(read_firing).collect();
-        let names = tx
-            .query("SELECT id_type, id, name, source FROM names ORDER BY id_type, id", &[])
-            .await?
-            .iter()
-            .map(|r| NamedId { id_type: r.get(0), id: r.get(1), name: CachedName { name: r.get(2), source: r.get(3) } })
-            .collect();
+        let mut names = Vec::new();
+        for r in
+            tx.query("SELECT channel, id_type, id, name, source FROM names ORDER BY channel, id_type, id", &[]).await?
+        {
+            names.push(NamedId {
+                channel: named(r.get(0), |name| ChannelName::parse(name).ok())?,
+                id_type: r.get(1),
+                id: r.get(2),
+                name: CachedName { name: r.get(3), source: r.get(4) },
+            });
+        }
         tx.commit().await?;
         Ok(Snapshot { facts, kf_cursors, unhandled, owed, firing, names })
     }

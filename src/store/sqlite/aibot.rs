@@ -4,6 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::outbox::insert_action;
 use super::Sqlite;
+use crate::channels::ChannelName;
 use crate::store::aibot::{Refresh, Refreshed, Settled, StreamOpen};
 use crate::store::outbox::NewAction;
 use crate::store::{now, StoreError};
@@ -149,7 +150,7 @@ impl Sqlite {
 
     pub(in crate::store) async fn aibot_incidents(
         &self,
-        channel: String,
+        channel: ChannelName,
         since: i64,
     ) -> Result<(i64, i64), StoreError> {
         self.run_relaxed(move |db| {

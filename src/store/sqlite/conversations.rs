@@ -9,9 +9,9 @@ use crate::store::{now, StoreError};
 fn select(db: &Connection, customer: &Customer) -> rusqlite::Result<Option<Conversation>> {
     db.prepare_cached(
         "SELECT last_customer_at, sent_since, human_since FROM kf_conversations
-         WHERE open_kfid = ?1 AND external_userid = ?2",
+         WHERE channel = ?1 AND open_kfid = ?2 AND external_userid = ?3",
     )?
-    .query_row(params![customer.open_kfid, customer.external_userid], |row| {
+    .query_row(params![customer.channel, customer.open_kfid, customer.external_userid], |row| {
         Ok(Conversation { last_customer_at: row.get(0)?, sent_since: row.get(1)?, human_since: row.get(2)? })
     })
     .optional()
@@ -19,12 +19,14 @@ fn select(db: &Connection, customer: &Customer) -> rusqlite::Result<Option<Conve
 
 fn upsert(db: &Connection, customer: &Customer, c: &Conversation) -> rusqlite::Result<()> {
     db.prepare_cached(
-        "INSERT INTO kf_conversations (open_kfid, external_userid, last_customer_at, sent_since, human_since, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
-         ON CONFLICT(open_kfid, external_userid) DO UPDATE SET last_customer_at = excluded.last_customer_at,
+        "INSERT INTO kf_conversations
+         (channel, open_kfid, external_userid, last_customer_at, sent_since, human_since, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+         ON CONFLICT(channel, open_kfid, external_userid) DO UPDATE SET last_customer_at = excluded.last_customer_at,
          sent_since = excluded.sent_since, human_since = excluded.human_since, updated_at = excluded.updated_at",
     )?
     .execute(params![
+        customer.channel,
         customer.open_kfid,
         customer.external_userid,
         c.last_customer_at,

@@ -35,6 +35,7 @@ pub(super) mod retention;
 mod sends;
 mod snapshot;
 mod tokens;
+mod types;
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -220,6 +221,55 @@ const MIGRATIONS: &[&str] = &[
         updated_at INTEGER NOT NULL
     );
     CREATE INDEX aibot_streams_created ON aibot_streams(created_at);",
+    // 10: the channel's name in the last keys that lacked it (SPEC §12): cached
+    // names (a user id is per corp: `zhangsan` of two corps is two people), kf
+    // conversations and kf msgids. Names of before belong to the channel whose
+    // API answered (`kf/customer/batchget`: `kf`, else `app`); a conversation to
+    // the kf channel whose cursor has its account (else `kf`); a msgid to its
+    // send's channel.
+    "CREATE TABLE names_v10 (
+        channel TEXT NOT NULL,
+        id_type TEXT NOT NULL,
+        id TEXT NOT NULL,
+        name TEXT NOT NULL,
+        source TEXT NOT NULL,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (channel, id_type, id)
+    );
+    INSERT INTO names_v10 (channel, id_type, id, name, source, updated_at)
+        SELECT CASE source WHEN 'kf/customer/batchget' THEN 'kf' ELSE 'app' END, id_type, id, name, source, updated_at
+        FROM names;
+    DROP TABLE names;
+    ALTER TABLE names_v10 RENAME TO names;
+    CREATE TABLE kf_conversations_v10 (
+        channel TEXT NOT NULL,
+        open_kfid TEXT NOT NULL,
+        external_userid TEXT NOT NULL,
+        last_customer_at INTEGER,
+        sent_since INTEGER NOT NULL DEFAULT 0,
+        human_since INTEGER,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (channel, open_kfid, external_userid)
+    );
+    INSERT INTO kf_conversations_v10
+        (channel, open_kfid, external_userid, last_customer_at, sent_since, human_since, updated_at)
+        SELECT COALESCE((SELECT MIN(c.channel) FROM kf_cursors c WHERE c.open_kfid = k.open_kfid), 'kf'),
+            open_kfid, external_userid, last_customer_at, sent_since, human_since, updated_at
+        FROM kf_conversations k;
+    DROP TABLE kf_conversations;
+    ALTER TABLE kf_conversations_v10 RENAME TO kf_conversations;
+    CREATE TABLE send_msgids_v10 (
+        channel TEXT NOT NULL,
+        msgid TEXT NOT NULL,
+        send_id TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (channel, msgid)
+    );
+    INSERT INTO send_msgids_v10 (channel, msgid, send_id, created_at)
+        SELECT COALESCE((SELECT s.channel FROM sends s WHERE s.id = m.send_id), 'kf'), msgid, send_id, created_at
+        FROM send_msgids m;
+    DROP TABLE send_msgids;
+    ALTER TABLE send_msgids_v10 RENAME TO send_msgids;",
 ];
 
 /// At most this many operations share one transaction.

@@ -4,6 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::outbox::insert_action;
 use super::Sqlite;
+use crate::channels::ChannelName;
 use crate::store::outbox::NewAction;
 use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::{now, StoreError};
@@ -50,7 +51,7 @@ fn insert(db: &Connection, send: &NewSend) -> rusqlite::Result<bool> {
 }
 
 /// Sends of `channel` still `queued` (the partial index `sends_queued` holds only those).
-fn queued(db: &Connection, channel: &str) -> rusqlite::Result<i64> {
+fn queued(db: &Connection, channel: &ChannelName) -> rusqlite::Result<i64> {
     db.prepare_cached("SELECT COUNT(*) FROM sends WHERE status = 'queued' AND channel = ?1")?
         .query_row([channel], |row| row.get(0))
 }
@@ -100,8 +101,7 @@ impl Sqlite {
     }
 
     #[cfg(any(test, feature = "testing"))]
-    pub(in crate::store) async fn queued_sends(&self, channel: &str) -> Result<i64, StoreError> {
-        let channel = channel.to_owned();
+    pub(in crate::store) async fn queued_sends(&self, channel: ChannelName) -> Result<i64, StoreError> {
         self.run_relaxed(move |db| queued(db, &channel)).await
     }
 
@@ -149,20 +149,35 @@ impl Sqlite {
         .await
     }
 
-    pub(in crate::store) async fn note_msgid(&self, msgid: String, id: String) -> Result<(), StoreError> {
+    pub(in crate::store) async fn note_msgid(
+        &self,
+        channel: ChannelName,
+        msgid: String,
+        id: String,
+    ) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
             db.prepare_cached(
-                "INSERT INTO send_msgids (msgid, send_id, created_at) VALUES (?1, ?2, ?3) ON CONFLICT DO NOTHING",
+                "INSERT INTO send_msgids (channel, msgid, send_id, created_at) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT DO NOTHING",
             )?
-            .execute(params![msgid, id, now()])
+            .execute(params![channel, msgid, id, now()])
             .map(drop)
         })
         .await
     }
 
-    pub(in crate::store) async fn send_of_msgid(&self, msgid: String) -> Result<Option<String>, StoreError> {
+    pub(in crate::store) async fn send_of_msgid(
+        &self,
+        channel: ChannelName,
+        msgid: String,
+    ) -> Result<Option<String>, StoreError> {
         self.run_relaxed(move |db| {
-            db.query_row("SELECT send_id FROM send_msgids WHERE msgid = ?1", [msgid], |row| row.get(0)).optional()
+            db.query_row(
+                "SELECT send_id FROM send_msgids WHERE channel = ?1 AND msgid = ?2",
+                params![channel, msgid],
+                |row| row.get(0),
+            )
+            .optional()
         })
         .await
     }

@@ -73,8 +73,13 @@ fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
         },
     )?;
     let firing = rows(db, FIRING, read_firing)?;
-    let names = rows(db, "SELECT id_type, id, name, source FROM names ORDER BY id_type, id", |r| {
-        Ok(NamedId { id_type: r.get(0)?, id: r.get(1)?, name: CachedName { name: r.get(2)?, source: r.get(3)? } })
+    let names = rows(db, "SELECT channel, id_type, id, name, source FROM names ORDER BY channel, id_type, id", |r| {
+        Ok(NamedId {
+            channel: named(0, r.get(0)?, |name| ChannelName::parse(name).ok())?,
+            id_type: r.get(1)?,
+            id: r.get(2)?,
+            name: CachedName { name: r.get(3)?, source: r.get(4)? },
+        })
     })?;
     Ok(Snapshot { facts, kf_cursors, unhandled, owed, firing, names })
 }
