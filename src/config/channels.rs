@@ -164,6 +164,14 @@ impl Channels {
         self.get(ChannelName::APP).filter(|c| c.builtin)
     }
 
+    /// The Secret `channel` calls WeCom's API with: its own, or for the built-in
+    /// kf without `WECOM_KF_SECRET`, the app's (as always). `None`: the channel
+    /// calls no API (it only receives callbacks, or it is an AI bot).
+    pub fn api_secret<'a>(&'a self, channel: &'a ChannelSpec) -> Option<&'a Secret> {
+        let borrows_the_apps = channel.builtin && channel.kind() == ChannelKind::Kf;
+        channel.secret().or_else(|| self.builtin_app().filter(|_| borrows_the_apps)?.secret())
+    }
+
     /// The built-in AI bot channel (`AIBOT_*`), when the variables define it.
     #[cfg(any(test, feature = "testing"))]
     pub fn builtin_aibot(&self) -> Option<&Arc<ChannelSpec>> {

@@ -97,20 +97,13 @@ impl WeCom {
         // (its client makes the refreshes).
         let mut caches: Vec<(String, TokenSource)> = Vec::new();
         let mut users: Vec<(ChannelName, usize)> = Vec::new();
-        let app_secret = config.channels.builtin_app().and_then(|app| app.secret());
         for channel in config.channels.iter().filter(|c| c.kind() != ChannelKind::Aibot) {
             client_of(&channel.name).declare(channel.kind());
-            // The built-in kf without WECOM_KF_SECRET calls kf APIs with WECOM_SECRET, as always.
-            let secret = match channel.secret() {
-                Some(secret) => secret,
-                None if channel.builtin && channel.kind() == ChannelKind::Kf => match app_secret {
-                    Some(secret) => secret,
-                    None => continue,
-                },
-                None => {
+            let Some(secret) = config.channels.api_secret(channel) else {
+                if !(channel.builtin && channel.kind() == ChannelKind::Kf) {
                     tokens::declare_metrics(metrics, &channel.name, &channel.name);
-                    continue;
                 }
+                continue;
             };
             let corp_id = channel.corp_id.as_str();
             let key = tokens::cache_key(corp_id, secret);
