@@ -374,7 +374,8 @@ async fn an_answer_finished_after_the_stream_window_goes_to_the_chat_as_markdown
         assert!(Instant::now() < deadline, "{status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    // The action is done: nothing is left that could send it again.
+    app.wait_until_outbox_empty().await;
     assert_eq!(fake.frames_of("aibot_send_msg").len(), 1, "sent once");
 }
 
