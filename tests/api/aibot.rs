@@ -83,21 +83,6 @@ async fn status_becomes(app: &TestApp, id: &str, want: &str) -> Value {
     }
 }
 
-/// Polls `/api/health` until check `name` has `status`, or fails after 15 s.
-async fn check_becomes(app: &TestApp, name: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let health: Value =
-            app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("json");
-        let check = health["checks"][name][0].clone();
-        if check["status"] == status {
-            return check;
-        }
-        assert!(Instant::now() < deadline, "{name} is {check}, expected {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The fake's `response_url` bodies, waited for until there are `count`.
 async fn responses(wecom: &FakeWeCom, count: usize) -> Vec<(String, Value)> {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -274,7 +259,7 @@ async fn an_unfinished_stream_closes_at_the_deadline_with_the_late_text_and_the_
     assert!(seen.len() > 1 && seen[0]["finish"] == false, "unfinished until the deadline");
     assert_eq!(message_status(&app, &format!("stream_{stream}")).await["status"], "streaming");
     assert_eq!(app.metric("wechat_api_aibot_streams_total{channel=\"aibot\",outcome=\"late\"}").await, 1.0);
-    let check = check_becomes(&app, "aibot:aibot", "warn").await;
+    let check = app.check_becomes("aibot:aibot", "warn").await;
     assert!(check["output"].as_str().expect("output").contains("AIBOT_STREAM_DEADLINE_SECS"), "{check}");
 
     // The bot goes on; what the stream did not show goes through response_url.

@@ -62,21 +62,6 @@ fn finished(frames: &[Received], req_id: &str) -> bool {
     stream_frames(frames, req_id).iter().any(|f| f.frame["body"]["stream"]["finish"] == true)
 }
 
-/// Polls `/api/health` until check `name` has `status`, or fails after 15 s.
-async fn check_becomes(app: &TestApp, name: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let health: Value =
-            app.client.get(app.url("/api/health")).send().await.expect("health").json().await.expect("json");
-        let check = health["checks"][name][0].clone();
-        if check["status"] == status {
-            return check;
-        }
-        assert!(Instant::now() < deadline, "{name} is {check}, expected {status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 async fn metric_becomes(app: &TestApp, line: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !app.metrics().await.contains(line) {
@@ -99,7 +84,7 @@ async fn a_long_connection_bot_subscribes_with_its_id_and_secret_and_says_it_is_
     fake.wait_until("three pings", Duration::from_secs(5), |f| f.iter().filter(|f| f.cmd() == "ping").count() >= 3)
         .await;
     assert_eq!(fake.subscribes(), 1, "an answered connection is kept");
-    assert_eq!(check_becomes(&app, "aibot:aibot", "pass").await["status"], "pass");
+    assert_eq!(app.check_becomes("aibot:aibot", "pass").await["status"], "pass");
 }
 
 #[tokio::test]
@@ -234,7 +219,7 @@ async fn a_kick_by_another_client_fails_the_check_alerts_and_does_not_storm_reco
     fake.wait_live(1, Duration::from_secs(10)).await;
     assert!(fake.kick());
     let kicked = Instant::now();
-    let check = check_becomes(&app, "aibot:aibot", "fail").await;
+    let check = app.check_becomes("aibot:aibot", "fail").await;
     assert!(check["output"].as_str().unwrap_or_default().contains("another client"), "{check}");
     let mail = sink.wait_for("aibot:aibot", Duration::from_secs(20)).await;
     assert!(mail.text().contains("another client"), "{}", mail.text());

@@ -196,14 +196,14 @@ impl TestApp {
         self.client.get(self.url("/api/health")).send().await.expect("health").json().await.expect("JSON")
     }
 
-    /// Polls the health report until `done` holds for it, or fails after 20 s
+    /// Polls the health report until `done` holds for it, or fails after 30 s
     /// saying `what` was awaited.
     pub(crate) async fn health_until(
         &self,
         what: &str,
         done: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
         loop {
             let report = self.health().await;
             if done(&report) {
@@ -212,6 +212,14 @@ impl TestApp {
             assert!(std::time::Instant::now() < deadline, "{what}: {report:#}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Polls the health report until check `name`'s first result has `status`;
+    /// returns that result, or fails after 30 s.
+    pub(crate) async fn check_becomes(&self, name: &str, status: &str) -> serde_json::Value {
+        let what = format!("{name} becomes {status}");
+        let report = self.health_until(&what, |r| r["checks"][name][0]["status"] == status).await;
+        report["checks"][name][0].clone()
     }
 
     pub(crate) async fn metrics(&self) -> String {

@@ -36,20 +36,6 @@ async fn health(app: &TestApp) -> (u16, Value) {
     (response.status().as_u16(), response.json().await.expect("JSON"))
 }
 
-/// Polls `/api/health` until `check` has `status`, or fails after 20 s.
-async fn wait_for_check(app: &TestApp, check: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, body) = health(app).await;
-        let result = body["checks"][check][0].clone();
-        if result["status"] == status {
-            return result;
-        }
-        assert!(Instant::now() < deadline, "{check} is not {status}: {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unwritable_upload_dir_fires_once_with_the_fix_and_resolves_once() {
     let sink = SmtpSink::start().await;
@@ -77,7 +63,7 @@ async fn an_unwritable_upload_dir_fires_once_with_the_fix_and_resolves_once() {
     // Fixed: one RESOLVED, and no second FIRING.
     std::fs::remove_file(&blocker).expect("remove blocker");
     sink.wait_for("[wechat-api RESOLVED] uploads:writable", Duration::from_secs(20)).await;
-    wait_for_check(&app, "uploads:writable", "pass").await;
+    app.check_becomes("uploads:writable", "pass").await;
     let firing_mails = sink.received().iter().filter(|m| m.subject().contains("FIRING")).count();
     assert_eq!(firing_mails, 1);
     assert_eq!(health(&app).await.0, 200);
@@ -91,7 +77,7 @@ async fn smtp_down_while_a_check_fires_delays_the_email_but_not_the_callbacks() 
     let blocker = root.path().join("file");
     std::fs::write(&blocker, "x").expect("blocker");
     let app = spawn_monitored(&sink, &[("UPLOAD_DIR", blocker.join("u").display().to_string())]).await;
-    wait_for_check(&app, "alerts:email", "warn").await;
+    app.check_becomes("alerts:email", "warn").await;
     for i in 0..20 {
         assert_eq!(app.post_text("still answering", 5_000 + i).await, 200, "callbacks go on while SMTP is down");
     }
@@ -115,7 +101,7 @@ async fn errcode_60020_fails_the_token_check_with_the_ip_in_health_and_email() {
         &[("WECOM_API_BASE_URL", wecom.base_url.clone()), ("WECOM_SECRET", "app-secret".into())],
     )
     .await;
-    let check = wait_for_check(&app, "token:app", "fail").await;
+    let check = app.check_becomes("token:app", "fail").await;
     assert!(check["output"].as_str().expect("output").contains("add 192.0.2.77 to the app's trusted IPs"), "{check}");
     let mail = sink.wait_for("[wechat-api FIRING] token:app", Duration::from_secs(20)).await;
     assert!(mail.text().contains("192.0.2.77"), "{}", mail.data);

@@ -80,19 +80,6 @@ async fn check(app: &TestApp, name: &str) -> Value {
     body["checks"][name][0].clone()
 }
 
-/// Polls until `check` has `status`, or fails after 30 s.
-async fn wait_for_check(app: &TestApp, name: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let result = check(app, name).await;
-        if result["status"] == status {
-            return result;
-        }
-        assert!(Instant::now() < deadline, "{name} is not {status}: {result}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// Polls until `series` in `/metrics` reaches `at_least`, or fails after 15 s.
 async fn wait_for_metric(app: &TestApp, series: &str, at_least: f64) -> f64 {
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -157,7 +144,7 @@ async fn below_the_data_floor_the_send_api_answers_503_while_callbacks_are_journ
     // WeCom's callbacks keep the rest of the volume.
     assert_eq!(app.post_text("still journaled", 4_242).await, 200);
     assert!(app.store.contains("app:msg:4242".into()).await.expect("store"), "journaled");
-    let free = wait_for_check(&app, "store:free", "fail").await;
+    let free = app.check_becomes("store:free", "fail").await;
     assert!(free["output"].as_str().expect("output").contains("the send API answers 503"), "{free}");
     app.stop().await.expect("clean stop");
 }
@@ -205,7 +192,7 @@ async fn texts_to_one_member_are_paced_at_30_a_minute_while_others_proceed() {
 async fn outbox_backlog_warns_then_fires_while_wecom_fails_and_resolves_once_it_recovers() {
     let (wecom, sink) = (FakeWeCom::start().await, SmtpSink::start().await);
     let app = spawn_quota_app(&wecom, Some(&sink), &[]).await;
-    let fresh = wait_for_check(&app, "outbox:backlog", "pass").await;
+    let fresh = app.check_becomes("outbox:backlog", "pass").await;
     assert_eq!(fresh["output"], "nothing owed");
     wecom.fail_api("message/send", Some(json!({"errcode": 45009, "errmsg": "api freq out of limit"})));
     assert_eq!(post_send(&app, &app_text("zhangsan", "hello")).await.0, 202);
@@ -213,10 +200,10 @@ async fn outbox_backlog_warns_then_fires_while_wecom_fails_and_resolves_once_it_
         .await;
 
     app.clock.advance(61);
-    let warn = wait_for_check(&app, "outbox:backlog", "warn").await;
+    let warn = app.check_becomes("outbox:backlog", "warn").await;
     assert!(warn["output"].as_str().expect("output").contains("1 action(s) owed, the oldest for 6"), "{warn}");
     app.clock.advance(540);
-    wait_for_check(&app, "outbox:backlog", "fail").await;
+    app.check_becomes("outbox:backlog", "fail").await;
     let firing = sink.wait_for("[wechat-api FIRING] outbox:backlog", Duration::from_secs(30)).await;
     assert!(firing.text().contains("WeCom or FORWARD_URL is failing or slow"), "{}", firing.data);
     assert_eq!(app.metric("wechat_api_check_status{check=\"outbox:backlog\"}").await, 2.0);
@@ -233,7 +220,7 @@ async fn outbox_backlog_warns_then_fires_while_wecom_fails_and_resolves_once_it_
 async fn forward_delivery_fires_after_five_minutes_of_failures_and_resolves_on_a_success() {
     let (wecom, sink, receiver) = (FakeWeCom::start().await, SmtpSink::start().await, ForwardReceiver::start().await);
     let without = spawn_quota_app(&wecom, None, &[]).await;
-    wait_for_check(&without, "outbox:backlog", "pass").await;
+    without.check_becomes("outbox:backlog", "pass").await;
     assert_eq!(check(&without, "forward:delivery").await, Value::Null, "no FORWARD_URL, no check");
     without.stop().await.expect("clean stop");
 
@@ -244,13 +231,13 @@ async fn forward_delivery_fires_after_five_minutes_of_failures_and_resolves_on_a
         &[("FORWARD_URL", receiver.url.as_str()), ("FORWARD_SECRET", receiver.secret.as_str())],
     )
     .await;
-    wait_for_check(&app, "forward:delivery", "pass").await;
+    app.check_becomes("forward:delivery", "pass").await;
     assert_eq!(app.post_text("to the bot", 7_001).await, 200);
-    let warn = wait_for_check(&app, "forward:delivery", "warn").await;
+    let warn = app.check_becomes("forward:delivery", "warn").await;
     assert!(warn["output"].as_str().expect("output").contains("forward: HTTP 500"), "{warn}");
 
     app.clock.advance(301);
-    wait_for_check(&app, "forward:delivery", "fail").await;
+    app.check_becomes("forward:delivery", "fail").await;
     let firing = sink.wait_for("[wechat-api FIRING] forward:delivery", Duration::from_secs(30)).await;
     assert!(firing.text().contains("FORWARD_URL has failed for 3"), "{}", firing.data);
     assert!(app.metric("wechat_api_forward_failing_seconds").await > 300.0);
