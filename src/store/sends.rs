@@ -52,6 +52,14 @@ pub struct NewSend {
     pub fingerprint: Option<String>,
 }
 
+/// A kf message id on its channel: WeCom's `msgid` is ours to choose and
+/// unique only within its corp, so it points back to a send per channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KfMsgid {
+    pub channel: ChannelName,
+    pub msgid: String,
+}
+
 /// A recorded send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRow {
@@ -144,14 +152,14 @@ impl Store {
         backend!(self, b => b.update_send(id, update).await)
     }
 
-    /// Remembers that kf `msgid` of `channel` is a part of send `id`.
-    pub async fn note_msgid(&self, channel: ChannelName, msgid: String, id: String) -> Result<(), StoreError> {
-        backend!(self, b => b.note_msgid(channel, msgid, id).await)
+    /// Remembers that `msgid` is a part of send `id`.
+    pub async fn note_msgid(&self, msgid: KfMsgid, id: String) -> Result<(), StoreError> {
+        backend!(self, b => b.note_msgid(msgid, id).await)
     }
 
-    /// The send whose part carried kf `msgid` on `channel`.
-    pub async fn send_of_msgid(&self, channel: ChannelName, msgid: String) -> Result<Option<String>, StoreError> {
-        backend!(self, b => b.send_of_msgid(channel, msgid).await)
+    /// The send whose part carried `msgid`.
+    pub async fn send_of_msgid(&self, msgid: KfMsgid) -> Result<Option<String>, StoreError> {
+        backend!(self, b => b.send_of_msgid(msgid).await)
     }
 
     /// The most recently changed sends, newest first.
