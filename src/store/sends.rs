@@ -52,8 +52,9 @@ pub struct NewSend {
     pub fingerprint: Option<String>,
 }
 
-/// A kf message id on its channel: WeCom's `msgid` is ours to choose and
-/// unique only within its corp, so it points back to a send per channel.
+/// A kf message id on the channel it went out on: the id alone is not a key
+/// (another corp's channel may carry the same one); the `msg_send_fail` that
+/// names it comes on that channel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KfMsgid {
     pub channel: ChannelName,
