@@ -17,8 +17,8 @@ use crate::channels::ChannelKind;
 use crate::config::{ChannelSpec, Channels, Config};
 use crate::crypto::{self, DecryptError, Plaintext};
 use crate::messages::{dedup_key, AppEvent, AppMessage, CallbackEnvelope, Identity, ParseError};
-use crate::store::aibot::StreamOpen;
 use crate::store::journal::{EntryKind, NewEntry};
+use crate::streams::StreamOpen;
 use crate::wecom::aibot::{self, AibotError, AibotMessage};
 
 /// How a callback ended, as counted in `wechat_api_callbacks_total{outcome}`.

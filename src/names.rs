@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::channels::{ChannelKind, ChannelName};
 use crate::config::Channels;
-use crate::store::names::CachedName;
+use crate::store::names::{CachedName, NameKey};
 use crate::store::{Store, StoreError};
 use crate::wecom::{WeCom, WeComError};
 
@@ -136,17 +136,21 @@ impl Names {
             source,
             cached,
         };
-        for channel in &channels {
-            if let Some(cached) = self.store.cached_name(channel.clone(), id_type.as_str(), id.to_owned()).await? {
+        let keys: Vec<NameKey> = channels
+            .into_iter()
+            .map(|channel| NameKey { channel, id_type: id_type.as_str().to_owned(), id: id.to_owned() })
+            .collect();
+        for key in &keys {
+            if let Some(cached) = self.store.cached_name(key.clone()).await? {
                 return Ok(resolved(cached.name, cached.source, true));
             }
         }
         let mut first_error = None;
-        for channel in &channels {
-            match self.look_up(channel, id_type, id).await {
+        for key in keys {
+            match self.look_up(&key.channel, id_type, id).await {
                 Ok((name, source)) => {
                     let cached = CachedName { name: name.clone(), source: source.to_owned() };
-                    self.store.cache_name(channel.clone(), id_type.as_str(), id.to_owned(), cached).await?;
+                    self.store.cache_name(key, cached).await?;
                     return Ok(resolved(name, source.to_owned(), false));
                 }
                 Err(error) => {

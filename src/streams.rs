@@ -33,18 +33,29 @@ pub fn stream_id(channel: &ChannelName, msgid: &str) -> String {
     crate::crypto::hex(&digest[..16])
 }
 
-/// A stream as the store keeps it.
+/// A stream as the user's message opened it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamRow {
+pub struct StreamOpen {
+    /// See [`stream_id`].
     pub stream_id: String,
     /// The journaled message's id (its dedup key): the send API's `in_reply_to`.
     pub record_id: String,
     pub channel: ChannelName,
     /// `from.userid` of the message.
     pub userid: String,
+    pub chatid: Option<String>,
+    /// The message's `response_url`: a credential, kept for one use (never
+    /// logged, never shown).
+    pub response_url: Option<String>,
     /// When the user's message arrived (Unix seconds): the deadline and
     /// `response_url`'s hour count from here.
     pub created_at: i64,
+}
+
+/// A stream as the store keeps it: what opened it, and how far its answer got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamRow {
+    pub opened: StreamOpen,
     /// The answer so far, as the bot gave it (up to [`ANSWER_MAX_BYTES`]).
     pub content: String,
     /// The bot said `finish`.
@@ -59,8 +70,6 @@ pub struct StreamRow {
     pub rest_sent: bool,
     /// Why the answer is lost (`expired`, WeCom's refusal).
     pub failed: Option<String>,
-    /// The message's `response_url`: a credential (never logged, never shown).
-    pub response_url: Option<String>,
 }
 
 impl StreamRow {
@@ -117,7 +126,7 @@ pub(crate) fn apply(row: &StreamRow, update: &Update) -> Result<Applied, UpdateE
 /// time): the bot finished, or it has not and the deadline (`deadline_secs`
 /// after the message) has passed: a late close.
 pub(crate) fn closes(row: &StreamRow, now: i64, deadline_secs: i64) -> bool {
-    !row.delivered && (row.finished || (!row.late() && row.created_at.saturating_add(deadline_secs) <= now))
+    !row.delivered && (row.finished || (!row.late() && row.opened.created_at.saturating_add(deadline_secs) <= now))
 }
 
 /// What a refresh shows: the answer so far (at most [`SHOWN_MAX_BYTES`]) and
@@ -226,7 +235,7 @@ pub(crate) fn send_refused(row: &StreamRow, now: i64) -> Option<&'static str> {
 fn rest_refused(row: &StreamRow, now: i64, window_secs: i64, used: &'static str) -> Option<&'static str> {
     if row.response_used {
         Some(used)
-    } else if now - row.created_at > window_secs {
+    } else if now - row.opened.created_at > window_secs {
         Some("expired")
     } else {
         None
@@ -239,7 +248,7 @@ mod tests {
 
     #[test]
     fn the_long_connection_pushes_the_rest_once_within_a_day() {
-        let row = StreamRow { created_at: 0, ..row("", false) };
+        let row = row("", false);
         assert_eq!(send_refused(&row, SEND_MSG_SECS), None);
         assert_eq!(send_refused(&row, SEND_MSG_SECS + 1), Some("expired"));
         let used = StreamRow { response_used: true, ..row };
@@ -247,12 +256,17 @@ mod tests {
     }
 
     fn row(content: &str, finished: bool) -> StreamRow {
-        StreamRow {
+        let opened = StreamOpen {
             stream_id: stream_id(&ChannelName::aibot(), "m1"),
             record_id: "aibot:msg:m1".into(),
             channel: ChannelName::aibot(),
             userid: "zhangsan".into(),
+            chatid: None,
+            response_url: None,
             created_at: 0,
+        };
+        StreamRow {
+            opened,
             content: content.into(),
             finished,
             shown: None,
@@ -260,7 +274,6 @@ mod tests {
             response_used: false,
             rest_sent: false,
             failed: None,
-            response_url: None,
         }
     }
 
@@ -317,7 +330,8 @@ mod tests {
 
     #[test]
     fn a_refresh_closes_a_finished_stream_or_one_past_its_deadline_once() {
-        let open = StreamRow { created_at: 100, ..row("", false) };
+        let mut open = row("", false);
+        open.opened.created_at = 100;
         assert!(!closes(&open, 429, 330));
         assert!(closes(&open, 430, 330), "late");
         assert!(closes(&StreamRow { finished: true, ..open.clone() }, 101, 330));

@@ -64,16 +64,16 @@ pub mod startup {
 }
 
 pub mod store {
-    pub use crate::store::aibot::StreamOpen;
     pub use crate::store::alerts::FiringRecord;
     pub use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
     pub use crate::store::journal::{EntryKind, NewEntry, Recorded};
     pub use crate::store::kf::KfAccount;
-    pub use crate::store::names::CachedName;
+    pub use crate::store::names::{CachedName, NameKey};
     pub use crate::store::outbox::{DueAction, NewAction};
-    pub use crate::store::sends::{NewSend, Queued, SendStatus, SendUpdate};
+    pub use crate::store::sends::{KfMsgid, NewSend, Queued, SendStatus, SendUpdate};
     pub use crate::store::tokens::StoredToken;
     pub use crate::store::{now, Store, StoreError, DATABASE_FILE, DEFAULT_LEASE, POSTGRES_SCHEMA_VERSION};
+    pub use crate::streams::StreamOpen;
 }
 
 pub mod telemetry {

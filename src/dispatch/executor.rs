@@ -265,7 +265,7 @@ impl Executor {
             return Ok(Vec::new());
         }
         let failed = |reason: &str| Settled::Failed(reason.to_owned());
-        let refusal = match (crate::streams::response_refused(&row, crate::store::now()), &row.response_url) {
+        let refusal = match (crate::streams::response_refused(&row, crate::store::now()), &row.opened.response_url) {
             (Some(reason), _) => Some(failed(reason)),
             (None, None) => Some(failed("the message had no response_url")),
             (None, Some(url)) if !aibot::response_url_allowed(url, &self.api_base_url) => {
@@ -286,7 +286,7 @@ impl Executor {
         if !store.aibot_take_response(stream_id.to_owned()).await? {
             return Ok(Vec::new());
         }
-        let url = row.response_url.unwrap_or_default();
+        let url = row.opened.response_url.unwrap_or_default();
         let settled = match self.http.post(&url).json(&aibot::response_body(&rest)).send().await {
             Ok(response) if response.status().is_success() => {
                 match response.json::<serde_json::Value>().await.ok().and_then(|v| v.get("errcode")?.as_i64()) {

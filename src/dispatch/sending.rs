@@ -32,7 +32,7 @@ use crate::messages::Message;
 use crate::outgoing::{SendRequest, Target};
 use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
 use crate::store::journal::{EntryKind, PendingEntry};
-use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
+use crate::store::sends::{KfMsgid, NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::{now, Store, StoreError};
 use crate::streams::{StreamRow, Update, UpdateError};
 use crate::telemetry::{Metrics, MESSAGES_SENT_TOTAL, SEND_API_REFUSED_TOTAL};
@@ -119,7 +119,7 @@ impl Sending {
             return Ok(action.handover_after().into_iter().collect());
         }
         let msgid = kf_msgid(key);
-        self.store.note_msgid(channel.clone(), msgid.clone(), send.clone()).await?;
+        self.store.note_msgid(KfMsgid { channel: channel.clone(), msgid: msgid.clone() }, send.clone()).await?;
         match self.wecom.send_kf_text(channel, touser, open_kfid, &msgid, content).await {
             Ok(()) => {}
             Err(WeComError::Api { error, .. }) if error.is_duplicate_msgid() => {
@@ -639,10 +639,12 @@ pub(crate) async fn delivery_failed(
 ) -> Result<(), StoreError> {
     let Undelivered { msgid, fail_type, customer } = undelivered;
     let send = match &customer {
-        Some(customer) => match store.send_of_msgid(customer.channel.clone(), msgid.clone()).await? {
-            Some(id) => store.send(id).await?.filter(|send| is_about(send, customer)),
-            None => None,
-        },
+        Some(customer) => {
+            match store.send_of_msgid(KfMsgid { channel: customer.channel.clone(), msgid: msgid.clone() }).await? {
+                Some(id) => store.send(id).await?.filter(|send| is_about(send, customer)),
+                None => None,
+            }
+        }
         None => None,
     };
     let Some(send) = send else {

@@ -12,20 +12,7 @@
 use super::outbox::NewAction;
 use super::{backend, Store, StoreError};
 use crate::channels::ChannelName;
-use crate::streams::{StreamRow, Update, UpdateError};
-
-/// A stream opened by a user's message.
-#[derive(Debug, Clone)]
-pub struct StreamOpen {
-    pub stream_id: String,
-    pub record_id: String,
-    pub channel: ChannelName,
-    pub userid: String,
-    pub chatid: Option<String>,
-    /// The message's `response_url`: a credential, kept for one use.
-    pub response_url: Option<String>,
-    pub created_at: i64,
-}
+use crate::streams::{StreamOpen, StreamRow, Update, UpdateError};
 
 /// A refresh of `stream_id` by `userid` (anyone's when `None`) at `now`, which
 /// closes the stream once it is finished or `deadline_secs` after the message.

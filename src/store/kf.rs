@@ -21,7 +21,7 @@ pub struct KfAccount {
 
 impl KfAccount {
     /// The lease that fences the account's sync.
-    fn lease_name(&self) -> String {
+    pub(super) fn lease_name(&self) -> String {
         format!("kf:{}:{}", self.channel, self.open_kfid)
     }
 }
@@ -52,9 +52,7 @@ impl Store {
     /// Claims the account for a sync, with its stored cursor; `None` while another
     /// owner's lease holds it.
     pub async fn claim_kf_account(&self, account: KfAccount) -> Result<Option<KfClaim>, StoreError> {
-        let name = account.lease_name();
-        let claimed = backend!(self, b => b.claim_kf_account(name, account.clone()).await)?;
-        Ok(claimed.map(|(lease, cursor)| KfClaim { account, cursor, lease }))
+        backend!(self, b => b.claim_kf_account(account).await)
     }
 
     /// Journals a page's messages (each once, by its dedup key) and stores the

@@ -13,13 +13,21 @@ pub struct CachedName {
     pub source: String,
 }
 
+/// What a name is cached under: an id is only unique within its corp, and
+/// each channel's API answers for its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameKey {
+    /// The channel whose API answers.
+    pub channel: ChannelName,
+    /// `userid` or `external_userid`.
+    pub id_type: String,
+    pub id: String,
+}
+
 /// A resolved name: what the engines store (a lookup's, or a moved store's).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct NamedId {
-    /// The channel whose API answered.
-    pub channel: ChannelName,
-    pub id_type: String,
-    pub id: String,
+    pub key: NameKey,
     pub name: CachedName,
 }
 
@@ -34,25 +42,14 @@ pub(super) struct SeenSenders {
 }
 
 impl Store {
-    /// The name `channel`'s API gave for `id`, when cached.
-    pub async fn cached_name(
-        &self,
-        channel: ChannelName,
-        id_type: &'static str,
-        id: String,
-    ) -> Result<Option<CachedName>, StoreError> {
-        backend!(self, b => b.cached_name(channel, id_type, id).await)
+    /// The name cached under `key`, if any.
+    pub async fn cached_name(&self, key: NameKey) -> Result<Option<CachedName>, StoreError> {
+        backend!(self, b => b.cached_name(key).await)
     }
 
-    pub async fn cache_name(
-        &self,
-        channel: ChannelName,
-        id_type: &'static str,
-        id: String,
-        name: CachedName,
-    ) -> Result<(), StoreError> {
-        let named = NamedId { channel, id_type: id_type.to_owned(), id, name };
-        backend!(self, b => b.cache_name(named).await)
+    /// Caches `name` under `key`, replacing what was cached there.
+    pub async fn cache_name(&self, key: NameKey, name: CachedName) -> Result<(), StoreError> {
+        backend!(self, b => b.cache_name(NamedId { key, name }).await)
     }
 
     /// Senders seen on `channel`; with `only_unmapped`, only those without a

@@ -52,6 +52,15 @@ pub struct NewSend {
     pub fingerprint: Option<String>,
 }
 
+/// A kf message id on the channel it went out on: the id alone is not a key
+/// (another corp's channel may carry the same one); the `msg_send_fail` that
+/// names it comes on that channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KfMsgid {
+    pub channel: ChannelName,
+    pub msgid: String,
+}
+
 /// A recorded send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SendRow {
@@ -144,14 +153,14 @@ impl Store {
         backend!(self, b => b.update_send(id, update).await)
     }
 
-    /// Remembers that kf `msgid` of `channel` is a part of send `id`.
-    pub async fn note_msgid(&self, channel: ChannelName, msgid: String, id: String) -> Result<(), StoreError> {
-        backend!(self, b => b.note_msgid(channel, msgid, id).await)
+    /// Remembers that `msgid` is a part of send `id`.
+    pub async fn note_msgid(&self, msgid: KfMsgid, id: String) -> Result<(), StoreError> {
+        backend!(self, b => b.note_msgid(msgid, id).await)
     }
 
-    /// The send whose part carried kf `msgid` on `channel`.
-    pub async fn send_of_msgid(&self, channel: ChannelName, msgid: String) -> Result<Option<String>, StoreError> {
-        backend!(self, b => b.send_of_msgid(channel, msgid).await)
+    /// The send whose part carried `msgid`.
+    pub async fn send_of_msgid(&self, msgid: KfMsgid) -> Result<Option<String>, StoreError> {
+        backend!(self, b => b.send_of_msgid(msgid).await)
     }
 
     /// The most recently changed sends, newest first.

@@ -14,8 +14,8 @@ use wechat_api::testing::store::StoredToken;
 use wechat_api::testing::store::StreamOpen;
 use wechat_api::testing::store::{now, Store, StoreError};
 use wechat_api::testing::store::{Customer, Observation, Refusal, Verdict};
-use wechat_api::testing::store::{EntryKind, KfAccount, NewEntry, Recorded};
-use wechat_api::testing::store::{NewSend, Queued, SendStatus, SendUpdate};
+use wechat_api::testing::store::{EntryKind, KfAccount, NameKey, NewEntry, Recorded};
+use wechat_api::testing::store::{KfMsgid, NewSend, Queued, SendStatus, SendUpdate};
 use wechat_api::testing::streams::Update;
 
 /// Which engine a scenario runs on.
@@ -383,9 +383,11 @@ async fn bookkeeping_round_trips(engine: Engine) {
     let unmapped_on = |channel: &ChannelName| Some(vec![channel.clone()]);
     assert_eq!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&app), 10).await.expect("senders"), ["lisi"]);
     let name = wechat_api::testing::store::CachedName { name: "李四".into(), source: "user/get".into() };
-    owners[1].cache_name(app.clone(), "userid", "lisi".into(), name.clone()).await.expect("cache");
-    assert_eq!(owners[0].cached_name(app.clone(), "userid", "lisi".into()).await.expect("name"), Some(name));
-    assert_eq!(owners[0].cached_name(hr.clone(), "userid", "lisi".into()).await.expect("name"), None, "hr's lisi");
+    let lisi =
+        |channel: &ChannelName| NameKey { channel: channel.clone(), id_type: "userid".into(), id: "lisi".into() };
+    owners[1].cache_name(lisi(&app), name.clone()).await.expect("cache");
+    assert_eq!(owners[0].cached_name(lisi(&app)).await.expect("name"), Some(name));
+    assert_eq!(owners[0].cached_name(lisi(&hr)).await.expect("name"), None, "hr's lisi");
     assert!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&app), 10).await.expect("senders").is_empty());
     assert_eq!(owners[0].seen_senders(app.clone(), "userid", unmapped_on(&hr), 10).await.expect("senders"), ["lisi"]);
     assert_eq!(owners[0].seen_senders(app, "userid", None, 10).await.expect("senders"), ["lisi"]);
@@ -461,10 +463,11 @@ async fn a_send_is_queued_once_per_idempotency_key_and_moves_through_its_statuse
         "only queued is refused"
     );
     let (kf, shop) = (ChannelName::kf(), ChannelName::parse("shop").expect("a name"));
-    store.note_msgid(kf.clone(), "MSGID1".into(), id.clone()).await.expect("msgid");
-    assert_eq!(store.send_of_msgid(kf.clone(), "MSGID1".into()).await.expect("lookup"), Some(id.clone()));
-    assert_eq!(store.send_of_msgid(shop, "MSGID1".into()).await.expect("lookup"), None, "another channel's msgid");
-    assert_eq!(store.send_of_msgid(kf, "other".into()).await.expect("lookup"), None);
+    let msgid = |channel: &ChannelName, msgid: &str| KfMsgid { channel: channel.clone(), msgid: msgid.into() };
+    store.note_msgid(msgid(&kf, "MSGID1"), id.clone()).await.expect("msgid");
+    assert_eq!(store.send_of_msgid(msgid(&kf, "MSGID1")).await.expect("lookup"), Some(id.clone()));
+    assert_eq!(store.send_of_msgid(msgid(&shop, "MSGID1")).await.expect("lookup"), None, "another channel's msgid");
+    assert_eq!(store.send_of_msgid(msgid(&kf, "other")).await.expect("lookup"), None);
     let failed = update(SendUpdate::Failed { errcode: None, reason: "msg_send_fail".into() }).await.expect("update");
     assert_eq!(failed, Some(SendStatus::Failed), "a sent message may still fail");
     let row = store.send(id.clone()).await.expect("read").expect("found");

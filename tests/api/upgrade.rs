@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use wechat_api::testing::channels::ChannelName;
-use wechat_api::testing::store::{KfAccount, SendStatus, DATABASE_FILE};
+use wechat_api::testing::store::{KfAccount, KfMsgid, NameKey, SendStatus, DATABASE_FILE};
 
 use crate::fakes::{FakeWeCom, ForwardReceiver};
 use crate::helpers::*;
@@ -197,10 +197,10 @@ async fn the_old_mains_store_carries_on_where_it_stopped(engine: Engine) {
     app.store.release_kf_account(claim).await.expect("release");
 
     // Cached names belong to the channel whose API answered; kf msgids to their send's channel.
-    let name = |channel: ChannelName, id_type: &'static str, id: &str| {
+    let name = |channel: ChannelName, id_type: &str, id: &str| {
         let store = app.store.clone();
-        let id = id.to_owned();
-        async move { store.cached_name(channel, id_type, id).await.expect("name").map(|n| n.name) }
+        let key = NameKey { channel, id_type: id_type.to_owned(), id: id.to_owned() };
+        async move { store.cached_name(key).await.expect("name").map(|n| n.name) }
     };
     assert_eq!(name(ChannelName::app(), "user_id", "zhangsan").await.as_deref(), Some("张三"));
     assert_eq!(name(ChannelName::kf(), "external_user_id", "wmOLD").await.as_deref(), Some("老客户"));
@@ -209,8 +209,8 @@ async fn the_old_mains_store_carries_on_where_it_stopped(engine: Engine) {
         Engine::Sqlite => "CCozbgF0ACUyMWI8-3xQVHtE0X1vN2sg",
         Engine::Postgres => "3IshBhaSiScBXBvfRUkjgRcuFzyvAIv5",
     };
-    let old_msgid = old_msgid.to_owned();
-    let send = app.store.send_of_msgid(ChannelName::kf(), old_msgid).await.expect("lookup");
+    let old_msgid = KfMsgid { channel: ChannelName::kf(), msgid: old_msgid.to_owned() };
+    let send = app.store.send_of_msgid(old_msgid).await.expect("lookup");
     assert_eq!(send.as_deref(), Some(old_kf.id.as_str()));
 }
 

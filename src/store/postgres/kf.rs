@@ -31,14 +31,11 @@ impl Postgres {
         .await
     }
 
-    /// Takes lease `name` and reads the account's cursor, in one transaction.
-    pub(in crate::store) async fn claim_kf_account(
-        &self,
-        name: String,
-        account: KfAccount,
-    ) -> Result<Option<(Lease, Option<String>)>, StoreError> {
+    /// Takes the account's lease and reads its cursor, in one transaction.
+    pub(in crate::store) async fn claim_kf_account(&self, account: KfAccount) -> Result<Option<KfClaim>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        let name = account.lease_name();
         let Some(claim) = leases::claim(&tx, &name, self.lease_secs).await? else {
             tx.rollback().await?;
             return Ok(None);
@@ -46,7 +43,7 @@ impl Postgres {
         let cursor = cursor(&tx, &account, false).await?;
         tx.commit().await?;
         self.committed(1);
-        Ok(Some((Lease { name, claim }, cursor)))
+        Ok(Some(KfClaim { account, cursor, lease: Lease { name, claim } }))
     }
 
     /// Journals a page and moves the cursor from the claim's to the page's

@@ -4,7 +4,7 @@ use deadpool_postgres::GenericClient;
 
 use super::{bigint, Postgres, EPOCH};
 use crate::channels::ChannelName;
-use crate::store::names::{CachedName, NamedId, SeenSenders};
+use crate::store::names::{CachedName, NameKey, NamedId, SeenSenders};
 use crate::store::StoreError;
 
 /// Stores `named`, replacing what was cached for its id.
@@ -16,23 +16,18 @@ pub(super) async fn upsert(client: &impl GenericClient, named: &NamedId) -> Resu
              updated_at = excluded.updated_at"
         ))
         .await?;
-    let (named, name) = (named, &named.name);
-    client.execute(&statement, &[&named.channel, &named.id_type, &named.id, &name.name, &name.source]).await?;
+    let (key, name) = (&named.key, &named.name);
+    client.execute(&statement, &[&key.channel, &key.id_type, &key.id, &name.name, &name.source]).await?;
     Ok(())
 }
 
 impl Postgres {
-    pub(in crate::store) async fn cached_name(
-        &self,
-        channel: ChannelName,
-        id_type: &'static str,
-        id: String,
-    ) -> Result<Option<CachedName>, StoreError> {
+    pub(in crate::store) async fn cached_name(&self, key: NameKey) -> Result<Option<CachedName>, StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached("SELECT name, source FROM names WHERE channel = $1 AND id_type = $2 AND id = $3")
             .await?;
-        let row = client.query_opt(&statement, &[&channel, &id_type, &id]).await?;
+        let row = client.query_opt(&statement, &[&key.channel, &key.id_type, &key.id]).await?;
         Ok(row.map(|row| CachedName { name: row.get(0), source: row.get(1) }))
     }
 

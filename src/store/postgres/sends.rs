@@ -7,7 +7,7 @@ use super::outbox::insert_actions;
 use super::{bigint, Postgres, EPOCH};
 use crate::channels::ChannelName;
 use crate::store::outbox::NewAction;
-use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
+use crate::store::sends::{KfMsgid, NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::StoreError;
 
 const COLUMNS: &str =
@@ -169,12 +169,7 @@ impl Postgres {
             .and_then(|(after, before)| (after != before).then_some(after)))
     }
 
-    pub(in crate::store) async fn note_msgid(
-        &self,
-        channel: ChannelName,
-        msgid: String,
-        id: String,
-    ) -> Result<(), StoreError> {
+    pub(in crate::store) async fn note_msgid(&self, msgid: KfMsgid, id: String) -> Result<(), StoreError> {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(&format!(
@@ -182,20 +177,16 @@ impl Postgres {
                  ON CONFLICT DO NOTHING"
             ))
             .await?;
-        client.execute(&statement, &[&channel, &msgid, &id]).await?;
+        client.execute(&statement, &[&msgid.channel, &msgid.msgid, &id]).await?;
         self.committed(1);
         Ok(())
     }
 
-    pub(in crate::store) async fn send_of_msgid(
-        &self,
-        channel: ChannelName,
-        msgid: String,
-    ) -> Result<Option<String>, StoreError> {
+    pub(in crate::store) async fn send_of_msgid(&self, msgid: KfMsgid) -> Result<Option<String>, StoreError> {
         let client = self.client().await?;
         let statement =
             client.prepare_cached("SELECT send_id FROM send_msgids WHERE channel = $1 AND msgid = $2").await?;
-        Ok(client.query_opt(&statement, &[&channel, &msgid]).await?.map(|row| row.get(0)))
+        Ok(client.query_opt(&statement, &[&msgid.channel, &msgid.msgid]).await?.map(|row| row.get(0)))
     }
 
     pub(in crate::store) async fn recent_sends(&self, limit: usize) -> Result<Vec<SendRow>, StoreError> {

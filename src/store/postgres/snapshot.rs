@@ -6,7 +6,7 @@ use crate::channels::ChannelName;
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
-use crate::store::names::NamedId;
+use crate::store::names::{NameKey, NamedId};
 use crate::store::snapshot::{OwedAction, Snapshot, UnhandledEntry};
 use crate::store::StoreError;
 
@@ -69,10 +69,9 @@ impl Postgres {
         for r in
             tx.query("SELECT channel, id_type, id, name, source FROM names ORDER BY channel, id_type, id", &[]).await?
         {
+            let channel = named(r.get(0), |name| ChannelName::parse(name).ok())?;
             names.push(NamedId {
-                channel: named(r.get(0), |name| ChannelName::parse(name).ok())?,
-                id_type: r.get(1),
-                id: r.get(2),
+                key: NameKey { channel, id_type: r.get(1), id: r.get(2) },
                 name: CachedName { name: r.get(3), source: r.get(4) },
             });
         }

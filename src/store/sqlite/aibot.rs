@@ -5,30 +5,32 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::outbox::insert_action;
 use super::Sqlite;
 use crate::channels::ChannelName;
-use crate::store::aibot::{Refresh, Refreshed, Settled, StreamOpen};
+use crate::store::aibot::{Refresh, Refreshed, Settled};
 use crate::store::outbox::NewAction;
 use crate::store::{now, StoreError};
-use crate::streams::{self, StreamRow, Update, UpdateError};
+use crate::streams::{self, StreamOpen, StreamRow, Update, UpdateError};
 
-const COLUMNS: &str = "stream_id, record_id, channel, userid, created_at, content, finished, shown,
-    delivered_refresh IS NOT NULL, response_used_at IS NOT NULL, rest_sent_at IS NOT NULL, failed_reason,
-    response_url";
+const COLUMNS: &str = "stream_id, record_id, channel, userid, chatid, response_url, created_at, content, finished,
+    shown, delivered_refresh IS NOT NULL, response_used_at IS NOT NULL, rest_sent_at IS NOT NULL, failed_reason";
 
 fn read(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     Ok(StreamRow {
-        stream_id: row.get(0)?,
-        record_id: row.get(1)?,
-        channel: row.get(2)?,
-        userid: row.get(3)?,
-        created_at: row.get(4)?,
-        content: row.get(5)?,
-        finished: row.get(6)?,
-        shown: row.get(7)?,
-        delivered: row.get(8)?,
-        response_used: row.get(9)?,
-        rest_sent: row.get(10)?,
-        failed: row.get(11)?,
-        response_url: row.get(12)?,
+        opened: StreamOpen {
+            stream_id: row.get(0)?,
+            record_id: row.get(1)?,
+            channel: row.get(2)?,
+            userid: row.get(3)?,
+            chatid: row.get(4)?,
+            response_url: row.get(5)?,
+            created_at: row.get(6)?,
+        },
+        content: row.get(7)?,
+        finished: row.get(8)?,
+        shown: row.get(9)?,
+        delivered: row.get(10)?,
+        response_used: row.get(11)?,
+        rest_sent: row.get(12)?,
+        failed: row.get(13)?,
     })
 }
 
@@ -82,7 +84,7 @@ impl Sqlite {
                      RETURNING {COLUMNS}, late_refresh"
                 ))?
                 .query_row(params![refresh.stream_id, refresh.now, refresh.deadline_secs], |r| {
-                    Ok(Refreshed { row: read(r)?, closed_now: true, late_now: r.get::<_, Option<i64>>(13)?.is_some() })
+                    Ok(Refreshed { row: read(r)?, closed_now: true, late_now: r.get::<_, Option<i64>>("late_refresh")?.is_some() })
                 })
                 .optional()?;
             Ok(Some(closed.unwrap_or_else(|| Refreshed::unclosed(row))))

@@ -27,16 +27,14 @@ impl Sqlite {
         .await
     }
 
-    /// Takes lease `name` and reads the account's cursor, in one transaction.
-    pub(in crate::store) async fn claim_kf_account(
-        &self,
-        name: String,
-        account: KfAccount,
-    ) -> Result<Option<(Lease, Option<String>)>, StoreError> {
+    /// Takes the account's lease and reads its cursor, in one transaction.
+    pub(in crate::store) async fn claim_kf_account(&self, account: KfAccount) -> Result<Option<KfClaim>, StoreError> {
         let lease_secs = self.lease_secs;
         self.run_relaxed(move |db| {
+            let name = account.lease_name();
             let Some(claim) = leases::claim(db, &name, lease_secs)? else { return Ok(None) };
-            Ok(Some((Lease { name, claim }, cursor(db, &account)?)))
+            let cursor = cursor(db, &account)?;
+            Ok(Some(KfClaim { account, cursor, lease: Lease { name, claim } }))
         })
         .await
     }

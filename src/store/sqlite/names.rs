@@ -4,7 +4,7 @@ use rusqlite::{params, Connection, OptionalExtension};
 
 use super::Sqlite;
 use crate::channels::ChannelName;
-use crate::store::names::{CachedName, NamedId, SeenSenders};
+use crate::store::names::{CachedName, NameKey, NamedId, SeenSenders};
 use crate::store::{now, StoreError};
 
 /// Stores `named`, replacing what was cached for its id.
@@ -14,21 +14,16 @@ pub(super) fn upsert(db: &Connection, named: &NamedId) -> rusqlite::Result<()> {
          ON CONFLICT(channel, id_type, id) DO UPDATE SET name = excluded.name, source = excluded.source,
          updated_at = excluded.updated_at",
     )?
-    .execute(params![named.channel, named.id_type, named.id, named.name.name, named.name.source, now()])
+    .execute(params![named.key.channel, named.key.id_type, named.key.id, named.name.name, named.name.source, now()])
     .map(drop)
 }
 
 impl Sqlite {
-    pub(in crate::store) async fn cached_name(
-        &self,
-        channel: ChannelName,
-        id_type: &'static str,
-        id: String,
-    ) -> Result<Option<CachedName>, StoreError> {
+    pub(in crate::store) async fn cached_name(&self, key: NameKey) -> Result<Option<CachedName>, StoreError> {
         self.run(move |db| {
             db.query_row(
                 "SELECT name, source FROM names WHERE channel = ?1 AND id_type = ?2 AND id = ?3",
-                params![channel, id_type, id],
+                params![key.channel, key.id_type, key.id],
                 |row| Ok(CachedName { name: row.get(0)?, source: row.get(1)? }),
             )
             .optional()

@@ -6,7 +6,7 @@ use super::outbox::insert_action;
 use super::Sqlite;
 use crate::channels::ChannelName;
 use crate::store::outbox::NewAction;
-use crate::store::sends::{NewSend, Queued, SendRow, SendStatus, SendUpdate};
+use crate::store::sends::{KfMsgid, NewSend, Queued, SendRow, SendStatus, SendUpdate};
 use crate::store::{now, StoreError};
 
 const COLUMNS: &str =
@@ -149,32 +149,23 @@ impl Sqlite {
         .await
     }
 
-    pub(in crate::store) async fn note_msgid(
-        &self,
-        channel: ChannelName,
-        msgid: String,
-        id: String,
-    ) -> Result<(), StoreError> {
+    pub(in crate::store) async fn note_msgid(&self, msgid: KfMsgid, id: String) -> Result<(), StoreError> {
         self.run_relaxed(move |db| {
             db.prepare_cached(
                 "INSERT INTO send_msgids (channel, msgid, send_id, created_at) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT DO NOTHING",
             )?
-            .execute(params![channel, msgid, id, now()])
+            .execute(params![msgid.channel, msgid.msgid, id, now()])
             .map(drop)
         })
         .await
     }
 
-    pub(in crate::store) async fn send_of_msgid(
-        &self,
-        channel: ChannelName,
-        msgid: String,
-    ) -> Result<Option<String>, StoreError> {
+    pub(in crate::store) async fn send_of_msgid(&self, msgid: KfMsgid) -> Result<Option<String>, StoreError> {
         self.run_relaxed(move |db| {
             db.query_row(
                 "SELECT send_id FROM send_msgids WHERE channel = ?1 AND msgid = ?2",
-                params![channel, msgid],
+                params![msgid.channel, msgid.msgid],
                 |row| row.get(0),
             )
             .optional()

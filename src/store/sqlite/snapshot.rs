@@ -9,7 +9,7 @@ use crate::channels::ChannelName;
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
-use crate::store::names::NamedId;
+use crate::store::names::{NameKey, NamedId};
 use crate::store::snapshot::{OwedAction, Snapshot, UnhandledEntry};
 use crate::store::StoreError;
 
@@ -74,10 +74,9 @@ fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
     )?;
     let firing = rows(db, FIRING, read_firing)?;
     let names = rows(db, "SELECT channel, id_type, id, name, source FROM names ORDER BY channel, id_type, id", |r| {
+        let channel = named(0, r.get(0)?, |name| ChannelName::parse(name).ok())?;
         Ok(NamedId {
-            channel: named(0, r.get(0)?, |name| ChannelName::parse(name).ok())?,
-            id_type: r.get(1)?,
-            id: r.get(2)?,
+            key: NameKey { channel, id_type: r.get(1)?, id: r.get(2)? },
             name: CachedName { name: r.get(3)?, source: r.get(4)? },
         })
     })?;
