@@ -12,7 +12,8 @@
 # Optional: PERF_OUT=DIR records `perf record` (PERF_ARGS, default DWARF call
 # graphs: the release profile has no frame pointers) of each build's last run to
 # DIR/NAME.perf.data (perf at /usr/bin/perf; build with --profile profiling to
-# see symbols); AB_SERVICE_ENV="NAME=VALUE ..." extra environment for the service.
+# see symbols; benches/perf-attribute.py sums it up by part of the callback
+# path); AB_SERVICE_ENV="NAME=VALUE ..." extra environment for the service.
 # Prints one line per run and, per build, the medians over rounds: req/s, the
 # ratio to nginx within the round, wrk's p50/p99/max, the service's own stage
 # means from /metrics, ops per commit, RSS idle and after the load, and KiB the
