@@ -118,10 +118,39 @@ fn is_bidi_or_separator(c: char) -> bool {
 /// `line` with every control and bidi character escaped but a final newline.
 fn escape_controls(line: &[u8], format: Escaping) -> std::borrow::Cow<'_, [u8]> {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
-    // Plain ASCII, the usual line, needs no look at characters.
-    if body.iter().all(|&b| (0x20..0x7f).contains(&b) || b == b'\t') {
+    // The usual line, ASCII or a message in Chinese, needs no look at characters
+    // (decoding every character of a 300-character message cost ~2 % of a
+    // callback's CPU, BENCHMARKS.md): one pass over the bytes finds whether it
+    // may hold one to escape.
+    if !may_need_escaping(body) {
         return std::borrow::Cow::Borrowed(line);
     }
+    escape_characters(line, format)
+}
+
+/// Whether `body` holds the UTF-8 of a character [`escape_characters`] may
+/// escape: a C0 control but tab, or DEL (one byte each), C1 (0xC2 0x80–0x9F),
+/// U+061C (0xD8 0x9C), U+200E, U+200F, U+2028–U+202E (0xE2 0x80 …) or
+/// U+2066–U+2069 (0xE2 0x81 …). ESC (kept for a terminal) counts: the
+/// character look decides. Invalid UTF-8 decodes (lossily) to these
+/// characters only where their bytes are.
+fn may_need_escaping(body: &[u8]) -> bool {
+    body.iter().enumerate().any(|(i, &b)| match b {
+        b'\t' => false,
+        0..0x20 | 0x7f => true,
+        0xc2 => matches!(body.get(i + 1), Some(0x80..=0x9f)),
+        0xd8 => body.get(i + 1) == Some(&0x9c),
+        0xe2 => matches!(
+            (body.get(i + 1), body.get(i + 2)),
+            (Some(0x80), Some(0x8e | 0x8f | 0xa8..=0xae)) | (Some(0x81), Some(0xa6..=0xa9))
+        ),
+        _ => false,
+    })
+}
+
+/// [`escape_controls`] looking at every character.
+fn escape_characters(line: &[u8], format: Escaping) -> std::borrow::Cow<'_, [u8]> {
+    let body = line.strip_suffix(b"\n").unwrap_or(line);
     let unsafe_char = |c: char| match format {
         Escaping::Text { keep_escape } => {
             c != '\t' && !(keep_escape && c == '\x1b') && (c.is_control() || is_bidi_or_separator(c))
@@ -177,6 +206,27 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&escaped).expect("still JSON");
         assert_eq!(parsed["message"], message, "the same string to a JSON reader");
         assert!(matches!(escape_controls(b"{\"message\":\"plain\"}\n", Escaping::Json), std::borrow::Cow::Borrowed(_)));
+    }
+
+    proptest::proptest! {
+        /// The byte look of the usual line decides as the character look would.
+        #[test]
+        fn the_quick_look_agrees_with_the_character_look(
+            line in "(\\PC|[\\x00-\\x1f\\x7f\\u{80}-\\u{9f}\\u{61c}\\u{2000}-\\u{206f}\\u{2400}你好😀…])*"
+        ) {
+            for format in [TEXT, Escaping::Text { keep_escape: true }, Escaping::Json] {
+                let quick = escape_controls(line.as_bytes(), format);
+                proptest::prop_assert_eq!(&*quick, &*escape_characters(line.as_bytes(), format));
+                let plain = !line.chars().any(|c| c.is_control() || is_bidi_or_separator(c));
+                proptest::prop_assert!(!plain || matches!(quick, std::borrow::Cow::Borrowed(_)));
+            }
+        }
+    }
+
+    #[test]
+    fn a_chinese_line_with_emoji_is_written_as_it_is() {
+        let line = "INFO text from zhangsan: “你好”，请问报销流程怎么提交？😀 ok…\n".as_bytes();
+        assert!(matches!(escape_controls(line, TEXT), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]
