@@ -1,22 +1,14 @@
 //! Access tokens kept across restarts, keyed by (corp id, secret identity).
 
 use super::{backend, Store, StoreError};
+use crate::config::AccessToken;
 
-/// A stored token. `Debug` shows its length, never the token.
-#[derive(Clone, PartialEq, Eq)]
+/// A stored token (its `Debug` shows the token's length, never the token).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredToken {
-    pub token: String,
+    pub token: AccessToken,
     /// Unix seconds.
     pub expires_at: i64,
-}
-
-impl std::fmt::Debug for StoredToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StoredToken")
-            .field("token", &format_args!("<{} chars>", self.token.len()))
-            .field("expires_at", &self.expires_at)
-            .finish()
-    }
 }
 
 impl Store {
@@ -30,7 +22,7 @@ impl Store {
 
     /// Deletes the stored token of `cache_key` if it is still `stale`: a token
     /// another refresher stored meanwhile is kept.
-    pub async fn drop_token(&self, cache_key: String, stale: String) -> Result<(), StoreError> {
+    pub async fn drop_token(&self, cache_key: String, stale: AccessToken) -> Result<(), StoreError> {
         backend!(self, b => b.drop_token(cache_key, stale).await)
     }
 }

@@ -21,7 +21,7 @@ pub(crate) use error::{ApiError, WeComError};
 pub use tokens::TokenSource;
 
 use crate::channels::{ChannelKind, ChannelName};
-use crate::config::Config;
+use crate::config::{AccessToken, Config};
 use crate::egress::Egress;
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -41,7 +41,7 @@ impl ChannelApi {
     /// Calls `api_call` with this channel's client and a token (see [`TokenSource::call`]).
     pub(crate) async fn call<'a, T, F, Fut>(&'a self, api_call: F) -> Result<T, WeComError>
     where
-        F: Fn(&'a WeComClient, String) -> Fut,
+        F: Fn(&'a WeComClient, AccessToken) -> Fut,
         Fut: std::future::Future<Output = Result<T, WeComError>>,
     {
         self.tokens.call(|token| api_call(&self.client, token)).await
