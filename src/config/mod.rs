@@ -33,7 +33,7 @@ pub(crate) use channels::{ChannelSpec, Channels, CALLBACK_PATH};
 pub(crate) use layering::{Settings, Sources};
 pub(crate) use listen::{is_loopback, ListenConfig};
 pub(crate) use proxy::ProxyUrl;
-pub(crate) use secret::{generate_encoding_aes_key, AccessToken, Secret, Token};
+pub(crate) use secret::{generate_encoding_aes_key, Secret, Token};
 pub(crate) use variables::Var;
 
 /// The shortest `RETENTION_SECS`: it is also the dedup window.

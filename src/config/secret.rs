@@ -1,14 +1,12 @@
 //! The types of secret and identifying values: [`Secret`] (redacted `Debug`, no
 //! `Display`, comparison that reveals neither content nor length), the callback
-//! [`Token`], the [`CorpId`], the [`AccessToken`] WeCom issues for a Secret (here,
-//! not in `wecom/`, because the store keeps it too), and fresh Tokens and
-//! EncodingAESKeys in the alphabet the WeCom console accepts.
+//! [`Token`], the [`CorpId`], and fresh Tokens and EncodingAESKeys in the alphabet
+//! the WeCom console accepts.
 //!
 //! Deliberately not here: which variables hold secrets (the table in
 //! `variables.rs`) and the EncodingAESKey's decoding (`crypto::AesKey`).
 
 use rand::distr::{Alphanumeric, SampleString};
-use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -52,52 +50,6 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "Secret({})", self.redacted())
-    }
-}
-
-/// An access token from `gettoken`: as secret as the Secret it was issued for,
-/// for its two hours. `Debug` and `Display` show only its length; it reads from
-/// WeCom's JSON as the plain string; [`AccessToken::expose`] is for the request
-/// that carries it and the store that keeps it. Equality is constant-time.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct AccessToken(String);
-
-impl AccessToken {
-    /// Wraps `value`.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The token itself, for the request's `access_token` and the store's row.
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<&str> for AccessToken {
-    fn from(value: &str) -> Self {
-        Self::new(value)
-    }
-}
-
-impl PartialEq for AccessToken {
-    fn eq(&self, other: &Self) -> bool {
-        bool::from(self.0.as_bytes().ct_eq(other.0.as_bytes()))
-    }
-}
-
-impl Eq for AccessToken {}
-
-impl std::fmt::Debug for AccessToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "AccessToken({self})")
-    }
-}
-
-impl std::fmt::Display for AccessToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "<{} chars>", self.0.len())
     }
 }
 
@@ -191,18 +143,6 @@ mod tests {
         }
         assert!(!secret.matches("0123456789abcdeF"));
         assert!(Secret::new("").matches(""));
-    }
-
-    #[test]
-    fn an_access_token_shows_its_length_only() {
-        let token: AccessToken = serde_json::from_str(r#""ACCESS-TOKEN-value-123""#).expect("a JSON string");
-        for shown in [format!("{token:?}"), format!("{token}"), format!("{token:#?}")] {
-            assert!(!shown.contains("ACCESS") && !shown.contains("value"), "{shown}");
-            assert!(shown.contains("22 chars"), "{shown}");
-        }
-        assert_eq!(token.expose(), "ACCESS-TOKEN-value-123");
-        assert_eq!(token, AccessToken::new("ACCESS-TOKEN-value-123"));
-        assert_ne!(token, AccessToken::new("ACCESS-TOKEN-value-12"));
     }
 
     #[test]

@@ -18,8 +18,9 @@ use super::error::{ApiError, WeComError};
 use super::models::*;
 use crate::backoff::Backoff;
 use crate::channels::{ChannelKind, ChannelName};
-use crate::config::{AccessToken, ProxyUrl};
+use crate::config::ProxyUrl;
 use crate::egress::{Answer, Egress};
+use crate::store::tokens::AccessToken;
 use crate::telemetry::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(10);

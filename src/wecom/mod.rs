@@ -21,8 +21,9 @@ pub(crate) use error::{ApiError, WeComError};
 pub use tokens::TokenSource;
 
 use crate::channels::{ChannelKind, ChannelName};
-use crate::config::{AccessToken, Config};
+use crate::config::Config;
 use crate::egress::Egress;
+use crate::store::tokens::AccessToken;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 pub(crate) use client::Media;

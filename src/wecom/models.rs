@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::AccessToken;
+use crate::store::tokens::AccessToken;
 
 /// `gettoken`'s answer (its `Debug` shows the token's length, never the token).
 #[derive(Debug, Clone, Deserialize)]

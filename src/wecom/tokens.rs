@@ -15,8 +15,8 @@ use tokio::sync::Mutex;
 use super::client::WeComClient;
 use super::error::{ApiError, WeComError};
 use crate::channels::ChannelName;
-use crate::config::{AccessToken, Secret};
-use crate::store::tokens::StoredToken;
+use crate::config::Secret;
+use crate::store::tokens::{AccessToken, StoredToken};
 use crate::store::{now, Store};
 use crate::telemetry::Metrics;
 

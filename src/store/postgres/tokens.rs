@@ -1,8 +1,7 @@
 //! Access tokens in PostgreSQL, shared by the replicas.
 
 use super::{Postgres, EPOCH};
-use crate::config::AccessToken;
-use crate::store::tokens::StoredToken;
+use crate::store::tokens::{AccessToken, StoredToken};
 use crate::store::StoreError;
 
 impl Postgres {

@@ -3,8 +3,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::Sqlite;
-use crate::config::AccessToken;
-use crate::store::tokens::StoredToken;
+use crate::store::tokens::{AccessToken, StoredToken};
 use crate::store::{now, StoreError};
 
 impl Sqlite {
