@@ -28,9 +28,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use actix_web::body::{BoxBody, MessageBody};
-use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header;
-use actix_web::middleware::Next;
+use actix_web::middleware::{from_fn, Next};
 use actix_web::{web, HttpResponse};
 
 use crate::access::{presented_bearer, Throttle, Verdict};
@@ -183,22 +183,18 @@ fn too_many(retry_after: Duration) -> HttpResponse {
     })
 }
 
-/// The middleware in front of the admin endpoints: `from_fn(bearer::admin)`.
-pub(crate) async fn admin(
-    state: web::Data<AppState>,
-    request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let client = client(request.request(), &state);
-    state.admin_gate.guard(client, request, next).await
-}
-
-/// The middleware in front of the send API: `from_fn(bearer::send)`.
-pub(crate) async fn send(
-    state: web::Data<AppState>,
-    request: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    let client = client(request.request(), &state);
-    state.send_gate.guard(client, request, next).await
+/// The middleware in front of a set of routes, guarded by the gate that `gate`
+/// picks from the state (each worker's copy lives there):
+/// `wrap(bearer::middleware(|state| &state.admin_gate))`.
+pub(crate) fn middleware<S, B>(
+    gate: fn(&AppState) -> &BearerGate,
+) -> impl Transform<S, ServiceRequest, Response = ServiceResponse<BoxBody>, Error = actix_web::Error, InitError = ()>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    from_fn(move |state: web::Data<AppState>, request: ServiceRequest, next: Next<B>| async move {
+        let client = client(request.request(), &state);
+        gate(&state).guard(client, request, next).await
+    })
 }

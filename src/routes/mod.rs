@@ -14,7 +14,6 @@ pub(crate) mod surface;
 
 use std::sync::Arc;
 
-use actix_web::middleware::from_fn;
 use actix_web::{web, HttpResponse};
 
 use tokio::sync::Notify;
@@ -91,7 +90,7 @@ pub(crate) struct AppState {
 
 /// Registers every route.
 ///
-/// The admin endpoints are registered one by one behind [`bearer::admin`]: they
+/// The admin endpoints are registered one by one behind the admin gate: they
 /// share the `/api` prefix with the callback, health and metrics paths, which
 /// must stay open, and an unknown path must stay a 404 rather than a 401.
 pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
@@ -111,12 +110,12 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
         .route("/api/health/live", web::get().to(health::live))
         .route("/metrics", web::get().to(metrics::render))
         .route("/", web::get().to(status::page));
-    let gated = |path: &str| web::resource(path).wrap(from_fn(bearer::admin));
+    let gated = |path: &str| web::resource(path).wrap(bearer::middleware(|state| &state.admin_gate));
     cfg.service(gated("/api/test-wecom-connection").route(web::get().to(admin::test_connection)))
         .service(gated("/api/fetch-wecom-name/{id_type}/{id}").route(web::get().to(admin::fetch_name)))
         .service(gated("/api/batch-fetch-wecom-names").route(web::post().to(admin::batch_fetch_names)))
         .service(gated("/api/alerts/test").route(web::post().to(admin::test_alert)));
-    let sending = |path: &str| web::resource(path).wrap(from_fn(bearer::send));
+    let sending = |path: &str| web::resource(path).wrap(bearer::middleware(|state| &state.send_gate));
     cfg.service(
         sending("/api/v1/messages")
             .app_data(web::PayloadConfig::new(send::MAX_BODY))

@@ -23,18 +23,4 @@ impl Store {
     pub async fn clear_firing(&self, check: String) -> Result<(), StoreError> {
         backend!(self, b => b.clear_firing(check).await)
     }
-
-    /// A value in `meta`, e.g. the last restart note or certificate step.
-    pub async fn meta_value(&self, key: &'static str) -> Result<Option<String>, StoreError> {
-        backend!(self, b => b.meta_value(key).await)
-    }
-
-    pub async fn set_meta_value(&self, key: &'static str, value: String) -> Result<(), StoreError> {
-        backend!(self, b => b.set_meta_value(key, value).await)
-    }
-
-    /// Writes and deletes a probe row: the `store:writable` check.
-    pub async fn probe_write(&self) -> Result<(), StoreError> {
-        backend!(self, b => b.probe_write().await)
-    }
 }

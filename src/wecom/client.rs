@@ -20,6 +20,7 @@ use crate::backoff::Backoff;
 use crate::channels::{ChannelKind, ChannelName};
 use crate::config::ProxyUrl;
 use crate::egress::{Answer, Egress};
+use crate::store::tokens::AccessToken;
 use crate::telemetry::Metrics;
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -224,7 +225,7 @@ impl WeComClient {
     async fn post_json<B: Serialize, T: DeserializeOwned>(
         &self,
         api: &'static str,
-        token: &str,
+        token: &AccessToken,
         body: &B,
     ) -> Result<T, WeComError> {
         let body = serde_json::to_vec(body).map_err(|e| WeComError::Encode { api, reason: e.to_string() })?;
@@ -232,7 +233,7 @@ impl WeComClient {
         self.call(api, || {
             self.http
                 .post(&url)
-                .query(&[("access_token", token)])
+                .query(&[("access_token", token.expose())])
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
                 .body(body.clone())
         })
@@ -283,7 +284,7 @@ impl WeComClient {
     /// `message/send`: a text from the self-built app to a member.
     pub async fn send_app_text(
         &self,
-        token: &str,
+        token: &AccessToken,
         touser: &str,
         agentid: i64,
         content: &str,
@@ -300,14 +301,18 @@ impl WeComClient {
     }
 
     /// `kf/sync_msg`: one page of an account's messages after `cursor`.
-    pub(crate) async fn kf_sync_msg(&self, token: &str, request: &KfSyncRequest) -> Result<KfSyncPage, WeComError> {
+    pub(crate) async fn kf_sync_msg(
+        &self,
+        token: &AccessToken,
+        request: &KfSyncRequest,
+    ) -> Result<KfSyncPage, WeComError> {
         self.post_json("kf/sync_msg", token, request).await
     }
 
     /// `kf/send_msg`: a text to a customer of the `open_kfid` account, under our own `msgid`.
     pub(crate) async fn send_kf_text(
         &self,
-        token: &str,
+        token: &AccessToken,
         touser: &str,
         open_kfid: &str,
         msgid: &str,
@@ -321,7 +326,7 @@ impl WeComClient {
     /// `kf/send_msg_on_event`: the welcome text an `enter_session` code allows.
     pub(crate) async fn send_kf_welcome(
         &self,
-        token: &str,
+        token: &AccessToken,
         code: &str,
         msgid: &str,
         content: &str,
@@ -330,13 +335,13 @@ impl WeComClient {
         self.post_json("kf/send_msg_on_event", token, &message).await
     }
 
-    pub(crate) async fn kf_account_list(&self, token: &str) -> Result<KfAccountList, WeComError> {
+    pub(crate) async fn kf_account_list(&self, token: &AccessToken) -> Result<KfAccountList, WeComError> {
         self.post_json("kf/account/list", token, &serde_json::json!({"offset": 0, "limit": 100})).await
     }
 
     pub(crate) async fn kf_service_state_get(
         &self,
-        token: &str,
+        token: &AccessToken,
         open_kfid: &str,
         external_userid: &str,
     ) -> Result<KfServiceState, WeComError> {
@@ -351,7 +356,7 @@ impl WeComClient {
     /// `kf/service_state/trans`: to the queue (2), or to `servicer` (3).
     pub(crate) async fn kf_service_state_trans(
         &self,
-        token: &str,
+        token: &AccessToken,
         open_kfid: &str,
         external_userid: &str,
         servicer: Option<&str>,
@@ -367,31 +372,38 @@ impl WeComClient {
 
     pub(crate) async fn kf_customer_batchget(
         &self,
-        token: &str,
+        token: &AccessToken,
         external_userids: &[String],
     ) -> Result<KfCustomers, WeComError> {
         let body = serde_json::json!({"external_userid_list": external_userids});
         self.post_json("kf/customer/batchget", token, &body).await
     }
 
-    pub(crate) async fn user_get(&self, token: &str, userid: &str) -> Result<User, WeComError> {
-        self.get_json("user/get", &[("access_token", token), ("userid", userid)]).await
+    pub(crate) async fn user_get(&self, token: &AccessToken, userid: &str) -> Result<User, WeComError> {
+        self.get_json("user/get", &[("access_token", token.expose()), ("userid", userid)]).await
     }
 
     pub(crate) async fn externalcontact_get(
         &self,
-        token: &str,
+        token: &AccessToken,
         external_userid: &str,
     ) -> Result<ExternalContactResponse, WeComError> {
-        self.get_json("externalcontact/get", &[("access_token", token), ("external_userid", external_userid)]).await
+        self.get_json("externalcontact/get", &[("access_token", token.expose()), ("external_userid", external_userid)])
+            .await
     }
 
     /// `media/get`: the file, to be read chunk by chunk ([`Media::chunk`]), or
     /// WeCom's JSON error. At most `max_bytes`: a larger `Content-Length` is refused
     /// before the body is read, a body that grows past it while being read.
-    pub(crate) async fn media_get(&self, token: &str, media_id: &str, max_bytes: usize) -> Result<Media, WeComError> {
+    pub(crate) async fn media_get(
+        &self,
+        token: &AccessToken,
+        media_id: &str,
+        max_bytes: usize,
+    ) -> Result<Media, WeComError> {
         const API: &str = "media/get";
-        let response = self.send(API, self.get(API, &[("access_token", token), ("media_id", media_id)])).await?;
+        let response =
+            self.send(API, self.get(API, &[("access_token", token.expose()), ("media_id", media_id)])).await?;
         let header = |name| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         let content_type = header(reqwest::header::CONTENT_TYPE);
         let filename = header(reqwest::header::CONTENT_DISPOSITION)

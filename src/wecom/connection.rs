@@ -45,13 +45,13 @@ pub(crate) struct SecretReport {
     pub kf_api: Option<KfApiReport>,
 }
 
+/// Whether a Secret may call `kf/account/list`: `"status": "success"` with the
+/// number of accounts, or `"status": "error"` with the problem; never both.
 #[derive(Debug, Clone, Serialize)]
-pub(crate) struct KfApiReport {
-    pub status: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub accounts: Option<usize>,
-    #[serde(flatten, skip_serializing_if = "Option::is_none")]
-    pub problem: Option<Problem>,
+#[serde(tag = "status", rename_all = "lowercase")]
+pub(crate) enum KfApiReport {
+    Success { accounts: usize },
+    Error(Problem),
 }
 
 /// The whole report: the built-in channels' Secrets as before channels had
@@ -112,14 +112,14 @@ async fn secret_report(api: &ChannelApi, corp_id: &str, app: String, kf: bool) -
     if kf {
         let listed = api.call(|client, token| async move { client.kf_account_list(&token).await }).await;
         report.kf_api = Some(match listed {
-            Ok(list) => KfApiReport { status: "success", accounts: Some(list.account_list.len()), problem: None },
+            Ok(list) => KfApiReport::Success { accounts: list.account_list.len() },
             Err(error) => {
                 report.status = "error";
                 let mut problem = Problem::of(&error);
                 problem.hint = problem.hint.or_else(|| {
                     Some("this Secret may not call 微信客服 APIs: use the kf Secret, or authorise the app under 微信客服 → 可调用接口的应用".into())
                 });
-                KfApiReport { status: "error", accounts: None, problem: Some(problem) }
+                KfApiReport::Error(problem)
             }
         });
     }
@@ -147,4 +147,18 @@ pub(crate) async fn test_connection(wecom: &WeCom, corp_id: &str, channels: &Cha
     let all_ok = builtins_ok && reports.iter().all(|r| r.status == "success");
     let status = if (!secrets.is_empty() || !reports.is_empty()) && all_ok { "success" } else { "error" };
     ConnectionReport { status, corp_id: corp_id.to_owned(), secrets, channels: reports }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kf_api_report_is_either_a_count_or_a_problem_with_its_status() {
+        let listed = serde_json::to_value(KfApiReport::Success { accounts: 2 }).expect("JSON");
+        assert_eq!(listed, serde_json::json!({"status": "success", "accounts": 2}));
+        let problem = Problem { errcode: Some(48002), error: "api forbidden".into(), hint: None };
+        let refused = serde_json::to_value(KfApiReport::Error(problem)).expect("JSON");
+        assert_eq!(refused, serde_json::json!({"status": "error", "errcode": 48002, "error": "api forbidden"}));
+    }
 }

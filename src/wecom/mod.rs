@@ -23,6 +23,7 @@ pub use tokens::TokenSource;
 use crate::channels::{ChannelKind, ChannelName};
 use crate::config::Config;
 use crate::egress::Egress;
+use crate::store::tokens::AccessToken;
 use crate::store::Store;
 use crate::telemetry::Metrics;
 pub(crate) use client::Media;
@@ -41,7 +42,7 @@ impl ChannelApi {
     /// Calls `api_call` with this channel's client and a token (see [`TokenSource::call`]).
     pub(crate) async fn call<'a, T, F, Fut>(&'a self, api_call: F) -> Result<T, WeComError>
     where
-        F: Fn(&'a WeComClient, String) -> Fut,
+        F: Fn(&'a WeComClient, AccessToken) -> Fut,
         Fut: std::future::Future<Output = Result<T, WeComError>>,
     {
         self.tokens.call(|token| api_call(&self.client, token)).await

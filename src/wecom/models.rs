@@ -2,20 +2,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// `gettoken`'s answer. `Debug` shows the token's length, never the token.
-#[derive(Clone, Deserialize)]
-pub(crate) struct TokenResponse {
-    pub access_token: String,
-    pub expires_in: i64,
-}
+use crate::store::tokens::AccessToken;
 
-impl std::fmt::Debug for TokenResponse {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenResponse")
-            .field("access_token", &format_args!("<{} chars>", self.access_token.len()))
-            .field("expires_in", &self.expires_in)
-            .finish()
-    }
+/// `gettoken`'s answer (its `Debug` shows the token's length, never the token).
+#[derive(Debug, Clone, Deserialize)]
+pub(crate) struct TokenResponse {
+    pub access_token: AccessToken,
+    pub expires_in: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

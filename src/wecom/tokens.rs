@@ -10,14 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 use tokio::sync::Mutex;
 
 use super::client::WeComClient;
 use super::error::{ApiError, WeComError};
 use crate::channels::ChannelName;
 use crate::config::Secret;
-use crate::store::tokens::StoredToken;
+use crate::store::tokens::{AccessToken, StoredToken};
 use crate::store::{now, Store};
 use crate::telemetry::Metrics;
 
@@ -153,7 +152,7 @@ impl TokenSource {
 
     /// A token with more than [`REFRESH_MARGIN_SECS`] left: cached, stored (by this
     /// process earlier, or by another replica), or new.
-    pub async fn token(&self) -> Result<String, WeComError> {
+    pub async fn token(&self) -> Result<AccessToken, WeComError> {
         let mut current = self.current.lock().await;
         if !current.as_ref().is_some_and(Self::fresh) {
             // A fresh stored token saves a gettoken: after a restart, or when another
@@ -265,13 +264,13 @@ impl TokenSource {
 
     /// Drops `stale` if it is still the current token (a concurrent caller may have
     /// refreshed already; then there is nothing to drop).
-    pub(crate) async fn invalidate(&self, stale: &str) {
+    pub(crate) async fn invalidate(&self, stale: &AccessToken) {
         let mut current = self.current.lock().await;
         // Constant time like every comparison of a credential, though both are ours.
-        if current.as_ref().is_none_or(|t| bool::from(t.token.as_bytes().ct_eq(stale.as_bytes()))) {
-            let _ = self.store.drop_token(self.cache_key.clone(), stale.to_owned()).await;
+        if current.as_ref().is_none_or(|t| t.token == *stale) {
+            let _ = self.store.drop_token(self.cache_key.clone(), stale.clone()).await;
             // The next `token()` must not pick the stale one up from the store again.
-            *current = Some(StoredToken { token: String::new(), expires_at: 0 });
+            *current = Some(StoredToken { token: AccessToken::new(""), expires_at: 0 });
             self.update_status(|s| s.invalidations += 1);
         }
     }
@@ -280,7 +279,7 @@ impl TokenSource {
     /// (42001, 40014, 40001), drops it, refreshes once and retries once.
     pub async fn call<T, F, Fut>(&self, api_call: F) -> Result<T, WeComError>
     where
-        F: Fn(String) -> Fut,
+        F: Fn(AccessToken) -> Fut,
         Fut: Future<Output = Result<T, WeComError>>,
     {
         let token = self.token().await?;

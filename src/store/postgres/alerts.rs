@@ -1,8 +1,8 @@
-//! Alert state, `meta` values and the write probe in PostgreSQL.
+//! Alert state in PostgreSQL.
 
 use tokio_postgres::Row;
 
-use super::{Postgres, EPOCH};
+use super::Postgres;
 use crate::store::alerts::FiringRecord;
 use crate::store::StoreError;
 
@@ -36,45 +36,6 @@ impl Postgres {
         let client = self.client().await?;
         let statement = client.prepare_cached("DELETE FROM alert_state WHERE check_name = $1").await?;
         client.execute(&statement, &[&check]).await?;
-        self.committed(1);
-        Ok(())
-    }
-
-    /// A value in `meta`.
-    pub(in crate::store) async fn meta_value(&self, key: &'static str) -> Result<Option<String>, StoreError> {
-        let client = self.client().await?;
-        let statement = client.prepare_cached("SELECT value FROM meta WHERE key = $1").await?;
-        Ok(client.query_opt(&statement, &[&key]).await?.map(|row| row.get(0)))
-    }
-
-    pub(in crate::store) async fn set_meta_value(&self, key: &'static str, value: String) -> Result<(), StoreError> {
-        let client = self.client().await?;
-        let statement = client
-            .prepare_cached(
-                "INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            )
-            .await?;
-        client.execute(&statement, &[&key, &value]).await?;
-        self.committed(1);
-        Ok(())
-    }
-
-    /// Writes and deletes a probe row in one transaction: the `store:writable`
-    /// check. The row never becomes visible, so concurrent replicas' probes only
-    /// queue on it.
-    pub(in crate::store) async fn probe_write(&self) -> Result<(), StoreError> {
-        let mut client = self.client().await?;
-        let tx = client.transaction().await?;
-        tx.execute(
-            &format!(
-                "INSERT INTO meta (key, value) VALUES ('probe', {EPOCH}::text)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value"
-            ),
-            &[],
-        )
-        .await?;
-        tx.execute("DELETE FROM meta WHERE key = 'probe'", &[]).await?;
-        tx.commit().await?;
         self.committed(1);
         Ok(())
     }

@@ -1,7 +1,7 @@
 //! Access tokens in PostgreSQL, shared by the replicas.
 
 use super::{Postgres, EPOCH};
-use crate::store::tokens::StoredToken;
+use crate::store::tokens::{AccessToken, StoredToken};
 use crate::store::StoreError;
 
 impl Postgres {
@@ -10,7 +10,7 @@ impl Postgres {
         let statement =
             client.prepare_cached("SELECT token, expires_at FROM access_tokens WHERE cache_key = $1").await?;
         let row = client.query_opt(&statement, &[&cache_key]).await?;
-        Ok(row.map(|row| StoredToken { token: row.get(0), expires_at: row.get(1) }))
+        Ok(row.map(|row| StoredToken { token: AccessToken::new(row.get::<_, String>(0)), expires_at: row.get(1) }))
     }
 
     pub(in crate::store) async fn save_token(&self, cache_key: String, token: StoredToken) -> Result<(), StoreError> {
@@ -22,16 +22,16 @@ impl Postgres {
                  obtained_at = excluded.obtained_at"
             ))
             .await?;
-        client.execute(&statement, &[&cache_key, &token.token, &token.expires_at]).await?;
+        client.execute(&statement, &[&cache_key, &token.token.expose(), &token.expires_at]).await?;
         self.committed(1);
         Ok(())
     }
 
     /// Deletes the token of `cache_key` only if it is still `stale`.
-    pub(in crate::store) async fn drop_token(&self, cache_key: String, stale: String) -> Result<(), StoreError> {
+    pub(in crate::store) async fn drop_token(&self, cache_key: String, stale: AccessToken) -> Result<(), StoreError> {
         let client = self.client().await?;
         let statement = client.prepare_cached("DELETE FROM access_tokens WHERE cache_key = $1 AND token = $2").await?;
-        client.execute(&statement, &[&cache_key, &stale]).await?;
+        client.execute(&statement, &[&cache_key, &stale.expose()]).await?;
         self.committed(1);
         Ok(())
     }

@@ -1,10 +1,10 @@
 //! alerts in SQLite.
 
-use rusqlite::{params, OptionalExtension, Row};
+use rusqlite::{params, Row};
 
 use super::Sqlite;
 use crate::store::alerts::FiringRecord;
-use crate::store::{now, StoreError};
+use crate::store::StoreError;
 
 /// Every firing check, read by [`read_firing`] (also by the snapshot's export).
 pub(super) const FIRING: &str = "SELECT check_name, firing_since, last_notified_at FROM alert_state";
@@ -33,31 +33,5 @@ impl Sqlite {
 
     pub(in crate::store) async fn clear_firing(&self, check: String) -> Result<(), StoreError> {
         self.run(move |db| db.execute("DELETE FROM alert_state WHERE check_name = ?1", [check]).map(drop)).await
-    }
-
-    /// A value in `meta`, e.g. the last restart note or certificate step.
-    pub(in crate::store) async fn meta_value(&self, key: &'static str) -> Result<Option<String>, StoreError> {
-        self.run(move |db| db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional())
-            .await
-    }
-
-    pub(in crate::store) async fn set_meta_value(&self, key: &'static str, value: String) -> Result<(), StoreError> {
-        self.run(move |db| {
-            db.execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                params![key, value],
-            )
-            .map(drop)
-        })
-        .await
-    }
-
-    /// Writes and deletes a probe row: the `store:writable` check.
-    pub(in crate::store) async fn probe_write(&self) -> Result<(), StoreError> {
-        self.run(|db| {
-            db.execute("INSERT INTO meta (key, value) VALUES ('probe', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [now().to_string()])?;
-            db.execute("DELETE FROM meta WHERE key = 'probe'", []).map(drop)
-        })
-        .await
     }
 }

@@ -20,4 +20,30 @@ impl Sqlite {
         })
         .await
     }
+
+    /// A value in `meta`, e.g. the last restart note or certificate step.
+    pub(in crate::store) async fn meta_value(&self, key: &'static str) -> Result<Option<String>, StoreError> {
+        self.run(move |db| db.query_row("SELECT value FROM meta WHERE key = ?1", [key], |row| row.get(0)).optional())
+            .await
+    }
+
+    pub(in crate::store) async fn set_meta_value(&self, key: &'static str, value: String) -> Result<(), StoreError> {
+        self.run(move |db| {
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                params![key, value],
+            )
+            .map(drop)
+        })
+        .await
+    }
+
+    /// Writes and deletes a probe row: the `store:writable` check.
+    pub(in crate::store) async fn probe_write(&self) -> Result<(), StoreError> {
+        self.run(|db| {
+            db.execute("INSERT INTO meta (key, value) VALUES ('probe', ?1) ON CONFLICT(key) DO UPDATE SET value = excluded.value", [now().to_string()])?;
+            db.execute("DELETE FROM meta WHERE key = 'probe'", []).map(drop)
+        })
+        .await
+    }
 }
