@@ -83,26 +83,12 @@ pub(crate) fn read<F: XmlFields>(xml: &str, what: &'static str) -> Result<F, Par
                 }
             }
             Event::Text(text) => {
-                let text = match within(xml, &text) {
-                    Some(text) => std::borrow::Cow::Borrowed(text),
-                    None => text.decode().map_err(|e| fail(e.to_string()))?,
-                };
-                if depth == 2 {
-                    value.push_str(&text);
-                } else if depth < 2 && !text.trim().is_empty() {
-                    return Err(fail("text outside any element".into()));
-                }
+                let text = lent_or(xml, &text, || text.decode()).map_err(|e| fail(e.to_string()))?;
+                content(&mut value, depth, &text, Content::Text).map_err(fail)?;
             }
             Event::CData(data) => {
-                let data = match within(xml, &data) {
-                    Some(data) => std::borrow::Cow::Borrowed(data),
-                    None => data.decode().map_err(|e| fail(e.to_string()))?,
-                };
-                if depth == 2 {
-                    value.push_str(&data);
-                } else if depth < 2 {
-                    return Err(fail("CDATA outside any element".into()));
-                }
+                let data = lent_or(xml, &data, || data.decode()).map_err(|e| fail(e.to_string()))?;
+                content(&mut value, depth, &data, Content::CData).map_err(fail)?;
             }
             Event::GeneralRef(reference) => {
                 if depth < 2 {
@@ -136,6 +122,35 @@ fn within<'a>(xml: &'a str, bytes: &[u8]) -> Option<&'a str> {
     let start = (bytes.as_ptr() as usize).checked_sub(xml.as_ptr() as usize)?;
     let part = xml.get(start..start.checked_add(bytes.len())?)?;
     (part.as_ptr() == bytes.as_ptr()).then_some(part)
+}
+
+/// `bytes` as lent from `xml` (see [`within`]), else as `decode` makes them.
+fn lent_or<'a, E>(
+    xml: &'a str,
+    bytes: &[u8],
+    decode: impl FnOnce() -> Result<std::borrow::Cow<'a, str>, E>,
+) -> Result<std::borrow::Cow<'a, str>, E> {
+    within(xml, bytes).map_or_else(decode, |text| Ok(std::borrow::Cow::Borrowed(text)))
+}
+
+/// Text or CDATA: outside any element, only text that is whitespace is allowed.
+#[derive(Clone, Copy)]
+enum Content {
+    Text,
+    CData,
+}
+
+/// Appends text or CDATA at `depth` to the value of the field being read
+/// (depth 2), or refuses it outside any element.
+fn content(value: &mut String, depth: usize, text: &str, kind: Content) -> Result<(), String> {
+    match (depth, kind) {
+        (2, _) => value.push_str(text),
+        (0 | 1, Content::Text) if text.trim().is_empty() => {}
+        (0 | 1, Content::Text) => return Err("text outside any element".into()),
+        (0 | 1, Content::CData) => return Err("CDATA outside any element".into()),
+        _ => {}
+    }
+    Ok(())
 }
 
 fn assign<F: XmlFields>(
