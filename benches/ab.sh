@@ -38,17 +38,8 @@ loadgen=${LOADGEN:-$repo/target/release/examples/loadgen}
 read -r -a bins <<<"${AB_BINS:?AB_BINS=\"name=path ...\"}"
 [ -x "$loadgen" ] || { echo "no loadgen at $loadgen (cargo build --example loadgen)" >&2; exit 1; }
 
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  local p
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-clean=(env -i "PATH=$PATH" "HOME=$work")
-demo=$work/demo
+# shellcheck source=benches/work.sh
+source benches/work.sh
 first_bin=${bins[0]#*=}
 "${clean[@]}" "DATA_DIR=$demo" "$first_bin" sign --demo >/dev/null
 read -r -a extra_env <<<"${AB_SERVICE_ENV:-}"
@@ -57,25 +48,8 @@ service_env=(
   "WECOM_API_BASE_URL=http://127.0.0.1:$fake_port" "WECOM_KF_SECRET=compare-kf-secret" ${extra_env[@]+"${extra_env[@]}"}
 )
 
-# nginx, one worker, as in benches/compare.sh.
-mkdir -p "$work/nginx/tmp"
-cat >"$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $work/nginx/tmp/body;
-  proxy_temp_path $work/nginx/tmp/proxy;
-  fastcgi_temp_path $work/nginx/tmp/fastcgi;
-  uwsgi_temp_path $work/nginx/tmp/uwsgi;
-  scgi_temp_path $work/nginx/tmp/scgi;
-  server { listen 127.0.0.1:$nginx_port; location / { return 200; } }
-}
-NGINX
+# The reference nginx (benches/work.sh), plain only.
+nginx_conf "    listen 127.0.0.1:$nginx_port;"
 taskset -c 0 /usr/sbin/nginx -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx/stderr.log" 2>&1 &
 pids+=("$!")
 taskset -c 1 "$loadgen" fake-api --listen "127.0.0.1:$fake_port" >"$work/fake.log" 2>&1 &

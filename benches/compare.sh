@@ -113,31 +113,11 @@ worker=""
 if [ -z "$nginx_bin" ]; then
   echo "   nginx not found, skipping the reference: apt-get install -y nginx-light" >&2
 else
-  mkdir -p "$work/nginx/tmp"
-  cat >"$work/nginx/nginx.conf" <<NGINX
-worker_processes 1;
-daemon off;
-pid $work/nginx/nginx.pid;
-error_log $work/nginx/error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 10000000;
-  client_body_temp_path $work/nginx/tmp/body;
-  proxy_temp_path $work/nginx/tmp/proxy;
-  fastcgi_temp_path $work/nginx/tmp/fastcgi;
-  uwsgi_temp_path $work/nginx/tmp/uwsgi;
-  scgi_temp_path $work/nginx/tmp/scgi;
-  server {
-    listen 127.0.0.1:$nginx_port;
+  nginx_conf "    listen 127.0.0.1:$nginx_port;
     listen 127.0.0.1:$nginx_tls_port ssl;
     ssl_certificate $demo/certs/server.crt;
     ssl_certificate_key $demo/certs/server.key;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    location / { return 200; }
-  }
-}
-NGINX
+    ssl_protocols TLSv1.2 TLSv1.3;"
   taskset -c 0 "$nginx_bin" -p "$work/nginx" -c "$work/nginx/nginx.conf" >"$work/nginx/stderr.log" 2>&1 &
   nginx_pid=$!
   pids+=("$nginx_pid")
