@@ -372,14 +372,18 @@ async fn a_hundred_channels_start_within_a_second_and_each_answers_on_its_own_pa
 
 const ADMIN: &str = "admin-token-for-channels-0123";
 
+/// The hr channel of the file beside the built-in app with its Secret, against
+/// `wecom`, with the admin API on.
+async fn spawn_hr_beside_the_app(wecom: &FakeWeCom) -> (TestApp, tempfile::TempDir) {
+    let settings =
+        [("WECOM_API_BASE_URL", wecom.base_url.as_str()), ("WECOM_SECRET", "app-secret-value"), ("ADMIN_TOKEN", ADMIN)];
+    spawn_with_file(&hr_table(""), &settings).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_channel_has_its_token_check_a_status_row_and_its_own_connection_test() {
     let wecom = FakeWeCom::start().await;
-    let (app, _dir) = spawn_with_file(
-        &hr_table(""),
-        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-value"), ("ADMIN_TOKEN", ADMIN)],
-    )
-    .await;
+    let (app, _dir) = spawn_hr_beside_the_app(&wecom).await;
     assert_eq!(
         post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &text_to(HR_AGENT, 3, "hi")).await.0,
         200
@@ -618,11 +622,7 @@ async fn a_name_is_looked_up_with_the_secret_of_the_channel_the_id_was_seen_on()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_user_id_in_two_corps_is_two_names_and_a_file_channels_senders_are_listed() {
     let wecom = FakeWeCom::start().await;
-    let (app, _dir) = spawn_with_file(
-        &hr_table(""),
-        &[("WECOM_API_BASE_URL", &wecom.base_url), ("WECOM_SECRET", "app-secret-value"), ("ADMIN_TOKEN", ADMIN)],
-    )
-    .await;
+    let (app, _dir) = spawn_hr_beside_the_app(&wecom).await;
     // lisi writes to hr.
     let hr_text = text_to(HR_AGENT, 11, "hi");
     assert_eq!(post(&app, "/api/v1/wecom/callback/hr", HR_TOKEN, HR_KEY, HR_CORP, &hr_text).await.0, 200);
