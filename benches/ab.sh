@@ -13,7 +13,9 @@
 # graphs: the release profile has no frame pointers) of each build's last run to
 # DIR/NAME.perf.data (perf at /usr/bin/perf; build with --profile profiling to
 # see symbols; benches/perf-attribute.py sums it up by part of the callback
-# path); AB_SERVICE_ENV="NAME=VALUE ..." extra environment for the service.
+# path); AB_SERVICE_ENV="NAME=VALUE ..." extra environment for the service;
+# METRICS_OUT=DIR keeps each run's /metrics as DIR/NAME-ROUND.prom (the stage
+# histograms' buckets, for the tail).
 # Prints one line per run and, per build, the medians over rounds: req/s, the
 # ratio to nginx within the round, wrk's p50/p99/max, the service's own stage
 # means from /metrics, ops per commit, RSS idle and after the load, and KiB the
@@ -124,6 +126,10 @@ for ((round = 1; round <= rounds; round++)); do
     kib_per_callback=$(awk -v w="$(($(written "$pid") - written_before))" -v r="$rps" -v s="$seconds" 'BEGIN { printf "%.2f", (r > 0 ? w / 1024 / (r * s) : 0) }')
     sleep 5 # the metrics upkeep copies the store's counters every 5 s
     read -r callback queue execute commit per_commit <<<"$(stages)"
+    if [ -n "${METRICS_OUT:-}" ]; then
+      mkdir -p "$METRICS_OUT"
+      curl -s "http://127.0.0.1:$http_port/metrics" >"$METRICS_OUT/$name-$round.prom"
+    fi
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     ratio=$(awk -v a="$rps" -v b="$n_rps" 'BEGIN { printf "%.3f", a / b }')

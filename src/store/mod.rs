@@ -180,10 +180,13 @@ pub(crate) enum StoreStage {
     /// A group's commit: the log write and its fsync (on PostgreSQL, the one
     /// statement of a journal group, which is its own transaction).
     Commit,
+    /// SQLite's WAL copied into the database by the writer, after the commit
+    /// that made it long enough was answered (none on PostgreSQL).
+    Checkpoint,
 }
 
 impl StoreStage {
-    pub(crate) const ALL: [Self; 3] = [Self::Queue, Self::Execute, Self::Commit];
+    pub(crate) const ALL: [Self; 4] = [Self::Queue, Self::Execute, Self::Commit, Self::Checkpoint];
 
     /// The `stage` label's value.
     pub(crate) fn as_str(self) -> &'static str {
@@ -191,6 +194,7 @@ impl StoreStage {
             Self::Queue => "queue",
             Self::Execute => "execute",
             Self::Commit => "commit",
+            Self::Checkpoint => "checkpoint",
         }
     }
 }

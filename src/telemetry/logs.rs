@@ -43,7 +43,14 @@ pub(crate) fn init_tracing(format: LogFormat, filter: Option<&str>) -> LogGuard 
         .buffered_lines_limit(LOG_QUEUE_LINES)
         .thread_name("wechat-api-log")
         .finish(std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout()));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).with_ansi(ansi);
+    // tracing's own escaping of the message (a `write_char` per character, ~3 %
+    // of a callback's CPU, BENCHMARKS.md) only for a terminal: everywhere else
+    // `OneLine` escapes every control character, ESC included, already.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(ansi)
+        .with_ansi_sanitization(ansi);
     let installed = match format {
         // Text lines carry what strangers send (a customer's text, a sender id):
         // every control character in them is escaped, so one event is one line.

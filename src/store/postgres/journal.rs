@@ -30,6 +30,11 @@ use crate::store::journal::{EntryKind, NewEntry, PendingEntry, Recorded};
 use crate::store::outbox::NewAction;
 use crate::store::{Stats, StoreError, StoreStage};
 
+/// Makes a transaction's commit return before its WAL record is flushed: for
+/// bookkeeping that may be redone after the server's crash. The next durable
+/// commit's flush (any journal group's) covers it, as SQLite's next fsync does.
+const RELAXED: &str = "SET LOCAL synchronous_commit = off";
+
 /// At most this many entries share one statement.
 const MAX_GROUP: usize = 256;
 
@@ -224,9 +229,14 @@ impl Postgres {
 
     /// Claims the oldest unhandled entries not claimed by a live lease, for the
     /// store's lease: no other replica gets them until it runs out.
+    ///
+    /// Relaxed (`synchronous_commit = off`, see the backend's documentation): a
+    /// claim lost with the server's crash only lets the entries be claimed again.
     pub(in crate::store) async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
-        let client = self.client().await?;
-        let statement = client
+        let mut client = self.client().await?;
+        let tx = client.transaction().await?;
+        tx.batch_execute(RELAXED).await?;
+        let statement = tx
             .prepare_cached(
                 "UPDATE journal SET claimed_until = now() + make_interval(secs => $2::bigint)
                  WHERE id IN (SELECT id FROM journal
@@ -235,7 +245,8 @@ impl Postgres {
                  RETURNING id, dedup_key, channel, kind, received_at, payload",
             )
             .await?;
-        let rows = client.query(&statement, &[&super::bigint(limit), &self.lease_secs]).await?;
+        let rows = tx.query(&statement, &[&super::bigint(limit), &self.lease_secs]).await?;
+        tx.commit().await?;
         self.committed(1);
         let mut entries = rows.iter().map(read_entry).collect::<Result<Vec<_>, StoreError>>()?;
         // RETURNING keeps no order: arrival order, as claimed.
@@ -244,9 +255,13 @@ impl Postgres {
     }
 
     /// Marks entries handled and queues their actions, in one transaction.
+    ///
+    /// Relaxed: lost with the server's crash, the entries are handled again,
+    /// which queues the same idempotency keys (as on SQLite).
     pub(in crate::store) async fn complete(&self, completions: Vec<(i64, Vec<NewAction>)>) -> Result<(), StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
+        tx.batch_execute(RELAXED).await?;
         let actions: Vec<&NewAction> = completions.iter().flat_map(|(_, actions)| actions).collect();
         insert_actions(&tx, &actions).await?;
         // In id order, as other completions of overlapping entries lock them.

@@ -8,7 +8,11 @@
 //! How it differs from SQLite, and why:
 //! - **Acknowledged means committed**: every connection runs with
 //!   `synchronous_commit` on; an operation answers only after its commit, and a
-//!   commit whose outcome is unknown (the connection broke) is an error.
+//!   commit whose outcome is unknown (the connection broke) is an error. Two
+//!   operations are relaxed, as on SQLite: the dispatcher's claim and its
+//!   completion commit with `SET LOCAL synchronous_commit = off` (lost with the
+//!   server's crash, the entries are claimed and handled again, queueing the same
+//!   idempotency keys), so they do not wait for a WAL flush of their own.
 //! - **Group commit** for the journal: concurrent callbacks are gathered by a few
 //!   writer tasks into one multi-row `INSERT … ON CONFLICT DO NOTHING` each (one
 //!   commit per group), as the SQLite writer thread does (see `journal`).
@@ -23,8 +27,7 @@
 //! Deliberately not here: what the operations mean to the service (the boundary
 //! in `store/`), `LISTEN/NOTIFY` (a `pg_notify` in the journal transaction
 //! serialises commits; replicas poll), session advisory locks (they break behind
-//! pgbouncer), and one durability class only (PostgreSQL has no cheap relaxed
-//! commit worth the complexity here).
+//! pgbouncer).
 
 mod aibot;
 mod alerts;
