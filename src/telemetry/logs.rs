@@ -13,8 +13,11 @@ pub(crate) struct LogGuard {
     _worker: Option<tracing_appender::non_blocking::WorkerGuard>,
 }
 
-/// Lines queued for the log thread before a request thread waits for it.
-const LOG_QUEUE_LINES: usize = 64 * 1024;
+/// Lines queued for the log thread before a request thread waits for it: ~0.3 s
+/// of the durable path at full speed. The queue's slots are allocated and
+/// written when it is made (~40 bytes each): 65,536 of them were 2.5 MiB of the
+/// idle service's 17.5 MiB (issue 25, BENCHMARKS.md).
+const LOG_QUEUE_LINES: usize = 8 * 1024;
 
 /// Starts logging to stdout. Safe to call more than once (later calls are ignored).
 ///
