@@ -361,6 +361,39 @@ async fn concurrent_journal_writes_share_commits() {
     assert_eq!(store.unhandled().await.expect("unhandled"), 400);
 }
 
+/// A replica's journal writer inserts its entries claimed for it: its
+/// dispatcher takes them from memory without claiming (rewriting) the rows
+/// again, and another replica gets them only once that claim has run out (their
+/// replica died with them), as with any claimed batch.
+#[tokio::test]
+async fn a_replicas_own_entries_are_claimed_by_their_insert_until_the_claim_runs_out() {
+    let Some(url) = fresh_database().await else { return };
+    let lease = Duration::from_secs(1);
+    let first = Store::connect(&url, 4, lease).await.expect("connects");
+    let second = Store::connect(&url, 4, lease).await.expect("connects");
+    assert!(matches!(first.journal(entry("mine")).await.expect("journal"), Recorded::New(_)));
+    let query = "SELECT count(*) FROM journal WHERE dedup_key = 'mine' AND claimed_until > now()";
+    assert_eq!(count(&url, query).await, 1, "claimed by its insert");
+    assert!(second.claim_entries(10).await.expect("claim").is_empty(), "not another replica's");
+    let mine = first.claim_entries(10).await.expect("claim");
+    assert_eq!(mine.iter().map(|e| e.dedup_key.as_str()).collect::<Vec<_>>(), ["mine"]);
+    assert_eq!(mine[0].payload, "<xml>mine</xml>");
+    // The first replica dies before completing it: once the claim runs out, the
+    // second takes it from the journal.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let again = loop {
+        let claimed = second.claim_entries(10).await.expect("claim");
+        if !claimed.is_empty() {
+            break claimed;
+        }
+        assert!(Instant::now() < deadline, "the entry was never claimed again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((again[0].id, &again[0].payload), (mine[0].id, &mine[0].payload));
+    second.complete_entries(vec![(again[0].id, Vec::new())]).await.expect("complete");
+    assert_eq!(second.unhandled().await.expect("unhandled"), 0);
+}
+
 #[tokio::test]
 async fn one_bad_entry_in_a_group_fails_alone() {
     let Some(url) = fresh_database().await else { return };

@@ -23,6 +23,7 @@ use deadpool_postgres::{Pool, Transaction};
 use tokio::sync::{mpsc, oneshot, Mutex};
 
 use super::outbox::insert_actions;
+use super::owned::Owned;
 use super::{named, record_commit, Postgres, PostgresError, EPOCH};
 use crate::channels::ChannelName;
 use crate::log_limit::SharedLogLimiter;
@@ -43,14 +44,16 @@ const MAX_GROUP: usize = 256;
 /// (4 writers: ~10 rows, ~4k commits/s, and fewer rows/s).
 const MAX_WRITERS: usize = 2;
 
-/// Inserts entries (given sorted by dedup key): the keys and ids of the new rows.
+/// Inserts entries (given sorted by dedup key), those flagged in `$6` already
+/// claimed for `$7` seconds (`owned`): the keys, ids and times of the new rows.
 fn insert_sql() -> String {
     format!(
-        "INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload)
-         SELECT k, c, t, s, {EPOCH}, p
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS e(k, c, t, s, p)
+        "INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload, claimed_until)
+         SELECT k, c, t, s, {EPOCH}, p, CASE WHEN cl THEN now() + make_interval(secs => $7::bigint) END
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
+             AS e(k, c, t, s, p, cl)
          ON CONFLICT (dedup_key) DO NOTHING
-         RETURNING dedup_key, id"
+         RETURNING dedup_key, id, received_at"
     )
 }
 
@@ -60,6 +63,8 @@ struct Write {
     reply: oneshot::Sender<Result<Recorded, StoreError>>,
     /// When it was queued ([`StoreStage::Queue`]).
     queued: std::time::Instant,
+    /// How long its claim holds, when it is inserted claimed (`owned`).
+    lease_secs: i64,
 }
 
 /// The queue of the journal's writer tasks. The tasks end when every handle is
@@ -70,24 +75,33 @@ pub(super) struct Writers(mpsc::UnboundedSender<Write>);
 impl Writers {
     /// Starts the writer tasks: half the pool (so other operations still get
     /// connections), at least one, at most [`MAX_WRITERS`].
-    pub(super) fn start(pool: Pool, stats: Arc<Stats>, pool_size: usize) -> Self {
+    pub(super) fn start(pool: Pool, stats: Arc<Stats>, owned: Arc<Owned>, pool_size: usize) -> Self {
         let (sender, receiver) = mpsc::unbounded_channel();
         let receiver = Arc::new(Mutex::new(receiver));
         let log = Arc::new(SharedLogLimiter::default());
         for _ in 0..(pool_size / 2).clamp(1, MAX_WRITERS) {
-            tokio::spawn(write_groups(pool.clone(), Arc::clone(&stats), Arc::clone(&log), Arc::clone(&receiver)));
+            let parts = Parts {
+                pool: pool.clone(),
+                stats: Arc::clone(&stats),
+                owned: Arc::clone(&owned),
+                log: Arc::clone(&log),
+            };
+            tokio::spawn(write_groups(parts, Arc::clone(&receiver)));
         }
         Self(sender)
     }
 }
 
-/// One writer: takes whatever is queued, journals it, answers, again.
-async fn write_groups(
+/// What a writer works with.
+struct Parts {
     pool: Pool,
     stats: Arc<Stats>,
+    owned: Arc<Owned>,
     log: Arc<SharedLogLimiter>,
-    queue: Arc<Mutex<mpsc::UnboundedReceiver<Write>>>,
-) {
+}
+
+/// One writer: takes whatever is queued, journals it, answers, again.
+async fn write_groups(parts: Parts, queue: Arc<Mutex<mpsc::UnboundedReceiver<Write>>>) {
     loop {
         let group = {
             // One writer gathers at a time; the others are committing meanwhile.
@@ -111,22 +125,30 @@ async fn write_groups(
         }
         let started = std::time::Instant::now();
         for write in &group {
-            stats.observe(StoreStage::Queue, started.saturating_duration_since(write.queued));
+            parts.stats.observe(StoreStage::Queue, started.saturating_duration_since(write.queued));
         }
-        write_group(&pool, &stats, &log, group).await;
+        write_group(&parts, group).await;
     }
 }
 
-/// Journals a group and answers each caller.
-async fn write_group(pool: &Pool, stats: &Stats, log: &SharedLogLimiter, group: Vec<Write>) {
-    let entries: Vec<&NewEntry> = group.iter().map(|write| &write.entry).collect();
+/// Journals a group and answers each caller. What fits in `owned` is inserted
+/// claimed for this replica and queued there before its caller hears of it.
+async fn write_group(parts: &Parts, group: Vec<Write>) {
+    let Parts { pool, stats, owned, log } = parts;
+    let rows: Vec<Row<'_>> = group
+        .iter()
+        .map(|write| Row {
+            entry: &write.entry,
+            lease_secs: owned.reserve(write.entry.payload.len()).then_some(write.lease_secs),
+        })
+        .collect();
     let started = std::time::Instant::now();
-    let outcome = insert_group(pool, &entries).await;
+    let outcome = insert_group(pool, &rows).await;
     stats.observe(StoreStage::Commit, started.elapsed());
-    let answers: Vec<Result<Recorded, StoreError>> = match outcome {
-        Ok(recorded) => {
+    let answers: Vec<Result<Inserted, StoreError>> = match outcome {
+        Ok(inserted) => {
             record_commit(stats, group.len() as u64);
-            recorded.into_iter().map(Ok).collect()
+            inserted.into_iter().map(Ok).collect()
         }
         // The server refused the statement, so nothing of it was written: alone,
         // each entry's own fate.
@@ -135,8 +157,8 @@ async fn write_group(pool: &Pool, stats: &Stats, log: &SharedLogLimiter, group: 
         {
             tracing::warn!("store: a journal group was refused ({error}); journaling its entries one by one");
             let mut answers = Vec::with_capacity(group.len());
-            for entry in &entries {
-                let answer = insert_group(pool, &[entry]).await.map(|mut recorded| recorded.remove(0));
+            for row in &rows {
+                let answer = insert_group(pool, std::slice::from_ref(row)).await.map(|mut inserted| inserted.remove(0));
                 if answer.is_ok() {
                     record_commit(stats, 1);
                 }
@@ -153,57 +175,86 @@ async fn write_group(pool: &Pool, stats: &Stats, log: &SharedLogLimiter, group: 
             group.iter().map(|_| Err(StoreError::Postgres(PostgresError::Unavailable(reason.clone())))).collect()
         }
     };
-    for (write, answer) in group.into_iter().zip(answers) {
+    let claimed: Vec<bool> = rows.iter().map(|row| row.lease_secs.is_some()).collect();
+    for ((write, answer), claimed) in group.into_iter().zip(answers).zip(claimed) {
+        let bytes = write.entry.payload.len();
+        let recorded = answer.map(|inserted| match inserted {
+            Some((id, received_at)) if claimed => {
+                let NewEntry { dedup_key, channel, kind, payload, sender: _ } = write.entry;
+                owned.push(PendingEntry { id, dedup_key, channel, kind, received_at, payload });
+                Recorded::New(id)
+            }
+            Some((id, _)) => Recorded::New(id),
+            None => Recorded::Duplicate,
+        });
+        if claimed && !matches!(recorded, Ok(Recorded::New(_))) {
+            owned.release(bytes);
+        }
         // The caller may have given up (a cancelled request); nothing to do then.
-        let _ = write.reply.send(answer);
+        let _ = write.reply.send(recorded);
     }
 }
 
-/// Inserts `entries` with one statement (its own transaction): for each, in the
-/// order given, whether it was new. A key given twice is new once, the first time.
-async fn insert_group(pool: &Pool, entries: &[&NewEntry]) -> Result<Vec<Recorded>, StoreError> {
-    let client = pool.get().await?;
-    let statement = client.prepare_cached(&insert_sql()).await?;
-    let columns = Columns::sorted(entries);
-    let rows = client
-        .query(&statement, &[&columns.keys, &columns.channels, &columns.kinds, &columns.senders, &columns.payloads])
-        .await?;
-    let mut ids: HashMap<String, i64> = rows.iter().map(|row| (row.get(0), row.get(1))).collect();
-    Ok(entries.iter().map(|entry| ids.remove(&entry.dedup_key).map_or(Recorded::Duplicate, Recorded::New)).collect())
+/// An entry to insert, and how long its claim holds if it is inserted claimed.
+#[derive(Clone, Copy)]
+struct Row<'a> {
+    entry: &'a NewEntry,
+    lease_secs: Option<i64>,
 }
 
-/// Entries as the columns of an `unnest`, sorted by dedup key.
+/// What inserting an entry found: its id and `received_at` when it was new.
+type Inserted = Option<(i64, i64)>;
+
+/// Inserts `rows` with one statement (its own transaction): for each, in the
+/// order given, its id and time if it was new. A key given twice is new once, the first time.
+async fn insert_group(pool: &Pool, rows: &[Row<'_>]) -> Result<Vec<Inserted>, StoreError> {
+    let client = pool.get().await?;
+    let statement = client.prepare_cached(&insert_sql()).await?;
+    let columns = Columns::sorted(rows);
+    let returned = client.query(&statement, &columns.params()).await?;
+    let mut new: HashMap<String, (i64, i64)> =
+        returned.iter().map(|row| (row.get(0), (row.get(1), row.get(2)))).collect();
+    Ok(rows.iter().map(|row| new.remove(&row.entry.dedup_key)).collect())
+}
+
+/// Entries as the columns of an `unnest`, sorted by dedup key, and the one lease.
 struct Columns<'a> {
     keys: Vec<&'a str>,
     channels: Vec<&'a str>,
     kinds: Vec<&'static str>,
     senders: Vec<Option<&'a str>>,
     payloads: Vec<&'a str>,
+    claimed: Vec<bool>,
+    lease_secs: i64,
 }
 
 impl<'a> Columns<'a> {
-    fn sorted(entries: &[&'a NewEntry]) -> Self {
-        let mut sorted = entries.to_vec();
-        sorted.sort_by(|a, b| a.dedup_key.cmp(&b.dedup_key));
+    fn sorted(rows: &[Row<'a>]) -> Self {
+        let mut sorted = rows.to_vec();
+        sorted.sort_by(|a, b| a.entry.dedup_key.cmp(&b.entry.dedup_key));
         Self {
-            keys: sorted.iter().map(|e| e.dedup_key.as_str()).collect(),
-            channels: sorted.iter().map(|e| e.channel.as_str()).collect(),
-            kinds: sorted.iter().map(|e| e.kind.as_str()).collect(),
-            senders: sorted.iter().map(|e| e.sender.as_deref()).collect(),
-            payloads: sorted.iter().map(|e| e.payload.as_str()).collect(),
+            keys: sorted.iter().map(|r| r.entry.dedup_key.as_str()).collect(),
+            channels: sorted.iter().map(|r| r.entry.channel.as_str()).collect(),
+            kinds: sorted.iter().map(|r| r.entry.kind.as_str()).collect(),
+            senders: sorted.iter().map(|r| r.entry.sender.as_deref()).collect(),
+            payloads: sorted.iter().map(|r| r.entry.payload.as_str()).collect(),
+            claimed: sorted.iter().map(|r| r.lease_secs.is_some()).collect(),
+            lease_secs: sorted.iter().filter_map(|r| r.lease_secs).max().unwrap_or(0),
         }
+    }
+
+    /// The statement's parameters, `$1` to `$7`.
+    fn params(&self) -> [&(dyn tokio_postgres::types::ToSql + Sync); 7] {
+        [&self.keys, &self.channels, &self.kinds, &self.senders, &self.payloads, &self.claimed, &self.lease_secs]
     }
 }
 
-/// Inserts `entries` inside `tx` (a kf page): how many were new.
+/// Inserts `entries` inside `tx` (a kf page), unclaimed: how many were new.
 pub(super) async fn insert_in(tx: &Transaction<'_>, entries: &[NewEntry]) -> Result<usize, StoreError> {
-    let refs: Vec<&NewEntry> = entries.iter().collect();
-    let columns = Columns::sorted(&refs);
+    let rows: Vec<Row<'_>> = entries.iter().map(|entry| Row { entry, lease_secs: None }).collect();
+    let columns = Columns::sorted(&rows);
     let statement = tx.prepare_cached(&insert_sql()).await?;
-    let rows = tx
-        .query(&statement, &[&columns.keys, &columns.channels, &columns.kinds, &columns.senders, &columns.payloads])
-        .await?;
-    Ok(rows.len())
+    Ok(tx.query(&statement, &columns.params()).await?.len())
 }
 
 /// An entry from a row of `id, dedup_key, channel, kind, received_at, payload`.
@@ -223,16 +274,36 @@ impl Postgres {
     pub(in crate::store) async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
         let (reply, answer) = oneshot::channel();
         let closed = || StoreError::Postgres(PostgresError::Unavailable("the journal writers have stopped".into()));
-        self.journal.0.send(Write { entry, reply, queued: std::time::Instant::now() }).map_err(|_| closed())?;
+        let write = Write { entry, reply, queued: std::time::Instant::now(), lease_secs: self.lease_secs };
+        self.journal.0.send(write).map_err(|_| closed())?;
         answer.await.unwrap_or_else(|_| Err(closed()))
     }
 
-    /// Claims the oldest unhandled entries not claimed by a live lease, for the
-    /// store's lease: no other replica gets them until it runs out.
+    /// This replica's own entries (inserted claimed for it, `owned`), and the
+    /// oldest unhandled entries not claimed by a live lease, claimed for the
+    /// store's lease: no other replica gets them until it runs out. The journal
+    /// is asked when there are none of its own, and once a second besides.
+    pub(in crate::store) async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
+        let mut entries = self.owned.take(limit);
+        if self.owned.read_journal(entries.len(), limit, std::time::Instant::now()) {
+            match self.claim_from_journal(limit - entries.len()).await {
+                Ok(claimed) => entries.extend(claimed),
+                Err(error) => {
+                    self.owned.restore(entries);
+                    return Err(error);
+                }
+            }
+        }
+        // Arrival order, as claimed.
+        entries.sort_by_key(|entry| entry.id);
+        Ok(entries)
+    }
+
+    /// Claims up to `limit` unhandled entries no live lease holds.
     ///
     /// Relaxed (`synchronous_commit = off`, see the backend's documentation): a
     /// claim lost with the server's crash only lets the entries be claimed again.
-    pub(in crate::store) async fn pending(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
+    async fn claim_from_journal(&self, limit: usize) -> Result<Vec<PendingEntry>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         tx.batch_execute(RELAXED).await?;
@@ -248,10 +319,7 @@ impl Postgres {
         let rows = tx.query(&statement, &[&super::bigint(limit), &self.lease_secs]).await?;
         tx.commit().await?;
         self.committed(1);
-        let mut entries = rows.iter().map(read_entry).collect::<Result<Vec<_>, StoreError>>()?;
-        // RETURNING keeps no order: arrival order, as claimed.
-        entries.sort_by_key(|entry| entry.id);
-        Ok(entries)
+        rows.iter().map(read_entry).collect()
     }
 
     /// Marks entries handled and queues their actions, in one transaction.

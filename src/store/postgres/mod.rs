@@ -40,6 +40,7 @@ mod leases;
 mod meta;
 mod names;
 mod outbox;
+mod owned;
 mod retention;
 mod sends;
 mod snapshot;
@@ -283,6 +284,8 @@ pub(super) struct Postgres {
     stats: Arc<Stats>,
     /// The journal's group-commit writers.
     journal: journal::Writers,
+    /// What they inserted claimed for this replica, for its dispatcher.
+    owned: Arc<owned::Owned>,
     /// How long a claim holds (`Store::with_lease`).
     pub(super) lease_secs: i64,
 }
@@ -293,8 +296,9 @@ impl Postgres {
         let pool = connection::Target::parse(url)?.pool(pool_size)?;
         migrate(&pool).await?;
         let stats = Arc::new(Stats::default());
-        let journal = journal::Writers::start(pool.clone(), Arc::clone(&stats), pool_size);
-        Ok(Self { pool, stats, journal, lease_secs: 0 })
+        let owned = Arc::<owned::Owned>::default();
+        let journal = journal::Writers::start(pool.clone(), Arc::clone(&stats), Arc::clone(&owned), pool_size);
+        Ok(Self { pool, stats, journal, owned, lease_secs: 0 })
     }
 
     /// A connection of the pool.
