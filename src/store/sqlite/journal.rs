@@ -175,17 +175,8 @@ impl Sqlite {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::entry;
     use super::*;
-
-    fn entry(key: &str) -> NewEntry {
-        NewEntry {
-            dedup_key: key.to_owned(),
-            channel: ChannelName::app(),
-            kind: EntryKind::Callback,
-            sender: None,
-            payload: format!("<xml>{key}</xml>"),
-        }
-    }
 
     /// The dispatcher's claims, whether the hand-off or the journal answers
     /// them, give every entry once, in id order, as the journal has it: entries

@@ -625,7 +625,8 @@ mod tests {
     use crate::store::outbox::NewAction;
     use crate::store::Store;
 
-    fn entry(key: &str) -> NewEntry {
+    /// A callback entry keyed `key` (the engine's tests share it).
+    pub(super) fn entry(key: &str) -> NewEntry {
         NewEntry {
             dedup_key: key.to_owned(),
             channel: ChannelName::app(),
