@@ -9,7 +9,11 @@
 //! watermark (an engine's own bookkeeping), and the replies' bookkeeping: sends'
 //! statuses (an owed text action records its send again when it runs; the send
 //! API's idempotency keys of the old store are forgotten) and kf conversations (a
-//! customer the new store has not seen is asked of WeCom, `kf/service_state/get`).
+//! customer the new store has not seen is asked of WeCom, `kf/service_state/get`),
+//! AI bot streams (an answer still streaming when the service stopped is past its
+//! refresh window by the time the new store serves; the bot's message itself, if
+//! unhandled, is carried) and egress IPs (learned again from WeCom's next answer
+//! or probe; a change of IP across the move is not mailed).
 
 use super::alerts::FiringRecord;
 use super::journal::NewEntry;

@@ -140,9 +140,13 @@ async fn a_streamed_answer_goes_out_as_frames_with_the_callbacks_req_id_at_most_
     assert_eq!(last.frame["body"]["stream"]["content"], "从前有座山，山里有座庙。");
     assert_eq!(last.frame["body"]["stream"]["finish"], true);
     assert!(before.iter().all(|f| f.frame["body"]["stream"]["finish"] == false), "only the last is finished");
-    // Nothing after the finished frame.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    assert_eq!(stream_frames(&fake.frames(), "REQ-S").len(), frames.len());
+    // Nothing after the finished frame, for longer than the one-second pacing
+    // window: polled, so a late frame fails the test the moment it arrives.
+    let quiet_until = last.at + Duration::from_millis(1_500);
+    while Instant::now() < quiet_until {
+        assert_eq!(stream_frames(&fake.frames(), "REQ-S").len(), frames.len(), "a frame after the finished one");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test]
