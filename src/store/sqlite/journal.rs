@@ -60,7 +60,6 @@ fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingEntry> {
 
 impl Sqlite {
     /// Journals `entry` unless its dedup key is known; durable when this returns.
-    /// Journals `entry` unless its dedup key is known; durable when this returns.
     /// A new entry is handed off to the dispatcher once committed (`handoff`).
     pub(in crate::store) async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
         let handoff = Arc::clone(&self.handoff);
