@@ -261,20 +261,7 @@ echo "Where the service's time went over all runs (from /metrics; a percentile i
 echo "upper bound of its histogram bucket; the client's latency minus the callback's is"
 echo "time outside the handler: the socket, the worker's queue, the other threads on core 0):"
 echo
-echo "| histogram | count | mean ms | p50 ≤ ms | p99 ≤ ms |"
-echo "| --- | ---: | ---: | ---: | ---: |"
-curl -s "http://127.0.0.1:$http_port/metrics" | awk '
-  /^wechat_api_(callback_duration|store_stage)_seconds_(bucket|sum|count)/ {
-    name = $1; sub(/_(bucket|sum|count).*/, "", name); sub(/^wechat_api_/, "", name)
-    stage = ""; if (match($1, /stage="[a-z]+"/)) stage = " " substr($1, RSTART + 7, RLENGTH - 8)
-    key = name stage
-    if ($1 ~ /_count/) count[key] = $2
-    else if ($1 ~ /_sum/) sum[key] = $2
-    else if (match($1, /le="[^"]+"/)) { n[key]++; le[key, n[key]] = substr($1, RSTART + 4, RLENGTH - 5); cum[key, n[key]] = $2 }
-    if (!(key in seen)) { seen[key] = 1; order[++keys] = key }
-  }
-  function pct(key, q,   i) { for (i = 1; i <= n[key]; i++) if (cum[key, i] >= q * count[key]) return le[key, i] == "+Inf" ? "inf" : sprintf("%.2f", le[key, i] * 1000); return "-" }
-  END { for (k = 1; k <= keys; k++) { key = order[k]; if (count[key] > 0) printf "| %s | %d | %.3f | %s | %s |\n", key, count[key], sum[key] / count[key] * 1000, pct(key, 0.5), pct(key, 0.99) } }'
+stage_table "http://127.0.0.1:$http_port/metrics"
 echo
 echo "fake API: $fake_stats"
 echo "$callbacks"

@@ -64,34 +64,13 @@ measure() { # LABEL URL
     "$(num "$(field "$out" p50_ms)" 2)" "$(num "$(field "$out" p99_ms)" 2)" "$(field "$out" non_2xx)"
 }
 
-# stages PORT: the service's own stages (/metrics): mean and the bucket that holds the p99.
-stages() {
-  curl -s "http://127.0.0.1:$1/metrics" | awk '
-    function p99(name,   i, n, le) {
-      n = split(order[name], les, " ")
-      for (i = 1; i <= n; i++) { le = les[i]; if (b[name, le] >= 0.99 * total[name]) return le * 1000 " ms" }
-      return "-"
-    }
-    /^wechat_api_(callback_duration|store_stage)_seconds_(bucket|sum|count)/ {
-      name = ($1 ~ /^wechat_api_callback/) ? "callback" : ""
-      if (match($1, /stage="[a-z]+"/)) name = substr($1, RSTART + 7, RLENGTH - 8)
-      if ($1 ~ /_sum/) sum[name] = $2
-      else if ($1 ~ /_count/) total[name] = $2
-      else if (match($1, /le="[^"]+"/)) { le = substr($1, RSTART + 4, RLENGTH - 5); b[name, le] = $2; order[name] = order[name] " " le }
-    }
-    END {
-      for (name in total) if (total[name] > 0)
-        printf "   stage %-10s %9d   mean %6.3f ms   p99 <= %s\n", name, total[name], sum[name] / total[name] * 1000, p99(name)
-    }' | sort
-}
-
 url="postgres://postgres@127.0.0.1:$pg_port/bench?sslmode=disable"
 echo "== $connections connections, ${seconds} s each, distinct callbacks over plain HTTP, $(nproc) cores"
 
 serve sqlite $((base + 10))
 measure "1. SQLite, one service" "http://127.0.0.1:$((base + 10))"
 sleep 5
-stages $((base + 10))
+stage_table "http://127.0.0.1:$((base + 10))/metrics"
 
 serve pg-1 $((base + 11)) "DATABASE_URL=$url"
 commits_before=$(psql_q bench "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'")
@@ -101,7 +80,7 @@ commits=$(($(psql_q bench "SELECT xact_commit FROM pg_stat_database WHERE datnam
 rows=$(($(psql_q bench "SELECT COUNT(*) FROM journal") - rows_before))
 echo "   PostgreSQL: $commits commits ($((commits / seconds))/s, all kinds), $rows journal rows, $(awk -v r="$rows" -v c="$commits" 'BEGIN { printf "%.1f", c ? r / c : 0 }') rows per commit"
 sleep 5 # the metrics upkeep folds the histograms every 5 s
-stages $((base + 11))
+stage_table "http://127.0.0.1:$((base + 11))/metrics"
 
 serve pg-2 $((base + 12)) "DATABASE_URL=$url"
 serve pg-3 $((base + 13)) "DATABASE_URL=$url"

@@ -63,23 +63,22 @@ impl Sqlite {
     /// A new entry is handed off to the dispatcher once committed (`handoff`).
     pub(in crate::store) async fn journal(&self, entry: NewEntry) -> Result<Recorded, StoreError> {
         let handoff = Arc::clone(&self.handoff);
-        let (recorded, _) = self
-            .submit_then(
-                false,
-                false,
-                move |db| {
-                    let received_at = now();
-                    Ok((insert_at(db, &entry, received_at)?, Some((entry, received_at))))
-                },
-                move |(recorded, entry)| {
-                    if let (Recorded::New(id), Some((entry, received_at))) = (*recorded, entry.take()) {
-                        let NewEntry { dedup_key, channel, kind, payload, sender: _ } = entry;
-                        handoff.committed(PendingEntry { id, dedup_key, channel, kind, received_at, payload });
-                    }
-                },
-            )
-            .await?;
-        Ok(recorded)
+        self.submit_then(
+            false,
+            false,
+            move |db| {
+                let received_at = now();
+                Ok((insert_at(db, &entry, received_at)?, entry, received_at))
+            },
+            move |(recorded, entry, received_at)| {
+                if let Recorded::New(id) = recorded {
+                    let NewEntry { dedup_key, channel, kind, payload, sender: _ } = entry;
+                    handoff.committed(PendingEntry { id, dedup_key, channel, kind, received_at, payload });
+                }
+                recorded
+            },
+        )
+        .await
     }
 
     /// The oldest unhandled entries, in arrival order: from the hand-off when it

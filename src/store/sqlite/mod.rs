@@ -410,22 +410,23 @@ impl Sqlite {
         R: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
     {
-        self.submit_then(savepoint, relaxed, operation, |_| {}).await
+        self.submit_then(savepoint, relaxed, operation, |value| value).await
     }
 
-    /// [`Sqlite::submit`] that calls `on_commit` with the operation's result on
-    /// the writer thread once its group committed, before answering the caller.
-    async fn submit_then<R, F, C>(
+    /// [`Sqlite::submit`] whose result goes through `on_commit` on the writer
+    /// thread once its group committed: what the caller hears is what it returns.
+    async fn submit_then<R, T, F, C>(
         &self,
         savepoint: bool,
         relaxed: bool,
         operation: F,
         on_commit: C,
-    ) -> Result<R, StoreError>
+    ) -> Result<T, StoreError>
     where
         R: Send + 'static,
+        T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<R> + Send + 'static,
-        C: FnOnce(&mut R) + Send + 'static,
+        C: FnOnce(R) -> T + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(move |connection: &Connection| {
@@ -434,10 +435,7 @@ impl Sqlite {
             let delivery: Delivery = Box::new(move |committed| {
                 let answer = match result {
                     Ok(_) if !committed => Err(StoreError::CommitFailed),
-                    Ok(mut value) => {
-                        on_commit(&mut value);
-                        Ok(value)
-                    }
+                    Ok(value) => Ok(on_commit(value)),
                     Err(error) => Err(StoreError::from(error)),
                 };
                 // The caller may have given up (a cancelled request); nothing to do then.
