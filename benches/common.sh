@@ -3,12 +3,13 @@
 # directory (benches/work.sh) and the demo configuration in it; `stage_table`.
 #
 # Two builds: the binary measured is exactly the shipped one (the example's
-# dev-dependencies would otherwise add features to shared crates).
+# dev-dependencies would otherwise add features to shared crates). BIN=PATH
+# measures another build of it instead (an older commit's, for a before/after).
 # shellcheck shell=bash disable=SC2034 # the variables are for the sourcing script
 cargo build --release --quiet --bin wechat-api
 cargo build --release --quiet --example loadgen
 repo=$PWD
-bin=$PWD/target/release/wechat-api
+bin=${BIN:-$PWD/target/release/wechat-api}
 loadgen=$PWD/target/release/examples/loadgen
 # shellcheck source=benches/work.sh
 source benches/work.sh

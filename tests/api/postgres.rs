@@ -317,7 +317,8 @@ async fn count(url: &str, query: &str) -> i64 {
 /// The PostgreSQL schema this build writes: 1, 2 for replies (sends, kf
 /// conversations), 3 for the index of queued sends (SEND_QUEUE_MAX), 4 for the
 /// send API's request fingerprints, 5 for kf cursors keyed by channel, 6 for the
-/// egress IPs: what this build migrates to (each migration moves it).
+/// egress IPs, 7 for AI bot streams, 8 for channels in names and kf rows, 9 for
+/// `journal_pending`: what this build migrates to (each migration moves it).
 const SCHEMA_VERSION: i64 = wechat_api::testing::store::POSTGRES_SCHEMA_VERSION;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -372,7 +373,8 @@ async fn a_replicas_own_entries_are_claimed_by_their_insert_until_the_claim_runs
     let first = Store::connect(&url, 4, lease).await.expect("connects");
     let second = Store::connect(&url, 4, lease).await.expect("connects");
     assert!(matches!(first.journal(entry("mine")).await.expect("journal"), Recorded::New(_)));
-    let query = "SELECT count(*) FROM journal WHERE dedup_key = 'mine' AND claimed_until > now()";
+    let query = "SELECT count(*) FROM journal JOIN journal_pending USING (id)
+                 WHERE dedup_key = 'mine' AND claimed_until > now()";
     assert_eq!(count(&url, query).await, 1, "claimed by its insert");
     assert!(second.claim_entries(10).await.expect("claim").is_empty(), "not another replica's");
     let mine = first.claim_entries(10).await.expect("claim");
@@ -392,6 +394,32 @@ async fn a_replicas_own_entries_are_claimed_by_their_insert_until_the_claim_runs
     assert_eq!((again[0].id, &again[0].payload), (mine[0].id, &mine[0].payload));
     second.complete_entries(vec![(again[0].id, Vec::new())]).await.expect("complete");
     assert_eq!(second.unhandled().await.expect("unhandled"), 0);
+}
+
+/// A journal row is written once: claiming and handling its entry touch only
+/// its narrow `journal_pending` row, never the ~1 KB row itself (no new row
+/// version, so no payload rewritten into the WAL per callback).
+#[tokio::test]
+async fn handling_an_entry_never_rewrites_its_journal_row() {
+    let Some(url) = fresh_database().await else { return };
+    let (first, second) = (connect(&url).await, connect(&url).await);
+    // One claimed by its insert, one taken from the journal by a claim.
+    assert!(matches!(first.journal(entry("owned")).await.expect("journal"), Recorded::New(_)));
+    let kept = |key: &str| format!("SELECT xmin::text::bigint FROM journal WHERE dedup_key = '{key}'");
+    let written = count(&url, &kept("owned")).await;
+    let mine = first.claim_entries(10).await.expect("claim");
+    first.complete_entries(mine.iter().map(|e| (e.id, Vec::new())).collect()).await.expect("complete");
+    // A kf page is journaled unclaimed: the other replica claims it.
+    let account = crate::store_conformance::kf_account("wk");
+    let mut sync = second.claim_kf_account(account).await.expect("claim").expect("free");
+    assert_eq!(second.kf_store_page(&mut sync, vec![entry("claimed")], "c1".into()).await.expect("stored"), 1);
+    let claimed_written = count(&url, &kept("claimed")).await;
+    let theirs = second.claim_entries(10).await.expect("claim");
+    assert_eq!(theirs.iter().map(|e| e.dedup_key.as_str()).collect::<Vec<_>>(), ["claimed"]);
+    second.complete_entries(theirs.iter().map(|e| (e.id, Vec::new())).collect()).await.expect("complete");
+    assert_eq!(second.unhandled().await.expect("unhandled"), 0, "both handled");
+    assert_eq!(count(&url, &kept("owned")).await, written, "the owned entry's row is as inserted");
+    assert_eq!(count(&url, &kept("claimed")).await, claimed_written, "the claimed entry's row is as inserted");
 }
 
 #[tokio::test]

@@ -44,16 +44,24 @@ const MAX_GROUP: usize = 256;
 /// (4 writers: ~10 rows, ~4k commits/s, and fewer rows/s).
 const MAX_WRITERS: usize = 2;
 
-/// Inserts entries (given sorted by dedup key), those flagged in `$6` already
-/// claimed for `$7` seconds (`owned`): the keys, ids and times of the new rows.
+/// Inserts entries (given sorted by dedup key, each key once) and their rows in
+/// `journal_pending`, those flagged in `$6` already claimed for `$7` seconds
+/// (`owned`): the keys, ids and times of the new entries. One statement, so an
+/// entry and its pending row are committed (and seen) together.
 fn insert_sql() -> String {
     format!(
-        "INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload, claimed_until)
-         SELECT k, c, t, s, {EPOCH}, p, CASE WHEN cl THEN now() + make_interval(secs => $7::bigint) END
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bool[])
-             AS e(k, c, t, s, p, cl)
-         ON CONFLICT (dedup_key) DO NOTHING
-         RETURNING dedup_key, id, received_at"
+        "WITH new AS (
+             INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload)
+             SELECT k, c, t, s, {EPOCH}, p
+               FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS e(k, c, t, s, p)
+             ON CONFLICT (dedup_key) DO NOTHING
+             RETURNING dedup_key, id, received_at
+         ), pending AS (
+             INSERT INTO journal_pending (id, claimed_until)
+             SELECT new.id, CASE WHEN o.cl THEN now() + make_interval(secs => $7::bigint) END
+               FROM new JOIN unnest($1::text[], $6::bool[]) AS o(k, cl) ON o.k = new.dedup_key
+         )
+         SELECT dedup_key, id, received_at FROM new"
     )
 }
 
@@ -229,9 +237,13 @@ struct Columns<'a> {
 }
 
 impl<'a> Columns<'a> {
+    /// The rows sorted by dedup key, a key given twice kept the first time only
+    /// (the stable sort keeps it first): its pending row is made once, with
+    /// that row's claim.
     fn sorted(rows: &[Row<'a>]) -> Self {
         let mut sorted = rows.to_vec();
         sorted.sort_by(|a, b| a.entry.dedup_key.cmp(&b.entry.dedup_key));
+        sorted.dedup_by(|later, first| later.entry.dedup_key == first.entry.dedup_key);
         Self {
             keys: sorted.iter().map(|r| r.entry.dedup_key.as_str()).collect(),
             channels: sorted.iter().map(|r| r.entry.channel.as_str()).collect(),
@@ -309,11 +321,14 @@ impl Postgres {
         tx.batch_execute(RELAXED).await?;
         let statement = tx
             .prepare_cached(
-                "UPDATE journal SET claimed_until = now() + make_interval(secs => $2::bigint)
-                 WHERE id IN (SELECT id FROM journal
-                              WHERE handled_at IS NULL AND (claimed_until IS NULL OR claimed_until <= now())
-                              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-                 RETURNING id, dedup_key, channel, kind, received_at, payload",
+                "WITH claimed AS (
+                     UPDATE journal_pending SET claimed_until = now() + make_interval(secs => $2::bigint)
+                     WHERE id IN (SELECT id FROM journal_pending
+                                  WHERE claimed_until IS NULL OR claimed_until <= now()
+                                  ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+                     RETURNING id)
+                 SELECT j.id, j.dedup_key, j.channel, j.kind, j.received_at, j.payload
+                   FROM journal j JOIN claimed USING (id) ORDER BY j.id",
             )
             .await?;
         let rows = tx.query(&statement, &[&super::bigint(limit), &self.lease_secs]).await?;
@@ -322,7 +337,8 @@ impl Postgres {
         rows.iter().map(read_entry).collect()
     }
 
-    /// Marks entries handled and queues their actions, in one transaction.
+    /// Marks entries handled (deletes their pending rows: the journal's own rows
+    /// are never rewritten) and queues their actions, in one transaction.
     ///
     /// Relaxed: lost with the server's crash, the entries are handled again,
     /// which queues the same idempotency keys (as on SQLite).
@@ -335,12 +351,7 @@ impl Postgres {
         // In id order, as other completions of overlapping entries lock them.
         let mut ids: Vec<i64> = completions.iter().map(|(id, _)| *id).collect();
         ids.sort_unstable();
-        let statement = tx
-            .prepare_cached(&format!(
-                "UPDATE journal SET handled_at = {EPOCH}, claimed_until = NULL
-                 WHERE id = ANY($1) AND handled_at IS NULL"
-            ))
-            .await?;
+        let statement = tx.prepare_cached("DELETE FROM journal_pending WHERE id = ANY($1)").await?;
         tx.execute(&statement, &[&ids]).await?;
         tx.commit().await?;
         self.committed(1);
@@ -351,7 +362,7 @@ impl Postgres {
     #[cfg(any(test, feature = "testing"))]
     pub(in crate::store) async fn unhandled(&self) -> Result<i64, StoreError> {
         let client = self.client().await?;
-        let statement = client.prepare_cached("SELECT count(*) FROM journal WHERE handled_at IS NULL").await?;
+        let statement = client.prepare_cached("SELECT count(*) FROM journal_pending").await?;
         Ok(client.query_one(&statement, &[]).await?.get(0))
     }
 
@@ -364,5 +375,34 @@ impl Postgres {
             )
             .await?;
         client.query_opt(&statement, &[&dedup_key]).await?.as_ref().map(read_entry).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str) -> NewEntry {
+        NewEntry {
+            dedup_key: key.to_owned(),
+            channel: ChannelName::app(),
+            kind: EntryKind::Callback,
+            sender: None,
+            payload: format!("<xml>{key}</xml>"),
+        }
+    }
+
+    #[test]
+    fn a_key_given_twice_in_a_group_is_inserted_once_with_its_first_claim() {
+        let (b, a, b_again) = (entry("b"), entry("a"), entry("b"));
+        let rows = [
+            Row { entry: &b, lease_secs: None },
+            Row { entry: &a, lease_secs: Some(60) },
+            Row { entry: &b_again, lease_secs: Some(60) },
+        ];
+        let columns = Columns::sorted(&rows);
+        assert_eq!(columns.keys, ["a", "b"]);
+        assert_eq!(columns.claimed, [true, false], "b keeps the first row's (unclaimed)");
+        assert_eq!(columns.lease_secs, 60);
     }
 }

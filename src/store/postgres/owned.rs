@@ -1,8 +1,8 @@
 //! A replica's own entries: what its journal writers inserted *already claimed
-//! for it* (`claimed_until` set by the insert), kept in memory for its
-//! dispatcher. Claiming them again would rewrite each row (~1 KB of payload in
-//! a new tuple, into the WAL) and read every payload back right after the
-//! insert wrote it; the insert's claim is the same claim, taken for free.
+//! for it* (their `journal_pending` rows' `claimed_until` set by the insert),
+//! kept in memory for its dispatcher. Claiming them again would be one more
+//! statement and read every payload back right after the insert wrote it; the
+//! insert's claim is the same claim, taken for free.
 //!
 //! Other replicas skip these rows like any claimed one; if this replica dies
 //! before completing them, its claims run out (`LEASE_SECS`) and any replica

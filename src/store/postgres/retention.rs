@@ -14,8 +14,15 @@ impl Postgres {
     /// Deletes handled journal entries and done outbox actions older than
     /// `cutoff` (Unix seconds), batch by batch.
     pub(in crate::store) async fn prune(&self, cutoff: i64) -> Result<Pruned, StoreError> {
-        // Handled entries by arrival; done actions by when they were done.
-        let journal = self.prune_table("journal", "handled_at IS NOT NULL AND received_at < $2", cutoff).await?;
+        // Handled entries (no pending row) by arrival; done actions by when they
+        // were done.
+        let journal = self
+            .prune_table(
+                "journal",
+                "received_at < $2 AND NOT EXISTS (SELECT 1 FROM journal_pending p WHERE p.id = journal.id)",
+                cutoff,
+            )
+            .await?;
         let outbox = self.prune_table("outbox", "done_at IS NOT NULL AND done_at < $2", cutoff).await?;
         Ok(Pruned { journal, outbox })
     }

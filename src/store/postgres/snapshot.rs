@@ -29,7 +29,7 @@ impl Postgres {
         for r in tx
             .query(
                 "SELECT dedup_key, channel, kind, sender, payload, received_at FROM journal
-                 WHERE handled_at IS NULL ORDER BY id",
+                 WHERE id IN (SELECT id FROM journal_pending) ORDER BY id",
                 &[],
             )
             .await?
@@ -109,8 +109,9 @@ impl Postgres {
         }
         for UnhandledEntry { entry, received_at } in &snapshot.unhandled {
             tx.execute(
-                "INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload)
-                 VALUES ($1, $2, $3, $4, $5, $6)",
+                "WITH new AS (INSERT INTO journal (dedup_key, channel, kind, sender, received_at, payload)
+                              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id)
+                 INSERT INTO journal_pending (id) SELECT id FROM new",
                 &[
                     &entry.dedup_key,
                     &entry.channel.as_str(),
