@@ -105,7 +105,10 @@ wrk_run() { # LABEL URL PID [wrk arguments after the URL]
 }
 
 echo "== $(date -u +%FT%TZ), $(nproc) cores ($(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)); $rounds rounds of $seconds s x $connections connections"
-echo "   wechat-api $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'), $(stat -c %s "$bin") bytes"
+# The commit measured, "+" when the tree had changes: taken now, before this run's
+# own record makes benches/results.tsv a change.
+measured=$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo '+')
+echo "   wechat-api $measured, $(stat -c %s "$bin") bytes"
 
 # --- the reference: a static nginx, one worker, no access log --------------------
 nginx_bin=$(command -v nginx || { [ -x /usr/sbin/nginx ] && echo /usr/sbin/nginx; } || true)
@@ -288,8 +291,7 @@ record() { # CLIENT DURABLE_LABEL NGINX_LABEL
   fi
   if [ "${COMPARE_RECORD:-1}" != 0 ]; then
     [ -f "$results" ] || printf 'date\tcommit\tmachine\tclient\tdurable_rps\tratio_to_nginx\tp50_ms\tp99_ms\trss_after_kib\n' >"$results"
-    printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" \
-      "$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?')$(git -C "$repo" diff --quiet HEAD 2>/dev/null || echo '+')" \
+    printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$measured" \
       "$machine" "$1" "$(field "$r" rps)" "$now_ratio" "$(field "$r" p50_ms)" "$now_p99" "$after_rss" >>"$results"
   fi
   [ -n "$previous" ] || { echo "- $1: first record on this machine ($results)"; return 0; }
