@@ -153,10 +153,21 @@ impl Store {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::atomic::Ordering;
 
     use super::*;
+
+    /// A callback entry keyed `key` (both engines' tests share it).
+    pub(in crate::store) fn entry(key: &str) -> NewEntry {
+        NewEntry {
+            dedup_key: key.to_owned(),
+            channel: ChannelName::app(),
+            kind: EntryKind::Callback,
+            sender: None,
+            payload: format!("<xml>{key}</xml>"),
+        }
+    }
 
     #[test]
     fn recent_keys_forget_the_oldest_beyond_their_bound() {
@@ -174,13 +185,7 @@ mod tests {
     async fn a_retry_of_a_committed_key_needs_no_store_trip() {
         let dir = tempfile::tempdir().expect("dir");
         let store = Store::open(dir.path()).expect("opens");
-        let entry = NewEntry {
-            dedup_key: "app:msg:1".into(),
-            channel: ChannelName::app(),
-            kind: EntryKind::Callback,
-            sender: None,
-            payload: "<xml/>".into(),
-        };
+        let entry = entry("app:msg:1");
         assert!(matches!(store.journal(entry.clone()).await.expect("journal"), Recorded::New(_)));
         let operations = store.stats().operations.load(Ordering::Relaxed);
         assert_eq!(store.journal(entry.clone()).await.expect("journal"), Recorded::Duplicate);

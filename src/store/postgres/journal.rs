@@ -381,16 +381,7 @@ impl Postgres {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(key: &str) -> NewEntry {
-        NewEntry {
-            dedup_key: key.to_owned(),
-            channel: ChannelName::app(),
-            kind: EntryKind::Callback,
-            sender: None,
-            payload: format!("<xml>{key}</xml>"),
-        }
-    }
+    use crate::store::journal::tests::entry;
 
     #[test]
     fn a_key_given_twice_in_a_group_is_inserted_once_with_its_first_claim() {

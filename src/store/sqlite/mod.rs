@@ -618,21 +618,11 @@ fn execute_cached(connection: &Connection, sql: &str) -> rusqlite::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::ChannelName;
-    use crate::store::journal::{EntryKind, NewEntry, Recorded};
+    use crate::store::journal::{NewEntry, Recorded};
     use crate::store::outbox::NewAction;
     use crate::store::Store;
 
-    /// A callback entry keyed `key` (the engine's tests share it).
-    pub(super) fn entry(key: &str) -> NewEntry {
-        NewEntry {
-            dedup_key: key.to_owned(),
-            channel: ChannelName::app(),
-            kind: EntryKind::Callback,
-            sender: None,
-            payload: format!("<xml>{key}</xml>"),
-        }
-    }
+    pub(super) use crate::store::journal::tests::entry;
 
     #[tokio::test]
     async fn a_second_delivery_is_a_duplicate_and_survives_reopening() {
