@@ -275,7 +275,8 @@ echo "$callbacks"
 # travels between machines), p50 and p99 in ms, and RSS after the load. A run is
 # compared with the last one recorded on the same machine and client: the durable
 # path losing more than 10 % of its ratio, or its p99 growing more than 25 %, is
-# called out. COMPARE_RECORD=0 measures without recording.
+# called out. COMPARE_RECORD=0 measures without recording, as does BIN= (a build
+# of some other commit: the record would name the wrong one).
 results=$repo/benches/results.tsv
 machine="$(nproc)x $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo | tr -s ' \t' '  ')"
 record() { # CLIENT DURABLE_LABEL NGINX_LABEL
@@ -289,7 +290,7 @@ record() { # CLIENT DURABLE_LABEL NGINX_LABEL
   if [ -f "$results" ]; then
     previous=$(awk -F'\t' -v machine="$machine" -v client="$1" '$3 == machine && $4 == client' "$results" | tail -n 1)
   fi
-  if [ "${COMPARE_RECORD:-1}" != 0 ]; then
+  if [ "${COMPARE_RECORD:-1}" != 0 ] && [ -z "${BIN:-}" ]; then
     [ -f "$results" ] || printf 'date\tcommit\tmachine\tclient\tdurable_rps\tratio_to_nginx\tp50_ms\tp99_ms\trss_after_kib\n' >"$results"
     printf '%s\t%s\t%s\t%s\t%.0f\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$measured" \
       "$machine" "$1" "$(field "$r" rps)" "$now_ratio" "$(field "$r" p50_ms)" "$now_p99" "$after_rss" >>"$results"
