@@ -223,3 +223,31 @@ async fn a_sqlite_store_of_the_main_before_channels_carries_on_where_it_stopped(
 async fn a_postgres_store_of_the_main_before_channels_carries_on_where_it_stopped() {
     the_old_mains_store_carries_on_where_it_stopped(Engine::Postgres).await;
 }
+
+/// PostgreSQL's schema 9 moves what is not handled yet into `journal_pending`:
+/// entries a store of before left unhandled are still owed after the upgrade,
+/// a live claim on one (its replica still at work) carries over, and the
+/// handled ones stay handled.
+#[tokio::test]
+async fn unhandled_postgres_entries_and_their_claims_outlive_the_pending_table_migration() {
+    let Some(url) = crate::postgres::fresh_database().await else { return };
+    let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("connects");
+    let connection = tokio::spawn(connection);
+    let owed = "INSERT INTO public.journal (dedup_key, channel, kind, sender, received_at, payload, claimed_until) VALUES
+        ('app:msg:owed-free', 'app', 'callback', 'zhangsan', 1796540480, '<xml>free</xml>', now() - interval '1 minute'),
+        ('app:msg:owed-claimed', 'app', 'callback', 'zhangsan', 1796540481, '<xml>claimed</xml>', now() + interval '1 hour');";
+    client.batch_execute(&(fixture("postgres.sql") + &old_names("public.names") + owed)).await.expect("loads");
+    drop(client);
+    let _ = connection.await;
+    assert_eq!(postgres_version(&url).await, 4, "the old main's schema");
+
+    let store = wechat_api::testing::store::Store::connect(&url, 2, Duration::from_secs(60)).await.expect("migrates");
+    assert_eq!(postgres_version(&url).await, wechat_api::testing::store::POSTGRES_SCHEMA_VERSION);
+    assert_eq!(store.unhandled().await.expect("unhandled"), 2, "both owed entries, none of the handled four");
+    let claimed = store.claim_entries(10).await.expect("claim");
+    let keys: Vec<&str> = claimed.iter().map(|e| e.dedup_key.as_str()).collect();
+    assert_eq!(keys, ["app:msg:owed-free"], "the other is still its replica's");
+    assert_eq!(claimed[0].payload, "<xml>free</xml>");
+    store.complete_entries(vec![(claimed[0].id, Vec::new())]).await.expect("complete");
+    assert_eq!(store.unhandled().await.expect("unhandled"), 1);
+}
