@@ -169,6 +169,24 @@ pub(super) mod tests {
         }
     }
 
+    /// An unhandled callback entry `id` with a payload of `bytes` bytes (the
+    /// engines' in-memory queues count payload bytes).
+    pub(in crate::store) fn pending(id: i64, bytes: usize) -> PendingEntry {
+        PendingEntry {
+            id,
+            dedup_key: format!("app:msg:{id}"),
+            channel: ChannelName::app(),
+            kind: EntryKind::Callback,
+            received_at: 0,
+            payload: "x".repeat(bytes),
+        }
+    }
+
+    /// The ids of `entries`, in order.
+    pub(in crate::store) fn ids(entries: &[PendingEntry]) -> Vec<i64> {
+        entries.iter().map(|entry| entry.id).collect()
+    }
+
     #[test]
     fn recent_keys_forget_the_oldest_beyond_their_bound() {
         let recent = RecentKeys::default();

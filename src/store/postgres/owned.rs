@@ -105,23 +105,7 @@ impl Owned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::ChannelName;
-    use crate::store::journal::EntryKind;
-
-    fn entry(id: i64, bytes: usize) -> PendingEntry {
-        PendingEntry {
-            id,
-            dedup_key: format!("app:msg:{id}"),
-            channel: ChannelName::app(),
-            kind: EntryKind::Callback,
-            received_at: 0,
-            payload: "x".repeat(bytes),
-        }
-    }
-
-    fn ids(entries: &[PendingEntry]) -> Vec<i64> {
-        entries.iter().map(|entry| entry.id).collect()
-    }
+    use crate::store::journal::tests::{ids, pending as entry};
 
     #[test]
     fn what_does_not_fit_is_not_reserved_and_taking_makes_room() {

@@ -108,22 +108,11 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::channels::ChannelName;
-    use crate::store::journal::EntryKind;
+    use crate::store::journal::tests::{ids, pending};
 
+    /// A chat-sized entry.
     fn entry(id: i64) -> PendingEntry {
-        PendingEntry {
-            id,
-            dedup_key: format!("app:msg:{id}"),
-            channel: ChannelName::parse("app").expect("name"),
-            kind: EntryKind::Callback,
-            received_at: 0,
-            payload: "<xml/>".into(),
-        }
-    }
-
-    fn ids(entries: &[PendingEntry]) -> Vec<i64> {
-        entries.iter().map(|entry| entry.id).collect()
+        pending(id, 1_000)
     }
 
     #[test]
@@ -188,7 +177,7 @@ mod tests {
     fn a_full_queue_drops_and_the_drop_is_a_gap() {
         let handoff = Handoff::default();
         handoff.read(0, &[]);
-        let big = |id| PendingEntry { payload: "x".repeat(MAX_BYTES / 2 + 1), ..entry(id) };
+        let big = |id| pending(id, MAX_BYTES / 2 + 1);
         handoff.committed(big(1));
         handoff.committed(big(2));
         handoff.committed(entry(3));
