@@ -99,11 +99,21 @@ pub(crate) fn json_type(value: &serde_json::Value) -> &'static str {
 }
 
 /// Cuts `text` to at most `max` characters (never inside one), marking the cut.
+/// Every message the dispatcher logs passes here: no character is decoded
+/// where the length in bytes, or a count of them, shows that nothing is cut.
 pub(crate) fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    match text.char_indices().nth(max) {
-        None => std::borrow::Cow::Borrowed(text),
-        Some((end, _)) => std::borrow::Cow::Owned(format!("{}…", &text[..end])),
+    // A character is at least one byte; std counts characters a word at a time.
+    if text.len() <= max || text.chars().count() <= max {
+        return std::borrow::Cow::Borrowed(text);
     }
+    std::borrow::Cow::Owned(format!("{}…", &text[..char_boundary(text, max)]))
+}
+
+/// The byte offset of `text`'s character number `n` (from 0), or its length.
+fn char_boundary(text: &str, n: usize) -> usize {
+    // `Chars::nth` skips 32 bytes at a time; decoding each character did not.
+    let mut chars = text.chars();
+    chars.nth(n).map_or(text.len(), |c| text.len() - chars.as_str().len() - c.len_utf8())
 }
 
 /// The most characters of an id a log line shows (SPEC §15).
@@ -120,10 +130,11 @@ pub(crate) struct LoggedId<'a>(pub &'a str);
 
 impl std::fmt::Display for LoggedId<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.0.char_indices().nth(LOGGED_ID_CHARS) {
-            None => f.write_str(self.0),
-            Some((end, _)) => write!(f, "{}…({} chars)", &self.0[..end], self.0.chars().count()),
+        let chars = if self.0.len() <= LOGGED_ID_CHARS { self.0.len() } else { self.0.chars().count() };
+        if chars <= LOGGED_ID_CHARS {
+            return f.write_str(self.0);
         }
+        write!(f, "{}…({chars} chars)", &self.0[..char_boundary(self.0, LOGGED_ID_CHARS)])
     }
 }
 
@@ -163,5 +174,31 @@ mod tests {
         let long = "x".repeat(100_000);
         let shown = LoggedId(&long).to_string();
         assert_eq!(shown, format!("{}…(100000 chars)", "x".repeat(LOGGED_ID_CHARS)));
+    }
+
+    /// `text`'s first `max` characters, found by decoding each one.
+    fn first_chars(text: &str, max: usize) -> &str {
+        text.char_indices().nth(max).map_or(text, |(end, _)| &text[..end])
+    }
+
+    proptest::proptest! {
+        /// The shortcuts by length and by count cut where decoding every character does.
+        #[test]
+        fn clip_cuts_after_max_characters(text in "(\\PC|[长😀é])*", max in 0usize..40) {
+            let kept = first_chars(&text, max);
+            let expected = if kept.len() == text.len() { text.clone() } else { format!("{kept}…") };
+            proptest::prop_assert_eq!(clip(&text, max), expected);
+        }
+
+        #[test]
+        fn a_logged_id_keeps_128_characters(text in "[a长😀]{100,160}") {
+            let count = text.chars().count();
+            let expected = if count <= LOGGED_ID_CHARS {
+                text.clone()
+            } else {
+                format!("{}…({count} chars)", first_chars(&text, LOGGED_ID_CHARS))
+            };
+            proptest::prop_assert_eq!(LoggedId(&text).to_string(), expected);
+        }
     }
 }

@@ -145,7 +145,21 @@ fn escape_controls(line: &[u8], format: Escaping) -> std::borrow::Cow<'_, [u8]> 
 /// character look decides. Invalid UTF-8 decodes (lossily) to these
 /// characters only where their bytes are.
 fn may_need_escaping(body: &[u8]) -> bool {
-    body.iter().enumerate().any(|(i, &b)| match b {
+    // A whole chunk is screened for the bytes that can start such a character
+    // without a branch per byte (the compiler makes it a few vector compares);
+    // only a chunk holding one is looked at byte by byte. In Chinese text that
+    // is one chunk in several (U+2000–U+2FFF punctuation starts with 0xE2).
+    const CHUNK: usize = 32;
+    let starts_one = |b: u8| (b < 0x20) | (b == 0x7f) | (b == 0xc2) | (b == 0xd8) | (b == 0xe2);
+    body.chunks(CHUNK).enumerate().any(|(n, chunk)| {
+        chunk.iter().fold(false, |seen, &b| seen | starts_one(b))
+            && (n * CHUNK..n * CHUNK + chunk.len()).any(|i| escapes_at(body, i))
+    })
+}
+
+/// Whether `body[i]` starts a character [`may_need_escaping`] looks for.
+fn escapes_at(body: &[u8], i: usize) -> bool {
+    match body[i] {
         b'\t' => false,
         0..0x20 | 0x7f => true,
         0xc2 => matches!(body.get(i + 1), Some(0x80..=0x9f)),
@@ -155,7 +169,7 @@ fn may_need_escaping(body: &[u8]) -> bool {
             (Some(0x80), Some(0x8e | 0x8f | 0xa8..=0xae)) | (Some(0x81), Some(0xa6..=0xa9))
         ),
         _ => false,
-    })
+    }
 }
 
 /// [`escape_controls`] looking at every character.
@@ -230,6 +244,22 @@ mod tests {
                 let plain = !line.chars().any(|c| c.is_control() || is_bidi_or_separator(c));
                 proptest::prop_assert!(!plain || matches!(quick, std::borrow::Cow::Borrowed(_)));
             }
+        }
+    }
+
+    /// The screen goes 32 bytes at a time: a character split between two
+    /// chunks is found wherever it starts.
+    #[test]
+    fn a_character_across_a_chunk_border_is_still_escaped() {
+        for offset in 0..70 {
+            let pad = "a".repeat(offset);
+            for evil in ["\u{202e}", "\u{2066}", "\u{85}", "\u{61c}", "\x1b"] {
+                let line = format!("INFO {pad}{evil}b\n");
+                assert!(may_need_escaping(line.as_bytes()), "{offset} {evil:?}");
+                assert!(matches!(escape_controls(line.as_bytes(), TEXT), std::borrow::Cow::Owned(_)), "{offset}");
+            }
+            let fine = format!("INFO {pad}“…”你好\tb\n");
+            assert!(!may_need_escaping(fine.trim_end().as_bytes()), "{offset}");
         }
     }
 
