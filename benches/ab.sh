@@ -17,7 +17,7 @@
 # METRICS_OUT=DIR keeps each run's /metrics as DIR/NAME-ROUND.prom (the stage
 # histograms' buckets, for the tail).
 # Prints one line per run and, per build, the medians over rounds: req/s, the
-# ratio to nginx within the round, wrk's p50/p99/max, the service's own stage
+# ratio to nginx within the round, wrk's p50/p99/p99.9/max, the service's own stage
 # means from /metrics, ops per commit, RSS idle and after the load, and KiB the
 # service wrote to disk per callback (/proc/PID/io: WAL, checkpoints), and its CPU
 # time per callback in µs (/proc/PID/stat), the figure a busy machine disturbs least.
@@ -62,7 +62,7 @@ pids+=("$!")
 count=${AB_BODIES:-$((40000 * seconds))}
 "$loadgen" bodies --count "$count" --out "$work/bodies" --config "$demo/demo.toml"
 
-# wrk's output as "rps p50 p99 max" (ms).
+# wrk's output as "rps p50 p99 p99.9 max non-2xx" (ms; p99.9 from the script's done()).
 wrk_run() { # URL [SCRIPT BODIES]
   local url=$1
   local script=()
@@ -71,10 +71,10 @@ wrk_run() { # URL [SCRIPT BODIES]
   taskset -c 1 wrk -t1 -c"$connections" -d"${seconds}s" --latency "${script[@]}" | awk '
     function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
     $1 == "Latency" && NF >= 4 { max = ms($4) }
-    $1 == "50%" { p50 = ms($2) } $1 == "99%" { p99 = ms($2) }
+    $1 == "50%" { p50 = ms($2) } $1 == "99%" { p99 = ms($2) } $1 == "p99.9" { p999 = ms($2) }
     /^Requests\/sec/ { rps = $2 }
     /Non-2xx/ { non = $NF }
-    END { printf "%.0f %.2f %.2f %.2f %d\n", rps, p50, p99, max, non }'
+    END { printf "%.0f %.2f %.2f %.2f %.2f %d\n", rps, p50, p99, p999, max, non }'
 }
 # The service's stage means (ms) and ops/commit from /metrics.
 stages() {
@@ -90,7 +90,7 @@ written() { awk '/^write_bytes:/ {print $2}' "/proc/$1/io"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 echo "== $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $rounds rounds of $seconds s x $connections connections; $count bodies"
-printf '%-10s %5s %8s %6s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' build round req/s ratio p50 p99 max callback queue execute commit ops/c idle_kib after_kib disk_kib cpu_us
+printf '%-10s %5s %8s %6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' build round req/s ratio p50 p99 p99.9 max callback queue execute commit ops/c idle_kib after_kib disk_kib cpu_us
 results=$work/results
 for ((round = 1; round <= rounds; round++)); do
   read -r n_rps _ <<<"$(wrk_run "http://127.0.0.1:$nginx_port/")"
@@ -118,7 +118,7 @@ for ((round = 1; round <= rounds; round++)); do
       perf record ${PERF_ARGS:---call-graph dwarf,16384 -F 499} -p "$pid" -o "$PERF_OUT/$name.perf.data" -- sleep "$seconds" >/dev/null 2>&1 &
       perf_pid=$!
     fi
-    read -r rps p50 p99 max non <<<"$(wrk_run "http://127.0.0.1:$http_port" "$repo/benches/wrk-callbacks.lua" "$work/bodies")"
+    read -r rps p50 p99 p999 max non <<<"$(wrk_run "http://127.0.0.1:$http_port" "$repo/benches/wrk-callbacks.lua" "$work/bodies")"
     [ -n "$perf_pid" ] && wait "$perf_pid"
     after=$(rss "$pid")
     # The service's CPU time per callback, in µs: what a noisy machine disturbs least.
@@ -133,21 +133,21 @@ for ((round = 1; round <= rounds; round++)); do
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     ratio=$(awk -v a="$rps" -v b="$n_rps" 'BEGIN { printf "%.3f", a / b }')
-    printf '%-10s %5d %8d %6s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' "$name" "$round" "$rps" "$ratio" "$p50" "$p99" "$max" \
+    printf '%-10s %5d %8d %6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' "$name" "$round" "$rps" "$ratio" "$p50" "$p99" "$p999" "$max" \
       "$callback" "$queue" "$execute" "$commit" "$per_commit" "$idle" "$after" "$kib_per_callback" "$cpu_us"
     [ "$non" = 0 ] || echo "   warning: $name answered $non non-2xx" >&2
-    echo "$name $rps $ratio $p50 $p99 $max $callback $queue $execute $commit $per_commit $idle $after $kib_per_callback $cpu_us" >>"$results"
+    echo "$name $rps $ratio $p50 $p99 $p999 $max $callback $queue $execute $commit $per_commit $idle $after $kib_per_callback $cpu_us" >>"$results"
   done
 done
 echo
 echo "Medians over $rounds rounds (ratio: req/s over nginx's in the same round):"
-printf '%-10s %8s %6s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' build req/s ratio p50 p99 max callback queue execute commit ops/c idle_kib after_kib disk_kib cpu_us
+printf '%-10s %8s %6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' build req/s ratio p50 p99 p99.9 max callback queue execute commit ops/c idle_kib after_kib disk_kib cpu_us
 for entry in "${bins[@]}"; do
   name=${entry%%=*}
   line=""
-  for col in $(seq 2 15); do
+  for col in $(seq 2 16); do
     line+="$(awk -v n="$name" -v c="$col" '$1 == n { print $c }' "$results" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }') "
   done
   # shellcheck disable=SC2086 # one word per column
-  printf '%-10s %8s %6s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' "$name" $line
+  printf '%-10s %8s %6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' "$name" $line
 done

@@ -49,7 +49,7 @@ field() { # JSON-LINE NAME: a number or string field of loadgen's --json line
   sed -n "s/.*\"$2\":\"\{0,1\}\([^],\"}]*\).*/\1/p" <<<"$1"
 }
 core0() { sed -n 's/.*"core_busy_pct":\[\([^],]*\).*/\1/p' <<<"$1"; }
-num() { awk -v v="$1" -v d="$2" 'BEGIN { if (v == "") printf "-"; else printf "%.*f", d, v }'; }
+num() { awk -v v="$1" -v d="$2" 'BEGIN { if (v == "" || v == "null") printf "-"; else printf "%.*f", d, v }'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.2f", a / b; else printf "n/a" }'; }
 mib() { awk -v k="$1" 'BEGIN { if (k == "") printf "n/a"; else printf "%.1f MiB", k / 1024 }'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
@@ -93,13 +93,14 @@ wrk_run() { # LABEL URL PID [wrk arguments after the URL]
     -v core="$core_before $(core0_ticks)" "$ms"'
     $1 == "Latency" && NF >= 4 { max = ms($4) }
     $1 == "50%" { p50 = ms($2) } $1 == "90%" { p90 = ms($2) } $1 == "99%" { p99 = ms($2) }
+    $1 == "p99.9" { p999 = ms($2) } # from benches/wrk-callbacks.lua; not for nginx
     /^Requests\/sec/ { rps = $2 }
     /Non-2xx/ { non = $NF }
     /Socket errors/ { gsub(",", ""); errors = $4 + $6 + $8 + $10 }
     END {
       split(core, c, " ")
-      printf "{\"rps\":%s,\"p50_ms\":%s,\"p90_ms\":%s,\"p99_ms\":%s,\"max_ms\":%s,\"non_2xx\":%d,\"socket_errors\":%d,\"server_cpu_pct\":%s,\"core_busy_pct\":[%s]}\n",
-        rps, p50, p90, p99, max, non, errors, cpu / hz / secs * 100, (c[3] - c[1]) / (c[4] - c[2]) * 100
+      printf "{\"rps\":%s,\"p50_ms\":%s,\"p90_ms\":%s,\"p99_ms\":%s,\"p999_ms\":%s,\"max_ms\":%s,\"non_2xx\":%d,\"socket_errors\":%d,\"server_cpu_pct\":%s,\"core_busy_pct\":[%s]}\n",
+        rps, p50, p90, p99, (p999 == "" ? "null" : p999), max, non, errors, cpu / hz / secs * 100, (c[3] - c[1]) / (c[4] - c[2]) * 100
     }' <<<"$out")"
   echo "$label: $(grep -E 'Requests/sec' <<<"$out")" >&2
 }
@@ -216,13 +217,13 @@ median_round() { # LABEL: the round whose req/s is the median
 echo
 echo "Median of $rounds round(s) (the run with the median req/s), $seconds s x $connections connections each:"
 echo
-echo "| run | req/s | p50 ms | p90 ms | p99 ms | max ms | non-2xx | socket errors | server CPU % | core 0 busy % | loadgen CPU % | ops/commit |"
-echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+echo "| run | req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | non-2xx | socket errors | server CPU % | core 0 busy % | loadgen CPU % | ops/commit |"
+echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
 for label in "${labels[@]}"; do
   m=$(median_round "$label")
   r=${result[$label#$m]}
   echo "| $label | $(num "$(field "$r" rps)" 0) | $(num "$(field "$r" p50_ms)" 2) | $(num "$(field "$r" p90_ms)" 2)" \
-    "| $(num "$(field "$r" p99_ms)" 2) | $(num "$(field "$r" max_ms)" 2) | $(field "$r" non_2xx) | $(field "$r" socket_errors)" \
+    "| $(num "$(field "$r" p99_ms)" 2) | $(num "$(field "$r" p999_ms)" 2) | $(num "$(field "$r" max_ms)" 2) | $(field "$r" non_2xx) | $(field "$r" socket_errors)" \
     "| $(num "$(field "$r" server_cpu_pct)" 0) | $(num "$(core0 "$r")" 0) | $(num "$(field "$r" loadgen_cpu_pct)" 0)" \
     "| ${per_commit[$label#$m]:--} |"
 done

@@ -58,6 +58,7 @@ pub(crate) fn print(args: &RunArgs, tally: &Tally, elapsed: Duration, before: &S
         "p50_ms": percentile(0.50),
         "p90_ms": percentile(0.90),
         "p99_ms": percentile(0.99),
+        "p999_ms": percentile(0.999),
         "max_ms": tally.latency.max() as f64 / 1000.0,
         "loadgen_cpu_pct": loadgen_cpu_pct,
         "core_busy_pct": core_busy_pct,
@@ -65,7 +66,7 @@ pub(crate) fn print(args: &RunArgs, tally: &Tally, elapsed: Duration, before: &S
     let mut human = format!(
         "{label}: {url}, {} connections, {secs:.2} s{}\n  \
          requests  {answered} = {rps:.1} req/s (2xx {}, non-2xx {non_2xx}{})\n  \
-         latency   p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, max {:.3} ms\n  \
+         latency   p50 {:.3} ms, p90 {:.3} ms, p99 {:.3} ms, p99.9 {:.3} ms, max {:.3} ms\n  \
          socket errors: connect {}, read/write {}, timeout {} (server-closed keep-alives: {})\n  \
          loadgen CPU {loadgen_cpu_pct:.0} %; cores busy {}",
         args.connections,
@@ -75,6 +76,7 @@ pub(crate) fn print(args: &RunArgs, tally: &Tally, elapsed: Duration, before: &S
         percentile(0.50),
         percentile(0.90),
         percentile(0.99),
+        percentile(0.999),
         tally.latency.max() as f64 / 1000.0,
         tally.connect_errors,
         tally.io_errors,
