@@ -124,7 +124,7 @@ for ((round = 1; round <= rounds; round++)); do
     # The service's CPU time per callback, in µs: what a noisy machine disturbs least.
     cpu_us=$(awk -v t="$(($(cpu_ticks "$pid") - cpu_before))" -v hz="$(getconf CLK_TCK)" -v r="$rps" -v s="$seconds" 'BEGIN { printf "%.1f", (r > 0 ? t / hz * 1e6 / (r * s) : 0) }')
     kib_per_callback=$(awk -v w="$(($(written "$pid") - written_before))" -v r="$rps" -v s="$seconds" 'BEGIN { printf "%.2f", (r > 0 ? w / 1024 / (r * s) : 0) }')
-    sleep 5 # the metrics upkeep copies the store's counters every 5 s
+    sleep 2 # the metrics upkeep copies the store's counters every second
     read -r callback queue execute commit per_commit <<<"$(stages)"
     if [ -n "${METRICS_OUT:-}" ]; then
       mkdir -p "$METRICS_OUT"

@@ -175,8 +175,8 @@ service_run() { # LABEL MODE URL (MODE wrk: wrk_callbacks)
   ops=$(metric wechat_api_store_operations_total)
   if [ "$2" = wrk ]; then wrk_callbacks "$1" "$3"; else measure "$1" "$2" "$3" "$pid"; fi
   # Let the dispatcher finish the backlog so that it does not share the next run's
-  # core, and the metrics upkeep (every 5 s) copy the store's counters.
-  sleep 6
+  # core, and the metrics upkeep (every second) copy the store's counters.
+  sleep 2
   for _ in $(seq 300); do
     left=$(backlog) || break
     [ "$left" = 0 ] && break

@@ -79,7 +79,7 @@ measure "2. PostgreSQL, one replica" "http://127.0.0.1:$((base + 11))"
 commits=$(($(psql_q bench "SELECT xact_commit FROM pg_stat_database WHERE datname = 'bench'") - commits_before))
 rows=$(($(psql_q bench "SELECT COUNT(*) FROM journal") - rows_before))
 echo "   PostgreSQL: $commits commits ($((commits / seconds))/s, all kinds), $rows journal rows, $(awk -v r="$rows" -v c="$commits" 'BEGIN { printf "%.1f", c ? r / c : 0 }') rows per commit"
-sleep 5 # the metrics upkeep folds the histograms every 5 s
+sleep 2 # the metrics upkeep folds the histograms every second
 stage_table "http://127.0.0.1:$((base + 11))/metrics"
 
 serve pg-2 $((base + 12)) "DATABASE_URL=$url"
