@@ -130,7 +130,8 @@ pub(crate) struct LoggedId<'a>(pub &'a str);
 
 impl std::fmt::Display for LoggedId<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let chars = if self.0.len() <= LOGGED_ID_CHARS { self.0.len() } else { self.0.chars().count() };
+        // std counts characters a word at a time; only a cut decodes them.
+        let chars = self.0.chars().count();
         if chars <= LOGGED_ID_CHARS {
             return f.write_str(self.0);
         }
