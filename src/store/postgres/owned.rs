@@ -105,18 +105,18 @@ impl Owned {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::journal::tests::{ids, pending as entry};
+    use crate::store::journal::tests::{ids, pending};
 
     #[test]
     fn what_does_not_fit_is_not_reserved_and_taking_makes_room() {
         let owned = Owned::default();
         assert!(owned.reserve(MAX_BYTES / 2));
-        owned.push(entry(1, MAX_BYTES / 2));
+        owned.push(pending(1, MAX_BYTES / 2));
         assert!(owned.reserve(MAX_BYTES / 2));
         assert!(!owned.reserve(1), "full: this one is inserted unclaimed");
         owned.release(MAX_BYTES / 2);
         assert!(owned.reserve(10));
-        owned.push(entry(2, 10));
+        owned.push(pending(2, 10));
         assert_eq!(ids(&owned.take(10)), [1, 2]);
         assert!(owned.reserve(MAX_BYTES), "everything taken: all the room again");
     }
@@ -126,7 +126,7 @@ mod tests {
         let owned = Owned::default();
         for id in 1..=3 {
             assert!(owned.reserve(1));
-            owned.push(entry(id, 1));
+            owned.push(pending(id, 1));
         }
         let taken = owned.take(2);
         owned.restore(taken);
