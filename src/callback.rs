@@ -279,6 +279,7 @@ impl OpenedAibot {
             kind: EntryKind::Aibot,
             sender: self.message.userid.clone(),
             payload: self.json.clone(),
+            parsed: None,
         }
     }
 }

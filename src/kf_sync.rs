@@ -211,6 +211,7 @@ fn journal_entry(channel: &ChannelName, open_kfid: &str, raw: serde_json::Value)
             kind: EntryKind::KfMessage,
             sender: message.external_userid.clone(),
             payload: message.raw.to_string(),
+            parsed: None,
         }),
         Err(error) => {
             tracing::warn!(open_kfid = %LoggedId(open_kfid), "skipping a kf message: {error}");

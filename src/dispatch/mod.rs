@@ -132,6 +132,22 @@ pub(crate) fn parse_entry(entry: &PendingEntry) -> Result<Message, String> {
     }
 }
 
+/// The typed message of `entry`: the route's own parse when the hand-off
+/// carried it (`PendingEntry::parsed`, taken), else [`parse_entry`].
+fn message_of(entry: &mut PendingEntry) -> Result<Message, String> {
+    if let (EntryKind::Callback, Some(parsed)) = (entry.kind, entry.parsed.take()) {
+        match parsed.downcast::<AppMessage>() {
+            Ok(message) => {
+                // Both are `AppMessage::parse` of the same bytes; the tests hold them to it.
+                debug_assert_eq!(AppMessage::parse(&entry.payload).as_ref().ok(), Some(&*message), "hand-off");
+                return Ok(Message::App { channel: entry.channel.clone(), message: Arc::unwrap_or_clone(message) });
+            }
+            Err(_) => debug_assert!(false, "a callback route's parse is an AppMessage"),
+        }
+    }
+    parse_entry(entry)
+}
+
 /// What handling one entry produced.
 #[derive(Debug, Default)]
 struct Handled {
@@ -221,14 +237,14 @@ impl Dispatcher {
 
     /// Handles one batch of pending entries; returns how many.
     pub(crate) async fn run_once(&self) -> Result<usize, StoreError> {
-        let entries = self.store.claim_entries(BATCH).await?;
+        let mut entries = self.store.claim_entries(BATCH).await?;
         if entries.is_empty() {
             return Ok(0);
         }
         let mut sessions = Sessions::default();
         let mut undelivered = Vec::new();
         let mut completions: Vec<(i64, Vec<NewAction>)> = Vec::with_capacity(entries.len());
-        for entry in &entries {
+        for entry in &mut entries {
             let handled = self.handle(entry, &mut sessions).await?;
             undelivered.extend(handled.undelivered);
             completions.push((entry.id, outbox_rows(&entry.dedup_key, &handled.actions)));
@@ -250,9 +266,11 @@ impl Dispatcher {
 
     /// The handler chain for one entry: the log line, then the planned actions
     /// and what the message tells about its conversation (kept in `sessions`).
-    async fn handle(&self, entry: &PendingEntry, sessions: &mut Sessions) -> Result<Handled, StoreError> {
+    async fn handle(&self, entry: &mut PendingEntry, sessions: &mut Sessions) -> Result<Handled, StoreError> {
+        let message = message_of(entry);
+        let entry = &*entry;
         let id = entry.dedup_key.as_str();
-        let message = match parse_entry(entry) {
+        let message = match message {
             Ok(message) => message,
             Err(error) => {
                 // It parsed when it was received; only a newer, stricter parser gets here.
@@ -591,6 +609,29 @@ mod tests {
             let text = Action::text(to, "hi", "k".into(), "s".into()).expect("a text");
             assert_eq!(paced_kind(kind), Some(text.kind()), "{kind:?}");
         }
+    }
+
+    /// The dispatcher takes a handed-off callback's parse instead of parsing
+    /// again, and parses the payload of an entry that comes without one.
+    #[test]
+    fn a_handed_off_callback_is_not_parsed_again() {
+        let xml = "<xml><MsgType>text</MsgType><Content>hi</Content><MsgId>7</MsgId></xml>";
+        let message = AppMessage::parse(xml).expect("parses");
+        let mut entry = PendingEntry {
+            id: 1,
+            dedup_key: "app:msg:7".into(),
+            channel: ChannelName::app(),
+            kind: EntryKind::Callback,
+            received_at: 0,
+            payload: xml.into(),
+            parsed: Some(Arc::new(message.clone())),
+        };
+        let expected = Message::App { channel: ChannelName::app(), message };
+        assert_eq!(message_of(&mut entry).expect("the route's parse"), expected);
+        assert!(entry.parsed.is_none(), "taken, not copied");
+        assert_eq!(message_of(&mut entry).expect("parsed from the payload"), expected);
+        entry.payload = "not xml".into();
+        assert!(message_of(&mut entry).is_err(), "without the route's parse, the payload decides");
     }
 
     #[test]

@@ -153,6 +153,8 @@ async fn receive_at(
         kind: EntryKind::Callback,
         sender: opened.message.from_user_name.clone(),
         payload: opened.xml,
+        // The dispatcher takes the message as parsed here (`PendingEntry::parsed`).
+        parsed: Some(Arc::new(opened.message)),
     };
     let outcome = match store::bounded(state.store.journal(entry)).await {
         Ok(Recorded::New(_)) => {

@@ -1,6 +1,7 @@
 //! The journal: every accepted callback, durably, before it is acknowledged.
 //! The dedup key is the primary identity: a second delivery changes nothing.
 
+use std::any::Any;
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +47,8 @@ pub struct NewEntry {
     pub sender: Option<String>,
     /// The decrypted message exactly as received.
     pub payload: String,
+    /// What the receiver already made of `payload`: see [`Parsed`].
+    pub parsed: Option<Parsed>,
 }
 
 /// What journaling found.
@@ -66,7 +69,18 @@ pub struct PendingEntry {
     pub kind: EntryKind,
     pub received_at: i64,
     pub payload: String,
+    /// What the receiver made of `payload`, when the entry comes from this
+    /// process's hand-off; `None` for every entry read from the journal.
+    pub parsed: Option<Parsed>,
 }
+
+/// What the receiver already made of an entry's payload (a callback route: its
+/// parsed XML), carried with the entry through this process's hand-off, so that
+/// the dispatcher takes it instead of parsing the same bytes again (that second
+/// parse was ~4 % of a durable callback's CPU, BENCHMARKS.md). The store neither
+/// looks inside nor keeps it (it sits below the parsers), and the journal stays
+/// the truth: an entry read from it is parsed from its payload.
+pub(crate) type Parsed = Arc<dyn Any + Send + Sync>;
 
 /// How many committed dedup keys are remembered in memory (~1.3 MiB at most):
 /// minutes of traffic at any realistic rate, and WeCom retries within seconds.
@@ -166,6 +180,7 @@ pub(super) mod tests {
             kind: EntryKind::Callback,
             sender: None,
             payload: format!("<xml>{key}</xml>"),
+            parsed: None,
         }
     }
 
@@ -179,6 +194,7 @@ pub(super) mod tests {
             kind: EntryKind::Callback,
             received_at: 0,
             payload: "x".repeat(bytes),
+            parsed: None,
         }
     }
 

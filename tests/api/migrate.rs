@@ -16,6 +16,7 @@ fn kf_entry(key: &str) -> NewEntry {
         kind: EntryKind::KfMessage,
         sender: Some("wm".into()),
         payload: "{}".into(),
+        parsed: None,
     }
 }
 

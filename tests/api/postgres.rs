@@ -290,6 +290,7 @@ fn entry(key: &str) -> NewEntry {
         kind: EntryKind::Callback,
         sender: Some("zhangsan".into()),
         payload: format!("<xml>{key}</xml>"),
+        parsed: None,
     }
 }
 

@@ -76,6 +76,7 @@ fn entry(key: &str) -> NewEntry {
         kind: EntryKind::Callback,
         sender: None,
         payload: format!("<xml>{key}</xml>"),
+        parsed: None,
     }
 }
 

@@ -188,8 +188,8 @@ async fn write_group(parts: &Parts, group: Vec<Write>) {
         let bytes = write.entry.payload.len();
         let recorded = answer.map(|inserted| match inserted {
             Some((id, received_at)) if claimed => {
-                let NewEntry { dedup_key, channel, kind, payload, sender: _ } = write.entry;
-                owned.push(PendingEntry { id, dedup_key, channel, kind, received_at, payload });
+                let NewEntry { dedup_key, channel, kind, payload, parsed, sender: _ } = write.entry;
+                owned.push(PendingEntry { id, dedup_key, channel, kind, received_at, payload, parsed });
                 Recorded::New(id)
             }
             Some((id, _)) => Recorded::New(id),
@@ -278,6 +278,7 @@ fn read_entry(row: &tokio_postgres::Row) -> Result<PendingEntry, StoreError> {
         kind: named(row.get(3), EntryKind::parse)?,
         received_at: row.get(4),
         payload: row.get(5),
+        parsed: None,
     })
 }
 

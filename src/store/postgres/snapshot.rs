@@ -42,6 +42,7 @@ impl Postgres {
                     kind: named(&kind, EntryKind::parse)?,
                     sender: r.get(3),
                     payload: r.get(4),
+                    parsed: None,
                 },
                 received_at: r.get(5),
             });

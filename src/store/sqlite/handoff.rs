@@ -20,7 +20,8 @@ use std::sync::Mutex;
 use crate::store::journal::PendingEntry;
 
 /// At most this many payload bytes wait in the queue (~1,000 chat-sized
-/// entries): a dispatcher that falls behind reads the journal instead.
+/// entries; each callback's parse beside its payload about doubles the memory):
+/// a dispatcher that falls behind reads the journal instead.
 const MAX_BYTES: usize = 1 << 20;
 
 #[derive(Debug, Default)]

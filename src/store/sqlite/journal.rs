@@ -55,6 +55,7 @@ fn read_entry(row: &rusqlite::Row<'_>) -> rusqlite::Result<PendingEntry> {
         kind: named(3, row.get(3)?, EntryKind::parse)?,
         received_at: row.get(4)?,
         payload: row.get(5)?,
+        parsed: None,
     })
 }
 
@@ -72,8 +73,8 @@ impl Sqlite {
             },
             move |(recorded, entry, received_at)| {
                 if let Recorded::New(id) = recorded {
-                    let NewEntry { dedup_key, channel, kind, payload, sender: _ } = entry;
-                    handoff.committed(PendingEntry { id, dedup_key, channel, kind, received_at, payload });
+                    let NewEntry { dedup_key, channel, kind, payload, parsed, sender: _ } = entry;
+                    handoff.committed(PendingEntry { id, dedup_key, channel, kind, received_at, payload, parsed });
                 }
                 recorded
             },
@@ -233,5 +234,37 @@ mod tests {
                 (entry.id, entry.channel, entry.kind, entry.received_at, entry.payload)
             );
         }
+    }
+
+    /// The route's parse travels with its entry through the hand-off, and only
+    /// there: an entry the claim reads from the journal is parsed from its payload.
+    #[tokio::test]
+    async fn the_route_s_parse_comes_with_a_handed_off_entry_only() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sqlite = Sqlite::open(dir.path()).expect("opens");
+        let parsed = |key: &str| {
+            let xml = format!("<xml><MsgType>text</MsgType><Content>hi</Content><MsgId>{key}</MsgId></xml>");
+            let message = crate::messages::AppMessage::parse(&xml).expect("parses");
+            NewEntry { payload: xml, parsed: Some(Arc::new(message)), ..entry(key) }
+        };
+        // A read of the journal first (a start), then two entries handed off.
+        assert!(sqlite.pending(10).await.expect("claim").is_empty());
+        for key in ["1", "2"] {
+            sqlite.journal(parsed(key)).await.expect("journal");
+        }
+        let handed = sqlite.pending(10).await.expect("claim");
+        let msg_id = |parsed: &crate::store::journal::Parsed| {
+            parsed.downcast_ref::<crate::messages::AppMessage>().map(|message| message.msg_id.clone())
+        };
+        let messages: Vec<_> = handed.iter().map(|entry| entry.parsed.as_ref().and_then(msg_id)).collect();
+        assert_eq!(messages, [Some(Some("1".to_owned())), Some(Some("2".to_owned()))], "as the route parsed them");
+        sqlite.complete(handed.iter().map(|entry| (entry.id, Vec::new())).collect()).await.expect("complete");
+        // A gap (an entry written by another statement) makes the claim read the journal.
+        let page = parsed("3");
+        sqlite.run(move |db| insert(db, &page)).await.expect("a page's entry");
+        sqlite.journal(parsed("4")).await.expect("journal");
+        let read = sqlite.pending(10).await.expect("claim");
+        assert_eq!(read.len(), 2);
+        assert!(read.iter().all(|entry| entry.parsed.is_none()), "read from the journal: the payload is the truth");
     }
 }

@@ -116,6 +116,7 @@ mod tests {
             kind: EntryKind::Callback,
             sender: None,
             payload: "<xml/>".into(),
+            parsed: None,
         }
     }
 

@@ -52,6 +52,7 @@ fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
                 kind: EntryKind::parse(&kind).ok_or_else(|| unknown("unknown entry kind", &kind))?,
                 sender,
                 payload,
+                parsed: None,
             },
             received_at,
         })
@@ -170,6 +171,7 @@ mod tests {
             kind: EntryKind::KfMessage,
             sender: Some("wm".into()),
             payload: "{}".into(),
+            parsed: None,
         }
     }
 
