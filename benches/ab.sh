@@ -90,7 +90,12 @@ written() { awk '/^write_bytes:/ {print $2}' "/proc/$1/io"; }
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 echo "== $(date -u +%FT%TZ) $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg); $rounds rounds of $seconds s x $connections connections; $count bodies"
-printf '%-10s %5s %8s %6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' build round req/s ratio p50 p99 p99.9 max callback queue execute commit ops/c idle_kib after_kib disk_kib cpu_us
+# The columns after build, round and req/s: one format and one list of names
+# for the rows and both headers, so that a new column is added once.
+columns="ratio p50 p99 p99.9 max callback queue execute commit ops/c idle_kib after_kib disk_kib cpu_us"
+columns_format='%6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n'
+# shellcheck disable=SC2086 # one word per column
+printf "%-10s %5s %8s $columns_format" build round req/s $columns
 results=$work/results
 for ((round = 1; round <= rounds; round++)); do
   read -r n_rps _ <<<"$(wrk_run "http://127.0.0.1:$nginx_port/")"
@@ -133,7 +138,7 @@ for ((round = 1; round <= rounds; round++)); do
     kill "$pid"
     wait "$pid" 2>/dev/null || true
     ratio=$(awk -v a="$rps" -v b="$n_rps" 'BEGIN { printf "%.3f", a / b }')
-    printf '%-10s %5d %8d %6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' "$name" "$round" "$rps" "$ratio" "$p50" "$p99" "$p999" "$max" \
+    printf "%-10s %5d %8d $columns_format" "$name" "$round" "$rps" "$ratio" "$p50" "$p99" "$p999" "$max" \
       "$callback" "$queue" "$execute" "$commit" "$per_commit" "$idle" "$after" "$kib_per_callback" "$cpu_us"
     [ "$non" = 0 ] || echo "   warning: $name answered $non non-2xx" >&2
     echo "$name $rps $ratio $p50 $p99 $p999 $max $callback $queue $execute $commit $per_commit $idle $after $kib_per_callback $cpu_us" >>"$results"
@@ -141,13 +146,14 @@ for ((round = 1; round <= rounds; round++)); do
 done
 echo
 echo "Medians over $rounds rounds (ratio: req/s over nginx's in the same round):"
-printf '%-10s %8s %6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' build req/s ratio p50 p99 p99.9 max callback queue execute commit ops/c idle_kib after_kib disk_kib cpu_us
+# shellcheck disable=SC2086 # one word per column
+printf "%-10s %8s $columns_format" build req/s $columns
 for entry in "${bins[@]}"; do
   name=${entry%%=*}
   line=""
-  for col in $(seq 2 16); do
+  for col in $(seq 2 "$(awk '{ print NF; exit }' "$results")"); do
     line+="$(awk -v n="$name" -v c="$col" '$1 == n { print $c }' "$results" | sort -g | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }') "
   done
   # shellcheck disable=SC2086 # one word per column
-  printf '%-10s %8s %6s %7s %7s %7s %8s %9s %8s %8s %8s %7s %8s %8s %7s %7s\n' "$name" $line
+  printf "%-10s %8s $columns_format" "$name" $line
 done

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use crate::store::journal::PendingEntry;
 
-/// At most this many payload bytes queued or reserved (~1,000 chat-sized entries).
+/// At most this many payload bytes queued or reserved (~1,000 chat-sized entries;
+/// each callback's parse beside its payload about doubles the memory, as in
+/// SQLite's hand-off).
 const MAX_BYTES: usize = 1 << 20;
 
 /// While its own entries keep coming, the dispatcher still claims from the
