@@ -93,10 +93,11 @@ fn config_findings(config: &Config, warnings: &[String]) -> Vec<Finding> {
         ]);
         out.push(match app.agent_id() {
             Some(id) => Finding::pass("config WECOM_AGENT_ID", id.to_string()),
-            None if app.secret().is_some() => Finding::fail(
+            // Optional (SPEC §2): a warning to read, not a failure.
+            None if app.secret().is_some() => Finding::pass(
                 "config WECOM_AGENT_ID",
-                "not set: replies through message/send use the AgentID of each message",
-                "set WECOM_AGENT_ID (应用管理 → the app → AgentId)",
+                "not set: replies through message/send use the AgentID of each message; a send to the app \
+                 channel that answers no message needs it (应用管理 → the app → AgentId)",
             ),
             None => Finding::pass("config WECOM_AGENT_ID", "not set (no WECOM_SECRET either: no replies)"),
         });
@@ -383,15 +384,19 @@ async fn smtp_finding(config: &Config) -> Option<Finding> {
     })
 }
 
-/// The report for people: one line per check, ✔ or ✖, with the fix.
+/// The report for people: one line per check, ✔ or ✖, with the fix on the
+/// same line (SPEC §7).
 pub(crate) fn render(report: &Report) -> String {
+    // An answer's body or an error may hold a line break: it must not start a line.
+    let one_line = |text: &str| text.split_whitespace().collect::<Vec<_>>().join(" ");
     let mut out = String::new();
     for finding in &report.checks {
         let mark = if finding.ok { '✔' } else { '✖' };
-        out.push_str(&format!("{mark} {} — {}\n", finding.check, finding.detail));
+        out.push_str(&format!("{mark} {} — {}", finding.check, one_line(&finding.detail)));
         if let Some(fix) = &finding.fix {
-            out.push_str(&format!("    fix: {fix}\n"));
+            out.push_str(&format!(" — fix: {}", one_line(fix)));
         }
+        out.push('\n');
     }
     let failed = report.checks.iter().filter(|f| !f.ok).count();
     if failed == 0 {
@@ -400,4 +405,48 @@ pub(crate) fn render(report: &Report) -> String {
         out.push_str(&format!("{failed} check(s) failed\n"));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "jWmYm7qr5nMoAUwZRjGtBxmz3KA1tkAj3ykkR6q2B2C";
+
+    fn loaded(pairs: &[(&str, &str)]) -> (Config, Vec<String>) {
+        let env = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        config::load(&Sources { env, ..Sources::default() }).expect("valid")
+    }
+
+    #[test]
+    fn a_secret_without_an_agent_id_passes_and_says_what_that_means() {
+        let (config, warnings) = loaded(&[
+            ("WECOM_CORP_ID", "ww1436e0e65a779aee"),
+            ("WECOM_TOKEN", "QDG6eK"),
+            ("WECOM_ENCODING_AES_KEY", KEY),
+            ("WECOM_SECRET", "app-secret"),
+        ]);
+        let findings = config_findings(&config, &warnings);
+        let agent = findings.iter().find(|f| f.check == "config WECOM_AGENT_ID").expect("the agent id finding");
+        assert!(agent.ok, "optional (SPEC §2): {agent:?}");
+        assert!(agent.detail.contains("use the AgentID of each message"), "{agent:?}");
+    }
+
+    #[test]
+    fn each_check_is_one_line_with_its_fix() {
+        let report = Report {
+            status: "fail",
+            version: crate::VERSION,
+            checks: vec![
+                Finding::pass("config WECOM_TOKEN", "6 letters and digits"),
+                Finding::fail("tls certificate", "HTTP 500: first\nsecond", "renew\nthe certificate"),
+            ],
+        };
+        assert_eq!(
+            render(&report),
+            "✔ config WECOM_TOKEN — 6 letters and digits\n\
+             ✖ tls certificate — HTTP 500: first second — fix: renew the certificate\n\
+             1 check(s) failed\n"
+        );
+    }
 }

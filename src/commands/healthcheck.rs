@@ -73,7 +73,7 @@ pub(crate) fn run(sources: &Sources, url: Option<String>) -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::variables::{BIND_ADDRESS, HTTPS_PORT, TLS_ENABLED};
+    use crate::config::variables::{BIND_ADDRESS, HTTPS_PORT, TLS_CERT_PATH, TLS_ENABLED, TLS_KEY_PATH};
 
     #[test]
     fn local_url_follows_the_listener_settings() {
@@ -83,5 +83,14 @@ mod tests {
         settings.set(TLS_ENABLED, "false");
         settings.set(BIND_ADDRESS, "::");
         assert_eq!(local_live_url(&settings).expect("valid"), "http://[::1]:9443/api/health/live");
+    }
+
+    #[test]
+    fn empty_listener_settings_are_their_defaults() {
+        let mut settings = Settings::default();
+        for var in [HTTPS_PORT, TLS_ENABLED, BIND_ADDRESS, TLS_CERT_PATH, TLS_KEY_PATH] {
+            settings.set(var, "");
+        }
+        assert_eq!(local_live_url(&settings).expect("valid"), "https://127.0.0.1:8092/api/health/live");
     }
 }

@@ -39,6 +39,11 @@ pub(crate) use variables::Var;
 /// The shortest `RETENTION_SECS`: it is also the dedup window.
 pub(crate) const MIN_RETENTION_SECS: u64 = 60;
 
+/// The shortest bearer token worth having: `SEND_TOKEN` must be this long (SPEC
+/// §10), a shorter `ADMIN_TOKEN` is a warning (SPEC §2 sets it no minimum).
+/// Counted in characters, not bytes.
+pub(crate) const MIN_TOKEN_CHARS: usize = 16;
+
 /// The most `CONNECTIONS_PER_ADDRESS` may be: idle connections cost ~20 KiB
 /// each, so one address may then hold some 200 MiB; more is a setting that
 /// caps nothing (a load balancer belongs in `TRUSTED_PROXIES` instead).
@@ -385,8 +390,15 @@ impl Config {
 
     /// Findings worth a warning at start-up, in `diagnose` and in `/api/health`.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        use variables::{HTTPS_PORT, TLS_ENABLED, WECOM_KF_SECRET, WECOM_SECRET};
+        use variables::{ADMIN_TOKEN, HTTPS_PORT, TLS_ENABLED, WECOM_KF_SECRET, WECOM_SECRET};
         let mut warnings = Vec::new();
+        if self.admin_token.as_ref().is_some_and(|token| token.expose().chars().count() < MIN_TOKEN_CHARS) {
+            // An old .env keeps working; the length is not shown (the bearer check hides it too).
+            warnings.push(format!(
+                "{ADMIN_TOKEN} is shorter than {MIN_TOKEN_CHARS} characters: short and guessable, and it opens the \
+                 admin endpoints (`wechat-api keygen` prints a long random one)"
+            ));
+        }
         if self.secrets_identical() {
             warnings.push(format!(
                 "{WECOM_SECRET} and {WECOM_KF_SECRET} are identical: fine for a self-built app authorised for 微信客服, \
@@ -577,6 +589,74 @@ mod tests {
         let mut pairs = minimal();
         pairs.push(("WEWORK_CORP_ID", "wwother"));
         assert!(errors_of(&pairs)[0].contains("WEWORK_CORP_ID and WECOM_CORP_ID are both set"));
+    }
+
+    #[test]
+    fn an_empty_value_is_the_default_and_an_empty_required_one_is_named() {
+        let mut pairs = minimal();
+        let defaulted: Vec<&str> =
+            variables::VARIABLES.iter().filter(|v| v.default.is_some()).map(|v| v.name).collect();
+        pairs.extend(defaulted.iter().map(|name| (*name, "")));
+        let (config, _) = load(&env(&pairs)).expect("every empty value is its default");
+        assert_eq!(config.listen.https_port, 8092);
+        assert_eq!(config.store.data_dir, PathBuf::from("/app/data"));
+        assert_eq!(config.retention.records, Duration::from_secs(604_800));
+        assert_eq!(config.kf.handoff.text, "正在为您转接人工客服，请稍候。");
+        assert!(config.surface.trusted_networks.is_empty(), "empty TRUSTED_NETWORKS still trusts none");
+
+        for required in ["WECOM_CORP_ID", "WECOM_TOKEN", "WECOM_ENCODING_AES_KEY"] {
+            let mut pairs = minimal();
+            pairs.push((required, ""));
+            assert_eq!(errors_of(&pairs), [format!("{required} is required but not set")]);
+        }
+    }
+
+    /// No value of any one variable, empty or wrong, ends in a line that names
+    /// no variable (it used to be a bare "configuration is incomplete").
+    #[test]
+    fn every_problem_of_any_variable_is_a_line_naming_a_variable() {
+        for var in variables::VARIABLES {
+            for value in ["", " ", "x", "-1", "0", "99999999999999999999", "a,b"] {
+                let mut pairs: Vec<(&str, &str)> =
+                    minimal().into_iter().filter(|(name, _)| *name != var.name).collect();
+                pairs.push((var.name, value));
+                let Err(errors) = load(&env(&pairs)) else { continue };
+                for line in &errors.0 {
+                    let first = line.split_whitespace().next().unwrap_or_default();
+                    assert!(
+                        variables::Var::named(first).is_some(),
+                        "{}={value:?}: {line:?} names no variable first",
+                        var.name
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_short_admin_token_starts_with_a_warning_that_does_not_show_it() {
+        let mut pairs = minimal();
+        pairs.push(("ADMIN_TOKEN", "Qm7Zk2Wx9R"));
+        let (config, warnings) = load(&env(&pairs)).expect("an old .env keeps working");
+        assert!(config.admin_token.is_some());
+        let short: Vec<&String> = warnings.iter().filter(|w| w.starts_with("ADMIN_TOKEN ")).collect();
+        assert_eq!(short.len(), 1, "{warnings:?}");
+        assert!(short[0].contains("short and guessable"), "{short:?}");
+        assert!(!short[0].contains("Qm7") && !short[0].contains("10"), "neither the token nor its length: {short:?}");
+        pairs.pop();
+        pairs.push(("ADMIN_TOKEN", "密码密码密码密码密码密码密码密码"));
+        let (_, warnings) = load(&env(&pairs)).expect("valid");
+        assert!(warnings.is_empty(), "16 characters are enough, whatever their bytes: {warnings:?}");
+    }
+
+    #[test]
+    fn a_send_token_of_eight_two_byte_characters_is_too_short() {
+        let mut pairs = minimal();
+        pairs.push(("SEND_TOKEN", "äöüßéèàç"));
+        assert_eq!(errors_of(&pairs), ["SEND_TOKEN must be at least 16 characters (try `wechat-api keygen`)"]);
+        pairs.pop();
+        pairs.push(("SEND_TOKEN", "äöüßéèàçäöüßéèàç"));
+        assert!(load(&env(&pairs)).is_ok(), "16 characters");
     }
 
     #[test]

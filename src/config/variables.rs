@@ -40,6 +40,13 @@ impl Var {
         }
     }
 
+    /// Whether `value`, as a layer gives it, sets the variable. An empty value is
+    /// the same as no value (a lower layer's, else the default), except for the
+    /// variables of [`EMPTY_IS_A_VALUE`].
+    pub(crate) fn is_set_by(&self, value: &str) -> bool {
+        !value.is_empty() || EMPTY_IS_A_VALUE.contains(self)
+    }
+
     /// The variable called `name`, or whose alias is `name`.
     pub fn named(name: &str) -> Option<Var> {
         VARIABLES.iter().copied().find(|v| v.name == name || v.alias == Some(name))
@@ -147,6 +154,11 @@ variables! {
     AIBOT_STREAM_DEADLINE_SECS, None,                     Some("330"),                           PUBLIC, "when an unfinished stream is closed, after the user's message; 5 to 350";
     AIBOT_LATE_TEXT,           None,                      Some("（回答较长，完成后将另行发送）"), PUBLIC, "appended to a stream closed at the deadline";
 }
+
+/// The variables whose empty value is a value of its own rather than "unset":
+/// an empty `TRUSTED_NETWORKS` trusts no network (SECURITY.md), while unset trusts
+/// the private ranges. Every other empty value means unset (`.env.example`).
+pub(crate) const EMPTY_IS_A_VALUE: &[Var] = &[TRUSTED_NETWORKS];
 
 #[cfg(test)]
 mod tests {

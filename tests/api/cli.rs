@@ -141,6 +141,45 @@ fn serve_runs_answers_healthcheck_and_stops_on_sigterm() {
     assert!(status.success(), "graceful stop exits 0, got {status}");
 }
 
+/// Regression: an empty value (`HTTPS_PORT=` as `.env.example` ships it, or as
+/// compose passes an unset variable) was stored as "" instead of the default, and
+/// start-up ended in a bare "configuration is incomplete"; `healthcheck` too.
+#[test]
+fn empty_values_are_unset_for_serve_and_healthcheck() {
+    let dir = tempfile::tempdir().expect("dir");
+    write_certificate(dir.path(), 30);
+    let empties =
+        ["RETENTION_SECS", "SUPERVISOR_INTERVAL_SECS", "LOG_FORMAT", "HANDOFF_TEXT", "AIBOT_WS_URL", "ADMIN_TOKEN"];
+    let dotenv: String = empties.iter().map(|name| format!("{name}=\n")).collect();
+    std::fs::write(dir.path().join(".env"), format!("HTTPS_PORT=0\n{dotenv}")).expect("write .env");
+    // The environment's empty HTTPS_PORT sets nothing: .env's value shows through.
+    let mut command = wechat_api(dir.path());
+    command.arg("serve").envs(test_env(dir.path(), &[("HTTPS_PORT", "")]));
+    let mut service = Running::start(command);
+    let port = service.port().to_string();
+    let env = test_env(dir.path(), &[("HTTPS_PORT", &port), ("BIND_ADDRESS", ""), ("TLS_ENABLED", "")]);
+    let live = wechat_api(dir.path()).arg("healthcheck").envs(env).output().expect("runs");
+    assert!(live.status.success(), "{}", String::from_utf8_lossy(&live.stderr));
+    assert!(service.terminate().success());
+}
+
+/// SPEC §2 sets `ADMIN_TOKEN` no minimum, and an old `.env` must keep working:
+/// a short one starts the service with one warning that never shows the token.
+#[test]
+fn a_short_admin_token_starts_the_service_with_a_warning_naming_it() {
+    let dir = tempfile::tempdir().expect("dir");
+    write_certificate(dir.path(), 30);
+    let mut command = wechat_api(dir.path());
+    command.arg("serve").envs(test_env(dir.path(), &[("ADMIN_TOKEN", "Qm7Zk2Wx9R")]));
+    let mut service = Running::start(command);
+    let lines = service.read_until(|l| l.contains("wechat-api listening"));
+    let named: Vec<&String> = lines.iter().filter(|l| l.contains("ADMIN_TOKEN")).collect();
+    assert_eq!(named.len(), 1, "{lines:#?}");
+    assert!(named[0].contains("WARN") && named[0].contains("short and guessable"), "{}", named[0]);
+    assert!(!lines.join("\n").contains("Qm7Zk2Wx9R"), "the token is never shown");
+    assert!(service.terminate().success());
+}
+
 #[test]
 fn healthcheck_fails_when_nothing_listens() {
     let dir = tempfile::tempdir().expect("dir");
@@ -351,7 +390,9 @@ fn diagnose_names_the_variable_of_a_wrong_key() {
         .envs(test_env(dir.path(), &[("WECOM_ENCODING_AES_KEY", "tooshort")]))
         .output()
         .expect("runs");
-    assert!(String::from_utf8_lossy(&text.stdout).contains("✖ config WECOM_ENCODING_AES_KEY"));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    let line = stdout.lines().find(|l| l.starts_with("✖ config WECOM_ENCODING_AES_KEY")).expect("a ✖ line");
+    assert!(line.ends_with("— fix: fix the variable in .env (see .env.example)"), "the fix on the same line: {stdout}");
 }
 
 /// Regression: `RUST_LOG` was ignored, although operators reach for it first.

@@ -534,7 +534,8 @@ async fn invalid_configuration_never_echoes_a_secret() {
         ("WECOM_KF_TOKEN", "Jd8sKq2Lm5Xp9Wz3Rt7Vb1Nc6Hg4Fy0Ae2Ui"),
         ("WECOM_ENCODING_AES_KEY", "Zq3Wp8Lk2Mx7Nv5Rb9Tc4Yh6Jd1Gf0Ss8Ae3Ui7Ow"),
         ("WECOM_KF_ENCODING_AES_KEY", "Hy6Tq1Wm8Lp3Zx7Kv2Rn9Bc5Jd4Gf0Sa8!e3Ui7OwQ"),
-        ("ADMIN_TOKEN", "Qm7Zk2Wx9R"),
+        // Short is only a warning (SPEC §2 sets no minimum); white space is refused.
+        ("ADMIN_TOKEN", "Qm7Zk2Wx9Rp4Lt8Vn3Hs "),
         ("WECOM_SECRET", "Pv5Kd9Lw2Xq7Hm3Zr8Tn4Bj6Yc1Gs0 "),
         ("SMTP_PASS", " Ke2Wq7Zp4Lx9Rm3Tv8Hn5Bd1Jc6Gs"),
         ("FORWARD_SECRET", "Lp6Wz2Qk9Xm4Rv8Tn3Hb7Jd1Gc5Fs"),
