@@ -44,6 +44,9 @@ pub(crate) const MIN_RETENTION_SECS: u64 = 60;
 /// Counted in characters, not bytes.
 pub(crate) const MIN_TOKEN_CHARS: usize = 16;
 
+/// A replay window under this starts with a warning: WeCom retries late, and clocks drift.
+const SHORT_CALLBACK_MAX_AGE: Duration = Duration::from_secs(600);
+
 /// The most `CONNECTIONS_PER_ADDRESS` may be: idle connections cost ~20 KiB
 /// each, so one address may then hold some 200 MiB; more is a setting that
 /// caps nothing (a load balancer belongs in `TRUSTED_PROXIES` instead).
@@ -390,13 +393,21 @@ impl Config {
 
     /// Findings worth a warning at start-up, in `diagnose` and in `/api/health`.
     pub(crate) fn warnings(&self) -> Vec<String> {
-        use variables::{ADMIN_TOKEN, HTTPS_PORT, TLS_ENABLED, WECOM_KF_SECRET, WECOM_SECRET};
+        use variables::{ADMIN_TOKEN, CALLBACK_MAX_AGE_SECS, HTTPS_PORT, TLS_ENABLED, WECOM_KF_SECRET, WECOM_SECRET};
         let mut warnings = Vec::new();
         if self.admin_token.as_ref().is_some_and(|token| token.expose().chars().count() < MIN_TOKEN_CHARS) {
             // An old .env keeps working; the length is not shown (the bearer check hides it too).
             warnings.push(format!(
                 "{ADMIN_TOKEN} is shorter than {MIN_TOKEN_CHARS} characters: short and guessable, and it opens the \
                  admin endpoints (`wechat-api keygen` prints a long random one)"
+            ));
+        }
+        if self.callback_max_age.is_some_and(|age| age < SHORT_CALLBACK_MAX_AGE) {
+            // WeCom retries for a while, and clocks drift: a short window can refuse WeCom itself.
+            warnings.push(format!(
+                "{CALLBACK_MAX_AGE_SECS} is under {} s: a callback WeCom retries late, or a clock a few minutes off, \
+                 is refused as stale (403 stale_timestamp)",
+                SHORT_CALLBACK_MAX_AGE.as_secs()
             ));
         }
         if self.secrets_identical() {
@@ -647,6 +658,21 @@ mod tests {
         pairs.push(("ADMIN_TOKEN", "密码密码密码密码密码密码密码密码"));
         let (_, warnings) = load(&env(&pairs)).expect("valid");
         assert!(warnings.is_empty(), "16 characters are enough, whatever their bytes: {warnings:?}");
+    }
+
+    #[test]
+    fn a_short_replay_window_starts_with_a_warning() {
+        let mut pairs = minimal();
+        pairs.push(("CALLBACK_MAX_AGE_SECS", "60"));
+        let (config, warnings) = load(&env(&pairs)).expect("a short window is allowed");
+        assert_eq!(config.callback_max_age, Some(Duration::from_secs(60)));
+        assert_eq!(warnings.iter().filter(|w| w.starts_with("CALLBACK_MAX_AGE_SECS ")).count(), 1, "{warnings:?}");
+        for quiet in ["0", "600", "86400"] {
+            pairs.pop();
+            pairs.push(("CALLBACK_MAX_AGE_SECS", quiet));
+            let (_, warnings) = load(&env(&pairs)).expect("valid");
+            assert!(warnings.is_empty(), "{quiet}: {warnings:?}");
+        }
     }
 
     #[test]

@@ -255,14 +255,8 @@ impl Config {
                 format!("must be at least {MIN_LEASE_SECS} (an action may take 30 s; its lease must outlast it)"),
             );
         }
+        // A window under 10 minutes is allowed, with a warning (`Config::warnings`).
         let callback_max_age = v.parse::<u64>(var::CALLBACK_MAX_AGE_SECS, "a whole number of seconds (0 = no window)");
-        if callback_max_age.is_some_and(|secs| secs != 0 && secs < MIN_CALLBACK_MAX_AGE_SECS) {
-            // WeCom retries for minutes, and clocks drift: a shorter window refuses WeCom itself.
-            v.fail(
-                var::CALLBACK_MAX_AGE_SECS,
-                format!("must be 0 (no window) or at least {MIN_CALLBACK_MAX_AGE_SECS} (WeCom retries for minutes)"),
-            );
-        }
         let send_token = v.secret(var::SEND_TOKEN);
         if let Some(token) = &send_token {
             if token.expose().chars().count() < MIN_TOKEN_CHARS {
@@ -557,7 +551,6 @@ fn replica_id_problem(id: &str) -> Option<String> {
 const MIN_EGRESS_CHECK_SECS: u64 = 10;
 
 /// The shortest replay window: WeCom's retries of one callback span minutes.
-const MIN_CALLBACK_MAX_AGE_SECS: u64 = 600;
 
 /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT` and `HANDOFF_SERVICER`.
 fn handoff(v: &mut Validator<'_>) -> Option<Handoff> {
