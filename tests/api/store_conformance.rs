@@ -627,6 +627,7 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
         chatid: None,
         response_url: Some("https://qyapi.weixin.qq.com/cgi-bin/aibot/response?response_code=x".into()),
         created_at: at,
+        req_id: None,
     };
     store.aibot_open(open("s1")).await.expect("open");
     store.aibot_open(open("s1")).await.expect("a retry opens nothing twice");
