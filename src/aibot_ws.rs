@@ -6,7 +6,10 @@
 //! answers `enter_chat` with the welcome at once, and pushes each open
 //! stream's snapshot — written by whichever replica's send API or forward
 //! reply — as `aibot_respond_msg` with the `req_id` of the message's first
-//! delivery, at most once a second, the last with `finish: true`. Two
+//! delivery (kept in the stream's row), at most once a second, the last with
+//! `finish: true`. On each connection it picks up from the store the streams
+//! an earlier holder (dead, or this replica before a lost lease) still owed;
+//! one no frame closed within the `req_id`'s 6 minutes is failed `expired`. Two
 //! unanswered pings or a closed socket: reconnect with jittered back-off
 //! (1 s doubling to 60 s, for ever). `disconnected_event`: the connection was
 //! taken by another client; `health::links` says so to the check `aibot:<name>`, and

@@ -266,7 +266,8 @@ async fn connected_on(client: &reqwest::Client, port: u16) -> Option<bool> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lease_when_the_holder_is_killed() {
+async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lease_when_the_holder_is_killed_and_answers_what_it_took(
+) {
     let Some(url) = crate::postgres::fresh_database().await else { return };
     wechat_api::testing::tls::install_crypto_provider();
     let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
@@ -280,6 +281,7 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lea
         ("AIBOT_ID", BOT_ID),
         ("AIBOT_SECRET", BOT_SECRET),
         ("AIBOT_WS_URL", fake.url.as_str()),
+        ("SEND_TOKEN", SEND),
     ];
     let env = test_env(dir.path(), &pairs);
     let launch = |index: usize| {
@@ -307,6 +309,26 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lea
         assert_eq!((fake.subscribes(), fake.most_open()), (1, 1), "one connection in the cluster");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The holder takes a message and starts answering it, then dies.
+    assert!(fake.push_message("REQ-TAKEN", text("K1", "问")));
+    let send = |port: u16, body: Value| {
+        let client = client.clone();
+        async move {
+            let url = format!("https://127.0.0.1:{port}/api/v1/messages");
+            // The record may not be journaled yet: retry briefly.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let response = client.post(&url).bearer_auth(SEND).json(&body).send().await.expect("send API");
+                if response.status().as_u16() == 202 {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "send API: {}", response.status());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    send(replicas[holder].1, json!({"in_reply_to": "aibot:msg:K1", "text": "想", "finish": false})).await;
+    fake.wait_until("the first part", Duration::from_secs(10), |f| !stream_frames(f, "REQ-TAKEN").is_empty()).await;
     let killed = Instant::now();
     replicas[holder].0.kill_9();
     // The other takes over once the dead holder's lease (35 s) has run out.
@@ -320,6 +342,12 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lea
         assert!(Instant::now() < deadline, "the survivor does not say it is connected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The bot's answer, through the survivor's send API, goes out on the new
+    // connection under the req_id of the message the dead holder took.
+    send(replicas[other].1, json!({"in_reply_to": "aibot:msg:K1", "text": "好了", "append": true})).await;
+    let frames = fake.wait_until("the finished answer", Duration::from_secs(15), |f| finished(f, "REQ-TAKEN")).await;
+    let last = stream_frames(&frames, "REQ-TAKEN").pop().expect("a frame");
+    assert_eq!((last.connection, &last.frame["body"]["stream"]["content"]), (2, &json!("想好了")));
 }
 
 #[tokio::test]
