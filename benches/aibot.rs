@@ -55,6 +55,7 @@ fn main() {
                     chatid: None,
                     response_url: None,
                     created_at: now,
+                    req_id: None,
                 })
                 .await
                 .expect("open");

@@ -6,7 +6,10 @@
 //! answers `enter_chat` with the welcome at once, and pushes each open
 //! stream's snapshot — written by whichever replica's send API or forward
 //! reply — as `aibot_respond_msg` with the `req_id` of the message's first
-//! delivery, at most once a second, the last with `finish: true`. Two
+//! delivery (kept in the stream's row), at most once a second, the last with
+//! `finish: true`. On each connection it picks up from the store the streams
+//! an earlier holder (dead, or this replica before a lost lease) still owed;
+//! one no frame closed within the `req_id`'s 6 minutes is failed `expired`. Two
 //! unanswered pings or a closed socket: reconnect with jittered back-off
 //! (1 s doubling to 60 s, for ever). `disconnected_event`: the connection was
 //! taken by another client; `health::links` says so to the check `aibot:<name>`, and
@@ -36,7 +39,7 @@ use crate::store::aibot::Settled;
 use crate::store::journal::Recorded;
 use crate::store::leases::Lease;
 use crate::store::{self, Store};
-use crate::streams::{self, Shown};
+use crate::streams::{self, Shown, StreamOpen, StreamRow};
 use crate::telemetry::{Metrics, AIBOT_CONNECTED, AIBOT_STREAMS_TOTAL};
 use crate::wecom::aibot::{AibotEvent, AibotMessage};
 use crate::wecom::aibot_ws::{self as frames, Frame, Inbound};
@@ -80,9 +83,28 @@ struct Tracked {
     userid: String,
     /// Where `aibot_send_msg` goes: the group, else the user.
     chatid: String,
+    /// When the user's message arrived: its `req_id` carries frames for
+    /// `streams::RESPOND_MSG_SECS` from here.
+    created_at: i64,
     last: Option<Shown>,
     /// The stream showed `finish: true`; what it could not show may still be owed.
     closed: bool,
+}
+
+impl Tracked {
+    /// `row` as the store keeps it, answered under its stored `req_id` (else
+    /// `req_id`, the delivery at hand): closed once a frame showed `finish: true`.
+    fn from_row(row: StreamRow, req_id: &str) -> Self {
+        let opened = row.opened;
+        Self {
+            req_id: opened.req_id.unwrap_or_else(|| req_id.to_owned()),
+            chatid: opened.chatid.unwrap_or_else(|| opened.userid.clone()),
+            userid: opened.userid,
+            created_at: opened.created_at,
+            last: None,
+            closed: row.delivered,
+        }
+    }
 }
 
 /// One long-connection bot's worker.
@@ -243,6 +265,9 @@ impl BotLink {
         renew.tick().await;
         let mut unanswered: u32 = 0;
         let mut pings: u64 = 0;
+        // The streams owed by an earlier holder (or this one before a lost
+        // lease) are read from the store once per connection, until that works.
+        let mut picked_up = false;
         // The last frame sent under each req_id, until WeCom accepts it: resent after 846609.
         let mut unacknowledged: HashMap<String, String> = HashMap::new();
         for callback in early {
@@ -324,6 +349,9 @@ impl BotLink {
                     }
                 }
                 _ = push.tick() => {
+                    if !picked_up {
+                        picked_up = self.pick_up(streams).await;
+                    }
                     for (req_id, frame) in self.snapshots(streams).await {
                         unacknowledged.insert(req_id, frame.clone());
                         if let Err(error) = socket.send(WsMessage::text(frame)).await {
@@ -366,7 +394,8 @@ impl BotLink {
         };
         let opened = OpenedAibot { channel: Arc::clone(&self.channel), json, message };
         let userid = opened.message.userid.clone().unwrap_or_default();
-        let open = opened.stream_open(None, store::now());
+        let now = store::now();
+        let open = opened.stream_open(None, now).map(|open| StreamOpen { req_id: Some(req_id.to_owned()), ..open });
         let stream_id = open.as_ref().map(|open| open.stream_id.clone());
         if let Some(open) = open {
             if let Err(error) = self.store.aibot_open(open).await {
@@ -382,16 +411,21 @@ impl BotLink {
                 return None;
             }
         }
-        if let Some(stream_id) = stream_id {
-            // The first delivery's req_id answers it; a redelivery changes nothing.
-            let chatid = opened.message.chatid.clone().unwrap_or_else(|| userid.clone());
-            streams.entry(stream_id).or_insert(Tracked {
-                req_id: req_id.to_owned(),
-                userid,
-                chatid,
-                last: None,
-                closed: false,
-            });
+        if let Some(stream_id) = stream_id.filter(|id| !streams.contains_key(id)) {
+            // The first delivery's req_id answers it, as the store kept it (a
+            // redelivery, maybe to a later holder, changes nothing).
+            let tracked = match self.store.aibot_stream(stream_id.clone()).await {
+                Ok(Some(row)) => Tracked::from_row(row, req_id),
+                Ok(None) | Err(_) => Tracked {
+                    req_id: req_id.to_owned(),
+                    chatid: opened.message.chatid.clone().unwrap_or_else(|| userid.clone()),
+                    userid,
+                    created_at: now,
+                    last: None,
+                    closed: false,
+                },
+            };
+            streams.insert(stream_id, tracked);
         }
         match (opened.message.event(), self.channel.welcome_text.as_deref()) {
             (Some(AibotEvent::EnterChat), Some(welcome)) => Some(frames::respond_welcome(req_id, welcome)),
@@ -403,9 +437,18 @@ impl BotLink {
     /// as read (and closed once finished or past the deadline) from the store.
     async fn snapshots(&self, streams: &mut HashMap<String, Tracked>) -> Vec<(String, String)> {
         let deadline = i64::try_from(self.settings.deadline.as_secs()).unwrap_or(i64::MAX);
+        let now = store::now();
         let mut owed = Vec::new();
         let mut done = Vec::new();
         for (stream_id, tracked) in streams.iter_mut() {
+            if !tracked.closed && streams::frames_expired(tracked.created_at, now) {
+                // No frame closed it while its req_id could (a holder died
+                // with it open, and none took over in time): lost.
+                if let Rest::Done = self.lost(stream_id, "expired").await {
+                    done.push(stream_id.clone());
+                }
+                continue;
+            }
             if tracked.closed {
                 match self.rest(stream_id, tracked).await {
                     Rest::Wait => {}
@@ -418,7 +461,7 @@ impl BotLink {
                 continue;
             }
             let refreshed =
-                self.store.aibot_refresh(stream_id.clone(), Some(tracked.userid.clone()), store::now(), deadline).await;
+                self.store.aibot_refresh(stream_id.clone(), Some(tracked.userid.clone()), now, deadline).await;
             let refreshed = match refreshed {
                 Ok(Some(refreshed)) => refreshed,
                 Ok(None) => {
@@ -452,8 +495,36 @@ impl BotLink {
         }
         for stream_id in done {
             streams.remove(&stream_id);
+            // Not found again by the next holder; should this fail, it finds
+            // the stream done and records it then.
+            if let Err(error) = self.store.aibot_pushed(stream_id).await {
+                tracing::warn!(channel = %self.channel.name, "aibot long connection: cannot record a stream as done: {error}");
+            }
         }
         owed
+    }
+
+    /// Adds the streams the store says are still owed on this connection
+    /// (opened under an earlier holder, which died or lost the lease) to
+    /// `streams`: `true` once read.
+    async fn pick_up(&self, streams: &mut HashMap<String, Tracked>) -> bool {
+        match self.store.aibot_pushing(self.channel.name.clone()).await {
+            Ok(rows) => {
+                let found = rows.len();
+                for row in rows {
+                    let stream_id = row.opened.stream_id.clone();
+                    streams.entry(stream_id).or_insert_with(|| Tracked::from_row(row, ""));
+                }
+                if found > 0 {
+                    tracing::info!(channel = %self.channel.name, streams = found, "aibot long connection: picked up the streams still owed");
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(channel = %self.channel.name, "aibot long connection: cannot read the streams still owed: {error}");
+                false
+            }
+        }
     }
 }
 
@@ -505,9 +576,9 @@ impl BotLink {
         Rest::Send(frames::send_markdown(&format!("aibot_send_msg_{stream_id}"), &tracked.chatid, &rest))
     }
 
-    /// Records the answer of `stream_id` as lost (`expired`).
+    /// Records the answer of `stream_id` as lost (`expired`, or the rest sent already).
     async fn lost(&self, stream_id: &str, reason: &str) -> Rest {
-        tracing::warn!(channel = %self.channel.name, "aibot long connection: an answer's rest is not delivered: {reason}");
+        tracing::warn!(channel = %self.channel.name, "aibot long connection: an answer (or its rest) is not delivered: {reason}");
         self.metrics
             .counter(
                 AIBOT_STREAMS_TOTAL,

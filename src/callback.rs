@@ -268,6 +268,7 @@ impl OpenedAibot {
             chatid: self.message.chatid.clone(),
             response_url,
             created_at: now,
+            req_id: None,
         })
     }
 

@@ -50,6 +50,9 @@ pub struct StreamOpen {
     /// When the user's message arrived (Unix seconds): the deadline and
     /// `response_url`'s hour count from here.
     pub created_at: i64,
+    /// On the long connection, the `req_id` of the message's first delivery:
+    /// every frame of the answer carries it (`None` in callback mode).
+    pub req_id: Option<String>,
 }
 
 /// A stream as the store keeps it: what opened it, and how far its answer got.
@@ -219,6 +222,21 @@ pub(crate) fn response_refused(row: &StreamRow, now: i64) -> Option<&'static str
     rest_refused(row, now, RESPONSE_URL_SECS, "response_url was used already (it may be used once)")
 }
 
+/// How long after the user's message its `req_id` may still carry the
+/// answer's stream frames (`aibot_respond_msg`): WeCom ends a stream 6 minutes
+/// after the message, as it stops asking for refreshes in callback mode
+/// (`AIBOT_STREAM_DEADLINE_SECS` closes it before, at most 350 s).
+pub(crate) const RESPOND_MSG_SECS: i64 = 360;
+// The deadline (at most 350 s) closes a stream while its req_id still carries the frame.
+const _: () = assert!(RESPOND_MSG_SECS > 350);
+
+/// Whether a stream of a message received at `created_at` that no frame has
+/// closed yet can no longer be shown at `now` (its `req_id` is past
+/// [`RESPOND_MSG_SECS`]): the answer is lost, `expired`.
+pub(crate) fn frames_expired(created_at: i64, now: i64) -> bool {
+    now - created_at > RESPOND_MSG_SECS
+}
+
 /// How long after the user's message the long connection may still push to
 /// the chat (`aibot_send_msg`): WeCom allows replies for 24 hours.
 pub(crate) const SEND_MSG_SECS: i64 = 86_400;
@@ -247,6 +265,12 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_req_id_carries_frames_for_six_minutes_after_the_message() {
+        assert!(!frames_expired(100, 100 + RESPOND_MSG_SECS));
+        assert!(frames_expired(100, 101 + RESPOND_MSG_SECS));
+    }
+
+    #[test]
     fn the_long_connection_pushes_the_rest_once_within_a_day() {
         let row = row("", false);
         assert_eq!(send_refused(&row, SEND_MSG_SECS), None);
@@ -264,6 +288,7 @@ mod tests {
             chatid: None,
             response_url: None,
             created_at: 0,
+            req_id: None,
         };
         StreamRow {
             opened,

@@ -8,6 +8,10 @@
 //! once, keeping the snapshot a late close showed. An update is one transaction: the row read and locked, the pure
 //! `streams::apply`, the row written and, when the stream cannot show all of
 //! the answer, the `response_url` action queued with it.
+//!
+//! On the long connection the row also keeps the first delivery's `req_id`
+//! and when the connection's holder was done with it, so the streams a dead
+//! holder still owed are found by its successor (`aibot_pushing`).
 
 use super::outbox::NewAction;
 use super::{backend, Store, StoreError};
@@ -101,6 +105,19 @@ impl Store {
     /// Records how `stream_id`'s `response_url` call (or its absence) ended.
     pub async fn aibot_settle(&self, stream_id: String, settled: Settled) -> Result<(), StoreError> {
         backend!(self, b => b.aibot_settle(stream_id, settled).await)
+    }
+
+    /// The streams of `channel` answered over the long connection (opened with
+    /// a `req_id`) that the connection's holder is not done with: what a holder
+    /// picks up when it takes the connection over.
+    pub async fn aibot_pushing(&self, channel: ChannelName) -> Result<Vec<StreamRow>, StoreError> {
+        backend!(self, b => b.aibot_pushing(channel).await)
+    }
+
+    /// Records that the connection's holder is done with `stream_id`: its last
+    /// frame and any rest went out, or the answer failed.
+    pub async fn aibot_pushed(&self, stream_id: String) -> Result<(), StoreError> {
+        backend!(self, b => b.aibot_pushed(stream_id).await)
     }
 
     /// Of `channel`'s streams opened since `since`: how many went late, and how

@@ -266,7 +266,8 @@ async fn connected_on(client: &reqwest::Client, port: u16) -> Option<bool> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lease_when_the_holder_is_killed() {
+async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lease_when_the_holder_is_killed_and_answers_what_it_took(
+) {
     let Some(url) = crate::postgres::fresh_database().await else { return };
     wechat_api::testing::tls::install_crypto_provider();
     let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
@@ -280,6 +281,7 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lea
         ("AIBOT_ID", BOT_ID),
         ("AIBOT_SECRET", BOT_SECRET),
         ("AIBOT_WS_URL", fake.url.as_str()),
+        ("SEND_TOKEN", SEND),
     ];
     let env = test_env(dir.path(), &pairs);
     let launch = |index: usize| {
@@ -307,6 +309,26 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lea
         assert_eq!((fake.subscribes(), fake.most_open()), (1, 1), "one connection in the cluster");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The holder takes a message and starts answering it, then dies.
+    assert!(fake.push_message("REQ-TAKEN", text("K1", "问")));
+    let send = |port: u16, body: Value| {
+        let client = client.clone();
+        async move {
+            let url = format!("https://127.0.0.1:{port}/api/v1/messages");
+            // The record may not be journaled yet: retry briefly.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let response = client.post(&url).bearer_auth(SEND).json(&body).send().await.expect("send API");
+                if response.status().as_u16() == 202 {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "send API: {}", response.status());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    send(replicas[holder].1, json!({"in_reply_to": "aibot:msg:K1", "text": "想", "finish": false})).await;
+    fake.wait_until("the first part", Duration::from_secs(10), |f| !stream_frames(f, "REQ-TAKEN").is_empty()).await;
     let killed = Instant::now();
     replicas[holder].0.kill_9();
     // The other takes over once the dead holder's lease (35 s) has run out.
@@ -320,6 +342,12 @@ async fn two_replicas_hold_one_connection_and_the_other_takes_over_after_the_lea
         assert!(Instant::now() < deadline, "the survivor does not say it is connected");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The bot's answer, through the survivor's send API, goes out on the new
+    // connection under the req_id of the message the dead holder took.
+    send(replicas[other].1, json!({"in_reply_to": "aibot:msg:K1", "text": "好了", "append": true})).await;
+    let frames = fake.wait_until("the finished answer", Duration::from_secs(15), |f| finished(f, "REQ-TAKEN")).await;
+    let last = stream_frames(&frames, "REQ-TAKEN").pop().expect("a frame");
+    assert_eq!((last.connection, &last.frame["body"]["stream"]["content"]), (2, &json!("想好了")));
 }
 
 #[tokio::test]
@@ -366,6 +394,106 @@ async fn an_answer_finished_after_the_stream_window_goes_to_the_chat_as_markdown
     // The action is done: nothing is left that could send it again.
     app.wait_until_outbox_empty().await;
     assert_eq!(fake.frames_of("aibot_send_msg").len(), 1, "sent once");
+}
+
+/// Polls `GET /api/v1/messages/<id>` until its status is `status`; the answer.
+async fn answer_becomes(app: &TestApp, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = app.url(&format!("/api/v1/messages/{id}"));
+        let answer: Value =
+            app.client.get(url).bearer_auth(SEND).send().await.expect("status").json().await.expect("json");
+        if answer["status"] == status {
+            return answer;
+        }
+        assert!(Instant::now() < deadline, "not {status}: {answer}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_answer_to_a_message_taken_before_a_restart_is_pushed_by_the_next_holder_under_the_first_req_id() {
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let app = spawn_bot(&fake, &receiver, &[]).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    assert!(fake.push_message("REQ-BEFORE", text("B1", "问个问题")));
+    receiver.wait_for(1, Duration::from_secs(15)).await;
+    let (status, first) =
+        post_send(&app, &json!({"in_reply_to": "aibot:msg:B1", "text": "让我想想", "finish": false})).await;
+    assert_eq!(status, 202);
+    fake.wait_until("the first part", Duration::from_secs(10), |f| !stream_frames(f, "REQ-BEFORE").is_empty()).await;
+    // The holder goes away with the stream open; the next one holds the connection.
+    let app = app.restart().await;
+    fake.wait_live(2, Duration::from_secs(20)).await;
+    // WeCom delivers the message again on the new connection: still the first req_id answers.
+    assert!(fake.push_message("REQ-AGAIN", text("B1", "问个问题")));
+    let (status, again) = post_send(
+        &app,
+        &json!({"in_reply_to": "aibot:msg:B1", "text": "……答案是 42。", "append": true, "finish": true}),
+    )
+    .await;
+    assert_eq!(status, 202);
+    assert_eq!(again["id"], first["id"], "the same answer");
+    let frames = fake.wait_until("the finished answer", Duration::from_secs(15), |f| finished(f, "REQ-BEFORE")).await;
+    assert!(stream_frames(&frames, "REQ-AGAIN").is_empty(), "the first delivery's req_id answers");
+    let last = stream_frames(&frames, "REQ-BEFORE").pop().expect("a frame");
+    assert_eq!(last.connection, 2, "pushed by the new holder");
+    let stream = wechat_api::testing::streams::stream_id(&wechat_api::testing::channels::ChannelName::aibot(), "B1");
+    assert_eq!(
+        last.frame["body"],
+        json!({"msgtype": "stream", "stream": {"id": stream, "finish": true, "content": "让我想想……答案是 42。"}})
+    );
+    answer_becomes(&app, first["id"].as_str().expect("id"), "sent").await;
+    assert_eq!(receiver.delivered().len(), 1, "forwarded once");
+}
+
+#[tokio::test]
+async fn an_answer_whose_req_id_expired_while_no_replica_held_the_connection_fails_expired() {
+    use wechat_api::testing::channels::ChannelName;
+    use wechat_api::testing::store::{now, NewAction, Store, StreamOpen};
+    use wechat_api::testing::streams::{stream_id, Update};
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    // A holder took the message 400 s ago (past the 6 minutes its req_id
+    // carries frames) and died; the bot finished its answer meanwhile.
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("DATA_DIR");
+    let stream = stream_id(&ChannelName::aibot(), "X1");
+    {
+        let store = Store::open(&data).expect("opens");
+        let open = StreamOpen {
+            stream_id: stream.clone(),
+            record_id: "aibot:msg:X1".into(),
+            channel: ChannelName::aibot(),
+            userid: "zhangsan".into(),
+            chatid: None,
+            response_url: None,
+            created_at: now() - 400,
+            req_id: Some("REQ-OLD".into()),
+        };
+        store.aibot_open(open).await.expect("open");
+        let update = Update { text: "答".into(), append: false, finish: true };
+        let rest = NewAction { key: "rest:X1".into(), kind: "aibot_rest".into(), payload: "{}".into() };
+        store.aibot_update(stream.clone(), update, rest).await.expect("store").expect("known").expect("taken");
+    }
+    let settings = [
+        ("AIBOT_ID", BOT_ID),
+        ("AIBOT_SECRET", BOT_SECRET),
+        ("AIBOT_WS_URL", fake.url.as_str()),
+        ("FORWARD_URL", receiver.url.as_str()),
+        ("FORWARD_SECRET", receiver.secret.as_str()),
+        ("SEND_TOKEN", SEND),
+    ];
+    let app = spawn_app_in(dir, &settings).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    let answer = answer_becomes(&app, &format!("stream_{stream}"), "failed").await;
+    assert_eq!(answer["reason"], "expired", "{answer}");
+    metric_becomes(&app, "wechat_api_aibot_streams_total{channel=\"aibot\",outcome=\"expired\"} 1").await;
+    let check = app.check_becomes("aibot:aibot", "fail").await;
+    assert!(check["output"].as_str().is_some_and(|o| o.contains("1 answer(s) lost")), "{check}");
+    assert!(stream_frames(&fake.frames(), "REQ-OLD").is_empty(), "no frame under an expired req_id");
 }
 
 /// Resident memory of process `pid`, in KiB.

@@ -627,6 +627,7 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
         chatid: None,
         response_url: Some("https://qyapi.weixin.qq.com/cgi-bin/aibot/response?response_code=x".into()),
         created_at: at,
+        req_id: None,
     };
     store.aibot_open(open("s1")).await.expect("open");
     store.aibot_open(open("s1")).await.expect("a retry opens nothing twice");
@@ -669,6 +670,37 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
     assert!(store.aibot_stream("s1".into()).await.expect("store").is_none(), "pruned with the replies");
 }
 
+/// The long connection's streams (SPEC §13): the first delivery's `req_id`
+/// kept (a retry of the open changes nothing), and the streams with one that
+/// the holder is not done with found by any owner until it is.
+async fn a_long_connection_stream_keeps_its_first_req_id_and_is_found_until_its_holder_is_done(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let store = &subject.store;
+    let open = |id: &str, channel: ChannelName, req_id: Option<&str>| StreamOpen {
+        stream_id: id.to_owned(),
+        record_id: format!("{channel}:msg:{id}"),
+        channel,
+        userid: "zhangsan".into(),
+        chatid: None,
+        response_url: None,
+        created_at: now(),
+        req_id: req_id.map(str::to_owned),
+    };
+    store.aibot_open(open("w1", ChannelName::aibot(), Some("REQ-1"))).await.expect("open");
+    store.aibot_open(open("w1", ChannelName::aibot(), Some("REQ-2"))).await.expect("a redelivery");
+    store.aibot_open(open("c1", ChannelName::aibot(), None)).await.expect("a callback-mode stream");
+    let bot2 = ChannelName::parse("bot2").expect("a name");
+    store.aibot_open(open("w2", bot2.clone(), Some("REQ-3"))).await.expect("another bot's");
+    let replica = subject.replica().await;
+    let found = replica.aibot_pushing(ChannelName::aibot()).await.expect("store");
+    let found: Vec<(&str, Option<&str>)> =
+        found.iter().map(|row| (row.opened.stream_id.as_str(), row.opened.req_id.as_deref())).collect();
+    assert_eq!(found, [("w1", Some("REQ-1"))], "the first delivery's req_id, this bot's only");
+    replica.aibot_pushed("w1".into()).await.expect("done");
+    assert!(store.aibot_pushing(ChannelName::aibot()).await.expect("store").is_empty());
+    assert_eq!(store.aibot_pushing(bot2).await.expect("store").len(), 1);
+}
+
 /// Each scenario as a test per engine.
 macro_rules! conformance {
     ($($scenario:ident),* $(,)?) => {
@@ -692,6 +724,7 @@ macro_rules! conformance {
 }
 
 conformance!(
+    a_long_connection_stream_keeps_its_first_req_id_and_is_found_until_its_holder_is_done,
     duplicate_deliveries_racing_are_journaled_once,
     distinct_deliveries_are_never_merged,
     claimed_entries_complete_in_arrival_order,

@@ -13,7 +13,8 @@ use crate::store::StoreError;
 use crate::streams::{self, StreamOpen, StreamRow, Update, UpdateError};
 
 const COLUMNS: &str = "stream_id, record_id, channel, userid, chatid, response_url, created_at, content, finished,
-    shown, delivered_refresh IS NOT NULL, response_used_at IS NOT NULL, rest_sent_at IS NOT NULL, failed_reason";
+    shown, delivered_refresh IS NOT NULL, response_used_at IS NOT NULL, rest_sent_at IS NOT NULL, failed_reason,
+    req_id";
 
 fn read(row: &Row) -> StreamRow {
     StreamRow {
@@ -25,6 +26,7 @@ fn read(row: &Row) -> StreamRow {
             chatid: row.get(4),
             response_url: row.get(5),
             created_at: row.get(6),
+            req_id: row.get(14),
         },
         content: row.get(7),
         finished: row.get(8),
@@ -48,8 +50,8 @@ impl Postgres {
         let client = self.client().await?;
         let statement = client
             .prepare_cached(
-                "INSERT INTO aibot_streams (stream_id, record_id, channel, userid, chatid, response_url, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT DO NOTHING",
+                "INSERT INTO aibot_streams (stream_id, record_id, channel, userid, chatid, response_url, created_at, updated_at, req_id)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) ON CONFLICT DO NOTHING",
             )
             .await?;
         client
@@ -63,6 +65,7 @@ impl Postgres {
                     &open.chatid,
                     &open.response_url,
                     &open.created_at,
+                    &open.req_id,
                 ],
             )
             .await?;
@@ -185,6 +188,28 @@ impl Postgres {
                     .await?
             }
         };
+        self.committed(1);
+        Ok(())
+    }
+
+    pub(in crate::store) async fn aibot_pushing(&self, channel: ChannelName) -> Result<Vec<StreamRow>, StoreError> {
+        let client = self.client().await?;
+        let statement = client
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM aibot_streams WHERE channel = $1 AND req_id IS NOT NULL AND pushed_at IS NULL"
+            ))
+            .await?;
+        Ok(client.query(&statement, &[&channel]).await?.iter().map(read).collect())
+    }
+
+    pub(in crate::store) async fn aibot_pushed(&self, stream_id: String) -> Result<(), StoreError> {
+        let client = self.client().await?;
+        client
+            .execute(
+                &format!("UPDATE aibot_streams SET pushed_at = {EPOCH} WHERE stream_id = $1 AND pushed_at IS NULL"),
+                &[&stream_id],
+            )
+            .await?;
         self.committed(1);
         Ok(())
     }

@@ -225,6 +225,11 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, claimed_until FROM journal WHERE handled_at IS NULL;
     DROP INDEX journal_unhandled;
     ALTER TABLE journal DROP COLUMN handled_at, DROP COLUMN claimed_until;",
+    // 10: the long connection's `req_id` of each AI bot stream and when its
+    // holder was done with it, as SQLite's schema 11.
+    "ALTER TABLE aibot_streams ADD COLUMN req_id text;
+    ALTER TABLE aibot_streams ADD COLUMN pushed_at bigint;
+    CREATE INDEX aibot_streams_pushing ON aibot_streams (channel) WHERE req_id IS NOT NULL AND pushed_at IS NULL;",
 ];
 
 /// The schema this build brings a database to (the number of [`MIGRATIONS`]).

@@ -11,7 +11,8 @@ use crate::store::{now, StoreError};
 use crate::streams::{self, StreamOpen, StreamRow, Update, UpdateError};
 
 const COLUMNS: &str = "stream_id, record_id, channel, userid, chatid, response_url, created_at, content, finished,
-    shown, delivered_refresh IS NOT NULL, response_used_at IS NOT NULL, rest_sent_at IS NOT NULL, failed_reason";
+    shown, delivered_refresh IS NOT NULL, response_used_at IS NOT NULL, rest_sent_at IS NOT NULL, failed_reason,
+    req_id";
 
 fn read(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
     Ok(StreamRow {
@@ -23,6 +24,7 @@ fn read(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
             chatid: row.get(4)?,
             response_url: row.get(5)?,
             created_at: row.get(6)?,
+            req_id: row.get(14)?,
         },
         content: row.get(7)?,
         finished: row.get(8)?,
@@ -44,8 +46,8 @@ impl Sqlite {
     pub(in crate::store) async fn aibot_open(&self, open: StreamOpen) -> Result<(), StoreError> {
         self.run_statement(move |db| {
             db.prepare_cached(
-                "INSERT INTO aibot_streams (stream_id, record_id, channel, userid, chatid, response_url, created_at, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7) ON CONFLICT DO NOTHING",
+                "INSERT INTO aibot_streams (stream_id, record_id, channel, userid, chatid, response_url, created_at, updated_at, req_id)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8) ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 open.stream_id,
@@ -54,7 +56,8 @@ impl Sqlite {
                 open.userid,
                 open.chatid,
                 open.response_url,
-                open.created_at
+                open.created_at,
+                open.req_id
             ])
             .map(drop)
         })
@@ -146,6 +149,26 @@ impl Sqlite {
                 )?,
             };
             Ok(())
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn aibot_pushing(&self, channel: ChannelName) -> Result<Vec<StreamRow>, StoreError> {
+        self.run_relaxed(move |db| {
+            db.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM aibot_streams WHERE channel = ?1 AND req_id IS NOT NULL AND pushed_at IS NULL"
+            ))?
+            .query_map([channel], read)?
+            .collect()
+        })
+        .await
+    }
+
+    pub(in crate::store) async fn aibot_pushed(&self, stream_id: String) -> Result<(), StoreError> {
+        self.run_relaxed(move |db| {
+            db.prepare_cached("UPDATE aibot_streams SET pushed_at = ?2 WHERE stream_id = ?1 AND pushed_at IS NULL")?
+                .execute(params![stream_id, now()])
+                .map(drop)
         })
         .await
     }

@@ -271,6 +271,15 @@ const MIGRATIONS: &[&str] = &[
         FROM send_msgids m;
     DROP TABLE send_msgids;
     ALTER TABLE send_msgids_v10 RENAME TO send_msgids;",
+    // 11: AI bot streams answered over the long connection (SPEC §13): the
+    // `req_id` of the message's first delivery, which every frame of its answer
+    // carries, and when the holder of the connection was done with the stream
+    // (its last frame and any rest sent, or the answer failed), so that whichever
+    // replica holds the connection next picks up the streams still owed (the
+    // partial index: only those).
+    "ALTER TABLE aibot_streams ADD COLUMN req_id TEXT;
+    ALTER TABLE aibot_streams ADD COLUMN pushed_at INTEGER;
+    CREATE INDEX aibot_streams_pushing ON aibot_streams(channel) WHERE req_id IS NOT NULL AND pushed_at IS NULL;",
 ];
 
 /// At most this many operations share one transaction.
