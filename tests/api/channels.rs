@@ -200,6 +200,27 @@ async fn every_file_channels_series_that_deploy_uses_are_in_the_first_scrape_at_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_refused_on_a_channels_own_path_is_counted_for_that_channel_and_on_a_shared_path_as_unknown() {
+    let (app, _dir) = spawn_with_file(&hr_table(""), &[]).await;
+    let (own, shared) = ("/api/v1/wecom/callback/hr", "/api/v1/wecom/callback");
+    let series = |channel: &str, outcome: &str| {
+        format!("wechat_api_callbacks_total{{channel=\"{channel}\",outcome=\"{outcome}\"}}")
+    };
+    let message = text_to(HR_AGENT, 11, "hi");
+    assert_eq!(post(&app, own, "WrongToken42", HR_KEY, HR_CORP, &message).await.0, 403);
+    assert_eq!(verify(&app, own, "WrongToken42", HR_KEY, HR_CORP).await.0, 403);
+    let response = app.client.post(app.url(&format!("{own}?timestamp=1&nonce=2"))).body("x").send().await;
+    assert_eq!(response.expect("a callback without a signature").status(), 400);
+    assert_eq!(app.metric(&series("hr", "bad_signature")).await, 2.0);
+    assert_eq!(app.metric(&series("hr", "missing_parameter")).await, 1.0);
+    assert_eq!(app.metric(&series("unknown", "bad_signature")).await, 0.0);
+    // On a shared path no channel verified it: unknown.
+    assert_eq!(post(&app, shared, "WrongToken42", HR_KEY, HR_CORP, &message).await.0, 403);
+    assert_eq!(app.metric(&series("unknown", "bad_signature")).await, 1.0);
+    assert_eq!(app.metric(&series("hr", "bad_signature")).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_msgid_in_two_corps_is_two_messages_each_keyed_by_its_channel() {
     let (app, _dir) = spawn_with_file(&hr_table(""), &[]).await;
     let shared = "/api/v1/wecom/callback";
