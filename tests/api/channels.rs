@@ -457,8 +457,8 @@ async fn each_channel_has_its_token_check_a_status_row_and_its_own_connection_te
     let (status, hr) = connection("?channel=hr").await;
     assert_eq!(status, 200, "{hr}");
     assert_eq!(
-        (&hr["status"], &hr["channel"], &hr["kind"], &hr["corp_id"]),
-        (&"success".into(), &"hr".into(), &"app".into(), &HR_CORP.into())
+        (&hr["status"], &hr["errcode"], &hr["channel"], &hr["kind"], &hr["corp_id"]),
+        (&"success".into(), &0.into(), &"hr".into(), &"app".into(), &HR_CORP.into())
     );
     assert!(wecom
         .calls("gettoken")
