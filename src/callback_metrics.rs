@@ -5,8 +5,9 @@
 //! window, and knows no `Channel` or `Outcome`.
 //!
 //! An inherent `impl Metrics` so the route keeps calling
-//! `state.metrics.record_callback(…)`; the hot path indexes a [`CounterTable`]
-//! registered once (no map lookup).
+//! `state.metrics.record_callback(…)`; the hot path finds its channel's rows in
+//! a [`CounterTable`] registered once (one hash lookup of the name, no
+//! allocation, nothing registered).
 //!
 //! Deliberately not here: deciding the outcome (`callback`, `routes::callback`).
 
@@ -19,23 +20,22 @@ use crate::telemetry::{CounterTable, Metrics, CALLBACKS_TOTAL};
 /// The `channel` label of a callback refused before its channel was known.
 const UNKNOWN_CHANNEL: &str = "unknown";
 
-/// The built-in channels, whose series are registered up front (SPEC §12): a
-/// channel from the configuration file gets its series at its first callback.
-const BUILTIN: [&str; 2] = ["app", "kf"];
-
 impl Metrics {
-    /// Makes every (channel, outcome) series exist at zero: called when the
+    /// Makes every (channel, outcome) series of `channels` (every configured
+    /// channel: SPEC §11, §12) and of `unknown` exist at zero: called when the
     /// application is built, so they are in the first scrape.
-    pub(crate) fn declare_callbacks(&self) {
-        self.callback_table();
+    pub(crate) fn declare_callbacks<'a>(&self, channels: impl IntoIterator<Item = &'a ChannelName>) {
+        let names: Vec<&str> = channels.into_iter().map(ChannelName::as_str).collect();
+        self.callbacks(|metrics| register(metrics, &names));
     }
 
     /// Counts a callback; `elapsed` is the appliance's own work on an
     /// authenticated one (from its complete body to the answer), `None` for
     /// refusals, which are counted but never timed.
     pub(crate) fn record_callback(&self, channel: Option<&ChannelName>, outcome: Outcome, elapsed: Option<Duration>) {
-        match index(channel, outcome) {
-            Some(row) => self.callback_table().increment(row),
+        let table = self.callback_table();
+        match index(table, channel, outcome) {
+            Some(row) => table.increment(row),
             None => {
                 let name = channel.map_or(UNKNOWN_CHANNEL, ChannelName::as_str);
                 let labels = [("channel", name.to_owned()), ("outcome", outcome.as_str().to_owned())];
@@ -48,29 +48,32 @@ impl Metrics {
         self.count_callback(matches!(outcome, Outcome::Ok | Outcome::Duplicate));
     }
 
+    /// The table, with `unknown`'s rows only if no channel was declared (a
+    /// channel's series are then registered at its first callback).
     fn callback_table(&self) -> &CounterTable {
-        self.callbacks(|metrics| {
-            let channels = BUILTIN.into_iter().chain([UNKNOWN_CHANNEL]);
-            let rows = channels.flat_map(|channel| {
-                Outcome::ALL
-                    .iter()
-                    .map(move |outcome| vec![("channel", channel.to_owned()), ("outcome", outcome.as_str().to_owned())])
-            });
-            metrics.table(CALLBACKS_TOTAL, rows)
-        })
+        self.callbacks(|metrics| register(metrics, &[]))
     }
 }
 
-/// The row of (channel, outcome) in the table: the built-in channels then
-/// unknown, each with every outcome in `Outcome::ALL` order; `None` for a
-/// channel of the configuration file.
-fn index(channel: Option<&ChannelName>, outcome: Outcome) -> Option<usize> {
-    let row = match channel {
-        None => BUILTIN.len(),
-        Some(name) => BUILTIN.iter().position(|b| *b == name.as_str())?,
-    };
+/// The table of `unknown` then `channels`, a group of rows each (its name the
+/// group's key) with every outcome in `Outcome::ALL` order.
+fn register(metrics: &Metrics, channels: &[&str]) -> CounterTable {
+    let names = || std::iter::once(UNKNOWN_CHANNEL).chain(channels.iter().copied());
+    let rows = names().flat_map(|channel| {
+        Outcome::ALL
+            .iter()
+            .map(move |outcome| vec![("channel", channel.to_owned()), ("outcome", outcome.as_str().to_owned())])
+    });
+    let groups = names().enumerate().map(|(group, name)| (name.to_owned(), group * Outcome::ALL.len()));
+    metrics.table(CALLBACKS_TOTAL, rows).grouped(groups)
+}
+
+/// The row of (channel, outcome) in `table`; `None` for a channel that was not
+/// declared.
+fn index(table: &CounterTable, channel: Option<&ChannelName>, outcome: Outcome) -> Option<usize> {
+    let group = table.group(channel.map_or(UNKNOWN_CHANNEL, ChannelName::as_str))?;
     let column = Outcome::ALL.iter().position(|o| *o == outcome).unwrap_or(0);
-    Some(row * Outcome::ALL.len() + column)
+    Some(group + column)
 }
 
 #[cfg(test)]
@@ -85,7 +88,7 @@ mod tests {
     #[test]
     fn callbacks_are_counted_by_channel_and_outcome_and_unknown_channels_apart() {
         let metrics = metrics();
-        metrics.declare_callbacks();
+        metrics.declare_callbacks(&[ChannelName::app(), ChannelName::kf()]);
         assert!(metrics.render().contains("wechat_api_callbacks_total{channel=\"app\",outcome=\"ok\"} 0"));
         metrics.record_callback(Some(&ChannelName::kf()), Outcome::Ok, Some(Duration::from_millis(2)));
         let hr = ChannelName::parse("hr").expect("a channel name");

@@ -124,7 +124,7 @@ impl Application {
             backend: store.backend_name(),
             replica: config.replica.clone(),
         }));
-        metrics.declare_callbacks();
+        metrics.declare_callbacks(config.channels.iter().map(|c| &c.name));
         Dispatcher::declare(&metrics, &config.channels);
         let health = Arc::new(HealthBoard::new(config.replica.clone()));
         health.set(CheckName::ConfigSecrets, checks::secrets_check(config.secrets_identical()));

@@ -20,8 +20,9 @@
 //! `TRUSTED_PROXIES` says in `X-Forwarded-For` ([`super::surface::client`]).
 //! The decisions are in [`crate::access`]; only the HTTP is here.
 //!
-//! The monitoring views ask the admin gate too ([`BearerGate::presented`]): there a
-//! missing bearer is no refusal (the view shrinks instead), a wrong one is.
+//! The monitoring views ask the admin gate too ([`BearerGate::audience`]): there a
+//! missing bearer is no refusal (the view shrinks instead), a wrong one is, except
+//! on the health reports, which count it and answer it as a stranger.
 
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};

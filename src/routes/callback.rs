@@ -35,7 +35,7 @@ pub(crate) async fn verify_url(request: HttpRequest, state: web::Data<AppState>)
         .and_then(|q| state.credentials.verify_url(&q, crate::store::now()));
     match verified {
         Ok((channel, echo)) => verified_url(&request, &state, &channel.name, echo, started),
-        Err(error) => reject(&state, &request, &error),
+        Err(error) => reject(&state, &request, None, &error),
     }
 }
 
@@ -53,7 +53,7 @@ pub(crate) async fn verify_url_on(
         .and_then(|q| state.credentials.verify_url_on(&channel, &q, crate::store::now()));
     match verified {
         Ok(echo) => verified_url(&request, &state, &channel.name, echo, started),
-        Err(error) => reject(&state, &request, &error),
+        Err(error) => reject(&state, &request, Some(&channel.name), &error),
     }
 }
 
@@ -103,7 +103,7 @@ async fn receive_at(
 ) -> HttpResponse {
     let query = match CallbackQuery::parse(request.query_string()) {
         Ok(query) => query,
-        Err(error) => return reject(&state, &request, &error),
+        Err(error) => return reject(&state, &request, name_of(&own), &error),
     };
     let declared_too_large = request
         .headers()
@@ -112,23 +112,23 @@ async fn receive_at(
         .is_some_and(|len| len > MAX_BODY_BYTES);
     let too_large = CallbackError::TooLarge { limit: MAX_BODY_BYTES };
     if declared_too_large {
-        return reject(&state, &request, &too_large);
+        return reject(&state, &request, name_of(&own), &too_large);
     }
     let body = match payload.to_bytes_limited(MAX_BODY_BYTES).await {
         Ok(Ok(body)) => body,
         Ok(Err(error)) if arrived_too_late(&error) => {
             log_refusal(&state, &request, Outcome::BodyTimeout, &"request body not received in time");
-            state.metrics.record_callback(None, Outcome::BodyTimeout, None);
+            state.metrics.record_callback(name_of(&own), Outcome::BodyTimeout, None);
             return HttpResponse::RequestTimeout()
                 .content_type("text/plain; charset=utf-8")
                 .body("request body not received in time\n");
         }
         Ok(Err(_)) => {
             tracing::debug!(path = request.path(), "client went away while sending the body");
-            state.metrics.record_callback(None, Outcome::IncompleteBody, None);
+            state.metrics.record_callback(name_of(&own), Outcome::IncompleteBody, None);
             return HttpResponse::BadRequest().content_type("text/plain; charset=utf-8").body("cannot read body\n");
         }
-        Err(_) => return reject(&state, &request, &too_large),
+        Err(_) => return reject(&state, &request, name_of(&own), &too_large),
     };
     let started = Instant::now();
     let now = crate::store::now();
@@ -143,7 +143,7 @@ async fn receive_at(
     };
     let opened = match opened {
         Ok(opened) => opened,
-        Err(error) => return reject(&state, &request, &error),
+        Err(error) => return reject(&state, &request, name_of(&own), &error),
     };
     // Journal durably before answering: once WeCom has its 200, the message must
     // survive anything, a kill -9 included. Handling happens from the journal.
@@ -197,7 +197,7 @@ async fn receive_aibot(
 ) -> HttpResponse {
     let opened = match state.credentials.open_aibot(channel, query, body, now) {
         Ok(opened) => opened,
-        Err(error) => return reject(state, request, &error),
+        Err(error) => return reject(state, request, Some(&channel.name), &error),
     };
     let name = &channel.name;
     let nonce = query.nonce.as_deref().unwrap_or_default();
@@ -297,11 +297,23 @@ fn status_of(error: &CallbackError) -> StatusCode {
     }
 }
 
-/// Answers a refused callback with its reason, counts it and logs it (see [`log_refusal`]).
-fn reject(state: &AppState, request: &HttpRequest, error: &CallbackError) -> HttpResponse {
+/// The channel whose own path a callback came to; `None` on a shared path.
+fn name_of(own: &Option<Arc<ChannelSpec>>) -> Option<&ChannelName> {
+    own.as_ref().map(|channel| &channel.name)
+}
+
+/// Answers a refused callback with its reason, counts it and logs it (see
+/// [`log_refusal`]). `channel`: the one whose own path it came to, its label;
+/// `None` (a shared path, where no channel could be told) counts it as `unknown`.
+fn reject(
+    state: &AppState,
+    request: &HttpRequest,
+    channel: Option<&ChannelName>,
+    error: &CallbackError,
+) -> HttpResponse {
     let outcome = error.outcome();
     log_refusal(state, request, outcome, error);
-    state.metrics.record_callback(None, outcome, None);
+    state.metrics.record_callback(channel, outcome, None);
     HttpResponse::build(status_of(error)).content_type("text/plain; charset=utf-8").body(format!("{error}\n"))
 }
 

@@ -14,12 +14,13 @@ use crate::routes::AppState;
 const HEALTH_JSON: &str = "application/health+json";
 
 /// The latest result of every check; 503 when any fails. Makes no outbound call.
-/// A stranger gets the same HTTP status with only the overall `status`.
+/// A stranger gets the same HTTP status with only the overall `status` (SPEC
+/// §11: anyone may read it). So does a wrong admin bearer, say a load balancer's
+/// stale token: it is counted towards the bearer throttle like any guess (its
+/// address is locked out of the views and endpoints the bearer opens), but
+/// readiness is never answered 401 or 429.
 pub(crate) async fn report(request: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    let audience = match audience(&request, &state) {
-        Ok(audience) => audience,
-        Err(refused) => return *refused,
-    };
+    let audience = audience(&request, &state).unwrap_or(Audience::Stranger);
     let report = state.health.report(state.version);
     let mut response = match report.status {
         Status::Pass | Status::Warn => HttpResponse::Ok(),

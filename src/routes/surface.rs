@@ -2,7 +2,8 @@
 //! monitoring views (the status page, the full health report, the metrics) are
 //! for insiders only: a client in `TRUSTED_NETWORKS`, or a request with
 //! `Authorization: Bearer $ADMIN_TOKEN`. A stranger gets 404 for `/` and
-//! `/metrics` and only `{"status": …}` from `/api/health`.
+//! `/metrics` and only `{"status": …}` from `/api/health`, also with a wrong
+//! bearer (counted as a guess: `routes::health`).
 //!
 //! HTTP only: the client address is decided by [`networks::client_address`]
 //! (`X-Forwarded-For` believed only from `TRUSTED_PROXIES`) and the bearer by

@@ -3,7 +3,7 @@
 //! latency window, and the Prometheus rendering. Each [`Metrics`] has its own
 //! recorder instead of a global one, so several applications in one test process
 //! do not count into each other, and the hot path increments pre-registered
-//! handles ([`CounterTable`]) without a map lookup.
+//! handles ([`CounterTable`]) without a lookup in the recorder's map.
 //!
 //! Deliberately not here: what the labels' values are and mean. Their owners name
 //! them (`callback::Outcome::as_str`, a channel's name, `connections::Refusal`)
@@ -459,16 +459,33 @@ fn key(family: &Family, labels: &[(&'static str, String)]) -> Key {
 }
 
 /// Counters of one family registered ahead, one per row of label values, found
-/// by position on the hot path; the labels' owner numbers the rows.
+/// by position on the hot path; the labels' owner numbers the rows, and may name
+/// groups of them ([`CounterTable::grouped`]: the rows of one label value, found
+/// with one hash lookup and no allocation).
 #[derive(Debug)]
-pub(crate) struct CounterTable(Vec<Counter>);
+pub(crate) struct CounterTable {
+    counters: Vec<Counter>,
+    /// The first row of each group, by the group's key.
+    groups: std::collections::HashMap<Box<str>, usize>,
+}
 
 impl CounterTable {
     /// Adds one to the counter of row `index` (nothing for a row that does not exist).
     pub(crate) fn increment(&self, index: usize) {
-        if let Some(counter) = self.0.get(index) {
+        if let Some(counter) = self.counters.get(index) {
             counter.increment(1);
         }
+    }
+
+    /// The table with `groups` named: each a key and its first row.
+    pub(crate) fn grouped(mut self, groups: impl IntoIterator<Item = (String, usize)>) -> Self {
+        self.groups.extend(groups.into_iter().map(|(key, row)| (key.into_boxed_str(), row)));
+        self
+    }
+
+    /// The first row of the group named `key`.
+    pub(crate) fn group(&self, key: &str) -> Option<usize> {
+        self.groups.get(key).copied()
     }
 }
 
@@ -558,7 +575,8 @@ impl Metrics {
         family: Family,
         rows: impl IntoIterator<Item = Vec<(&'static str, String)>>,
     ) -> CounterTable {
-        CounterTable(rows.into_iter().map(|labels| self.counter(family, &labels)).collect())
+        let counters = rows.into_iter().map(|labels| self.counter(family, &labels)).collect();
+        CounterTable { counters, groups: std::collections::HashMap::new() }
     }
 
     /// p95 of callback handling over the last minutes, and the sample count.

@@ -171,6 +171,56 @@ async fn each_channel_answers_on_its_own_path_and_no_other_and_an_unknown_name_i
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_file_channels_series_that_deploy_uses_are_in_the_first_scrape_at_zero() {
+    let shop = format!(
+        "[channels.shop]\nkind = \"kf\"\ncorp_id = \"{HR_CORP}\"\nsecret = \"shop-secret-value\"\ntoken = \"shopToken7\"\n\
+         encoding_aes_key = \"{HR_KEY}\"\n"
+    );
+    let bot = format!("[channels.bot]\nkind = \"aibot\"\ntoken = \"botToken3\"\nencoding_aes_key = \"{HR_KEY}\"\n");
+    let (app, _dir) = spawn_with_file(&format!("{}{shop}{bot}", hr_table("")), &[]).await;
+    let first = app.metrics().await;
+    let mut expected: Vec<String> = Vec::new();
+    for channel in ["hr", "shop", "bot"] {
+        for outcome in ["ok", "duplicate", "bad_signature", "wrong_receive_id", "internal_error"] {
+            expected.push(format!("wechat_api_callbacks_total{{channel=\"{channel}\",outcome=\"{outcome}\"}} 0"));
+        }
+    }
+    // The dashboard's other per-channel families, for the kinds that have them.
+    expected.extend(
+        [
+            "wechat_api_wecom_api_requests_total{channel=\"hr\",api=\"message/send\",errcode=\"0\"} 0",
+            "wechat_api_wecom_api_requests_total{channel=\"shop\",api=\"kf/sync_msg\",errcode=\"0\"} 0",
+            "wechat_api_access_token_expires_in_seconds{channel=\"shop\",app=\"shop\"} 0",
+            "wechat_api_kf_messages_total{channel=\"shop\",msgtype=\"text\"} 0",
+        ]
+        .map(str::to_owned),
+    );
+    let missing: Vec<&String> = expected.iter().filter(|series| !first.contains(series.as_str())).collect();
+    assert!(missing.is_empty(), "{missing:?} are not in the first scrape:\n{first}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_callback_refused_on_a_channels_own_path_is_counted_for_that_channel_and_on_a_shared_path_as_unknown() {
+    let (app, _dir) = spawn_with_file(&hr_table(""), &[]).await;
+    let (own, shared) = ("/api/v1/wecom/callback/hr", "/api/v1/wecom/callback");
+    let series = |channel: &str, outcome: &str| {
+        format!("wechat_api_callbacks_total{{channel=\"{channel}\",outcome=\"{outcome}\"}}")
+    };
+    let message = text_to(HR_AGENT, 11, "hi");
+    assert_eq!(post(&app, own, "WrongToken42", HR_KEY, HR_CORP, &message).await.0, 403);
+    assert_eq!(verify(&app, own, "WrongToken42", HR_KEY, HR_CORP).await.0, 403);
+    let response = app.client.post(app.url(&format!("{own}?timestamp=1&nonce=2"))).body("x").send().await;
+    assert_eq!(response.expect("a callback without a signature").status(), 400);
+    assert_eq!(app.metric(&series("hr", "bad_signature")).await, 2.0);
+    assert_eq!(app.metric(&series("hr", "missing_parameter")).await, 1.0);
+    assert_eq!(app.metric(&series("unknown", "bad_signature")).await, 0.0);
+    // On a shared path no channel verified it: unknown.
+    assert_eq!(post(&app, shared, "WrongToken42", HR_KEY, HR_CORP, &message).await.0, 403);
+    assert_eq!(app.metric(&series("unknown", "bad_signature")).await, 1.0);
+    assert_eq!(app.metric(&series("hr", "bad_signature")).await, 2.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_msgid_in_two_corps_is_two_messages_each_keyed_by_its_channel() {
     let (app, _dir) = spawn_with_file(&hr_table(""), &[]).await;
     let shared = "/api/v1/wecom/callback";
@@ -407,8 +457,8 @@ async fn each_channel_has_its_token_check_a_status_row_and_its_own_connection_te
     let (status, hr) = connection("?channel=hr").await;
     assert_eq!(status, 200, "{hr}");
     assert_eq!(
-        (&hr["status"], &hr["channel"], &hr["kind"], &hr["corp_id"]),
-        (&"success".into(), &"hr".into(), &"app".into(), &HR_CORP.into())
+        (&hr["status"], &hr["errcode"], &hr["channel"], &hr["kind"], &hr["corp_id"]),
+        (&"success".into(), &0.into(), &"hr".into(), &"app".into(), &HR_CORP.into())
     );
     assert!(wecom
         .calls("gettoken")

@@ -248,6 +248,35 @@ async fn admin_api_needs_the_bearer_reports_60020_with_the_ip_and_caches_names()
     assert_eq!(batch["results"][0]["source"], "kf/customer/batchget");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_test_leads_with_the_errcode_and_hint_of_the_first_failing_secret_and_errcode_0_on_success() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_kf_app(&wecom, &receiver, &[]).await;
+    let report = || async {
+        let request = app.client.get(app.url("/api/test-wecom-connection")).bearer_auth(ADMIN);
+        request.send().await.expect("request").json::<Value>().await.expect("JSON")
+    };
+
+    wecom.refuse_secret("app-secret", Some(json!({"errcode": 60020, "errmsg": "not allow to access from your ip, hint: [x], from ip: 203.0.113.9, more info at https://open.work.weixin.qq.com/devtool/query?e=60020"})));
+    let refused = report().await;
+    assert_eq!((&refused["status"], &refused["errcode"]), (&json!("error"), &json!(60020)), "{refused}");
+    assert!(refused["hint"].as_str().expect("a hint").contains("203.0.113.9"), "{refused}");
+    assert_eq!(refused["hint"], refused["secrets"][0]["hint"], "the failing Secret's, which stays: {refused}");
+
+    // gettoken works, the kf Secret may not call kf APIs: that call's errcode and hint.
+    wecom.refuse_secret("app-secret", None);
+    wecom.answer_once("kf/account/list", json!({"errcode": 48002, "errmsg": "api forbidden"}));
+    let forbidden = report().await;
+    assert_eq!((&forbidden["status"], &forbidden["errcode"]), (&json!("error"), &json!(48002)), "{forbidden}");
+    assert_eq!(forbidden["hint"], forbidden["secrets"][1]["kf_api"]["hint"], "{forbidden}");
+    assert!(forbidden["hint"].as_str().is_some_and(|hint| !hint.is_empty()), "{forbidden}");
+
+    let fine = report().await;
+    assert_eq!((&fine["status"], &fine["errcode"]), (&json!("success"), &json!(0)), "{fine}");
+    assert!(fine.get("hint").is_none() && fine.get("error").is_none(), "nothing to fix: {fine}");
+    assert_eq!(fine["secrets"].as_array().map(Vec::len), Some(2), "{fine}");
+}
+
 async fn batch_names(app: &TestApp, body: Value) -> Value {
     let url = app.url("/api/batch-fetch-wecom-names");
     app.client.post(url).bearer_auth(ADMIN).json(&body).send().await.expect("request").json().await.expect("JSON")

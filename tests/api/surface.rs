@@ -119,13 +119,45 @@ async fn a_trusted_client_or_the_admin_bearer_sees_everything_and_a_wrong_bearer
         assert!(json(&live)["version"].is_string(), "{who}: {live}");
     }
 
-    // A wrong bearer is refused plainly, a guess like any other, and changes nothing.
-    for path in ["/", "/metrics", "/api/health"] {
+    // A wrong bearer is refused plainly, a guess like any other, and changes nothing
+    // (the health report answers it as a stranger: the next test).
+    for path in ["/", "/metrics"] {
         let request = stranger.get(app.url(path)).bearer_auth("admin-token-0123456789abcdeX");
         let (status, body) = get(request).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
         assert!(!body.contains("checks") && !body.contains("wechat_api_"), "{path}: {body}");
     }
+    app.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_balancer_with_a_stale_bearer_reads_the_real_readiness_and_its_bearers_count_as_guesses() {
+    // A certificate valid for one day: `tls:certificate` fails at once, so the
+    // readiness to read is 503.
+    let app = spawn_app_with_certificate(1, &[("TRUSTED_NETWORKS", "127.0.0.1/32"), ("ADMIN_TOKEN", ADMIN)]).await;
+    let stranger = client_from(&app, STRANGER);
+    let deadline = Instant::now() + DEADLINE;
+    while get(app.client.get(app.url("/api/health"))).await.0 != StatusCode::SERVICE_UNAVAILABLE {
+        assert!(Instant::now() < deadline, "the health report never failed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stale = "admin-token-0123456789abcdeX";
+    // More than the 10 wrong bearers a minute the throttle allows: never 401 or 429.
+    for attempt in 0..6 {
+        for path in ["/api/health", "/health"] {
+            let (status, body) = get(stranger.get(app.url(path)).bearer_auth(stale)).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{path}, wrong bearer #{attempt}: {body}");
+            assert_eq!(json(&body), serde_json::json!({"status": "fail"}), "{path}");
+        }
+    }
+    // They were guesses all the same: the views and endpoints a bearer opens are
+    // locked for that address, and the right bearer is still served.
+    for path in ["/metrics", "/api/test-wecom-connection"] {
+        let (status, body) = get(stranger.get(app.url(path)).bearer_auth(stale)).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{path}: {body}");
+    }
+    let (status, metrics) = get(stranger.get(app.url("/metrics")).bearer_auth(ADMIN)).await;
+    assert_eq!(status, StatusCode::OK, "{metrics}");
     app.stop().await.expect("clean stop");
 }
 

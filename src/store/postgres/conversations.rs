@@ -23,7 +23,11 @@ async fn select(
     Ok(row.map(|row| Conversation { last_customer_at: row.get(0), sent_since: row.get(1), human_since: row.get(2) }))
 }
 
-async fn upsert(client: &impl GenericClient, customer: &Customer, c: &Conversation) -> Result<(), StoreError> {
+pub(super) async fn upsert(
+    client: &impl GenericClient,
+    customer: &Customer,
+    c: &Conversation,
+) -> Result<(), StoreError> {
     let statement = client
         .prepare_cached(&format!(
             "INSERT INTO kf_conversations

@@ -3,6 +3,7 @@
 use super::alerts::{read_firing, FIRING};
 use super::{named, Postgres};
 use crate::channels::ChannelName;
+use crate::store::conversations::{Conversation, Customer};
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
@@ -76,8 +77,24 @@ impl Postgres {
                 name: CachedName { name: r.get(3), source: r.get(4) },
             });
         }
+        let mut conversations = Vec::new();
+        for r in tx
+            .query(
+                "SELECT channel, open_kfid, external_userid, last_customer_at, sent_since, human_since
+                 FROM kf_conversations ORDER BY channel, open_kfid, external_userid",
+                &[],
+            )
+            .await?
+        {
+            let channel = named(r.get(0), |name| ChannelName::parse(name).ok())?;
+            let customer = Customer { channel, open_kfid: r.get(1), external_userid: r.get(2) };
+            conversations.push((
+                customer,
+                Conversation { last_customer_at: r.get(3), sent_since: r.get(4), human_since: r.get(5) },
+            ));
+        }
         tx.commit().await?;
-        Ok(Snapshot { facts, kf_cursors, unhandled, owed, firing, names })
+        Ok(Snapshot { facts, kf_cursors, unhandled, owed, firing, names, conversations })
     }
 
     pub(in crate::store) async fn import(&self, snapshot: Snapshot) -> Result<(), StoreError> {
@@ -148,6 +165,9 @@ impl Postgres {
         }
         for named in &snapshot.names {
             super::names::upsert(&tx, named).await?;
+        }
+        for (customer, conversation) in &snapshot.conversations {
+            super::conversations::upsert(&tx, customer, conversation).await?;
         }
         tx.commit().await?;
         Ok(())

@@ -17,7 +17,7 @@ fn select(db: &Connection, customer: &Customer) -> rusqlite::Result<Option<Conve
     .optional()
 }
 
-fn upsert(db: &Connection, customer: &Customer, c: &Conversation) -> rusqlite::Result<()> {
+pub(super) fn upsert(db: &Connection, customer: &Customer, c: &Conversation) -> rusqlite::Result<()> {
     db.prepare_cached(
         "INSERT INTO kf_conversations
          (channel, open_kfid, external_userid, last_customer_at, sent_since, human_since, updated_at)

@@ -6,6 +6,7 @@ use super::alerts::{read_firing, FIRING};
 use super::journal::{insert, named};
 use super::{rows, Sqlite};
 use crate::channels::ChannelName;
+use crate::store::conversations::{Conversation, Customer};
 use crate::store::journal::{EntryKind, NewEntry};
 use crate::store::kf::KfAccount;
 use crate::store::names::CachedName;
@@ -81,7 +82,17 @@ fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
             name: CachedName { name: r.get(3)?, source: r.get(4)? },
         })
     })?;
-    Ok(Snapshot { facts, kf_cursors, unhandled, owed, firing, names })
+    let conversations = rows(
+        db,
+        "SELECT channel, open_kfid, external_userid, last_customer_at, sent_since, human_since FROM kf_conversations
+         ORDER BY channel, open_kfid, external_userid",
+        |r| {
+            let channel = named(0, r.get(0)?, |name| ChannelName::parse(name).ok())?;
+            let customer = Customer { channel, open_kfid: r.get(1)?, external_userid: r.get(2)? };
+            Ok((customer, Conversation { last_customer_at: r.get(3)?, sent_since: r.get(4)?, human_since: r.get(5)? }))
+        },
+    )?;
+    Ok(Snapshot { facts, kf_cursors, unhandled, owed, firing, names, conversations })
 }
 
 /// Whether the store holds anything an import could collide with.
@@ -135,6 +146,9 @@ fn import(db: &Connection, snapshot: &Snapshot) -> rusqlite::Result<()> {
     for named in &snapshot.names {
         super::names::upsert(db, named)?;
     }
+    for (customer, conversation) in &snapshot.conversations {
+        super::conversations::upsert(db, customer, conversation)?;
+    }
     Ok(())
 }
 
@@ -155,6 +169,7 @@ impl Sqlite {
 #[cfg(test)]
 mod tests {
     use crate::channels::ChannelName;
+    use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
     use crate::store::journal::{EntryKind, NewEntry, Recorded};
     use crate::store::kf::KfAccount;
     use crate::store::outbox::NewAction;
@@ -202,5 +217,37 @@ mod tests {
         let claim = to.claim_kf_account(account("wkA")).await.expect("claim").expect("free");
         assert_eq!(claim.cursor.as_deref(), Some("CURSOR-1"));
         assert!(matches!(to.import(snapshot).await, Err(StoreError::NotEmpty)), "a second import is refused");
+    }
+
+    #[tokio::test]
+    async fn kf_conversations_move_so_an_owed_reply_is_not_refused_and_a_human_session_is_kept() {
+        let (from_dir, to_dir) = (tempfile::tempdir().expect("dir"), tempfile::tempdir().expect("dir"));
+        let from = Store::open(from_dir.path()).expect("opens");
+        let customer =
+            |who: &str| Customer { channel: ChannelName::kf(), open_kfid: "wkA".into(), external_userid: who.into() };
+        let now = crate::store::now();
+        from.observe_kf(vec![
+            (customer("wmBOT"), Observation::Wrote { at: now - 60 }),
+            (customer("wmHUMAN"), Observation::Wrote { at: now - 60 }),
+            (customer("wmHUMAN"), Observation::Human { at: now - 30 }),
+        ])
+        .await
+        .expect("observe");
+        assert_eq!(from.reserve_kf_sends(customer("wmBOT"), 2, now, false).await.expect("reserve"), Verdict::Allowed);
+
+        let snapshot = from.export().await.expect("export");
+        assert_eq!(snapshot.conversations.len(), 2, "{}", snapshot.summary());
+        let to = Store::open(to_dir.path()).expect("opens");
+        to.import(snapshot).await.expect("import");
+        for who in ["wmBOT", "wmHUMAN"] {
+            let moved = to.kf_conversation(customer(who)).await.expect("read");
+            assert_eq!(moved, from.kf_conversation(customer(who)).await.expect("read"), "{who}");
+        }
+        // The rules hold across the move: 3 of the 5 left, the human's session kept.
+        let bot = to.reserve_kf_sends(customer("wmBOT"), 4, now, false).await.expect("reserve");
+        assert_eq!(bot, Verdict::Refused(Refusal::Quota { parts: 4, remaining: 3 }));
+        assert_eq!(to.reserve_kf_sends(customer("wmBOT"), 3, now, false).await.expect("reserve"), Verdict::Allowed);
+        let human = to.reserve_kf_sends(customer("wmHUMAN"), 1, now, false).await.expect("reserve");
+        assert_eq!(human, Verdict::Refused(Refusal::Human { since: now - 30 }));
     }
 }
