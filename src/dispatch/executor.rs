@@ -437,7 +437,15 @@ impl Executor {
             }
             return Ok(Vec::new());
         }
-        if answer.handoff && record.kind() == ChannelKind::Kf && record.answerable() {
+        if !record.answerable() {
+            // History or a servicer's own message: recorded and forwarded, never
+            // answered (SPEC §4), whatever the receiver says.
+            if reply.is_some() || answer.handoff {
+                tracing::info!(id = %LoggedId(&record.id), "forward answer not sent: the record is not answered (history or a servicer's message)");
+            }
+            return Ok(Vec::new());
+        }
+        if answer.handoff && record.kind() == ChannelKind::Kf {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {
                 let customer = Customer {

@@ -145,6 +145,32 @@ async fn history_from_before_the_first_start_is_recorded_but_not_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_receivers_reply_to_history_is_not_sent() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    receiver.reply_with("收到");
+    wecom.answer_once(
+        "kf/sync_msg",
+        page(
+            vec![
+                // History an hour old: inside WeCom's 48-hour window, so only the history rule keeps it unanswered.
+                text_msg("old1", "在吗", now() - 3_600),
+                text_msg("new1", "在吗", now() + 5),
+            ],
+            "C1",
+            0,
+        ),
+    );
+    let app = spawn_kf_app(&wecom, &receiver, &[]).await;
+    notify(&app, "EVT").await;
+    receiver.wait_for(2, Duration::from_secs(15)).await;
+    app.wait_until_outbox_empty().await;
+    let sends = wecom.calls("kf/send_msg");
+    assert_eq!(sends.len(), 1, "only the new message's reply is sent: {sends:?}");
+    assert_eq!(sends[0].body["touser"], "wm-new1");
+    assert_eq!(sends[0].body["text"]["content"], "收到");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enter_session_with_a_welcome_code_sends_the_welcome_text_and_servicer_messages_are_not_answered() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let t = now() + 5;
