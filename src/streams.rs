@@ -98,6 +98,10 @@ pub enum UpdateError {
     /// 413: the whole answer would be longer than [`ANSWER_MAX_BYTES`].
     #[error("the whole answer would be {bytes} bytes, more than the {ANSWER_MAX_BYTES} allowed")]
     TooLarge { bytes: usize },
+    /// 409: the send API's `idempotency_key` was used before for another
+    /// request; `id` is the message id that request was answered with.
+    #[error("the idempotency_key was used before for another request (message {id})")]
+    KeyReused { id: String },
 }
 
 /// What an update makes of a stream.

@@ -424,9 +424,8 @@ impl Executor {
             if let Some(text) = reply {
                 // The whole answer, in the message's stream.
                 let update = Update { text, append: false, finish: true };
-                match super::sending::update_stream(&self.sending.store, &record.id, &record.channel, stream_id, update)
-                    .await
-                {
+                let store = &self.sending.store;
+                match super::sending::update_stream(store, &record.id, &record.channel, stream_id, update, None).await {
                     Ok(Some(Ok(_))) | Ok(None) => {}
                     Ok(Some(Err(refused))) => {
                         tracing::warn!(id = %LoggedId(&record.id), "forward reply not taken into the stream: {refused}")

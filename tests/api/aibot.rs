@@ -199,6 +199,36 @@ async fn the_bot_streams_its_answer_through_the_send_api_and_each_refresh_shows_
 }
 
 #[tokio::test]
+async fn a_retried_append_with_its_idempotency_key_is_taken_once_and_the_key_with_another_body_is_409() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_aibot(&wecom, &receiver, &[]).await;
+    let stream = open_stream(&app, &text(&wecom, "I1", "zhangsan", "讲个故事")).await;
+    let append = |text: &str, key: &str| json!({"in_reply_to": "aibot:msg:I1", "text": text, "append": true, "finish": false, "idempotency_key": key});
+    let (status, first) = post_send(&app, &append("从前", "k-1")).await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["id"].as_str().expect("id").to_owned();
+    let (status, again) = post_send(&app, &append("从前", "k-1")).await;
+    assert_eq!((status, again["id"].as_str()), (202, Some(id.as_str())), "the retry is the first request: {again}");
+    let refresh = bot().refresh(&app, &stream, "zhangsan").await;
+    assert_eq!(refresh["content"], "从前", "appended once");
+
+    let (status, reused) = post_send(&app, &append("有座山", "k-1")).await;
+    assert_eq!(status, 409, "{reused}");
+    let reason = reused.to_string();
+    assert!(reason.contains("$.idempotency_key") && reason.contains(&id), "{reason}");
+    let finished = json!({"in_reply_to": "aibot:msg:I1", "text": "有座山", "append": true, "idempotency_key": "k-1"});
+    assert_eq!(post_send(&app, &finished).await.0, 409, "finish is part of the request too");
+    let refresh = bot().refresh(&app, &stream, "zhangsan").await;
+    assert_eq!((&refresh["content"], &refresh["finish"]), (&json!("从前"), &json!(false)), "nothing taken");
+
+    let (status, _) = post_send(&app, &append("有座山", "k-2")).await;
+    assert_eq!(status, 202);
+    let refresh = bot().refresh(&app, &stream, "zhangsan").await;
+    assert_eq!(refresh["content"], "从前有座山");
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
 async fn an_answer_past_40960_bytes_is_refused_with_413_and_changes_nothing() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let app = spawn_aibot(&wecom, &receiver, &[]).await;

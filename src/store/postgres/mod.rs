@@ -225,6 +225,15 @@ const MIGRATIONS: &[&str] = &[
         SELECT id, claimed_until FROM journal WHERE handled_at IS NULL;
     DROP INDEX journal_unhandled;
     ALTER TABLE journal DROP COLUMN handled_at, DROP COLUMN claimed_until;",
+    // 10: the send API's idempotency keys of AI bot answers, as SQLite's schema 11.
+    "CREATE TABLE aibot_answer_keys (
+        idempotency_key text PRIMARY KEY,
+        stream_id text NOT NULL,
+        answer_id text NOT NULL,
+        request_sha256 text NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE INDEX aibot_answer_keys_created ON aibot_answer_keys (created_at);",
 ];
 
 /// The schema this build brings a database to (the number of [`MIGRATIONS`]).

@@ -271,6 +271,17 @@ const MIGRATIONS: &[&str] = &[
         FROM send_msgids m;
     DROP TABLE send_msgids;
     ALTER TABLE send_msgids_v10 RENAME TO send_msgids;",
+    // 11: the send API's idempotency keys of AI bot answers (SPEC §10, §13):
+    // one row per update that came with a key, so the same key again takes
+    // nothing more (or, for another request, is a 409). The sends keep theirs.
+    "CREATE TABLE aibot_answer_keys (
+        idempotency_key TEXT PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        answer_id TEXT NOT NULL,
+        request_sha256 TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX aibot_answer_keys_created ON aibot_answer_keys(created_at);",
 ];
 
 /// At most this many operations share one transaction.
