@@ -287,10 +287,10 @@ impl Executor {
             return Ok(Vec::new());
         }
         let url = row.opened.response_url.unwrap_or_default();
-        let settled = match self.http.post(&url).json(&aibot::response_body(&rest)).send().await {
+        let settled = match self.http.post(&url).json(&aibot::response_body(&rest.text)).send().await {
             Ok(response) if response.status().is_success() => {
                 match response.json::<serde_json::Value>().await.ok().and_then(|v| v.get("errcode")?.as_i64()) {
-                    Some(0) | None => Settled::Sent,
+                    Some(0) | None => rest.lost().map_or(Settled::Sent, Settled::Failed),
                     Some(errcode) => Settled::Failed(format!("response_url answered errcode {errcode}")),
                 }
             }

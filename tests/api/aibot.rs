@@ -269,6 +269,27 @@ async fn a_forward_reply_is_the_whole_answer_and_a_long_one_is_cut_with_the_rest
 }
 
 #[tokio::test]
+async fn an_answer_with_an_early_paragraph_break_reaches_the_user_whole_in_the_stream_and_one_response_url_call() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    // A paragraph break at 15,000 bytes, then 24,996 bytes of sentences: cut at the
+    // break, the rest would not fit one response_url call.
+    let answer = format!("{}\n\n{}", "第一段。".repeat(1_250), "第二段。".repeat(2_083));
+    receiver.reply_with(&answer);
+    let app = spawn_aibot(&wecom, &receiver, &[]).await;
+    let stream = open_stream(&app, &text(&wecom, "P1", "zhangsan", "写长文")).await;
+    let seen = bot().play_refreshes(&app, &stream, "zhangsan", PERIOD, Duration::from_secs(15)).await;
+    let last = seen.last().expect("a refresh");
+    assert_eq!(last["finish"], true);
+    let shown = last["content"].as_str().expect("content").to_owned();
+    let calls = responses(&wecom, 1).await;
+    let rest = calls[0].1["markdown"]["content"].as_str().expect("markdown").to_owned();
+    assert!(shown.len() <= 20_480 && rest.len() <= 20_480, "{} and {} bytes", shown.len(), rest.len());
+    assert_eq!(format!("{shown}{rest}"), answer, "the whole answer, nothing dropped");
+    status_becomes(&app, &format!("stream_{stream}"), "sent").await;
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
 async fn an_unfinished_stream_closes_at_the_deadline_with_the_late_text_and_the_finished_answer_follows_by_response_url(
 ) {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
