@@ -287,16 +287,10 @@ impl Executor {
             return Ok(Vec::new());
         }
         let url = row.opened.response_url.unwrap_or_default();
-        let settled = match self.http.post(&url).json(&aibot::response_body(&rest.text)).send().await {
-            Ok(response) if response.status().is_success() => {
-                match response.json::<serde_json::Value>().await.ok().and_then(|v| v.get("errcode")?.as_i64()) {
-                    Some(0) | None => rest.lost().map_or(Settled::Sent, Settled::Failed),
-                    Some(errcode) => Settled::Failed(format!("response_url answered errcode {errcode}")),
-                }
-            }
-            Ok(response) => Settled::Failed(format!("response_url answered HTTP {}", response.status())),
-            // The URL is a credential: the error is told without it.
-            Err(error) => Settled::Failed(format!("response_url: {}", error.without_url())),
+        // Through the WeCom API's client and its proxy (WECOM_PROXY_URL), not the forward's (SPEC §14).
+        let settled = match self.wecom.post_response_url(channel, &url, &rest.text).await {
+            Ok(()) => rest.lost().map_or(Settled::Sent, Settled::Failed),
+            Err(error) => Settled::Failed(format!("response_url: {error}")),
         };
         if let Settled::Failed(reason) = &settled {
             tracing::warn!(channel = channel.as_str(), stream = %LoggedId(stream_id), "AI bot answer's rest not delivered: {reason}");

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fakes::{FakeAibot, FakeWeCom, ForwardReceiver, Reach, Replica};
+use crate::fakes::{FakeAibot, FakeWeCom, ForwardProxy, ForwardReceiver, Reach, Replica};
 use crate::helpers::*;
 
 const BOT_TOKEN: &str = "BotToken0123";
@@ -285,6 +285,23 @@ async fn an_answer_with_an_early_paragraph_break_reaches_the_user_whole_in_the_s
     let rest = calls[0].1["markdown"]["content"].as_str().expect("markdown").to_owned();
     assert!(shown.len() <= 20_480 && rest.len() <= 20_480, "{} and {} bytes", shown.len(), rest.len());
     assert_eq!(format!("{shown}{rest}"), answer, "the whole answer, nothing dropped");
+    status_becomes(&app, &format!("stream_{stream}"), "sent").await;
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn the_rest_of_a_long_answer_goes_to_response_url_through_wecom_proxy_url() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let proxy = ForwardProxy::start("egress", "proxy-password-1").await;
+    let proxy_url = proxy.url("egress:proxy-password-1@");
+    receiver.reply_with(&format!("{}\n\n{}", "第一段。".repeat(1_000), "第二段。".repeat(1_000)));
+    let app = spawn_aibot(&wecom, &receiver, &[("WECOM_PROXY_URL", &proxy_url)]).await;
+    let stream = open_stream(&app, &text(&wecom, "X2", "zhangsan", "写长文")).await;
+    bot().play_refreshes(&app, &stream, "zhangsan", PERIOD, Duration::from_secs(15)).await;
+    responses(&wecom, 1).await;
+    let through: Vec<_> = proxy.seen().into_iter().filter(|p| p.target.contains("/cgi-bin/aibot/response")).collect();
+    assert!(!through.is_empty() && through.iter().all(|p| p.authorized), "response_url went direct: {through:?}");
+    assert!(!proxy.seen().iter().any(|p| p.target.starts_with(&receiver.url)), "the forward stays direct");
     status_becomes(&app, &format!("stream_{stream}"), "sent").await;
     app.stop().await.expect("stop");
 }
