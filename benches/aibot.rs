@@ -61,7 +61,7 @@ fn main() {
                 .expect("open");
             let update = Update { text: answer.clone(), append: false, finish: false };
             let rest = NewAction { key: format!("rest:{msgid}"), kind: "aibot_rest".into(), payload: "{}".into() };
-            store.aibot_update(stream_id(&bot, &msgid), update, rest).await.expect("update").expect("known").expect("taken");
+            store.aibot_update(stream_id(&bot, &msgid), update, rest, None).await.expect("update").expect("known").expect("taken");
         }
         let key = AesKey::parse(KEY).expect("key");
         // The refresh callbacks, signed and encrypted as WeCom sends them.

@@ -570,10 +570,11 @@ impl BotLink {
             Ok(false) => return Rest::Done,
             Err(_) => return Rest::Wait,
         }
-        if let Err(error) = self.store.aibot_settle(stream_id.to_owned(), Settled::Sent).await {
+        let settled = rest.lost().map_or(Settled::Sent, Settled::Failed);
+        if let Err(error) = self.store.aibot_settle(stream_id.to_owned(), settled).await {
             tracing::warn!(channel = %self.channel.name, "aibot long connection: cannot record the rest as sent: {error}");
         }
-        Rest::Send(frames::send_markdown(&format!("aibot_send_msg_{stream_id}"), &tracked.chatid, &rest))
+        Rest::Send(frames::send_markdown(&format!("aibot_send_msg_{stream_id}"), &tracked.chatid, &rest.text))
     }
 
     /// Records the answer of `stream_id` as lost (`expired`, or the rest sent already).

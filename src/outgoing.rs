@@ -165,6 +165,18 @@ impl SendRequest {
         let canonical = serde_json::json!([target, self.text]).to_string();
         crate::crypto::hex(&Sha256::digest(canonical.as_bytes()))
     }
+
+    /// [`SendRequest::fingerprint`] of an update of an AI bot's answer (SPEC
+    /// §13): `append` and `finish` are part of the request, as they take
+    /// effect (absent is their default), so a retried append is the same
+    /// request and an append is not a replace. Never equal to a text send's.
+    pub(crate) fn answer_fingerprint(&self) -> String {
+        use sha2::{Digest, Sha256};
+        let Target::InReplyTo(record) = &self.target else { return self.fingerprint() };
+        let (append, finish) = (self.append.unwrap_or(false), self.finish.unwrap_or(true));
+        let canonical = serde_json::json!([["in_reply_to", record], self.text, append, finish]).to_string();
+        crate::crypto::hex(&Sha256::digest(canonical.as_bytes()))
+    }
 }
 
 /// A new send's id: `msg_` and 24 random letters and digits.
@@ -280,5 +292,16 @@ mod tests {
         ] {
             assert_ne!(parse(other).expect("valid").fingerprint(), a.fingerprint(), "{other}");
         }
+    }
+
+    #[test]
+    fn an_answer_updates_fingerprint_counts_append_and_finish_as_they_take_effect() {
+        let fingerprint = |body: &str| parse(body).expect("valid").answer_fingerprint();
+        let plain = fingerprint(r#"{"in_reply_to":"aibot:msg:1","text":"hi"}"#);
+        assert_eq!(plain, fingerprint(r#"{"in_reply_to":"aibot:msg:1","text":"hi","append":false,"finish":true}"#));
+        assert_ne!(plain, fingerprint(r#"{"in_reply_to":"aibot:msg:1","text":"hi","append":true}"#));
+        assert_ne!(plain, fingerprint(r#"{"in_reply_to":"aibot:msg:1","text":"hi","finish":false}"#));
+        assert_ne!(plain, fingerprint(r#"{"in_reply_to":"aibot:msg:2","text":"hi"}"#));
+        assert_ne!(plain, parse(r#"{"in_reply_to":"aibot:msg:1","text":"hi"}"#).expect("valid").fingerprint());
     }
 }

@@ -24,9 +24,7 @@ pub fn split(text: &str, max: usize) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut rest = text;
     while rest.len() > max {
-        let window = &rest[..floor_char_boundary(rest, max)];
-        let cut = last_break(window).unwrap_or(window.len());
-        let (part, tail) = rest.split_at(cut);
+        let (part, tail) = rest.split_at(cut_point(rest, 0, max));
         parts.push(part);
         rest = tail;
     }
@@ -34,6 +32,25 @@ pub fn split(text: &str, max: usize) -> Vec<&str> {
         parts.push(rest);
     }
     parts
+}
+
+/// Where to end the first part of `text` so that it is at most `max` UTF-8 bytes
+/// and, where a character boundary allows, at least `min` (all of it when it
+/// fits): just after the last
+/// paragraph break, line break, sentence end or space in that range (in that
+/// order of preference), else at `max`. With `min` 0 it is where [`split`] ends
+/// its first part.
+pub(crate) fn cut_point(text: &str, min: usize, max: usize) -> usize {
+    if text.len() <= max {
+        return text.len();
+    }
+    let end = floor_char_boundary(text, max.max(4));
+    let mut start = min.min(end);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    let start = start.min(end);
+    last_break(&text[start..end]).map_or(end, |at| start + at)
 }
 
 /// The largest character boundary of `text` at or below `index`.
@@ -239,6 +256,15 @@ mod tests {
         assert_eq!(parts[0].chars().last(), Some('。'), "a sentence end, not mid-sentence");
         let short = "第一段\n\n第二段";
         assert_eq!(split(short, 12), vec!["第一段\n\n", "第二段"], "the paragraph break first");
+    }
+
+    #[test]
+    fn a_cut_point_kept_past_a_minimum_takes_the_best_break_in_its_range() {
+        let text = "第一段。\n\n第二段很长。第三句";
+        assert_eq!(&text[..cut_point(text, 0, 30)], "第一段。\n\n", "the paragraph break when it may");
+        assert_eq!(&text[..cut_point(text, 15, 35)], "第一段。\n\n第二段很长。", "else a sentence in range");
+        assert_eq!(&text[..cut_point(text, 33, 37)], "第一段。\n\n第二段很长。第", "else at most max");
+        assert_eq!(cut_point(text, 13, text.len()), text.len(), "all of it when it fits");
     }
 
     #[test]

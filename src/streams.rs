@@ -101,6 +101,10 @@ pub enum UpdateError {
     /// 413: the whole answer would be longer than [`ANSWER_MAX_BYTES`].
     #[error("the whole answer would be {bytes} bytes, more than the {ANSWER_MAX_BYTES} allowed")]
     TooLarge { bytes: usize },
+    /// 409: the send API's `idempotency_key` was used before for another
+    /// request; `id` is the message id that request was answered with.
+    #[error("the idempotency_key was used before for another request (message {id})")]
+    KeyReused { id: String },
 }
 
 /// What an update makes of a stream.
@@ -143,11 +147,23 @@ pub struct Shown {
 /// The first part of `text` that fits in `max` bytes, cut at a paragraph, line,
 /// sentence or at least character boundary, and the rest.
 pub(crate) fn cut(text: &str, max: usize) -> (&str, &str) {
-    if text.len() <= max {
-        return (text, "");
-    }
-    let first = crate::shaping::split(text, max).first().copied().unwrap_or_default();
-    (first.trim_end(), text[first.len()..].trim_start())
+    cut_leaving(text, max, text.len())
+}
+
+/// [`cut`], the rest kept to at most `rest_max` bytes where a character
+/// boundary allows: the best break is taken among those that leave it so.
+fn cut_leaving(text: &str, max: usize, rest_max: usize) -> (&str, &str) {
+    let at = crate::shaping::cut_point(text, text.len().saturating_sub(rest_max), max);
+    (text[..at].trim_end(), text[at..].trim_start())
+}
+
+/// An answer as a stream shows it and the rest `response_url` carries: the
+/// first part at most [`SHOWN_MAX_BYTES`], cut where the rest fits one call of
+/// [`SHOWN_MAX_BYTES`] too, so an answer of up to [`ANSWER_MAX_BYTES`] goes out
+/// whole (a paragraph break early in the answer is passed over for a later
+/// line, sentence or character boundary).
+pub(crate) fn cut_answer(text: &str) -> (&str, &str) {
+    cut_leaving(text, SHOWN_MAX_BYTES, SHOWN_MAX_BYTES)
 }
 
 /// What a refresh of `row` shows: closed (`finish`) once the bot finished, or
@@ -158,14 +174,40 @@ pub fn shown(row: &StreamRow, late_text: &str) -> Shown {
         let (first, _) = cut(snapshot, room);
         return Shown { content: format!("{first}{late_text}"), finish: true };
     }
-    Shown { content: cut(&row.content, SHOWN_MAX_BYTES).0.to_owned(), finish: row.finished }
+    Shown { content: cut_answer(&row.content).0.to_owned(), finish: row.finished }
+}
+
+/// What a finished answer still owes after the stream: the one `response_url`
+/// call (or long-connection push) and what it cannot carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Rest {
+    /// What goes, at most [`SHOWN_MAX_BYTES`].
+    pub text: String,
+    /// Bytes of the answer that do not fit in that one call and are lost: only
+    /// after a late close, whose snapshot may be short while the finished
+    /// answer is long. Not 0: the answer is not delivered whole (`failed`).
+    pub dropped: usize,
+}
+
+impl Rest {
+    /// Why the answer is `failed` although its rest went: what the one call
+    /// could not carry. `None`: the answer went whole.
+    pub(crate) fn lost(&self) -> Option<String> {
+        (self.dropped > 0).then(|| {
+            format!(
+                "the last {} bytes of the answer were not delivered: after the late close they did not fit \
+                 the one message of at most {SHOWN_MAX_BYTES} bytes",
+                self.dropped
+            )
+        })
+    }
 }
 
 /// What `response_url` must carry for `row`: of a finished answer, what the
-/// stream did not show (past its cut, or after a late close: what follows the
-/// snapshot shown, or the whole answer when the bot replaced it), at most
-/// [`SHOWN_MAX_BYTES`]. `None`: nothing is owed.
-pub(crate) fn rest(row: &StreamRow) -> Option<String> {
+/// stream did not show (past [`cut_answer`]'s cut, or after a late close: what
+/// follows the snapshot shown, or the whole answer when the bot replaced it).
+/// `None`: nothing is owed.
+pub(crate) fn rest(row: &StreamRow) -> Option<Rest> {
     if !row.finished {
         return None;
     }
@@ -174,9 +216,10 @@ pub(crate) fn rest(row: &StreamRow) -> Option<String> {
             Some(tail) => tail.trim_start(),
             None => row.content.as_str(),
         },
-        None => cut(&row.content, SHOWN_MAX_BYTES).1,
+        None => cut_answer(&row.content).1,
     };
-    Some(cut(unshown, SHOWN_MAX_BYTES).0.to_owned()).filter(|text| !text.is_empty())
+    let (text, lost) = cut(unshown, SHOWN_MAX_BYTES);
+    Some(Rest { text: text.to_owned(), dropped: lost.len() }).filter(|rest| !rest.text.is_empty())
 }
 
 /// Where an answer stands (`GET /api/v1/messages/<id>`).
@@ -335,11 +378,41 @@ mod tests {
         let finished = row(&answer, true);
         let shown = shown(&finished, "");
         assert_eq!((shown.content.as_str(), shown.finish), (first.as_str(), true));
-        assert_eq!(rest(&finished).as_deref(), Some(second.as_str()));
+        assert_eq!(rest(&finished).map(|r| r.text).as_deref(), Some(second.as_str()));
         let unbroken = "字".repeat(10_000); // 30,000 bytes, no break at all
         let (head, tail) = cut(&unbroken, SHOWN_MAX_BYTES);
         assert!(head.len() <= SHOWN_MAX_BYTES && head.len() > SHOWN_MAX_BYTES - 3);
         assert_eq!(format!("{head}{tail}"), unbroken);
+    }
+
+    #[test]
+    fn an_answer_cut_early_at_a_paragraph_is_cut_later_so_that_its_rest_fits_one_response_url_call() {
+        let first = "第一段。".repeat(1_250); // 15,000 bytes
+        let second = "第二段。".repeat(2_083); // 24,996 bytes, sentences only
+        let answer = format!("{first}\n\n{second}");
+        let finished = row(&answer, true);
+        let shown = shown(&finished, "").content;
+        let rest = rest(&finished).expect("a rest");
+        assert!(
+            shown.len() <= SHOWN_MAX_BYTES && rest.text.len() <= SHOWN_MAX_BYTES,
+            "{} + {}",
+            shown.len(),
+            rest.text.len()
+        );
+        assert_eq!(rest.dropped, 0);
+        assert_eq!(format!("{shown}{}", rest.text), answer, "nothing lost");
+        assert!(shown.ends_with('。'), "at a sentence end");
+        assert_eq!(status(&StreamRow { delivered: true, rest_sent: true, ..finished }), StreamStatus::Sent);
+    }
+
+    #[test]
+    fn a_late_streams_rest_past_one_response_url_call_says_what_it_drops() {
+        let answer = format!("思考中{}", "答".repeat(10_000)); // 30,009 bytes
+        let late = StreamRow { shown: Some("思考中".into()), content: answer, finished: true, ..row("", false) };
+        let rest = rest(&late).expect("a rest");
+        assert!(rest.text.len() <= SHOWN_MAX_BYTES);
+        assert_eq!(rest.text.len() + rest.dropped, 30_000);
+        assert!(rest.lost().is_some_and(|reason| reason.contains(&rest.dropped.to_string())), "{rest:?}");
     }
 
     #[test]
@@ -348,9 +421,9 @@ mod tests {
         assert_eq!(shown(&late, "（稍后发送）"), Shown { content: "思考中（稍后发送）".into(), finish: true });
         assert_eq!(rest(&late), None, "not finished: nothing to send yet");
         let finished = StreamRow { content: "思考中……答案是 42".into(), finished: true, ..late.clone() };
-        assert_eq!(rest(&finished).as_deref(), Some("……答案是 42"));
+        assert_eq!(rest(&finished).map(|r| r.text).as_deref(), Some("……答案是 42"));
         let replaced = StreamRow { content: "答案是 42".into(), finished: true, ..late };
-        assert_eq!(rest(&replaced).as_deref(), Some("答案是 42"));
+        assert_eq!(rest(&replaced).map(|r| r.text).as_deref(), Some("答案是 42"));
     }
 
     #[test]

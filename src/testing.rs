@@ -56,7 +56,7 @@ pub mod shaping {
 }
 
 pub mod streams {
-    pub use crate::streams::{shown, stream_id, StreamRow, Update};
+    pub use crate::streams::{shown, stream_id, StreamRow, Update, UpdateError};
 }
 
 pub mod startup {
@@ -64,6 +64,7 @@ pub mod startup {
 }
 
 pub mod store {
+    pub use crate::store::aibot::AnswerKey;
     pub use crate::store::alerts::FiringRecord;
     pub use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
     pub use crate::store::journal::{EntryKind, NewEntry, Recorded};

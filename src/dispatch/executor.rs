@@ -287,16 +287,10 @@ impl Executor {
             return Ok(Vec::new());
         }
         let url = row.opened.response_url.unwrap_or_default();
-        let settled = match self.http.post(&url).json(&aibot::response_body(&rest)).send().await {
-            Ok(response) if response.status().is_success() => {
-                match response.json::<serde_json::Value>().await.ok().and_then(|v| v.get("errcode")?.as_i64()) {
-                    Some(0) | None => Settled::Sent,
-                    Some(errcode) => Settled::Failed(format!("response_url answered errcode {errcode}")),
-                }
-            }
-            Ok(response) => Settled::Failed(format!("response_url answered HTTP {}", response.status())),
-            // The URL is a credential: the error is told without it.
-            Err(error) => Settled::Failed(format!("response_url: {}", error.without_url())),
+        // Through the WeCom API's client and its proxy (WECOM_PROXY_URL), not the forward's (SPEC §14).
+        let settled = match self.wecom.post_response_url(channel, &url, &rest.text).await {
+            Ok(()) => rest.lost().map_or(Settled::Sent, Settled::Failed),
+            Err(error) => Settled::Failed(format!("response_url: {error}")),
         };
         if let Settled::Failed(reason) = &settled {
             tracing::warn!(channel = channel.as_str(), stream = %LoggedId(stream_id), "AI bot answer's rest not delivered: {reason}");
@@ -424,9 +418,8 @@ impl Executor {
             if let Some(text) = reply {
                 // The whole answer, in the message's stream.
                 let update = Update { text, append: false, finish: true };
-                match super::sending::update_stream(&self.sending.store, &record.id, &record.channel, stream_id, update)
-                    .await
-                {
+                let store = &self.sending.store;
+                match super::sending::update_stream(store, &record.id, &record.channel, stream_id, update, None).await {
                     Ok(Some(Ok(_))) | Ok(None) => {}
                     Ok(Some(Err(refused))) => {
                         tracing::warn!(id = %LoggedId(&record.id), "forward reply not taken into the stream: {refused}")
@@ -437,7 +430,15 @@ impl Executor {
             }
             return Ok(Vec::new());
         }
-        if answer.handoff && record.kind() == ChannelKind::Kf && record.answerable() {
+        if !record.answerable() {
+            // History or a servicer's own message: recorded and forwarded, never
+            // answered (SPEC §4), whatever the receiver says.
+            if reply.is_some() || answer.handoff {
+                tracing::info!(id = %LoggedId(&record.id), "forward answer not sent: the record is not answered (history or a servicer's message)");
+            }
+            return Ok(Vec::new());
+        }
+        if answer.handoff && record.kind() == ChannelKind::Kf {
             // The receiver asks for a human: silent from now on, then the announcement and the handover.
             if let (Some(open_kfid), Some(from)) = (&record.open_kfid, &record.from) {
                 let customer = Customer {

@@ -280,7 +280,8 @@ impl Dispatcher {
         };
         let history = match &message {
             Message::Kf(kf) => {
-                let labels = [("channel", entry.channel.to_string()), ("msgtype", clip(&kf.msgtype, 32).into_owned())];
+                let msgtype = clip(kf.normalized_msgtype(), 32).into_owned();
+                let labels = [("channel", entry.channel.to_string()), ("msgtype", msgtype)];
                 self.metrics.counter(KF_MESSAGES_TOTAL, &labels).increment(1);
                 let history = self.settings.is_history(kf.send_time);
                 let note = if history { " (history: recorded, not answered)" } else { "" };

@@ -194,7 +194,8 @@ impl Record {
             media_id: message.media_id().map(str::to_owned),
             origin: Some(message.origin),
             history,
-            ..Self::bare(id, channel, message.msgtype.clone(), message.send_time, message.raw.clone())
+            // Normalized (SPEC §5): `channels_shop_product` is `channels`; `raw` keeps what WeCom sent.
+            ..Self::bare(id, channel, message.normalized_msgtype().to_owned(), message.send_time, message.raw.clone())
         }
     }
 

@@ -30,6 +30,7 @@ use crate::messages::kf::fail_type_meaning;
 use crate::messages::LoggedId;
 use crate::messages::Message;
 use crate::outgoing::{SendRequest, Target};
+use crate::store::aibot::AnswerKey;
 use crate::store::conversations::{Customer, Observation, Refusal, Verdict};
 use crate::store::journal::{EntryKind, PendingEntry};
 use crate::store::sends::{KfMsgid, NewSend, Queued, SendRow, SendStatus, SendUpdate};
@@ -436,13 +437,15 @@ pub(crate) fn stream_of_answer(id: &str) -> Option<&str> {
 
 /// Applies `update` to the stream of record `record_id` (AI bot channel
 /// `channel`), queueing the `response_url` action with it when the stream
-/// cannot show the whole answer. `None`: the stream is unknown.
+/// cannot show the whole answer; once per `key` (the send API's
+/// `idempotency_key`). `None`: the stream is unknown.
 pub(crate) async fn update_stream(
     store: &Store,
     record_id: &str,
     channel: &ChannelName,
     stream_id: &str,
     update: Update,
+    key: Option<AnswerKey>,
 ) -> Result<Option<Result<StreamRow, UpdateError>>, QueueError> {
     let rest = Action::AibotRest {
         record_id: record_id.to_owned(),
@@ -450,10 +453,12 @@ pub(crate) async fn update_stream(
         stream_id: stream_id.to_owned(),
     };
     let rest = rest.to_new().map_err(|e| QueueError::Unsendable { path: "$", reason: e.to_string() })?;
-    Ok(store.aibot_update(stream_id.to_owned(), update, rest).await?)
+    Ok(store.aibot_update(stream_id.to_owned(), update, rest, key).await?)
 }
 
-/// The send API on an AI bot's record: the text updates the message's stream.
+/// The send API on an AI bot's record: the text updates the message's stream;
+/// the same `idempotency_key` again updates nothing more and answers with the
+/// stream as it is, and with another body is a 409, as for other sends.
 async fn answer_in_stream(store: &Store, entry: &PendingEntry, request: SendRequest) -> Result<Accepted, QueueError> {
     let unsendable = |reason: &str| QueueError::Unsendable { path: "$.in_reply_to", reason: reason.to_owned() };
     let message = match super::parse_entry(entry) {
@@ -462,14 +467,20 @@ async fn answer_in_stream(store: &Store, entry: &PendingEntry, request: SendRequ
         Err(reason) => return Err(QueueError::Unsendable { path: "$.in_reply_to", reason }),
     };
     let stream_id = crate::streams::stream_id(&entry.channel, &message.msgid);
+    let key = request.idempotency_key.clone().map(|key| AnswerKey {
+        key,
+        fingerprint: request.answer_fingerprint(),
+        id: answer_id(&stream_id),
+    });
     let update =
         Update { text: request.text, append: request.append.unwrap_or(false), finish: request.finish.unwrap_or(true) };
-    match update_stream(store, &entry.dedup_key, &entry.channel, &stream_id, update).await? {
+    match update_stream(store, &entry.dedup_key, &entry.channel, &stream_id, update, key).await? {
         Some(Ok(row)) => {
             Ok(Accepted { id: answer_id(&stream_id), status: crate::streams::status(&row).as_str(), parts: 1 })
         }
         Some(Err(finished @ UpdateError::Finished)) => Err(QueueError::Finished(finished)),
         Some(Err(too_large @ UpdateError::TooLarge { .. })) => Err(QueueError::TooLong(too_large.to_string())),
+        Some(Err(UpdateError::KeyReused { id })) => Err(QueueError::KeyReused(id)),
         None => Err(QueueError::UnknownRecord(entry.dedup_key.clone())),
     }
 }

@@ -292,6 +292,16 @@ impl KfMessage {
         }
     }
 
+    /// The msgtype of the normalized record and of the `msgtype` label (SPEC
+    /// §5): `channels` for every `channels*` type (`channels_shop_product` …),
+    /// else as WeCom sent it (an unknown one too: it has no normalized name).
+    pub(crate) fn normalized_msgtype(&self) -> &str {
+        match self.kind {
+            KfKind::Channels => "channels",
+            _ => &self.msgtype,
+        }
+    }
+
     pub fn event(&self) -> Option<&KfEvent> {
         match &self.kind {
             KfKind::Event(event) => Some(event),
@@ -411,6 +421,17 @@ mod tests {
     }
 
     #[test]
+    fn every_channels_type_is_normalized_to_channels_and_the_raw_type_kept() {
+        for msgtype in ["channels", "channels_shop_product", "channels_shop_order"] {
+            let m = KfMessage::parse(json!({"msgid": "x", "origin": 3, "msgtype": msgtype})).expect(msgtype);
+            assert_eq!((m.normalized_msgtype(), m.msgtype.as_str()), ("channels", msgtype));
+            assert!(KfMessage::KNOWN_MSGTYPES.contains(&m.normalized_msgtype()));
+        }
+        let m = KfMessage::parse(json!({"msgid": "x", "origin": 3, "msgtype": "text"})).expect("text");
+        assert_eq!(m.normalized_msgtype(), "text");
+    }
+
+    #[test]
     fn every_documented_msgtype_is_classified_and_unknown_ones_are_kept() {
         for (msgtype, body) in [
             ("location", json!({"latitude": 23.1, "longitude": 113.3, "name": "广州塔", "address": "海珠区"})),
@@ -430,6 +451,7 @@ mod tests {
         }
         let m = KfMessage::parse(json!({"msgid": "x", "origin": 3, "msgtype": "hologram"})).expect("unknown");
         assert_eq!(m.kind, KfKind::Unknown);
+        assert_eq!(m.normalized_msgtype(), "hologram", "an unknown type is kept as sent");
         assert!(m.summary().starts_with("[未知消息类型 hologram]"));
     }
 

@@ -52,6 +52,25 @@ impl Refreshed {
     }
 }
 
+/// The send API's `idempotency_key` of an update (SPEC §10, §15): the same key
+/// again for the same request takes nothing more and finds the stream as it
+/// is; for another request (another `fingerprint`, or a key of a text send) it
+/// is [`UpdateError::KeyReused`]. Keys are one namespace with the sends'.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnswerKey {
+    pub key: String,
+    /// `SendRequest::answer_fingerprint`.
+    pub fingerprint: String,
+    /// The message id the request is answered with (the stream's answer id).
+    pub id: String,
+}
+
+/// What a key already used means for a request with `fingerprint`: the same
+/// request (`None`: answer with the stream as it is) or another one.
+pub(in crate::store) fn key_used(id: String, stored: &str, fingerprint: &str) -> Option<UpdateError> {
+    (stored != fingerprint).then_some(UpdateError::KeyReused { id })
+}
+
 /// How a `response_url` call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Settled {
@@ -82,14 +101,17 @@ impl Store {
     }
 
     /// Applies the bot's `update`; queues `rest` (the `response_url` action)
-    /// with it when the stream cannot show the whole answer. `None`: no such stream.
+    /// with it when the stream cannot show the whole answer. `None`: no such
+    /// stream. With `key`, once per key: see [`AnswerKey`]; the key is kept
+    /// with the update, in its transaction.
     pub async fn aibot_update(
         &self,
         stream_id: String,
         update: Update,
         rest: NewAction,
+        key: Option<AnswerKey>,
     ) -> Result<Option<Result<StreamRow, UpdateError>>, StoreError> {
-        backend!(self, b => b.aibot_update(stream_id, update, rest).await)
+        backend!(self, b => b.aibot_update(stream_id, update, rest, key).await)
     }
 
     /// The stream `stream_id`.

@@ -240,6 +240,27 @@ impl WeComClient {
         .await
     }
 
+    /// POSTs `text` as markdown to an AI bot message's `response_url` (SPEC
+    /// §13), a URL the caller checked is on the base URL's origin: through this
+    /// client's proxy like every call to WeCom, and once (no retry of "system
+    /// busy": the URL's one use may be spent). A 2xx answer without an errcode
+    /// counts as taken. The URL is a credential: no error shows it.
+    pub(crate) async fn post_response_url(&self, url: &str, text: &str) -> Result<(), WeComError> {
+        const API: &str = "aibot/response";
+        let response = self.send(API, self.http.post(url).json(&super::aibot::response_body(text))).await?;
+        if !response.status().is_success() {
+            self.count(API, format!("http_{}", response.status().as_u16()));
+            return Err(WeComError::Decode { api: API, reason: format!("HTTP {}", response.status()) });
+        }
+        let bytes = read_limited(API, response, MAX_JSON_BYTES).await?;
+        let status = serde_json::from_slice::<Status>(&bytes).unwrap_or(Status { errcode: 0, errmsg: String::new() });
+        self.count(API, status.errcode.to_string());
+        match status.errcode {
+            0 => Ok(()),
+            errcode => Err(WeComError::Api { api: API, error: ApiError { errcode, errmsg: status.errmsg } }),
+        }
+    }
+
     /// `gettoken` for one Secret.
     pub(crate) async fn gettoken(&self, corp_id: &str, secret: &str) -> Result<TokenResponse, WeComError> {
         self.get_json("gettoken", &[("corpid", corp_id), ("corpsecret", secret)]).await

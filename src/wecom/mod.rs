@@ -260,6 +260,16 @@ impl WeCom {
         self.api(channel)?.call(|client, token| async move { client.kf_sync_msg(&token, request).await }).await
     }
 
+    /// Posts `text` to a message's `response_url` with `channel`'s client (its proxy), once.
+    pub(crate) async fn post_response_url(
+        &self,
+        channel: &ChannelName,
+        url: &str,
+        text: &str,
+    ) -> Result<(), WeComError> {
+        self.client(channel).post_response_url(url, text).await
+    }
+
     /// Downloads media `media_id` of a `channel` message, at most `max_bytes`.
     pub(crate) async fn download_media(
         &self,

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::fakes::{FakeAibot, FakeWeCom, ForwardReceiver, Reach, Replica};
+use crate::fakes::{FakeAibot, FakeWeCom, ForwardProxy, ForwardReceiver, Reach, Replica};
 use crate::helpers::*;
 
 const BOT_TOKEN: &str = "BotToken0123";
@@ -199,6 +199,36 @@ async fn the_bot_streams_its_answer_through_the_send_api_and_each_refresh_shows_
 }
 
 #[tokio::test]
+async fn a_retried_append_with_its_idempotency_key_is_taken_once_and_the_key_with_another_body_is_409() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let app = spawn_aibot(&wecom, &receiver, &[]).await;
+    let stream = open_stream(&app, &text(&wecom, "I1", "zhangsan", "讲个故事")).await;
+    let append = |text: &str, key: &str| json!({"in_reply_to": "aibot:msg:I1", "text": text, "append": true, "finish": false, "idempotency_key": key});
+    let (status, first) = post_send(&app, &append("从前", "k-1")).await;
+    assert_eq!(status, 202, "{first}");
+    let id = first["id"].as_str().expect("id").to_owned();
+    let (status, again) = post_send(&app, &append("从前", "k-1")).await;
+    assert_eq!((status, again["id"].as_str()), (202, Some(id.as_str())), "the retry is the first request: {again}");
+    let refresh = bot().refresh(&app, &stream, "zhangsan").await;
+    assert_eq!(refresh["content"], "从前", "appended once");
+
+    let (status, reused) = post_send(&app, &append("有座山", "k-1")).await;
+    assert_eq!(status, 409, "{reused}");
+    let reason = reused.to_string();
+    assert!(reason.contains("$.idempotency_key") && reason.contains(&id), "{reason}");
+    let finished = json!({"in_reply_to": "aibot:msg:I1", "text": "有座山", "append": true, "idempotency_key": "k-1"});
+    assert_eq!(post_send(&app, &finished).await.0, 409, "finish is part of the request too");
+    let refresh = bot().refresh(&app, &stream, "zhangsan").await;
+    assert_eq!((&refresh["content"], &refresh["finish"]), (&json!("从前"), &json!(false)), "nothing taken");
+
+    let (status, _) = post_send(&app, &append("有座山", "k-2")).await;
+    assert_eq!(status, 202);
+    let refresh = bot().refresh(&app, &stream, "zhangsan").await;
+    assert_eq!(refresh["content"], "从前有座山");
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
 async fn an_answer_past_40960_bytes_is_refused_with_413_and_changes_nothing() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let app = spawn_aibot(&wecom, &receiver, &[]).await;
@@ -235,6 +265,44 @@ async fn a_forward_reply_is_the_whole_answer_and_a_long_one_is_cut_with_the_rest
     status_becomes(&app, &format!("stream_{stream}"), "sent").await;
     // The action again (a retry after a lost record of it) calls nothing more.
     assert_eq!(wecom.responses().len(), 1);
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn an_answer_with_an_early_paragraph_break_reaches_the_user_whole_in_the_stream_and_one_response_url_call() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    // A paragraph break at 15,000 bytes, then 24,996 bytes of sentences: cut at the
+    // break, the rest would not fit one response_url call.
+    let answer = format!("{}\n\n{}", "第一段。".repeat(1_250), "第二段。".repeat(2_083));
+    receiver.reply_with(&answer);
+    let app = spawn_aibot(&wecom, &receiver, &[]).await;
+    let stream = open_stream(&app, &text(&wecom, "P1", "zhangsan", "写长文")).await;
+    let seen = bot().play_refreshes(&app, &stream, "zhangsan", PERIOD, Duration::from_secs(15)).await;
+    let last = seen.last().expect("a refresh");
+    assert_eq!(last["finish"], true);
+    let shown = last["content"].as_str().expect("content").to_owned();
+    let calls = responses(&wecom, 1).await;
+    let rest = calls[0].1["markdown"]["content"].as_str().expect("markdown").to_owned();
+    assert!(shown.len() <= 20_480 && rest.len() <= 20_480, "{} and {} bytes", shown.len(), rest.len());
+    assert_eq!(format!("{shown}{rest}"), answer, "the whole answer, nothing dropped");
+    status_becomes(&app, &format!("stream_{stream}"), "sent").await;
+    app.stop().await.expect("stop");
+}
+
+#[tokio::test]
+async fn the_rest_of_a_long_answer_goes_to_response_url_through_wecom_proxy_url() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    let proxy = ForwardProxy::start("egress", "proxy-password-1").await;
+    let proxy_url = proxy.url("egress:proxy-password-1@");
+    receiver.reply_with(&format!("{}\n\n{}", "第一段。".repeat(1_000), "第二段。".repeat(1_000)));
+    let app = spawn_aibot(&wecom, &receiver, &[("WECOM_PROXY_URL", &proxy_url)]).await;
+    let stream = open_stream(&app, &text(&wecom, "X2", "zhangsan", "写长文")).await;
+    bot().play_refreshes(&app, &stream, "zhangsan", PERIOD, Duration::from_secs(15)).await;
+    responses(&wecom, 1).await;
+    let through: Vec<_> = proxy.seen().into_iter().filter(|p| p.target.contains("/cgi-bin/aibot/response")).collect();
+    assert!(!through.is_empty() && through.iter().all(|p| p.authorized), "response_url went direct: {through:?}");
+    assert!(!proxy.seen().iter().any(|p| p.target.starts_with(&receiver.url)), "the forward stays direct");
+    status_becomes(&app, &format!("stream_{stream}"), "sent").await;
     app.stop().await.expect("stop");
 }
 

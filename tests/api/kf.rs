@@ -145,6 +145,55 @@ async fn history_from_before_the_first_start_is_recorded_but_not_answered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forward_receivers_reply_to_history_is_not_sent() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    receiver.reply_with("收到");
+    wecom.answer_once(
+        "kf/sync_msg",
+        page(
+            vec![
+                // History an hour old: inside WeCom's 48-hour window, so only the history rule keeps it unanswered.
+                text_msg("old1", "在吗", now() - 3_600),
+                text_msg("new1", "在吗", now() + 5),
+            ],
+            "C1",
+            0,
+        ),
+    );
+    let app = spawn_kf_app(&wecom, &receiver, &[]).await;
+    notify(&app, "EVT").await;
+    receiver.wait_for(2, Duration::from_secs(15)).await;
+    app.wait_until_outbox_empty().await;
+    let sends = wecom.calls("kf/send_msg");
+    assert_eq!(sends.len(), 1, "only the new message's reply is sent: {sends:?}");
+    assert_eq!(sends[0].body["touser"], "wm-new1");
+    assert_eq!(sends[0].body["text"]["content"], "收到");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channels_shop_message_is_recorded_and_counted_as_channels_with_its_raw_type_kept() {
+    let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
+    wecom.answer_once(
+        "kf/sync_msg",
+        page(
+            vec![json!({"msgid": "c1", "open_kfid": "wkA", "external_userid": "wmC", "send_time": now() + 5,
+                        "origin": 3, "msgtype": "channels_shop_product",
+                        "channels_shop_product": {"product_id": "P1", "title": "茶杯"}})],
+            "C1",
+            0,
+        ),
+    );
+    let app = spawn_kf_app(&wecom, &receiver, &[]).await;
+    notify(&app, "EVT").await;
+    let delivered = receiver.wait_for(1, Duration::from_secs(15)).await;
+    assert_eq!(delivered[0].record["msgtype"], "channels");
+    assert_eq!(delivered[0].record["raw"]["msgtype"], "channels_shop_product");
+    let metrics = app.metrics().await;
+    assert!(metrics.contains("wechat_api_kf_messages_total{channel=\"kf\",msgtype=\"channels\"} 1"), "{metrics}");
+    assert!(!metrics.contains("channels_shop_product"), "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn enter_session_with_a_welcome_code_sends_the_welcome_text_and_servicer_messages_are_not_answered() {
     let (wecom, receiver) = (FakeWeCom::start().await, ForwardReceiver::start().await);
     let t = now() + 5;

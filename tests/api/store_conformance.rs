@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 use wechat_api::testing::channels::ChannelName;
+use wechat_api::testing::store::AnswerKey;
 use wechat_api::testing::store::NewAction;
 use wechat_api::testing::store::StoredToken;
 use wechat_api::testing::store::StreamOpen;
@@ -16,7 +17,7 @@ use wechat_api::testing::store::{now, Store, StoreError};
 use wechat_api::testing::store::{Customer, Observation, Refusal, Verdict};
 use wechat_api::testing::store::{EntryKind, KfAccount, NameKey, NewEntry, Recorded};
 use wechat_api::testing::store::{KfMsgid, NewSend, Queued, SendStatus, SendUpdate};
-use wechat_api::testing::streams::Update;
+use wechat_api::testing::streams::{Update, UpdateError};
 
 /// Which engine a scenario runs on.
 #[derive(Debug, Clone, Copy)]
@@ -634,16 +635,16 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
     let rest = |id: &str| NewAction { key: format!("rest:{id}"), kind: "aibot_rest".into(), payload: "{}".into() };
     let replica = subject.replica().await;
     let update = |text: &str, append, finish| Update { text: text.into(), append, finish };
-    let first = replica.aibot_update("s1".into(), update("半", false, false), rest("s1")).await.expect("store");
+    let first = replica.aibot_update("s1".into(), update("半", false, false), rest("s1"), None).await.expect("store");
     assert_eq!(first.expect("known").expect("taken").content, "半");
     let refreshed = store.aibot_refresh("s1".into(), Some("zhangsan".into()), at, 330).await.expect("store");
     let refreshed = refreshed.expect("known");
     assert_eq!((refreshed.row.content.as_str(), refreshed.closed_now), ("半", false));
     assert!(store.aibot_refresh("s1".into(), Some("lisi".into()), at, 330).await.expect("store").is_none());
-    let done = store.aibot_update("s1".into(), update("全", true, true), rest("s1")).await.expect("store");
+    let done = store.aibot_update("s1".into(), update("全", true, true), rest("s1"), None).await.expect("store");
     assert!(done.expect("known").expect("taken").finished);
     assert!(store
-        .aibot_update("s1".into(), update("x", true, true), rest("s1"))
+        .aibot_update("s1".into(), update("x", true, true), rest("s1"), None)
         .await
         .expect("store")
         .expect("known")
@@ -658,7 +659,7 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
     assert_eq!(closes.iter().filter(|c| **c).count(), 1, "closed once: {closes:?}");
     // Past the deadline, an unfinished stream is closed late, keeping what it showed.
     store.aibot_open(open("s2")).await.expect("open");
-    replica.aibot_update("s2".into(), update("慢", false, false), rest("s2")).await.expect("store");
+    replica.aibot_update("s2".into(), update("慢", false, false), rest("s2"), None).await.expect("store");
     let late = store.aibot_refresh("s2".into(), None, at + 331, 330).await.expect("store").expect("known");
     assert!(late.closed_now && late.late_now);
     assert_eq!(late.row.shown.as_deref(), Some("慢"));
@@ -699,6 +700,59 @@ async fn a_long_connection_stream_keeps_its_first_req_id_and_is_found_until_its_
     replica.aibot_pushed("w1".into()).await.expect("done");
     assert!(store.aibot_pushing(ChannelName::aibot()).await.expect("store").is_empty());
     assert_eq!(store.aibot_pushing(bot2).await.expect("store").len(), 1);
+}
+
+/// The send API's `idempotency_key` on an AI bot's answer (SPEC §10, §15):
+/// replicas racing the same keyed append take it once; the key with another
+/// body, on another stream, or for a text send is a conflict; a text send's key
+/// is a conflict for an update.
+async fn an_ai_bot_answers_update_is_taken_once_per_idempotency_key(engine: Engine) {
+    let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
+    let store = &subject.store;
+    let open = |id: &str| StreamOpen {
+        stream_id: id.to_owned(),
+        record_id: format!("aibot:msg:{id}"),
+        channel: ChannelName::aibot(),
+        userid: "zhangsan".into(),
+        chatid: None,
+        response_url: None,
+        created_at: now(),
+        req_id: None,
+    };
+    store.aibot_open(open("s1")).await.expect("open");
+    store.aibot_open(open("s2")).await.expect("open");
+    let rest = |id: &str| NewAction { key: format!("rest:{id}"), kind: "aibot_rest".into(), payload: "{}".into() };
+    let append = |text: &str| Update { text: text.into(), append: true, finish: false };
+    let key = |fingerprint: &str| AnswerKey {
+        key: "k-1".into(),
+        fingerprint: fingerprint.repeat(64),
+        id: "stream_s1".into(),
+    };
+    let owners = subject.owners(4).await;
+    let racing = owners.iter().map(|owner| owner.aibot_update("s1".into(), append("一"), rest("s1"), Some(key("a"))));
+    for result in futures_util::future::join_all(racing).await {
+        assert_eq!(result.expect("store").expect("known").expect("taken").content, "一", "appended once");
+    }
+    let again = store.aibot_update("s1".into(), append("一"), rest("s1"), Some(key("a"))).await.expect("store");
+    assert_eq!(again.expect("known").expect("the first answer").content, "一");
+    let reused = store.aibot_update("s1".into(), append("二"), rest("s1"), Some(key("b"))).await.expect("store");
+    assert_eq!(reused.expect("known"), Err(UpdateError::KeyReused { id: "stream_s1".into() }));
+    let elsewhere = store.aibot_update("s2".into(), append("一"), rest("s2"), Some(key("c"))).await.expect("store");
+    assert_eq!(elsewhere.expect("known"), Err(UpdateError::KeyReused { id: "stream_s1".into() }));
+    assert_eq!(
+        store.queue_send(new_send("msg_1", Some("k-1")), action("send:msg_1"), 1_000).await.expect("answered"),
+        Queued::Conflict("stream_s1".into()),
+        "one namespace of keys"
+    );
+    assert_eq!(
+        store.queue_send(new_send("msg_2", Some("k-2")), action("send:msg_2"), 1_000).await.expect("answered"),
+        Queued::New("msg_2".into())
+    );
+    let of_a_send = AnswerKey { key: "k-2".into(), ..key("a") };
+    let reused = store.aibot_update("s2".into(), append("一"), rest("s2"), Some(of_a_send)).await.expect("store");
+    assert_eq!(reused.expect("known"), Err(UpdateError::KeyReused { id: "msg_2".into() }));
+    let untouched = store.aibot_stream("s2".into()).await.expect("store").expect("known");
+    assert_eq!(untouched.content, "", "a conflict changes nothing");
 }
 
 /// Each scenario as a test per engine.
@@ -744,4 +798,5 @@ conformance!(
     racing_replicas_never_queue_more_sends_than_the_cap_of_their_channel,
     the_oldest_owed_action_gives_the_backlog_its_age_and_a_deferred_one_stays_owed,
     an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_url_taken_once,
+    an_ai_bot_answers_update_is_taken_once_per_idempotency_key,
 );

@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use super::outbox::insert_actions;
 use super::{Postgres, EPOCH};
 use crate::channels::ChannelName;
-use crate::store::aibot::{Refresh, Refreshed, Settled};
+use crate::store::aibot::{key_used, AnswerKey, Refresh, Refreshed, Settled};
 use crate::store::outbox::NewAction;
 use crate::store::StoreError;
 use crate::streams::{self, StreamOpen, StreamRow, Update, UpdateError};
@@ -36,6 +36,30 @@ fn read(row: &Row) -> StreamRow {
         rest_sent: row.get(12),
         failed: row.get(13),
     }
+}
+
+/// Who has used `key` before: an update's answer id and fingerprint, or a
+/// text send's id and its (a text send's fingerprint never equals an update's).
+pub(super) async fn key_owner(
+    client: &impl GenericClient,
+    key: &str,
+) -> Result<Option<(String, Option<String>)>, StoreError> {
+    for sql in [
+        "SELECT answer_id, request_sha256 FROM aibot_answer_keys WHERE idempotency_key = $1",
+        "SELECT id, request_sha256 FROM sends WHERE idempotency_key = $1",
+    ] {
+        let statement = client.prepare_cached(sql).await?;
+        if let Some(row) = client.query_opt(&statement, &[&key]).await? {
+            return Ok(Some((row.get(0), row.get(1))));
+        }
+    }
+    Ok(None)
+}
+
+/// What a key already used (`owner`, [`key_owner`]) answers an update of `row` with `key`.
+fn again(row: StreamRow, key: &AnswerKey, owner: (String, Option<String>)) -> Result<StreamRow, UpdateError> {
+    let (id, stored) = owner;
+    key_used(id, stored.as_deref().unwrap_or_default(), &key.fingerprint).map_or(Ok(row), Err)
 }
 
 async fn select(client: &impl GenericClient, stream_id: &str, lock: bool) -> Result<Option<StreamRow>, StoreError> {
@@ -116,6 +140,7 @@ impl Postgres {
         stream_id: String,
         update: Update,
         rest: NewAction,
+        key: Option<AnswerKey>,
     ) -> Result<Option<Result<StreamRow, UpdateError>>, StoreError> {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
@@ -123,6 +148,14 @@ impl Postgres {
             tx.rollback().await?;
             return Ok(None);
         };
+        // Under the row's lock: an update of this stream with the same key,
+        // racing on another replica, committed its key before this reads it.
+        if let Some(key) = &key {
+            if let Some(owner) = key_owner(&tx, &key.key).await? {
+                tx.rollback().await?;
+                return Ok(Some(again(row, key, owner)));
+            }
+        }
         let applied = match streams::apply(&row, &update) {
             Ok(applied) => applied,
             Err(refused) => {
@@ -138,6 +171,20 @@ impl Postgres {
         tx.execute(&statement, &[&stream_id, &applied.content, &applied.finished]).await?;
         if applied.rest_owed {
             insert_actions(&tx, &[&rest]).await?;
+        }
+        if let Some(key) = &key {
+            let statement = tx
+                .prepare_cached(&format!(
+                    "INSERT INTO aibot_answer_keys (idempotency_key, stream_id, answer_id, request_sha256, created_at)
+                     VALUES ($1, $2, $3, $4, {EPOCH}) ON CONFLICT DO NOTHING"
+                ))
+                .await?;
+            if tx.execute(&statement, &[&key.key, &stream_id, &key.id, &key.fingerprint]).await? == 0 {
+                // Another stream's update took the key meanwhile (the insert waited for its commit).
+                let owner = key_owner(&tx, &key.key).await?;
+                tx.rollback().await?;
+                return owner.map(|owner| Some(again(row, key, owner))).ok_or(StoreError::LeaseLost);
+            }
         }
         let after = select(&tx, &stream_id, false).await?;
         tx.commit().await?;

@@ -230,6 +230,15 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE aibot_streams ADD COLUMN req_id text;
     ALTER TABLE aibot_streams ADD COLUMN pushed_at bigint;
     CREATE INDEX aibot_streams_pushing ON aibot_streams (channel) WHERE req_id IS NOT NULL AND pushed_at IS NULL;",
+    // 11: the send API's idempotency keys of AI bot answers, as SQLite's schema 12.
+    "CREATE TABLE aibot_answer_keys (
+        idempotency_key text PRIMARY KEY,
+        stream_id text NOT NULL,
+        answer_id text NOT NULL,
+        request_sha256 text NOT NULL,
+        created_at bigint NOT NULL
+    );
+    CREATE INDEX aibot_answer_keys_created ON aibot_answer_keys (created_at);",
 ];
 
 /// The schema this build brings a database to (the number of [`MIGRATIONS`]).

@@ -36,6 +36,7 @@ impl Postgres {
             "DELETE FROM kf_conversations WHERE updated_at < $1",
             // An AI bot's streams, as SQLite's (`prune_replies` there).
             "DELETE FROM aibot_streams WHERE created_at < $1",
+            "DELETE FROM aibot_answer_keys WHERE created_at < $1",
         ] {
             deleted += client.execute(sql, &[&cutoff]).await?;
             self.committed(1);

@@ -84,6 +84,15 @@ impl Postgres {
         // channel at a time (released at commit), so the count below sees every
         // send committed before it, and no other can slip in before this commits.
         tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&SEND_QUEUE_LOCK, &send.channel]).await?;
+        if let Some(key) = &send.idempotency_key {
+            // The keys are one namespace: an AI bot answer's update used it, so this is another request.
+            let answered =
+                tx.query_opt("SELECT answer_id FROM aibot_answer_keys WHERE idempotency_key = $1", &[key]).await?;
+            if let Some(answer) = answered {
+                tx.rollback().await?;
+                return Ok(Queued::Conflict(answer.get(0)));
+            }
+        }
         let known = match &send.idempotency_key {
             Some(key) => tx.query_opt("SELECT 1 FROM sends WHERE idempotency_key = $1", &[key]).await?.is_some(),
             None => false,

@@ -5,7 +5,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 use super::outbox::insert_action;
 use super::Sqlite;
 use crate::channels::ChannelName;
-use crate::store::aibot::{Refresh, Refreshed, Settled};
+use crate::store::aibot::{key_used, AnswerKey, Refresh, Refreshed, Settled};
 use crate::store::outbox::NewAction;
 use crate::store::{now, StoreError};
 use crate::streams::{self, StreamOpen, StreamRow, Update, UpdateError};
@@ -34,6 +34,21 @@ fn read(row: &Row<'_>) -> rusqlite::Result<StreamRow> {
         rest_sent: row.get(12)?,
         failed: row.get(13)?,
     })
+}
+
+/// Who has used `key` before: an update's answer id and fingerprint, or a
+/// text send's id and its (a text send's fingerprint never equals an update's).
+pub(super) fn key_owner(db: &Connection, key: &str) -> rusqlite::Result<Option<(String, Option<String>)>> {
+    let update = db
+        .prepare_cached("SELECT answer_id, request_sha256 FROM aibot_answer_keys WHERE idempotency_key = ?1")?
+        .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()?;
+    if update.is_some() {
+        return Ok(update);
+    }
+    db.prepare_cached("SELECT id, request_sha256 FROM sends WHERE idempotency_key = ?1")?
+        .query_row([key], |row| Ok((row.get(0)?, row.get(1)?)))
+        .optional()
 }
 
 fn select(db: &Connection, stream_id: &str) -> rusqlite::Result<Option<StreamRow>> {
@@ -100,10 +115,17 @@ impl Sqlite {
         stream_id: String,
         update: Update,
         rest: NewAction,
+        key: Option<AnswerKey>,
     ) -> Result<Option<Result<StreamRow, UpdateError>>, StoreError> {
         // The one writer thread: the read and the write cannot interleave with another's.
         self.run(move |db| {
             let Some(row) = select(db, &stream_id)? else { return Ok(None) };
+            if let Some(key) = &key {
+                if let Some((id, stored)) = key_owner(db, &key.key)? {
+                    let stored = stored.unwrap_or_default();
+                    return Ok(Some(key_used(id, &stored, &key.fingerprint).map_or(Ok(row), Err)));
+                }
+            }
             let applied = match streams::apply(&row, &update) {
                 Ok(applied) => applied,
                 Err(refused) => return Ok(Some(Err(refused))),
@@ -114,6 +136,13 @@ impl Sqlite {
             .execute(params![stream_id, applied.content, applied.finished, now()])?;
             if applied.rest_owed {
                 insert_action(db, &rest)?;
+            }
+            if let Some(key) = &key {
+                db.prepare_cached(
+                    "INSERT INTO aibot_answer_keys (idempotency_key, stream_id, answer_id, request_sha256, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )?
+                .execute(params![key.key, stream_id, key.id, key.fingerprint, now()])?;
             }
             Ok(select(db, &stream_id)?.map(Ok))
         })

@@ -280,6 +280,17 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE aibot_streams ADD COLUMN req_id TEXT;
     ALTER TABLE aibot_streams ADD COLUMN pushed_at INTEGER;
     CREATE INDEX aibot_streams_pushing ON aibot_streams(channel) WHERE req_id IS NOT NULL AND pushed_at IS NULL;",
+    // 12: the send API's idempotency keys of AI bot answers (SPEC §10, §13):
+    // one row per update that came with a key, so the same key again takes
+    // nothing more (or, for another request, is a 409). The sends keep theirs.
+    "CREATE TABLE aibot_answer_keys (
+        idempotency_key TEXT PRIMARY KEY,
+        stream_id TEXT NOT NULL,
+        answer_id TEXT NOT NULL,
+        request_sha256 TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE INDEX aibot_answer_keys_created ON aibot_answer_keys(created_at);",
 ];
 
 /// At most this many operations share one transaction.

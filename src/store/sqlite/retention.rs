@@ -51,11 +51,12 @@ impl Sqlite {
 
 /// What `prune_replies` deletes: rows untouched since the cutoff (an AI bot's
 /// stream: opened before it; its `response_url` died after an hour anyway).
-const REPLIES: [&str; 4] = [
+const REPLIES: [&str; 5] = [
     "DELETE FROM sends WHERE updated_at < ?1 AND status <> 'queued'",
     "DELETE FROM send_msgids WHERE created_at < ?1",
     "DELETE FROM kf_conversations WHERE updated_at < ?1",
     "DELETE FROM aibot_streams WHERE created_at < ?1",
+    "DELETE FROM aibot_answer_keys WHERE created_at < ?1",
 ];
 
 #[derive(Debug, Clone, Copy)]

@@ -70,6 +70,15 @@ fn over_cap(db: &Connection, send: &NewSend, max: i64) -> rusqlite::Result<Optio
     Ok((queued >= max).then_some(Queued::Full { queued }))
 }
 
+/// The AI bot answer whose update used `send`'s idempotency key (the keys are
+/// one namespace): `send` is another request.
+fn answered_with_key(db: &Connection, send: &NewSend) -> rusqlite::Result<Option<String>> {
+    let Some(key) = &send.idempotency_key else { return Ok(None) };
+    db.prepare_cached("SELECT answer_id FROM aibot_answer_keys WHERE idempotency_key = ?1")?
+        .query_row([key], |row| row.get(0))
+        .optional()
+}
+
 fn select(db: &Connection, id: &str) -> rusqlite::Result<Option<SendRow>> {
     db.prepare_cached(&format!("SELECT {COLUMNS} FROM sends WHERE id = ?1"))?.query_row([id], read).optional()
 }
@@ -83,6 +92,9 @@ impl Sqlite {
     ) -> Result<Queued, StoreError> {
         // One writer thread: the count and the insert cannot interleave with another's.
         self.run(move |db| {
+            if let Some(answer) = answered_with_key(db, &send)? {
+                return Ok(Queued::Conflict(answer));
+            }
             if let Some(full) = over_cap(db, &send, max)? {
                 return Ok(full);
             }
