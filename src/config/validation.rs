@@ -550,8 +550,6 @@ fn replica_id_problem(id: &str) -> Option<String> {
 /// The shortest `EGRESS_CHECK_SECS` (SPEC §14).
 const MIN_EGRESS_CHECK_SECS: u64 = 10;
 
-/// The shortest replay window: WeCom's retries of one callback span minutes.
-
 /// `HANDOFF_KEYWORDS`, `HANDOFF_TEXT` and `HANDOFF_SERVICER`.
 fn handoff(v: &mut Validator<'_>) -> Option<Handoff> {
     let keywords: Vec<String> = v

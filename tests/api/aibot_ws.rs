@@ -476,7 +476,7 @@ async fn an_answer_whose_req_id_expired_while_no_replica_held_the_connection_fai
         store.aibot_open(open).await.expect("open");
         let update = Update { text: "答".into(), append: false, finish: true };
         let rest = NewAction { key: "rest:X1".into(), kind: "aibot_rest".into(), payload: "{}".into() };
-        store.aibot_update(stream.clone(), update, rest).await.expect("store").expect("known").expect("taken");
+        store.aibot_update(stream.clone(), update, rest, None).await.expect("store").expect("known").expect("taken");
     }
     let settings = [
         ("AIBOT_ID", BOT_ID),
