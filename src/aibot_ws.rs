@@ -93,7 +93,11 @@ struct Tracked {
 
 impl Tracked {
     /// `row` as the store keeps it, answered under its stored `req_id` (else
-    /// `req_id`, the delivery at hand): closed once a frame showed `finish: true`.
+    /// `req_id`, the delivery at hand). A stream the store has as closed is
+    /// shown again while its `req_id` still carries frames: the store marks it
+    /// closed before its last frame goes out, and a holder that died (or a
+    /// socket that broke) in between must not take that frame with it. WeCom
+    /// replaces a stream's content, so a frame sent twice shows nothing twice.
     fn from_row(row: StreamRow, req_id: &str) -> Self {
         let opened = row.opened;
         Self {
@@ -102,7 +106,16 @@ impl Tracked {
             userid: opened.userid,
             created_at: opened.created_at,
             last: None,
-            closed: row.delivered,
+            closed: row.delivered && streams::frames_expired(opened.created_at, store::now()),
+        }
+    }
+
+    /// After a lost connection: nothing this stream showed may have reached
+    /// WeCom, so it is shown again while its `req_id` carries frames.
+    fn reshow(&mut self, now: i64) {
+        if !streams::frames_expired(self.created_at, now) {
+            self.last = None;
+            self.closed = false;
         }
     }
 }
@@ -150,6 +163,8 @@ impl BotLink {
             loop {
                 let ended = self.session(&lease, &link, &mut streams, &mut subscribes, &shutdown).await;
                 link.lost();
+                let now = store::now();
+                streams.values_mut().for_each(|tracked| tracked.reshow(now));
                 self.metrics.gauge(AIBOT_CONNECTED, &[("channel", name.to_string())]).set(0.0);
                 let wait = match &ended {
                     Ended::Shutdown => {
@@ -571,21 +586,31 @@ impl BotLink {
             Err(_) => return Rest::Wait,
         }
         let settled = rest.lost().map_or(Settled::Sent, Settled::Failed);
+        if let Settled::Failed(reason) = &settled {
+            // Counted as the callback mode's executor counts it.
+            tracing::warn!(channel = %self.channel.name, "aibot long connection: an answer's rest is not delivered whole: {reason}");
+            self.count_expired();
+        }
         if let Err(error) = self.store.aibot_settle(stream_id.to_owned(), settled).await {
             tracing::warn!(channel = %self.channel.name, "aibot long connection: cannot record the rest as sent: {error}");
         }
         Rest::Send(frames::send_markdown(&format!("aibot_send_msg_{stream_id}"), &tracked.chatid, &rest.text))
     }
 
-    /// Records the answer of `stream_id` as lost (`expired`, or the rest sent already).
-    async fn lost(&self, stream_id: &str, reason: &str) -> Rest {
-        tracing::warn!(channel = %self.channel.name, "aibot long connection: an answer (or its rest) is not delivered: {reason}");
+    /// One more answer not delivered (whole): `wechat_api_aibot_streams_total{outcome="expired"}`.
+    fn count_expired(&self) {
         self.metrics
             .counter(
                 AIBOT_STREAMS_TOTAL,
                 &[("channel", self.channel.name.to_string()), ("outcome", "expired".to_owned())],
             )
             .increment(1);
+    }
+
+    /// Records the answer of `stream_id` as lost (`expired`, or the rest sent already).
+    async fn lost(&self, stream_id: &str, reason: &str) -> Rest {
+        tracing::warn!(channel = %self.channel.name, "aibot long connection: an answer (or its rest) is not delivered: {reason}");
+        self.count_expired();
         match self.store.aibot_settle(stream_id.to_owned(), Settled::Failed(reason.to_owned())).await {
             Ok(()) => Rest::Done,
             Err(_) => Rest::Wait,

@@ -496,6 +496,60 @@ async fn an_answer_whose_req_id_expired_while_no_replica_held_the_connection_fai
     assert!(stream_frames(&fake.frames(), "REQ-OLD").is_empty(), "no frame under an expired req_id");
 }
 
+/// A holder that died after the store had the stream closed and before its
+/// last frame went out: the next holder shows the finished stream again under
+/// the first delivery's req_id (WeCom replaces a stream's content).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_frame_lost_with_its_holder_is_shown_again_by_the_next() {
+    use wechat_api::testing::channels::ChannelName;
+    use wechat_api::testing::store::{now, NewAction, Store, StreamOpen};
+    use wechat_api::testing::streams::{stream_id, Update};
+    let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
+    let receiver = ForwardReceiver::start().await;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).expect("DATA_DIR");
+    let stream = stream_id(&ChannelName::aibot(), "G1");
+    {
+        let store = Store::open(&data).expect("opens");
+        let open = StreamOpen {
+            stream_id: stream.clone(),
+            record_id: "aibot:msg:G1".into(),
+            channel: ChannelName::aibot(),
+            userid: "zhangsan".into(),
+            chatid: None,
+            response_url: None,
+            created_at: now() - 10,
+            req_id: Some("REQ-GONE".into()),
+        };
+        store.aibot_open(open).await.expect("open");
+        let update = Update { text: "完整的回答".into(), append: false, finish: true };
+        let rest = NewAction { key: "rest:G1".into(), kind: "aibot_rest".into(), payload: "{}".into() };
+        store.aibot_update(stream.clone(), update, rest, None).await.expect("store").expect("known").expect("taken");
+        // The holder's read that closed it; the frame never left.
+        let closed = store.aibot_refresh(stream.clone(), Some("zhangsan".into()), now(), 300).await.expect("store");
+        assert!(closed.expect("known").closed_now, "the store has it closed");
+    }
+    let settings = [
+        ("AIBOT_ID", BOT_ID),
+        ("AIBOT_SECRET", BOT_SECRET),
+        ("AIBOT_WS_URL", fake.url.as_str()),
+        ("FORWARD_URL", receiver.url.as_str()),
+        ("FORWARD_SECRET", receiver.secret.as_str()),
+        ("SEND_TOKEN", SEND),
+    ];
+    let app = spawn_app_in(dir, &settings).await;
+    fake.wait_live(1, Duration::from_secs(10)).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !finished(&fake.frames(), "REQ-GONE") {
+        assert!(Instant::now() < deadline, "the last frame was not shown again: {:?}", fake.frames());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let frames = stream_frames(&fake.frames(), "REQ-GONE");
+    assert_eq!(frames.last().expect("a frame").frame["body"]["stream"]["content"], "完整的回答");
+    answer_becomes(&app, &format!("stream_{stream}"), "sent").await;
+}
+
 /// Resident memory of process `pid`, in KiB.
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();

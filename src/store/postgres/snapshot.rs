@@ -101,11 +101,11 @@ impl Postgres {
         let mut client = self.client().await?;
         let tx = client.transaction().await?;
         // Two migrations at once must not both find the database empty.
-        tx.batch_execute("LOCK TABLE journal, outbox, kf_cursors, meta IN EXCLUSIVE MODE").await?;
+        tx.batch_execute("LOCK TABLE journal, outbox, kf_cursors, kf_conversations, meta IN EXCLUSIVE MODE").await?;
         let empty: bool = tx
             .query_one(
                 "SELECT NOT EXISTS (SELECT 1 FROM journal) AND NOT EXISTS (SELECT 1 FROM outbox)
-                    AND NOT EXISTS (SELECT 1 FROM kf_cursors)
+                    AND NOT EXISTS (SELECT 1 FROM kf_cursors) AND NOT EXISTS (SELECT 1 FROM kf_conversations)
                     AND NOT EXISTS (SELECT 1 FROM meta WHERE key <> 'probe')",
                 &[],
             )

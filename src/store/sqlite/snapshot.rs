@@ -99,7 +99,7 @@ fn export(db: &Connection) -> rusqlite::Result<Snapshot> {
 fn is_empty(db: &Connection) -> rusqlite::Result<bool> {
     db.query_row(
         "SELECT NOT EXISTS (SELECT 1 FROM journal) AND NOT EXISTS (SELECT 1 FROM outbox)
-            AND NOT EXISTS (SELECT 1 FROM kf_cursors)
+            AND NOT EXISTS (SELECT 1 FROM kf_cursors) AND NOT EXISTS (SELECT 1 FROM kf_conversations)
             AND NOT EXISTS (SELECT 1 FROM meta WHERE key NOT IN ('probe'))",
         [],
         |r| r.get(0),
