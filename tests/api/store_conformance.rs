@@ -753,6 +753,19 @@ async fn an_ai_bot_answers_update_is_taken_once_per_idempotency_key(engine: Engi
     assert_eq!(reused.expect("known"), Err(UpdateError::KeyReused { id: "msg_2".into() }));
     let untouched = store.aibot_stream("s2".into()).await.expect("store").expect("known");
     assert_eq!(untouched.content, "", "a conflict changes nothing");
+    // A text send and an update racing with one key on two replicas: one takes it.
+    let (sender, updater) = (&owners[0], &owners[1]);
+    for round in 0..20 {
+        let race = format!("race-{round}");
+        let id = format!("msg_r{round}");
+        let send = sender.queue_send(new_send(&id, Some(&race)), action(&format!("send:{id}")), 1_000);
+        let answer_key = AnswerKey { key: race.clone(), fingerprint: "d".repeat(64), id: "stream_s2".into() };
+        let update = updater.aibot_update("s2".into(), append("三"), rest("s2"), Some(answer_key));
+        let (sent, updated) = tokio::join!(send, update);
+        let sent = matches!(sent.expect("answered"), Queued::New(_));
+        let updated = updated.expect("store").expect("known").is_ok();
+        assert!(sent != updated, "{race}: exactly one takes the key (the send {sent}, the update {updated})");
+    }
 }
 
 /// Each scenario as a test per engine.

@@ -151,6 +151,7 @@ impl Postgres {
         // Under the row's lock: an update of this stream with the same key,
         // racing on another replica, committed its key before this reads it.
         if let Some(key) = &key {
+            super::sends::lock_key(&tx, &key.key).await?;
             if let Some(owner) = key_owner(&tx, &key.key).await? {
                 tx.rollback().await?;
                 return Ok(Some(again(row, key, owner)));

@@ -66,6 +66,17 @@ async fn queued(client: &impl GenericClient, channel: &ChannelName) -> Result<i6
 /// queueing of sends per channel (the second key is the channel's hash).
 const SEND_QUEUE_LOCK: i32 = 0x7365_6e64; // "send"
 
+/// The first key of the transaction-scoped advisory lock on one
+/// `idempotency_key` (the second is its hash): text sends and AI bot updates
+/// keep their keys in two tables, one namespace, so a send and an update racing
+/// with the same key on two replicas must not both find it unused.
+const IDEMPOTENCY_KEY_LOCK: i32 = 0x6b65_7973; // "keys"
+
+/// Holds `key` until `tx` ends (see [`IDEMPOTENCY_KEY_LOCK`]).
+pub(super) async fn lock_key(tx: &tokio_postgres::Transaction<'_>, key: &str) -> Result<(), tokio_postgres::Error> {
+    tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&IDEMPOTENCY_KEY_LOCK, &key]).await.map(drop)
+}
+
 async fn select(client: &impl GenericClient, id: &str) -> Result<Option<SendRow>, StoreError> {
     let statement = client.prepare_cached(&format!("SELECT {COLUMNS} FROM sends WHERE id = $1")).await?;
     Ok(client.query_opt(&statement, &[&id]).await?.as_ref().map(read))
@@ -85,6 +96,7 @@ impl Postgres {
         // send committed before it, and no other can slip in before this commits.
         tx.execute("SELECT pg_advisory_xact_lock($1, hashtext($2))", &[&SEND_QUEUE_LOCK, &send.channel]).await?;
         if let Some(key) = &send.idempotency_key {
+            lock_key(&tx, key).await?;
             // The keys are one namespace: an AI bot answer's update used it, so this is another request.
             let answered =
                 tx.query_opt("SELECT answer_id FROM aibot_answer_keys WHERE idempotency_key = $1", &[key]).await?;
