@@ -9,7 +9,9 @@
 //! delivery (kept in the stream's row), at most once a second, the last with
 //! `finish: true`. On each connection it picks up from the store the streams
 //! an earlier holder (dead, or this replica before a lost lease) still owed;
-//! one no frame closed within the `req_id`'s 6 minutes is failed `expired`. Two
+//! one no frame closed within the `req_id`'s 6 minutes goes to the chat whole as
+//! `aibot_send_msg` once the bot finished it, and is failed `expired` only when
+//! that cannot be either (24 hours after the message). Two
 //! unanswered pings or a closed socket: reconnect with jittered back-off
 //! (1 s doubling to 60 s, for ever). `disconnected_event`: the connection was
 //! taken by another client; `health::links` says so to the check `aibot:<name>`, and
@@ -456,16 +458,13 @@ impl BotLink {
         let mut owed = Vec::new();
         let mut done = Vec::new();
         for (stream_id, tracked) in streams.iter_mut() {
-            if !tracked.closed && streams::frames_expired(tracked.created_at, now) {
-                // No frame closed it while its req_id could (a holder died
-                // with it open, and none took over in time): lost.
-                if let Rest::Done = self.lost(stream_id, "expired").await {
-                    done.push(stream_id.clone());
-                }
-                continue;
-            }
-            if tracked.closed {
-                match self.rest(stream_id, tracked).await {
+            // No frame closed it while its req_id could (a holder died with it
+            // open, and none took over in time): the chat is sent the whole
+            // answer once the bot finished it, as a late stream's rest.
+            let expired = !tracked.closed && streams::frames_expired(tracked.created_at, now);
+            if tracked.closed || expired {
+                let unshown = if expired { Unshown::Whole } else { Unshown::Rest };
+                match self.rest(stream_id, tracked, unshown).await {
                     Rest::Wait => {}
                     Rest::Done => done.push(stream_id.clone()),
                     Rest::Send(frame) => {
@@ -543,6 +542,15 @@ impl BotLink {
     }
 }
 
+/// Which part of an answer the chat is sent.
+#[derive(Clone, Copy)]
+enum Unshown {
+    /// What the closed stream did not show.
+    Rest,
+    /// All of it: no frame showed it closed.
+    Whole,
+}
+
 /// What a closed stream still owes.
 enum Rest {
     /// The bot has not finished (a late stream): look again later.
@@ -556,7 +564,7 @@ enum Rest {
 impl BotLink {
     /// What the stream could not show (past its cut, or after a late close),
     /// pushed to the chat as markdown once, within 24 h of the message.
-    async fn rest(&self, stream_id: &str, tracked: &Tracked) -> Rest {
+    async fn rest(&self, stream_id: &str, tracked: &Tracked, unshown: Unshown) -> Rest {
         let row = match self.store.aibot_stream(stream_id.to_owned()).await {
             Ok(Some(row)) => row,
             Ok(None) => return Rest::Done,
@@ -570,11 +578,17 @@ impl BotLink {
         }
         let now = store::now();
         let refused = streams::send_refused(&row, now);
-        let Some(rest) = streams::rest(&row) else {
-            return match (row.finished, refused) {
-                (false, Some("expired")) => self.lost(stream_id, "expired").await,
-                (false, _) => Rest::Wait,
-                (true, _) => Rest::Done,
+        let owed = match unshown {
+            Unshown::Rest => streams::rest(&row),
+            Unshown::Whole => streams::whole(&row),
+        };
+        let Some(rest) = owed else {
+            return match (row.finished, refused, unshown) {
+                (false, Some("expired"), _) => self.lost(stream_id, "expired").await,
+                (false, _, _) => Rest::Wait,
+                // A finished answer with nothing to send, that no frame showed.
+                (true, _, Unshown::Whole) => self.lost(stream_id, "expired").await,
+                (true, _, Unshown::Rest) => Rest::Done,
             };
         };
         if let Some(reason) = refused {

@@ -203,6 +203,17 @@ impl Rest {
     }
 }
 
+/// What the chat must be sent for `row` when no stream can show it any more
+/// (its `req_id` expired before any frame closed it): the whole finished
+/// answer, in one message. `None`: not finished, or nothing to send.
+pub(crate) fn whole(row: &StreamRow) -> Option<Rest> {
+    if !row.finished {
+        return None;
+    }
+    let (text, lost) = cut(&row.content, SHOWN_MAX_BYTES);
+    Some(Rest { text: text.to_owned(), dropped: lost.len() }).filter(|rest| !rest.text.is_empty())
+}
+
 /// What `response_url` must carry for `row`: of a finished answer, what the
 /// stream did not show (past [`cut_answer`]'s cut, or after a late close: what
 /// follows the snapshot shown, or the whole answer when the bot replaced it).
@@ -248,10 +259,10 @@ pub(crate) fn status(row: &StreamRow) -> StreamStatus {
     if let Some(reason) = &row.failed {
         return StreamStatus::Failed(reason.clone());
     }
-    let done = match rest(row) {
-        Some(_) => row.rest_sent,
-        None => row.delivered && (row.finished || row.late() && row.content.is_empty()),
-    };
+    // A sent rest is the answer delivered: past the stream's cut, after a late
+    // close, or (long connection) the whole answer when no frame could show it.
+    let done =
+        row.rest_sent || rest(row).is_none() && row.delivered && (row.finished || row.late() && row.content.is_empty());
     if done {
         StreamStatus::Sent
     } else {
@@ -343,6 +354,20 @@ mod tests {
             rest_sent: false,
             failed: None,
         }
+    }
+
+    #[test]
+    fn an_answer_no_stream_showed_goes_whole_once_finished_and_is_sent_when_it_went() {
+        assert!(whole(&row("还在写", false)).is_none(), "not before the bot finished");
+        let short = whole(&row("完整的回答", true)).expect("owed");
+        assert_eq!((short.text.as_str(), short.lost()), ("完整的回答", None));
+        let long = "字".repeat(SHOWN_MAX_BYTES / 3 + 10);
+        let cut = whole(&row(&long, true)).expect("owed");
+        assert!(cut.text.len() <= SHOWN_MAX_BYTES && cut.lost().is_some(), "one message, what it drops said");
+        let mut went = row("完整的回答", true);
+        assert_eq!(status(&went), StreamStatus::Streaming);
+        went.rest_sent = true;
+        assert_eq!(status(&went), StreamStatus::Sent, "never shown by a stream, sent to the chat");
     }
 
     fn update(text: &str, append: bool, finish: bool) -> Update {
