@@ -102,18 +102,21 @@ impl Tracked {
     /// replaces a stream's content, so a frame sent twice shows nothing twice.
     fn from_row(row: StreamRow, req_id: &str) -> Self {
         let opened = row.opened;
-        Self {
+        let mut tracked = Self {
             req_id: opened.req_id.unwrap_or_else(|| req_id.to_owned()),
             chatid: opened.chatid.unwrap_or_else(|| opened.userid.clone()),
             userid: opened.userid,
             created_at: opened.created_at,
             last: None,
-            closed: row.delivered && streams::frames_expired(opened.created_at, store::now()),
-        }
+            closed: row.delivered,
+        };
+        tracked.reshow(store::now());
+        tracked
     }
 
-    /// After a lost connection: nothing this stream showed may have reached
-    /// WeCom, so it is shown again while its `req_id` carries frames.
+    /// After a lost connection (or when read from the store): nothing this
+    /// stream showed may have reached WeCom, so it is shown again while its
+    /// `req_id` carries frames.
     fn reshow(&mut self, now: i64) {
         if !streams::frames_expired(self.created_at, now) {
             self.last = None;

@@ -210,7 +210,13 @@ pub(crate) fn whole(row: &StreamRow) -> Option<Rest> {
     if !row.finished {
         return None;
     }
-    let (text, lost) = cut(&row.content, SHOWN_MAX_BYTES);
+    one_message(&row.content)
+}
+
+/// `unshown` as one message of at most [`SHOWN_MAX_BYTES`], saying what it
+/// drops; `None` when there is nothing to send.
+fn one_message(unshown: &str) -> Option<Rest> {
+    let (text, lost) = cut(unshown, SHOWN_MAX_BYTES);
     Some(Rest { text: text.to_owned(), dropped: lost.len() }).filter(|rest| !rest.text.is_empty())
 }
 
@@ -229,8 +235,7 @@ pub(crate) fn rest(row: &StreamRow) -> Option<Rest> {
         },
         None => cut_answer(&row.content).1,
     };
-    let (text, lost) = cut(unshown, SHOWN_MAX_BYTES);
-    Some(Rest { text: text.to_owned(), dropped: lost.len() }).filter(|rest| !rest.text.is_empty())
+    one_message(unshown)
 }
 
 /// Where an answer stands (`GET /api/v1/messages/<id>`).

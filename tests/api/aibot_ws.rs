@@ -26,17 +26,23 @@ fn quick(config: &mut wechat_api::testing::config::Config) {
     config.aibot.ws.answer_timeout = Duration::from_secs(1);
 }
 
-/// An appliance serving the built-in `aibot` over `fake`, forwarding to `receiver`.
-async fn spawn_bot(fake: &FakeLongConnection, receiver: &ForwardReceiver, extra: &[(&str, &str)]) -> TestApp {
-    let mut settings = vec![
+/// The settings of a long-connection bot to `fake`, forwarding to `receiver`,
+/// with the send API.
+fn bot_settings<'a>(fake: &'a FakeLongConnection, receiver: &'a ForwardReceiver) -> [(&'static str, &'a str); 6] {
+    [
         ("AIBOT_ID", BOT_ID),
         ("AIBOT_SECRET", BOT_SECRET),
         ("AIBOT_WS_URL", fake.url.as_str()),
-        ("AIBOT_WELCOME_TEXT", WELCOME),
         ("FORWARD_URL", receiver.url.as_str()),
         ("FORWARD_SECRET", receiver.secret.as_str()),
         ("SEND_TOKEN", SEND),
-    ];
+    ]
+}
+
+/// An appliance serving the built-in `aibot` over `fake`, forwarding to `receiver`.
+async fn spawn_bot(fake: &FakeLongConnection, receiver: &ForwardReceiver, extra: &[(&str, &str)]) -> TestApp {
+    let mut settings = bot_settings(fake, receiver).to_vec();
+    settings.push(("AIBOT_WELCOME_TEXT", WELCOME));
     settings.extend_from_slice(extra);
     spawn_app_tweaked(&settings, quick).await
 }
@@ -379,18 +385,7 @@ async fn an_answer_finished_after_the_stream_window_goes_to_the_chat_as_markdown
         sent[0].frame["body"],
         json!({"chatid": "zhangsan", "msgtype": "markdown", "markdown": {"content": "第二段。"}})
     );
-    let id = first["id"].as_str().expect("id");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let url = app.url(&format!("/api/v1/messages/{id}"));
-        let status: Value =
-            app.client.get(url).bearer_auth(SEND).send().await.expect("status").json().await.expect("json");
-        if status["status"] == "sent" {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{status}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    answer_becomes(&app, first["id"].as_str().expect("id"), "sent").await;
     // The action is done: nothing is left that could send it again.
     app.wait_until_outbox_empty().await;
     assert_eq!(fake.frames_of("aibot_send_msg").len(), 1, "sent once");
@@ -449,8 +444,8 @@ async fn an_answer_to_a_message_taken_before_a_restart_is_pushed_by_the_next_hol
 }
 
 /// A stream in the store, as a holder that died left it: opened
-/// `age_secs` ago under `REQ-OLD`, with `answer` (finished) if any.
-async fn a_stream_left_behind(data: &std::path::Path, age_secs: i64, answer: Option<&str>) -> String {
+/// `age_secs` ago under `req_id`, with `answer` (finished) if any.
+async fn a_stream_left_behind(data: &std::path::Path, age_secs: i64, req_id: &str, answer: Option<&str>) -> String {
     use wechat_api::testing::channels::ChannelName;
     use wechat_api::testing::store::{now, NewAction, Store, StreamOpen};
     use wechat_api::testing::streams::{stream_id, Update};
@@ -465,7 +460,7 @@ async fn a_stream_left_behind(data: &std::path::Path, age_secs: i64, answer: Opt
         chatid: None,
         response_url: None,
         created_at: now() - age_secs,
-        req_id: Some("REQ-OLD".into()),
+        req_id: Some(req_id.into()),
     };
     store.aibot_open(open).await.expect("open");
     if let Some(answer) = answer {
@@ -476,17 +471,6 @@ async fn a_stream_left_behind(data: &std::path::Path, age_secs: i64, answer: Opt
     stream
 }
 
-fn bot_settings<'a>(fake: &'a FakeLongConnection, receiver: &'a ForwardReceiver) -> [(&'static str, &'a str); 6] {
-    [
-        ("AIBOT_ID", BOT_ID),
-        ("AIBOT_SECRET", BOT_SECRET),
-        ("AIBOT_WS_URL", fake.url.as_str()),
-        ("FORWARD_URL", receiver.url.as_str()),
-        ("FORWARD_SECRET", receiver.secret.as_str()),
-        ("SEND_TOKEN", SEND),
-    ]
-}
-
 /// A holder took the message 400 s ago (past the 6 minutes its req_id carries
 /// frames) and died, and the bot finished its answer meanwhile: no stream can
 /// show it any more, so the chat is sent the whole answer, once.
@@ -495,7 +479,7 @@ async fn an_answer_whose_req_id_expired_while_no_replica_held_the_connection_goe
     let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
     let receiver = ForwardReceiver::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    let stream = a_stream_left_behind(&dir.path().join("data"), 400, Some("完整的回答")).await;
+    let stream = a_stream_left_behind(&dir.path().join("data"), 400, "REQ-OLD", Some("完整的回答")).await;
     let app = spawn_app_in(dir, &bot_settings(&fake, &receiver)).await;
     fake.wait_live(1, Duration::from_secs(10)).await;
     answer_becomes(&app, &format!("stream_{stream}"), "sent").await;
@@ -516,7 +500,7 @@ async fn an_answer_no_replica_could_deliver_within_a_day_fails_expired() {
     let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
     let receiver = ForwardReceiver::start().await;
     let dir = tempfile::tempdir().expect("dir");
-    let stream = a_stream_left_behind(&dir.path().join("data"), 25 * 3600, None).await;
+    let stream = a_stream_left_behind(&dir.path().join("data"), 25 * 3600, "REQ-OLD", None).await;
     let app = spawn_app_in(dir, &bot_settings(&fake, &receiver)).await;
     fake.wait_live(1, Duration::from_secs(10)).await;
     let answer = answer_becomes(&app, &format!("stream_{stream}"), "failed").await;
@@ -532,44 +516,19 @@ async fn an_answer_no_replica_could_deliver_within_a_day_fails_expired() {
 /// the first delivery's req_id (WeCom replaces a stream's content).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_last_frame_lost_with_its_holder_is_shown_again_by_the_next() {
-    use wechat_api::testing::channels::ChannelName;
-    use wechat_api::testing::store::{now, NewAction, Store, StreamOpen};
-    use wechat_api::testing::streams::{stream_id, Update};
+    use wechat_api::testing::store::{now, Store};
     let fake = FakeLongConnection::start(BOT_ID, BOT_SECRET).await;
     let receiver = ForwardReceiver::start().await;
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
-    std::fs::create_dir_all(&data).expect("DATA_DIR");
-    let stream = stream_id(&ChannelName::aibot(), "G1");
+    let stream = a_stream_left_behind(&data, 10, "REQ-GONE", Some("完整的回答")).await;
     {
-        let store = Store::open(&data).expect("opens");
-        let open = StreamOpen {
-            stream_id: stream.clone(),
-            record_id: "aibot:msg:G1".into(),
-            channel: ChannelName::aibot(),
-            userid: "zhangsan".into(),
-            chatid: None,
-            response_url: None,
-            created_at: now() - 10,
-            req_id: Some("REQ-GONE".into()),
-        };
-        store.aibot_open(open).await.expect("open");
-        let update = Update { text: "完整的回答".into(), append: false, finish: true };
-        let rest = NewAction { key: "rest:G1".into(), kind: "aibot_rest".into(), payload: "{}".into() };
-        store.aibot_update(stream.clone(), update, rest, None).await.expect("store").expect("known").expect("taken");
         // The holder's read that closed it; the frame never left.
+        let store = Store::open(&data).expect("opens");
         let closed = store.aibot_refresh(stream.clone(), Some("zhangsan".into()), now(), 300).await.expect("store");
         assert!(closed.expect("known").closed_now, "the store has it closed");
     }
-    let settings = [
-        ("AIBOT_ID", BOT_ID),
-        ("AIBOT_SECRET", BOT_SECRET),
-        ("AIBOT_WS_URL", fake.url.as_str()),
-        ("FORWARD_URL", receiver.url.as_str()),
-        ("FORWARD_SECRET", receiver.secret.as_str()),
-        ("SEND_TOKEN", SEND),
-    ];
-    let app = spawn_app_in(dir, &settings).await;
+    let app = spawn_app_in(dir, &bot_settings(&fake, &receiver)).await;
     fake.wait_live(1, Duration::from_secs(10)).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !finished(&fake.frames(), "REQ-GONE") {

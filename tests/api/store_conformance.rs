@@ -415,6 +415,21 @@ async fn pruning_keeps_unhandled_entries_and_owed_actions(engine: Engine) {
     assert!(store.contains("unhandled".into()).await.expect("query"));
 }
 
+/// An AI bot stream of `channel` opened now for zhangsan's message `id`, in
+/// callback mode (no `response_url`, no `req_id`).
+fn stream_open(id: &str, channel: ChannelName) -> StreamOpen {
+    StreamOpen {
+        stream_id: id.to_owned(),
+        record_id: format!("{channel}:msg:{id}"),
+        channel,
+        userid: "zhangsan".into(),
+        chatid: None,
+        response_url: None,
+        created_at: now(),
+        req_id: None,
+    }
+}
+
 fn new_send(id: &str, key: Option<&str>) -> NewSend {
     NewSend {
         id: id.into(),
@@ -621,14 +636,9 @@ async fn an_ai_bot_stream_is_closed_once_by_racing_refreshes_and_its_response_ur
     let store = &subject.store;
     let at = now();
     let open = |id: &str| StreamOpen {
-        stream_id: id.to_owned(),
-        record_id: format!("aibot:msg:{id}"),
-        channel: ChannelName::aibot(),
-        userid: "zhangsan".into(),
-        chatid: None,
         response_url: Some("https://qyapi.weixin.qq.com/cgi-bin/aibot/response?response_code=x".into()),
         created_at: at,
-        req_id: None,
+        ..stream_open(id, ChannelName::aibot())
     };
     store.aibot_open(open("s1")).await.expect("open");
     store.aibot_open(open("s1")).await.expect("a retry opens nothing twice");
@@ -678,14 +688,8 @@ async fn a_long_connection_stream_keeps_its_first_req_id_and_is_found_until_its_
     let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
     let store = &subject.store;
     let open = |id: &str, channel: ChannelName, req_id: Option<&str>| StreamOpen {
-        stream_id: id.to_owned(),
-        record_id: format!("{channel}:msg:{id}"),
-        channel,
-        userid: "zhangsan".into(),
-        chatid: None,
-        response_url: None,
-        created_at: now(),
         req_id: req_id.map(str::to_owned),
+        ..stream_open(id, channel)
     };
     store.aibot_open(open("w1", ChannelName::aibot(), Some("REQ-1"))).await.expect("open");
     store.aibot_open(open("w1", ChannelName::aibot(), Some("REQ-2"))).await.expect("a redelivery");
@@ -709,16 +713,7 @@ async fn a_long_connection_stream_keeps_its_first_req_id_and_is_found_until_its_
 async fn an_ai_bot_answers_update_is_taken_once_per_idempotency_key(engine: Engine) {
     let Some(subject) = Subject::open(engine, Duration::from_secs(60)).await else { return };
     let store = &subject.store;
-    let open = |id: &str| StreamOpen {
-        stream_id: id.to_owned(),
-        record_id: format!("aibot:msg:{id}"),
-        channel: ChannelName::aibot(),
-        userid: "zhangsan".into(),
-        chatid: None,
-        response_url: None,
-        created_at: now(),
-        req_id: None,
-    };
+    let open = |id: &str| stream_open(id, ChannelName::aibot());
     store.aibot_open(open("s1")).await.expect("open");
     store.aibot_open(open("s2")).await.expect("open");
     let rest = |id: &str| NewAction { key: format!("rest:{id}"), kind: "aibot_rest".into(), payload: "{}".into() };
